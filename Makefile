@@ -1,0 +1,195 @@
+# Hush - top-level GNU Makefile.
+#
+#   make run       set up dependencies, build, and run the two-party demo (hushd once it exists)
+#   make test      set up dependencies, build everything, run every test suite
+#   make deps      check/install the Debian 12 packages the build needs
+#   make all       build the libraries, the CLI, the tests and the benchmarks
+#   make bench     run the benchmarks in bench/
+#   make check     static analysis (cppcheck)
+#   V=1            show full command lines
+#   SANITIZE=address,undefined   build (into build-san/) and test with sanitizers
+#
+# `run`, `test` and `bench` first run `deps`, then re-enter make so that pkg-config flags are read
+# after any package was installed.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := all
+
+SANITIZE ?=
+ifeq ($(strip $(SANITIZE)),)
+BUILD := build
+SANFLAGS :=
+else
+BUILD := build-san
+SANFLAGS := -fsanitize=$(SANITIZE) -fno-omit-frame-pointer -fno-sanitize-recover=all
+endif
+
+V ?= 0
+ifeq ($(V),1)
+Q :=
+E := @true
+else
+Q := @
+E := @echo
+endif
+
+CC ?= cc
+# libprotobuf-c MUST come before libsignal-protocol-c: libsignal exports a bundled protobuf-c 1.1.1
+# runtime, and our generated (1.4.1) code crashes if its protobuf_c_* calls bind there (notes §8).
+PKGS := libprotobuf-c libsignal-protocol-c libsodium sqlite3 libcrypto
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+CMOCKA_CFLAGS := $(shell pkg-config --cflags cmocka 2>/dev/null)
+CMOCKA_LIBS := $(shell pkg-config --libs cmocka 2>/dev/null)
+
+WARN := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wformat=2 -Wvla
+CFLAGS ?= -O2 -g
+ALL_CFLAGS := -std=c11 -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE $(WARN) $(CFLAGS) -MMD -MP -fPIC \
+              $(SANFLAGS) -Istore/include -Isdk/include -I$(BUILD)/gen $(PKG_CFLAGS)
+LDFLAGS_ALL := $(SANFLAGS) $(LDFLAGS)
+LIBS := $(PKG_LIBS) -lpthread
+
+# ---------------------------------------------------------------------------------------------
+# sources
+
+GEN_SRC := $(BUILD)/gen/hush.pb-c.c
+GEN_HDR := $(BUILD)/gen/hush.pb-c.h
+STORE_SRC := $(wildcard store/*.c)
+SDK_SRC := $(wildcard sdk/*.c)
+CLI_SRC := $(wildcard cli/*.c)
+TEST_UTIL_SRC := tests/util.c
+TEST_SRC := $(filter-out $(TEST_UTIL_SRC),$(wildcard tests/test_*.c))
+BENCH_SRC := $(wildcard bench/bench_*.c)
+
+obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
+STORE_OBJ := $(call obj,$(STORE_SRC))
+SDK_OBJ := $(call obj,$(SDK_SRC)) $(BUILD)/obj/gen/hush.pb-c.o
+CLI_OBJ := $(call obj,$(CLI_SRC))
+TEST_UTIL_OBJ := $(call obj,$(TEST_UTIL_SRC))
+TEST_BIN := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
+BENCH_BIN := $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRC))
+
+LIBSTORE := $(BUILD)/lib/libhushstore.a
+LIBHUSH_A := $(BUILD)/lib/libhush.a
+LIBHUSH_SO := $(BUILD)/lib/libhush.so
+HUSH_PC := $(BUILD)/lib/pkgconfig/hush.pc
+HUSH_CLI := $(BUILD)/bin/hush
+
+.PHONY: all libs deps run test test-run bench bench-run check clean demo
+.SECONDARY:
+
+all: libs $(HUSH_CLI) $(TEST_BIN) $(BENCH_BIN)
+libs: $(LIBSTORE) $(LIBHUSH_A) $(LIBHUSH_SO) $(HUSH_PC)
+
+deps:
+	$(Q)SANITIZE="$(SANITIZE)" bash mk/deps.sh
+
+# ---------------------------------------------------------------------------------------------
+# code generation
+
+$(GEN_SRC) $(GEN_HDR) &: proto/hush.proto
+	$(E) "  PROTOC  $<"
+	$(Q)mkdir -p $(BUILD)/gen
+	$(Q)protoc-c --proto_path=proto --c_out=$(BUILD)/gen $<
+
+# Every object may include the generated header.
+$(BUILD)/obj/%.o: %.c | $(GEN_HDR)
+	$(E) "  CC      $<"
+	$(Q)mkdir -p $(dir $@)
+	$(Q)$(CC) $(ALL_CFLAGS) -c $< -o $@
+
+$(BUILD)/obj/gen/hush.pb-c.o: $(GEN_SRC)
+	$(E) "  CC      $<"
+	$(Q)mkdir -p $(dir $@)
+	$(Q)$(CC) $(ALL_CFLAGS) -Wno-missing-prototypes -c $< -o $@
+
+# ---------------------------------------------------------------------------------------------
+# libraries
+
+$(LIBSTORE): $(STORE_OBJ)
+	$(E) "  AR      $@"
+	$(Q)mkdir -p $(dir $@)
+	$(Q)rm -f $@ && ar rcs $@ $^
+
+# libhush.a carries the store and the generated codec so an app links one archive.
+$(LIBHUSH_A): $(SDK_OBJ) $(STORE_OBJ)
+	$(E) "  AR      $@"
+	$(Q)mkdir -p $(dir $@)
+	$(Q)rm -f $@ && ar rcs $@ $^
+
+# The shared library exports only the functions declared in the public header.
+$(BUILD)/libhush.map: sdk/include/hush.h
+	$(Q)mkdir -p $(dir $@)
+	$(Q){ echo '{ global:'; grep -oE '\bhush_[a-z0-9_]+ *\(' $< | tr -d ' (' | sort -u | sed 's/$$/;/'; \
+	      echo 'local: *; };'; } > $@
+
+$(LIBHUSH_SO): $(SDK_OBJ) $(STORE_OBJ) $(BUILD)/libhush.map
+	$(E) "  LD      $@"
+	$(Q)mkdir -p $(dir $@)
+	$(Q)$(CC) -shared -Wl,-soname,libhush.so.0 -Wl,--version-script=$(BUILD)/libhush.map -Wl,--no-undefined \
+	    $(LDFLAGS_ALL) -o $@ $(SDK_OBJ) $(STORE_OBJ) $(LIBS)
+
+$(HUSH_PC): mk/hush.pc.in
+	$(Q)mkdir -p $(dir $@)
+	$(Q)sed -e 's|@PREFIX@|$(abspath $(BUILD))|' -e 's|@INCLUDEDIR@|$(abspath sdk/include)|' $< > $@
+
+# ---------------------------------------------------------------------------------------------
+# programs
+
+$(HUSH_CLI): $(CLI_OBJ) $(LIBHUSH_A)
+	$(E) "  LD      $@"
+	$(Q)mkdir -p $(dir $@)
+	$(Q)$(CC) $(LDFLAGS_ALL) -o $@ $(CLI_OBJ) $(LIBHUSH_A) $(LIBS)
+
+$(BUILD)/obj/tests/%.o: ALL_CFLAGS += $(CMOCKA_CFLAGS) -Wno-missing-prototypes -Isdk -Itests
+$(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(TEST_UTIL_OBJ) $(LIBHUSH_A)
+	$(E) "  LD      $@"
+	$(Q)mkdir -p $(dir $@)
+	$(Q)$(CC) $(LDFLAGS_ALL) -o $@ $< $(TEST_UTIL_OBJ) $(LIBHUSH_A) $(LIBS) $(CMOCKA_LIBS)
+
+$(BUILD)/obj/bench/%.o: ALL_CFLAGS += -Isdk -Wno-missing-prototypes
+$(BUILD)/bench/%: $(BUILD)/obj/bench/%.o $(LIBHUSH_A)
+	$(E) "  LD      $@"
+	$(Q)mkdir -p $(dir $@)
+	$(Q)$(CC) $(LDFLAGS_ALL) -o $@ $< $(LIBHUSH_A) $(LIBS)
+
+# ---------------------------------------------------------------------------------------------
+# the two commands
+
+run: deps
+	$(Q)$(MAKE) --no-print-directory demo
+
+demo: $(HUSH_CLI)
+	$(Q)./$(HUSH_CLI) demo
+
+test: deps
+	$(Q)$(MAKE) --no-print-directory test-run
+
+# Each suite runs in a fresh temporary directory; every suite runs even after a failure, and the
+# exit status is non-zero if any failed.
+test-run: all
+	$(Q)failed=0; total=0; \
+	for t in $(TEST_BIN); do \
+	    total=$$((total + 1)); \
+	    echo "=== $$t"; \
+	    dir=$$(mktemp -d /tmp/hush-test.XXXXXX); \
+	    if ! (cd $$dir && HUSH_TEST_TMP=$$dir $(CURDIR)/$$t); then failed=$$((failed + 1)); echo "*** FAILED: $$t"; \
+	    else rm -rf $$dir; fi; \
+	done; \
+	echo "test suites: $$((total - failed)) passed, $$failed failed"; \
+	test $$failed -eq 0
+
+bench: deps
+	$(Q)$(MAKE) --no-print-directory bench-run
+
+bench-run: $(BENCH_BIN)
+	$(Q)for b in $(BENCH_BIN); do echo "=== $$b"; ./$$b || exit 1; done
+
+check:
+	cppcheck --quiet --error-exitcode=1 --enable=warning,portability --std=c11 \
+	    -Istore/include -Isdk/include --suppress=missingIncludeSystem store sdk cli
+
+clean:
+	rm -rf build build-san
+
+-include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)

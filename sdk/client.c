@@ -1,0 +1,807 @@
+/*
+ * client.c - opening a client, the local device, bundles, errors and shared helpers.
+ */
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <sodium.h>
+
+#include <curve.h>
+#include <key_helper.h>
+#include <ratchet.h>
+#include <session_builder.h>
+#include <session_pre_key.h>
+
+#include "internal.h"
+
+#define HUSH_VERSION_STRING "0.1.0"
+#define KEYCHECK_PLAINTEXT "hush database key check v1"
+
+/* ---------------------------------------------------------------------------------------- */
+/* errors and small helpers */
+
+const char *hush_version(void) { return HUSH_VERSION_STRING; }
+
+const char *hush_strerror(hush_err err)
+{
+    switch (err) {
+    case HUSH_OK: return "success";
+    case HUSH_ERR_INVALID_ARG: return "invalid argument";
+    case HUSH_ERR_NOMEM: return "out of memory";
+    case HUSH_ERR_STORAGE: return "local database error (nothing was changed)";
+    case HUSH_ERR_DB_CORRUPT: return "database file is corrupt, truncated or not a database";
+    case HUSH_ERR_DB_TOO_NEW: return "database was written by a newer libhush";
+    case HUSH_ERR_DB_KEY: return "wrong database key (or a sealed row failed authentication)";
+    case HUSH_ERR_SELFTEST: return "crypto provider self-test failed";
+    case HUSH_ERR_NO_DEVICE: return "no local device: create one first";
+    case HUSH_ERR_DEVICE_EXISTS: return "a device already exists in this database";
+    case HUSH_ERR_BAD_BUNDLE: return "malformed key bundle";
+    case HUSH_ERR_BAD_SIGNATURE: return "key bundle signature does not verify";
+    case HUSH_ERR_NO_SESSION: return "no session with that device";
+    case HUSH_ERR_BAD_MESSAGE: return "malformed, unauthentic or out-of-window message";
+    case HUSH_ERR_DUPLICATE: return "duplicate message";
+    case HUSH_ERR_STALE_PREKEY: return "message uses a prekey this device no longer has";
+    case HUSH_ERR_IDENTITY_CHANGED: return "peer identity key changed";
+    case HUSH_ERR_NOT_FOUND: return "not found";
+    case HUSH_ERR_TOO_BIG: return "input exceeds size limit";
+    case HUSH_ERR_SAFETY_MISMATCH: return "safety number mismatch";
+    case HUSH_ERR_NO_GROUP_SESSION: return "no sender key for that group member";
+    case HUSH_ERR_INTERNAL: return "internal error";
+    }
+    return "unknown error";
+}
+
+hush_err hush__from_store(hstore_err e)
+{
+    switch (e) {
+    case HSTORE_OK: return HUSH_OK;
+    case HSTORE_ERR_NOMEM: return HUSH_ERR_NOMEM;
+    case HSTORE_ERR_NOTADB:
+    case HSTORE_ERR_CORRUPT: return HUSH_ERR_DB_CORRUPT;
+    case HSTORE_ERR_TOO_NEW: return HUSH_ERR_DB_TOO_NEW;
+    case HSTORE_ERR_MISUSE: return HUSH_ERR_INTERNAL;
+    default: return HUSH_ERR_STORAGE;
+    }
+}
+
+hush_err hush__from_signal(int rc)
+{
+    switch (rc) {
+    case SG_SUCCESS: return HUSH_OK;
+    case SG_ERR_NOMEM: return HUSH_ERR_NOMEM;
+    case SG_ERR_DUPLICATE_MESSAGE: return HUSH_ERR_DUPLICATE;
+    case SG_ERR_INVALID_KEY_ID: return HUSH_ERR_STALE_PREKEY;
+    case SG_ERR_NO_SESSION: return HUSH_ERR_NO_SESSION;
+    case SG_ERR_UNTRUSTED_IDENTITY: return HUSH_ERR_IDENTITY_CHANGED;
+    case SG_ERR_INVAL:
+    case SG_ERR_INVALID_KEY:
+    case SG_ERR_INVALID_MAC:
+    case SG_ERR_INVALID_MESSAGE:
+    case SG_ERR_INVALID_VERSION:
+    case SG_ERR_LEGACY_MESSAGE:
+    case SG_ERR_STALE_KEY_EXCHANGE:
+    case SG_ERR_VRF_SIG_VERIF_FAILED:
+    case SG_ERR_INVALID_PROTO_BUF: return HUSH_ERR_BAD_MESSAGE;
+    default: return HUSH_ERR_INTERNAL;
+    }
+}
+
+void *hush__alloc(size_t n)
+{
+    if (n > SIZE_MAX - 16)
+        return NULL;
+    uint8_t *p = malloc(n + 16);
+    if (!p)
+        return NULL;
+    memcpy(p, &n, sizeof n);
+    return p + 16;
+}
+
+void hush_free(void *p)
+{
+    if (!p)
+        return;
+    uint8_t *base = (uint8_t *)p - 16;
+    size_t n;
+    memcpy(&n, base, sizeof n);
+    sodium_memzero(p, n);
+    free(base);
+}
+
+uint64_t hush__now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+int hush__valid_username(const char *s)
+{
+    if (!s)
+        return 0;
+    size_t n = strnlen(s, HUSH_USERNAME_MAX + 1);
+    if (n < HUSH_USERNAME_MIN || n > HUSH_USERNAME_MAX)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        char ch = s[i];
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') || ch == '.' || ch == '_' || ch == '-'))
+            return 0;
+    }
+    return 1;
+}
+
+int hush__valid_group_id(const char *s)
+{
+    if (!s)
+        return 0;
+    size_t n = strnlen(s, HUSH_GROUP_ID_MAX + 1);
+    if (n < 1 || n > HUSH_GROUP_ID_MAX)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (s[i] < 0x21 || s[i] > 0x7e)
+            return 0;
+    return 1;
+}
+
+void hush__lock(hush_client *c) { pthread_mutex_lock(&c->lock); }
+void hush__unlock(hush_client *c) { pthread_mutex_unlock(&c->lock); }
+
+static void sg_lock(void *ud) { hush__lock(ud); }
+static void sg_unlock(void *ud) { hush__unlock(ud); }
+
+hush_err hush__begin(hush_client *c)
+{
+    c->store_err = HUSH_OK;
+    c->untrusted.set = 0;
+    return hush__from_store(hstore_savepoint(c->db));
+}
+
+hush_err hush__commit(hush_client *c)
+{
+    hstore_err e = hstore_release(c->db);
+    if (e) {
+        hstore_rollback(c->db);
+        return hush__from_store(e);
+    }
+    return HUSH_OK;
+}
+
+void hush__rollback(hush_client *c) { hstore_rollback(c->db); }
+
+/* ---------------------------------------------------------------------------------------- */
+/* open / close */
+
+static hush_err load_device(hush_client *c)
+{
+    sqlite3_stmt *st;
+    hstore_err se = hstore_prepare(c->db, "SELECT username, device_id, registration_id FROM local_device WHERE id = 1", &st);
+    if (se)
+        return hush__from_store(se);
+    int row = 0;
+    se = hstore_step(c->db, st, &row);
+    if (se)
+        return hush__from_store(se);
+    if (!row)
+        return HUSH_OK;
+    const char *u = (const char *)sqlite3_column_text(st, 0);
+    if (!hush__valid_username(u)) {
+        sqlite3_reset(st);
+        return HUSH_ERR_DB_CORRUPT;
+    }
+    snprintf(c->username, sizeof c->username, "%s", u);
+    c->device_id = (uint32_t)sqlite3_column_int64(st, 1);
+    c->registration_id = (uint32_t)sqlite3_column_int64(st, 2);
+    c->has_device = 1;
+    sqlite3_reset(st);
+    return HUSH_OK;
+}
+
+/* Verifies the database key against a sealed check value, writing one on first open. */
+static hush_err check_key(hush_client *c)
+{
+    sqlite3_stmt *st;
+    hstore_err se = hstore_prepare(c->db, "SELECT bval FROM meta WHERE key = 'keycheck'", &st);
+    if (se)
+        return hush__from_store(se);
+    int row = 0;
+    se = hstore_step(c->db, st, &row);
+    if (se)
+        return hush__from_store(se);
+    if (row) {
+        uint8_t *pt = NULL;
+        size_t len = 0;
+        hush_err e = hush__open(c, "hush1|meta|keycheck", sqlite3_column_blob(st, 0),
+                                (size_t)sqlite3_column_bytes(st, 0), &pt, &len);
+        sqlite3_reset(st);
+        if (e)
+            return e;
+        int ok = len == strlen(KEYCHECK_PLAINTEXT) && memcmp(pt, KEYCHECK_PLAINTEXT, len) == 0;
+        free(pt);
+        return ok ? HUSH_OK : HUSH_ERR_DB_KEY;
+    }
+    uint8_t *ct = NULL;
+    size_t clen = 0;
+    hush_err e = hush__seal(c, "hush1|meta|keycheck", (const uint8_t *)KEYCHECK_PLAINTEXT,
+                            strlen(KEYCHECK_PLAINTEXT), &ct, &clen);
+    if (e)
+        return e;
+    se = hstore_prepare(c->db, "INSERT INTO meta (key, bval) VALUES ('keycheck', ?1)", &st);
+    if (se == HSTORE_OK) {
+        sqlite3_bind_blob(st, 1, ct, (int)clen, SQLITE_TRANSIENT);
+        se = hstore_run(c->db, st);
+    }
+    free(ct);
+    return hush__from_store(se);
+}
+
+hush_err hush_client_open(const char *db_path, const uint8_t db_key[HUSH_DB_KEY_BYTES], const hush_open_opts *opts,
+                          hush_client **out)
+{
+    if (!out)
+        return HUSH_ERR_INVALID_ARG;
+    *out = NULL;
+    if (!db_path || !db_key)
+        return HUSH_ERR_INVALID_ARG;
+    hush_err e = hush__selftest();
+    if (e)
+        return e;
+    hush_client *c = calloc(1, sizeof *c);
+    if (!c)
+        return HUSH_ERR_NOMEM;
+    pthread_mutexattr_t attr;
+    pthread_mutexattr_init(&attr);
+    /* Recursive: libsignal's decrypt takes the lock twice (notes §6). */
+    pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_RECURSIVE);
+    pthread_mutex_init(&c->lock, &attr);
+    pthread_mutexattr_destroy(&attr);
+
+    /* Derive the sealing key so the app's key is never used directly. */
+    crypto_kdf_derive_from_key(c->seal_key, sizeof c->seal_key, 1, "hushseal", db_key);
+
+    hstore_opts so = {
+        .synchronous = (opts && opts->durability == HUSH_DURABILITY_NORMAL) ? HSTORE_SYNC_NORMAL : HSTORE_SYNC_FULL,
+        .busy_timeout_ms = 5000,
+        .quick_check = 1,
+        .read_only = 0,
+    };
+    char errbuf[256];
+    hstore_err se = hstore_open(db_path, &so, hush__migrations, hush__nmigrations, &c->db, errbuf, sizeof errbuf);
+    if (se) {
+        e = hush__from_store(se);
+        goto fail;
+    }
+    if ((e = check_key(c)))
+        goto fail;
+    if ((e = load_device(c)))
+        goto fail;
+    if (signal_context_create(&c->sg, c) != 0 || hush__provider_install(c->sg) != 0 ||
+        signal_context_set_locking_functions(c->sg, sg_lock, sg_unlock) != 0 || hush__stores_install(c) != 0) {
+        e = HUSH_ERR_NOMEM;
+        goto fail;
+    }
+    *out = c;
+    return HUSH_OK;
+fail:
+    hush_client_close(c);
+    return e;
+}
+
+void hush_client_close(hush_client *c)
+{
+    if (!c)
+        return;
+    if (c->sc)
+        signal_protocol_store_context_destroy(c->sc);
+    if (c->sg)
+        signal_context_destroy(c->sg);
+    hstore_close(c->db);
+    pthread_mutex_destroy(&c->lock);
+    sodium_memzero(c, sizeof *c);
+    free(c);
+}
+
+hush_err hush_client_check(hush_client *c)
+{
+    if (!c)
+        return HUSH_ERR_INVALID_ARG;
+    hush__lock(c);
+    hush_err e = hush__from_store(hstore_integrity_check(c->db));
+    hush__unlock(c);
+    return e;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* device */
+
+static hush_err store_signed_pre_key(hush_client *c, ratchet_identity_key_pair *ikp, uint32_t id)
+{
+    session_signed_pre_key *spk = NULL;
+    int rc = signal_protocol_key_helper_generate_signed_pre_key(&spk, ikp, id, hush__now_ms(), c->sg);
+    if (rc)
+        return hush__from_signal(rc);
+    rc = signal_protocol_signed_pre_key_store_key(c->sc, spk);
+    SIGNAL_UNREF(spk);
+    if (rc)
+        return c->store_err ? c->store_err : HUSH_ERR_STORAGE;
+    return hush__meta_set_int(c, "current_signed_pre_key", id);
+}
+
+static hush_err create_device_locked(hush_client *c, const char *username, uint32_t device_id)
+{
+    hush_err e;
+    ratchet_identity_key_pair *ikp = NULL;
+    signal_buffer *pub = NULL, *priv = NULL;
+    signal_protocol_key_helper_pre_key_list_node *head = NULL;
+    ec_key_pair *lr_pair = NULL;
+    session_pre_key *lr = NULL;
+    uint8_t *sealed = NULL, *sealed_auth = NULL;
+    size_t sealed_len = 0, sealed_auth_len = 0;
+    uint8_t auth_pk[crypto_sign_PUBLICKEYBYTES], auth_sk[crypto_sign_SECRETKEYBYTES];
+    uint32_t reg_id = 0;
+    int rc;
+
+    if ((e = hush__begin(c)))
+        return e;
+    e = HUSH_ERR_NOMEM;
+    if ((rc = signal_protocol_key_helper_generate_identity_key_pair(&ikp, c->sg)) ||
+        (rc = signal_protocol_key_helper_generate_registration_id(&reg_id, 0, c->sg)) ||
+        (rc = ec_public_key_serialize(&pub, ratchet_identity_key_pair_get_public(ikp))) ||
+        (rc = ec_private_key_serialize(&priv, ratchet_identity_key_pair_get_private(ikp)))) {
+        e = hush__from_signal(rc);
+        goto out;
+    }
+    crypto_sign_keypair(auth_pk, auth_sk);
+    if ((e = hush__seal(c, "hush1|local_device|identity_private", signal_buffer_data(priv), signal_buffer_len(priv),
+                        &sealed, &sealed_len)) ||
+        (e = hush__seal(c, "hush1|local_device|auth_secret", auth_sk, sizeof auth_sk, &sealed_auth, &sealed_auth_len)))
+        goto out;
+
+    sqlite3_stmt *st;
+    hstore_err se = hstore_prepare(c->db, "INSERT INTO local_device (id, username, device_id, registration_id, "
+                                          "identity_public, identity_private, auth_public, auth_secret, created_at) "
+                                          "VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)", &st);
+    if (se) {
+        e = hush__from_store(se);
+        goto out;
+    }
+    sqlite3_bind_text(st, 1, username, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 2, device_id);
+    sqlite3_bind_int64(st, 3, reg_id);
+    sqlite3_bind_blob(st, 4, signal_buffer_data(pub), (int)signal_buffer_len(pub), SQLITE_TRANSIENT);
+    sqlite3_bind_blob(st, 5, sealed, (int)sealed_len, SQLITE_TRANSIENT);
+    sqlite3_bind_blob(st, 6, auth_pk, sizeof auth_pk, SQLITE_TRANSIENT);
+    sqlite3_bind_blob(st, 7, sealed_auth, (int)sealed_auth_len, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 8, (int64_t)hush__now_ms());
+    if ((se = hstore_run(c->db, st))) {
+        e = hush__from_store(se);
+        goto out;
+    }
+
+    /* One-time prekeys 1..100, then the last-resort key, then the signed prekey. */
+    if ((rc = signal_protocol_key_helper_generate_pre_keys(&head, 1, HUSH_ONE_TIME_PREKEYS, c->sg))) {
+        e = hush__from_signal(rc);
+        goto out;
+    }
+    for (signal_protocol_key_helper_pre_key_list_node *n = head; n; n = signal_protocol_key_helper_key_list_next(n)) {
+        if (signal_protocol_pre_key_store_key(c->sc, signal_protocol_key_helper_key_list_element(n)) != 0) {
+            e = c->store_err ? c->store_err : HUSH_ERR_STORAGE;
+            goto out;
+        }
+    }
+    if ((rc = curve_generate_key_pair(c->sg, &lr_pair)) ||
+        (rc = session_pre_key_create(&lr, HUSH_LAST_RESORT_PREKEY_ID, lr_pair))) {
+        e = hush__from_signal(rc);
+        goto out;
+    }
+    if (signal_protocol_pre_key_store_key(c->sc, lr) != 0) {
+        e = c->store_err ? c->store_err : HUSH_ERR_STORAGE;
+        goto out;
+    }
+    if ((e = store_signed_pre_key(c, ikp, 1)) || (e = hush__meta_set_int(c, "next_pre_key", HUSH_ONE_TIME_PREKEYS + 1)) ||
+        (e = hush__meta_set_int(c, "next_signed_pre_key", 2)))
+        goto out;
+    e = hush__commit(c);
+    if (e == HUSH_OK) {
+        snprintf(c->username, sizeof c->username, "%s", username);
+        c->device_id = device_id;
+        c->registration_id = reg_id;
+        c->has_device = 1;
+    }
+    goto done;
+out:
+    hush__rollback(c);
+done:
+    sodium_memzero(auth_sk, sizeof auth_sk);
+    free(sealed);
+    free(sealed_auth);
+    signal_buffer_free(pub);
+    signal_buffer_bzero_free(priv);
+    signal_protocol_key_helper_key_list_free(head);
+    SIGNAL_UNREF(lr);
+    SIGNAL_UNREF(lr_pair);
+    SIGNAL_UNREF(ikp);
+    return e;
+}
+
+hush_err hush_device_create(hush_client *c, const char *username, uint32_t device_id)
+{
+    if (!c || !hush__valid_username(username) || device_id == 0 || device_id > INT32_MAX)
+        return HUSH_ERR_INVALID_ARG;
+    hush__lock(c);
+    hush_err e = c->has_device ? HUSH_ERR_DEVICE_EXISTS : create_device_locked(c, username, device_id);
+    hush__unlock(c);
+    return e;
+}
+
+hush_err hush_device_info(hush_client *c, char username[HUSH_USERNAME_MAX + 1], uint32_t *device_id,
+                          uint32_t *registration_id)
+{
+    if (!c)
+        return HUSH_ERR_INVALID_ARG;
+    hush__lock(c);
+    hush_err e = HUSH_ERR_NO_DEVICE;
+    if (c->has_device) {
+        if (username)
+            memcpy(username, c->username, sizeof c->username);
+        if (device_id)
+            *device_id = c->device_id;
+        if (registration_id)
+            *registration_id = c->registration_id;
+        e = HUSH_OK;
+    }
+    hush__unlock(c);
+    return e;
+}
+
+hush_err hush_device_auth_key(hush_client *c, uint8_t pub[32])
+{
+    if (!c || !pub)
+        return HUSH_ERR_INVALID_ARG;
+    hush__lock(c);
+    hush_err e = HUSH_ERR_NO_DEVICE;
+    sqlite3_stmt *st;
+    int row = 0;
+    if (c->has_device) {
+        hstore_err se = hstore_prepare(c->db, "SELECT auth_public FROM local_device WHERE id = 1", &st);
+        if (!se)
+            se = hstore_step(c->db, st, &row);
+        e = hush__from_store(se);
+        if (!e && row) {
+            if (sqlite3_column_bytes(st, 0) == 32)
+                memcpy(pub, sqlite3_column_blob(st, 0), 32);
+            else
+                e = HUSH_ERR_DB_CORRUPT;
+            sqlite3_reset(st);
+        } else if (!e) {
+            e = HUSH_ERR_NO_DEVICE;
+        }
+    }
+    hush__unlock(c);
+    return e;
+}
+
+hush_err hush_device_auth_sign(hush_client *c, const uint8_t *msg, size_t len, uint8_t sig[64])
+{
+    if (!c || (!msg && len) || !sig)
+        return HUSH_ERR_INVALID_ARG;
+    hush__lock(c);
+    hush_err e = HUSH_ERR_NO_DEVICE;
+    sqlite3_stmt *st;
+    int row = 0;
+    if (c->has_device) {
+        hstore_err se = hstore_prepare(c->db, "SELECT auth_secret FROM local_device WHERE id = 1", &st);
+        if (!se)
+            se = hstore_step(c->db, st, &row);
+        e = hush__from_store(se);
+        if (!e && row) {
+            uint8_t *sk = NULL;
+            size_t sk_len = 0;
+            e = hush__open(c, "hush1|local_device|auth_secret", sqlite3_column_blob(st, 0),
+                           (size_t)sqlite3_column_bytes(st, 0), &sk, &sk_len);
+            sqlite3_reset(st);
+            if (!e && sk_len != crypto_sign_SECRETKEYBYTES)
+                e = HUSH_ERR_DB_KEY;
+            if (!e)
+                crypto_sign_detached(sig, NULL, msg, len, sk);
+            if (sk) {
+                sodium_memzero(sk, sk_len);
+                free(sk);
+            }
+        } else if (!e) {
+            e = HUSH_ERR_NO_DEVICE;
+        }
+    }
+    hush__unlock(c);
+    return e;
+}
+
+hush_err hush_prekeys_remaining(hush_client *c, uint32_t *count)
+{
+    if (!c || !count)
+        return HUSH_ERR_INVALID_ARG;
+    *count = 0;
+    hush__lock(c);
+    sqlite3_stmt *st;
+    int row = 0;
+    hstore_err se = hstore_prepare(c->db, "SELECT count(*) FROM pre_keys WHERE id != ?1", &st);
+    if (!se) {
+        sqlite3_bind_int64(st, 1, HUSH_LAST_RESORT_PREKEY_ID);
+        se = hstore_step(c->db, st, &row);
+    }
+    if (!se && row) {
+        *count = (uint32_t)sqlite3_column_int64(st, 0);
+        sqlite3_reset(st);
+    }
+    hush__unlock(c);
+    return hush__from_store(se);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* bundles */
+
+static hush_err pick_pre_key(hush_client *c, uint32_t *id)
+{
+    sqlite3_stmt *st;
+    int row = 0;
+    hstore_err se = hstore_prepare(c->db, "SELECT id FROM pre_keys WHERE exported = 0 AND id != ?1 ORDER BY id LIMIT 1", &st);
+    if (!se) {
+        sqlite3_bind_int64(st, 1, HUSH_LAST_RESORT_PREKEY_ID);
+        se = hstore_step(c->db, st, &row);
+    }
+    if (se)
+        return hush__from_store(se);
+    if (!row) {
+        *id = HUSH_LAST_RESORT_PREKEY_ID;
+        return HUSH_OK;
+    }
+    *id = (uint32_t)sqlite3_column_int64(st, 0);
+    sqlite3_reset(st);
+    se = hstore_prepare(c->db, "UPDATE pre_keys SET exported = 1 WHERE id = ?1", &st);
+    if (!se) {
+        sqlite3_bind_int64(st, 1, *id);
+        se = hstore_run(c->db, st);
+    }
+    return hush__from_store(se);
+}
+
+static hush_err export_locked(hush_client *c, uint8_t **out, size_t *out_len)
+{
+    hush_err e;
+    int64_t spk_id = 0;
+    int found = 0;
+    uint32_t pk_id = 0;
+    session_pre_key *pk = NULL;
+    session_signed_pre_key *spk = NULL;
+    ratchet_identity_key_pair *ikp = NULL;
+    signal_buffer *pk_pub = NULL, *spk_pub = NULL, *id_pub = NULL;
+    uint8_t auth[32];
+
+    if ((e = hush__begin(c)))
+        return e;
+    if ((e = hush__meta_get_int(c, "current_signed_pre_key", &spk_id, &found)))
+        goto out;
+    if (!found) {
+        e = HUSH_ERR_NO_DEVICE;
+        goto out;
+    }
+    if ((e = pick_pre_key(c, &pk_id)) || (e = hush__local_identity(c, &ikp)) || (e = hush_device_auth_key(c, auth)))
+        goto out;
+    if (signal_protocol_pre_key_load_key(c->sc, &pk, pk_id) != 0 ||
+        signal_protocol_signed_pre_key_load_key(c->sc, &spk, (uint32_t)spk_id) != 0) {
+        e = c->store_err ? c->store_err : HUSH_ERR_STORAGE;
+        goto out;
+    }
+    if (ec_public_key_serialize(&pk_pub, ec_key_pair_get_public(session_pre_key_get_key_pair(pk))) != 0 ||
+        ec_public_key_serialize(&spk_pub, ec_key_pair_get_public(session_signed_pre_key_get_key_pair(spk))) != 0 ||
+        ec_public_key_serialize(&id_pub, ratchet_identity_key_pair_get_public(ikp)) != 0) {
+        e = HUSH_ERR_NOMEM;
+        goto out;
+    }
+    Hush__KeyBundle b = HUSH__KEY_BUNDLE__INIT;
+    Hush__SignedPreKey s = HUSH__SIGNED_PRE_KEY__INIT;
+    Hush__PreKey p = HUSH__PRE_KEY__INIT;
+    b.username = c->username;
+    b.device_id = c->device_id;
+    b.registration_id = c->registration_id;
+    b.identity_key.data = signal_buffer_data(id_pub);
+    b.identity_key.len = signal_buffer_len(id_pub);
+    s.id = (uint32_t)spk_id;
+    s.public_key.data = signal_buffer_data(spk_pub);
+    s.public_key.len = signal_buffer_len(spk_pub);
+    s.signature.data = (uint8_t *)session_signed_pre_key_get_signature(spk);
+    s.signature.len = session_signed_pre_key_get_signature_len(spk);
+    s.timestamp_ms = session_signed_pre_key_get_timestamp(spk);
+    b.signed_pre_key = &s;
+    p.id = pk_id;
+    p.public_key.data = signal_buffer_data(pk_pub);
+    p.public_key.len = signal_buffer_len(pk_pub);
+    b.one_time_pre_key = &p;
+    b.auth_key.data = auth;
+    b.auth_key.len = sizeof auth;
+    size_t n = hush__key_bundle__get_packed_size(&b);
+    uint8_t *buf = hush__alloc(n);
+    if (!buf) {
+        e = HUSH_ERR_NOMEM;
+        goto out;
+    }
+    hush__key_bundle__pack(&b, buf);
+    if ((e = hush__commit(c))) {
+        hush_free(buf);
+        goto done;
+    }
+    *out = buf;
+    *out_len = n;
+    goto done;
+out:
+    hush__rollback(c);
+done:
+    SIGNAL_UNREF(pk);
+    SIGNAL_UNREF(spk);
+    SIGNAL_UNREF(ikp);
+    signal_buffer_free(pk_pub);
+    signal_buffer_free(spk_pub);
+    signal_buffer_free(id_pub);
+    return e;
+}
+
+hush_err hush_bundle_export(hush_client *c, uint8_t **out, size_t *out_len)
+{
+    if (!out || !out_len)
+        return HUSH_ERR_INVALID_ARG;
+    *out = NULL;
+    *out_len = 0;
+    if (!c)
+        return HUSH_ERR_INVALID_ARG;
+    hush__lock(c);
+    hush_err e = c->has_device ? export_locked(c, out, out_len) : HUSH_ERR_NO_DEVICE;
+    hush__unlock(c);
+    return e;
+}
+
+/* Records a key that claimed an address already bound to another key (outside any savepoint
+ * that is rolled back), so hush_identity_pending can show it. */
+static hush_err save_pending_identity(hush_client *c)
+{
+    if (!c->untrusted.set)
+        return HUSH_OK;
+    sqlite3_stmt *st;
+    const char *name = c->untrusted.name;
+    hstore_err se = hstore_prepare(c->db, "INSERT OR REPLACE INTO pending_identities (name, device_id, key, created_at) "
+                                          "VALUES (?1, ?2, ?3, ?4)", &st);
+    if (se)
+        return hush__from_store(se);
+    char ad[128];
+    hush__ad(ad, sizeof ad, "pending_identities", name, strlen(name), c->untrusted.device_id, 0);
+    uint8_t *ct = NULL;
+    size_t clen = 0;
+    hush_err e = hush__seal(c, ad, c->untrusted.key, sizeof c->untrusted.key, &ct, &clen);
+    if (e)
+        return e;
+    sqlite3_bind_blob(st, 1, name, (int)strlen(name), SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 2, c->untrusted.device_id);
+    sqlite3_bind_blob(st, 3, ct, (int)clen, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 4, (int64_t)hush__now_ms());
+    free(ct);
+    c->untrusted.set = 0;
+    return hush__from_store(hstore_run(c->db, st));
+}
+
+/* Public wrapper used by session.c too. */
+hush_err hush__after_untrusted(hush_client *c);
+hush_err hush__after_untrusted(hush_client *c)
+{
+    hush_err e = save_pending_identity(c);
+    return e ? e : HUSH_ERR_IDENTITY_CHANGED;
+}
+
+static int valid_pub(const ProtobufCBinaryData *b)
+{
+    return b->len == 33 && b->data && b->data[0] == 0x05;
+}
+
+static hush_err import_locked(hush_client *c, const Hush__KeyBundle *b)
+{
+    hush_err e;
+    ec_public_key *idk = NULL, *spk = NULL, *otk = NULL;
+    session_pre_key_bundle *bundle = NULL;
+    session_builder *builder = NULL;
+
+    if (strcmp(b->username, c->username) == 0 && b->device_id == c->device_id)
+        return HUSH_ERR_INVALID_ARG; /* a session with ourselves is meaningless */
+    if (curve_decode_point(&idk, b->identity_key.data, b->identity_key.len, c->sg) != 0 ||
+        curve_decode_point(&spk, b->signed_pre_key->public_key.data, b->signed_pre_key->public_key.len, c->sg) != 0 ||
+        (b->one_time_pre_key &&
+         curve_decode_point(&otk, b->one_time_pre_key->public_key.data, b->one_time_pre_key->public_key.len, c->sg) != 0)) {
+        e = HUSH_ERR_BAD_BUNDLE;
+        goto done;
+    }
+    /* Verify here: the library segfaults on an empty signature (notes §3). */
+    if (curve_verify_signature(idk, b->signed_pre_key->public_key.data, b->signed_pre_key->public_key.len,
+                               b->signed_pre_key->signature.data, b->signed_pre_key->signature.len) != 1) {
+        e = HUSH_ERR_BAD_SIGNATURE;
+        goto done;
+    }
+    if (session_pre_key_bundle_create(&bundle, b->registration_id, (int)b->device_id,
+                                      otk ? b->one_time_pre_key->id : 0, otk, b->signed_pre_key->id, spk,
+                                      b->signed_pre_key->signature.data, b->signed_pre_key->signature.len, idk) != 0) {
+        e = HUSH_ERR_BAD_BUNDLE;
+        goto done;
+    }
+    signal_protocol_address addr = { b->username, strlen(b->username), (int32_t)b->device_id };
+    if ((e = hush__begin(c)))
+        goto done;
+    int rc = session_builder_create(&builder, c->sc, &addr, c->sg);
+    if (rc == 0)
+        rc = session_builder_process_pre_key_bundle(builder, bundle);
+    if (rc != 0) {
+        hush__rollback(c);
+        if (rc == SG_ERR_UNTRUSTED_IDENTITY)
+            e = hush__after_untrusted(c);
+        else if (c->store_err)
+            e = c->store_err;
+        else
+            e = rc == SG_ERR_INVALID_KEY ? HUSH_ERR_BAD_SIGNATURE : HUSH_ERR_BAD_BUNDLE;
+        goto done;
+    }
+    e = hush__commit(c);
+done:
+    session_builder_free(builder);
+    SIGNAL_UNREF(bundle);
+    SIGNAL_UNREF(idk);
+    SIGNAL_UNREF(spk);
+    SIGNAL_UNREF(otk);
+    return e;
+}
+
+hush_err hush_bundle_import(hush_client *c, const uint8_t *data, size_t len, char peer[HUSH_USERNAME_MAX + 1],
+                            uint32_t *device_id)
+{
+    if (peer)
+        peer[0] = '\0';
+    if (device_id)
+        *device_id = 0;
+    if (!c || (!data && len))
+        return HUSH_ERR_INVALID_ARG;
+    if (len > HUSH_MAX_BUNDLE)
+        return HUSH_ERR_TOO_BIG; /* cap before the decoder allocates */
+    Hush__KeyBundle *b = hush__key_bundle__unpack(NULL, len, data);
+    if (!b)
+        return HUSH_ERR_BAD_BUNDLE;
+    hush_err e;
+    if (!hush__valid_username(b->username) || b->device_id == 0 || b->device_id > INT32_MAX ||
+        b->registration_id == 0 || b->registration_id > 16380 || !valid_pub(&b->identity_key) ||
+        !b->signed_pre_key || !valid_pub(&b->signed_pre_key->public_key) ||
+        (b->one_time_pre_key && (!valid_pub(&b->one_time_pre_key->public_key) || b->one_time_pre_key->id == 0 ||
+                                 b->one_time_pre_key->id > HUSH_LAST_RESORT_PREKEY_ID)) ||
+        (b->auth_key.len != 0 && b->auth_key.len != 32)) {
+        e = HUSH_ERR_BAD_BUNDLE;
+    } else if (b->signed_pre_key->signature.len != 64) {
+        e = HUSH_ERR_BAD_SIGNATURE; /* empty or short signatures never reach the library */
+    } else {
+        hush__lock(c);
+        e = c->has_device ? import_locked(c, b) : HUSH_ERR_NO_DEVICE;
+        hush__unlock(c);
+    }
+    if (e == HUSH_OK || e == HUSH_ERR_IDENTITY_CHANGED) {
+        if (peer)
+            snprintf(peer, HUSH_USERNAME_MAX + 1, "%s", b->username);
+        if (device_id)
+            *device_id = b->device_id;
+    }
+    hush__key_bundle__free_unpacked(b, NULL);
+    return e;
+}
+
+int hush_has_session(hush_client *c, const char *peer, uint32_t device_id)
+{
+    if (!c || !hush__valid_username(peer) || device_id == 0 || device_id > INT32_MAX)
+        return 0;
+    signal_protocol_address addr = { peer, strlen(peer), (int32_t)device_id };
+    hush__lock(c);
+    int r = signal_protocol_session_contains_session(c->sc, &addr);
+    hush__unlock(c);
+    return r == 1;
+}

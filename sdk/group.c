@@ -1,0 +1,248 @@
+/*
+ * group.c - sender-key groups. Distribution messages travel inside pairwise sessions, so the
+ * sender of a group key is the authenticated pairwise address. Already-seen distribution messages
+ * are skipped: re-processing one resets the chain and lets an old group message decrypt twice
+ * (notes §4).
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include <sodium.h>
+
+#include <group_cipher.h>
+#include <group_session_builder.h>
+#include <protocol.h>
+#include <sender_key_record.h>
+
+#include "internal.h"
+
+static int valid_device(uint32_t d) { return d != 0 && d <= INT32_MAX; }
+
+static signal_protocol_sender_key_name skn_of(const char *group_id, const char *name, uint32_t dev)
+{
+    signal_protocol_sender_key_name n = { group_id, strlen(group_id), { name, strlen(name), (int32_t)dev } };
+    return n;
+}
+
+hush_err hush__process_skdm(hush_client *c, const char *peer, uint32_t dev, const char *group_id, const uint8_t *skdm,
+                            size_t len)
+{
+    sender_key_distribution_message *m = NULL;
+    sender_key_record *rec = NULL;
+    group_session_builder *b = NULL;
+    signal_protocol_sender_key_name skn = skn_of(group_id, peer, dev);
+    hush_err e = HUSH_OK;
+    if (sender_key_distribution_message_deserialize(&m, skdm, len, c->sg) != 0)
+        return HUSH_ERR_BAD_MESSAGE;
+    if (signal_protocol_sender_key_load_key(c->sc, &rec, &skn) != 0) {
+        e = c->store_err ? c->store_err : HUSH_ERR_STORAGE;
+        goto out;
+    }
+    sender_key_state *state = NULL;
+    if (sender_key_record_get_sender_key_state_by_id(rec, &state, sender_key_distribution_message_get_id(m)) == 0)
+        goto out; /* already have this key: skip (no replay window reopened) */
+    int rc = group_session_builder_create(&b, c->sc, c->sg);
+    if (rc == 0)
+        rc = group_session_builder_process_session(b, &skn, m);
+    if (rc != 0)
+        e = c->store_err ? c->store_err : hush__from_signal(rc);
+out:
+    group_session_builder_free(b);
+    SIGNAL_UNREF(rec);
+    SIGNAL_UNREF(m);
+    return e;
+}
+
+hush_err hush__group_decrypt(hush_client *c, const char *peer, uint32_t dev, const char *group_id, const uint8_t *ct,
+                             size_t len, signal_buffer **plaintext)
+{
+    sender_key_message *m = NULL;
+    group_cipher *gc = NULL;
+    signal_protocol_sender_key_name skn = skn_of(group_id, peer, dev);
+    int rc = sender_key_message_deserialize(&m, ct, len, c->sg);
+    if (rc != 0)
+        return HUSH_ERR_BAD_MESSAGE;
+    rc = group_cipher_create(&gc, c->sc, &skn, c->sg);
+    if (rc == 0)
+        rc = group_cipher_decrypt(gc, m, NULL, plaintext);
+    group_cipher_free(gc);
+    SIGNAL_UNREF(m);
+    if (rc == 0)
+        return HUSH_OK;
+    if (c->store_err)
+        return c->store_err;
+    if (rc == SG_ERR_NO_SESSION)
+        return HUSH_ERR_NO_GROUP_SESSION;
+    return hush__from_signal(rc);
+}
+
+hush_err hush_group_distribution(hush_client *c, const char *group_id, const char *member, uint32_t device_id,
+                                 uint8_t **envelope, size_t *envelope_len)
+{
+    if (!envelope || !envelope_len)
+        return HUSH_ERR_INVALID_ARG;
+    *envelope = NULL;
+    *envelope_len = 0;
+    if (!c || !hush__valid_group_id(group_id) || !hush__valid_username(member) || !valid_device(device_id))
+        return HUSH_ERR_INVALID_ARG;
+    hush__lock(c);
+    hush_err e;
+    group_session_builder *b = NULL;
+    sender_key_distribution_message *skdm = NULL;
+    if (!c->has_device) {
+        e = HUSH_ERR_NO_DEVICE;
+        goto unlock;
+    }
+    if ((e = hush__begin(c)))
+        goto unlock;
+    signal_protocol_sender_key_name self = skn_of(group_id, c->username, c->device_id);
+    int rc = group_session_builder_create(&b, c->sc, c->sg);
+    if (rc == 0)
+        rc = group_session_builder_create_session(b, &skdm, &self);
+    if (rc != 0) {
+        e = c->store_err ? c->store_err : hush__from_signal(rc);
+        hush__rollback(c);
+        goto unlock;
+    }
+    signal_buffer *ser = ciphertext_message_get_serialized((ciphertext_message *)skdm);
+    uint8_t mid[HUSH_MESSAGE_ID_BYTES];
+    randombytes_buf(mid, sizeof mid);
+    Hush__Content content = HUSH__CONTENT__INIT;
+    content.message_id.data = mid;
+    content.message_id.len = sizeof mid;
+    content.kind = HUSH__CONTENT_KIND__CONTENT_SENDER_KEY;
+    content.body.data = signal_buffer_data(ser);
+    content.body.len = signal_buffer_len(ser);
+    content.sent_at_ms = hush__now_ms();
+    content.group_id = (char *)group_id;
+    e = hush__encrypt_content(c, member, device_id, &content, envelope, envelope_len);
+    if (e == HUSH_OK)
+        e = hush__commit(c);
+    else
+        hush__rollback(c);
+    if (e) {
+        hush_free(*envelope);
+        *envelope = NULL;
+        *envelope_len = 0;
+    }
+unlock:
+    SIGNAL_UNREF(skdm);
+    group_session_builder_free(b);
+    hush__unlock(c);
+    return e;
+}
+
+hush_err hush_group_rotate(hush_client *c, const char *group_id)
+{
+    if (!c || !hush__valid_group_id(group_id))
+        return HUSH_ERR_INVALID_ARG;
+    hush__lock(c);
+    hush_err e = HUSH_ERR_NO_DEVICE;
+    if (c->has_device) {
+        /* libsignal has no sender-key delete callback (notes §2): delete our own row, so the
+         * next create_session makes a new key with a new id. */
+        sqlite3_stmt *st;
+        hstore_err se = hstore_prepare(c->db, "DELETE FROM sender_keys WHERE group_id = ?1 AND name = ?2 AND device_id = ?3", &st);
+        if (!se) {
+            sqlite3_bind_blob(st, 1, group_id, (int)strlen(group_id), SQLITE_TRANSIENT);
+            sqlite3_bind_blob(st, 2, c->username, (int)strlen(c->username), SQLITE_TRANSIENT);
+            sqlite3_bind_int64(st, 3, c->device_id);
+            se = hstore_run(c->db, st);
+        }
+        e = hush__from_store(se);
+    }
+    hush__unlock(c);
+    return e;
+}
+
+hush_err hush_group_encrypt(hush_client *c, const char *group_id, const uint8_t *body, size_t len,
+                            uint8_t message_id_out[HUSH_MESSAGE_ID_BYTES], uint8_t **envelope, size_t *envelope_len)
+{
+    if (!envelope || !envelope_len)
+        return HUSH_ERR_INVALID_ARG;
+    *envelope = NULL;
+    *envelope_len = 0;
+    if (!c || !hush__valid_group_id(group_id) || (!body && len))
+        return HUSH_ERR_INVALID_ARG;
+    if (len > HUSH_MAX_BODY)
+        return HUSH_ERR_TOO_BIG;
+    hush__lock(c);
+    hush_err e;
+    group_cipher *gc = NULL;
+    ciphertext_message *msg = NULL;
+    sender_key_record *rec = NULL;
+    uint8_t *pt = NULL;
+    size_t pt_len = 0;
+    if (!c->has_device) {
+        e = HUSH_ERR_NO_DEVICE;
+        goto unlock;
+    }
+    if ((e = hush__begin(c)))
+        goto unlock;
+    signal_protocol_sender_key_name self = skn_of(group_id, c->username, c->device_id);
+    if (signal_protocol_sender_key_load_key(c->sc, &rec, &self) != 0) {
+        e = c->store_err ? c->store_err : HUSH_ERR_STORAGE;
+        goto fail;
+    }
+    if (sender_key_record_is_empty(rec)) {
+        e = HUSH_ERR_NO_GROUP_SESSION; /* distribute first */
+        goto fail;
+    }
+    uint8_t mid[HUSH_MESSAGE_ID_BYTES];
+    randombytes_buf(mid, sizeof mid);
+    Hush__Content content = HUSH__CONTENT__INIT;
+    content.message_id.data = mid;
+    content.message_id.len = sizeof mid;
+    content.kind = HUSH__CONTENT_KIND__CONTENT_TEXT;
+    content.body.data = (uint8_t *)body;
+    content.body.len = len;
+    content.sent_at_ms = hush__now_ms();
+    content.group_id = (char *)group_id;
+    if ((e = hush__content_pack(&content, &pt, &pt_len)))
+        goto fail;
+    int rc = group_cipher_create(&gc, c->sc, &self, c->sg);
+    if (rc == 0)
+        rc = group_cipher_encrypt(gc, pt, pt_len, &msg);
+    if (rc != 0) {
+        e = c->store_err ? c->store_err : hush__from_signal(rc);
+        goto fail;
+    }
+    e = hush__history_insert(c, group_id, 0, 1, mid, HUSH_KIND_GROUP_TEXT, group_id, content.sent_at_ms, body, len,
+                             NULL, NULL);
+    if (e)
+        goto fail;
+    signal_buffer *ser = ciphertext_message_get_serialized(msg);
+    Hush__Envelope env = HUSH__ENVELOPE__INIT;
+    env.type = HUSH__CIPHER_TYPE__CIPHER_SENDER_KEY;
+    env.ciphertext.data = signal_buffer_data(ser);
+    env.ciphertext.len = signal_buffer_len(ser);
+    env.group_id = (char *)group_id;
+    size_t n = hush__envelope__get_packed_size(&env);
+    uint8_t *out = hush__alloc(n);
+    if (!out) {
+        e = HUSH_ERR_NOMEM;
+        goto fail;
+    }
+    hush__envelope__pack(&env, out);
+    if ((e = hush__commit(c))) {
+        hush_free(out);
+        goto unlock;
+    }
+    *envelope = out;
+    *envelope_len = n;
+    if (message_id_out)
+        memcpy(message_id_out, mid, sizeof mid);
+    goto unlock;
+fail:
+    hush__rollback(c);
+unlock:
+    if (pt) {
+        sodium_memzero(pt, pt_len);
+        free(pt);
+    }
+    SIGNAL_UNREF(msg);
+    SIGNAL_UNREF(rec);
+    group_cipher_free(gc);
+    hush__unlock(c);
+    return e;
+}

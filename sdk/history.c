@@ -1,0 +1,339 @@
+/*
+ * history.c - local message history and outbox, bodies sealed at rest.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <sodium.h>
+
+#include "internal.h"
+
+#define HISTORY_PAGE_MAX 500
+
+static void history_ad(char *ad, size_t cap, const char *peer, uint32_t dev, int outgoing, const char *group_id,
+                       const uint8_t mid[16])
+{
+    char hex[33];
+    sodium_bin2hex(hex, sizeof hex, mid, 16);
+    char name[HUSH_USERNAME_MAX + HUSH_GROUP_ID_MAX + 48];
+    int n = snprintf(name, sizeof name, "%s/%s/%s", peer, group_id, hex);
+    hush__ad(ad, cap, "history", name, (size_t)n, dev, outgoing);
+}
+
+hush_err hush__history_insert(hush_client *c, const char *peer, uint32_t peer_dev, int outgoing, const uint8_t msg_id[16],
+                              int kind, const char *group_id, uint64_t sent_at, const uint8_t *body, size_t len,
+                              int64_t *local_id, int *duplicate)
+{
+    sqlite3_stmt *st;
+    if (duplicate)
+        *duplicate = 0;
+    hstore_err se = hstore_prepare(c->db, "INSERT INTO history (peer, peer_device, outgoing, message_id, kind, group_id, "
+                                          "sent_at, received_at, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) "
+                                          "ON CONFLICT DO NOTHING", &st);
+    if (se)
+        return hush__from_store(se);
+    char ad[256];
+    history_ad(ad, sizeof ad, peer, peer_dev, outgoing, group_id, msg_id);
+    uint8_t *ct = NULL;
+    size_t clen = 0;
+    hush_err e = hush__seal(c, ad, body, len, &ct, &clen);
+    if (e)
+        return e;
+    sqlite3_bind_text(st, 1, peer, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 2, peer_dev);
+    sqlite3_bind_int(st, 3, outgoing);
+    sqlite3_bind_blob(st, 4, msg_id, 16, SQLITE_TRANSIENT);
+    sqlite3_bind_int(st, 5, kind);
+    sqlite3_bind_text(st, 6, group_id, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 7, (int64_t)sent_at);
+    sqlite3_bind_int64(st, 8, (int64_t)hush__now_ms());
+    sqlite3_bind_blob(st, 9, ct, (int)clen, SQLITE_TRANSIENT);
+    free(ct);
+    se = hstore_run(c->db, st);
+    if (se)
+        return hush__from_store(se);
+    if (hstore_changes(c->db) == 0) {
+        if (duplicate)
+            *duplicate = 1;
+    } else if (local_id) {
+        *local_id = hstore_last_insert_rowid(c->db);
+    }
+    return HUSH_OK;
+}
+
+void hush_history_free(hush_history_entry *entries, size_t count)
+{
+    if (!entries)
+        return;
+    for (size_t i = 0; i < count; i++) {
+        if (entries[i].body) {
+            sodium_memzero(entries[i].body, entries[i].body_len);
+            free(entries[i].body);
+        }
+    }
+    sodium_memzero(entries, count * sizeof *entries);
+    free(entries);
+}
+
+hush_err hush_history_list(hush_client *c, const char *peer, int64_t before_local_id, int limit,
+                           hush_history_entry **out, size_t *count)
+{
+    if (!out || !count)
+        return HUSH_ERR_INVALID_ARG;
+    *out = NULL;
+    *count = 0;
+    if (!c || !hush__valid_username(peer) || limit < 1 || limit > HISTORY_PAGE_MAX || before_local_id < 0)
+        return HUSH_ERR_INVALID_ARG;
+    hush_history_entry *v = calloc((size_t)limit, sizeof *v);
+    if (!v)
+        return HUSH_ERR_NOMEM;
+    size_t n = 0;
+    hush__lock(c);
+    sqlite3_stmt *st;
+    hstore_err se = hstore_prepare(c->db, "SELECT id, peer_device, outgoing, message_id, sent_at, received_at, read, body "
+                                          "FROM history WHERE peer = ?1 AND group_id = '' AND (?2 = 0 OR id < ?2) "
+                                          "ORDER BY id DESC LIMIT ?3", &st);
+    hush_err e = hush__from_store(se);
+    if (!e) {
+        sqlite3_bind_text(st, 1, peer, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_int64(st, 2, before_local_id);
+        sqlite3_bind_int(st, 3, limit);
+        int row = 0;
+        while (!e && (se = hstore_step(c->db, st, &row)) == HSTORE_OK && row) {
+            hush_history_entry *h = &v[n];
+            h->local_id = sqlite3_column_int64(st, 0);
+            h->peer_device = (uint32_t)sqlite3_column_int64(st, 1);
+            h->outgoing = sqlite3_column_int(st, 2);
+            if (sqlite3_column_bytes(st, 3) != 16) {
+                e = HUSH_ERR_DB_CORRUPT;
+                break;
+            }
+            memcpy(h->message_id, sqlite3_column_blob(st, 3), 16);
+            h->sent_at_ms = (uint64_t)sqlite3_column_int64(st, 4);
+            h->received_at_ms = (uint64_t)sqlite3_column_int64(st, 5);
+            h->read = sqlite3_column_int(st, 6);
+            snprintf(h->peer, sizeof h->peer, "%s", peer);
+            char ad[256];
+            history_ad(ad, sizeof ad, peer, h->peer_device, h->outgoing, "", h->message_id);
+            uint8_t *pt = NULL;
+            size_t len = 0;
+            e = hush__open(c, ad, sqlite3_column_blob(st, 7), (size_t)sqlite3_column_bytes(st, 7), &pt, &len);
+            if (e)
+                break;
+            h->body = realloc(pt, len + 1);
+            if (!h->body) {
+                sodium_memzero(pt, len);
+                free(pt);
+                e = HUSH_ERR_NOMEM;
+                break;
+            }
+            h->body[len] = '\0';
+            h->body_len = len;
+            n++;
+        }
+        sqlite3_reset(st);
+        if (!e && se)
+            e = hush__from_store(se);
+    }
+    hush__unlock(c);
+    if (e) {
+        hush_history_free(v, n);
+        return e;
+    }
+    *out = v;
+    *count = n;
+    return HUSH_OK;
+}
+
+static hush_err update_one(hush_client *c, const char *sql, int64_t id)
+{
+    hush__lock(c);
+    sqlite3_stmt *st;
+    hstore_err se = hstore_prepare(c->db, sql, &st);
+    if (!se) {
+        sqlite3_bind_int64(st, 1, id);
+        se = hstore_run(c->db, st);
+    }
+    hush_err e = hush__from_store(se);
+    if (!e && hstore_changes(c->db) == 0)
+        e = HUSH_ERR_NOT_FOUND;
+    hush__unlock(c);
+    return e;
+}
+
+hush_err hush_history_mark_read(hush_client *c, int64_t local_id)
+{
+    if (!c || local_id <= 0)
+        return HUSH_ERR_INVALID_ARG;
+    return update_one(c, "UPDATE history SET read = 1 WHERE id = ?1", local_id);
+}
+
+hush_err hush_history_delete(hush_client *c, int64_t local_id)
+{
+    if (!c || local_id <= 0)
+        return HUSH_ERR_INVALID_ARG;
+    /* The row's message id is kept out of reach of resurrection by the same UNIQUE key only while
+     * the row exists; deleting a message locally is the user's choice, and a redelivery of the
+     * same ciphertext is still a libsignal duplicate. */
+    return update_one(c, "DELETE FROM history WHERE id = ?1", local_id);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* outbox */
+
+static void outbox_ad(char *ad, size_t cap, const char *peer, const uint8_t mid[16])
+{
+    char hex[33];
+    sodium_bin2hex(hex, sizeof hex, mid, 16);
+    char name[HUSH_USERNAME_MAX + 40];
+    int n = snprintf(name, sizeof name, "%s/%s", peer, hex);
+    hush__ad(ad, cap, "outbox", name, (size_t)n, 0, 0);
+}
+
+hush_err hush_outbox_put(hush_client *c, const char *peer, const uint8_t *body, size_t len,
+                         uint8_t message_id_out[HUSH_MESSAGE_ID_BYTES])
+{
+    if (!c || !hush__valid_username(peer) || (!body && len))
+        return HUSH_ERR_INVALID_ARG;
+    if (len > HUSH_MAX_BODY)
+        return HUSH_ERR_TOO_BIG;
+    uint8_t mid[16];
+    randombytes_buf(mid, sizeof mid);
+    char ad[160];
+    outbox_ad(ad, sizeof ad, peer, mid);
+    uint8_t *ct = NULL;
+    size_t clen = 0;
+    hush__lock(c);
+    hush_err e = hush__seal(c, ad, body, len, &ct, &clen);
+    if (!e) {
+        sqlite3_stmt *st;
+        hstore_err se = hstore_prepare(c->db, "INSERT INTO outbox (peer, message_id, created_at, body) VALUES (?1, ?2, ?3, ?4)", &st);
+        if (!se) {
+            sqlite3_bind_text(st, 1, peer, -1, SQLITE_TRANSIENT);
+            sqlite3_bind_blob(st, 2, mid, 16, SQLITE_TRANSIENT);
+            sqlite3_bind_int64(st, 3, (int64_t)hush__now_ms());
+            sqlite3_bind_blob(st, 4, ct, (int)clen, SQLITE_TRANSIENT);
+            se = hstore_run(c->db, st);
+        }
+        e = hush__from_store(se);
+        free(ct);
+    }
+    hush__unlock(c);
+    if (!e && message_id_out)
+        memcpy(message_id_out, mid, 16);
+    return e;
+}
+
+void hush_outbox_entry_free(hush_outbox_entry *e)
+{
+    if (!e)
+        return;
+    if (e->body) {
+        sodium_memzero(e->body, e->body_len);
+        free(e->body);
+    }
+    free(e);
+}
+
+hush_err hush_outbox_next(hush_client *c, hush_outbox_entry **out)
+{
+    if (!out)
+        return HUSH_ERR_INVALID_ARG;
+    *out = NULL;
+    if (!c)
+        return HUSH_ERR_INVALID_ARG;
+    hush__lock(c);
+    sqlite3_stmt *st;
+    int row = 0;
+    hstore_err se = hstore_prepare(c->db, "SELECT id, peer, message_id, created_at, attempts, body FROM outbox ORDER BY id LIMIT 1", &st);
+    if (!se)
+        se = hstore_step(c->db, st, &row);
+    hush_err e = hush__from_store(se);
+    if (!e && !row)
+        e = HUSH_ERR_NOT_FOUND;
+    if (!e) {
+        hush_outbox_entry *o = calloc(1, sizeof *o);
+        const char *peer = (const char *)sqlite3_column_text(st, 1);
+        if (!o) {
+            e = HUSH_ERR_NOMEM;
+        } else if (!hush__valid_username(peer) || sqlite3_column_bytes(st, 2) != 16) {
+            e = HUSH_ERR_DB_CORRUPT;
+        } else {
+            o->local_id = sqlite3_column_int64(st, 0);
+            snprintf(o->peer, sizeof o->peer, "%s", peer);
+            memcpy(o->message_id, sqlite3_column_blob(st, 2), 16);
+            o->created_at_ms = (uint64_t)sqlite3_column_int64(st, 3);
+            o->attempts = (uint32_t)sqlite3_column_int64(st, 4);
+            char ad[160];
+            outbox_ad(ad, sizeof ad, o->peer, o->message_id);
+            uint8_t *pt = NULL;
+            size_t len = 0;
+            e = hush__open(c, ad, sqlite3_column_blob(st, 5), (size_t)sqlite3_column_bytes(st, 5), &pt, &len);
+            if (!e) {
+                o->body = realloc(pt, len + 1);
+                if (!o->body) {
+                    free(pt);
+                    e = HUSH_ERR_NOMEM;
+                } else {
+                    o->body[len] = '\0';
+                    o->body_len = len;
+                }
+            }
+        }
+        sqlite3_reset(st);
+        if (e)
+            hush_outbox_entry_free(o);
+        else
+            *out = o;
+    }
+    hush__unlock(c);
+    return e;
+}
+
+hush_err hush_outbox_count(hush_client *c, uint32_t *count)
+{
+    if (!c || !count)
+        return HUSH_ERR_INVALID_ARG;
+    *count = 0;
+    hush__lock(c);
+    sqlite3_stmt *st;
+    int row = 0;
+    hstore_err se = hstore_prepare(c->db, "SELECT count(*) FROM outbox", &st);
+    if (!se)
+        se = hstore_step(c->db, st, &row);
+    if (!se && row) {
+        *count = (uint32_t)sqlite3_column_int64(st, 0);
+        sqlite3_reset(st);
+    }
+    hush__unlock(c);
+    return hush__from_store(se);
+}
+
+static hush_err outbox_by_id(hush_client *c, const char *sql, const uint8_t mid[16])
+{
+    if (!c || !mid)
+        return HUSH_ERR_INVALID_ARG;
+    hush__lock(c);
+    sqlite3_stmt *st;
+    hstore_err se = hstore_prepare(c->db, sql, &st);
+    if (!se) {
+        sqlite3_bind_blob(st, 1, mid, 16, SQLITE_TRANSIENT);
+        se = hstore_run(c->db, st);
+    }
+    hush_err e = hush__from_store(se);
+    if (!e && hstore_changes(c->db) == 0)
+        e = HUSH_ERR_NOT_FOUND;
+    hush__unlock(c);
+    return e;
+}
+
+hush_err hush_outbox_attempted(hush_client *c, const uint8_t message_id[HUSH_MESSAGE_ID_BYTES])
+{
+    return outbox_by_id(c, "UPDATE outbox SET attempts = attempts + 1 WHERE message_id = ?1", message_id);
+}
+
+hush_err hush_outbox_done(hush_client *c, const uint8_t message_id[HUSH_MESSAGE_ID_BYTES])
+{
+    return outbox_by_id(c, "DELETE FROM outbox WHERE message_id = ?1", message_id);
+}

@@ -1,0 +1,303 @@
+/*
+ * hush.h - libhush, the Hush client SDK: end-to-end encryption (Signal protocol: X3DH + Double
+ * Ratchet + sender keys) over a sealed SQLite store.
+ *
+ * Conventions
+ * - Every function that can fail returns a hush_err; HUSH_OK (0) is success. hush_strerror()
+ *   gives a message for any code.
+ * - Out-parameters are set to NULL / 0 on entry and are handed over only on success: on any error
+ *   there is nothing to free.
+ * - Buffers returned through `uint8_t **` are owned by the caller and freed with hush_free().
+ *   Structures have their own free function, named beside them.
+ * - Input pointers are borrowed for the duration of the call only; libhush copies what it keeps.
+ * - Strings are NUL-terminated UTF-8. Usernames are 3..32 characters of [a-z0-9._-].
+ *
+ * Threads
+ * - A hush_client may be used from any thread: every call takes the client's (recursive) mutex,
+ *   so calls on one client are serialised. Separate clients share nothing and run in parallel.
+ * - hush_client_open/hush_client_close must not race with other calls on the same client.
+ * - hush_strerror, hush_free, hush_message_free and hush_version are safe from any thread.
+ */
+#ifndef HUSH_H
+#define HUSH_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__GNUC__)
+#define HUSH_MUST_CHECK __attribute__((warn_unused_result))
+#else
+#define HUSH_MUST_CHECK
+#endif
+
+#define HUSH_DB_KEY_BYTES 32          /* database key the app supplies */
+#define HUSH_USERNAME_MIN 3
+#define HUSH_USERNAME_MAX 32
+#define HUSH_MESSAGE_ID_BYTES 16
+#define HUSH_SAFETY_NUMBER_LEN 60     /* digits, without the terminating NUL */
+#define HUSH_SAFETY_ITERATIONS 5200
+#define HUSH_MAX_BODY (64 * 1024)     /* largest plaintext body accepted by hush_encrypt */
+#define HUSH_MAX_ENVELOPE (256 * 1024) /* largest envelope hush_decrypt will parse */
+#define HUSH_MAX_BUNDLE (4 * 1024)    /* largest bundle hush_bundle_import will parse */
+#define HUSH_GROUP_ID_MAX 64
+#define HUSH_ONE_TIME_PREKEYS 100
+#define HUSH_LAST_RESORT_PREKEY_ID 0xFFFFFFu
+
+typedef enum hush_err {
+    HUSH_OK = 0,
+    HUSH_ERR_INVALID_ARG,      /* a NULL, out-of-range or malformed argument */
+    HUSH_ERR_NOMEM,            /* allocation failed */
+    HUSH_ERR_STORAGE,          /* the local database failed (I/O, disk full, locked); nothing was changed */
+    HUSH_ERR_DB_CORRUPT,       /* the database file is not a database, truncated or corrupt */
+    HUSH_ERR_DB_TOO_NEW,       /* the database was written by a newer libhush */
+    HUSH_ERR_DB_KEY,           /* wrong database key, or a sealed row failed authentication */
+    HUSH_ERR_SELFTEST,         /* the crypto provider failed its known-answer test: refusing to run */
+    HUSH_ERR_NO_DEVICE,        /* no local device yet: call hush_device_create */
+    HUSH_ERR_DEVICE_EXISTS,    /* hush_device_create on a database that already has a device */
+    HUSH_ERR_BAD_BUNDLE,       /* a key bundle is malformed (missing or short keys, bad sizes) */
+    HUSH_ERR_BAD_SIGNATURE,    /* a key bundle's signed prekey signature does not verify */
+    HUSH_ERR_NO_SESSION,       /* no session with that device: import its bundle first */
+    HUSH_ERR_BAD_MESSAGE,      /* the message is malformed, fails authentication, or claims to be
+                                  too far ahead (2000+ messages); it was dropped, state untouched */
+    HUSH_ERR_DUPLICATE,        /* the message was already received: drop it silently (not shown twice) */
+    HUSH_ERR_STALE_PREKEY,     /* the message used a prekey this device no longer has: the sender
+                                  must start again from a fresh bundle */
+    HUSH_ERR_IDENTITY_CHANGED, /* the peer's identity key differs from the one on record: see
+                                  hush_identity_pending / _accept / _reject */
+    HUSH_ERR_NOT_FOUND,        /* no such peer, message or pending change */
+    HUSH_ERR_TOO_BIG,          /* input over its documented size cap */
+    HUSH_ERR_SAFETY_MISMATCH,  /* a scanned safety code does not match this conversation */
+    HUSH_ERR_NO_GROUP_SESSION, /* no sender key for that group member: ask them to redistribute */
+    HUSH_ERR_INTERNAL          /* an unexpected library failure (a bug: please report) */
+} hush_err;
+
+/* Never NULL; static storage. */
+const char *hush_strerror(hush_err err);
+const char *hush_version(void);
+
+/* Frees a buffer returned by libhush. NULL is accepted. Secret-bearing buffers are wiped. */
+void hush_free(void *p);
+
+typedef struct hush_client hush_client;
+
+/* Durability of local commits: FULL (default) survives power loss; NORMAL survives a crash of the
+ * app but may lose the last commits on power loss. */
+typedef enum hush_durability {
+    HUSH_DURABILITY_FULL = 0,
+    HUSH_DURABILITY_NORMAL = 1
+} hush_durability;
+
+typedef struct hush_open_opts {
+    hush_durability durability;
+} hush_open_opts;
+
+/*
+ * Opens (creating if absent) the client database at `db_path`, sealed with `db_key` (32 bytes the
+ * app keeps in the platform keystore). The crypto provider's self-test runs once per process first.
+ * `opts` may be NULL for defaults. On success *out is a new client owned by the caller (free with
+ * hush_client_close). Errors: HUSH_ERR_INVALID_ARG, HUSH_ERR_NOMEM, HUSH_ERR_STORAGE,
+ * HUSH_ERR_DB_CORRUPT, HUSH_ERR_DB_TOO_NEW, HUSH_ERR_DB_KEY (wrong key), HUSH_ERR_SELFTEST.
+ */
+HUSH_MUST_CHECK hush_err hush_client_open(const char *db_path, const uint8_t db_key[HUSH_DB_KEY_BYTES],
+                                          const hush_open_opts *opts, hush_client **out);
+
+/* Closes the database and wipes key material held in memory. NULL is accepted. */
+void hush_client_close(hush_client *c);
+
+/*
+ * Creates this database's device: Signal identity key pair and registration id, a signed prekey,
+ * HUSH_ONE_TIME_PREKEYS one-time prekeys, a last-resort prekey and an Ed25519 authentication key,
+ * all sealed and committed in one transaction. Errors: HUSH_ERR_INVALID_ARG (bad username or
+ * device_id 0), HUSH_ERR_DEVICE_EXISTS, HUSH_ERR_STORAGE, HUSH_ERR_NOMEM.
+ */
+HUSH_MUST_CHECK hush_err hush_device_create(hush_client *c, const char *username, uint32_t device_id);
+
+/* This device's address and registration id. `username` receives up to HUSH_USERNAME_MAX chars + NUL.
+ * Any out pointer may be NULL. Errors: HUSH_ERR_NO_DEVICE. */
+HUSH_MUST_CHECK hush_err hush_device_info(hush_client *c, char username[HUSH_USERNAME_MAX + 1],
+                                          uint32_t *device_id, uint32_t *registration_id);
+
+/* The device's Ed25519 authentication public key (32 bytes), and a signature (64 bytes) over
+ * `msg` with it, for logging in to a relay. Errors: HUSH_ERR_NO_DEVICE, HUSH_ERR_STORAGE,
+ * HUSH_ERR_DB_KEY. */
+HUSH_MUST_CHECK hush_err hush_device_auth_key(hush_client *c, uint8_t pub[32]);
+HUSH_MUST_CHECK hush_err hush_device_auth_sign(hush_client *c, const uint8_t *msg, size_t len,
+                                               uint8_t sig[64]);
+
+/* Number of one-time prekeys this device still holds (excluding the last-resort key). */
+HUSH_MUST_CHECK hush_err hush_prekeys_remaining(hush_client *c, uint32_t *count);
+
+/*
+ * Exports this device's public bundle (serialized hush.KeyBundle) for a peer. Each export hands
+ * out a one-time prekey that no earlier export handed out; when none is left the last-resort key
+ * is used. On success *out (caller frees with hush_free) and *out_len are set.
+ */
+HUSH_MUST_CHECK hush_err hush_bundle_export(hush_client *c, uint8_t **out, size_t *out_len);
+
+/*
+ * Validates a peer's bundle and starts a session with that device (X3DH). Sizes, key encodings
+ * and the signed prekey's signature are checked before the library sees them. If the address
+ * already has a session, a new one replaces it. Errors: HUSH_ERR_TOO_BIG, HUSH_ERR_BAD_BUNDLE,
+ * HUSH_ERR_BAD_SIGNATURE, HUSH_ERR_IDENTITY_CHANGED (see hush_identity_pending), HUSH_ERR_STORAGE.
+ * On any error nothing is stored. `peer`/`device_id` (may be NULL) receive the bundle's address.
+ */
+HUSH_MUST_CHECK hush_err hush_bundle_import(hush_client *c, const uint8_t *bundle, size_t len,
+                                            char peer[HUSH_USERNAME_MAX + 1], uint32_t *device_id);
+
+/* 1 if a session with (peer, device_id) exists, else 0 (errors count as 0). */
+int hush_has_session(hush_client *c, const char *peer, uint32_t device_id);
+
+/*
+ * Encrypts a text for one device of `peer`. The new session state and the outgoing history row are
+ * committed before the envelope is returned, so a ciphertext never leaves with a state that could
+ * roll back. `message_id` (16 bytes) is the message's stable id: pass the same id to retry a send,
+ * or NULL to have a fresh one made (written to `message_id_out` if non-NULL).
+ * On success *envelope (hush_free) and *envelope_len are set.
+ * Errors: HUSH_ERR_TOO_BIG (len > HUSH_MAX_BODY), HUSH_ERR_NO_SESSION, HUSH_ERR_STORAGE.
+ */
+HUSH_MUST_CHECK hush_err hush_encrypt(hush_client *c, const char *peer, uint32_t device_id,
+                                      const uint8_t *body, size_t len,
+                                      const uint8_t message_id[HUSH_MESSAGE_ID_BYTES],
+                                      uint8_t message_id_out[HUSH_MESSAGE_ID_BYTES],
+                                      uint8_t **envelope, size_t *envelope_len);
+
+typedef enum hush_kind {
+    HUSH_KIND_TEXT = 1,       /* a pairwise text message */
+    HUSH_KIND_GROUP_TEXT = 2, /* a group text message (group_id set) */
+    HUSH_KIND_GROUP_KEY = 3   /* a group sender key was received (nothing to show) */
+} hush_kind;
+
+typedef struct hush_message {
+    hush_kind kind;
+    char sender[HUSH_USERNAME_MAX + 1];
+    uint32_t sender_device;
+    uint8_t message_id[HUSH_MESSAGE_ID_BYTES];
+    uint64_t sent_at_ms;          /* sender's clock */
+    uint64_t received_at_ms;      /* local clock */
+    char group_id[HUSH_GROUP_ID_MAX + 1]; /* "" for pairwise */
+    int64_t local_id;             /* history row id (0 when not stored, e.g. GROUP_KEY) */
+    uint8_t *body;                /* NUL-terminated for convenience; body_len excludes the NUL */
+    size_t body_len;
+} hush_message;
+
+/* Frees a message and wipes its body. NULL is accepted. */
+void hush_message_free(hush_message *m);
+
+/*
+ * Decrypts an envelope that arrived from (peer, device_id) - the relay vouches for the sender's
+ * address. The plaintext is stored (sealed) in the history together with the new session state in
+ * one transaction before this returns; on any error nothing at all is stored. On success *out is
+ * a new message (hush_message_free).
+ * Errors: HUSH_ERR_DUPLICATE (already received: drop silently, the app already has it),
+ * HUSH_ERR_BAD_MESSAGE, HUSH_ERR_NO_SESSION, HUSH_ERR_STALE_PREKEY, HUSH_ERR_IDENTITY_CHANGED,
+ * HUSH_ERR_NO_GROUP_SESSION, HUSH_ERR_TOO_BIG, HUSH_ERR_STORAGE (retry later: nothing changed).
+ */
+HUSH_MUST_CHECK hush_err hush_decrypt(hush_client *c, const char *peer, uint32_t device_id,
+                                      const uint8_t *envelope, size_t len, hush_message **out);
+
+/*
+ * Identity changes. When a bundle or message carries an identity key for (peer, device_id) that
+ * differs from the recorded one, the operation fails with HUSH_ERR_IDENTITY_CHANGED and the new key
+ * is kept as pending. hush_identity_pending gives the old and new safety numbers (61-byte buffers:
+ * 60 digits + NUL); the app shows them and calls accept (the new key becomes trusted; retry the
+ * message or bundle) or reject (the pending key is discarded). Errors: HUSH_ERR_NOT_FOUND.
+ */
+HUSH_MUST_CHECK hush_err hush_identity_pending(hush_client *c, const char *peer, uint32_t device_id,
+                                               char old_safety[HUSH_SAFETY_NUMBER_LEN + 1],
+                                               char new_safety[HUSH_SAFETY_NUMBER_LEN + 1]);
+HUSH_MUST_CHECK hush_err hush_identity_accept(hush_client *c, const char *peer, uint32_t device_id);
+HUSH_MUST_CHECK hush_err hush_identity_reject(hush_client *c, const char *peer, uint32_t device_id);
+
+/*
+ * Safety numbers for the conversation with (peer, device_id): the 60-digit display string (the
+ * same on both sides), the scannable form (serialized, hush_free), and a comparison of a code
+ * scanned from the peer's screen: HUSH_OK when it matches, HUSH_ERR_SAFETY_MISMATCH otherwise.
+ * Errors: HUSH_ERR_NOT_FOUND (no identity known for that peer).
+ */
+HUSH_MUST_CHECK hush_err hush_safety_number(hush_client *c, const char *peer, uint32_t device_id,
+                                            char out[HUSH_SAFETY_NUMBER_LEN + 1]);
+HUSH_MUST_CHECK hush_err hush_safety_scannable(hush_client *c, const char *peer, uint32_t device_id,
+                                               uint8_t **out, size_t *out_len);
+HUSH_MUST_CHECK hush_err hush_safety_compare(hush_client *c, const char *peer, uint32_t device_id,
+                                             const uint8_t *scanned, size_t len);
+
+/*
+ * Groups (sender keys). group_id: 1..HUSH_GROUP_ID_MAX printable ASCII characters.
+ * - hush_group_distribution: creates this device's sender key for the group if it has none, and
+ *   returns a pairwise envelope carrying it to (member, device_id) (send it like any message).
+ * - hush_group_rotate: forgets this device's sender key, so the next distribution creates a new
+ *   one. Call it when a member leaves, then distribute to the remaining members only.
+ * - hush_group_encrypt: one envelope for every member holding the current sender key.
+ * Received distributions and group messages come through hush_decrypt. A distribution message
+ * already seen is skipped (it would otherwise let an old group message be decrypted twice).
+ */
+HUSH_MUST_CHECK hush_err hush_group_distribution(hush_client *c, const char *group_id,
+                                                 const char *member, uint32_t device_id,
+                                                 uint8_t **envelope, size_t *envelope_len);
+HUSH_MUST_CHECK hush_err hush_group_rotate(hush_client *c, const char *group_id);
+HUSH_MUST_CHECK hush_err hush_group_encrypt(hush_client *c, const char *group_id,
+                                            const uint8_t *body, size_t len,
+                                            uint8_t message_id_out[HUSH_MESSAGE_ID_BYTES],
+                                            uint8_t **envelope, size_t *envelope_len);
+
+/*
+ * Local history (sealed at rest). hush_history_list returns up to `limit` (1..500) messages of the
+ * conversation with `peer` (all its devices; group messages excluded) whose local_id is below
+ * `before_local_id` (0 = newest), newest first. Outgoing messages have sender == this device.
+ * On success *out is an array of *count messages: free with hush_history_free.
+ */
+typedef struct hush_history_entry {
+    int64_t local_id;
+    int outgoing;                 /* 1: sent by this device, 0: received */
+    char peer[HUSH_USERNAME_MAX + 1];
+    uint32_t peer_device;         /* 0 for outgoing */
+    uint8_t message_id[HUSH_MESSAGE_ID_BYTES];
+    uint64_t sent_at_ms;
+    uint64_t received_at_ms;
+    int read;                     /* marked read locally */
+    uint8_t *body;
+    size_t body_len;
+} hush_history_entry;
+
+HUSH_MUST_CHECK hush_err hush_history_list(hush_client *c, const char *peer, int64_t before_local_id,
+                                           int limit, hush_history_entry **out, size_t *count);
+void hush_history_free(hush_history_entry *entries, size_t count);
+HUSH_MUST_CHECK hush_err hush_history_mark_read(hush_client *c, int64_t local_id);
+HUSH_MUST_CHECK hush_err hush_history_delete(hush_client *c, int64_t local_id);
+
+/*
+ * Outbox (sealed at rest): messages the app has handed over but the relay has not acknowledged.
+ * hush_outbox_put writes the row (with a fresh stable message id) and commits before returning;
+ * hush_outbox_next returns the oldest pending row; hush_outbox_done removes it once acknowledged.
+ * The networked SDK drives these; they are public so apps can show pending messages.
+ */
+typedef struct hush_outbox_entry {
+    int64_t local_id;
+    char peer[HUSH_USERNAME_MAX + 1];
+    uint8_t message_id[HUSH_MESSAGE_ID_BYTES];
+    uint64_t created_at_ms;
+    uint32_t attempts;
+    uint8_t *body;
+    size_t body_len;
+} hush_outbox_entry;
+
+HUSH_MUST_CHECK hush_err hush_outbox_put(hush_client *c, const char *peer, const uint8_t *body,
+                                         size_t len, uint8_t message_id_out[HUSH_MESSAGE_ID_BYTES]);
+/* HUSH_ERR_NOT_FOUND when empty. On success *out is owned by the caller (hush_outbox_entry_free). */
+HUSH_MUST_CHECK hush_err hush_outbox_next(hush_client *c, hush_outbox_entry **out);
+HUSH_MUST_CHECK hush_err hush_outbox_count(hush_client *c, uint32_t *count);
+HUSH_MUST_CHECK hush_err hush_outbox_attempted(hush_client *c, const uint8_t message_id[HUSH_MESSAGE_ID_BYTES]);
+HUSH_MUST_CHECK hush_err hush_outbox_done(hush_client *c, const uint8_t message_id[HUSH_MESSAGE_ID_BYTES]);
+void hush_outbox_entry_free(hush_outbox_entry *e);
+
+/* Runs PRAGMA integrity_check on the client database: HUSH_OK or HUSH_ERR_DB_CORRUPT. */
+HUSH_MUST_CHECK hush_err hush_client_check(hush_client *c);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

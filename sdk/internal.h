@@ -1,0 +1,100 @@
+/*
+ * internal.h - libhush private declarations (never installed).
+ * Internal helpers use the hush__ double-underscore prefix.
+ */
+#ifndef HUSH_INTERNAL_H
+#define HUSH_INTERNAL_H
+
+#include <pthread.h>
+#include <stdint.h>
+
+#include <signal_protocol.h>
+
+#include "hush.h"
+#include "hush_store.h"
+#include "hush.pb-c.h"
+
+#define HUSH_SEAL_KEY_BYTES 32
+#define HUSH_IDENTITY_PUB_BYTES 33
+
+struct hush_client {
+    pthread_mutex_t lock; /* recursive; also handed to libsignal as its lock */
+    hstore *db;
+    signal_context *sg;
+    signal_protocol_store_context *sc;
+    uint8_t seal_key[HUSH_SEAL_KEY_BYTES];
+    int has_device;
+    char username[HUSH_USERNAME_MAX + 1];
+    uint32_t device_id;
+    uint32_t registration_id;
+    hush_err store_err; /* why the last store callback failed (reset before each library call) */
+    /* Set by is_trusted_identity when a different key claims an address, read after rollback. */
+    struct {
+        int set;
+        char name[HUSH_USERNAME_MAX + 1];
+        uint32_t device_id;
+        uint8_t key[HUSH_IDENTITY_PUB_BYTES];
+    } untrusted;
+};
+
+/* provider.c */
+int hush__provider_install(signal_context *sg);
+hush_err hush__selftest(void);
+
+/* seal.c: XChaCha20-Poly1305 with associated data naming the row. */
+#define HUSH_SEAL_OVERHEAD (1 + 24 + 16)
+hush_err hush__seal(const hush_client *c, const char *ad, const uint8_t *pt, size_t len,
+                    uint8_t **out, size_t *out_len);
+hush_err hush__open(const hush_client *c, const char *ad, const uint8_t *ct, size_t len,
+                    uint8_t **out, size_t *out_len);
+/* Builds an associated-data string "<table>|<name>|<n1>|<n2>". */
+void hush__ad(char *buf, size_t cap, const char *table, const char *name, size_t name_len,
+              int64_t n1, int64_t n2);
+
+/* stores.c */
+int hush__stores_install(hush_client *c);
+extern const char *const hush__migrations[];
+extern const int hush__nmigrations;
+hush_err hush__meta_get_int(hush_client *c, const char *key, int64_t *out, int *found);
+hush_err hush__meta_set_int(hush_client *c, const char *key, int64_t v);
+hush_err hush__local_identity(hush_client *c, ratchet_identity_key_pair **out);
+hush_err hush__peer_identity(hush_client *c, const char *name, uint32_t dev, uint8_t key[33], int *found);
+hush_err hush__save_peer_identity(hush_client *c, const char *name, uint32_t dev, const uint8_t *key, size_t len);
+
+/* Buffers handed to the caller: sized so hush_free can wipe them. */
+void *hush__alloc(size_t n);
+
+/* errors */
+hush_err hush__from_store(hstore_err e);
+hush_err hush__from_signal(int rc);
+
+/* Locking helpers */
+void hush__lock(hush_client *c);
+void hush__unlock(hush_client *c);
+
+/* Validation */
+int hush__valid_username(const char *s);
+int hush__valid_group_id(const char *s);
+uint64_t hush__now_ms(void);
+
+/* Transaction wrapper: savepoint, and on failure rollback. */
+hush_err hush__begin(hush_client *c);
+hush_err hush__commit(hush_client *c); /* on failure it rolls back itself */
+void hush__rollback(hush_client *c);
+
+/* history.c */
+hush_err hush__history_insert(hush_client *c, const char *peer, uint32_t peer_dev, int outgoing,
+                              const uint8_t msg_id[16], int kind, const char *group_id,
+                              uint64_t sent_at, const uint8_t *body, size_t len, int64_t *local_id,
+                              int *duplicate);
+
+/* session.c helpers for group.c */
+hush_err hush__encrypt_content(hush_client *c, const char *peer, uint32_t dev, Hush__Content *content,
+                               uint8_t **env, size_t *env_len);
+hush_err hush__content_pack(Hush__Content *content, uint8_t **out, size_t *len);
+hush_err hush__process_skdm(hush_client *c, const char *peer, uint32_t dev, const char *group_id,
+                            const uint8_t *skdm, size_t len);
+hush_err hush__group_decrypt(hush_client *c, const char *peer, uint32_t dev, const char *group_id,
+                             const uint8_t *ct, size_t len, signal_buffer **plaintext);
+
+#endif

@@ -1,0 +1,708 @@
+/*
+ * stores.c - the client schema and libsignal's five stores (identity, pre-key, signed pre-key,
+ * session, sender key) on SQLite, every secret sealed (seal.c).
+ *
+ * Contracts honoured (shared notes §2): inputs are copied (SQLITE_TRANSIENT); returned buffers are
+ * fresh signal_buffers; load_* return 1/0 or SG_SUCCESS/SG_ERR_INVALID_KEY_ID exactly as the
+ * library expects; remove_pre_key returns 0 when the key is already gone; names are keyed by
+ * their exact bytes. The callers (session.c, group.c) wrap every library call in a savepoint, so a
+ * failing call leaves no trace.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include <sodium.h>
+
+#include <curve.h>
+#include <ratchet.h>
+
+#include "internal.h"
+
+const char *const hush__migrations[] = {
+    /* 0 -> 1: initial schema */
+    "CREATE TABLE meta ("
+    "  key TEXT PRIMARY KEY, ival INTEGER, bval BLOB) WITHOUT ROWID;"
+    "CREATE TABLE local_device ("
+    "  id INTEGER PRIMARY KEY CHECK (id = 1),"
+    "  username TEXT NOT NULL, device_id INTEGER NOT NULL, registration_id INTEGER NOT NULL,"
+    "  identity_public BLOB NOT NULL, identity_private BLOB NOT NULL,"
+    "  auth_public BLOB NOT NULL, auth_secret BLOB NOT NULL, created_at INTEGER NOT NULL);"
+    "CREATE TABLE identities ("
+    "  name BLOB NOT NULL, device_id INTEGER NOT NULL, key BLOB NOT NULL, updated_at INTEGER NOT NULL,"
+    "  PRIMARY KEY (name, device_id)) WITHOUT ROWID;"
+    "CREATE TABLE pending_identities ("
+    "  name BLOB NOT NULL, device_id INTEGER NOT NULL, key BLOB NOT NULL, created_at INTEGER NOT NULL,"
+    "  PRIMARY KEY (name, device_id)) WITHOUT ROWID;"
+    "CREATE TABLE sessions ("
+    "  name BLOB NOT NULL, device_id INTEGER NOT NULL, record BLOB NOT NULL, user_record BLOB,"
+    "  PRIMARY KEY (name, device_id)) WITHOUT ROWID;"
+    "CREATE TABLE pre_keys ("
+    "  id INTEGER PRIMARY KEY, record BLOB NOT NULL, exported INTEGER NOT NULL DEFAULT 0);"
+    "CREATE TABLE signed_pre_keys ("
+    "  id INTEGER PRIMARY KEY, record BLOB NOT NULL, created_at INTEGER NOT NULL, retired_at INTEGER);"
+    "CREATE TABLE sender_keys ("
+    "  group_id BLOB NOT NULL, name BLOB NOT NULL, device_id INTEGER NOT NULL,"
+    "  record BLOB NOT NULL, user_record BLOB,"
+    "  PRIMARY KEY (group_id, name, device_id)) WITHOUT ROWID;"
+    "CREATE TABLE history ("
+    "  id INTEGER PRIMARY KEY AUTOINCREMENT,"
+    "  peer TEXT NOT NULL, peer_device INTEGER NOT NULL, outgoing INTEGER NOT NULL,"
+    "  message_id BLOB NOT NULL, kind INTEGER NOT NULL, group_id TEXT NOT NULL DEFAULT '',"
+    "  sent_at INTEGER NOT NULL, received_at INTEGER NOT NULL, read INTEGER NOT NULL DEFAULT 0,"
+    "  body BLOB NOT NULL,"
+    "  UNIQUE (peer, peer_device, outgoing, group_id, message_id));"
+    "CREATE INDEX history_by_peer ON history (peer, group_id, id);"
+    "CREATE TABLE outbox ("
+    "  id INTEGER PRIMARY KEY AUTOINCREMENT,"
+    "  peer TEXT NOT NULL, message_id BLOB NOT NULL UNIQUE, created_at INTEGER NOT NULL,"
+    "  attempts INTEGER NOT NULL DEFAULT 0, body BLOB NOT NULL);",
+};
+const int hush__nmigrations = (int)(sizeof hush__migrations / sizeof hush__migrations[0]);
+
+/* ---------------------------------------------------------------------------------------- */
+/* helpers */
+
+/* Steps a bound statement expecting at most one row; opens column `col` (sealed) into *pt. */
+static hush_err load_sealed(hush_client *c, sqlite3_stmt *st, int col, const char *ad, uint8_t **pt,
+                            size_t *len, int *found)
+{
+    int row = 0;
+    *found = 0;
+    *pt = NULL;
+    *len = 0;
+    hstore_err se = hstore_step(c->db, st, &row);
+    if (se)
+        return hush__from_store(se);
+    if (!row)
+        return HUSH_OK;
+    hush_err e = hush__open(c, ad, sqlite3_column_blob(st, col), (size_t)sqlite3_column_bytes(st, col), pt, len);
+    sqlite3_reset(st);
+    if (e == HUSH_OK)
+        *found = 1;
+    return e;
+}
+
+static signal_buffer *take_buffer(uint8_t *pt, size_t len)
+{
+    signal_buffer *b = signal_buffer_create(pt, len);
+    sodium_memzero(pt, len);
+    free(pt);
+    return b;
+}
+
+static hush_err bind_sealed(hush_client *c, sqlite3_stmt *st, int idx, const char *ad, const uint8_t *pt,
+                            size_t len)
+{
+    uint8_t *ct = NULL;
+    size_t clen = 0;
+    hush_err e = hush__seal(c, ad, pt, len, &ct, &clen);
+    if (e)
+        return e;
+    /* SQLITE_TRANSIENT: SQLite copies, so we can free now. */
+    int rc = sqlite3_bind_blob(st, idx, ct, (int)clen, SQLITE_TRANSIENT);
+    free(ct);
+    return rc == SQLITE_OK ? HUSH_OK : HUSH_ERR_NOMEM;
+}
+
+/* Records why a callback failed (the library only sees a negative number) and returns the code
+ * the library expects. The first failure wins. */
+static int store_fail(hush_client *c, hush_err e)
+{
+    if (c->store_err == HUSH_OK)
+        c->store_err = e;
+    return e == HUSH_ERR_NOMEM ? SG_ERR_NOMEM : SG_ERR_UNKNOWN;
+}
+
+hush_err hush__meta_get_int(hush_client *c, const char *key, int64_t *out, int *found)
+{
+    sqlite3_stmt *st;
+    *found = 0;
+    hstore_err se = hstore_prepare(c->db, "SELECT ival FROM meta WHERE key = ?1", &st);
+    if (se)
+        return hush__from_store(se);
+    sqlite3_bind_text(st, 1, key, -1, SQLITE_TRANSIENT);
+    int row = 0;
+    se = hstore_step(c->db, st, &row);
+    if (se)
+        return hush__from_store(se);
+    if (row) {
+        *out = sqlite3_column_int64(st, 0);
+        *found = 1;
+        sqlite3_reset(st);
+    }
+    return HUSH_OK;
+}
+
+hush_err hush__meta_set_int(hush_client *c, const char *key, int64_t v)
+{
+    sqlite3_stmt *st;
+    hstore_err se = hstore_prepare(c->db, "INSERT INTO meta (key, ival) VALUES (?1, ?2) "
+                                          "ON CONFLICT (key) DO UPDATE SET ival = excluded.ival", &st);
+    if (se)
+        return hush__from_store(se);
+    sqlite3_bind_text(st, 1, key, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 2, v);
+    return hush__from_store(hstore_run(c->db, st));
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* identity store */
+
+hush_err hush__local_identity(hush_client *c, ratchet_identity_key_pair **out)
+{
+    *out = NULL;
+    if (!c->has_device)
+        return HUSH_ERR_NO_DEVICE;
+    sqlite3_stmt *st;
+    hstore_err se = hstore_prepare(c->db, "SELECT identity_public, identity_private FROM local_device WHERE id = 1", &st);
+    if (se)
+        return hush__from_store(se);
+    int row = 0;
+    se = hstore_step(c->db, st, &row);
+    if (se)
+        return hush__from_store(se);
+    if (!row)
+        return HUSH_ERR_NO_DEVICE;
+    hush_err e;
+    uint8_t *priv = NULL;
+    size_t priv_len = 0;
+    ec_public_key *pub = NULL;
+    ec_private_key *pk = NULL;
+    e = hush__open(c, "hush1|local_device|identity_private", sqlite3_column_blob(st, 1),
+                   (size_t)sqlite3_column_bytes(st, 1), &priv, &priv_len);
+    if (e == HUSH_OK) {
+        if (curve_decode_point(&pub, sqlite3_column_blob(st, 0), (size_t)sqlite3_column_bytes(st, 0), c->sg) != 0 ||
+            curve_decode_private_point(&pk, priv, priv_len, c->sg) != 0 ||
+            ratchet_identity_key_pair_create(out, pub, pk) != 0)
+            e = HUSH_ERR_DB_KEY;
+    }
+    sqlite3_reset(st);
+    if (priv) {
+        sodium_memzero(priv, priv_len);
+        free(priv);
+    }
+    SIGNAL_UNREF(pub);
+    SIGNAL_UNREF(pk);
+    return e;
+}
+
+static int s_get_identity_key_pair(signal_buffer **public_data, signal_buffer **private_data, void *ud)
+{
+    hush_client *c = ud;
+    ratchet_identity_key_pair *kp = NULL;
+    hush_err e = hush__local_identity(c, &kp);
+    if (e)
+        return store_fail(c, e);
+    int rc = ec_public_key_serialize(public_data, ratchet_identity_key_pair_get_public(kp));
+    if (rc == 0)
+        rc = ec_private_key_serialize(private_data, ratchet_identity_key_pair_get_private(kp));
+    SIGNAL_UNREF(kp);
+    return rc;
+}
+
+static int s_get_local_registration_id(void *ud, uint32_t *registration_id)
+{
+    hush_client *c = ud;
+    if (!c->has_device)
+        return store_fail(c, HUSH_ERR_STORAGE);
+    *registration_id = c->registration_id;
+    return 0;
+}
+
+hush_err hush__peer_identity(hush_client *c, const char *name, uint32_t dev, uint8_t key[33], int *found)
+{
+    sqlite3_stmt *st;
+    *found = 0;
+    hstore_err se = hstore_prepare(c->db, "SELECT key FROM identities WHERE name = ?1 AND device_id = ?2", &st);
+    if (se)
+        return hush__from_store(se);
+    size_t nlen = strlen(name);
+    sqlite3_bind_blob(st, 1, name, (int)nlen, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 2, dev);
+    char ad[128];
+    hush__ad(ad, sizeof ad, "identities", name, nlen, dev, 0);
+    uint8_t *pt = NULL;
+    size_t len = 0;
+    int f = 0;
+    hush_err e = load_sealed(c, st, 0, ad, &pt, &len, &f);
+    if (e)
+        return e;
+    if (f) {
+        if (len != 33) {
+            free(pt);
+            return HUSH_ERR_DB_KEY;
+        }
+        memcpy(key, pt, 33);
+        free(pt);
+        *found = 1;
+    }
+    return HUSH_OK;
+}
+
+hush_err hush__save_peer_identity(hush_client *c, const char *name, uint32_t dev, const uint8_t *key, size_t len)
+{
+    sqlite3_stmt *st;
+    size_t nlen = strlen(name);
+    hstore_err se = hstore_prepare(c->db, "INSERT OR REPLACE INTO identities (name, device_id, key, updated_at) "
+                                          "VALUES (?1, ?2, ?3, ?4)", &st);
+    if (se)
+        return hush__from_store(se);
+    char ad[128];
+    hush__ad(ad, sizeof ad, "identities", name, nlen, dev, 0);
+    sqlite3_bind_blob(st, 1, name, (int)nlen, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 2, dev);
+    hush_err e = bind_sealed(c, st, 3, ad, key, len);
+    if (e) {
+        sqlite3_reset(st);
+        return e;
+    }
+    sqlite3_bind_int64(st, 4, (int64_t)hush__now_ms());
+    return hush__from_store(hstore_run(c->db, st));
+}
+
+/* Copies an address name (not NUL-terminated) into a bounded C string. */
+static int addr_name(const signal_protocol_address *a, char out[HUSH_USERNAME_MAX + 1])
+{
+    if (!a || !a->name || a->name_len == 0 || a->name_len > HUSH_USERNAME_MAX)
+        return -1;
+    memcpy(out, a->name, a->name_len);
+    out[a->name_len] = '\0';
+    if (strlen(out) != a->name_len)
+        return -1; /* embedded NUL */
+    return 0;
+}
+
+static int s_save_identity(const signal_protocol_address *address, uint8_t *key_data, size_t key_len, void *ud)
+{
+    hush_client *c = ud;
+    char name[HUSH_USERNAME_MAX + 1];
+    if (addr_name(address, name) != 0 || address->device_id < 0)
+        return SG_ERR_INVAL;
+    if (!key_data) {
+        sqlite3_stmt *st;
+        if (hstore_prepare(c->db, "DELETE FROM identities WHERE name = ?1 AND device_id = ?2", &st))
+            return store_fail(c, HUSH_ERR_STORAGE);
+        sqlite3_bind_blob(st, 1, name, (int)strlen(name), SQLITE_TRANSIENT);
+        sqlite3_bind_int64(st, 2, address->device_id);
+        return hstore_run(c->db, st) ? store_fail(c, HUSH_ERR_STORAGE) : 0;
+    }
+    hush_err e = hush__save_peer_identity(c, name, (uint32_t)address->device_id, key_data, key_len);
+    return e ? store_fail(c, e) : 0;
+}
+
+static int s_is_trusted_identity(const signal_protocol_address *address, uint8_t *key_data, size_t key_len, void *ud)
+{
+    hush_client *c = ud;
+    char name[HUSH_USERNAME_MAX + 1];
+    if (addr_name(address, name) != 0 || address->device_id < 0 || !key_data || key_len != 33)
+        return SG_ERR_INVAL;
+    uint8_t known[33];
+    int found = 0;
+    hush_err e = hush__peer_identity(c, name, (uint32_t)address->device_id, known, &found);
+    if (e)
+        return store_fail(c, e);
+    if (!found)
+        return 1; /* trust on first use */
+    if (sodium_memcmp(known, key_data, 33) == 0)
+        return 1;
+    /* A different key claims this address: remember it for hush_identity_pending. */
+    c->untrusted.set = 1;
+    memcpy(c->untrusted.name, name, sizeof name);
+    c->untrusted.device_id = (uint32_t)address->device_id;
+    memcpy(c->untrusted.key, key_data, 33);
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* session store */
+
+static int s_load_session(signal_buffer **record, signal_buffer **user_record, const signal_protocol_address *address,
+                          void *ud)
+{
+    hush_client *c = ud;
+    char name[HUSH_USERNAME_MAX + 1];
+    if (addr_name(address, name) != 0)
+        return 0; /* no session can exist under an invalid name */
+    sqlite3_stmt *st;
+    if (hstore_prepare(c->db, "SELECT record, user_record FROM sessions WHERE name = ?1 AND device_id = ?2", &st))
+        return store_fail(c, HUSH_ERR_STORAGE);
+    sqlite3_bind_blob(st, 1, name, (int)strlen(name), SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 2, address->device_id);
+    int row = 0;
+    if (hstore_step(c->db, st, &row))
+        return store_fail(c, HUSH_ERR_STORAGE);
+    if (!row)
+        return 0;
+    char ad[128];
+    hush__ad(ad, sizeof ad, "sessions", name, strlen(name), address->device_id, 0);
+    uint8_t *pt = NULL, *upt = NULL;
+    size_t len = 0, ulen = 0;
+    hush_err e = hush__open(c, ad, sqlite3_column_blob(st, 0), (size_t)sqlite3_column_bytes(st, 0), &pt, &len);
+    if (e == HUSH_OK && sqlite3_column_type(st, 1) != SQLITE_NULL) {
+        hush__ad(ad, sizeof ad, "sessions.user", name, strlen(name), address->device_id, 0);
+        e = hush__open(c, ad, sqlite3_column_blob(st, 1), (size_t)sqlite3_column_bytes(st, 1), &upt, &ulen);
+    }
+    sqlite3_reset(st);
+    if (e) {
+        free(pt);
+        return store_fail(c, e);
+    }
+    *record = take_buffer(pt, len);
+    if (upt)
+        *user_record = take_buffer(upt, ulen);
+    return *record ? 1 : SG_ERR_NOMEM;
+}
+
+static int s_get_sub_device_sessions(signal_int_list **sessions, const char *name, size_t name_len, void *ud)
+{
+    hush_client *c = ud;
+    sqlite3_stmt *st;
+    if (hstore_prepare(c->db, "SELECT device_id FROM sessions WHERE name = ?1 ORDER BY device_id", &st))
+        return store_fail(c, HUSH_ERR_STORAGE);
+    sqlite3_bind_blob(st, 1, name, (int)name_len, SQLITE_TRANSIENT);
+    signal_int_list *list = signal_int_list_alloc();
+    if (!list) {
+        sqlite3_reset(st);
+        return SG_ERR_NOMEM;
+    }
+    int row = 0, n = 0;
+    while (hstore_step(c->db, st, &row) == HSTORE_OK && row) {
+        if (signal_int_list_push_back(list, sqlite3_column_int(st, 0)) != 0) {
+            sqlite3_reset(st);
+            signal_int_list_free(list);
+            return SG_ERR_NOMEM;
+        }
+        n++;
+    }
+    *sessions = list;
+    return n;
+}
+
+static int s_store_session(const signal_protocol_address *address, uint8_t *record, size_t record_len,
+                           uint8_t *user_record, size_t user_record_len, void *ud)
+{
+    hush_client *c = ud;
+    char name[HUSH_USERNAME_MAX + 1];
+    if (addr_name(address, name) != 0 || address->device_id < 0)
+        return SG_ERR_INVAL;
+    sqlite3_stmt *st;
+    if (hstore_prepare(c->db, "INSERT OR REPLACE INTO sessions (name, device_id, record, user_record) "
+                              "VALUES (?1, ?2, ?3, ?4)", &st))
+        return store_fail(c, HUSH_ERR_STORAGE);
+    char ad[128];
+    sqlite3_bind_blob(st, 1, name, (int)strlen(name), SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 2, address->device_id);
+    hush__ad(ad, sizeof ad, "sessions", name, strlen(name), address->device_id, 0);
+    hush_err e = bind_sealed(c, st, 3, ad, record, record_len);
+    if (e == HUSH_OK && user_record) {
+        hush__ad(ad, sizeof ad, "sessions.user", name, strlen(name), address->device_id, 0);
+        e = bind_sealed(c, st, 4, ad, user_record, user_record_len);
+    }
+    if (e) {
+        sqlite3_reset(st);
+        return store_fail(c, e);
+    }
+    return hstore_run(c->db, st) ? store_fail(c, HUSH_ERR_STORAGE) : 0;
+}
+
+static int s_contains_session(const signal_protocol_address *address, void *ud)
+{
+    hush_client *c = ud;
+    char name[HUSH_USERNAME_MAX + 1];
+    if (addr_name(address, name) != 0)
+        return 0;
+    sqlite3_stmt *st;
+    if (hstore_prepare(c->db, "SELECT 1 FROM sessions WHERE name = ?1 AND device_id = ?2", &st))
+        return store_fail(c, HUSH_ERR_STORAGE);
+    sqlite3_bind_blob(st, 1, name, (int)strlen(name), SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 2, address->device_id);
+    int row = 0;
+    if (hstore_step(c->db, st, &row))
+        return store_fail(c, HUSH_ERR_STORAGE);
+    sqlite3_reset(st);
+    return row;
+}
+
+static int s_delete_session(const signal_protocol_address *address, void *ud)
+{
+    hush_client *c = ud;
+    char name[HUSH_USERNAME_MAX + 1];
+    if (addr_name(address, name) != 0)
+        return 0;
+    sqlite3_stmt *st;
+    if (hstore_prepare(c->db, "DELETE FROM sessions WHERE name = ?1 AND device_id = ?2", &st))
+        return store_fail(c, HUSH_ERR_STORAGE);
+    sqlite3_bind_blob(st, 1, name, (int)strlen(name), SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 2, address->device_id);
+    if (hstore_run(c->db, st))
+        return store_fail(c, HUSH_ERR_STORAGE);
+    return hstore_changes(c->db) > 0 ? 1 : 0;
+}
+
+static int s_delete_all_sessions(const char *name, size_t name_len, void *ud)
+{
+    hush_client *c = ud;
+    sqlite3_stmt *st;
+    if (hstore_prepare(c->db, "DELETE FROM sessions WHERE name = ?1", &st))
+        return store_fail(c, HUSH_ERR_STORAGE);
+    sqlite3_bind_blob(st, 1, name, (int)name_len, SQLITE_TRANSIENT);
+    if (hstore_run(c->db, st))
+        return store_fail(c, HUSH_ERR_STORAGE);
+    return hstore_changes(c->db);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* pre-key and signed pre-key stores (same shape, different tables) */
+
+static int load_key_record(hush_client *c, const char *sql, const char *table, signal_buffer **record, uint32_t id)
+{
+    sqlite3_stmt *st;
+    if (hstore_prepare(c->db, sql, &st))
+        return store_fail(c, HUSH_ERR_STORAGE);
+    sqlite3_bind_int64(st, 1, id);
+    char ad[96];
+    hush__ad(ad, sizeof ad, table, "", 0, id, 0);
+    uint8_t *pt = NULL;
+    size_t len = 0;
+    int found = 0;
+    hush_err e = load_sealed(c, st, 0, ad, &pt, &len, &found);
+    if (e)
+        return store_fail(c, e);
+    if (!found)
+        return SG_ERR_INVALID_KEY_ID; /* never 0 without a record: the library would dereference NULL */
+    *record = take_buffer(pt, len);
+    return *record ? SG_SUCCESS : SG_ERR_NOMEM;
+}
+
+static int store_key_record(hush_client *c, const char *sql, const char *table, uint32_t id, const uint8_t *rec,
+                            size_t len)
+{
+    sqlite3_stmt *st;
+    if (hstore_prepare(c->db, sql, &st))
+        return store_fail(c, HUSH_ERR_STORAGE);
+    char ad[96];
+    hush__ad(ad, sizeof ad, table, "", 0, id, 0);
+    sqlite3_bind_int64(st, 1, id);
+    hush_err e = bind_sealed(c, st, 2, ad, rec, len);
+    if (e) {
+        sqlite3_reset(st);
+        return store_fail(c, e);
+    }
+    if (sqlite3_bind_parameter_count(st) >= 3)
+        sqlite3_bind_int64(st, 3, (int64_t)hush__now_ms());
+    return hstore_run(c->db, st) ? store_fail(c, HUSH_ERR_STORAGE) : 0;
+}
+
+static int contains_id(hush_client *c, const char *sql, uint32_t id)
+{
+    sqlite3_stmt *st;
+    if (hstore_prepare(c->db, sql, &st))
+        return store_fail(c, HUSH_ERR_STORAGE);
+    sqlite3_bind_int64(st, 1, id);
+    int row = 0;
+    if (hstore_step(c->db, st, &row))
+        return store_fail(c, HUSH_ERR_STORAGE);
+    sqlite3_reset(st);
+    return row;
+}
+
+static int remove_id(hush_client *c, const char *sql, uint32_t id)
+{
+    sqlite3_stmt *st;
+    if (hstore_prepare(c->db, sql, &st))
+        return store_fail(c, HUSH_ERR_STORAGE);
+    sqlite3_bind_int64(st, 1, id);
+    /* Already gone is success (0); a real storage failure fails the call, and the caller's
+     * savepoint then undoes the session the library saved just before. */
+    return hstore_run(c->db, st) ? store_fail(c, HUSH_ERR_STORAGE) : 0;
+}
+
+static int s_load_pre_key(signal_buffer **record, uint32_t id, void *ud)
+{
+    return load_key_record(ud, "SELECT record FROM pre_keys WHERE id = ?1", "pre_keys", record, id);
+}
+
+static int s_store_pre_key(uint32_t id, uint8_t *record, size_t len, void *ud)
+{
+    return store_key_record(ud, "INSERT INTO pre_keys (id, record) VALUES (?1, ?2) "
+                                "ON CONFLICT (id) DO UPDATE SET record = excluded.record",
+                            "pre_keys", id, record, len);
+}
+
+static int s_contains_pre_key(uint32_t id, void *ud)
+{
+    return contains_id(ud, "SELECT 1 FROM pre_keys WHERE id = ?1", id);
+}
+
+static int s_remove_pre_key(uint32_t id, void *ud)
+{
+    return remove_id(ud, "DELETE FROM pre_keys WHERE id = ?1", id);
+}
+
+static int s_load_signed_pre_key(signal_buffer **record, uint32_t id, void *ud)
+{
+    return load_key_record(ud, "SELECT record FROM signed_pre_keys WHERE id = ?1", "signed_pre_keys", record, id);
+}
+
+static int s_store_signed_pre_key(uint32_t id, uint8_t *record, size_t len, void *ud)
+{
+    return store_key_record(ud, "INSERT INTO signed_pre_keys (id, record, created_at) VALUES (?1, ?2, ?3) "
+                                "ON CONFLICT (id) DO UPDATE SET record = excluded.record",
+                            "signed_pre_keys", id, record, len);
+}
+
+static int s_contains_signed_pre_key(uint32_t id, void *ud)
+{
+    return contains_id(ud, "SELECT 1 FROM signed_pre_keys WHERE id = ?1", id);
+}
+
+static int s_remove_signed_pre_key(uint32_t id, void *ud)
+{
+    return remove_id(ud, "DELETE FROM signed_pre_keys WHERE id = ?1", id);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* sender key store */
+
+static int skn_parts(const signal_protocol_sender_key_name *n, char group[HUSH_GROUP_ID_MAX + 1],
+                     char name[HUSH_USERNAME_MAX + 1])
+{
+    if (!n || !n->group_id || n->group_id_len == 0 || n->group_id_len > HUSH_GROUP_ID_MAX)
+        return -1;
+    memcpy(group, n->group_id, n->group_id_len);
+    group[n->group_id_len] = '\0';
+    if (strlen(group) != n->group_id_len)
+        return -1;
+    return addr_name(&n->sender, name);
+}
+
+static void skn_ad(char *ad, size_t cap, const char *what, const char *group, const char *name, int32_t dev)
+{
+    char both[HUSH_GROUP_ID_MAX + HUSH_USERNAME_MAX + 8];
+    int n = snprintf(both, sizeof both, "%zu:%s/%s", strlen(group), group, name);
+    hush__ad(ad, cap, what, both, (size_t)n, dev, 0);
+}
+
+static int s_store_sender_key(const signal_protocol_sender_key_name *skn, uint8_t *record, size_t record_len,
+                              uint8_t *user_record, size_t user_record_len, void *ud)
+{
+    hush_client *c = ud;
+    char group[HUSH_GROUP_ID_MAX + 1], name[HUSH_USERNAME_MAX + 1];
+    if (skn_parts(skn, group, name) != 0)
+        return SG_ERR_INVAL;
+    sqlite3_stmt *st;
+    if (hstore_prepare(c->db, "INSERT OR REPLACE INTO sender_keys (group_id, name, device_id, record, user_record) "
+                              "VALUES (?1, ?2, ?3, ?4, ?5)", &st))
+        return store_fail(c, HUSH_ERR_STORAGE);
+    char ad[192];
+    sqlite3_bind_blob(st, 1, group, (int)strlen(group), SQLITE_TRANSIENT);
+    sqlite3_bind_blob(st, 2, name, (int)strlen(name), SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 3, skn->sender.device_id);
+    skn_ad(ad, sizeof ad, "sender_keys", group, name, skn->sender.device_id);
+    hush_err e = bind_sealed(c, st, 4, ad, record, record_len);
+    if (e == HUSH_OK && user_record) {
+        skn_ad(ad, sizeof ad, "sender_keys.user", group, name, skn->sender.device_id);
+        e = bind_sealed(c, st, 5, ad, user_record, user_record_len);
+    }
+    if (e) {
+        sqlite3_reset(st);
+        return store_fail(c, e);
+    }
+    return hstore_run(c->db, st) ? store_fail(c, HUSH_ERR_STORAGE) : 0;
+}
+
+static int s_load_sender_key(signal_buffer **record, signal_buffer **user_record,
+                             const signal_protocol_sender_key_name *skn, void *ud)
+{
+    hush_client *c = ud;
+    char group[HUSH_GROUP_ID_MAX + 1], name[HUSH_USERNAME_MAX + 1];
+    if (skn_parts(skn, group, name) != 0)
+        return 0;
+    sqlite3_stmt *st;
+    if (hstore_prepare(c->db, "SELECT record, user_record FROM sender_keys "
+                              "WHERE group_id = ?1 AND name = ?2 AND device_id = ?3", &st))
+        return store_fail(c, HUSH_ERR_STORAGE);
+    sqlite3_bind_blob(st, 1, group, (int)strlen(group), SQLITE_TRANSIENT);
+    sqlite3_bind_blob(st, 2, name, (int)strlen(name), SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 3, skn->sender.device_id);
+    int row = 0;
+    if (hstore_step(c->db, st, &row))
+        return store_fail(c, HUSH_ERR_STORAGE);
+    if (!row)
+        return 0;
+    char ad[192];
+    skn_ad(ad, sizeof ad, "sender_keys", group, name, skn->sender.device_id);
+    uint8_t *pt = NULL, *upt = NULL;
+    size_t len = 0, ulen = 0;
+    hush_err e = hush__open(c, ad, sqlite3_column_blob(st, 0), (size_t)sqlite3_column_bytes(st, 0), &pt, &len);
+    if (e == HUSH_OK && sqlite3_column_type(st, 1) != SQLITE_NULL) {
+        skn_ad(ad, sizeof ad, "sender_keys.user", group, name, skn->sender.device_id);
+        e = hush__open(c, ad, sqlite3_column_blob(st, 1), (size_t)sqlite3_column_bytes(st, 1), &upt, &ulen);
+    }
+    sqlite3_reset(st);
+    if (e) {
+        free(pt);
+        return store_fail(c, e);
+    }
+    *record = take_buffer(pt, len);
+    if (upt)
+        *user_record = take_buffer(upt, ulen);
+    return *record ? 1 : SG_ERR_NOMEM;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+
+int hush__stores_install(hush_client *c)
+{
+    /* Every store shares the client's one connection; destroy_func stays NULL so nothing is
+     * closed twice (the client closes the database itself). */
+    signal_protocol_session_store ss = {
+        .load_session_func = s_load_session,
+        .get_sub_device_sessions_func = s_get_sub_device_sessions,
+        .store_session_func = s_store_session,
+        .contains_session_func = s_contains_session,
+        .delete_session_func = s_delete_session,
+        .delete_all_sessions_func = s_delete_all_sessions,
+        .destroy_func = NULL,
+        .user_data = c,
+    };
+    signal_protocol_pre_key_store ps = {
+        .load_pre_key = s_load_pre_key,
+        .store_pre_key = s_store_pre_key,
+        .contains_pre_key = s_contains_pre_key,
+        .remove_pre_key = s_remove_pre_key,
+        .destroy_func = NULL,
+        .user_data = c,
+    };
+    signal_protocol_signed_pre_key_store sps = {
+        .load_signed_pre_key = s_load_signed_pre_key,
+        .store_signed_pre_key = s_store_signed_pre_key,
+        .contains_signed_pre_key = s_contains_signed_pre_key,
+        .remove_signed_pre_key = s_remove_signed_pre_key,
+        .destroy_func = NULL,
+        .user_data = c,
+    };
+    signal_protocol_identity_key_store is = {
+        .get_identity_key_pair = s_get_identity_key_pair,
+        .get_local_registration_id = s_get_local_registration_id,
+        .save_identity = s_save_identity,
+        .is_trusted_identity = s_is_trusted_identity,
+        .destroy_func = NULL,
+        .user_data = c,
+    };
+    signal_protocol_sender_key_store sks = {
+        .store_sender_key = s_store_sender_key,
+        .load_sender_key = s_load_sender_key,
+        .destroy_func = NULL,
+        .user_data = c,
+    };
+    if (signal_protocol_store_context_create(&c->sc, c->sg) != 0)
+        return -1;
+    if (signal_protocol_store_context_set_session_store(c->sc, &ss) != 0 ||
+        signal_protocol_store_context_set_pre_key_store(c->sc, &ps) != 0 ||
+        signal_protocol_store_context_set_signed_pre_key_store(c->sc, &sps) != 0 ||
+        signal_protocol_store_context_set_identity_key_store(c->sc, &is) != 0 ||
+        signal_protocol_store_context_set_sender_key_store(c->sc, &sks) != 0)
+        return -1;
+    return 0;
+}

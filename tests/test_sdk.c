@@ -1,0 +1,665 @@
+/*
+ * test_sdk.c - libhush core: provider, device, bundles, pairwise sessions, identity changes,
+ * safety numbers, sealing, history and outbox. Each trap from shared/notes/libsignal-protocol-c.md
+ * has a regression test here (named trap_*).
+ */
+#define _GNU_SOURCE /* memmem */
+#include <stdarg.h>
+#include <setjmp.h>
+#include <stddef.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <sodium.h>
+
+#include <curve.h>
+#include <protocol.h>
+#include <ratchet.h>
+
+#include "internal.h"
+#include "util.h"
+
+#define N HUSH_DURABILITY_NORMAL
+
+static hush_message *recv_ok(hush_client *c, const char *from, uint32_t dev, const uint8_t *env, size_t len)
+{
+    hush_message *m = NULL;
+    hush_err e = hush_decrypt(c, from, dev, env, len, &m);
+    if (e)
+        fail_msg("decrypt from %s: %s", from, hush_strerror(e));
+    return m;
+}
+
+static uint8_t *send_text(hush_client *c, const char *to, uint32_t dev, const char *text, size_t *len)
+{
+    uint8_t *env = NULL;
+    hush_err e = hush_encrypt(c, to, dev, (const uint8_t *)text, strlen(text), NULL, NULL, &env, len);
+    if (e)
+        fail_msg("encrypt to %s: %s", to, hush_strerror(e));
+    return env;
+}
+
+static void test_open_errors(void **state)
+{
+    (void)state;
+    uint8_t key[32] = { 1 }, other[32] = { 2 };
+    hush_client *c = NULL;
+    assert_int_equal(hush_client_open(NULL, key, NULL, &c), HUSH_ERR_INVALID_ARG);
+    assert_int_equal(hush_client_open(tpath("k.db"), key, NULL, &c), HUSH_OK);
+    assert_int_equal(hush_device_info(c, NULL, NULL, NULL), HUSH_ERR_NO_DEVICE);
+    assert_int_equal(hush_device_create(c, "Bad Name", 1), HUSH_ERR_INVALID_ARG);
+    assert_int_equal(hush_device_create(c, "ab", 1), HUSH_ERR_INVALID_ARG);
+    assert_int_equal(hush_device_create(c, "alice", 0), HUSH_ERR_INVALID_ARG);
+    assert_int_equal(hush_device_create(c, "alice", 1), HUSH_OK);
+    assert_int_equal(hush_device_create(c, "alice", 1), HUSH_ERR_DEVICE_EXISTS);
+    uint32_t n = 0;
+    assert_int_equal(hush_prekeys_remaining(c, &n), HUSH_OK);
+    assert_int_equal(n, HUSH_ONE_TIME_PREKEYS);
+    hush_client_close(c);
+
+    c = NULL;
+    assert_int_equal(hush_client_open(tpath("k.db"), other, NULL, &c), HUSH_ERR_DB_KEY);
+    assert_null(c);
+    assert_int_equal(hush_client_open(tpath("k.db"), key, NULL, &c), HUSH_OK);
+    char user[HUSH_USERNAME_MAX + 1];
+    uint32_t dev = 0, reg = 0;
+    assert_int_equal(hush_device_info(c, user, &dev, &reg), HUSH_OK);
+    assert_string_equal(user, "alice");
+    assert_int_equal(dev, 1);
+    assert_true(reg >= 1 && reg <= 16380);
+    hush_client_close(c);
+
+    /* Garbage and truncated files: clear errors, no crash. */
+    FILE *f = fopen(tpath("junk.db"), "wb");
+    for (int i = 0; i < 5000; i++)
+        fputc(i * 31, f);
+    fclose(f);
+    assert_int_equal(hush_client_open(tpath("junk.db"), key, NULL, &c), HUSH_ERR_DB_CORRUPT);
+    assert_null(c);
+    assert_string_equal(hush_strerror(HUSH_ERR_DB_CORRUPT), "database file is corrupt, truncated or not a database");
+    for (int e = 0; e <= HUSH_ERR_INTERNAL; e++)
+        assert_non_null(hush_strerror((hush_err)e));
+    assert_string_equal(hush_strerror((hush_err)999), "unknown error");
+}
+
+static void test_selftest_and_provider(void **state)
+{
+    (void)state;
+    assert_int_equal(hush__selftest(), HUSH_OK);
+}
+
+static void test_basic_conversation(void **state)
+{
+    (void)state;
+    hush_client *a = open_client("alice", 1, N), *b = open_client("bob", 7, N);
+    assert_false(hush_has_session(a, "bob", 7));
+    size_t len;
+    uint8_t *env = NULL;
+    assert_int_equal(hush_encrypt(a, "bob", 7, (const uint8_t *)"x", 1, NULL, NULL, &env, &len), HUSH_ERR_NO_SESSION);
+    start_session(a, b);
+    assert_true(hush_has_session(a, "bob", 7));
+
+    env = send_text(a, "bob", 7, "hello bob", &len);
+    hush_message *m = recv_ok(b, "alice", 1, env, len);
+    assert_int_equal(m->kind, HUSH_KIND_TEXT);
+    assert_string_equal((char *)m->body, "hello bob");
+    assert_string_equal(m->sender, "alice");
+    assert_int_equal(m->sender_device, 1);
+    assert_true(m->local_id > 0);
+    hush_message_free(m);
+
+    /* A duplicate is dropped: the app never sees it twice. */
+    assert_int_equal(hush_decrypt(b, "alice", 1, env, len, &m), HUSH_ERR_DUPLICATE);
+    assert_null(m);
+    hush_free(env);
+
+    /* Reply, then more, out of order. */
+    env = send_text(b, "alice", 1, "hi alice", &len);
+    m = recv_ok(a, "bob", 7, env, len);
+    hush_message_free(m);
+    hush_free(env);
+
+    uint8_t *e1, *e2, *e3;
+    size_t l1, l2, l3;
+    e1 = send_text(a, "bob", 7, "one", &l1);
+    e2 = send_text(a, "bob", 7, "two", &l2);
+    e3 = send_text(a, "bob", 7, "three", &l3);
+    m = recv_ok(b, "alice", 1, e3, l3);
+    assert_string_equal((char *)m->body, "three");
+    hush_message_free(m);
+    m = recv_ok(b, "alice", 1, e1, l1);
+    assert_string_equal((char *)m->body, "one");
+    hush_message_free(m);
+    m = recv_ok(b, "alice", 1, e2, l2);
+    assert_string_equal((char *)m->body, "two");
+    hush_message_free(m);
+    assert_int_equal(hush_decrypt(b, "alice", 1, e2, l2, &m), HUSH_ERR_DUPLICATE);
+
+    /* Same envelope claimed by another sender address: rejected, nothing stored. */
+    assert_int_not_equal(hush_decrypt(b, "mallory", 1, e1, l1, &m), HUSH_OK);
+    hush_free(e1);
+    hush_free(e2);
+    hush_free(e3);
+
+    /* Garbage envelopes. */
+    static const uint8_t junk[] = { 0x08, 0x03, 0x12, 0x04, 1, 2, 3, 4 };
+    assert_int_equal(hush_decrypt(b, "alice", 1, junk, sizeof junk, &m), HUSH_ERR_BAD_MESSAGE);
+    assert_int_equal(hush_decrypt(b, "alice", 1, junk, 3, &m), HUSH_ERR_BAD_MESSAGE);
+    assert_int_equal(hush_decrypt(b, "alice", 1, (const uint8_t *)"", 0, &m), HUSH_ERR_BAD_MESSAGE);
+    uint8_t *big = calloc(1, HUSH_MAX_ENVELOPE + 1);
+    assert_int_equal(hush_decrypt(b, "alice", 1, big, HUSH_MAX_ENVELOPE + 1, &m), HUSH_ERR_TOO_BIG);
+    assert_int_equal(hush_encrypt(a, "bob", 7, big, HUSH_MAX_BODY + 1, NULL, NULL, &env, &len), HUSH_ERR_TOO_BIG);
+    free(big);
+
+    /* History: both sides, newest first, paging. */
+    hush_history_entry *h = NULL;
+    size_t count = 0;
+    assert_int_equal(hush_history_list(b, "alice", 0, 2, &h, &count), HUSH_OK);
+    assert_int_equal(count, 2);
+    assert_true(h[0].local_id > h[1].local_id);
+    int64_t before = h[1].local_id;
+    hush_history_free(h, count);
+    assert_int_equal(hush_history_list(b, "alice", before, 100, &h, &count), HUSH_OK);
+    assert_int_equal(count, 3); /* hello bob, three, one ... paged below */
+    hush_history_free(h, count);
+    assert_int_equal(hush_history_list(a, "bob", 0, 100, &h, &count), HUSH_OK);
+    assert_int_equal(count, 5); /* 4 sent + 1 received */
+    int outgoing = 0;
+    for (size_t i = 0; i < count; i++)
+        outgoing += h[i].outgoing;
+    assert_int_equal(outgoing, 4);
+    assert_int_equal(hush_history_mark_read(a, h[0].local_id), HUSH_OK);
+    assert_int_equal(hush_history_delete(a, h[1].local_id), HUSH_OK);
+    assert_int_equal(hush_history_delete(a, h[1].local_id), HUSH_ERR_NOT_FOUND);
+    hush_history_free(h, count);
+    assert_int_equal(hush_history_list(a, "bob", 0, 100, &h, &count), HUSH_OK);
+    assert_int_equal(count, 4);
+    assert_int_equal(h[0].read, 1);
+    hush_history_free(h, count);
+
+    assert_int_equal(hush_client_check(a), HUSH_OK);
+    hush_client_close(a);
+    hush_client_close(b);
+}
+
+/* Trap: an empty or short signature must never reach the library (empty segfaults it). */
+static void trap_bundle_signatures(void **state)
+{
+    (void)state;
+    hush_client *a = open_client("carol", 1, N), *b = open_client("dave", 2, N);
+    uint8_t *bundle = NULL;
+    size_t len = 0;
+    assert_int_equal(hush_bundle_export(b, &bundle, &len), HUSH_OK);
+    Hush__KeyBundle *kb = hush__key_bundle__unpack(NULL, len, bundle);
+    assert_non_null(kb);
+    uint8_t out[2048];
+    size_t n;
+
+    /* empty signature */
+    ProtobufCBinaryData sig = kb->signed_pre_key->signature;
+    kb->signed_pre_key->signature.len = 0;
+    n = hush__key_bundle__pack(kb, out);
+    assert_int_equal(hush_bundle_import(a, out, n, NULL, NULL), HUSH_ERR_BAD_SIGNATURE);
+    /* 63-byte signature */
+    kb->signed_pre_key->signature.len = 63;
+    n = hush__key_bundle__pack(kb, out);
+    assert_int_equal(hush_bundle_import(a, out, n, NULL, NULL), HUSH_ERR_BAD_SIGNATURE);
+    /* one flipped bit */
+    kb->signed_pre_key->signature = sig;
+    sig.data[10] ^= 1;
+    n = hush__key_bundle__pack(kb, out);
+    assert_int_equal(hush_bundle_import(a, out, n, NULL, NULL), HUSH_ERR_BAD_SIGNATURE);
+    sig.data[10] ^= 1;
+    /* missing signed prekey */
+    Hush__SignedPreKey *spk = kb->signed_pre_key;
+    kb->signed_pre_key = NULL;
+    n = hush__key_bundle__pack(kb, out);
+    assert_int_equal(hush_bundle_import(a, out, n, NULL, NULL), HUSH_ERR_BAD_BUNDLE);
+    kb->signed_pre_key = spk;
+    /* short identity key */
+    kb->identity_key.len = 32;
+    n = hush__key_bundle__pack(kb, out);
+    assert_int_equal(hush_bundle_import(a, out, n, NULL, NULL), HUSH_ERR_BAD_BUNDLE);
+    kb->identity_key.len = 33;
+    /* bad key type byte */
+    kb->identity_key.data[0] = 0x06;
+    n = hush__key_bundle__pack(kb, out);
+    assert_int_equal(hush_bundle_import(a, out, n, NULL, NULL), HUSH_ERR_BAD_BUNDLE);
+    kb->identity_key.data[0] = 0x05;
+    /* bad username */
+    char *u = kb->username;
+    kb->username = "Not Valid";
+    n = hush__key_bundle__pack(kb, out);
+    assert_int_equal(hush_bundle_import(a, out, n, NULL, NULL), HUSH_ERR_BAD_BUNDLE);
+    kb->username = u;
+    /* garbage and oversize */
+    assert_int_equal(hush_bundle_import(a, (const uint8_t *)"\xff\xff\xff", 3, NULL, NULL), HUSH_ERR_BAD_BUNDLE);
+    assert_int_equal(hush_bundle_import(a, out, HUSH_MAX_BUNDLE + 1, NULL, NULL), HUSH_ERR_TOO_BIG);
+    assert_false(hush_has_session(a, "dave", 2));
+
+    /* A bundle without a one-time prekey still works (signed prekey only). */
+    kb->one_time_pre_key = NULL;
+    n = hush__key_bundle__pack(kb, out);
+    char peer[HUSH_USERNAME_MAX + 1];
+    uint32_t dev = 0;
+    assert_int_equal(hush_bundle_import(a, out, n, peer, &dev), HUSH_OK);
+    assert_string_equal(peer, "dave");
+    assert_int_equal(dev, 2);
+    size_t el;
+    uint8_t *env = send_text(a, "dave", 2, "no one-time key", &el);
+    hush_message *m = recv_ok(b, "carol", 1, env, el);
+    assert_string_equal((char *)m->body, "no one-time key");
+    hush_message_free(m);
+    hush_free(env);
+
+    hush__key_bundle__free_unpacked(kb, NULL);
+    hush_free(bundle);
+    hush_client_close(a);
+    hush_client_close(b);
+}
+
+/* Bundle exports hand out distinct one-time prekeys, then the last-resort key. */
+static void test_bundle_prekey_rotation(void **state)
+{
+    (void)state;
+    hush_client *b = open_client("erin", 1, N);
+    uint32_t seen[HUSH_ONE_TIME_PREKEYS + 3];
+    for (int i = 0; i < HUSH_ONE_TIME_PREKEYS + 3; i++) {
+        uint8_t *bundle = NULL;
+        size_t len = 0;
+        assert_int_equal(hush_bundle_export(b, &bundle, &len), HUSH_OK);
+        Hush__KeyBundle *kb = hush__key_bundle__unpack(NULL, len, bundle);
+        assert_non_null(kb);
+        assert_non_null(kb->one_time_pre_key);
+        seen[i] = kb->one_time_pre_key->id;
+        assert_int_equal(kb->auth_key.len, 32);
+        hush__key_bundle__free_unpacked(kb, NULL);
+        hush_free(bundle);
+        for (int j = 0; j < i && i < HUSH_ONE_TIME_PREKEYS; j++)
+            assert_int_not_equal(seen[i], seen[j]);
+        if (i >= HUSH_ONE_TIME_PREKEYS)
+            assert_int_equal(seen[i], HUSH_LAST_RESORT_PREKEY_ID);
+    }
+    hush_client_close(b);
+}
+
+/* Trap: save_identity runs before MAC verification. A tampered PreKey message must leave no
+ * saved identity and no consumed prekey. */
+static void trap_tampered_prekey_message(void **state)
+{
+    (void)state;
+    hush_client *a = open_client("frank", 1, N), *b = open_client("grace", 1, N);
+    start_session(a, b);
+    size_t len;
+    uint8_t *env = send_text(a, "grace", 1, "first", &len);
+    uint32_t before = 0, after = 0;
+    assert_int_equal(hush_prekeys_remaining(b, &before), HUSH_OK);
+    /* Flip the last byte of the inner SignalMessage (its MAC). The outer PreKey fields are not
+     * all authenticated (the registration id is informative only), so aim at the MAC itself. */
+    Hush__Envelope *pe = hush__envelope__unpack(NULL, len, env);
+    assert_non_null(pe);
+    pre_key_signal_message *pkm = NULL;
+    assert_int_equal(pre_key_signal_message_deserialize(&pkm, pe->ciphertext.data, pe->ciphertext.len, b->sg), 0);
+    signal_buffer *inner = ciphertext_message_get_serialized((ciphertext_message *)pre_key_signal_message_get_signal_message(pkm));
+    uint8_t *at = memmem(env, len, signal_buffer_data(inner), signal_buffer_len(inner));
+    assert_non_null(at);
+    size_t mac_off = (size_t)(at - env) + signal_buffer_len(inner) - 1;
+    SIGNAL_UNREF(pkm);
+    hush__envelope__free_unpacked(pe, NULL);
+    uint8_t *bad = malloc(len);
+    memcpy(bad, env, len);
+    bad[mac_off] ^= 0x20;
+    hush_message *m = NULL;
+    assert_int_equal(hush_decrypt(b, "frank", 1, bad, len, &m), HUSH_ERR_BAD_MESSAGE);
+    free(bad);
+    assert_int_equal(hush_prekeys_remaining(b, &after), HUSH_OK);
+    assert_int_equal(before, after);
+    uint8_t key[33];
+    int found = 1;
+    assert_int_equal(hush__peer_identity(b, "frank", 1, key, &found), HUSH_OK);
+    assert_int_equal(found, 0);
+    assert_false(hush_has_session(b, "frank", 1));
+    /* The genuine message still decrypts and consumes exactly one prekey. */
+    m = recv_ok(b, "frank", 1, env, len);
+    hush_message_free(m);
+    assert_int_equal(hush_prekeys_remaining(b, &after), HUSH_OK);
+    assert_int_equal(after, before - 1);
+    hush_free(env);
+    hush_client_close(a);
+    hush_client_close(b);
+}
+
+/* A message claiming to be 2000+ ahead is refused and the session goes on. */
+static void test_too_far_ahead(void **state)
+{
+    (void)state;
+    hush_client *a = open_client("heidi", 1, N), *b = open_client("ivan", 1, N);
+    start_session(a, b);
+    size_t len;
+    uint8_t *env = send_text(a, "ivan", 1, "hello", &len);
+    hush_message_free(recv_ok(b, "heidi", 1, env, len));
+    hush_free(env);
+    env = send_text(b, "heidi", 1, "hi", &len);
+    hush_message_free(recv_ok(a, "ivan", 1, env, len));
+    hush_free(env);
+    for (int i = 0; i < 2001; i++) {
+        env = send_text(a, "ivan", 1, "skipped", &len);
+        hush_free(env);
+    }
+    env = send_text(a, "ivan", 1, "too far", &len);
+    hush_message *m = NULL;
+    assert_int_equal(hush_decrypt(b, "heidi", 1, env, len, &m), HUSH_ERR_BAD_MESSAGE);
+    hush_free(env);
+    /* Ivan can still talk; heidi's next reply chain works. */
+    env = send_text(b, "heidi", 1, "still here", &len);
+    hush_message_free(recv_ok(a, "ivan", 1, env, len));
+    hush_free(env);
+    hush_client_close(a);
+    hush_client_close(b);
+}
+
+/* Identity change: reported with both safety numbers; the app accepts or rejects. */
+static void test_identity_change(void **state)
+{
+    (void)state;
+    hush_client *a = open_client("judy", 1, N), *b = open_client("ken", 1, N);
+    start_session(a, b);
+    size_t len;
+    uint8_t *env = send_text(a, "ken", 1, "before", &len);
+    hush_message_free(recv_ok(b, "judy", 1, env, len));
+    hush_free(env);
+    char before[61];
+    assert_int_equal(hush_safety_number(b, "judy", 1, before), HUSH_OK);
+
+    /* judy reinstalls: new database, new identity, same address. */
+    hush_client_close(a);
+    assert_int_equal(unlink(tpath("judy.db")), 0);
+    unlink(tpath("judy.db-wal"));
+    unlink(tpath("judy.db-shm"));
+    a = open_client("judy", 1, N);
+    start_session(a, b);
+    env = send_text(a, "ken", 1, "after reinstall", &len);
+    hush_message *m = NULL;
+    assert_int_equal(hush_decrypt(b, "judy", 1, env, len, &m), HUSH_ERR_IDENTITY_CHANGED);
+    char old_sn[61], new_sn[61];
+    assert_int_equal(hush_identity_pending(b, "judy", 1, old_sn, new_sn), HUSH_OK);
+    assert_string_equal(old_sn, before);
+    assert_int_not_equal(strcmp(old_sn, new_sn), 0);
+    assert_int_equal(strlen(new_sn), 60);
+    char expect_new[61];
+    memcpy(expect_new, new_sn, sizeof expect_new);
+    /* Reject: still refused, pending gone; the old safety number stands. */
+    assert_int_equal(hush_identity_reject(b, "judy", 1), HUSH_OK);
+    assert_int_equal(hush_identity_pending(b, "judy", 1, old_sn, new_sn), HUSH_ERR_NOT_FOUND);
+    char still[61];
+    assert_int_equal(hush_safety_number(b, "judy", 1, still), HUSH_OK);
+    assert_string_equal(still, before);
+    assert_int_equal(hush_decrypt(b, "judy", 1, env, len, &m), HUSH_ERR_IDENTITY_CHANGED);
+    /* Accept: the same message now decrypts, and the safety number is the new one. */
+    assert_int_equal(hush_identity_accept(b, "judy", 1), HUSH_OK);
+    m = recv_ok(b, "judy", 1, env, len);
+    assert_string_equal((char *)m->body, "after reinstall");
+    hush_message_free(m);
+    hush_free(env);
+    char now[61];
+    assert_int_equal(hush_safety_number(b, "judy", 1, now), HUSH_OK);
+    assert_string_equal(now, expect_new);
+    /* And the reply direction works. */
+    env = send_text(b, "judy", 1, "welcome back", &len);
+    hush_message_free(recv_ok(a, "ken", 1, env, len));
+    hush_free(env);
+
+    /* Outgoing: ken's bundle seen by a third party who knew an older ken. */
+    hush_client_close(a);
+    hush_client_close(b);
+}
+
+static void test_safety_numbers(void **state)
+{
+    (void)state;
+    hush_client *a = open_client("leo", 1, N), *b = open_client("mia", 1, N), *c = open_client("ned", 1, N);
+    start_session(a, b);
+    start_session(b, a);
+    start_session(c, a);
+    char sa[61], sb[61], sc[61];
+    assert_int_equal(hush_safety_number(a, "mia", 1, sa), HUSH_OK);
+    assert_int_equal(hush_safety_number(b, "leo", 1, sb), HUSH_OK);
+    assert_string_equal(sa, sb);
+    assert_int_equal(strlen(sa), HUSH_SAFETY_NUMBER_LEN);
+    assert_int_equal(hush_safety_number(c, "leo", 1, sc), HUSH_OK);
+    assert_int_not_equal(strcmp(sa, sc), 0);
+    assert_int_equal(hush_safety_number(a, "nobody", 1, sc), HUSH_ERR_NOT_FOUND);
+
+    uint8_t *qa = NULL, *qc = NULL;
+    size_t la, lc;
+    assert_int_equal(hush_safety_scannable(a, "mia", 1, &qa, &la), HUSH_OK);
+    assert_int_equal(hush_safety_scannable(c, "leo", 1, &qc, &lc), HUSH_OK);
+    assert_int_equal(hush_safety_compare(b, "leo", 1, qa, la), HUSH_OK);
+    assert_int_equal(hush_safety_compare(b, "leo", 1, qc, lc), HUSH_ERR_SAFETY_MISMATCH);
+    qa[la / 2] ^= 1;
+    assert_int_equal(hush_safety_compare(b, "leo", 1, qa, la), HUSH_ERR_SAFETY_MISMATCH);
+    assert_int_equal(hush_safety_compare(b, "leo", 1, (const uint8_t *)"junk", 4), HUSH_ERR_SAFETY_MISMATCH);
+    hush_free(qa);
+    hush_free(qc);
+    hush_client_close(a);
+    hush_client_close(b);
+    hush_client_close(c);
+}
+
+/* The raw database file (and its WAL) never holds a plaintext or a private key. */
+static void test_sealed_at_rest_canary(void **state)
+{
+    (void)state;
+    hush_client *a = open_client("olga", 1, HUSH_DURABILITY_FULL), *b = open_client("pete", 1, HUSH_DURABILITY_FULL);
+    start_session(a, b);
+    const char *canary = "CANARY-7f3a9c-plaintext-must-never-hit-disk";
+    size_t len;
+    uint8_t *env = send_text(a, "pete", 1, canary, &len);
+    assert_null(memmem(env, len, canary, strlen(canary)));
+    hush_message_free(recv_ok(b, "olga", 1, env, len));
+    hush_free(env);
+    uint8_t mid[16];
+    assert_int_equal(hush_outbox_put(a, "pete", (const uint8_t *)canary, strlen(canary), mid), HUSH_OK);
+
+    ratchet_identity_key_pair *ikp = NULL;
+    assert_int_equal(hush__local_identity(b, &ikp), HUSH_OK);
+    signal_buffer *priv = NULL;
+    assert_int_equal(ec_private_key_serialize(&priv, ratchet_identity_key_pair_get_private(ikp)), 0);
+    uint8_t auth_pub[32];
+    assert_int_equal(hush_device_auth_key(b, auth_pub), HUSH_OK);
+
+    /* Check before and after a checkpoint: in the WAL, then in the main file. */
+    const char *files[] = { tpath("olga.db"), tpath("olga.db-wal"), tpath("pete.db"), tpath("pete.db-wal") };
+    for (int round = 0; round < 2; round++) {
+        for (size_t i = 0; i < 4; i++) {
+            assert_false(file_contains(files[i], canary, strlen(canary)));
+            assert_false(file_contains(files[i], signal_buffer_data(priv), signal_buffer_len(priv)));
+        }
+        hush_client_close(a);
+        hush_client_close(b);
+        a = open_client("olga", 1, HUSH_DURABILITY_FULL);
+        b = open_client("pete", 1, HUSH_DURABILITY_FULL);
+    }
+    /* Public keys are stored in the clear (so the test would notice if the search was broken). */
+    assert_true(file_contains(tpath("pete.db"), auth_pub, sizeof auth_pub) ||
+                file_contains(tpath("pete.db-wal"), auth_pub, sizeof auth_pub));
+    signal_buffer_bzero_free(priv);
+    SIGNAL_UNREF(ikp);
+    hush_client_close(a);
+    hush_client_close(b);
+}
+
+/* Rows cannot be swapped: a sealed session copied onto another address fails to open. */
+static void test_sealed_rows_bound_to_identity(void **state)
+{
+    (void)state;
+    hush_client *a = open_client("quin", 1, N), *b = open_client("rose", 1, N), *c = open_client("sam", 1, N);
+    start_session(a, b);
+    start_session(a, c);
+    sqlite3 *db = hstore_handle(a->db);
+    assert_int_equal(sqlite3_exec(db, "UPDATE sessions SET record = (SELECT record FROM sessions WHERE name = CAST('sam' AS BLOB)) "
+                                      "WHERE name = CAST('rose' AS BLOB)", NULL, NULL, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_changes(db), 1);
+    size_t len;
+    uint8_t *env = NULL;
+    assert_int_equal(hush_encrypt(a, "rose", 1, (const uint8_t *)"x", 1, NULL, NULL, &env, &len), HUSH_ERR_DB_KEY);
+    assert_null(env);
+    env = send_text(a, "sam", 1, "sam still fine", &len);
+    hush_message_free(recv_ok(c, "quin", 1, env, len));
+    hush_free(env);
+    hush_client_close(a);
+    hush_client_close(b);
+    hush_client_close(c);
+}
+
+static void test_outbox(void **state)
+{
+    (void)state;
+    hush_client *a = open_client("tina", 1, N);
+    uint8_t m1[16], m2[16];
+    hush_outbox_entry *o = NULL;
+    assert_int_equal(hush_outbox_next(a, &o), HUSH_ERR_NOT_FOUND);
+    assert_int_equal(hush_outbox_put(a, "uma", (const uint8_t *)"first", 5, m1), HUSH_OK);
+    assert_int_equal(hush_outbox_put(a, "uma", (const uint8_t *)"second", 6, m2), HUSH_OK);
+    assert_int_not_equal(memcmp(m1, m2, 16), 0);
+    a = reopen_client(a, "tina", N);
+    uint32_t n = 0;
+    assert_int_equal(hush_outbox_count(a, &n), HUSH_OK);
+    assert_int_equal(n, 2);
+    assert_int_equal(hush_outbox_next(a, &o), HUSH_OK);
+    assert_memory_equal(o->message_id, m1, 16);
+    assert_string_equal((char *)o->body, "first");
+    assert_int_equal(o->attempts, 0);
+    hush_outbox_entry_free(o);
+    assert_int_equal(hush_outbox_attempted(a, m1), HUSH_OK);
+    assert_int_equal(hush_outbox_next(a, &o), HUSH_OK);
+    assert_int_equal(o->attempts, 1);
+    hush_outbox_entry_free(o);
+    assert_int_equal(hush_outbox_done(a, m1), HUSH_OK);
+    assert_int_equal(hush_outbox_done(a, m1), HUSH_ERR_NOT_FOUND);
+    assert_int_equal(hush_outbox_next(a, &o), HUSH_OK);
+    assert_memory_equal(o->message_id, m2, 16);
+    hush_outbox_entry_free(o);
+    hush_client_close(a);
+}
+
+/* Trap: libsignal's lock callbacks must be recursive (decrypt locks twice), and one client used
+ * from several threads must stay consistent. */
+struct thread_arg {
+    hush_client *a;
+    int idx;
+    int failures;
+};
+
+static void *sender_thread(void *p)
+{
+    struct thread_arg *t = p;
+    for (int i = 0; i < 50; i++) {
+        char text[64];
+        snprintf(text, sizeof text, "t%d-%d", t->idx, i);
+        uint8_t *env = NULL;
+        size_t len;
+        if (hush_encrypt(t->a, "wes", 1, (const uint8_t *)text, strlen(text), NULL, NULL, &env, &len) != HUSH_OK)
+            t->failures++;
+        hush_free(env);
+    }
+    return NULL;
+}
+
+static void trap_recursive_lock_threads(void **state)
+{
+    (void)state;
+    hush_client *a = open_client("vera", 1, N), *b = open_client("wes", 1, N);
+    start_session(a, b);
+    pthread_t th[4];
+    struct thread_arg args[4];
+    for (int i = 0; i < 4; i++) {
+        args[i] = (struct thread_arg){ a, i, 0 };
+        pthread_create(&th[i], NULL, sender_thread, &args[i]);
+    }
+    for (int i = 0; i < 4; i++) {
+        pthread_join(th[i], NULL);
+        assert_int_equal(args[i].failures, 0);
+    }
+    hush_history_entry *h = NULL;
+    size_t count = 0;
+    assert_int_equal(hush_history_list(a, "wes", 0, 500, &h, &count), HUSH_OK);
+    assert_int_equal(count, 200);
+    hush_history_free(h, count);
+    hush_client_close(a);
+    hush_client_close(b);
+}
+
+/* Trap (notes §8): libsignal bundles its own protobuf-c runtime; our codec is libprotobuf-c.
+ * Run both in one process: a full session plus our Envelope/Content codec round trip. */
+static void trap_protobuf_runtimes_coexist(void **state)
+{
+    (void)state;
+    Hush__Content c = HUSH__CONTENT__INIT;
+    uint8_t id[16] = { 9 };
+    c.message_id.data = id;
+    c.message_id.len = 16;
+    c.kind = HUSH__CONTENT_KIND__CONTENT_TEXT;
+    c.body.data = (uint8_t *)"abc";
+    c.body.len = 3;
+    uint8_t *buf = NULL;
+    size_t n = 0;
+    assert_int_equal(hush__content_pack(&c, &buf, &n), HUSH_OK);
+    assert_int_equal(n % 32, 0); /* padded */
+    Hush__Content *back = hush__content__unpack(NULL, n, buf);
+    assert_non_null(back);
+    assert_int_equal(back->body.len, 3);
+    assert_memory_equal(back->body.data, "abc", 3);
+    hush__content__free_unpacked(back, NULL);
+    free(buf);
+    hush_client *a = open_client("xena", 1, N), *b = open_client("yuri", 1, N);
+    start_session(a, b);
+    size_t len;
+    uint8_t *env = send_text(a, "yuri", 1, "codec ok", &len);
+    hush_message *m = recv_ok(b, "xena", 1, env, len);
+    assert_string_equal((char *)m->body, "codec ok");
+    hush_message_free(m);
+    hush_free(env);
+    hush_client_close(a);
+    hush_client_close(b);
+}
+
+/* Auth key signatures verify with libsodium (the relay will check them). */
+static void test_auth_key(void **state)
+{
+    (void)state;
+    hush_client *a = open_client("zack", 1, N);
+    uint8_t pub[32], sig[64];
+    assert_int_equal(hush_device_auth_key(a, pub), HUSH_OK);
+    assert_int_equal(hush_device_auth_sign(a, (const uint8_t *)"challenge", 9, sig), HUSH_OK);
+    assert_int_equal(crypto_sign_verify_detached(sig, (const uint8_t *)"challenge", 9, pub), 0);
+    sig[0] ^= 1;
+    assert_int_not_equal(crypto_sign_verify_detached(sig, (const uint8_t *)"challenge", 9, pub), 0);
+    hush_client_close(a);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_open_errors),
+        cmocka_unit_test(test_selftest_and_provider),
+        cmocka_unit_test(test_basic_conversation),
+        cmocka_unit_test(trap_bundle_signatures),
+        cmocka_unit_test(test_bundle_prekey_rotation),
+        cmocka_unit_test(trap_tampered_prekey_message),
+        cmocka_unit_test(test_too_far_ahead),
+        cmocka_unit_test(test_identity_change),
+        cmocka_unit_test(test_safety_numbers),
+        cmocka_unit_test(test_sealed_at_rest_canary),
+        cmocka_unit_test(test_sealed_rows_bound_to_identity),
+        cmocka_unit_test(test_outbox),
+        cmocka_unit_test(trap_recursive_lock_threads),
+        cmocka_unit_test(trap_protobuf_runtimes_coexist),
+        cmocka_unit_test(test_auth_key),
+    };
+    return cmocka_run_group_tests_name("sdk", tests, NULL, NULL);
+}
