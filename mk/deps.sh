@@ -21,6 +21,7 @@ tools=(
   "gcc:gcc"
   "make:make"
   "sqlite3:sqlite3"
+  "cppcheck:cppcheck"
 )
 
 missing=()

@@ -242,8 +242,10 @@ static void trap_bundle_signatures(void **state)
     assert_false(hush_has_session(a, "dave", 2));
 
     /* A bundle without a one-time prekey still works (signed prekey only). */
+    Hush__PreKey *otk = kb->one_time_pre_key;
     kb->one_time_pre_key = NULL;
     n = hush__key_bundle__pack(kb, out);
+    kb->one_time_pre_key = otk; /* restored so free_unpacked releases it */
     char peer[HUSH_USERNAME_MAX + 1];
     uint32_t dev = 0;
     assert_int_equal(hush_bundle_import(a, out, n, peer, &dev), HUSH_OK);
