@@ -39,13 +39,15 @@ CC ?= cc
 PKGS := libprotobuf-c libsignal-protocol-c libsodium sqlite3 libcrypto
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+LWS_CFLAGS := $(shell pkg-config --cflags libwebsockets 2>/dev/null)
+LWS_LIBS := $(shell pkg-config --libs libwebsockets 2>/dev/null)
 CMOCKA_CFLAGS := $(shell pkg-config --cflags cmocka 2>/dev/null)
 CMOCKA_LIBS := $(shell pkg-config --libs cmocka 2>/dev/null)
 
 WARN := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wformat=2 -Wvla
 CFLAGS ?= -O2 -g
 ALL_CFLAGS := -std=c11 -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE $(WARN) $(CFLAGS) -MMD -MP -fPIC \
-              $(SANFLAGS) -Istore/include -Isdk/include -I$(BUILD)/gen $(PKG_CFLAGS)
+              $(SANFLAGS) -Istore/include -Isdk/include -Iproto -I$(BUILD)/gen $(PKG_CFLAGS)
 LDFLAGS_ALL := $(SANFLAGS) $(LDFLAGS)
 LIBS := $(PKG_LIBS) -lpthread
 
@@ -55,8 +57,9 @@ LIBS := $(PKG_LIBS) -lpthread
 GEN_SRC := $(BUILD)/gen/hush.pb-c.c
 GEN_HDR := $(BUILD)/gen/hush.pb-c.h
 STORE_SRC := $(wildcard store/*.c)
-SDK_SRC := $(wildcard sdk/*.c)
+SDK_SRC := $(wildcard sdk/*.c) proto/wire.c
 CLI_SRC := $(wildcard cli/*.c)
+RELAY_SRC := $(wildcard relay/*.c)
 TEST_UTIL_SRC := tests/util.c
 TEST_SRC := $(filter-out $(TEST_UTIL_SRC),$(wildcard tests/test_*.c))
 BENCH_SRC := $(wildcard bench/bench_*.c)
@@ -65,6 +68,7 @@ obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
 STORE_OBJ := $(call obj,$(STORE_SRC))
 SDK_OBJ := $(call obj,$(SDK_SRC)) $(BUILD)/obj/gen/hush.pb-c.o
 CLI_OBJ := $(call obj,$(CLI_SRC))
+RELAY_OBJ := $(call obj,$(RELAY_SRC))
 TEST_UTIL_OBJ := $(call obj,$(TEST_UTIL_SRC))
 TEST_BIN := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
 BENCH_BIN := $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRC))
@@ -74,11 +78,12 @@ LIBHUSH_A := $(BUILD)/lib/libhush.a
 LIBHUSH_SO := $(BUILD)/lib/libhush.so
 HUSH_PC := $(BUILD)/lib/pkgconfig/hush.pc
 HUSH_CLI := $(BUILD)/bin/hush
+HUSHD := $(BUILD)/bin/hushd
 
 .PHONY: all libs deps run test test-run bench bench-run check clean demo
 .SECONDARY:
 
-all: libs $(HUSH_CLI) $(TEST_BIN) $(BENCH_BIN)
+all: libs $(HUSH_CLI) $(HUSHD) $(TEST_BIN) $(BENCH_BIN)
 libs: $(LIBSTORE) $(LIBHUSH_A) $(LIBHUSH_SO) $(HUSH_PC)
 
 deps:
@@ -141,6 +146,12 @@ $(HUSH_CLI): $(CLI_OBJ) $(LIBHUSH_A)
 	$(Q)mkdir -p $(dir $@)
 	$(Q)$(CC) $(LDFLAGS_ALL) -o $@ $(CLI_OBJ) $(LIBHUSH_A) $(LIBS)
 
+$(BUILD)/obj/relay/%.o: ALL_CFLAGS += $(LWS_CFLAGS) -Isdk
+$(HUSHD): $(RELAY_OBJ) $(LIBHUSH_A)
+	$(E) "  LD      $@"
+	$(Q)mkdir -p $(dir $@)
+	$(Q)$(CC) $(LDFLAGS_ALL) -o $@ $(RELAY_OBJ) $(LIBHUSH_A) $(LIBS) $(LWS_LIBS)
+
 $(BUILD)/obj/tests/%.o: ALL_CFLAGS += $(CMOCKA_CFLAGS) -Wno-missing-prototypes -Isdk -Itests
 $(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(TEST_UTIL_OBJ) $(LIBHUSH_A)
 	$(E) "  LD      $@"
@@ -187,7 +198,7 @@ bench-run: $(BENCH_BIN)
 
 check:
 	cppcheck --quiet --error-exitcode=1 --enable=warning,portability --std=c11 \
-	    -Istore/include -Isdk/include --suppress=missingIncludeSystem store sdk cli
+	    -Istore/include -Isdk/include -Iproto --suppress=missingIncludeSystem store sdk cli relay proto
 
 clean:
 	rm -rf build build-san

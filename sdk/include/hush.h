@@ -128,6 +128,26 @@ HUSH_MUST_CHECK hush_err hush_device_auth_key(hush_client *c, uint8_t pub[32]);
 HUSH_MUST_CHECK hush_err hush_device_auth_sign(hush_client *c, const uint8_t *msg, size_t len,
                                                uint8_t sig[64]);
 
+/* The device's Signal identity public key (33 bytes, 0x05 prefix). Errors: HUSH_ERR_NO_DEVICE. */
+HUSH_MUST_CHECK hush_err hush_device_identity_key(hush_client *c, uint8_t out[33]);
+
+/*
+ * Signs the relay's login/registration proof (docs/PROTOCOL.md, "Authentication") for this
+ * device: `purpose` is "login" or "register", `challenge` the 32 bytes from the relay's Welcome.
+ * Errors: HUSH_ERR_INVALID_ARG, HUSH_ERR_NO_DEVICE, HUSH_ERR_STORAGE, HUSH_ERR_DB_KEY.
+ */
+HUSH_MUST_CHECK hush_err hush_auth_proof(hush_client *c, const char *purpose, const uint8_t challenge[32],
+                                         uint8_t sig[64]);
+
+/*
+ * Builds a serialized hush.PreKeyUpload for the relay's directory: the current signed prekey,
+ * every one-time prekey not yet handed out (at most `max_one_time`, marked handed out on
+ * success), and the last-resort key. On success *out (hush_free) and *out_len are set, and
+ * *count (may be NULL) receives the number of one-time keys included.
+ */
+HUSH_MUST_CHECK hush_err hush_prekey_upload(hush_client *c, uint32_t max_one_time, uint8_t **out, size_t *out_len,
+                                            uint32_t *count);
+
 /* Number of one-time prekeys this device still holds (excluding the last-resort key). */
 HUSH_MUST_CHECK hush_err hush_prekeys_remaining(hush_client *c, uint32_t *count);
 

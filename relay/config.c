@@ -1,0 +1,326 @@
+/*
+ * config.c - hushd configuration: defaults, a "key = value" file, flags that override it.
+ * The parser caps the file size and line length before it allocates anything, and reports
+ * "file:line: problem" for every error.
+ */
+#include <ctype.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "relay.h"
+
+#define CFG_MAX_FILE (64 * 1024)
+#define CFG_MAX_LINE 1024
+
+void cfg_defaults(struct relay_config *c)
+{
+    memset(c, 0, sizeof *c);
+    snprintf(c->listen_host, sizeof c->listen_host, "127.0.0.1");
+    c->listen_port = 7443;
+    snprintf(c->metrics_host, sizeof c->metrics_host, "127.0.0.1");
+    c->metrics_port = 7444;
+    snprintf(c->db_path, sizeof c->db_path, "./var/hushd.db");
+    c->workers = 0;
+    c->registration = REG_OPEN;
+    c->durability_full = 1;
+    c->log_level = RLOG_INFO;
+    c->max_frame_unauth = 16 * 1024;
+    c->max_frame = 512 * 1024;
+    c->max_envelope = 256 * 1024;
+    c->max_recipients = 64;
+    c->max_prekeys_per_upload = 100;
+    c->delivery_window = 64;
+    c->auth_timeout_s = 10;
+    c->ping_interval_s = 30;
+    c->idle_timeout_s = 45;
+    c->ttl_days = 30;
+    c->quota_messages = 10000;
+    c->quota_bytes = 256ull * 1024 * 1024;
+    c->fetch_burst = 20;
+    c->fetch_refill_per_min = 10;
+    c->send_burst = 2000;
+    c->send_refill_per_s = 1000;
+    c->max_connections = 200000;
+    c->max_batch = 1024;
+    c->prekeys_low_threshold = 10;
+}
+
+static int parse_u64(const char *v, uint64_t min, uint64_t max, uint64_t *out)
+{
+    if (!*v || !isdigit((unsigned char)*v))
+        return -1;
+    errno = 0;
+    char *end = NULL;
+    unsigned long long x = strtoull(v, &end, 10);
+    if (errno || !end)
+        return -1;
+    /* optional size suffix */
+    if (*end == 'k' || *end == 'K') { x *= 1024; end++; }
+    else if (*end == 'm' || *end == 'M') { x *= 1024 * 1024; end++; }
+    else if (*end == 'g' || *end == 'G') { x *= 1024ull * 1024 * 1024; end++; }
+    if (*end || x < min || x > max)
+        return -1;
+    *out = x;
+    return 0;
+}
+
+static int parse_hostport(const char *v, char *host, size_t hcap, int *port)
+{
+    const char *colon = strrchr(v, ':');
+    if (!colon || colon == v)
+        return -1;
+    size_t hl = (size_t)(colon - v);
+    if (hl >= hcap)
+        return -1;
+    uint64_t p;
+    if (parse_u64(colon + 1, 0, 65535, &p))
+        return -1;
+    memcpy(host, v, hl);
+    host[hl] = '\0';
+    if (host[0] == '[' && hl > 2 && host[hl - 1] == ']') { /* [::1] */
+        memmove(host, host + 1, hl - 2);
+        host[hl - 2] = '\0';
+    }
+    *port = (int)p;
+    return 0;
+}
+
+struct u32key {
+    const char *key;
+    size_t off;
+    uint64_t min, max;
+};
+
+#define U32(k, field, lo, hi) { k, offsetof(struct relay_config, field), lo, hi }
+static const struct u32key u32keys[] = {
+    U32("max_frame_unauthenticated", max_frame_unauth, 1024, 1 << 20),
+    U32("max_frame", max_frame, 4096, 64u << 20),
+    U32("max_envelope", max_envelope, 1024, 32u << 20),
+    U32("max_recipients", max_recipients, 1, 1024),
+    U32("max_prekeys_per_upload", max_prekeys_per_upload, 1, 100),
+    U32("delivery_window", delivery_window, 1, 4096),
+    U32("auth_timeout", auth_timeout_s, 1, 300),
+    U32("ping_interval", ping_interval_s, 1, 3600),
+    U32("idle_timeout", idle_timeout_s, 2, 7200),
+    U32("ttl_days", ttl_days, 1, 3650),
+    U32("quota_messages", quota_messages, 1, 100000000),
+    U32("fetch_burst", fetch_burst, 1, 100000),
+    U32("fetch_refill_per_min", fetch_refill_per_min, 1, 1000000),
+    U32("send_burst", send_burst, 1, 10000000),
+    U32("send_refill_per_s", send_refill_per_s, 1, 10000000),
+    U32("max_connections", max_connections, 1, 10000000),
+    U32("max_batch", max_batch, 1, 100000),
+    U32("prekeys_low_threshold", prekeys_low_threshold, 0, 100),
+};
+
+static int copy_str(char *dst, size_t cap, const char *v)
+{
+    if (strlen(v) >= cap)
+        return -1;
+    snprintf(dst, cap, "%s", v);
+    return 0;
+}
+
+int cfg_set(struct relay_config *c, const char *key, const char *v, char *err, size_t errlen)
+{
+    uint64_t x;
+    if (!strcmp(key, "listen")) {
+        if (parse_hostport(v, c->listen_host, sizeof c->listen_host, &c->listen_port))
+            goto bad;
+    } else if (!strcmp(key, "metrics_listen")) {
+        if (!strcmp(v, "off"))
+            c->metrics_port = 0;
+        else if (parse_hostport(v, c->metrics_host, sizeof c->metrics_host, &c->metrics_port))
+            goto bad;
+    } else if (!strcmp(key, "db")) {
+        if (!*v || copy_str(c->db_path, sizeof c->db_path, v))
+            goto bad;
+    } else if (!strcmp(key, "tls_cert")) {
+        if (copy_str(c->tls_cert, sizeof c->tls_cert, v))
+            goto bad;
+    } else if (!strcmp(key, "tls_key")) {
+        if (copy_str(c->tls_key, sizeof c->tls_key, v))
+            goto bad;
+    } else if (!strcmp(key, "log_file")) {
+        if (copy_str(c->log_file, sizeof c->log_file, v))
+            goto bad;
+    } else if (!strcmp(key, "workers")) {
+        if (parse_u64(v, 0, RELAY_MAX_LOOPS, &x))
+            goto bad;
+        c->workers = (int)x;
+    } else if (!strcmp(key, "registration")) {
+        if (!strcmp(v, "open")) c->registration = REG_OPEN;
+        else if (!strcmp(v, "invite")) c->registration = REG_INVITE;
+        else if (!strcmp(v, "closed")) c->registration = REG_CLOSED;
+        else goto bad;
+    } else if (!strcmp(key, "durability")) {
+        if (!strcmp(v, "full")) c->durability_full = 1;
+        else if (!strcmp(v, "normal")) c->durability_full = 0;
+        else goto bad;
+    } else if (!strcmp(key, "log_level")) {
+        if (!strcmp(v, "error")) c->log_level = RLOG_ERROR;
+        else if (!strcmp(v, "warn")) c->log_level = RLOG_WARN;
+        else if (!strcmp(v, "info")) c->log_level = RLOG_INFO;
+        else if (!strcmp(v, "debug")) c->log_level = RLOG_DEBUG;
+        else goto bad;
+    } else if (!strcmp(key, "quota_bytes")) {
+        if (parse_u64(v, 1024, 1ull << 40, &x))
+            goto bad;
+        c->quota_bytes = x;
+    } else {
+        for (size_t i = 0; i < sizeof u32keys / sizeof u32keys[0]; i++) {
+            if (!strcmp(key, u32keys[i].key)) {
+                if (parse_u64(v, u32keys[i].min, u32keys[i].max, &x)) {
+                    snprintf(err, errlen, "%s: must be %llu..%llu", key, (unsigned long long)u32keys[i].min,
+                             (unsigned long long)u32keys[i].max);
+                    return -1;
+                }
+                *(uint32_t *)((char *)c + u32keys[i].off) = (uint32_t)x;
+                return 0;
+            }
+        }
+        snprintf(err, errlen, "unknown key '%s'", key);
+        return -1;
+    }
+    return 0;
+bad:
+    snprintf(err, errlen, "%s: invalid value '%.64s'", key, v);
+    return -1;
+}
+
+static char *trim(char *s)
+{
+    while (*s == ' ' || *s == '\t')
+        s++;
+    size_t n = strlen(s);
+    while (n && (s[n - 1] == ' ' || s[n - 1] == '\t' || s[n - 1] == '\r'))
+        s[--n] = '\0';
+    return s;
+}
+
+int cfg_parse_text(struct relay_config *c, const char *text, size_t len, const char *name, char *err, size_t errlen)
+{
+    if (len > CFG_MAX_FILE) {
+        snprintf(err, errlen, "%s: larger than %d bytes", name, CFG_MAX_FILE);
+        return -1;
+    }
+    char line[CFG_MAX_LINE + 1];
+    size_t pos = 0;
+    int lineno = 0;
+    while (pos < len) {
+        lineno++;
+        size_t start = pos;
+        while (pos < len && text[pos] != '\n')
+            pos++;
+        size_t ll = pos - start;
+        if (pos < len)
+            pos++; /* newline */
+        if (ll > CFG_MAX_LINE) {
+            snprintf(err, errlen, "%s:%d: line longer than %d bytes", name, lineno, CFG_MAX_LINE);
+            return -1;
+        }
+        memcpy(line, text + start, ll);
+        line[ll] = '\0';
+        if (memchr(line, '\0', ll)) {
+            snprintf(err, errlen, "%s:%d: NUL byte", name, lineno);
+            return -1;
+        }
+        char *hash = strchr(line, '#');
+        if (hash)
+            *hash = '\0';
+        char *s = trim(line);
+        if (!*s)
+            continue;
+        char *eq = strchr(s, '=');
+        if (!eq) {
+            snprintf(err, errlen, "%s:%d: expected 'key = value'", name, lineno);
+            return -1;
+        }
+        *eq = '\0';
+        char *key = trim(s), *val = trim(eq + 1);
+        size_t vl = strlen(val);
+        if (vl >= 2 && val[0] == '"' && val[vl - 1] == '"') {
+            val[vl - 1] = '\0';
+            val++;
+        }
+        char e2[256];
+        if (cfg_set(c, key, val, e2, sizeof e2)) {
+            snprintf(err, errlen, "%s:%d: %s", name, lineno, e2);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+int cfg_load_file(struct relay_config *c, const char *path, char *err, size_t errlen)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        snprintf(err, errlen, "%s: %s", path, strerror(errno));
+        return -1;
+    }
+    char *buf = malloc(CFG_MAX_FILE + 1);
+    if (!buf) {
+        fclose(f);
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    size_t n = fread(buf, 1, CFG_MAX_FILE + 1, f);
+    int rd_err = ferror(f);
+    fclose(f);
+    int r;
+    if (rd_err) {
+        snprintf(err, errlen, "%s: read error", path);
+        r = -1;
+    } else {
+        r = cfg_parse_text(c, buf, n, path, err, errlen);
+    }
+    free(buf);
+    return r;
+}
+
+int cfg_validate(const struct relay_config *c, char *err, size_t errlen)
+{
+    if ((c->tls_cert[0] != 0) != (c->tls_key[0] != 0)) {
+        snprintf(err, errlen, "tls_cert and tls_key must be set together");
+        return -1;
+    }
+    if (c->listen_port == 0) {
+        snprintf(err, errlen, "listen: port 0 is not allowed");
+        return -1;
+    }
+    if (c->metrics_port && c->metrics_port == c->listen_port && !strcmp(c->metrics_host, c->listen_host)) {
+        snprintf(err, errlen, "metrics_listen must differ from listen");
+        return -1;
+    }
+    if (c->max_envelope + 1024 > c->max_frame) {
+        snprintf(err, errlen, "max_frame must exceed max_envelope by at least 1024 bytes");
+        return -1;
+    }
+    if (c->idle_timeout_s <= c->ping_interval_s) {
+        snprintf(err, errlen, "idle_timeout must be longer than ping_interval");
+        return -1;
+    }
+    return 0;
+}
+
+void cfg_print(const struct relay_config *c, FILE *f)
+{
+    static const char *reg[] = { "open", "invite", "closed" };
+    static const char *lvl[] = { "error", "warn", "info", "debug" };
+    fprintf(f, "listen = %s:%d\n", c->listen_host, c->listen_port);
+    if (c->metrics_port)
+        fprintf(f, "metrics_listen = %s:%d\n", c->metrics_host, c->metrics_port);
+    else
+        fprintf(f, "metrics_listen = off\n");
+    fprintf(f, "db = %s\n", c->db_path);
+    fprintf(f, "tls_cert = %s\ntls_key = %s\n", c->tls_cert, c->tls_key);
+    fprintf(f, "workers = %d\nregistration = %s\ndurability = %s\nlog_level = %s\nlog_file = %s\n", c->workers,
+            reg[c->registration], c->durability_full ? "full" : "normal", lvl[c->log_level], c->log_file);
+    fprintf(f, "quota_bytes = %llu\n", (unsigned long long)c->quota_bytes);
+    for (size_t i = 0; i < sizeof u32keys / sizeof u32keys[0]; i++)
+        fprintf(f, "%s = %u\n", u32keys[i].key, *(const uint32_t *)((const char *)c + u32keys[i].off));
+}

@@ -1,0 +1,242 @@
+/*
+ * relay.h - hushd internals (prefix relay_ and per-module prefixes cfg_, rlog_, metrics_, storage_,
+ * directory_, presence_, loop_). Not installed.
+ *
+ * Threads:
+ *   - N loop threads, each with its own libwebsockets context listening on the same port
+ *     (SO_REUSEPORT). A connection (an "actor") lives on one loop and only that loop touches it.
+ *   - one storage thread that owns the database connection and commits whatever all loops handed it
+ *     in one transaction (group commit), then posts results back to the loops.
+ *   - the main thread: signals, supervision of the above.
+ * Cross-thread communication is by message only: loop_post() appends an event to a loop's inbox and
+ * wakes it with lws_cancel_service(); storage_submit() appends a job to the storage queue.
+ */
+#ifndef HUSH_RELAY_H
+#define HUSH_RELAY_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "hush.pb-c.h"
+#include "hush_store.h"
+#include "hush_wire.h"
+
+#define RELAY_USERNAME_MAX 32
+#define RELAY_MAX_LOOPS 64
+
+/* ------------------------------------------------------------------------------------------ */
+/* configuration (config.c) */
+
+enum reg_policy { REG_OPEN = 0, REG_INVITE = 1, REG_CLOSED = 2 };
+
+struct relay_config {
+    char listen_host[64];
+    int listen_port;
+    char metrics_host[64];
+    int metrics_port;             /* 0 disables */
+    char db_path[512];
+    char tls_cert[512];
+    char tls_key[512];
+    int workers;                  /* event-loop threads; 0 = number of CPUs */
+    enum reg_policy registration;
+    int durability_full;          /* 1: synchronous=FULL (power loss), 0: NORMAL (process crash) */
+    int log_level;                /* 0 error, 1 warn, 2 info, 3 debug */
+    char log_file[512];           /* "" = stderr */
+    uint32_t max_frame_unauth;
+    uint32_t max_frame;
+    uint32_t max_envelope;
+    uint32_t max_recipients;
+    uint32_t max_prekeys_per_upload;
+    uint32_t delivery_window;
+    uint32_t auth_timeout_s;
+    uint32_t ping_interval_s;
+    uint32_t idle_timeout_s;
+    uint32_t ttl_days;
+    uint32_t quota_messages;
+    uint64_t quota_bytes;
+    uint32_t fetch_burst;
+    uint32_t fetch_refill_per_min;
+    uint32_t send_burst;
+    uint32_t send_refill_per_s;
+    uint32_t max_connections;
+    uint32_t max_batch;           /* jobs per group commit */
+    uint32_t prekeys_low_threshold;
+};
+
+void cfg_defaults(struct relay_config *c);
+/* Applies "key = value" text. Returns 0, or -1 with a message "file:line: ..." in err. */
+int cfg_parse_text(struct relay_config *c, const char *text, size_t len, const char *name, char *err, size_t errlen);
+int cfg_load_file(struct relay_config *c, const char *path, char *err, size_t errlen);
+/* Sets one key (also used by command-line flags). */
+int cfg_set(struct relay_config *c, const char *key, const char *value, char *err, size_t errlen);
+/* Cross-field checks (TLS pair complete, ports, limits). */
+int cfg_validate(const struct relay_config *c, char *err, size_t errlen);
+void cfg_print(const struct relay_config *c, FILE *f);
+
+/* ------------------------------------------------------------------------------------------ */
+/* logging (log.c): one line per event, never secrets or ciphertext */
+
+enum { RLOG_ERROR = 0, RLOG_WARN = 1, RLOG_INFO = 2, RLOG_DEBUG = 3 };
+void rlog_init(int level, const char *path);
+void rlog(int level, const char *event, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+/* ------------------------------------------------------------------------------------------ */
+/* metrics (metrics.c): counters readable from any thread */
+
+#define METRICS_ERR_CODES 19
+#define METRICS_BATCH_BUCKETS 8
+#define METRICS_LAT_BUCKETS 10
+struct metrics {
+    atomic_long connections;
+    atomic_long connections_total;
+    atomic_long authenticated;
+    atomic_long frames_in;
+    atomic_long frames_out;
+    atomic_long messages_in;       /* stored (acknowledged) messages */
+    atomic_long messages_out;      /* deliveries written to a socket */
+    atomic_long messages_acked;
+    atomic_long messages_expired;
+    atomic_long ephemeral_in;
+    atomic_long mailbox_depth;
+    atomic_long commits;
+    atomic_long commit_failures;
+    atomic_long batch_jobs;        /* sum of batch sizes */
+    atomic_long batch_hist[METRICS_BATCH_BUCKETS]; /* <=1,2,4,8,16,32,64,+inf */
+    atomic_long commit_us_sum;
+    atomic_long commit_lat_hist[METRICS_LAT_BUCKETS]; /* <=0.1,0.25,0.5,1,2.5,5,10,25,50ms,+inf */
+    atomic_long errors[METRICS_ERR_CODES];
+};
+extern struct metrics g_metrics;
+void metrics_error(int code);
+void metrics_commit(long jobs, long usec);
+/* Renders the Prometheus text format into a malloc'd buffer. */
+char *metrics_render(size_t *len);
+
+/* ------------------------------------------------------------------------------------------ */
+/* outgoing frames */
+
+struct outbuf {
+    struct outbuf *next;
+    size_t len;
+    uint64_t seq;          /* a stored delivery (0: anything else) */
+    unsigned char data[];  /* LWS_PRE bytes of headroom, then len bytes */
+};
+struct outbuf *outbuf_from_frame(const Hush__Frame *f, uint64_t seq);
+struct outbuf *outbuf_result(uint64_t req_id, Hush__ErrorCode code, const char *message);
+
+/* ------------------------------------------------------------------------------------------ */
+/* events: storage thread / other loops -> a loop */
+
+enum ev_type {
+    EV_SEND_FRAME,    /* write `out` to conn (a reply or a push) */
+    EV_LOGIN_DONE,    /* login/register finished: ok, username, device_id, prekeys_low */
+    EV_MAIL,          /* result of a mailbox fetch: `mail` frames in seq order, `drained` */
+    EV_LIVE,          /* a message just committed for conn's device: `out` with seq */
+    EV_KICK,          /* close conn with `code` (another login replaced it) */
+    EV_SHUTDOWN       /* stop: finish and close everything */
+};
+
+struct event {
+    struct event *next;
+    enum ev_type type;
+    uint64_t conn;
+    struct outbuf *out;
+    struct outbuf *mail;  /* list */
+    int ok;
+    int drained;
+    int code;
+    uint32_t device_id;
+    uint32_t prekeys;
+    int prekeys_low;
+    char username[RELAY_USERNAME_MAX + 1];
+};
+
+struct event *event_new(enum ev_type t, uint64_t conn);
+void event_free(struct event *e);
+
+/* loops (server.c) */
+int loop_count(void);
+void loop_post(int loop, struct event *e);  /* takes ownership; drops it if the loop is gone */
+
+/* ------------------------------------------------------------------------------------------ */
+/* storage thread (storage.c) */
+
+enum job_type {
+    JOB_REGISTER, JOB_LOGIN, JOB_UPLOAD, JOB_FETCH_BUNDLES, JOB_SEND, JOB_FETCH_MAIL, JOB_ACK,
+    JOB_SET_ALLOW, JOB_DISCONNECT, JOB_EXPIRE, JOB_STOP
+};
+
+struct job {
+    struct job *next;
+    enum job_type type;
+    int loop;
+    uint64_t conn;
+    uint64_t req_id;
+    Hush__Frame *frame;                  /* owned: the request as received (NULL for internal jobs) */
+    char username[RELAY_USERNAME_MAX + 1]; /* authenticated device (or the claimed one for auth jobs) */
+    uint32_t device_id;
+    uint8_t challenge[HWIRE_CHALLENGE_BYTES];
+    uint64_t after_seq;                  /* JOB_FETCH_MAIL */
+    uint32_t limit;                      /* JOB_FETCH_MAIL */
+};
+
+int storage_start(const struct relay_config *cfg, char *err, size_t errlen);
+void storage_submit(struct job *j);      /* takes ownership */
+/* Waits (at most timeout_ms) until every submitted job has been committed and answered. */
+void storage_quiesce(int timeout_ms);
+/* Processes every queued job, then stops the thread and closes the database. */
+void storage_stop(void);
+struct job *job_new(enum job_type t, int loop, uint64_t conn, uint64_t req_id);
+void job_free(struct job *j);
+
+/* Opens/creates the relay database (migrations) - also used by `hushd invite`. */
+hstore *storage_open_db(const char *path, int durability_full, char *err, size_t errlen);
+/* Mints `n` invite tokens into the database, printing them to `out`. */
+int storage_mint_invites(const char *db_path, int n, FILE *out, char *err, size_t errlen);
+
+/* ------------------------------------------------------------------------------------------ */
+/* directory (directory.c): which loop and connection a device is on. The narrow interface a
+ * multi-node backend (NATS) replaces. */
+
+struct dir_entry {
+    int loop;
+    uint64_t conn;
+};
+void directory_init(void);
+/* Registers (user, device) at (loop, conn); returns 1 and fills *old when it replaced one.
+ * *user_online is set to 1 when this made the user's first connected device. -1: no memory. */
+int directory_register(const char *user, uint32_t device, int loop, uint64_t conn, struct dir_entry *old,
+                       int *user_online);
+/* Removes the entry only if it still points to conn. Returns 1 if removed; *user_offline is set
+ * to 1 when the user has no connected device left. */
+int directory_unregister(const char *user, uint32_t device, uint64_t conn, int *user_offline);
+int directory_lookup(const char *user, uint32_t device, struct dir_entry *out);
+/* Number of connected devices of a user. */
+int directory_user_devices(const char *user);
+void directory_free(void);
+
+/* ------------------------------------------------------------------------------------------ */
+/* presence (presence.c): allow-lists, subscriptions, online state. */
+
+void presence_init(void);
+void presence_free(void);
+/* Replaces owner's allow-list (persisted by the caller). */
+void presence_set_allow(const char *owner, char *const *users, size_t n);
+/* Subscribes conn (user `subscriber`) to targets; pushes current state for allowed ones. */
+void presence_subscribe(int loop, uint64_t conn, const char *subscriber, char *const *targets, size_t n);
+void presence_unsubscribe_conn(uint64_t conn);
+/* A user's first device came online / last device went offline. */
+void presence_changed(const char *user, int online, uint64_t last_seen_ms);
+/* Loads allow-lists and last-seen times from the database at start. */
+void presence_load(hstore *db);
+
+/* ------------------------------------------------------------------------------------------ */
+/* misc */
+
+uint64_t relay_now_ms(void);
+int relay_valid_username(const char *s);
+extern atomic_int g_stopping;
+
+#endif

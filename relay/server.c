@@ -1,0 +1,1031 @@
+/*
+ * server.c - the event loops. Each loop thread runs its own libwebsockets context listening on the
+ * shared port (SO_REUSEPORT), so the kernel spreads connections over the loops. Each connection is
+ * an actor owned by its loop; other threads reach it only through loop_post().
+ *
+ * libwebsockets rules kept here: a connection is never freed inside its own callback (we ask lws
+ * to close it by returning -1 from a callback about that connection, and free our state in
+ * LWS_CALLBACK_CLOSED); we write only on SERVER_WRITEABLE; every inbound message is capped before
+ * we buffer it, with a tighter cap before authentication.
+ */
+#define _GNU_SOURCE /* accept4 */
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <libwebsockets.h>
+#include <sodium.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "hmap.h"
+#include "relay.h"
+#include "server.h"
+
+enum conn_state { ST_HELLO, ST_AUTH_WAIT, ST_AUTH_PENDING, ST_AUTHED };
+
+struct conn {
+    uint64_t id;
+    struct lws *wsi;
+    struct loop *loop;
+    enum conn_state state;
+    uint8_t challenge[HWIRE_CHALLENGE_BYTES];
+    char username[RELAY_USERNAME_MAX + 1];
+    uint32_t device_id;
+    /* inbound message being assembled */
+    uint8_t *rx;
+    size_t rx_len, rx_cap;
+    /* outbound queue */
+    struct outbuf *out_head, *out_tail;
+    size_t out_count;
+    int rx_paused;
+    int closing;                 /* close once the queue is flushed */
+    int close_code;
+    /* mailbox delivery */
+    uint64_t cursor;             /* highest seq handed to this connection */
+    uint64_t *inflight;          /* delivered, not yet acked (window slots) */
+    uint32_t ninflight;
+    int fetch_outstanding;
+    int need_fetch;
+    int drained;
+    int sent_queue_empty;
+    /* send rate limit */
+    double tokens;
+    uint64_t tokens_ms;
+};
+
+struct pss {
+    struct conn *c;
+};
+
+struct loop {
+    int idx;
+    pthread_t th;
+    struct lws_context *ctx;
+    struct lws_vhost *vh;
+    int listen_fd;
+    pthread_mutex_t mu;
+    struct event *in_head, *in_tail;
+    struct hmap conns;           /* conn id -> struct conn* (loop thread only) */
+    int shutting_down;
+    int done;
+    uint64_t shutdown_deadline_ms;
+};
+
+static struct loop g_loops[RELAY_MAX_LOOPS];
+static int g_nloops;
+static const struct relay_config *g_cfg;
+static atomic_ullong g_next_conn_id = 1;
+static lws_retry_bo_t g_retry;
+
+#define OUTQ_PAUSE 512
+#define OUTQ_RESUME 64
+#define WRITES_PER_CALLBACK 32
+
+int loop_count(void) { return g_nloops; }
+
+void loop_post(int idx, struct event *e)
+{
+    if (idx < 0 || idx >= g_nloops || !g_loops[idx].ctx) {
+        event_free(e);
+        return;
+    }
+    struct loop *l = &g_loops[idx];
+    e->next = NULL;
+    pthread_mutex_lock(&l->mu);
+    if (l->done) {
+        pthread_mutex_unlock(&l->mu);
+        event_free(e);
+        return;
+    }
+    if (l->in_tail)
+        l->in_tail->next = e;
+    else
+        l->in_head = e;
+    l->in_tail = e;
+    /* Under the mutex: once `done` is set, nobody touches the context that is about to go. */
+    lws_cancel_service(l->ctx);
+    pthread_mutex_unlock(&l->mu);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* output */
+
+static void enqueue(struct conn *c, struct outbuf *o)
+{
+    if (!o)
+        return;
+    o->next = NULL;
+    if (c->out_tail)
+        c->out_tail->next = o;
+    else
+        c->out_head = o;
+    c->out_tail = o;
+    c->out_count++;
+    if (c->out_count > OUTQ_PAUSE && !c->rx_paused) {
+        /* The peer is not reading: stop reading its requests until it catches up. */
+        lws_rx_flow_control(c->wsi, 0);
+        c->rx_paused = 1;
+    }
+    lws_callback_on_writable(c->wsi);
+}
+
+static void enqueue_frame(struct conn *c, const Hush__Frame *f)
+{
+    enqueue(c, outbuf_from_frame(f, 0));
+}
+
+static void reply(struct conn *c, uint64_t id, Hush__ErrorCode code, const char *msg)
+{
+    enqueue(c, outbuf_result(id, code, msg));
+}
+
+/* Sends a Closing push (when code != 0), then closes once everything queued is written. */
+static void close_after_flush(struct conn *c, Hush__ErrorCode code, const char *msg, int ws_status)
+{
+    if (c->closing)
+        return;
+    if (code) {
+        Hush__Closing cl = HUSH__CLOSING__INIT;
+        cl.code = code;
+        cl.message = (char *)msg;
+        Hush__Frame f = HUSH__FRAME__INIT;
+        f.msg_case = HUSH__FRAME__MSG_CLOSING;
+        f.closing = &cl;
+        enqueue_frame(c, &f);
+        metrics_error(code);
+    }
+    c->closing = 1;
+    c->close_code = ws_status;
+    lws_callback_on_writable(c->wsi);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* mailbox delivery */
+
+static void maybe_fetch(struct conn *c)
+{
+    if (c->state != ST_AUTHED || c->closing || c->fetch_outstanding)
+        return;
+    if (c->drained && !c->need_fetch)
+        return;
+    if (c->ninflight >= g_cfg->delivery_window)
+        return;
+    struct job *j = job_new(JOB_FETCH_MAIL, c->loop->idx, c->id, 0);
+    if (!j)
+        return;
+    snprintf(j->username, sizeof j->username, "%s", c->username);
+    j->device_id = c->device_id;
+    j->after_seq = c->cursor;
+    j->limit = g_cfg->delivery_window - c->ninflight;
+    c->fetch_outstanding = 1;
+    c->need_fetch = 0;
+    storage_submit(j);
+}
+
+static void deliver(struct conn *c, struct outbuf *o)
+{
+    c->cursor = o->seq;
+    c->inflight[c->ninflight++] = o->seq;
+    enqueue(c, o);
+}
+
+static void on_mail(struct conn *c, struct event *e)
+{
+    c->fetch_outstanding = 0;
+    if (!e->ok && !e->mail && !e->drained) {
+        /* storage failed: try again in a second */
+        c->need_fetch = 1;
+        lws_set_timer_usecs(c->wsi, 1000000);
+        return;
+    }
+    while (e->mail) {
+        struct outbuf *o = e->mail;
+        e->mail = o->next;
+        if (o->seq > c->cursor && c->ninflight < g_cfg->delivery_window)
+            deliver(c, o);
+        else
+            free(o);
+    }
+    if (e->drained) {
+        c->drained = 1;
+        if (!c->sent_queue_empty) {
+            Hush__QueueEmpty qe = HUSH__QUEUE_EMPTY__INIT;
+            Hush__Frame f = HUSH__FRAME__INIT;
+            f.msg_case = HUSH__FRAME__MSG_QUEUE_EMPTY;
+            f.queue_empty = &qe;
+            enqueue_frame(c, &f);
+            c->sent_queue_empty = 1;
+        }
+    } else {
+        c->need_fetch = 1;
+    }
+    maybe_fetch(c);
+}
+
+static void on_live(struct conn *c, struct event *e)
+{
+    struct outbuf *o = e->out;
+    if (c->state != ST_AUTHED || !o || o->seq <= c->cursor)
+        return;
+    if (c->drained && !c->fetch_outstanding && !c->need_fetch && c->ninflight < g_cfg->delivery_window) {
+        e->out = NULL;
+        deliver(c, o);
+        return;
+    }
+    c->need_fetch = 1; /* it is in the database: fetch it in order when there is room */
+    maybe_fetch(c);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* requests */
+
+static int take_token(struct conn *c)
+{
+    uint64_t now = relay_now_ms();
+    c->tokens += (double)(now - c->tokens_ms) * g_cfg->send_refill_per_s / 1000.0;
+    if (c->tokens > g_cfg->send_burst)
+        c->tokens = g_cfg->send_burst;
+    c->tokens_ms = now;
+    if (c->tokens < 1.0)
+        return 0;
+    c->tokens -= 1.0;
+    return 1;
+}
+
+static struct job *job_for(struct conn *c, enum job_type t, uint64_t id, Hush__Frame **f)
+{
+    struct job *j = job_new(t, c->loop->idx, c->id, id);
+    if (!j)
+        return NULL;
+    j->frame = *f;
+    *f = NULL; /* the job owns the frame now */
+    snprintf(j->username, sizeof j->username, "%s", c->username);
+    j->device_id = c->device_id;
+    return j;
+}
+
+static void on_hello(struct conn *c, const Hush__Frame *f)
+{
+    const Hush__Hello *h = f->hello;
+    if (h->min_version > HWIRE_VERSION || h->max_version < HWIRE_VERSION || h->min_version > h->max_version) {
+        reply(c, f->id, HUSH__ERROR_CODE__UNSUPPORTED_VERSION, "this relay speaks protocol version 1");
+        close_after_flush(c, 0, NULL, LWS_CLOSE_STATUS_POLICY_VIOLATION);
+        return;
+    }
+    randombytes_buf(c->challenge, sizeof c->challenge);
+    Hush__Limits lim = HUSH__LIMITS__INIT;
+    lim.max_frame_unauthenticated = g_cfg->max_frame_unauth;
+    lim.max_frame = g_cfg->max_frame;
+    lim.max_envelope = g_cfg->max_envelope;
+    lim.max_recipients = g_cfg->max_recipients;
+    lim.max_pre_keys_per_upload = g_cfg->max_prekeys_per_upload;
+    lim.delivery_window = g_cfg->delivery_window;
+    lim.auth_timeout_s = g_cfg->auth_timeout_s;
+    lim.ping_interval_s = g_cfg->ping_interval_s;
+    Hush__Welcome w = HUSH__WELCOME__INIT;
+    w.version = HWIRE_VERSION;
+    w.challenge.data = c->challenge;
+    w.challenge.len = sizeof c->challenge;
+    w.server_time_ms = relay_now_ms();
+    w.limits = &lim;
+    static const char *pol[] = { "open", "invite", "closed" };
+    w.registration = (char *)pol[g_cfg->registration];
+    Hush__Frame out = HUSH__FRAME__INIT;
+    out.id = f->id;
+    out.msg_case = HUSH__FRAME__MSG_WELCOME;
+    out.welcome = &w;
+    enqueue_frame(c, &out);
+    c->state = ST_AUTH_WAIT;
+}
+
+static void on_auth(struct conn *c, Hush__Frame **fp)
+{
+    Hush__Frame *f = *fp;
+    const char *user;
+    uint32_t dev;
+    enum job_type t;
+    if (f->msg_case == HUSH__FRAME__MSG_LOGIN) {
+        user = f->login->username;
+        dev = f->login->device_id;
+        t = JOB_LOGIN;
+    } else {
+        user = f->register_->username;
+        dev = f->register_->device_id;
+        t = JOB_REGISTER;
+    }
+    if (!f->id || !relay_valid_username(user) || dev == 0 || dev > INT32_MAX) {
+        reply(c, f->id, HUSH__ERROR_CODE__AUTH_FAILED, "authentication failed");
+        close_after_flush(c, 0, NULL, LWS_CLOSE_STATUS_POLICY_VIOLATION);
+        return;
+    }
+    struct job *j = job_new(t, c->loop->idx, c->id, f->id);
+    if (!j) {
+        reply(c, f->id, HUSH__ERROR_CODE__INTERNAL, "out of memory");
+        return;
+    }
+    j->frame = f;
+    *fp = NULL;
+    snprintf(j->username, sizeof j->username, "%s", user);
+    j->device_id = dev;
+    memcpy(j->challenge, c->challenge, sizeof c->challenge);
+    /* Single use: this connection's challenge is spent, whatever the outcome. */
+    sodium_memzero(c->challenge, sizeof c->challenge);
+    c->state = ST_AUTH_PENDING;
+    storage_submit(j);
+}
+
+static int valid_recipient(const Hush__Recipient *r)
+{
+    return r && relay_valid_username(r->username) && r->device_id != 0 && r->device_id <= INT32_MAX &&
+           r->envelope.len > 0 && r->envelope.len <= g_cfg->max_envelope;
+}
+
+static void on_send(struct conn *c, Hush__Frame **fp)
+{
+    Hush__Frame *f = *fp;
+    const Hush__SendRequest *s = f->send;
+    if (s->client_msg_id.len != HWIRE_CLIENT_MSG_ID_BYTES || s->n_recipients == 0) {
+        reply(c, f->id, HUSH__ERROR_CODE__BAD_REQUEST, "client_msg_id must be 16 bytes and recipients non-empty");
+        return;
+    }
+    if (s->n_recipients > g_cfg->max_recipients) {
+        reply(c, f->id, HUSH__ERROR_CODE__TOO_LARGE, "too many recipients");
+        return;
+    }
+    for (size_t i = 0; i < s->n_recipients; i++) {
+        if (!valid_recipient(s->recipients[i])) {
+            int big = s->recipients[i] && s->recipients[i]->envelope.len > g_cfg->max_envelope;
+            reply(c, f->id, big ? HUSH__ERROR_CODE__TOO_LARGE : HUSH__ERROR_CODE__BAD_REQUEST,
+                  big ? "envelope too large" : "bad recipient");
+            return;
+        }
+    }
+    if (!take_token(c)) {
+        Hush__Result r = HUSH__RESULT__INIT;
+        r.code = HUSH__ERROR_CODE__RATE_LIMITED;
+        r.message = "sending too fast";
+        r.retry_after_ms = (uint32_t)(1000 / (g_cfg->send_refill_per_s ? g_cfg->send_refill_per_s : 1)) + 1;
+        Hush__Frame out = HUSH__FRAME__INIT;
+        out.id = f->id;
+        out.msg_case = HUSH__FRAME__MSG_RESULT;
+        out.result = &r;
+        enqueue_frame(c, &out);
+        metrics_error(HUSH__ERROR_CODE__RATE_LIMITED);
+        return;
+    }
+    if (s->ephemeral) {
+        /* Typing indicators and the like: to connected devices only, never stored. */
+        for (size_t i = 0; i < s->n_recipients; i++) {
+            struct dir_entry d;
+            if (!directory_lookup(s->recipients[i]->username, s->recipients[i]->device_id, &d))
+                continue;
+            Hush__Deliver dv = HUSH__DELIVER__INIT;
+            dv.seq = 0;
+            dv.from_username = c->username;
+            dv.from_device = c->device_id;
+            dv.envelope = s->recipients[i]->envelope;
+            dv.received_at_ms = relay_now_ms();
+            dv.client_msg_id = s->client_msg_id;
+            Hush__Frame out = HUSH__FRAME__INIT;
+            out.msg_case = HUSH__FRAME__MSG_DELIVER;
+            out.deliver = &dv;
+            struct event *e = event_new(EV_SEND_FRAME, d.conn);
+            if (!e)
+                continue;
+            e->out = outbuf_from_frame(&out, 0);
+            loop_post(d.loop, e);
+            atomic_fetch_add(&g_metrics.ephemeral_in, 1);
+        }
+        reply(c, f->id, HUSH__ERROR_CODE__OK, "");
+        return;
+    }
+    struct job *j = job_for(c, JOB_SEND, f->id, fp);
+    if (j)
+        storage_submit(j);
+    else
+        reply(c, f->id, HUSH__ERROR_CODE__INTERNAL, "out of memory");
+}
+
+static void on_ack(struct conn *c, Hush__Frame **fp)
+{
+    Hush__Frame *f = *fp;
+    const Hush__AckRequest *a = f->ack;
+    if (a->n_seqs == 0 || a->n_seqs > 4096) {
+        if (f->id)
+            reply(c, f->id, HUSH__ERROR_CODE__BAD_REQUEST, "1..4096 seqs per ack");
+        return;
+    }
+    for (size_t i = 0; i < a->n_seqs; i++)
+        for (uint32_t k = 0; k < c->ninflight; k++)
+            if (c->inflight[k] == a->seqs[i]) {
+                c->inflight[k] = c->inflight[--c->ninflight];
+                break;
+            }
+    struct job *j = job_for(c, JOB_ACK, f->id, fp);
+    if (j)
+        storage_submit(j);
+    maybe_fetch(c);
+}
+
+static int usernames_ok(char **v, size_t n, size_t max)
+{
+    if (n > max)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (!relay_valid_username(v[i]))
+            return 0;
+    return 1;
+}
+
+static void on_authed_request(struct conn *c, Hush__Frame **fp)
+{
+    Hush__Frame *f = *fp;
+    if (f->msg_case == HUSH__FRAME__MSG_ACK) {
+        on_ack(c, fp);
+        return;
+    }
+    if (!f->id) {
+        reply(c, 0, HUSH__ERROR_CODE__BAD_REQUEST, "requests need a non-zero id");
+        return;
+    }
+    switch (f->msg_case) {
+    case HUSH__FRAME__MSG_SEND:
+        on_send(c, fp);
+        break;
+    case HUSH__FRAME__MSG_UPLOAD_PRE_KEYS: {
+        struct job *j = job_for(c, JOB_UPLOAD, f->id, fp);
+        if (j)
+            storage_submit(j);
+        break;
+    }
+    case HUSH__FRAME__MSG_FETCH_BUNDLES:
+        if (!relay_valid_username(f->fetch_bundles->username)) {
+            reply(c, f->id, HUSH__ERROR_CODE__BAD_REQUEST, "bad username");
+        } else {
+            struct job *j = job_for(c, JOB_FETCH_BUNDLES, f->id, fp);
+            if (j)
+                storage_submit(j);
+        }
+        break;
+    case HUSH__FRAME__MSG_SET_PRESENCE_ALLOW:
+        if (!usernames_ok(f->set_presence_allow->usernames, f->set_presence_allow->n_usernames, 1000)) {
+            reply(c, f->id, HUSH__ERROR_CODE__BAD_REQUEST, "1000 valid usernames at most");
+        } else {
+            struct job *j = job_for(c, JOB_SET_ALLOW, f->id, fp);
+            if (j)
+                storage_submit(j);
+        }
+        break;
+    case HUSH__FRAME__MSG_SUBSCRIBE_PRESENCE:
+        if (!usernames_ok(f->subscribe_presence->usernames, f->subscribe_presence->n_usernames, 1000)) {
+            reply(c, f->id, HUSH__ERROR_CODE__BAD_REQUEST, "1000 valid usernames at most");
+        } else {
+            reply(c, f->id, HUSH__ERROR_CODE__OK, "");
+            presence_subscribe(c->loop->idx, c->id, c->username, f->subscribe_presence->usernames,
+                               f->subscribe_presence->n_usernames);
+        }
+        break;
+    default:
+        reply(c, f->id, HUSH__ERROR_CODE__BAD_REQUEST, "unexpected frame");
+        break;
+    }
+}
+
+/* One complete inbound message. Returns -1 to drop the connection at once. */
+static int on_message(struct conn *c, const uint8_t *data, size_t len)
+{
+    atomic_fetch_add(&g_metrics.frames_in, 1);
+    Hush__Frame *f = hush__frame__unpack(NULL, len, data);
+    if (!f) {
+        if (c->state != ST_AUTHED)
+            return -1; /* garbage before authentication: just drop it */
+        reply(c, 0, HUSH__ERROR_CODE__BAD_REQUEST, "undecodable frame");
+        return 0;
+    }
+    if (atomic_load(&g_stopping) && c->state == ST_AUTHED) {
+        reply(c, f->id, HUSH__ERROR_CODE__SHUTTING_DOWN, "relay is stopping");
+        hush__frame__free_unpacked(f, NULL);
+        return 0;
+    }
+    switch (c->state) {
+    case ST_HELLO:
+        if (f->msg_case != HUSH__FRAME__MSG_HELLO) {
+            reply(c, f->id, HUSH__ERROR_CODE__BAD_REQUEST, "expected hello");
+            close_after_flush(c, 0, NULL, LWS_CLOSE_STATUS_POLICY_VIOLATION);
+        } else {
+            on_hello(c, f);
+        }
+        break;
+    case ST_AUTH_WAIT:
+        if (f->msg_case == HUSH__FRAME__MSG_LOGIN || f->msg_case == HUSH__FRAME__MSG_REGISTER) {
+            on_auth(c, &f);
+        } else {
+            reply(c, f->id, HUSH__ERROR_CODE__AUTH_REQUIRED, "log in first");
+            close_after_flush(c, 0, NULL, LWS_CLOSE_STATUS_POLICY_VIOLATION);
+        }
+        break;
+    case ST_AUTH_PENDING:
+        reply(c, f->id, HUSH__ERROR_CODE__AUTH_REQUIRED, "authentication in progress");
+        break;
+    case ST_AUTHED:
+        on_authed_request(c, &f);
+        break;
+    }
+    if (f)
+        hush__frame__free_unpacked(f, NULL);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* events from other threads */
+
+static void on_login_done(struct conn *c, struct event *e)
+{
+    if (c->state != ST_AUTH_PENDING)
+        return;
+    if (e->out) {
+        enqueue(c, e->out);
+        e->out = NULL;
+    }
+    if (!e->ok) {
+        /* The challenge is spent: the client reconnects for another attempt. */
+        close_after_flush(c, 0, NULL, LWS_CLOSE_STATUS_POLICY_VIOLATION);
+        c->state = ST_AUTH_WAIT;
+        return;
+    }
+    c->state = ST_AUTHED;
+    snprintf(c->username, sizeof c->username, "%s", e->username);
+    c->device_id = e->device_id;
+    c->inflight = calloc(g_cfg->delivery_window, sizeof *c->inflight);
+    if (!c->inflight) {
+        close_after_flush(c, HUSH__ERROR_CODE__INTERNAL, "out of memory", LWS_CLOSE_STATUS_UNEXPECTED_CONDITION);
+        return;
+    }
+    lws_set_timeout(c->wsi, NO_PENDING_TIMEOUT, 0);
+    atomic_fetch_add(&g_metrics.authenticated, 1);
+    struct dir_entry old;
+    int online = 0;
+    int r = directory_register(c->username, c->device_id, c->loop->idx, c->id, &old, &online);
+    if (r == 1) {
+        struct event *k = event_new(EV_KICK, old.conn);
+        if (k) {
+            k->code = HUSH__ERROR_CODE__SESSION_REPLACED;
+            loop_post(old.loop, k);
+        }
+    }
+    if (online)
+        presence_changed(c->username, 1, 0);
+    rlog(RLOG_INFO, "login", "conn=%llu user=%s device=%u replaced=%d", (unsigned long long)c->id, c->username,
+         c->device_id, r == 1);
+    if (e->prekeys_low) {
+        Hush__PreKeysLow pl = HUSH__PRE_KEYS_LOW__INIT;
+        pl.remaining = e->prekeys;
+        Hush__Frame f = HUSH__FRAME__INIT;
+        f.msg_case = HUSH__FRAME__MSG_PRE_KEYS_LOW;
+        f.pre_keys_low = &pl;
+        enqueue_frame(c, &f);
+    }
+    maybe_fetch(c);
+}
+
+static void handle_event(struct loop *l, struct event *e)
+{
+    if (e->type == EV_SHUTDOWN) {
+        l->shutting_down = 1;
+        l->shutdown_deadline_ms = relay_now_ms() + 5000;
+        return;
+    }
+    struct conn *c = hmap_get(&l->conns, &e->conn, sizeof e->conn);
+    if (!c)
+        return; /* the connection is gone: a stored message stays in the mailbox */
+    switch (e->type) {
+    case EV_SEND_FRAME:
+        if (!c->closing) {
+            enqueue(c, e->out);
+            e->out = NULL;
+        }
+        break;
+    case EV_LOGIN_DONE:
+        on_login_done(c, e);
+        break;
+    case EV_MAIL:
+        on_mail(c, e);
+        break;
+    case EV_LIVE:
+        on_live(c, e);
+        break;
+    case EV_KICK:
+        rlog(RLOG_INFO, "session_replaced", "conn=%llu user=%s device=%u", (unsigned long long)c->id, c->username,
+             c->device_id);
+        close_after_flush(c, HUSH__ERROR_CODE__SESSION_REPLACED, "another connection logged in as this device",
+                          LWS_CLOSE_STATUS_POLICY_VIOLATION);
+        break;
+    case EV_SHUTDOWN:
+        break;
+    }
+}
+
+static void close_all_cb(const void *key, size_t klen, void *val, void *ctx)
+{
+    (void)key;
+    (void)klen;
+    (void)ctx;
+    close_after_flush(val, HUSH__ERROR_CODE__SHUTTING_DOWN, "relay is stopping", LWS_CLOSE_STATUS_GOINGAWAY);
+}
+
+static void drain_inbox(struct loop *l)
+{
+    pthread_mutex_lock(&l->mu);
+    struct event *e = l->in_head;
+    l->in_head = l->in_tail = NULL;
+    pthread_mutex_unlock(&l->mu);
+    int was_shutting = l->shutting_down;
+    while (e) {
+        struct event *n = e->next;
+        handle_event(l, e);
+        event_free(e);
+        e = n;
+    }
+    if (l->shutting_down && !was_shutting)
+        hmap_foreach(&l->conns, close_all_cb, NULL);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* the lws protocol callback */
+
+static void conn_free(struct conn *c)
+{
+    while (c->out_head) {
+        struct outbuf *n = c->out_head->next;
+        free(c->out_head);
+        c->out_head = n;
+    }
+    free(c->rx);
+    free(c->inflight);
+    sodium_memzero(c, sizeof *c);
+    free(c);
+}
+
+static int write_some(struct conn *c)
+{
+    for (int i = 0; i < WRITES_PER_CALLBACK && c->out_head; i++) {
+        struct outbuf *o = c->out_head;
+        int n = lws_write(c->wsi, o->data + LWS_PRE, o->len, LWS_WRITE_BINARY);
+        if (n < (int)o->len)
+            return -1;
+        c->out_head = o->next;
+        if (!c->out_head)
+            c->out_tail = NULL;
+        c->out_count--;
+        atomic_fetch_add(&g_metrics.frames_out, 1);
+        if (o->seq)
+            atomic_fetch_add(&g_metrics.messages_out, 1);
+        free(o);
+        if (lws_send_pipe_choked(c->wsi))
+            break;
+    }
+    if (c->rx_paused && c->out_count < OUTQ_RESUME) {
+        lws_rx_flow_control(c->wsi, 1);
+        c->rx_paused = 0;
+    }
+    if (c->out_head) {
+        lws_callback_on_writable(c->wsi);
+        return 0;
+    }
+    if (c->closing) {
+        lws_close_reason(c->wsi, (enum lws_close_status)c->close_code, NULL, 0);
+        return -1;
+    }
+    return 0;
+}
+
+static int callback_hush(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in, size_t len)
+{
+    struct pss *pss = user;
+    struct loop *l = lws_context_user(lws_get_context(wsi));
+    struct conn *c = pss ? pss->c : NULL;
+
+    switch (reason) {
+    case LWS_CALLBACK_ESTABLISHED: {
+        if (atomic_load(&g_stopping) || l->shutting_down ||
+            atomic_load(&g_metrics.connections) >= (long)g_cfg->max_connections)
+            return -1;
+        c = calloc(1, sizeof *c);
+        if (!c)
+            return -1;
+        c->id = atomic_fetch_add(&g_next_conn_id, 1);
+        c->wsi = wsi;
+        c->loop = l;
+        c->state = ST_HELLO;
+        c->tokens = g_cfg->send_burst;
+        c->tokens_ms = relay_now_ms();
+        int err = 0;
+        hmap_put(&l->conns, &c->id, sizeof c->id, c, &err);
+        if (err) {
+            free(c);
+            return -1;
+        }
+        pss->c = c;
+        atomic_fetch_add(&g_metrics.connections, 1);
+        atomic_fetch_add(&g_metrics.connections_total, 1);
+        /* Hello and authentication must complete within the deadline, or lws closes it. */
+        lws_set_timeout(wsi, PENDING_TIMEOUT_USER_OK, (int)g_cfg->auth_timeout_s);
+        rlog(RLOG_DEBUG, "connect", "conn=%llu loop=%d", (unsigned long long)c->id, l->idx);
+        break;
+    }
+    case LWS_CALLBACK_RECEIVE: {
+        if (!c || c->closing)
+            return 0;
+        if (!lws_frame_is_binary(wsi)) {
+            rlog(RLOG_DEBUG, "drop", "conn=%llu reason=text_frame", (unsigned long long)c->id);
+            return -1;
+        }
+        size_t cap = c->state == ST_AUTHED ? g_cfg->max_frame : g_cfg->max_frame_unauth;
+        size_t remaining = lws_remaining_packet_payload(wsi);
+        /* Cap before buffering: the peer never chooses our allocation size. */
+        if (c->rx_len + len > cap || c->rx_len + len + remaining > cap) {
+            rlog(RLOG_INFO, "drop", "conn=%llu reason=frame_too_large cap=%zu", (unsigned long long)c->id, cap);
+            metrics_error(HUSH__ERROR_CODE__TOO_LARGE);
+            lws_close_reason(wsi, LWS_CLOSE_STATUS_MESSAGE_TOO_LARGE, NULL, 0);
+            return -1;
+        }
+        int final = lws_is_final_fragment(wsi) && remaining == 0;
+        if (final && c->rx_len == 0)
+            return on_message(c, in, len); /* the common case: no copy */
+        if (c->rx_len + len > c->rx_cap) {
+            size_t ncap = c->rx_cap ? c->rx_cap : 4096;
+            while (ncap < c->rx_len + len + remaining)
+                ncap *= 2;
+            if (ncap > cap)
+                ncap = cap;
+            uint8_t *nb = realloc(c->rx, ncap);
+            if (!nb)
+                return -1;
+            c->rx = nb;
+            c->rx_cap = ncap;
+        }
+        memcpy(c->rx + c->rx_len, in, len);
+        c->rx_len += len;
+        if (final) {
+            int r = on_message(c, c->rx, c->rx_len);
+            c->rx_len = 0;
+            if (c->rx_cap > 65536) { /* do not keep a large buffer for an idle connection */
+                free(c->rx);
+                c->rx = NULL;
+                c->rx_cap = 0;
+            }
+            return r;
+        }
+        break;
+    }
+    case LWS_CALLBACK_SERVER_WRITEABLE:
+        if (!c)
+            return 0;
+        return write_some(c);
+    case LWS_CALLBACK_TIMER:
+        if (c)
+            maybe_fetch(c);
+        break;
+    case LWS_CALLBACK_CLOSED:
+        if (!c)
+            break;
+        hmap_del(&l->conns, &c->id, sizeof c->id);
+        atomic_fetch_sub(&g_metrics.connections, 1);
+        if (c->state == ST_AUTHED) {
+            atomic_fetch_sub(&g_metrics.authenticated, 1);
+            int offline = 0;
+            directory_unregister(c->username, c->device_id, c->id, &offline);
+            presence_unsubscribe_conn(c->id);
+            if (offline)
+                presence_changed(c->username, 0, relay_now_ms());
+            struct job *j = job_new(JOB_DISCONNECT, -1, c->id, 0);
+            if (j) {
+                snprintf(j->username, sizeof j->username, "%s", c->username);
+                j->device_id = c->device_id;
+                storage_submit(j);
+            }
+            rlog(RLOG_INFO, "disconnect", "conn=%llu user=%s device=%u", (unsigned long long)c->id, c->username,
+                 c->device_id);
+        }
+        pss->c = NULL;
+        conn_free(c);
+        break;
+    case LWS_CALLBACK_EVENT_WAIT_CANCELLED:
+        drain_inbox(l);
+        break;
+    default:
+        break;
+    }
+    return 0;
+}
+
+/*
+ * Accepting. libwebsockets 4.1 as packaged (LWS_MAX_SMP 1) sets SO_REUSEPORT only for contexts
+ * with several service threads, so its own listener cannot be shared between our per-loop
+ * contexts. Each loop therefore owns a SO_REUSEPORT listen socket, adopted into its context as a
+ * raw descriptor; accepted sockets are handed to the WebSocket vhost with lws_adopt_socket_vhost
+ * (HTTP upgrade and TLS handled by lws exactly as for its own listener).
+ */
+static int callback_listen(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in, size_t len)
+{
+    (void)user;
+    (void)in;
+    (void)len;
+    if (reason != LWS_CALLBACK_RAW_RX_FILE)
+        return 0;
+    struct loop *l = lws_context_user(lws_get_context(wsi));
+    for (int i = 0; i < 256; i++) {
+        int fd = accept4(l->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0)
+            break; /* EAGAIN: drained; other errors (EMFILE...) retried on the next readiness */
+        if (atomic_load(&g_stopping) || atomic_load(&g_metrics.connections) >= (long)g_cfg->max_connections) {
+            close(fd);
+            continue;
+        }
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        if (!lws_adopt_socket_vhost(l->vh, fd))
+            rlog(RLOG_WARN, "accept", "lws could not adopt a connection");
+    }
+    return 0;
+}
+
+static const struct lws_protocols ws_protocols[] = {
+    { "hush.v1", callback_hush, sizeof(struct pss), 4096, 0, NULL, 0 },
+    { "hush-listen", callback_listen, 0, 0, 0, NULL, 0 },
+    { NULL, NULL, 0, 0, 0, NULL, 0 },
+};
+
+int relay_open_listener(const char *host, int port, char *err, size_t errlen)
+{
+    struct addrinfo hints, *res = NULL;
+    memset(&hints, 0, sizeof hints);
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+    char ps[16];
+    snprintf(ps, sizeof ps, "%d", port);
+    int rc = getaddrinfo(host, ps, &hints, &res);
+    if (rc != 0) {
+        snprintf(err, errlen, "listen address %s: %s", host, gai_strerror(rc));
+        return -1;
+    }
+    int fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int one = 1;
+    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
+        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0 ||
+        bind(fd, res->ai_addr, res->ai_addrlen) != 0 || listen(fd, 4096) != 0) {
+        snprintf(err, errlen, "cannot listen on %s:%d: %s", host, port, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        freeaddrinfo(res);
+        return -1;
+    }
+    freeaddrinfo(res);
+    return fd;
+}
+
+
+/* ------------------------------------------------------------------------------------------ */
+
+static void *loop_main(void *arg)
+{
+    struct loop *l = arg;
+    while (!l->done) {
+        lws_service(l->ctx, 0);
+        if (l->shutting_down) {
+            int empty = l->conns.count == 0;
+            if (empty || relay_now_ms() > l->shutdown_deadline_ms) {
+                pthread_mutex_lock(&l->mu);
+                l->done = 1;
+                pthread_mutex_unlock(&l->mu);
+            }
+        }
+    }
+    return NULL;
+}
+
+static void lws_log_bridge(int level, const char *line)
+{
+    size_t n = strlen(line);
+    char buf[512];
+    snprintf(buf, sizeof buf, "%.*s", (int)(n && line[n - 1] == '\n' ? n - 1 : n), line);
+    rlog(level == LLL_ERR ? RLOG_ERROR : RLOG_WARN, "lws", "%s", buf);
+}
+
+int server_start(const struct relay_config *cfg, char *err, size_t errlen)
+{
+    g_cfg = cfg;
+    lws_set_log_level(LLL_ERR | LLL_WARN, lws_log_bridge);
+    int n = cfg->workers;
+    if (n <= 0) {
+        long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+        n = cpus > 0 ? (int)cpus : 1;
+    }
+    if (n > RELAY_MAX_LOOPS)
+        n = RELAY_MAX_LOOPS;
+    g_retry.secs_since_valid_ping = (uint16_t)cfg->ping_interval_s;
+    g_retry.secs_since_valid_hangup = (uint16_t)cfg->idle_timeout_s;
+    int tls = cfg->tls_cert[0] != 0;
+    for (int i = 0; i < n; i++) {
+        struct loop *l = &g_loops[i];
+        memset(l, 0, sizeof *l);
+        l->idx = i;
+        pthread_mutex_init(&l->mu, NULL);
+        hmap_init(&l->conns, 1024);
+        struct lws_context_creation_info info;
+        memset(&info, 0, sizeof info);
+        info.options = LWS_SERVER_OPTION_EXPLICIT_VHOSTS | (tls ? LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT : 0);
+        info.user = l;
+        info.timeout_secs = 10;
+        info.timeout_secs_ah_idle = 5;
+        info.max_http_header_pool = 1024;
+        info.fd_limit_per_thread = cfg->max_connections / (unsigned)n + 64;
+        l->ctx = lws_create_context(&info);
+        if (!l->ctx) {
+            snprintf(err, errlen, "cannot create event loop %d", i);
+            return -1;
+        }
+        struct lws_context_creation_info vi;
+        memset(&vi, 0, sizeof vi);
+        vi.vhost_name = "hush";
+        vi.port = CONTEXT_PORT_NO_LISTEN_SERVER;
+        vi.protocols = ws_protocols;
+        vi.retry_and_idle_policy = &g_retry;
+        vi.keepalive_timeout = 5;
+        vi.timeout_secs_ah_idle = 5;
+        if (tls) {
+            vi.ssl_cert_filepath = cfg->tls_cert;
+            vi.ssl_private_key_filepath = cfg->tls_key;
+            vi.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
+        }
+        l->listen_fd = -1;
+        l->vh = lws_create_vhost(l->ctx, &vi);
+        if (!l->vh) {
+            snprintf(err, errlen, "cannot set up the WebSocket service%s", tls ? " (TLS certificate or key unusable?)" : "");
+            lws_context_destroy(l->ctx);
+            l->ctx = NULL;
+            return -1;
+        }
+        l->listen_fd = relay_open_listener(cfg->listen_host, cfg->listen_port, err, errlen);
+        if (l->listen_fd < 0) {
+            lws_context_destroy(l->ctx);
+            l->ctx = NULL;
+            return -1;
+        }
+        lws_sock_file_fd_type lfd;
+        lfd.filefd = l->listen_fd;
+        if (!lws_adopt_descriptor_vhost(l->vh, LWS_ADOPT_RAW_FILE_DESC, lfd, "hush-listen", NULL)) {
+            snprintf(err, errlen, "cannot watch the listen socket");
+            lws_context_destroy(l->ctx);
+            l->ctx = NULL;
+            return -1;
+        }
+        g_nloops = i + 1;
+    }
+    for (int i = 0; i < g_nloops; i++) {
+        if (pthread_create(&g_loops[i].th, NULL, loop_main, &g_loops[i]) != 0) {
+            snprintf(err, errlen, "cannot start loop thread");
+            return -1;
+        }
+    }
+    rlog(RLOG_INFO, "listening", "addr=%s:%d tls=%d loops=%d", cfg->listen_host, cfg->listen_port, tls, g_nloops);
+    return 0;
+}
+
+void server_shutdown(void)
+{
+    for (int i = 0; i < g_nloops; i++) {
+        struct event *e = event_new(EV_SHUTDOWN, 0);
+        if (e)
+            loop_post(i, e);
+    }
+    for (int i = 0; i < g_nloops; i++)
+        pthread_join(g_loops[i].th, NULL);
+}
+
+void server_free(void)
+{
+    for (int i = 0; i < g_nloops; i++) {
+        struct loop *l = &g_loops[i];
+        if (l->ctx)
+            lws_context_destroy(l->ctx); /* closes what is left; CLOSED frees each conn */
+        l->ctx = NULL;
+        hmap_free(&l->conns, NULL);
+        struct event *e = l->in_head;
+        while (e) {
+            struct event *n = e->next;
+            event_free(e);
+            e = n;
+        }
+        l->in_head = l->in_tail = NULL;
+        pthread_mutex_destroy(&l->mu);
+    }
+    g_nloops = 0;
+}
