@@ -43,6 +43,7 @@ LWS_CFLAGS := $(shell pkg-config --cflags libwebsockets 2>/dev/null)
 LWS_LIBS := $(shell pkg-config --libs libwebsockets 2>/dev/null)
 CMOCKA_CFLAGS := $(shell pkg-config --cflags cmocka 2>/dev/null)
 CMOCKA_LIBS := $(shell pkg-config --libs cmocka 2>/dev/null)
+SSL_LIBS := $(shell pkg-config --libs libssl 2>/dev/null)
 
 WARN := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wformat=2 -Wvla
 CFLAGS ?= -O2 -g
@@ -60,7 +61,7 @@ STORE_SRC := $(wildcard store/*.c)
 SDK_SRC := $(wildcard sdk/*.c) proto/wire.c
 CLI_SRC := $(wildcard cli/*.c)
 RELAY_SRC := $(wildcard relay/*.c)
-TEST_UTIL_SRC := tests/util.c
+TEST_UTIL_SRC := tests/util.c tests/wsc.c tests/relay_util.c
 TEST_SRC := $(filter-out $(TEST_UTIL_SRC),$(wildcard tests/test_*.c))
 BENCH_SRC := $(wildcard bench/bench_*.c)
 
@@ -156,7 +157,7 @@ $(BUILD)/obj/tests/%.o: ALL_CFLAGS += $(CMOCKA_CFLAGS) -Wno-missing-prototypes -
 $(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(TEST_UTIL_OBJ) $(LIBHUSH_A)
 	$(E) "  LD      $@"
 	$(Q)mkdir -p $(dir $@)
-	$(Q)$(CC) $(LDFLAGS_ALL) -o $@ $< $(TEST_UTIL_OBJ) $(LIBHUSH_A) $(LIBS) $(CMOCKA_LIBS)
+	$(Q)$(CC) $(LDFLAGS_ALL) -o $@ $< $(TEST_UTIL_OBJ) $(LIBHUSH_A) $(LIBS) $(SSL_LIBS) $(CMOCKA_LIBS)
 
 $(BUILD)/obj/bench/%.o: ALL_CFLAGS += -Isdk -Wno-missing-prototypes
 $(BUILD)/bench/%: $(BUILD)/obj/bench/%.o $(LIBHUSH_A)
@@ -178,13 +179,13 @@ test: deps
 
 # Each suite runs in a fresh temporary directory; every suite runs even after a failure, and the
 # exit status is non-zero if any failed.
-test-run: all
+test-run: all $(HUSHD)
 	$(Q)failed=0; total=0; \
 	for t in $(TEST_BIN); do \
 	    total=$$((total + 1)); \
 	    echo "=== $$t"; \
 	    dir=$$(mktemp -d /tmp/hush-test.XXXXXX); \
-	    if ! (cd $$dir && HUSH_TEST_TMP=$$dir $(CURDIR)/$$t); then failed=$$((failed + 1)); echo "*** FAILED: $$t"; \
+	    if ! (cd $$dir && HUSH_TEST_TMP=$$dir HUSHD=$(CURDIR)/$(HUSHD) $(CURDIR)/$$t); then failed=$$((failed + 1)); echo "*** FAILED: $$t"; \
 	    else rm -rf $$dir; fi; \
 	done; \
 	echo "test suites: $$((total - failed)) passed, $$failed failed"; \

@@ -106,6 +106,7 @@ static const struct u32key u32keys[] = {
     U32("ping_interval", ping_interval_s, 1, 3600),
     U32("idle_timeout", idle_timeout_s, 2, 7200),
     U32("ttl_days", ttl_days, 1, 3650),
+    U32("ttl_seconds", ttl_seconds, 0, 315360000),
     U32("quota_messages", quota_messages, 1, 100000000),
     U32("fetch_burst", fetch_burst, 1, 100000),
     U32("fetch_refill_per_min", fetch_refill_per_min, 1, 1000000),

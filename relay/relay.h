@@ -54,6 +54,7 @@ struct relay_config {
     uint32_t ping_interval_s;
     uint32_t idle_timeout_s;
     uint32_t ttl_days;
+    uint32_t ttl_seconds;         /* overrides ttl_days when non-zero */
     uint32_t quota_messages;
     uint64_t quota_bytes;
     uint32_t fetch_burst;

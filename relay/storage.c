@@ -748,7 +748,8 @@ static void do_send(struct jctx *x, const struct job *j)
     const Hush__SendRequest *s = j->frame->send;
     uint64_t seqs[1024];
     uint64_t now = relay_now_ms();
-    uint64_t expires = now + (uint64_t)S.cfg->ttl_days * 86400000ull;
+    uint64_t ttl_ms = S.cfg->ttl_seconds ? (uint64_t)S.cfg->ttl_seconds * 1000ull : (uint64_t)S.cfg->ttl_days * 86400000ull;
+    uint64_t expires = now + ttl_ms;
     sqlite3_stmt *st;
     struct {
         int live;

@@ -1,0 +1,787 @@
+/*
+ * test_relay.c - the real hushd process on loopback, driven over real WebSockets by clients with
+ * real libhush keys: accounts and authentication, the prekey directory, mailboxes, presence,
+ * configuration, invites, graceful stop. Numbers in brackets refer to
+ * shared/notes/adversarial-cases.md.
+ */
+#include <stdarg.h>
+#include <setjmp.h>
+#include <stddef.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <sodium.h>
+
+#include "hush_wire.h"
+#include "relay_util.h"
+#include "util.h"
+
+#define T 5000
+
+static void msleep(long ms)
+{
+    struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
+    nanosleep(&ts, NULL);
+}
+
+static uint8_t *encrypt_text(struct tclient *from, const char *to, const char *text, uint8_t mid[16], size_t *len)
+{
+    uint8_t *env = NULL;
+    hush_err e = hush_encrypt(from->sdk, to, 1, (const uint8_t *)text, strlen(text), NULL, mid, &env, len);
+    if (e)
+        fail_msg("encrypt: %s", hush_strerror(e));
+    return env;
+}
+
+/* Receives one Deliver, decrypts it with the SDK, checks the text, returns the seq. */
+static uint64_t expect_text(struct tclient *to, const char *from, const char *text)
+{
+    Hush__Frame *d = tc_next_push(to, HUSH__FRAME__MSG_DELIVER, T);
+    if (!d)
+        fail_msg("%s: no delivery (expected \"%s\")", to->user, text);
+    assert_string_equal(d->deliver->from_username, from);
+    hush_message *m = NULL;
+    hush_err e = hush_decrypt(to->sdk, from, 1, d->deliver->envelope.data, d->deliver->envelope.len, &m);
+    if (e)
+        fail_msg("%s: decrypt: %s", to->user, hush_strerror(e));
+    assert_string_equal((char *)m->body, text);
+    uint64_t seq = d->deliver->seq;
+    hush_message_free(m);
+    hush__frame__free_unpacked(d, NULL);
+    return seq;
+}
+
+static void random_env(uint8_t *buf, size_t n, uint8_t mid[16])
+{
+    randombytes_buf(buf, n);
+    randombytes_buf(mid, 16);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+
+static void test_config_and_cli(void **state)
+{
+    (void)state;
+    const char *bin = getenv("HUSHD");
+    char cmd[1024];
+    FILE *f = fopen(tpath("good.conf"), "w");
+    fprintf(f, "# a comment\nlisten = 127.0.0.1:9999\nregistration = invite\nquota_messages = 50 # inline\n"
+               "max_envelope = 64k\ndb = \"/tmp/x.db\"\n");
+    fclose(f);
+    snprintf(cmd, sizeof cmd, "%s --check-config %s > %s 2>&1", bin, tpath("good.conf"), tpath("good.out"));
+    assert_int_equal(WEXITSTATUS(system(cmd)), 0);
+    assert_true(file_contains(tpath("good.out"), "registration = invite", 21));
+    assert_true(file_contains(tpath("good.out"), "quota_messages = 50", 19));
+    assert_true(file_contains(tpath("good.out"), "max_envelope = 65536", 20));
+    const char *bad[] = { "listen = nowhere\n", "bogus_key = 1\n", "quota_messages = -3\n", "workers = 1000\n",
+                          "registration = maybe\n", "tls_cert = /x.pem\n", "max_frame = 5000\nmax_envelope = 4096\n",
+                          "just some text\n" };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        f = fopen(tpath("bad.conf"), "w");
+        fputs(bad[i], f);
+        fclose(f);
+        snprintf(cmd, sizeof cmd, "%s --check-config %s > %s 2>&1", bin, tpath("bad.conf"), tpath("bad.out"));
+        int st = system(cmd);
+        if (WEXITSTATUS(st) != 1)
+            fail_msg("config %s accepted", bad[i]);
+        assert_true(file_contains(tpath("bad.out"), "hushd: ", 7));
+    }
+    /* a line number in the message */
+    f = fopen(tpath("bad.conf"), "w");
+    fputs("listen = 127.0.0.1:1\n\nnope = 2\n", f);
+    fclose(f);
+    snprintf(cmd, sizeof cmd, "%s --check-config %s > %s 2>&1", bin, tpath("bad.conf"), tpath("bad.out"));
+    assert_int_equal(WEXITSTATUS(system(cmd)), 1);
+    assert_true(file_contains(tpath("bad.out"), "bad.conf:3: unknown key 'nope'", 30));
+    snprintf(cmd, sizeof cmd, "%s --help > %s 2>&1", bin, tpath("help.out"));
+    assert_int_equal(WEXITSTATUS(system(cmd)), 0);
+    assert_true(file_contains(tpath("help.out"), "--check-config", 14));
+    /* flags override the file */
+    snprintf(cmd, sizeof cmd, "%s --config %s --registration closed --print-config > %s 2>&1", bin, tpath("good.conf"),
+             tpath("ov.out"));
+    assert_int_equal(WEXITSTATUS(system(cmd)), 0);
+    assert_true(file_contains(tpath("ov.out"), "registration = closed", 21));
+}
+
+/* [10] [11] [13] login by challenge-response; every failure looks the same */
+static void test_authentication(void **state)
+{
+    (void)state;
+    struct relay_proc r;
+    relay_start(&r, "auth", "auth_timeout = 2");
+    struct tclient *a = tc_registered(&r, "alma", 1);
+    uint8_t first_challenge[32];
+    memcpy(first_challenge, a->challenge, 32);
+
+    /* A second registration of the same name fails. */
+    struct tclient *dup = tc_new(&r, "alma2", 1);
+    hush_client_close(dup->sdk);
+    uint8_t key[32] = { 7 };
+    assert_int_equal(hush_client_open(tpath("alma-other.db"), key, NULL, &dup->sdk), HUSH_OK);
+    assert_int_equal(hush_device_create(dup->sdk, "alma", 1), HUSH_OK);
+    snprintf(dup->user, sizeof dup->user, "alma");
+    int code = tc_register(dup, NULL);
+    assert_int_equal(code, HUSH__ERROR_CODE__USERNAME_TAKEN);
+
+    /* Login works on a new connection with a fresh challenge. */
+    assert_int_equal(tc_reconnect(a), 0);
+    assert_int_not_equal(memcmp(first_challenge, a->challenge, 32), 0);
+    assert_int_equal(tc_login(a), 0);
+
+    /* [10] Replay: a proof for another connection's challenge is refused. */
+    struct tclient *e = tc_new(&r, "eve", 1);
+    uint8_t sig[64];
+    assert_int_equal(hush_auth_proof(a->sdk, HWIRE_PURPOSE_LOGIN, a->challenge, sig), HUSH_OK);
+    Hush__LoginRequest l = HUSH__LOGIN_REQUEST__INIT;
+    l.username = "alma";
+    l.device_id = 1;
+    l.signature.data = sig;
+    l.signature.len = 64;
+    Hush__Frame f = HUSH__FRAME__INIT;
+    f.msg_case = HUSH__FRAME__MSG_LOGIN;
+    f.login = &l;
+    Hush__Frame *res = tc_request(e, &f, T);
+    assert_non_null(res);
+    assert_int_equal(res->result->code, HUSH__ERROR_CODE__AUTH_FAILED);
+    char msg_replay[64];
+    snprintf(msg_replay, sizeof msg_replay, "%s", res->result->message);
+    hush__frame__free_unpacked(res, NULL);
+    uint8_t *junk;
+    size_t jl;
+    assert_int_equal(wsc_recv(e->ws, &junk, &jl, T), -1); /* closed after a failure */
+
+    /* [11] Someone else's device id / unknown user / wrong key: the same answer. */
+    const char *users[] = { "alma", "nobody" };
+    uint32_t devs[] = { 2, 1 };
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(tc_reconnect(e), 0);
+        assert_int_equal(hush_auth_proof(e->sdk, HWIRE_PURPOSE_LOGIN, e->challenge, sig), HUSH_OK);
+        l.username = (char *)users[i];
+        l.device_id = devs[i];
+        res = tc_request(e, &f, T);
+        assert_non_null(res);
+        assert_int_equal(res->result->code, HUSH__ERROR_CODE__AUTH_FAILED);
+        assert_string_equal(res->result->message, msg_replay);
+        hush__frame__free_unpacked(res, NULL);
+    }
+    /* Requests before login are refused. */
+    assert_int_equal(tc_reconnect(e), 0);
+    Hush__Frame *fb = tc_fetch(e, "alma");
+    assert_non_null(fb);
+    assert_int_equal(fb->result->code, HUSH__ERROR_CODE__AUTH_REQUIRED);
+    hush__frame__free_unpacked(fb, NULL);
+
+    /* [13] Upgrade, hello, then silence: closed within the auth timeout (2 s). */
+    assert_int_equal(tc_reconnect(e), 0);
+    time_t t0 = time(NULL);
+    assert_int_equal(wsc_recv(e->ws, &junk, &jl, 8000), -1);
+    assert_true(time(NULL) - t0 <= 4);
+    /* and one that never even says hello */
+    struct wsc *raw = wsc_connect("127.0.0.1", r.port, 0, T);
+    assert_non_null(raw);
+    t0 = time(NULL);
+    assert_int_equal(wsc_recv(raw, &junk, &jl, 8000), -1);
+    assert_true(time(NULL) - t0 <= 4);
+    wsc_close(raw);
+
+    /* Unsupported protocol version. */
+    raw = wsc_connect("127.0.0.1", r.port, 0, T);
+    Hush__Hello h = HUSH__HELLO__INIT;
+    h.min_version = 2;
+    h.max_version = 9;
+    Hush__Frame hf = HUSH__FRAME__INIT;
+    hf.id = 1;
+    hf.msg_case = HUSH__FRAME__MSG_HELLO;
+    hf.hello = &h;
+    uint8_t buf[64];
+    size_t n = hush__frame__pack(&hf, buf);
+    assert_int_equal(wsc_send(raw, buf, n), 0);
+    assert_int_equal(wsc_recv(raw, &junk, &jl, T), 1);
+    Hush__Frame *uv = hush__frame__unpack(NULL, jl, junk);
+    assert_int_equal(uv->result->code, HUSH__ERROR_CODE__UNSUPPORTED_VERSION);
+    hush__frame__free_unpacked(uv, NULL);
+    free(junk);
+    wsc_close(raw);
+
+    tc_free(a);
+    tc_free(dup);
+    tc_free(e);
+    assert_true(relay_metric(&r, "hush_errors_total{code=\"auth_failed\"}") >= 3);
+    assert_int_equal(relay_stop(&r, SIGTERM), 0);
+}
+
+/* Registration policy: invite tokens minted by `hushd invite`, single use; closed. */
+static void test_registration_policy(void **state)
+{
+    (void)state;
+    struct relay_proc r;
+    relay_start(&r, "invite", "registration = invite");
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "%s invite --db %s --count 2 > %s", getenv("HUSHD"), r.db, tpath("tokens"));
+    assert_int_equal(WEXITSTATUS(system(cmd)), 0);
+    FILE *f = fopen(tpath("tokens"), "r");
+    char t1[64] = "", t2[64] = "";
+    assert_int_equal(fscanf(f, "%63s %63s", t1, t2), 2);
+    fclose(f);
+    assert_int_equal(strlen(t1), 32);
+    /* only the hash is stored */
+    assert_false(file_contains(r.db, t1, strlen(t1)));
+    struct tclient *a = tc_new(&r, "ivy", 1);
+    assert_int_equal(tc_register(a, NULL), HUSH__ERROR_CODE__REGISTRATION_CLOSED);
+    assert_int_equal(tc_reconnect(a), 0);
+    assert_int_equal(tc_register(a, "0123456789abcdef0123456789abcdef"), HUSH__ERROR_CODE__INVITE_INVALID);
+    assert_int_equal(tc_reconnect(a), 0);
+    assert_int_equal(tc_register(a, t1), 0);
+    struct tclient *b = tc_new(&r, "ike", 1);
+    assert_int_equal(tc_register(b, t1), HUSH__ERROR_CODE__INVITE_INVALID); /* single use */
+    assert_int_equal(tc_reconnect(b), 0);
+    assert_int_equal(tc_register(b, t2), 0);
+    tc_free(a);
+    tc_free(b);
+    assert_int_equal(relay_stop(&r, SIGTERM), 0);
+
+    relay_start(&r, "closed", "registration = closed");
+    a = tc_new(&r, "cal", 1);
+    assert_int_equal(tc_register(a, NULL), HUSH__ERROR_CODE__REGISTRATION_CLOSED);
+    tc_free(a);
+    assert_int_equal(relay_stop(&r, SIGTERM), 0);
+}
+
+/* Online delivery, acks, offline drain in order with a window, queue-empty, [5] redelivery. */
+static void test_mailbox(void **state)
+{
+    (void)state;
+    struct relay_proc r;
+    relay_start(&r, "mailbox", "delivery_window = 16");
+    struct tclient *a = tc_registered(&r, "mona", 1);
+    struct tclient *b = tc_registered(&r, "nick", 1);
+    assert_int_equal(tc_start_session(a, "nick"), 0);
+    Hush__Frame *qe = tc_next_push(b, HUSH__FRAME__MSG_QUEUE_EMPTY, T);
+    assert_non_null(qe);
+    hush__frame__free_unpacked(qe, NULL);
+
+    /* online: delivered at once */
+    uint8_t mid[16];
+    size_t len;
+    uint8_t *env = encrypt_text(a, "nick", "live one", mid, &len);
+    uint64_t seq = 0;
+    assert_int_equal(tc_send(a, "nick", 1, env, len, mid, &seq), 0);
+    hush_free(env);
+    assert_int_equal(expect_text(b, "mona", "live one"), seq);
+    assert_int_equal(tc_ack(b, &seq, 1), 0);
+
+    /* offline: 300 messages wait, then drain in order through a 16-message window */
+    tc_disconnect(b);
+    enum { N = 300 };
+    for (int i = 0; i < N; i++) {
+        char text[32];
+        snprintf(text, sizeof text, "offline %d", i);
+        env = encrypt_text(a, "nick", text, mid, &len);
+        assert_int_equal(tc_send(a, "nick", 1, env, len, mid, NULL), 0);
+        hush_free(env);
+    }
+    assert_int_equal(relay_metric(&r, "hush_mailbox_depth"), N);
+    assert_int_equal(tc_reconnect(b), 0);
+    assert_int_equal(tc_login(b), 0);
+    /* [5] take 10 without acking, drop the connection: all come back, in order */
+    uint64_t seqs[N];
+    for (int i = 0; i < 10; i++) {
+        char text[32];
+        snprintf(text, sizeof text, "offline %d", i);
+        Hush__Frame *d = tc_next_push(b, HUSH__FRAME__MSG_DELIVER, T);
+        assert_non_null(d);
+        seqs[i] = d->deliver->seq;
+        hush__frame__free_unpacked(d, NULL);
+    }
+    tc_disconnect(b);
+    assert_int_equal(tc_reconnect(b), 0);
+    assert_int_equal(tc_login(b), 0);
+    uint64_t last = 0;
+    for (int i = 0; i < N; i++) {
+        char text[32];
+        snprintf(text, sizeof text, "offline %d", i);
+        uint64_t s = expect_text(b, "mona", text); /* decrypts: the SDK never saw these */
+        if (i < 10)
+            assert_int_equal(s, seqs[i]);
+        assert_true(s > last);
+        last = s;
+        assert_int_equal(tc_ack(b, &s, 1), 0); /* each ack frees a window slot */
+    }
+    qe = tc_next_push(b, HUSH__FRAME__MSG_QUEUE_EMPTY, T);
+    assert_non_null(qe);
+    hush__frame__free_unpacked(qe, NULL);
+    msleep(200);
+    assert_int_equal(relay_metric(&r, "hush_mailbox_depth"), 0);
+
+    /* the window: with 16 unacked, the 17th waits until an ack */
+    tc_disconnect(b);
+    for (int i = 0; i < 20; i++) {
+        uint8_t blob[64];
+        random_env(blob, sizeof blob, mid);
+        assert_int_equal(tc_send(a, "nick", 1, blob, sizeof blob, mid, NULL), 0);
+    }
+    assert_int_equal(tc_reconnect(b), 0);
+    assert_int_equal(tc_login(b), 0);
+    for (int i = 0; i < 16; i++) {
+        Hush__Frame *d = tc_next_push(b, HUSH__FRAME__MSG_DELIVER, T);
+        assert_non_null(d);
+        seqs[i] = d->deliver->seq;
+        hush__frame__free_unpacked(d, NULL);
+    }
+    assert_null(tc_next_push(b, HUSH__FRAME__MSG_DELIVER, 500));
+    assert_int_equal(tc_ack(b, seqs, 4), 0);
+    for (int i = 0; i < 4; i++) {
+        Hush__Frame *d = tc_next_push(b, HUSH__FRAME__MSG_DELIVER, T);
+        assert_non_null(d);
+        hush__frame__free_unpacked(d, NULL);
+    }
+    tc_free(a);
+    tc_free(b);
+    assert_int_equal(relay_stop(&r, SIGTERM), 0);
+}
+
+/* [8] retry with the same client message id -> one copy; [12] acks on another's mailbox do
+ * nothing; unknown recipient; quota; ephemeral never stored; TTL. */
+static void test_send_rules(void **state)
+{
+    (void)state;
+    struct relay_proc r;
+    relay_start(&r, "rules", "quota_messages = 5\nttl_seconds = 2");
+    struct tclient *a = tc_registered(&r, "olaf", 1);
+    struct tclient *b = tc_registered(&r, "pia", 1);
+    struct tclient *m = tc_registered(&r, "mallory", 1);
+    tc_disconnect(b);
+    uint8_t env[100], mid[16];
+    random_env(env, sizeof env, mid);
+    uint64_t s1 = 0, s2 = 0;
+    assert_int_equal(tc_send(a, "pia", 1, env, sizeof env, mid, &s1), 0);
+    assert_int_equal(tc_send(a, "pia", 1, env, sizeof env, mid, &s2), 0);
+    assert_int_equal(s1, s2);
+    assert_int_equal(relay_metric(&r, "hush_mailbox_depth"), 1);
+
+    /* [12] mallory acks pia's seq: nothing happens */
+    assert_int_equal(tc_ack(m, &s1, 1), 0);
+    assert_int_equal(relay_metric(&r, "hush_mailbox_depth"), 1);
+
+    /* unknown recipient: nothing stored */
+    uint8_t mid2[16];
+    random_env(env, sizeof env, mid2);
+    assert_int_equal(tc_send(a, "nobody", 1, env, sizeof env, mid2, NULL), HUSH__ERROR_CODE__UNKNOWN_RECIPIENT);
+    assert_int_equal(tc_send(a, "pia", 7, env, sizeof env, mid2, NULL), HUSH__ERROR_CODE__UNKNOWN_RECIPIENT);
+    /* bad requests */
+    assert_int_equal(tc_send(a, "Bad Name", 1, env, sizeof env, mid2, NULL), HUSH__ERROR_CODE__BAD_REQUEST);
+    uint8_t *big = calloc(1, 300 * 1024);
+    assert_int_equal(tc_send(a, "pia", 1, big, 257 * 1024, mid2, NULL), HUSH__ERROR_CODE__TOO_LARGE);
+    free(big);
+
+    /* [16] quota: 5 messages, the 6th is refused with a clear error */
+    for (int i = 0; i < 4; i++) {
+        random_env(env, sizeof env, mid2);
+        assert_int_equal(tc_send(a, "pia", 1, env, sizeof env, mid2, NULL), 0);
+    }
+    random_env(env, sizeof env, mid2);
+    assert_int_equal(tc_send(a, "pia", 1, env, sizeof env, mid2, NULL), HUSH__ERROR_CODE__QUOTA_EXCEEDED);
+    assert_int_equal(relay_metric(&r, "hush_mailbox_depth"), 5);
+
+    /* ephemeral: to an offline device it is simply gone; to an online one delivered, seq 0 */
+    Hush__Recipient rc = HUSH__RECIPIENT__INIT;
+    rc.username = "mallory";
+    rc.device_id = 1;
+    rc.envelope.data = env;
+    rc.envelope.len = 10;
+    Hush__Recipient *rcs[1] = { &rc };
+    Hush__SendRequest s = HUSH__SEND_REQUEST__INIT;
+    s.client_msg_id.data = mid2;
+    s.client_msg_id.len = 16;
+    s.n_recipients = 1;
+    s.recipients = rcs;
+    s.ephemeral = 1;
+    Hush__Frame f = HUSH__FRAME__INIT;
+    f.msg_case = HUSH__FRAME__MSG_SEND;
+    f.send = &s;
+    Hush__Frame *res = tc_request(a, &f, T);
+    assert_int_equal(res->result->code, 0);
+    hush__frame__free_unpacked(res, NULL);
+    Hush__Frame *d = tc_next_push(m, HUSH__FRAME__MSG_DELIVER, T);
+    assert_non_null(d);
+    assert_int_equal(d->deliver->seq, 0);
+    hush__frame__free_unpacked(d, NULL);
+    rc.username = "pia";
+    res = tc_request(a, &f, T);
+    assert_int_equal(res->result->code, 0);
+    hush__frame__free_unpacked(res, NULL);
+    assert_int_equal(relay_metric(&r, "hush_mailbox_depth"), 5);
+
+    /* TTL: after 2 s nothing is delivered */
+    msleep(2500);
+    assert_int_equal(tc_reconnect(b), 0);
+    assert_int_equal(tc_login(b), 0);
+    Hush__Frame *qe = tc_next_push(b, HUSH__FRAME__MSG_QUEUE_EMPTY, T);
+    assert_non_null(qe);
+    hush__frame__free_unpacked(qe, NULL);
+    assert_null(tc_next_push(b, HUSH__FRAME__MSG_DELIVER, 300));
+    tc_free(a);
+    tc_free(b);
+    tc_free(m);
+    assert_int_equal(relay_stop(&r, SIGTERM), 0);
+}
+
+/* [9] a second connection for the same device closes the older one; no message goes to both. */
+static void test_session_replaced(void **state)
+{
+    (void)state;
+    struct relay_proc r;
+    relay_start(&r, "replace", NULL);
+    struct tclient *a = tc_registered(&r, "quinn", 1);
+    struct tclient *b1 = tc_registered(&r, "rita", 1);
+    struct tclient *b2 = tc_new(&r, "rita", 1); /* same SDK database, second socket */
+    hush_client_close(b2->sdk);
+    b2->sdk = b1->sdk;
+    assert_int_equal(tc_login(b2), 0);
+    Hush__Frame *cl = tc_next_push(b1, HUSH__FRAME__MSG_CLOSING, T);
+    assert_non_null(cl);
+    assert_int_equal(cl->closing->code, HUSH__ERROR_CODE__SESSION_REPLACED);
+    hush__frame__free_unpacked(cl, NULL);
+    uint8_t *junk;
+    size_t jl;
+    assert_int_equal(wsc_recv(b1->ws, &junk, &jl, T), -1);
+    uint8_t env[50], mid[16];
+    random_env(env, sizeof env, mid);
+    uint64_t seq;
+    assert_int_equal(tc_send(a, "rita", 1, env, sizeof env, mid, &seq), 0);
+    Hush__Frame *d = tc_next_push(b2, HUSH__FRAME__MSG_DELIVER, T);
+    assert_non_null(d);
+    assert_int_equal(d->deliver->seq, seq);
+    hush__frame__free_unpacked(d, NULL);
+    b2->sdk = NULL;
+    tc_free(b2);
+    tc_free(b1);
+    tc_free(a);
+    assert_int_equal(relay_stop(&r, SIGTERM), 0);
+}
+
+static Hush__PreKeyUpload *upload_of(struct tclient *c, uint32_t n, uint8_t **raw)
+{
+    size_t len = 0;
+    assert_int_equal(hush_prekey_upload(c->sdk, n, raw, &len, NULL), HUSH_OK);
+    Hush__PreKeyUpload *u = hush__pre_key_upload__unpack(NULL, len, *raw);
+    assert_non_null(u);
+    return u;
+}
+
+static int upload(struct tclient *c, Hush__PreKeyUpload *u, uint32_t *remaining)
+{
+    Hush__Frame f = HUSH__FRAME__INIT;
+    f.msg_case = HUSH__FRAME__MSG_UPLOAD_PRE_KEYS;
+    f.upload_pre_keys = u;
+    Hush__Frame *res = tc_request(c, &f, T);
+    assert_non_null(res);
+    int code = res->result->code;
+    if (remaining)
+        *remaining = res->result->pre_keys_remaining;
+    hush__frame__free_unpacked(res, NULL);
+    return code;
+}
+
+struct fetcher {
+    const struct relay_proc *r;
+    int idx;
+    uint32_t ids[64];
+    int n;
+};
+
+static void *fetch_thread(void *p)
+{
+    struct fetcher *ft = p;
+    char name[32];
+    snprintf(name, sizeof name, "fetcher%d", ft->idx);
+    struct tclient *c = tc_registered(ft->r, name, 1);
+    for (int i = 0; i < 8; i++) {
+        Hush__Frame *res = tc_fetch(c, "sara");
+        if (res && res->result->code == 0 && res->result->n_bundles == 1 && res->result->bundles[0]->one_time_pre_key)
+            ft->ids[ft->n++] = res->result->bundles[0]->one_time_pre_key->id;
+        if (res)
+            hush__frame__free_unpacked(res, NULL);
+    }
+    tc_free(c);
+    return NULL;
+}
+
+/* Prekey directory: [15] bad uploads store nothing; one-time keys handed out once, even in
+ * parallel; exhaustion; low-stock notice; [14] rate limit. */
+static void test_prekeys(void **state)
+{
+    (void)state;
+    struct relay_proc r;
+    relay_start(&r, "prekeys", "fetch_burst = 1000\nfetch_refill_per_min = 1");
+    struct tclient *s = tc_new(&r, "sara", 1);
+    uint8_t *raw = NULL;
+    Hush__PreKeyUpload *u;
+    assert_int_equal(tc_register(s, NULL), 0); /* uploads the device's 100 one-time keys */
+    uint32_t remaining = 0;
+
+    /* [15] over the per-request cap */
+    u = upload_of(s, 0, &raw);
+    Hush__PreKey *many[101];
+    Hush__PreKey pk[101];
+    uint8_t pub[33];
+    pub[0] = 0x05;
+    randombytes_buf(pub + 1, 32);
+    for (int i = 0; i < 101; i++) {
+        hush__pre_key__init(&pk[i]);
+        pk[i].id = 5000 + (uint32_t)i;
+        pk[i].public_key.data = pub;
+        pk[i].public_key.len = 33;
+        many[i] = &pk[i];
+    }
+    Hush__PreKey **saved = u->one_time_pre_keys;
+    size_t saved_n = u->n_one_time_pre_keys;
+    u->one_time_pre_keys = many;
+    u->n_one_time_pre_keys = 101;
+    assert_int_equal(upload(s, u, NULL), HUSH__ERROR_CODE__TOO_LARGE);
+    /* a malformed key among good ones: nothing stored */
+    u->n_one_time_pre_keys = 3;
+    pk[1].public_key.len = 32;
+    assert_int_equal(upload(s, u, NULL), HUSH__ERROR_CODE__BAD_KEYS);
+    pk[1].public_key.len = 33;
+    /* a signed prekey whose signature does not verify: nothing stored */
+    u->signed_pre_key->signature.data[5] ^= 1;
+    assert_int_equal(upload(s, u, NULL), HUSH__ERROR_CODE__BAD_KEYS);
+    u->signed_pre_key->signature.data[5] ^= 1;
+    u->n_one_time_pre_keys = 0;
+    assert_int_equal(upload(s, u, &remaining), 0);
+    assert_int_equal(remaining, 100); /* the failed uploads added nothing */
+    u->one_time_pre_keys = saved;
+    u->n_one_time_pre_keys = saved_n;
+    hush__pre_key_upload__free_unpacked(u, NULL);
+    hush_free(raw);
+
+    /* parallel fetchers: 8 threads x 8 fetches = 64 keys, all different */
+    struct fetcher ft[8];
+    pthread_t th[8];
+    for (int i = 0; i < 8; i++) {
+        memset(&ft[i], 0, sizeof ft[i]);
+        ft[i].r = &r;
+        ft[i].idx = i;
+        pthread_create(&th[i], NULL, fetch_thread, &ft[i]);
+    }
+    uint32_t all[64];
+    int nall = 0;
+    for (int i = 0; i < 8; i++) {
+        pthread_join(th[i], NULL);
+        for (int k = 0; k < ft[i].n; k++)
+            all[nall++] = ft[i].ids[k];
+    }
+    assert_int_equal(nall, 64);
+    for (int i = 0; i < nall; i++)
+        for (int k = i + 1; k < nall; k++)
+            assert_int_not_equal(all[i], all[k]);
+
+    /* drain the rest: 36 left; below 10 the owner (connected) is told */
+    struct tclient *t = tc_registered(&r, "tom", 1);
+    for (int i = 0; i < 36; i++) {
+        Hush__Frame *res = tc_fetch(t, "sara");
+        assert_non_null(res->result->bundles[0]->one_time_pre_key);
+        hush__frame__free_unpacked(res, NULL);
+    }
+    Hush__Frame *low = tc_next_push(s, HUSH__FRAME__MSG_PRE_KEYS_LOW, T);
+    assert_non_null(low);
+    assert_true(low->pre_keys_low->remaining < 10);
+    hush__frame__free_unpacked(low, NULL);
+    /* exhausted: the bundle comes with the signed prekey only, and a session still works */
+    Hush__Frame *res = tc_fetch(t, "sara");
+    assert_int_equal(res->result->code, 0);
+    assert_null(res->result->bundles[0]->one_time_pre_key);
+    assert_int_equal(res->result->bundles[0]->signed_pre_key->public_key.len, 33);
+    hush__frame__free_unpacked(res, NULL);
+    assert_int_equal(tc_start_session(t, "sara"), 0);
+    uint8_t mid[16];
+    size_t len;
+    uint8_t *env = encrypt_text(t, "sara", "no one-time key left", mid, &len);
+    assert_int_equal(tc_send(t, "sara", 1, env, len, mid, NULL), 0);
+    hush_free(env);
+    expect_text(s, "tom", "no one-time key left");
+    /* the owner, offline while it ran low, is told at its next login */
+    tc_disconnect(s);
+    res = tc_fetch(t, "sara");
+    hush__frame__free_unpacked(res, NULL);
+    assert_int_equal(tc_reconnect(s), 0);
+    assert_int_equal(tc_login(s), 0);
+    low = tc_next_push(s, HUSH__FRAME__MSG_PRE_KEYS_LOW, T);
+    assert_non_null(low);
+    assert_int_equal(low->pre_keys_low->remaining, 0);
+    hush__frame__free_unpacked(low, NULL);
+    /* unknown user */
+    res = tc_fetch(t, "ghost");
+    assert_int_equal(res->result->code, HUSH__ERROR_CODE__UNKNOWN_USER);
+    hush__frame__free_unpacked(res, NULL);
+    tc_free(s);
+    tc_free(t);
+    assert_int_equal(relay_stop(&r, SIGTERM), 0);
+
+    /* [14] rate limit: burst 5, then RATE_LIMITED with a retry hint */
+    relay_start(&r, "ratelimit", "fetch_burst = 5\nfetch_refill_per_min = 1");
+    s = tc_registered(&r, "uma", 1);
+    t = tc_registered(&r, "vic", 1);
+    for (int i = 0; i < 5; i++) {
+        res = tc_fetch(t, "uma");
+        assert_int_equal(res->result->code, 0);
+        hush__frame__free_unpacked(res, NULL);
+    }
+    res = tc_fetch(t, "uma");
+    assert_int_equal(res->result->code, HUSH__ERROR_CODE__RATE_LIMITED);
+    assert_true(res->result->retry_after_ms > 0);
+    hush__frame__free_unpacked(res, NULL);
+    /* another requester is not affected */
+    res = tc_fetch(s, "vic");
+    assert_int_equal(res->result->code, 0);
+    hush__frame__free_unpacked(res, NULL);
+    tc_free(s);
+    tc_free(t);
+    assert_int_equal(relay_stop(&r, SIGTERM), 0);
+}
+
+static int set_allow(struct tclient *c, char **users, size_t n)
+{
+    Hush__SetPresenceAllowRequest a = HUSH__SET_PRESENCE_ALLOW_REQUEST__INIT;
+    a.usernames = users;
+    a.n_usernames = n;
+    Hush__Frame f = HUSH__FRAME__INIT;
+    f.msg_case = HUSH__FRAME__MSG_SET_PRESENCE_ALLOW;
+    f.set_presence_allow = &a;
+    Hush__Frame *res = tc_request(c, &f, T);
+    int code = res ? (int)res->result->code : -1;
+    if (res)
+        hush__frame__free_unpacked(res, NULL);
+    return code;
+}
+
+static int subscribe(struct tclient *c, char **users, size_t n)
+{
+    Hush__SubscribePresenceRequest s = HUSH__SUBSCRIBE_PRESENCE_REQUEST__INIT;
+    s.usernames = users;
+    s.n_usernames = n;
+    Hush__Frame f = HUSH__FRAME__INIT;
+    f.msg_case = HUSH__FRAME__MSG_SUBSCRIBE_PRESENCE;
+    f.subscribe_presence = &s;
+    Hush__Frame *res = tc_request(c, &f, T);
+    int code = res ? (int)res->result->code : -1;
+    if (res)
+        hush__frame__free_unpacked(res, NULL);
+    return code;
+}
+
+/* Presence: only allowed subscribers learn anything; not allowed == unknown user. */
+static void test_presence(void **state)
+{
+    (void)state;
+    struct relay_proc r;
+    relay_start(&r, "presence", NULL);
+    struct tclient *w = tc_registered(&r, "wendy", 1);
+    struct tclient *x = tc_registered(&r, "xavi", 1);
+    struct tclient *y = tc_registered(&r, "yann", 1);
+    char *allow[] = { "xavi" };
+    assert_int_equal(set_allow(w, allow, 1), 0);
+    char *targets[] = { "wendy", "nosuchuser" };
+    assert_int_equal(subscribe(x, targets, 2), 0);
+    assert_int_equal(subscribe(y, targets, 2), 0);
+    Hush__Frame *p = tc_next_push(x, HUSH__FRAME__MSG_PRESENCE, T);
+    assert_non_null(p);
+    assert_string_equal(p->presence->username, "wendy");
+    assert_true(p->presence->online);
+    hush__frame__free_unpacked(p, NULL);
+    /* wendy goes offline, then online */
+    tc_disconnect(w);
+    p = tc_next_push(x, HUSH__FRAME__MSG_PRESENCE, T);
+    assert_non_null(p);
+    assert_false(p->presence->online);
+    assert_true(p->presence->last_seen_ms > 0);
+    hush__frame__free_unpacked(p, NULL);
+    assert_int_equal(tc_reconnect(w), 0);
+    assert_int_equal(tc_login(w), 0);
+    p = tc_next_push(x, HUSH__FRAME__MSG_PRESENCE, T);
+    assert_non_null(p);
+    assert_true(p->presence->online);
+    hush__frame__free_unpacked(p, NULL);
+    /* yann (not allowed) and the unknown user: nothing at all */
+    assert_null(tc_next_push(y, HUSH__FRAME__MSG_PRESENCE, 500));
+    assert_null(tc_next_push(x, HUSH__FRAME__MSG_PRESENCE, 300));
+    /* allowing yann later sends the current state; the list survives a restart */
+    char *allow2[] = { "xavi", "yann" };
+    assert_int_equal(set_allow(w, allow2, 2), 0);
+    p = tc_next_push(y, HUSH__FRAME__MSG_PRESENCE, T);
+    assert_non_null(p);
+    assert_true(p->presence->online);
+    hush__frame__free_unpacked(p, NULL);
+    tc_free(w);
+    tc_free(x);
+    tc_free(y);
+    assert_int_equal(relay_stop(&r, SIGTERM), 0);
+    relay_restart(&r);
+    y = tc_new(&r, "yann", 1);
+    assert_int_equal(tc_login(y), 0);
+    char *t1[] = { "wendy" };
+    assert_int_equal(subscribe(y, t1, 1), 0);
+    p = tc_next_push(y, HUSH__FRAME__MSG_PRESENCE, T);
+    assert_non_null(p);
+    assert_false(p->presence->online);
+    assert_true(p->presence->last_seen_ms > 0);
+    hush__frame__free_unpacked(p, NULL);
+    tc_free(y);
+    assert_int_equal(relay_stop(&r, SIGTERM), 0);
+}
+
+/* SIGTERM: in-flight work is answered, clients get a Closing frame, exit status 0; the health
+ * endpoint and metrics answer while running. */
+static void test_sigterm_and_health(void **state)
+{
+    (void)state;
+    struct relay_proc r;
+    relay_start(&r, "sigterm", NULL);
+    int st = 0;
+    char *body = relay_http_get(&r, "/healthz", &st);
+    assert_int_equal(st, 200);
+    assert_string_equal(body, "ok\n");
+    free(body);
+    body = relay_http_get(&r, "/metrics", &st);
+    assert_int_equal(st, 200);
+    assert_non_null(strstr(body, "# TYPE hush_commit_seconds histogram"));
+    assert_non_null(strstr(body, "hush_errors_total{code=\"quota_exceeded\"}"));
+    free(body);
+    body = relay_http_get(&r, "/nope", &st);
+    assert_int_equal(st, 404);
+    free(body);
+    struct tclient *a = tc_registered(&r, "zoe", 1);
+    assert_int_equal(relay_metric(&r, "hush_authenticated_connections"), 1);
+    kill(r.pid, SIGTERM);
+    Hush__Frame *cl = tc_next_push(a, HUSH__FRAME__MSG_CLOSING, T);
+    assert_non_null(cl);
+    assert_int_equal(cl->closing->code, HUSH__ERROR_CODE__SHUTTING_DOWN);
+    hush__frame__free_unpacked(cl, NULL);
+    assert_int_equal(relay_stop(&r, 0), 0); /* already signalled: just reap, exit 0 */
+    assert_true(file_contains(r.log, "stopped clean=1", 15));
+    tc_free(a);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_config_and_cli),
+        cmocka_unit_test(test_authentication),
+        cmocka_unit_test(test_registration_policy),
+        cmocka_unit_test(test_mailbox),
+        cmocka_unit_test(test_send_rules),
+        cmocka_unit_test(test_session_replaced),
+        cmocka_unit_test(test_prekeys),
+        cmocka_unit_test(test_presence),
+        cmocka_unit_test(test_sigterm_and_health),
+    };
+    return cmocka_run_group_tests_name("relay", tests, NULL, NULL);
+}

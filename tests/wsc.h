@@ -1,0 +1,23 @@
+/* wsc.h - blocking WebSocket test client (see wsc.c). */
+#ifndef HUSH_TEST_WSC_H
+#define HUSH_TEST_WSC_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct wsc;
+
+int wsc_tcp_connect(const char *host, int port, int timeout_ms);
+struct wsc *wsc_connect(const char *host, int port, int tls, int timeout_ms);
+int wsc_send(struct wsc *w, const void *data, size_t len);
+int wsc_send_frame(struct wsc *w, int opcode, int fin, const void *data, size_t len);
+int wsc_send_raw(struct wsc *w, const void *data, size_t len);
+/* 1: a message in *out (free it), 0: timeout, -1: closed or error. Pings are answered. */
+int wsc_recv(struct wsc *w, uint8_t **out, size_t *out_len, int timeout_ms);
+int wsc_close_code(const struct wsc *w);
+int wsc_is_closed(const struct wsc *w);
+int wsc_fd(const struct wsc *w);
+void wsc_close(struct wsc *w);
+void wsc_abort(struct wsc *w);
+
+#endif
