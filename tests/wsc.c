@@ -31,6 +31,10 @@ struct wsc {
     int close_code;
 };
 
+static FILE *g_capture; /* when set, every byte sent and received is appended here */
+
+void wsc_capture(FILE *f) { g_capture = f; }
+
 static long now_ms(void)
 {
     struct timespec ts;
@@ -93,6 +97,8 @@ static int fill(struct wsc *w, int timeout_ms)
         if (r <= 0)
             return -1;
     }
+    if (g_capture)
+        fwrite(w->buf + w->have, 1, (size_t)r, g_capture);
     w->have += (size_t)r;
     return 1;
 }
@@ -197,6 +203,10 @@ int wsc_send_frame(struct wsc *w, int opcode, int fin, const void *data, size_t 
         for (int i = 7; i >= 0; i--)
             hdr[h++] = (uint8_t)((uint64_t)len >> (8 * i));
     }
+    /* Captured unmasked: masking would hide a plaintext from the search, and the relay reads the
+     * unmasked payload anyway. */
+    if (g_capture)
+        fwrite(data, 1, len, g_capture);
     uint8_t mask[4];
     randombytes_buf(mask, 4);
     memcpy(hdr + h, mask, 4);

@@ -18,6 +18,9 @@ int wsc_close_code(const struct wsc *w);
 int wsc_is_closed(const struct wsc *w);
 int wsc_fd(const struct wsc *w);
 void wsc_close(struct wsc *w);
+/* Appends every byte any client sends or receives to f (NULL stops): a traffic capture. */
+#include <stdio.h>
+void wsc_capture(FILE *f);
 void wsc_abort(struct wsc *w);
 
 #endif

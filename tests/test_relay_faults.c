@@ -1,0 +1,492 @@
+/*
+ * test_relay_faults.c - hushd under hostile input and crashes: oversize and endless frames,
+ * garbage, slowloris, dead peers (keepalive), send floods, corrupt database files, TLS, kill -9
+ * under load (nothing acknowledged is lost or duplicated), and the plaintext canary.
+ * Numbers in brackets refer to shared/notes/adversarial-cases.md.
+ */
+#define _GNU_SOURCE
+#include <stdarg.h>
+#include <setjmp.h>
+#include <stddef.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <sodium.h>
+#include <sqlite3.h>
+
+#include "hush_wire.h"
+#include "relay_util.h"
+#include "util.h"
+
+#define T 5000
+
+static void msleep(long ms)
+{
+    struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
+    nanosleep(&ts, NULL);
+}
+
+/* A fresh client can still register, log in and get a message through. */
+static void relay_still_serves(const struct relay_proc *r, const char *name)
+{
+    struct tclient *c = tc_registered(r, name, 1);
+    uint8_t env[32], mid[16];
+    randombytes_buf(env, sizeof env);
+    randombytes_buf(mid, sizeof mid);
+    uint64_t seq = 0;
+    assert_int_equal(tc_send(c, name, 1, env, sizeof env, mid, &seq), 0);
+    Hush__Frame *d = tc_next_push(c, HUSH__FRAME__MSG_DELIVER, T);
+    assert_non_null(d);
+    assert_int_equal(d->deliver->seq, seq);
+    hush__frame__free_unpacked(d, NULL);
+    tc_free(c);
+}
+
+static int closed_within(struct wsc *w, int ms)
+{
+    uint8_t *junk = NULL;
+    size_t jl = 0;
+    for (;;) {
+        int r = wsc_recv(w, &junk, &jl, ms);
+        free(junk);
+        junk = NULL;
+        if (r == -1)
+            return 1;
+        if (r == 0)
+            return 0;
+    }
+}
+
+/* [17] [18] [20] frames over the cap, a 2^63 length, endless continuations, garbage. */
+static void test_hostile_frames(void **state)
+{
+    (void)state;
+    struct relay_proc r;
+    relay_start(&r, "hostile", NULL);
+
+    /* Before authentication the cap is 16 KiB. */
+    struct wsc *w = wsc_connect("127.0.0.1", r.port, 0, T);
+    assert_non_null(w);
+    uint8_t *big = calloc(1, 64 * 1024);
+    assert_int_equal(wsc_send(w, big, 20 * 1024), 0);
+    assert_true(closed_within(w, T));
+    assert_int_equal(wsc_close_code(w), 1009);
+    wsc_close(w);
+
+    /* After authentication: 512 KiB cap. */
+    struct tclient *c = tc_registered(&r, "hank", 1);
+    assert_int_equal(wsc_send(c->ws, big, 60 * 1024), 0); /* under the cap: an error reply, still open */
+    Hush__Frame *res = tc_next_push(c, HUSH__FRAME__MSG_RESULT, T);
+    assert_non_null(res);
+    assert_int_equal(res->result->code, HUSH__ERROR_CODE__BAD_REQUEST);
+    hush__frame__free_unpacked(res, NULL);
+    free(big);
+    big = calloc(1, 600 * 1024);
+    assert_int_equal(wsc_send(c->ws, big, 600 * 1024), 0);
+    assert_true(closed_within(c->ws, T));
+    free(big);
+    tc_free(c);
+
+    /* A header claiming 2^63 bytes: closed, nothing of that size allocated. */
+    w = wsc_connect("127.0.0.1", r.port, 0, T);
+    uint8_t hdr[14] = { 0x82, 0x80 | 127, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 1, 2, 3, 4 };
+    assert_int_equal(wsc_send_raw(w, hdr, sizeof hdr), 0);
+    uint8_t chunk[4096] = { 0 };
+    for (int i = 0; i < 8 && !wsc_is_closed(w); i++)
+        if (wsc_send_raw(w, chunk, sizeof chunk) != 0)
+            break;
+    assert_true(closed_within(w, T));
+    wsc_close(w);
+
+    /* Endless continuation fragments: closed at the byte cap, memory bounded. */
+    w = wsc_connect("127.0.0.1", r.port, 0, T);
+    assert_int_equal(wsc_send_frame(w, 2, 0, chunk, 1024), 0);
+    int sent = 0;
+    for (int i = 0; i < 200; i++) {
+        if (wsc_send_frame(w, 0, 0, chunk, 1024) != 0)
+            break;
+        sent++;
+    }
+    assert_true(closed_within(w, T));
+    wsc_close(w);
+
+    /* Garbage before and after authentication; a text frame. */
+    w = wsc_connect("127.0.0.1", r.port, 0, T);
+    const char junk[] = "\xff\x00\x13garbage that is not a protobuf frame";
+    assert_int_equal(wsc_send(w, junk, sizeof junk), 0);
+    assert_true(closed_within(w, T));
+    wsc_close(w);
+    c = tc_registered(&r, "ines", 1);
+    assert_int_equal(wsc_send(c->ws, junk, sizeof junk), 0);
+    res = tc_next_push(c, HUSH__FRAME__MSG_RESULT, T);
+    assert_non_null(res);
+    assert_int_equal(res->result->code, HUSH__ERROR_CODE__BAD_REQUEST);
+    hush__frame__free_unpacked(res, NULL);
+    /* truncated valid frame */
+    Hush__FetchBundlesRequest fb = HUSH__FETCH_BUNDLES_REQUEST__INIT;
+    fb.username = "ines";
+    Hush__Frame f = HUSH__FRAME__INIT;
+    f.id = 99;
+    f.msg_case = HUSH__FRAME__MSG_FETCH_BUNDLES;
+    f.fetch_bundles = &fb;
+    uint8_t buf[64];
+    size_t n = hush__frame__pack(&f, buf);
+    assert_int_equal(wsc_send(c->ws, buf, n - 2), 0);
+    res = tc_next_push(c, HUSH__FRAME__MSG_RESULT, T);
+    assert_non_null(res);
+    hush__frame__free_unpacked(res, NULL);
+    assert_int_equal(wsc_send_frame(c->ws, 1, 1, "text!", 5), 0);
+    assert_true(closed_within(c->ws, T));
+    tc_free(c);
+
+    relay_still_serves(&r, "jade");
+    assert_true(relay_metric(&r, "hush_errors_total{code=\"too_large\"}") >= 2);
+    assert_int_equal(relay_stop(&r, SIGTERM), 0);
+}
+
+/* [19] slowloris: hundreds of sockets trickling headers; a legitimate client still gets in. */
+static void test_slowloris(void **state)
+{
+    (void)state;
+    struct relay_proc r;
+    relay_start(&r, "slowloris", NULL);
+    enum { N = 300 };
+    int fds[N];
+    int opened = 0;
+    for (int i = 0; i < N; i++) {
+        fds[i] = wsc_tcp_connect("127.0.0.1", r.port, 1000);
+        if (fds[i] >= 0) {
+            opened++;
+            if (send(fds[i], "GET / HTTP/1.1\r\nHost: x\r\n", 25, MSG_NOSIGNAL) < 0) {
+            }
+        }
+    }
+    assert_int_equal(opened, N);
+    /* keep trickling a header byte now and then while a real client connects */
+    time_t t0 = time(NULL);
+    struct tclient *c = tc_registered(&r, "kurt", 1);
+    assert_true(time(NULL) - t0 <= 3);
+    tc_free(c);
+    /* the trickling sockets are dropped by the header timeout */
+    msleep(7000);
+    int dropped = 0;
+    for (int i = 0; i < N; i++) {
+        char b;
+        if (send(fds[i], "X", 1, MSG_NOSIGNAL) < 0 || recv(fds[i], &b, 1, MSG_DONTWAIT) == 0)
+            dropped++;
+        close(fds[i]);
+    }
+    assert_true(dropped > N * 9 / 10);
+    relay_still_serves(&r, "lena");
+    assert_int_equal(relay_stop(&r, SIGTERM), 0);
+}
+
+/* Keepalive: a peer that stops answering pings is dropped after idle_timeout. */
+static void test_keepalive(void **state)
+{
+    (void)state;
+    struct relay_proc r;
+    relay_start(&r, "keepalive", "ping_interval = 1\nidle_timeout = 3");
+    struct tclient *live = tc_registered(&r, "mark", 1);
+    struct tclient *dead = tc_registered(&r, "nora", 1);
+    /* mark keeps reading (and so answers pings); nora reads nothing for 6 s */
+    for (int i = 0; i < 12; i++)
+        assert_null(tc_next_push(live, HUSH__FRAME__MSG_CLOSING, 500));
+    assert_false(wsc_is_closed(live->ws));
+    uint8_t *junk = NULL;
+    size_t jl;
+    int r1;
+    do {
+        r1 = wsc_recv(dead->ws, &junk, &jl, 100);
+        free(junk);
+        junk = NULL;
+    } while (r1 == 1);
+    /* by now nora's socket has been closed by the relay */
+    assert_true(r1 == -1 || closed_within(dead->ws, 2000));
+    assert_int_equal(relay_metric(&r, "hush_authenticated_connections"), 1);
+    tc_free(live);
+    tc_free(dead);
+    assert_int_equal(relay_stop(&r, SIGTERM), 0);
+}
+
+/* [16] a flood from one sender is throttled; the recipient's quota holds; others are unaffected. */
+static void test_flood(void **state)
+{
+    (void)state;
+    struct relay_proc r;
+    relay_start(&r, "flood", "send_burst = 50\nsend_refill_per_s = 10\nquota_messages = 1000");
+    struct tclient *f = tc_registered(&r, "otto", 1);
+    struct tclient *v = tc_registered(&r, "paul", 1);
+    struct tclient *o = tc_registered(&r, "quin", 1);
+    int ok = 0, limited = 0;
+    for (int i = 0; i < 120; i++) {
+        uint8_t env[64], mid[16];
+        randombytes_buf(env, sizeof env);
+        randombytes_buf(mid, sizeof mid);
+        int code = tc_send(f, "paul", 1, env, sizeof env, mid, NULL);
+        if (code == 0)
+            ok++;
+        else if (code == HUSH__ERROR_CODE__RATE_LIMITED)
+            limited++;
+        else
+            fail_msg("unexpected code %d", code);
+    }
+    assert_true(ok >= 50 && ok < 100);
+    assert_true(limited > 20);
+    /* another sender is not throttled by otto's flood */
+    uint8_t env[64], mid[16];
+    randombytes_buf(env, sizeof env);
+    randombytes_buf(mid, sizeof mid);
+    assert_int_equal(tc_send(o, "paul", 1, env, sizeof env, mid, NULL), 0);
+    tc_free(f);
+    tc_free(v);
+    tc_free(o);
+    assert_int_equal(relay_stop(&r, SIGTERM), 0);
+}
+
+/* [22] a corrupt or truncated relay database: a clear error at start, no crash. */
+static void test_corrupt_database(void **state)
+{
+    (void)state;
+    struct relay_proc r;
+    relay_start(&r, "corrupt", NULL);
+    struct tclient *c = tc_registered(&r, "rosa", 1);
+    tc_free(c);
+    assert_int_equal(relay_stop(&r, SIGTERM), 0);
+    /* truncate the database */
+    FILE *f = fopen(r.db, "r+b");
+    assert_non_null(f);
+    fseek(f, 0, SEEK_END);
+    long size = ftell(f);
+    fclose(f);
+    assert_int_equal(truncate(r.db, size / 2 > 4096 ? 4096 + 100 : size / 2), 0);
+    unlink(r.db);
+    f = fopen(r.db, "wb");
+    for (int i = 0; i < 8192; i++)
+        fputc(i * 13, f);
+    fclose(f);
+    char cmd[1024], out[400];
+    snprintf(out, sizeof out, "%s/corrupt.out", r.dir);
+    snprintf(cmd, sizeof cmd, "%s --config %s > %s 2>&1", getenv("HUSHD"), r.config, out);
+    int st = system(cmd);
+    assert_true(WIFEXITED(st));
+    assert_int_equal(WEXITSTATUS(st), 1);
+    assert_true(file_contains(out, "not a database", 14));
+}
+
+/* TLS: wss:// with a self-signed certificate made by openssl. */
+static void test_tls(void **state)
+{
+    (void)state;
+    char cert[300], key[300], cmd[1024];
+    snprintf(cert, sizeof cert, "%s", tpath("cert.pem"));
+    snprintf(key, sizeof key, "%s", tpath("key.pem"));
+    snprintf(cmd, sizeof cmd,
+             "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=localhost "
+             "-keyout %s -out %s > /dev/null 2>&1",
+             key, cert);
+    assert_int_equal(WEXITSTATUS(system(cmd)), 0);
+    char extra[800];
+    snprintf(extra, sizeof extra, "tls_cert = %s\ntls_key = %s", cert, key);
+    struct relay_proc r;
+    relay_start(&r, "tls", extra);
+    struct tclient *a = tc_registered(&r, "sven", 1);
+    struct tclient *b = tc_registered(&r, "tina", 1);
+    assert_int_equal(tc_start_session(a, "tina"), 0);
+    uint8_t *env = NULL, mid[16];
+    size_t len;
+    assert_int_equal(hush_encrypt(a->sdk, "tina", 1, (const uint8_t *)"over tls", 8, NULL, mid, &env, &len), HUSH_OK);
+    assert_int_equal(tc_send(a, "tina", 1, env, len, mid, NULL), 0);
+    hush_free(env);
+    Hush__Frame *d = tc_next_push(b, HUSH__FRAME__MSG_DELIVER, T);
+    assert_non_null(d);
+    hush_message *m = NULL;
+    assert_int_equal(hush_decrypt(b->sdk, "sven", 1, d->deliver->envelope.data, d->deliver->envelope.len, &m), HUSH_OK);
+    assert_string_equal((char *)m->body, "over tls");
+    hush_message_free(m);
+    hush__frame__free_unpacked(d, NULL);
+    /* a plain ws:// client is not understood by the TLS listener */
+    assert_null(wsc_connect("127.0.0.1", r.port, 0, 2000));
+    tc_free(a);
+    tc_free(b);
+    assert_int_equal(relay_stop(&r, SIGTERM), 0);
+}
+
+/* [1] kill -9 under load, many times: every acknowledged message is delivered exactly once after
+ * the restarts, and PRAGMA integrity_check is ok. */
+static void test_kill9_under_load(void **state)
+{
+    (void)state;
+    struct relay_proc r;
+    relay_start(&r, "kill9", NULL);
+    struct tclient *s = tc_registered(&r, "uwe", 1);
+    struct tclient *d = tc_registered(&r, "vera", 1);
+    tc_disconnect(d);
+    enum { KILLS = 12, MAXMSG = 40000 };
+    static uint8_t acked[MAXMSG];
+    static uint8_t seen[MAXMSG];
+    memset(acked, 0, sizeof acked);
+    memset(seen, 0, sizeof seen);
+    int next = 0, total_acked = 0, lost_replies = 0;
+    rnd_seed(42);
+    for (int k = 0; k < KILLS; k++) {
+        /* a child process kills the relay at a random moment while we send */
+        pid_t killer = fork();
+        if (killer == 0) {
+            msleep(50 + (long)(rnd() % 250));
+            kill(r.pid, SIGKILL);
+            _exit(0);
+        }
+        for (;;) {
+            if (next >= MAXMSG)
+                break;
+            uint8_t env[80], mid[16];
+            randombytes_buf(env, sizeof env);
+            memset(mid, 0, sizeof mid);
+            memcpy(mid, &next, sizeof next); /* the message number rides in the client id */
+            memcpy(env, &next, sizeof next);
+            int code = tc_send(s, "vera", 1, env, sizeof env, mid, NULL);
+            if (code == 0) {
+                acked[next] = 1;
+                total_acked++;
+                next++;
+            } else {
+                lost_replies++; /* no ack: the sender would retry with the same id */
+                break;
+            }
+        }
+        int st;
+        waitpid(killer, &st, 0);
+        waitpid(r.pid, &st, 0);
+        r.pid = 0;
+        /* the database survives every kill */
+        sqlite3 *db = NULL;
+        assert_int_equal(sqlite3_open_v2(r.db, &db, SQLITE_OPEN_READWRITE, NULL), SQLITE_OK);
+        sqlite3_stmt *q = NULL;
+        assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA integrity_check", -1, &q, NULL), SQLITE_OK);
+        assert_int_equal(sqlite3_step(q), SQLITE_ROW);
+        assert_string_equal((const char *)sqlite3_column_text(q, 0), "ok");
+        sqlite3_finalize(q);
+        sqlite3_close(db);
+        relay_restart(&r);
+        assert_int_equal(tc_reconnect(s), 0);
+        assert_int_equal(tc_login(s), 0);
+        /* retry the unacknowledged one with the same id: stored at most once */
+        if (next < MAXMSG && !acked[next]) {
+            uint8_t env[80], mid[16];
+            randombytes_buf(env, sizeof env);
+            memset(mid, 0, sizeof mid);
+            memcpy(mid, &next, sizeof next);
+            memcpy(env, &next, sizeof next);
+            assert_int_equal(tc_send(s, "vera", 1, env, sizeof env, mid, NULL), 0);
+            acked[next] = 1;
+            total_acked++;
+            next++;
+        }
+    }
+    print_message("kill -9: %d kills, %d messages acknowledged, %d sends cut off by a kill\n", KILLS, total_acked,
+                  lost_replies);
+    assert_true(total_acked >= 1000);
+    /* the recipient drains everything: each acknowledged message exactly once */
+    assert_int_equal(tc_reconnect(d), 0);
+    assert_int_equal(tc_login(d), 0);
+    int got = 0;
+    for (;;) {
+        Hush__Frame *f = tc_next_push(d, HUSH__FRAME__MSG_DELIVER, 3000);
+        if (!f)
+            break;
+        int num;
+        memcpy(&num, f->deliver->envelope.data, sizeof num);
+        assert_true(num >= 0 && num < MAXMSG);
+        if (seen[num])
+            fail_msg("message %d delivered twice", num);
+        seen[num] = 1;
+        got++;
+        uint64_t seq = f->deliver->seq;
+        hush__frame__free_unpacked(f, NULL);
+        assert_int_equal(tc_ack(d, &seq, 1), 0);
+    }
+    for (int i = 0; i < next; i++)
+        if (acked[i] && !seen[i])
+            fail_msg("acknowledged message %d lost", i);
+    assert_int_equal(got, total_acked);
+    tc_free(s);
+    tc_free(d);
+    assert_int_equal(relay_stop(&r, SIGTERM), 0);
+}
+
+/* [25] the relay's database, log and traffic never hold a plaintext. */
+static void test_canary(void **state)
+{
+    (void)state;
+    struct relay_proc r;
+    relay_start(&r, "canary", NULL);
+    struct tclient *a = tc_registered(&r, "walt", 1);
+    struct tclient *b = tc_registered(&r, "xena", 1);
+    assert_int_equal(tc_start_session(a, "xena"), 0);
+    const char *canary = "CANARY-relay-9b41e2-this-text-must-never-reach-the-relay-in-clear";
+    FILE *cap = fopen(tpath("traffic.bin"), "wb");
+    wsc_capture(cap); /* ws:// here, so these are the exact bytes on the wire, both directions */
+    tc_disconnect(b); /* stored, not only relayed */
+    for (int i = 0; i < 20; i++) {
+        uint8_t *env = NULL, mid[16];
+        size_t len;
+        assert_int_equal(hush_encrypt(a->sdk, "xena", 1, (const uint8_t *)canary, strlen(canary), NULL, mid, &env, &len),
+                         HUSH_OK);
+        assert_int_equal(tc_send(a, "xena", 1, env, len, mid, NULL), 0);
+        hush_free(env);
+    }
+    assert_int_equal(tc_reconnect(b), 0);
+    assert_int_equal(tc_login(b), 0);
+    for (int i = 0; i < 20; i++) {
+        Hush__Frame *d = tc_next_push(b, HUSH__FRAME__MSG_DELIVER, T);
+        assert_non_null(d);
+        hush_message *m = NULL;
+        assert_int_equal(hush_decrypt(b->sdk, "walt", 1, d->deliver->envelope.data, d->deliver->envelope.len, &m), HUSH_OK);
+        assert_string_equal((char *)m->body, canary); /* the canary really was in these messages */
+        hush_message_free(m);
+        uint64_t seq = d->deliver->seq;
+        hush__frame__free_unpacked(d, NULL);
+        if (i >= 10)
+            assert_int_equal(tc_ack(b, &seq, 1), 0); /* half stay stored */
+    }
+    wsc_capture(NULL);
+    fclose(cap);
+    tc_free(a);
+    tc_free(b);
+    /* while the database still holds copies: check before and after a clean stop */
+    char wal[320];
+    snprintf(wal, sizeof wal, "%s-wal", r.db);
+    assert_false(file_contains(r.db, canary, strlen(canary)));
+    assert_false(file_contains(wal, canary, strlen(canary)));
+    assert_int_equal(relay_stop(&r, SIGTERM), 0);
+    assert_false(file_contains(r.db, canary, strlen(canary)));
+    assert_false(file_contains(r.log, canary, strlen(canary)));
+    assert_false(file_contains(tpath("traffic.bin"), canary, strlen(canary)));
+    /* and the search itself works: usernames are in the log and in both directions of traffic */
+    assert_true(file_contains(r.log, "walt", 4));
+    assert_true(file_contains(tpath("traffic.bin"), "xena", 4)); /* client -> relay (Send) */
+    assert_true(file_contains(tpath("traffic.bin"), "walt", 4)); /* relay -> client (Deliver) */
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_hostile_frames),
+        cmocka_unit_test(test_slowloris),
+        cmocka_unit_test(test_keepalive),
+        cmocka_unit_test(test_flood),
+        cmocka_unit_test(test_corrupt_database),
+        cmocka_unit_test(test_tls),
+        cmocka_unit_test(test_kill9_under_load),
+        cmocka_unit_test(test_canary),
+    };
+    return cmocka_run_group_tests_name("relay_faults", tests, NULL, NULL);
+}
