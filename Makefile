@@ -1,6 +1,8 @@
 # Hush - top-level GNU Makefile.
 #
-#   make run       set up dependencies, build, and run the two-party demo (hushd once it exists)
+#   make run       set up dependencies, build, and run hushd in the foreground on the defaults
+#                  (ws://127.0.0.1:7443, ./var/hushd.db); Ctrl-C stops it cleanly
+#   make demo      the local end-to-end demo (two parties, no relay needed)
 #   make test      set up dependencies, build everything, run every test suite
 #   make deps      check/install the Debian 12 packages the build needs
 #   make all       build the libraries, the CLI, the tests and the benchmarks
@@ -81,7 +83,7 @@ HUSH_PC := $(BUILD)/lib/pkgconfig/hush.pc
 HUSH_CLI := $(BUILD)/bin/hush
 HUSHD := $(BUILD)/bin/hushd
 
-.PHONY: all libs deps run test test-run bench bench-run check clean demo
+.PHONY: all libs deps run run-relay test test-run bench bench-run check clean demo
 .SECONDARY:
 
 all: libs $(HUSH_CLI) $(HUSHD) $(TEST_BIN) $(BENCH_BIN)
@@ -169,9 +171,13 @@ $(BUILD)/bench/%: $(BUILD)/obj/bench/%.o $(LIBHUSH_A)
 # the two commands
 
 run: deps
-	$(Q)$(MAKE) --no-print-directory demo
+	$(Q)$(MAKE) --no-print-directory run-relay
 
-demo: $(HUSH_CLI)
+run-relay: $(HUSHD) $(HUSH_CLI)
+	$(Q)exec ./$(HUSHD) $(HUSHD_ARGS)
+
+demo: deps
+	$(Q)$(MAKE) --no-print-directory $(HUSH_CLI)
 	$(Q)./$(HUSH_CLI) demo
 
 test: deps
@@ -185,7 +191,8 @@ test-run: all $(HUSHD)
 	    total=$$((total + 1)); \
 	    echo "=== $$t"; \
 	    dir=$$(mktemp -d /tmp/hush-test.XXXXXX); \
-	    if ! (cd $$dir && HUSH_TEST_TMP=$$dir HUSHD=$(CURDIR)/$(HUSHD) $(CURDIR)/$$t); then failed=$$((failed + 1)); echo "*** FAILED: $$t"; \
+	    if ! (cd $$dir && HUSH_TEST_TMP=$$dir HUSHD=$(CURDIR)/$(HUSHD) \
+	          LSAN_OPTIONS=suppressions=$(CURDIR)/mk/lsan.supp:print_suppressions=0 $(CURDIR)/$$t); then failed=$$((failed + 1)); echo "*** FAILED: $$t"; \
 	    else rm -rf $$dir; fi; \
 	done; \
 	echo "test suites: $$((total - failed)) passed, $$failed failed"; \
