@@ -162,10 +162,10 @@ $(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(TEST_UTIL_OBJ) $(LIBHUSH_A)
 	$(Q)$(CC) $(LDFLAGS_ALL) -o $@ $< $(TEST_UTIL_OBJ) $(LIBHUSH_A) $(LIBS) $(SSL_LIBS) $(CMOCKA_LIBS)
 
 $(BUILD)/obj/bench/%.o: ALL_CFLAGS += -Isdk -Wno-missing-prototypes
-$(BUILD)/bench/%: $(BUILD)/obj/bench/%.o $(LIBHUSH_A)
+$(BUILD)/bench/%: $(BUILD)/obj/bench/%.o $(BUILD)/obj/tests/wsc.o $(LIBHUSH_A)
 	$(E) "  LD      $@"
 	$(Q)mkdir -p $(dir $@)
-	$(Q)$(CC) $(LDFLAGS_ALL) -o $@ $< $(LIBHUSH_A) $(LIBS)
+	$(Q)$(CC) $(LDFLAGS_ALL) -o $@ $< $(BUILD)/obj/tests/wsc.o $(LIBHUSH_A) $(LIBS) $(SSL_LIBS)
 
 # ---------------------------------------------------------------------------------------------
 # the two commands
@@ -201,8 +201,8 @@ test-run: all $(HUSHD)
 bench: deps
 	$(Q)$(MAKE) --no-print-directory bench-run
 
-bench-run: $(BENCH_BIN)
-	$(Q)for b in $(BENCH_BIN); do echo "=== $$b"; ./$$b || exit 1; done
+bench-run: $(BENCH_BIN) $(HUSHD)
+	$(Q)for b in $(BENCH_BIN); do echo "=== $$b"; HUSHD=$(CURDIR)/$(HUSHD) ./$$b || exit 1; done
 
 check:
 	cppcheck --quiet --error-exitcode=1 --enable=warning,portability --std=c11 \
