@@ -476,6 +476,64 @@ static void test_canary(void **state)
     assert_true(file_contains(tpath("traffic.bin"), "walt", 4)); /* relay -> client (Deliver) */
 }
 
+/* hushd --supervise: the child is restarted after kill -9; SIGTERM to the parent stops both. */
+static void test_supervisor(void **state)
+{
+    (void)state;
+    struct relay_proc r;
+    relay_start(&r, "supervise", NULL);
+    struct tclient *c = tc_registered(&r, "yves", 1);
+    tc_free(c);
+    assert_int_equal(relay_stop(&r, SIGTERM), 0);
+    pid_t parent = fork();
+    if (parent == 0) {
+        execl(getenv("HUSHD"), "hushd", "--supervise", "--config", r.config, (char *)NULL);
+        _exit(127);
+    }
+    pid_t child = 0;
+    for (int i = 0; i < 100 && !child; i++) {
+        msleep(100);
+        char cmd[64], line[32];
+        snprintf(cmd, sizeof cmd, "pgrep -P %d", (int)parent);
+        FILE *p = popen(cmd, "r");
+        if (p && fgets(line, sizeof line, p))
+            child = atoi(line);
+        if (p)
+            pclose(p);
+    }
+    assert_true(child > 0);
+    r.pid = child; /* for the helpers' health checks */
+    c = tc_new(&r, "yves", 1);
+    assert_int_equal(tc_login(c), 0);
+    tc_disconnect(c);
+    kill(child, SIGKILL);
+    pid_t child2 = 0;
+    for (int i = 0; i < 100 && (!child2 || child2 == child); i++) {
+        msleep(100);
+        char cmd[64], line[32];
+        snprintf(cmd, sizeof cmd, "pgrep -P %d", (int)parent);
+        FILE *p = popen(cmd, "r");
+        child2 = (p && fgets(line, sizeof line, p)) ? atoi(line) : 0;
+        if (p)
+            pclose(p);
+    }
+    assert_true(child2 > 0 && child2 != child);
+    int ok = 0;
+    for (int i = 0; i < 100 && !ok; i++) {
+        msleep(100);
+        ok = tc_reconnect(c) == 0;
+    }
+    assert_true(ok);
+    assert_int_equal(tc_login(c), 0);
+    tc_free(c);
+    kill(parent, SIGTERM);
+    int st = 0;
+    assert_int_equal(waitpid(parent, &st, 0), parent);
+    assert_true(WIFEXITED(st));
+    assert_int_equal(WEXITSTATUS(st), 0);
+    assert_int_equal(kill(child2, 0), -1); /* the child is gone too */
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -487,6 +545,7 @@ int main(void)
         cmocka_unit_test(test_tls),
         cmocka_unit_test(test_kill9_under_load),
         cmocka_unit_test(test_canary),
+        cmocka_unit_test(test_supervisor),
     };
     return cmocka_run_group_tests_name("relay_faults", tests, NULL, NULL);
 }
