@@ -119,8 +119,8 @@ static int run_relay(const struct relay_config *cfg)
     if (cfg->metrics_port)
         printf("health and metrics: http://%s:%d/healthz  http://%s:%d/metrics\n", cfg->metrics_host, cfg->metrics_port,
                cfg->metrics_host, cfg->metrics_port);
-    printf("connect a client with: hush init --relay %s://%s:%d --user NAME\n", cfg->tls_cert[0] ? "wss" : "ws",
-           cfg->listen_host, cfg->listen_port);
+    printf("clients connect to %s://%s:%d/ (protocol: docs/PROTOCOL.md); Ctrl-C or SIGTERM stops cleanly\n",
+           cfg->tls_cert[0] ? "wss" : "ws", cfg->listen_host, cfg->listen_port);
     fflush(stdout);
 
     int sig = 0;
