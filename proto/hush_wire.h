@@ -15,6 +15,12 @@
 #define HWIRE_PURPOSE_REGISTER "register"
 #define HWIRE_AUTH_MESSAGE_MAX 128
 
+#define HWIRE_USERNAME_MIN 3
+#define HWIRE_USERNAME_MAX 32
+
+/* 1 if s is a valid username: 3..32 characters of [a-z0-9._-]. */
+int hwire_valid_username(const char *s);
+
 /*
  * Builds the byte string a device signs with its Ed25519 key to prove possession:
  *   "hush-auth-v1" 0x00 purpose 0x00 challenge(32) username 0x00 device_id(4 bytes, big endian)

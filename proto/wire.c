@@ -30,3 +30,18 @@ size_t hwire_auth_message(uint8_t *out, size_t cap, const char *purpose, const u
     *p++ = (uint8_t)device_id;
     return (size_t)(p - out);
 }
+
+int hwire_valid_username(const char *s)
+{
+    if (!s)
+        return 0;
+    size_t n = strnlen(s, HWIRE_USERNAME_MAX + 1);
+    if (n < HWIRE_USERNAME_MIN || n > HWIRE_USERNAME_MAX)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        char ch = s[i];
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') || ch == '.' || ch == '_' || ch == '-'))
+            return 0;
+    }
+    return 1;
+}

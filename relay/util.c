@@ -18,17 +18,7 @@ uint64_t relay_now_ms(void)
 
 int relay_valid_username(const char *s)
 {
-    if (!s)
-        return 0;
-    size_t n = strnlen(s, RELAY_USERNAME_MAX + 1);
-    if (n < 3 || n > RELAY_USERNAME_MAX)
-        return 0;
-    for (size_t i = 0; i < n; i++) {
-        char ch = s[i];
-        if (!((ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') || ch == '.' || ch == '_' || ch == '-'))
-            return 0;
-    }
-    return 1;
+    return hwire_valid_username(s);
 }
 
 struct outbuf *outbuf_from_frame(const Hush__Frame *f, uint64_t seq)

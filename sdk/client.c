@@ -15,6 +15,7 @@
 #include <session_builder.h>
 #include <session_pre_key.h>
 
+#include "hush_wire.h"
 #include "internal.h"
 
 #define HUSH_VERSION_STRING "0.1.0"
@@ -120,17 +121,7 @@ uint64_t hush__now_ms(void)
 
 int hush__valid_username(const char *s)
 {
-    if (!s)
-        return 0;
-    size_t n = strnlen(s, HUSH_USERNAME_MAX + 1);
-    if (n < HUSH_USERNAME_MIN || n > HUSH_USERNAME_MAX)
-        return 0;
-    for (size_t i = 0; i < n; i++) {
-        char ch = s[i];
-        if (!((ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') || ch == '.' || ch == '_' || ch == '-'))
-            return 0;
-    }
-    return 1;
+    return hwire_valid_username(s);
 }
 
 int hush__valid_group_id(const char *s)
@@ -567,53 +558,67 @@ static hush_err pick_pre_key(hush_client *c, uint32_t *id)
     return hush__from_store(se);
 }
 
+hush_err hush__current_signed_pre_key(hush_client *c, session_signed_pre_key **spk, signal_buffer **pub,
+                                      Hush__SignedPreKey *out)
+{
+    int64_t id = 0;
+    int found = 0;
+    *spk = NULL;
+    *pub = NULL;
+    hush_err e = hush__meta_get_int(c, "current_signed_pre_key", &id, &found);
+    if (e)
+        return e;
+    if (!found)
+        return HUSH_ERR_NO_DEVICE;
+    if (signal_protocol_signed_pre_key_load_key(c->sc, spk, (uint32_t)id) != 0)
+        return c->store_err ? c->store_err : HUSH_ERR_STORAGE;
+    if (ec_public_key_serialize(pub, ec_key_pair_get_public(session_signed_pre_key_get_key_pair(*spk))) != 0) {
+        SIGNAL_UNREF(*spk);
+        *spk = NULL;
+        return HUSH_ERR_NOMEM;
+    }
+    hush__signed_pre_key__init(out);
+    out->id = (uint32_t)id;
+    out->public_key.data = signal_buffer_data(*pub);
+    out->public_key.len = signal_buffer_len(*pub);
+    out->signature.data = (uint8_t *)session_signed_pre_key_get_signature(*spk);
+    out->signature.len = session_signed_pre_key_get_signature_len(*spk);
+    out->timestamp_ms = session_signed_pre_key_get_timestamp(*spk);
+    return HUSH_OK;
+}
+
 static hush_err export_locked(hush_client *c, uint8_t **out, size_t *out_len)
 {
     hush_err e;
-    int64_t spk_id = 0;
-    int found = 0;
     uint32_t pk_id = 0;
     session_pre_key *pk = NULL;
     session_signed_pre_key *spk = NULL;
     ratchet_identity_key_pair *ikp = NULL;
     signal_buffer *pk_pub = NULL, *spk_pub = NULL, *id_pub = NULL;
     uint8_t auth[32];
+    Hush__SignedPreKey s;
 
     if ((e = hush__begin(c)))
         return e;
-    if ((e = hush__meta_get_int(c, "current_signed_pre_key", &spk_id, &found)))
+    if ((e = hush__current_signed_pre_key(c, &spk, &spk_pub, &s)) || (e = pick_pre_key(c, &pk_id)) ||
+        (e = hush__local_identity(c, &ikp)) || (e = hush_device_auth_key(c, auth)))
         goto out;
-    if (!found) {
-        e = HUSH_ERR_NO_DEVICE;
-        goto out;
-    }
-    if ((e = pick_pre_key(c, &pk_id)) || (e = hush__local_identity(c, &ikp)) || (e = hush_device_auth_key(c, auth)))
-        goto out;
-    if (signal_protocol_pre_key_load_key(c->sc, &pk, pk_id) != 0 ||
-        signal_protocol_signed_pre_key_load_key(c->sc, &spk, (uint32_t)spk_id) != 0) {
+    if (signal_protocol_pre_key_load_key(c->sc, &pk, pk_id) != 0) {
         e = c->store_err ? c->store_err : HUSH_ERR_STORAGE;
         goto out;
     }
     if (ec_public_key_serialize(&pk_pub, ec_key_pair_get_public(session_pre_key_get_key_pair(pk))) != 0 ||
-        ec_public_key_serialize(&spk_pub, ec_key_pair_get_public(session_signed_pre_key_get_key_pair(spk))) != 0 ||
         ec_public_key_serialize(&id_pub, ratchet_identity_key_pair_get_public(ikp)) != 0) {
         e = HUSH_ERR_NOMEM;
         goto out;
     }
     Hush__KeyBundle b = HUSH__KEY_BUNDLE__INIT;
-    Hush__SignedPreKey s = HUSH__SIGNED_PRE_KEY__INIT;
     Hush__PreKey p = HUSH__PRE_KEY__INIT;
     b.username = c->username;
     b.device_id = c->device_id;
     b.registration_id = c->registration_id;
     b.identity_key.data = signal_buffer_data(id_pub);
     b.identity_key.len = signal_buffer_len(id_pub);
-    s.id = (uint32_t)spk_id;
-    s.public_key.data = signal_buffer_data(spk_pub);
-    s.public_key.len = signal_buffer_len(spk_pub);
-    s.signature.data = (uint8_t *)session_signed_pre_key_get_signature(spk);
-    s.signature.len = session_signed_pre_key_get_signature_len(spk);
-    s.timestamp_ms = session_signed_pre_key_get_timestamp(spk);
     b.signed_pre_key = &s;
     p.id = pk_id;
     p.public_key.data = signal_buffer_data(pk_pub);

@@ -64,6 +64,11 @@ hush_err hush__save_peer_identity(hush_client *c, const char *name, uint32_t dev
 /* Buffers handed to the caller: sized so hush_free can wipe them. */
 void *hush__alloc(size_t n);
 
+/* The current signed prekey, ready for a KeyBundle or PreKeyUpload: on success *spk and *pub are
+ * the caller's (SIGNAL_UNREF / signal_buffer_free) and `out` points into them. Caller holds the lock. */
+hush_err hush__current_signed_pre_key(hush_client *c, session_signed_pre_key **spk, signal_buffer **pub,
+                                      Hush__SignedPreKey *out);
+
 /* errors */
 hush_err hush__from_store(hstore_err e);
 hush_err hush__from_signal(int rc);

@@ -69,8 +69,7 @@ static hush_err load_pre_key_pub(hush_client *c, uint32_t id, Hush__PreKey *pk, 
 static hush_err upload_locked(hush_client *c, uint32_t max_one_time, uint8_t **out, size_t *out_len, uint32_t *count)
 {
     hush_err e;
-    int64_t spk_id = 0;
-    int found = 0;
+    Hush__SignedPreKey s;
     session_signed_pre_key *spk = NULL;
     signal_buffer *spk_pub = NULL, *lr_buf = NULL;
     uint32_t *ids = NULL;
@@ -80,20 +79,8 @@ static hush_err upload_locked(hush_client *c, uint32_t max_one_time, uint8_t **o
 
     if ((e = hush__begin(c)))
         return e;
-    if ((e = hush__meta_get_int(c, "current_signed_pre_key", &spk_id, &found)))
+    if ((e = hush__current_signed_pre_key(c, &spk, &spk_pub, &s)))
         goto fail;
-    if (!found) {
-        e = HUSH_ERR_NO_DEVICE;
-        goto fail;
-    }
-    if (signal_protocol_signed_pre_key_load_key(c->sc, &spk, (uint32_t)spk_id) != 0) {
-        e = c->store_err ? c->store_err : HUSH_ERR_STORAGE;
-        goto fail;
-    }
-    if (ec_public_key_serialize(&spk_pub, ec_key_pair_get_public(session_signed_pre_key_get_key_pair(spk))) != 0) {
-        e = HUSH_ERR_NOMEM;
-        goto fail;
-    }
     sqlite3_stmt *st;
     hstore_err se = hstore_prepare(c->db, "SELECT id FROM pre_keys WHERE exported = 0 AND id != ?1 ORDER BY id LIMIT ?2", &st);
     if (se) {
@@ -139,13 +126,6 @@ static hush_err upload_locked(hush_client *c, uint32_t max_one_time, uint8_t **o
     Hush__PreKey lr;
     if ((e = load_pre_key_pub(c, HUSH_LAST_RESORT_PREKEY_ID, &lr, &lr_buf)))
         goto fail;
-    Hush__SignedPreKey s = HUSH__SIGNED_PRE_KEY__INIT;
-    s.id = (uint32_t)spk_id;
-    s.public_key.data = signal_buffer_data(spk_pub);
-    s.public_key.len = signal_buffer_len(spk_pub);
-    s.signature.data = (uint8_t *)session_signed_pre_key_get_signature(spk);
-    s.signature.len = session_signed_pre_key_get_signature_len(spk);
-    s.timestamp_ms = session_signed_pre_key_get_timestamp(spk);
     Hush__PreKeyUpload up = HUSH__PRE_KEY_UPLOAD__INIT;
     up.signed_pre_key = &s;
     up.n_one_time_pre_keys = nids;
