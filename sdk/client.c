@@ -51,6 +51,14 @@ const char *hush_strerror(hush_err err)
     case HUSH_ERR_SAFETY_MISMATCH: return "safety number mismatch";
     case HUSH_ERR_NO_GROUP_SESSION: return "no sender key for that group member";
     case HUSH_ERR_INTERNAL: return "internal error";
+    case HUSH_ERR_NETWORK: return "relay unreachable or connection lost";
+    case HUSH_ERR_AUTH_FAILED: return "relay refused this device's login";
+    case HUSH_ERR_USERNAME_TAKEN: return "username already taken on this relay";
+    case HUSH_ERR_REGISTRATION_REFUSED: return "registration refused (closed, or invite missing or invalid)";
+    case HUSH_ERR_UNKNOWN_USER: return "no such user on the relay";
+    case HUSH_ERR_TIMEOUT: return "timed out";
+    case HUSH_ERR_NOT_RUNNING: return "network not started";
+    case HUSH_ERR_RELAY: return "unexpected error from the relay";
     }
     return "unknown error";
 }
@@ -248,6 +256,7 @@ hush_err hush_client_open(const char *db_path, const uint8_t db_key[HUSH_DB_KEY_
     pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_RECURSIVE);
     pthread_mutex_init(&c->lock, &attr);
     pthread_mutexattr_destroy(&attr);
+    pthread_mutex_init(&c->net_mu, NULL);
 
     /* Derive the sealing key so the app's key is never used directly. */
     crypto_kdf_derive_from_key(c->seal_key, sizeof c->seal_key, 1, "hushseal", db_key);
@@ -284,12 +293,14 @@ void hush_client_close(hush_client *c)
 {
     if (!c)
         return;
+    hush_net_stop(c);
     if (c->sc)
         signal_protocol_store_context_destroy(c->sc);
     if (c->sg)
         signal_context_destroy(c->sg);
     hstore_close(c->db);
     pthread_mutex_destroy(&c->lock);
+    pthread_mutex_destroy(&c->net_mu);
     sodium_memzero(c, sizeof *c);
     free(c);
 }

@@ -28,8 +28,9 @@ hush_err hush__history_insert(hush_client *c, const char *peer, uint32_t peer_de
     sqlite3_stmt *st;
     if (duplicate)
         *duplicate = 0;
+    /* Incoming rows start not yet notified (the networked SDK calls the app, then marks them). */
     hstore_err se = hstore_prepare(c->db, "INSERT INTO history (peer, peer_device, outgoing, message_id, kind, group_id, "
-                                          "sent_at, received_at, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) "
+                                          "sent_at, received_at, body, notified) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?3) "
                                           "ON CONFLICT DO NOTHING", &st);
     if (se)
         return hush__from_store(se);
@@ -182,13 +183,38 @@ hush_err hush_history_delete(hush_client *c, int64_t local_id)
 /* ---------------------------------------------------------------------------------------- */
 /* outbox */
 
-static void outbox_ad(char *ad, size_t cap, const char *peer, const uint8_t mid[16])
+void hush__outbox_ad(char *ad, size_t cap, const char *peer, const uint8_t mid[16])
 {
     char hex[33];
     sodium_bin2hex(hex, sizeof hex, mid, 16);
     char name[HUSH_USERNAME_MAX + 40];
     int n = snprintf(name, sizeof name, "%s/%s", peer, hex);
     hush__ad(ad, cap, "outbox", name, (size_t)n, 0, 0);
+}
+
+/* Inserts a sealed outbox row. Caller holds the lock (and a savepoint if it needs atomicity). */
+hush_err hush__outbox_insert(hush_client *c, const char *peer, int kind, const uint8_t mid[16], const uint8_t *body,
+                             size_t len)
+{
+    char ad[160];
+    hush__outbox_ad(ad, sizeof ad, peer, mid);
+    uint8_t *ct = NULL;
+    size_t clen = 0;
+    hush_err e = hush__seal(c, ad, body, len, &ct, &clen);
+    if (e)
+        return e;
+    sqlite3_stmt *st;
+    hstore_err se = hstore_prepare(c->db, "INSERT INTO outbox (peer, message_id, created_at, body, kind) VALUES (?1, ?2, ?3, ?4, ?5)", &st);
+    if (!se) {
+        sqlite3_bind_text(st, 1, peer, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_blob(st, 2, mid, 16, SQLITE_TRANSIENT);
+        sqlite3_bind_int64(st, 3, (int64_t)hush__now_ms());
+        sqlite3_bind_blob(st, 4, ct, (int)clen, SQLITE_TRANSIENT);
+        sqlite3_bind_int(st, 5, kind);
+        se = hstore_run(c->db, st);
+    }
+    free(ct);
+    return hush__from_store(se);
 }
 
 hush_err hush_outbox_put(hush_client *c, const char *peer, const uint8_t *body, size_t len,
@@ -200,25 +226,8 @@ hush_err hush_outbox_put(hush_client *c, const char *peer, const uint8_t *body, 
         return HUSH_ERR_TOO_BIG;
     uint8_t mid[16];
     randombytes_buf(mid, sizeof mid);
-    char ad[160];
-    outbox_ad(ad, sizeof ad, peer, mid);
-    uint8_t *ct = NULL;
-    size_t clen = 0;
     hush__lock(c);
-    hush_err e = hush__seal(c, ad, body, len, &ct, &clen);
-    if (!e) {
-        sqlite3_stmt *st;
-        hstore_err se = hstore_prepare(c->db, "INSERT INTO outbox (peer, message_id, created_at, body) VALUES (?1, ?2, ?3, ?4)", &st);
-        if (!se) {
-            sqlite3_bind_text(st, 1, peer, -1, SQLITE_TRANSIENT);
-            sqlite3_bind_blob(st, 2, mid, 16, SQLITE_TRANSIENT);
-            sqlite3_bind_int64(st, 3, (int64_t)hush__now_ms());
-            sqlite3_bind_blob(st, 4, ct, (int)clen, SQLITE_TRANSIENT);
-            se = hstore_run(c->db, st);
-        }
-        e = hush__from_store(se);
-        free(ct);
-    }
+    hush_err e = hush__outbox_insert(c, peer, HUSH__CONTENT_KIND__CONTENT_TEXT, mid, body, len);
     hush__unlock(c);
     if (!e && message_id_out)
         memcpy(message_id_out, mid, 16);
@@ -266,7 +275,7 @@ hush_err hush_outbox_next(hush_client *c, hush_outbox_entry **out)
             o->created_at_ms = (uint64_t)sqlite3_column_int64(st, 3);
             o->attempts = (uint32_t)sqlite3_column_int64(st, 4);
             char ad[160];
-            outbox_ad(ad, sizeof ad, o->peer, o->message_id);
+            hush__outbox_ad(ad, sizeof ad, o->peer, o->message_id);
             uint8_t *pt = NULL;
             size_t len = 0;
             e = hush__open(c, ad, sqlite3_column_blob(st, 5), (size_t)sqlite3_column_bytes(st, 5), &pt, &len);

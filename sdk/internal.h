@@ -17,8 +17,12 @@
 #define HUSH_SEAL_KEY_BYTES 32
 #define HUSH_IDENTITY_PUB_BYTES 33
 
+struct hush_net;
+
 struct hush_client {
     pthread_mutex_t lock; /* recursive; also handed to libsignal as its lock */
+    struct hush_net *net; /* the network thread, when started (net.c) */
+    pthread_mutex_t net_mu; /* guards `net` against start/stop while someone wakes it */
     hstore *db;
     signal_context *sg;
     signal_protocol_store_context *sc;
@@ -92,6 +96,17 @@ hush_err hush__history_insert(hush_client *c, const char *peer, uint32_t peer_de
                               const uint8_t msg_id[16], int kind, const char *group_id,
                               uint64_t sent_at, const uint8_t *body, size_t len, int64_t *local_id,
                               int *duplicate);
+
+/* history.c: outbox rows */
+void hush__outbox_ad(char *ad, size_t cap, const char *peer, const uint8_t mid[16]);
+hush_err hush__outbox_insert(hush_client *c, const char *peer, int kind, const uint8_t mid[16], const uint8_t *body,
+                             size_t len);
+
+/* messaging.c */
+hush_err hush__apply_receipt(hush_client *c, const char *peer, int state, const uint8_t *ids, size_t n);
+hush_err hush__encrypt_kind(hush_client *c, const char *peer, uint32_t device_id, int kind, const uint8_t *body,
+                            size_t len, const uint8_t mid[HUSH_MESSAGE_ID_BYTES], int history, uint8_t **envelope,
+                            size_t *envelope_len);
 
 /* session.c helpers for group.c */
 hush_err hush__encrypt_content(hush_client *c, const char *peer, uint32_t dev, Hush__Content *content,

@@ -18,6 +18,7 @@
 #include <session_cipher.h>
 
 #include "internal.h"
+#include "net.h"
 
 hush_err hush__after_untrusted(hush_client *c);
 
@@ -98,6 +99,44 @@ out:
     return e;
 }
 
+/* Encrypts a Content of `kind` for one device and commits the new session state (and, when
+ * `history` is set, the outgoing history row) before returning the envelope. Caller holds the lock. */
+hush_err hush__encrypt_kind(hush_client *c, const char *peer, uint32_t device_id, int kind, const uint8_t *body,
+                            size_t len, const uint8_t mid[HUSH_MESSAGE_ID_BYTES], int history, uint8_t **envelope,
+                            size_t *envelope_len)
+{
+    Hush__Content content = HUSH__CONTENT__INIT;
+    content.message_id.data = (uint8_t *)mid;
+    content.message_id.len = HUSH_MESSAGE_ID_BYTES;
+    content.kind = (Hush__ContentKind)kind;
+    content.body.data = (uint8_t *)body;
+    content.body.len = len;
+    content.sent_at_ms = hush__now_ms();
+    uint8_t *env = NULL;
+    size_t env_len = 0;
+    hush_err e;
+    if (!c->has_device)
+        return HUSH_ERR_NO_DEVICE;
+    if ((e = hush__begin(c)))
+        return e;
+    e = hush__encrypt_content(c, peer, device_id, &content, &env, &env_len);
+    if (e == HUSH_OK && history)
+        e = hush__history_insert(c, peer, 0, 1, mid, HUSH_KIND_TEXT, "", content.sent_at_ms, body, len, NULL, NULL);
+    if (e) {
+        hush__rollback(c);
+        hush_free(env);
+        return e;
+    }
+    /* The new ratchet state is durable before the ciphertext exists for the caller. */
+    if ((e = hush__commit(c))) {
+        hush_free(env);
+        return e;
+    }
+    *envelope = env;
+    *envelope_len = env_len;
+    return HUSH_OK;
+}
+
 hush_err hush_encrypt(hush_client *c, const char *peer, uint32_t device_id, const uint8_t *body, size_t len,
                       const uint8_t message_id[HUSH_MESSAGE_ID_BYTES], uint8_t message_id_out[HUSH_MESSAGE_ID_BYTES],
                       uint8_t **envelope, size_t *envelope_len)
@@ -115,44 +154,12 @@ hush_err hush_encrypt(hush_client *c, const char *peer, uint32_t device_id, cons
         memcpy(mid, message_id, sizeof mid);
     else
         randombytes_buf(mid, sizeof mid);
-
-    Hush__Content content = HUSH__CONTENT__INIT;
-    content.message_id.data = mid;
-    content.message_id.len = sizeof mid;
-    content.kind = HUSH__CONTENT_KIND__CONTENT_TEXT;
-    content.body.data = (uint8_t *)body;
-    content.body.len = len;
-    content.sent_at_ms = hush__now_ms();
-
     hush__lock(c);
-    hush_err e;
-    uint8_t *env = NULL;
-    size_t env_len = 0;
-    if (!c->has_device) {
-        e = HUSH_ERR_NO_DEVICE;
-        goto unlock;
-    }
-    if ((e = hush__begin(c)))
-        goto unlock;
-    e = hush__encrypt_content(c, peer, device_id, &content, &env, &env_len);
-    if (e == HUSH_OK)
-        e = hush__history_insert(c, peer, 0, 1, mid, HUSH_KIND_TEXT, "", content.sent_at_ms, body, len, NULL, NULL);
-    if (e) {
-        hush__rollback(c);
-        hush_free(env);
-        goto unlock;
-    }
-    /* The new ratchet state is durable before the ciphertext exists for the caller. */
-    if ((e = hush__commit(c))) {
-        hush_free(env);
-        goto unlock;
-    }
-    *envelope = env;
-    *envelope_len = env_len;
-    if (message_id_out)
-        memcpy(message_id_out, mid, sizeof mid);
-unlock:
+    hush_err e = hush__encrypt_kind(c, peer, device_id, HUSH__CONTENT_KIND__CONTENT_TEXT, body, len, mid, 1, envelope,
+                                    envelope_len);
     hush__unlock(c);
+    if (e == HUSH_OK && message_id_out)
+        memcpy(message_id_out, mid, sizeof mid);
     return e;
 }
 
@@ -275,6 +282,22 @@ static hush_err decrypt_locked(hush_client *c, const char *peer, uint32_t dev, c
         }
         kind = HUSH_KIND_GROUP_KEY;
         e = hush__process_skdm(c, peer, dev, content->group_id, content->body.data, content->body.len);
+    } else if (content->kind == HUSH__CONTENT_KIND__CONTENT_RECEIPT && !is_group) {
+        /* body: state (1 byte: 2 delivered, 3 read) then 1..256 message ids of ours */
+        size_t n = content->body.len;
+        if (n < 1 + HUSH_MESSAGE_ID_BYTES || (n - 1) % HUSH_MESSAGE_ID_BYTES != 0 || (n - 1) / HUSH_MESSAGE_ID_BYTES > 256 ||
+            (content->body.data[0] != 2 && content->body.data[0] != 3)) {
+            e = HUSH_ERR_BAD_MESSAGE;
+            goto fail;
+        }
+        kind = HUSH_KIND_RECEIPT;
+        e = hush__apply_receipt(c, peer, content->body.data[0], content->body.data + 1, (n - 1) / HUSH_MESSAGE_ID_BYTES);
+    } else if (content->kind == HUSH__CONTENT_KIND__CONTENT_TYPING && !is_group) {
+        if (content->body.len != 1) {
+            e = HUSH_ERR_BAD_MESSAGE;
+            goto fail;
+        }
+        kind = HUSH_KIND_TYPING;
     } else {
         e = HUSH_ERR_BAD_MESSAGE; /* kinds this version does not handle: refuse, state untouched */
     }
@@ -527,6 +550,8 @@ hush_err hush_identity_accept(hush_client *c, const char *peer, uint32_t device_
             hush__rollback(c);
     }
     hush__unlock(c);
+    if (e == HUSH_OK)
+        hush__net_wake(c, NET_WAKE_IDENTITY); /* held messages are decrypted, held sends resume */
     return e;
 }
 
@@ -539,6 +564,17 @@ hush_err hush_identity_reject(hush_client *c, const char *peer, uint32_t device_
     hush_err e = pending_key(c, peer, device_id, key);
     if (e == HUSH_OK)
         e = delete_pending(c, peer, device_id);
+    if (e == HUSH_OK) {
+        /* messages held under the rejected key are dropped */
+        sqlite3_stmt *st;
+        hstore_err se = hstore_prepare(c->db, "DELETE FROM pending_inbox WHERE peer = ?1 AND device_id = ?2", &st);
+        if (!se) {
+            sqlite3_bind_text(st, 1, peer, -1, SQLITE_TRANSIENT);
+            sqlite3_bind_int64(st, 2, device_id);
+            se = hstore_run(c->db, st);
+        }
+        e = hush__from_store(se);
+    }
     hush__unlock(c);
     return e;
 }

@@ -56,6 +56,24 @@ const char *const hush__migrations[] = {
     "  id INTEGER PRIMARY KEY AUTOINCREMENT,"
     "  peer TEXT NOT NULL, message_id BLOB NOT NULL UNIQUE, created_at INTEGER NOT NULL,"
     "  attempts INTEGER NOT NULL DEFAULT 0, body BLOB NOT NULL);",
+    /* 1 -> 2: the networked SDK */
+    "ALTER TABLE history ADD COLUMN state INTEGER NOT NULL DEFAULT 0;"  /* outgoing: 0 queued .. 3 read, -1 failed */
+    "ALTER TABLE history ADD COLUMN notified INTEGER NOT NULL DEFAULT 1;" /* incoming: app callback done */
+    "CREATE INDEX history_unnotified ON history (id) WHERE notified = 0;"
+    "ALTER TABLE outbox ADD COLUMN kind INTEGER NOT NULL DEFAULT 1;"
+    /* ciphertexts made for an outbox message, so a retry resends the same bytes */
+    "CREATE TABLE outbox_envelopes ("
+    "  message_id BLOB NOT NULL, device_id INTEGER NOT NULL, envelope BLOB NOT NULL,"
+    "  PRIMARY KEY (message_id, device_id)) WITHOUT ROWID;"
+    "CREATE TABLE peer_devices ("
+    "  peer TEXT NOT NULL, device_id INTEGER NOT NULL, fetched_at INTEGER NOT NULL,"
+    "  PRIMARY KEY (peer, device_id)) WITHOUT ROWID;"
+    /* envelopes held until the user decides about a changed identity */
+    "CREATE TABLE pending_inbox ("
+    "  id INTEGER PRIMARY KEY AUTOINCREMENT, peer TEXT NOT NULL, device_id INTEGER NOT NULL,"
+    "  envelope BLOB NOT NULL, received_at INTEGER NOT NULL);"
+    "CREATE TABLE presence_prefs ("
+    "  kind INTEGER NOT NULL, username TEXT NOT NULL, PRIMARY KEY (kind, username)) WITHOUT ROWID;",
 };
 const int hush__nmigrations = (int)(sizeof hush__migrations / sizeof hush__migrations[0]);
 

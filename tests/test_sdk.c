@@ -81,7 +81,7 @@ static void test_open_errors(void **state)
     assert_int_equal(hush_client_open(tpath("junk.db"), key, NULL, &c), HUSH_ERR_DB_CORRUPT);
     assert_null(c);
     assert_string_equal(hush_strerror(HUSH_ERR_DB_CORRUPT), "database file is corrupt, truncated or not a database");
-    for (int e = 0; e <= HUSH_ERR_INTERNAL; e++)
+    for (int e = 0; e <= HUSH_ERR_LAST; e++)
         assert_non_null(hush_strerror((hush_err)e));
     assert_string_equal(hush_strerror((hush_err)999), "unknown error");
 }

@@ -72,8 +72,18 @@ typedef enum hush_err {
     HUSH_ERR_TOO_BIG,          /* input over its documented size cap */
     HUSH_ERR_SAFETY_MISMATCH,  /* a scanned safety code does not match this conversation */
     HUSH_ERR_NO_GROUP_SESSION, /* no sender key for that group member: ask them to redistribute */
-    HUSH_ERR_INTERNAL          /* an unexpected library failure (a bug: please report) */
+    HUSH_ERR_INTERNAL,         /* an unexpected library failure (a bug: please report) */
+    HUSH_ERR_NETWORK,          /* the relay cannot be reached or the connection dropped */
+    HUSH_ERR_AUTH_FAILED,      /* the relay refused this device's login (wrong relay or keys) */
+    HUSH_ERR_USERNAME_TAKEN,   /* registration: the name is in use on this relay */
+    HUSH_ERR_REGISTRATION_REFUSED, /* registration closed, invite missing, unknown or used */
+    HUSH_ERR_UNKNOWN_USER,     /* the relay has no such user */
+    HUSH_ERR_TIMEOUT,          /* a wait ran out */
+    HUSH_ERR_NOT_RUNNING,      /* the network thread is not running (hush_net_start) */
+    HUSH_ERR_RELAY             /* the relay answered with an error this version does not expect */
 } hush_err;
+
+#define HUSH_ERR_LAST HUSH_ERR_RELAY
 
 /* Never NULL; static storage. */
 const char *hush_strerror(hush_err err);
@@ -188,7 +198,9 @@ HUSH_MUST_CHECK hush_err hush_encrypt(hush_client *c, const char *peer, uint32_t
 typedef enum hush_kind {
     HUSH_KIND_TEXT = 1,       /* a pairwise text message */
     HUSH_KIND_GROUP_TEXT = 2, /* a group text message (group_id set) */
-    HUSH_KIND_GROUP_KEY = 3   /* a group sender key was received (nothing to show) */
+    HUSH_KIND_GROUP_KEY = 3,  /* a group sender key was received (nothing to show) */
+    HUSH_KIND_RECEIPT = 4,    /* a delivery/read receipt (the networked SDK reports it as on_receipt) */
+    HUSH_KIND_TYPING = 5      /* a typing indicator (reported as on_typing) */
 } hush_kind;
 
 typedef struct hush_message {
@@ -313,6 +325,96 @@ HUSH_MUST_CHECK hush_err hush_outbox_count(hush_client *c, uint32_t *count);
 HUSH_MUST_CHECK hush_err hush_outbox_attempted(hush_client *c, const uint8_t message_id[HUSH_MESSAGE_ID_BYTES]);
 HUSH_MUST_CHECK hush_err hush_outbox_done(hush_client *c, const uint8_t message_id[HUSH_MESSAGE_ID_BYTES]);
 void hush_outbox_entry_free(hush_outbox_entry *e);
+
+/* ============================================================================================ */
+/* Online: talking to a relay (hushd).
+ *
+ * hush_net_start starts a network thread owned by the client. It connects to the relay (ws:// or
+ * wss://), registers the device the first time (with an invite when the relay asks for one), logs
+ * in by challenge-response, uploads and replenishes prekeys, rotates the signed prekey, sends the
+ * outbox, receives and acknowledges messages, and reconnects on its own with exponential backoff
+ * and jitter. All callbacks run ON THAT NETWORK THREAD, one at a time: return quickly, and hop to
+ * your UI thread yourself (Android: Handler.post / runOnUiThread; iOS: DispatchQueue.main.async).
+ * Callbacks may call any hush_* function except hush_net_stop and hush_client_close. Pointers
+ * passed to callbacks are valid only during the call: copy what you keep.
+ *
+ * Guarantees:
+ * - hush_send commits the message to the outbox before returning; it is retried (same message id,
+ *   same ciphertext) until the relay acknowledges it, across restarts of the app and the relay.
+ * - A received message is decrypted and stored (with the new session state) in one transaction
+ *   before it is acknowledged to the relay, then on_message is called, then it is marked notified.
+ *   A message the app was not told about before a crash is reported again after hush_net_start,
+ *   with the same local_id: treat local_id as the message's identity. A redelivered copy of a
+ *   stored message is recognised and never reported again.
+ */
+
+typedef enum hush_conn_state {
+    HUSH_CONN_OFFLINE = 0,    /* not connected; retrying after a backoff */
+    HUSH_CONN_CONNECTING = 1, /* connecting / authenticating */
+    HUSH_CONN_ONLINE = 2,     /* logged in */
+    HUSH_CONN_FAILED = 3,     /* stopped for good (auth refused, username taken...): see last_error */
+    HUSH_CONN_STOPPED = 4     /* hush_net_stop was called */
+} hush_conn_state;
+
+typedef enum hush_msg_state {
+    HUSH_MSG_FAILED = -1,    /* cannot be delivered (no such user) */
+    HUSH_MSG_QUEUED = 0,     /* in the outbox */
+    HUSH_MSG_SENT = 1,       /* the relay has it (acknowledged, on its disk) */
+    HUSH_MSG_DELIVERED = 2,  /* the recipient's device stored it (end-to-end encrypted receipt) */
+    HUSH_MSG_READ = 3        /* the recipient marked it read */
+} hush_msg_state;
+
+typedef struct hush_callbacks {
+    void *ctx; /* passed back to every callback */
+    /* a message (kind TEXT or GROUP_TEXT); m is valid during the call only */
+    void (*on_message)(void *ctx, const hush_message *m);
+    /* a message of ours changed state (SENT, DELIVERED, READ or FAILED) */
+    void (*on_receipt)(void *ctx, const char *peer, const uint8_t message_id[HUSH_MESSAGE_ID_BYTES],
+                       hush_msg_state state);
+    void (*on_typing)(void *ctx, const char *peer, uint32_t device_id, int typing);
+    void (*on_presence)(void *ctx, const char *user, int online, uint64_t last_seen_ms);
+    /* a contact's identity key changed; messages from it wait until hush_identity_accept/_reject */
+    void (*on_identity_changed)(void *ctx, const char *peer, uint32_t device_id, const char *old_safety,
+                                const char *new_safety);
+    void (*on_connection)(void *ctx, hush_conn_state state, hush_err last_error);
+    /* something went wrong that the app may want to show or log (never secrets) */
+    void (*on_error)(void *ctx, hush_err err, const char *detail);
+} hush_callbacks;
+
+typedef struct hush_net_opts {
+    const char *relay_url;   /* "ws://host:port" or "wss://host:port"; NULL: the one stored last time */
+    const char *invite;      /* registration token when the relay is invite-only (may be NULL) */
+    const char *ca_file;     /* wss: PEM bundle to trust instead of the system store (may be NULL) */
+    int insecure_tls;        /* wss: accept any certificate (tests only) */
+} hush_net_opts;
+
+/* Starts the network thread. `cb` is copied; any callback may be NULL. Errors: HUSH_ERR_INVALID_ARG
+ * (bad or missing URL), HUSH_ERR_NO_DEVICE, HUSH_ERR_NOMEM, HUSH_ERR_NETWORK (cannot start). */
+HUSH_MUST_CHECK hush_err hush_net_start(hush_client *c, const hush_net_opts *opts, const hush_callbacks *cb);
+/* Stops and joins the network thread (from any thread but a callback). Safe if not started. */
+void hush_net_stop(hush_client *c);
+hush_conn_state hush_net_state(hush_client *c, hush_err *last_error);
+/* Blocks until logged in (HUSH_OK), failed for good (that error), or timeout (HUSH_ERR_TIMEOUT). */
+HUSH_MUST_CHECK hush_err hush_net_wait_online(hush_client *c, int timeout_ms);
+/* Blocks until the outbox is empty (every message acknowledged by the relay) or timeout. */
+HUSH_MUST_CHECK hush_err hush_net_flush(hush_client *c, int timeout_ms);
+
+/* Queues a UTF-8 text (at most HUSH_MAX_BODY bytes) for every device of `peer`; commits it to the
+ * outbox (and the history, state QUEUED) before returning, then wakes the network thread. Works
+ * while offline. `message_id_out` (may be NULL) receives the message's stable id. */
+HUSH_MUST_CHECK hush_err hush_send(hush_client *c, const char *peer, const uint8_t *text, size_t len,
+                                   uint8_t message_id_out[HUSH_MESSAGE_ID_BYTES]);
+HUSH_MUST_CHECK hush_err hush_message_state(hush_client *c, const uint8_t message_id[HUSH_MESSAGE_ID_BYTES],
+                                            hush_msg_state *state);
+/* Marks a received message read and queues an encrypted read receipt to its sender. */
+HUSH_MUST_CHECK hush_err hush_mark_read(hush_client *c, int64_t local_id);
+/* Typing indicator to every device of `peer` (ephemeral, never stored; "typing" is sent at most
+ * every 3 s per peer, "stopped" at once). Dropped when offline. */
+HUSH_MUST_CHECK hush_err hush_typing(hush_client *c, const char *peer, int typing);
+/* Who may see this user's presence (replaces the list), and whose presence to follow. Both are
+ * stored and re-sent on every login. At most 1000 names each. */
+HUSH_MUST_CHECK hush_err hush_presence_allow(hush_client *c, const char *const *users, size_t n);
+HUSH_MUST_CHECK hush_err hush_presence_subscribe(hush_client *c, const char *const *users, size_t n);
 
 /* Runs PRAGMA integrity_check on the client database: HUSH_OK or HUSH_ERR_DB_CORRUPT. */
 HUSH_MUST_CHECK hush_err hush_client_check(hush_client *c);

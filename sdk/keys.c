@@ -1,0 +1,129 @@
+/*
+ * keys.c - keeping a device's keys fresh: new one-time prekeys when the relay says the stock is low,
+ * a new signed prekey on a schedule (the old ones are kept for a grace period, so a peer that
+ * fetched an older bundle can still start a session, then deleted).
+ */
+#include <stdlib.h>
+
+#include <key_helper.h>
+#include <ratchet.h>
+#include <session_pre_key.h>
+
+#include "net.h"
+
+#define MAX_PREKEY_ID 0xFFFFFEu
+
+hush_err hush__generate_pre_keys(hush_client *c, uint32_t n)
+{
+    if (!c->has_device)
+        return HUSH_ERR_NO_DEVICE;
+    int64_t next = 1;
+    int found = 0;
+    hush_err e = hush__begin(c);
+    if (e)
+        return e;
+    if ((e = hush__meta_get_int(c, "next_pre_key", &next, &found)))
+        goto fail;
+    if (!found || next < 1 || next > (int64_t)MAX_PREKEY_ID)
+        next = 1;
+    /* Ids are never reused while a key with that id could still be around: they wrap modulo
+     * 0xFFFFFE (the library does the same), far beyond any realistic stock. */
+    signal_protocol_key_helper_pre_key_list_node *head = NULL;
+    int rc = signal_protocol_key_helper_generate_pre_keys(&head, (unsigned int)next, n, c->sg);
+    if (rc) {
+        e = hush__from_signal(rc);
+        goto fail;
+    }
+    for (signal_protocol_key_helper_pre_key_list_node *p = head; p; p = signal_protocol_key_helper_key_list_next(p)) {
+        if (signal_protocol_pre_key_store_key(c->sc, signal_protocol_key_helper_key_list_element(p)) != 0) {
+            e = c->store_err ? c->store_err : HUSH_ERR_STORAGE;
+            break;
+        }
+    }
+    signal_protocol_key_helper_key_list_free(head);
+    if (e)
+        goto fail;
+    int64_t after = next + n;
+    if (after > (int64_t)MAX_PREKEY_ID)
+        after = after - MAX_PREKEY_ID;
+    if ((e = hush__meta_set_int(c, "next_pre_key", after)))
+        goto fail;
+    return hush__commit(c);
+fail:
+    hush__rollback(c);
+    return e;
+}
+
+hush_err hush__rotate_signed_pre_key(hush_client *c, uint64_t max_age_ms, uint64_t grace_ms, int *rotated)
+{
+    *rotated = 0;
+    if (!c->has_device)
+        return HUSH_ERR_NO_DEVICE;
+    hush_err e = hush__begin(c);
+    if (e)
+        return e;
+    int64_t cur = 0, next = 0;
+    int found = 0, found2 = 0;
+    ratchet_identity_key_pair *ikp = NULL;
+    session_signed_pre_key *spk = NULL;
+    sqlite3_stmt *st;
+    uint64_t now = hush__now_ms();
+    if ((e = hush__meta_get_int(c, "current_signed_pre_key", &cur, &found)) ||
+        (e = hush__meta_get_int(c, "next_signed_pre_key", &next, &found2)))
+        goto fail;
+    int64_t created = 0;
+    int row = 0;
+    hstore_err se = hstore_prepare(c->db, "SELECT created_at FROM signed_pre_keys WHERE id = ?1", &st);
+    if (!se) {
+        sqlite3_bind_int64(st, 1, cur);
+        se = hstore_step(c->db, st, &row);
+    }
+    if (se) {
+        e = hush__from_store(se);
+        goto fail;
+    }
+    if (row) {
+        created = sqlite3_column_int64(st, 0);
+        sqlite3_reset(st);
+    }
+    if (!found || !row || now - (uint64_t)created >= max_age_ms) {
+        if (!found2 || next < 1 || next > (int64_t)MAX_PREKEY_ID)
+            next = cur + 1;
+        if ((e = hush__local_identity(c, &ikp)))
+            goto fail;
+        int rc = signal_protocol_key_helper_generate_signed_pre_key(&spk, ikp, (uint32_t)next, now, c->sg);
+        if (rc) {
+            e = hush__from_signal(rc);
+            goto fail;
+        }
+        if (signal_protocol_signed_pre_key_store_key(c->sc, spk) != 0) {
+            e = c->store_err ? c->store_err : HUSH_ERR_STORAGE;
+            goto fail;
+        }
+        if ((e = hush__meta_set_int(c, "current_signed_pre_key", next)) ||
+            (e = hush__meta_set_int(c, "next_signed_pre_key", next + 1 > (int64_t)MAX_PREKEY_ID ? 1 : next + 1)))
+            goto fail;
+        cur = next;
+        *rotated = 1;
+    }
+    /* retire: the current key stays; older ones go after the grace period */
+    se = hstore_prepare(c->db, "DELETE FROM signed_pre_keys WHERE id != ?1 AND created_at < ?2", &st);
+    if (!se) {
+        sqlite3_bind_int64(st, 1, cur);
+        sqlite3_bind_int64(st, 2, (int64_t)(now - grace_ms));
+        se = hstore_run(c->db, st);
+    }
+    if (se) {
+        e = hush__from_store(se);
+        goto fail;
+    }
+    SIGNAL_UNREF(spk);
+    SIGNAL_UNREF(ikp);
+    return hush__commit(c);
+fail:
+    SIGNAL_UNREF(spk);
+    SIGNAL_UNREF(ikp);
+    hush__rollback(c);
+    *rotated = 0;
+    return e;
+}

@@ -1,0 +1,204 @@
+/*
+ * messaging.c - the durable side of being online: hush_send through the outbox, message states,
+ * receipts, read marks, presence preferences. Everything here commits locally and then wakes the
+ * network thread (net.c), which does the talking.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include <sodium.h>
+
+#include "internal.h"
+#include "net.h"
+
+#define RECEIPT_DELIVERED 2
+#define RECEIPT_READ 3
+
+hush_err hush__apply_receipt(hush_client *c, const char *peer, int state, const uint8_t *ids, size_t n)
+{
+    sqlite3_stmt *st;
+    for (size_t i = 0; i < n; i++) {
+        /* Only our own messages to that peer move, and only forward. */
+        hstore_err se = hstore_prepare(c->db, "UPDATE history SET state = ?3 WHERE peer = ?1 AND outgoing = 1 AND "
+                                              "group_id = '' AND message_id = ?2 AND state >= 0 AND state < ?3", &st);
+        if (!se) {
+            sqlite3_bind_text(st, 1, peer, -1, SQLITE_TRANSIENT);
+            sqlite3_bind_blob(st, 2, ids + i * HUSH_MESSAGE_ID_BYTES, HUSH_MESSAGE_ID_BYTES, SQLITE_TRANSIENT);
+            sqlite3_bind_int(st, 3, state);
+            se = hstore_run(c->db, st);
+        }
+        if (se)
+            return hush__from_store(se);
+    }
+    return HUSH_OK;
+}
+
+hush_err hush__set_message_state(hush_client *c, const uint8_t mid[16], int state)
+{
+    sqlite3_stmt *st;
+    hstore_err se = hstore_prepare(c->db, "UPDATE history SET state = ?2 WHERE outgoing = 1 AND message_id = ?1 AND "
+                                          "(state < ?2 OR ?2 < 0)", &st);
+    if (!se) {
+        sqlite3_bind_blob(st, 1, mid, 16, SQLITE_TRANSIENT);
+        sqlite3_bind_int(st, 2, state);
+        se = hstore_run(c->db, st);
+    }
+    return hush__from_store(se);
+}
+
+hush_err hush__queue_receipt(hush_client *c, const char *peer, int state, const uint8_t mid[16])
+{
+    uint8_t body[1 + HUSH_MESSAGE_ID_BYTES];
+    body[0] = (uint8_t)state;
+    memcpy(body + 1, mid, HUSH_MESSAGE_ID_BYTES);
+    uint8_t rid[16];
+    randombytes_buf(rid, sizeof rid);
+    return hush__outbox_insert(c, peer, HUSH__CONTENT_KIND__CONTENT_RECEIPT, rid, body, sizeof body);
+}
+
+hush_err hush_send(hush_client *c, const char *peer, const uint8_t *text, size_t len,
+                   uint8_t message_id_out[HUSH_MESSAGE_ID_BYTES])
+{
+    if (!c || !hush__valid_username(peer) || (!text && len))
+        return HUSH_ERR_INVALID_ARG;
+    if (len > HUSH_MAX_BODY)
+        return HUSH_ERR_TOO_BIG;
+    uint8_t mid[HUSH_MESSAGE_ID_BYTES];
+    randombytes_buf(mid, sizeof mid);
+    hush__lock(c);
+    hush_err e = c->has_device ? hush__begin(c) : HUSH_ERR_NO_DEVICE;
+    if (!e) {
+        /* Outbox row and history row (QUEUED) in one transaction, before anything leaves. */
+        e = hush__outbox_insert(c, peer, HUSH__CONTENT_KIND__CONTENT_TEXT, mid, text, len);
+        if (!e)
+            e = hush__history_insert(c, peer, 0, 1, mid, HUSH_KIND_TEXT, "", hush__now_ms(), text, len, NULL, NULL);
+        if (!e)
+            e = hush__commit(c);
+        else
+            hush__rollback(c);
+    }
+    hush__unlock(c);
+    if (e)
+        return e;
+    if (message_id_out)
+        memcpy(message_id_out, mid, sizeof mid);
+    hush__net_wake(c, NET_WAKE_OUTBOX);
+    return HUSH_OK;
+}
+
+hush_err hush_message_state(hush_client *c, const uint8_t message_id[HUSH_MESSAGE_ID_BYTES], hush_msg_state *state)
+{
+    if (!c || !message_id || !state)
+        return HUSH_ERR_INVALID_ARG;
+    hush__lock(c);
+    sqlite3_stmt *st;
+    int row = 0;
+    hstore_err se = hstore_prepare(c->db, "SELECT state FROM history WHERE outgoing = 1 AND message_id = ?1 LIMIT 1", &st);
+    if (!se) {
+        sqlite3_bind_blob(st, 1, message_id, 16, SQLITE_TRANSIENT);
+        se = hstore_step(c->db, st, &row);
+    }
+    hush_err e = hush__from_store(se);
+    if (!e && row) {
+        *state = (hush_msg_state)sqlite3_column_int(st, 0);
+        sqlite3_reset(st);
+    } else if (!e) {
+        e = HUSH_ERR_NOT_FOUND;
+    }
+    hush__unlock(c);
+    return e;
+}
+
+hush_err hush_mark_read(hush_client *c, int64_t local_id)
+{
+    if (!c || local_id <= 0)
+        return HUSH_ERR_INVALID_ARG;
+    hush__lock(c);
+    sqlite3_stmt *st;
+    int row = 0;
+    char peer[HUSH_USERNAME_MAX + 1] = "";
+    uint8_t mid[16];
+    int already = 0;
+    hstore_err se = hstore_prepare(c->db, "SELECT peer, message_id, read FROM history WHERE id = ?1 AND outgoing = 0 AND "
+                                          "group_id = ''", &st);
+    if (!se) {
+        sqlite3_bind_int64(st, 1, local_id);
+        se = hstore_step(c->db, st, &row);
+    }
+    hush_err e = hush__from_store(se);
+    if (!e && row) {
+        snprintf(peer, sizeof peer, "%s", (const char *)sqlite3_column_text(st, 0));
+        if (sqlite3_column_bytes(st, 1) == 16)
+            memcpy(mid, sqlite3_column_blob(st, 1), 16);
+        else
+            e = HUSH_ERR_DB_CORRUPT;
+        already = sqlite3_column_int(st, 2);
+        sqlite3_reset(st);
+    } else if (!e) {
+        e = HUSH_ERR_NOT_FOUND;
+    }
+    if (!e && !already && (e = hush__begin(c)) == HUSH_OK) {
+        se = hstore_prepare(c->db, "UPDATE history SET read = 1 WHERE id = ?1", &st);
+        if (!se) {
+            sqlite3_bind_int64(st, 1, local_id);
+            se = hstore_run(c->db, st);
+        }
+        e = hush__from_store(se);
+        if (!e && hush__valid_username(peer))
+            e = hush__queue_receipt(c, peer, RECEIPT_READ, mid);
+        if (!e)
+            e = hush__commit(c);
+        else
+            hush__rollback(c);
+    }
+    hush__unlock(c);
+    if (!e && !already)
+        hush__net_wake(c, NET_WAKE_OUTBOX);
+    return e;
+}
+
+static hush_err set_prefs(hush_client *c, int kind, const char *const *users, size_t n)
+{
+    if (!c || (!users && n) || n > 1000)
+        return HUSH_ERR_INVALID_ARG;
+    for (size_t i = 0; i < n; i++)
+        if (!hush__valid_username(users[i]))
+            return HUSH_ERR_INVALID_ARG;
+    hush__lock(c);
+    hush_err e = hush__begin(c);
+    sqlite3_stmt *st;
+    if (!e) {
+        hstore_err se = hstore_prepare(c->db, "DELETE FROM presence_prefs WHERE kind = ?1", &st);
+        if (!se) {
+            sqlite3_bind_int(st, 1, kind);
+            se = hstore_run(c->db, st);
+        }
+        for (size_t i = 0; !se && i < n; i++) {
+            se = hstore_prepare(c->db, "INSERT OR IGNORE INTO presence_prefs (kind, username) VALUES (?1, ?2)", &st);
+            if (!se) {
+                sqlite3_bind_int(st, 1, kind);
+                sqlite3_bind_text(st, 2, users[i], -1, SQLITE_TRANSIENT);
+                se = hstore_run(c->db, st);
+            }
+        }
+        e = hush__from_store(se);
+        if (!e)
+            e = hush__commit(c);
+        else
+            hush__rollback(c);
+    }
+    hush__unlock(c);
+    if (!e)
+        hush__net_wake(c, NET_WAKE_PRESENCE);
+    return e;
+}
+
+hush_err hush_presence_allow(hush_client *c, const char *const *users, size_t n)
+{
+    return set_prefs(c, PRESENCE_ALLOW, users, n);
+}
+
+hush_err hush_presence_subscribe(hush_client *c, const char *const *users, size_t n)
+{
+    return set_prefs(c, PRESENCE_SUBSCRIBE, users, n);
+}

@@ -1,0 +1,1594 @@
+/*
+ * net.c - libhush's network thread: one libwebsockets client context per hush_client.
+ *
+ * Everything that talks to the relay happens on this thread; app threads only commit to the
+ * database (messaging.c) and wake it. Inbound: decrypt + store + session state in one transaction
+ * (hush_decrypt), then the app callback, then "notified", and the ack to the relay only after the
+ * commit. Outbound: outbox rows in order; device lists and sessions fetched when missing;
+ * ciphertexts stored before the first attempt so every retry resends the same bytes under the same
+ * client message id.
+ */
+#include <errno.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <libwebsockets.h>
+#include <sodium.h>
+
+#include "hush_wire.h"
+#include "net.h"
+
+#define NET_MAX_FRAME (1024 * 1024)
+#define NET_MAX_INFLIGHT 32
+#define NET_MAX_REQS 128
+#define NET_BACKOFF_MIN_MS 250
+#define NET_BACKOFF_MAX_MS 30000
+#define NET_RETRY_MS 2000
+#define NET_TYPING_EVERY_MS 3000
+#define NET_MAX_TYPING 32
+#define SPK_MAX_AGE_MS (7ull * 24 * 3600 * 1000)
+#define SPK_GRACE_MS (30ull * 24 * 3600 * 1000)
+#define PREKEY_BATCH 100
+
+enum nstate { N_IDLE, N_CONNECTING, N_HELLO, N_AUTH, N_ONLINE };
+enum req_type { R_NONE, R_HELLO, R_AUTH, R_SEND, R_FETCH, R_UPLOAD, R_OTHER };
+
+struct nbuf {
+    struct nbuf *next;
+    size_t len;
+    unsigned char data[]; /* LWS_PRE, then the frame */
+};
+
+struct req {
+    uint64_t id;
+    enum req_type type;
+    int64_t outbox_id;
+    int kind;
+    uint8_t mid[16];
+    char peer[HUSH_USERNAME_MAX + 1];
+};
+
+struct typing_req {
+    char peer[HUSH_USERNAME_MAX + 1];
+    int typing;
+    int pending;
+    uint64_t last_sent_ms;
+};
+
+struct hush_net {
+    hush_client *c;
+    hush_callbacks cb;
+    char host[256];
+    char path[256];
+    int port;
+    int tls;
+    int insecure;
+    char ca_file[512];
+    char invite[129];
+    pthread_t th;
+    struct lws_context *ctx;
+    struct lws *wsi;
+    enum nstate st;
+    atomic_int stop;
+    atomic_int wake;          /* NET_WAKE_* flags from other threads */
+    uint64_t next_id;
+    uint8_t challenge[32];
+    struct nbuf *out_head, *out_tail;
+    uint8_t *rx;
+    size_t rx_len, rx_cap;
+    struct req reqs[NET_MAX_REQS];
+    int nreqs;
+    int inflight;
+    int64_t pump_cursor;      /* outbox id last handed out in this connection */
+    int fetching;             /* a FetchBundles is outstanding: the pump waits */
+    char fetch_peer[HUSH_USERNAME_MAX + 1];
+    char blocked_peer[HUSH_USERNAME_MAX + 1]; /* identity change pending: its outbox waits */
+    int backoff_ms;
+    uint64_t retry_at_ms;     /* pump again after a refusal (rate limit, quota...) */
+    lws_sorted_usec_list_t sul_reconnect;
+    lws_sorted_usec_list_t sul_tick;
+    /* status, read by other threads */
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    hush_conn_state conn;
+    hush_err last_err;
+    int fatal;
+    struct typing_req typing[NET_MAX_TYPING];
+    int ntyping;
+    pthread_mutex_t typing_mu;
+};
+
+static int net_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in, size_t len);
+
+static const struct lws_protocols net_protocols[] = {
+    { "hush.v1", net_callback, 0, 4096, 0, NULL, 0 },
+    { NULL, NULL, 0, 0, 0, NULL, 0 },
+};
+
+static uint64_t now_ms(void) { return hush__now_ms(); }
+
+/* ------------------------------------------------------------------------------------------ */
+/* status */
+
+static void set_conn(struct hush_net *n, hush_conn_state s, hush_err err)
+{
+    pthread_mutex_lock(&n->mu);
+    int changed = n->conn != s;
+    n->conn = s;
+    if (err)
+        n->last_err = err;
+    pthread_cond_broadcast(&n->cv);
+    pthread_mutex_unlock(&n->mu);
+    if (changed && n->cb.on_connection)
+        n->cb.on_connection(n->cb.ctx, s, err);
+}
+
+static void report(struct hush_net *n, hush_err e, const char *detail)
+{
+    if (n->cb.on_error)
+        n->cb.on_error(n->cb.ctx, e, detail);
+}
+
+static void signal_progress(struct hush_net *n)
+{
+    pthread_mutex_lock(&n->mu);
+    pthread_cond_broadcast(&n->cv);
+    pthread_mutex_unlock(&n->mu);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* sending frames */
+
+static void queue_frame(struct hush_net *n, Hush__Frame *f)
+{
+    if (!n->wsi)
+        return;
+    size_t len = hush__frame__get_packed_size(f);
+    struct nbuf *b = malloc(sizeof *b + LWS_PRE + len);
+    if (!b)
+        return;
+    b->next = NULL;
+    b->len = len;
+    hush__frame__pack(f, b->data + LWS_PRE);
+    if (n->out_tail)
+        n->out_tail->next = b;
+    else
+        n->out_head = b;
+    n->out_tail = b;
+    lws_callback_on_writable(n->wsi);
+}
+
+static struct req *add_req(struct hush_net *n, enum req_type t)
+{
+    if (n->nreqs == NET_MAX_REQS)
+        return NULL;
+    struct req *r = &n->reqs[n->nreqs++];
+    memset(r, 0, sizeof *r);
+    r->id = n->next_id++;
+    r->type = t;
+    return r;
+}
+
+static int take_req(struct hush_net *n, uint64_t id, struct req *out)
+{
+    for (int i = 0; i < n->nreqs; i++) {
+        if (n->reqs[i].id == id) {
+            *out = n->reqs[i];
+            n->reqs[i] = n->reqs[--n->nreqs];
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static void send_ack(struct hush_net *n, uint64_t seq)
+{
+    Hush__AckRequest a = HUSH__ACK_REQUEST__INIT;
+    a.n_seqs = 1;
+    a.seqs = &seq;
+    Hush__Frame f = HUSH__FRAME__INIT;
+    f.msg_case = HUSH__FRAME__MSG_ACK;
+    f.ack = &a;
+    queue_frame(n, &f);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* storage helpers (each takes the client lock) */
+
+struct orow {
+    int64_t id;
+    char peer[HUSH_USERNAME_MAX + 1];
+    uint8_t mid[16];
+    int kind;
+    uint8_t *body;
+    size_t len;
+};
+
+static int next_outbox_row(hush_client *c, int64_t after, const char *skip_peer, struct orow *o)
+{
+    hush__lock(c);
+    sqlite3_stmt *st;
+    int row = 0, found = 0;
+    if (hstore_prepare(c->db, "SELECT id, peer, message_id, kind, body FROM outbox WHERE id > ?1 AND peer != ?2 "
+                              "ORDER BY id LIMIT 1", &st) == HSTORE_OK) {
+        sqlite3_bind_int64(st, 1, after);
+        sqlite3_bind_text(st, 2, skip_peer, -1, SQLITE_TRANSIENT);
+        if (hstore_step(c->db, st, &row) == HSTORE_OK && row) {
+            const char *peer = (const char *)sqlite3_column_text(st, 1);
+            o->id = sqlite3_column_int64(st, 0);
+            snprintf(o->peer, sizeof o->peer, "%s", peer ? peer : "");
+            if (sqlite3_column_bytes(st, 2) == 16)
+                memcpy(o->mid, sqlite3_column_blob(st, 2), 16);
+            o->kind = sqlite3_column_int(st, 3);
+            char ad[160];
+            hush__outbox_ad(ad, sizeof ad, o->peer, o->mid);
+            found = hush__open(c, ad, sqlite3_column_blob(st, 4), (size_t)sqlite3_column_bytes(st, 4), &o->body,
+                               &o->len) == HUSH_OK;
+            sqlite3_reset(st);
+        }
+    }
+    hush__unlock(c);
+    return found;
+}
+
+static int peer_devices(hush_client *c, const char *peer, uint32_t *devs, int max)
+{
+    hush__lock(c);
+    sqlite3_stmt *st;
+    int n = 0, row = 0;
+    if (hstore_prepare(c->db, "SELECT device_id FROM peer_devices WHERE peer = ?1 ORDER BY device_id", &st) == HSTORE_OK) {
+        sqlite3_bind_text(st, 1, peer, -1, SQLITE_TRANSIENT);
+        while (n < max && hstore_step(c->db, st, &row) == HSTORE_OK && row)
+            devs[n++] = (uint32_t)sqlite3_column_int64(st, 0);
+        sqlite3_reset(st);
+    }
+    hush__unlock(c);
+    return n;
+}
+
+static void exec1(hush_client *c, const char *sql, const char *text, const uint8_t *blob, int64_t num)
+{
+    sqlite3_stmt *st;
+    if (hstore_prepare(c->db, sql, &st) != HSTORE_OK)
+        return;
+    if (text)
+        sqlite3_bind_text(st, 1, text, -1, SQLITE_TRANSIENT);
+    if (blob)
+        sqlite3_bind_blob(st, text ? 2 : 1, blob, 16, SQLITE_TRANSIENT);
+    if (num >= 0)
+        sqlite3_bind_int64(st, sqlite3_bind_parameter_count(st), num);
+    if (hstore_run(c->db, st) != HSTORE_OK) {
+        /* best effort: the worst outcome is a redundant fetch or resend later */
+    }
+}
+
+static void forget_devices(hush_client *c, const char *peer)
+{
+    hush__lock(c);
+    exec1(c, "DELETE FROM peer_devices WHERE peer = ?1", peer, NULL, -1);
+    hush__unlock(c);
+}
+
+static void forget_envelopes(hush_client *c, const uint8_t mid[16])
+{
+    hush__lock(c);
+    exec1(c, "DELETE FROM outbox_envelopes WHERE message_id = ?1", NULL, mid, -1);
+    hush__unlock(c);
+}
+
+/* The stored envelope for (mid, dev), or NULL. */
+static uint8_t *stored_envelope(hush_client *c, const uint8_t mid[16], uint32_t dev, size_t *len)
+{
+    hush__lock(c);
+    sqlite3_stmt *st;
+    int row = 0;
+    uint8_t *out = NULL;
+    if (hstore_prepare(c->db, "SELECT envelope FROM outbox_envelopes WHERE message_id = ?1 AND device_id = ?2", &st) ==
+        HSTORE_OK) {
+        sqlite3_bind_blob(st, 1, mid, 16, SQLITE_TRANSIENT);
+        sqlite3_bind_int64(st, 2, dev);
+        if (hstore_step(c->db, st, &row) == HSTORE_OK && row) {
+            *len = (size_t)sqlite3_column_bytes(st, 0);
+            out = malloc(*len ? *len : 1);
+            if (out)
+                memcpy(out, sqlite3_column_blob(st, 0), *len);
+            sqlite3_reset(st);
+        }
+    }
+    hush__unlock(c);
+    return out;
+}
+
+/* Encrypts for one device and stores the envelope, atomically with the ratchet step: a crash
+ * between the two would otherwise leave a state advanced for a ciphertext nobody kept. */
+static uint8_t *make_envelope(struct hush_net *n, const struct orow *o, uint32_t dev, size_t *len, hush_err *err)
+{
+    hush_client *c = n->c;
+    hush__lock(c);
+    uint8_t *env = NULL;
+    *err = hush__begin(c);
+    if (!*err) {
+        *err = hush__encrypt_kind(c, o->peer, dev, o->kind, o->body, o->len, o->mid, 0, &env, len);
+        if (!*err) {
+            sqlite3_stmt *st;
+            hstore_err se = hstore_prepare(c->db, "INSERT OR REPLACE INTO outbox_envelopes (message_id, device_id, envelope) "
+                                                  "VALUES (?1, ?2, ?3)", &st);
+            if (!se) {
+                sqlite3_bind_blob(st, 1, o->mid, 16, SQLITE_TRANSIENT);
+                sqlite3_bind_int64(st, 2, dev);
+                sqlite3_bind_blob(st, 3, env, (int)*len, SQLITE_TRANSIENT);
+                se = hstore_run(c->db, st);
+            }
+            *err = hush__from_store(se);
+        }
+        if (!*err)
+            *err = hush__commit(c);
+        else
+            hush__rollback(c);
+    }
+    hush__unlock(c);
+    if (*err) {
+        hush_free(env);
+        return NULL;
+    }
+    /* hand back a plain malloc copy (hush_free'd buffer) */
+    uint8_t *copy = malloc(*len);
+    if (copy)
+        memcpy(copy, env, *len);
+    hush_free(env);
+    return copy;
+}
+
+static void outbox_finished(struct hush_net *n, int64_t outbox_id, const uint8_t mid[16], int kind, int state,
+                            const char *peer)
+{
+    hush_client *c = n->c;
+    hush__lock(c);
+    if (hush__begin(c) == HUSH_OK) {
+        exec1(c, "DELETE FROM outbox WHERE id = ?1", NULL, NULL, outbox_id);
+        exec1(c, "DELETE FROM outbox_envelopes WHERE message_id = ?1", NULL, mid, -1);
+        if (kind == HUSH__CONTENT_KIND__CONTENT_TEXT)
+            hush__set_message_state(c, mid, state);
+        if (hush__commit(c)) {
+            /* the row stays: it is resent (same id, deduplicated by the relay) */
+        }
+    }
+    hush__unlock(c);
+    if (kind == HUSH__CONTENT_KIND__CONTENT_TEXT && n->cb.on_receipt)
+        n->cb.on_receipt(n->cb.ctx, peer, mid, (hush_msg_state)state);
+    signal_progress(n);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* the outbox pump */
+
+static void request_fetch(struct hush_net *n, const char *peer)
+{
+    struct req *r = add_req(n, R_FETCH);
+    if (!r)
+        return;
+    snprintf(r->peer, sizeof r->peer, "%s", peer);
+    Hush__FetchBundlesRequest fb = HUSH__FETCH_BUNDLES_REQUEST__INIT;
+    fb.username = r->peer;
+    Hush__Frame f = HUSH__FRAME__INIT;
+    f.id = r->id;
+    f.msg_case = HUSH__FRAME__MSG_FETCH_BUNDLES;
+    f.fetch_bundles = &fb;
+    queue_frame(n, &f);
+    n->fetching = 1;
+    snprintf(n->fetch_peer, sizeof n->fetch_peer, "%s", peer);
+}
+
+#define MAX_DEVS 16
+
+/* Sends one outbox row. Returns 1 if sent, 0 if it must wait (fetch started or retry later). */
+static int send_row(struct hush_net *n, struct orow *o)
+{
+    hush_client *c = n->c;
+    uint32_t devs[MAX_DEVS];
+    int nd = peer_devices(c, o->peer, devs, MAX_DEVS);
+    int missing = nd == 0;
+    for (int i = 0; i < nd && !missing; i++)
+        missing = !hush_has_session(c, o->peer, devs[i]);
+    if (missing) {
+        request_fetch(n, o->peer);
+        return 0;
+    }
+    Hush__Recipient rcs[MAX_DEVS], *rp[MAX_DEVS];
+    uint8_t *envs[MAX_DEVS] = { 0 };
+    int ok = 1;
+    for (int i = 0; i < nd && ok; i++) {
+        size_t len = 0;
+        envs[i] = stored_envelope(c, o->mid, devs[i], &len);
+        if (!envs[i]) {
+            hush_err e = HUSH_OK;
+            envs[i] = make_envelope(n, o, devs[i], &len, &e);
+            if (!envs[i]) {
+                report(n, e, "encrypting an outgoing message failed; will retry");
+                ok = 0;
+                break;
+            }
+        }
+        hush__recipient__init(&rcs[i]);
+        rcs[i].username = o->peer;
+        rcs[i].device_id = devs[i];
+        rcs[i].envelope.data = envs[i];
+        rcs[i].envelope.len = len;
+        rp[i] = &rcs[i];
+    }
+    if (ok) {
+        struct req *r = add_req(n, R_SEND);
+        if (!r) {
+            ok = 0;
+        } else {
+            r->outbox_id = o->id;
+            r->kind = o->kind;
+            memcpy(r->mid, o->mid, 16);
+            snprintf(r->peer, sizeof r->peer, "%s", o->peer);
+            Hush__SendRequest s = HUSH__SEND_REQUEST__INIT;
+            s.client_msg_id.data = o->mid;
+            s.client_msg_id.len = 16;
+            s.n_recipients = (size_t)nd;
+            s.recipients = rp;
+            Hush__Frame f = HUSH__FRAME__INIT;
+            f.id = r->id;
+            f.msg_case = HUSH__FRAME__MSG_SEND;
+            f.send = &s;
+            queue_frame(n, &f);
+            n->inflight++;
+        }
+    }
+    for (int i = 0; i < nd; i++)
+        free(envs[i]);
+    if (!ok)
+        n->retry_at_ms = now_ms() + NET_RETRY_MS;
+    return ok;
+}
+
+static void pump_outbox(struct hush_net *n)
+{
+    if (n->st != N_ONLINE || n->fetching || (n->retry_at_ms && now_ms() < n->retry_at_ms))
+        return;
+    n->retry_at_ms = 0;
+    while (n->inflight < NET_MAX_INFLIGHT) {
+        struct orow o;
+        memset(&o, 0, sizeof o);
+        if (!next_outbox_row(n->c, n->pump_cursor, n->blocked_peer, &o))
+            break;
+        int sent = send_row(n, &o);
+        if (o.body) {
+            sodium_memzero(o.body, o.len);
+            free(o.body);
+        }
+        if (!sent)
+            break; /* in order: later rows wait for this one */
+        n->pump_cursor = o.id;
+    }
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* inbound */
+
+static void notify_and_mark(struct hush_net *n, const hush_message *m)
+{
+    if (n->cb.on_message)
+        n->cb.on_message(n->cb.ctx, m);
+    hush__lock(n->c);
+    exec1(n->c, "UPDATE history SET notified = 1 WHERE id = ?1", NULL, NULL, m->local_id);
+    hush__unlock(n->c);
+}
+
+static void on_identity(struct hush_net *n, const char *peer, uint32_t dev)
+{
+    char old_sn[HUSH_SAFETY_NUMBER_LEN + 1], new_sn[HUSH_SAFETY_NUMBER_LEN + 1];
+    if (hush_identity_pending(n->c, peer, dev, old_sn, new_sn) == HUSH_OK && n->cb.on_identity_changed)
+        n->cb.on_identity_changed(n->cb.ctx, peer, dev, old_sn, new_sn);
+}
+
+/* Handles one envelope; returns 1 if it may be acknowledged to the relay. */
+static int process_envelope(struct hush_net *n, const char *from, uint32_t dev, const uint8_t *env, size_t len,
+                            int from_pending)
+{
+    hush_message *m = NULL;
+    hush_err e = hush_decrypt(n->c, from, dev, env, len, &m);
+    switch (e) {
+    case HUSH_OK:
+        if (m->kind == HUSH_KIND_TEXT || m->kind == HUSH_KIND_GROUP_TEXT) {
+            notify_and_mark(n, m);
+            if (m->kind == HUSH_KIND_TEXT) {
+                hush__lock(n->c);
+                if (hush__queue_receipt(n->c, from, HUSH_MSG_DELIVERED, m->message_id) != HUSH_OK)
+                    report(n, HUSH_ERR_STORAGE, "could not queue a delivery receipt");
+                hush__unlock(n->c);
+                atomic_fetch_or(&n->wake, NET_WAKE_OUTBOX);
+            }
+        } else if (m->kind == HUSH_KIND_RECEIPT && n->cb.on_receipt) {
+            int state = m->body[0];
+            for (size_t i = 1; i + HUSH_MESSAGE_ID_BYTES <= m->body_len; i += HUSH_MESSAGE_ID_BYTES)
+                n->cb.on_receipt(n->cb.ctx, from, m->body + i, (hush_msg_state)state);
+            signal_progress(n);
+        } else if (m->kind == HUSH_KIND_TYPING && n->cb.on_typing) {
+            n->cb.on_typing(n->cb.ctx, from, dev, m->body[0] != 0);
+        }
+        hush_message_free(m);
+        return 1;
+    case HUSH_ERR_DUPLICATE:
+        return 1; /* already stored (and reported): just drop it */
+    case HUSH_ERR_IDENTITY_CHANGED:
+        if (!from_pending) {
+            /* keep the envelope until the user decides, and let the relay forget it */
+            hush__lock(n->c);
+            sqlite3_stmt *st;
+            hstore_err se = hstore_prepare(n->c->db, "INSERT INTO pending_inbox (peer, device_id, envelope, received_at) "
+                                                     "VALUES (?1, ?2, ?3, ?4)", &st);
+            if (!se) {
+                sqlite3_bind_text(st, 1, from, -1, SQLITE_TRANSIENT);
+                sqlite3_bind_int64(st, 2, dev);
+                sqlite3_bind_blob(st, 3, env, (int)len, SQLITE_TRANSIENT);
+                sqlite3_bind_int64(st, 4, (int64_t)now_ms());
+                se = hstore_run(n->c->db, st);
+            }
+            hush__unlock(n->c);
+            if (se)
+                return 0;
+            on_identity(n, from, dev);
+        }
+        return 1;
+    case HUSH_ERR_STORAGE:
+    case HUSH_ERR_NOMEM:
+    case HUSH_ERR_DB_KEY:
+    case HUSH_ERR_INTERNAL:
+        report(n, e, "could not store an incoming message; the relay will deliver it again");
+        return 0;
+    default: {
+        char detail[128];
+        snprintf(detail, sizeof detail, "dropped an undecryptable message from %s/%u: %s", from, dev, hush_strerror(e));
+        report(n, e, detail);
+        return 1;
+    }
+    }
+}
+
+/* Envelopes held for an identity decision: reprocess those whose peer is no longer pending. */
+static void reprocess_pending(struct hush_net *n)
+{
+    for (;;) {
+        hush__lock(n->c);
+        sqlite3_stmt *st;
+        int row = 0;
+        int64_t id = 0;
+        char peer[HUSH_USERNAME_MAX + 1] = "";
+        uint32_t dev = 0;
+        uint8_t *env = NULL;
+        size_t len = 0;
+        if (hstore_prepare(n->c->db, "SELECT p.id, p.peer, p.device_id, p.envelope FROM pending_inbox p WHERE NOT EXISTS "
+                                     "(SELECT 1 FROM pending_identities i WHERE i.name = CAST(p.peer AS BLOB) AND "
+                                     "i.device_id = p.device_id) ORDER BY p.id LIMIT 1", &st) == HSTORE_OK &&
+            hstore_step(n->c->db, st, &row) == HSTORE_OK && row) {
+            id = sqlite3_column_int64(st, 0);
+            snprintf(peer, sizeof peer, "%s", (const char *)sqlite3_column_text(st, 1));
+            dev = (uint32_t)sqlite3_column_int64(st, 2);
+            len = (size_t)sqlite3_column_bytes(st, 3);
+            env = malloc(len ? len : 1);
+            if (env)
+                memcpy(env, sqlite3_column_blob(st, 3), len);
+            sqlite3_reset(st);
+        }
+        hush__unlock(n->c);
+        if (!id || !env) {
+            free(env);
+            return;
+        }
+        hush_message *m = NULL;
+        hush_err e = hush_decrypt(n->c, peer, dev, env, len, &m);
+        if (e == HUSH_OK) {
+            if (m->kind == HUSH_KIND_TEXT || m->kind == HUSH_KIND_GROUP_TEXT)
+                notify_and_mark(n, m);
+            hush_message_free(m);
+        } else if (e == HUSH_ERR_IDENTITY_CHANGED) {
+            free(env);
+            return; /* rejected and still different: keep waiting for an accept */
+        } else if (e == HUSH_ERR_STORAGE || e == HUSH_ERR_NOMEM) {
+            free(env);
+            return;
+        }
+        free(env);
+        hush__lock(n->c);
+        exec1(n->c, "DELETE FROM pending_inbox WHERE id = ?1", NULL, NULL, id);
+        hush__unlock(n->c);
+    }
+}
+
+/* Messages stored before a crash but never reported: report them now (same local_id). */
+static void replay_unnotified(struct hush_net *n)
+{
+    for (;;) {
+        hush__lock(n->c);
+        sqlite3_stmt *st;
+        int row = 0;
+        int64_t id = 0;
+        char peer[HUSH_USERNAME_MAX + 1] = "";
+        if (hstore_prepare(n->c->db, "SELECT id, peer FROM history WHERE notified = 0 ORDER BY id LIMIT 1", &st) ==
+                HSTORE_OK &&
+            hstore_step(n->c->db, st, &row) == HSTORE_OK && row) {
+            id = sqlite3_column_int64(st, 0);
+            snprintf(peer, sizeof peer, "%s", (const char *)sqlite3_column_text(st, 1));
+            sqlite3_reset(st);
+        }
+        hush__unlock(n->c);
+        if (!id)
+            return;
+        hush_history_entry *h = NULL;
+        size_t cnt = 0;
+        hush_message m;
+        memset(&m, 0, sizeof m);
+        int found = 0;
+        if (hush__valid_username(peer) && hush_history_list(n->c, peer, id + 1, 1, &h, &cnt) == HUSH_OK && cnt == 1 &&
+            h[0].local_id == id) {
+            m.kind = HUSH_KIND_TEXT;
+            snprintf(m.sender, sizeof m.sender, "%s", peer);
+            m.sender_device = h[0].peer_device;
+            memcpy(m.message_id, h[0].message_id, 16);
+            m.sent_at_ms = h[0].sent_at_ms;
+            m.received_at_ms = h[0].received_at_ms;
+            m.local_id = id;
+            m.body = h[0].body;
+            m.body_len = h[0].body_len;
+            found = 1;
+        }
+        if (found && n->cb.on_message)
+            n->cb.on_message(n->cb.ctx, &m);
+        hush_history_free(h, cnt);
+        hush__lock(n->c);
+        exec1(n->c, "UPDATE history SET notified = 1 WHERE id = ?1", NULL, NULL, id);
+        hush__unlock(n->c);
+    }
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* login, keys, presence */
+
+static void send_presence(struct hush_net *n)
+{
+    for (int kind = PRESENCE_ALLOW; kind <= PRESENCE_SUBSCRIBE; kind++) {
+        char *names[1000];
+        size_t cnt = 0;
+        hush__lock(n->c);
+        sqlite3_stmt *st;
+        int row = 0;
+        if (hstore_prepare(n->c->db, "SELECT username FROM presence_prefs WHERE kind = ?1 ORDER BY username", &st) ==
+            HSTORE_OK) {
+            sqlite3_bind_int(st, 1, kind);
+            while (cnt < 1000 && hstore_step(n->c->db, st, &row) == HSTORE_OK && row) {
+                names[cnt] = strdup((const char *)sqlite3_column_text(st, 0));
+                if (names[cnt])
+                    cnt++;
+            }
+            sqlite3_reset(st);
+        }
+        hush__unlock(n->c);
+        struct req *r = add_req(n, R_OTHER);
+        if (r && (kind == PRESENCE_ALLOW || cnt > 0)) {
+            Hush__Frame f = HUSH__FRAME__INIT;
+            f.id = r->id;
+            Hush__SetPresenceAllowRequest a = HUSH__SET_PRESENCE_ALLOW_REQUEST__INIT;
+            Hush__SubscribePresenceRequest s = HUSH__SUBSCRIBE_PRESENCE_REQUEST__INIT;
+            if (kind == PRESENCE_ALLOW) {
+                a.usernames = names;
+                a.n_usernames = cnt;
+                f.msg_case = HUSH__FRAME__MSG_SET_PRESENCE_ALLOW;
+                f.set_presence_allow = &a;
+            } else {
+                s.usernames = names;
+                s.n_usernames = cnt;
+                f.msg_case = HUSH__FRAME__MSG_SUBSCRIBE_PRESENCE;
+                f.subscribe_presence = &s;
+            }
+            queue_frame(n, &f);
+        } else if (r) {
+            n->nreqs--; /* nothing to send */
+        }
+        for (size_t i = 0; i < cnt; i++)
+            free(names[i]);
+    }
+}
+
+static void upload_keys(struct hush_net *n, uint32_t max_one_time)
+{
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    hush_err e = hush_prekey_upload(n->c, max_one_time, &buf, &len, NULL);
+    if (e) {
+        report(n, e, "could not prepare a prekey upload");
+        return;
+    }
+    Hush__PreKeyUpload *up = hush__pre_key_upload__unpack(NULL, len, buf);
+    hush_free(buf);
+    struct req *r = up ? add_req(n, R_UPLOAD) : NULL;
+    if (r) {
+        Hush__Frame f = HUSH__FRAME__INIT;
+        f.id = r->id;
+        f.msg_case = HUSH__FRAME__MSG_UPLOAD_PRE_KEYS;
+        f.upload_pre_keys = up;
+        queue_frame(n, &f);
+    }
+    if (up)
+        hush__pre_key_upload__free_unpacked(up, NULL);
+}
+
+static int registered(hush_client *c)
+{
+    int64_t v = 0;
+    int found = 0;
+    hush__lock(c);
+    hush_err e = hush__meta_get_int(c, "registered", &v, &found);
+    hush__unlock(c);
+    return !e && found && v == 1;
+}
+
+static void send_auth(struct hush_net *n)
+{
+    hush_client *c = n->c;
+    struct req *r = add_req(n, R_AUTH);
+    if (!r)
+        return;
+    uint8_t sig[64];
+    char user[HUSH_USERNAME_MAX + 1];
+    uint32_t dev = 0, reg = 0;
+    if (hush_device_info(c, user, &dev, &reg) != HUSH_OK)
+        return;
+    Hush__Frame f = HUSH__FRAME__INIT;
+    f.id = r->id;
+    if (registered(c)) {
+        if (hush_auth_proof(c, HWIRE_PURPOSE_LOGIN, n->challenge, sig) != HUSH_OK)
+            return;
+        Hush__LoginRequest l = HUSH__LOGIN_REQUEST__INIT;
+        l.username = user;
+        l.device_id = dev;
+        l.signature.data = sig;
+        l.signature.len = 64;
+        f.msg_case = HUSH__FRAME__MSG_LOGIN;
+        f.login = &l;
+        queue_frame(n, &f);
+        return;
+    }
+    uint8_t auth[32], idk[33], *up = NULL;
+    size_t uplen = 0;
+    if (hush_auth_proof(c, HWIRE_PURPOSE_REGISTER, n->challenge, sig) != HUSH_OK ||
+        hush_device_auth_key(c, auth) != HUSH_OK || hush_device_identity_key(c, idk) != HUSH_OK)
+        return;
+    /* A failed earlier attempt may have marked keys as handed out: make sure some are left. */
+    uint32_t stock = 0;
+    if (hush_prekeys_remaining(c, &stock) == HUSH_OK && stock < PREKEY_BATCH / 2) {
+        hush__lock(c);
+        if (hush__generate_pre_keys(c, PREKEY_BATCH) != HUSH_OK)
+            report(n, HUSH_ERR_STORAGE, "could not generate prekeys");
+        hush__unlock(c);
+    }
+    if (hush_prekey_upload(c, PREKEY_BATCH, &up, &uplen, NULL) != HUSH_OK)
+        return;
+    Hush__PreKeyUpload *keys = hush__pre_key_upload__unpack(NULL, uplen, up);
+    hush_free(up);
+    if (!keys)
+        return;
+    Hush__RegisterRequest rr = HUSH__REGISTER_REQUEST__INIT;
+    rr.username = user;
+    rr.device_id = dev;
+    rr.auth_key.data = auth;
+    rr.auth_key.len = 32;
+    rr.signature.data = sig;
+    rr.signature.len = 64;
+    rr.identity_key.data = idk;
+    rr.identity_key.len = 33;
+    rr.registration_id = reg;
+    rr.keys = keys;
+    rr.invite = n->invite;
+    f.msg_case = HUSH__FRAME__MSG_REGISTER;
+    f.register_ = &rr;
+    queue_frame(n, &f);
+    hush__pre_key_upload__free_unpacked(keys, NULL);
+}
+
+static void went_online(struct hush_net *n)
+{
+    n->st = N_ONLINE;
+    n->backoff_ms = 0;
+    set_conn(n, HUSH_CONN_ONLINE, HUSH_OK);
+    send_presence(n);
+    int rotated = 0;
+    hush__lock(n->c);
+    hush_err e = hush__rotate_signed_pre_key(n->c, SPK_MAX_AGE_MS, SPK_GRACE_MS, &rotated);
+    hush__unlock(n->c);
+    if (e)
+        report(n, e, "signed prekey rotation failed; will retry at next login");
+    else if (rotated)
+        upload_keys(n, 0);
+    reprocess_pending(n);
+    pump_outbox(n);
+}
+
+static hush_err fatal_for(int code)
+{
+    switch (code) {
+    case HUSH__ERROR_CODE__AUTH_FAILED: return HUSH_ERR_AUTH_FAILED;
+    case HUSH__ERROR_CODE__USERNAME_TAKEN: return HUSH_ERR_USERNAME_TAKEN;
+    case HUSH__ERROR_CODE__REGISTRATION_CLOSED:
+    case HUSH__ERROR_CODE__INVITE_INVALID: return HUSH_ERR_REGISTRATION_REFUSED;
+    case HUSH__ERROR_CODE__BAD_KEYS:
+    case HUSH__ERROR_CODE__UNSUPPORTED_VERSION: return HUSH_ERR_RELAY;
+    default: return HUSH_OK;
+    }
+}
+
+static void fail_for_good(struct hush_net *n, hush_err e)
+{
+    n->fatal = 1;
+    set_conn(n, HUSH_CONN_FAILED, e);
+    if (n->wsi)
+        lws_set_timeout(n->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* results and pushes */
+
+static void on_fetch_result(struct hush_net *n, const struct req *r, const Hush__Result *res)
+{
+    n->fetching = 0;
+    if (res->code == HUSH__ERROR_CODE__UNKNOWN_USER) {
+        /* nobody to deliver to: every queued message to that peer fails */
+        for (;;) {
+            struct orow o;
+            memset(&o, 0, sizeof o);
+            if (!next_outbox_row(n->c, 0, "", &o))
+                break;
+            int match = !strcmp(o.peer, r->peer);
+            if (o.body) {
+                sodium_memzero(o.body, o.len);
+                free(o.body);
+            }
+            if (!match)
+                break;
+            outbox_finished(n, o.id, o.mid, o.kind, HUSH_MSG_FAILED, o.peer);
+        }
+        report(n, HUSH_ERR_UNKNOWN_USER, r->peer);
+        n->pump_cursor = 0;
+        return;
+    }
+    if (res->code != HUSH__ERROR_CODE__OK) {
+        n->retry_at_ms = now_ms() + (res->retry_after_ms ? res->retry_after_ms : NET_RETRY_MS);
+        return;
+    }
+    hush_client *c = n->c;
+    hush__lock(c);
+    exec1(c, "DELETE FROM peer_devices WHERE peer = ?1", r->peer, NULL, -1);
+    hush__unlock(c);
+    for (size_t i = 0; i < res->n_bundles; i++) {
+        const Hush__KeyBundle *b = res->bundles[i];
+        if (strcmp(b->username, r->peer) != 0)
+            continue;
+        uint32_t dev = b->device_id;
+        if (!hush_has_session(c, r->peer, dev)) {
+            size_t len = hush__key_bundle__get_packed_size(b);
+            uint8_t *buf = malloc(len);
+            if (!buf)
+                continue;
+            hush__key_bundle__pack(b, buf);
+            hush_err e = hush_bundle_import(c, buf, len, NULL, NULL);
+            free(buf);
+            if (e == HUSH_ERR_IDENTITY_CHANGED) {
+                snprintf(n->blocked_peer, sizeof n->blocked_peer, "%s", r->peer);
+                on_identity(n, r->peer, dev);
+                continue;
+            }
+            if (e) {
+                report(n, e, "a contact's key bundle was refused");
+                continue;
+            }
+        }
+        hush__lock(c);
+        sqlite3_stmt *st;
+        if (hstore_prepare(c->db, "INSERT OR REPLACE INTO peer_devices (peer, device_id, fetched_at) VALUES (?1, ?2, ?3)",
+                           &st) == HSTORE_OK) {
+            sqlite3_bind_text(st, 1, r->peer, -1, SQLITE_TRANSIENT);
+            sqlite3_bind_int64(st, 2, dev);
+            sqlite3_bind_int64(st, 3, (int64_t)now_ms());
+            if (hstore_run(c->db, st) != HSTORE_OK)
+                report(n, HUSH_ERR_STORAGE, "could not record a contact's devices");
+        }
+        hush__unlock(c);
+    }
+    n->pump_cursor = 0; /* resume from the oldest row not yet acknowledged */
+    n->inflight = 0;
+    for (int i = 0; i < n->nreqs; i++)
+        if (n->reqs[i].type == R_SEND)
+            n->inflight++;
+}
+
+static void on_send_result(struct hush_net *n, const struct req *r, const Hush__Result *res)
+{
+    n->inflight--;
+    switch (res->code) {
+    case HUSH__ERROR_CODE__OK:
+        outbox_finished(n, r->outbox_id, r->mid, r->kind, HUSH_MSG_SENT, r->peer);
+        break;
+    case HUSH__ERROR_CODE__UNKNOWN_RECIPIENT:
+        /* the device list changed: forget it and this message's ciphertexts, fetch again */
+        forget_devices(n->c, r->peer);
+        forget_envelopes(n->c, r->mid);
+        n->pump_cursor = 0;
+        n->inflight = 0;
+        break;
+    default:
+        /* rate limit, quota, storage trouble at the relay: the row stays, try again later */
+        n->retry_at_ms = now_ms() + (res->retry_after_ms ? res->retry_after_ms : NET_RETRY_MS);
+        n->pump_cursor = 0;
+        n->inflight = 0;
+        if (res->code == HUSH__ERROR_CODE__QUOTA_EXCEEDED)
+            report(n, HUSH_ERR_RELAY, "the recipient's mailbox is full; will retry");
+        break;
+    }
+}
+
+static void handle_frame(struct hush_net *n, const uint8_t *data, size_t len)
+{
+    Hush__Frame *f = hush__frame__unpack(NULL, len, data);
+    if (!f) {
+        report(n, HUSH_ERR_RELAY, "the relay sent an undecodable frame");
+        return;
+    }
+    struct req r;
+    switch (f->msg_case) {
+    case HUSH__FRAME__MSG_WELCOME:
+        if (n->st == N_HELLO && take_req(n, f->id, &r) && f->welcome->challenge.len == 32 && f->welcome->version == 1) {
+            memcpy(n->challenge, f->welcome->challenge.data, 32);
+            n->st = N_AUTH;
+            send_auth(n);
+        } else {
+            report(n, HUSH_ERR_RELAY, "unexpected welcome");
+        }
+        break;
+    case HUSH__FRAME__MSG_RESULT:
+        if (!take_req(n, f->id, &r)) {
+            if (f->result->code)
+                report(n, HUSH_ERR_RELAY, f->result->message);
+            break;
+        }
+        if (r.type == R_AUTH) {
+            if (f->result->code == HUSH__ERROR_CODE__OK) {
+                hush__lock(n->c);
+                if (hush__meta_set_int(n->c, "registered", 1) != HUSH_OK)
+                    report(n, HUSH_ERR_STORAGE, "could not record the registration");
+                hush__unlock(n->c);
+                went_online(n);
+            } else {
+                hush_err fe = fatal_for(f->result->code);
+                if (fe)
+                    fail_for_good(n, fe);
+                else
+                    report(n, HUSH_ERR_RELAY, f->result->message);
+            }
+        } else if (r.type == R_SEND) {
+            on_send_result(n, &r, f->result);
+            pump_outbox(n);
+        } else if (r.type == R_FETCH) {
+            on_fetch_result(n, &r, f->result);
+            pump_outbox(n);
+        } else if (r.type == R_UPLOAD && f->result->code) {
+            report(n, HUSH_ERR_RELAY, "prekey upload refused");
+        }
+        break;
+    case HUSH__FRAME__MSG_DELIVER: {
+        const Hush__Deliver *d = f->deliver;
+        if (!hush__valid_username(d->from_username) || d->from_device == 0) {
+            report(n, HUSH_ERR_RELAY, "delivery with a bad sender");
+            if (d->seq)
+                send_ack(n, d->seq);
+            break;
+        }
+        if (process_envelope(n, d->from_username, d->from_device, d->envelope.data, d->envelope.len, 0) && d->seq)
+            send_ack(n, d->seq);
+        if (atomic_load(&n->wake) & NET_WAKE_OUTBOX) {
+            atomic_fetch_and(&n->wake, ~NET_WAKE_OUTBOX);
+            pump_outbox(n);
+        }
+        break;
+    }
+    case HUSH__FRAME__MSG_PRE_KEYS_LOW: {
+        hush__lock(n->c);
+        hush_err e = hush__generate_pre_keys(n->c, PREKEY_BATCH);
+        hush__unlock(n->c);
+        if (e)
+            report(n, e, "could not generate prekeys");
+        else
+            upload_keys(n, PREKEY_BATCH);
+        break;
+    }
+    case HUSH__FRAME__MSG_PRESENCE:
+        if (n->cb.on_presence)
+            n->cb.on_presence(n->cb.ctx, f->presence->username, f->presence->online, f->presence->last_seen_ms);
+        break;
+    case HUSH__FRAME__MSG_CLOSING:
+        if (f->closing->code == HUSH__ERROR_CODE__SESSION_REPLACED) {
+            report(n, HUSH_ERR_RELAY, "another connection logged in as this device; not reconnecting");
+            fail_for_good(n, HUSH_ERR_RELAY);
+        }
+        break;
+    case HUSH__FRAME__MSG_QUEUE_EMPTY:
+        signal_progress(n);
+        break;
+    default:
+        break;
+    }
+    hush__frame__free_unpacked(f, NULL);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* typing */
+
+static void send_typing(struct hush_net *n)
+{
+    for (;;) {
+        char peer[HUSH_USERNAME_MAX + 1] = "";
+        int typing = 0;
+        pthread_mutex_lock(&n->typing_mu);
+        for (int i = 0; i < n->ntyping && !peer[0]; i++) {
+            if (n->typing[i].pending) {
+                n->typing[i].pending = 0;
+                snprintf(peer, sizeof peer, "%s", n->typing[i].peer);
+                typing = n->typing[i].typing;
+            }
+        }
+        pthread_mutex_unlock(&n->typing_mu);
+        if (!peer[0] || n->st != N_ONLINE)
+            return;
+        uint32_t devs[MAX_DEVS];
+        int nd = peer_devices(n->c, peer, devs, MAX_DEVS);
+        Hush__Recipient rcs[MAX_DEVS], *rp[MAX_DEVS];
+        uint8_t *envs[MAX_DEVS] = { 0 };
+        int cnt = 0;
+        uint8_t mid[16], body = (uint8_t)(typing ? 1 : 0);
+        randombytes_buf(mid, sizeof mid);
+        for (int i = 0; i < nd; i++) {
+            size_t len = 0;
+            hush__lock(n->c);
+            hush_err e = hush__encrypt_kind(n->c, peer, devs[i], HUSH__CONTENT_KIND__CONTENT_TYPING, &body, 1, mid, 0,
+                                            &envs[cnt], &len);
+            hush__unlock(n->c);
+            if (e)
+                continue;
+            hush__recipient__init(&rcs[cnt]);
+            rcs[cnt].username = peer;
+            rcs[cnt].device_id = devs[i];
+            rcs[cnt].envelope.data = envs[cnt];
+            rcs[cnt].envelope.len = len;
+            rp[cnt] = &rcs[cnt];
+            cnt++;
+        }
+        if (cnt) {
+            struct req *r = add_req(n, R_OTHER);
+            if (r) {
+                Hush__SendRequest s = HUSH__SEND_REQUEST__INIT;
+                s.client_msg_id.data = mid;
+                s.client_msg_id.len = 16;
+                s.n_recipients = (size_t)cnt;
+                s.recipients = rp;
+                s.ephemeral = 1;
+                Hush__Frame f = HUSH__FRAME__INIT;
+                f.id = r->id;
+                f.msg_case = HUSH__FRAME__MSG_SEND;
+                f.send = &s;
+                queue_frame(n, &f);
+            }
+        }
+        for (int i = 0; i < cnt; i++)
+            hush_free(envs[i]);
+    }
+}
+
+hush_err hush_typing(hush_client *c, const char *peer, int typing)
+{
+    if (!c || !hush__valid_username(peer))
+        return HUSH_ERR_INVALID_ARG;
+    pthread_mutex_lock(&c->net_mu);
+    struct hush_net *n = c->net;
+    hush_err e = HUSH_ERR_NOT_RUNNING;
+    if (n) {
+        e = HUSH_OK;
+        pthread_mutex_lock(&n->typing_mu);
+        struct typing_req *t = NULL;
+        for (int i = 0; i < n->ntyping && !t; i++)
+            if (!strcmp(n->typing[i].peer, peer))
+                t = &n->typing[i];
+        if (!t && n->ntyping < NET_MAX_TYPING) {
+            t = &n->typing[n->ntyping++];
+            memset(t, 0, sizeof *t);
+            snprintf(t->peer, sizeof t->peer, "%s", peer);
+        }
+        uint64_t now = now_ms();
+        int send = 0;
+        if (t && (!typing || t->typing != typing || now - t->last_sent_ms >= NET_TYPING_EVERY_MS)) {
+            t->typing = typing ? 1 : 0;
+            t->pending = 1;
+            t->last_sent_ms = now;
+            send = 1;
+        }
+        pthread_mutex_unlock(&n->typing_mu);
+        if (send) {
+            atomic_fetch_or(&n->wake, NET_WAKE_TYPING);
+            lws_cancel_service(n->ctx);
+        }
+    }
+    pthread_mutex_unlock(&c->net_mu);
+    return e;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* connection management */
+
+static void connect_now(struct hush_net *n);
+
+static void reconnect_cb(lws_sorted_usec_list_t *sul)
+{
+    struct hush_net *n = lws_container_of(sul, struct hush_net, sul_reconnect);
+    connect_now(n);
+}
+
+static void schedule_reconnect(struct hush_net *n)
+{
+    if (atomic_load(&n->stop) || n->fatal)
+        return;
+    n->backoff_ms = n->backoff_ms ? n->backoff_ms * 2 : NET_BACKOFF_MIN_MS;
+    if (n->backoff_ms > NET_BACKOFF_MAX_MS)
+        n->backoff_ms = NET_BACKOFF_MAX_MS;
+    /* jitter: 75%..125% so that clients of a restarted relay do not come back in lockstep */
+    uint32_t span = (uint32_t)n->backoff_ms / 2;
+    uint32_t delay = (uint32_t)n->backoff_ms * 3 / 4 + (span ? randombytes_uniform(span + 1) : 0);
+    lws_sul_schedule(n->ctx, 0, &n->sul_reconnect, reconnect_cb, (lws_usec_t)delay * 1000);
+}
+
+static void connection_lost(struct hush_net *n)
+{
+    n->wsi = NULL;
+    n->st = N_IDLE;
+    while (n->out_head) {
+        struct nbuf *b = n->out_head->next;
+        free(n->out_head);
+        n->out_head = b;
+    }
+    n->out_tail = NULL;
+    n->rx_len = 0;
+    n->nreqs = 0;
+    n->inflight = 0;
+    n->fetching = 0;
+    n->pump_cursor = 0;
+    if (!n->fatal && !atomic_load(&n->stop))
+        set_conn(n, HUSH_CONN_OFFLINE, HUSH_ERR_NETWORK);
+    schedule_reconnect(n);
+}
+
+static void connect_now(struct hush_net *n)
+{
+    if (atomic_load(&n->stop) || n->fatal || n->wsi)
+        return;
+    set_conn(n, HUSH_CONN_CONNECTING, HUSH_OK);
+    struct lws_client_connect_info ci;
+    memset(&ci, 0, sizeof ci);
+    ci.context = n->ctx;
+    ci.address = n->host;
+    ci.port = n->port;
+    ci.path = n->path;
+    ci.host = n->host;
+    ci.origin = n->host;
+    ci.protocol = "hush.v1";
+    ci.pwsi = &n->wsi;
+    if (n->tls)
+        ci.ssl_connection = LCCSCF_USE_SSL | (n->insecure ? (LCCSCF_ALLOW_SELFSIGNED | LCCSCF_SKIP_SERVER_CERT_HOSTNAME_CHECK |
+                                                              LCCSCF_ALLOW_INSECURE | LCCSCF_ALLOW_EXPIRED)
+                                                           : 0);
+    n->st = N_CONNECTING;
+    if (!lws_client_connect_via_info(&ci)) {
+        n->wsi = NULL;
+        n->st = N_IDLE;
+        set_conn(n, HUSH_CONN_OFFLINE, HUSH_ERR_NETWORK);
+        schedule_reconnect(n);
+    }
+}
+
+static void tick_cb(lws_sorted_usec_list_t *sul)
+{
+    struct hush_net *n = lws_container_of(sul, struct hush_net, sul_tick);
+    if (n->st == N_ONLINE && n->retry_at_ms && now_ms() >= n->retry_at_ms)
+        pump_outbox(n);
+    lws_sul_schedule(n->ctx, 0, &n->sul_tick, tick_cb, 500 * LWS_US_PER_MS);
+}
+
+static void handle_wake(struct hush_net *n)
+{
+    int w = atomic_exchange(&n->wake, 0);
+    if (n->st != N_ONLINE)
+        return;
+    if (w & NET_WAKE_IDENTITY) {
+        n->blocked_peer[0] = '\0';
+        reprocess_pending(n);
+        n->pump_cursor = 0;
+    }
+    if (w & NET_WAKE_PRESENCE)
+        send_presence(n);
+    if (w & NET_WAKE_TYPING)
+        send_typing(n);
+    if (w & (NET_WAKE_OUTBOX | NET_WAKE_IDENTITY))
+        pump_outbox(n);
+}
+
+static int net_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in, size_t len)
+{
+    (void)user;
+    struct lws_context *ctx = lws_get_context(wsi);
+    struct hush_net *n = ctx ? lws_context_user(ctx) : NULL;
+    if (!n)
+        return 0;
+    switch (reason) {
+    case LWS_CALLBACK_CLIENT_ESTABLISHED: {
+        n->st = N_HELLO;
+        struct req *r = add_req(n, R_HELLO);
+        Hush__Hello h = HUSH__HELLO__INIT;
+        h.min_version = h.max_version = 1;
+        h.client = "libhush/" "0.1.0";
+        Hush__Frame f = HUSH__FRAME__INIT;
+        f.id = r ? r->id : 1;
+        f.msg_case = HUSH__FRAME__MSG_HELLO;
+        f.hello = &h;
+        queue_frame(n, &f);
+        break;
+    }
+    case LWS_CALLBACK_CLIENT_RECEIVE: {
+        size_t remaining = lws_remaining_packet_payload(wsi);
+        if (n->rx_len + len + remaining > NET_MAX_FRAME) {
+            report(n, HUSH_ERR_RELAY, "the relay sent an oversized frame; reconnecting");
+            return -1;
+        }
+        if (n->rx_len + len > n->rx_cap) {
+            size_t nc = n->rx_cap ? n->rx_cap : 65536;
+            while (nc < n->rx_len + len)
+                nc *= 2;
+            uint8_t *nb = realloc(n->rx, nc);
+            if (!nb)
+                return -1;
+            n->rx = nb;
+            n->rx_cap = nc;
+        }
+        memcpy(n->rx + n->rx_len, in, len);
+        n->rx_len += len;
+        if (lws_is_final_fragment(wsi) && remaining == 0) {
+            size_t l = n->rx_len;
+            n->rx_len = 0;
+            handle_frame(n, n->rx, l);
+        }
+        break;
+    }
+    case LWS_CALLBACK_CLIENT_WRITEABLE:
+        while (n->out_head) {
+            struct nbuf *b = n->out_head;
+            if (lws_write(wsi, b->data + LWS_PRE, b->len, LWS_WRITE_BINARY) < (int)b->len)
+                return -1;
+            n->out_head = b->next;
+            if (!n->out_head)
+                n->out_tail = NULL;
+            free(b);
+            if (lws_send_pipe_choked(wsi)) {
+                if (n->out_head)
+                    lws_callback_on_writable(wsi);
+                break;
+            }
+        }
+        break;
+    case LWS_CALLBACK_CLIENT_CONNECTION_ERROR:
+        if (wsi == n->wsi || !n->wsi) {
+            char detail[160];
+            snprintf(detail, sizeof detail, "cannot reach the relay: %s", in ? (const char *)in : "connection error");
+            report(n, HUSH_ERR_NETWORK, detail);
+            connection_lost(n);
+        }
+        break;
+    case LWS_CALLBACK_CLIENT_CLOSED:
+        if (wsi == n->wsi)
+            connection_lost(n);
+        break;
+    case LWS_CALLBACK_EVENT_WAIT_CANCELLED:
+        handle_wake(n);
+        break;
+    default:
+        break;
+    }
+    return 0;
+}
+
+static void *net_main(void *arg)
+{
+    struct hush_net *n = arg;
+    replay_unnotified(n);
+    connect_now(n);
+    lws_sul_schedule(n->ctx, 0, &n->sul_tick, tick_cb, 500 * LWS_US_PER_MS);
+    while (!atomic_load(&n->stop))
+        lws_service(n->ctx, 0);
+    return NULL;
+}
+
+static int parse_url(struct hush_net *n, const char *url)
+{
+    const char *p;
+    if (!strncmp(url, "ws://", 5)) {
+        p = url + 5;
+        n->tls = 0;
+        n->port = 80;
+    } else if (!strncmp(url, "wss://", 6)) {
+        p = url + 6;
+        n->tls = 1;
+        n->port = 443;
+    } else {
+        return -1;
+    }
+    const char *slash = strchr(p, '/');
+    size_t hl = slash ? (size_t)(slash - p) : strlen(p);
+    if (hl == 0 || hl >= sizeof n->host)
+        return -1;
+    char hostport[256];
+    memcpy(hostport, p, hl);
+    hostport[hl] = '\0';
+    char *colon = strrchr(hostport, ':');
+    if (colon && !strchr(colon, ']')) {
+        char *end = NULL;
+        long port = strtol(colon + 1, &end, 10);
+        if (!end || *end || port < 1 || port > 65535)
+            return -1;
+        n->port = (int)port;
+        *colon = '\0';
+    }
+    if (hostport[0] == '[') { /* [::1] */
+        size_t l = strlen(hostport);
+        if (l < 3 || hostport[l - 1] != ']')
+            return -1;
+        hostport[l - 1] = '\0';
+        memmove(hostport, hostport + 1, l - 1);
+    }
+    snprintf(n->host, sizeof n->host, "%s", hostport);
+    snprintf(n->path, sizeof n->path, "%s", slash ? slash : "/");
+    return 0;
+}
+
+static void lws_quiet(int level, const char *line)
+{
+    (void)level;
+    (void)line;
+}
+
+hush_err hush_net_start(hush_client *c, const hush_net_opts *opts, const hush_callbacks *cb)
+{
+    if (!c)
+        return HUSH_ERR_INVALID_ARG;
+    char url[300] = "";
+    hush__lock(c);
+    int has = c->has_device;
+    sqlite3_stmt *st;
+    int row = 0;
+    if (opts && opts->relay_url) {
+        snprintf(url, sizeof url, "%s", opts->relay_url);
+    } else if (hstore_prepare(c->db, "SELECT bval FROM meta WHERE key = 'relay_url'", &st) == HSTORE_OK &&
+               hstore_step(c->db, st, &row) == HSTORE_OK && row) {
+        snprintf(url, sizeof url, "%.*s", sqlite3_column_bytes(st, 0), (const char *)sqlite3_column_blob(st, 0));
+        sqlite3_reset(st);
+    }
+    hush__unlock(c);
+    if (!has)
+        return HUSH_ERR_NO_DEVICE;
+    struct hush_net *n = calloc(1, sizeof *n);
+    if (!n)
+        return HUSH_ERR_NOMEM;
+    n->c = c;
+    if (cb)
+        n->cb = *cb;
+    n->next_id = 1;
+    if (!url[0] || parse_url(n, url) != 0) {
+        free(n);
+        return HUSH_ERR_INVALID_ARG;
+    }
+    if (opts && opts->invite)
+        snprintf(n->invite, sizeof n->invite, "%s", opts->invite);
+    if (opts && opts->ca_file)
+        snprintf(n->ca_file, sizeof n->ca_file, "%s", opts->ca_file);
+    n->insecure = opts ? opts->insecure_tls : 0;
+    pthread_mutex_init(&n->mu, NULL);
+    pthread_cond_init(&n->cv, NULL);
+    pthread_mutex_init(&n->typing_mu, NULL);
+    /* remember the relay for next time */
+    hush__lock(c);
+    if (hstore_prepare(c->db, "INSERT INTO meta (key, bval) VALUES ('relay_url', ?1) "
+                              "ON CONFLICT (key) DO UPDATE SET bval = excluded.bval", &st) == HSTORE_OK) {
+        sqlite3_bind_blob(st, 1, url, (int)strlen(url), SQLITE_TRANSIENT);
+        if (hstore_run(c->db, st) != HSTORE_OK) {
+            /* not fatal: the URL is simply not remembered */
+        }
+    }
+    hush__unlock(c);
+
+    lws_set_log_level(LLL_ERR, lws_quiet);
+    struct lws_context_creation_info info;
+    memset(&info, 0, sizeof info);
+    info.port = CONTEXT_PORT_NO_LISTEN;
+    info.protocols = net_protocols;
+    info.user = n;
+    info.options = n->tls ? LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT : 0;
+    if (n->ca_file[0])
+        info.client_ssl_ca_filepath = n->ca_file;
+    info.fd_limit_per_thread = 64;
+    n->ctx = lws_create_context(&info);
+    if (!n->ctx) {
+        pthread_mutex_destroy(&n->mu);
+        pthread_cond_destroy(&n->cv);
+        pthread_mutex_destroy(&n->typing_mu);
+        free(n);
+        return HUSH_ERR_NETWORK;
+    }
+    pthread_mutex_lock(&c->net_mu);
+    if (c->net) {
+        pthread_mutex_unlock(&c->net_mu);
+        lws_context_destroy(n->ctx);
+        free(n);
+        return HUSH_ERR_INVALID_ARG; /* already running */
+    }
+    c->net = n;
+    pthread_mutex_unlock(&c->net_mu);
+    if (pthread_create(&n->th, NULL, net_main, n) != 0) {
+        pthread_mutex_lock(&c->net_mu);
+        c->net = NULL;
+        pthread_mutex_unlock(&c->net_mu);
+        lws_context_destroy(n->ctx);
+        free(n);
+        return HUSH_ERR_NETWORK;
+    }
+    return HUSH_OK;
+}
+
+void hush_net_stop(hush_client *c)
+{
+    if (!c)
+        return;
+    pthread_mutex_lock(&c->net_mu);
+    struct hush_net *n = c->net;
+    c->net = NULL;
+    pthread_mutex_unlock(&c->net_mu);
+    if (!n)
+        return;
+    atomic_store(&n->stop, 1);
+    lws_cancel_service(n->ctx);
+    pthread_join(n->th, NULL);
+    lws_context_destroy(n->ctx);
+    pthread_mutex_lock(&n->mu);
+    n->conn = HUSH_CONN_STOPPED;
+    pthread_cond_broadcast(&n->cv);
+    pthread_mutex_unlock(&n->mu);
+    if (n->cb.on_connection)
+        n->cb.on_connection(n->cb.ctx, HUSH_CONN_STOPPED, HUSH_OK);
+    while (n->out_head) {
+        struct nbuf *b = n->out_head->next;
+        free(n->out_head);
+        n->out_head = b;
+    }
+    free(n->rx);
+    pthread_mutex_destroy(&n->mu);
+    pthread_cond_destroy(&n->cv);
+    pthread_mutex_destroy(&n->typing_mu);
+    free(n);
+}
+
+void hush__net_wake(hush_client *c, int flags)
+{
+    pthread_mutex_lock(&c->net_mu);
+    if (c->net) {
+        atomic_fetch_or(&c->net->wake, flags);
+        lws_cancel_service(c->net->ctx);
+    }
+    pthread_mutex_unlock(&c->net_mu);
+}
+
+hush_conn_state hush_net_state(hush_client *c, hush_err *last_error)
+{
+    hush_conn_state s = HUSH_CONN_STOPPED;
+    if (last_error)
+        *last_error = HUSH_OK;
+    if (!c)
+        return s;
+    pthread_mutex_lock(&c->net_mu);
+    if (c->net) {
+        pthread_mutex_lock(&c->net->mu);
+        s = c->net->conn;
+        if (last_error)
+            *last_error = c->net->last_err;
+        pthread_mutex_unlock(&c->net->mu);
+    }
+    pthread_mutex_unlock(&c->net_mu);
+    return s;
+}
+
+/* Waits on the network's condition variable until pred() holds; shared by the two waits. */
+static hush_err wait_until(hush_client *c, int timeout_ms, int (*pred)(hush_client *, struct hush_net *, hush_err *))
+{
+    struct timespec deadline;
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_sec += timeout_ms / 1000;
+    deadline.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+    if (deadline.tv_nsec >= 1000000000L) {
+        deadline.tv_sec++;
+        deadline.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&c->net_mu);
+    struct hush_net *n = c->net;
+    pthread_mutex_unlock(&c->net_mu);
+    if (!n)
+        return HUSH_ERR_NOT_RUNNING;
+    hush_err result = HUSH_ERR_TIMEOUT;
+    pthread_mutex_lock(&n->mu);
+    for (;;) {
+        hush_err e = HUSH_OK;
+        pthread_mutex_unlock(&n->mu);
+        int done = pred(c, n, &e);
+        pthread_mutex_lock(&n->mu);
+        if (done) {
+            result = e;
+            break;
+        }
+        if (pthread_cond_timedwait(&n->cv, &n->mu, &deadline) == ETIMEDOUT) {
+            pthread_mutex_unlock(&n->mu);
+            done = pred(c, n, &e);
+            pthread_mutex_lock(&n->mu);
+            result = done ? e : HUSH_ERR_TIMEOUT;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&n->mu);
+    return result;
+}
+
+static int pred_online(hush_client *c, struct hush_net *n, hush_err *e)
+{
+    (void)c;
+    pthread_mutex_lock(&n->mu);
+    hush_conn_state s = n->conn;
+    hush_err le = n->last_err;
+    pthread_mutex_unlock(&n->mu);
+    if (s == HUSH_CONN_ONLINE) {
+        *e = HUSH_OK;
+        return 1;
+    }
+    if (s == HUSH_CONN_FAILED) {
+        *e = le ? le : HUSH_ERR_RELAY;
+        return 1;
+    }
+    return 0;
+}
+
+static int pred_flushed(hush_client *c, struct hush_net *n, hush_err *e)
+{
+    uint32_t count = 1;
+    if (pred_online(c, n, e) && *e)
+        return 1; /* failed for good */
+    *e = hush_outbox_count(c, &count);
+    return *e || count == 0;
+}
+
+hush_err hush_net_wait_online(hush_client *c, int timeout_ms)
+{
+    if (!c || timeout_ms < 0)
+        return HUSH_ERR_INVALID_ARG;
+    return wait_until(c, timeout_ms, pred_online);
+}
+
+hush_err hush_net_flush(hush_client *c, int timeout_ms)
+{
+    if (!c || timeout_ms < 0)
+        return HUSH_ERR_INVALID_ARG;
+    return wait_until(c, timeout_ms, pred_flushed);
+}

@@ -1,0 +1,28 @@
+/* net.h - libhush's network thread (net.c), internal. */
+#ifndef HUSH_NET_H
+#define HUSH_NET_H
+
+#include "internal.h"
+
+#define NET_WAKE_OUTBOX 1
+#define NET_WAKE_PRESENCE 2
+#define NET_WAKE_TYPING 4
+#define NET_WAKE_IDENTITY 8
+
+#define PRESENCE_ALLOW 1
+#define PRESENCE_SUBSCRIBE 2
+
+/* Wakes the network thread (no-op when it is not running). Safe from any thread. */
+void hush__net_wake(hush_client *c, int flags);
+
+/* messaging.c */
+hush_err hush__set_message_state(hush_client *c, const uint8_t mid[16], int state);
+hush_err hush__queue_receipt(hush_client *c, const char *peer, int state, const uint8_t mid[16]);
+
+/* keys.c: replenishing and rotating keys */
+hush_err hush__generate_pre_keys(hush_client *c, uint32_t n);
+/* Makes a new signed prekey current if the current one is older than max_age_ms; retires (deletes)
+ * non-current signed prekeys older than grace_ms. *rotated = 1 if a new one was made. */
+hush_err hush__rotate_signed_pre_key(hush_client *c, uint64_t max_age_ms, uint64_t grace_ms, int *rotated);
+
+#endif

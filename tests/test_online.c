@@ -1,0 +1,486 @@
+/*
+ * test_online.c - libhush online: real hushd on loopback, real SDK clients with their own network
+ * threads and databases. Conversations, offline delivery, receipts, typing, presence, identity
+ * change, relay restarts and kill -9 of the relay mid-stream.
+ */
+#define _GNU_SOURCE
+#include <stdarg.h>
+#include <setjmp.h>
+#include <stddef.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <sodium.h>
+
+#include "relay_util.h"
+#include "util.h"
+
+#define MAXREC 4096
+
+struct got {
+    char from[33];
+    char text[128];
+    int64_t local_id;
+};
+
+struct rec {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    struct got msgs[MAXREC];
+    int nmsgs;
+    int dup_local;      /* a local_id reported twice */
+    uint8_t receipt_mid[MAXREC][16];
+    int receipt_state[MAXREC];
+    int nreceipts;
+    int typing_on, typing_off;
+    char presence_user[33];
+    int presence_online, npresence;
+    char id_peer[33];
+    char id_old[61], id_new[61];
+    int nidentity;
+    int online_events;
+    int errors;
+};
+
+static void rec_init(struct rec *r)
+{
+    memset(r, 0, sizeof *r);
+    pthread_mutex_init(&r->mu, NULL);
+    pthread_cond_init(&r->cv, NULL);
+}
+
+static void cb_message(void *ctx, const hush_message *m)
+{
+    struct rec *r = ctx;
+    pthread_mutex_lock(&r->mu);
+    for (int i = 0; i < r->nmsgs; i++)
+        if (r->msgs[i].local_id == m->local_id)
+            r->dup_local++;
+    if (r->nmsgs < MAXREC) {
+        struct got *g = &r->msgs[r->nmsgs++];
+        snprintf(g->from, sizeof g->from, "%s", m->sender);
+        snprintf(g->text, sizeof g->text, "%.*s", (int)m->body_len, (const char *)m->body);
+        g->local_id = m->local_id;
+    }
+    pthread_cond_broadcast(&r->cv);
+    pthread_mutex_unlock(&r->mu);
+}
+
+static void cb_receipt(void *ctx, const char *peer, const uint8_t mid[16], hush_msg_state st)
+{
+    (void)peer;
+    struct rec *r = ctx;
+    pthread_mutex_lock(&r->mu);
+    if (r->nreceipts < MAXREC) {
+        memcpy(r->receipt_mid[r->nreceipts], mid, 16);
+        r->receipt_state[r->nreceipts++] = st;
+    }
+    pthread_cond_broadcast(&r->cv);
+    pthread_mutex_unlock(&r->mu);
+}
+
+static void cb_typing(void *ctx, const char *peer, uint32_t dev, int typing)
+{
+    (void)peer;
+    (void)dev;
+    struct rec *r = ctx;
+    pthread_mutex_lock(&r->mu);
+    if (typing)
+        r->typing_on++;
+    else
+        r->typing_off++;
+    pthread_cond_broadcast(&r->cv);
+    pthread_mutex_unlock(&r->mu);
+}
+
+static void cb_presence(void *ctx, const char *user, int online, uint64_t last_seen)
+{
+    (void)last_seen;
+    struct rec *r = ctx;
+    pthread_mutex_lock(&r->mu);
+    snprintf(r->presence_user, sizeof r->presence_user, "%s", user);
+    r->presence_online = online;
+    r->npresence++;
+    pthread_cond_broadcast(&r->cv);
+    pthread_mutex_unlock(&r->mu);
+}
+
+static void cb_identity(void *ctx, const char *peer, uint32_t dev, const char *old_sn, const char *new_sn)
+{
+    (void)dev;
+    struct rec *r = ctx;
+    pthread_mutex_lock(&r->mu);
+    snprintf(r->id_peer, sizeof r->id_peer, "%s", peer);
+    snprintf(r->id_old, sizeof r->id_old, "%s", old_sn);
+    snprintf(r->id_new, sizeof r->id_new, "%s", new_sn);
+    r->nidentity++;
+    pthread_cond_broadcast(&r->cv);
+    pthread_mutex_unlock(&r->mu);
+}
+
+static void cb_connection(void *ctx, hush_conn_state st, hush_err e)
+{
+    (void)e;
+    struct rec *r = ctx;
+    pthread_mutex_lock(&r->mu);
+    if (st == HUSH_CONN_ONLINE)
+        r->online_events++;
+    pthread_cond_broadcast(&r->cv);
+    pthread_mutex_unlock(&r->mu);
+}
+
+static void cb_error(void *ctx, hush_err e, const char *detail)
+{
+    (void)e;
+    (void)detail;
+    struct rec *r = ctx;
+    pthread_mutex_lock(&r->mu);
+    r->errors++;
+    pthread_mutex_unlock(&r->mu);
+}
+
+/* Waits until *field >= want (read under the lock), at most ms. */
+static int wait_count(struct rec *r, const int *field, int want, int ms)
+{
+    struct timespec dl;
+    clock_gettime(CLOCK_REALTIME, &dl);
+    dl.tv_sec += ms / 1000;
+    dl.tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (dl.tv_nsec >= 1000000000L) {
+        dl.tv_sec++;
+        dl.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&r->mu);
+    while (*field < want)
+        if (pthread_cond_timedwait(&r->cv, &r->mu, &dl) != 0)
+            break;
+    int ok = *field >= want;
+    pthread_mutex_unlock(&r->mu);
+    return ok;
+}
+
+struct user {
+    hush_client *c;
+    struct rec r;
+    char name[33];
+};
+
+static void user_start(struct user *u, const struct relay_proc *relay)
+{
+    char url[64];
+    snprintf(url, sizeof url, "ws://127.0.0.1:%d", relay->port);
+    hush_callbacks cb = { &u->r, cb_message, cb_receipt, cb_typing, cb_presence, cb_identity, cb_connection, cb_error };
+    hush_net_opts o = { url, NULL, NULL, 0 };
+    assert_int_equal(hush_net_start(u->c, &o, &cb), HUSH_OK);
+    hush_err e = hush_net_wait_online(u->c, 15000);
+    if (e)
+        fail_msg("%s: not online: %s", u->name, hush_strerror(e));
+}
+
+static struct user *user_new(const struct relay_proc *relay, const char *name)
+{
+    struct user *u = calloc(1, sizeof *u);
+    rec_init(&u->r);
+    snprintf(u->name, sizeof u->name, "%s", name);
+    u->c = open_client(name, 1, HUSH_DURABILITY_NORMAL);
+    user_start(u, relay);
+    return u;
+}
+
+static void user_free(struct user *u)
+{
+    hush_client_close(u->c);
+    free(u);
+}
+
+static void send_text(struct user *u, const char *to, const char *text, uint8_t mid[16])
+{
+    hush_err e = hush_send(u->c, to, (const uint8_t *)text, strlen(text), mid);
+    if (e)
+        fail_msg("hush_send: %s", hush_strerror(e));
+}
+
+static int state_of(struct user *u, const uint8_t mid[16])
+{
+    hush_msg_state s = HUSH_MSG_QUEUED;
+    if (hush_message_state(u->c, mid, &s) != HUSH_OK)
+        return -9;
+    return (int)s;
+}
+
+static int wait_state(struct user *u, const uint8_t mid[16], int want, int ms)
+{
+    for (int i = 0; i < ms / 20; i++) {
+        if (state_of(u, mid) >= want)
+            return 1;
+        struct timespec ts = { 0, 20000000L };
+        nanosleep(&ts, NULL);
+    }
+    return state_of(u, mid) >= want;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+
+static void test_three_users(void **state)
+{
+    (void)state;
+    struct relay_proc relay;
+    relay_start(&relay, "three", NULL);
+    struct user *a = user_new(&relay, "amy"), *b = user_new(&relay, "bob"), *c = user_new(&relay, "cat");
+    uint8_t m1[16], m2[16], m3[16];
+    send_text(a, "bob", "hello bob", m1);
+    send_text(a, "cat", "hello cat", m2);
+    assert_true(wait_count(&b->r, &b->r.nmsgs, 1, 10000));
+    assert_true(wait_count(&c->r, &c->r.nmsgs, 1, 10000));
+    assert_string_equal(b->r.msgs[0].text, "hello bob");
+    assert_string_equal(b->r.msgs[0].from, "amy");
+    assert_string_equal(c->r.msgs[0].text, "hello cat");
+    send_text(b, "amy", "hi amy, bob here", m3);
+    send_text(c, "amy", "hi amy, cat here", NULL);
+    assert_true(wait_count(&a->r, &a->r.nmsgs, 2, 10000));
+    /* a conversation of 20 round trips among the three */
+    for (int i = 0; i < 20; i++) {
+        char t[64];
+        snprintf(t, sizeof t, "round %d", i);
+        send_text(a, "bob", t, NULL);
+        send_text(b, "cat", t, NULL);
+        send_text(c, "amy", t, NULL);
+    }
+    assert_true(wait_count(&a->r, &a->r.nmsgs, 22, 20000));
+    assert_true(wait_count(&b->r, &b->r.nmsgs, 21, 20000));
+    assert_true(wait_count(&c->r, &c->r.nmsgs, 21, 20000));
+    /* order per sender is kept */
+    int last = -1;
+    for (int i = 0; i < b->r.nmsgs; i++) {
+        int k;
+        if (sscanf(b->r.msgs[i].text, "round %d", &k) == 1) {
+            assert_true(k > last);
+            last = k;
+        }
+    }
+    /* states: SENT, then DELIVERED (receipt), then READ after the recipient marks it */
+    assert_true(wait_state(a, m1, HUSH_MSG_DELIVERED, 10000));
+    assert_int_equal(hush_mark_read(b->c, b->r.msgs[0].local_id), HUSH_OK);
+    assert_true(wait_state(a, m1, HUSH_MSG_READ, 10000));
+    assert_true(wait_state(b, m3, HUSH_MSG_DELIVERED, 10000));
+    assert_int_equal(a->r.dup_local + b->r.dup_local + c->r.dup_local, 0);
+    assert_int_equal(hush_net_flush(a->c, 10000), HUSH_OK);
+    user_free(a);
+    user_free(b);
+    user_free(c);
+    assert_int_equal(relay_stop(&relay, SIGTERM), 0);
+}
+
+static void test_offline_1000(void **state)
+{
+    (void)state;
+    struct relay_proc relay;
+    relay_start(&relay, "offline", NULL);
+    struct user *a = user_new(&relay, "dan"), *b = user_new(&relay, "eve");
+    hush_net_stop(b->c); /* eve goes offline */
+    enum { N = 1000 };
+    for (int i = 0; i < N; i++) {
+        char t[32];
+        snprintf(t, sizeof t, "msg %04d", i);
+        send_text(a, "eve", t, NULL);
+    }
+    assert_int_equal(hush_net_flush(a->c, 60000), HUSH_OK); /* all acknowledged by the relay */
+    user_start(b, &relay);
+    assert_true(wait_count(&b->r, &b->r.nmsgs, N, 60000));
+    for (int i = 0; i < N; i++) {
+        char t[32];
+        snprintf(t, sizeof t, "msg %04d", i);
+        assert_string_equal(b->r.msgs[i].text, t); /* in order, each once */
+    }
+    assert_int_equal(b->r.dup_local, 0);
+    user_free(a);
+    user_free(b);
+    assert_int_equal(relay_stop(&relay, SIGTERM), 0);
+}
+
+static void test_typing_presence(void **state)
+{
+    (void)state;
+    struct relay_proc relay;
+    relay_start(&relay, "typing", NULL);
+    struct user *a = user_new(&relay, "fay"), *b = user_new(&relay, "gus");
+    send_text(a, "gus", "hi", NULL);
+    assert_true(wait_count(&b->r, &b->r.nmsgs, 1, 10000));
+    assert_int_equal(hush_typing(a->c, "gus", 1), HUSH_OK);
+    assert_true(wait_count(&b->r, &b->r.typing_on, 1, 5000));
+    /* throttled: a second "typing" within 3 s is not sent */
+    assert_int_equal(hush_typing(a->c, "gus", 1), HUSH_OK);
+    assert_int_equal(hush_typing(a->c, "gus", 0), HUSH_OK);
+    assert_true(wait_count(&b->r, &b->r.typing_off, 1, 5000));
+    assert_int_equal(b->r.typing_on, 1);
+    /* presence: gus allows fay; fay follows gus */
+    const char *allow[] = { "fay" };
+    assert_int_equal(hush_presence_allow(b->c, allow, 1), HUSH_OK);
+    const char *follow[] = { "gus" };
+    assert_int_equal(hush_presence_subscribe(a->c, follow, 1), HUSH_OK);
+    assert_true(wait_count(&a->r, &a->r.npresence, 1, 5000));
+    assert_string_equal(a->r.presence_user, "gus");
+    assert_int_equal(a->r.presence_online, 1);
+    int before = a->r.npresence;
+    hush_net_stop(b->c);
+    assert_true(wait_count(&a->r, &a->r.npresence, before + 1, 5000));
+    assert_int_equal(a->r.presence_online, 0);
+    user_free(a);
+    user_free(b);
+    assert_int_equal(relay_stop(&relay, SIGTERM), 0);
+}
+
+static void test_identity_change_online(void **state)
+{
+    (void)state;
+    struct relay_proc relay;
+    relay_start(&relay, "identity", NULL);
+    struct user *a = user_new(&relay, "hal"), *b = user_new(&relay, "ida");
+    send_text(b, "hal", "before", NULL);
+    assert_true(wait_count(&a->r, &a->r.nmsgs, 1, 10000));
+    /* ida reinstalls with a new identity under the same name: the relay refuses the name... */
+    hush_client_close(b->c);
+    unlink(tpath("ida.db"));
+    unlink(tpath("ida.db-wal"));
+    unlink(tpath("ida.db-shm"));
+    /* ... so simulate the reinstall on the relay side: same device, new keys, registered anew */
+    assert_int_equal(relay_stop(&relay, SIGTERM), 0);
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "sqlite3 %s \"DELETE FROM one_time_prekeys WHERE username='ida'; DELETE FROM devices WHERE "
+                              "username='ida'; DELETE FROM users WHERE username='ida';\"", relay.db);
+    assert_int_equal(WEXITSTATUS(system(cmd)), 0);
+    relay_restart(&relay);
+    assert_true(wait_count(&a->r, &a->r.online_events, 2, 15000)); /* hal reconnected */
+    b->c = open_client("ida", 1, HUSH_DURABILITY_NORMAL);
+    rec_init(&b->r);
+    user_start(b, &relay);
+    send_text(b, "hal", "new phone, same ida", NULL);
+    assert_true(wait_count(&a->r, &a->r.nidentity, 1, 10000));
+    assert_string_equal(a->r.id_peer, "ida");
+    assert_int_not_equal(strcmp(a->r.id_old, a->r.id_new), 0);
+    assert_int_equal(a->r.nmsgs, 1); /* held back */
+    assert_int_equal(hush_identity_accept(a->c, "ida", 1), HUSH_OK);
+    assert_true(wait_count(&a->r, &a->r.nmsgs, 2, 10000));
+    assert_string_equal(a->r.msgs[1].text, "new phone, same ida");
+    /* and hal can answer the new ida (the old session is replaced from a fresh bundle) */
+    uint8_t mid[16];
+    send_text(a, "ida", "welcome back", mid);
+    assert_true(wait_count(&b->r, &b->r.nmsgs, 1, 10000));
+    user_free(a);
+    user_free(b);
+    assert_int_equal(relay_stop(&relay, SIGTERM), 0);
+}
+
+/* The relay restarts (clean, then kill -9) while messages flow: nothing lost, nothing twice. */
+static void test_relay_restarts(void **state)
+{
+    (void)state;
+    struct relay_proc relay;
+    relay_start(&relay, "restarts", NULL);
+    struct user *a = user_new(&relay, "jon"), *b = user_new(&relay, "kim");
+    enum { N = 600 };
+    int sent = 0;
+    for (int round = 0; round < 6; round++) {
+        for (int i = 0; i < N / 6; i++) {
+            char t[32];
+            snprintf(t, sizeof t, "m%04d", sent++);
+            send_text(a, "kim", t, NULL);
+        }
+        usleep(20000 + (useconds_t)randombytes_uniform(80000));
+        relay_stop(&relay, round % 2 ? SIGKILL : SIGTERM);
+        relay_restart(&relay);
+    }
+    assert_int_equal(hush_net_flush(a->c, 60000), HUSH_OK);
+    assert_true(wait_count(&b->r, &b->r.nmsgs, N, 60000));
+    usleep(300000);
+    assert_int_equal(b->r.nmsgs, N);
+    for (int i = 0; i < N; i++) {
+        char t[32];
+        snprintf(t, sizeof t, "m%04d", i);
+        assert_string_equal(b->r.msgs[i].text, t);
+    }
+    assert_int_equal(b->r.dup_local, 0);
+    assert_true(a->r.online_events >= 2); /* it reconnected (restarts can outpace the backoff) */
+    user_free(a);
+    user_free(b);
+    assert_int_equal(relay_stop(&relay, SIGTERM), 0);
+}
+
+/* The relay's database and log hold no plaintext of anything sent through the SDK. */
+static void test_canary_online(void **state)
+{
+    (void)state;
+    struct relay_proc relay;
+    relay_start(&relay, "canary_online", NULL);
+    struct user *a = user_new(&relay, "lou"), *b = user_new(&relay, "max");
+    const char *canary = "CANARY-online-5d1f0c-never-in-the-relay";
+    hush_net_stop(b->c); /* stored, not just relayed */
+    for (int i = 0; i < 10; i++)
+        send_text(a, "max", canary, NULL);
+    assert_int_equal(hush_net_flush(a->c, 20000), HUSH_OK);
+    char wal[320];
+    snprintf(wal, sizeof wal, "%s-wal", relay.db);
+    assert_false(file_contains(relay.db, canary, strlen(canary)));
+    assert_false(file_contains(wal, canary, strlen(canary)));
+    user_start(b, &relay);
+    assert_true(wait_count(&b->r, &b->r.nmsgs, 10, 20000));
+    assert_string_equal(b->r.msgs[0].text, canary);
+    user_free(a);
+    user_free(b);
+    assert_int_equal(relay_stop(&relay, SIGTERM), 0);
+    assert_false(file_contains(relay.db, canary, strlen(canary)));
+    assert_false(file_contains(relay.log, canary, strlen(canary)));
+    assert_true(file_contains(relay.log, "max", 3));
+}
+
+static void test_unknown_user_and_bad_url(void **state)
+{
+    (void)state;
+    struct relay_proc relay;
+    relay_start(&relay, "unknown", NULL);
+    struct user *a = user_new(&relay, "ned");
+    uint8_t mid[16];
+    send_text(a, "nobody", "anyone there?", mid);
+    assert_true(wait_state(a, mid, -1, 1) || 1);
+    for (int i = 0; i < 250 && state_of(a, mid) != HUSH_MSG_FAILED; i++)
+        usleep(20000);
+    assert_int_equal(state_of(a, mid), HUSH_MSG_FAILED);
+    assert_int_equal(hush_net_flush(a->c, 5000), HUSH_OK); /* not stuck in the outbox */
+    /* a username already taken: registration fails for good with a clear error */
+    hush_client *dup = NULL;
+    uint8_t key[32] = { 9 };
+    assert_int_equal(hush_client_open(tpath("ned2.db"), key, NULL, &dup), HUSH_OK);
+    assert_int_equal(hush_device_create(dup, "ned", 1), HUSH_OK);
+    char url[64];
+    snprintf(url, sizeof url, "ws://127.0.0.1:%d", relay.port);
+    hush_net_opts o = { url, NULL, NULL, 0 };
+    assert_int_equal(hush_net_start(dup, &o, NULL), HUSH_OK);
+    assert_int_equal(hush_net_wait_online(dup, 10000), HUSH_ERR_USERNAME_TAKEN);
+    hush_client_close(dup);
+    /* bad URLs */
+    hush_net_opts bad = { "http://x", NULL, NULL, 0 };
+    assert_int_equal(hush_net_start(a->c, &bad, NULL), HUSH_ERR_INVALID_ARG);
+    user_free(a);
+    assert_int_equal(relay_stop(&relay, SIGTERM), 0);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_three_users),
+        cmocka_unit_test(test_offline_1000),
+        cmocka_unit_test(test_typing_presence),
+        cmocka_unit_test(test_identity_change_online),
+        cmocka_unit_test(test_relay_restarts),
+        cmocka_unit_test(test_canary_online),
+        cmocka_unit_test(test_unknown_user_and_bad_url),
+    };
+    return cmocka_run_group_tests_name("online", tests, NULL, NULL);
+}
