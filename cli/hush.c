@@ -1,23 +1,35 @@
 /*
  * hush - the Hush command-line client.
  *
- * Today (libhush core, no relay yet) it offers:
- *   hush demo [--dir DIR] [--messages N]   two (and three) local parties talk end to end
- *   hush init --db PATH --user NAME [--device N]   create a device in a sealed database
- *   hush info --db PATH                     show the device and its prekey stock
- *   hush bundle --db PATH                   print this device's public key bundle (base64)
- * The networked commands (send, listen, chat, ...) come with the relay.
+ *   hush init --relay URL --user NAME [--invite TOKEN]   create this device and register it
+ *   hush send USER TEXT                                   send (queued if offline; retried later)
+ *   hush listen [--raw]                                   print incoming messages until Ctrl-C
+ *   hush chat USER                                        interactive: typing, receipts, presence
+ *   hush history USER [--limit N]                         the conversation, newest last
+ *   hush safety USER [--accept | --reject]                safety numbers; decide on a changed key
+ *   hush presence [--allow USER...] [--watch USER...]     who may see you; whom you follow
+ *   hush status                                           device, relay, connection, outbox
+ *   hush info | bundle | demo                             local inspection and the offline demo
  *
- * The database key lives in PATH.key (32 random bytes, mode 0600, written atomically).
+ * Every command takes --db PATH (default: $HUSH_DB, else ~/.hush/hush.db). The database key is
+ * PATH.key (32 random bytes, mode 0600), or, when HUSH_PASSPHRASE is set at init and afterwards,
+ * derived from that passphrase with Argon2id and the salt in PATH.salt.
  */
+#define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
 #include <limits.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <termios.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <sodium.h>
@@ -27,25 +39,35 @@
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: hush <command> [options]\n"
+            "usage: hush <command> [--db PATH] [options]\n"
             "\n"
             "commands:\n"
-            "  demo [--dir DIR] [--messages N]\n"
-            "        Two local parties (alice, bob) exchange key bundles, compare safety numbers\n"
-            "        and talk end to end, with out-of-order and duplicate delivery; then a group\n"
-            "        of three and an identity change. Databases go to DIR (default: a new\n"
-            "        temporary directory) and are checked for plaintext at the end.\n"
-            "  init --db PATH --user NAME [--device N]\n"
-            "        Create a device (identity, prekeys, auth key) in a new sealed database.\n"
-            "        The database key is written to PATH.key with mode 0600.\n"
-            "  info --db PATH\n"
-            "        Show the device's address, registration id and one-time prekey stock.\n"
-            "  bundle --db PATH\n"
-            "        Print this device's public prekey bundle, base64 (hands out one prekey).\n"
-            "  help | --help\n"
+            "  init --relay URL --user NAME [--device N] [--invite TOKEN]\n"
+            "        Create this device (keys in a new sealed database) and register it on the relay.\n"
+            "  send USER TEXT...     Send a message. Queued while offline and retried until the\n"
+            "                        relay has it (waits up to --wait seconds, default 10).\n"
+            "  listen [--raw]        Print incoming messages, receipts and presence until Ctrl-C.\n"
+            "  chat USER             Talk with USER interactively (typing, receipts, presence).\n"
+            "  history USER [--limit N]   Show the conversation with USER.\n"
+            "  safety USER [--accept|--reject]   Safety numbers of USER's devices; accept or\n"
+            "                        reject a changed identity key.\n"
+            "  presence [--allow USER]... [--watch USER]...   Who may see your presence; whose\n"
+            "                        presence to follow (--watch also prints updates until Ctrl-C).\n"
+            "  status                Device, relay, connection state, outbox.\n"
+            "  info | bundle         Local device details; this device's public bundle (base64).\n"
+            "  demo [--dir DIR]      End-to-end demo between local parties, no relay needed.\n"
             "\n"
-            "Run `hush <command> --help` for one command. Exit status: 0 ok, 1 error, 2 usage.\n");
+            "The database: --db PATH, else $HUSH_DB, else ~/.hush/hush.db. Its key is PATH.key\n"
+            "(mode 0600), or Argon2id of $HUSH_PASSPHRASE with the salt in PATH.salt if that variable\n"
+            "was set at init. `hush <command> --help` for one command. Exit: 0 ok, 1 error, 2 usage.\n");
 }
+
+/* For calls whose failure is already reported elsewhere (warn_unused_result ignores a cast). */
+#define BEST_EFFORT(call) \
+    do {                  \
+        if (call) {       \
+        }                 \
+    } while (0)
 
 static int die(const char *what, hush_err e)
 {
@@ -53,19 +75,62 @@ static int die(const char *what, hush_err e)
     return 1;
 }
 
-/* ---------------------------------------------------------------------------------------- */
-/* key file */
-
-static int write_key_file(const char *path, const uint8_t key[HUSH_DB_KEY_BYTES])
+static volatile sig_atomic_t g_stop;
+static void on_signal(int s)
 {
-    char tmp[PATH_MAX];
-    if (snprintf(tmp, sizeof tmp, "%s.new", path) >= (int)sizeof tmp)
-        return -1;
+    (void)s;
+    g_stop = 1;
+}
+
+static void catch_signals(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* the database and its key */
+
+static char g_db[PATH_MAX];
+
+static int resolve_db(const char *opt)
+{
+    if (opt) {
+        snprintf(g_db, sizeof g_db, "%s", opt);
+        return 0;
+    }
+    const char *env = getenv("HUSH_DB");
+    if (env && *env) {
+        snprintf(g_db, sizeof g_db, "%s", env);
+        return 0;
+    }
+    const char *home = getenv("HOME");
+    if (!home || !*home) {
+        fprintf(stderr, "hush: no --db, no $HUSH_DB and no $HOME\n");
+        return 2;
+    }
+    char dir[PATH_MAX - 16];
+    snprintf(dir, sizeof dir, "%s/.hush", home);
+    if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
+        fprintf(stderr, "hush: cannot create %s: %s\n", dir, strerror(errno));
+        return 1;
+    }
+    snprintf(g_db, sizeof g_db, "%s/hush.db", dir);
+    return 0;
+}
+
+static int write_file_atomic(const char *path, const uint8_t *data, size_t len)
+{
+    char tmp[PATH_MAX + 8];
+    snprintf(tmp, sizeof tmp, "%s.new", path);
     int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL, 0600);
     if (fd < 0)
         return -1;
-    ssize_t n = write(fd, key, HUSH_DB_KEY_BYTES);
-    if (n != HUSH_DB_KEY_BYTES || fsync(fd) != 0) {
+    ssize_t n = write(fd, data, len);
+    if (n != (ssize_t)len || fsync(fd) != 0) {
         close(fd);
         unlink(tmp);
         return -1;
@@ -78,127 +143,699 @@ static int write_key_file(const char *path, const uint8_t key[HUSH_DB_KEY_BYTES]
     return 0;
 }
 
-static int read_key_file(const char *path, uint8_t key[HUSH_DB_KEY_BYTES])
+static int read_exact(const char *path, uint8_t *buf, size_t len)
 {
     int fd = open(path, O_RDONLY);
     if (fd < 0)
         return -1;
     struct stat st;
-    if (fstat(fd, &st) != 0 || st.st_size != HUSH_DB_KEY_BYTES) {
+    if (fstat(fd, &st) != 0 || (size_t)st.st_size != len) {
         close(fd);
         errno = EINVAL;
         return -1;
     }
     if (st.st_mode & 077)
         fprintf(stderr, "hush: warning: %s is readable by others (chmod 600 it)\n", path);
-    ssize_t n = read(fd, key, HUSH_DB_KEY_BYTES);
+    ssize_t n = read(fd, buf, len);
     close(fd);
-    return n == HUSH_DB_KEY_BYTES ? 0 : -1;
+    return n == (ssize_t)len ? 0 : -1;
 }
 
-static int open_db(const char *db, int create, hush_client **out)
+static int derive_key(const char *pass, const uint8_t salt[crypto_pwhash_SALTBYTES], uint8_t key[HUSH_DB_KEY_BYTES])
 {
-    char keypath[PATH_MAX];
-    if (snprintf(keypath, sizeof keypath, "%s.key", db) >= (int)sizeof keypath) {
-        fprintf(stderr, "hush: path too long\n");
-        return 1;
-    }
+    return crypto_pwhash(key, HUSH_DB_KEY_BYTES, pass, strlen(pass), salt, crypto_pwhash_OPSLIMIT_MODERATE,
+                         crypto_pwhash_MEMLIMIT_MODERATE, crypto_pwhash_ALG_ARGON2ID13);
+}
+
+/* Opens the database; with create, makes a new key (file or passphrase salt) first. */
+static int open_db(int create, hush_client **out)
+{
+    char keypath[PATH_MAX + 8], saltpath[PATH_MAX + 8];
+    snprintf(keypath, sizeof keypath, "%s.key", g_db);
+    snprintf(saltpath, sizeof saltpath, "%s.salt", g_db);
+    const char *pass = getenv("HUSH_PASSPHRASE");
     uint8_t key[HUSH_DB_KEY_BYTES];
     if (create) {
-        if (access(db, F_OK) == 0 || access(keypath, F_OK) == 0) {
-            fprintf(stderr, "hush: %s or its key file already exists; refusing to overwrite\n", db);
+        if (access(g_db, F_OK) == 0 || access(keypath, F_OK) == 0 || access(saltpath, F_OK) == 0) {
+            fprintf(stderr, "hush: %s (or its key) already exists; refusing to overwrite\n", g_db);
             return 1;
         }
-        randombytes_buf(key, sizeof key);
-        if (write_key_file(keypath, key) != 0) {
-            fprintf(stderr, "hush: cannot write %s: %s\n", keypath, strerror(errno));
+        if (pass && *pass) {
+            uint8_t salt[crypto_pwhash_SALTBYTES];
+            randombytes_buf(salt, sizeof salt);
+            if (write_file_atomic(saltpath, salt, sizeof salt) != 0 || derive_key(pass, salt, key) != 0) {
+                fprintf(stderr, "hush: cannot set up the passphrase key: %s\n", strerror(errno));
+                return 1;
+            }
+        } else {
+            randombytes_buf(key, sizeof key);
+            if (write_file_atomic(keypath, key, sizeof key) != 0) {
+                fprintf(stderr, "hush: cannot write %s: %s\n", keypath, strerror(errno));
+                return 1;
+            }
+        }
+    } else if (access(saltpath, F_OK) == 0) {
+        uint8_t salt[crypto_pwhash_SALTBYTES];
+        if (!pass || !*pass) {
+            fprintf(stderr, "hush: %s is protected by a passphrase: set HUSH_PASSPHRASE\n", g_db);
             return 1;
         }
-    } else if (read_key_file(keypath, key) != 0) {
-        fprintf(stderr, "hush: cannot read key file %s: %s\n", keypath, strerror(errno));
+        if (read_exact(saltpath, salt, sizeof salt) != 0 || derive_key(pass, salt, key) != 0) {
+            fprintf(stderr, "hush: cannot derive the key from %s\n", saltpath);
+            return 1;
+        }
+    } else if (read_exact(keypath, key, sizeof key) != 0) {
+        if (access(g_db, F_OK) != 0)
+            fprintf(stderr, "hush: no database at %s: run `hush init --relay URL --user NAME` first\n", g_db);
+        else
+            fprintf(stderr, "hush: cannot read key file %s: %s\n", keypath, strerror(errno));
         return 1;
     }
-    hush_err e = hush_client_open(db, key, NULL, out);
+    hush_err e = hush_client_open(g_db, key, NULL, out);
     sodium_memzero(key, sizeof key);
-    if (e)
-        return die(db, e);
+    if (e == HUSH_ERR_DB_KEY)
+        fprintf(stderr, "hush: %s: wrong key or passphrase\n", g_db);
+    else if (e)
+        return die(g_db, e);
+    return e ? 1 : 0;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* option parsing shared by the commands */
+
+struct opts {
+    const char *db, *relay, *user, *invite;
+    uint32_t device;
+    int raw, accept, reject, limit, wait_s;
+    const char *allow[64], *watch[64];
+    int nallow, nwatch;
+    int help;
+    int insecure;
+};
+
+static int parse(int argc, char **argv, struct opts *o, const char *cmd)
+{
+    static const struct option lo[] = {
+        { "db", required_argument, NULL, 'd' },       { "relay", required_argument, NULL, 'r' },
+        { "user", required_argument, NULL, 'u' },     { "invite", required_argument, NULL, 'i' },
+        { "device", required_argument, NULL, 'n' },   { "raw", no_argument, NULL, 'R' },
+        { "accept", no_argument, NULL, 'a' },         { "reject", no_argument, NULL, 'x' },
+        { "limit", required_argument, NULL, 'l' },    { "wait", required_argument, NULL, 'w' },
+        { "allow", required_argument, NULL, 'A' },    { "watch", required_argument, NULL, 'W' },
+        { "insecure-tls", no_argument, NULL, 'k' },   { "help", no_argument, NULL, 'h' },
+        { NULL, 0, NULL, 0 },
+    };
+    memset(o, 0, sizeof *o);
+    o->device = 1;
+    o->limit = 50;
+    o->wait_s = 10;
+    int ch;
+    optind = 1;
+    while ((ch = getopt_long(argc, argv, "d:h", lo, NULL)) != -1) {
+        char *end = NULL;
+        switch (ch) {
+        case 'd': o->db = optarg; break;
+        case 'r': o->relay = optarg; break;
+        case 'u': o->user = optarg; break;
+        case 'i': o->invite = optarg; break;
+        case 'n': {
+            unsigned long v = strtoul(optarg, &end, 10);
+            if (!end || *end || v == 0 || v > INT_MAX)
+                goto bad;
+            o->device = (uint32_t)v;
+            break;
+        }
+        case 'R': o->raw = 1; break;
+        case 'a': o->accept = 1; break;
+        case 'x': o->reject = 1; break;
+        case 'k': o->insecure = 1; break;
+        case 'l':
+            o->limit = (int)strtol(optarg, &end, 10);
+            if (!end || *end || o->limit < 1 || o->limit > 500)
+                goto bad;
+            break;
+        case 'w':
+            o->wait_s = (int)strtol(optarg, &end, 10);
+            if (!end || *end || o->wait_s < 0 || o->wait_s > 3600)
+                goto bad;
+            break;
+        case 'A':
+            if (o->nallow == 64)
+                goto bad;
+            o->allow[o->nallow++] = optarg;
+            break;
+        case 'W':
+            if (o->nwatch == 64)
+                goto bad;
+            o->watch[o->nwatch++] = optarg;
+            break;
+        case 'h': o->help = 1; break;
+        default: goto bad;
+        }
+    }
+    if (o->help) {
+        usage(stdout);
+        return -1;
+    }
+    return resolve_db(o->db);
+bad:
+    fprintf(stderr, "hush %s: bad or unknown option (see hush --help)\n", cmd);
+    return 2;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* printing what arrives */
+
+static pthread_mutex_t g_out = PTHREAD_MUTEX_INITIALIZER;
+static int g_raw;
+static char g_peer_filter[HUSH_USERNAME_MAX + 1];
+
+static void stamp(char *buf, size_t cap, uint64_t ms)
+{
+    time_t t = (time_t)(ms / 1000);
+    struct tm tm;
+    localtime_r(&t, &tm);
+    strftime(buf, cap, "%H:%M:%S", &tm);
+}
+
+static void out_line(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void out_line(const char *fmt, ...)
+{
+    pthread_mutex_lock(&g_out);
+    va_list ap;
+    va_start(ap, fmt);
+    vprintf(fmt, ap);
+    va_end(ap);
+    fflush(stdout);
+    pthread_mutex_unlock(&g_out);
+}
+
+static void on_message(void *ctx, const hush_message *m)
+{
+    (void)ctx;
+    if (g_peer_filter[0] && strcmp(m->sender, g_peer_filter) != 0) {
+        out_line("\r(new message from %s: `hush chat %s`)\n", m->sender, m->sender);
+        return;
+    }
+    if (g_raw) {
+        char hex[33];
+        sodium_bin2hex(hex, sizeof hex, m->message_id, 16);
+        out_line("MSG %lld %s %s %.*s\n", (long long)m->local_id, m->sender, hex, (int)m->body_len, (const char *)m->body);
+        return;
+    }
+    char ts[16];
+    stamp(ts, sizeof ts, m->sent_at_ms);
+    out_line("\r[%s] %s: %.*s\n", ts, m->sender, (int)m->body_len, (const char *)m->body);
+}
+
+static void on_receipt(void *ctx, const char *peer, const uint8_t mid[16], hush_msg_state st)
+{
+    (void)ctx;
+    static const char *names[] = { "queued", "sent", "delivered", "read" };
+    char hex[9];
+    sodium_bin2hex(hex, sizeof hex, mid, 4);
+    if (st == HUSH_MSG_FAILED)
+        out_line("\r(message %s to %s failed: no such user)\n", hex, peer);
+    else if (g_raw)
+        out_line("RECEIPT %s %s %s\n", peer, hex, names[st]);
+    else if (st >= HUSH_MSG_DELIVERED)
+        out_line("\r(%s: %s)\n", peer, names[st]);
+}
+
+static void on_typing(void *ctx, const char *peer, uint32_t dev, int typing)
+{
+    (void)ctx;
+    (void)dev;
+    if (g_raw)
+        out_line("TYPING %s %d\n", peer, typing);
+    else
+        out_line("\r(%s %s)\n", peer, typing ? "is typing..." : "stopped typing");
+}
+
+static void on_presence(void *ctx, const char *user, int online, uint64_t last_seen)
+{
+    (void)ctx;
+    char ts[16] = "never";
+    if (last_seen)
+        stamp(ts, sizeof ts, last_seen);
+    if (g_raw)
+        out_line("PRESENCE %s %s %llu\n", user, online ? "online" : "offline", (unsigned long long)last_seen);
+    else
+        out_line("\r(%s is %s%s%s)\n", user, online ? "online" : "offline", online ? "" : ", last seen ", online ? "" : ts);
+}
+
+static void on_identity(void *ctx, const char *peer, uint32_t dev, const char *old_sn, const char *new_sn)
+{
+    (void)ctx;
+    out_line("\r!! %s's identity key changed (device %u). Messages from it wait for your decision.\n"
+             "   old safety number: %s\n   new safety number: %s\n"
+             "   Compare with %s in person, then: hush safety %s --accept   (or --reject)\n",
+             peer, dev, old_sn, new_sn, peer, peer);
+}
+
+static void on_connection(void *ctx, hush_conn_state st, hush_err e)
+{
+    (void)ctx;
+    if (g_raw)
+        out_line("CONN %d\n", (int)st);
+    else if (st == HUSH_CONN_OFFLINE)
+        out_line("\r(offline: %s; reconnecting)\n", hush_strerror(e));
+    else if (st == HUSH_CONN_FAILED)
+        out_line("\r(connection failed for good: %s)\n", hush_strerror(e));
+}
+
+static void on_error(void *ctx, hush_err e, const char *detail)
+{
+    (void)ctx;
+    if (e == HUSH_ERR_NETWORK)
+        return; /* reported as a connection state */
+    pthread_mutex_lock(&g_out);
+    fprintf(stderr, "hush: %s (%s)\n", detail ? detail : "error", hush_strerror(e));
+    pthread_mutex_unlock(&g_out);
+}
+
+static const hush_callbacks g_cb = { NULL, on_message, on_receipt, on_typing, on_presence, on_identity, on_connection,
+                                     on_error };
+
+static int start_net(hush_client *c, const struct opts *o)
+{
+    hush_net_opts no = { o->relay, o->invite, NULL, o->insecure };
+    hush_err e = hush_net_start(c, &no, &g_cb);
+    if (e == HUSH_ERR_INVALID_ARG)
+        fprintf(stderr, "hush: no relay URL stored: run `hush init --relay ws://HOST:PORT --user NAME`\n");
+    else if (e)
+        return die("network", e);
+    return e ? 1 : 0;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* commands */
+
+static int cmd_init(int argc, char **argv)
+{
+    struct opts o;
+    int r = parse(argc, argv, &o, "init");
+    if (r)
+        return r < 0 ? 0 : r;
+    if (!o.relay || !o.user) {
+        fprintf(stderr, "hush init: --relay URL and --user NAME are required\n");
+        return 2;
+    }
+    hush_client *c = NULL;
+    if ((r = open_db(1, &c)))
+        return r;
+    hush_err e = hush_device_create(c, o.user, o.device);
+    if (e) {
+        hush_client_close(c);
+        return die("init", e == HUSH_ERR_INVALID_ARG ? HUSH_ERR_INVALID_ARG : e);
+    }
+    if ((r = start_net(c, &o))) {
+        hush_client_close(c);
+        return r;
+    }
+    e = hush_net_wait_online(c, 20000);
+    hush_client_close(c);
+    if (e) {
+        fprintf(stderr, "hush init: registration on %s failed: %s\n", o.relay, hush_strerror(e));
+        if (e == HUSH_ERR_USERNAME_TAKEN || e == HUSH_ERR_REGISTRATION_REFUSED) {
+            fprintf(stderr, "(the local database %s was created; remove it and its key to start over)\n", g_db);
+        }
+        return 1;
+    }
+    printf("registered %s (device %u) on %s\ndatabase %s, key %s.%s\n", o.user, o.device, o.relay, g_db, g_db,
+           getenv("HUSH_PASSPHRASE") ? "salt (passphrase)" : "key");
+    return 0;
+}
+
+static int cmd_send(int argc, char **argv)
+{
+    struct opts o;
+    int r = parse(argc, argv, &o, "send");
+    if (r)
+        return r < 0 ? 0 : r;
+    if (argc - optind < 2) {
+        fprintf(stderr, "usage: hush send USER TEXT...\n");
+        return 2;
+    }
+    const char *to = argv[optind];
+    char text[HUSH_MAX_BODY + 1];
+    size_t len = 0;
+    for (int i = optind + 1; i < argc; i++) {
+        int n = snprintf(text + len, sizeof text - len, "%s%s", i > optind + 1 ? " " : "", argv[i]);
+        if (n < 0 || (size_t)n >= sizeof text - len) {
+            fprintf(stderr, "hush send: text longer than %d bytes\n", HUSH_MAX_BODY);
+            return 2;
+        }
+        len += (size_t)n;
+    }
+    hush_client *c = NULL;
+    if ((r = open_db(0, &c)))
+        return r;
+    uint8_t mid[16];
+    hush_err e = hush_send(c, to, (const uint8_t *)text, len, mid);
+    if (e) {
+        hush_client_close(c);
+        return die("send", e);
+    }
+    if ((r = start_net(c, &o))) {
+        hush_client_close(c);
+        printf("queued (will be sent the next time hush connects)\n");
+        return 0;
+    }
+    e = hush_net_flush(c, o.wait_s * 1000);
+    hush_msg_state st = HUSH_MSG_QUEUED;
+    if (hush_message_state(c, mid, &st) != HUSH_OK)
+        st = HUSH_MSG_QUEUED;
+    hush_client_close(c);
+    if (st == HUSH_MSG_FAILED) {
+        fprintf(stderr, "hush send: %s: no such user on the relay\n", to);
+        return 1;
+    }
+    if (e == HUSH_OK)
+        printf("sent to %s (the relay has it)\n", to);
+    else
+        printf("queued: %s; it will be sent the next time hush connects\n", hush_strerror(e));
+    return 0;
+}
+
+static int run_until_signal(hush_client *c)
+{
+    catch_signals();
+    while (!g_stop)
+        poll(NULL, 0, 200);
+    hush_client_close(c);
+    return 0;
+}
+
+static int cmd_listen(int argc, char **argv)
+{
+    struct opts o;
+    int r = parse(argc, argv, &o, "listen");
+    if (r)
+        return r < 0 ? 0 : r;
+    g_raw = o.raw;
+    hush_client *c = NULL;
+    if ((r = open_db(0, &c)))
+        return r;
+    if ((r = start_net(c, &o))) {
+        hush_client_close(c);
+        return r;
+    }
+    if (!g_raw)
+        printf("listening as %s (Ctrl-C to stop)\n", g_db);
+    fflush(stdout);
+    return run_until_signal(c);
+}
+
+static int cmd_history(int argc, char **argv)
+{
+    struct opts o;
+    int r = parse(argc, argv, &o, "history");
+    if (r)
+        return r < 0 ? 0 : r;
+    if (argc - optind != 1) {
+        fprintf(stderr, "usage: hush history USER [--limit N]\n");
+        return 2;
+    }
+    hush_client *c = NULL;
+    if ((r = open_db(0, &c)))
+        return r;
+    hush_history_entry *h = NULL;
+    size_t n = 0;
+    hush_err e = hush_history_list(c, argv[optind], 0, o.limit, &h, &n);
+    if (e) {
+        hush_client_close(c);
+        return die("history", e);
+    }
+    char me[HUSH_USERNAME_MAX + 1] = "me";
+    if (hush_device_info(c, me, NULL, NULL) != HUSH_OK)
+        snprintf(me, sizeof me, "me");
+    static const char *names[] = { "queued", "sent", "delivered", "read" };
+    for (size_t i = n; i-- > 0;) {
+        char ts[16];
+        stamp(ts, sizeof ts, h[i].outgoing ? h[i].sent_at_ms : h[i].received_at_ms);
+        hush_msg_state st = HUSH_MSG_QUEUED;
+        const char *mark = "";
+        if (h[i].outgoing && hush_message_state(c, h[i].message_id, &st) == HUSH_OK)
+            mark = st == HUSH_MSG_FAILED ? "failed" : names[st];
+        printf("[%s] %s: %.*s%s%s%s\n", ts, h[i].outgoing ? me : h[i].peer, (int)h[i].body_len,
+               (const char *)h[i].body, *mark ? "  (" : "", mark, *mark ? ")" : "");
+    }
+    if (n == 0)
+        printf("(no messages with %s)\n", argv[optind]);
+    hush_history_free(h, n);
+    hush_client_close(c);
+    return 0;
+}
+
+static int cmd_safety(int argc, char **argv)
+{
+    struct opts o;
+    int r = parse(argc, argv, &o, "safety");
+    if (r)
+        return r < 0 ? 0 : r;
+    if (argc - optind != 1 || (o.accept && o.reject)) {
+        fprintf(stderr, "usage: hush safety USER [--accept | --reject]\n");
+        return 2;
+    }
+    const char *peer = argv[optind];
+    hush_client *c = NULL;
+    if ((r = open_db(0, &c)))
+        return r;
+    uint32_t devs[16];
+    size_t n = 0;
+    hush_err e = hush_peer_devices(c, peer, devs, 16, &n);
+    if (!e && n == 0)
+        printf("no keys known for %s yet: exchange a message first\n", peer);
+    int changed = 0;
+    for (size_t i = 0; !e && i < n; i++) {
+        char sn[HUSH_SAFETY_NUMBER_LEN + 1], old_sn[HUSH_SAFETY_NUMBER_LEN + 1], new_sn[HUSH_SAFETY_NUMBER_LEN + 1];
+        if (hush_identity_pending(c, peer, devs[i], old_sn, new_sn) == HUSH_OK) {
+            changed = 1;
+            printf("%s device %u: IDENTITY CHANGED\n  old: %s\n  new: %s\n", peer, devs[i], old_sn, new_sn);
+            if (o.accept) {
+                e = hush_identity_accept(c, peer, devs[i]);
+                printf("  accepted: the new key is trusted; held messages will be shown\n");
+            } else if (o.reject) {
+                e = hush_identity_reject(c, peer, devs[i]);
+                printf("  rejected: messages under the new key were dropped\n");
+            }
+        } else if (hush_safety_number(c, peer, devs[i], sn) == HUSH_OK) {
+            printf("%s device %u: %.5s %.5s %.5s %.5s %.5s %.5s\n%*s %.5s %.5s %.5s %.5s %.5s %.5s\n", peer, devs[i], sn,
+                   sn + 5, sn + 10, sn + 15, sn + 20, sn + 25, (int)strlen(peer) + 10, "", sn + 30, sn + 35, sn + 40,
+                   sn + 45, sn + 50, sn + 55);
+        }
+    }
+    if (!e && (o.accept || o.reject) && !changed)
+        printf("no pending identity change for %s\n", peer);
+    if (!e && changed && o.accept) {
+        /* let the network thread decrypt what was held */
+        if (start_net(c, &o) == 0)
+            BEST_EFFORT(hush_net_flush(c, 3000));
+    }
+    hush_client_close(c);
+    return e ? die("safety", e) : 0;
+}
+
+static int cmd_presence(int argc, char **argv)
+{
+    struct opts o;
+    int r = parse(argc, argv, &o, "presence");
+    if (r)
+        return r < 0 ? 0 : r;
+    hush_client *c = NULL;
+    if ((r = open_db(0, &c)))
+        return r;
+    hush_err e = HUSH_OK;
+    if (o.nallow)
+        e = hush_presence_allow(c, o.allow, (size_t)o.nallow);
+    if (!e && o.nwatch)
+        e = hush_presence_subscribe(c, o.watch, (size_t)o.nwatch);
+    if (e) {
+        hush_client_close(c);
+        return die("presence", e);
+    }
+    if ((r = start_net(c, &o))) {
+        hush_client_close(c);
+        return r;
+    }
+    e = hush_net_wait_online(c, 10000);
+    if (e) {
+        hush_client_close(c);
+        return die("presence", e);
+    }
+    if (o.nallow)
+        printf("your presence is visible to %d user(s)\n", o.nallow);
+    if (!o.nwatch) {
+        usleep(300000); /* let the update reach the relay */
+        hush_client_close(c);
+        return 0;
+    }
+    printf("watching presence (Ctrl-C to stop)\n");
+    fflush(stdout);
+    return run_until_signal(c);
+}
+
+static int cmd_status(int argc, char **argv)
+{
+    struct opts o;
+    int r = parse(argc, argv, &o, "status");
+    if (r)
+        return r < 0 ? 0 : r;
+    hush_client *c = NULL;
+    if ((r = open_db(0, &c)))
+        return r;
+    char user[HUSH_USERNAME_MAX + 1];
+    uint32_t dev = 0, outbox = 0, stock = 0;
+    hush_err e = hush_device_info(c, user, &dev, NULL);
+    if (!e)
+        e = hush_outbox_count(c, &outbox);
+    if (!e)
+        e = hush_prekeys_remaining(c, &stock);
+    if (e) {
+        hush_client_close(c);
+        return die("status", e);
+    }
+    printf("device:     %s (device %u)\ndatabase:   %s\noutbox:     %u message(s) waiting\nprekeys:    %u one-time keys left locally\n",
+           user, dev, g_db, outbox, stock);
+    if (start_net(c, &o) == 0) {
+        e = hush_net_wait_online(c, 5000);
+        printf("relay:      %s\n", e ? hush_strerror(e) : "online");
+        if (!e && outbox)
+            BEST_EFFORT(hush_net_flush(c, 5000));
+    }
+    hush_client_close(c);
+    return 0;
+}
+
+/* chat: a line editor in raw mode so typing can be reported before Enter */
+static struct termios g_saved_tty;
+static int g_tty_raw;
+static void tty_restore(void)
+{
+    if (g_tty_raw)
+        tcsetattr(0, TCSANOW, &g_saved_tty);
+    g_tty_raw = 0;
+}
+
+static int cmd_chat(int argc, char **argv)
+{
+    struct opts o;
+    int r = parse(argc, argv, &o, "chat");
+    if (r)
+        return r < 0 ? 0 : r;
+    if (argc - optind != 1) {
+        fprintf(stderr, "usage: hush chat USER\n");
+        return 2;
+    }
+    const char *peer = argv[optind];
+    snprintf(g_peer_filter, sizeof g_peer_filter, "%s", peer);
+    hush_client *c = NULL;
+    if ((r = open_db(0, &c)))
+        return r;
+    const char *who[1] = { peer };
+    if (hush_presence_subscribe(c, who, 1) != HUSH_OK)
+        fprintf(stderr, "hush chat: could not follow %s's presence\n", peer);
+    if ((r = start_net(c, &o))) {
+        hush_client_close(c);
+        return r;
+    }
+    /* recent history first */
+    hush_history_entry *h = NULL;
+    size_t n = 0;
+    if (hush_history_list(c, peer, 0, 10, &h, &n) == HUSH_OK) {
+        for (size_t i = n; i-- > 0;)
+            printf("%s: %.*s\n", h[i].outgoing ? "me" : peer, (int)h[i].body_len, (const char *)h[i].body);
+        for (size_t i = 0; i < n; i++)
+            if (!h[i].outgoing && !h[i].read && hush_mark_read(c, h[i].local_id) != HUSH_OK)
+                break;
+        hush_history_free(h, n);
+    }
+    printf("chatting with %s: type and press Enter; Ctrl-D or Ctrl-C to quit\n", peer);
+    fflush(stdout);
+    catch_signals();
+    int tty = isatty(0);
+    if (tty && tcgetattr(0, &g_saved_tty) == 0) {
+        struct termios t = g_saved_tty;
+        t.c_lflag &= (tcflag_t) ~(ICANON | ECHO);
+        t.c_cc[VMIN] = 1;
+        t.c_cc[VTIME] = 0;
+        if (tcsetattr(0, TCSANOW, &t) == 0) {
+            g_tty_raw = 1;
+            atexit(tty_restore);
+        }
+    }
+    char line[4096];
+    size_t len = 0;
+    int typing = 0;
+    uint64_t last_key = 0;
+    while (!g_stop) {
+        struct pollfd pf = { 0, POLLIN, 0 };
+        int pr = poll(&pf, 1, 500);
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        uint64_t now = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+        if (typing && now - last_key > 5000) {
+            typing = 0;
+            BEST_EFFORT(hush_typing(c, peer, 0));
+        }
+        if (pr <= 0)
+            continue;
+        char ch;
+        ssize_t got = read(0, &ch, 1);
+        if (got <= 0)
+            break; /* EOF */
+        if (ch == 4 && len == 0)
+            break; /* Ctrl-D */
+        if (ch == '\n' || ch == '\r') {
+            if (g_tty_raw)
+                out_line("\n");
+            if (len) {
+                hush_err e = hush_send(c, peer, (const uint8_t *)line, len, NULL);
+                if (e)
+                    fprintf(stderr, "hush chat: %s\n", hush_strerror(e));
+                len = 0;
+            }
+            typing = 0;
+            BEST_EFFORT(hush_typing(c, peer, 0));
+            continue;
+        }
+        if (ch == 127 || ch == 8) {
+            if (len) {
+                len--;
+                if (g_tty_raw)
+                    out_line("\b \b");
+            }
+            continue;
+        }
+        if (len + 1 < sizeof line) {
+            line[len++] = ch;
+            if (g_tty_raw)
+                out_line("%c", ch);
+        }
+        last_key = now;
+        if (!typing) {
+            typing = 1;
+            BEST_EFFORT(hush_typing(c, peer, 1));
+        }
+    }
+    tty_restore();
+    BEST_EFFORT(hush_net_flush(c, 5000));
+    hush_client_close(c);
     return 0;
 }
 
 /* ---------------------------------------------------------------------------------------- */
-/* init / info / bundle */
-
-static int parse_db_opts(int argc, char **argv, const char **db, const char **user, uint32_t *device, const char *cmd)
-{
-    static const struct option opts[] = {
-        { "db", required_argument, NULL, 'd' },
-        { "user", required_argument, NULL, 'u' },
-        { "device", required_argument, NULL, 'n' },
-        { "help", no_argument, NULL, 'h' },
-        { NULL, 0, NULL, 0 },
-    };
-    int ch;
-    optind = 1;
-    while ((ch = getopt_long(argc, argv, "d:u:n:h", opts, NULL)) != -1) {
-        switch (ch) {
-        case 'd': *db = optarg; break;
-        case 'u':
-            if (!user)
-                goto bad;
-            *user = optarg;
-            break;
-        case 'n': {
-            if (!device)
-                goto bad;
-            char *end = NULL;
-            unsigned long v = strtoul(optarg, &end, 10);
-            if (!end || *end || v == 0 || v > INT_MAX) {
-                fprintf(stderr, "hush %s: --device must be 1..%d\n", cmd, INT_MAX);
-                return 2;
-            }
-            *device = (uint32_t)v;
-            break;
-        }
-        case 'h':
-            usage(stdout);
-            return -1;
-        default: goto bad;
-        }
-    }
-    if (!*db || (user && !*user) || optind != argc)
-        goto bad;
-    return 0;
-bad:
-    fprintf(stderr, "hush %s: missing or unknown option (see hush --help)\n", cmd);
-    return 2;
-}
-
-static int cmd_init(int argc, char **argv)
-{
-    const char *db = NULL, *user = NULL;
-    uint32_t device = 1;
-    int r = parse_db_opts(argc, argv, &db, &user, &device, "init");
-    if (r)
-        return r < 0 ? 0 : r;
-    hush_client *c = NULL;
-    if ((r = open_db(db, 1, &c)))
-        return r;
-    hush_err e = hush_device_create(c, user, device);
-    hush_client_close(c);
-    if (e)
-        return die("init", e);
-    printf("created %s/%u in %s (key in %s.key, mode 0600)\n", user, device, db, db);
-    return 0;
-}
+/* local inspection */
 
 static int cmd_info(int argc, char **argv)
 {
-    const char *db = NULL;
-    int r = parse_db_opts(argc, argv, &db, NULL, NULL, "info");
+    struct opts o;
+    int r = parse(argc, argv, &o, "info");
     if (r)
         return r < 0 ? 0 : r;
     hush_client *c = NULL;
-    if ((r = open_db(db, 0, &c)))
+    if ((r = open_db(0, &c)))
         return r;
     char user[HUSH_USERNAME_MAX + 1];
     uint32_t dev = 0, reg = 0, stock = 0;
@@ -216,19 +853,19 @@ static int cmd_info(int argc, char **argv)
     char hex[65];
     sodium_bin2hex(hex, sizeof hex, auth, sizeof auth);
     printf("device:           %s/%u\nregistration id:  %u\none-time prekeys: %u\nauth key:         %s\n"
-           "database:         ok (integrity check passed)\n",
-           user, dev, reg, stock, hex);
+           "database:         %s (integrity check passed)\n",
+           user, dev, reg, stock, hex, g_db);
     return 0;
 }
 
 static int cmd_bundle(int argc, char **argv)
 {
-    const char *db = NULL;
-    int r = parse_db_opts(argc, argv, &db, NULL, NULL, "bundle");
+    struct opts o;
+    int r = parse(argc, argv, &o, "bundle");
     if (r)
         return r < 0 ? 0 : r;
     hush_client *c = NULL;
-    if ((r = open_db(db, 0, &c)))
+    if ((r = open_db(0, &c)))
         return r;
     uint8_t *b = NULL;
     size_t len = 0;
@@ -248,9 +885,6 @@ static int cmd_bundle(int argc, char **argv)
     hush_free(b);
     return 0;
 }
-
-/* ---------------------------------------------------------------------------------------- */
-/* demo */
 
 struct party {
     const char *name;
@@ -481,12 +1115,15 @@ static int cmd_demo(int argc, char **argv)
     return leaked ? 1 : 0;
 }
 
+
 int main(int argc, char **argv)
 {
     if (sodium_init() < 0) {
         fprintf(stderr, "hush: libsodium failed to initialise\n");
         return 1;
     }
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    signal(SIGPIPE, SIG_IGN);
     if (argc < 2) {
         usage(stderr);
         return 2;
@@ -500,14 +1137,17 @@ int main(int argc, char **argv)
         printf("hush %s\n", hush_version());
         return 0;
     }
-    if (!strcmp(cmd, "demo"))
-        return cmd_demo(argc - 1, argv + 1);
-    if (!strcmp(cmd, "init"))
-        return cmd_init(argc - 1, argv + 1);
-    if (!strcmp(cmd, "info"))
-        return cmd_info(argc - 1, argv + 1);
-    if (!strcmp(cmd, "bundle"))
-        return cmd_bundle(argc - 1, argv + 1);
+    static const struct {
+        const char *name;
+        int (*fn)(int, char **);
+    } cmds[] = {
+        { "init", cmd_init },       { "send", cmd_send },     { "listen", cmd_listen }, { "chat", cmd_chat },
+        { "history", cmd_history }, { "safety", cmd_safety }, { "presence", cmd_presence },
+        { "status", cmd_status },   { "info", cmd_info },     { "bundle", cmd_bundle }, { "demo", cmd_demo },
+    };
+    for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
+        if (!strcmp(cmd, cmds[i].name))
+            return cmds[i].fn(argc - 1, argv + 1);
     fprintf(stderr, "hush: unknown command '%s'\n\n", cmd);
     usage(stderr);
     return 2;

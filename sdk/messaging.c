@@ -202,3 +202,29 @@ hush_err hush_presence_subscribe(hush_client *c, const char *const *users, size_
 {
     return set_prefs(c, PRESENCE_SUBSCRIBE, users, n);
 }
+
+hush_err hush_peer_devices(hush_client *c, const char *peer, uint32_t *out, size_t max, size_t *count)
+{
+    if (!count)
+        return HUSH_ERR_INVALID_ARG;
+    *count = 0;
+    if (!c || !hush__valid_username(peer) || (!out && max))
+        return HUSH_ERR_INVALID_ARG;
+    hush__lock(c);
+    sqlite3_stmt *st;
+    int row = 0;
+    hstore_err se = hstore_prepare(c->db, "SELECT device_id FROM identities WHERE name = ?1 UNION "
+                                          "SELECT device_id FROM pending_identities WHERE name = ?1 ORDER BY 1", &st);
+    if (!se) {
+        sqlite3_bind_blob(st, 1, peer, (int)strlen(peer), SQLITE_TRANSIENT);
+        while ((se = hstore_step(c->db, st, &row)) == HSTORE_OK && row) {
+            if (*count < max)
+                out[*count] = (uint32_t)sqlite3_column_int64(st, 0);
+            (*count)++;
+        }
+    }
+    hush__unlock(c);
+    if (*count > max)
+        *count = max;
+    return hush__from_store(se);
+}

@@ -16,6 +16,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <openssl/evp.h>
+#include <sys/socket.h>
+
 #include <cmocka.h>
 #include <sodium.h>
 
@@ -471,6 +476,307 @@ static void test_unknown_user_and_bad_url(void **state)
     assert_int_equal(relay_stop(&relay, SIGTERM), 0);
 }
 
+static char *cli_path(void)
+{
+    static char p[600];
+    snprintf(p, sizeof p, "%s", getenv("HUSHD"));
+    char *slash = strrchr(p, '/');
+    snprintf(slash + 1, sizeof p - (size_t)(slash + 1 - p), "hush");
+    return p;
+}
+
+/* Distinct messages shown so far across the listeners' outputs. */
+static int count_shown(char outs[][400], int nfiles)
+{
+    static char seen[100000];
+    memset(seen, 0, sizeof seen);
+    int distinct = 0;
+    for (int k = 0; k < nfiles; k++) {
+        FILE *f = fopen(outs[k], "r");
+        char buf[512];
+        while (f && fgets(buf, sizeof buf, f)) {
+            long long lid;
+            char from[40], hex[40], text[64];
+            if (sscanf(buf, "MSG %lld %39s %39s %63s", &lid, from, hex, text) == 4) {
+                int i = atoi(text + 1);
+                if (i >= 0 && i < 100000 && !seen[i]) {
+                    seen[i] = 1;
+                    distinct++;
+                }
+            }
+        }
+        if (f)
+            fclose(f);
+    }
+    return distinct;
+}
+
+static pid_t spawn_listener(const char *db, const char *out)
+{
+    pid_t pid = fork();
+    if (pid == 0) {
+        FILE *f = freopen(out, "w", stdout);
+        (void)f;
+        execl(cli_path(), "hush", "listen", "--db", db, "--raw", (char *)NULL);
+        _exit(127);
+    }
+    return pid;
+}
+
+/* kill -9 of a receiving client (a separate `hush listen` process) in the middle of a stream:
+ * every message ends up stored exactly once and shown at least once, with a stable local_id. */
+static void test_kill9_receiver(void **state)
+{
+    (void)state;
+    struct relay_proc relay;
+    relay_start(&relay, "kill9rcv", NULL);
+    char url[64], db[400], cmd[1200];
+    snprintf(url, sizeof url, "ws://127.0.0.1:%d", relay.port);
+    snprintf(db, sizeof db, "%s", tpath("rcv.db"));
+    snprintf(cmd, sizeof cmd, "%s init --db %s --relay %s --user rcv > /dev/null", cli_path(), db, url);
+    assert_int_equal(WEXITSTATUS(system(cmd)), 0);
+    struct user *a = user_new(&relay, "snd");
+    enum { N = 320 };
+    int kills = 0, sent = 0;
+    char outs[8][400];
+    for (int k = 0; k < 8; k++) {
+        snprintf(outs[k], sizeof outs[k], "%s.%d", tpath("listen.out"), k);
+        pid_t p = spawn_listener(db, outs[k]);
+        /* messages keep flowing; this receiver is killed at a random point of the stream */
+        int kill_at = k < 7 ? 5 + (int)randombytes_uniform(N / 8 - 5) : -1;
+        for (int i = 0; i < N / 8; i++) {
+            char t[32];
+            snprintf(t, sizeof t, "k%04d", sent++);
+            send_text(a, "rcv", t, NULL);
+            usleep(8000);
+            if (i == kill_at) {
+                kill(p, SIGKILL);
+                waitpid(p, NULL, 0);
+                kills++;
+            }
+        }
+        if (k == 7) {
+            /* the last one runs until every message has been shown (at most 30 s) */
+            for (int t = 0; t < 300 && count_shown(outs, k + 1) < N; t++)
+                usleep(100000);
+            usleep(500000);
+            kill(p, SIGTERM);
+            waitpid(p, NULL, 0);
+        }
+    }
+    assert_int_equal(hush_net_flush(a->c, 30000), HUSH_OK);
+    /* what the app was shown, across all runs */
+    static int64_t shown_local[N];
+    static int shown[N];
+    memset(shown, 0, sizeof shown);
+    int dup_same = 0;
+    for (int k = 0; k < 8; k++) {
+        FILE *f = fopen(outs[k], "r");
+        char buf[512];
+        while (f && fgets(buf, sizeof buf, f)) {
+            long long lid;
+            char from[40], hex[40], text[64];
+            if (sscanf(buf, "MSG %lld %39s %39s %63s", &lid, from, hex, text) != 4)
+                continue;
+            int i = atoi(text + 1);
+            assert_true(i >= 0 && i < N);
+            if (shown[i]) {
+                assert_int_equal(shown_local[i], lid); /* a repeat is the same stored message */
+                dup_same++;
+            }
+            shown[i]++;
+            shown_local[i] = lid;
+        }
+        if (f)
+            fclose(f);
+    }
+    int missing = 0;
+    for (int i = 0; i < N; i++)
+        missing += !shown[i];
+    /* and what is stored: each exactly once */
+    uint8_t key[32];
+    char keyf[420];
+    snprintf(keyf, sizeof keyf, "%s.key", db);
+    FILE *kf = fopen(keyf, "rb");
+    assert_non_null(kf);
+    assert_int_equal(fread(key, 1, 32, kf), 32);
+    fclose(kf);
+    hush_client *rc = NULL;
+    assert_int_equal(hush_client_open(db, key, NULL, &rc), HUSH_OK);
+    hush_history_entry *h = NULL;
+    size_t n = 0;
+    assert_int_equal(hush_history_list(rc, "snd", 0, 500, &h, &n), HUSH_OK);
+    static int stored[N];
+    memset(stored, 0, sizeof stored);
+    size_t incoming = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (h[i].outgoing)
+            continue;
+        incoming++;
+        int k = atoi((const char *)h[i].body + 1);
+        stored[k]++;
+    }
+    hush_history_free(h, n);
+    hush_client_close(rc);
+    print_message("receiver killed %d times: %zu stored, %d shown again after a kill (same local_id), %d missing\n",
+                  kills, incoming, dup_same, missing);
+    assert_int_equal(incoming, N);
+    for (int i = 0; i < N; i++)
+        assert_int_equal(stored[i], 1);
+    assert_int_equal(missing, 0);
+    user_free(a);
+    assert_int_equal(relay_stop(&relay, SIGTERM), 0);
+}
+
+/* A relay that misbehaves: garbage frames, unknown error codes, oversized frames, dropped
+ * sockets. The SDK reports errors, keeps retrying, does not crash, and loses nothing queued. */
+struct fake {
+    int fd;
+    int port;
+    int conns;
+    volatile int stop;
+};
+
+static void ws_send_server(int fd, int op, const uint8_t *p, size_t n)
+{
+    uint8_t h[10];
+    size_t hl = 0;
+    h[hl++] = (uint8_t)(0x80 | op);
+    if (n < 126) {
+        h[hl++] = (uint8_t)n;
+    } else if (n < 65536) {
+        h[hl++] = 126;
+        h[hl++] = (uint8_t)(n >> 8);
+        h[hl++] = (uint8_t)n;
+    } else {
+        h[hl++] = 127;
+        for (int i = 7; i >= 0; i--)
+            h[hl++] = (uint8_t)((uint64_t)n >> (8 * i));
+    }
+    if (send(fd, h, hl, MSG_NOSIGNAL) < 0 || send(fd, p, n, MSG_NOSIGNAL) < 0) {
+    }
+}
+
+static void *fake_relay(void *arg)
+{
+    struct fake *fk = arg;
+    while (!fk->stop) {
+        struct timeval tv = { 0, 200000 };
+        fd_set rs;
+        FD_ZERO(&rs);
+        FD_SET(fk->fd, &rs);
+        if (select(fk->fd + 1, &rs, NULL, NULL, &tv) <= 0)
+            continue;
+        int c = accept(fk->fd, NULL, NULL);
+        if (c < 0)
+            continue;
+        char req[4096];
+        ssize_t got = recv(c, req, sizeof req - 1, 0);
+        if (got <= 0) {
+            close(c);
+            continue;
+        }
+        req[got] = 0;
+        char *k = strcasestr(req, "Sec-WebSocket-Key:");
+        char key[64] = "";
+        if (k)
+            sscanf(k + 18, " %63s", key);
+        char cat[128];
+        snprintf(cat, sizeof cat, "%s258EAFA5-E914-47DA-95CA-C5AB0DC85B11", key);
+        unsigned char sha[20];
+        unsigned int sl = 0;
+        EVP_Digest(cat, strlen(cat), sha, &sl, EVP_sha1(), NULL);
+        char acc[64];
+        sodium_bin2base64(acc, sizeof acc, sha, 20, sodium_base64_VARIANT_ORIGINAL);
+        char resp[512];
+        int rl = snprintf(resp, sizeof resp, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                                             "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n"
+                                             "Sec-WebSocket-Protocol: hush.v1\r\n\r\n", acc);
+        if (send(c, resp, (size_t)rl, MSG_NOSIGNAL) < 0) {
+        }
+        usleep(50000);
+        int mode = fk->conns++ % 5;
+        if (mode == 0) { /* garbage */
+            uint8_t junk[64];
+            randombytes_buf(junk, sizeof junk);
+            ws_send_server(c, 2, junk, sizeof junk);
+        } else if (mode == 1) { /* a Result with an error code nobody knows, for the hello */
+            Hush__Result r = HUSH__RESULT__INIT;
+            r.code = (Hush__ErrorCode)999;
+            r.message = "???";
+            Hush__Frame f = HUSH__FRAME__INIT;
+            f.id = 1;
+            f.msg_case = HUSH__FRAME__MSG_RESULT;
+            f.result = &r;
+            uint8_t buf[64];
+            size_t n = hush__frame__pack(&f, buf);
+            ws_send_server(c, 2, buf, n);
+        } else if (mode == 2) { /* a welcome with a short challenge */
+            uint8_t ch[5] = { 1, 2, 3, 4, 5 };
+            Hush__Welcome w = HUSH__WELCOME__INIT;
+            w.version = 1;
+            w.challenge.data = ch;
+            w.challenge.len = 5;
+            Hush__Frame f = HUSH__FRAME__INIT;
+            f.id = 1;
+            f.msg_case = HUSH__FRAME__MSG_WELCOME;
+            f.welcome = &w;
+            uint8_t buf[64];
+            size_t n = hush__frame__pack(&f, buf);
+            ws_send_server(c, 2, buf, n);
+        } else if (mode == 3) { /* an oversized frame */
+            size_t n = 2 * 1024 * 1024;
+            uint8_t *big = calloc(1, n);
+            ws_send_server(c, 2, big, n);
+            free(big);
+        } /* mode 4: just drop the socket */
+        usleep(100000);
+        close(c);
+    }
+    return NULL;
+}
+
+static void test_bad_relay(void **state)
+{
+    (void)state;
+    struct fake fk = { 0 };
+    fk.fd = socket(AF_INET, SOCK_STREAM, 0);
+    int one = 1;
+    setsockopt(fk.fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    socklen_t l = sizeof a;
+    assert_int_equal(bind(fk.fd, (struct sockaddr *)&a, sizeof a), 0);
+    assert_int_equal(getsockname(fk.fd, (struct sockaddr *)&a, &l), 0);
+    assert_int_equal(listen(fk.fd, 16), 0);
+    fk.port = ntohs(a.sin_port);
+    pthread_t th;
+    pthread_create(&th, NULL, fake_relay, &fk);
+    struct user *u = calloc(1, sizeof *u);
+    rec_init(&u->r);
+    snprintf(u->name, sizeof u->name, "oli");
+    u->c = open_client("oli", 1, HUSH_DURABILITY_NORMAL);
+    uint8_t mid[16];
+    send_text(u, "pam", "this must not be lost", mid);
+    char url[64];
+    snprintf(url, sizeof url, "ws://127.0.0.1:%d", fk.port);
+    hush_callbacks cb = { &u->r, cb_message, cb_receipt, cb_typing, cb_presence, cb_identity, cb_connection, cb_error };
+    hush_net_opts o = { url, NULL, NULL, 0 };
+    assert_int_equal(hush_net_start(u->c, &o, &cb), HUSH_OK);
+    for (int i = 0; i < 100 && fk.conns < 6; i++)
+        usleep(100000);
+    assert_true(fk.conns >= 6); /* it kept reconnecting through every kind of misbehaviour */
+    assert_true(u->r.errors >= 3);
+    assert_int_equal(hush_net_wait_online(u->c, 100), HUSH_ERR_TIMEOUT);
+    uint32_t pending = 0;
+    assert_int_equal(hush_outbox_count(u->c, &pending), HUSH_OK);
+    assert_int_equal(pending, 1);
+    assert_int_equal(state_of(u, mid), HUSH_MSG_QUEUED);
+    fk.stop = 1;
+    pthread_join(th, NULL);
+    close(fk.fd);
+    user_free(u);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -481,6 +787,8 @@ int main(void)
         cmocka_unit_test(test_relay_restarts),
         cmocka_unit_test(test_canary_online),
         cmocka_unit_test(test_unknown_user_and_bad_url),
+        cmocka_unit_test(test_kill9_receiver),
+        cmocka_unit_test(test_bad_relay),
     };
     return cmocka_run_group_tests_name("online", tests, NULL, NULL);
 }

@@ -416,6 +416,9 @@ HUSH_MUST_CHECK hush_err hush_typing(hush_client *c, const char *peer, int typin
 HUSH_MUST_CHECK hush_err hush_presence_allow(hush_client *c, const char *const *users, size_t n);
 HUSH_MUST_CHECK hush_err hush_presence_subscribe(hush_client *c, const char *const *users, size_t n);
 
+/* Device ids of `peer` known to this client (those it holds an identity key for), ascending. */
+HUSH_MUST_CHECK hush_err hush_peer_devices(hush_client *c, const char *peer, uint32_t *out, size_t max, size_t *count);
+
 /* Runs PRAGMA integrity_check on the client database: HUSH_OK or HUSH_ERR_DB_CORRUPT. */
 HUSH_MUST_CHECK hush_err hush_client_check(hush_client *c);
 
