@@ -66,6 +66,7 @@ RELAY_SRC := $(wildcard relay/*.c)
 TEST_UTIL_SRC := tests/util.c tests/wsc.c tests/relay_util.c
 TEST_SRC := $(filter-out $(TEST_UTIL_SRC),$(wildcard tests/test_*.c))
 BENCH_SRC := $(wildcard bench/bench_*.c)
+BENCH_COMMON_OBJ := $(BUILD)/obj/bench/common.o $(BUILD)/obj/tests/wsc.o
 
 obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
 STORE_OBJ := $(call obj,$(STORE_SRC))
@@ -162,10 +163,10 @@ $(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(TEST_UTIL_OBJ) $(LIBHUSH_A)
 	$(Q)$(CC) $(LDFLAGS_ALL) -o $@ $< $(TEST_UTIL_OBJ) $(LIBHUSH_A) $(LIBS) $(SSL_LIBS) $(CMOCKA_LIBS)
 
 $(BUILD)/obj/bench/%.o: ALL_CFLAGS += -Isdk -Wno-missing-prototypes
-$(BUILD)/bench/%: $(BUILD)/obj/bench/%.o $(BUILD)/obj/tests/wsc.o $(LIBHUSH_A)
+$(BUILD)/bench/%: $(BUILD)/obj/bench/%.o $(BENCH_COMMON_OBJ) $(LIBHUSH_A)
 	$(E) "  LD      $@"
 	$(Q)mkdir -p $(dir $@)
-	$(Q)$(CC) $(LDFLAGS_ALL) -o $@ $< $(BUILD)/obj/tests/wsc.o $(LIBHUSH_A) $(LIBS) $(SSL_LIBS)
+	$(Q)$(CC) $(LDFLAGS_ALL) -o $@ $< $(BENCH_COMMON_OBJ) $(LIBHUSH_A) $(LIBS) $(SSL_LIBS)
 
 # ---------------------------------------------------------------------------------------------
 # the two commands

@@ -34,95 +34,25 @@
 #include <session_pre_key.h>
 
 #include "../tests/wsc.h"
+#include "common.h"
 #include "hush.pb-c.h"
 #include "hush_wire.h"
 #include "internal.h"
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
+#define now_s bench_now
+#define die bench_die
 
-static void die(const char *what)
-{
-    fprintf(stderr, "bench_relay: %s\n", what);
-    exit(1);
-}
-
-static int g_port, g_mport;
-static pid_t g_pid;
-static char g_dir[64];
-
-static int free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-    socklen_t l = sizeof a;
-    if (bind(fd, (struct sockaddr *)&a, sizeof a) || getsockname(fd, (struct sockaddr *)&a, &l))
-        die("free port");
-    close(fd);
-    return ntohs(a.sin_port);
-}
-
-static long rss_kb(pid_t pid)
-{
-    char path[64], line[256];
-    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
-    FILE *f = fopen(path, "r");
-    long kb = -1;
-    while (f && fgets(line, sizeof line, f))
-        if (!strncmp(line, "VmRSS:", 6))
-            kb = atol(line + 6);
-    if (f)
-        fclose(f);
-    return kb;
-}
+static struct bench_relay g_relay;
+static int g_port;
 
 static void start_relay(const char *bin, const char *durability)
 {
-    snprintf(g_dir, sizeof g_dir, "/tmp/hush-bench-relay.XXXXXX");
-    if (!mkdtemp(g_dir))
-        die("mkdtemp");
-    g_port = free_port();
-    g_mport = free_port();
-    char conf[128];
-    snprintf(conf, sizeof conf, "%s/hushd.conf", g_dir);
-    FILE *f = fopen(conf, "w");
-    fprintf(f, "listen = 127.0.0.1:%d\nmetrics_listen = 127.0.0.1:%d\ndb = %s/hushd.db\nlog_file = %s/hushd.log\n"
-               "log_level = warn\ndurability = %s\nquota_messages = 100000000\nquota_bytes = 1024g\n"
-               "send_burst = 10000000\nsend_refill_per_s = 10000000\nmax_connections = 1000000\n"
-               "auth_timeout = 60\n",
-            g_port, g_mport, g_dir, g_dir, durability);
-    fclose(f);
-    g_pid = fork();
-    if (g_pid == 0) {
-        int fd = open("/dev/null", O_WRONLY);
-        dup2(fd, 1);
-        execl(bin, bin, "--config", conf, (char *)NULL);
-        _exit(127);
-    }
-    for (int i = 0; i < 200; i++) {
-        int fd = wsc_tcp_connect("127.0.0.1", g_port, 200);
-        if (fd >= 0) {
-            close(fd);
-            return;
-        }
-        usleep(50000);
-    }
-    die("hushd did not start");
-}
-
-static void stop_relay(void)
-{
-    kill(g_pid, SIGTERM);
-    int st;
-    waitpid(g_pid, &st, 0);
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "%s", getenv("BENCH_KEEP") ? "true" : "rm -rf"); strncat(cmd, " ", sizeof cmd - strlen(cmd) - 1); strncat(cmd, g_dir, sizeof cmd - strlen(cmd) - 1);
-    if (system(cmd) != 0)
-        fprintf(stderr, "bench_relay: could not remove %s\n", g_dir);
+    char extra[512];
+    snprintf(extra, sizeof extra, "durability = %s\nquota_messages = 100000000\nquota_bytes = 1024g\n"
+                                  "send_burst = 10000000\nsend_refill_per_s = 10000000\nmax_connections = 1000000\n"
+                                  "auth_timeout = 60", durability);
+    bench_relay_start(&g_relay, bin, extra);
+    g_port = g_relay.port;
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -404,19 +334,19 @@ int main(int argc, char **argv)
     struct dev *idle = calloc((size_t)conns, sizeof *idle);
     for (int i = 0; i < conns; i++)
         dev_init(&idle[i], "idle", i);
-    long rss0 = rss_kb(g_pid);
+    long rss0 = bench_rss_kb(g_relay.pid);
     double t0 = now_s();
     connect_all(idle, conns, 1);
     double treg = now_s() - t0;
     sleep(1);
-    long rss1 = rss_kb(g_pid);
+    long rss1 = bench_rss_kb(g_relay.pid);
     close_all(idle, conns);
     sleep(1);
     t0 = now_s();
     connect_all(idle, conns, 0);
     double tlogin = now_s() - t0;
     sleep(1);
-    long rss2 = rss_kb(g_pid);
+    long rss2 = bench_rss_kb(g_relay.pid);
     printf("idle connections         %8d authenticated, all held\n", conns);
     printf("relay RSS                %8ld KiB before, %ld KiB with them (%.1f KiB per connection)\n", rss0, rss2,
            (double)(rss2 - rss0) / conns);
@@ -481,6 +411,6 @@ int main(int argc, char **argv)
     close_all(&drain, 1);
     close_all(snd, senders);
     free(snd);
-    stop_relay();
+    bench_relay_stop(&g_relay);
     return 0;
 }

@@ -48,12 +48,79 @@ hush_err hush__set_message_state(hush_client *c, const uint8_t mid[16], int stat
 
 hush_err hush__queue_receipt(hush_client *c, const char *peer, int state, const uint8_t mid[16])
 {
-    uint8_t body[1 + HUSH_MESSAGE_ID_BYTES];
-    body[0] = (uint8_t)state;
-    memcpy(body + 1, mid, HUSH_MESSAGE_ID_BYTES);
-    uint8_t rid[16];
-    randombytes_buf(rid, sizeof rid);
-    return hush__outbox_insert(c, peer, HUSH__CONTENT_KIND__CONTENT_RECEIPT, rid, body, sizeof body);
+    sqlite3_stmt *st;
+    hstore_err se = hstore_prepare(c->db, "INSERT OR IGNORE INTO pending_receipts (peer, state, message_id, created_at) "
+                                          "VALUES (?1, ?2, ?3, ?4)", &st);
+    if (!se) {
+        sqlite3_bind_text(st, 1, peer, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_int(st, 2, state);
+        sqlite3_bind_blob(st, 3, mid, 16, SQLITE_TRANSIENT);
+        sqlite3_bind_int64(st, 4, (int64_t)hush__now_ms());
+        se = hstore_run(c->db, st);
+    }
+    return hush__from_store(se);
+}
+
+#define RECEIPT_BATCH 256
+
+hush_err hush__flush_receipts(hush_client *c, int *queued)
+{
+    *queued = 0;
+    for (;;) {
+        char peer[HUSH_USERNAME_MAX + 1] = "";
+        int state = 0;
+        uint8_t body[1 + RECEIPT_BATCH * HUSH_MESSAGE_ID_BYTES];
+        size_t n = 0;
+        sqlite3_stmt *st;
+        int row = 0;
+        hstore_err se = hstore_prepare(c->db, "SELECT peer, state FROM pending_receipts LIMIT 1", &st);
+        if (!se)
+            se = hstore_step(c->db, st, &row);
+        if (se)
+            return hush__from_store(se);
+        if (!row)
+            return HUSH_OK;
+        snprintf(peer, sizeof peer, "%s", (const char *)sqlite3_column_text(st, 0));
+        state = sqlite3_column_int(st, 1);
+        sqlite3_reset(st);
+        hush_err e = hush__begin(c);
+        if (e)
+            return e;
+        se = hstore_prepare(c->db, "SELECT message_id FROM pending_receipts WHERE peer = ?1 AND state = ?2 LIMIT ?3", &st);
+        if (!se) {
+            sqlite3_bind_text(st, 1, peer, -1, SQLITE_TRANSIENT);
+            sqlite3_bind_int(st, 2, state);
+            sqlite3_bind_int(st, 3, RECEIPT_BATCH);
+            while ((se = hstore_step(c->db, st, &row)) == HSTORE_OK && row) {
+                if (sqlite3_column_bytes(st, 0) == HUSH_MESSAGE_ID_BYTES && n < RECEIPT_BATCH)
+                    memcpy(body + 1 + n++ * HUSH_MESSAGE_ID_BYTES, sqlite3_column_blob(st, 0), HUSH_MESSAGE_ID_BYTES);
+            }
+        }
+        for (size_t i = 0; !se && i < n; i++) {
+            se = hstore_prepare(c->db, "DELETE FROM pending_receipts WHERE peer = ?1 AND state = ?2 AND message_id = ?3", &st);
+            if (!se) {
+                sqlite3_bind_text(st, 1, peer, -1, SQLITE_TRANSIENT);
+                sqlite3_bind_int(st, 2, state);
+                sqlite3_bind_blob(st, 3, body + 1 + i * HUSH_MESSAGE_ID_BYTES, HUSH_MESSAGE_ID_BYTES, SQLITE_TRANSIENT);
+                se = hstore_run(c->db, st);
+            }
+        }
+        e = hush__from_store(se);
+        if (!e && n && hush__valid_username(peer)) {
+            body[0] = (uint8_t)state;
+            uint8_t rid[16];
+            randombytes_buf(rid, sizeof rid);
+            e = hush__outbox_insert(c, peer, HUSH__CONTENT_KIND__CONTENT_RECEIPT, rid, body,
+                                    1 + n * HUSH_MESSAGE_ID_BYTES);
+        }
+        if (!e)
+            e = hush__commit(c);
+        else
+            hush__rollback(c);
+        if (e)
+            return e;
+        (*queued)++;
+    }
 }
 
 hush_err hush_send(hush_client *c, const char *peer, const uint8_t *text, size_t len,
@@ -146,6 +213,10 @@ hush_err hush_mark_read(hush_client *c, int64_t local_id)
         e = hush__from_store(se);
         if (!e && hush__valid_username(peer))
             e = hush__queue_receipt(c, peer, RECEIPT_READ, mid);
+        if (!e) {
+            int queued = 0;
+            e = hush__flush_receipts(c, &queued); /* a read receipt goes out now, not on the next tick */
+        }
         if (!e)
             e = hush__commit(c);
         else

@@ -16,7 +16,10 @@
 #include <time.h>
 
 #include <libwebsockets.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sodium.h>
+#include <sys/socket.h>
 
 #include "hush_wire.h"
 #include "net.h"
@@ -84,6 +87,7 @@ struct hush_net {
     int inflight;
     int64_t pump_cursor;      /* outbox id last handed out in this connection */
     int fetching;             /* a FetchBundles is outstanding: the pump waits */
+    int unflushed_receipts;   /* messages notified since receipts were last flushed */
     char fetch_peer[HUSH_USERNAME_MAX + 1];
     char blocked_peer[HUSH_USERNAME_MAX + 1]; /* identity change pending: its outbox waits */
     int backoff_ms;
@@ -472,13 +476,42 @@ static void pump_outbox(struct hush_net *n)
 /* ------------------------------------------------------------------------------------------ */
 /* inbound */
 
+/* After the app has been told: mark the message notified and owe its sender a delivery receipt,
+ * in one transaction. Receipts go out in batches (flush_receipts). */
 static void notify_and_mark(struct hush_net *n, const hush_message *m)
 {
     if (n->cb.on_message)
         n->cb.on_message(n->cb.ctx, m);
+    hush_client *c = n->c;
+    hush__lock(c);
+    if (hush__begin(c) == HUSH_OK) {
+        exec1(c, "UPDATE history SET notified = 1 WHERE id = ?1", NULL, NULL, m->local_id);
+        hush_err e = m->kind == HUSH_KIND_TEXT ? hush__queue_receipt(c, m->sender, HUSH_MSG_DELIVERED, m->message_id)
+                                               : HUSH_OK;
+        if (!e)
+            e = hush__commit(c);
+        else
+            hush__rollback(c);
+        if (e)
+            report(n, e, "could not record a delivery receipt");
+    }
+    hush__unlock(c);
+    n->unflushed_receipts++;
+}
+
+static void flush_receipts(struct hush_net *n)
+{
+    if (!n->unflushed_receipts)
+        return;
+    int queued = 0;
     hush__lock(n->c);
-    exec1(n->c, "UPDATE history SET notified = 1 WHERE id = ?1", NULL, NULL, m->local_id);
+    hush_err e = hush__flush_receipts(n->c, &queued);
     hush__unlock(n->c);
+    if (e)
+        report(n, e, "could not queue receipts");
+    n->unflushed_receipts = 0;
+    if (queued)
+        pump_outbox(n);
 }
 
 static void on_identity(struct hush_net *n, const char *peer, uint32_t dev)
@@ -498,13 +531,8 @@ static int process_envelope(struct hush_net *n, const char *from, uint32_t dev, 
     case HUSH_OK:
         if (m->kind == HUSH_KIND_TEXT || m->kind == HUSH_KIND_GROUP_TEXT) {
             notify_and_mark(n, m);
-            if (m->kind == HUSH_KIND_TEXT) {
-                hush__lock(n->c);
-                if (hush__queue_receipt(n->c, from, HUSH_MSG_DELIVERED, m->message_id) != HUSH_OK)
-                    report(n, HUSH_ERR_STORAGE, "could not queue a delivery receipt");
-                hush__unlock(n->c);
-                atomic_fetch_or(&n->wake, NET_WAKE_OUTBOX);
-            }
+            if (n->unflushed_receipts >= 64)
+                flush_receipts(n);
         } else if (m->kind == HUSH_KIND_RECEIPT && n->cb.on_receipt) {
             int state = m->body[0];
             for (size_t i = 1; i + HUSH_MESSAGE_ID_BYTES <= m->body_len; i += HUSH_MESSAGE_ID_BYTES)
@@ -639,12 +667,14 @@ static void replay_unnotified(struct hush_net *n)
             m.body_len = h[0].body_len;
             found = 1;
         }
-        if (found && n->cb.on_message)
-            n->cb.on_message(n->cb.ctx, &m);
+        if (found) {
+            notify_and_mark(n, &m);
+        } else {
+            hush__lock(n->c);
+            exec1(n->c, "UPDATE history SET notified = 1 WHERE id = ?1", NULL, NULL, id);
+            hush__unlock(n->c);
+        }
         hush_history_free(h, cnt);
-        hush__lock(n->c);
-        exec1(n->c, "UPDATE history SET notified = 1 WHERE id = ?1", NULL, NULL, id);
-        hush__unlock(n->c);
     }
 }
 
@@ -807,6 +837,8 @@ static void went_online(struct hush_net *n)
     else if (rotated)
         upload_keys(n, 0);
     reprocess_pending(n);
+    n->unflushed_receipts = 1; /* receipts owed from before a restart */
+    flush_receipts(n);
     pump_outbox(n);
 }
 
@@ -990,10 +1022,6 @@ static void handle_frame(struct hush_net *n, const uint8_t *data, size_t len)
         }
         if (process_envelope(n, d->from_username, d->from_device, d->envelope.data, d->envelope.len, 0) && d->seq)
             send_ack(n, d->seq);
-        if (atomic_load(&n->wake) & NET_WAKE_OUTBOX) {
-            atomic_fetch_and(&n->wake, ~NET_WAKE_OUTBOX);
-            pump_outbox(n);
-        }
         break;
     }
     case HUSH__FRAME__MSG_PRE_KEYS_LOW: {
@@ -1017,6 +1045,7 @@ static void handle_frame(struct hush_net *n, const uint8_t *data, size_t len)
         }
         break;
     case HUSH__FRAME__MSG_QUEUE_EMPTY:
+        flush_receipts(n);
         signal_progress(n);
         break;
     default:
@@ -1200,8 +1229,11 @@ static void connect_now(struct hush_net *n)
 static void tick_cb(lws_sorted_usec_list_t *sul)
 {
     struct hush_net *n = lws_container_of(sul, struct hush_net, sul_tick);
-    if (n->st == N_ONLINE && n->retry_at_ms && now_ms() >= n->retry_at_ms)
-        pump_outbox(n);
+    if (n->st == N_ONLINE) {
+        flush_receipts(n);
+        if (n->retry_at_ms && now_ms() >= n->retry_at_ms)
+            pump_outbox(n);
+    }
     lws_sul_schedule(n->ctx, 0, &n->sul_tick, tick_cb, 500 * LWS_US_PER_MS);
 }
 
@@ -1232,6 +1264,10 @@ static int net_callback(struct lws *wsi, enum lws_callback_reasons reason, void 
         return 0;
     switch (reason) {
     case LWS_CALLBACK_CLIENT_ESTABLISHED: {
+        /* Small frames, pipelined: Nagle + delayed ACK would add ~40 ms stalls. */
+        int one = 1, fd = lws_get_socket_fd(wsi);
+        if (fd >= 0 && setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) != 0)
+            report(n, HUSH_ERR_NETWORK, "could not disable Nagle on the relay connection");
         n->st = N_HELLO;
         struct req *r = add_req(n, R_HELLO);
         Hush__Hello h = HUSH__HELLO__INIT;
@@ -1572,11 +1608,25 @@ static int pred_online(hush_client *c, struct hush_net *n, hush_err *e)
 
 static int pred_flushed(hush_client *c, struct hush_net *n, hush_err *e)
 {
-    uint32_t count = 1;
     if (pred_online(c, n, e) && *e)
         return 1; /* failed for good */
-    *e = hush_outbox_count(c, &count);
-    return *e || count == 0;
+    *e = HUSH_OK;
+    int empty = 0;
+    hush__lock(c);
+    sqlite3_stmt *st;
+    int row = 0;
+    /* O(1), not count(*): this runs on every acknowledgement while a backlog drains */
+    hstore_err se = hstore_prepare(c->db, "SELECT NOT EXISTS (SELECT 1 FROM outbox)", &st);
+    if (!se)
+        se = hstore_step(c->db, st, &row);
+    if (!se && row) {
+        empty = sqlite3_column_int(st, 0);
+        sqlite3_reset(st);
+    }
+    hush__unlock(c);
+    if (se)
+        *e = hush__from_store(se);
+    return *e || empty;
 }
 
 hush_err hush_net_wait_online(hush_client *c, int timeout_ms)

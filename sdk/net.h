@@ -17,7 +17,10 @@ void hush__net_wake(hush_client *c, int flags);
 
 /* messaging.c */
 hush_err hush__set_message_state(hush_client *c, const uint8_t mid[16], int state);
+/* Records that a receipt (state 2 delivered, 3 read) is owed for mid; caller holds the lock. */
 hush_err hush__queue_receipt(hush_client *c, const char *peer, int state, const uint8_t mid[16]);
+/* Turns owed receipts into outbox rows, one per (peer, state) per 256 ids; caller holds the lock. */
+hush_err hush__flush_receipts(hush_client *c, int *queued);
 
 /* keys.c: replenishing and rotating keys */
 hush_err hush__generate_pre_keys(hush_client *c, uint32_t n);

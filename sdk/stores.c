@@ -60,6 +60,8 @@ const char *const hush__migrations[] = {
     "ALTER TABLE history ADD COLUMN state INTEGER NOT NULL DEFAULT 0;"  /* outgoing: 0 queued .. 3 read, -1 failed */
     "ALTER TABLE history ADD COLUMN notified INTEGER NOT NULL DEFAULT 1;" /* incoming: app callback done */
     "CREATE INDEX history_unnotified ON history (id) WHERE notified = 0;"
+    /* states are updated by message id (acks, receipts): without this each one scans the history */
+    "CREATE INDEX history_by_message_id ON history (message_id);"
     "ALTER TABLE outbox ADD COLUMN kind INTEGER NOT NULL DEFAULT 1;"
     /* ciphertexts made for an outbox message, so a retry resends the same bytes */
     "CREATE TABLE outbox_envelopes ("
@@ -73,7 +75,11 @@ const char *const hush__migrations[] = {
     "  id INTEGER PRIMARY KEY AUTOINCREMENT, peer TEXT NOT NULL, device_id INTEGER NOT NULL,"
     "  envelope BLOB NOT NULL, received_at INTEGER NOT NULL);"
     "CREATE TABLE presence_prefs ("
-    "  kind INTEGER NOT NULL, username TEXT NOT NULL, PRIMARY KEY (kind, username)) WITHOUT ROWID;",
+    "  kind INTEGER NOT NULL, username TEXT NOT NULL, PRIMARY KEY (kind, username)) WITHOUT ROWID;"
+    /* receipts owed to peers, sent in batches (one encrypted receipt carries up to 256 ids) */
+    "CREATE TABLE pending_receipts ("
+    "  peer TEXT NOT NULL, state INTEGER NOT NULL, message_id BLOB NOT NULL, created_at INTEGER NOT NULL,"
+    "  PRIMARY KEY (peer, state, message_id)) WITHOUT ROWID;",
 };
 const int hush__nmigrations = (int)(sizeof hush__migrations / sizeof hush__migrations[0]);
 
