@@ -309,6 +309,7 @@ bad:
 static pthread_mutex_t g_out = PTHREAD_MUTEX_INITIALIZER;
 static int g_raw;
 static char g_peer_filter[HUSH_USERNAME_MAX + 1];
+static hush_client *g_chat; /* in `chat`: what is shown is marked read */
 
 static void stamp(char *buf, size_t cap, uint64_t ms)
 {
@@ -346,6 +347,8 @@ static void on_message(void *ctx, const hush_message *m)
     char ts[16];
     stamp(ts, sizeof ts, m->sent_at_ms);
     out_line("\r[%s] %s: %.*s\n", ts, m->sender, (int)m->body_len, (const char *)m->body);
+    if (g_chat && m->kind == HUSH_KIND_TEXT)
+        BEST_EFFORT(hush_mark_read(g_chat, m->local_id));
 }
 
 static void on_receipt(void *ctx, const char *peer, const uint8_t mid[16], hush_msg_state st)
@@ -736,6 +739,7 @@ static int cmd_chat(int argc, char **argv)
     const char *who[1] = { peer };
     if (hush_presence_subscribe(c, who, 1) != HUSH_OK)
         fprintf(stderr, "hush chat: could not follow %s's presence\n", peer);
+    g_chat = c;
     if ((r = start_net(c, &o))) {
         hush_client_close(c);
         return r;
@@ -821,6 +825,7 @@ static int cmd_chat(int argc, char **argv)
     }
     tty_restore();
     BEST_EFFORT(hush_net_flush(c, 5000));
+    g_chat = NULL;
     hush_client_close(c);
     return 0;
 }

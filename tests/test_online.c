@@ -777,6 +777,73 @@ static void test_bad_relay(void **state)
     user_free(u);
 }
 
+static int run(const char *cmd, char *out, size_t cap)
+{
+    FILE *p = popen(cmd, "r");
+    if (!p)
+        return -1;
+    size_t n = fread(out, 1, cap - 1, p);
+    out[n] = 0;
+    int st = pclose(p);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* The README's quick start, through the CLI: init two users, send while one is offline, read it
+ * with chat (piped), see states in history, compare safety numbers. */
+static void test_cli_quickstart(void **state)
+{
+    (void)state;
+    struct relay_proc relay;
+    relay_start(&relay, "cli", NULL);
+    char cmd[2048], out[8192], a[400], b[400];
+    const char *h = cli_path();
+    snprintf(a, sizeof a, "%s", tpath("cli-alice.db"));
+    snprintf(b, sizeof b, "%s", tpath("cli-bob.db"));
+    snprintf(cmd, sizeof cmd, "%s init --db %s --relay ws://127.0.0.1:%d --user alice 2>&1", h, a, relay.port);
+    assert_int_equal(run(cmd, out, sizeof out), 0);
+    assert_non_null(strstr(out, "registered alice"));
+    snprintf(cmd, sizeof cmd, "%s init --db %s --relay ws://127.0.0.1:%d --user bob 2>&1", h, b, relay.port);
+    assert_int_equal(run(cmd, out, sizeof out), 0);
+    /* the same name again is refused with a clear message */
+    snprintf(cmd, sizeof cmd, "%s init --db %s --relay ws://127.0.0.1:%d --user bob 2>&1", h, tpath("cli-bob2.db"),
+             relay.port);
+    assert_int_equal(run(cmd, out, sizeof out), 1);
+    assert_non_null(strstr(out, "username already taken"));
+    snprintf(cmd, sizeof cmd, "%s send --db %s bob hello bob, you were offline 2>&1", h, a);
+    assert_int_equal(run(cmd, out, sizeof out), 0);
+    assert_non_null(strstr(out, "sent to bob"));
+    snprintf(cmd, sizeof cmd, "printf 'hi alice\\nsecond line\\n' | %s chat --db %s alice 2>&1", h, b);
+    assert_int_equal(run(cmd, out, sizeof out), 0);
+    assert_non_null(strstr(out, "hello bob, you were offline"));
+    snprintf(cmd, sizeof cmd, "%s history --db %s alice 2>&1", h, b);
+    assert_int_equal(run(cmd, out, sizeof out), 0);
+    assert_non_null(strstr(out, "bob: hi alice"));
+    assert_non_null(strstr(out, "bob: second line"));
+    /* alice connects: gets bob's lines, and bob's receipts move her message to read */
+    snprintf(cmd, sizeof cmd, "timeout 3 %s listen --db %s --raw 2>&1", h, a);
+    run(cmd, out, sizeof out);
+    assert_non_null(strstr(out, "MSG "));
+    assert_non_null(strstr(out, "hi alice"));
+    snprintf(cmd, sizeof cmd, "%s history --db %s bob 2>&1", h, a);
+    assert_int_equal(run(cmd, out, sizeof out), 0);
+    assert_non_null(strstr(out, "hello bob, you were offline  (read)"));
+    /* safety numbers match on both sides */
+    char sa[512], sb[512];
+    snprintf(cmd, sizeof cmd, "%s safety --db %s bob 2>&1 | tr -d ' \\n' | sed 's/.*device1://'", h, a);
+    assert_int_equal(run(cmd, sa, sizeof sa), 0);
+    snprintf(cmd, sizeof cmd, "%s safety --db %s alice 2>&1 | tr -d ' \\n' | sed 's/.*device1://'", h, b);
+    assert_int_equal(run(cmd, sb, sizeof sb), 0);
+    assert_int_equal(strlen(sa), 60);
+    assert_string_equal(sa, sb);
+    snprintf(cmd, sizeof cmd, "%s status --db %s 2>&1", h, a);
+    assert_int_equal(run(cmd, out, sizeof out), 0);
+    assert_non_null(strstr(out, "relay:      online"));
+    assert_non_null(strstr(out, "outbox:     0"));
+    snprintf(cmd, sizeof cmd, "%s send --db %s 2>&1", h, a);
+    assert_int_equal(run(cmd, out, sizeof out), 2);
+    assert_int_equal(relay_stop(&relay, SIGTERM), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -789,6 +856,7 @@ int main(void)
         cmocka_unit_test(test_unknown_user_and_bad_url),
         cmocka_unit_test(test_kill9_receiver),
         cmocka_unit_test(test_bad_relay),
+        cmocka_unit_test(test_cli_quickstart),
     };
     return cmocka_run_group_tests_name("online", tests, NULL, NULL);
 }
