@@ -777,7 +777,8 @@ static void test_bad_relay(void **state)
     user_free(u);
 }
 
-static int run(const char *cmd, char *out, size_t cap)
+int run(const char *cmd, char *out, size_t cap);
+int run(const char *cmd, char *out, size_t cap)
 {
     FILE *p = popen(cmd, "r");
     if (!p)
@@ -844,6 +845,142 @@ static void test_cli_quickstart(void **state)
     assert_int_equal(relay_stop(&relay, SIGTERM), 0);
 }
 
+/* A TCP proxy that records every byte both ways (a traffic capture of the SDK <-> relay link). */
+struct proxy {
+    int lfd, port, target;
+    FILE *cap;
+    volatile int stop;
+    pthread_mutex_t mu;
+};
+
+static void *proxy_pump(void *arg)
+{
+    struct proxy *px = arg;
+    while (!px->stop) {
+        struct timeval tv = { 0, 200000 };
+        fd_set rs;
+        FD_ZERO(&rs);
+        FD_SET(px->lfd, &rs);
+        if (select(px->lfd + 1, &rs, NULL, NULL, &tv) <= 0)
+            continue;
+        int c = accept(px->lfd, NULL, NULL);
+        if (c < 0)
+            continue;
+        int s = wsc_tcp_connect("127.0.0.1", px->target, 2000);
+        if (s < 0) {
+            close(c);
+            continue;
+        }
+        char buf[65536];
+        for (int open_ = 1; open_ && !px->stop;) {
+            fd_set r2;
+            FD_ZERO(&r2);
+            FD_SET(c, &r2);
+            FD_SET(s, &r2);
+            struct timeval t2 = { 0, 200000 };
+            if (select((c > s ? c : s) + 1, &r2, NULL, NULL, &t2) <= 0)
+                continue;
+            int from[2] = { c, s }, to[2] = { s, c };
+            for (int d = 0; d < 2; d++) {
+                if (!FD_ISSET(from[d], &r2))
+                    continue;
+                ssize_t n = recv(from[d], buf, sizeof buf, 0);
+                if (n <= 0) {
+                    open_ = 0;
+                    break;
+                }
+                pthread_mutex_lock(&px->mu);
+                fwrite(buf, 1, (size_t)n, px->cap);
+                pthread_mutex_unlock(&px->mu);
+                if (send(to[d], buf, (size_t)n, MSG_NOSIGNAL) != n) {
+                    open_ = 0;
+                    break;
+                }
+            }
+        }
+        close(c);
+        close(s);
+    }
+    return NULL;
+}
+
+/* The canary on the wire between a real SDK client and the relay. Relay -> client frames are not
+ * masked, so a plaintext in a Deliver would be found as is; client -> relay frames are masked by
+ * the WebSocket layer, so that direction is checked at the relay's end (database, log) instead. */
+static void test_canary_traffic(void **state)
+{
+    (void)state;
+    struct relay_proc relay;
+    relay_start(&relay, "canary_wire", NULL);
+    struct proxy px = { 0 };
+    pthread_mutex_init(&px.mu, NULL);
+    px.target = relay.port;
+    px.cap = fopen(tpath("wire.bin"), "wb");
+    px.lfd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    socklen_t sl = sizeof sa;
+    assert_int_equal(bind(px.lfd, (struct sockaddr *)&sa, sizeof sa), 0);
+    assert_int_equal(getsockname(px.lfd, (struct sockaddr *)&sa, &sl), 0);
+    assert_int_equal(listen(px.lfd, 4), 0);
+    px.port = ntohs(sa.sin_port);
+    pthread_t th;
+    pthread_create(&th, NULL, proxy_pump, &px);
+    struct relay_proc via = relay;
+    via.port = px.port; /* the receiver connects through the proxy */
+    struct user *a = user_new(&relay, "quin");
+    struct user *b = user_new(&via, "rosa");
+    const char *canary = "CANARY-wire-77e0aa-never-on-the-wire";
+    for (int i = 0; i < 5; i++)
+        send_text(a, "rosa", canary, NULL);
+    assert_true(wait_count(&b->r, &b->r.nmsgs, 5, 10000));
+    assert_string_equal(b->r.msgs[0].text, canary);
+    user_free(a);
+    user_free(b);
+    px.stop = 1;
+    pthread_join(th, NULL);
+    close(px.lfd);
+    fclose(px.cap);
+    assert_false(file_contains(tpath("wire.bin"), canary, strlen(canary)));
+    assert_true(file_contains(tpath("wire.bin"), "quin", 4)); /* the capture holds the Deliver frames */
+    assert_int_equal(relay_stop(&relay, SIGTERM), 0);
+    assert_false(file_contains(relay.db, canary, strlen(canary)));
+    assert_false(file_contains(relay.log, canary, strlen(canary)));
+}
+
+/* The relay says the stock is low: the SDK makes and uploads new one-time prekeys. */
+static void test_prekey_replenish(void **state)
+{
+    (void)state;
+    struct relay_proc relay;
+    relay_start(&relay, "replenish", "prekeys_low_threshold = 100");
+    struct user *u = user_new(&relay, "sam");
+    struct tclient *t = tc_registered(&relay, "tess", 1);
+    Hush__Frame *r = tc_fetch(t, "sam"); /* 100 -> 99: below the threshold */
+    assert_non_null(r);
+    hush__frame__free_unpacked(r, NULL);
+    char cmd[600], out[64];
+    int stock = 0;
+    for (int i = 0; i < 100 && stock < 150; i++) {
+        usleep(100000);
+        snprintf(cmd, sizeof cmd, "sqlite3 %s \"SELECT count(*) FROM one_time_prekeys WHERE username='sam'\"", relay.db);
+        if (run(cmd, out, sizeof out) == 0)
+            stock = atoi(out);
+    }
+    assert_true(stock >= 150); /* 99 + 100 new ones */
+    /* the new keys work: tess starts a session from one and sam reads her message */
+    assert_int_equal(tc_start_session(t, "sam"), 0);
+    uint8_t *env = NULL, mid[16];
+    size_t len;
+    assert_int_equal(hush_encrypt(t->sdk, "sam", 1, (const uint8_t *)"fresh key", 9, NULL, mid, &env, &len), HUSH_OK);
+    assert_int_equal(tc_send(t, "sam", 1, env, len, mid, NULL), 0);
+    hush_free(env);
+    assert_true(wait_count(&u->r, &u->r.nmsgs, 1, 10000));
+    assert_string_equal(u->r.msgs[0].text, "fresh key");
+    tc_free(t);
+    user_free(u);
+    assert_int_equal(relay_stop(&relay, SIGTERM), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -857,6 +994,8 @@ int main(void)
         cmocka_unit_test(test_kill9_receiver),
         cmocka_unit_test(test_bad_relay),
         cmocka_unit_test(test_cli_quickstart),
+        cmocka_unit_test(test_canary_traffic),
+        cmocka_unit_test(test_prekey_replenish),
     };
     return cmocka_run_group_tests_name("online", tests, NULL, NULL);
 }

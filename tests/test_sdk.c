@@ -21,6 +21,7 @@
 #include <ratchet.h>
 
 #include "internal.h"
+#include "net.h"
 #include "util.h"
 
 #define N HUSH_DURABILITY_NORMAL
@@ -644,6 +645,52 @@ static void test_auth_key(void **state)
     hush_client_close(a);
 }
 
+/* Signed prekey rotation: a new one becomes current; old ones are kept for the grace period, then
+ * deleted; a bundle fetched before the rotation still starts a working session inside it. */
+static void test_signed_prekey_rotation(void **state)
+{
+    (void)state;
+    hush_client *a = open_client("rota", 1, N), *b = open_client("rotb", 1, N);
+    uint8_t *old_bundle = NULL;
+    size_t old_len = 0;
+    assert_int_equal(hush_bundle_export(b, &old_bundle, &old_len), HUSH_OK);
+    int rotated = 0;
+    hush__lock(b);
+    assert_int_equal(hush__rotate_signed_pre_key(b, 7ull * 86400000, 30ull * 86400000, &rotated), HUSH_OK);
+    assert_int_equal(rotated, 0); /* fresh: nothing to do */
+    assert_int_equal(hush__rotate_signed_pre_key(b, 0, 30ull * 86400000, &rotated), HUSH_OK);
+    assert_int_equal(rotated, 1);
+    hush__unlock(b);
+    uint8_t *new_bundle = NULL;
+    size_t new_len = 0;
+    assert_int_equal(hush_bundle_export(b, &new_bundle, &new_len), HUSH_OK);
+    Hush__KeyBundle *ob = hush__key_bundle__unpack(NULL, old_len, old_bundle);
+    Hush__KeyBundle *nb = hush__key_bundle__unpack(NULL, new_len, new_bundle);
+    assert_int_not_equal(ob->signed_pre_key->id, nb->signed_pre_key->id);
+    /* within the grace period the old bundle still works */
+    assert_int_equal(hush_bundle_import(a, old_bundle, old_len, NULL, NULL), HUSH_OK);
+    size_t len;
+    uint8_t *env = send_text(a, "rotb", 1, "via the old signed prekey", &len);
+    hush_message *m = recv_ok(b, "rota", 1, env, len);
+    hush_message_free(m);
+    hush_free(env);
+    /* after it, the old one is gone */
+    hush__lock(b);
+    assert_int_equal(hush__rotate_signed_pre_key(b, 7ull * 86400000, 0, &rotated), HUSH_OK);
+    hush__unlock(b);
+    sqlite3_stmt *st;
+    assert_int_equal(sqlite3_prepare_v2(hstore_handle(b->db), "SELECT count(*) FROM signed_pre_keys", -1, &st, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    assert_int_equal(sqlite3_column_int(st, 0), 1);
+    sqlite3_finalize(st);
+    hush__key_bundle__free_unpacked(ob, NULL);
+    hush__key_bundle__free_unpacked(nb, NULL);
+    hush_free(old_bundle);
+    hush_free(new_bundle);
+    hush_client_close(a);
+    hush_client_close(b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -662,6 +709,7 @@ int main(void)
         cmocka_unit_test(trap_recursive_lock_threads),
         cmocka_unit_test(trap_protobuf_runtimes_coexist),
         cmocka_unit_test(test_auth_key),
+        cmocka_unit_test(test_signed_prekey_rotation),
     };
     return cmocka_run_group_tests_name("sdk", tests, NULL, NULL);
 }
