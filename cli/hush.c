@@ -303,6 +303,16 @@ bad:
     return 2;
 }
 
+/* Parses the options and opens the existing database. 0: go on; -1: help was shown (exit 0);
+ * otherwise the exit code. */
+static int setup(int argc, char **argv, struct opts *o, const char *cmd, hush_client **c)
+{
+    int r = parse(argc, argv, o, cmd);
+    if (r)
+        return r;
+    return open_db(0, c);
+}
+
 /* ---------------------------------------------------------------------------------------- */
 /* printing what arrives */
 
@@ -533,13 +543,11 @@ static int run_until_signal(hush_client *c)
 static int cmd_listen(int argc, char **argv)
 {
     struct opts o;
-    int r = parse(argc, argv, &o, "listen");
+    hush_client *c = NULL;
+    int r = setup(argc, argv, &o, "listen", &c);
     if (r)
         return r < 0 ? 0 : r;
     g_raw = o.raw;
-    hush_client *c = NULL;
-    if ((r = open_db(0, &c)))
-        return r;
     if ((r = start_net(c, &o))) {
         hush_client_close(c);
         return r;
@@ -643,12 +651,10 @@ static int cmd_safety(int argc, char **argv)
 static int cmd_presence(int argc, char **argv)
 {
     struct opts o;
-    int r = parse(argc, argv, &o, "presence");
+    hush_client *c = NULL;
+    int r = setup(argc, argv, &o, "presence", &c);
     if (r)
         return r < 0 ? 0 : r;
-    hush_client *c = NULL;
-    if ((r = open_db(0, &c)))
-        return r;
     hush_err e = HUSH_OK;
     if (o.nallow)
         e = hush_presence_allow(c, o.allow, (size_t)o.nallow);
@@ -682,12 +688,10 @@ static int cmd_presence(int argc, char **argv)
 static int cmd_status(int argc, char **argv)
 {
     struct opts o;
-    int r = parse(argc, argv, &o, "status");
+    hush_client *c = NULL;
+    int r = setup(argc, argv, &o, "status", &c);
     if (r)
         return r < 0 ? 0 : r;
-    hush_client *c = NULL;
-    if ((r = open_db(0, &c)))
-        return r;
     char user[HUSH_USERNAME_MAX + 1];
     uint32_t dev = 0, outbox = 0, stock = 0;
     hush_err e = hush_device_info(c, user, &dev, NULL);
@@ -836,12 +840,10 @@ static int cmd_chat(int argc, char **argv)
 static int cmd_info(int argc, char **argv)
 {
     struct opts o;
-    int r = parse(argc, argv, &o, "info");
+    hush_client *c = NULL;
+    int r = setup(argc, argv, &o, "info", &c);
     if (r)
         return r < 0 ? 0 : r;
-    hush_client *c = NULL;
-    if ((r = open_db(0, &c)))
-        return r;
     char user[HUSH_USERNAME_MAX + 1];
     uint32_t dev = 0, reg = 0, stock = 0;
     uint8_t auth[32];
@@ -866,12 +868,10 @@ static int cmd_info(int argc, char **argv)
 static int cmd_bundle(int argc, char **argv)
 {
     struct opts o;
-    int r = parse(argc, argv, &o, "bundle");
+    hush_client *c = NULL;
+    int r = setup(argc, argv, &o, "bundle", &c);
     if (r)
         return r < 0 ? 0 : r;
-    hush_client *c = NULL;
-    if ((r = open_db(0, &c)))
-        return r;
     uint8_t *b = NULL;
     size_t len = 0;
     hush_err e = hush_bundle_export(c, &b, &len);
