@@ -88,6 +88,7 @@ struct hush_net {
     int64_t pump_cursor;      /* outbox id last handed out in this connection */
     int fetching;             /* a FetchBundles is outstanding: the pump waits */
     int unflushed_receipts;   /* messages notified since receipts were last flushed */
+    uint64_t next_rotation_check_ms;
     char fetch_peer[HUSH_USERNAME_MAX + 1];
     char blocked_peer[HUSH_USERNAME_MAX + 1]; /* identity change pending: its outbox waits */
     int backoff_ms;
@@ -822,20 +823,27 @@ static void send_auth(struct hush_net *n)
     hush__pre_key_upload__free_unpacked(keys, NULL);
 }
 
+/* Rotates the signed prekey when it is due (and uploads the new one); at login and hourly. */
+static void rotation_check(struct hush_net *n)
+{
+    n->next_rotation_check_ms = now_ms() + 3600ull * 1000;
+    int rotated = 0;
+    hush__lock(n->c);
+    hush_err e = hush__rotate_signed_pre_key(n->c, SPK_MAX_AGE_MS, SPK_GRACE_MS, &rotated);
+    hush__unlock(n->c);
+    if (e)
+        report(n, e, "signed prekey rotation failed; will retry");
+    else if (rotated)
+        upload_keys(n, 0);
+}
+
 static void went_online(struct hush_net *n)
 {
     n->st = N_ONLINE;
     n->backoff_ms = 0;
     set_conn(n, HUSH_CONN_ONLINE, HUSH_OK);
     send_presence(n);
-    int rotated = 0;
-    hush__lock(n->c);
-    hush_err e = hush__rotate_signed_pre_key(n->c, SPK_MAX_AGE_MS, SPK_GRACE_MS, &rotated);
-    hush__unlock(n->c);
-    if (e)
-        report(n, e, "signed prekey rotation failed; will retry at next login");
-    else if (rotated)
-        upload_keys(n, 0);
+    rotation_check(n);
     reprocess_pending(n);
     n->unflushed_receipts = 1; /* receipts owed from before a restart */
     flush_receipts(n);
@@ -1231,6 +1239,8 @@ static void tick_cb(lws_sorted_usec_list_t *sul)
     struct hush_net *n = lws_container_of(sul, struct hush_net, sul_tick);
     if (n->st == N_ONLINE) {
         flush_receipts(n);
+        if (now_ms() >= n->next_rotation_check_ms)
+            rotation_check(n);
         if (n->retry_at_ms && now_ms() >= n->retry_at_ms)
             pump_outbox(n);
     }
