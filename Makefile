@@ -8,6 +8,9 @@
 #   make all       build the libraries, the CLI, the tests and the benchmarks
 #   make bench     run the benchmarks in bench/
 #   make check     static analysis (cppcheck)
+#   make fuzz      build the libFuzzer harnesses (clang) in build-fuzz/; AFL=1 for AFL++ builds
+#   make fuzz-run FUZZ_SECONDS=N   run each harness N seconds (default 60) on the seed corpus
+#   make fuzz-seeds                regenerate the seed corpus from real data
 #   V=1            show full command lines
 #   SANITIZE=address,undefined   build (into build-san/) and test with sanitizers
 #
@@ -84,10 +87,16 @@ HUSH_PC := $(BUILD)/lib/pkgconfig/hush.pc
 HUSH_CLI := $(BUILD)/bin/hush
 HUSHD := $(BUILD)/bin/hushd
 
-.PHONY: all libs deps run run-relay test test-run bench bench-run check clean demo
+.PHONY: all libs deps run run-relay test test-run bench bench-run check clean demo fuzz fuzz-run fuzz-seeds fuzz-replay
 .SECONDARY:
 
-all: libs $(HUSH_CLI) $(HUSHD) $(TEST_BIN) $(BENCH_BIN)
+FUZZ_NAMES := $(patsubst fuzz/fuzz_%.c,%,$(wildcard fuzz/fuzz_*.c))
+FUZZ_REPLAY := $(patsubst %,$(BUILD)/fuzz-replay/fuzz_%,$(FUZZ_NAMES))
+FUZZ_SUPPORT_SRC := fuzz/common.c relay/config.c
+FUZZ_SUPPORT_OBJ := $(call obj,$(FUZZ_SUPPORT_SRC))
+GEN_SEEDS := $(BUILD)/fuzz-replay/gen_seeds
+
+all: libs $(HUSH_CLI) $(HUSHD) $(TEST_BIN) $(BENCH_BIN) $(FUZZ_REPLAY) $(GEN_SEEDS)
 libs: $(LIBSTORE) $(LIBHUSH_A) $(LIBHUSH_SO) $(HUSH_PC)
 
 deps:
@@ -162,6 +171,18 @@ $(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(TEST_UTIL_OBJ) $(LIBHUSH_A)
 	$(Q)mkdir -p $(dir $@)
 	$(Q)$(CC) $(LDFLAGS_ALL) -o $@ $< $(TEST_UTIL_OBJ) $(LIBHUSH_A) $(LIBS) $(SSL_LIBS) $(CMOCKA_LIBS)
 
+# Harnesses replayed by a plain driver (no libFuzzer): part of every build and of `make test`.
+$(BUILD)/obj/fuzz/%.o: ALL_CFLAGS += -Isdk -Ifuzz -Wno-missing-prototypes
+$(BUILD)/obj/relay/config.o: ALL_CFLAGS += $(LWS_CFLAGS)
+$(BUILD)/fuzz-replay/fuzz_%: $(BUILD)/obj/fuzz/fuzz_%.o $(BUILD)/obj/fuzz/driver.o $(FUZZ_SUPPORT_OBJ) $(LIBHUSH_A)
+	$(E) "  LD      $@"
+	$(Q)mkdir -p $(dir $@)
+	$(Q)$(CC) $(LDFLAGS_ALL) -o $@ $< $(BUILD)/obj/fuzz/driver.o $(FUZZ_SUPPORT_OBJ) $(LIBHUSH_A) $(LIBS)
+$(GEN_SEEDS): $(BUILD)/obj/fuzz/gen_seeds.o $(FUZZ_SUPPORT_OBJ) $(LIBHUSH_A)
+	$(E) "  LD      $@"
+	$(Q)mkdir -p $(dir $@)
+	$(Q)$(CC) $(LDFLAGS_ALL) -o $@ $< $(FUZZ_SUPPORT_OBJ) $(LIBHUSH_A) $(LIBS)
+
 $(BUILD)/obj/bench/%.o: ALL_CFLAGS += -Isdk -Wno-missing-prototypes
 $(BUILD)/bench/%: $(BUILD)/obj/bench/%.o $(BENCH_COMMON_OBJ) $(LIBHUSH_A)
 	$(E) "  LD      $@"
@@ -196,6 +217,14 @@ test-run: all $(HUSHD)
 	          LSAN_OPTIONS=suppressions=$(CURDIR)/mk/lsan.supp:print_suppressions=0 $(CURDIR)/$$t); then failed=$$((failed + 1)); echo "*** FAILED: $$t"; \
 	    else rm -rf $$dir; fi; \
 	done; \
+	seeds=$$(mktemp -d /tmp/hush-seeds.XXXXXX); \
+	if ! $(CURDIR)/$(GEN_SEEDS) $$seeds > /dev/null; then failed=$$((failed + 1)); echo "*** FAILED: gen_seeds"; fi; \
+	for n in $(FUZZ_NAMES); do \
+	    total=$$((total + 1)); \
+	    if ! LSAN_OPTIONS=suppressions=$(CURDIR)/mk/lsan.supp:print_suppressions=0 \
+	         $(CURDIR)/$(BUILD)/fuzz-replay/fuzz_$$n fuzz/regressions/$$n $$seeds/$$n; then \
+	        failed=$$((failed + 1)); echo "*** FAILED: fuzz replay $$n"; fi; \
+	done; rm -rf $$seeds; \
 	echo "test suites: $$((total - failed)) passed, $$failed failed"; \
 	test $$failed -eq 0
 
@@ -209,7 +238,66 @@ check:
 	cppcheck --quiet --error-exitcode=1 --enable=warning,portability --std=c11 \
 	    -Istore/include -Isdk/include -Iproto --suppress=missingIncludeSystem store sdk cli relay proto
 
+# ---------------------------------------------------------------------------------------------
+# fuzzing (clang + libFuzzer, or AFL++ with AFL=1)
+
+FUZZ_BUILD := build-fuzz$(if $(AFL),-afl)
+FUZZ_SECONDS ?= 60
+ifeq ($(AFL),)
+FUZZ_CC := clang
+FUZZ_COMPILE := -fsanitize=fuzzer-no-link,address,undefined
+FUZZ_LINK := -fsanitize=fuzzer,address,undefined
+FUZZ_MAIN :=
+else
+FUZZ_CC := afl-clang-fast
+FUZZ_COMPILE := -fsanitize=address,undefined
+FUZZ_LINK := -fsanitize=address,undefined
+FUZZ_MAIN := $(FUZZ_BUILD)/obj/fuzz/driver.o
+endif
+FUZZ_CFLAGS := -std=c11 -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE -g -O1 -fno-omit-frame-pointer $(FUZZ_COMPILE) \
+               -Istore/include -Isdk/include -Isdk -Iproto -Ifuzz -I$(BUILD)/gen $(PKG_CFLAGS)
+FUZZ_LIB_SRC := $(SDK_SRC) $(STORE_SRC) $(FUZZ_SUPPORT_SRC)
+FUZZ_LIB_OBJ := $(patsubst %.c,$(FUZZ_BUILD)/obj/%.o,$(FUZZ_LIB_SRC)) $(FUZZ_BUILD)/obj/gen/hush.pb-c.o
+FUZZ_BIN := $(patsubst %,$(FUZZ_BUILD)/fuzz_%,$(FUZZ_NAMES))
+
+fuzz: deps
+	$(Q)command -v $(FUZZ_CC) >/dev/null || { echo "install $(FUZZ_CC) (Debian: clang$(if $(AFL),, / afl++))"; exit 1; }
+	$(Q)$(MAKE) --no-print-directory $(GEN_HDR) $(FUZZ_BIN)
+
+$(FUZZ_BUILD)/obj/gen/hush.pb-c.o: $(GEN_SRC)
+	$(Q)mkdir -p $(dir $@)
+	$(Q)$(FUZZ_CC) $(FUZZ_CFLAGS) -c $< -o $@
+$(FUZZ_BUILD)/obj/%.o: %.c | $(GEN_HDR)
+	$(E) "  FUZZCC  $<"
+	$(Q)mkdir -p $(dir $@)
+	$(Q)$(FUZZ_CC) $(FUZZ_CFLAGS) $(LWS_CFLAGS) -c $< -o $@
+$(FUZZ_BUILD)/fuzz_%: $(FUZZ_BUILD)/obj/fuzz/fuzz_%.o $(FUZZ_LIB_OBJ) $(FUZZ_MAIN)
+	$(E) "  LD      $@"
+	$(Q)$(FUZZ_CC) $(FUZZ_LINK) -o $@ $^ $(LIBS)
+
+fuzz-seeds: $(GEN_SEEDS)
+	$(Q)rm -rf $(FUZZ_BUILD)/seeds && mkdir -p $(FUZZ_BUILD)
+	$(Q)./$(GEN_SEEDS) $(FUZZ_BUILD)/seeds
+
+# Runs every harness FUZZ_SECONDS on its corpus (seeds + regressions + what earlier runs found),
+# printing execs/s and coverage; a crash stops with the input saved under $(FUZZ_BUILD)/crashes/.
+fuzz-run: fuzz fuzz-seeds
+	$(Q)mkdir -p $(FUZZ_BUILD)/crashes; \
+	for n in $(FUZZ_NAMES); do \
+	    mkdir -p $(FUZZ_BUILD)/corpus/$$n; \
+	    cp -n $(FUZZ_BUILD)/seeds/$$n/* fuzz/regressions/$$n/* $(FUZZ_BUILD)/corpus/$$n/ 2>/dev/null; \
+	    dict=""; [ -f fuzz/dict/$$n.dict ] && dict="-dict=fuzz/dict/$$n.dict"; \
+	    LSAN_OPTIONS=suppressions=$(CURDIR)/mk/lsan.supp:print_suppressions=0 \
+	    ./$(FUZZ_BUILD)/fuzz_$$n $(FUZZ_BUILD)/corpus/$$n $$dict -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
+	        -max_len=65536 -artifact_prefix=$(FUZZ_BUILD)/crashes/$$n- > $(FUZZ_BUILD)/$$n.log 2>&1; rc=$$?; \
+	    execs=$$(grep -o 'stat::number_of_executed_units: *[0-9]*' $(FUZZ_BUILD)/$$n.log | grep -o '[0-9]*$$'); \
+	    cov=$$(grep -o 'cov: [0-9]*' $(FUZZ_BUILD)/$$n.log | tail -1 | grep -o '[0-9]*'); \
+	    printf "%-10s %10s execs in %ss = %8s execs/s, edge coverage %s%s\n" $$n "$$execs" $(FUZZ_SECONDS) \
+	        "$$(( $${execs:-0} / $(FUZZ_SECONDS) ))" "$${cov:-?}" "$$( [ $$rc -ne 0 ] && echo '  CRASH: see '$(FUZZ_BUILD)/$$n.log )"; \
+	    [ $$rc -eq 0 ] || exit 1; \
+	done
+
 clean:
-	rm -rf build build-san
+	rm -rf build build-san build-fuzz build-fuzz-afl
 
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)

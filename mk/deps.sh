@@ -22,6 +22,7 @@ tools=(
   "make:make"
   "sqlite3:sqlite3"
   "cppcheck:cppcheck"
+  "clang:clang"
 )
 
 missing=()

@@ -1,0 +1,68 @@
+/* common.c - deterministic randomness and a scratch directory for the harnesses. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <sodium.h>
+
+#include "fuzz.h"
+
+/* ChaCha20 keystream under a fixed key: deterministic, and good enough to generate keys that the
+ * code under test cannot tell from real ones. */
+static uint8_t g_key[crypto_stream_chacha20_KEYBYTES] = { 'h', 'u', 's', 'h', '-', 'f', 'u', 'z', 'z' };
+static uint64_t g_counter;
+
+static const char *impl_name(void) { return "hush-fuzz-deterministic"; }
+
+static void impl_buf(void *const buf, const size_t size)
+{
+    uint8_t nonce[crypto_stream_chacha20_NONCEBYTES] = { 0 };
+    memcpy(nonce, &g_counter, sizeof g_counter);
+    g_counter++;
+    crypto_stream_chacha20(buf, size, nonce, g_key);
+}
+
+static uint32_t impl_random(void)
+{
+    uint32_t v;
+    impl_buf(&v, sizeof v);
+    return v;
+}
+
+static void impl_stir(void) {}
+
+static uint32_t impl_uniform(const uint32_t upper)
+{
+    if (upper < 2)
+        return 0;
+    uint32_t min = (1U + ~upper) % upper, r;
+    do {
+        r = impl_random();
+    } while (r < min);
+    return r % upper;
+}
+
+static int impl_close(void) { return 0; }
+
+static struct randombytes_implementation g_impl = {
+    impl_name, impl_random, impl_stir, impl_uniform, impl_buf, impl_close,
+};
+
+void fuzz_deterministic_random(void)
+{
+    randombytes_set_implementation(&g_impl);
+    if (sodium_init() < 0)
+        abort();
+}
+
+const char *fuzz_tmpdir(void)
+{
+    static char dir[64];
+    if (!dir[0]) {
+        snprintf(dir, sizeof dir, "/tmp/hush-fuzz.XXXXXX");
+        if (!mkdtemp(dir))
+            abort();
+    }
+    return dir;
+}

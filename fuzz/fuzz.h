@@ -1,0 +1,22 @@
+/*
+ * fuzz.h - shared by the harnesses in fuzz/. Each harness defines LLVMFuzzerTestOneInput (and may
+ * define LLVMFuzzerInitialize); it is built twice: with libFuzzer (make fuzz) and with a plain
+ * driver that replays files (make test replays fuzz/regressions/ and the seeds).
+ */
+#ifndef HUSH_FUZZ_H
+#define HUSH_FUZZ_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+int LLVMFuzzerInitialize(int *argc, char ***argv);
+
+/* Replaces libsodium's randomness with a deterministic stream (so every crash reproduces) and
+ * initialises libsodium. Call first in LLVMFuzzerInitialize. */
+void fuzz_deterministic_random(void);
+
+/* A private temporary directory for the harness's databases (created once). */
+const char *fuzz_tmpdir(void);
+
+#endif

@@ -1,0 +1,197 @@
+/*
+ * gen_seeds.c - writes a seed corpus for every harness into DIR/<harness>/, made from real data:
+ * frames a client and the relay exchange, the example configuration, exported bundles, envelopes
+ * from a real session, sealed rows, real database files.   usage: gen_seeds DIR
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <sodium.h>
+
+#include "../sdk/internal.h"
+#include "fuzz.h"
+#include "hush_wire.h"
+
+static const char *g_dir;
+
+static void put(const char *harness, const char *name, const uint8_t *prefix, size_t plen, const void *data, size_t len)
+{
+    char path[1024];
+    snprintf(path, sizeof path, "%s/%s", g_dir, harness);
+    mkdir(path, 0755);
+    snprintf(path, sizeof path, "%s/%s/%s", g_dir, harness, name);
+    FILE *f = fopen(path, "wb");
+    if (!f)
+        abort();
+    if (plen)
+        fwrite(prefix, 1, plen, f);
+    fwrite(data, 1, len, f);
+    fclose(f);
+}
+
+static void put_frame(const char *name, int authed, Hush__Frame *fr)
+{
+    size_t n = hush__frame__get_packed_size(fr);
+    uint8_t *b = malloc(n ? n : 1);
+    hush__frame__pack(fr, b);
+    uint8_t p = (uint8_t)authed;
+    put("frame", name, &p, 1, b, n);
+    free(b);
+}
+
+static void copy_file(const char *harness, const char *name, const char *src)
+{
+    FILE *f = fopen(src, "rb");
+    if (!f)
+        return;
+    uint8_t *buf = malloc(1 << 20);
+    size_t n = fread(buf, 1, 1 << 20, f);
+    fclose(f);
+    put(harness, name, NULL, 0, buf, n);
+    free(buf);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc != 2) {
+        fprintf(stderr, "usage: gen_seeds DIR\n");
+        return 2;
+    }
+    g_dir = argv[1];
+    mkdir(g_dir, 0755);
+    fuzz_deterministic_random();
+    char pa[300], pb[300];
+    snprintf(pa, sizeof pa, "%s/seed-alice.db", fuzz_tmpdir());
+    snprintf(pb, sizeof pb, "%s/seed-bob.db", fuzz_tmpdir());
+    uint8_t ka[32] = { 2 }, kb[32] = { 3 };
+    hush_open_opts o = { HUSH_DURABILITY_NORMAL };
+    hush_client *a = NULL, *b = NULL;
+    if (hush_client_open(pa, ka, &o, &a) || hush_client_open(pb, kb, &o, &b) || hush_device_create(a, "alice", 1) ||
+        hush_device_create(b, "bob", 1))
+        abort();
+
+    /* bundles */
+    uint8_t *bundle = NULL;
+    size_t blen = 0;
+    if (hush_bundle_export(b, &bundle, &blen) || hush_bundle_import(a, bundle, blen, NULL, NULL))
+        abort();
+    put("bundle", "bundle-bob", NULL, 0, bundle, blen);
+    hush_free(bundle);
+
+    /* envelopes of a real session, in every mode of the envelope harness */
+    uint8_t *env = NULL;
+    size_t elen = 0;
+    if (hush_encrypt(a, "bob", 1, (const uint8_t *)"first message", 13, NULL, NULL, &env, &elen))
+        abort();
+    uint8_t mode = 0;
+    put("envelope", "prekey-envelope", &mode, 1, env, elen);
+    Hush__Envelope *e = hush__envelope__unpack(NULL, elen, env);
+    mode = 2;
+    put("envelope", "prekey-ciphertext", &mode, 1, e->ciphertext.data, e->ciphertext.len);
+    hush__envelope__free_unpacked(e, NULL);
+    hush_free(env);
+    uint8_t flips[4] = { 3, 10, 1, 1 };
+    put("envelope", "flip", NULL, 0, flips, sizeof flips);
+
+    /* relay frames: what a client sends and what it receives */
+    uint8_t challenge[32], sig[64], auth[32], idk[33], *up = NULL;
+    size_t uplen = 0;
+    randombytes_buf(challenge, sizeof challenge);
+    Hush__Hello h = HUSH__HELLO__INIT;
+    h.min_version = h.max_version = 1;
+    Hush__Frame f = HUSH__FRAME__INIT;
+    f.id = 1;
+    f.msg_case = HUSH__FRAME__MSG_HELLO;
+    f.hello = &h;
+    put_frame("hello", 0, &f);
+    if (hush_auth_proof(a, "login", challenge, sig) || hush_device_auth_key(a, auth) || hush_device_identity_key(a, idk) ||
+        hush_prekey_upload(a, 5, &up, &uplen, NULL))
+        abort();
+    Hush__LoginRequest l = HUSH__LOGIN_REQUEST__INIT;
+    l.username = "alice";
+    l.device_id = 1;
+    l.signature.data = sig;
+    l.signature.len = 64;
+    f.id = 2;
+    f.msg_case = HUSH__FRAME__MSG_LOGIN;
+    f.login = &l;
+    put_frame("login", 0, &f);
+    Hush__PreKeyUpload *keys = hush__pre_key_upload__unpack(NULL, uplen, up);
+    Hush__RegisterRequest r = HUSH__REGISTER_REQUEST__INIT;
+    r.username = "alice";
+    r.device_id = 1;
+    r.auth_key.data = auth;
+    r.auth_key.len = 32;
+    r.signature.data = sig;
+    r.signature.len = 64;
+    r.identity_key.data = idk;
+    r.identity_key.len = 33;
+    r.registration_id = 42;
+    r.keys = keys;
+    f.msg_case = HUSH__FRAME__MSG_REGISTER;
+    f.register_ = &r;
+    put_frame("register", 0, &f);
+    f.msg_case = HUSH__FRAME__MSG_UPLOAD_PRE_KEYS;
+    f.upload_pre_keys = keys;
+    put_frame("upload", 1, &f);
+    uint8_t mid[16] = { 1 }, envb[64] = { 9 };
+    Hush__Recipient rc = HUSH__RECIPIENT__INIT;
+    rc.username = "bob";
+    rc.device_id = 1;
+    rc.envelope.data = envb;
+    rc.envelope.len = sizeof envb;
+    Hush__Recipient *rcs[1] = { &rc };
+    Hush__SendRequest s = HUSH__SEND_REQUEST__INIT;
+    s.client_msg_id.data = mid;
+    s.client_msg_id.len = 16;
+    s.n_recipients = 1;
+    s.recipients = rcs;
+    f.msg_case = HUSH__FRAME__MSG_SEND;
+    f.send = &s;
+    put_frame("send", 1, &f);
+    uint64_t seqs[2] = { 7, 8 };
+    Hush__AckRequest ak = HUSH__ACK_REQUEST__INIT;
+    ak.n_seqs = 2;
+    ak.seqs = seqs;
+    f.id = 0;
+    f.msg_case = HUSH__FRAME__MSG_ACK;
+    f.ack = &ak;
+    put_frame("ack", 1, &f);
+    Hush__Deliver dv = HUSH__DELIVER__INIT;
+    dv.seq = 7;
+    dv.from_username = "alice";
+    dv.from_device = 1;
+    dv.envelope = rc.envelope;
+    dv.client_msg_id = s.client_msg_id;
+    f.msg_case = HUSH__FRAME__MSG_DELIVER;
+    f.deliver = &dv;
+    put_frame("deliver", 1, &f);
+    hush__pre_key_upload__free_unpacked(keys, NULL);
+    hush_free(up);
+
+    /* a sealed row under the sealed harness's key and identity */
+    hush_client sc;
+    memset(&sc, 0, sizeof sc);
+    memset(sc.seal_key, 7, sizeof sc.seal_key);
+    uint8_t *ct = NULL;
+    size_t clen = 0;
+    if (hush__seal(&sc, "hush1|sessions|5:alice|1|0", (const uint8_t *)"session record", 14, &ct, &clen))
+        abort();
+    put("sealed", "session", NULL, 0, ct, clen);
+    free(ct);
+
+    /* the example configuration, and a minimal one */
+    copy_file("config", "example", "relay/hushd.conf.example");
+    const char *mini = "listen = 127.0.0.1:7443\nregistration = invite\nquota_bytes = 1m\n";
+    put("config", "minimal", NULL, 0, mini, strlen(mini));
+
+    /* real database files */
+    hush_client_close(a);
+    hush_client_close(b);
+    copy_file("dbfile", "sdk-db", pb);
+    printf("seeds written to %s\n", g_dir);
+    return 0;
+}
