@@ -243,6 +243,8 @@ check:
 
 FUZZ_BUILD := build-fuzz$(if $(AFL),-afl)
 FUZZ_SECONDS ?= 60
+# A fixed seed makes CI's run reproducible; FUZZ_SEED=0 lets libFuzzer pick one from the clock.
+FUZZ_SEED ?= 1
 ifeq ($(AFL),)
 FUZZ_CC := clang
 FUZZ_COMPILE := -fsanitize=fuzzer-no-link,address,undefined
@@ -288,7 +290,7 @@ fuzz-run: fuzz fuzz-seeds
 	    cp -n $(FUZZ_BUILD)/seeds/$$n/* fuzz/regressions/$$n/* $(FUZZ_BUILD)/corpus/$$n/ 2>/dev/null; \
 	    dict=""; [ -f fuzz/dict/$$n.dict ] && dict="-dict=fuzz/dict/$$n.dict"; \
 	    LSAN_OPTIONS=suppressions=$(CURDIR)/mk/lsan.supp:print_suppressions=0 \
-	    ./$(FUZZ_BUILD)/fuzz_$$n $(FUZZ_BUILD)/corpus/$$n $$dict -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
+	    ./$(FUZZ_BUILD)/fuzz_$$n $(FUZZ_BUILD)/corpus/$$n $$dict -max_total_time=$(FUZZ_SECONDS) -seed=$(FUZZ_SEED) -print_final_stats=1 \
 	        -max_len=65536 -artifact_prefix=$(FUZZ_BUILD)/crashes/$$n- > $(FUZZ_BUILD)/$$n.log 2>&1; rc=$$?; \
 	    execs=$$(grep -o 'stat::number_of_executed_units: *[0-9]*' $(FUZZ_BUILD)/$$n.log | grep -o '[0-9]*$$'); \
 	    cov=$$(grep -o 'cov: [0-9]*' $(FUZZ_BUILD)/$$n.log | tail -1 | grep -o '[0-9]*'); \
