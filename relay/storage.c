@@ -1041,9 +1041,15 @@ static void process_batch(struct job *list)
     long njobs = 0;
     int64_t inserted = 0, deleted = 0, expired = 0;
     struct jctx *x = malloc(sizeof *x);
-    /* allow-lists to apply in memory after the commit */
-    struct { Hush__SetPresenceAllowRequest *r; char owner[RELAY_USERNAME_MAX + 1]; } allows[64];
-    int nallows = 0, allow_overflow = 0;
+    /* allow-lists to apply in memory after the commit (at most one per job) */
+    long nlist = 0;
+    for (struct job *j = list; j; j = j->next)
+        nlist++;
+    struct allow_apply {
+        Hush__SetPresenceAllowRequest *r;
+        char owner[RELAY_USERNAME_MAX + 1];
+    } *allows = calloc((size_t)nlist + 1, sizeof *allows);
+    int nallows = 0;
     hstore_err be = x ? hstore_savepoint(S.db) : HSTORE_ERR_NOMEM;
     for (struct job *j = list; j; j = j->next) {
         njobs++;
@@ -1073,14 +1079,10 @@ static void process_batch(struct job *list)
             inserted += x->inserted;
             deleted += x->deleted;
             expired += x->expired;
-            if (x->allow_apply) {
-                if (nallows < 64) {
-                    allows[nallows].r = x->allow_apply;
-                    snprintf(allows[nallows].owner, sizeof allows[nallows].owner, "%s", x->allow_owner);
-                    nallows++;
-                } else {
-                    allow_overflow = 1;
-                }
+            if (x->allow_apply && allows) {
+                allows[nallows].r = x->allow_apply;
+                snprintf(allows[nallows].owner, sizeof allows[nallows].owner, "%s", x->allow_owner);
+                nallows++;
             }
         }
         /* prepend this job's postings (kept in order below by reversing) */
@@ -1113,8 +1115,6 @@ static void process_batch(struct job *list)
         atomic_fetch_add(&g_metrics.mailbox_depth, inserted - deleted - expired);
         for (int i = 0; i < nallows; i++)
             presence_set_allow(allows[i].owner, allows[i].r->usernames, allows[i].r->n_usernames);
-        if (allow_overflow)
-            rlog(RLOG_WARN, "allow_overflow", "more than 64 allow-list updates in one batch");
     }
     /* Reverse so events reach each loop in the order they were produced. */
     struct posting *rev = NULL;
@@ -1130,6 +1130,7 @@ static void process_batch(struct job *list)
         free(rev);
         rev = n;
     }
+    free(allows);
     free(x);
 }
 

@@ -344,5 +344,10 @@ hush_err hush_outbox_attempted(hush_client *c, const uint8_t message_id[HUSH_MES
 
 hush_err hush_outbox_done(hush_client *c, const uint8_t message_id[HUSH_MESSAGE_ID_BYTES])
 {
-    return outbox_by_id(c, "DELETE FROM outbox WHERE message_id = ?1", message_id);
+    hush_err e = outbox_by_id(c, "DELETE FROM outbox WHERE message_id = ?1", message_id);
+    if (e != HUSH_OK)
+        return e;
+    /* and the ciphertexts kept for its retries, if it had any */
+    e = outbox_by_id(c, "DELETE FROM outbox_envelopes WHERE message_id = ?1", message_id);
+    return e == HUSH_ERR_NOT_FOUND ? HUSH_OK : e;
 }
