@@ -298,13 +298,11 @@ static void queue_push(struct tclient *c, Hush__Frame *f)
     c->push[c->npush++] = f;
 }
 
-Hush__Frame *tc_request(struct tclient *c, Hush__Frame *req, int timeout_ms)
+/* Receives until a frame satisfies match(frame, arg), queueing the others as pushes; NULL on
+ * timeout or close. */
+static Hush__Frame *recv_until(struct tclient *c, int timeout_ms, int (*match)(const Hush__Frame *, uint64_t),
+                               uint64_t arg)
 {
-    if (!c->ws)
-        return NULL;
-    req->id = c->next_id++;
-    if (send_frame(c, req) != 0)
-        return NULL;
     struct timespec t0;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     for (;;) {
@@ -316,10 +314,30 @@ Hush__Frame *tc_request(struct tclient *c, Hush__Frame *req, int timeout_ms)
         Hush__Frame *f = recv_frame(c, (int)left);
         if (!f)
             return NULL;
-        if (f->id == req->id && (f->msg_case == HUSH__FRAME__MSG_RESULT || f->msg_case == HUSH__FRAME__MSG_WELCOME))
+        if (match(f, arg))
             return f;
         queue_push(c, f);
     }
+}
+
+static int is_reply_to(const Hush__Frame *f, uint64_t id)
+{
+    return f->id == id && (f->msg_case == HUSH__FRAME__MSG_RESULT || f->msg_case == HUSH__FRAME__MSG_WELCOME);
+}
+
+static int is_case(const Hush__Frame *f, uint64_t which)
+{
+    return (uint64_t)f->msg_case == which;
+}
+
+Hush__Frame *tc_request(struct tclient *c, Hush__Frame *req, int timeout_ms)
+{
+    if (!c->ws)
+        return NULL;
+    req->id = c->next_id++;
+    if (send_frame(c, req) != 0)
+        return NULL;
+    return recv_until(c, timeout_ms, is_reply_to, req->id);
 }
 
 Hush__Frame *tc_next_push(struct tclient *c, Hush__Frame__MsgCase which, int timeout_ms)
@@ -334,21 +352,7 @@ Hush__Frame *tc_next_push(struct tclient *c, Hush__Frame__MsgCase which, int tim
     }
     if (!c->ws)
         return NULL;
-    struct timespec t0;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
-    for (;;) {
-        struct timespec t1;
-        clock_gettime(CLOCK_MONOTONIC, &t1);
-        long left = timeout_ms - ((t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000);
-        if (left <= 0)
-            return NULL;
-        Hush__Frame *f = recv_frame(c, (int)left);
-        if (!f)
-            return NULL;
-        if (f->msg_case == which)
-            return f;
-        queue_push(c, f);
-    }
+    return recv_until(c, timeout_ms, is_case, (uint64_t)which);
 }
 
 static int result_code(Hush__Frame *f)
