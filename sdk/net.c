@@ -98,6 +98,7 @@ struct hush_net {
     /* status, read by other threads */
     pthread_mutex_t mu;
     pthread_cond_t cv;
+    atomic_int waiters;       /* threads inside wait_until: hush_net_stop frees only at zero */
     hush_conn_state conn;
     hush_err last_err;
     int fatal;
@@ -1515,6 +1516,9 @@ void hush_net_stop(hush_client *c)
     pthread_mutex_lock(&n->mu);
     n->conn = HUSH_CONN_STOPPED;
     pthread_cond_broadcast(&n->cv);
+    /* threads blocked in hush_net_wait_online/_flush return HUSH_ERR_NOT_RUNNING; wait for them */
+    while (atomic_load(&n->waiters) > 0)
+        pthread_cond_wait(&n->cv, &n->mu);
     pthread_mutex_unlock(&n->mu);
     if (n->cb.on_connection)
         n->cb.on_connection(n->cb.ctx, HUSH_CONN_STOPPED, HUSH_OK);
@@ -1570,14 +1574,22 @@ static hush_err wait_until(hush_client *c, int timeout_ms, int (*pred)(hush_clie
         deadline.tv_sec++;
         deadline.tv_nsec -= 1000000000L;
     }
+    /* Counted in under net_mu, so hush_net_stop (which unhooks c->net under net_mu) either sees
+     * this waiter and waits for it to leave, or the waiter sees no network at all. */
     pthread_mutex_lock(&c->net_mu);
     struct hush_net *n = c->net;
+    if (n)
+        atomic_fetch_add(&n->waiters, 1);
     pthread_mutex_unlock(&c->net_mu);
     if (!n)
         return HUSH_ERR_NOT_RUNNING;
     hush_err result = HUSH_ERR_TIMEOUT;
     pthread_mutex_lock(&n->mu);
     for (;;) {
+        if (n->conn == HUSH_CONN_STOPPED) {
+            result = HUSH_ERR_NOT_RUNNING;
+            break;
+        }
         hush_err e = HUSH_OK;
         pthread_mutex_unlock(&n->mu);
         int done = pred(c, n, &e);
@@ -1594,6 +1606,8 @@ static hush_err wait_until(hush_client *c, int timeout_ms, int (*pred)(hush_clie
             break;
         }
     }
+    atomic_fetch_sub(&n->waiters, 1);
+    pthread_cond_broadcast(&n->cv);
     pthread_mutex_unlock(&n->mu);
     return result;
 }

@@ -981,6 +981,58 @@ static void test_prekey_replenish(void **state)
     assert_int_equal(relay_stop(&relay, SIGTERM), 0);
 }
 
+/* A thread blocked in hush_net_wait_online / hush_net_flush while another stops the network (what
+ * a binding's close() does): the waiters return HUSH_ERR_NOT_RUNNING at once and nothing is used
+ * after it is freed (ASan run). */
+struct waiter_arg {
+    hush_client *c;
+    int flush;
+    hush_err result;
+};
+
+static uint64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static void *waiter_main(void *p)
+{
+    struct waiter_arg *w = p;
+    w->result = w->flush ? hush_net_flush(w->c, 30000) : hush_net_wait_online(w->c, 30000);
+    return NULL;
+}
+
+static void test_stop_while_waiting(void **state)
+{
+    (void)state;
+    hush_client *c = open_client("wes", 1, HUSH_DURABILITY_NORMAL);
+    /* nothing listens on port 1: the client stays offline, retrying */
+    hush_net_opts o = { "ws://127.0.0.1:1", NULL, NULL, 0 };
+    hush_callbacks cb = { 0 };
+    assert_int_equal(hush_net_start(c, &o, &cb), HUSH_OK);
+    assert_int_equal(hush_send(c, "nobody", (const uint8_t *)"x", 1, NULL), HUSH_OK);
+    struct waiter_arg w[4];
+    pthread_t th[4];
+    for (int i = 0; i < 4; i++) {
+        w[i] = (struct waiter_arg){ c, i & 1, HUSH_OK };
+        assert_int_equal(pthread_create(&th[i], NULL, waiter_main, &w[i]), 0);
+    }
+    struct timespec ts = { 0, 300000000L };
+    nanosleep(&ts, NULL);
+    uint64_t t0 = mono_ms();
+    hush_net_stop(c);
+    for (int i = 0; i < 4; i++) {
+        pthread_join(th[i], NULL);
+        assert_int_equal(w[i].result, HUSH_ERR_NOT_RUNNING);
+    }
+    assert_true(mono_ms() - t0 < 10000);
+    assert_int_equal(hush_net_wait_online(c, 10), HUSH_ERR_NOT_RUNNING);
+    hush_net_stop(c); /* twice is harmless */
+    hush_client_close(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -996,6 +1048,7 @@ int main(void)
         cmocka_unit_test(test_cli_quickstart),
         cmocka_unit_test(test_canary_traffic),
         cmocka_unit_test(test_prekey_replenish),
+        cmocka_unit_test(test_stop_while_waiting),
     };
     return cmocka_run_group_tests_name("online", tests, NULL, NULL);
 }

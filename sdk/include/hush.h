@@ -394,7 +394,9 @@ HUSH_MUST_CHECK hush_err hush_net_start(hush_client *c, const hush_net_opts *opt
 /* Stops and joins the network thread (from any thread but a callback). Safe if not started. */
 void hush_net_stop(hush_client *c);
 hush_conn_state hush_net_state(hush_client *c, hush_err *last_error);
-/* Blocks until logged in (HUSH_OK), failed for good (that error), or timeout (HUSH_ERR_TIMEOUT). */
+/* Blocks until logged in (HUSH_OK), failed for good (that error), or timeout (HUSH_ERR_TIMEOUT).
+ * Both waits return HUSH_ERR_NOT_RUNNING when the network is not started or another thread stops
+ * it meanwhile (hush_net_stop waits for them to leave before it frees anything). */
 HUSH_MUST_CHECK hush_err hush_net_wait_online(hush_client *c, int timeout_ms);
 /* Blocks until the outbox is empty (every message acknowledged by the relay) or timeout. */
 HUSH_MUST_CHECK hush_err hush_net_flush(hush_client *c, int timeout_ms);
