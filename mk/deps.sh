@@ -23,6 +23,14 @@ tools=(
   "sqlite3:sqlite3"
   "cppcheck:cppcheck"
   "clang:clang"
+  "cmake:cmake"
+  "javac:openjdk-17-jdk-headless"
+  "java:openjdk-17-jdk-headless"
+)
+# file -> Debian package (the Java binding's tests)
+files=(
+  "/usr/share/java/junit4.jar:junit4"
+  "/usr/share/java/hamcrest-core.jar:libhamcrest-java"
 )
 
 missing=()
@@ -36,6 +44,10 @@ done
 for entry in "${tools[@]}"; do
   cmd=${entry%%:*}; pkg=${entry#*:}
   command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
+done
+for entry in "${files[@]}"; do
+  f=${entry%%:*}; pkg=${entry#*:}
+  [ -e "$f" ] || missing+=("$pkg")
 done
 # Sanitizer runtimes (gcc's libasan/libubsan ship with gcc on Debian 12).
 if [ -n "${SANITIZE:-}" ] && ! ls /usr/lib/gcc/*/*/libasan.so >/dev/null 2>&1; then

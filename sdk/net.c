@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <time.h>
 
 #include <libwebsockets.h>
@@ -1471,7 +1472,15 @@ hush_err hush_net_start(hush_client *c, const hush_net_opts *opts, const hush_ca
     if (n->ca_file[0])
         info.client_ssl_ca_filepath = n->ca_file;
     info.fd_limit_per_thread = 64;
+    /* libwebsockets sets SIGPIPE to SIG_IGN in every new context. A library must not take over a
+     * process-wide signal the app (or its runtime: the JVM installs its own SIGPIPE handler) set
+     * up: keep theirs; only a SIGPIPE left at its default stays ignored (a write to a dropped TLS
+     * socket would otherwise kill the app). */
+    struct sigaction old_pipe;
+    int have_old_pipe = sigaction(SIGPIPE, NULL, &old_pipe) == 0;
     n->ctx = lws_create_context(&info);
+    if (have_old_pipe && old_pipe.sa_handler != SIG_DFL)
+        sigaction(SIGPIPE, &old_pipe, NULL);
     if (!n->ctx) {
         pthread_mutex_destroy(&n->mu);
         pthread_cond_destroy(&n->cv);

@@ -1033,6 +1033,37 @@ static void test_stop_while_waiting(void **state)
     hush_client_close(c);
 }
 
+/* libwebsockets sets SIGPIPE to SIG_IGN in every context; libhush must keep a handler the app (or
+ * its runtime: the JVM, ART) installed, and may only ignore a SIGPIPE left at its default. */
+static void app_sigpipe(int sig)
+{
+    (void)sig;
+}
+
+static void test_sigpipe_handler_kept(void **state)
+{
+    (void)state;
+    struct sigaction sa, now, saved;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = app_sigpipe;
+    sigemptyset(&sa.sa_mask);
+    assert_int_equal(sigaction(SIGPIPE, &sa, &saved), 0);
+    hush_client *c = open_client("sig", 1, HUSH_DURABILITY_NORMAL);
+    hush_net_opts o = { "ws://127.0.0.1:1", NULL, NULL, 0 };
+    hush_callbacks cb = { 0 };
+    assert_int_equal(hush_net_start(c, &o, &cb), HUSH_OK);
+    assert_int_equal(sigaction(SIGPIPE, NULL, &now), 0);
+    assert_true(now.sa_handler == app_sigpipe);
+    hush_net_stop(c);
+    /* left at the default: ignored, so a write to a dropped TLS socket cannot kill the app */
+    signal(SIGPIPE, SIG_DFL);
+    assert_int_equal(hush_net_start(c, &o, &cb), HUSH_OK);
+    assert_int_equal(sigaction(SIGPIPE, NULL, &now), 0);
+    assert_true(now.sa_handler == SIG_IGN);
+    hush_client_close(c);
+    sigaction(SIGPIPE, &saved, NULL);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1049,6 +1080,7 @@ int main(void)
         cmocka_unit_test(test_canary_traffic),
         cmocka_unit_test(test_prekey_replenish),
         cmocka_unit_test(test_stop_while_waiting),
+        cmocka_unit_test(test_sigpipe_handler_kept),
     };
     return cmocka_run_group_tests_name("online", tests, NULL, NULL);
 }

@@ -1,0 +1,564 @@
+package org.hush.sdk;
+
+import java.nio.charset.StandardCharsets;
+import java.util.Arrays;
+import java.util.Collections;
+import java.util.List;
+import java.util.Objects;
+import java.util.concurrent.Executor;
+import java.util.concurrent.locks.ReentrantReadWriteLock;
+
+/**
+ * A Hush client: one device's end-to-end encrypted messaging, over a local database sealed with a
+ * key the app keeps in the platform keystore, talking to a Hush relay.
+ *
+ * <pre>{@code
+ * try (HushClient c = HushClient.builder(dbFile, dbKey)
+ *         .relayUrl("wss://relay.example.org")
+ *         .listener(myListener)
+ *         .build()) {
+ *     if (!c.hasDevice()) c.createDevice("alice", 1);
+ *     c.start();
+ *     MessageId id = c.send("bob", "hello");
+ * }
+ * }</pre>
+ *
+ * <p>Thread safety: every method may be called from any thread; calls are serialised inside the
+ * SDK. {@link #close()} may race with other calls: they finish first, or throw
+ * {@link HushError#CLOSED}. Methods that block ({@link #waitOnline}, {@link #flush}) return with
+ * {@link HushError#NOT_RUNNING} when another thread stops or closes the client.
+ *
+ * <p>Every failure is a {@link HushException} carrying the SDK's error code; a closed client throws
+ * one with {@link HushError#CLOSED}. Closing twice is harmless.
+ */
+public final class HushClient implements AutoCloseable {
+    static {
+        NativeLibrary.load();
+    }
+
+    /** Most history entries one {@link #history} call returns. */
+    public static final int MAX_HISTORY_PAGE = 500;
+    /** Largest message body in bytes (UTF-8). */
+    public static final int MAX_BODY_BYTES = 64 * 1024;
+
+    private final ReentrantReadWriteLock lock = new ReentrantReadWriteLock();
+    private final Object closeLock = new Object();
+    private long handle; // written only under the write lock; read under the read lock
+    private volatile boolean closed;
+    private final String relayUrl;
+    private final String invite;
+    private final String caFile;
+    private final boolean insecureTls;
+    private NativeBridge bridge;
+
+    private HushClient(Builder b, long handle) {
+        this.handle = handle;
+        this.relayUrl = b.relayUrl;
+        this.invite = b.invite;
+        this.caFile = b.caFile;
+        this.insecureTls = b.insecureTls;
+        this.bridge = new NativeBridge(b.listener, b.executor);
+    }
+
+    /**
+     * Starts building a client over the database at {@code databasePath} (created if absent),
+     * sealed with {@code databaseKey} (32 bytes; copied, and the copy wiped after opening: wipe
+     * yours when you no longer need it).
+     */
+    public static Builder builder(String databasePath, byte[] databaseKey) {
+        return new Builder(databasePath, databaseKey);
+    }
+
+    /** Options for a client. */
+    public static final class Builder {
+        private final String path;
+        private final byte[] key;
+        private Durability durability = Durability.FULL;
+        private String relayUrl;
+        private String invite;
+        private String caFile;
+        private boolean insecureTls;
+        private HushListener listener;
+        private Executor executor;
+
+        private Builder(String path, byte[] key) {
+            this.path = path;
+            this.key = key == null ? null : key.clone();
+        }
+
+        /** FULL (default: survives power loss) or NORMAL (survives an app crash; faster). */
+        public Builder durability(Durability d) {
+            this.durability = Objects.requireNonNull(d, "durability");
+            return this;
+        }
+
+        /** {@code ws://host:port} or {@code wss://host:port}; if not set, the one used last time. */
+        public Builder relayUrl(String url) {
+            this.relayUrl = url;
+            return this;
+        }
+
+        /** A registration token, when the relay is invite-only. */
+        public Builder invite(String token) {
+            this.invite = token;
+            return this;
+        }
+
+        /** For wss://: a PEM bundle to trust instead of the system store. */
+        public Builder caFile(String pemPath) {
+            this.caFile = pemPath;
+            return this;
+        }
+
+        /** For wss://: accept any certificate. For tests against a self-signed relay only. */
+        public Builder insecureTlsForTestsOnly(boolean insecure) {
+            this.insecureTls = insecure;
+            return this;
+        }
+
+        /** Who is told about messages, receipts, typing, presence and connection changes. */
+        public Builder listener(HushListener l) {
+            this.listener = l;
+            return this;
+        }
+
+        /**
+         * Where listener methods run (for example the main thread's executor). Default: directly
+         * on the client's network thread.
+         */
+        public Builder callbackExecutor(Executor e) {
+            this.executor = e;
+            return this;
+        }
+
+        /**
+         * Opens the database. Errors: INVALID_ARG (bad path or key), DB_KEY (wrong key),
+         * DB_CORRUPT, DB_TOO_NEW, STORAGE, SELFTEST.
+         */
+        public HushClient build() throws HushException {
+            try {
+                long h = nativeOpen(path, key, durability == Durability.NORMAL ? 1 : 0);
+                return new HushClient(this, h);
+            } finally {
+                if (key != null) {
+                    Arrays.fill(key, (byte) 0);
+                }
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // lifecycle
+
+    private long enter() throws HushException {
+        if (closed) {
+            throw new HushException(HushError.CLOSED, "client is closed");
+        }
+        lock.readLock().lock();
+        if (closed || handle == 0) {
+            lock.readLock().unlock();
+            throw new HushException(HushError.CLOSED, "client is closed");
+        }
+        return handle;
+    }
+
+    private void leave() {
+        lock.readLock().unlock();
+    }
+
+    /** True once {@link #close()} was called. */
+    public boolean isClosed() {
+        return closed;
+    }
+
+    /**
+     * Stops the network (if running) and closes the database, wiping keys held in memory. Safe to
+     * call twice and from any thread but the network thread inside a listener call (that throws
+     * {@link IllegalStateException}: it would wait for itself). After close the listener is no
+     * longer referenced.
+     */
+    @Override
+    public void close() {
+        synchronized (closeLock) {
+            if (closed) {
+                return;
+            }
+            if (nativeOnNetworkThread(handle)) {
+                throw new IllegalStateException("close() from a listener callback: post it to another thread");
+            }
+            closed = true; // new calls throw CLOSED from here on
+            nativeStop(handle); // callbacks end; blocked waits return NOT_RUNNING
+            lock.writeLock().lock();
+            try {
+                long h = handle;
+                handle = 0;
+                nativeClose(h);
+            } finally {
+                lock.writeLock().unlock();
+            }
+            bridge.detach();
+            bridge = null;
+        }
+    }
+
+    /** Whether this database already has its device (keys and username). */
+    public boolean hasDevice() throws HushException {
+        long h = enter();
+        try {
+            return nativeHasDevice(h);
+        } finally {
+            leave();
+        }
+    }
+
+    /**
+     * Creates this database's device: identity keys, prekeys and the relay login key, for
+     * {@code username} (3..32 of a-z 0-9 . _ -) and a device id (1 for a user's first device).
+     * Errors: INVALID_ARG, DEVICE_EXISTS, STORAGE.
+     */
+    public void createDevice(String username, int deviceId) throws HushException {
+        long h = enter();
+        try {
+            nativeCreateDevice(h, username, deviceId);
+        } finally {
+            leave();
+        }
+    }
+
+    /** This device's username. Errors: NO_DEVICE. */
+    public String username() throws HushException {
+        long h = enter();
+        try {
+            return nativeUsername(h);
+        } finally {
+            leave();
+        }
+    }
+
+    /** This device's id. Errors: NO_DEVICE. */
+    public int deviceId() throws HushException {
+        long h = enter();
+        try {
+            return nativeDeviceId(h);
+        } finally {
+            leave();
+        }
+    }
+
+    /**
+     * Starts the network thread: connects, registers the first time, logs in, sends the outbox,
+     * receives messages, and reconnects by itself with backoff. Errors: INVALID_ARG (bad or missing
+     * relay URL, or already started), NO_DEVICE, NETWORK.
+     */
+    public void start() throws HushException {
+        long h = enter();
+        try {
+            nativeStart(h, relayUrl, invite, caFile, insecureTls, bridge);
+        } finally {
+            leave();
+        }
+    }
+
+    /**
+     * Stops the network thread and waits for it; messages stay queued. Harmless if not running.
+     * Throws {@link IllegalStateException} from a listener running on the network thread.
+     */
+    public void stop() throws HushException {
+        long h = enter();
+        try {
+            if (nativeOnNetworkThread(h)) {
+                throw new IllegalStateException("stop() from a listener callback: post it to another thread");
+            }
+            nativeStop(h);
+        } finally {
+            leave();
+        }
+    }
+
+    /** The connection's current state. */
+    public ConnectionState connectionState() throws HushException {
+        long h = enter();
+        try {
+            return ConnectionState.fromCode((int) (nativeState(h) >>> 32));
+        } finally {
+            leave();
+        }
+    }
+
+    /** The error that made the connection fail or drop last, or null. */
+    public HushError lastError() throws HushException {
+        long h = enter();
+        try {
+            int e = (int) nativeState(h);
+            return e == 0 ? null : HushError.fromCode(e);
+        } finally {
+            leave();
+        }
+    }
+
+    /**
+     * Blocks until logged in. Errors: TIMEOUT, NOT_RUNNING (not started, or stopped meanwhile), or
+     * the error that made the connection fail for good (AUTH_FAILED, USERNAME_TAKEN...).
+     */
+    public void waitOnline(int timeoutMillis) throws HushException {
+        long h = enter();
+        try {
+            nativeWaitOnline(h, timeoutMillis);
+        } finally {
+            leave();
+        }
+    }
+
+    /** Blocks until every queued message is acknowledged by the relay. Errors as {@link #waitOnline}. */
+    public void flush(int timeoutMillis) throws HushException {
+        long h = enter();
+        try {
+            nativeFlush(h, timeoutMillis);
+        } finally {
+            leave();
+        }
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // messaging
+
+    /**
+     * Queues a text for every device of {@code peer}. It is committed to the local outbox before
+     * this returns and is retried until the relay acknowledges it, across restarts; works offline.
+     * Errors: INVALID_ARG, TOO_BIG (over {@link #MAX_BODY_BYTES} bytes of UTF-8), STORAGE.
+     */
+    public MessageId send(String peer, String text) throws HushException {
+        if (text == null) {
+            throw new HushException(HushError.INVALID_ARG, "send: no text");
+        }
+        byte[] utf8 = text.getBytes(StandardCharsets.UTF_8);
+        long h = enter();
+        try {
+            return MessageId.of(nativeSend(h, peer, utf8));
+        } finally {
+            leave();
+            Arrays.fill(utf8, (byte) 0);
+        }
+    }
+
+    /** The state of a message this device sent. Errors: NOT_FOUND. */
+    public MessageState messageState(MessageId id) throws HushException {
+        if (id == null) {
+            throw new HushException(HushError.INVALID_ARG, "messageState: no id");
+        }
+        long h = enter();
+        try {
+            return MessageState.fromCode(nativeMessageState(h, id.raw()));
+        } finally {
+            leave();
+        }
+    }
+
+    /** Marks a received message read and sends its sender an encrypted read receipt. */
+    public void markRead(long localId) throws HushException {
+        long h = enter();
+        try {
+            nativeMarkRead(h, localId);
+        } finally {
+            leave();
+        }
+    }
+
+    /** Tells {@code peer} this user is (or stopped) typing. Ephemeral; dropped when offline. */
+    public void typing(String peer, boolean typing) throws HushException {
+        long h = enter();
+        try {
+            nativeTyping(h, peer, typing);
+        } finally {
+            leave();
+        }
+    }
+
+    /** Messages handed over but not yet acknowledged by the relay. */
+    public int pendingCount() throws HushException {
+        long h = enter();
+        try {
+            return nativeOutboxCount(h);
+        } finally {
+            leave();
+        }
+    }
+
+    /** Who may see this user's presence (replaces the list; at most 1000). Stored, re-sent at login. */
+    public void presenceAllow(String... users) throws HushException {
+        long h = enter();
+        try {
+            nativePresenceAllow(h, users);
+        } finally {
+            leave();
+        }
+    }
+
+    /** Whose presence to follow (replaces the list; at most 1000). Stored, re-sent at login. */
+    public void presenceSubscribe(String... users) throws HushException {
+        long h = enter();
+        try {
+            nativePresenceSubscribe(h, users);
+        } finally {
+            leave();
+        }
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // safety numbers and identity changes
+
+    /** The 60-digit safety number of the conversation with a peer's device (same on both sides). */
+    public String safetyNumber(String peer, int deviceId) throws HushException {
+        long h = enter();
+        try {
+            return nativeSafetyNumber(h, peer, deviceId);
+        } finally {
+            leave();
+        }
+    }
+
+    /** The scannable form of the safety number, to show as a QR code. */
+    public byte[] safetyScannable(String peer, int deviceId) throws HushException {
+        long h = enter();
+        try {
+            return nativeSafetyScannable(h, peer, deviceId);
+        } finally {
+            leave();
+        }
+    }
+
+    /** Compares a code scanned from the peer's screen: true when it matches this conversation. */
+    public boolean safetyMatches(String peer, int deviceId, byte[] scanned) throws HushException {
+        long h = enter();
+        try {
+            return nativeSafetyCompare(h, peer, deviceId, scanned);
+        } finally {
+            leave();
+        }
+    }
+
+    /** The pending identity change of a peer's device, or null if there is none. */
+    public IdentityChange identityPending(String peer, int deviceId) throws HushException {
+        long h = enter();
+        try {
+            String[] sn = nativeIdentityPending(h, peer, deviceId);
+            return sn == null ? null : new IdentityChange(peer, deviceId, sn[0], sn[1]);
+        } finally {
+            leave();
+        }
+    }
+
+    /** Trusts the peer's new identity key; its held messages are delivered. Errors: NOT_FOUND. */
+    public void acceptIdentity(String peer, int deviceId) throws HushException {
+        long h = enter();
+        try {
+            nativeIdentityDecide(h, peer, deviceId, true);
+        } finally {
+            leave();
+        }
+    }
+
+    /** Discards the peer's new identity key and the messages held for it. Errors: NOT_FOUND. */
+    public void rejectIdentity(String peer, int deviceId) throws HushException {
+        long h = enter();
+        try {
+            nativeIdentityDecide(h, peer, deviceId, false);
+        } finally {
+            leave();
+        }
+    }
+
+    /** Device ids of {@code peer} this client knows, ascending. */
+    public int[] peerDevices(String peer) throws HushException {
+        long h = enter();
+        try {
+            return nativePeerDevices(h, peer);
+        } finally {
+            leave();
+        }
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // history
+
+    /**
+     * Up to {@code limit} (1..{@link #MAX_HISTORY_PAGE}) messages of the conversation with
+     * {@code peer}, newest first, older than {@code beforeLocalId} (0 for the newest).
+     */
+    public List<HistoryEntry> history(String peer, long beforeLocalId, int limit) throws HushException {
+        long h = enter();
+        try {
+            HistoryEntry[] es = nativeHistory(h, peer, beforeLocalId, limit);
+            return Collections.unmodifiableList(Arrays.asList(es));
+        } finally {
+            leave();
+        }
+    }
+
+    /** Deletes one message from the local history. Errors: NOT_FOUND. */
+    public void deleteMessage(long localId) throws HushException {
+        long h = enter();
+        try {
+            nativeHistoryDelete(h, localId);
+        } finally {
+            leave();
+        }
+    }
+
+    /** Runs an integrity check of the local database. Errors: DB_CORRUPT. */
+    public void checkIntegrity() throws HushException {
+        long h = enter();
+        try {
+            nativeCheck(h);
+        } finally {
+            leave();
+        }
+    }
+
+    /** libhush's version string. */
+    public static String version() {
+        return nativeVersion();
+    }
+
+    /** libhush's description of an error (the text {@code hush_strerror} gives). */
+    public static String describe(HushError error) {
+        return nativeStrerror(error.code());
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // natives (registered in hush_jni.c; `h` is never 0 when they are called)
+
+    private static native long nativeOpen(String path, byte[] key, int durability) throws HushException;
+    private static native void nativeClose(long h);
+    private static native boolean nativeOnNetworkThread(long h);
+    private static native void nativeStart(long h, String url, String invite, String caFile, boolean insecure,
+                                           NativeBridge bridge) throws HushException;
+    private static native void nativeStop(long h);
+    private static native long nativeState(long h);
+    private static native void nativeWaitOnline(long h, int ms) throws HushException;
+    private static native void nativeFlush(long h, int ms) throws HushException;
+    private static native boolean nativeHasDevice(long h) throws HushException;
+    private static native void nativeCreateDevice(long h, String username, int deviceId) throws HushException;
+    private static native String nativeUsername(long h) throws HushException;
+    private static native int nativeDeviceId(long h) throws HushException;
+    private static native byte[] nativeSend(long h, String peer, byte[] text) throws HushException;
+    private static native int nativeMessageState(long h, byte[] id) throws HushException;
+    private static native void nativeMarkRead(long h, long localId) throws HushException;
+    private static native void nativeTyping(long h, String peer, boolean typing) throws HushException;
+    private static native int nativeOutboxCount(long h) throws HushException;
+    private static native void nativePresenceAllow(long h, String[] users) throws HushException;
+    private static native void nativePresenceSubscribe(long h, String[] users) throws HushException;
+    private static native String nativeSafetyNumber(long h, String peer, int dev) throws HushException;
+    private static native byte[] nativeSafetyScannable(long h, String peer, int dev) throws HushException;
+    private static native boolean nativeSafetyCompare(long h, String peer, int dev, byte[] scanned)
+            throws HushException;
+    private static native String[] nativeIdentityPending(long h, String peer, int dev) throws HushException;
+    private static native void nativeIdentityDecide(long h, String peer, int dev, boolean accept) throws HushException;
+    private static native int[] nativePeerDevices(long h, String peer) throws HushException;
+    private static native HistoryEntry[] nativeHistory(long h, String peer, long before, int limit)
+            throws HushException;
+    private static native void nativeHistoryDelete(long h, long localId) throws HushException;
+    private static native void nativeCheck(long h) throws HushException;
+    private static native String nativeVersion();
+    private static native String nativeStrerror(int code);
+}

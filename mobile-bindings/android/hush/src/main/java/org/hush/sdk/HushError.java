@@ -1,0 +1,91 @@
+package org.hush.sdk;
+
+/**
+ * Every error libhush can report, with the same numbers as {@code hush_err} in {@code hush.h}, plus
+ * {@link #CLOSED} and {@link #UNKNOWN}, which only this binding uses.
+ */
+public enum HushError {
+    /** A null, out-of-range or malformed argument. */
+    INVALID_ARG(1),
+    /** Allocation failed. */
+    NOMEM(2),
+    /** The local database failed (I/O, disk full, locked); nothing was changed. */
+    STORAGE(3),
+    /** The database file is not a database, truncated or corrupt. */
+    DB_CORRUPT(4),
+    /** The database was written by a newer libhush. */
+    DB_TOO_NEW(5),
+    /** Wrong database key, or a sealed row failed authentication. */
+    DB_KEY(6),
+    /** The crypto provider failed its known-answer test: refusing to run. */
+    SELFTEST(7),
+    /** No local device yet: call {@link HushClient#createDevice}. */
+    NO_DEVICE(8),
+    /** {@link HushClient#createDevice} on a database that already has a device. */
+    DEVICE_EXISTS(9),
+    /** A key bundle is malformed. */
+    BAD_BUNDLE(10),
+    /** A key bundle's signed prekey signature does not verify. */
+    BAD_SIGNATURE(11),
+    /** No session with that device. */
+    NO_SESSION(12),
+    /** The message is malformed or fails authentication; it was dropped. */
+    BAD_MESSAGE(13),
+    /** The message was already received. */
+    DUPLICATE(14),
+    /** The message used a prekey this device no longer has. */
+    STALE_PREKEY(15),
+    /** The peer's identity key changed: see {@link HushClient#identityPending}. */
+    IDENTITY_CHANGED(16),
+    /** No such peer, message or pending change. */
+    NOT_FOUND(17),
+    /** Input over its documented size cap. */
+    TOO_BIG(18),
+    /** A scanned safety code does not match this conversation. */
+    SAFETY_MISMATCH(19),
+    /** No sender key for that group member. */
+    NO_GROUP_SESSION(20),
+    /** An unexpected library failure (a bug: please report it). */
+    INTERNAL(21),
+    /** The relay cannot be reached or the connection dropped. */
+    NETWORK(22),
+    /** The relay refused this device's login (wrong relay or keys). */
+    AUTH_FAILED(23),
+    /** Registration: the name is in use on this relay. */
+    USERNAME_TAKEN(24),
+    /** Registration closed, or the invite is missing, unknown or used. */
+    REGISTRATION_REFUSED(25),
+    /** The relay has no such user. */
+    UNKNOWN_USER(26),
+    /** A wait ran out. */
+    TIMEOUT(27),
+    /** The network is not running (not started, or stopped meanwhile). */
+    NOT_RUNNING(28),
+    /** The relay answered with an error this version does not expect. */
+    RELAY(29),
+    /** Binding only: the client was closed. */
+    CLOSED(-1),
+    /** Binding only: a code this version of the binding does not know (a newer libhush). */
+    UNKNOWN(-2);
+
+    private final int code;
+
+    HushError(int code) {
+        this.code = code;
+    }
+
+    /** The numeric {@code hush_err} value (negative for the binding's own codes). */
+    public int code() {
+        return code;
+    }
+
+    /** The constant for a numeric code; {@link #UNKNOWN} for a code this binding does not know. */
+    public static HushError fromCode(int code) {
+        for (HushError e : values()) {
+            if (e.code == code) {
+                return e;
+            }
+        }
+        return UNKNOWN;
+    }
+}

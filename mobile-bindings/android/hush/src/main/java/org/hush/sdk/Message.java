@@ -1,0 +1,93 @@
+package org.hush.sdk;
+
+import java.nio.charset.StandardCharsets;
+
+/** A message received from a peer, already decrypted and stored in the local history. Immutable. */
+public final class Message {
+    /** What kind of message this is. */
+    public enum Kind {
+        /** A one-to-one text. */
+        TEXT,
+        /** A group text ({@link #groupId()} is set). */
+        GROUP_TEXT
+    }
+
+    private final Kind kind;
+    private final String sender;
+    private final int senderDevice;
+    private final MessageId id;
+    private final long sentAtMillis;
+    private final long receivedAtMillis;
+    private final String groupId;
+    private final long localId;
+    private final byte[] body;
+
+    Message(Kind kind, String sender, int senderDevice, MessageId id, long sentAtMillis,
+            long receivedAtMillis, String groupId, long localId, byte[] body) {
+        this.kind = kind;
+        this.sender = sender;
+        this.senderDevice = senderDevice;
+        this.id = id;
+        this.sentAtMillis = sentAtMillis;
+        this.receivedAtMillis = receivedAtMillis;
+        this.groupId = groupId;
+        this.localId = localId;
+        this.body = body;
+    }
+
+    public Kind kind() {
+        return kind;
+    }
+
+    /** The sender's username (the relay vouches for it; the Signal session authenticates it). */
+    public String sender() {
+        return sender;
+    }
+
+    public int senderDevice() {
+        return senderDevice;
+    }
+
+    /** The sender's stable id for this message. */
+    public MessageId id() {
+        return id;
+    }
+
+    /** The sender's clock, milliseconds since the epoch. */
+    public long sentAtMillis() {
+        return sentAtMillis;
+    }
+
+    /** This device's clock when it was received. */
+    public long receivedAtMillis() {
+        return receivedAtMillis;
+    }
+
+    /** The group, or null for a one-to-one message. */
+    public String groupId() {
+        return groupId;
+    }
+
+    /**
+     * The message's row in the local history: the identity to deduplicate on. After a crash of the
+     * app a message it was not told about is reported again with the same local id.
+     */
+    public long localId() {
+        return localId;
+    }
+
+    /** The body as UTF-8 bytes (a copy). */
+    public byte[] body() {
+        return body.clone();
+    }
+
+    /** The body as text (invalid UTF-8 sequences become U+FFFD). */
+    public String text() {
+        return new String(body, StandardCharsets.UTF_8);
+    }
+
+    @Override
+    public String toString() {
+        return "Message{" + kind + " from " + sender + "." + senderDevice + ", id " + id + ", local " + localId + "}";
+    }
+}

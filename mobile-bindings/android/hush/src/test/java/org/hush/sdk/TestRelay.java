@@ -1,0 +1,100 @@
+package org.hush.sdk;
+
+import java.io.File;
+import java.io.IOException;
+import java.net.InetSocketAddress;
+import java.net.ServerSocket;
+import java.net.Socket;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.concurrent.TimeUnit;
+
+/** The real hushd, started on a free loopback port with a throw-away database. */
+final class TestRelay {
+    final File dir;
+    final int port;
+    private Process proc;
+
+    TestRelay(File dir) throws IOException, InterruptedException {
+        this.dir = dir;
+        if (!dir.isDirectory() && !dir.mkdirs()) {
+            throw new IOException("cannot create " + dir);
+        }
+        try (ServerSocket s = new ServerSocket(0)) {
+            port = s.getLocalPort();
+        }
+        start();
+    }
+
+    static String hushd() {
+        String p = System.getProperty("hush.hushd");
+        if (p == null) {
+            throw new IllegalStateException("set -Dhush.hushd=/path/to/hushd");
+        }
+        return p;
+    }
+
+    String url() {
+        return "ws://127.0.0.1:" + port;
+    }
+
+    File db() {
+        return new File(dir, "hushd.db");
+    }
+
+    void start() throws IOException, InterruptedException {
+        List<String> cmd = new ArrayList<>();
+        cmd.add(hushd());
+        cmd.add("--listen");
+        cmd.add("127.0.0.1:" + port);
+        cmd.add("--metrics-listen");
+        cmd.add("off");
+        cmd.add("--db");
+        cmd.add(db().getPath());
+        cmd.add("--workers");
+        cmd.add("1");
+        cmd.add("--durability");
+        cmd.add("normal");
+        cmd.add("--log-file");
+        cmd.add(new File(dir, "hushd.log").getPath());
+        ProcessBuilder pb = new ProcessBuilder(cmd).redirectErrorStream(true)
+                .redirectOutput(ProcessBuilder.Redirect.appendTo(new File(dir, "hushd.out")));
+        proc = pb.start();
+        long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(15);
+        while (System.nanoTime() < deadline) {
+            if (!proc.isAlive()) {
+                throw new IOException("hushd exited with " + proc.exitValue() + " (see " + dir + "/hushd.out)");
+            }
+            try (Socket s = new Socket()) {
+                s.connect(new InetSocketAddress("127.0.0.1", port), 200);
+                return;
+            } catch (IOException notYet) {
+                Thread.sleep(50);
+            }
+        }
+        throw new IOException("hushd did not listen on " + port);
+    }
+
+    /** SIGTERM and wait; returns the exit status (0 for a clean stop). */
+    int stop() throws InterruptedException {
+        if (proc == null) {
+            return 0;
+        }
+        proc.destroy();
+        if (!proc.waitFor(20, TimeUnit.SECONDS)) {
+            proc.destroyForcibly();
+            proc.waitFor();
+        }
+        int rc = proc.exitValue();
+        proc = null;
+        return rc;
+    }
+
+    /** Runs an SQL statement on the relay's database with the sqlite3 shell (relay stopped). */
+    void sql(String statement) throws IOException, InterruptedException {
+        Process p = new ProcessBuilder("sqlite3", db().getPath(), statement).inheritIO().start();
+        if (p.waitFor() != 0) {
+            throw new IOException("sqlite3 failed: " + statement);
+        }
+    }
+}
