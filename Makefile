@@ -13,6 +13,7 @@
 #   make fuzz      build the libFuzzer harnesses (clang) in build-fuzz/; AFL=1 for AFL++ builds
 #   make fuzz-run FUZZ_SECONDS=N   run each harness N seconds (default 60) on the seed corpus
 #   make fuzz-seeds                regenerate the seed corpus from real data
+#   make fuzz-coverage             llvm-cov HTML report of what the fuzz corpus reaches (build-cov/html)
 #   V=1            show full command lines
 #   SANITIZE=address,undefined   build (into build-san/) and test with sanitizers
 #
@@ -90,7 +91,7 @@ HUSH_CLI := $(BUILD)/bin/hush
 HUSHD := $(BUILD)/bin/hushd
 
 .PHONY: all libs deps run run-relay test test-run bench bench-run check clean demo fuzz fuzz-run fuzz-seeds fuzz-replay \
-        java test-java test-java-run test-java-cmake test-modulemap
+        java test-java test-java-run test-java-cmake test-modulemap fuzz-coverage
 .SECONDARY:
 
 FUZZ_NAMES := $(patsubst fuzz/fuzz_%.c,%,$(wildcard fuzz/fuzz_*.c))
@@ -182,6 +183,16 @@ $(BUILD)/fuzz-replay/fuzz_%: $(BUILD)/obj/fuzz/fuzz_%.o $(BUILD)/obj/fuzz/driver
 	$(E) "  LD      $@"
 	$(Q)mkdir -p $(dir $@)
 	$(Q)$(CC) $(LDFLAGS_ALL) -o $@ $< $(BUILD)/obj/fuzz/driver.o $(FUZZ_SUPPORT_OBJ) $(LIBHUSH_A) $(LIBS)
+# fuzz_relay runs the relay in-process and drives it with the test client: it links the relay
+# (less main.c) and the test helpers as well.
+FUZZ_RELAY_SRC := $(filter-out relay/main.c relay/config.c,$(RELAY_SRC)) $(TEST_UTIL_SRC)
+FUZZ_RELAY_LIBS := $(LWS_LIBS) $(SSL_LIBS) $(CMOCKA_LIBS)
+$(BUILD)/obj/fuzz/fuzz_relay.o: ALL_CFLAGS += $(LWS_CFLAGS) $(CMOCKA_CFLAGS) -Irelay -Itests
+$(BUILD)/fuzz-replay/fuzz_relay: $(BUILD)/obj/fuzz/fuzz_relay.o $(BUILD)/obj/fuzz/driver.o $(FUZZ_SUPPORT_OBJ) \
+                                 $(call obj,$(FUZZ_RELAY_SRC)) $(LIBHUSH_A)
+	$(E) "  LD      $@"
+	$(Q)mkdir -p $(dir $@)
+	$(Q)$(CC) $(LDFLAGS_ALL) -o $@ $(filter %.o,$^) $(LIBHUSH_A) $(LIBS) $(FUZZ_RELAY_LIBS)
 $(GEN_SEEDS): $(BUILD)/obj/fuzz/gen_seeds.o $(FUZZ_SUPPORT_OBJ) $(LIBHUSH_A)
 	$(E) "  LD      $@"
 	$(Q)mkdir -p $(dir $@)
@@ -349,7 +360,8 @@ FUZZ_LINK := -fsanitize=address,undefined
 FUZZ_MAIN := $(FUZZ_BUILD)/obj/fuzz/driver.o
 endif
 FUZZ_CFLAGS := -std=c11 -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE -g -O1 -fno-omit-frame-pointer $(FUZZ_COMPILE) \
-               -Istore/include -Isdk/include -Isdk -Iproto -Ifuzz -I$(BUILD)/gen $(PKG_CFLAGS)
+               -Istore/include -Isdk/include -Isdk -Iproto -Ifuzz -Irelay -Itests -I$(BUILD)/gen $(PKG_CFLAGS) \
+               $(CMOCKA_CFLAGS)
 FUZZ_LIB_SRC := $(SDK_SRC) $(STORE_SRC) $(FUZZ_SUPPORT_SRC)
 FUZZ_LIB_OBJ := $(patsubst %.c,$(FUZZ_BUILD)/obj/%.o,$(FUZZ_LIB_SRC)) $(FUZZ_BUILD)/obj/gen/hush.pb-c.o
 FUZZ_BIN := $(patsubst %,$(FUZZ_BUILD)/fuzz_%,$(FUZZ_NAMES))
@@ -368,6 +380,10 @@ $(FUZZ_BUILD)/obj/%.o: %.c | $(GEN_HDR)
 $(FUZZ_BUILD)/fuzz_%: $(FUZZ_BUILD)/obj/fuzz/fuzz_%.o $(FUZZ_LIB_OBJ) $(FUZZ_MAIN)
 	$(E) "  LD      $@"
 	$(Q)$(FUZZ_CC) $(FUZZ_LINK) -o $@ $^ $(LIBS)
+$(FUZZ_BUILD)/fuzz_relay: $(FUZZ_BUILD)/obj/fuzz/fuzz_relay.o $(FUZZ_LIB_OBJ) $(FUZZ_MAIN) \
+                          $(patsubst %.c,$(FUZZ_BUILD)/obj/%.o,$(FUZZ_RELAY_SRC))
+	$(E) "  LD      $@"
+	$(Q)$(FUZZ_CC) $(FUZZ_LINK) -o $@ $^ $(LIBS) $(FUZZ_RELAY_LIBS)
 
 fuzz-seeds: $(GEN_SEEDS)
 	$(Q)rm -rf $(FUZZ_BUILD)/seeds && mkdir -p $(FUZZ_BUILD)
@@ -391,7 +407,32 @@ fuzz-run: fuzz fuzz-seeds
 	    [ $$rc -eq 0 ] || exit 1; \
 	done
 
+# Coverage of the code under test by everything the fuzzers have found so far (the corpus of
+# earlier fuzz-run calls, the seeds and the regressions), as an llvm-cov HTML report.
+COV_BUILD := build-cov
+COV_FLAGS := -fprofile-instr-generate -fcoverage-mapping
+fuzz-coverage: deps
+	$(Q)command -v llvm-cov >/dev/null && command -v llvm-profdata >/dev/null || { echo "install llvm (Debian: llvm-14)"; exit 1; }
+	$(Q)$(MAKE) --no-print-directory $(GEN_HDR) $(GEN_SEEDS)
+	$(Q)$(MAKE) --no-print-directory $(GEN_HDR) $(patsubst %,$(COV_BUILD)/fuzz_%,$(FUZZ_NAMES)) FUZZ_BUILD=$(COV_BUILD) \
+	    FUZZ_COMPILE="-fsanitize=fuzzer-no-link $(COV_FLAGS)" FUZZ_LINK="-fsanitize=fuzzer $(COV_FLAGS)"
+	$(Q)rm -rf $(COV_BUILD)/prof $(COV_BUILD)/seeds $(COV_BUILD)/html && mkdir -p $(COV_BUILD)/prof
+	$(Q)./$(GEN_SEEDS) $(COV_BUILD)/seeds > /dev/null
+	$(Q)for n in $(FUZZ_NAMES); do \
+	    dirs=""; for d in build-fuzz/corpus/$$n $(COV_BUILD)/seeds/$$n fuzz/regressions/$$n; do [ -d $$d ] && dirs="$$dirs $$d"; done; \
+	    LLVM_PROFILE_FILE=$(COV_BUILD)/prof/$$n-%p.profraw ./$(COV_BUILD)/fuzz_$$n $$dirs -runs=0 > $(COV_BUILD)/$$n.log 2>&1 || \
+	        { echo "fuzz-coverage: $$n failed (see $(COV_BUILD)/$$n.log)"; exit 1; }; \
+	done
+	$(Q)llvm-profdata merge -sparse $(COV_BUILD)/prof/*.profraw -o $(COV_BUILD)/fuzz.profdata
+	$(Q)objs=""; for n in $(FUZZ_NAMES); do objs="$$objs -object $(COV_BUILD)/fuzz_$$n"; done; \
+	llvm-cov show -format=html -output-dir=$(COV_BUILD)/html -instr-profile=$(COV_BUILD)/fuzz.profdata $$objs \
+	    -ignore-filename-regex='(/usr/|build|tests/|fuzz/)' -show-line-counts-or-regions > /dev/null && \
+	llvm-cov report -instr-profile=$(COV_BUILD)/fuzz.profdata $$objs -ignore-filename-regex='(/usr/|build|tests/|fuzz/)' \
+	    | awk 'NR == 1 { printf "%-22s %9s %10s %9s\n", "file", "regions", "functions", "lines" } \
+	           /^(sdk|store|relay|proto)\/.*\.c / || /^TOTAL/ { printf "%-22s %9s %10s %9s\n", $$1, $$4, $$7, $$10 }'
+	@echo "HTML report: $(COV_BUILD)/html/index.html"
+
 clean:
-	rm -rf build build-san build-fuzz build-fuzz-afl
+	rm -rf build build-san build-fuzz build-fuzz-afl build-cov
 
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)

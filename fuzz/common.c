@@ -49,6 +49,11 @@ static struct randombytes_implementation g_impl = {
     impl_name, impl_random, impl_stir, impl_uniform, impl_buf, impl_close,
 };
 
+void fuzz_random_reset(uint64_t stream)
+{
+    g_counter = stream << 32;
+}
+
 void fuzz_deterministic_random(void)
 {
     randombytes_set_implementation(&g_impl);

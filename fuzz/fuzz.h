@@ -16,6 +16,10 @@ int LLVMFuzzerInitialize(int *argc, char ***argv);
  * initialises libsodium. Call first in LLVMFuzzerInitialize. */
 void fuzz_deterministic_random(void);
 
+/* Restarts the deterministic stream at a fixed point: a harness whose runs must not depend on the
+ * runs before them (stateful ones) calls it at the start of every input. */
+void fuzz_random_reset(uint64_t stream);
+
 /* A private temporary directory for the harness's databases (created once). */
 const char *fuzz_tmpdir(void);
 

@@ -192,6 +192,67 @@ int main(int argc, char **argv)
     hush_client_close(a);
     hush_client_close(b);
     copy_file("dbfile", "sdk-db", pb);
+
+    /* interaction schedules: op byte = kind << 1 | direction (0 alice->bob, 1 bob->alice);
+     * kinds: 0,1 send; 2 deliver(k); 3 drop(k); 4 duplicate(k); 5 reorder(k); 6 tamper(k, at);
+     * 7 reopen (fuzz/fuzz_interaction.c) */
+    {
+        uint8_t sched[256];
+        size_t n = 0;
+        for (int i = 0; i < 10; i++) { /* ping-pong */
+            sched[n++] = 0x00, sched[n++] = 0x04, sched[n++] = 0;
+            sched[n++] = 0x01, sched[n++] = 0x05, sched[n++] = 0;
+        }
+        put("interaction", "ping-pong", NULL, 0, sched, n);
+        n = 0;
+        for (int i = 0; i < 5; i++)
+            sched[n++] = 0x00;
+        sched[n++] = 0x0a, sched[n++] = 3; /* reorder */
+        sched[n++] = 0x08, sched[n++] = 1; /* duplicate */
+        sched[n++] = 0x06, sched[n++] = 2; /* drop */
+        sched[n++] = 0x0e;                 /* reopen alice */
+        sched[n++] = 0x0f;                 /* reopen bob */
+        for (int i = 0; i < 6; i++)
+            sched[n++] = 0x04, sched[n++] = 0;
+        sched[n++] = 0x01, sched[n++] = 0x0c, sched[n++] = 0, sched[n++] = 0x55; /* bob sends, tampered */
+        sched[n++] = 0x01, sched[n++] = 0x05, sched[n++] = 1, sched[n++] = 0x05, sched[n++] = 0;
+        put("interaction", "reorder-dup-drop-tamper", NULL, 0, sched, n);
+        n = 0;
+        sched[n++] = 0x00; /* an old message held back ... */
+        for (int i = 0; i < 8; i++) { /* ... while the ratchet turns eight times */
+            sched[n++] = 0x00, sched[n++] = 0x04, sched[n++] = 1;
+            sched[n++] = 0x01, sched[n++] = 0x05, sched[n++] = 0;
+        }
+        sched[n++] = 0x04, sched[n++] = 0; /* its chain is gone: lost by design */
+        put("interaction", "chain-evicted", NULL, 0, sched, n);
+    }
+    /* relay state-machine schedules: op byte = kind * 3 + user (ann, ben, cat); kinds: 0,1 send
+     * (arg: recipient, 3 = unknown); 2 ack own (arg); 3 ack any seq (3 bytes); 4 raw frame (len,
+     * bytes); 5 reconnect; 6 read pushes; 7 fetch bundles / presence allow (arg)
+     * (fuzz/fuzz_relay.c) */
+    {
+        const uint8_t basic[] = { 0, 1, 19, 7, 0, 0, 2, 17, 9, 0, 0, 1, 0, 3, 3, 0, 20, 8, 0, 21, 3, 22, 4 };
+        put("relay", "send-read-ack", NULL, 0, basic, sizeof basic);
+        uint8_t raw[80];
+        size_t n = 0;
+        Hush__AckRequest ack = HUSH__ACK_REQUEST__INIT;
+        uint64_t ack_seqs[2] = { 1, 2 };
+        ack.seqs = ack_seqs;
+        ack.n_seqs = 2;
+        Hush__Frame fr = HUSH__FRAME__INIT;
+        fr.id = 77;
+        fr.msg_case = HUSH__FRAME__MSG_ACK;
+        fr.ack = &ack;
+        raw[n++] = 0, raw[n++] = 1; /* ann -> ben */
+        raw[n++] = 12;              /* raw frame on ann's connection */
+        size_t flen = hush__frame__get_packed_size(&fr);
+        raw[n++] = (uint8_t)flen;
+        hush__frame__pack(&fr, raw + n);
+        n += flen;
+        raw[n++] = 13, raw[n++] = 5, raw[n++] = 0xff, raw[n++] = 0x01, raw[n++] = 0x02, raw[n++] = 0x03, raw[n++] = 0x04;
+        raw[n++] = 19; /* ben reads */
+        put("relay", "raw-frames", NULL, 0, raw, n);
+    }
     printf("seeds written to %s\n", g_dir);
     return 0;
 }

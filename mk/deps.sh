@@ -24,6 +24,7 @@ tools=(
   "cppcheck:cppcheck"
   "clang:clang"
   "cmake:cmake"
+  "llvm-cov:llvm"
   "javac:openjdk-17-jdk-headless"
   "java:openjdk-17-jdk-headless"
 )
