@@ -72,7 +72,7 @@ RELAY_SRC := $(wildcard relay/*.c)
 TEST_UTIL_SRC := tests/util.c tests/wsc.c tests/relay_util.c
 TEST_SRC := $(filter-out $(TEST_UTIL_SRC),$(wildcard tests/test_*.c))
 BENCH_SRC := $(wildcard bench/bench_*.c)
-BENCH_COMMON_OBJ := $(BUILD)/obj/bench/common.o $(BUILD)/obj/tests/wsc.o
+BENCH_COMMON_OBJ := $(BUILD)/obj/bench/common.o $(BUILD)/obj/bench/hushdev.o $(BUILD)/obj/tests/wsc.o
 
 obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
 STORE_OBJ := $(call obj,$(STORE_SRC))

@@ -35,6 +35,7 @@
 
 #include "../tests/wsc.h"
 #include "common.h"
+#include "hushdev.h"
 #include "hush.pb-c.h"
 #include "hush_wire.h"
 #include "internal.h"
@@ -58,195 +59,7 @@ static void start_relay(const char *bin, const char *durability)
 /* ------------------------------------------------------------------------------------------ */
 /* a device: keys made here, no SDK database */
 
-struct dev {
-    char user[33];
-    uint8_t pk[32], sk[64];
-    uint8_t challenge[32];
-    struct wsc *ws;
-    uint64_t next_id;
-};
-
-static signal_context *g_sg;
-static ratchet_identity_key_pair *g_ikp; /* one identity for all bench devices: the relay never checks */
-static session_signed_pre_key *g_spk;
-static signal_buffer *g_idpub, *g_spkpub;
-
-static void keys_init(void)
-{
-    if (signal_context_create(&g_sg, NULL) || hush__provider_install(g_sg) ||
-        signal_protocol_key_helper_generate_identity_key_pair(&g_ikp, g_sg) ||
-        signal_protocol_key_helper_generate_signed_pre_key(&g_spk, g_ikp, 1, 0, g_sg) ||
-        ec_public_key_serialize(&g_idpub, ratchet_identity_key_pair_get_public(g_ikp)) ||
-        ec_public_key_serialize(&g_spkpub, ec_key_pair_get_public(session_signed_pre_key_get_key_pair(g_spk))))
-        die("keys");
-}
-
-static void send_frame(struct dev *d, Hush__Frame *f)
-{
-    uint8_t stackbuf[2048];
-    size_t n = hush__frame__get_packed_size(f);
-    uint8_t *b = n <= sizeof stackbuf ? stackbuf : malloc(n);
-    hush__frame__pack(f, b);
-    if (wsc_send(d->ws, b, n) != 0)
-        die("send");
-    if (b != stackbuf)
-        free(b);
-}
-
-static Hush__Frame *recv_frame(struct dev *d, int timeout_ms)
-{
-    uint8_t *data;
-    size_t len;
-    if (wsc_recv(d->ws, &data, &len, timeout_ms) != 1)
-        return NULL;
-    Hush__Frame *f = hush__frame__unpack(NULL, len, data);
-    free(data);
-    return f;
-}
-
-static void send_hello(struct dev *d)
-{
-    Hush__Hello h = HUSH__HELLO__INIT;
-    h.min_version = h.max_version = 1;
-    Hush__Frame f = HUSH__FRAME__INIT;
-    f.id = d->next_id++;
-    f.msg_case = HUSH__FRAME__MSG_HELLO;
-    f.hello = &h;
-    send_frame(d, &f);
-}
-
-static void read_welcome(struct dev *d)
-{
-    Hush__Frame *f = recv_frame(d, 30000);
-    if (!f || f->msg_case != HUSH__FRAME__MSG_WELCOME)
-        die("welcome");
-    memcpy(d->challenge, f->welcome->challenge.data, 32);
-    hush__frame__free_unpacked(f, NULL);
-}
-
-static void send_register(struct dev *d)
-{
-    uint8_t msg[HWIRE_AUTH_MESSAGE_MAX], sig[64];
-    size_t n = hwire_auth_message(msg, sizeof msg, HWIRE_PURPOSE_REGISTER, d->challenge, d->user, 1);
-    crypto_sign_detached(sig, NULL, msg, n, d->sk);
-    Hush__SignedPreKey s = HUSH__SIGNED_PRE_KEY__INIT;
-    s.id = 1;
-    s.public_key.data = signal_buffer_data(g_spkpub);
-    s.public_key.len = 33;
-    s.signature.data = (uint8_t *)session_signed_pre_key_get_signature(g_spk);
-    s.signature.len = 64;
-    Hush__PreKeyUpload up = HUSH__PRE_KEY_UPLOAD__INIT;
-    up.signed_pre_key = &s;
-    Hush__RegisterRequest r = HUSH__REGISTER_REQUEST__INIT;
-    r.username = d->user;
-    r.device_id = 1;
-    r.auth_key.data = d->pk;
-    r.auth_key.len = 32;
-    r.signature.data = sig;
-    r.signature.len = 64;
-    r.identity_key.data = signal_buffer_data(g_idpub);
-    r.identity_key.len = 33;
-    r.registration_id = 1;
-    r.keys = &up;
-    Hush__Frame f = HUSH__FRAME__INIT;
-    f.id = d->next_id++;
-    f.msg_case = HUSH__FRAME__MSG_REGISTER;
-    f.register_ = &r;
-    send_frame(d, &f);
-}
-
-static void send_login(struct dev *d)
-{
-    uint8_t msg[HWIRE_AUTH_MESSAGE_MAX], sig[64];
-    size_t n = hwire_auth_message(msg, sizeof msg, HWIRE_PURPOSE_LOGIN, d->challenge, d->user, 1);
-    crypto_sign_detached(sig, NULL, msg, n, d->sk);
-    Hush__LoginRequest l = HUSH__LOGIN_REQUEST__INIT;
-    l.username = d->user;
-    l.device_id = 1;
-    l.signature.data = sig;
-    l.signature.len = 64;
-    Hush__Frame f = HUSH__FRAME__INIT;
-    f.id = d->next_id++;
-    f.msg_case = HUSH__FRAME__MSG_LOGIN;
-    f.login = &l;
-    send_frame(d, &f);
-}
-
-/* Waits for the Result of the last request, skipping pushes. Returns its code. */
-static int read_result(struct dev *d)
-{
-    for (;;) {
-        Hush__Frame *f = recv_frame(d, 60000);
-        if (!f)
-            die("no result");
-        if (f->msg_case == HUSH__FRAME__MSG_RESULT) {
-            int c = (int)f->result->code;
-            hush__frame__free_unpacked(f, NULL);
-            return c;
-        }
-        hush__frame__free_unpacked(f, NULL);
-    }
-}
-
-static void dev_init(struct dev *d, const char *prefix, int i)
-{
-    memset(d, 0, sizeof *d);
-    snprintf(d->user, sizeof d->user, "%s%d", prefix, i);
-    crypto_sign_keypair(d->pk, d->sk);
-    d->next_id = 1;
-}
-
-/* Connects and authenticates a group of devices, pipelined: every step is sent on all sockets
- * before any answer is read. register != 0 registers them (first time). */
-static void connect_all(struct dev *v, int n, int do_register)
-{
-    for (int i = 0; i < n; i++) {
-        v[i].ws = wsc_connect("127.0.0.1", g_port, 0, 30000);
-        if (!v[i].ws)
-            die("connect (raise the fd limit?)");
-        v[i].next_id = 1;
-        send_hello(&v[i]);
-    }
-    for (int i = 0; i < n; i++)
-        read_welcome(&v[i]);
-    for (int i = 0; i < n; i++)
-        do_register ? send_register(&v[i]) : send_login(&v[i]);
-    for (int i = 0; i < n; i++)
-        if (read_result(&v[i]) != 0)
-            die("auth");
-}
-
-static void close_all(struct dev *v, int n)
-{
-    for (int i = 0; i < n; i++) {
-        wsc_close(v[i].ws);
-        v[i].ws = NULL;
-    }
-}
-
 /* ------------------------------------------------------------------------------------------ */
-
-static void send_msg(struct dev *from, const char *to, uint64_t k, const uint8_t *body, size_t blen)
-{
-    uint8_t mid[16] = { 0 };
-    memcpy(mid, &k, sizeof k);
-    Hush__Recipient rc = HUSH__RECIPIENT__INIT;
-    rc.username = (char *)to;
-    rc.device_id = 1;
-    rc.envelope.data = (uint8_t *)body;
-    rc.envelope.len = blen;
-    Hush__Recipient *rcs[1] = { &rc };
-    Hush__SendRequest s = HUSH__SEND_REQUEST__INIT;
-    s.client_msg_id.data = mid;
-    s.client_msg_id.len = 16;
-    s.n_recipients = 1;
-    s.recipients = rcs;
-    Hush__Frame f = HUSH__FRAME__INIT;
-    f.id = from->next_id++;
-    f.msg_case = HUSH__FRAME__MSG_SEND;
-    f.send = &s;
-    send_frame(from, &f);
-}
 
 /* Each sender keeps `window` sends outstanding; returns acknowledged messages per second. */
 static double run_sends(struct dev *senders, int ns, const char *to, long total, int window, size_t size)
@@ -258,7 +71,7 @@ static double run_sends(struct dev *senders, int ns, const char *to, long total,
     uint64_t k = 1;
     for (int i = 0; i < ns; i++)
         for (int w = 0; w < window && w < per; w++)
-            send_msg(&senders[i], to, k++, body, size);
+            hdev_send_msg(&senders[i], to, k++, body, size);
     long *sent = calloc((size_t)ns, sizeof *sent), *acked = calloc((size_t)ns, sizeof *acked);
     for (int i = 0; i < ns; i++)
         sent[i] = window < per ? window : per;
@@ -267,7 +80,7 @@ static double run_sends(struct dev *senders, int ns, const char *to, long total,
         for (int i = 0; i < ns; i++) {
             if (acked[i] == per)
                 continue;
-            int code = read_result(&senders[i]);
+            int code = hdev_read_result(&senders[i]);
             if (code != 0) {
                 fprintf(stderr, "bench_relay: send refused with code %d\n", code);
                 exit(1);
@@ -275,7 +88,7 @@ static double run_sends(struct dev *senders, int ns, const char *to, long total,
             acked[i]++;
             done++;
             if (sent[i] < per) {
-                send_msg(&senders[i], to, k++, body, size);
+                hdev_send_msg(&senders[i], to, k++, body, size);
                 sent[i]++;
             }
         }
@@ -325,7 +138,7 @@ int main(int argc, char **argv)
         if ((long)rl.rlim_cur < conns + 1024)
             conns = (int)rl.rlim_cur - 1024;
     }
-    keys_init();
+    hdev_keys_init();
     start_relay(bin, durability);
     long nproc = sysconf(_SC_NPROCESSORS_ONLN);
     printf("hushd on 127.0.0.1:%d, %ld CPUs, durability=%s\n\n", g_port, nproc, durability);
@@ -333,17 +146,17 @@ int main(int argc, char **argv)
     /* 1. idle authenticated connections */
     struct dev *idle = calloc((size_t)conns, sizeof *idle);
     for (int i = 0; i < conns; i++)
-        dev_init(&idle[i], "idle", i);
+        hdev_init(&idle[i], "idle", i);
     long rss0 = bench_rss_kb(g_relay.pid);
     double t0 = now_s();
-    connect_all(idle, conns, 1);
+    hdev_connect_all(g_port, idle, conns, 1);
     double treg = now_s() - t0;
     sleep(1);
     long rss1 = bench_rss_kb(g_relay.pid);
-    close_all(idle, conns);
+    hdev_close_all(idle, conns);
     sleep(1);
     t0 = now_s();
-    connect_all(idle, conns, 0);
+    hdev_connect_all(g_port, idle, conns, 0);
     double tlogin = now_s() - t0;
     sleep(1);
     long rss2 = bench_rss_kb(g_relay.pid);
@@ -353,36 +166,36 @@ int main(int argc, char **argv)
     printf("register rate            %8.0f connections/s (connect + hello + register, pipelined)\n", conns / treg);
     printf("login rate               %8.0f connections/s (connect + hello + login, pipelined)\n", conns / tlogin);
     (void)rss1;
-    close_all(idle, conns);
+    hdev_close_all(idle, conns);
     free(idle);
 
     /* 2. acknowledged messages per second, 256-byte envelopes, recipient offline */
     struct dev *snd = calloc((size_t)senders, sizeof *snd), sink;
     for (int i = 0; i < senders; i++)
-        dev_init(&snd[i], "sender", i);
-    dev_init(&sink, "sink", 0);
-    connect_all(&sink, 1, 1);
-    close_all(&sink, 1);
-    connect_all(snd, senders, 1);
+        hdev_init(&snd[i], "sender", i);
+    hdev_init(&sink, "sink", 0);
+    hdev_connect_all(g_port, &sink, 1, 1);
+    hdev_close_all(&sink, 1);
+    hdev_connect_all(g_port, snd, senders, 1);
     double rate = run_sends(snd, senders, sink.user, messages, 32, 256);
     printf("acknowledged messages/s  %8.0f (%d senders x 32 in flight, 256-byte envelopes, each ack after COMMIT)\n",
            rate, senders);
 
     /* 3. backlog drain: `backlog` messages wait for one device, then it connects */
     struct dev drain;
-    dev_init(&drain, "drain", 0);
-    connect_all(&drain, 1, 1);
-    close_all(&drain, 1);
+    hdev_init(&drain, "drain", 0);
+    hdev_connect_all(g_port, &drain, 1, 1);
+    hdev_close_all(&drain, 1);
     t0 = now_s();
     double fill = run_sends(snd, senders, drain.user, backlog, 64, 256);
     (void)t0;
-    connect_all(&drain, 1, 0);
+    hdev_connect_all(g_port, &drain, 1, 0);
     t0 = now_s();
     long got = 0;
     uint64_t acks[64];
     int na = 0;
     for (;;) {
-        Hush__Frame *f = recv_frame(&drain, 30000);
+        Hush__Frame *f = hdev_recv_frame(&drain, 30000);
         if (!f)
             die("drain stalled");
         if (f->msg_case == HUSH__FRAME__MSG_DELIVER) {
@@ -398,7 +211,7 @@ int main(int argc, char **argv)
             Hush__Frame af = HUSH__FRAME__INIT;
             af.msg_case = HUSH__FRAME__MSG_ACK;
             af.ack = &a;
-            send_frame(&drain, &af);
+            hdev_send_frame(&drain, &af);
             na = 0;
         }
         if (got == backlog)
@@ -408,8 +221,8 @@ int main(int argc, char **argv)
     printf("backlog fill             %8.0f messages/s (%ld messages)\n", fill, backlog);
     printf("backlog drain            %8.0f messages/s (%ld delivered and acked in %.2f s, window 64)\n",
            backlog / tdrain, got, tdrain);
-    close_all(&drain, 1);
-    close_all(snd, senders);
+    hdev_close_all(&drain, 1);
+    hdev_close_all(snd, senders);
     free(snd);
     bench_relay_stop(&g_relay);
     return 0;
