@@ -6,7 +6,7 @@
 #   make test      set up dependencies, build everything, run every test suite
 #   make deps      check/install the Debian 12 packages the build needs
 #   make all       build the libraries, the CLI, the tests and the benchmarks
-#   make bench     run the benchmarks in bench/
+#   make bench     Hush against mosquitto and ejabberd, one table (bench/compare.sh); bench-full: large sizes
 #   make check     static analysis (cppcheck)
 #   make test-java the Java binding's JUnit tests on a real JVM (-Xcheck:jni) against hushd
 #   make java      build the Java binding: $(BUILD)/java/hush.jar and libhush_jni.so
@@ -90,7 +90,7 @@ HUSH_PC := $(BUILD)/lib/pkgconfig/hush.pc
 HUSH_CLI := $(BUILD)/bin/hush
 HUSHD := $(BUILD)/bin/hushd
 
-.PHONY: all libs deps run run-relay test test-run bench bench-run check clean demo fuzz fuzz-run fuzz-seeds fuzz-replay \
+.PHONY: all libs deps run run-relay test test-run bench bench-run bench-full bench-own deps-bench check clean demo fuzz fuzz-run fuzz-seeds fuzz-replay \
         java test-java test-java-run test-java-cmake test-modulemap fuzz-coverage
 .SECONDARY:
 
@@ -199,6 +199,11 @@ $(GEN_SEEDS): $(BUILD)/obj/fuzz/gen_seeds.o $(FUZZ_SUPPORT_OBJ) $(LIBHUSH_A)
 	$(Q)$(CC) $(LDFLAGS_ALL) -o $@ $< $(FUZZ_SUPPORT_OBJ) $(LIBHUSH_A) $(LIBS)
 
 $(BUILD)/obj/bench/%.o: ALL_CFLAGS += -Isdk -Wno-missing-prototypes
+# the peer comparison speaks MQTT through libmosquitto (Debian: libmosquitto-dev)
+$(BUILD)/bench/bench_compare: $(BUILD)/obj/bench/bench_compare.o $(BENCH_COMMON_OBJ) $(LIBHUSH_A)
+	$(E) "  LD      $@"
+	$(Q)mkdir -p $(dir $@)
+	$(Q)$(CC) $(LDFLAGS_ALL) -o $@ $< $(BENCH_COMMON_OBJ) $(LIBHUSH_A) $(LIBS) $(SSL_LIBS) -lmosquitto -lm
 $(BUILD)/bench/%: $(BUILD)/obj/bench/%.o $(BENCH_COMMON_OBJ) $(LIBHUSH_A)
 	$(E) "  LD      $@"
 	$(Q)mkdir -p $(dir $@)
@@ -331,11 +336,26 @@ test-modulemap: $(LIBHUSH_SO)
 	    -Wl,-rpath,$(CURDIR)/$(BUILD)/lib && \
 	./$(BUILD)/import_chush
 
-bench: deps
-	$(Q)$(MAKE) --no-print-directory bench-run
+# make bench: Hush, mosquitto and ejabberd side by side (bench/compare.sh quick, a few minutes),
+# then libhush's cost against bare libsignal (W5). make bench-full: the large sizes.
+# make bench-own: the Hush-only benchmarks (bench_relay, bench_online, bench_crypto).
+bench: deps-bench
+	$(Q)$(MAKE) --no-print-directory bench-run BENCH_MODE=quick
 
+bench-full: deps-bench
+	$(Q)$(MAKE) --no-print-directory bench-run BENCH_MODE=full
+
+deps-bench:
+	$(Q)BENCH=1 SANITIZE="$(SANITIZE)" bash mk/deps.sh
+
+BENCH_MODE ?= quick
 bench-run: $(BENCH_BIN) $(HUSHD)
-	$(Q)for b in $(BENCH_BIN); do echo "=== $$b"; HUSHD=$(CURDIR)/$(HUSHD) ./$$b || exit 1; done
+	$(Q)BUILD=$(BUILD) bash bench/compare.sh $(BENCH_MODE)
+	$(Q)echo; echo "W5 libhush against bare libsignal-protocol-c (in-memory store), 256-byte messages:"; \
+	./$(BUILD)/bench/bench_crypto $(if $(filter full,$(BENCH_MODE)),5000,1000) | sed -n '/^pattern/,/^$$/p'
+
+bench-own: deps $(BENCH_BIN) $(HUSHD)
+	$(Q)for b in bench_relay bench_online bench_crypto; do echo "=== $$b"; HUSHD=$(CURDIR)/$(HUSHD) ./$(BUILD)/bench/$$b || exit 1; done
 
 check:
 	cppcheck --quiet --error-exitcode=1 --enable=warning,portability --std=c11 \

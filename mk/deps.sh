@@ -13,6 +13,7 @@ libs=(
   "libcrypto:libssl-dev"
   "cmocka:libcmocka-dev"
   "libwebsockets:libwebsockets-dev"
+  "libmosquitto:libmosquitto-dev"
 )
 # command -> Debian package
 tools=(
@@ -46,6 +47,10 @@ for entry in "${tools[@]}"; do
   cmd=${entry%%:*}; pkg=${entry#*:}
   command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
 done
+# make bench: the peer servers and the plot tool
+if [ -n "${BENCH:-}" ]; then
+  tools+=("mosquitto:mosquitto" "ejabberdctl:ejabberd" "gnuplot:gnuplot-nox" "taskset:util-linux")
+fi
 for entry in "${files[@]}"; do
   f=${entry%%:*}; pkg=${entry#*:}
   [ -e "$f" ] || missing+=("$pkg")

@@ -7,6 +7,9 @@
  */
 #include <errno.h>
 #include <getopt.h>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 #include <libgen.h>
 #include <limits.h>
 #include <signal.h>
@@ -92,6 +95,12 @@ static int run_relay(const struct relay_config *cfg)
     pthread_sigmask(SIG_BLOCK, &set, NULL); /* every thread inherits this: only sigwait below sees them */
     signal(SIGPIPE, SIG_IGN);
 
+#if defined(__GLIBC__)
+    /* Per-message buffers are freed and re-allocated all the time on the loop and storage
+     * threads; glibc would hand the memory back (madvise) after each burst and fault it in again. */
+    mallopt(M_TRIM_THRESHOLD, 64 << 20);
+    mallopt(M_MMAP_THRESHOLD, 4 << 20);
+#endif
     rlog_init(cfg->log_level, cfg->log_file);
     if (mkdir_parent(cfg->db_path) != 0) {
         rlog(RLOG_ERROR, "startup", "cannot create the directory of %s: %s", cfg->db_path, strerror(errno));

@@ -397,6 +397,11 @@ hstore_err hstore_open(const char *path, const hstore_opts *opts, const char *co
     }
     if ((e = hstore_exec(db, "PRAGMA foreign_keys=ON")))
         goto out;
+    /* Savepoints (one per relay job, nested in the batch's) keep statement journals: in memory,
+     * not in a temporary file that every first write of a page in a savepoint would pwrite to
+     * (measured: a third of the relay's CPU under load). Nothing durable lives there. */
+    if ((e = hstore_exec(db, "PRAGMA temp_store=MEMORY")))
+        goto out;
     if (opts->quick_check && (e = quick_check(db)))
         goto out;
     if (db->version > nmigrations) {

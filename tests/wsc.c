@@ -5,6 +5,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <arpa/inet.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -25,7 +26,8 @@ struct wsc {
     int fd;
     SSL_CTX *ctx;
     SSL *ssl;
-    uint8_t *buf; /* received bytes not yet parsed */
+    uint8_t *mem; /* the receive buffer (cap bytes) */
+    uint8_t *buf; /* received bytes not yet parsed: buf[0..have) inside mem */
     size_t have, cap;
     int closed;
     int close_code;
@@ -67,14 +69,24 @@ static int raw_write(struct wsc *w, const void *p, size_t n)
 /* Reads more bytes, waiting at most timeout_ms. 1 = got bytes, 0 = timeout, -1 = closed/error. */
 static int fill(struct wsc *w, int timeout_ms)
 {
-    if (w->have == w->cap) {
-        size_t nc = w->cap ? w->cap * 2 : 65536;
-        uint8_t *nb = realloc(w->buf, nc);
-        if (!nb)
-            return -1;
-        w->buf = nb;
-        w->cap = nc;
+    /* consumed bytes are skipped, not moved (a busy socket holds hundreds of frames); the
+     * unparsed rest moves to the front only when the end of the buffer is reached */
+    if ((size_t)(w->buf - w->mem) + w->have == w->cap) {
+        if (w->buf != w->mem && w->have < w->cap / 2) {
+            memmove(w->mem, w->buf, w->have);
+            w->buf = w->mem;
+        } else {
+            size_t at = (size_t)(w->buf - w->mem);
+            size_t nc = w->cap ? w->cap * 2 : 65536;
+            uint8_t *nb = realloc(w->mem, nc);
+            if (!nb)
+                return -1;
+            w->mem = nb;
+            w->buf = nb + at;
+            w->cap = nc;
+        }
     }
+    size_t room = w->cap - (size_t)(w->buf - w->mem) - w->have;
     if (!(w->ssl && SSL_pending(w->ssl) > 0)) {
         struct pollfd pf = { w->fd, POLLIN, 0 };
         int pr = poll(&pf, 1, timeout_ms);
@@ -85,13 +97,13 @@ static int fill(struct wsc *w, int timeout_ms)
     }
     ssize_t r;
     if (w->ssl) {
-        r = SSL_read(w->ssl, w->buf + w->have, (int)(w->cap - w->have));
+        r = SSL_read(w->ssl, w->buf + w->have, (int)room);
         if (r <= 0) {
             int e = SSL_get_error(w->ssl, (int)r);
             return e == SSL_ERROR_WANT_READ ? 0 : -1;
         }
     } else {
-        r = recv(w->fd, w->buf + w->have, w->cap - w->have, 0);
+        r = recv(w->fd, w->buf + w->have, room, 0);
         if (r < 0 && (errno == EINTR || errno == EAGAIN))
             return 0;
         if (r <= 0)
@@ -101,6 +113,13 @@ static int fill(struct wsc *w, int timeout_ms)
         fwrite(w->buf + w->have, 1, (size_t)r, g_capture);
     w->have += (size_t)r;
     return 1;
+}
+
+static char g_source[64];
+
+void wsc_set_source(const char *ip)
+{
+    snprintf(g_source, sizeof g_source, "%s", ip ? ip : "");
 }
 
 int wsc_tcp_connect(const char *host, int port, int timeout_ms)
@@ -119,6 +138,16 @@ int wsc_tcp_connect(const char *host, int port, int timeout_ms)
     }
     struct timeval tv = { timeout_ms / 1000, (timeout_ms % 1000) * 1000 };
     setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    if (g_source[0] && res->ai_family == AF_INET) {
+        struct sockaddr_in src;
+        memset(&src, 0, sizeof src);
+        src.sin_family = AF_INET;
+        if (inet_pton(AF_INET, g_source, &src.sin_addr) != 1 || bind(fd, (struct sockaddr *)&src, sizeof src) != 0) {
+            close(fd);
+            freeaddrinfo(res);
+            return -1;
+        }
+    }
     if (connect(fd, res->ai_addr, res->ai_addrlen) != 0) {
         close(fd);
         freeaddrinfo(res);
@@ -177,7 +206,7 @@ struct wsc *wsc_connect(const char *host, int port, int tls, int timeout_ms)
         return NULL;
     }
     size_t hl = (size_t)(end - (char *)w->buf) + 4;
-    memmove(w->buf, w->buf + hl, w->have - hl);
+    w->buf += hl;
     w->have -= hl;
     return w;
 }
@@ -269,6 +298,7 @@ int wsc_recv(struct wsc *w, uint8_t **out, size_t *out_len, int timeout_ms)
     long deadline = now_ms() + timeout_ms;
     uint8_t *msg = NULL;
     size_t mlen = 0;
+    int polled = 0;
     for (;;) {
         int op, fin;
         size_t off, plen;
@@ -292,22 +322,25 @@ int wsc_recv(struct wsc *w, uint8_t **out, size_t *out_len, int timeout_ms)
                 memcpy(msg + mlen, p, plen);
                 mlen += plen;
                 if (fin) {
-                    memmove(w->buf, w->buf + consumed, w->have - consumed);
+                    w->buf += consumed;
                     w->have -= consumed;
                     *out = msg;
                     *out_len = mlen;
                     return 1;
                 }
             }
-            memmove(w->buf, w->buf + consumed, w->have - consumed);
+            w->buf += consumed;
             w->have -= consumed;
         }
         long left = deadline - now_ms();
-        if (left <= 0) {
+        if (left <= 0 && (timeout_ms > 0 || polled)) {
             /* keep a partial message? the tests never interleave: drop it */
             free(msg);
             return 0;
         }
+        if (left < 0)
+            left = 0;
+        polled = 1; /* timeout 0: one look at the socket without waiting */
         int r = fill(w, (int)left);
         if (r < 0) {
             w->closed = 1;
@@ -333,7 +366,7 @@ void wsc_close(struct wsc *w)
         SSL_CTX_free(w->ctx);
     if (w->fd >= 0)
         close(w->fd);
-    free(w->buf);
+    free(w->mem);
     free(w);
 }
 

@@ -1,0 +1,1045 @@
+/*
+ * bench_compare.c - one load generator for Hush, MQTT (mosquitto) and XMPP (ejabberd), so the
+ * three relays meet the same scenarios with the same payloads, sockets and timing code. The
+ * servers are started and stopped by bench/compare.sh; this program connects to one of them.
+ *
+ *   bench_compare --system hush|mqtt|xmpp --port P --scenario w1|w2|w2open|w3 [options]
+ *
+ * Scenarios (docs/PERFORMANCE.md):
+ *   w1      N idle authenticated connections: connect rate, server RSS per connection
+ *   w2      online one-to-one, acknowledged: maximum throughput (each sender keeps a window of
+ *           unacknowledged messages), with end-to-end latency
+ *   w2open  the same at a fixed offered rate (--rate, messages/s in all), latency measured from
+ *           each message's scheduled send time (no coordinated omission)
+ *   w3      --messages to offline recipients (fill rate), then they connect and drain (drain rate);
+ *           with --kill-cmd, the server is killed (kill -9) and restarted when half the messages
+ *           are acknowledged, and lost / duplicated acknowledged messages are counted
+ *
+ * Hush: the wire protocol spoken directly (no client-side crypto), as in bench_relay.
+ * MQTT: libmosquitto, QoS 1, persistent sessions (clean session off), one topic per recipient.
+ * XMPP: a small client of our own: SASL PLAIN, resource binding, stream management (XEP-0198)
+ *       acks requested after every message; recipients send initial presence; offline storage
+ *       (mod_offline) holds messages for offline recipients.
+ *
+ * Output: a human line on stdout and one JSON object per result appended to --json FILE.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <math.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <arpa/inet.h>
+#include <mosquitto.h>
+#include <sodium.h>
+
+#include "../tests/wsc.h"
+#include "common.h"
+#include "hush.pb-c.h"
+#include "hushdev.h"
+
+#define MAX_CLIENTS 200000
+#define PAYLOAD_MAX 4096
+
+/* ------------------------------------------------------------------------------------------ */
+/* options and results */
+
+static const char *o_system = "hush", *o_scenario = "w2", *o_json = NULL, *o_kill_cmd = NULL, *o_label = "";
+static int o_port = 0, o_pairs = 16, o_window = 32, o_size = 256, o_conns = 10000, o_server_pid = 0;
+static double o_duration = 5, o_rate = 0;
+static long o_messages = 100000;
+static int o_users_exist = 0; /* the users were registered by an earlier run: log in */
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void die(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "bench_compare (%s %s): ", o_system, o_scenario);
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, "\n");
+    va_end(ap);
+    exit(1);
+}
+
+/* latency samples, seconds */
+static double *g_lat;
+static size_t g_nlat, g_caplat;
+
+static void lat_add(double v)
+{
+    if (g_nlat == g_caplat) {
+        g_caplat = g_caplat ? g_caplat * 2 : 65536;
+        g_lat = realloc(g_lat, g_caplat * sizeof *g_lat);
+        if (!g_lat)
+            die("out of memory");
+    }
+    g_lat[g_nlat++] = v;
+}
+
+static double lat_q(double q)
+{
+    return g_nlat ? bench_quantile(g_lat, g_nlat, q) * 1000.0 : NAN;
+}
+
+static void json_result(const char *fmt, ...)
+{
+    char body[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(body, sizeof body, fmt, ap);
+    va_end(ap);
+    if (!o_json)
+        return;
+    FILE *f = fopen(o_json, "a");
+    if (!f)
+        die("cannot write %s", o_json);
+    fprintf(f, "{\"system\":\"%s\",\"scenario\":\"%s\",\"label\":\"%s\",%s}\n", o_system, o_scenario, o_label, body);
+    fclose(f);
+}
+
+/* The payload every system carries: 8 bytes of scheduled send time (ns), a 4-byte sender index
+ * and a 4-byte sequence number, then filler up to --size bytes. */
+struct stamp {
+    uint64_t t_ns;
+    uint32_t sender;
+    uint32_t seq;
+};
+
+static size_t make_payload(uint8_t *buf, double t, uint32_t sender, uint32_t seq)
+{
+    struct stamp s = { (uint64_t)(t * 1e9), sender, seq };
+    memset(buf, 'x', (size_t)o_size);
+    memcpy(buf, &s, sizeof s);
+    return (size_t)o_size;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* the clients, one interface over three protocols */
+
+struct client;
+static void on_acked(struct client *c, long n);
+static void on_received(struct client *c, const uint8_t *payload, size_t len);
+
+struct client {
+    int idx;          /* user index */
+    int fd;
+    long outstanding; /* sent, not yet acknowledged */
+    long sent, acked, received;
+    double next_send; /* open loop: scheduled time of the next message */
+    uint32_t seq;
+    int to;           /* recipient user index (senders) */
+    /* hush */
+    struct dev dev;
+    uint64_t ack_seqs[256];
+    int nack;
+    /* mqtt */
+    struct mosquitto *mq;
+    /* xmpp */
+    char *xbuf;
+    size_t xlen, xcap;
+    long xh_acked;  /* last h the server acknowledged */
+    long xhandled;  /* stanzas received from the server (for its <r/>) */
+    int xdepth;
+    size_t xstart;
+    /* w3: seqs in flight, oldest first (acks come back in order on all three protocols) */
+    uint32_t *fifo;
+    long fhead, ftail, fcap;
+};
+
+static int g_nclients;
+
+/* ---------------------------------------- hush ---------------------------------------- */
+
+static void hush_user_name(char *out, size_t cap, int idx)
+{
+    snprintf(out, cap, "user%d", idx);
+}
+
+static void hush_connect_many(struct client **v, int n, int do_register)
+{
+    struct dev *devs = calloc((size_t)n, sizeof *devs);
+    for (int i = 0; i < n; i++)
+        devs[i] = v[i]->dev;
+    char src[32];
+    snprintf(src, sizeof src, "127.0.0.%d", 1 + (v[0]->idx / 20000) % 250); /* groups never straddle */
+    wsc_set_source(src);
+    hdev_connect_all(o_port, devs, n, do_register);
+    for (int i = 0; i < n; i++) {
+        v[i]->dev = devs[i];
+        v[i]->fd = wsc_fd(v[i]->dev.ws);
+    }
+    free(devs);
+}
+
+static void hush_init_client(struct client *c)
+{
+    char name[32];
+    hush_user_name(name, sizeof name, c->idx);
+    hdev_init(&c->dev, "user", c->idx);
+    (void)name;
+}
+
+static void hush_send(struct client *c, const uint8_t *p, size_t len)
+{
+    char to[32];
+    hush_user_name(to, sizeof to, c->to);
+    uint64_t k = ((uint64_t)c->idx << 32) | (uint64_t)++c->seq;
+    hdev_send_msg(&c->dev, to, k, p, len);
+}
+
+static void hush_flush_acks(struct client *c)
+{
+    if (!c->nack)
+        return;
+    Hush__AckRequest a = HUSH__ACK_REQUEST__INIT;
+    a.seqs = c->ack_seqs;
+    a.n_seqs = (size_t)c->nack;
+    Hush__Frame f = HUSH__FRAME__INIT;
+    f.id = 0; /* as libhush does: an ack needs no answer */
+    f.msg_case = HUSH__FRAME__MSG_ACK;
+    f.ack = &a;
+    hdev_send_frame(&c->dev, &f);
+    c->nack = 0;
+}
+
+static void hush_readable(struct client *c)
+{
+    Hush__Frame *f;
+    int first = 1;
+    while ((f = hdev_recv_frame(&c->dev, 0)) != NULL) {
+        first = 0;
+        if (f->msg_case == HUSH__FRAME__MSG_RESULT) {
+            if (f->result->code != HUSH__ERROR_CODE__OK)
+                die("hush: request refused with code %d", (int)f->result->code);
+            if (f->result->n_seqs == 1 && c->outstanding > 0)
+                on_acked(c, 1);
+        } else if (f->msg_case == HUSH__FRAME__MSG_DELIVER) {
+            on_received(c, f->deliver->envelope.data, f->deliver->envelope.len);
+            if (f->deliver->seq) {
+                c->ack_seqs[c->nack++] = f->deliver->seq;
+                if (c->nack == 256)
+                    hush_flush_acks(c);
+            }
+        }
+        hush__frame__free_unpacked(f, NULL);
+    }
+    hush_flush_acks(c);
+    if (first && wsc_is_closed(c->dev.ws))
+        c->fd = -1;
+}
+
+/* ---------------------------------------- mqtt ---------------------------------------- */
+
+static void mq_on_publish(struct mosquitto *m, void *ud, int mid)
+{
+    (void)m;
+    (void)mid;
+    on_acked(ud, 1);
+}
+
+static void mq_on_message(struct mosquitto *m, void *ud, const struct mosquitto_message *msg)
+{
+    (void)m;
+    on_received(ud, msg->payload, (size_t)msg->payloadlen);
+}
+
+static int g_mq_connected;
+static void mq_on_connect(struct mosquitto *m, void *ud, int rc)
+{
+    (void)m;
+    (void)ud;
+    if (rc != 0)
+        die("mqtt: connect refused (%d)", rc);
+    g_mq_connected++;
+}
+
+static int g_mq_subscribed;
+static void mq_on_subscribe(struct mosquitto *m, void *ud, int mid, int n, const int *granted)
+{
+    (void)m;
+    (void)ud;
+    (void)mid;
+    (void)n;
+    (void)granted;
+    g_mq_subscribed++;
+}
+
+/* libmosquitto 2.0 reads one packet per mosquitto_loop_read call (its max_packets argument is
+ * unused), so read until the socket is empty; then write what the callbacks queued (PUBACKs). */
+static void mq_pump(struct client *c)
+{
+    if (!c->mq)
+        return;
+    int rc = MOSQ_ERR_SUCCESS;
+    for (int k = 0; k < 4096; k++) {
+        rc = mosquitto_loop_read(c->mq, 1);
+        if (rc != MOSQ_ERR_SUCCESS)
+            break;
+        struct pollfd p = { mosquitto_socket(c->mq), POLLIN, 0 };
+        if (p.fd < 0 || poll(&p, 1, 0) <= 0)
+            break;
+    }
+    if (rc == MOSQ_ERR_SUCCESS && mosquitto_want_write(c->mq))
+        rc = mosquitto_loop_write(c->mq, 1);
+    if (rc != MOSQ_ERR_SUCCESS)
+        c->fd = -1;
+}
+
+/* Connects n clients (persistent sessions); receivers subscribe to their topic. Pipelined: all
+ * CONNECTs go out, then the answers are read. */
+static void mq_connect_many(struct client **v, int n, int subscribe)
+{
+    int before = g_mq_connected;
+    for (int i = 0; i < n; i++) {
+        struct client *c = v[i];
+        char id[32];
+        snprintf(id, sizeof id, "u%d", c->idx);
+        if (!c->mq) {
+            c->mq = mosquitto_new(id, false, c);
+            if (!c->mq)
+                die("mosquitto_new");
+            mosquitto_int_option(c->mq, MOSQ_OPT_PROTOCOL_VERSION, MQTT_PROTOCOL_V311);
+            mosquitto_max_inflight_messages_set(c->mq, (unsigned)o_window);
+            mosquitto_connect_callback_set(c->mq, mq_on_connect);
+            mosquitto_publish_callback_set(c->mq, mq_on_publish);
+            mosquitto_message_callback_set(c->mq, mq_on_message);
+            mosquitto_subscribe_callback_set(c->mq, mq_on_subscribe);
+        }
+        char bind[32];
+        snprintf(bind, sizeof bind, "127.0.0.%d", 1 + (c->idx / 20000) % 250);
+        if (mosquitto_connect_bind(c->mq, "127.0.0.1", o_port, 600, bind) != MOSQ_ERR_SUCCESS)
+            die("mqtt: connect %d (raise the fd limit?)", c->idx);
+        c->fd = mosquitto_socket(c->mq);
+        int one = 1;
+        setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    }
+    double t0 = now();
+    while (g_mq_connected - before < n) {
+        for (int i = 0; i < n; i++)
+            mq_pump(v[i]);
+        if (now() - t0 > 120)
+            die("mqtt: only %d of %d connected", g_mq_connected - before, n);
+    }
+    if (subscribe) {
+        int sb = g_mq_subscribed;
+        for (int i = 0; i < n; i++) {
+            char topic[32];
+            snprintf(topic, sizeof topic, "u/%d", v[i]->idx);
+            if (mosquitto_subscribe(v[i]->mq, NULL, topic, 1) != MOSQ_ERR_SUCCESS)
+                die("mqtt: subscribe");
+        }
+        while (g_mq_subscribed - sb < n)
+            for (int i = 0; i < n; i++)
+                mq_pump(v[i]);
+    }
+}
+
+static void mq_send(struct client *c, const uint8_t *p, size_t len)
+{
+    char topic[32];
+    snprintf(topic, sizeof topic, "u/%d", c->to);
+    int rc = mosquitto_publish(c->mq, NULL, topic, (int)len, p, 1, false);
+    if (rc != MOSQ_ERR_SUCCESS)
+        die("mqtt: publish: %s", mosquitto_strerror(rc));
+    c->seq++;
+}
+
+/* ---------------------------------------- xmpp ---------------------------------------- */
+
+#define XDOMAIN "bench.local"
+
+static void x_write(struct client *c, const char *s, size_t n)
+{
+    while (n) {
+        ssize_t w = write(c->fd, s, n);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0 && errno == EAGAIN) {
+            struct pollfd p = { c->fd, POLLOUT, 0 };
+            poll(&p, 1, 1000);
+            continue;
+        }
+        if (w <= 0)
+            die("xmpp: write: %s", strerror(errno));
+        s += w;
+        n -= (size_t)w;
+    }
+}
+
+static void x_puts(struct client *c, const char *s)
+{
+    x_write(c, s, strlen(s));
+}
+
+/* Reads into the buffer; 0 if nothing (non-blocking), -1 closed. */
+static int x_fill(struct client *c, int timeout_ms)
+{
+    struct pollfd p = { c->fd, POLLIN, 0 };
+    if (poll(&p, 1, timeout_ms) <= 0)
+        return 0;
+    if (c->xcap - c->xlen < 65536) {
+        c->xcap = c->xcap * 2 + 131072;
+        c->xbuf = realloc(c->xbuf, c->xcap);
+    }
+    ssize_t r = read(c->fd, c->xbuf + c->xlen, c->xcap - c->xlen - 1);
+    if (r <= 0)
+        return r == 0 ? -1 : (errno == EAGAIN ? 0 : -1);
+    c->xlen += (size_t)r;
+    c->xbuf[c->xlen] = '\0';
+    return 1;
+}
+
+/* Blocking, for the handshake: reads until `needle` appears; consumes through it. */
+static void x_expect(struct client *c, const char *needle, const char *fail)
+{
+    double t0 = now();
+    for (;;) {
+        if (c->xbuf) {
+            c->xbuf[c->xlen] = '\0';
+            char *p = strstr(c->xbuf, needle);
+            if (p) {
+                size_t used = (size_t)(p - c->xbuf) + strlen(needle);
+                memmove(c->xbuf, c->xbuf + used, c->xlen - used);
+                c->xlen -= used;
+                c->xbuf[c->xlen] = '\0';
+                return;
+            }
+            if (fail && strstr(c->xbuf, fail))
+                die("xmpp: user %d: got %s", c->idx, fail);
+        }
+        if (x_fill(c, 1000) < 0)
+            die("xmpp: user %d: connection closed while waiting for %s", c->idx, needle);
+        if (now() - t0 > 60)
+            die("xmpp: user %d: timeout waiting for %s", c->idx, needle);
+    }
+}
+
+static void x_open_stream(struct client *c)
+{
+    x_puts(c, "<?xml version='1.0'?><stream:stream to='" XDOMAIN "' xmlns='jabber:client' "
+              "xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>");
+    x_expect(c, "</stream:features>", NULL);
+}
+
+static int tcp_connect_from(int idx)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0)
+        die("socket: %s (raise the fd limit?)", strerror(errno));
+    struct sockaddr_in src = { 0 }, dst = { 0 };
+    src.sin_family = AF_INET;
+    src.sin_addr.s_addr = htonl(0x7f000001u + (uint32_t)(idx / 20000) % 250); /* 127.0.0.x: more ports */
+    if (bind(fd, (struct sockaddr *)&src, sizeof src) != 0)
+        die("bind: %s", strerror(errno));
+    dst.sin_family = AF_INET;
+    dst.sin_port = htons((uint16_t)o_port);
+    dst.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (connect(fd, (struct sockaddr *)&dst, sizeof dst) != 0)
+        die("connect: %s", strerror(errno));
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    return fd;
+}
+
+static void x_register(int idx)
+{
+    struct client c = { 0 };
+    c.idx = idx;
+    c.fd = tcp_connect_from(idx);
+    x_open_stream(&c);
+    char iq[256];
+    snprintf(iq, sizeof iq, "<iq type='set' id='reg'><query xmlns='jabber:iq:register'><username>u%d</username>"
+                            "<password>pw%d</password></query></iq>", idx, idx);
+    x_puts(&c, iq);
+    x_expect(&c, "id='reg'", NULL);
+    /* "result", or "conflict" when it exists already: both fine */
+    close(c.fd);
+    free(c.xbuf);
+}
+
+static void x_login(struct client *c, int presence)
+{
+    c->fd = tcp_connect_from(c->idx);
+    c->xlen = 0;
+    c->xdepth = 1;
+    c->xh_acked = 0;
+    c->xhandled = 0;
+    x_open_stream(c);
+    char cred[64], b64[128], buf[512];
+    int n = snprintf(cred + 1, sizeof cred - 1, "u%d", c->idx) + 1;
+    cred[0] = '\0';
+    n += snprintf(cred + n + 1, sizeof cred - (size_t)n - 1, "pw%d", c->idx) + 1;
+    sodium_bin2base64(b64, sizeof b64, (const unsigned char *)cred, (size_t)n, sodium_base64_VARIANT_ORIGINAL);
+    snprintf(buf, sizeof buf, "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>%s</auth>", b64);
+    x_puts(c, buf);
+    x_expect(c, "<success", "<failure");
+    x_open_stream(c);
+    x_puts(c, "<iq type='set' id='bind'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>b</resource></bind></iq>");
+    x_expect(c, "</iq>", NULL);
+    x_puts(c, "<enable xmlns='urn:xmpp:sm:3'/>");
+    x_expect(c, "<enabled", NULL);
+    x_expect(c, "/>", NULL);
+    if (presence) {
+        x_puts(c, "<presence/>");
+        c->xh_acked = -1; /* the presence is a stanza too: h counts it */
+    }
+    fcntl(c->fd, F_SETFL, fcntl(c->fd, F_GETFL) | O_NONBLOCK);
+}
+
+static void x_send(struct client *c, const uint8_t *p, size_t len)
+{
+    /* the body is text: the stamp in hex, then the filler, to the same size as the others */
+    char hex[2 * sizeof(struct stamp) + 1];
+    sodium_bin2hex(hex, sizeof hex, p, sizeof(struct stamp));
+    char msg[PAYLOAD_MAX + 512];
+    int n = snprintf(msg, sizeof msg, "<message to='u%d@" XDOMAIN "' type='chat'><body>%s%.*s</body></message>"
+                                      "<r xmlns='urn:xmpp:sm:3'/>",
+                     c->to, hex, (int)(len > 2 * sizeof(struct stamp) ? len - 2 * sizeof(struct stamp) : 0),
+                     (const char *)p + sizeof(struct stamp));
+    x_write(c, msg, (size_t)n);
+    c->seq++;
+}
+
+static void x_stanza(struct client *c, const char *s, size_t n)
+{
+    if (n > 3 && !strncmp(s, "<a ", 3)) {
+        const char *h = strstr(s, "h='");
+        if (!h)
+            h = strstr(s, "h=\"");
+        if (h) {
+            long v = strtol(h + 3, NULL, 10);
+            if (v > c->xh_acked) {
+                on_acked(c, v - c->xh_acked);
+                c->xh_acked = v;
+            }
+        }
+        return;
+    }
+    if (n > 3 && !strncmp(s, "<r ", 3)) {
+        char a[96];
+        snprintf(a, sizeof a, "<a xmlns='urn:xmpp:sm:3' h='%ld'/>", c->xhandled);
+        x_puts(c, a);
+        return;
+    }
+    c->xhandled++;
+    if (n > 8 && !strncmp(s, "<message", 8)) {
+        const char *b = strstr(s, "<body>");
+        if (!b || (size_t)(b - s) + 6 + 2 * sizeof(struct stamp) > n)
+            return;
+        uint8_t stamp[sizeof(struct stamp)];
+        size_t got = 0;
+        if (sodium_hex2bin(stamp, sizeof stamp, b + 6, 2 * sizeof stamp, NULL, &got, NULL) == 0 && got == sizeof stamp)
+            on_received(c, stamp, sizeof stamp);
+    }
+}
+
+/* Splits the buffer into top-level stanzas (depth 1 = inside the stream). */
+static void x_readable(struct client *c)
+{
+    int r;
+    while ((r = x_fill(c, 0)) > 0) {
+    }
+    if (r < 0)
+        c->fd = -1;
+    size_t i = c->xstart, done = 0;
+    int depth = c->xdepth;
+    size_t start = c->xstart;
+    /* resume scanning from the last complete stanza */
+    for (i = done; i < c->xlen; i++) {
+        if (c->xbuf[i] != '<')
+            continue;
+        char *gt = memchr(c->xbuf + i, '>', c->xlen - i);
+        if (!gt)
+            break;
+        size_t end = (size_t)(gt - c->xbuf);
+        if (c->xbuf[i + 1] == '/') {
+            depth--;
+            if (depth == 1) {
+                x_stanza(c, c->xbuf + start, end + 1 - start);
+                done = end + 1;
+            }
+        } else if (c->xbuf[i + 1] != '?') {
+            if (depth == 1)
+                start = i;
+            if (c->xbuf[end - 1] == '/') {
+                if (depth == 1) {
+                    x_stanza(c, c->xbuf + start, end + 1 - start);
+                    done = end + 1;
+                }
+            } else {
+                depth++;
+            }
+        }
+        i = end;
+    }
+    /* keep the unfinished stanza */
+    memmove(c->xbuf, c->xbuf + done, c->xlen - done);
+    c->xlen -= done;
+    c->xdepth = 1;
+    c->xstart = 0;
+}
+
+/* ---------------------------------------- dispatch ---------------------------------------- */
+
+enum sys { SYS_HUSH, SYS_MQTT, SYS_XMPP };
+static enum sys g_sys;
+
+static struct client *client_new(int idx, int to)
+{
+    struct client *c = calloc(1, sizeof *c);
+    c->idx = idx;
+    c->to = to;
+    c->fd = -1;
+    if (g_sys == SYS_HUSH)
+        hush_init_client(c);
+    return c;
+}
+
+/* First connection of each user: registers where the system needs it. Receivers subscribe
+ * (MQTT) or send presence (XMPP). */
+static void connect_group(struct client **v, int n, int first_time, int receivers)
+{
+    int subscribe = receivers && first_time; /* MQTT: the persistent subscription is made once */
+    if (o_users_exist)
+        first_time = 0;
+    if (g_sys == SYS_HUSH) {
+        hush_connect_many(v, n, first_time);
+    } else if (g_sys == SYS_MQTT) {
+        mq_connect_many(v, n, subscribe);
+    } else {
+        for (int i = 0; i < n; i++) {
+            if (first_time)
+                x_register(v[i]->idx);
+            x_login(v[i], receivers);
+        }
+    }
+}
+
+static void disconnect(struct client *c)
+{
+    if (g_sys == SYS_HUSH) {
+        hdev_close_all(&c->dev, 1);
+    } else if (g_sys == SYS_MQTT) {
+        mosquitto_disconnect(c->mq);
+        mq_pump(c);
+    } else {
+        x_puts(c, "</stream:stream>");
+        close(c->fd);
+    }
+    c->fd = -1;
+}
+
+/* A dropped connection (the server was killed): reconnect later. */
+static void abandon(struct client *c)
+{
+    if (g_sys == SYS_HUSH) {
+        wsc_abort(c->dev.ws);
+        c->dev.ws = NULL;
+    } else if (g_sys == SYS_MQTT) {
+        mosquitto_destroy(c->mq); /* in-flight messages are dropped, as for the others */
+        c->mq = NULL;
+    } else if (c->fd >= 0) {
+        close(c->fd);
+    }
+    c->fd = -1;
+    c->outstanding = 0; /* whatever was in flight is not counted as acknowledged */
+    c->fhead = c->ftail = 0;
+}
+
+static void send_one(struct client *c, double sched)
+{
+    uint8_t p[PAYLOAD_MAX];
+    uint32_t seq = c->seq + 1;
+    size_t n = make_payload(p, sched, (uint32_t)c->idx, seq);
+    if (c->fifo) {
+        if (c->ftail - c->fhead >= c->fcap)
+            die("w3: more in flight than the window");
+        c->fifo[c->ftail++ % c->fcap] = seq;
+    }
+    if (g_sys == SYS_HUSH)
+        hush_send(c, p, n);
+    else if (g_sys == SYS_MQTT)
+        mq_send(c, p, n);
+    else
+        x_send(c, p, n);
+    c->sent++;
+    c->outstanding++;
+}
+
+static void readable(struct client *c)
+{
+    if (g_sys == SYS_HUSH)
+        hush_readable(c);
+    else if (g_sys == SYS_MQTT)
+        mq_pump(c);
+    else
+        x_readable(c);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* accounting */
+
+static long g_acked, g_received;
+static double g_measure_from = 1e300, g_measure_to = 1e300;
+static long g_acked_in_window, g_received_in_window;
+/* w3: which (sender, seq) were acknowledged / received: bitmaps */
+static uint8_t *g_ackmap, *g_recvmap;
+static long g_dups;
+static uint32_t g_per_sender_cap;
+
+static void on_acked(struct client *c, long n)
+{
+    c->acked += n;
+    c->outstanding -= n;
+    if (c->outstanding < 0)
+        c->outstanding = 0;
+    g_acked += n;
+    double t = now();
+    if (t >= g_measure_from && t < g_measure_to)
+        g_acked_in_window += n;
+    if (g_ackmap && c->fifo) {
+        for (long k = 0; k < n && c->fhead < c->ftail; k++) {
+            uint32_t seq = c->fifo[c->fhead++ % c->fcap];
+            if (seq < g_per_sender_cap)
+                g_ackmap[(size_t)c->idx * g_per_sender_cap + seq] = 1;
+        }
+    }
+}
+
+static void on_received(struct client *c, const uint8_t *payload, size_t len)
+{
+    if (len < sizeof(struct stamp))
+        return;
+    struct stamp s;
+    memcpy(&s, payload, sizeof s);
+    double t = now();
+    c->received++;
+    g_received++;
+    if (g_recvmap && s.sender < (uint32_t)g_nclients && s.seq < g_per_sender_cap) {
+        size_t at = (size_t)s.sender * g_per_sender_cap + s.seq;
+        if (g_recvmap[at])
+            g_dups++;
+        g_recvmap[at] = 1;
+    }
+    double sent = (double)s.t_ns / 1e9;
+    if (sent >= g_measure_from && sent < g_measure_to) {
+        g_received_in_window++;
+        lat_add(t - sent);
+    }
+}
+
+/* One round of the event loop over the given clients: waits up to timeout for input. */
+static void pump(struct client **v, int n, int timeout_ms)
+{
+    static struct pollfd *pf;
+    static int cap;
+    if (cap < n) {
+        cap = n;
+        pf = realloc(pf, (size_t)cap * sizeof *pf);
+    }
+    int m = 0;
+    for (int i = 0; i < n; i++) {
+        pf[m].fd = v[i]->fd;
+        pf[m].events = POLLIN;
+        if (g_sys == SYS_MQTT && v[i]->mq && mosquitto_want_write(v[i]->mq))
+            pf[m].events |= POLLOUT;
+        pf[m].revents = 0;
+        m++;
+    }
+    if (poll(pf, (nfds_t)m, timeout_ms) < 0 && errno != EINTR)
+        die("poll: %s", strerror(errno));
+    /* libmosquitto and the WebSocket client may hold buffered input: read them every round */
+    for (int i = 0; i < n; i++)
+        if (v[i]->fd >= 0 && (pf[i].revents || g_sys == SYS_HUSH))
+            readable(v[i]);
+}
+
+static void raise_fd_limit(void)
+{
+    struct rlimit r;
+    getrlimit(RLIMIT_NOFILE, &r);
+    r.rlim_cur = r.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &r);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* scenarios */
+
+static long rss_kb(void)
+{
+    return o_server_pid ? bench_rss_kb(o_server_pid) : -1;
+}
+
+static void scenario_w1(void)
+{
+    int n = o_conns;
+    struct client **v = calloc((size_t)n, sizeof *v);
+    for (int i = 0; i < n; i++)
+        v[i] = client_new(i, -1);
+    long rss0 = rss_kb();
+    double t0 = now();
+    int chunk = 1000;
+    for (int i = 0; i < n; i += chunk)
+        connect_group(v + i, i + chunk <= n ? chunk : n - i, 1, 0);
+    double dt = now() - t0;
+    /* let the server settle, then measure */
+    for (int k = 0; k < 20; k++)
+        pump(v, n, 50);
+    long rss1 = rss_kb();
+    double per = rss1 > 0 && rss0 > 0 ? (double)(rss1 - rss0) / n : NAN;
+    printf("%-5s w1: %d idle authenticated connections, connect rate %.0f/s, server RSS %ld -> %ld KiB (%.1f KiB per connection)\n",
+           o_system, n, n / dt, rss0, rss1, per);
+    json_result("\"conns\":%d,\"connect_per_s\":%.1f,\"rss_before_kb\":%ld,\"rss_after_kb\":%ld,\"kib_per_conn\":%.2f", n,
+                n / dt, rss0, rss1, per);
+}
+
+/* w2 / w2open: P senders -> P receivers, all online */
+static void scenario_w2(int open_loop)
+{
+    int p = o_pairs;
+    struct client **snd = calloc((size_t)p, sizeof *snd), **rcv = calloc((size_t)p, sizeof *rcv);
+    struct client **all = calloc((size_t)2 * p, sizeof *all);
+    for (int i = 0; i < p; i++) {
+        rcv[i] = client_new(i, -1);
+        snd[i] = client_new(p + i, i);
+        all[i] = rcv[i];
+        all[p + i] = snd[i];
+    }
+    connect_group(rcv, p, 1, 1);
+    connect_group(snd, p, 1, 0);
+    /* drain anything queued at connect (QueueEmpty, presence...) */
+    for (int k = 0; k < 10; k++)
+        pump(all, 2 * p, 20);
+    double t0 = now(), warm = 1.0;
+    g_measure_from = t0 + warm;
+    g_measure_to = t0 + warm + o_duration;
+    double interval = open_loop ? (double)p / o_rate : 0;
+    for (int i = 0; i < p; i++)
+        snd[i]->next_send = t0 + (open_loop ? interval * i / p : 0);
+    long overload = 0;
+    for (;;) {
+        double t = now();
+        if (t >= g_measure_to)
+            break;
+        double next = t + 0.01;
+        for (int i = 0; i < p; i++) {
+            struct client *c = snd[i];
+            if (open_loop) {
+                while (c->next_send <= t) {
+                    if (c->outstanding < 100000)
+                        send_one(c, c->next_send);
+                    else
+                        overload++;
+                    c->next_send += interval;
+                }
+                if (c->next_send < next)
+                    next = c->next_send;
+            } else {
+                while (c->outstanding < o_window)
+                    send_one(c, now());
+            }
+        }
+        int wait_ms = open_loop ? (int)((next - now()) * 1000) : 5;
+        pump(all, 2 * p, wait_ms < 0 ? 0 : wait_ms);
+    }
+    /* let the last messages arrive (they count for latency only if sent in the window) */
+    double tend = now();
+    while (now() - tend < 1.0)
+        pump(all, 2 * p, 10);
+    double acked_rate = (double)g_acked_in_window / o_duration;
+    double recv_rate = (double)g_received_in_window / o_duration;
+    if (open_loop)
+        printf("%-5s w2 at %7.0f msg/s offered: acked %7.0f/s, delivered %7.0f/s, latency p50 %.2f ms, p99 %.2f ms, p99.9 %.2f ms%s\n",
+               o_system, o_rate, acked_rate, recv_rate, lat_q(0.5), lat_q(0.99), lat_q(0.999), overload ? " (OVERLOADED)" : "");
+    else
+        printf("%-5s w2 max: %d pairs x %d in flight, %d-byte payloads: acked %.0f msg/s, delivered %.0f/s, latency p50 %.2f ms, p99 %.2f ms, p99.9 %.2f ms\n",
+               o_system, p, o_window, o_size, acked_rate, recv_rate, lat_q(0.5), lat_q(0.99), lat_q(0.999));
+    json_result("\"offered_per_s\":%.1f,\"acked_per_s\":%.1f,\"delivered_per_s\":%.1f,\"p50_ms\":%.3f,\"p99_ms\":%.3f,"
+                "\"p999_ms\":%.3f,\"pairs\":%d,\"window\":%d,\"size\":%d,\"overloaded\":%ld",
+                open_loop ? o_rate : 0.0, acked_rate, recv_rate, lat_q(0.5), lat_q(0.99), lat_q(0.999), p, o_window, o_size,
+                overload);
+    for (int i = 0; i < 2 * p; i++)
+        disconnect(all[i]);
+}
+
+static void run_kill(void)
+{
+    fprintf(stderr, "bench_compare: kill -9 and restart: %s\n", o_kill_cmd);
+    if (system(o_kill_cmd) != 0)
+        die("kill command failed");
+}
+
+/* w3: messages to offline recipients, then the drain */
+static void scenario_w3(void)
+{
+    int p = o_pairs;
+    long per = o_messages / p;
+    g_per_sender_cap = (uint32_t)(per + 2L * o_window + 2);
+    struct client **snd = calloc((size_t)p, sizeof *snd), **rcv = calloc((size_t)p, sizeof *rcv);
+    for (int i = 0; i < p; i++) {
+        rcv[i] = client_new(i, -1);
+        snd[i] = client_new(p + i, i);
+        snd[i]->fcap = o_window + 1;
+        snd[i]->fifo = calloc((size_t)snd[i]->fcap, sizeof *snd[i]->fifo);
+    }
+    g_nclients = 2 * p;
+    g_ackmap = calloc((size_t)(2 * p) * g_per_sender_cap, 1);
+    g_recvmap = calloc((size_t)(2 * p) * g_per_sender_cap, 1);
+    /* the recipients exist (and, for MQTT, hold persistent subscriptions), then go offline */
+    connect_group(rcv, p, 1, 1);
+    for (int k = 0; k < 10; k++)
+        pump(rcv, p, 20);
+    for (int i = 0; i < p; i++)
+        disconnect(rcv[i]);
+    connect_group(snd, p, 1, 0);
+    int killed = 0;
+    double t0 = now();
+    g_measure_from = 0;
+    g_measure_to = 1e300;
+    long target = per * p;
+    for (;;) {
+        long done = 0, live = 0;
+        for (int i = 0; i < p; i++) {
+            struct client *c = snd[i];
+            if (c->fd < 0)
+                continue;
+            live++;
+            while (c->outstanding < o_window && c->acked + c->outstanding < per)
+                send_one(c, now());
+            done += c->acked;
+        }
+        if (o_kill_cmd && !killed && g_acked >= target / 2) {
+            killed = 1;
+            run_kill();
+            for (int i = 0; i < p; i++)
+                abandon(snd[i]);
+            /* reconnect and go on until each sender has `per` acknowledged; what was in flight at
+             * the kill is not resent (new messages take new numbers) */
+            connect_group(snd, p, 0, 0);
+            continue;
+        }
+        int all_sent = 1;
+        for (int i = 0; i < p; i++)
+            if (snd[i]->acked < per || snd[i]->outstanding > 0)
+                all_sent = 0;
+        if (all_sent || (live == 0 && !o_kill_cmd))
+            break;
+        pump(snd, p, 5);
+        if (now() - t0 > 600)
+            die("w3: fill did not finish in 10 minutes");
+    }
+    double fill = now() - t0;
+    long acked = g_acked;
+    for (int i = 0; i < p; i++)
+        disconnect(snd[i]);
+    /* the recipients come back and drain */
+    double t1 = now();
+    connect_group(rcv, p, 0, 1);
+    double last = now();
+    long want = 0;
+    for (size_t k = 0; k < (size_t)(2 * p) * g_per_sender_cap; k++)
+        want += g_ackmap[k];
+    while (now() - last < 3.0) {
+        long before = g_received;
+        pump(rcv, p, 50);
+        if (g_received != before)
+            last = now();
+        if (g_received >= want && g_received >= acked && now() - last > 0.5)
+            break;
+    }
+    double drain = last - t1;
+    long lost = 0;
+    for (size_t k = 0; k < (size_t)(2 * p) * g_per_sender_cap; k++)
+        if (g_ackmap[k] && !g_recvmap[k])
+            lost++;
+    printf("%-5s w3%s: %ld acked to offline recipients in %.2f s (%.0f/s); drained %ld in %.2f s (%.0f/s); "
+           "lost %ld of the acked, %ld duplicates\n",
+           o_system, o_kill_cmd ? " with kill -9" : "", acked, fill, acked / fill, g_received, drain,
+           g_received / drain, lost, g_dups);
+    json_result("\"acked\":%ld,\"fill_s\":%.3f,\"fill_per_s\":%.1f,\"received\":%ld,\"drain_s\":%.3f,\"drain_per_s\":%.1f,"
+                "\"lost\":%ld,\"dups\":%ld,\"killed\":%d",
+                acked, fill, acked / fill, g_received, drain, g_received / drain, lost, g_dups, o_kill_cmd ? 1 : 0);
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        { "system", required_argument, NULL, 's' },  { "scenario", required_argument, NULL, 'S' },
+        { "port", required_argument, NULL, 'p' },    { "pairs", required_argument, NULL, 'P' },
+        { "window", required_argument, NULL, 'w' },  { "size", required_argument, NULL, 'z' },
+        { "conns", required_argument, NULL, 'c' },   { "duration", required_argument, NULL, 'd' },
+        { "rate", required_argument, NULL, 'r' },    { "messages", required_argument, NULL, 'm' },
+        { "json", required_argument, NULL, 'j' },    { "server-pid", required_argument, NULL, 'i' },
+        { "kill-cmd", required_argument, NULL, 'k' }, { "label", required_argument, NULL, 'l' },
+        { "users-exist", no_argument, NULL, 'u' },
+        { NULL, 0, NULL, 0 },
+    };
+    int ch;
+    while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (ch) {
+        case 's': o_system = optarg; break;
+        case 'S': o_scenario = optarg; break;
+        case 'p': o_port = atoi(optarg); break;
+        case 'P': o_pairs = atoi(optarg); break;
+        case 'w': o_window = atoi(optarg); break;
+        case 'z': o_size = atoi(optarg); break;
+        case 'c': o_conns = atoi(optarg); break;
+        case 'd': o_duration = atof(optarg); break;
+        case 'r': o_rate = atof(optarg); break;
+        case 'm': o_messages = atol(optarg); break;
+        case 'j': o_json = optarg; break;
+        case 'i': o_server_pid = atoi(optarg); break;
+        case 'k': o_kill_cmd = optarg; break;
+        case 'l': o_label = optarg; break;
+        case 'u': o_users_exist = 1; break;
+        default: return 2;
+        }
+    }
+    if (!o_port || o_size < (int)sizeof(struct stamp) || o_size > PAYLOAD_MAX || o_pairs < 1 || o_pairs > MAX_CLIENTS / 2)
+        die("usage: see the comment at the top of bench/bench_compare.c");
+    if (!strcmp(o_system, "hush"))
+        g_sys = SYS_HUSH;
+    else if (!strcmp(o_system, "mqtt"))
+        g_sys = SYS_MQTT;
+    else if (!strcmp(o_system, "xmpp"))
+        g_sys = SYS_XMPP;
+    else
+        die("unknown system %s", o_system);
+    if (sodium_init() < 0)
+        die("sodium");
+    raise_fd_limit();
+    if (g_sys == SYS_HUSH)
+        hdev_keys_init();
+    if (g_sys == SYS_MQTT)
+        mosquitto_lib_init();
+    g_nclients = 2 * o_pairs;
+    if (!strcmp(o_scenario, "w1"))
+        scenario_w1();
+    else if (!strcmp(o_scenario, "w2"))
+        scenario_w2(0);
+    else if (!strcmp(o_scenario, "w2open"))
+        scenario_w2(1);
+    else if (!strcmp(o_scenario, "w3"))
+        scenario_w3();
+    else
+        die("unknown scenario %s", o_scenario);
+    return 0;
+}

@@ -1,0 +1,317 @@
+#!/usr/bin/env bash
+# bench/compare.sh [quick|full] - Hush against mosquitto (MQTT) and ejabberd (XMPP) on this
+# machine, in one run, with one load generator (build/bench/bench_compare). `make bench` runs
+# "quick" (a few minutes), `make bench-full` the large sizes.
+#
+# Fairness: every server runs pinned to CPU 0 and the load generator to CPU 1 (taskset), the same
+# payload size (256 bytes) and the same client counts for all; the fd limit is raised and
+# connections come from several 127.0.0.x addresses.
+#
+# Writes build/bench-results/: results-MODE.jsonl (one JSON object per measurement),
+# results-MODE.json (all of them as one array), table-MODE.txt, latency-MODE.png (gnuplot).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BUILD=${BUILD:-build}
+LG=$ROOT/$BUILD/bench/bench_compare
+HUSHD=$ROOT/$BUILD/bin/hushd
+OUT=$ROOT/$BUILD/bench-results
+HUSH_PORT=${HUSH_PORT:-17443}
+MQTT_PORT=${MQTT_PORT:-18830}
+XMPP_PORT=${XMPP_PORT:-15222}
+
+port_of() { case $1 in hush) echo $HUSH_PORT ;; mqtt) echo $MQTT_PORT ;; xmpp) echo $XMPP_PORT ;; esac; }
+
+# ---------------------------------------------------------------------------------------------
+# servers: start / stop / kill -9 + restart. State lives in $WORK/<system>/.
+
+start_server() { # system dir
+  local sys=$1 dir=$2 pin="" port
+  [ "$(nproc)" -ge 2 ] && pin="taskset -c 0"
+  port=$(port_of "$sys")
+  if (exec 3<> "/dev/tcp/127.0.0.1/$port") 2> /dev/null; then
+    echo "compare: port $port is already in use (another server?); set ${sys^^}_PORT" >&2
+    exit 1
+  fi
+  case $sys in
+  hush)
+    cat > "$dir/hushd.conf" <<EOF
+listen = 127.0.0.1:$HUSH_PORT
+metrics_listen = off
+db = $dir/hushd.db
+workers = 1
+durability = full
+quota_messages = 100000000
+quota_bytes = 1024g
+send_burst = 10000000
+send_refill_per_s = 10000000
+max_connections = 1000000
+auth_timeout = 120
+log_level = warn
+log_file = $dir/hushd.log
+EOF
+    setsid $pin "$HUSHD" --config "$dir/hushd.conf" > "$dir/out.log" 2>&1 < /dev/null &
+    echo $! > "$dir/pid"; disown
+    wait_port $HUSH_PORT "$dir/out.log"
+    ;;
+  mqtt)
+    cat > "$dir/mosquitto.conf" <<EOF
+listener $MQTT_PORT 127.0.0.1
+allow_anonymous true
+persistence true
+persistence_location $dir/
+autosave_interval 1800
+max_queued_messages 0
+max_inflight_messages 64
+max_connections -1
+log_dest stderr
+log_type error
+log_type warning
+EOF
+    id mosquitto > /dev/null 2>&1 && chown -R mosquitto "$dir"
+    setsid $pin mosquitto -c "$dir/mosquitto.conf" > "$dir/out.log" 2>&1 < /dev/null &
+    echo $! > "$dir/pid"; disown
+    wait_port $MQTT_PORT "$dir/out.log"
+    ;;
+  xmpp)
+    mkdir -p "$dir/conf" "$dir/logs" "$dir/spool"
+    cat > "$dir/conf/ejabberd.yml" <<EOF
+hosts:
+  - "bench.local"
+loglevel: warning
+registration_timeout: infinity
+certfiles: []
+listen:
+  -
+    port: $XMPP_PORT
+    ip: "127.0.0.1"
+    module: ejabberd_c2s
+    max_stanza_size: 262144
+    shaper: none
+    access: all
+    starttls: false
+    backlog: 4096
+auth_method: internal
+auth_password_format: plain
+acl:
+  local:
+    user_regexp: ""
+access_rules:
+  local:
+    allow: local
+  register:
+    allow: all
+shaper_rules:
+  max_user_offline_messages: 100000000
+modules:
+  mod_offline:
+    access_max_user_messages: max_user_offline_messages
+  mod_stream_mgmt: {}
+  mod_register:
+    ip_access: all
+    access: register
+  mod_roster: {}
+  mod_disco: {}
+  mod_ping: {}
+EOF
+    # sourced by ejabberdctl as the ejabberd user, whose login resets the open-file limit to 1024
+    printf 'ERL_OPTIONS="-env ERL_CRASH_DUMP_BYTES 0"\nEJABBERD_PID_PATH=%s/ejabberd.pid\nulimit -n "$(ulimit -Hn)" 2>/dev/null\n' \
+        "$dir" > "$dir/conf/ejabberdctl.cfg"
+    cp /etc/ejabberd/inetrc "$dir/conf/" 2>/dev/null || true
+    id ejabberd > /dev/null 2>&1 && chown -R ejabberd "$dir"
+    setsid $pin ejabberdctl --config-dir "$dir/conf" --logs "$dir/logs" --spool "$dir/spool" \
+        --node "hushbench@localhost" foreground > "$dir/out.log" 2>&1 < /dev/null &
+    disown
+    wait_port $XMPP_PORT "$dir/out.log"
+    pgrep -n -f "beam.smp.*hushbench@localhost" > "$dir/pid"
+    ;;
+  esac
+}
+
+wait_port() { # port log
+  for _ in $(seq 1 600); do
+    if (exec 3<> "/dev/tcp/127.0.0.1/$1") 2> /dev/null; then return 0; fi
+    sleep 0.1
+  done
+  echo "compare: nothing listens on port $1; server log:" >&2
+  tail -20 "$2" >&2
+  exit 1
+}
+
+stop_server() { # system dir
+  local sys=$1 dir=$2
+  [ -f "$dir/pid" ] || return 0
+  local pid; pid=$(cat "$dir/pid")
+  if [ "$sys" = xmpp ]; then
+    ejabberdctl --config-dir "$dir/conf" --node "hushbench@localhost" stop > /dev/null 2>&1 || kill "$pid" 2> /dev/null || true
+  else
+    kill "$pid" 2> /dev/null || true
+  fi
+  for _ in $(seq 1 300); do kill -0 "$pid" 2> /dev/null || break; sleep 0.1; done
+  kill -9 "$pid" 2> /dev/null || true
+  rm -f "$dir/pid"
+}
+
+kill9_restart() { # system dir  (called by the load generator through --kill-cmd)
+  local sys=$1 dir=$2 pid
+  pid=$(cat "$dir/pid")
+  kill -9 "$pid"
+  for _ in $(seq 1 300); do kill -0 "$pid" 2> /dev/null || break; sleep 0.05; done
+  if [ "$sys" = xmpp ]; then sleep 1; fi # let epmd forget the node
+  start_server "$sys" "$dir"
+}
+
+if [ "${1:-}" = "_kill9" ]; then
+  kill9_restart "$2" "$3"
+  exit 0
+fi
+
+# ---------------------------------------------------------------------------------------------
+
+MODE=${1:-quick}
+case $MODE in
+quick) W1_SIZES="2000"; W2_SECS=4; W3_MSGS=20000; W3K_MSGS=10000 ;;
+full)  W1_SIZES="10000 19000"; W2_SECS=10; W3_MSGS=100000; W3K_MSGS=50000 ;;
+*) echo "usage: bench/compare.sh [quick|full]" >&2; exit 2 ;;
+esac
+SYSTEMS=${SYSTEMS:-"hush mqtt xmpp"}
+PAIRS=16
+
+for cmd in taskset mosquitto ejabberdctl; do
+  command -v $cmd > /dev/null || { echo "compare: $cmd missing (make bench installs the peers)" >&2; exit 1; }
+done
+[ -x "$LG" ] && [ -x "$HUSHD" ] || { echo "compare: build first (make bench)" >&2; exit 1; }
+
+ulimit -n "$(ulimit -Hn)" 2> /dev/null || true
+mkdir -p "$OUT"
+RES=$OUT/results-$MODE.jsonl
+: > "$RES"
+WORK=$(mktemp -d /tmp/hush-bench.XXXXXX)
+chmod 755 "$WORK"
+LOAD=""
+[ "$(nproc)" -ge 2 ] && LOAD="taskset -c 1"
+cleanup() {
+  for s in hush mqtt xmpp; do [ -d "$WORK/$s" ] && stop_server $s "$WORK/$s"; done
+  [ -n "${BENCH_KEEP:-}" ] || rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+lastval() { # key: the value of "key" in the last result line
+  tail -1 "$RES" | sed -n "s/.*\"$1\":\([-0-9.e+naif]*\).*/\1/p"
+}
+
+echo "machine: $(nproc) CPUs, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr); servers on CPU 0, load on CPU 1"
+echo "peers: $(mosquitto -h 2>/dev/null | head -1 | sed 's/ *$//'), ejabberd $(dpkg-query -W -f='${Version}' ejabberd 2>/dev/null)"
+echo
+
+for sys in $SYSTEMS; do
+  port=$(port_of $sys)
+  dir=$WORK/$sys
+  rm -rf "$dir"; mkdir -p "$dir"
+  start_server $sys "$dir"
+  pid() { cat "$dir/pid"; }
+  run() { $LOAD "$LG" --system $sys --port $port --json "$RES" "$@"; }
+
+  # W2 first (its users are the ones W3 reuses), then W3, then W1 on a fresh server
+  run --scenario w2 --pairs $PAIRS --duration $W2_SECS --label max
+  max=$(lastval delivered_per_s)
+  for pct in 25 50 75; do
+    rate=$(awk -v m="$max" -v p=$pct 'BEGIN { printf "%d", m * p / 100 }')
+    run --scenario w2open --pairs $PAIRS --duration $W2_SECS --rate "$rate" --users-exist --label "p$pct"
+  done
+  run --scenario w3 --pairs $PAIRS --messages $W3_MSGS --users-exist --label offline
+  run --scenario w3 --pairs $PAIRS --messages $W3K_MSGS --users-exist --label kill9 \
+      --kill-cmd "bash $ROOT/bench/compare.sh _kill9 $sys $dir"
+  for n in $W1_SIZES; do
+    stop_server $sys "$dir"; rm -rf "$dir"; mkdir -p "$dir"
+    start_server $sys "$dir"
+    run --scenario w1 --conns "$n" --server-pid "$(pid)" --label "c$n"
+  done
+  stop_server $sys "$dir"
+  echo
+done
+
+# ---------------------------------------------------------------------------------------------
+# the table
+
+{ echo "["; sed '$!s/$/,/' "$RES"; echo "]"; } > "$OUT/results-$MODE.json"
+
+awk -v mode="$MODE" '
+function val(line, key,   m) {
+  if (match(line, "\"" key "\":[-0-9.e+naif]*")) { m = substr(line, RSTART, RLENGTH); sub(/^[^:]*:/, "", m); return m }
+  return ""
+}
+function str(line, key,   m) {
+  if (match(line, "\"" key "\":\"[^\"]*\"")) { m = substr(line, RSTART, RLENGTH); sub(/^[^:]*:"/, "", m); sub(/"$/, "", m); return m }
+  return ""
+}
+{ s = str($0, "system"); k = str($0, "scenario") "/" str($0, "label"); line[s, k] = $0; keys[k] = 1 }
+function cell(s, k, f,   v) { v = val(line[s, k], f); return v == "" ? "-" : v }
+function fmt(v) { if (v == "-" || v == "nan") return v; if (v + 0 >= 100) return sprintf("%.0f", v); return sprintf("%.2f", v) }
+function ratio(a, b, higher_better) {
+  if (a == "-" || b == "-" || a == "nan" || b == "nan" || a + 0 == 0 || b + 0 == 0) return "-"
+  return sprintf("%.2fx", higher_better ? a / b : b / a)
+}
+function row(name, k, f, hb) {
+  h = cell("hush", k, f); m = cell("mqtt", k, f); x = cell("xmpp", k, f)
+  printf "%-44s %12s %12s %12s %10s %10s\n", name, fmt(h), fmt(m), fmt(x), ratio(h, m, hb), ratio(h, x, hb)
+}
+END {
+  printf "%-44s %12s %12s %12s %10s %10s\n", "scenario (" mode ")", "hush", "mosquitto", "ejabberd", "vs mosq", "vs ejab"
+  printf "%-44s %12s %12s %12s %10s %10s\n", "", "", "", "", "(>1: hush", "better)"
+  for (k in keys) if (k ~ /^w1\//) { n = substr(k, 5)
+    row("W1 " n " conns: connect+auth /s", k, "connect_per_s", 1)
+    row("W1 " n " conns: server KiB per connection", k, "kib_per_conn", 0) }
+  row("W2 max acked msg/s", "w2/max", "acked_per_s", 1)
+  row("W2 max delivered msg/s", "w2/max", "delivered_per_s", 1)
+  row("W2 at max: latency p99 ms", "w2/max", "p99_ms", 0)
+  split("p25 p50 p75", ps, " ")
+  for (i = 1; i <= 3; i++) { k = "w2open/" ps[i]; pc = substr(ps[i], 2)
+    row("W2 at " pc "% of own max: offered msg/s", k, "offered_per_s", 1)
+    row("W2 at " pc "% of own max: latency p50 ms", k, "p50_ms", 0)
+    row("W2 at " pc "% of own max: latency p99 ms", k, "p99_ms", 0)
+    row("W2 at " pc "% of own max: latency p99.9 ms", k, "p999_ms", 0) }
+  row("W3 offline: fill (acked) msg/s", "w3/offline", "fill_per_s", 1)
+  row("W3 offline: drain msg/s", "w3/offline", "drain_per_s", 1)
+  row("W3 offline: acked but lost", "w3/offline", "lost", 0)
+  row("W3 offline: duplicated", "w3/offline", "dups", 0)
+  row("W3 kill -9 mid-fill: acked", "w3/kill9", "acked", 1)
+  row("W3 kill -9 mid-fill: acked but lost", "w3/kill9", "lost", 0)
+  row("W3 kill -9 mid-fill: duplicated", "w3/kill9", "dups", 0)
+}' "$RES" | tee "$OUT/table-$MODE.txt"
+
+cat <<'EOF' | tee -a "$OUT/table-$MODE.txt"
+
+Durability promise of an acknowledgement:
+  hush       the ack follows COMMIT with SQLite synchronous=FULL: survives kill -9 and power loss
+  mosquitto  QoS 1 ack from memory; persistence writes the whole state every autosave_interval
+             (1800 s here) and at a clean shutdown: kill -9 loses everything since the last save
+  ejabberd   stream-management ack once routed; offline messages go to Mnesia (disc_copies), whose
+             log is written without an fsync per message: survives kill -9 of the VM only as far
+             as the log reached the page cache; power loss can lose recent messages
+EOF
+
+if command -v gnuplot > /dev/null; then
+  for s in hush mqtt xmpp; do
+    grep "\"system\":\"$s\",\"scenario\":\"w2open\"" "$RES" |
+      sed -n 's/.*"offered_per_s":\([0-9.]*\).*"p50_ms":\([0-9.]*\),"p99_ms":\([0-9.]*\).*/\1 \2 \3/p' | sort -n > "$WORK/$s.dat" || true
+  done
+  gnuplot <<EOF 2> /dev/null || echo "compare: gnuplot failed; no plot"
+set terminal pngcairo size 900,550 noenhanced
+set output "$OUT/latency-$MODE.png"
+set title "W2 online one-to-one, 256-byte messages: latency against offered load (same machine, same run)"
+set xlabel "offered load (messages/s)"
+set ylabel "latency (ms)"
+set logscale y
+set key top left
+set grid
+plot "$WORK/hush.dat" using 1:2 with linespoints title "hush p50", \
+     "$WORK/hush.dat" using 1:3 with linespoints title "hush p99", \
+     "$WORK/mqtt.dat" using 1:2 with linespoints title "mosquitto p50", \
+     "$WORK/mqtt.dat" using 1:3 with linespoints title "mosquitto p99", \
+     "$WORK/xmpp.dat" using 1:2 with linespoints title "ejabberd p50", \
+     "$WORK/xmpp.dat" using 1:3 with linespoints title "ejabberd p99"
+EOF
+  [ -f "$OUT/latency-$MODE.png" ] && echo "plot: $OUT/latency-$MODE.png"
+fi
+echo "results: $OUT/results-$MODE.json, table: $OUT/table-$MODE.txt"
