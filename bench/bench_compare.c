@@ -794,9 +794,19 @@ static void scenario_w1(void)
     struct client **v = calloc((size_t)n, sizeof *v);
     for (int i = 0; i < n; i++)
         v[i] = client_new(i, -1);
+    int chunk = 1000;
+    if (g_sys != SYS_MQTT && !o_users_exist) {
+        /* accounts first (not timed: registration is not what W1 measures), then log in */
+        for (int i = 0; i < n; i += chunk) {
+            int m = i + chunk <= n ? chunk : n - i;
+            connect_group(v + i, m, 1, 0);
+            for (int k = 0; k < m; k++)
+                disconnect(v[i + k]);
+        }
+        o_users_exist = 1;
+    }
     long rss0 = rss_kb();
     double t0 = now();
-    int chunk = 1000;
     for (int i = 0; i < n; i += chunk)
         connect_group(v + i, i + chunk <= n ? chunk : n - i, 1, 0);
     double dt = now() - t0;
@@ -805,7 +815,7 @@ static void scenario_w1(void)
         pump(v, n, 50);
     long rss1 = rss_kb();
     double per = rss1 > 0 && rss0 > 0 ? (double)(rss1 - rss0) / n : NAN;
-    printf("%-5s w1: %d idle authenticated connections, connect rate %.0f/s, server RSS %ld -> %ld KiB (%.1f KiB per connection)\n",
+    printf("%-5s w1: %d idle authenticated connections, connect+login rate %.0f/s, server RSS %ld -> %ld KiB (%.1f KiB per connection)\n",
            o_system, n, n / dt, rss0, rss1, per);
     json_result("\"conns\":%d,\"connect_per_s\":%.1f,\"rss_before_kb\":%ld,\"rss_after_kb\":%ld,\"kib_per_conn\":%.2f", n,
                 n / dt, rss0, rss1, per);

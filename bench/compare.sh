@@ -260,7 +260,7 @@ END {
   printf "%-44s %12s %12s %12s %10s %10s\n", "scenario (" mode ")", "hush", "mosquitto", "ejabberd", "vs mosq", "vs ejab"
   printf "%-44s %12s %12s %12s %10s %10s\n", "", "", "", "", "(>1: hush", "better)"
   for (k in keys) if (k ~ /^w1\//) { n = substr(k, 5)
-    row("W1 " n " conns: connect+auth /s", k, "connect_per_s", 1)
+    row("W1 " n " conns: connect+login /s", k, "connect_per_s", 1)
     row("W1 " n " conns: server KiB per connection", k, "kib_per_conn", 0) }
   row("W2 max acked msg/s", "w2/max", "acked_per_s", 1)
   row("W2 max delivered msg/s", "w2/max", "delivered_per_s", 1)

@@ -187,11 +187,25 @@ hstore_err hstore_run(hstore *db, sqlite3_stmt *stmt)
     return e;
 }
 
+/* Transaction control runs once or twice per job on a busy relay: prepared once and cached, not
+ * parsed by sqlite3_exec each time. */
 static hstore_err exec_control(hstore *db, const char *sql, int is_commit)
 {
     if (is_commit && injected_fault(db))
         return HSTORE_ERR_IO;
-    return hstore_exec(db, sql);
+    sqlite3_stmt *st;
+    hstore_err e = hstore_prepare(db, sql, &st);
+    if (e == HSTORE_ERR_MISUSE) /* cache full: fall back to parsing */
+        return hstore_exec(db, sql);
+    if (e)
+        return e;
+    /* stepped here, not through hstore_step: control statements are not "writes" for the fault
+     * injection (only COMMIT is, above) */
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE && rc != SQLITE_ROW)
+        return fail_sqlite(db, rc, sql);
+    return HSTORE_OK;
 }
 
 hstore_err hstore_savepoint(hstore *db)
