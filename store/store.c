@@ -373,6 +373,9 @@ hstore_err hstore_open(const char *path, const hstore_opts *opts, const char *co
         goto out;
     }
     sqlite3_extended_result_codes(db->db, 1);
+    /* A larger lookaside pool: SQLite's small per-statement allocations stay off malloc (they
+     * were a tenth of the relay's CPU under load). 256 KiB per connection. */
+    sqlite3_db_config(db->db, SQLITE_DBCONFIG_LOOKASIDE, NULL, 512, 512);
     sqlite3_busy_timeout(db->db, opts->busy_timeout_ms > 0 ? opts->busy_timeout_ms : 5000);
 
     /* The first statement that reads the header is where a non-database or truncated file shows. */
