@@ -353,6 +353,8 @@ bench-run: $(BENCH_BIN) $(HUSHD)
 	$(Q)BUILD=$(BUILD) bash bench/compare.sh $(BENCH_MODE)
 	$(Q)echo; echo "W5 libhush against bare libsignal-protocol-c (in-memory store), 256-byte messages:"; \
 	./$(BUILD)/bench/bench_crypto $(if $(filter full,$(BENCH_MODE)),5000,1000) | sed -n '/^pattern/,/^$$/p'
+	$(Q)echo "W5 end to end through hushd with libhush (crypto, sealed stores) on both sides:"; \
+	HUSHD=$(CURDIR)/$(HUSHD) ./$(BUILD)/bench/bench_online $(if $(filter full,$(BENCH_MODE)),--latency 1000 --backlog 10000,--latency 200 --backlog 2000) | tail -n +2
 
 bench-own: deps $(BENCH_BIN) $(HUSHD)
 	$(Q)for b in bench_relay bench_online bench_crypto; do echo "=== $$b"; HUSHD=$(CURDIR)/$(HUSHD) ./$(BUILD)/bench/$$b || exit 1; done

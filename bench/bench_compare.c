@@ -137,6 +137,7 @@ static size_t make_payload(uint8_t *buf, double t, uint32_t sender, uint32_t seq
 struct client;
 static void on_acked(struct client *c, long n);
 static void on_received(struct client *c, const uint8_t *payload, size_t len);
+static void on_presence(struct client *c, const char *user, int online);
 
 struct client {
     int idx;          /* user index */
@@ -231,6 +232,8 @@ static void hush_readable(struct client *c)
                 die("hush: request refused with code %d", (int)f->result->code);
             if (f->result->n_seqs == 1 && c->outstanding > 0)
                 on_acked(c, 1);
+        } else if (f->msg_case == HUSH__FRAME__MSG_PRESENCE) {
+            on_presence(c, f->presence->username, f->presence->online);
         } else if (f->msg_case == HUSH__FRAME__MSG_DELIVER) {
             on_received(c, f->deliver->envelope.data, f->deliver->envelope.len);
             if (f->deliver->seq) {
@@ -746,6 +749,29 @@ static void on_received(struct client *c, const uint8_t *payload, size_t len)
     }
 }
 
+/* w4: when each user's login went out, and the presence notifications seen */
+static double *g_login_at;
+static int g_nusers;
+static long g_presence_online, g_presence_total;
+
+static void on_presence(struct client *c, const char *user, int online)
+{
+    g_presence_total++;
+    if (!online || !g_login_at || strncmp(user, "user", 4) != 0)
+        return;
+    int idx = atoi(user + 4);
+    if (idx < 0 || idx >= g_nusers || g_login_at[idx] <= 0)
+        return;
+    /* a change: the user logged in after this follower subscribed (not the snapshot a new
+     * subscription gets) */
+    if (g_login_at[idx] <= g_login_at[c->idx])
+        return;
+    g_presence_online++;
+    double t = now();
+    if (t >= g_measure_from && t < g_measure_to)
+        lat_add(t - g_login_at[idx]);
+}
+
 /* One round of the event loop over the given clients: waits up to timeout for input. */
 static void pump(struct client **v, int n, int timeout_ms)
 {
@@ -888,6 +914,96 @@ static void scenario_w2(int open_loop)
                 overload);
     for (int i = 0; i < 2 * p; i++)
         disconnect(all[i]);
+}
+
+/* The contacts of user i: its 18 neighbours i-9..i-1, i+1..i+9 (both allowed and followed, so
+ * every pair sees each other). */
+static void hush_names_request(struct client *c, int subscribe, int users)
+{
+    char names[18][16];
+    char *ptrs[18];
+    int n = 0;
+    for (int d = -9; d <= 9; d++) {
+        if (d == 0)
+            continue;
+        snprintf(names[n], sizeof names[n], "user%d", ((c->idx + d) % users + users) % users);
+        ptrs[n] = names[n];
+        n++;
+    }
+    Hush__Frame f = HUSH__FRAME__INIT;
+    f.id = c->dev.next_id++;
+    Hush__SetPresenceAllowRequest a = HUSH__SET_PRESENCE_ALLOW_REQUEST__INIT;
+    Hush__SubscribePresenceRequest sub = HUSH__SUBSCRIBE_PRESENCE_REQUEST__INIT;
+    if (subscribe) {
+        sub.usernames = ptrs;
+        sub.n_usernames = (size_t)n;
+        f.msg_case = HUSH__FRAME__MSG_SUBSCRIBE_PRESENCE;
+        f.subscribe_presence = &sub;
+    } else {
+        a.usernames = ptrs;
+        a.n_usernames = (size_t)n;
+        f.msg_case = HUSH__FRAME__MSG_SET_PRESENCE_ALLOW;
+        f.set_presence_allow = &a;
+    }
+    hdev_send_frame(&c->dev, &f);
+}
+
+/* w4 (Hush only): N users, each allowing and following its 18 neighbours, log in at a fixed rate;
+ * every login must reach the online followers as a PresenceUpdate. */
+static void scenario_w4(void)
+{
+    if (g_sys != SYS_HUSH)
+        die("w4 is measured for Hush only (MQTT has no presence; XMPP presence needs roster subscriptions)");
+    int n = o_conns, contacts = 18, chunk = 50;
+    double rate = o_rate > 0 ? o_rate : 500;
+    struct client **v = calloc((size_t)n, sizeof *v);
+    for (int i = 0; i < n; i++)
+        v[i] = client_new(i, -1);
+    g_nusers = n;
+    g_login_at = calloc((size_t)n, sizeof *g_login_at);
+    /* accounts and allow-lists first (persisted by the relay), untimed */
+    for (int i = 0; i < n; i += 1000) {
+        int m = i + 1000 <= n ? 1000 : n - i;
+        connect_group(v + i, m, 1, 0);
+        for (int k = 0; k < m; k++)
+            hush_names_request(v[i + k], 0, n);
+        for (int k = 0; k < m; k++)
+            if (hdev_read_result(&v[i + k]->dev) != 0)
+                die("w4: allow-list refused");
+        for (int k = 0; k < m; k++)
+            disconnect(v[i + k]);
+    }
+    o_users_exist = 1;
+    /* logins at a fixed rate, in groups; everyone online follows its neighbours */
+    double t0 = now();
+    g_measure_from = t0;
+    g_measure_to = 1e300;
+    int online = 0;
+    while (online < n) {
+        double due = t0 + online / rate;
+        while (now() < due)
+            pump(v, online, (int)((due - now()) * 1000) + 1);
+        int m = online + chunk <= n ? chunk : n - online;
+        for (int k = 0; k < m; k++)
+            g_login_at[online + k] = now();
+        connect_group(v + online, m, 0, 0);
+        for (int k = 0; k < m; k++)
+            hush_names_request(v[online + k], 1, n);
+        online += m;
+    }
+    double login_s = now() - t0;
+    double tend = now();
+    while (now() - tend < 2.0)
+        pump(v, n, 20);
+    g_measure_to = tend;
+    /* each login is seen by the followers already online: about min(online, contacts) of them */
+    double per_s = (double)g_presence_online / login_s;
+    printf("%-5s w4: %d users x %d contacts logging in at %.0f/s: %ld online notifications (%.0f/s), "
+           "latency login -> follower p50 %.2f ms, p99 %.2f ms, p99.9 %.2f ms\n",
+           o_system, n, contacts, n / login_s, g_presence_online, per_s, lat_q(0.5), lat_q(0.99), lat_q(0.999));
+    json_result("\"users\":%d,\"contacts\":%d,\"login_per_s\":%.1f,\"notifications\":%ld,\"notifications_per_s\":%.1f,"
+                "\"p50_ms\":%.3f,\"p99_ms\":%.3f,\"p999_ms\":%.3f",
+                n, contacts, n / login_s, g_presence_online, per_s, lat_q(0.5), lat_q(0.99), lat_q(0.999));
 }
 
 static void run_kill(void)
@@ -1049,6 +1165,8 @@ int main(int argc, char **argv)
         scenario_w2(1);
     else if (!strcmp(o_scenario, "w3"))
         scenario_w3();
+    else if (!strcmp(o_scenario, "w4"))
+        scenario_w4();
     else
         die("unknown scenario %s", o_scenario);
     return 0;

@@ -170,8 +170,8 @@ fi
 
 MODE=${1:-quick}
 case $MODE in
-quick) W1_SIZES="2000"; W2_SECS=4; W3_MSGS=20000; W3K_MSGS=10000 ;;
-full)  W1_SIZES="10000 19000"; W2_SECS=10; W3_MSGS=100000; W3K_MSGS=50000 ;;
+quick) W1_SIZES="2000"; W2_SECS=4; W3_MSGS=16000; W3K_MSGS=6000; W4_USERS=2000; W4_RATE=500 ;;
+full)  W1_SIZES="10000 19000"; W2_SECS=10; W3_MSGS=100000; W3K_MSGS=50000; W4_USERS=10000; W4_RATE=1000 ;;
 *) echo "usage: bench/compare.sh [quick|full]" >&2; exit 2 ;;
 esac
 SYSTEMS=${SYSTEMS:-"hush mqtt xmpp"}
@@ -227,6 +227,11 @@ for sys in $SYSTEMS; do
     start_server $sys "$dir"
     run --scenario w1 --conns "$n" --server-pid "$(pid)" --label "c$n"
   done
+  if [ $sys = hush ]; then # W4: presence (Hush only, see docs/PERFORMANCE.md)
+    stop_server $sys "$dir"; rm -rf "$dir"; mkdir -p "$dir"
+    start_server $sys "$dir"
+    run --scenario w4 --conns $W4_USERS --rate $W4_RATE --label "u$W4_USERS"
+  fi
   stop_server $sys "$dir"
   echo
 done
@@ -278,6 +283,11 @@ END {
   row("W3 kill -9 mid-fill: acked", "w3/kill9", "acked", 1)
   row("W3 kill -9 mid-fill: acked but lost", "w3/kill9", "lost", 0)
   row("W3 kill -9 mid-fill: duplicated", "w3/kill9", "dups", 0)
+  for (k in keys) if (k ~ /^w4\//) {
+    row("W4 presence: logins/s (" substr(k, 5) ")", k, "login_per_s", 1)
+    row("W4 presence: online notifications/s", k, "notifications_per_s", 1)
+    row("W4 presence: login -> follower p50 ms", k, "p50_ms", 0)
+    row("W4 presence: login -> follower p99 ms", k, "p99_ms", 0) }
 }' "$RES" | tee "$OUT/table-$MODE.txt"
 
 cat <<'EOF' | tee -a "$OUT/table-$MODE.txt"
