@@ -114,9 +114,12 @@ modules:
   mod_disco: {}
   mod_ping: {}
 EOF
-    # sourced by ejabberdctl as the ejabberd user, whose login resets the open-file limit to 1024
-    printf 'ERL_OPTIONS="-env ERL_CRASH_DUMP_BYTES 0"\nEJABBERD_PID_PATH=%s/ejabberd.pid\nulimit -n "$(ulimit -Hn)" 2>/dev/null\n' \
-        "$dir" > "$dir/conf/ejabberdctl.cfg"
+    # ejabberdctl starts erl through `su ejabberd`, whose login resets the open-file limit to
+    # 1024: start it through a wrapper that raises it again
+    printf '#!/bin/sh\nulimit -n "$(ulimit -Hn)" 2>/dev/null\nexec /usr/bin/erl "$@"\n' > "$dir/conf/erl"
+    chmod 755 "$dir/conf/erl"
+    printf 'ERL_OPTIONS="-env ERL_CRASH_DUMP_BYTES 0"\nEJABBERD_PID_PATH=%s/ejabberd.pid\nERL=%s/conf/erl\n' \
+        "$dir" "$dir" > "$dir/conf/ejabberdctl.cfg"
     cp /etc/ejabberd/inetrc "$dir/conf/" 2>/dev/null || true
     id ejabberd > /dev/null 2>&1 && chown -R ejabberd "$dir"
     setsid $pin ejabberdctl --config-dir "$dir/conf" --logs "$dir/logs" --spool "$dir/spool" \
