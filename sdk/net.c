@@ -62,6 +62,21 @@ struct typing_req {
     uint64_t last_sent_ms;
 };
 
+/* Deliveries that arrive together are decrypted and stored in one transaction (one fsync with
+ * durability FULL instead of one per message), then acknowledged, then reported. */
+#define NET_BATCH_MAX 128
+
+struct inbound {
+    char from[HUSH_USERNAME_MAX + 1];
+    uint32_t dev;
+    uint64_t seq;
+    uint8_t *env;
+    size_t len;
+    /* outcome, filled while the batch's transaction is open */
+    hush_err e;
+    hush_message *m;
+};
+
 struct hush_net {
     hush_client *c;
     hush_callbacks cb;
@@ -96,6 +111,10 @@ struct hush_net {
     uint64_t retry_at_ms;     /* pump again after a refusal (rate limit, quota...) */
     lws_sorted_usec_list_t sul_reconnect;
     lws_sorted_usec_list_t sul_tick;
+    lws_sorted_usec_list_t sul_batch;
+    struct inbound batch[NET_BATCH_MAX]; /* deliveries read in this pass, processed together */
+    int nbatch;
+    int batch_scheduled;
     /* status, read by other threads */
     pthread_mutex_t mu;
     pthread_cond_t cv;
@@ -524,63 +543,158 @@ static void on_identity(struct hush_net *n, const char *peer, uint32_t dev)
         n->cb.on_identity_changed(n->cb.ctx, peer, dev, old_sn, new_sn);
 }
 
-/* Handles one envelope; returns 1 if it may be acknowledged to the relay. */
-static int process_envelope(struct hush_net *n, const char *from, uint32_t dev, const uint8_t *env, size_t len,
-                            int from_pending)
+/* Phase 1 of an inbound envelope, inside the caller's transaction when there is one: decrypt and
+ * store it (hush_decrypt), or keep it aside when its sender's identity changed. */
+static void inbound_store(struct hush_net *n, struct inbound *in, int from_pending)
 {
-    hush_message *m = NULL;
-    hush_err e = hush_decrypt(n->c, from, dev, env, len, &m);
-    switch (e) {
+    in->m = NULL;
+    in->e = hush_decrypt(n->c, in->from, in->dev, in->env, in->len, &in->m);
+    if (in->e == HUSH_ERR_IDENTITY_CHANGED && !from_pending) {
+        /* keep the envelope until the user decides, and let the relay forget it */
+        hush__lock(n->c);
+        sqlite3_stmt *st;
+        hstore_err se = hstore_prepare(n->c->db, "INSERT INTO pending_inbox (peer, device_id, envelope, received_at) "
+                                                 "VALUES (?1, ?2, ?3, ?4)", &st);
+        if (!se) {
+            sqlite3_bind_text(st, 1, in->from, -1, SQLITE_TRANSIENT);
+            sqlite3_bind_int64(st, 2, in->dev);
+            sqlite3_bind_blob(st, 3, in->env, (int)in->len, SQLITE_TRANSIENT);
+            sqlite3_bind_int64(st, 4, (int64_t)now_ms());
+            se = hstore_run(n->c->db, st);
+        }
+        hush__unlock(n->c);
+        if (se)
+            in->e = HUSH_ERR_STORAGE; /* not kept: the relay must deliver it again */
+        else
+            in->e = HUSH_ERR_IDENTITY_CHANGED;
+    }
+}
+
+/* Phase 2, once phase 1 is committed: tell the app. Texts are reported by the caller (they are
+ * marked notified in a batch). Returns 1 if the envelope may be acknowledged to the relay. */
+static int inbound_report(struct hush_net *n, struct inbound *in, int from_pending)
+{
+    hush_message *m = in->m;
+    switch (in->e) {
     case HUSH_OK:
-        if (m->kind == HUSH_KIND_TEXT || m->kind == HUSH_KIND_GROUP_TEXT) {
-            notify_and_mark(n, m);
-            if (n->unflushed_receipts >= 64)
-                flush_receipts(n);
-        } else if (m->kind == HUSH_KIND_RECEIPT && n->cb.on_receipt) {
+        if (m->kind == HUSH_KIND_RECEIPT && n->cb.on_receipt) {
             int state = m->body[0];
             for (size_t i = 1; i + HUSH_MESSAGE_ID_BYTES <= m->body_len; i += HUSH_MESSAGE_ID_BYTES)
-                n->cb.on_receipt(n->cb.ctx, from, m->body + i, (hush_msg_state)state);
+                n->cb.on_receipt(n->cb.ctx, in->from, m->body + i, (hush_msg_state)state);
             signal_progress(n);
         } else if (m->kind == HUSH_KIND_TYPING && n->cb.on_typing) {
-            n->cb.on_typing(n->cb.ctx, from, dev, m->body[0] != 0);
+            n->cb.on_typing(n->cb.ctx, in->from, in->dev, m->body[0] != 0);
         }
-        hush_message_free(m);
         return 1;
     case HUSH_ERR_DUPLICATE:
         return 1; /* already stored (and reported): just drop it */
     case HUSH_ERR_IDENTITY_CHANGED:
-        if (!from_pending) {
-            /* keep the envelope until the user decides, and let the relay forget it */
-            hush__lock(n->c);
-            sqlite3_stmt *st;
-            hstore_err se = hstore_prepare(n->c->db, "INSERT INTO pending_inbox (peer, device_id, envelope, received_at) "
-                                                     "VALUES (?1, ?2, ?3, ?4)", &st);
-            if (!se) {
-                sqlite3_bind_text(st, 1, from, -1, SQLITE_TRANSIENT);
-                sqlite3_bind_int64(st, 2, dev);
-                sqlite3_bind_blob(st, 3, env, (int)len, SQLITE_TRANSIENT);
-                sqlite3_bind_int64(st, 4, (int64_t)now_ms());
-                se = hstore_run(n->c->db, st);
-            }
-            hush__unlock(n->c);
-            if (se)
-                return 0;
-            on_identity(n, from, dev);
-        }
+        if (!from_pending)
+            on_identity(n, in->from, in->dev);
         return 1;
     case HUSH_ERR_STORAGE:
     case HUSH_ERR_NOMEM:
     case HUSH_ERR_DB_KEY:
     case HUSH_ERR_INTERNAL:
-        report(n, e, "could not store an incoming message; the relay will deliver it again");
+        report(n, in->e, "could not store an incoming message; the relay will deliver it again");
         return 0;
     default: {
         char detail[128];
-        snprintf(detail, sizeof detail, "dropped an undecryptable message from %s/%u: %s", from, dev, hush_strerror(e));
-        report(n, e, detail);
+        snprintf(detail, sizeof detail, "dropped an undecryptable message from %s/%u: %s", in->from, in->dev,
+                 hush_strerror(in->e));
+        report(n, in->e, detail);
         return 1;
     }
     }
+}
+
+static int is_text(const struct inbound *in)
+{
+    return in->e == HUSH_OK && (in->m->kind == HUSH_KIND_TEXT || in->m->kind == HUSH_KIND_GROUP_TEXT);
+}
+
+static void batch_clear(struct hush_net *n)
+{
+    for (int i = 0; i < n->nbatch; i++) {
+        free(n->batch[i].env);
+        hush_message_free(n->batch[i].m);
+    }
+    n->nbatch = 0;
+}
+
+/* Phase 1 for every delivery of the batch in one transaction (each decrypt is a savepoint inside
+ * it, so one bad message rolls back alone), one commit, then the acks (one frame), then the app is
+ * told, then everything reported is marked notified in one more transaction. A crash anywhere
+ * before the commit loses nothing: nothing was acked, the relay delivers again. */
+static void process_batch(struct hush_net *n)
+{
+    if (!n->nbatch)
+        return;
+    hush_client *c = n->c;
+    hush__lock(c);
+    int outer = hush__begin(c) == HUSH_OK;
+    for (int i = 0; i < n->nbatch; i++)
+        inbound_store(n, &n->batch[i], 0);
+    hush_err ce = outer ? hush__commit(c) : HUSH_ERR_STORAGE;
+    hush__unlock(c);
+    if (ce) {
+        /* rolled back as a whole: nothing is acknowledged, everything comes again */
+        report(n, ce, "could not store incoming messages; the relay will deliver them again");
+        batch_clear(n);
+        return;
+    }
+    uint64_t seqs[NET_BATCH_MAX];
+    size_t nseqs = 0;
+    for (int i = 0; i < n->nbatch; i++)
+        if (inbound_report(n, &n->batch[i], 0) && n->batch[i].seq)
+            seqs[nseqs++] = n->batch[i].seq;
+    if (nseqs) {
+        Hush__AckRequest a = HUSH__ACK_REQUEST__INIT;
+        a.n_seqs = nseqs;
+        a.seqs = seqs;
+        Hush__Frame f = HUSH__FRAME__INIT;
+        f.msg_case = HUSH__FRAME__MSG_ACK;
+        f.ack = &a;
+        queue_frame(n, &f);
+    }
+    /* texts: the app first, then one transaction marks them notified and owes receipts */
+    int ntexts = 0;
+    for (int i = 0; i < n->nbatch; i++)
+        if (is_text(&n->batch[i])) {
+            ntexts++;
+            if (n->cb.on_message)
+                n->cb.on_message(n->cb.ctx, n->batch[i].m);
+        }
+    if (ntexts) {
+        hush__lock(c);
+        hush_err e = hush__begin(c);
+        for (int i = 0; i < n->nbatch && !e; i++) {
+            const hush_message *m = n->batch[i].m;
+            if (!is_text(&n->batch[i]))
+                continue;
+            exec1(c, "UPDATE history SET notified = 1 WHERE id = ?1", NULL, NULL, m->local_id);
+            if (m->kind == HUSH_KIND_TEXT)
+                e = hush__queue_receipt(c, m->sender, HUSH_MSG_DELIVERED, m->message_id);
+        }
+        if (!e)
+            e = hush__commit(c);
+        else
+            hush__rollback(c);
+        hush__unlock(c);
+        if (e)
+            report(n, e, "could not record delivery receipts");
+        n->unflushed_receipts += ntexts;
+        if (n->unflushed_receipts >= 64)
+            flush_receipts(n);
+    }
+    batch_clear(n);
+}
+
+static void batch_cb(lws_sorted_usec_list_t *sul)
+{
+    struct hush_net *n = lws_container_of(sul, struct hush_net, sul_batch);
+    n->batch_scheduled = 0;
+    process_batch(n);
 }
 
 /* Envelopes held for an identity decision: reprocess those whose peer is no longer pending. */
@@ -613,12 +727,20 @@ static void reprocess_pending(struct hush_net *n)
             free(env);
             return;
         }
-        hush_message *m = NULL;
-        hush_err e = hush_decrypt(n->c, peer, dev, env, len, &m);
+        struct inbound in;
+        memset(&in, 0, sizeof in);
+        snprintf(in.from, sizeof in.from, "%s", peer);
+        in.dev = dev;
+        in.env = env;
+        in.len = len;
+        inbound_store(n, &in, 1);
+        hush_err e = in.e;
         if (e == HUSH_OK) {
-            if (m->kind == HUSH_KIND_TEXT || m->kind == HUSH_KIND_GROUP_TEXT)
-                notify_and_mark(n, m);
-            hush_message_free(m);
+            /* receipts and typing indicators held back too are reported like fresh ones */
+            inbound_report(n, &in, 1);
+            if (is_text(&in))
+                notify_and_mark(n, in.m);
+            hush_message_free(in.m);
         } else if (e == HUSH_ERR_IDENTITY_CHANGED) {
             free(env);
             return; /* rejected and still different: keep waiting for an accept */
@@ -981,6 +1103,9 @@ static void handle_frame(struct hush_net *n, const uint8_t *data, size_t len)
         report(n, HUSH_ERR_RELAY, "the relay sent an undecodable frame");
         return;
     }
+    /* deliveries gathered so far go first: everything else is handled in arrival order after them */
+    if (f->msg_case != HUSH__FRAME__MSG_DELIVER && n->nbatch)
+        process_batch(n);
     struct req r;
     switch (f->msg_case) {
     case HUSH__FRAME__MSG_WELCOME:
@@ -1030,8 +1155,26 @@ static void handle_frame(struct hush_net *n, const uint8_t *data, size_t len)
                 send_ack(n, d->seq);
             break;
         }
-        if (process_envelope(n, d->from_username, d->from_device, d->envelope.data, d->envelope.len, 0) && d->seq)
-            send_ack(n, d->seq);
+        struct inbound *in = &n->batch[n->nbatch];
+        memset(in, 0, sizeof *in);
+        in->env = malloc(d->envelope.len ? d->envelope.len : 1);
+        if (!in->env) {
+            report(n, HUSH_ERR_NOMEM, "no memory for a delivery; the relay will deliver it again");
+            break;
+        }
+        memcpy(in->env, d->envelope.data, d->envelope.len);
+        in->len = d->envelope.len;
+        snprintf(in->from, sizeof in->from, "%s", d->from_username);
+        in->dev = d->from_device;
+        in->seq = d->seq;
+        n->nbatch++;
+        if (n->nbatch == NET_BATCH_MAX) {
+            process_batch(n);
+        } else if (!n->batch_scheduled) {
+            /* after the frames already read in this pass of the event loop */
+            n->batch_scheduled = 1;
+            lws_sul_schedule(n->ctx, 0, &n->sul_batch, batch_cb, 1);
+        }
         break;
     }
     case HUSH__FRAME__MSG_PRE_KEYS_LOW: {
@@ -1191,6 +1334,7 @@ static void schedule_reconnect(struct hush_net *n)
 static void connection_lost(struct hush_net *n)
 {
     n->wsi = NULL;
+    batch_clear(n); /* not acknowledged: the relay delivers them again */
     n->st = N_IDLE;
     while (n->out_head) {
         struct nbuf *b = n->out_head->next;
@@ -1536,6 +1680,7 @@ void hush_net_stop(hush_client *c)
         free(n->out_head);
         n->out_head = b;
     }
+    batch_clear(n);
     free(n->rx);
     pthread_mutex_destroy(&n->mu);
     pthread_cond_destroy(&n->cv);

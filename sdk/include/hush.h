@@ -343,6 +343,7 @@ void hush_outbox_entry_free(hush_outbox_entry *e);
  *   same ciphertext) until the relay acknowledges it, across restarts of the app and the relay.
  * - A received message is decrypted and stored (with the new session state) in one transaction
  *   before it is acknowledged to the relay, then on_message is called, then it is marked notified.
+ *   Deliveries that arrive together (up to 128) share that transaction and that acknowledgement.
  *   A message the app was not told about before a crash is reported again after hush_net_start,
  *   with the same local_id: treat local_id as the message's identity. A redelivered copy of a
  *   stored message is recognised and never reported again.
