@@ -13,6 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -534,6 +536,119 @@ static void test_supervisor(void **state)
     assert_int_equal(kill(child2, 0), -1); /* the child is gone too */
 }
 
+/* [3] Disk full under the relay's database (a small tmpfs; skipped where one cannot be mounted):
+ * senders get STORAGE_FAILED, never an ack for what was not stored; reads keep being served; once
+ * space is back everything works again, every acknowledged message is delivered exactly once and
+ * the database passes integrity_check. */
+#define DF_MAX 4000
+static void test_disk_full(void **state)
+{
+    (void)state;
+    char mnt[300], cmd[700];
+    snprintf(mnt, sizeof mnt, "%s", tpath("diskfull-mnt"));
+    mkdir(mnt, 0700);
+    snprintf(cmd, sizeof cmd, "mount -t tmpfs -o size=3m tmpfs '%s' 2>/dev/null", mnt);
+    if (system(cmd) != 0) {
+        print_message("skipped: cannot mount a tmpfs here (needs root)\n");
+        skip();
+    }
+    char extra[700];
+    snprintf(extra, sizeof extra, "db = %s/hushd.db\nquota_messages = 1000000\nquota_bytes = 1g\n"
+                                  "send_burst = 1000000\nsend_refill_per_s = 1000000", mnt);
+    struct relay_proc r;
+    relay_start(&r, "diskfull", extra);
+    struct tclient *a = tc_registered(&r, "vera", 1);
+    struct tclient *b = tc_registered(&r, "walt", 1);
+    tc_disconnect(b);
+    /* leave about 400 KiB free */
+    struct statvfs sv;
+    assert_int_equal(statvfs(mnt, &sv), 0);
+    long long avail = (long long)sv.f_bavail * (long long)sv.f_frsize - 400 * 1024;
+    char filler[400];
+    snprintf(filler, sizeof filler, "%s/filler", mnt);
+    FILE *f = fopen(filler, "wb");
+    assert_non_null(f);
+    static uint8_t block[65536];
+    for (long long w = 0; w + (long long)sizeof block <= avail; w += (long long)sizeof block)
+        if (fwrite(block, 1, sizeof block, f) != sizeof block)
+            break;
+    fclose(f);
+
+    static uint8_t acked[DF_MAX], seen[DF_MAX];
+    memset(acked, 0, sizeof acked);
+    memset(seen, 0, sizeof seen);
+    int next = 0, nacked = 0, failed = 0;
+    while (next < DF_MAX && failed < 10) {
+        uint8_t env[3000], mid[16];
+        randombytes_buf(env, sizeof env);
+        memcpy(env, &next, sizeof next);
+        randombytes_buf(mid, sizeof mid);
+        int code = tc_send(a, "walt", 1, env, sizeof env, mid, NULL);
+        if (code == 0) {
+            acked[next] = 1;
+            nacked++;
+        } else if (code == HUSH__ERROR_CODE__STORAGE_FAILED) {
+            failed++;
+        } else {
+            fail_msg("send %d: unexpected code %d while the disk is full", next, code);
+        }
+        next++;
+    }
+    assert_true(failed > 0); /* the disk did fill up */
+    assert_true(nacked > 10);
+    /* reads are still served */
+    Hush__Frame *fr = tc_fetch(a, "walt");
+    assert_non_null(fr);
+    assert_int_equal(fr->msg_case, HUSH__FRAME__MSG_RESULT);
+    hush__frame__free_unpacked(fr, NULL);
+    /* space comes back: sends are acknowledged again */
+    assert_int_equal(unlink(filler), 0);
+    int after = 0;
+    for (int i = 0; i < 20 && next < DF_MAX; i++, next++) {
+        uint8_t env[3000], mid[16];
+        randombytes_buf(env, sizeof env);
+        memcpy(env, &next, sizeof next);
+        randombytes_buf(mid, sizeof mid);
+        if (tc_send(a, "walt", 1, env, sizeof env, mid, NULL) == 0) {
+            acked[next] = 1;
+            nacked++;
+            after++;
+        }
+    }
+    assert_int_equal(after, 20);
+    /* every acknowledged message reaches walt once */
+    assert_int_equal(tc_reconnect(b), 0);
+    assert_int_equal(tc_login(b), 0);
+    int got = 0;
+    for (;;) {
+        Hush__Frame *d = tc_next_push(b, HUSH__FRAME__MSG_DELIVER, 3000);
+        if (!d)
+            break;
+        int idx = -1;
+        if (d->deliver->envelope.len == 3000)
+            memcpy(&idx, d->deliver->envelope.data, sizeof idx);
+        assert_true(idx >= 0 && idx < DF_MAX);
+        assert_true(acked[idx]);   /* nothing that was refused shows up */
+        assert_false(seen[idx]);   /* nor twice */
+        seen[idx] = 1;
+        got++;
+        uint64_t seq = d->deliver->seq;
+        hush__frame__free_unpacked(d, NULL);
+        assert_int_equal(tc_ack(b, &seq, 1), 0);
+    }
+    assert_int_equal(got, nacked);
+    print_message("disk full after %d acked sends (%d refused with STORAGE_FAILED); all %d acked delivered once\n",
+                  nacked - after, failed, nacked);
+    tc_free(a);
+    tc_free(b);
+    assert_int_equal(relay_stop(&r, SIGTERM), 0);
+    snprintf(cmd, sizeof cmd, "sqlite3 '%s/hushd.db' 'PRAGMA integrity_check' | grep -qx ok", mnt);
+    assert_int_equal(system(cmd), 0);
+    snprintf(cmd, sizeof cmd, "umount '%s'", mnt);
+    if (system(cmd) != 0)
+        print_message("could not unmount %s\n", mnt);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -546,6 +661,7 @@ int main(void)
         cmocka_unit_test(test_kill9_under_load),
         cmocka_unit_test(test_canary),
         cmocka_unit_test(test_supervisor),
+        cmocka_unit_test(test_disk_full),
     };
     return cmocka_run_group_tests_name("relay_faults", tests, NULL, NULL);
 }
