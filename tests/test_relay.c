@@ -427,10 +427,29 @@ static void test_send_rules(void **state)
     assert_non_null(qe);
     hush__frame__free_unpacked(qe, NULL);
     assert_null(tc_next_push(b, HUSH__FRAME__MSG_DELIVER, 300));
+    /* ... and the expired rows are deleted: the expiry runs at start (then every minute), after
+     * which pia's quota has room again and a message within its TTL stays */
     tc_free(a);
     tc_free(b);
     tc_free(m);
     assert_int_equal(relay_stop(&r, SIGTERM), 0);
+    relay_restart(&r);
+    a = tc_new(&r, "olaf", 1);
+    assert_int_equal(tc_login(a), 0);
+    random_env(env, sizeof env, mid2);
+    assert_int_equal(tc_send(a, "pia", 1, env, sizeof env, mid2, NULL), 0);
+    b = tc_new(&r, "pia", 1);
+    assert_int_equal(tc_login(b), 0);
+    Hush__Frame *fresh = tc_next_push(b, HUSH__FRAME__MSG_DELIVER, T);
+    assert_non_null(fresh);
+    hush__frame__free_unpacked(fresh, NULL);
+    assert_null(tc_next_push(b, HUSH__FRAME__MSG_DELIVER, 300));
+    tc_free(a);
+    tc_free(b);
+    assert_int_equal(relay_stop(&r, SIGTERM), 0);
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "test \"$(sqlite3 '%s' 'SELECT count(*) FROM mailbox')\" = 1", r.db);
+    assert_int_equal(system(cmd), 0);
 }
 
 /* [9] a second connection for the same device closes the older one; no message goes to both. */
