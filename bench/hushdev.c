@@ -159,10 +159,14 @@ void hdev_init(struct dev *d, const char *prefix, int i)
 void hdev_connect_all(int port, struct dev *v, int n, int do_register)
 {
     for (int i = 0; i < n; i++) {
-        v[i].ws = wsc_connect("127.0.0.1", port, 0, 30000);
+        v[i].ws = wsc_connect_start("127.0.0.1", port, 0, 30000);
         if (!v[i].ws)
             die("connect (raise the fd limit?)");
         v[i].next_id = 1;
+    }
+    for (int i = 0; i < n; i++) {
+        if (wsc_connect_finish(v[i].ws, 30000) != 0)
+            die("websocket upgrade refused");
         hdev_send_hello(&v[i]);
     }
     for (int i = 0; i < n; i++)

@@ -161,6 +161,14 @@ int wsc_tcp_connect(const char *host, int port, int timeout_ms)
 
 struct wsc *wsc_connect(const char *host, int port, int tls, int timeout_ms)
 {
+    struct wsc *w = wsc_connect_start(host, port, tls, timeout_ms);
+    if (w && wsc_connect_finish(w, timeout_ms) != 0)
+        return NULL;
+    return w;
+}
+
+struct wsc *wsc_connect_start(const char *host, int port, int tls, int timeout_ms)
+{
     struct wsc *w = calloc(1, sizeof *w);
     if (!w)
         return NULL;
@@ -190,25 +198,30 @@ struct wsc *wsc_connect(const char *host, int port, int tls, int timeout_ms)
         wsc_close(w);
         return NULL;
     }
+    return w;
+}
+
+int wsc_connect_finish(struct wsc *w, int timeout_ms)
+{
     long deadline = now_ms() + timeout_ms;
     char *end = NULL;
     while (!end) {
         long left = deadline - now_ms();
         if (left <= 0 || fill(w, (int)left) < 0) {
             wsc_close(w);
-            return NULL;
+            return -1;
         }
         if (w->have >= 4)
             end = memmem(w->buf, w->have, "\r\n\r\n", 4);
     }
     if (w->have < 12 || memcmp(w->buf, "HTTP/1.1 101", 12) != 0) {
         wsc_close(w);
-        return NULL;
+        return -1;
     }
     size_t hl = (size_t)(end - (char *)w->buf) + 4;
     w->buf += hl;
     w->have -= hl;
-    return w;
+    return 0;
 }
 
 int wsc_send_raw(struct wsc *w, const void *data, size_t len)

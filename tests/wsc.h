@@ -11,6 +11,10 @@ int wsc_tcp_connect(const char *host, int port, int timeout_ms);
 /* Binds later connections to this local IPv4 address (NULL: any): more source ports for load tests. */
 void wsc_set_source(const char *ip);
 struct wsc *wsc_connect(const char *host, int port, int tls, int timeout_ms);
+/* The same in two steps, so a load generator can have many upgrades in flight: start connects and
+ * sends the upgrade request; finish reads the answer (on failure it closes and frees w: -1). */
+struct wsc *wsc_connect_start(const char *host, int port, int tls, int timeout_ms);
+int wsc_connect_finish(struct wsc *w, int timeout_ms);
 int wsc_send(struct wsc *w, const void *data, size_t len);
 int wsc_send_frame(struct wsc *w, int opcode, int fin, const void *data, size_t len);
 int wsc_send_raw(struct wsc *w, const void *data, size_t len);
