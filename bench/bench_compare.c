@@ -166,6 +166,9 @@ struct client {
 };
 
 static int g_nclients;
+/* first 127.0.0.x source address: W1 logs in from other addresses than it registered from, so the
+ * ports the registrations left in TIME_WAIT do not run out */
+static int g_src_base;
 
 /* ---------------------------------------- hush ---------------------------------------- */
 
@@ -180,7 +183,7 @@ static void hush_connect_many(struct client **v, int n, int do_register)
     for (int i = 0; i < n; i++)
         devs[i] = v[i]->dev;
     char src[32];
-    snprintf(src, sizeof src, "127.0.0.%d", 1 + (v[0]->idx / 20000) % 250); /* groups never straddle */
+    snprintf(src, sizeof src, "127.0.0.%d", 1 + (g_src_base + v[0]->idx / 20000) % 250); /* groups never straddle */
     wsc_set_source(src);
     hdev_connect_all(o_port, devs, n, do_register);
     for (int i = 0; i < n; i++) {
@@ -327,7 +330,7 @@ static void mq_connect_many(struct client **v, int n, int subscribe)
             mosquitto_subscribe_callback_set(c->mq, mq_on_subscribe);
         }
         char bind[32];
-        snprintf(bind, sizeof bind, "127.0.0.%d", 1 + (c->idx / 20000) % 250);
+        snprintf(bind, sizeof bind, "127.0.0.%d", 1 + (g_src_base + c->idx / 20000) % 250);
         if (mosquitto_connect_bind(c->mq, "127.0.0.1", o_port, 600, bind) != MOSQ_ERR_SUCCESS)
             die("mqtt: connect %d (raise the fd limit?)", c->idx);
         c->fd = mosquitto_socket(c->mq);
@@ -442,7 +445,7 @@ static int tcp_connect_from(int idx)
         die("socket: %s (raise the fd limit?)", strerror(errno));
     struct sockaddr_in src = { 0 }, dst = { 0 };
     src.sin_family = AF_INET;
-    src.sin_addr.s_addr = htonl(0x7f000001u + (uint32_t)(idx / 20000) % 250); /* 127.0.0.x: more ports */
+    src.sin_addr.s_addr = htonl(0x7f000001u + (uint32_t)(g_src_base + idx / 20000) % 250); /* 127.0.0.x: more ports */
     if (bind(fd, (struct sockaddr *)&src, sizeof src) != 0)
         die("bind: %s", strerror(errno));
     dst.sin_family = AF_INET;
@@ -853,6 +856,7 @@ static void scenario_w1(void)
                 disconnect(v[i + k]);
         }
         o_users_exist = 1;
+        g_src_base = 100;
     }
     long rss0 = rss_kb();
     double t0 = now();
