@@ -213,17 +213,24 @@ for sys in $SYSTEMS; do
   rm -rf "$dir"; mkdir -p "$dir"
   start_server $sys "$dir"
   pid() { cat "$dir/pid"; }
-  run() { $LOAD "$LG" --system $sys --port $port --json "$RES" "$@"; }
+  # a failed scenario leaves its cells empty ("-") instead of stopping the whole comparison
+  run() { $LOAD "$LG" --system $sys --port $port --json "$RES" "$@" ||
+          echo "compare: $sys $* failed; its cells stay empty" >&2; }
+  w3=$W3_MSGS; w3k=$W3K_MSGS
+  # ejabberd's offline store slows down as it grows (~600 msg/s at 16,000): 100,000 would take
+  # longer than the load generator's 10-minute limit, so it gets the quick sizes
+  if [ $sys = xmpp ] && [ "$w3" -gt 16000 ]; then w3=16000; w3k=6000; fi
 
   # W2 first (its users are the ones W3 reuses), then W3, then W1 on a fresh server
   run --scenario w2 --pairs $PAIRS --duration $W2_SECS --label max
   max=$(lastval delivered_per_s)
+  [ -n "$max" ] || max=1000
   for pct in 25 50 75; do
     rate=$(awk -v m="$max" -v p=$pct 'BEGIN { printf "%d", m * p / 100 }')
     run --scenario w2open --pairs $PAIRS --duration $W2_SECS --rate "$rate" --users-exist --label "p$pct"
   done
-  run --scenario w3 --pairs $PAIRS --messages $W3_MSGS --users-exist --label offline
-  run --scenario w3 --pairs $PAIRS --messages $W3K_MSGS --users-exist --label kill9 \
+  run --scenario w3 --pairs $PAIRS --messages "$w3" --users-exist --label offline
+  run --scenario w3 --pairs $PAIRS --messages "$w3k" --users-exist --label kill9 \
       --kill-cmd "bash $ROOT/bench/compare.sh _kill9 $sys $dir"
   for n in $W1_SIZES; do
     stop_server $sys "$dir"; rm -rf "$dir"; mkdir -p "$dir"
