@@ -212,13 +212,15 @@ $(BUILD)/bench/%: $(BUILD)/obj/bench/%.o $(BENCH_COMMON_OBJ) $(LIBHUSH_A)
 # ---------------------------------------------------------------------------------------------
 # the two commands
 
-run: deps
+run:
+	$(Q)DEPS_FOR=run bash mk/deps.sh
 	$(Q)$(MAKE) --no-print-directory run-relay
 
 run-relay: $(HUSHD) $(HUSH_CLI)
 	$(Q)exec ./$(HUSHD) $(HUSHD_ARGS)
 
-demo: deps
+demo:
+	$(Q)DEPS_FOR=run bash mk/deps.sh
 	$(Q)$(MAKE) --no-print-directory $(HUSH_CLI)
 	$(Q)./$(HUSH_CLI) demo
 

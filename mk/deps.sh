@@ -29,6 +29,20 @@ tools=(
   "javac:openjdk-17-jdk-headless"
   "java:openjdk-17-jdk-headless"
 )
+# `make run` / `make demo` only build the relay and the CLI: skip what only the tests, the
+# bindings and the benchmarks need (a relay operator does not need a JDK).
+if [ "${DEPS_FOR:-}" = run ]; then
+  keep=()
+  for entry in "${libs[@]}"; do
+    [ "${entry%%:*}" = libmosquitto ] || keep+=("$entry")
+  done
+  libs=("${keep[@]}")
+  keep=()
+  for entry in "${tools[@]}"; do
+    case ${entry%%:*} in cppcheck|clang|cmake|llvm-cov|javac|java) ;; *) keep+=("$entry") ;; esac
+  done
+  tools=("${keep[@]}")
+fi
 # file -> Debian package (the Java binding's tests)
 files=(
   "/usr/share/java/junit4.jar:junit4"
@@ -52,6 +66,7 @@ if [ -n "${BENCH:-}" ]; then
   tools+=("mosquitto:mosquitto" "ejabberdctl:ejabberd" "gnuplot:gnuplot-nox" "taskset:util-linux")
 fi
 for entry in "${files[@]}"; do
+  [ "${DEPS_FOR:-}" = run ] && break
   f=${entry%%:*}; pkg=${entry#*:}
   [ -e "$f" ] || missing+=("$pkg")
 done
