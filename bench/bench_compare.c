@@ -158,8 +158,6 @@ struct client {
     size_t xlen, xcap;
     long xh_acked;  /* last h the server acknowledged */
     long xhandled;  /* stanzas received from the server (for its <r/>) */
-    int xdepth;
-    size_t xstart;
     /* w3: seqs in flight, oldest first (acks come back in order on all three protocols) */
     uint32_t *fifo;
     long fhead, ftail, fcap;
@@ -195,10 +193,7 @@ static void hush_connect_many(struct client **v, int n, int do_register)
 
 static void hush_init_client(struct client *c)
 {
-    char name[32];
-    hush_user_name(name, sizeof name, c->idx);
-    hdev_init(&c->dev, "user", c->idx);
-    (void)name;
+    hdev_init(&c->dev, "user", c->idx); /* "user<idx>", as hush_user_name */
 }
 
 static void hush_send(struct client *c, const uint8_t *p, size_t len)
@@ -493,7 +488,6 @@ static void x_login_many(struct client **v, int n, int presence)
         struct client *c = v[i];
         c->fd = tcp_connect_from(c->idx);
         c->xlen = 0;
-        c->xdepth = 1;
         c->xh_acked = 0;
         c->xhandled = 0;
         x_puts(c, X_STREAM);
@@ -588,11 +582,10 @@ static void x_readable(struct client *c)
     }
     if (r < 0)
         c->fd = -1;
-    size_t i = c->xstart, done = 0;
-    int depth = c->xdepth;
-    size_t start = c->xstart;
-    /* resume scanning from the last complete stanza */
-    for (i = done; i < c->xlen; i++) {
+    /* the buffer starts at the first unfinished stanza (the rest was consumed last time) */
+    size_t done = 0, start = 0;
+    int depth = 1;
+    for (size_t i = 0; i < c->xlen; i++) {
         if (c->xbuf[i] != '<')
             continue;
         char *gt = memchr(c->xbuf + i, '>', c->xlen - i);
@@ -622,8 +615,6 @@ static void x_readable(struct client *c)
     /* keep the unfinished stanza */
     memmove(c->xbuf, c->xbuf + done, c->xlen - done);
     c->xlen -= done;
-    c->xdepth = 1;
-    c->xstart = 0;
 }
 
 /* ---------------------------------------- dispatch ---------------------------------------- */

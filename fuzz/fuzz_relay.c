@@ -72,20 +72,6 @@ static void die(const char *fmt, ...)
     abort();
 }
 
-static int free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a;
-    memset(&a, 0, sizeof a);
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t l = sizeof a;
-    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) != 0 || getsockname(fd, (struct sockaddr *)&a, &l) != 0)
-        die("no free port");
-    close(fd);
-    return ntohs(a.sin_port);
-}
-
 int LLVMFuzzerInitialize(int *argc, char **argv[])
 {
     (void)argc;
@@ -95,7 +81,7 @@ int LLVMFuzzerInitialize(int *argc, char **argv[])
     struct relay_config cfg;
     cfg_defaults(&cfg);
     char err[512], v[400];
-    g_relay.port = free_port();
+    g_relay.port = relay_free_port();
     snprintf(v, sizeof v, "127.0.0.1:%d", g_relay.port);
     const char *set[][2] = {
         { "listen", v },          { "metrics_listen", "off" },       { "workers", "1" },

@@ -1048,6 +1048,19 @@ static void apply_deltas(struct jctx *x)
     }
 }
 
+/* Prepends a job's postings to the batch's list (which is reversed into order before posting). */
+static void take_postings(struct posting **posts, struct jctx *x)
+{
+    struct posting *p = x->posts;
+    while (p) {
+        struct posting *n = p->next;
+        p->next = *posts;
+        *posts = p;
+        p = n;
+    }
+    x->posts = NULL;
+}
+
 static void process_batch(struct job *list)
 {
     struct posting *posts = NULL;
@@ -1087,13 +1100,7 @@ static void process_batch(struct job *list)
             }
             apply_deltas(x);
             deleted += x->deleted;
-            struct posting *p = x->posts;
-            while (p) {
-                struct posting *n = p->next;
-                p->next = posts;
-                posts = p;
-                p = n;
-            }
+            take_postings(&posts, x);
             continue;
         }
         hstore_err e = hstore_savepoint(S.db);
@@ -1122,14 +1129,7 @@ static void process_batch(struct job *list)
                 nallows++;
             }
         }
-        /* prepend this job's postings (kept in order below by reversing) */
-        struct posting *p = x->posts;
-        while (p) {
-            struct posting *n = p->next;
-            p->next = posts;
-            posts = p;
-            p = n;
-        }
+        take_postings(&posts, x);
     }
     if (!be)
         be = hstore_release(S.db); /* COMMIT: the durability point of the whole batch */

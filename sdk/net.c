@@ -498,6 +498,14 @@ static void pump_outbox(struct hush_net *n)
 /* ------------------------------------------------------------------------------------------ */
 /* inbound */
 
+/* Inside the caller's transaction: the message is marked notified, and its sender is owed a
+ * delivery receipt (pairwise texts). */
+static hush_err mark_notified(hush_client *c, const hush_message *m)
+{
+    exec1(c, "UPDATE history SET notified = 1 WHERE id = ?1", NULL, NULL, m->local_id);
+    return m->kind == HUSH_KIND_TEXT ? hush__queue_receipt(c, m->sender, HUSH_MSG_DELIVERED, m->message_id) : HUSH_OK;
+}
+
 /* After the app has been told: mark the message notified and owe its sender a delivery receipt,
  * in one transaction. Receipts go out in batches (flush_receipts). */
 static void notify_and_mark(struct hush_net *n, const hush_message *m)
@@ -507,9 +515,7 @@ static void notify_and_mark(struct hush_net *n, const hush_message *m)
     hush_client *c = n->c;
     hush__lock(c);
     if (hush__begin(c) == HUSH_OK) {
-        exec1(c, "UPDATE history SET notified = 1 WHERE id = ?1", NULL, NULL, m->local_id);
-        hush_err e = m->kind == HUSH_KIND_TEXT ? hush__queue_receipt(c, m->sender, HUSH_MSG_DELIVERED, m->message_id)
-                                               : HUSH_OK;
+        hush_err e = mark_notified(c, m);
         if (!e)
             e = hush__commit(c);
         else
@@ -668,14 +674,9 @@ static void process_batch(struct hush_net *n)
     if (ntexts) {
         hush__lock(c);
         hush_err e = hush__begin(c);
-        for (int i = 0; i < n->nbatch && !e; i++) {
-            const hush_message *m = n->batch[i].m;
-            if (!is_text(&n->batch[i]))
-                continue;
-            exec1(c, "UPDATE history SET notified = 1 WHERE id = ?1", NULL, NULL, m->local_id);
-            if (m->kind == HUSH_KIND_TEXT)
-                e = hush__queue_receipt(c, m->sender, HUSH_MSG_DELIVERED, m->message_id);
-        }
+        for (int i = 0; i < n->nbatch && !e; i++)
+            if (is_text(&n->batch[i]))
+                e = mark_notified(c, n->batch[i].m);
         if (!e)
             e = hush__commit(c);
         else

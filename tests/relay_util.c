@@ -22,7 +22,7 @@
 #include "relay_util.h"
 #include "util.h"
 
-static int free_port(void)
+int relay_free_port(void)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     struct sockaddr_in a;
@@ -32,7 +32,7 @@ static int free_port(void)
     a.sin_port = 0;
     socklen_t l = sizeof a;
     if (bind(fd, (struct sockaddr *)&a, sizeof a) != 0 || getsockname(fd, (struct sockaddr *)&a, &l) != 0)
-        fail_msg("free_port: %s", strerror(errno));
+        fail_msg("relay_free_port: %s", strerror(errno));
     close(fd);
     return ntohs(a.sin_port);
 }
@@ -155,10 +155,10 @@ void relay_start(struct relay_proc *r, const char *name, const char *extra)
     memset(r, 0, sizeof *r);
     snprintf(r->dir, sizeof r->dir, "%s", tpath(name));
     mkdir(r->dir, 0700);
-    r->port = free_port();
-    r->metrics_port = free_port();
+    r->port = relay_free_port();
+    r->metrics_port = relay_free_port();
     while (r->metrics_port == r->port)
-        r->metrics_port = free_port();
+        r->metrics_port = relay_free_port();
     snprintf(r->db, sizeof r->db, "%s/hushd.db", r->dir);
     snprintf(r->log, sizeof r->log, "%s/hushd.log", r->dir);
     snprintf(r->config, sizeof r->config, "%s/hushd.conf", r->dir);

@@ -21,6 +21,9 @@ struct relay_proc {
     int tls;
 };
 
+/* A free TCP port on loopback (bound, read back, released). */
+int relay_free_port(void);
+
 /* Writes a config (extra lines appended), starts build/bin/hushd (path from $HUSHD) and waits until
  * it serves. Port numbers are chosen free. Fails the test on error. */
 void relay_start(struct relay_proc *r, const char *name, const char *extra_config);
