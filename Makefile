@@ -187,16 +187,19 @@ $(BUILD)/fuzz-replay/fuzz_%: $(BUILD)/obj/fuzz/fuzz_%.o $(BUILD)/obj/fuzz/driver
 # (less main.c) and the test helpers as well.
 FUZZ_RELAY_SRC := $(filter-out relay/main.c relay/config.c,$(RELAY_SRC)) $(TEST_UTIL_SRC)
 FUZZ_RELAY_LIBS := $(LWS_LIBS) $(SSL_LIBS) $(CMOCKA_LIBS)
-$(BUILD)/obj/fuzz/fuzz_relay.o: ALL_CFLAGS += $(LWS_CFLAGS) $(CMOCKA_CFLAGS) -Irelay -Itests
-$(BUILD)/fuzz-replay/fuzz_relay: $(BUILD)/obj/fuzz/fuzz_relay.o $(BUILD)/obj/fuzz/driver.o $(FUZZ_SUPPORT_OBJ) \
-                                 $(call obj,$(FUZZ_RELAY_SRC)) $(LIBHUSH_A)
+# fuzz_dbfile opens files with the relay's own schema code, and gen_seeds writes a relay database.
+FUZZ_WITH_RELAY := relay dbfile
+$(patsubst %,$(BUILD)/obj/fuzz/fuzz_%.o,$(FUZZ_WITH_RELAY)) $(BUILD)/obj/fuzz/gen_seeds.o: \
+    ALL_CFLAGS += $(LWS_CFLAGS) $(CMOCKA_CFLAGS) -Irelay -Itests
+$(patsubst %,$(BUILD)/fuzz-replay/fuzz_%,$(FUZZ_WITH_RELAY)): $(BUILD)/fuzz-replay/fuzz_%: \
+    $(BUILD)/obj/fuzz/fuzz_%.o $(BUILD)/obj/fuzz/driver.o $(FUZZ_SUPPORT_OBJ) $(call obj,$(FUZZ_RELAY_SRC)) $(LIBHUSH_A)
 	$(E) "  LD      $@"
 	$(Q)mkdir -p $(dir $@)
 	$(Q)$(CC) $(LDFLAGS_ALL) -o $@ $(filter %.o,$^) $(LIBHUSH_A) $(LIBS) $(FUZZ_RELAY_LIBS)
-$(GEN_SEEDS): $(BUILD)/obj/fuzz/gen_seeds.o $(FUZZ_SUPPORT_OBJ) $(LIBHUSH_A)
+$(GEN_SEEDS): $(BUILD)/obj/fuzz/gen_seeds.o $(FUZZ_SUPPORT_OBJ) $(call obj,$(FUZZ_RELAY_SRC)) $(LIBHUSH_A)
 	$(E) "  LD      $@"
 	$(Q)mkdir -p $(dir $@)
-	$(Q)$(CC) $(LDFLAGS_ALL) -o $@ $< $(FUZZ_SUPPORT_OBJ) $(LIBHUSH_A) $(LIBS)
+	$(Q)$(CC) $(LDFLAGS_ALL) -o $@ $(filter %.o,$^) $(LIBHUSH_A) $(LIBS) $(FUZZ_RELAY_LIBS)
 
 $(BUILD)/obj/bench/%.o: ALL_CFLAGS += -Isdk -Wno-missing-prototypes
 # the peer comparison speaks MQTT through libmosquitto (Debian: libmosquitto-dev)
@@ -404,8 +407,8 @@ $(FUZZ_BUILD)/obj/%.o: %.c | $(GEN_HDR)
 $(FUZZ_BUILD)/fuzz_%: $(FUZZ_BUILD)/obj/fuzz/fuzz_%.o $(FUZZ_LIB_OBJ) $(FUZZ_MAIN)
 	$(E) "  LD      $@"
 	$(Q)$(FUZZ_CC) $(FUZZ_LINK) -o $@ $^ $(LIBS)
-$(FUZZ_BUILD)/fuzz_relay: $(FUZZ_BUILD)/obj/fuzz/fuzz_relay.o $(FUZZ_LIB_OBJ) $(FUZZ_MAIN) \
-                          $(patsubst %.c,$(FUZZ_BUILD)/obj/%.o,$(FUZZ_RELAY_SRC))
+$(patsubst %,$(FUZZ_BUILD)/fuzz_%,$(FUZZ_WITH_RELAY)): $(FUZZ_BUILD)/fuzz_%: $(FUZZ_BUILD)/obj/fuzz/fuzz_%.o \
+    $(FUZZ_LIB_OBJ) $(FUZZ_MAIN) $(patsubst %.c,$(FUZZ_BUILD)/obj/%.o,$(FUZZ_RELAY_SRC))
 	$(E) "  LD      $@"
 	$(Q)$(FUZZ_CC) $(FUZZ_LINK) -o $@ $^ $(LIBS) $(FUZZ_RELAY_LIBS)
 
@@ -414,11 +417,13 @@ fuzz-seeds: $(GEN_SEEDS)
 	$(Q)./$(GEN_SEEDS) $(FUZZ_BUILD)/seeds
 
 # Runs every harness FUZZ_SECONDS on its corpus (seeds + regressions + what earlier runs found),
-# printing execs/s and coverage; a crash stops with the input saved under $(FUZZ_BUILD)/crashes/.
+# printing execs/s and coverage; a crash prints the sanitizer's report and the input (base64 when
+# small, so a CI log is enough to reproduce), saves it under $(FUZZ_BUILD)/crashes/, goes on with
+# the other harnesses and fails at the end.
 fuzz-run: fuzz fuzz-seeds
-	$(Q)mkdir -p $(FUZZ_BUILD)/crashes; \
+	$(Q)mkdir -p $(FUZZ_BUILD)/crashes; crashed=""; \
 	for n in $(FUZZ_NAMES); do \
-	    mkdir -p $(FUZZ_BUILD)/corpus/$$n; \
+	    mkdir -p $(FUZZ_BUILD)/corpus/$$n; rm -f $(FUZZ_BUILD)/crashes/$$n-*; \
 	    cp -n $(FUZZ_BUILD)/seeds/$$n/* fuzz/regressions/$$n/* $(FUZZ_BUILD)/corpus/$$n/ 2>/dev/null; \
 	    dict=""; [ -f fuzz/dict/$$n.dict ] && dict="-dict=fuzz/dict/$$n.dict"; \
 	    LSAN_OPTIONS=suppressions=$(CURDIR)/mk/lsan.supp:print_suppressions=0 \
@@ -428,8 +433,17 @@ fuzz-run: fuzz fuzz-seeds
 	    cov=$$(grep -o 'cov: [0-9]*' $(FUZZ_BUILD)/$$n.log | tail -1 | grep -o '[0-9]*'); \
 	    printf "%-10s %10s execs in %ss = %8s execs/s, edge coverage %s%s\n" $$n "$$execs" $(FUZZ_SECONDS) \
 	        "$$(( $${execs:-0} / $(FUZZ_SECONDS) ))" "$${cov:-?}" "$$( [ $$rc -ne 0 ] && echo '  CRASH: see '$(FUZZ_BUILD)/$$n.log )"; \
-	    [ $$rc -eq 0 ] || exit 1; \
-	done
+	    if [ $$rc -ne 0 ]; then \
+	        crashed="$$crashed $$n"; \
+	        grep -E -A24 '^==[0-9]+==(ERROR|WARNING)|runtime error|^SUMMARY|ERROR: libFuzzer' $(FUZZ_BUILD)/$$n.log | head -60 | sed 's/^/    | /'; \
+	        for a in $(FUZZ_BUILD)/crashes/$$n-*; do \
+	            [ -f "$$a" ] || continue; \
+	            echo "    input $$a ($$(wc -c < $$a) bytes)$$( [ $$(wc -c < $$a) -le 8192 ] && echo ', base64:')"; \
+	            [ $$(wc -c < $$a) -le 8192 ] && base64 -w 100 $$a | sed 's/^/    /'; \
+	        done; \
+	    fi; \
+	done; \
+	if [ -n "$$crashed" ]; then echo "crashed:$$crashed (inputs under $(FUZZ_BUILD)/crashes/; replay one with ./$(FUZZ_BUILD)/fuzz_NAME FILE)"; exit 1; fi
 
 # Coverage of the code under test by everything the fuzzers have found so far (the corpus of
 # earlier fuzz-run calls, the seeds and the regressions), as an llvm-cov HTML report.

@@ -20,6 +20,12 @@ void fuzz_deterministic_random(void);
  * runs before them (stateful ones) calls it at the start of every input. */
 void fuzz_random_reset(uint64_t stream);
 
+/* The SDK seed database (gen_seeds: bob's) is sealed under a key of 32 bytes FUZZ_DB_KEY_BYTE, 0...;
+ * fuzz_dbfile opens every input under it, so mutations of the seed get past the key check. Its
+ * peer is FUZZ_DB_PEER, device 1. */
+#define FUZZ_DB_KEY_BYTE 3
+#define FUZZ_DB_PEER "alice"
+
 /* A private temporary directory for the harness's databases (created once). */
 const char *fuzz_tmpdir(void);
 

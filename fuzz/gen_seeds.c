@@ -14,6 +14,7 @@
 #include "../sdk/internal.h"
 #include "fuzz.h"
 #include "hush_wire.h"
+#include "relay.h"
 
 static const char *g_dir;
 
@@ -30,6 +31,63 @@ static void put(const char *harness, const char *name, const uint8_t *prefix, si
         fwrite(prefix, 1, plen, f);
     fwrite(data, 1, len, f);
     fclose(f);
+}
+
+static void copy_file(const char *harness, const char *name, const char *src);
+
+/* A real database as a seed, compacted so it fits the fuzzers' -max_len: a copy with 512-byte pages,
+ * vacuumed, in rollback-journal mode (opening it switches it to WAL, as any first open does). */
+static void put_db(const char *name, const char *src)
+{
+    char tmp[600], sql[700];
+    snprintf(tmp, sizeof tmp, "%s.compact", src);
+    unlink(tmp);
+    FILE *in = fopen(src, "rb"), *out = fopen(tmp, "wb");
+    if (!in || !out)
+        abort();
+    char buf[8192];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, in)) > 0)
+        if (fwrite(buf, 1, n, out) != n)
+            abort();
+    fclose(in);
+    fclose(out);
+    sqlite3 *h = NULL;
+    snprintf(sql, sizeof sql, "PRAGMA journal_mode=DELETE; PRAGMA page_size=512; VACUUM;");
+    if (sqlite3_open(tmp, &h) != SQLITE_OK || sqlite3_exec(h, sql, NULL, NULL, NULL) != SQLITE_OK)
+        abort();
+    sqlite3_close(h);
+    copy_file("dbfile", name, tmp);
+    unlink(tmp);
+}
+
+/* A relay database with a little of everything hushd keeps: users, devices, prekeys, mail,
+ * an invite, allow-lists. */
+static void put_relay_db(void)
+{
+    char path[300], err[256];
+    snprintf(path, sizeof path, "%s/seed-relay.db", fuzz_tmpdir());
+    unlink(path);
+    hstore *db = storage_open_db(path, 0, err, sizeof err);
+    if (!db ||
+        hstore_exec(db, "INSERT INTO users VALUES ('alice', 1), ('bob', 2);"
+                        "INSERT INTO devices (username, device_id, auth_key, identity_key, registration_id, spk_id,"
+                        " spk_public, spk_signature, spk_timestamp, last_resort_id, last_resort_public, created_at)"
+                        " VALUES ('alice', 1, zeroblob(32), x'05' || zeroblob(32), 7, 1, x'05' || zeroblob(32),"
+                        " zeroblob(64), 1, 16777215, x'05' || zeroblob(32), 1),"
+                        " ('bob', 1, zeroblob(32), x'05' || zeroblob(32), 8, 1, x'05' || zeroblob(32),"
+                        " zeroblob(64), 1, NULL, NULL, 1);"
+                        "INSERT INTO one_time_prekeys VALUES ('alice', 1, 1, x'05' || zeroblob(32)),"
+                        " ('alice', 1, 2, x'05' || zeroblob(32));"
+                        "INSERT INTO mailbox (recipient, recipient_device, sender, sender_device, client_msg_id,"
+                        " envelope, received_at, expires_at) VALUES ('bob', 1, 'alice', 1, zeroblob(16), x'0102', 1, 99),"
+                        " ('bob', 1, 'alice', 1, x'01' || zeroblob(15), x'0304', 2, 99);"
+                        "INSERT INTO invites VALUES (zeroblob(32), 1, NULL, NULL);"
+                        "INSERT INTO presence_allow VALUES ('alice', 'bob'), ('bob', 'alice');") != HSTORE_OK)
+        abort();
+    hstore_close(db);
+    put_db("relay-db", path);
+    unlink(path);
 }
 
 static void put_frame(const char *name, int authed, Hush__Frame *fr)
@@ -66,7 +124,7 @@ int main(int argc, char **argv)
     char pa[300], pb[300];
     snprintf(pa, sizeof pa, "%s/seed-alice.db", fuzz_tmpdir());
     snprintf(pb, sizeof pb, "%s/seed-bob.db", fuzz_tmpdir());
-    uint8_t ka[32] = { 2 }, kb[32] = { 3 };
+    uint8_t ka[32] = { 2 }, kb[32] = { FUZZ_DB_KEY_BYTE };
     hush_open_opts o = { HUSH_DURABILITY_NORMAL };
     hush_client *a = NULL, *b = NULL;
     if (hush_client_open(pa, ka, &o, &a) || hush_client_open(pb, kb, &o, &b) || hush_device_create(a, "alice", 1) ||
@@ -191,7 +249,8 @@ int main(int argc, char **argv)
     /* real database files */
     hush_client_close(a);
     hush_client_close(b);
-    copy_file("dbfile", "sdk-db", pb);
+    put_db("sdk-db", pb);
+    put_relay_db();
 
     /* interaction schedules: op byte = kind << 1 | direction (0 alice->bob, 1 bob->alice);
      * kinds: 0,1 send; 2 deliver(k); 3 drop(k); 4 duplicate(k); 5 reorder(k); 6 tamper(k, at);
@@ -252,6 +311,23 @@ int main(int argc, char **argv)
         raw[n++] = 13, raw[n++] = 5, raw[n++] = 0xff, raw[n++] = 0x01, raw[n++] = 0x02, raw[n++] = 0x03, raw[n++] = 0x04;
         raw[n++] = 19; /* ben reads */
         put("relay", "raw-frames", NULL, 0, raw, n);
+    }
+    /* the fake relay's scripts: op byte % 14 = 0/1 answer the oldest request (how), 2 genuine
+     * envelope (k | 0x80 redeliver), 3 fuzzed envelope (name, device, len, bytes), 4 stray Result
+     * (code, id), 5 QueueEmpty, 6 PreKeysLow, 7 Presence, 8 Closing, 9 raw message, 10 raw bytes,
+     * 11 control frame, 12 wait (ms), 13 hang up (fuzz/fuzz_client.c) */
+    {
+        const uint8_t login_receive[] = { 0, 0, 12, 16, 0, 0, 12, 16, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 2, 1, 2, 2,
+                                          2, 0x81, 2, 5, 5, 12, 16, 0, 0, 12, 16, 0, 0, 12, 19 };
+        put("client", "login-receive", NULL, 0, login_receive, sizeof login_receive);
+        const uint8_t login_send[] = { 0, 0, 12, 19, 0, 0, 12, 19, 0, 0, 12, 19, 0, 0, 12, 19, 0, 0, 12, 19,
+                                       0, 1, 12, 19, 0, 0, 12, 19, 0, 0, 12, 19 };
+        put("client", "login-send", NULL, 0, login_send, sizeof login_send);
+        const uint8_t pushes[] = { 0, 0, 12, 19, 0, 0, 12, 19, 6, 3, 7, 0x80, 5, 11, 0, 11, 1, 4, 0, 3,
+                                   3, 0, 1, 4, 1, 2, 3, 4, 9, 3, 0x08, 0x01, 0x10, 12, 19, 8, 14, 12, 19 };
+        put("client", "pushes", NULL, 0, pushes, sizeof pushes);
+        const uint8_t refused[] = { 0, 0, 12, 19, 0, 0xc3, 12, 19, 0, 0, 12, 19 };
+        put("client", "login-refused", NULL, 0, refused, sizeof refused);
     }
     printf("seeds written to %s\n", g_dir);
     return 0;

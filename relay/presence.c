@@ -249,6 +249,11 @@ void presence_load(hstore *db)
         for (;;) {
             int rc = sqlite3_step(st);
             const char *o = rc == SQLITE_ROW ? (const char *)sqlite3_column_text(st, 0) : NULL;
+            const char *a = rc == SQLITE_ROW ? (const char *)sqlite3_column_text(st, 1) : NULL;
+            if (rc == SQLITE_ROW && (!relay_valid_username(o) || !relay_valid_username(a))) {
+                rlog(RLOG_WARN, "presence_load", "skipping an allow-list row with an invalid name");
+                continue; /* a damaged or hand-edited row: never a crash at start */
+            }
             if (n && (!o || strcmp(o, owner))) {
                 presence_set_allow(owner, users, n);
                 for (size_t i = 0; i < n; i++)
@@ -262,7 +267,7 @@ void presence_load(hstore *db)
             if (!nu)
                 break;
             users = nu;
-            users[n] = strdup((const char *)sqlite3_column_text(st, 1));
+            users[n] = strdup(a);
             if (users[n])
                 n++;
         }
@@ -274,7 +279,10 @@ void presence_load(hstore *db)
     if (sqlite3_prepare_v2(h, "SELECT username, max(last_seen) FROM devices GROUP BY username", -1, &st, NULL) == SQLITE_OK) {
         pthread_mutex_lock(&g_mu);
         while (sqlite3_step(st) == SQLITE_ROW) {
-            struct pstate *ps = state_of((const char *)sqlite3_column_text(st, 0), 1);
+            const char *u = (const char *)sqlite3_column_text(st, 0);
+            if (!relay_valid_username(u))
+                continue;
+            struct pstate *ps = state_of(u, 1);
             if (ps)
                 ps->last_seen = (uint64_t)sqlite3_column_int64(st, 1);
         }

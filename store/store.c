@@ -344,6 +344,29 @@ static hstore_err migrate(hstore *db, const char *const *migrations, int n)
     return HSTORE_OK;
 }
 
+/* A database file is input like any other: a copied, restored or tampered file must give a clear
+ * error, not run code from its schema or make one statement allocate without bound. Hush's schemas
+ * use no triggers, views, ATTACH or schema functions, so all of it is switched off; lengths are
+ * capped well above the largest row Hush writes (an envelope is at most 256 KiB). */
+static void harden(sqlite3 *db)
+{
+    int off = 0;
+    sqlite3_db_config(db, SQLITE_DBCONFIG_DEFENSIVE, 1, NULL);
+    sqlite3_db_config(db, SQLITE_DBCONFIG_TRUSTED_SCHEMA, 0, NULL);
+    sqlite3_db_config(db, SQLITE_DBCONFIG_ENABLE_TRIGGER, 0, &off);
+    sqlite3_db_config(db, SQLITE_DBCONFIG_ENABLE_VIEW, 0, &off);
+    sqlite3_db_config(db, SQLITE_DBCONFIG_ENABLE_LOAD_EXTENSION, 0, NULL);
+    sqlite3_limit(db, SQLITE_LIMIT_LENGTH, 8 * 1024 * 1024);
+    sqlite3_limit(db, SQLITE_LIMIT_SQL_LENGTH, 64 * 1024);
+    sqlite3_limit(db, SQLITE_LIMIT_COLUMN, 100);
+    sqlite3_limit(db, SQLITE_LIMIT_EXPR_DEPTH, 100);
+    sqlite3_limit(db, SQLITE_LIMIT_COMPOUND_SELECT, 4);
+    sqlite3_limit(db, SQLITE_LIMIT_FUNCTION_ARG, 8);
+    sqlite3_limit(db, SQLITE_LIMIT_ATTACHED, 0);
+    sqlite3_limit(db, SQLITE_LIMIT_LIKE_PATTERN_LENGTH, 64);
+    sqlite3_limit(db, SQLITE_LIMIT_TRIGGER_DEPTH, 1);
+}
+
 hstore_err hstore_open(const char *path, const hstore_opts *opts, const char *const *migrations,
                        int nmigrations, hstore **out, char *errbuf, size_t errbuf_len)
 {
@@ -373,6 +396,7 @@ hstore_err hstore_open(const char *path, const hstore_opts *opts, const char *co
         goto out;
     }
     sqlite3_extended_result_codes(db->db, 1);
+    harden(db->db);
     /* A larger lookaside pool: SQLite's small per-statement allocations stay off malloc (they
      * were a tenth of the relay's CPU under load). 256 KiB per connection. */
     sqlite3_db_config(db->db, SQLITE_DBCONFIG_LOOKASIDE, NULL, 512, 512);
@@ -381,6 +405,11 @@ hstore_err hstore_open(const char *path, const hstore_opts *opts, const char *co
     /* The first statement that reads the header is where a non-database or truncated file shows. */
     if ((e = query_int(db, "PRAGMA user_version", &db->version)))
         goto out;
+    if (db->version < 0) { /* the header's field is signed: never an index into the migrations */
+        set_err(db, "schema version %d is not one this program wrote", db->version);
+        e = HSTORE_ERR_CORRUPT;
+        goto out;
+    }
     if (!opts->read_only) {
         sqlite3_stmt *st = NULL;
         rc = sqlite3_prepare_v2(db->db, "PRAGMA journal_mode=WAL", -1, &st, NULL);
@@ -413,6 +442,10 @@ hstore_err hstore_open(const char *path, const hstore_opts *opts, const char *co
             goto out;
     }
     if ((e = hstore_exec(db, "PRAGMA foreign_keys=ON")))
+        goto out;
+    /* Checks each b-tree cell's size against its page when the page is loaded: a corrupt file is
+     * reported as corrupt instead of being read past a cell's end. */
+    if ((e = hstore_exec(db, "PRAGMA cell_size_check=ON")))
         goto out;
     /* Savepoints (one per relay job, nested in the batch's) keep statement journals: in memory,
      * not in a temporary file that every first write of a page in a savepoint would pwrite to

@@ -144,6 +144,55 @@ static void test_bad_files(void **state)
     assert_int_equal(hstore_open("/nonexistent-dir/x/y.db", NULL, migs, 2, &db, err, sizeof err), HSTORE_ERR_OPEN);
 }
 
+static void raw_exec(const char *path, const char *sql)
+{
+    sqlite3 *h = NULL;
+    assert_int_equal(sqlite3_open(path, &h), SQLITE_OK);
+    char *msg = NULL;
+    int rc = sqlite3_exec(h, sql, NULL, NULL, &msg);
+    if (rc != SQLITE_OK)
+        fail_msg("%s: %s", sql, msg ? msg : "?");
+    sqlite3_close(h);
+}
+
+/* Files written by someone else: a header field out of range, a schema carrying a trigger. */
+static void test_hostile_files(void **state)
+{
+    (void)state;
+    char err[256];
+    hstore *db = NULL;
+
+    /* user_version is signed in the header: a negative one is refused, not used as an index. */
+    const char *neg = tpath("negver.db");
+    raw_exec(neg, "CREATE TABLE x (a); PRAGMA user_version = -7;");
+    assert_int_equal(hstore_open(neg, NULL, migs, 2, &db, err, sizeof err), HSTORE_ERR_CORRUPT);
+    assert_null(db);
+    assert_non_null(strstr(err, "-7"));
+    raw_exec(neg, "PRAGMA user_version = -2147483648;");
+    assert_int_equal(hstore_open(neg, NULL, migs, 2, &db, err, sizeof err), HSTORE_ERR_CORRUPT);
+
+    /* A trigger planted in the file never runs: our writes go through, its effect does not. */
+    const char *trig = tpath("trigger.db");
+    hstore_close(must_open(trig, 2));
+    raw_exec(trig, "CREATE TABLE spy (v TEXT);"
+                   "CREATE TRIGGER t_spy AFTER INSERT ON t BEGIN INSERT INTO spy VALUES (new.v); END;"
+                   "CREATE VIEW big AS WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c) SELECT i FROM c;");
+    db = must_open(trig, 2);
+    assert_int_equal(hstore_exec(db, "INSERT INTO t (v) VALUES ('secret')"), HSTORE_OK);
+    sqlite3_stmt *st;
+    int row = 0;
+    assert_int_equal(hstore_prepare(db, "SELECT count(*) FROM spy", &st), HSTORE_OK);
+    assert_int_equal(hstore_step(db, st, &row), HSTORE_OK);
+    assert_int_equal(sqlite3_column_int(st, 0), 0);
+    sqlite3_reset(st);
+    /* views are off: the endless one cannot even be prepared */
+    assert_int_not_equal(hstore_prepare(db, "SELECT count(*) FROM big", &st), HSTORE_OK);
+    /* the schema cannot be edited through this connection either (defensive mode) */
+    assert_int_not_equal(hstore_exec(db, "PRAGMA writable_schema = ON; DELETE FROM sqlite_schema WHERE name = 't'"),
+                         HSTORE_OK);
+    hstore_close(db);
+}
+
 static int count_rows(hstore *db)
 {
     sqlite3_stmt *st;
@@ -218,6 +267,7 @@ int main(void)
         cmocka_unit_test(test_migrations_and_wal),
         cmocka_unit_test(test_failed_migration_rolls_back),
         cmocka_unit_test(test_bad_files),
+        cmocka_unit_test(test_hostile_files),
         cmocka_unit_test(test_savepoints),
         cmocka_unit_test(test_fault_injection),
     };
