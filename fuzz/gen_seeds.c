@@ -320,9 +320,12 @@ int main(int argc, char **argv)
         const uint8_t login_receive[] = { 0, 0, 12, 16, 0, 0, 12, 16, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 2, 1, 2, 2,
                                           2, 0x81, 2, 5, 5, 12, 16, 0, 0, 12, 16, 0, 0, 12, 19 };
         put("client", "login-receive", NULL, 0, login_receive, sizeof login_receive);
-        const uint8_t login_send[] = { 0, 0, 12, 19, 0, 0, 12, 19, 0, 0, 12, 19, 0, 0, 12, 19, 0, 0, 12, 19,
-                                       0, 1, 12, 19, 0, 0, 12, 19, 0, 0, 12, 19 };
-        put("client", "login-send", NULL, 0, login_send, sizeof login_send);
+        uint8_t login_send[64];
+        size_t ls = 0;
+        for (int i = 0; i < 8; i++) /* answer everything OK, giving the client time after each */
+            login_send[ls++] = 0, login_send[ls++] = 0, login_send[ls++] = 12, login_send[ls++] = 19,
+            login_send[ls++] = 12, login_send[ls++] = 19, login_send[ls++] = 12, login_send[ls++] = 19;
+        put("client", "login-send", NULL, 0, login_send, ls);
         const uint8_t pushes[] = { 0, 0, 12, 19, 0, 0, 12, 19, 6, 3, 7, 0x80, 5, 11, 0, 11, 1, 4, 0, 3,
                                    3, 0, 1, 4, 1, 2, 3, 4, 9, 3, 0x08, 0x01, 0x10, 12, 19, 8, 14, 12, 19 };
         put("client", "pushes", NULL, 0, pushes, sizeof pushes);

@@ -1179,6 +1179,8 @@ static void handle_frame(struct hush_net *n, const uint8_t *data, size_t len)
         break;
     }
     case HUSH__FRAME__MSG_PRE_KEYS_LOW: {
+        if (n->st != N_ONLINE)
+            break; /* a relay sends it after login only; an upload before it would be refused */
         hush__lock(n->c);
         hush_err e = hush__generate_pre_keys(n->c, PREKEY_BATCH);
         hush__unlock(n->c);
