@@ -1,8 +1,9 @@
 /*
  * fuzz_envelope.c - the SDK's inbound path: arbitrary envelopes into a client that has a live
- * session with the sender (decrypt -> store). The first byte picks how the rest is used: raw bytes
- * as an Envelope, or a well-formed Envelope of each cipher type around fuzzed ciphertext, or a
- * genuine message with bytes flipped. Invariant: nothing but a genuine, new message is accepted.
+ * session with the sender and the sender's key for a group (decrypt -> store). The first byte
+ * picks how the rest is used: raw bytes as an Envelope; a well-formed Envelope of each cipher type
+ * (Signal, PreKey, SenderKey for the known group) around fuzzed ciphertext; a genuine pairwise or
+ * group message with bytes flipped. Invariant: nothing but a genuine, new message is accepted.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,8 +14,9 @@
 #include "hush.pb-c.h"
 
 static hush_client *g_alice, *g_bob;
-static uint8_t *g_genuine;
-static size_t g_genuine_len;
+static uint8_t *g_genuine, *g_genuine_group;
+static size_t g_genuine_len, g_genuine_group_len;
+#define GROUP "fuzz-group"
 
 static void must(hush_err e)
 {
@@ -53,6 +55,13 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     hush_free(env);
     /* one genuine message kept aside for the bit-flip mode */
     must(hush_encrypt(g_alice, "bob", 1, (const uint8_t *)"genuine", 7, NULL, NULL, &g_genuine, &g_genuine_len));
+    /* alice's sender key for a group, received by bob; one genuine group message kept aside */
+    must(hush_group_distribution(g_alice, GROUP, "bob", 1, &env, &elen));
+    must(hush_decrypt(g_bob, "alice", 1, env, elen, &m));
+    hush_message_free(m);
+    hush_free(env);
+    must(hush_group_encrypt(g_alice, GROUP, (const uint8_t *)"group genuine", 13, NULL, &g_genuine_group,
+                            &g_genuine_group_len));
     return 0;
 }
 
@@ -60,7 +69,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size < 1)
         return 0;
-    int mode = data[0] % 4;
+    /* 0 raw, 1 Signal, 2 PreKey, 3 flipped pairwise, 4 SenderKey, 5 flipped group message */
+    int mode = data[0] % 6;
     data++;
     size--;
     uint8_t *buf = NULL;
@@ -69,19 +79,24 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         buf = malloc(size ? size : 1);
         memcpy(buf, data, size);
         len = size;
-    } else if (mode == 1 || mode == 2) {
+    } else if (mode == 1 || mode == 2 || mode == 4) {
         Hush__Envelope e = HUSH__ENVELOPE__INIT;
-        e.type = mode == 1 ? HUSH__CIPHER_TYPE__CIPHER_SIGNAL : HUSH__CIPHER_TYPE__CIPHER_PREKEY;
+        e.type = mode == 1   ? HUSH__CIPHER_TYPE__CIPHER_SIGNAL
+                 : mode == 2 ? HUSH__CIPHER_TYPE__CIPHER_PREKEY
+                             : HUSH__CIPHER_TYPE__CIPHER_SENDER_KEY;
+        if (mode == 4)
+            e.group_id = GROUP;
         e.ciphertext.data = (uint8_t *)data;
         e.ciphertext.len = size;
         len = hush__envelope__get_packed_size(&e);
         buf = malloc(len);
         hush__envelope__pack(&e, buf);
     } else {
-        /* flip fuzzer-chosen bytes of the genuine message */
-        len = g_genuine_len;
+        /* flip fuzzer-chosen bytes of a genuine message */
+        const uint8_t *orig = mode == 3 ? g_genuine : g_genuine_group;
+        len = mode == 3 ? g_genuine_len : g_genuine_group_len;
         buf = malloc(len);
-        memcpy(buf, g_genuine, len);
+        memcpy(buf, orig, len);
         int changed = 0;
         for (size_t i = 0; i + 1 < size; i += 2) {
             size_t at = data[i] % len;
@@ -101,6 +116,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         /* only a genuine message can be accepted; a modified copy of one must not be */
         if (mode == 3 && !(m->body_len == 7 && memcmp(m->body, "genuine", 7) == 0))
             abort();
+        if (mode == 5 && !(m->body_len == 13 && memcmp(m->body, "group genuine", 13) == 0 &&
+                           !strcmp(m->group_id, GROUP)))
+            abort();
+        if (mode == 4 && m->kind == HUSH_KIND_GROUP_TEXT &&
+            !(m->body_len == 13 && memcmp(m->body, "group genuine", 13) == 0))
+            abort(); /* fuzzed ciphertext cannot carry any other group text under alice's key */
         hush_message_free(m);
     }
     free(buf);

@@ -153,6 +153,19 @@ int main(int argc, char **argv)
     hush_free(env);
     uint8_t flips[4] = { 3, 10, 1, 1 };
     put("envelope", "flip", NULL, 0, flips, sizeof flips);
+    flips[0] = 5; /* the same, on the harness's genuine group message */
+    put("envelope", "flip-group", NULL, 0, flips, sizeof flips);
+    /* a real SenderKeyMessage (group "fuzz-group", as in the harness) as mode 4's ciphertext */
+    if (hush_group_distribution(a, "fuzz-group", "bob", 1, &env, &elen))
+        abort();
+    hush_free(env);
+    if (hush_group_encrypt(a, "fuzz-group", (const uint8_t *)"group message", 13, NULL, &env, &elen))
+        abort();
+    e = hush__envelope__unpack(NULL, elen, env);
+    mode = 4;
+    put("envelope", "senderkey-ciphertext", &mode, 1, e->ciphertext.data, e->ciphertext.len);
+    hush__envelope__free_unpacked(e, NULL);
+    hush_free(env);
 
     /* relay frames: what a client sends and what it receives */
     uint8_t challenge[32], sig[64], auth[32], idk[33], *up = NULL;
