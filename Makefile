@@ -366,7 +366,9 @@ bench-own: deps $(BENCH_BIN) $(HUSHD)
 
 check:
 	cppcheck --quiet --error-exitcode=1 --enable=warning,portability --std=c11 \
-	    -Istore/include -Isdk/include -Iproto --suppress=missingIncludeSystem store sdk cli relay proto mobile-bindings
+	    -Istore/include -Isdk/include -Iproto -Irelay -Itests -Ifuzz --include=mk/cppcheck-cmocka.h \
+	    --suppress=missingIncludeSystem \
+	    store sdk cli relay proto mobile-bindings tests fuzz bench
 
 # ---------------------------------------------------------------------------------------------
 # fuzzing (clang + libFuzzer, or AFL++ with AFL=1)

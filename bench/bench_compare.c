@@ -68,6 +68,7 @@ static double now(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
+static void die(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
 static void die(const char *fmt, ...)
 {
     va_list ap;
@@ -793,8 +794,11 @@ static void pump(struct client **v, int n, int timeout_ms)
     static struct pollfd *pf;
     static int cap;
     if (cap < n) {
+        struct pollfd *np = realloc(pf, (size_t)n * sizeof *pf);
+        if (!np)
+            die("out of memory for %d poll entries", n);
+        pf = np;
         cap = n;
-        pf = realloc(pf, (size_t)cap * sizeof *pf);
     }
     int m = 0;
     for (int i = 0; i < n; i++) {

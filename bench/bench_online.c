@@ -119,7 +119,7 @@ int main(int argc, char **argv)
     char extra[256];
     snprintf(extra, sizeof extra, "durability = %s\nquota_messages = 10000000\nsend_burst = 1000000\n"
                                   "send_refill_per_s = 1000000", durability);
-    struct bench_relay relay;
+    struct bench_relay relay = { 0 };
     bench_relay_start(&relay, bin, extra);
     char dir[] = "/tmp/hush-bench-online.XXXXXX";
     if (!mkdtemp(dir))

@@ -12,7 +12,7 @@ struct bench_relay {
 };
 
 double bench_now(void);
-void bench_die(const char *what);
+__attribute__((noreturn)) void bench_die(const char *what);
 /* Starts `bin` (path to hushd) with a temporary database and the extra config lines. */
 void bench_relay_start(struct bench_relay *r, const char *bin, const char *extra_config);
 /* SIGTERM, wait, and remove the temporary directory unless $BENCH_KEEP is set. */

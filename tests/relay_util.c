@@ -58,9 +58,14 @@ char *relay_http_get(const struct relay_proc *r, const char *path, int *status)
     size_t cap = 1 << 16, have = 0;
     char *buf = malloc(cap + 1);
     for (;;) {
+        if (!buf)
+            fail_msg("out of memory reading an HTTP answer");
         if (have == cap) {
             cap *= 2;
-            buf = realloc(buf, cap + 1);
+            char *nb = realloc(buf, cap + 1);
+            if (!nb)
+                fail_msg("out of memory reading an HTTP answer");
+            buf = nb;
         }
         ssize_t g = read(fd, buf + have, cap - have);
         if (g <= 0)
