@@ -20,6 +20,9 @@
  *   OK; it never leaves the outbox otherwise;
  * - before the relay told it OK for its register/login, the client sends nothing but its Hello,
  *   the register/login itself and acks;
+ * - a one-time prekey is offered (register, upload) at most once unless the relay refused the
+ *   earlier offer; keys whose only offer was refused are not left marked as published (checked
+ *   when a closing ping shows the client handled everything);
  * - the database passes an integrity check afterwards.
  * The network thread makes runs depend a little on timing (answers wait for the client's next
  * request, not for the clock, to keep that small); inputs reproduce in practice.
@@ -44,6 +47,8 @@
 #include "fuzz.h"
 #include "hush.h"
 #include "hush.pb-c.h"
+
+#include <sqlite3.h>
 
 #define GENUINE 6
 #define MAX_OPS 96
@@ -207,7 +212,32 @@ struct conn {
     int nmid;
     uint64_t auth_ids[16]; /* ids of the client's register/login requests */
     int nauth;
+    /* every Result the fake relay wrote, in order, and the client's requests that offered one-time
+     * prekeys (register, upload) with what became of them */
+    uint64_t res_ids[1024];
+    int res_err[1024];
+    int nres;
+    struct offer {
+        uint64_t id;
+        uint32_t keys[128];
+        size_t nkeys;
+        int ambiguous; /* a Result with its id was written before it arrived: which one counted? */
+        int first;     /* code of the first Result written after it arrived; -1: none */
+        int any_err, any_ok;
+    } offers[16];
+    int noffers;
+    int synced; /* the client answered the closing ping: it has handled everything before it */
 };
+
+static void offer_result(struct offer *o, int code)
+{
+    if (o->first < 0)
+        o->first = code;
+    if (code)
+        o->any_err = 1;
+    else
+        o->any_ok = 1;
+}
 
 /* per input: which seq carried which genuine envelope */
 static int g_seq_genuine[256]; /* seq -> k + 1, 0: not genuine */
@@ -217,6 +247,18 @@ static uint8_t g_queued_mid[HUSH_MESSAGE_ID_BYTES];
 static void note_server_message(struct conn *c, const uint8_t *p, size_t n)
 {
     Hush__Frame *f = hush__frame__unpack(NULL, n, p);
+    if (f && f->msg_case == HUSH__FRAME__MSG_RESULT && f->id) {
+        int code = f->result->code != HUSH__ERROR_CODE__OK;
+        if (c->nres < (int)(sizeof c->res_ids / sizeof c->res_ids[0])) {
+            c->res_ids[c->nres] = f->id;
+            c->res_err[c->nres++] = code;
+        } else {
+            c->tx_lost = 1;
+        }
+        for (int i = 0; i < c->noffers; i++)
+            if (c->offers[i].id == f->id)
+                offer_result(&c->offers[i], code);
+    }
     if (f && f->msg_case == HUSH__FRAME__MSG_RESULT && f->result->code == HUSH__ERROR_CODE__OK && f->id) {
         if (g_debug)
             fprintf(stderr, "fuzz_client: the client is told OK for id %llu\n", (unsigned long long)f->id);
@@ -359,6 +401,37 @@ static void on_client_frame(struct conn *c, const uint8_t *p, size_t n)
         if (!authed)
             violation("the SDK sent a request before it was logged in");
     }
+    const Hush__PreKeyUpload *keys = kind == HUSH__FRAME__MSG_REGISTER        ? f->register_->keys
+                                     : kind == HUSH__FRAME__MSG_UPLOAD_PRE_KEYS ? f->upload_pre_keys
+                                                                                : NULL;
+    if (keys && keys->n_one_time_pre_keys) {
+        /* a one-time prekey is never offered twice, unless the relay refused the earlier offer
+         * (a refusal stores nothing, and the client puts the keys back) */
+        for (size_t k = 0; k < keys->n_one_time_pre_keys; k++)
+            for (int i = 0; i < c->noffers; i++)
+                for (size_t j = 0; j < c->offers[i].nkeys; j++)
+                    if (c->offers[i].keys[j] == keys->one_time_pre_keys[k]->id && !c->offers[i].any_err &&
+                        !c->tx_lost)
+                        violation("a one-time prekey was published twice");
+        if (c->noffers < (int)(sizeof c->offers / sizeof c->offers[0])) {
+            struct offer *o = &c->offers[c->noffers++];
+            memset(o, 0, sizeof *o);
+            o->id = f->id;
+            o->first = -1;
+            for (size_t k = 0; k < keys->n_one_time_pre_keys && o->nkeys < 128; k++)
+                o->keys[o->nkeys++] = keys->one_time_pre_keys[k]->id;
+            for (int i = 0; i < c->nres; i++)
+                if (c->res_ids[i] == f->id) {
+                    o->ambiguous = 1;
+                    if (c->res_err[i])
+                        o->any_err = 1;
+                    else
+                        o->any_ok = 1;
+                }
+        } else {
+            c->tx_lost = 1;
+        }
+    }
     if (f->msg_case == HUSH__FRAME__MSG_ACK) {
         for (size_t i = 0; i < f->ack->n_seqs && c->nacked < (int)(sizeof c->acked / sizeof c->acked[0]); i++)
             c->acked[c->nacked++] = f->ack->seqs[i];
@@ -422,7 +495,9 @@ static void parse_rx(struct conn *c)
             }
         } else if (op == 8) {
             c->dead = 1;
-        } /* pings/pongs: nothing to do (a server pong is not required by the SDK) */
+        } else if (op == 10 && len == 4 && !memcmp(p, "sync", 4)) {
+            c->synced = 1; /* lws answers a ping in stream order: everything before it was handled */
+        } /* other pings/pongs: nothing to do */
         size_t used = hl + 4 + (size_t)len;
         memmove(c->rx, c->rx + used, c->rx_len - used);
         c->rx_len -= used;
@@ -729,6 +804,51 @@ static void play(struct conn *c, struct input *in)
         }
     }
     pump_while_busy(c, NULL); /* what the client does with the last of it */
+    if (!c->dead) { /* a ping after everything: its pong says the client has handled all of it */
+        ws_send(c, 9, (const uint8_t *)"sync", 4);
+        for (int i = 0; i < 100 && !c->synced && !c->dead; i++)
+            pump(c, 5);
+    }
+}
+
+static int has_offer(const struct conn *c, int after, uint32_t key)
+{
+    for (int i = after; i < c->noffers; i++)
+        for (size_t j = 0; j < c->offers[i].nkeys; j++)
+            if (c->offers[i].keys[j] == key)
+                return 1;
+    return 0;
+}
+
+/* Keys whose only offer the relay refused (and the client handled the refusal) are not used up. */
+static void check_refused_keys_back(const struct conn *c)
+{
+    if (g_debug)
+        fprintf(stderr, "fuzz_client: synced %d, offers %d, first answer to the first %d\n", c->synced, c->noffers,
+                c->noffers ? c->offers[0].first : -2);
+    if (!c->synced || c->tx_lost)
+        return;
+    sqlite3 *db = NULL;
+    if (sqlite3_open_v2(g_work, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK)
+        abort();
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(db, "SELECT exported FROM pre_keys WHERE id = ?1", -1, &st, NULL) != SQLITE_OK)
+        abort();
+    for (int i = 0; i < c->noffers; i++) {
+        const struct offer *o = &c->offers[i];
+        if (o->ambiguous || o->first <= 0)
+            continue; /* accepted, unanswered, or not clear which answer the client took */
+        for (size_t j = 0; j < o->nkeys; j++) {
+            if (has_offer(c, i + 1, o->keys[j]))
+                continue; /* offered again later */
+            sqlite3_bind_int64(st, 1, o->keys[j]);
+            if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_int(st, 0) != 0)
+                violation("prekeys the relay refused stay marked as published");
+            sqlite3_reset(st);
+        }
+    }
+    sqlite3_finalize(st);
+    sqlite3_close(db);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -814,6 +934,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         violation("the queued message left the outbox without an OK");
     must(hush_client_check(cl), "integrity");
     hush_client_close(cl);
+    check_refused_keys_back(&c);
     free(c.rx);
     free(c.msg);
     free(c.tx);

@@ -342,8 +342,18 @@ int main(int argc, char **argv)
         const uint8_t pushes[] = { 0, 0, 12, 19, 0, 0, 12, 19, 6, 3, 7, 0x80, 5, 11, 0, 11, 1, 4, 0, 3,
                                    3, 0, 1, 4, 1, 2, 3, 4, 9, 3, 0x08, 0x01, 0x10, 12, 19, 8, 14, 12, 19 };
         put("client", "pushes", NULL, 0, pushes, sizeof pushes);
-        const uint8_t refused[] = { 0, 0, 12, 19, 0, 0xc3, 12, 19, 0, 0, 12, 19 };
+        const uint8_t refused[] = { 0, 0, 12, 19, 12, 19, 12, 19, 0, 0xc3, 12, 19, 12, 19, 0, 0, 12, 19 };
         put("client", "login-refused", NULL, 0, refused, sizeof refused);
+        /* registration refused with STORAGE_FAILED (not fatal: the connection stays, the prekeys
+         * in it must be put back); then login OK, PreKeysLow, and every later request refused */
+        const uint8_t keys_back[] = { 0, 0, 12, 19, 12, 19, 12, 19, 0, 0xd0, 12, 19, 12, 19,
+                                      6, 3, 12, 19, 12, 19, 12, 19, 0, 0xd0, 12, 19, 0, 0xd0, 12, 19,
+                                      0, 0xd0, 12, 19, 0, 0xd0, 12, 19 };
+        put("client", "prekeys-refused", NULL, 0, keys_back, sizeof keys_back);
+        /* registered, then a low-stock notice: the upload must carry new keys only */
+        const uint8_t low[] = { 0, 0, 12, 19, 12, 19, 12, 19, 0, 0, 12, 19, 12, 19, 12, 19, 6, 3, 12, 19, 12, 19,
+                                12, 19, 12, 19 };
+        put("client", "login-prekeys-low", NULL, 0, low, sizeof low);
     }
     printf("seeds written to %s\n", g_dir);
     return 0;

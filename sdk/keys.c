@@ -54,6 +54,27 @@ fail:
     return e;
 }
 
+hush_err hush__unpublish_pre_keys(hush_client *c, const uint32_t *ids, size_t n)
+{
+    hush_err e = hush__begin(c);
+    if (e)
+        return e;
+    sqlite3_stmt *st;
+    for (size_t i = 0; i < n && !e; i++) {
+        hstore_err se = hstore_prepare(c->db, "UPDATE pre_keys SET exported = 0 WHERE id = ?1", &st);
+        if (se == HSTORE_OK) {
+            sqlite3_bind_int64(st, 1, ids[i]);
+            se = hstore_run(c->db, st);
+        }
+        e = hush__from_store(se);
+    }
+    if (e) {
+        hush__rollback(c);
+        return e;
+    }
+    return hush__commit(c);
+}
+
 hush_err hush__rotate_signed_pre_key(hush_client *c, uint64_t max_age_ms, uint64_t grace_ms, int *rotated)
 {
     *rotated = 0;

@@ -65,6 +65,7 @@ struct typing_req {
 /* Deliveries that arrive together are decrypted and stored in one transaction (one fsync with
  * durability FULL instead of one per message), then acknowledged, then reported. */
 #define NET_BATCH_MAX 128
+#define NET_MAX_OFFERED 4
 
 struct inbound {
     char from[HUSH_USERNAME_MAX + 1];
@@ -100,6 +101,11 @@ struct hush_net {
     size_t rx_len, rx_cap;
     struct req reqs[NET_MAX_REQS];
     int nreqs;
+    struct offered {          /* one-time prekeys in a request still waiting for its Result */
+        uint64_t req_id;
+        uint32_t *ids;        /* NULL: slot free */
+        size_t n;
+    } offered[NET_MAX_OFFERED];
     int inflight;
     int64_t pump_cursor;      /* outbox id last handed out in this connection */
     int fetching;             /* a FetchBundles is outstanding: the pump waits */
@@ -208,6 +214,72 @@ static int take_req(struct hush_net *n, uint64_t id, struct req *out)
         }
     }
     return 0;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* one-time prekeys offered to the relay
+ *
+ * hush_prekey_upload marks the keys it puts in an upload as handed out. If the relay refuses the
+ * request (a refusal stores nothing) they are put back, so a refused upload or registration does
+ * not use them up. Without an answer (the connection went) they stay handed out: the relay may
+ * have stored them, and a one-time key must never be published twice. */
+
+static void forget_offer(struct offered *o)
+{
+    free(o->ids);
+    o->ids = NULL;
+    o->n = 0;
+}
+
+static void forget_offers(struct hush_net *n)
+{
+    for (int i = 0; i < NET_MAX_OFFERED; i++)
+        forget_offer(&n->offered[i]);
+}
+
+static void put_back(struct hush_net *n, const uint32_t *ids, size_t cnt)
+{
+    hush__lock(n->c);
+    hush_err e = hush__unpublish_pre_keys(n->c, ids, cnt);
+    hush__unlock(n->c);
+    if (e)
+        report(n, e, "could not put back prekeys the relay refused");
+}
+
+static void offer_keys(struct hush_net *n, uint64_t req_id, const Hush__PreKeyUpload *up)
+{
+    if (!up || !up->n_one_time_pre_keys)
+        return;
+    struct offered *o = NULL;
+    for (int i = 0; i < NET_MAX_OFFERED && !o; i++)
+        if (!n->offered[i].ids)
+            o = &n->offered[i];
+    if (!o) { /* full: the oldest stays handed out, as if its answer never came */
+        forget_offer(&n->offered[0]);
+        memmove(&n->offered[0], &n->offered[1], (NET_MAX_OFFERED - 1) * sizeof n->offered[0]);
+        o = &n->offered[NET_MAX_OFFERED - 1];
+        o->ids = NULL;
+    }
+    o->ids = malloc(up->n_one_time_pre_keys * sizeof *o->ids);
+    if (!o->ids)
+        return;
+    for (size_t i = 0; i < up->n_one_time_pre_keys; i++)
+        o->ids[i] = up->one_time_pre_keys[i]->id;
+    o->n = up->n_one_time_pre_keys;
+    o->req_id = req_id;
+}
+
+/* The relay answered request req_id: its keys are published (OK) or put back (refused). */
+static void settle_offer(struct hush_net *n, uint64_t req_id, int refused)
+{
+    for (int i = 0; i < NET_MAX_OFFERED; i++) {
+        struct offered *o = &n->offered[i];
+        if (!o->ids || o->req_id != req_id)
+            continue;
+        if (refused)
+            put_back(n, o->ids, o->n);
+        forget_offer(o);
+    }
 }
 
 static void send_ack(struct hush_net *n, uint64_t seq)
@@ -863,16 +935,26 @@ static void upload_keys(struct hush_net *n, uint32_t max_one_time)
     }
     Hush__PreKeyUpload *up = hush__pre_key_upload__unpack(NULL, len, buf);
     hush_free(buf);
-    struct req *r = up ? add_req(n, R_UPLOAD) : NULL;
+    if (!up) {
+        report(n, HUSH_ERR_NOMEM, "could not prepare a prekey upload");
+        return;
+    }
+    struct req *r = add_req(n, R_UPLOAD);
     if (r) {
         Hush__Frame f = HUSH__FRAME__INIT;
         f.id = r->id;
         f.msg_case = HUSH__FRAME__MSG_UPLOAD_PRE_KEYS;
         f.upload_pre_keys = up;
         queue_frame(n, &f);
+        offer_keys(n, r->id, up);
+    } else if (up->n_one_time_pre_keys) { /* never sent: the keys are not used up */
+        uint32_t ids[PREKEY_BATCH];
+        size_t cnt = 0;
+        for (size_t i = 0; i < up->n_one_time_pre_keys && cnt < PREKEY_BATCH; i++)
+            ids[cnt++] = up->one_time_pre_keys[i]->id;
+        put_back(n, ids, cnt);
     }
-    if (up)
-        hush__pre_key_upload__free_unpacked(up, NULL);
+    hush__pre_key_upload__free_unpacked(up, NULL);
 }
 
 static int registered(hush_client *c)
@@ -945,6 +1027,7 @@ static void send_auth(struct hush_net *n)
     f.msg_case = HUSH__FRAME__MSG_REGISTER;
     f.register_ = &rr;
     queue_frame(n, &f);
+    offer_keys(n, f.id, keys);
     hush__pre_key_upload__free_unpacked(keys, NULL);
 }
 
@@ -1124,6 +1207,8 @@ static void handle_frame(struct hush_net *n, const uint8_t *data, size_t len)
                 report(n, HUSH_ERR_RELAY, f->result->message);
             break;
         }
+        if (r.type == R_AUTH || r.type == R_UPLOAD)
+            settle_offer(n, r.id, f->result->code != HUSH__ERROR_CODE__OK);
         if (r.type == R_AUTH) {
             if (f->result->code == HUSH__ERROR_CODE__OK) {
                 hush__lock(n->c);
@@ -1347,6 +1432,7 @@ static void connection_lost(struct hush_net *n)
     n->out_tail = NULL;
     n->rx_len = 0;
     n->nreqs = 0;
+    forget_offers(n); /* unanswered: the relay may have stored them */
     n->inflight = 0;
     n->fetching = 0;
     n->pump_cursor = 0;
@@ -1684,6 +1770,7 @@ void hush_net_stop(hush_client *c)
         n->out_head = b;
     }
     batch_clear(n);
+    forget_offers(n);
     free(n->rx);
     pthread_mutex_destroy(&n->mu);
     pthread_cond_destroy(&n->cv);

@@ -24,6 +24,9 @@ hush_err hush__flush_receipts(hush_client *c, int *queued);
 
 /* keys.c: replenishing and rotating keys */
 hush_err hush__generate_pre_keys(hush_client *c, uint32_t n);
+/* Marks one-time prekeys as not handed out again (hush_prekey_upload marked them): for an upload
+ * the relay refused, which stores nothing. Caller holds the lock. */
+hush_err hush__unpublish_pre_keys(hush_client *c, const uint32_t *ids, size_t n);
 /* Makes a new signed prekey current if the current one is older than max_age_ms; retires (deletes)
  * non-current signed prekeys older than grace_ms. *rotated = 1 if a new one was made. */
 hush_err hush__rotate_signed_pre_key(hush_client *c, uint64_t max_age_ms, uint64_t grace_ms, int *rotated);
