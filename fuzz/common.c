@@ -1,4 +1,5 @@
 /* common.c - deterministic randomness and a scratch directory for the harnesses. */
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -70,4 +71,28 @@ const char *fuzz_tmpdir(void)
             abort();
     }
     return dir;
+}
+
+void fuzz_copy_file(const char *from, const char *to)
+{
+    int in = open(from, O_RDONLY), out = open(to, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    if (in < 0 || out < 0)
+        abort();
+    char buf[65536];
+    ssize_t n;
+    while ((n = read(in, buf, sizeof buf)) > 0)
+        if (write(out, buf, (size_t)n) != n)
+            abort();
+    close(in);
+    close(out);
+}
+
+void fuzz_remove_db(const char *path)
+{
+    char p[1100];
+    unlink(path);
+    snprintf(p, sizeof p, "%s-wal", path);
+    unlink(p);
+    snprintf(p, sizeof p, "%s-shm", path);
+    unlink(p);
 }

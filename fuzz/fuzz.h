@@ -26,6 +26,11 @@ void fuzz_random_reset(uint64_t stream);
 #define FUZZ_DB_KEY_BYTE 3
 #define FUZZ_DB_PEER "alice"
 
+/* Copies a file (a template database) over another; removes a database with its -wal and -shm.
+ * Both abort() on failure: the harness's own files, not the input's fault. */
+void fuzz_copy_file(const char *from, const char *to);
+void fuzz_remove_db(const char *path);
+
 /* A private temporary directory for the harness's databases (created once). */
 const char *fuzz_tmpdir(void);
 

@@ -30,7 +30,6 @@
  */
 #define _GNU_SOURCE /* strcasestr */
 #include <errno.h>
-#include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
@@ -86,30 +85,6 @@ static void violation(const char *what)
     abort();
 }
 
-static void remove_db(const char *path)
-{
-    char p[320];
-    unlink(path);
-    snprintf(p, sizeof p, "%s-wal", path);
-    unlink(p);
-    snprintf(p, sizeof p, "%s-shm", path);
-    unlink(p);
-}
-
-static void copy_file(const char *from, const char *to)
-{
-    int in = open(from, O_RDONLY), out = open(to, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    if (in < 0 || out < 0)
-        abort();
-    char buf[65536];
-    ssize_t n;
-    while ((n = read(in, buf, sizeof buf)) > 0)
-        if (write(out, buf, (size_t)n) != n)
-            abort();
-    close(in);
-    close(out);
-}
-
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     (void)argc;
@@ -120,8 +95,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     snprintf(g_template, sizeof g_template, "%s/tpl-bob.db", fuzz_tmpdir());
     snprintf(g_work, sizeof g_work, "%s/run-bob.db", fuzz_tmpdir());
     snprintf(apath, sizeof apath, "%s/tpl-alice.db", fuzz_tmpdir());
-    remove_db(g_template);
-    remove_db(apath);
+    fuzz_remove_db(g_template);
+    fuzz_remove_db(apath);
     hush_open_opts o = { HUSH_DURABILITY_NORMAL };
     hush_client *a = NULL, *b = NULL;
     must(hush_client_open(apath, g_key_alice, &o, &a), "open alice");
@@ -145,7 +120,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     }
     hush_client_close(a);
     hush_client_close(b); /* the last connection checkpoints: the .db file alone is the state */
-    remove_db(apath);
+    fuzz_remove_db(apath);
 
     g_lfd = socket(AF_INET, SOCK_STREAM, 0);
     int one = 1;
@@ -244,6 +219,50 @@ static int g_seq_genuine[256]; /* seq -> k + 1, 0: not genuine */
 static uint64_t g_next_seq;
 static uint8_t g_queued_mid[HUSH_MESSAGE_ID_BYTES];
 
+/* One WebSocket frame at the start of buf[0..have): 0 while it is incomplete, else 1 with its
+ * flags, payload length, and the payload unmasked in place at *payload. The caller removes
+ * *used bytes. */
+struct wsframe {
+    int fin, op, masked;
+    uint64_t len;
+    uint8_t *payload;
+    size_t used;
+};
+
+static int ws_frame(uint8_t *b, size_t have, struct wsframe *w)
+{
+    if (have < 2)
+        return 0;
+    w->fin = b[0] & 0x80;
+    w->op = b[0] & 0x0f;
+    w->masked = b[1] & 0x80;
+    w->len = b[1] & 0x7f;
+    size_t hl = 2;
+    if (w->len == 126) {
+        if (have < 4)
+            return 0;
+        w->len = (uint64_t)b[2] << 8 | b[3];
+        hl = 4;
+    } else if (w->len == 127) {
+        if (have < 10)
+            return 0;
+        w->len = 0;
+        for (int i = 0; i < 8; i++)
+            w->len = w->len << 8 | b[2 + i];
+        hl = 10;
+    }
+    if (w->len > RX_CAP)
+        return 1; /* the caller refuses it before touching the payload */
+    size_t ml = w->masked ? 4 : 0;
+    if (have < hl + ml + w->len)
+        return 0;
+    w->payload = b + hl + ml;
+    for (uint64_t i = 0; w->masked && i < w->len; i++)
+        w->payload[i] ^= b[hl + (i & 3)];
+    w->used = hl + ml + (size_t)w->len;
+    return 1;
+}
+
 static void note_server_message(struct conn *c, const uint8_t *p, size_t n)
 {
     Hush__Frame *f = hush__frame__unpack(NULL, n, p);
@@ -282,35 +301,16 @@ static void track_tx(struct conn *c, const uint8_t *p, size_t n)
     memcpy(c->tx + c->tx_len, p, n);
     c->tx_len += n;
     for (;;) {
-        uint8_t *b = c->tx;
-        if (c->tx_len < 2)
+        struct wsframe w;
+        if (!ws_frame(c->tx, c->tx_len, &w))
             return;
-        int fin = b[0] & 0x80, op = b[0] & 0x0f, masked = b[1] & 0x80;
-        uint64_t len = b[1] & 0x7f;
-        size_t hl = 2;
-        if (len == 126) {
-            if (c->tx_len < 4)
-                return;
-            len = (uint64_t)b[2] << 8 | b[3];
-            hl = 4;
-        } else if (len == 127) {
-            if (c->tx_len < 10)
-                return;
-            len = 0;
-            for (int i = 0; i < 8; i++)
-                len = len << 8 | b[2 + i];
-            hl = 10;
-        }
-        if (len > RX_CAP) {
+        if (w.len > RX_CAP) {
             c->tx_lost = 1;
             return;
         }
-        size_t ml = masked ? 4 : 0;
-        if (c->tx_len < hl + ml + len)
-            return;
-        uint8_t *pl = b + hl + ml;
-        for (uint64_t i = 0; masked && i < len; i++)
-            pl[i] ^= b[hl + (i & 3)];
+        int fin = w.fin, op = w.op;
+        uint64_t len = w.len;
+        uint8_t *pl = w.payload;
         if (op == 0 || op == 1 || op == 2) {
             note_server_message(c, pl, (size_t)len);
             if (op != 0)
@@ -325,9 +325,8 @@ static void track_tx(struct conn *c, const uint8_t *p, size_t n)
             if (fin)
                 c->tmsg_len = 0;
         }
-        size_t used = hl + ml + (size_t)len;
-        memmove(c->tx, c->tx + used, c->tx_len - used);
-        c->tx_len -= used;
+        memmove(c->tx, c->tx + w.used, c->tx_len - w.used);
+        c->tx_len -= w.used;
     }
 }
 
@@ -456,32 +455,14 @@ static void on_client_frame(struct conn *c, const uint8_t *p, size_t n)
 static void parse_rx(struct conn *c)
 {
     for (;;) {
-        if (c->rx_len < 2)
+        struct wsframe w;
+        if (!ws_frame(c->rx, c->rx_len, &w))
             return;
-        uint8_t *b = c->rx;
-        int fin = b[0] & 0x80, op = b[0] & 0x0f, masked = b[1] & 0x80;
-        uint64_t len = b[1] & 0x7f;
-        size_t hl = 2;
-        if (len == 126) {
-            if (c->rx_len < 4)
-                return;
-            len = (uint64_t)b[2] << 8 | b[3];
-            hl = 4;
-        } else if (len == 127) {
-            if (c->rx_len < 10)
-                return;
-            len = 0;
-            for (int i = 0; i < 8; i++)
-                len = len << 8 | b[2 + i];
-            hl = 10;
-        }
-        if (!masked || len > RX_CAP)
+        if (!w.masked || w.len > RX_CAP)
             violation("the SDK sent an unmasked or oversized WebSocket frame");
-        if (c->rx_len < hl + 4 + len)
-            return;
-        uint8_t *mask = b + hl, *p = b + hl + 4;
-        for (uint64_t i = 0; i < len; i++)
-            p[i] ^= mask[i & 3];
+        int fin = w.fin, op = w.op;
+        uint64_t len = w.len;
+        const uint8_t *p = w.payload;
         if (op == 2 || op == 0) {
             uint8_t *m = realloc(c->msg, c->msg_len + len + 1);
             if (!m)
@@ -498,9 +479,8 @@ static void parse_rx(struct conn *c)
         } else if (op == 10 && len == 4 && !memcmp(p, "sync", 4)) {
             c->synced = 1; /* lws answers a ping in stream order: everything before it was handled */
         } /* other pings/pongs: nothing to do */
-        size_t used = hl + 4 + (size_t)len;
-        memmove(c->rx, c->rx + used, c->rx_len - used);
-        c->rx_len -= used;
+        memmove(c->rx, c->rx + w.used, c->rx_len - w.used);
+        c->rx_len -= w.used;
     }
 }
 
@@ -854,8 +834,8 @@ static void check_refused_keys_back(const struct conn *c)
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     fuzz_random_reset(1);
-    remove_db(g_work);
-    copy_file(g_template, g_work);
+    fuzz_remove_db(g_work);
+    fuzz_copy_file(g_template, g_work);
     memset(g_seq_genuine, 0, sizeof g_seq_genuine);
     g_next_seq = 0;
     g_nshown = 0;
@@ -939,6 +919,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     free(c.msg);
     free(c.tx);
     free(c.tmsg);
-    remove_db(g_work);
+    fuzz_remove_db(g_work);
     return 0;
 }

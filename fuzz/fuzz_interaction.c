@@ -14,7 +14,6 @@
  * - after the schedule, delivering everything still in flight and one more message each way
  *   works: the sessions converge.
  */
-#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -62,30 +61,6 @@ static void must(hush_err e)
     }
 }
 
-static void copy_file(const char *from, const char *to)
-{
-    int in = open(from, O_RDONLY), out = open(to, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    if (in < 0 || out < 0)
-        abort();
-    char buf[65536];
-    ssize_t n;
-    while ((n = read(in, buf, sizeof buf)) > 0)
-        if (write(out, buf, (size_t)n) != n)
-            abort();
-    close(in);
-    close(out);
-}
-
-static void remove_db(const char *path)
-{
-    char p[320];
-    unlink(path);
-    snprintf(p, sizeof p, "%s-wal", path);
-    unlink(p);
-    snprintf(p, sizeof p, "%s-shm", path);
-    unlink(p);
-}
-
 static hush_client *open_db(const char *path, int who)
 {
     hush_client *c = NULL;
@@ -102,7 +77,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     for (int i = 0; i < 2; i++) {
         snprintf(g_template[i], sizeof g_template[i], "%s/tpl-%s.db", fuzz_tmpdir(), g_name[i]);
         snprintf(g_work[i], sizeof g_work[i], "%s/run-%s.db", fuzz_tmpdir(), g_name[i]);
-        remove_db(g_template[i]);
+        fuzz_remove_db(g_template[i]);
     }
     hush_client *a = open_db(g_template[0], 0), *b = open_db(g_template[1], 1);
     must(hush_device_create(a, "alice", 1));
@@ -207,8 +182,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     fuzz_random_reset(1);
     for (int i = 0; i < 2; i++) {
-        remove_db(g_work[i]);
-        copy_file(g_template[i], g_work[i]);
+        fuzz_remove_db(g_work[i]);
+        fuzz_copy_file(g_template[i], g_work[i]);
         g_c[i] = open_db(g_work[i], i);
     }
     memset(g_dir, 0, sizeof g_dir);
