@@ -69,10 +69,10 @@ STORE_SRC := $(wildcard store/*.c)
 SDK_SRC := $(wildcard sdk/*.c) proto/wire.c
 CLI_SRC := $(wildcard cli/*.c)
 RELAY_SRC := $(wildcard relay/*.c)
-TEST_UTIL_SRC := tests/util.c tests/wsc.c tests/relay_util.c
+TEST_UTIL_SRC := tests/util.c tests/wsc.c tests/wss.c tests/relay_util.c
 TEST_SRC := $(filter-out $(TEST_UTIL_SRC),$(wildcard tests/test_*.c))
 BENCH_SRC := $(wildcard bench/bench_*.c)
-BENCH_COMMON_OBJ := $(BUILD)/obj/bench/common.o $(BUILD)/obj/bench/hushdev.o $(BUILD)/obj/tests/wsc.o
+BENCH_COMMON_OBJ := $(BUILD)/obj/bench/common.o $(BUILD)/obj/bench/hushdev.o $(BUILD)/obj/tests/wsc.o $(BUILD)/obj/tests/wss.o
 
 obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
 STORE_OBJ := $(call obj,$(STORE_SRC))
@@ -96,7 +96,7 @@ HUSHD := $(BUILD)/bin/hushd
 
 FUZZ_NAMES := $(patsubst fuzz/fuzz_%.c,%,$(wildcard fuzz/fuzz_*.c))
 FUZZ_REPLAY := $(patsubst %,$(BUILD)/fuzz-replay/fuzz_%,$(FUZZ_NAMES))
-FUZZ_SUPPORT_SRC := fuzz/common.c relay/config.c
+FUZZ_SUPPORT_SRC := fuzz/common.c relay/config.c tests/wss.c
 FUZZ_SUPPORT_OBJ := $(call obj,$(FUZZ_SUPPORT_SRC))
 GEN_SEEDS := $(BUILD)/fuzz-replay/gen_seeds
 
@@ -177,7 +177,7 @@ $(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(TEST_UTIL_OBJ) $(LIBHUSH_A)
 	$(Q)$(CC) $(LDFLAGS_ALL) -o $@ $< $(TEST_UTIL_OBJ) $(LIBHUSH_A) $(LIBS) $(SSL_LIBS) $(CMOCKA_LIBS)
 
 # Harnesses replayed by a plain driver (no libFuzzer): part of every build and of `make test`.
-$(BUILD)/obj/fuzz/%.o: ALL_CFLAGS += -Isdk -Ifuzz -Wno-missing-prototypes
+$(BUILD)/obj/fuzz/%.o: ALL_CFLAGS += -Isdk -Ifuzz -Itests -Wno-missing-prototypes
 $(BUILD)/obj/relay/config.o: ALL_CFLAGS += $(LWS_CFLAGS)
 $(BUILD)/fuzz-replay/fuzz_%: $(BUILD)/obj/fuzz/fuzz_%.o $(BUILD)/obj/fuzz/driver.o $(FUZZ_SUPPORT_OBJ) $(LIBHUSH_A)
 	$(E) "  LD      $@"
@@ -185,7 +185,7 @@ $(BUILD)/fuzz-replay/fuzz_%: $(BUILD)/obj/fuzz/fuzz_%.o $(BUILD)/obj/fuzz/driver
 	$(Q)$(CC) $(LDFLAGS_ALL) -o $@ $< $(BUILD)/obj/fuzz/driver.o $(FUZZ_SUPPORT_OBJ) $(LIBHUSH_A) $(LIBS)
 # fuzz_relay runs the relay in-process and drives it with the test client: it links the relay
 # (less main.c) and the test helpers as well.
-FUZZ_RELAY_SRC := $(filter-out relay/main.c relay/config.c,$(RELAY_SRC)) $(TEST_UTIL_SRC)
+FUZZ_RELAY_SRC := $(filter-out relay/main.c relay/config.c,$(RELAY_SRC)) $(filter-out $(FUZZ_SUPPORT_SRC),$(TEST_UTIL_SRC))
 FUZZ_RELAY_LIBS := $(LWS_LIBS) $(SSL_LIBS) $(CMOCKA_LIBS)
 # fuzz_dbfile opens files with the relay's own schema code, and gen_seeds writes a relay database.
 FUZZ_WITH_RELAY := relay dbfile

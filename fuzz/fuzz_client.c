@@ -28,7 +28,6 @@
  * request, not for the clock, to keep that small); inputs reproduce in practice.
  * FUZZ_CLIENT_DEBUG=1 prints what an input does, op by op.
  */
-#define _GNU_SOURCE /* strcasestr */
 #include <errno.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -40,12 +39,12 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <openssl/evp.h>
 #include <sodium.h>
 
 #include "fuzz.h"
 #include "hush.h"
 #include "hush.pb-c.h"
+#include "wss.h"
 
 #include <sqlite3.h>
 
@@ -351,20 +350,7 @@ static void send_all(struct conn *c, const void *p, size_t n)
 static void ws_send(struct conn *c, int op, const uint8_t *p, size_t n)
 {
     uint8_t h[10];
-    size_t hl = 0;
-    h[hl++] = (uint8_t)(0x80 | op);
-    if (n < 126) {
-        h[hl++] = (uint8_t)n;
-    } else if (n < 65536) {
-        h[hl++] = 126;
-        h[hl++] = (uint8_t)(n >> 8);
-        h[hl++] = (uint8_t)n;
-    } else {
-        h[hl++] = 127;
-        for (int i = 7; i >= 0; i--)
-            h[hl++] = (uint8_t)((uint64_t)n >> (8 * i));
-    }
-    send_all(c, h, hl);
+    send_all(c, h, ws_frame_header(h, op, 1, n));
     send_all(c, p, n);
 }
 
@@ -507,39 +493,11 @@ static void pump(struct conn *c, int wait_ms)
 
 static int handshake(struct conn *c)
 {
-    char req[4096];
-    size_t got = 0;
-    while (got < sizeof req - 1) {
-        struct pollfd p = { c->fd, POLLIN, 0 };
-        if (poll(&p, 1, 2000) <= 0)
-            return -1;
-        ssize_t r = recv(c->fd, req + got, sizeof req - 1 - got, 0);
-        if (r <= 0)
-            return -1;
-        got += (size_t)r;
-        req[got] = 0;
-        if (strstr(req, "\r\n\r\n"))
-            break;
-    }
-    char *k = strcasestr(req, "Sec-WebSocket-Key:");
-    char key[64] = "";
-    if (!k || sscanf(k + 18, " %63s", key) != 1)
+    if (wss_accept_upgrade(c->fd, "hush.v1", 2000) != 0)
         return -1;
-    char cat[128];
-    snprintf(cat, sizeof cat, "%s258EAFA5-E914-47DA-95CA-C5AB0DC85B11", key);
-    unsigned char sha[20];
-    unsigned int shalen = 0;
-    EVP_Digest(cat, strlen(cat), sha, &shalen, EVP_sha1(), NULL);
-    char acc[64];
-    sodium_bin2base64(acc, sizeof acc, sha, 20, sodium_base64_VARIANT_ORIGINAL);
-    char resp[512];
-    int rl = snprintf(resp, sizeof resp,
-                      "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                      "Sec-WebSocket-Accept: %s\r\nSec-WebSocket-Protocol: hush.v1\r\n\r\n", acc);
-    send_all(c, resp, (size_t)rl);
-    c->ws_open = 1;
-    c->expect = 1; /* the Hello */
-    return c->dead ? -1 : 0;
+    c->ws_open = 1; /* what is written from now on is tracked as a WebSocket stream */
+    c->expect = 1;  /* the Hello */
+    return 0;
 }
 
 /* ---------------------------------------------------------------------------------------- */

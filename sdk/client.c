@@ -170,6 +170,15 @@ hush_err hush__commit(hush_client *c)
 
 void hush__rollback(hush_client *c) { hstore_rollback(c->db); }
 
+hush_err hush__end(hush_client *c, hush_err e)
+{
+    if (e) {
+        hush__rollback(c);
+        return e;
+    }
+    return hush__commit(c);
+}
+
 /* ---------------------------------------------------------------------------------------- */
 /* open / close */
 

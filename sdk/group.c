@@ -116,10 +116,7 @@ hush_err hush_group_distribution(hush_client *c, const char *group_id, const cha
     content.sent_at_ms = hush__now_ms();
     content.group_id = (char *)group_id;
     e = hush__encrypt_content(c, member, device_id, &content, envelope, envelope_len);
-    if (e == HUSH_OK)
-        e = hush__commit(c);
-    else
-        hush__rollback(c);
+    e = hush__end(c, e);
     if (e) {
         hush_free(*envelope);
         *envelope = NULL;

@@ -90,6 +90,8 @@ uint64_t hush__now_ms(void);
 hush_err hush__begin(hush_client *c);
 hush_err hush__commit(hush_client *c); /* on failure it rolls back itself */
 void hush__rollback(hush_client *c);
+/* Ends what hush__begin started: commits when e is HUSH_OK, else rolls back. Returns the outcome. */
+hush_err hush__end(hush_client *c, hush_err e);
 
 /* history.c */
 hush_err hush__history_insert(hush_client *c, const char *peer, uint32_t peer_dev, int outgoing,

@@ -68,11 +68,7 @@ hush_err hush__unpublish_pre_keys(hush_client *c, const uint32_t *ids, size_t n)
         }
         e = hush__from_store(se);
     }
-    if (e) {
-        hush__rollback(c);
-        return e;
-    }
-    return hush__commit(c);
+    return hush__end(c, e);
 }
 
 hush_err hush__rotate_signed_pre_key(hush_client *c, uint64_t max_age_ms, uint64_t grace_ms, int *rotated)

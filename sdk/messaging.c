@@ -113,10 +113,7 @@ hush_err hush__flush_receipts(hush_client *c, int *queued)
             e = hush__outbox_insert(c, peer, HUSH__CONTENT_KIND__CONTENT_RECEIPT, rid, body,
                                     1 + n * HUSH_MESSAGE_ID_BYTES);
         }
-        if (!e)
-            e = hush__commit(c);
-        else
-            hush__rollback(c);
+        e = hush__end(c, e);
         if (e)
             return e;
         (*queued)++;
@@ -139,10 +136,7 @@ hush_err hush_send(hush_client *c, const char *peer, const uint8_t *text, size_t
         e = hush__outbox_insert(c, peer, HUSH__CONTENT_KIND__CONTENT_TEXT, mid, text, len);
         if (!e)
             e = hush__history_insert(c, peer, 0, 1, mid, HUSH_KIND_TEXT, "", hush__now_ms(), text, len, NULL, NULL);
-        if (!e)
-            e = hush__commit(c);
-        else
-            hush__rollback(c);
+        e = hush__end(c, e);
     }
     hush__unlock(c);
     if (e)
@@ -217,10 +211,7 @@ hush_err hush_mark_read(hush_client *c, int64_t local_id)
             int queued = 0;
             e = hush__flush_receipts(c, &queued); /* a read receipt goes out now, not on the next tick */
         }
-        if (!e)
-            e = hush__commit(c);
-        else
-            hush__rollback(c);
+        e = hush__end(c, e);
     }
     hush__unlock(c);
     if (!e && !already)
@@ -253,10 +244,7 @@ static hush_err set_prefs(hush_client *c, int kind, const char *const *users, si
             }
         }
         e = hush__from_store(se);
-        if (!e)
-            e = hush__commit(c);
-        else
-            hush__rollback(c);
+        e = hush__end(c, e);
     }
     hush__unlock(c);
     if (!e)

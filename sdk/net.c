@@ -282,11 +282,13 @@ static void settle_offer(struct hush_net *n, uint64_t req_id, int refused)
     }
 }
 
-static void send_ack(struct hush_net *n, uint64_t seq)
+static void send_acks(struct hush_net *n, uint64_t *seqs, size_t count)
 {
+    if (!count)
+        return;
     Hush__AckRequest a = HUSH__ACK_REQUEST__INIT;
-    a.n_seqs = 1;
-    a.seqs = &seq;
+    a.n_seqs = count;
+    a.seqs = seqs;
     Hush__Frame f = HUSH__FRAME__INIT;
     f.msg_case = HUSH__FRAME__MSG_ACK;
     f.ack = &a;
@@ -588,10 +590,7 @@ static void notify_and_mark(struct hush_net *n, const hush_message *m)
     hush__lock(c);
     if (hush__begin(c) == HUSH_OK) {
         hush_err e = mark_notified(c, m);
-        if (!e)
-            e = hush__commit(c);
-        else
-            hush__rollback(c);
+        e = hush__end(c, e);
         if (e)
             report(n, e, "could not record a delivery receipt");
     }
@@ -726,15 +725,7 @@ static void process_batch(struct hush_net *n)
     for (int i = 0; i < n->nbatch; i++)
         if (inbound_report(n, &n->batch[i], 0) && n->batch[i].seq)
             seqs[nseqs++] = n->batch[i].seq;
-    if (nseqs) {
-        Hush__AckRequest a = HUSH__ACK_REQUEST__INIT;
-        a.n_seqs = nseqs;
-        a.seqs = seqs;
-        Hush__Frame f = HUSH__FRAME__INIT;
-        f.msg_case = HUSH__FRAME__MSG_ACK;
-        f.ack = &a;
-        queue_frame(n, &f);
-    }
+    send_acks(n, seqs, nseqs);
     /* texts: the app first, then one transaction marks them notified and owes receipts */
     int ntexts = 0;
     for (int i = 0; i < n->nbatch; i++)
@@ -749,10 +740,7 @@ static void process_batch(struct hush_net *n)
         for (int i = 0; i < n->nbatch && !e; i++)
             if (is_text(&n->batch[i]))
                 e = mark_notified(c, n->batch[i].m);
-        if (!e)
-            e = hush__commit(c);
-        else
-            hush__rollback(c);
+        e = hush__end(c, e);
         hush__unlock(c);
         if (e)
             report(n, e, "could not record delivery receipts");
@@ -1237,8 +1225,8 @@ static void handle_frame(struct hush_net *n, const uint8_t *data, size_t len)
         const Hush__Deliver *d = f->deliver;
         if (!hush__valid_username(d->from_username) || d->from_device == 0) {
             report(n, HUSH_ERR_RELAY, "delivery with a bad sender");
-            if (d->seq)
-                send_ack(n, d->seq);
+            uint64_t seq = d->seq;
+            send_acks(n, &seq, seq ? 1 : 0);
             break;
         }
         struct inbound *in = &n->batch[n->nbatch];

@@ -544,10 +544,7 @@ hush_err hush_identity_accept(hush_client *c, const char *peer, uint32_t device_
         e = hush__save_peer_identity(c, peer, device_id, key, sizeof key);
         if (e == HUSH_OK)
             e = delete_pending(c, peer, device_id);
-        if (e == HUSH_OK)
-            e = hush__commit(c);
-        else
-            hush__rollback(c);
+        e = hush__end(c, e);
     }
     hush__unlock(c);
     if (e == HUSH_OK)

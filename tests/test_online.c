@@ -18,7 +18,6 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
-#include <openssl/evp.h>
 #include <sys/socket.h>
 
 #include <cmocka.h>
@@ -26,6 +25,7 @@
 
 #include "relay_util.h"
 #include "util.h"
+#include "wss.h"
 
 #define MAXREC 4096
 
@@ -637,26 +637,6 @@ struct fake {
     volatile int stop;
 };
 
-static void ws_send_server(int fd, int op, const uint8_t *p, size_t n)
-{
-    uint8_t h[10];
-    size_t hl = 0;
-    h[hl++] = (uint8_t)(0x80 | op);
-    if (n < 126) {
-        h[hl++] = (uint8_t)n;
-    } else if (n < 65536) {
-        h[hl++] = 126;
-        h[hl++] = (uint8_t)(n >> 8);
-        h[hl++] = (uint8_t)n;
-    } else {
-        h[hl++] = 127;
-        for (int i = 7; i >= 0; i--)
-            h[hl++] = (uint8_t)((uint64_t)n >> (8 * i));
-    }
-    if (send(fd, h, hl, MSG_NOSIGNAL) < 0 || send(fd, p, n, MSG_NOSIGNAL) < 0) {
-    }
-}
-
 static void *fake_relay(void *arg)
 {
     struct fake *fk = arg;
@@ -670,36 +650,16 @@ static void *fake_relay(void *arg)
         int c = accept(fk->fd, NULL, NULL);
         if (c < 0)
             continue;
-        char req[4096];
-        ssize_t got = recv(c, req, sizeof req - 1, 0);
-        if (got <= 0) {
+        if (wss_accept_upgrade(c, "hush.v1", 2000) != 0) {
             close(c);
             continue;
-        }
-        req[got] = 0;
-        char *k = strcasestr(req, "Sec-WebSocket-Key:");
-        char key[64] = "";
-        if (k)
-            sscanf(k + 18, " %63s", key);
-        char cat[128];
-        snprintf(cat, sizeof cat, "%s258EAFA5-E914-47DA-95CA-C5AB0DC85B11", key);
-        unsigned char sha[20];
-        unsigned int sl = 0;
-        EVP_Digest(cat, strlen(cat), sha, &sl, EVP_sha1(), NULL);
-        char acc[64];
-        sodium_bin2base64(acc, sizeof acc, sha, 20, sodium_base64_VARIANT_ORIGINAL);
-        char resp[512];
-        int rl = snprintf(resp, sizeof resp, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                                             "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n"
-                                             "Sec-WebSocket-Protocol: hush.v1\r\n\r\n", acc);
-        if (send(c, resp, (size_t)rl, MSG_NOSIGNAL) < 0) {
         }
         usleep(50000);
         int mode = fk->conns++ % 5;
         if (mode == 0) { /* garbage */
             uint8_t junk[64];
             randombytes_buf(junk, sizeof junk);
-            ws_send_server(c, 2, junk, sizeof junk);
+            (void)wss_send(c, 2, junk, sizeof junk);
         } else if (mode == 1) { /* a Result with an error code nobody knows, for the hello */
             Hush__Result r = HUSH__RESULT__INIT;
             r.code = (Hush__ErrorCode)999;
@@ -710,7 +670,7 @@ static void *fake_relay(void *arg)
             f.result = &r;
             uint8_t buf[64];
             size_t n = hush__frame__pack(&f, buf);
-            ws_send_server(c, 2, buf, n);
+            (void)wss_send(c, 2, buf, n);
         } else if (mode == 2) { /* a welcome with a short challenge */
             uint8_t ch[5] = { 1, 2, 3, 4, 5 };
             Hush__Welcome w = HUSH__WELCOME__INIT;
@@ -723,11 +683,11 @@ static void *fake_relay(void *arg)
             f.welcome = &w;
             uint8_t buf[64];
             size_t n = hush__frame__pack(&f, buf);
-            ws_send_server(c, 2, buf, n);
+            (void)wss_send(c, 2, buf, n);
         } else if (mode == 3) { /* an oversized frame */
             size_t n = 2 * 1024 * 1024;
             uint8_t *big = calloc(1, n);
-            ws_send_server(c, 2, big, n);
+            (void)wss_send(c, 2, big, n);
             free(big);
         } /* mode 4: just drop the socket */
         usleep(100000);

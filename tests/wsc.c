@@ -21,6 +21,7 @@
 #include <sodium.h>
 
 #include "wsc.h"
+#include "wss.h"
 
 struct wsc {
     int fd;
@@ -232,19 +233,8 @@ int wsc_send_raw(struct wsc *w, const void *data, size_t len)
 int wsc_send_frame(struct wsc *w, int opcode, int fin, const void *data, size_t len)
 {
     uint8_t hdr[14];
-    size_t h = 0;
-    hdr[h++] = (uint8_t)((fin ? 0x80 : 0) | (opcode & 0x0f));
-    if (len < 126) {
-        hdr[h++] = (uint8_t)(0x80 | len);
-    } else if (len < 65536) {
-        hdr[h++] = 0x80 | 126;
-        hdr[h++] = (uint8_t)(len >> 8);
-        hdr[h++] = (uint8_t)len;
-    } else {
-        hdr[h++] = 0x80 | 127;
-        for (int i = 7; i >= 0; i--)
-            hdr[h++] = (uint8_t)((uint64_t)len >> (8 * i));
-    }
+    size_t h = ws_frame_header(hdr, opcode, fin, len);
+    hdr[1] |= 0x80; /* masked, as every client frame must be */
     /* Captured unmasked: masking would hide a plaintext from the search, and the relay reads the
      * unmasked payload anyway. */
     if (g_capture)
