@@ -136,6 +136,7 @@ enum ev_type {
     EV_MAIL,          /* result of a mailbox fetch: `mail` frames in seq order, `drained` */
     EV_LIVE,          /* a message just committed for conn's device: `out` with seq */
     EV_KICK,          /* close conn with `code` (another login replaced it) */
+    EV_RESUME,        /* conn's storage jobs fell under the resume mark: read its socket again */
     EV_SHUTDOWN       /* stop: finish and close everything */
 };
 
@@ -169,8 +170,35 @@ enum job_type {
     JOB_SET_ALLOW, JOB_DISCONNECT, JOB_EXPIRE, JOB_STOP
 };
 
+/*
+ * Storage work a connection has queued and not yet seen finished. Shared by the connection and
+ * each of its jobs (refs); whoever drops the last reference frees it. The loop stops reading a
+ * connection whose work in flight reaches JOBS_PAUSE jobs or BYTES_PAUSE bytes of requests, and
+ * the storage thread posts EV_RESUME when it falls to the resume marks: a client that pipelines
+ * requests without reading the answers (acks need none) cannot queue unbounded work.
+ */
+#define GATE_JOBS_PAUSE 64
+#define GATE_JOBS_RESUME 16
+#define GATE_BYTES_PAUSE (4u << 20)
+#define GATE_BYTES_RESUME (1u << 20)
+struct jobgate {
+    atomic_int refs;
+    atomic_int jobs;
+    atomic_long bytes;
+    atomic_int paused;
+    int loop;
+    uint64_t conn;
+};
+struct jobgate *gate_new(int loop, uint64_t conn);
+void gate_unref(struct jobgate *g);
+/* 1 when the connection must stop reading (and the pause was recorded), 0 otherwise. */
+int gate_charge(struct jobgate *g, size_t bytes);
+
 struct job {
     struct job *next;
+    struct jobgate *gate;                /* NULL for internal jobs; one reference while queued */
+    size_t cost;                         /* bytes of the request, charged to the gate */
+    int counted;                         /* in the relay-wide queue figures (storage_submit) */
     enum job_type type;
     int loop;
     uint64_t conn;
@@ -185,6 +213,11 @@ struct job {
 
 int storage_start(const struct relay_config *cfg, char *err, size_t errlen);
 void storage_submit(struct job *j);      /* takes ownership */
+/* The whole relay's queued storage work. Requests beyond these bounds are answered RATE_LIMITED
+ * ("relay busy") without being queued; internal jobs (mail fetches, disconnects) always go in. */
+#define STORAGE_MAX_QUEUED_JOBS 200000
+#define STORAGE_MAX_QUEUED_BYTES (512ul << 20)
+int storage_busy(void);
 /* Waits (at most timeout_ms) until every submitted job has been committed and answered. */
 void storage_quiesce(int timeout_ms);
 /* Processes every queued job, then stops the thread and closes the database. */

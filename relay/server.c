@@ -43,7 +43,10 @@ struct conn {
     /* outbound queue */
     struct outbuf *out_head, *out_tail;
     size_t out_count;
-    int rx_paused;
+    int rx_paused;               /* the peer is not reading its answers: stop reading its requests */
+    int rx_off;                  /* reading is switched off (rx_paused or the gate's pause) */
+    struct jobgate *gate;        /* storage work in flight for this connection */
+    size_t rx_frame_len;         /* wire size of the request being handled */
     int closing;                 /* close once the queue is flushed */
     int close_code;
     /* mailbox delivery */
@@ -119,6 +122,17 @@ void loop_post(int idx, struct event *e)
 /* ------------------------------------------------------------------------------------------ */
 /* output */
 
+/* Reading a connection's socket is off while it does not read its answers (output queue over
+ * OUTQ_PAUSE) or while its storage work in flight is over the gate's marks. */
+static void rx_update(struct conn *c)
+{
+    int off = c->rx_paused || atomic_load(&c->gate->paused);
+    if (off != c->rx_off) {
+        lws_rx_flow_control(c->wsi, !off);
+        c->rx_off = off;
+    }
+}
+
 static void enqueue(struct conn *c, struct outbuf *o)
 {
     if (!o)
@@ -132,8 +146,8 @@ static void enqueue(struct conn *c, struct outbuf *o)
     c->out_count++;
     if (c->out_count > OUTQ_PAUSE && !c->rx_paused) {
         /* The peer is not reading: stop reading its requests until it catches up. */
-        lws_rx_flow_control(c->wsi, 0);
         c->rx_paused = 1;
+        rx_update(c);
     }
     lws_callback_on_writable(c->wsi);
 }
@@ -171,6 +185,18 @@ static void close_after_flush(struct conn *c, Hush__ErrorCode code, const char *
 /* ------------------------------------------------------------------------------------------ */
 /* mailbox delivery */
 
+/* Queues a storage job for this connection, charged to its gate: reading stops while the
+ * connection's work in flight is over the marks (EV_RESUME turns it back on). */
+static void submit(struct conn *c, struct job *j)
+{
+    j->cost = c->rx_frame_len + sizeof *j;
+    atomic_fetch_add(&c->gate->refs, 1);
+    j->gate = c->gate;
+    if (gate_charge(c->gate, j->cost))
+        rx_update(c);
+    storage_submit(j);
+}
+
 static void maybe_fetch(struct conn *c)
 {
     if (c->state != ST_AUTHED || c->closing || c->fetch_outstanding)
@@ -188,7 +214,7 @@ static void maybe_fetch(struct conn *c)
     j->limit = g_cfg->delivery_window - c->ninflight;
     c->fetch_outstanding = 1;
     c->need_fetch = 0;
-    storage_submit(j);
+    storage_submit(j); /* one at a time per connection: not charged to the gate */
 }
 
 static void deliver(struct conn *c, struct outbuf *o)
@@ -261,6 +287,25 @@ static int take_token(struct conn *c)
     return 1;
 }
 
+static void reply_retry(struct conn *c, uint64_t id, Hush__ErrorCode code, const char *msg, uint32_t retry_ms)
+{
+    Hush__Result r = HUSH__RESULT__INIT;
+    r.code = code;
+    r.message = (char *)msg;
+    r.retry_after_ms = retry_ms;
+    Hush__Frame out = HUSH__FRAME__INIT;
+    out.id = id;
+    out.msg_case = HUSH__FRAME__MSG_RESULT;
+    out.result = &r;
+    enqueue_frame(c, &out);
+    metrics_error(code);
+}
+
+static void reply_busy(struct conn *c, uint64_t id)
+{
+    reply_retry(c, id, HUSH__ERROR_CODE__RATE_LIMITED, "relay busy", 200);
+}
+
 static struct job *job_for(struct conn *c, enum job_type t, uint64_t id, Hush__Frame **f)
 {
     struct job *j = job_new(t, c->loop->idx, c->id, id);
@@ -310,6 +355,11 @@ static void on_hello(struct conn *c, const Hush__Frame *f)
 static void on_auth(struct conn *c, Hush__Frame **fp)
 {
     Hush__Frame *f = *fp;
+    if (storage_busy()) {
+        reply_busy(c, f->id);
+        close_after_flush(c, 0, NULL, LWS_CLOSE_STATUS_GOINGAWAY);
+        return;
+    }
     const char *user;
     uint32_t dev;
     enum job_type t;
@@ -340,7 +390,7 @@ static void on_auth(struct conn *c, Hush__Frame **fp)
     /* Single use: this connection's challenge is spent, whatever the outcome. */
     sodium_memzero(c->challenge, sizeof c->challenge);
     c->state = ST_AUTH_PENDING;
-    storage_submit(j);
+    submit(c, j);
 }
 
 static int valid_recipient(const Hush__Recipient *r)
@@ -370,16 +420,8 @@ static void on_send(struct conn *c, Hush__Frame **fp)
         }
     }
     if (!take_token(c)) {
-        Hush__Result r = HUSH__RESULT__INIT;
-        r.code = HUSH__ERROR_CODE__RATE_LIMITED;
-        r.message = "sending too fast";
-        r.retry_after_ms = (uint32_t)(1000 / (g_cfg->send_refill_per_s ? g_cfg->send_refill_per_s : 1)) + 1;
-        Hush__Frame out = HUSH__FRAME__INIT;
-        out.id = f->id;
-        out.msg_case = HUSH__FRAME__MSG_RESULT;
-        out.result = &r;
-        enqueue_frame(c, &out);
-        metrics_error(HUSH__ERROR_CODE__RATE_LIMITED);
+        reply_retry(c, f->id, HUSH__ERROR_CODE__RATE_LIMITED, "sending too fast",
+                    (uint32_t)(1000 / (g_cfg->send_refill_per_s ? g_cfg->send_refill_per_s : 1)) + 1);
         return;
     }
     if (s->ephemeral) {
@@ -410,7 +452,7 @@ static void on_send(struct conn *c, Hush__Frame **fp)
     }
     struct job *j = job_for(c, JOB_SEND, f->id, fp);
     if (j)
-        storage_submit(j);
+        submit(c, j);
     else
         reply(c, f->id, HUSH__ERROR_CODE__INTERNAL, "out of memory");
 }
@@ -432,7 +474,7 @@ static void on_ack(struct conn *c, Hush__Frame **fp)
             }
     struct job *j = job_for(c, JOB_ACK, f->id, fp);
     if (j)
-        storage_submit(j);
+        submit(c, j);
     maybe_fetch(c);
 }
 
@@ -449,6 +491,13 @@ static int usernames_ok(char **v, size_t n, size_t max)
 static void on_authed_request(struct conn *c, Hush__Frame **fp)
 {
     Hush__Frame *f = *fp;
+    if (storage_busy() && f->msg_case != HUSH__FRAME__MSG_SUBSCRIBE_PRESENCE) {
+        /* The relay-wide queue is full: answer at once and queue nothing (an ack without an id is
+         * dropped; the messages it named are delivered again). */
+        if (f->id)
+            reply_busy(c, f->id);
+        return;
+    }
     if (f->msg_case == HUSH__FRAME__MSG_ACK) {
         on_ack(c, fp);
         return;
@@ -464,7 +513,7 @@ static void on_authed_request(struct conn *c, Hush__Frame **fp)
     case HUSH__FRAME__MSG_UPLOAD_PRE_KEYS: {
         struct job *j = job_for(c, JOB_UPLOAD, f->id, fp);
         if (j)
-            storage_submit(j);
+            submit(c, j);
         break;
     }
     case HUSH__FRAME__MSG_FETCH_BUNDLES:
@@ -473,7 +522,7 @@ static void on_authed_request(struct conn *c, Hush__Frame **fp)
         } else {
             struct job *j = job_for(c, JOB_FETCH_BUNDLES, f->id, fp);
             if (j)
-                storage_submit(j);
+                submit(c, j);
         }
         break;
     case HUSH__FRAME__MSG_SET_PRESENCE_ALLOW:
@@ -482,7 +531,7 @@ static void on_authed_request(struct conn *c, Hush__Frame **fp)
         } else {
             struct job *j = job_for(c, JOB_SET_ALLOW, f->id, fp);
             if (j)
-                storage_submit(j);
+                submit(c, j);
         }
         break;
     case HUSH__FRAME__MSG_SUBSCRIBE_PRESENCE:
@@ -504,10 +553,13 @@ static void on_authed_request(struct conn *c, Hush__Frame **fp)
 static int on_message(struct conn *c, const uint8_t *data, size_t len)
 {
     atomic_fetch_add(&g_metrics.frames_in, 1);
+    c->rx_frame_len = len;
     Hush__Frame *f = hush__frame__unpack(NULL, len, data);
     if (!f) {
-        if (c->state != ST_AUTHED)
-            return -1; /* garbage before authentication: just drop it */
+        if (c->state != ST_AUTHED) { /* garbage before authentication: close at once */
+            lws_close_reason(c->wsi, LWS_CLOSE_STATUS_POLICY_VIOLATION, NULL, 0);
+            return -1;
+        }
         reply(c, 0, HUSH__ERROR_CODE__BAD_REQUEST, "undecodable frame");
         return 0;
     }
@@ -629,6 +681,9 @@ static void handle_event(struct loop *l, struct event *e)
         close_after_flush(c, HUSH__ERROR_CODE__SESSION_REPLACED, "another connection logged in as this device",
                           LWS_CLOSE_STATUS_POLICY_VIOLATION);
         break;
+    case EV_RESUME:
+        rx_update(c);
+        break;
     case EV_SHUTDOWN:
         break;
     }
@@ -671,6 +726,7 @@ static void conn_free(struct conn *c)
     }
     free(c->rx);
     free(c->inflight);
+    gate_unref(c->gate);
     sodium_memzero(c, sizeof *c);
     free(c);
 }
@@ -701,9 +757,14 @@ static int write_some(struct conn *c)
 static int write_frames(struct conn *c)
 {
     for (int i = 0; i < WRITES_PER_CALLBACK && c->out_head; i++) {
+        /* lws keeps what the socket did not take of a write and sends it on the next WRITEABLE;
+         * no further write may be issued until that is flushed, so one large frame ends this
+         * callback and the rest waits for the next one. */
+        if (lws_partial_buffered(c->wsi))
+            break;
         struct outbuf *o = c->out_head;
         int n = lws_write(c->wsi, o->data + LWS_PRE, o->len, LWS_WRITE_BINARY);
-        if (n < (int)o->len)
+        if (n < 0)
             return -1;
         c->out_head = o->next;
         if (!c->out_head)
@@ -719,11 +780,15 @@ static int write_frames(struct conn *c)
             break;
     }
     if (c->rx_paused && c->out_count < OUTQ_RESUME) {
-        lws_rx_flow_control(c->wsi, 1);
         c->rx_paused = 0;
+        rx_update(c);
     }
     if (c->out_head) {
         lws_callback_on_writable(c->wsi);
+        return 0;
+    }
+    if (c->closing && lws_partial_buffered(c->wsi)) {
+        lws_callback_on_writable(c->wsi); /* the last frame is still going out */
         return 0;
     }
     if (c->closing) {
@@ -753,9 +818,15 @@ static int callback_hush(struct lws *wsi, enum lws_callback_reasons reason, void
         c->state = ST_HELLO;
         c->tokens = g_cfg->send_burst;
         c->tokens_ms = relay_now_ms();
+        c->gate = gate_new(l->idx, c->id);
+        if (!c->gate) {
+            free(c);
+            return -1;
+        }
         int err = 0;
         hmap_put(&l->conns, &c->id, sizeof c->id, c, &err);
         if (err) {
+            gate_unref(c->gate);
             free(c);
             return -1;
         }
@@ -770,8 +841,11 @@ static int callback_hush(struct lws *wsi, enum lws_callback_reasons reason, void
     case LWS_CALLBACK_RECEIVE: {
         if (!c || c->closing)
             return 0;
-        if (!lws_frame_is_binary(wsi)) {
+        /* lws reports the opcode of each frame: a continuation fragment of a binary message is
+         * not itself "binary", so the type is checked on the message's first fragment only. */
+        if (c->rx_len == 0 && lws_is_first_fragment(wsi) && !lws_frame_is_binary(wsi)) {
             rlog(RLOG_DEBUG, "drop", "conn=%llu reason=text_frame", (unsigned long long)c->id);
+            lws_close_reason(wsi, LWS_CLOSE_STATUS_UNACCEPTABLE_OPCODE, NULL, 0);
             return -1;
         }
         size_t cap = c->state == ST_AUTHED ? g_cfg->max_frame : g_cfg->max_frame_unauth;

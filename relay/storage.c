@@ -127,10 +127,76 @@ struct job *job_new(enum job_type t, int loop, uint64_t conn, uint64_t req_id)
     return j;
 }
 
+/* queued work, relay-wide (storage_busy) */
+static atomic_long g_queued_jobs, g_queued_bytes;
+
+struct jobgate *gate_new(int loop, uint64_t conn)
+{
+    struct jobgate *g = calloc(1, sizeof *g);
+    if (!g)
+        return NULL;
+    atomic_init(&g->refs, 1);
+    g->loop = loop;
+    g->conn = conn;
+    return g;
+}
+
+void gate_unref(struct jobgate *g)
+{
+    if (g && atomic_fetch_sub(&g->refs, 1) == 1)
+        free(g);
+}
+
+int gate_charge(struct jobgate *g, size_t bytes)
+{
+    int jobs = atomic_fetch_add(&g->jobs, 1) + 1;
+    long b = atomic_fetch_add(&g->bytes, (long)bytes) + (long)bytes;
+    if (jobs < GATE_JOBS_PAUSE && b < (long)GATE_BYTES_PAUSE)
+        return 0;
+    if (atomic_exchange(&g->paused, 1))
+        return 0; /* already paused */
+    /* The storage thread may have finished everything between the add and the pause: if the
+     * work is already under the resume marks, take the pause back ourselves. */
+    if (atomic_load(&g->jobs) <= GATE_JOBS_RESUME && atomic_load(&g->bytes) <= (long)GATE_BYTES_RESUME &&
+        atomic_exchange(&g->paused, 0))
+        return 0;
+    return 1;
+}
+
+/* A job is done (answered or dropped): release its share of the gate, and wake the connection's
+ * reading when this brought it under the resume marks. */
+static void gate_release(struct job *j)
+{
+    struct jobgate *g = j->gate;
+    if (!g)
+        return;
+    int jobs = atomic_fetch_sub(&g->jobs, 1) - 1;
+    long b = atomic_fetch_sub(&g->bytes, (long)j->cost) - (long)j->cost;
+    if (jobs <= GATE_JOBS_RESUME && b <= (long)GATE_BYTES_RESUME && atomic_load(&g->paused) &&
+        atomic_exchange(&g->paused, 0)) {
+        struct event *e = event_new(EV_RESUME, g->conn);
+        if (e)
+            loop_post(g->loop, e);
+    }
+    j->gate = NULL;
+    gate_unref(g);
+}
+
+int storage_busy(void)
+{
+    return atomic_load(&g_queued_jobs) >= STORAGE_MAX_QUEUED_JOBS ||
+           atomic_load(&g_queued_bytes) >= (long)STORAGE_MAX_QUEUED_BYTES;
+}
+
 void job_free(struct job *j)
 {
     if (!j)
         return;
+    if (j->counted) {
+        atomic_fetch_sub(&g_queued_jobs, 1);
+        atomic_fetch_sub(&g_queued_bytes, (long)j->cost);
+    }
+    gate_release(j);
     if (j->frame)
         hush__frame__free_unpacked(j->frame, NULL);
     sodium_memzero(j->challenge, sizeof j->challenge);
@@ -139,6 +205,9 @@ void job_free(struct job *j)
 
 void storage_submit(struct job *j)
 {
+    j->counted = 1;
+    atomic_fetch_add(&g_queued_jobs, 1);
+    atomic_fetch_add(&g_queued_bytes, (long)j->cost);
     pthread_mutex_lock(&S.mu);
     if (S.tail)
         S.tail->next = j;
