@@ -58,9 +58,16 @@ static int parse_u64(const char *v, uint64_t min, uint64_t max, uint64_t *out)
     if (errno || !end)
         return -1;
     /* optional size suffix */
-    if (*end == 'k' || *end == 'K') { x *= 1024; end++; }
-    else if (*end == 'm' || *end == 'M') { x *= 1024 * 1024; end++; }
-    else if (*end == 'g' || *end == 'G') { x *= 1024ull * 1024 * 1024; end++; }
+    unsigned long long mul = 1;
+    if (*end == 'k' || *end == 'K') mul = 1024;
+    else if (*end == 'm' || *end == 'M') mul = 1024ull * 1024;
+    else if (*end == 'g' || *end == 'G') mul = 1024ull * 1024 * 1024;
+    if (mul != 1) {
+        if (x > ULLONG_MAX / mul) /* checked before multiplying: 17179869185g must not wrap to 1g */
+            return -1;
+        x *= mul;
+        end++;
+    }
     if (*end || x < min || x > max)
         return -1;
     *out = x;

@@ -112,7 +112,7 @@ int http_start(const struct relay_config *cfg, char *err, size_t errlen)
 {
     if (!cfg->metrics_port)
         return 0;
-    g_fd = relay_open_listener(cfg->metrics_host, cfg->metrics_port, err, errlen);
+    g_fd = relay_open_listener(cfg->metrics_host, cfg->metrics_port, 0, err, errlen);
     if (g_fd < 0)
         return -1;
     if (pipe(g_wake) != 0) {

@@ -6,6 +6,7 @@
  *   hushd invite [--count N]        mint single-use invite tokens (registration = invite)
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #if defined(__GLIBC__)
 #include <malloc.h>
@@ -16,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -106,6 +108,18 @@ static int run_relay(const struct relay_config *cfg)
         rlog(RLOG_ERROR, "startup", "cannot create the directory of %s: %s", cfg->db_path, strerror(errno));
         return 1;
     }
+    /* One relay per database: a second hushd on the same file would hand out the same one-time
+     * prekeys and deliver the same mail twice. The lock goes with the process (a crash frees it). */
+    int lockfd = open(cfg->db_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (lockfd < 0 || flock(lockfd, LOCK_EX | LOCK_NB) != 0) {
+        int e = errno;
+        const char *why = e == EWOULDBLOCK ? "another hushd is already serving this database" : strerror(e);
+        rlog(RLOG_ERROR, "startup", "database %s: %s", cfg->db_path, why);
+        fprintf(stderr, "hushd: %s: %s\n", cfg->db_path, why);
+        if (lockfd >= 0)
+            close(lockfd);
+        return 1;
+    }
     directory_init();
     presence_init();
     char err[512];
@@ -154,6 +168,7 @@ static int run_relay(const struct relay_config *cfg)
     presence_free();
     directory_free();
     rlog(RLOG_INFO, "stopped", "clean=1");
+    close(lockfd);
     return 0;
 }
 

@@ -964,7 +964,7 @@ static const struct lws_protocols ws_protocols[] = {
     { NULL, NULL, 0, 0, 0, NULL, 0 },
 };
 
-int relay_open_listener(const char *host, int port, char *err, size_t errlen)
+int relay_open_listener(const char *host, int port, int shared, char *err, size_t errlen)
 {
     struct addrinfo hints, *res = NULL;
     memset(&hints, 0, sizeof hints);
@@ -981,9 +981,11 @@ int relay_open_listener(const char *host, int port, char *err, size_t errlen)
     int fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     int one = 1;
     if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
-        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0 ||
+        (shared && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0) ||
         bind(fd, res->ai_addr, res->ai_addrlen) != 0 || listen(fd, 4096) != 0) {
-        snprintf(err, errlen, "cannot listen on %s:%d: %s", host, port, strerror(errno));
+        int e = errno;
+        snprintf(err, errlen, "cannot listen on %s:%d: %s%s", host, port, strerror(e),
+                 e == EADDRINUSE ? " (another hushd, or another program, is already listening there)" : "");
         if (fd >= 0)
             close(fd);
         freeaddrinfo(res);
@@ -1075,7 +1077,20 @@ int server_start(const struct relay_config *cfg, char *err, size_t errlen)
             l->ctx = NULL;
             return -1;
         }
-        l->listen_fd = relay_open_listener(cfg->listen_host, cfg->listen_port, err, errlen);
+        if (i == 0) {
+            /* SO_REUSEPORT would let a second hushd (even one with another database) join this
+             * port and the kernel would split the clients between the two: first bind the
+             * address alone, which fails while anyone listens there, then share it between our
+             * own loops only. */
+            int probe = relay_open_listener(cfg->listen_host, cfg->listen_port, 0, err, errlen);
+            if (probe < 0) {
+                lws_context_destroy(l->ctx);
+                l->ctx = NULL;
+                return -1;
+            }
+            close(probe);
+        }
+        l->listen_fd = relay_open_listener(cfg->listen_host, cfg->listen_port, 1, err, errlen);
         if (l->listen_fd < 0) {
             lws_context_destroy(l->ctx);
             l->ctx = NULL;

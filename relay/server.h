@@ -11,8 +11,9 @@ void server_shutdown(void);
 /* Destroys the contexts (after server_shutdown). */
 void server_free(void);
 
-/* A non-blocking TCP listen socket with SO_REUSEADDR and SO_REUSEPORT, or -1 with err set. */
-int relay_open_listener(const char *host, int port, char *err, size_t errlen);
+/* A non-blocking TCP listen socket with SO_REUSEADDR (and SO_REUSEPORT when shared, for the
+ * loops' own sockets), or -1 with err set. */
+int relay_open_listener(const char *host, int port, int shared, char *err, size_t errlen);
 
 /* GET /healthz and GET /metrics on their own thread (http.c). */
 int http_start(const struct relay_config *cfg, char *err, size_t errlen);

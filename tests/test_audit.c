@@ -298,6 +298,54 @@ static void test_oversize_header_closed(void **state)
     assert_int_equal(relay_stop(&r, SIGTERM), 0);
 }
 
+/* ------------------------------------------------------------------------------------------ */
+/* A second hushd on the same port (even with another database) or on the same database (even on
+ * another port) refuses to start with a clear message, and the first keeps serving. */
+static int run_second(const struct relay_proc *r, const char *name, int port, const char *db, char *out, size_t outcap)
+{
+    char conf[320], log[320], cmd[1200];
+    snprintf(conf, sizeof conf, "%s/%s.conf", r->dir, name);
+    snprintf(log, sizeof log, "%s/%s.out", r->dir, name);
+    FILE *f = fopen(conf, "w");
+    assert_non_null(f);
+    fprintf(f, "listen = 127.0.0.1:%d\nmetrics_listen = off\ndb = %s\nworkers = 2\n", port, db);
+    fclose(f);
+    /* if it starts, it is stopped after 5 s (exit 124) */
+    snprintf(cmd, sizeof cmd, "timeout 5 %s --config %s > %s 2>&1", getenv("HUSHD"), conf, log);
+    int st = system(cmd);
+    f = fopen(log, "r");
+    size_t n = f ? fread(out, 1, outcap - 1, f) : 0;
+    out[n] = '\0';
+    if (f)
+        fclose(f);
+    return WEXITSTATUS(st);
+}
+
+static void test_one_relay_per_port_and_db(void **state)
+{
+    (void)state;
+    struct relay_proc r;
+    relay_start(&r, "exclusive", NULL);
+    char out[2048], otherdb[320];
+    snprintf(otherdb, sizeof otherdb, "%s/other.db", r.dir);
+    assert_int_equal(run_second(&r, "sameport", r.port, otherdb, out, sizeof out), 1);
+    print_message("second relay on the same port: %s", out);
+    assert_non_null(strstr(out, "already listening"));
+    assert_int_equal(run_second(&r, "samedb", relay_free_port(), r.db, out, sizeof out), 1);
+    print_message("second relay on the same database: %s", out);
+    assert_non_null(strstr(out, "another hushd is already serving this database"));
+    /* the first one still serves every client */
+    for (int i = 0; i < 8; i++) {
+        char name[16];
+        snprintf(name, sizeof name, "solo%d", i);
+        struct tclient *c = tc_registered(&r, name, 1);
+        tc_free(c);
+    }
+    assert_int_equal(relay_stop(&r, SIGTERM), 0);
+    /* and once it stopped, the database is free again */
+    assert_int_equal(run_second(&r, "after", relay_free_port(), r.db, out, sizeof out), 124);
+}
+
 int main(void)
 {
     if (sodium_init() < 0)
@@ -307,6 +355,7 @@ int main(void)
         cmocka_unit_test(test_large_frames_drain),
         cmocka_unit_test(test_storage_jobs_bounded),
         cmocka_unit_test(test_oversize_header_closed),
+        cmocka_unit_test(test_one_relay_per_port_and_db),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

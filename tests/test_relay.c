@@ -82,7 +82,10 @@ static void test_config_and_cli(void **state)
     assert_true(file_contains(tpath("good.out"), "max_envelope = 65536", 20));
     const char *bad[] = { "listen = nowhere\n", "bogus_key = 1\n", "quota_messages = -3\n", "workers = 1000\n",
                           "registration = maybe\n", "tls_cert = /x.pem\n", "max_frame = 5000\nmax_envelope = 4096\n",
-                          "just some text\n" };
+                          "just some text\n",
+                          /* size suffixes that overflow 64 bits must not wrap to a small value */
+                          "quota_bytes = 17179869185g\n", "max_frame = 18014398509481985k\n",
+                          "quota_bytes = 99999999999999999999\n" };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         f = fopen(tpath("bad.conf"), "w");
         fputs(bad[i], f);
