@@ -41,6 +41,10 @@ void cfg_defaults(struct relay_config *c)
     c->quota_bytes = 256ull * 1024 * 1024;
     c->fetch_burst = 20;
     c->fetch_refill_per_min = 10;
+    c->fetch_total_burst = 100;
+    c->fetch_total_per_min = 60;
+    c->sender_share_percent = 25;
+    c->prekeys_low_interval_s = 60;
     c->send_burst = 2000;
     c->send_refill_per_s = 1000;
     c->max_connections = 200000;
@@ -117,6 +121,10 @@ static const struct u32key u32keys[] = {
     U32("quota_messages", quota_messages, 1, 100000000),
     U32("fetch_burst", fetch_burst, 1, 100000),
     U32("fetch_refill_per_min", fetch_refill_per_min, 1, 1000000),
+    U32("fetch_total_burst", fetch_total_burst, 1, 1000000),
+    U32("fetch_total_per_min", fetch_total_per_min, 1, 10000000),
+    U32("sender_share_percent", sender_share_percent, 1, 100),
+    U32("prekeys_low_interval", prekeys_low_interval_s, 0, 86400),
     U32("send_burst", send_burst, 1, 10000000),
     U32("send_refill_per_s", send_refill_per_s, 1, 10000000),
     U32("max_connections", max_connections, 1, 10000000),

@@ -87,6 +87,9 @@ char *metrics_render(size_t *len)
     COUNTER("hush_messages_acked_total", "Messages acknowledged by recipients and deleted.", atomic_load(&m->messages_acked));
     COUNTER("hush_messages_expired_total", "Messages deleted by the TTL.", atomic_load(&m->messages_expired));
     COUNTER("hush_ephemeral_total", "Ephemeral messages relayed (never stored).", atomic_load(&m->ephemeral_in));
+    COUNTER("hush_auth_verifications_total",
+            "Login and registration proofs verified against a valid key (known device or not: the same work).",
+            atomic_load(&m->auth_verifications));
     GAUGE("hush_mailbox_depth", "Messages stored, awaiting acknowledgement.", atomic_load(&m->mailbox_depth));
     COUNTER("hush_commit_failures_total", "Group commits that failed (nothing acknowledged).", atomic_load(&m->commit_failures));
     put(&b, "# HELP hush_commit_batch_jobs Jobs per group commit.\n# TYPE hush_commit_batch_jobs histogram\n");

@@ -59,6 +59,10 @@ struct relay_config {
     uint64_t quota_bytes;
     uint32_t fetch_burst;
     uint32_t fetch_refill_per_min;
+    uint32_t fetch_total_burst;    /* all bundle fetches of one requester */
+    uint32_t fetch_total_per_min;
+    uint32_t sender_share_percent; /* of a recipient device's quota one sender may fill */
+    uint32_t prekeys_low_interval_s; /* at most one PreKeysLow push per device per interval */
     uint32_t send_burst;
     uint32_t send_refill_per_s;
     uint32_t max_connections;
@@ -100,6 +104,7 @@ struct metrics {
     atomic_long messages_acked;
     atomic_long messages_expired;
     atomic_long ephemeral_in;
+    atomic_long auth_verifications; /* proofs checked in full against a valid public key */
     atomic_long mailbox_depth;
     atomic_long commits;
     atomic_long commit_failures;

@@ -68,6 +68,7 @@ struct quota {
 struct bucket {
     double tokens;
     uint64_t last_ms;
+    uint64_t full_at_ms; /* when it will be full again: from then on it can be forgotten */
 };
 
 static struct {
@@ -83,7 +84,9 @@ static struct {
     const struct relay_config *cfg;
     signal_context *sg;
     struct hmap quota; /* user\0dev -> struct quota* (cache; cleared when unsure) */
-    struct hmap rate;  /* requester\0target -> struct bucket* */
+    struct hmap rate;  /* requester\0target (or requester\0 for all its fetches) -> struct bucket* */
+    struct hmap lowpush; /* user\0dev -> uint64_t* ms of the last PreKeysLow push */
+    uint8_t dummy_key[crypto_sign_PUBLICKEYBYTES]; /* what an unknown device's proof is checked against */
     uint64_t next_expire_ms;
 } S = { .mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER, .idle_cv = PTHREAD_COND_INITIALIZER };
 
@@ -423,6 +426,8 @@ static int verify_proof(const char *purpose, const struct job *j, const uint8_t 
     size_t n = hwire_auth_message(msg, sizeof msg, purpose, j->challenge, j->username, j->device_id);
     if (!n || klen != crypto_sign_PUBLICKEYBYTES || sig->len != crypto_sign_BYTES)
         return 0;
+    if (crypto_core_ed25519_is_valid_point(key))
+        atomic_fetch_add(&g_metrics.auth_verifications, 1);
     return crypto_sign_verify_detached(sig->data, msg, n, key) == 0;
 }
 
@@ -523,7 +528,6 @@ static void do_register(struct jctx *x, const struct job *j)
 
 static void do_login(struct jctx *x, const struct job *j)
 {
-    static uint8_t dummy_key[32] = { 1 }; /* verification runs even for unknown devices */
     sqlite3_stmt *st;
     CHECK_SE(hstore_prepare(S.db, "SELECT auth_key, prekeys_low_pending FROM devices WHERE username = ?1 AND device_id = ?2", &st));
     sqlite3_bind_text(st, 1, j->username, -1, SQLITE_TRANSIENT);
@@ -540,7 +544,10 @@ static void do_login(struct jctx *x, const struct job *j)
         pending_low = sqlite3_column_int(st, 1);
         sqlite3_reset(st);
     }
-    int ok = verify_proof(HWIRE_PURPOSE_LOGIN, j, found ? key : dummy_key, 32, &j->frame->login->signature) && found;
+    /* An unknown device is checked against a real public key (made at start, its secret thrown
+     * away), so both paths do the same work: libsodium rejects an invalid or small-order key
+     * early, and the difference in time told which user/device pairs exist. */
+    int ok = verify_proof(HWIRE_PURPOSE_LOGIN, j, found ? key : S.dummy_key, 32, &j->frame->login->signature) && found;
     if (!ok) {
         x->rollback = 1;
         rlog(RLOG_INFO, "login_failed", "conn=%llu", (unsigned long long)j->conn);
@@ -610,8 +617,39 @@ static void do_upload(struct jctx *x, const struct job *j)
     reply(x, j, &r);
 }
 
-/* Token bucket per (requester, target). Returns 0 when allowed, else the wait in ms. */
-static uint32_t rate_check(const char *requester, const char *target)
+/* Rate-limit buckets. A bucket that would be full by now says nothing a missing one does not, so
+ * those are dropped first when the map is over its bound; if that is not enough, the least recently
+ * used go (oldest first, by halving the age kept). Nothing is ever forgotten wholesale. */
+struct evict_ctx {
+    uint64_t now, older_than;
+    int full_only;
+};
+
+static void evict_cb(const void *key, size_t klen, void *val, void *ctx)
+{
+    struct evict_ctx *e = ctx;
+    struct bucket *b = val;
+    int drop = e->full_only ? b->full_at_ms <= e->now : b->last_ms < e->older_than;
+    if (drop)
+        free(hmap_del(&S.rate, key, klen));
+}
+
+static void rate_evict(uint64_t now)
+{
+    struct evict_ctx e = { now, 0, 1 };
+    hmap_foreach(&S.rate, evict_cb, &e);
+    uint64_t age = 3600000; /* an hour, then halving */
+    e.full_only = 0;
+    while (S.rate.count > RATE_MAP_MAX * 3 / 4 && age > 0) {
+        e.older_than = now > age ? now - age : 0;
+        hmap_foreach(&S.rate, evict_cb, &e);
+        age /= 2;
+    }
+}
+
+/* Token bucket for key (requester\0target, or requester\0 alone). Returns 0 when allowed, else
+ * the wait in ms. */
+static uint32_t bucket_take(const char *requester, const char *target, uint32_t burst, uint32_t per_min)
 {
     unsigned char k[2 * RELAY_USERNAME_MAX + 2];
     size_t rl = strnlen(requester, RELAY_USERNAME_MAX), tl = strnlen(target, RELAY_USERNAME_MAX);
@@ -619,41 +657,79 @@ static uint32_t rate_check(const char *requester, const char *target)
     k[rl] = 0;
     memcpy(k + rl + 1, target, tl);
     size_t kl = rl + 1 + tl;
-    if (S.rate.count > RATE_MAP_MAX) { /* bounded memory: forget everything (fails open, briefly) */
-        hmap_free(&S.rate, free);
-        hmap_init(&S.rate, 1024);
-    }
     uint64_t now = relay_now_ms();
+    double per_ms = per_min / 60000.0;
     struct bucket *b = hmap_get(&S.rate, k, kl);
     if (!b) {
+        if (S.rate.count >= RATE_MAP_MAX)
+            rate_evict(now);
         b = malloc(sizeof *b);
         int err = 0;
         if (!b)
-            return 0;
-        b->tokens = S.cfg->fetch_burst;
+            return 1000; /* no memory for the bucket: refuse rather than fail open */
+        b->tokens = burst;
         b->last_ms = now;
         hmap_put(&S.rate, k, kl, b, &err);
         if (err) {
             free(b);
-            return 0;
+            return 1000;
         }
     }
-    double per_ms = S.cfg->fetch_refill_per_min / 60000.0;
     b->tokens += (double)(now - b->last_ms) * per_ms;
-    if (b->tokens > S.cfg->fetch_burst)
-        b->tokens = S.cfg->fetch_burst;
+    if (b->tokens > burst)
+        b->tokens = burst;
     b->last_ms = now;
-    if (b->tokens >= 1.0) {
+    uint32_t wait = 0;
+    if (b->tokens >= 1.0)
         b->tokens -= 1.0;
-        return 0;
+    else
+        wait = (uint32_t)((1.0 - b->tokens) / per_ms) + 1;
+    b->full_at_ms = now + (uint64_t)((burst - b->tokens) / per_ms) + 1;
+    return wait;
+}
+
+static void lowpush_evict_cb(const void *key, size_t klen, void *val, void *ctx)
+{
+    if (*(uint64_t *)val < *(uint64_t *)ctx)
+        free(hmap_del(&S.lowpush, key, klen));
+}
+
+/* 1 when an online device may be told its prekeys run low now: at most once per interval, or
+ * every fetch under the threshold would push one (and a client that answers each push with an
+ * upload would be driven by anyone who fetches its bundle). */
+static int lowpush_due(const char *user, uint32_t dev)
+{
+    uint64_t now = relay_now_ms(), gap = (uint64_t)S.cfg->prekeys_low_interval_s * 1000;
+    unsigned char k[RELAY_USERNAME_MAX + 8];
+    size_t kl = dev_key(k, user, dev);
+    uint64_t *last = hmap_get(&S.lowpush, k, kl);
+    if (last) {
+        if (now - *last < gap)
+            return 0;
+        *last = now;
+        return 1;
     }
-    return (uint32_t)((1.0 - b->tokens) / per_ms) + 1;
+    if (S.lowpush.count >= RATE_MAP_MAX) {
+        uint64_t older = now > gap ? now - gap : 0;
+        hmap_foreach(&S.lowpush, lowpush_evict_cb, &older);
+    }
+    last = malloc(sizeof *last);
+    if (last) {
+        int err = 0;
+        *last = now;
+        hmap_put(&S.lowpush, k, kl, last, &err);
+        if (err)
+            free(last);
+    }
+    return 1;
 }
 
 static void prekeys_low(struct jctx *x, const char *user, uint32_t dev, uint32_t stock)
 {
     struct dir_entry d;
     if (directory_lookup(user, dev, &d)) {
+        if (!lowpush_due(user, dev))
+            return;
         Hush__PreKeysLow pl = HUSH__PRE_KEYS_LOW__INIT;
         pl.remaining = stock;
         Hush__Frame f = HUSH__FRAME__INIT;
@@ -673,18 +749,25 @@ static void prekeys_low(struct jctx *x, const char *user, uint32_t dev, uint32_t
     CHECK_SE(hstore_run(S.db, st));
 }
 
+static void fetch_limited(struct jctx *x, const struct job *j, uint32_t wait, const char *why)
+{
+    Hush__Result r = HUSH__RESULT__INIT;
+    r.code = HUSH__ERROR_CODE__RATE_LIMITED;
+    r.message = (char *)why;
+    r.retry_after_ms = wait;
+    x->rollback = 1;
+    reply(x, j, &r);
+}
+
 #define MAX_DEVICES_PER_FETCH 16
 static void do_fetch_bundles(struct jctx *x, const struct job *j)
 {
     const char *target = j->frame->fetch_bundles->username;
-    uint32_t wait = rate_check(j->username, target);
+    /* Every fetch, of a known user or not, counts against the requester's overall bucket; only a
+     * user that exists gets a (requester, target) bucket, so made-up names cannot fill the map. */
+    uint32_t wait = bucket_take(j->username, "", S.cfg->fetch_total_burst, S.cfg->fetch_total_per_min);
     if (wait) {
-        Hush__Result r = HUSH__RESULT__INIT;
-        r.code = HUSH__ERROR_CODE__RATE_LIMITED;
-        r.message = "too many bundle fetches for this user";
-        r.retry_after_ms = wait;
-        x->rollback = 1;
-        reply(x, j, &r);
+        fetch_limited(x, j, wait, "too many bundle fetches");
         return;
     }
     sqlite3_stmt *st;
@@ -731,6 +814,11 @@ static void do_fetch_bundles(struct jctx *x, const struct job *j)
     CHECK_SE(se);
     if (n == 0) {
         fail(x, j, HUSH__ERROR_CODE__UNKNOWN_USER, "no such user");
+        return;
+    }
+    wait = bucket_take(j->username, target, S.cfg->fetch_burst, S.cfg->fetch_refill_per_min);
+    if (wait) {
+        fetch_limited(x, j, wait, "too many bundle fetches for this user");
         return;
     }
     for (size_t i = 0; i < n; i++) {
@@ -816,6 +904,38 @@ static void add_delta(struct jctx *x, const char *user, uint32_t dev, int64_t co
     d->bytes = bytes;
 }
 
+/* One sender may fill at most sender_share_percent of a recipient device's quota (count and
+ * bytes), so nobody can make a device unreachable for everyone else by filling its mailbox. Only
+ * a mailbox already over the share needs the per-sender count (an index range of that sender's
+ * rows). */
+static hstore_err over_sender_share(const struct quota *q, const char *sender, const Hush__Recipient *rc, int *over)
+{
+    *over = 0;
+    if (S.cfg->sender_share_percent >= 100 || !q)
+        return HSTORE_OK;
+    int64_t max_count = (int64_t)((uint64_t)S.cfg->quota_messages * S.cfg->sender_share_percent / 100);
+    int64_t max_bytes = (int64_t)(S.cfg->quota_bytes * S.cfg->sender_share_percent / 100);
+    int64_t len = (int64_t)rc->envelope.len;
+    if (q->count + 1 <= max_count && q->bytes + len <= max_bytes)
+        return HSTORE_OK;
+    sqlite3_stmt *st;
+    hstore_err e = hstore_prepare(S.db, "SELECT count(*), coalesce(sum(length(envelope)), 0) FROM mailbox "
+                                        "WHERE recipient = ?1 AND recipient_device = ?2 AND sender = ?3", &st);
+    if (e)
+        return e;
+    sqlite3_bind_text(st, 1, rc->username, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 2, rc->device_id);
+    sqlite3_bind_text(st, 3, sender, -1, SQLITE_TRANSIENT);
+    int row = 0;
+    if ((e = hstore_step(S.db, st, &row)))
+        return e;
+    if (row) {
+        *over = sqlite3_column_int64(st, 0) + 1 > max_count || sqlite3_column_int64(st, 1) + len > max_bytes;
+        sqlite3_reset(st);
+    }
+    return HSTORE_OK;
+}
+
 static void do_send(struct jctx *x, const struct job *j)
 {
     const Hush__SendRequest *s = j->frame->send;
@@ -861,6 +981,12 @@ static void do_send(struct jctx *x, const struct job *j)
         if (q && (q->count + 1 > (int64_t)S.cfg->quota_messages ||
                   q->bytes + (int64_t)rc->envelope.len > (int64_t)S.cfg->quota_bytes)) {
             fail(x, j, HUSH__ERROR_CODE__QUOTA_EXCEEDED, rc->username);
+            return;
+        }
+        int share = 0;
+        CHECK_SE(over_sender_share(q, j->username, rc, &share));
+        if (share) {
+            fail(x, j, HUSH__ERROR_CODE__QUOTA_EXCEEDED, "your share of this recipient's mailbox is full");
             return;
         }
         CHECK_SE(hstore_prepare(S.db, "INSERT INTO mailbox (recipient, recipient_device, sender, sender_device, client_msg_id, "
@@ -1300,6 +1426,9 @@ static void *storage_main(void *arg)
 int storage_start(const struct relay_config *cfg, char *err, size_t errlen)
 {
     S.cfg = cfg;
+    uint8_t sk[crypto_sign_SECRETKEYBYTES];
+    crypto_sign_keypair(S.dummy_key, sk);
+    sodium_memzero(sk, sizeof sk);
     S.db = storage_open_db(cfg->db_path, cfg->durability_full, err, errlen);
     if (!S.db)
         return -1;
@@ -1309,6 +1438,7 @@ int storage_start(const struct relay_config *cfg, char *err, size_t errlen)
     }
     hmap_init(&S.quota, 1024);
     hmap_init(&S.rate, 1024);
+    hmap_init(&S.lowpush, 1024);
     sqlite3_stmt *st = NULL;
     if (sqlite3_prepare_v2(hstore_handle(S.db), "SELECT count(*) FROM mailbox", -1, &st, NULL) == SQLITE_OK &&
         sqlite3_step(st) == SQLITE_ROW)
@@ -1353,6 +1483,7 @@ void storage_stop(void)
     S.started = 0;
     hmap_free(&S.quota, free);
     hmap_free(&S.rate, free);
+    hmap_free(&S.lowpush, free);
     signal_context_destroy(S.sg);
     S.sg = NULL;
     hstore_close(S.db);

@@ -346,6 +346,203 @@ static void test_one_relay_per_port_and_db(void **state)
     assert_int_equal(run_second(&r, "after", relay_free_port(), r.db, out, sizeof out), 124);
 }
 
+/* ------------------------------------------------------------------------------------------ */
+/* Bundle-fetch limits do not fail open: fetches of made-up names create no per-target state and
+ * count against the requester's overall limit, so they cannot wipe the limit that protects
+ * another user's one-time prekeys. */
+static int fetch_code(Hush__Frame *r, int *with_otk)
+{
+    if (!r)
+        return -1;
+    int code = r->msg_case == HUSH__FRAME__MSG_RESULT ? (int)r->result->code : -2;
+    if (with_otk)
+        *with_otk = code == 0 && r->result->n_bundles == 1 && r->result->bundles[0]->one_time_pre_key != NULL;
+    hush__frame__free_unpacked(r, NULL);
+    return code;
+}
+
+static void test_fetch_limits_hold(void **state)
+{
+    (void)state;
+    struct relay_proc r;
+    relay_start(&r, "fetchlimit", "fetch_burst = 5\nfetch_refill_per_min = 1");
+    struct tclient *v = tc_registered(&r, "vivi", 1);
+    struct tclient *m = tc_registered(&r, "mallo", 1);
+    int otks = 0;
+    for (int i = 0; i < 5; i++) {
+        int otk = 0;
+        assert_int_equal(fetch_code(tc_fetch(m, "vivi"), &otk), 0);
+        otks += otk;
+    }
+    assert_int_equal(otks, 5);
+    assert_int_equal(fetch_code(tc_fetch(m, "vivi"), NULL), HUSH__ERROR_CODE__RATE_LIMITED);
+
+    /* 100,001 fetches of names nobody has, 64 in flight at a time */
+    enum { NFAKE = 100001, PIPE = 64 };
+    int unknown = 0, limited = 0, other = 0;
+    for (int sent = 0; sent < NFAKE;) {
+        int batch = NFAKE - sent < PIPE ? NFAKE - sent : PIPE;
+        uint64_t first = m->next_id;
+        for (int k = 0; k < batch; k++) {
+            char name[24];
+            snprintf(name, sizeof name, "ghost%d", sent + k);
+            Hush__FetchBundlesRequest fb = HUSH__FETCH_BUNDLES_REQUEST__INIT;
+            fb.username = name;
+            Hush__Frame f = HUSH__FRAME__INIT;
+            f.id = m->next_id++;
+            f.msg_case = HUSH__FRAME__MSG_FETCH_BUNDLES;
+            f.fetch_bundles = &fb;
+            assert_int_equal(send_nowait(m, &f), 0);
+        }
+        for (int k = 0; k < batch; k++) {
+            uint8_t *data = NULL;
+            size_t len = 0;
+            assert_int_equal(wsc_recv(m->ws, &data, &len, T), 1);
+            Hush__Frame *res = hush__frame__unpack(NULL, len, data);
+            free(data);
+            assert_non_null(res);
+            if (res->msg_case == HUSH__FRAME__MSG_RESULT && res->id >= first) {
+                if (res->result->code == HUSH__ERROR_CODE__UNKNOWN_USER)
+                    unknown++;
+                else if (res->result->code == HUSH__ERROR_CODE__RATE_LIMITED)
+                    limited++;
+                else
+                    other++;
+            } else {
+                k--; /* a push, not an answer */
+            }
+            hush__frame__free_unpacked(res, NULL);
+        }
+        sent += batch;
+    }
+    print_message("fetch limits: %d fetches of made-up names: %d answered UNKNOWN_USER, %d RATE_LIMITED\n", NFAKE,
+                  unknown, limited);
+    assert_int_equal(other, 0);
+    assert_true(unknown <= 200);  /* the overall burst (100) and a minute's refill at most */
+    /* vivi's one-time prekeys are still protected from mallo */
+    int otk = 0;
+    assert_int_equal(fetch_code(tc_fetch(m, "vivi"), &otk), HUSH__ERROR_CODE__RATE_LIMITED);
+    assert_false(otk);
+    /* another requester is not affected by mallo's limit */
+    struct tclient *w = tc_registered(&r, "wendy", 1);
+    assert_int_equal(fetch_code(tc_fetch(w, "vivi"), &otk), 0);
+    assert_true(otk);
+    tc_free(v);
+    tc_free(m);
+    tc_free(w);
+    assert_int_equal(relay_stop(&r, SIGTERM), 0);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* PreKeysLow is pushed to an online device at most once per interval, however many fetches
+ * find its stock under the threshold. */
+static void test_prekeys_low_throttled(void **state)
+{
+    (void)state;
+    struct relay_proc r;
+    relay_start(&r, "lowpush", "prekeys_low_threshold = 95\nfetch_burst = 1000");
+    struct tclient *v = tc_registered(&r, "lowa", 1);
+    struct tclient *m = tc_registered(&r, "lowb", 1);
+    for (int i = 0; i < 25; i++)
+        assert_int_equal(fetch_code(tc_fetch(m, "lowa"), NULL), 0);
+    /* the victim reads what it was sent: its own request's answer comes after every push */
+    Hush__FetchBundlesRequest fb = HUSH__FETCH_BUNDLES_REQUEST__INIT;
+    fb.username = "lowb";
+    Hush__Frame f = HUSH__FRAME__INIT;
+    f.msg_case = HUSH__FRAME__MSG_FETCH_BUNDLES;
+    f.fetch_bundles = &fb;
+    Hush__Frame *res = tc_request(v, &f, T);
+    assert_non_null(res);
+    hush__frame__free_unpacked(res, NULL);
+    int pushes = 0;
+    Hush__Frame *p;
+    while ((p = tc_next_push(v, HUSH__FRAME__MSG_PRE_KEYS_LOW, 200)) != NULL) {
+        pushes++;
+        hush__frame__free_unpacked(p, NULL);
+    }
+    print_message("prekeys low: 20 fetches under the threshold gave %d PreKeysLow pushes\n", pushes);
+    assert_int_equal(pushes, 1);
+    tc_free(v);
+    tc_free(m);
+    assert_int_equal(relay_stop(&r, SIGTERM), 0);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* One sender fills at most its share (25 %) of a recipient's quota; others still get through. */
+static void test_mailbox_share(void **state)
+{
+    (void)state;
+    struct relay_proc r;
+    relay_start(&r, "share", "quota_messages = 20");
+    struct tclient *a = tc_registered(&r, "squat", 1);
+    struct tclient *b = tc_registered(&r, "frend", 1);
+    struct tclient *v = tc_registered(&r, "victm", 1);
+    tc_disconnect(v);
+    uint8_t env[64], mid[16];
+    int ok = 0, refused = 0;
+    for (int i = 0; i < 20; i++) {
+        randombytes_buf(env, sizeof env);
+        rand_id(mid);
+        int code = tc_send(a, "victm", 1, env, sizeof env, mid, NULL);
+        if (code == 0)
+            ok++;
+        else if (code == HUSH__ERROR_CODE__QUOTA_EXCEEDED)
+            refused++;
+        else
+            fail_msg("unexpected code %d", code);
+    }
+    print_message("mailbox share: one sender stored %d of 20 (quota 20), %d refused\n", ok, refused);
+    assert_int_equal(ok, 5);
+    for (int i = 0; i < 5; i++) {
+        randombytes_buf(env, sizeof env);
+        rand_id(mid);
+        assert_int_equal(tc_send(b, "victm", 1, env, sizeof env, mid, NULL), 0);
+    }
+    tc_free(a);
+    tc_free(b);
+    tc_free(v);
+    assert_int_equal(relay_stop(&r, SIGTERM), 0);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* A login for a device that does not exist does the same verification work as one with a wrong
+ * signature for a device that does (a full check against a valid key, counted by the relay). */
+static void test_login_same_work(void **state)
+{
+    (void)state;
+    struct relay_proc r;
+    relay_start(&r, "loginwork", NULL);
+    struct tclient *k = tc_registered(&r, "known", 1);
+    tc_disconnect(k);
+    long v0 = relay_metric(&r, "hush_auth_verifications_total");
+    assert_true(v0 >= 1); /* the registration's proof */
+    const char *users[2] = { "known", "nobody" };
+    for (int i = 0; i < 2; i++) {
+        struct tclient *c = tc_new(&r, users[i], 1);
+        uint8_t sig[64];
+        randombytes_buf(sig, sizeof sig);
+        Hush__LoginRequest l = HUSH__LOGIN_REQUEST__INIT;
+        l.username = (char *)users[i];
+        l.device_id = 1;
+        l.signature.data = sig;
+        l.signature.len = 64;
+        Hush__Frame f = HUSH__FRAME__INIT;
+        f.msg_case = HUSH__FRAME__MSG_LOGIN;
+        f.login = &l;
+        Hush__Frame *res = tc_request(c, &f, T);
+        assert_non_null(res);
+        assert_int_equal(res->result->code, HUSH__ERROR_CODE__AUTH_FAILED);
+        hush__frame__free_unpacked(res, NULL);
+        long v1 = relay_metric(&r, "hush_auth_verifications_total");
+        print_message("login work: %s device, bad proof: %ld full verification(s)\n", i ? "unknown" : "known", v1 - v0);
+        assert_int_equal(v1 - v0, 1);
+        v0 = v1;
+        tc_free(c);
+    }
+    tc_free(k);
+    assert_int_equal(relay_stop(&r, SIGTERM), 0);
+}
+
 int main(void)
 {
     if (sodium_init() < 0)
@@ -356,6 +553,10 @@ int main(void)
         cmocka_unit_test(test_storage_jobs_bounded),
         cmocka_unit_test(test_oversize_header_closed),
         cmocka_unit_test(test_one_relay_per_port_and_db),
+        cmocka_unit_test(test_fetch_limits_hold),
+        cmocka_unit_test(test_prekeys_low_throttled),
+        cmocka_unit_test(test_mailbox_share),
+        cmocka_unit_test(test_login_same_work),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -356,7 +356,7 @@ static void test_send_rules(void **state)
 {
     (void)state;
     struct relay_proc r;
-    relay_start(&r, "rules", "quota_messages = 5\nttl_seconds = 2");
+    relay_start(&r, "rules", "quota_messages = 5\nsender_share_percent = 100\nttl_seconds = 2");
     struct tclient *a = tc_registered(&r, "olaf", 1);
     struct tclient *b = tc_registered(&r, "pia", 1);
     struct tclient *m = tc_registered(&r, "mallory", 1);

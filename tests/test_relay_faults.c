@@ -327,7 +327,7 @@ static void test_kill9_under_load(void **state)
 {
     (void)state;
     struct relay_proc r;
-    relay_start(&r, "kill9", "quota_messages = 100000"); /* up to 40,000 messages wait for one device */
+    relay_start(&r, "kill9", "quota_messages = 200000"); /* up to 40,000 messages from one sender wait */
     struct tclient *s = tc_registered(&r, "uwe", 1);
     struct tclient *d = tc_registered(&r, "vera", 1);
     tc_disconnect(d);
