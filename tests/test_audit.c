@@ -32,7 +32,7 @@
 
 #define T 10000
 
-static __attribute__((unused)) void msleep(long ms)
+static void msleep(long ms)
 {
     struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
     nanosleep(&ts, NULL);
@@ -543,6 +543,54 @@ static void test_login_same_work(void **state)
     assert_int_equal(relay_stop(&r, SIGTERM), 0);
 }
 
+/* ------------------------------------------------------------------------------------------ */
+/* /healthz answers while slow clients trickle requests to the metrics port (one byte every half
+ * second) and while more idle connections than the server has slots are open. */
+static void test_health_not_held(void **state)
+{
+    (void)state;
+    struct relay_proc r;
+    relay_start(&r, "slowhealth", NULL);
+    pid_t trickler = fork();
+    assert_true(trickler >= 0);
+    if (trickler == 0) {
+        int fds[4];
+        for (int i = 0; i < 4; i++)
+            fds[i] = wsc_tcp_connect("127.0.0.1", r.metrics_port, 1000);
+        const char *req = "GET /healthz HTTP/1.1\r\nHost: x\r\n";
+        for (int k = 0; k < 16; k++) { /* 8 s */
+            for (int i = 0; i < 4; i++)
+                if (fds[i] >= 0 && write(fds[i], req + (k % 30), 1) != 1) {
+                    close(fds[i]);
+                    fds[i] = wsc_tcp_connect("127.0.0.1", r.metrics_port, 1000);
+                }
+            msleep(500);
+        }
+        _exit(0);
+    }
+    int idle[40];
+    for (int i = 0; i < 40; i++)
+        idle[i] = wsc_tcp_connect("127.0.0.1", r.metrics_port, 1000);
+    msleep(300);
+    int answered = 0;
+    for (int i = 0; i < 5; i++) {
+        int status = 0;
+        char *body = relay_http_get(&r, "/healthz", &status);
+        free(body);
+        int st;
+        if (status == 200 && waitpid(trickler, &st, WNOHANG) == 0)
+            answered++; /* answered while the trickler was still at it */
+    }
+    print_message("health: %d of 5 probes answered while 4 clients trickled and 40 sat idle\n", answered);
+    assert_int_equal(answered, 5);
+    int st;
+    waitpid(trickler, &st, 0);
+    for (int i = 0; i < 40; i++)
+        if (idle[i] >= 0)
+            close(idle[i]);
+    assert_int_equal(relay_stop(&r, SIGTERM), 0);
+}
+
 int main(void)
 {
     if (sodium_init() < 0)
@@ -557,6 +605,7 @@ int main(void)
         cmocka_unit_test(test_prekeys_low_throttled),
         cmocka_unit_test(test_mailbox_share),
         cmocka_unit_test(test_login_same_work),
+        cmocka_unit_test(test_health_not_held),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
