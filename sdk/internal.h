@@ -63,6 +63,7 @@ hush_err hush__meta_get_int(hush_client *c, const char *key, int64_t *out, int *
 hush_err hush__meta_set_int(hush_client *c, const char *key, int64_t v);
 hush_err hush__local_identity(hush_client *c, ratchet_identity_key_pair **out);
 hush_err hush__peer_identity(hush_client *c, const char *name, uint32_t dev, uint8_t key[33], int *found);
+hush_err hush__peer_identity_other(hush_client *c, const char *name, uint32_t dev, uint8_t key[33], int *found);
 hush_err hush__save_peer_identity(hush_client *c, const char *name, uint32_t dev, const uint8_t *key, size_t len);
 
 /* Buffers handed to the caller: sized so hush_free can wipe them. */

@@ -365,10 +365,15 @@ static void exec1(hush_client *c, const char *sql, const char *text, const uint8
     }
 }
 
+void hush__forget_peer_devices(hush_client *c, const char *peer)
+{
+    exec1(c, "DELETE FROM peer_devices WHERE peer = ?1", peer, NULL, -1);
+}
+
 static void forget_devices(hush_client *c, const char *peer)
 {
     hush__lock(c);
-    exec1(c, "DELETE FROM peer_devices WHERE peer = ?1", peer, NULL, -1);
+    hush__forget_peer_devices(c, peer);
     hush__unlock(c);
 }
 
@@ -1070,6 +1075,20 @@ static void fail_for_good(struct hush_net *n, hush_err e)
 /* ------------------------------------------------------------------------------------------ */
 /* results and pushes */
 
+/* 1 when `dev` has no trusted key on record but another device of `peer` has. */
+static int is_new_device_of_known_user(hush_client *c, const char *peer, uint32_t dev)
+{
+    uint8_t key[33];
+    int mine = 0, other = 0;
+    hush__lock(c);
+    hush_err e = hush__peer_identity(c, peer, dev, key, &mine);
+    if (e == HUSH_OK && !mine)
+        e = hush__peer_identity_other(c, peer, dev, key, &other);
+    hush__unlock(c);
+    sodium_memzero(key, sizeof key);
+    return e == HUSH_OK && !mine && other;
+}
+
 static void on_fetch_result(struct hush_net *n, const struct req *r, const Hush__Result *res)
 {
     n->fetching = 0;
@@ -1115,7 +1134,11 @@ static void on_fetch_result(struct hush_net *n, const struct req *r, const Hush_
             hush_err e = hush_bundle_import(c, buf, len, NULL, NULL);
             free(buf);
             if (e == HUSH_ERR_IDENTITY_CHANGED) {
-                snprintf(n->blocked_peer, sizeof n->blocked_peer, "%s", r->peer);
+                /* A changed key of a known device holds every send to this peer until the user
+                 * decides. A device never seen of a known user is left out of the device list:
+                 * sends go to the devices the user already trusts, nothing to the new one. */
+                if (!is_new_device_of_known_user(c, r->peer, dev))
+                    snprintf(n->blocked_peer, sizeof n->blocked_peer, "%s", r->peer);
                 on_identity(n, r->peer, dev);
                 continue;
             }

@@ -14,6 +14,9 @@
 
 /* Wakes the network thread (no-op when it is not running). Safe from any thread. */
 void hush__net_wake(hush_client *c, int flags);
+/* Forgets the cached device list of `peer` (fetched again before the next send); caller holds
+ * the lock. */
+void hush__forget_peer_devices(hush_client *c, const char *peer);
 
 /* messaging.c */
 hush_err hush__set_message_state(hush_client *c, const uint8_t mid[16], int state);

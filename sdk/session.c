@@ -519,7 +519,20 @@ hush_err hush_identity_pending(hush_client *c, const char *peer, uint32_t device
     if (!old_safety || !new_safety)
         return HUSH_ERR_INVALID_ARG;
     old_safety[0] = new_safety[0] = '\0';
-    SAFETY_PROLOGUE
+    if (!c || !hush__valid_username(peer) || !valid_device(device_id))
+        return HUSH_ERR_INVALID_ARG;
+    hush__lock(c);
+    hush_err e = c->has_device ? HUSH_OK : HUSH_ERR_NO_DEVICE;
+    uint8_t key[33];
+    if (e == HUSH_OK) {
+        /* the key on record for this device, or for a device never seen, the user's known one */
+        int found = 0;
+        e = hush__peer_identity(c, peer, device_id, key, &found);
+        if (e == HUSH_OK && !found)
+            e = hush__peer_identity_other(c, peer, device_id, key, &found);
+        if (e == HUSH_OK && !found)
+            e = HUSH_ERR_NOT_FOUND;
+    }
     uint8_t newkey[33];
     if (e == HUSH_OK)
         e = pending_key(c, peer, device_id, newkey);
@@ -544,6 +557,8 @@ hush_err hush_identity_accept(hush_client *c, const char *peer, uint32_t device_
         e = hush__save_peer_identity(c, peer, device_id, key, sizeof key);
         if (e == HUSH_OK)
             e = delete_pending(c, peer, device_id);
+        if (e == HUSH_OK)
+            hush__forget_peer_devices(c, peer); /* the accepted device joins at the next send */
         e = hush__end(c, e);
     }
     hush__unlock(c);

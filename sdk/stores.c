@@ -233,6 +233,28 @@ static int s_get_local_registration_id(void *ud, uint32_t *registration_id)
     return 0;
 }
 
+/* The identity key of the lowest-numbered device of `name` other than `dev` (0: none known). */
+hush_err hush__peer_identity_other(hush_client *c, const char *name, uint32_t dev, uint8_t key[33], int *found)
+{
+    sqlite3_stmt *st;
+    *found = 0;
+    hstore_err se = hstore_prepare(c->db, "SELECT device_id FROM identities WHERE name = ?1 AND device_id != ?2 "
+                                          "ORDER BY device_id LIMIT 1", &st);
+    if (se)
+        return hush__from_store(se);
+    sqlite3_bind_blob(st, 1, name, (int)strlen(name), SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 2, dev);
+    int row = 0;
+    se = hstore_step(c->db, st, &row);
+    if (se)
+        return hush__from_store(se);
+    if (!row)
+        return HUSH_OK;
+    uint32_t other = (uint32_t)sqlite3_column_int64(st, 0);
+    sqlite3_reset(st);
+    return hush__peer_identity(c, name, other, key, found);
+}
+
 hush_err hush__peer_identity(hush_client *c, const char *name, uint32_t dev, uint8_t key[33], int *found)
 {
     sqlite3_stmt *st;
@@ -325,10 +347,19 @@ static int s_is_trusted_identity(const signal_protocol_address *address, uint8_t
     hush_err e = hush__peer_identity(c, name, (uint32_t)address->device_id, known, &found);
     if (e)
         return store_fail(c, e);
-    if (!found)
-        return 1; /* trust on first use */
-    if (sodium_memcmp(known, key_data, 33) == 0)
+    if (!found) {
+        /* A device never seen of a user already known is not trusted on first use: whoever runs
+         * the relay can list a device of its own under any name. It is reported like a changed
+         * key (the old safety number is that of the user's known device) and waits for the
+         * user's decision. */
+        e = hush__peer_identity_other(c, name, (uint32_t)address->device_id, known, &found);
+        if (e)
+            return store_fail(c, e);
+        if (!found)
+            return 1; /* a user seen for the first time: trust on first use */
+    } else if (sodium_memcmp(known, key_data, 33) == 0) {
         return 1;
+    }
     /* A different key claims this address: remember it for hush_identity_pending. */
     c->untrusted.set = 1;
     memcpy(c->untrusted.name, name, sizeof name);

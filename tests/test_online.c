@@ -22,6 +22,7 @@
 
 #include <cmocka.h>
 #include <sodium.h>
+#include <sqlite3.h>
 
 #include "relay_util.h"
 #include "util.h"
@@ -143,8 +144,8 @@ static void cb_connection(void *ctx, hush_conn_state st, hush_err e)
 
 static void cb_error(void *ctx, hush_err e, const char *detail)
 {
-    (void)e;
-    (void)detail;
+    if (getenv("HUSH_TEST_VERBOSE"))
+        fprintf(stderr, "cb_error: %s: %s\n", hush_strerror(e), detail);
     struct rec *r = ctx;
     pthread_mutex_lock(&r->mu);
     r->errors++;
@@ -340,6 +341,139 @@ static void test_typing_presence(void **state)
     user_free(a);
     user_free(b);
     assert_int_equal(relay_stop(&relay, SIGTERM), 0);
+}
+
+/* The relay operator adds a device "iggy/2" with keys it holds to iggy's directory entry (an edit
+ * of its database between runs). hope, who knows iggy/1, must not trust it silently: a message from
+ * it is held and reported as an identity change, nothing hal sends goes to it, and a bundle of it
+ * is refused until hope accepts. */
+static long mailbox_rows_for(const char *db, const char *user, uint32_t dev)
+{
+    sqlite3 *h = NULL;
+    long n = -1;
+    if (sqlite3_open_v2(db, &h, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK) {
+        sqlite3_stmt *st = NULL;
+        if (sqlite3_prepare_v2(h, "SELECT count(*) FROM mailbox WHERE recipient = ?1 AND recipient_device = ?2", -1, &st,
+                               NULL) == SQLITE_OK) {
+            sqlite3_bind_text(st, 1, user, -1, SQLITE_STATIC);
+            sqlite3_bind_int64(st, 2, dev);
+            if (sqlite3_step(st) == SQLITE_ROW)
+                n = sqlite3_column_int64(st, 0);
+        }
+        sqlite3_finalize(st);
+    }
+    sqlite3_close(h);
+    return n;
+}
+
+/* Writes `ghost`'s device into the relay database as an operator could. */
+static void inject_device(const char *db, hush_client *ghost, const char *user, uint32_t dev)
+{
+    uint8_t *b = NULL, auth[32];
+    size_t blen = 0;
+    assert_int_equal(hush_bundle_export(ghost, &b, &blen), HUSH_OK);
+    assert_int_equal(hush_device_auth_key(ghost, auth), HUSH_OK);
+    Hush__KeyBundle *kb = hush__key_bundle__unpack(NULL, blen, b);
+    assert_non_null(kb);
+    sqlite3 *h = NULL;
+    assert_int_equal(sqlite3_open(db, &h), SQLITE_OK);
+    sqlite3_stmt *st = NULL;
+    assert_int_equal(sqlite3_prepare_v2(h, "INSERT INTO devices (username, device_id, auth_key, identity_key, "
+                                           "registration_id, spk_id, spk_public, spk_signature, spk_timestamp, created_at) "
+                                           "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 1)", -1, &st, NULL),
+                     SQLITE_OK);
+    sqlite3_bind_text(st, 1, user, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, dev);
+    sqlite3_bind_blob(st, 3, auth, 32, SQLITE_STATIC);
+    sqlite3_bind_blob(st, 4, kb->identity_key.data, (int)kb->identity_key.len, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 5, kb->registration_id);
+    sqlite3_bind_int64(st, 6, kb->signed_pre_key->id);
+    sqlite3_bind_blob(st, 7, kb->signed_pre_key->public_key.data, (int)kb->signed_pre_key->public_key.len, SQLITE_STATIC);
+    sqlite3_bind_blob(st, 8, kb->signed_pre_key->signature.data, (int)kb->signed_pre_key->signature.len, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 9, (int64_t)kb->signed_pre_key->timestamp_ms);
+    assert_int_equal(sqlite3_step(st), SQLITE_DONE);
+    sqlite3_finalize(st);
+    sqlite3_close(h);
+    hush__key_bundle__free_unpacked(kb, NULL);
+    hush_free(b);
+}
+
+static void test_ghost_device(void **state)
+{
+    (void)state;
+    struct relay_proc relay;
+    relay_start(&relay, "ghost", NULL);
+    struct user *a = user_new(&relay, "hope"), *b = user_new(&relay, "iggy");
+    send_text(b, "hope", "hello from the real ida", NULL);
+    assert_true(wait_count(&a->r, &a->r.nmsgs, 1, 10000));
+    char iggy_sn[HUSH_SAFETY_NUMBER_LEN + 1];
+    assert_int_equal(hush_safety_number(a->c, "iggy", 1, iggy_sn), HUSH_OK);
+
+    /* the operator's device: its own keys under ida's name */
+    uint8_t key[HUSH_DB_KEY_BYTES];
+    test_key("ghost", key);
+    hush_client *g = NULL;
+    assert_int_equal(hush_client_open(tpath("ghost.db"), key, NULL, &g), HUSH_OK);
+    assert_int_equal(hush_device_create(g, "iggy", 2), HUSH_OK);
+    assert_int_equal(relay_stop(&relay, SIGTERM), 0);
+    inject_device(relay.db, g, "iggy", 2);
+    relay_restart(&relay);
+    assert_true(wait_count(&a->r, &a->r.online_events, 2, 15000));
+
+    /* a bundle of the ghost device is not imported silently */
+    uint8_t *gb = NULL;
+    size_t gblen = 0;
+    assert_int_equal(hush_bundle_export(g, &gb, &gblen), HUSH_OK);
+    assert_int_equal(hush_bundle_import(a->c, gb, gblen, NULL, NULL), HUSH_ERR_IDENTITY_CHANGED);
+    assert_false(hush_has_session(a->c, "iggy", 2));
+    char old_sn[HUSH_SAFETY_NUMBER_LEN + 1], new_sn[HUSH_SAFETY_NUMBER_LEN + 1];
+    assert_int_equal(hush_identity_pending(a->c, "iggy", 2, old_sn, new_sn), HUSH_OK);
+    assert_string_equal(old_sn, iggy_sn); /* what hope verified for iggy */
+    assert_string_not_equal(old_sn, new_sn);
+    assert_int_equal(hush_identity_reject(a->c, "iggy", 2), HUSH_OK);
+    hush_free(gb);
+
+    /* the ghost writes to hope as "iggy" (logged in with the key the operator holds): held,
+     * reported, not shown */
+    struct tclient ghost;
+    memset(&ghost, 0, sizeof ghost);
+    ghost.sdk = g;
+    ghost.relay = &relay;
+    ghost.next_id = 1;
+    ghost.dev = 2;
+    snprintf(ghost.user, sizeof ghost.user, "iggy");
+    assert_int_equal(tc_reconnect(&ghost), 0);
+    assert_int_equal(tc_login(&ghost), 0);
+    assert_int_equal(tc_start_session(&ghost, "hope"), 0);
+    uint8_t *env = NULL, gmid[16];
+    size_t envlen = 0;
+    assert_int_equal(hush_encrypt(g, "hope", 1, (const uint8_t *)"send me your password", 21, NULL, gmid, &env, &envlen),
+                     HUSH_OK);
+    assert_int_equal(tc_send(&ghost, "hope", 1, env, envlen, gmid, NULL), 0);
+    hush_free(env);
+    tc_disconnect(&ghost);
+    assert_true(wait_count(&a->r, &a->r.nidentity, 1, 10000));
+    assert_string_equal(a->r.id_peer, "iggy");
+    assert_string_equal(a->r.id_old, iggy_sn);
+    /* hope answers iggy: the real iggy gets it, the ghost gets nothing */
+    uint8_t mid[16];
+    send_text(a, "iggy", "still only you?", mid);
+    if (!wait_count(&b->r, &b->r.nmsgs, 1, 10000)) {
+        uint32_t dv[8];
+        size_t nd = 0;
+        hush_err pe = hush_peer_devices(a->c, "iggy", dv, 8, &nd);
+        fail_msg("not delivered: state %d, known devices %zu (%d), session 1: %d", state_of(a, mid), nd, pe,
+                 hush_has_session(a->c, "iggy", 1));
+    }
+    struct timespec half = { 0, 500000000L };
+    nanosleep(&half, NULL);
+    assert_int_equal(a->r.nmsgs, 1); /* the ghost's message is not shown */
+    assert_false(hush_has_session(a->c, "iggy", 2));
+    hush_client_close(g);
+    user_free(a);
+    user_free(b);
+    assert_int_equal(relay_stop(&relay, SIGTERM), 0);
+    assert_int_equal(mailbox_rows_for(relay.db, "iggy", 2), 0);
 }
 
 static void test_identity_change_online(void **state)
@@ -1031,6 +1165,7 @@ int main(void)
         cmocka_unit_test(test_offline_1000),
         cmocka_unit_test(test_typing_presence),
         cmocka_unit_test(test_identity_change_online),
+        cmocka_unit_test(test_ghost_device),
         cmocka_unit_test(test_relay_restarts),
         cmocka_unit_test(test_canary_online),
         cmocka_unit_test(test_unknown_user_and_bad_url),
