@@ -130,7 +130,11 @@ hush_err hush_send(hush_client *c, const char *peer, const uint8_t *text, size_t
     uint8_t mid[HUSH_MESSAGE_ID_BYTES];
     randombytes_buf(mid, sizeof mid);
     hush__lock(c);
-    hush_err e = c->has_device ? hush__begin(c) : HUSH_ERR_NO_DEVICE;
+    hush_err e = c->has_device ? HUSH_OK : HUSH_ERR_NO_DEVICE;
+    if (!e && !strcmp(peer, c->username))
+        e = HUSH_ERR_INVALID_ARG; /* to yourself: there is no other device of yours to deliver to */
+    if (!e)
+        e = hush__begin(c);
     if (!e) {
         /* Outbox row and history row (QUEUED) in one transaction, before anything leaves. */
         e = hush__outbox_insert(c, peer, HUSH__CONTENT_KIND__CONTENT_TEXT, mid, text, len);
@@ -145,6 +149,39 @@ hush_err hush_send(hush_client *c, const char *peer, const uint8_t *text, size_t
         memcpy(message_id_out, mid, sizeof mid);
     hush__net_wake(c, NET_WAKE_OUTBOX);
     return HUSH_OK;
+}
+
+hush_err hush_outbox_cancel(hush_client *c, const uint8_t message_id[HUSH_MESSAGE_ID_BYTES])
+{
+    if (!c || !message_id)
+        return HUSH_ERR_INVALID_ARG;
+    hush__lock(c);
+    hush_err e = hush__begin(c);
+    if (!e) {
+        sqlite3_stmt *st;
+        hstore_err se = hstore_prepare(c->db, "DELETE FROM outbox WHERE message_id = ?1 AND kind = ?2", &st);
+        if (!se) {
+            sqlite3_bind_blob(st, 1, message_id, HUSH_MESSAGE_ID_BYTES, SQLITE_TRANSIENT);
+            sqlite3_bind_int(st, 2, HUSH__CONTENT_KIND__CONTENT_TEXT);
+            se = hstore_run(c->db, st);
+        }
+        e = hush__from_store(se);
+        if (!e && hstore_changes(c->db) == 0)
+            e = HUSH_ERR_NOT_FOUND; /* sent already, or no such message */
+        if (!e && !(se = hstore_prepare(c->db, "DELETE FROM outbox_envelopes WHERE message_id = ?1", &st))) {
+            sqlite3_bind_blob(st, 1, message_id, HUSH_MESSAGE_ID_BYTES, SQLITE_TRANSIENT);
+            se = hstore_run(c->db, st);
+        }
+        if (!e)
+            e = hush__from_store(se);
+        if (!e)
+            e = hush__set_message_state(c, message_id, HUSH_MSG_FAILED);
+        e = hush__end(c, e);
+    }
+    hush__unlock(c);
+    if (!e)
+        hush__net_wake(c, NET_WAKE_OUTBOX);
+    return e;
 }
 
 hush_err hush_message_state(hush_client *c, const uint8_t message_id[HUSH_MESSAGE_ID_BYTES], hush_msg_state *state)

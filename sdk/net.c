@@ -447,6 +447,19 @@ static uint8_t *make_envelope(struct hush_net *n, const struct orow *o, uint32_t
     return copy;
 }
 
+/* Tells the app a message's new state, unless a later state was already recorded (receipts can
+ * arrive out of order: a read receipt before the delivery one, or before the relay's answer to
+ * the send). What the app sees never goes backwards. */
+static void report_state(struct hush_net *n, const char *peer, const uint8_t mid[16], int state)
+{
+    if (!n->cb.on_receipt)
+        return;
+    hush_msg_state cur = HUSH_MSG_QUEUED;
+    if (hush_message_state(n->c, mid, &cur) == HUSH_OK && (int)cur != state)
+        return;
+    n->cb.on_receipt(n->cb.ctx, peer, mid, (hush_msg_state)state);
+}
+
 static void outbox_finished(struct hush_net *n, int64_t outbox_id, const uint8_t mid[16], int kind, int state,
                             const char *peer)
 {
@@ -462,8 +475,8 @@ static void outbox_finished(struct hush_net *n, int64_t outbox_id, const uint8_t
         }
     }
     hush__unlock(c);
-    if (kind == HUSH__CONTENT_KIND__CONTENT_TEXT && n->cb.on_receipt)
-        n->cb.on_receipt(n->cb.ctx, peer, mid, (hush_msg_state)state);
+    if (kind == HUSH__CONTENT_KIND__CONTENT_TEXT)
+        report_state(n, peer, mid, state);
     signal_progress(n);
 }
 
@@ -563,7 +576,14 @@ static void pump_outbox(struct hush_net *n)
         memset(&o, 0, sizeof o);
         if (!next_outbox_row(n->c, n->pump_cursor, n->blocked_peer, &o))
             break;
-        int sent = send_row(n, &o);
+        int sent;
+        if (!strcmp(o.peer, n->c->username)) {
+            /* queued by an older version: nothing to deliver to yet, so it fails */
+            outbox_finished(n, o.id, o.mid, o.kind, HUSH_MSG_FAILED, o.peer);
+            sent = 1;
+        } else {
+            sent = send_row(n, &o);
+        }
         if (o.body) {
             sodium_memzero(o.body, o.len);
             free(o.body);
@@ -662,7 +682,7 @@ static int inbound_report(struct hush_net *n, struct inbound *in, int from_pendi
         if (m->kind == HUSH_KIND_RECEIPT && n->cb.on_receipt) {
             int state = m->body[0];
             for (size_t i = 1; i + HUSH_MESSAGE_ID_BYTES <= m->body_len; i += HUSH_MESSAGE_ID_BYTES)
-                n->cb.on_receipt(n->cb.ctx, in->from, m->body + i, (hush_msg_state)state);
+                report_state(n, in->from, m->body + i, state);
             signal_progress(n);
         } else if (m->kind == HUSH_KIND_TYPING && n->cb.on_typing) {
             n->cb.on_typing(n->cb.ctx, in->from, in->dev, m->body[0] != 0);
@@ -1089,27 +1109,33 @@ static int is_new_device_of_known_user(hush_client *c, const char *peer, uint32_
     return e == HUSH_OK && !mine && other;
 }
 
+/* Nobody to deliver to: the queued messages to `peer` at the head of the outbox fail (state
+ * FAILED), so the rows behind them are not held up. */
+static void fail_head_rows(struct hush_net *n, const char *peer)
+{
+    for (;;) {
+        struct orow o;
+        memset(&o, 0, sizeof o);
+        if (!next_outbox_row(n->c, 0, "", &o))
+            break;
+        int match = !strcmp(o.peer, peer);
+        if (o.body) {
+            sodium_memzero(o.body, o.len);
+            free(o.body);
+        }
+        if (!match)
+            break;
+        outbox_finished(n, o.id, o.mid, o.kind, HUSH_MSG_FAILED, o.peer);
+    }
+    n->pump_cursor = 0;
+}
+
 static void on_fetch_result(struct hush_net *n, const struct req *r, const Hush__Result *res)
 {
     n->fetching = 0;
     if (res->code == HUSH__ERROR_CODE__UNKNOWN_USER) {
-        /* nobody to deliver to: every queued message to that peer fails */
-        for (;;) {
-            struct orow o;
-            memset(&o, 0, sizeof o);
-            if (!next_outbox_row(n->c, 0, "", &o))
-                break;
-            int match = !strcmp(o.peer, r->peer);
-            if (o.body) {
-                sodium_memzero(o.body, o.len);
-                free(o.body);
-            }
-            if (!match)
-                break;
-            outbox_finished(n, o.id, o.mid, o.kind, HUSH_MSG_FAILED, o.peer);
-        }
+        fail_head_rows(n, r->peer);
         report(n, HUSH_ERR_UNKNOWN_USER, r->peer);
-        n->pump_cursor = 0;
         return;
     }
     if (res->code != HUSH__ERROR_CODE__OK) {
@@ -1143,7 +1169,9 @@ static void on_fetch_result(struct hush_net *n, const struct req *r, const Hush_
                 continue;
             }
             if (e) {
-                report(n, e, "a contact's key bundle was refused");
+                char detail[96];
+                snprintf(detail, sizeof detail, "a key bundle of %s/%u was refused", r->peer, dev);
+                report(n, e, detail);
                 continue;
             }
         }
@@ -1158,6 +1186,13 @@ static void on_fetch_result(struct hush_net *n, const struct req *r, const Hush_
                 report(n, HUSH_ERR_STORAGE, "could not record a contact's devices");
         }
         hush__unlock(c);
+    }
+    uint32_t devs[1];
+    if (peer_devices(c, r->peer, devs, 1) == 0 && strcmp(n->blocked_peer, r->peer) != 0) {
+        /* not one usable device (every bundle refused, or none listed): the messages fail now
+         * rather than block the outbox with fetches that cannot succeed */
+        fail_head_rows(n, r->peer);
+        return;
     }
     n->pump_cursor = 0; /* resume from the oldest row not yet acknowledged */
     n->inflight = 0;

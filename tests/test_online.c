@@ -53,6 +53,7 @@ struct rec {
     int nidentity;
     int online_events;
     int errors;
+    hush_client *self; /* for callbacks that call back into their own client */
 };
 
 static void rec_init(struct rec *r)
@@ -474,6 +475,117 @@ static void test_ghost_device(void **state)
     user_free(b);
     assert_int_equal(relay_stop(&relay, SIGTERM), 0);
     assert_int_equal(mailbox_rows_for(relay.db, "iggy", 2), 0);
+}
+
+/* A message to yourself fails at once; a message to a user whose bundle is refused, or who does
+ * not exist, leaves the queue as FAILED and the messages behind it go out; a queued message can be
+ * cancelled and is never delivered. */
+static void test_undeliverable(void **state)
+{
+    (void)state;
+    struct relay_proc relay;
+    relay_start(&relay, "undeliverable", NULL);
+    struct user *a = user_new(&relay, "una"), *b = user_new(&relay, "vic"), *t = user_new(&relay, "tampered");
+    uint8_t mid[16];
+    assert_int_equal(hush_send(a->c, "una", (const uint8_t *)"note", 4, mid), HUSH_ERR_INVALID_ARG);
+    /* the operator breaks tampered's signed prekey signature: its bundle is refused */
+    hush_net_stop(t->c);
+    assert_int_equal(relay_stop(&relay, SIGTERM), 0);
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "sqlite3 %s \"UPDATE devices SET spk_signature = zeroblob(64) WHERE username='tampered'\"",
+             relay.db);
+    assert_int_equal(WEXITSTATUS(system(cmd)), 0);
+    relay_restart(&relay);
+    assert_true(wait_count(&a->r, &a->r.online_events, 2, 15000));
+    uint8_t m1[16], m2[16], m3[16];
+    send_text(a, "tampered", "to a refused bundle", m1);
+    send_text(a, "nosuchuser", "to nobody", m2);
+    send_text(a, "vic", "behind them", m3);
+    assert_true(wait_count(&b->r, &b->r.nmsgs, 1, 10000));
+    assert_string_equal(b->r.msgs[0].text, "behind them");
+    assert_true(wait_state(a, m1, HUSH_MSG_FAILED, 5000));
+    assert_int_equal(state_of(a, m1), HUSH_MSG_FAILED);
+    assert_int_equal(state_of(a, m2), HUSH_MSG_FAILED);
+    uint32_t left = 99;
+    assert_int_equal(hush_outbox_count(a->c, &left), HUSH_OK);
+    /* cancel: queued while offline, cancelled, never delivered */
+    hush_net_stop(a->c);
+    uint8_t m4[16], m5[16];
+    send_text(a, "vic", "cancel me", m4);
+    send_text(a, "vic", "keep me", m5);
+    assert_int_equal(hush_outbox_cancel(a->c, m4), HUSH_OK);
+    assert_int_equal(hush_outbox_cancel(a->c, m4), HUSH_ERR_NOT_FOUND);
+    assert_int_equal(state_of(a, m4), HUSH_MSG_FAILED);
+    user_start(a, &relay);
+    assert_true(wait_count(&b->r, &b->r.nmsgs, 2, 10000));
+    assert_string_equal(b->r.msgs[1].text, "keep me");
+    assert_int_equal(hush_net_flush(a->c, 10000), HUSH_OK);
+    assert_int_equal(hush_outbox_cancel(a->c, m5), HUSH_ERR_NOT_FOUND); /* sent already */
+    struct timespec half = { 0, 500000000L };
+    nanosleep(&half, NULL);
+    assert_int_equal(b->r.nmsgs, 2);
+    user_free(a);
+    user_free(b);
+    user_free(t);
+    assert_int_equal(relay_stop(&relay, SIGTERM), 0);
+}
+
+/* The receiver marks each message read from inside on_message, so its read receipt leaves before
+ * the delivery receipt: the sender's callbacks still never go backwards (read, then nothing). */
+static void cb_message_mark_read(void *ctx, const hush_message *m)
+{
+    cb_message(ctx, m);
+    struct rec *r = ctx;
+    hush_client *self = r->self;
+    if (self && hush_mark_read(self, m->local_id) != HUSH_OK)
+        r->errors++;
+}
+
+static void test_receipts_never_backwards(void **state)
+{
+    (void)state;
+    struct relay_proc relay;
+    relay_start(&relay, "receiptorder", NULL);
+    struct user *a = user_new(&relay, "rosa");
+    struct user *b = calloc(1, sizeof *b);
+    rec_init(&b->r);
+    snprintf(b->name, sizeof b->name, "tina");
+    b->c = open_client("tina", 1, HUSH_DURABILITY_NORMAL);
+    b->r.self = b->c;
+    char url[64];
+    snprintf(url, sizeof url, "ws://127.0.0.1:%d", relay.port);
+    hush_callbacks cb = { &b->r, cb_message_mark_read, cb_receipt, cb_typing, cb_presence, cb_identity, cb_connection,
+                          cb_error };
+    hush_net_opts o = { url, NULL, NULL, 0 };
+    assert_int_equal(hush_net_start(b->c, &o, &cb), HUSH_OK);
+    assert_int_equal(hush_net_wait_online(b->c, 15000), HUSH_OK);
+    enum { N = 5 };
+    uint8_t mids[N][16];
+    for (int i = 0; i < N; i++)
+        send_text(a, "tina", "read me at once", mids[i]);
+    for (int i = 0; i < N; i++)
+        assert_true(wait_state(a, mids[i], HUSH_MSG_READ, 10000));
+    /* every delivery receipt has arrived too, after the read ones */
+    assert_true(wait_count(&b->r, &b->r.nmsgs, N, 10000));
+    struct timespec settle = { 1, 500000000L };
+    nanosleep(&settle, NULL);
+    pthread_mutex_lock(&a->r.mu);
+    for (int i = 0; i < N; i++) {
+        int last = -2;
+        for (int k = 0; k < a->r.nreceipts; k++) {
+            if (memcmp(a->r.receipt_mid[k], mids[i], 16) != 0)
+                continue;
+            if (a->r.receipt_state[k] <= last)
+                fail_msg("message %d: state %d reported after %d", i, a->r.receipt_state[k], last);
+            last = a->r.receipt_state[k];
+        }
+        assert_int_equal(last, HUSH_MSG_READ);
+    }
+    pthread_mutex_unlock(&a->r.mu);
+    assert_int_equal(state_of(a, mids[0]), HUSH_MSG_READ);
+    user_free(a);
+    user_free(b);
+    assert_int_equal(relay_stop(&relay, SIGTERM), 0);
 }
 
 static void test_identity_change_online(void **state)
@@ -1166,6 +1278,8 @@ int main(void)
         cmocka_unit_test(test_typing_presence),
         cmocka_unit_test(test_identity_change_online),
         cmocka_unit_test(test_ghost_device),
+        cmocka_unit_test(test_undeliverable),
+        cmocka_unit_test(test_receipts_never_backwards),
         cmocka_unit_test(test_relay_restarts),
         cmocka_unit_test(test_canary_online),
         cmocka_unit_test(test_unknown_user_and_bad_url),

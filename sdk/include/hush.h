@@ -404,9 +404,17 @@ HUSH_MUST_CHECK hush_err hush_net_flush(hush_client *c, int timeout_ms);
 
 /* Queues a UTF-8 text (at most HUSH_MAX_BODY bytes) for every device of `peer`; commits it to the
  * outbox (and the history, state QUEUED) before returning, then wakes the network thread. Works
- * while offline. `message_id_out` (may be NULL) receives the message's stable id. */
+ * while offline. `message_id_out` (may be NULL) receives the message's stable id.
+ * Errors: HUSH_ERR_INVALID_ARG (bad username, or `peer` is this device's own username),
+ * HUSH_ERR_TOO_BIG, HUSH_ERR_NO_DEVICE, HUSH_ERR_STORAGE.
+ * A message that cannot be delivered leaves the queue with state HUSH_MSG_FAILED (reported through
+ * on_receipt): the relay has no such user, or none of the peer's key bundles is acceptable. */
 HUSH_MUST_CHECK hush_err hush_send(hush_client *c, const char *peer, const uint8_t *text, size_t len,
                                    uint8_t message_id_out[HUSH_MESSAGE_ID_BYTES]);
+/* Takes a queued text out of the outbox (state HUSH_MSG_FAILED). HUSH_ERR_NOT_FOUND when it is not
+ * queued (already acknowledged by the relay, or unknown). A message the network thread handed to
+ * the relay just before the cancel may still be delivered: its state then becomes SENT. */
+HUSH_MUST_CHECK hush_err hush_outbox_cancel(hush_client *c, const uint8_t message_id[HUSH_MESSAGE_ID_BYTES]);
 HUSH_MUST_CHECK hush_err hush_message_state(hush_client *c, const uint8_t message_id[HUSH_MESSAGE_ID_BYTES],
                                             hush_msg_state *state);
 /* Marks a received message read and queues an encrypted read receipt to its sender. */
