@@ -59,6 +59,7 @@ const char *hush_strerror(hush_err err)
     case HUSH_ERR_TIMEOUT: return "timed out";
     case HUSH_ERR_NOT_RUNNING: return "network not started";
     case HUSH_ERR_RELAY: return "unexpected error from the relay";
+    case HUSH_ERR_SESSION_REPLACED: return "another connection logged in as this device (is another copy running?)";
     }
     return "unknown error";
 }

@@ -1226,6 +1226,18 @@ static void on_send_result(struct hush_net *n, const struct req *r, const Hush__
     }
 }
 
+/* Text from the relay (Result.message) on its way to the app: printable ASCII only, at most cap-1
+ * bytes. A relay is not trusted to send valid UTF-8 (JNI's NewStringUTF aborts on invalid Modified
+ * UTF-8) or harmless bytes (terminal escapes). */
+static const char *relay_text(char *buf, size_t cap, const char *s)
+{
+    size_t n = 0;
+    for (; s && *s && n + 1 < cap; s++)
+        buf[n++] = (*s >= 0x20 && *s < 0x7f) ? *s : '?';
+    buf[n] = '\0';
+    return buf;
+}
+
 static void handle_frame(struct hush_net *n, const uint8_t *data, size_t len)
 {
     Hush__Frame *f = hush__frame__unpack(NULL, len, data);
@@ -1237,6 +1249,7 @@ static void handle_frame(struct hush_net *n, const uint8_t *data, size_t len)
     if (f->msg_case != HUSH__FRAME__MSG_DELIVER && n->nbatch)
         process_batch(n);
     struct req r;
+    char txt[128];
     switch (f->msg_case) {
     case HUSH__FRAME__MSG_WELCOME:
         if (n->st == N_HELLO && take_req(n, f->id, &r) && f->welcome->challenge.len == 32 && f->welcome->version == 1) {
@@ -1250,7 +1263,7 @@ static void handle_frame(struct hush_net *n, const uint8_t *data, size_t len)
     case HUSH__FRAME__MSG_RESULT:
         if (!take_req(n, f->id, &r)) {
             if (f->result->code)
-                report(n, HUSH_ERR_RELAY, f->result->message);
+                report(n, HUSH_ERR_RELAY, relay_text(txt, sizeof txt, f->result->message));
             break;
         }
         if (r.type == R_AUTH || r.type == R_UPLOAD)
@@ -1267,7 +1280,7 @@ static void handle_frame(struct hush_net *n, const uint8_t *data, size_t len)
                 if (fe)
                     fail_for_good(n, fe);
                 else
-                    report(n, HUSH_ERR_RELAY, f->result->message);
+                    report(n, HUSH_ERR_RELAY, relay_text(txt, sizeof txt, f->result->message));
             }
         } else if (r.type == R_SEND) {
             on_send_result(n, &r, f->result);
@@ -1322,13 +1335,13 @@ static void handle_frame(struct hush_net *n, const uint8_t *data, size_t len)
         break;
     }
     case HUSH__FRAME__MSG_PRESENCE:
-        if (n->cb.on_presence)
+        if (n->cb.on_presence && hush__valid_username(f->presence->username))
             n->cb.on_presence(n->cb.ctx, f->presence->username, f->presence->online, f->presence->last_seen_ms);
         break;
     case HUSH__FRAME__MSG_CLOSING:
         if (f->closing->code == HUSH__ERROR_CODE__SESSION_REPLACED) {
-            report(n, HUSH_ERR_RELAY, "another connection logged in as this device; not reconnecting");
-            fail_for_good(n, HUSH_ERR_RELAY);
+            report(n, HUSH_ERR_SESSION_REPLACED, "another connection logged in as this device; not reconnecting");
+            fail_for_good(n, HUSH_ERR_SESSION_REPLACED);
         }
         break;
     case HUSH__FRAME__MSG_QUEUE_EMPTY:

@@ -53,6 +53,7 @@ struct rec {
     int nidentity;
     int online_events;
     int errors;
+    int bad_text;
     hush_client *self; /* for callbacks that call back into their own client */
 };
 
@@ -150,6 +151,9 @@ static void cb_error(void *ctx, hush_err e, const char *detail)
     struct rec *r = ctx;
     pthread_mutex_lock(&r->mu);
     r->errors++;
+    for (const char *p = detail; p && *p; p++)
+        if ((unsigned char)*p < 0x20 || (unsigned char)*p >= 0x7f)
+            r->bad_text++; /* a relay's bytes reached the app unfiltered */
     pthread_mutex_unlock(&r->mu);
 }
 
@@ -909,7 +913,7 @@ static void *fake_relay(void *arg)
         } else if (mode == 1) { /* a Result with an error code nobody knows, for the hello */
             Hush__Result r = HUSH__RESULT__INIT;
             r.code = (Hush__ErrorCode)999;
-            r.message = "???";
+            r.message = "\xc0\x80\xff\x1b]0;owned\x07 not UTF-8, with escapes";
             Hush__Frame f = HUSH__FRAME__INIT;
             f.id = 1;
             f.msg_case = HUSH__FRAME__MSG_RESULT;
@@ -972,6 +976,7 @@ static void test_bad_relay(void **state)
         usleep(100000);
     assert_true(fk.conns >= 6); /* it kept reconnecting through every kind of misbehaviour */
     assert_true(u->r.errors >= 3);
+    assert_int_equal(u->r.bad_text, 0);
     assert_int_equal(hush_net_wait_online(u->c, 100), HUSH_ERR_TIMEOUT);
     uint32_t pending = 0;
     assert_int_equal(hush_outbox_count(u->c, &pending), HUSH_OK);

@@ -80,10 +80,13 @@ typedef enum hush_err {
     HUSH_ERR_UNKNOWN_USER,     /* the relay has no such user */
     HUSH_ERR_TIMEOUT,          /* a wait ran out */
     HUSH_ERR_NOT_RUNNING,      /* the network thread is not running (hush_net_start) */
-    HUSH_ERR_RELAY             /* the relay answered with an error this version does not expect */
+    HUSH_ERR_RELAY,            /* the relay answered with an error this version does not expect */
+    HUSH_ERR_SESSION_REPLACED  /* another connection (another process or copy of this database)
+                                  logged in as this device: the network stops, as two connections
+                                  of one device would take turns replacing each other */
 } hush_err;
 
-#define HUSH_ERR_LAST HUSH_ERR_RELAY
+#define HUSH_ERR_LAST HUSH_ERR_SESSION_REPLACED
 
 /* Never NULL; static storage. */
 const char *hush_strerror(hush_err err);

@@ -57,6 +57,22 @@ static jmethodID g_on_message, g_on_receipt, g_on_typing, g_on_presence, g_on_id
 static __thread struct jhush *tl_in_callback;
 
 /* ------------------------------------------------------------------------------------------ */
+/* Java strings from C strings. NewStringUTF takes Modified UTF-8 and CheckJNI aborts the app on
+ * anything else, so a string is passed through only when it is plain ASCII (what libhush hands
+ * out: usernames, group ids, safety numbers, relay texts it filtered); any other byte becomes '?'
+ * here as a second line of defence. */
+static jstring jstr(JNIEnv *env, const char *s)
+{
+    if (!s)
+        return NULL;
+    char buf[512];
+    size_t n = 0;
+    for (; *s && n + 1 < sizeof buf; s++)
+        buf[n++] = ((unsigned char)*s >= 0x20 && (unsigned char)*s < 0x7f) ? *s : '?';
+    buf[n] = '\0';
+    return (*env)->NewStringUTF(env, buf);
+}
+
 /* errors */
 
 static void throw_hush(JNIEnv *env, int code, const char *what)
@@ -68,7 +84,7 @@ static void throw_hush(JNIEnv *env, int code, const char *what)
         snprintf(msg, sizeof msg, "%s: %s", what, hush_strerror((hush_err)code));
     else
         snprintf(msg, sizeof msg, "%s", what);
-    jstring jmsg = (*env)->NewStringUTF(env, msg);
+    jstring jmsg = jstr(env, msg);
     if (!jmsg)
         return; /* OutOfMemoryError pending */
     jobject ex = (*env)->NewObject(env, g_exc_cls, g_exc_ctor, (jint)code, jmsg);
@@ -193,8 +209,8 @@ static void cb_message(void *ctx, const hush_message *m)
     if (cb_enter(h, &s))
         return;
     JNIEnv *env = s.env;
-    jstring sender = (*env)->NewStringUTF(env, m->sender);
-    jstring group = sender ? (*env)->NewStringUTF(env, m->group_id) : NULL;
+    jstring sender = jstr(env, m->sender);
+    jstring group = sender ? jstr(env, m->group_id) : NULL;
     jbyteArray id = group ? new_bytes(env, m->message_id, HUSH_MESSAGE_ID_BYTES) : NULL;
     jbyteArray body = id ? new_bytes(env, m->body, m->body_len) : NULL;
     if (body)
@@ -211,7 +227,7 @@ static void cb_receipt(void *ctx, const char *peer, const uint8_t message_id[HUS
     if (cb_enter(h, &s))
         return;
     JNIEnv *env = s.env;
-    jstring jpeer = (*env)->NewStringUTF(env, peer);
+    jstring jpeer = jstr(env, peer);
     jbyteArray id = jpeer ? new_bytes(env, message_id, HUSH_MESSAGE_ID_BYTES) : NULL;
     if (id)
         (*env)->CallVoidMethod(env, h->bridge, g_on_receipt, jpeer, id, (jint)state);
@@ -225,7 +241,7 @@ static void cb_typing(void *ctx, const char *peer, uint32_t device_id, int typin
     if (cb_enter(h, &s))
         return;
     JNIEnv *env = s.env;
-    jstring jpeer = (*env)->NewStringUTF(env, peer);
+    jstring jpeer = jstr(env, peer);
     if (jpeer)
         (*env)->CallVoidMethod(env, h->bridge, g_on_typing, jpeer, (jint)device_id, (jboolean)(typing != 0));
     cb_leave(&s);
@@ -238,7 +254,7 @@ static void cb_presence(void *ctx, const char *user, int online, uint64_t last_s
     if (cb_enter(h, &s))
         return;
     JNIEnv *env = s.env;
-    jstring juser = (*env)->NewStringUTF(env, user);
+    jstring juser = jstr(env, user);
     if (juser)
         (*env)->CallVoidMethod(env, h->bridge, g_on_presence, juser, (jboolean)(online != 0), (jlong)last_seen_ms);
     cb_leave(&s);
@@ -252,9 +268,9 @@ static void cb_identity(void *ctx, const char *peer, uint32_t device_id, const c
     if (cb_enter(h, &s))
         return;
     JNIEnv *env = s.env;
-    jstring jpeer = (*env)->NewStringUTF(env, peer);
-    jstring jold = jpeer ? (*env)->NewStringUTF(env, old_safety) : NULL;
-    jstring jnew = jold ? (*env)->NewStringUTF(env, new_safety) : NULL;
+    jstring jpeer = jstr(env, peer);
+    jstring jold = jpeer ? jstr(env, old_safety) : NULL;
+    jstring jnew = jold ? jstr(env, new_safety) : NULL;
     if (jnew)
         (*env)->CallVoidMethod(env, h->bridge, g_on_identity, jpeer, (jint)device_id, jold, jnew);
     cb_leave(&s);
@@ -277,7 +293,7 @@ static void cb_error(void *ctx, hush_err err, const char *detail)
     if (cb_enter(h, &s))
         return;
     JNIEnv *env = s.env;
-    jstring jd = (*env)->NewStringUTF(env, detail ? detail : "");
+    jstring jd = jstr(env, detail ? detail : "");
     if (jd)
         (*env)->CallVoidMethod(env, h->bridge, g_on_error, (jint)err, jd);
     cb_leave(&s);
@@ -444,7 +460,7 @@ static jstring n_username(JNIEnv *env, jclass cls, jlong hh)
     char u[HUSH_USERNAME_MAX + 1];
     if (check(env, hush_device_info(H(hh)->c, u, NULL, NULL), "username"))
         return NULL;
-    return (*env)->NewStringUTF(env, u);
+    return jstr(env, u);
 }
 
 static jint n_device_id(JNIEnv *env, jclass cls, jlong hh)
@@ -597,7 +613,7 @@ static jstring n_safety_number(JNIEnv *env, jclass cls, jlong hh, jstring peer, 
         return NULL;
     if (check(env, hush_safety_number(H(hh)->c, p, (uint32_t)dev, sn), "safetyNumber"))
         return NULL;
-    return (*env)->NewStringUTF(env, sn);
+    return jstr(env, sn);
 }
 
 static jbyteArray n_safety_scannable(JNIEnv *env, jclass cls, jlong hh, jstring peer, jint dev)
@@ -651,8 +667,8 @@ static jobjectArray n_identity_pending(JNIEnv *env, jclass cls, jlong hh, jstrin
     if (check(env, e, "identityPending"))
         return NULL;
     jobjectArray a = (*env)->NewObjectArray(env, 2, g_string_cls, NULL);
-    jstring o = a ? (*env)->NewStringUTF(env, old_sn) : NULL;
-    jstring w = o ? (*env)->NewStringUTF(env, new_sn) : NULL;
+    jstring o = a ? jstr(env, old_sn) : NULL;
+    jstring w = o ? jstr(env, new_sn) : NULL;
     if (!w)
         return NULL;
     (*env)->SetObjectArrayElement(env, a, 0, o);
@@ -708,7 +724,7 @@ static jobjectArray n_history(JNIEnv *env, jclass cls, jlong hh, jstring peer, j
     jobjectArray a = (*env)->NewObjectArray(env, (jsize)n, g_hist_cls, NULL);
     for (size_t i = 0; a && i < n; i++) {
         const hush_history_entry *e = &es[i];
-        jstring jp = (*env)->NewStringUTF(env, e->peer);
+        jstring jp = jstr(env, e->peer);
         jbyteArray id = jp ? new_bytes(env, e->message_id, HUSH_MESSAGE_ID_BYTES) : NULL;
         jbyteArray body = id ? new_bytes(env, e->body, e->body_len) : NULL;
         jobject o = body ? (*env)->NewObject(env, g_hist_cls, g_hist_ctor, (jlong)e->local_id,
@@ -749,13 +765,13 @@ static void n_check(JNIEnv *env, jclass cls, jlong hh)
 static jstring n_version(JNIEnv *env, jclass cls)
 {
     (void)cls;
-    return (*env)->NewStringUTF(env, hush_version());
+    return jstr(env, hush_version());
 }
 
 static jstring n_strerror(JNIEnv *env, jclass cls, jint code)
 {
     (void)cls;
-    return (*env)->NewStringUTF(env, hush_strerror((hush_err)code));
+    return jstr(env, hush_strerror((hush_err)code));
 }
 
 /* ------------------------------------------------------------------------------------------ */

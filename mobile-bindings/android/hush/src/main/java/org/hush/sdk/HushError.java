@@ -63,6 +63,9 @@ public enum HushError {
     NOT_RUNNING(28),
     /** The relay answered with an error this version does not expect. */
     RELAY(29),
+    /** Another connection (another process, or a copy of this database) logged in as this device;
+     * the network stopped. */
+    SESSION_REPLACED(30),
     /** Binding only: the client was closed. */
     CLOSED(-1),
     /** Binding only: a code this version of the binding does not know (a newer libhush). */
