@@ -27,6 +27,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <termios.h>
 #include <time.h>
@@ -44,9 +45,11 @@ static void usage(FILE *f)
             "commands:\n"
             "  init --relay URL --user NAME [--device N] [--invite TOKEN]\n"
             "        Create this device (keys in a new sealed database) and register it on the relay.\n"
-            "  send USER TEXT...     Send a message. Queued while offline and retried until the\n"
-            "                        relay has it (waits up to --wait seconds, default 10).\n"
-            "  listen [--raw]        Print incoming messages, receipts and presence until Ctrl-C.\n"
+            "  send USER TEXT...     Send a message (TEXT `-`: read it from standard input). Queued\n"
+            "                        while offline and retried until the relay has it.\n"
+            "  cancel ID             Take a queued message out of the outbox.\n"
+            "  listen [--raw]        Print incoming messages, receipts and presence until Ctrl-C\n"
+            "                        (--raw: one JSON object per line).\n"
             "  chat USER             Talk with USER interactively (typing, receipts, presence).\n"
             "  history USER [--limit N]   Show the conversation with USER.\n"
             "  safety USER [--accept|--reject]   Safety numbers of USER's devices; accept or\n"
@@ -60,6 +63,55 @@ static void usage(FILE *f)
             "The database: --db PATH, else $HUSH_DB, else ~/.hush/hush.db. Its key is PATH.key\n"
             "(mode 0600), or Argon2id of $HUSH_PASSPHRASE with the salt in PATH.salt if that variable\n"
             "was set at init. `hush <command> --help` for one command. Exit: 0 ok, 1 error, 2 usage.\n");
+}
+
+/* `hush <command> --help` */
+static const struct {
+    const char *cmd, *text;
+} g_help[] = {
+    { "init", "usage: hush init --relay URL --user NAME [--device N] [--invite TOKEN] [--ca-file PEM] [--db PATH]\n"
+              "Creates this device (keys in a new sealed database) and registers it on the relay.\n"
+              "  URL       ws://HOST:PORT or wss://HOST[:PORT] (a path may follow)\n"
+              "  NAME      3 to 32 of a-z 0-9 . _ -, not starting with '-'\n"
+              "  --invite  the token from the relay's operator (`hushd invite`), if registration is by invite\n"
+              "  --ca-file a PEM file of the certificate authority that signed a self-signed relay's\n"
+              "            certificate; stored with the URL for later commands\n"
+              "On failure nothing is left behind: run the same command again.\n" },
+    { "send", "usage: hush send USER TEXT...   or   hush send USER -   (the text from standard input)\n"
+              "Sends a message. It is queued at once (durably) and retried until the relay has it;\n"
+              "waits up to --wait SECONDS (default 10) for that. Empty messages are refused.\n"
+              "Prints the message id of a message still queued: `hush cancel ID` takes it back.\n"
+              "While `hush chat` or `hush listen` runs on the same database, it sends the message.\n" },
+    { "cancel", "usage: hush cancel ID\n"
+                "Takes a queued message (the 32-hex id `hush send` printed) out of the outbox.\n" },
+    { "listen", "usage: hush listen [--raw]\n"
+                "Prints incoming messages, receipts, typing and presence until Ctrl-C.\n"
+                "--raw: one JSON object per line (see docs/OPERATIONS.md), for scripts.\n" },
+    { "chat", "usage: hush chat USER\n"
+              "Talk with USER: type and press Enter; Ctrl-D or Ctrl-C quits. Shows typing, receipts,\n"
+              "presence; marks what is shown read. Messages of up to 65536 bytes.\n" },
+    { "history", "usage: hush history USER [--limit N]\nShows the conversation with USER, newest last.\n" },
+    { "safety", "usage: hush safety USER [--accept | --reject]\n"
+                "Shows the safety numbers of USER's devices. After an identity change, compare the new\n"
+                "number with USER in person, then --accept it (or --reject it).\n" },
+    { "presence", "usage: hush presence [--allow USER]... [--watch USER]...\n"
+                  "--allow: who may see when you are online (replaces the list); --watch: whose presence to\n"
+                  "follow, printing updates until Ctrl-C.\n" },
+    { "status", "usage: hush status\nDevice, database, outbox and whether the relay can be reached (exit 1 if not).\n" },
+    { "info", "usage: hush info\nLocal device details and an integrity check of the database.\n" },
+    { "bundle", "usage: hush bundle\nThis device's public key bundle, base64.\n" },
+    { "demo", "usage: hush demo [--dir DIR]\nAn end-to-end demo between local parties, no relay needed.\n" },
+};
+
+static void usage_cmd(const char *cmd)
+{
+    for (size_t i = 0; i < sizeof g_help / sizeof g_help[0]; i++)
+        if (!strcmp(cmd, g_help[i].cmd)) {
+            fputs(g_help[i].text, stdout);
+            printf("Every command takes --db PATH (default: $HUSH_DB, else ~/.hush/hush.db).\n");
+            return;
+        }
+    usage(stdout);
 }
 
 /* For calls whose failure is already reported elsewhere (warn_unused_result ignores a cast). */
@@ -220,6 +272,52 @@ static int open_db(int create, hush_client **out)
     return e ? 1 : 0;
 }
 
+/* One process at a time connects to the relay as this device: a second login would replace the
+ * first one's session. The process that connects holds an exclusive lock on PATH.lock (with its
+ * pid and command written in it); the others work on the database alone: `send` queues the
+ * message for the running process (which picks up new outbox rows within half a second), and
+ * `listen`, `chat` and `presence` refuse with the running process named. */
+static int g_lock_fd = -1;
+
+/* 1: this process may connect; 0: another does (described in who); -1: error (printed). */
+static int take_owner(const char *cmd, char *who, size_t whocap)
+{
+    char path[PATH_MAX + 8];
+    snprintf(path, sizeof path, "%s.lock", g_db);
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        fprintf(stderr, "hush: cannot open %s: %s\n", path, strerror(errno));
+        return -1;
+    }
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        ssize_t n = errno == EWOULDBLOCK ? pread(fd, who, whocap - 1, 0) : -1;
+        who[n > 0 ? n : 0] = '\0';
+        who[strcspn(who, "\n")] = '\0';
+        if (!who[0])
+            snprintf(who, whocap, "another hush process");
+        close(fd);
+        return 0;
+    }
+    char me[64];
+    int n = snprintf(me, sizeof me, "pid %ld: hush %s\n", (long)getpid(), cmd);
+    if (ftruncate(fd, 0) != 0 || pwrite(fd, me, (size_t)n, 0) != n) {
+        /* only the description is lost; the lock itself holds */
+    }
+    g_lock_fd = fd; /* released at exit */
+    return 1;
+}
+
+/* For the commands that must connect themselves. */
+static int need_owner(const char *cmd)
+{
+    char who[128];
+    int own = take_owner(cmd, who, sizeof who);
+    if (own == 0)
+        fprintf(stderr, "hush %s: %s is connected as this device (%s); run one at a time (`hush send` works "
+                        "alongside it)\n", cmd, g_db, who);
+    return own == 1 ? 0 : 1;
+}
+
 /* ---------------------------------------------------------------------------------------- */
 /* option parsing shared by the commands */
 
@@ -231,6 +329,7 @@ struct opts {
     int nallow, nwatch;
     int help;
     int insecure;
+    const char *ca_file;
 };
 
 static int parse(int argc, char **argv, struct opts *o, const char *cmd)
@@ -243,6 +342,7 @@ static int parse(int argc, char **argv, struct opts *o, const char *cmd)
         { "limit", required_argument, NULL, 'l' },    { "wait", required_argument, NULL, 'w' },
         { "allow", required_argument, NULL, 'A' },    { "watch", required_argument, NULL, 'W' },
         { "insecure-tls", no_argument, NULL, 'k' },   { "help", no_argument, NULL, 'h' },
+        { "ca-file", required_argument, NULL, 'C' },
         { NULL, 0, NULL, 0 },
     };
     memset(o, 0, sizeof *o);
@@ -269,6 +369,7 @@ static int parse(int argc, char **argv, struct opts *o, const char *cmd)
         case 'a': o->accept = 1; break;
         case 'x': o->reject = 1; break;
         case 'k': o->insecure = 1; break;
+        case 'C': o->ca_file = optarg; break;
         case 'l':
             o->limit = (int)strtol(optarg, &end, 10);
             if (!end || *end || o->limit < 1 || o->limit > 500)
@@ -294,7 +395,7 @@ static int parse(int argc, char **argv, struct opts *o, const char *cmd)
         }
     }
     if (o->help) {
-        usage(stdout);
+        usage_cmd(cmd);
         return -1;
     }
     return resolve_db(o->db);
@@ -311,6 +412,160 @@ static int setup(int argc, char **argv, struct opts *o, const char *cmd, hush_cl
     if (r)
         return r;
     return open_db(0, c);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* peer data on a terminal, and the --raw format */
+
+/* A growing string. On allocation failure it keeps what it has (the output is cut, not wrong). */
+struct sb {
+    char *p;
+    size_t n, cap;
+};
+
+static void sb_add(struct sb *b, const char *s, size_t len)
+{
+    if (b->n + len + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 64;
+        while (cap < b->n + len + 1)
+            cap *= 2;
+        char *np = realloc(b->p, cap);
+        if (!np)
+            return;
+        b->p = np;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->n, s, len);
+    b->n += len;
+    b->p[b->n] = '\0';
+}
+
+static void sb_printf(struct sb *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void sb_printf(struct sb *b, const char *fmt, ...)
+{
+    char tmp[64];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
+    va_end(ap);
+    if (n > 0)
+        sb_add(b, tmp, (size_t)n < sizeof tmp ? (size_t)n : sizeof tmp - 1);
+}
+
+/* Decodes one UTF-8 sequence at s (len > 0). Returns its length and the code point, or 0 when the
+ * bytes are not well-formed UTF-8 (overlong, surrogate, past U+10FFFF, cut short). */
+static size_t utf8_next(const unsigned char *s, size_t len, uint32_t *cp)
+{
+    unsigned char b = s[0];
+    size_t need;
+    uint32_t v, min;
+    if (b < 0x80) {
+        *cp = b;
+        return 1;
+    } else if (b >= 0xc2 && b <= 0xdf) {
+        need = 2, v = b & 0x1f, min = 0x80;
+    } else if (b >= 0xe0 && b <= 0xef) {
+        need = 3, v = b & 0x0f, min = 0x800;
+    } else if (b >= 0xf0 && b <= 0xf4) {
+        need = 4, v = b & 0x07, min = 0x10000;
+    } else {
+        return 0;
+    }
+    if (len < need)
+        return 0;
+    for (size_t i = 1; i < need; i++) {
+        if ((s[i] & 0xc0) != 0x80)
+            return 0;
+        v = (v << 6) | (s[i] & 0x3f);
+    }
+    if (v < min || v > 0x10ffff || (v >= 0xd800 && v <= 0xdfff))
+        return 0;
+    *cp = v;
+    return need;
+}
+
+/* Code points a terminal would act on instead of showing: C0 and C1 controls, DEL, and the
+ * characters that reorder or break lines (bidi overrides and isolates, line/paragraph separators),
+ * with which a peer could forge lines or recolour and retitle the terminal. */
+static int unsafe_cp(uint32_t cp)
+{
+    return cp < 0x20 || cp == 0x7f || (cp >= 0x80 && cp <= 0x9f) || (cp >= 0x202a && cp <= 0x202e) ||
+           (cp >= 0x2066 && cp <= 0x2069) || cp == 0x2028 || cp == 0x2029 || cp == 0x200e || cp == 0x200f ||
+           cp == 0x061c;
+}
+
+/* Peer data (message bodies, names, anything from the relay) made safe to print: unsafe code points
+ * are written as \n, \t, \r or \u{XXXX}, bytes that are not UTF-8 as \xNN, and a backslash as \\,
+ * so what is shown can always be told apart from what the program prints itself. malloc'd. */
+static char *shown(const void *data, size_t len)
+{
+    struct sb b = { 0 };
+    const unsigned char *s = data;
+    sb_add(&b, "", 0);
+    for (size_t i = 0; i < len;) {
+        uint32_t cp = 0;
+        size_t k = utf8_next(s + i, len - i, &cp);
+        if (k == 0) {
+            sb_printf(&b, "\\x%02x", s[i]);
+            i++;
+            continue;
+        }
+        if (cp == '\\')
+            sb_add(&b, "\\\\", 2);
+        else if (cp == '\n')
+            sb_add(&b, "\\n", 2);
+        else if (cp == '\t')
+            sb_add(&b, "\\t", 2);
+        else if (cp == '\r')
+            sb_add(&b, "\\r", 2);
+        else if (unsafe_cp(cp))
+            sb_printf(&b, "\\u{%04x}", (unsigned)cp);
+        else
+            sb_add(&b, (const char *)s + i, k);
+        i += k;
+    }
+    return b.p;
+}
+
+/* A JSON string (RFC 8259) of the bytes, in plain ASCII: every non-ASCII character as \uXXXX
+ * (surrogate pairs above U+FFFF), controls escaped, bytes that are not UTF-8 as U+FFFD. */
+static void json_str(struct sb *b, const void *data, size_t len)
+{
+    const unsigned char *s = data;
+    sb_add(b, "\"", 1);
+    for (size_t i = 0; i < len;) {
+        uint32_t cp = 0xfffd;
+        size_t k = utf8_next(s + i, len - i, &cp);
+        if (k == 0) {
+            cp = 0xfffd;
+            k = 1;
+        }
+        i += k;
+        if (cp == '"' || cp == '\\') {
+            char e[2] = { '\\', (char)cp };
+            sb_add(b, e, 2);
+        } else if (cp >= 0x20 && cp < 0x7f) {
+            char ch = (char)cp;
+            sb_add(b, &ch, 1);
+        } else if (cp < 0x10000) {
+            sb_printf(b, "\\u%04x", (unsigned)cp);
+        } else {
+            cp -= 0x10000;
+            sb_printf(b, "\\u%04x\\u%04x", (unsigned)(0xd800 + (cp >> 10)), (unsigned)(0xdc00 + (cp & 0x3ff)));
+        }
+    }
+    sb_add(b, "\"", 1);
+}
+
+static void json_field_str(struct sb *b, const char *name, const void *v, size_t len)
+{
+    sb_printf(b, "%s\"%s\":", b->n > 1 ? "," : "", name);
+    json_str(b, v, len);
+}
+
+static void json_field_num(struct sb *b, const char *name, long long v)
+{
+    sb_printf(b, "%s\"%s\":%lld", b->n > 1 ? "," : "", name, v);
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -341,100 +596,272 @@ static void out_line(const char *fmt, ...)
     pthread_mutex_unlock(&g_out);
 }
 
+static char g_net_detail[400]; /* the last network error's detail (status and the offline line show it) */
+
+/* One --raw record: a JSON object on one line (see docs/OPERATIONS.md). */
+static void raw_out(struct sb *b)
+{
+    sb_add(b, "}", 1);
+    out_line("%s\n", b->p ? b->p : "{}");
+    free(b->p);
+}
+
+/* One-shot commands (send, status, presence, safety) print their own result, not the traffic that
+ * happens to arrive meanwhile: messages are stored (hush history shows them) and counted. */
+static int g_quiet;
+static int g_quiet_msgs;
+
 static void on_message(void *ctx, const hush_message *m)
 {
     (void)ctx;
-    if (g_peer_filter[0] && strcmp(m->sender, g_peer_filter) != 0) {
-        out_line("\r(new message from %s: `hush chat %s`)\n", m->sender, m->sender);
+    if (g_quiet) {
+        g_quiet_msgs++;
         return;
     }
     if (g_raw) {
         char hex[33];
         sodium_bin2hex(hex, sizeof hex, m->message_id, 16);
-        out_line("MSG %lld %s %s %.*s\n", (long long)m->local_id, m->sender, hex, (int)m->body_len, (const char *)m->body);
+        struct sb b = { 0 };
+        sb_add(&b, "{", 1);
+        json_field_str(&b, "type", "message", 7);
+        json_field_num(&b, "local_id", (long long)m->local_id);
+        json_field_str(&b, "from", m->sender, strlen(m->sender));
+        json_field_num(&b, "device", (long long)m->sender_device);
+        json_field_str(&b, "id", hex, 32);
+        json_field_num(&b, "sent_at_ms", (long long)m->sent_at_ms);
+        json_field_str(&b, "text", m->body, m->body_len);
+        raw_out(&b);
         return;
     }
+    char *from = shown(m->sender, strlen(m->sender));
+    if (g_peer_filter[0] && strcmp(m->sender, g_peer_filter) != 0) {
+        out_line("\r(new message from %s: `hush chat %s`)\n", from ? from : "?", from ? from : "?");
+        free(from);
+        return;
+    }
+    char *body = shown(m->body, m->body_len);
     char ts[16];
     stamp(ts, sizeof ts, m->sent_at_ms);
-    out_line("\r[%s] %s: %.*s\n", ts, m->sender, (int)m->body_len, (const char *)m->body);
+    out_line("\r[%s] %s: %s\n", ts, from ? from : "?", body ? body : "(out of memory)");
+    free(from);
+    free(body);
     if (g_chat && m->kind == HUSH_KIND_TEXT)
         BEST_EFFORT(hush_mark_read(g_chat, m->local_id));
+}
+
+static const char *state_name(hush_msg_state st)
+{
+    static const char *names[] = { "queued", "sent", "delivered", "read" };
+    return st == HUSH_MSG_FAILED ? "failed" : (st >= 0 && st <= 3) ? names[st] : "?";
 }
 
 static void on_receipt(void *ctx, const char *peer, const uint8_t mid[16], hush_msg_state st)
 {
     (void)ctx;
-    static const char *names[] = { "queued", "sent", "delivered", "read" };
-    char hex[9];
-    sodium_bin2hex(hex, sizeof hex, mid, 4);
+    if (g_quiet)
+        return;
+    char hex[33];
+    sodium_bin2hex(hex, sizeof hex, mid, 16);
+    if (g_raw) {
+        struct sb b = { 0 };
+        sb_add(&b, "{", 1);
+        json_field_str(&b, "type", "receipt", 7);
+        json_field_str(&b, "peer", peer, strlen(peer));
+        json_field_str(&b, "id", hex, 32);
+        json_field_str(&b, "state", state_name(st), strlen(state_name(st)));
+        raw_out(&b);
+        return;
+    }
+    if (g_peer_filter[0] && strcmp(peer, g_peer_filter) != 0)
+        return; /* another conversation's */
+    char *p = shown(peer, strlen(peer));
     if (st == HUSH_MSG_FAILED)
-        out_line("\r(message %s to %s failed: no such user)\n", hex, peer);
-    else if (g_raw)
-        out_line("RECEIPT %s %s %s\n", peer, hex, names[st]);
+        out_line("\r(message %.8s to %s could not be delivered)\n", hex, p ? p : "?");
     else if (st >= HUSH_MSG_DELIVERED)
-        out_line("\r(%s: %s)\n", peer, names[st]);
+        out_line("\r(%s: %s)\n", p ? p : "?", state_name(st));
+    free(p);
 }
 
 static void on_typing(void *ctx, const char *peer, uint32_t dev, int typing)
 {
     (void)ctx;
-    (void)dev;
-    if (g_raw)
-        out_line("TYPING %s %d\n", peer, typing);
-    else
-        out_line("\r(%s %s)\n", peer, typing ? "is typing..." : "stopped typing");
+    if (g_quiet)
+        return;
+    if (g_raw) {
+        struct sb b = { 0 };
+        sb_add(&b, "{", 1);
+        json_field_str(&b, "type", "typing", 6);
+        json_field_str(&b, "peer", peer, strlen(peer));
+        json_field_num(&b, "device", (long long)dev);
+        json_field_num(&b, "typing", typing ? 1 : 0);
+        raw_out(&b);
+        return;
+    }
+    if (g_peer_filter[0] && strcmp(peer, g_peer_filter) != 0)
+        return;
+    char *p = shown(peer, strlen(peer));
+    out_line("\r(%s %s)\n", p ? p : "?", typing ? "is typing..." : "stopped typing");
+    free(p);
 }
+
+static int g_presence_shown; /* presence: only `presence --watch`, `chat` and `listen` show it */
 
 static void on_presence(void *ctx, const char *user, int online, uint64_t last_seen)
 {
     (void)ctx;
+    if (g_quiet && !g_presence_shown)
+        return;
+    if (g_raw) {
+        struct sb b = { 0 };
+        sb_add(&b, "{", 1);
+        json_field_str(&b, "type", "presence", 8);
+        json_field_str(&b, "user", user, strlen(user));
+        json_field_str(&b, "state", online ? "online" : "offline", online ? 6 : 7);
+        json_field_num(&b, "last_seen_ms", (long long)last_seen);
+        raw_out(&b);
+        return;
+    }
+    if (g_peer_filter[0] && strcmp(user, g_peer_filter) != 0)
+        return;
     char ts[16] = "never";
     if (last_seen)
         stamp(ts, sizeof ts, last_seen);
-    if (g_raw)
-        out_line("PRESENCE %s %s %llu\n", user, online ? "online" : "offline", (unsigned long long)last_seen);
-    else
-        out_line("\r(%s is %s%s%s)\n", user, online ? "online" : "offline", online ? "" : ", last seen ", online ? "" : ts);
+    char *u = shown(user, strlen(user));
+    out_line("\r(%s is %s%s%s)\n", u ? u : "?", online ? "online" : "offline", online ? "" : ", last seen ",
+             online ? "" : ts);
+    free(u);
 }
 
 static void on_identity(void *ctx, const char *peer, uint32_t dev, const char *old_sn, const char *new_sn)
 {
     (void)ctx;
-    out_line("\r!! %s's identity key changed (device %u). Messages from it wait for your decision.\n"
+    if (g_raw) {
+        struct sb b = { 0 };
+        sb_add(&b, "{", 1);
+        json_field_str(&b, "type", "identity_changed", 16);
+        json_field_str(&b, "peer", peer, strlen(peer));
+        json_field_num(&b, "device", (long long)dev);
+        json_field_str(&b, "old_safety_number", old_sn, strlen(old_sn));
+        json_field_str(&b, "new_safety_number", new_sn, strlen(new_sn));
+        raw_out(&b);
+        return;
+    }
+    char *p = shown(peer, strlen(peer));
+    const char *q = p ? p : "?";
+    out_line("\r!! %s's identity key changed (device %u). Nothing goes to or comes from that key until you decide.\n"
              "   old safety number: %s\n   new safety number: %s\n"
-             "   Compare with %s in person, then: hush safety %s --accept   (or --reject)\n",
-             peer, dev, old_sn, new_sn, peer, peer);
+             "   Compare the new number with %s in person, then: hush safety %s --accept   (or --reject)\n",
+             q, dev, old_sn, new_sn, q, q);
+    free(p);
 }
 
 static void on_connection(void *ctx, hush_conn_state st, hush_err e)
 {
     (void)ctx;
-    if (g_raw)
-        out_line("CONN %d\n", (int)st);
-    else if (st == HUSH_CONN_OFFLINE)
-        out_line("\r(offline: %s; reconnecting)\n", hush_strerror(e));
-    else if (st == HUSH_CONN_FAILED)
+    if (g_raw) {
+        static const char *names[] = { "offline", "connecting", "online", "failed", "stopped" };
+        struct sb b = { 0 };
+        sb_add(&b, "{", 1);
+        json_field_str(&b, "type", "connection", 10);
+        const char *n = (st >= 0 && st <= 4) ? names[st] : "?";
+        json_field_str(&b, "state", n, strlen(n));
+        if (e)
+            json_field_str(&b, "error", hush_strerror(e), strlen(hush_strerror(e)));
+        raw_out(&b);
+        return;
+    }
+    if (g_quiet)
+        return;
+    static char said[sizeof g_net_detail];
+    if (st == HUSH_CONN_OFFLINE) {
+        /* the reason once, not at every retry */
+        char now[sizeof g_net_detail];
+        pthread_mutex_lock(&g_out);
+        snprintf(now, sizeof now, "%s", g_net_detail[0] ? g_net_detail : hush_strerror(e));
+        pthread_mutex_unlock(&g_out);
+        if (strcmp(now, said) != 0)
+            out_line("\r(offline: %s; reconnecting)\n", now);
+        snprintf(said, sizeof said, "%s", now);
+    } else if (st == HUSH_CONN_ONLINE) {
+        said[0] = '\0';
+    }
+    if (st == HUSH_CONN_FAILED)
         out_line("\r(connection failed for good: %s)\n", hush_strerror(e));
 }
 
 static void on_error(void *ctx, hush_err e, const char *detail)
 {
     (void)ctx;
-    if (e == HUSH_ERR_NETWORK)
-        return; /* reported as a connection state */
+    if (e == HUSH_ERR_NETWORK) { /* reported as a connection state; status prints the detail */
+        pthread_mutex_lock(&g_out);
+        snprintf(g_net_detail, sizeof g_net_detail, "%s", detail ? detail : "");
+        pthread_mutex_unlock(&g_out);
+        return;
+    }
+    char *d = detail ? shown(detail, strlen(detail)) : NULL;
     pthread_mutex_lock(&g_out);
-    fprintf(stderr, "hush: %s (%s)\n", detail ? detail : "error", hush_strerror(e));
+    fprintf(stderr, "hush: %s (%s)\n", d ? d : "error", hush_strerror(e));
     pthread_mutex_unlock(&g_out);
+    free(d);
 }
 
 static const hush_callbacks g_cb = { NULL, on_message, on_receipt, on_typing, on_presence, on_identity, on_connection,
                                      on_error };
 
+/* What is wrong with a relay URL, or NULL when it is one the SDK takes: ws:// or wss://, a host,
+ * an optional port (1-65535) and an optional path. */
+static const char *url_problem(const char *u)
+{
+    const char *rest;
+    if (!strncmp(u, "ws://", 5))
+        rest = u + 5;
+    else if (!strncmp(u, "wss://", 6))
+        rest = u + 6;
+    else if (!strncmp(u, "http://", 7) || !strncmp(u, "https://", 8))
+        return "the relay speaks WebSocket: use ws://HOST:PORT (or wss:// for TLS) instead of http(s)://";
+    else if (strstr(u, "://"))
+        return "unknown scheme: use ws://HOST:PORT or wss://HOST[:PORT]";
+    else
+        return "not a URL: use ws://HOST:PORT or wss://HOST[:PORT] (e.g. ws://127.0.0.1:7443)";
+    size_t hl = strcspn(rest, ":/");
+    if (hl == 0)
+        return "no host: use ws://HOST:PORT";
+    for (size_t i = 0; i < hl; i++)
+        if (!(rest[i] == '.' || rest[i] == '-' || rest[i] == '_' || (rest[i] >= '0' && rest[i] <= '9') ||
+              (rest[i] >= 'a' && rest[i] <= 'z') || (rest[i] >= 'A' && rest[i] <= 'Z')))
+            return "the host has characters a host name cannot have";
+    if (rest[hl] == ':') {
+        char *end = NULL;
+        long port = strtol(rest + hl + 1, &end, 10);
+        if (end == rest + hl + 1 || port < 1 || port > 65535 || (*end && *end != '/'))
+            return "the port must be a number from 1 to 65535";
+    }
+    if (strlen(u) > 250)
+        return "longer than 250 characters";
+    return NULL;
+}
+
+static int valid_name(const char *u)
+{
+    size_t n = strlen(u);
+    if (n < 3 || n > 32 || u[0] == '-')
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (!((u[i] >= 'a' && u[i] <= 'z') || (u[i] >= '0' && u[i] <= '9') || u[i] == '.' || u[i] == '_' || u[i] == '-'))
+            return 0;
+    return 1;
+}
+
+#define NAME_RULE "3 to 32 of a-z 0-9 . _ - (lower case), not starting with '-'"
+
 static int start_net(hush_client *c, const struct opts *o)
 {
-    hush_net_opts no = { o->relay, o->invite, NULL, o->insecure };
+    hush_net_opts no = { o->relay, o->invite, o->ca_file, o->insecure };
     hush_err e = hush_net_start(c, &no, &g_cb);
-    if (e == HUSH_ERR_INVALID_ARG)
+    if (e == HUSH_ERR_INVALID_ARG && o->relay)
+        fprintf(stderr, "hush: %s: %s\n", o->relay,
+                url_problem(o->relay) ? url_problem(o->relay) : "not a relay URL this version can use");
+    else if (e == HUSH_ERR_INVALID_ARG)
         fprintf(stderr, "hush: no relay URL stored: run `hush init --relay ws://HOST:PORT --user NAME`\n");
     else if (e)
         return die("network", e);
@@ -444,6 +871,17 @@ static int start_net(hush_client *c, const struct opts *o)
 /* ---------------------------------------------------------------------------------------- */
 /* commands */
 
+/* Removes what a failed init created, so the same command can simply be run again. */
+static void remove_db_files(void)
+{
+    static const char *const suffix[] = { "", ".key", ".salt", "-wal", "-shm", "-journal", ".lock" };
+    for (size_t i = 0; i < sizeof suffix / sizeof suffix[0]; i++) {
+        char p[PATH_MAX + 16];
+        snprintf(p, sizeof p, "%s%s", g_db, suffix[i]);
+        unlink(p);
+    }
+}
+
 static int cmd_init(int argc, char **argv)
 {
     struct opts o;
@@ -451,33 +889,98 @@ static int cmd_init(int argc, char **argv)
     if (r)
         return r < 0 ? 0 : r;
     if (!o.relay || !o.user) {
-        fprintf(stderr, "hush init: --relay URL and --user NAME are required\n");
+        fprintf(stderr, "hush init: --relay URL and --user NAME are required (hush init --help)\n");
+        return 2;
+    }
+    const char *why = url_problem(o.relay);
+    if (why) {
+        fprintf(stderr, "hush init: --relay %s: %s\n", o.relay, why);
+        return 2;
+    }
+    if (!valid_name(o.user)) {
+        fprintf(stderr, "hush init: --user %s: a name is " NAME_RULE "\n", o.user);
+        return 2;
+    }
+    if (o.ca_file && access(o.ca_file, R_OK) != 0) {
+        fprintf(stderr, "hush init: --ca-file %s: %s\n", o.ca_file, strerror(errno));
         return 2;
     }
     hush_client *c = NULL;
     if ((r = open_db(1, &c)))
         return r;
+    if (need_owner("init")) {
+        hush_client_close(c);
+        return 1;
+    }
     hush_err e = hush_device_create(c, o.user, o.device);
     if (e) {
         hush_client_close(c);
-        return die("init", e == HUSH_ERR_INVALID_ARG ? HUSH_ERR_INVALID_ARG : e);
+        remove_db_files();
+        return die("init", e);
     }
     if ((r = start_net(c, &o))) {
         hush_client_close(c);
+        remove_db_files();
         return r;
     }
     e = hush_net_wait_online(c, 20000);
+    hush_err last = HUSH_OK;
+    hush_net_state(c, &last);
     hush_client_close(c);
     if (e) {
-        fprintf(stderr, "hush init: registration on %s failed: %s\n", o.relay, hush_strerror(e));
-        if (e == HUSH_ERR_USERNAME_TAKEN || e == HUSH_ERR_REGISTRATION_REFUSED) {
-            fprintf(stderr, "(the local database %s was created; remove it and its key to start over)\n", g_db);
-        }
+        fprintf(stderr, "hush init: registration on %s failed: %s\n", o.relay,
+                hush_strerror(e == HUSH_ERR_TIMEOUT && last ? last : e));
+        remove_db_files();
+        fprintf(stderr, "(nothing was kept: fix the problem and run the same command again)\n");
         return 1;
     }
     printf("registered %s (device %u) on %s\ndatabase %s, key %s.%s\n", o.user, o.device, o.relay, g_db, g_db,
            getenv("HUSH_PASSPHRASE") ? "salt (passphrase)" : "key");
     return 0;
+}
+
+/* The text of `hush send USER TEXT...`, or of standard input for `hush send USER -`. Returns the
+ * length, or -1 (message printed). */
+static long send_text(int argc, char **argv, int first, char *text, size_t cap)
+{
+    size_t len = 0;
+    if (argc - first == 1 && !strcmp(argv[first], "-")) {
+        for (;;) {
+            ssize_t n = read(0, text + len, cap - len);
+            if (n < 0 && errno == EINTR)
+                continue;
+            if (n < 0) {
+                fprintf(stderr, "hush send: reading standard input: %s\n", strerror(errno));
+                return -1;
+            }
+            if (n == 0)
+                break;
+            len += (size_t)n;
+            if (len == cap) {
+                fprintf(stderr, "hush send: the text is longer than %d bytes\n", HUSH_MAX_BODY);
+                return -1;
+            }
+        }
+        while (len && text[len - 1] == '\n') /* the final newline of a file or a pipe */
+            len--;
+    } else {
+        for (int i = first; i < argc; i++) {
+            int n = snprintf(text + len, cap - len, "%s%s", i > first ? " " : "", argv[i]);
+            if (n < 0 || (size_t)n >= cap - len) {
+                fprintf(stderr, "hush send: the text is longer than %d bytes\n", HUSH_MAX_BODY);
+                return -1;
+            }
+            len += (size_t)n;
+        }
+    }
+    size_t blank = 0;
+    while (blank < len && (text[blank] == ' ' || text[blank] == '\t' || text[blank] == '\n' || text[blank] == '\r'))
+        blank++;
+    if (blank == len) {
+        fprintf(stderr, "hush send: the message is empty\n");
+        return -1;
+    }
+    return (long)len;
 }
 
 static int cmd_send(int argc, char **argv)
@@ -487,47 +990,104 @@ static int cmd_send(int argc, char **argv)
     if (r)
         return r < 0 ? 0 : r;
     if (argc - optind < 2) {
-        fprintf(stderr, "usage: hush send USER TEXT...\n");
+        fprintf(stderr, "usage: hush send USER TEXT...   (or TEXT `-` for standard input)\n");
         return 2;
     }
     const char *to = argv[optind];
-    char text[HUSH_MAX_BODY + 1];
-    size_t len = 0;
-    for (int i = optind + 1; i < argc; i++) {
-        int n = snprintf(text + len, sizeof text - len, "%s%s", i > optind + 1 ? " " : "", argv[i]);
-        if (n < 0 || (size_t)n >= sizeof text - len) {
-            fprintf(stderr, "hush send: text longer than %d bytes\n", HUSH_MAX_BODY);
-            return 2;
+    static char text[HUSH_MAX_BODY + 1];
+    long len = send_text(argc, argv, optind + 1, text, sizeof text);
+    if (len < 0)
+        return 2;
+    hush_client *c = NULL;
+    if ((r = open_db(0, &c)))
+        return r;
+    char me[HUSH_USERNAME_MAX + 1] = "";
+    if (hush_device_info(c, me, NULL, NULL) == HUSH_OK && !strcmp(me, to)) {
+        hush_client_close(c);
+        fprintf(stderr, "hush send: %s is you: a message to yourself has no other device to go to\n", to);
+        return 1;
+    }
+    uint8_t mid[16];
+    hush_err e = hush_send(c, to, (const uint8_t *)text, (size_t)len, mid);
+    sodium_memzero(text, (size_t)len);
+    if (e) {
+        hush_client_close(c);
+        if (e == HUSH_ERR_INVALID_ARG)
+            fprintf(stderr, "hush send: %s: not a user name (" NAME_RULE ")\n", to);
+        return e == HUSH_ERR_INVALID_ARG ? 2 : die("send", e);
+    }
+    char hex[33];
+    sodium_bin2hex(hex, sizeof hex, mid, sizeof mid);
+    char who[128];
+    int own = take_owner("send", who, sizeof who);
+    if (own < 0) {
+        hush_client_close(c);
+        return 1;
+    }
+    g_quiet = 1;
+    hush_msg_state st = HUSH_MSG_QUEUED;
+    if (own == 1) {
+        if ((r = start_net(c, &o))) {
+            hush_client_close(c);
+            printf("queued as %s (it is sent the next time hush connects)\n", hex);
+            return 0;
         }
-        len += (size_t)n;
+        e = hush_net_flush(c, o.wait_s * 1000);
+    } else {
+        /* the running process sends it: follow its state in the database */
+        for (int i = 0; i < o.wait_s * 10; i++) {
+            if (hush_message_state(c, mid, &st) == HUSH_OK && st != HUSH_MSG_QUEUED)
+                break;
+            usleep(100000);
+        }
+        e = HUSH_OK;
+    }
+    if (hush_message_state(c, mid, &st) != HUSH_OK)
+        st = HUSH_MSG_QUEUED;
+    hush_client_close(c);
+    if (g_quiet_msgs)
+        printf("(%d new message(s) arrived meanwhile: hush history USER shows them)\n", g_quiet_msgs);
+    char *t = shown(to, strlen(to));
+    if (st == HUSH_MSG_FAILED) {
+        fprintf(stderr, "hush send: %s: the message could not be delivered (no such user, or no usable key)\n", t);
+        free(t);
+        return 1;
+    }
+    if (st >= HUSH_MSG_SENT)
+        printf("sent to %s (the relay has it)%s%s\n", t, own ? "" : "; sent by ", own ? "" : who);
+    else if (own == 1)
+        printf("queued as %s: %s; it is sent the next time hush connects\n", hex, hush_strerror(e));
+    else
+        printf("queued as %s: %s sends it when the relay can be reached\n", hex, who);
+    free(t);
+    return 0;
+}
+
+static int cmd_cancel(int argc, char **argv)
+{
+    struct opts o;
+    int r = parse(argc, argv, &o, "cancel");
+    if (r)
+        return r < 0 ? 0 : r;
+    uint8_t mid[16];
+    size_t got = 0;
+    if (argc - optind != 1 || sodium_hex2bin(mid, sizeof mid, argv[optind], strlen(argv[optind]), NULL, &got, NULL) != 0 ||
+        got != 16) {
+        fprintf(stderr, "usage: hush cancel ID   (the 32 hex digits `hush send` printed)\n");
+        return 2;
     }
     hush_client *c = NULL;
     if ((r = open_db(0, &c)))
         return r;
-    uint8_t mid[16];
-    hush_err e = hush_send(c, to, (const uint8_t *)text, len, mid);
-    if (e) {
-        hush_client_close(c);
-        return die("send", e);
-    }
-    if ((r = start_net(c, &o))) {
-        hush_client_close(c);
-        printf("queued (will be sent the next time hush connects)\n");
-        return 0;
-    }
-    e = hush_net_flush(c, o.wait_s * 1000);
-    hush_msg_state st = HUSH_MSG_QUEUED;
-    if (hush_message_state(c, mid, &st) != HUSH_OK)
-        st = HUSH_MSG_QUEUED;
+    hush_err e = hush_outbox_cancel(c, mid);
     hush_client_close(c);
-    if (st == HUSH_MSG_FAILED) {
-        fprintf(stderr, "hush send: %s: no such user on the relay\n", to);
+    if (e == HUSH_ERR_NOT_FOUND) {
+        fprintf(stderr, "hush cancel: no queued message with that id (already sent, or unknown)\n");
         return 1;
     }
-    if (e == HUSH_OK)
-        printf("sent to %s (the relay has it)\n", to);
-    else
-        printf("queued: %s; it will be sent the next time hush connects\n", hush_strerror(e));
+    if (e)
+        return die("cancel", e);
+    printf("cancelled: the message will not be sent\n");
     return 0;
 }
 
@@ -548,9 +1108,10 @@ static int cmd_listen(int argc, char **argv)
     if (r)
         return r < 0 ? 0 : r;
     g_raw = o.raw;
-    if ((r = start_net(c, &o))) {
+    g_presence_shown = 1;
+    if (need_owner("listen") || (r = start_net(c, &o))) {
         hush_client_close(c);
-        return r;
+        return r ? r : 1;
     }
     if (!g_raw)
         printf("listening as %s (Ctrl-C to stop)\n", g_db);
@@ -581,16 +1142,18 @@ static int cmd_history(int argc, char **argv)
     char me[HUSH_USERNAME_MAX + 1] = "me";
     if (hush_device_info(c, me, NULL, NULL) != HUSH_OK)
         snprintf(me, sizeof me, "me");
-    static const char *names[] = { "queued", "sent", "delivered", "read" };
     for (size_t i = n; i-- > 0;) {
         char ts[16];
         stamp(ts, sizeof ts, h[i].outgoing ? h[i].sent_at_ms : h[i].received_at_ms);
         hush_msg_state st = HUSH_MSG_QUEUED;
         const char *mark = "";
         if (h[i].outgoing && hush_message_state(c, h[i].message_id, &st) == HUSH_OK)
-            mark = st == HUSH_MSG_FAILED ? "failed" : names[st];
-        printf("[%s] %s: %.*s%s%s%s\n", ts, h[i].outgoing ? me : h[i].peer, (int)h[i].body_len,
-               (const char *)h[i].body, *mark ? "  (" : "", mark, *mark ? ")" : "");
+            mark = state_name(st);
+        char *b = shown(h[i].body, h[i].body_len), *p = shown(h[i].peer, strlen(h[i].peer));
+        printf("[%s] %s: %s%s%s%s\n", ts, h[i].outgoing ? me : (p ? p : "?"), b ? b : "?", *mark ? "  (" : "", mark,
+               *mark ? ")" : "");
+        free(b);
+        free(p);
     }
     if (n == 0)
         printf("(no messages with %s)\n", argv[optind]);
@@ -640,8 +1203,10 @@ static int cmd_safety(int argc, char **argv)
     if (!e && (o.accept || o.reject) && !changed)
         printf("no pending identity change for %s\n", peer);
     if (!e && changed && o.accept) {
-        /* let the network thread decrypt what was held */
-        if (start_net(c, &o) == 0)
+        /* let the network thread decrypt what was held (a running hush process does it itself) */
+        char who[128];
+        g_quiet = 1;
+        if (take_owner("safety", who, sizeof who) == 1 && start_net(c, &o) == 0)
             BEST_EFFORT(hush_net_flush(c, 3000));
     }
     hush_client_close(c);
@@ -655,6 +1220,12 @@ static int cmd_presence(int argc, char **argv)
     int r = setup(argc, argv, &o, "presence", &c);
     if (r)
         return r < 0 ? 0 : r;
+    if (need_owner("presence")) {
+        hush_client_close(c);
+        return 1;
+    }
+    g_quiet = 1;
+    g_presence_shown = o.nwatch > 0;
     hush_err e = HUSH_OK;
     if (o.nallow)
         e = hush_presence_allow(c, o.allow, (size_t)o.nallow);
@@ -705,14 +1276,30 @@ static int cmd_status(int argc, char **argv)
     }
     printf("device:     %s (device %u)\ndatabase:   %s\noutbox:     %u message(s) waiting\nprekeys:    %u one-time keys left locally\n",
            user, dev, g_db, outbox, stock);
-    if (start_net(c, &o) == 0) {
+    char who[128];
+    int own = take_owner("status", who, sizeof who);
+    if (own == 0) {
+        printf("relay:      connected by %s\n", who);
+        hush_client_close(c);
+        return 0;
+    }
+    g_quiet = 1;
+    int rc = 1;
+    if (own == 1 && start_net(c, &o) == 0) {
         e = hush_net_wait_online(c, 5000);
+        hush_err last = HUSH_OK;
+        hush_net_state(c, &last);
+        if (e == HUSH_ERR_TIMEOUT && last)
+            e = last;
         printf("relay:      %s\n", e ? hush_strerror(e) : "online");
+        if (e && g_net_detail[0])
+            printf("            %s\n", g_net_detail);
         if (!e && outbox)
             BEST_EFFORT(hush_net_flush(c, 5000));
+        rc = e ? 1 : 0;
     }
     hush_client_close(c);
-    return 0;
+    return rc;
 }
 
 /* chat: a line editor in raw mode so typing can be reported before Enter */
@@ -744,16 +1331,21 @@ static int cmd_chat(int argc, char **argv)
     if (hush_presence_subscribe(c, who, 1) != HUSH_OK)
         fprintf(stderr, "hush chat: could not follow %s's presence\n", peer);
     g_chat = c;
-    if ((r = start_net(c, &o))) {
+    g_presence_shown = 1;
+    if (need_owner("chat") || (r = start_net(c, &o))) {
         hush_client_close(c);
-        return r;
+        return r ? r : 1;
     }
     /* recent history first */
     hush_history_entry *h = NULL;
     size_t n = 0;
     if (hush_history_list(c, peer, 0, 10, &h, &n) == HUSH_OK) {
-        for (size_t i = n; i-- > 0;)
-            printf("%s: %.*s\n", h[i].outgoing ? "me" : peer, (int)h[i].body_len, (const char *)h[i].body);
+        for (size_t i = n; i-- > 0;) {
+            char *b = shown(h[i].body, h[i].body_len), *p = shown(peer, strlen(peer));
+            printf("%s: %s\n", h[i].outgoing ? "me" : (p ? p : "?"), b ? b : "?");
+            free(b);
+            free(p);
+        }
         for (size_t i = 0; i < n; i++)
             if (!h[i].outgoing && !h[i].read && hush_mark_read(c, h[i].local_id) != HUSH_OK)
                 break;
@@ -773,8 +1365,9 @@ static int cmd_chat(int argc, char **argv)
             atexit(tty_restore);
         }
     }
-    char line[4096];
+    static char line[HUSH_MAX_BODY];
     size_t len = 0;
+    int full_said = 0;
     int typing = 0;
     uint64_t last_key = 0;
     while (!g_stop) {
@@ -798,12 +1391,17 @@ static int cmd_chat(int argc, char **argv)
         if (ch == '\n' || ch == '\r') {
             if (g_tty_raw)
                 out_line("\n");
-            if (len) {
+            size_t blank = 0;
+            while (blank < len && (line[blank] == ' ' || line[blank] == '\t'))
+                blank++;
+            if (blank < len) { /* whitespace-only lines are not sent */
                 hush_err e = hush_send(c, peer, (const uint8_t *)line, len, NULL);
                 if (e)
                     fprintf(stderr, "hush chat: %s\n", hush_strerror(e));
-                len = 0;
             }
+            sodium_memzero(line, len);
+            len = 0;
+            full_said = 0;
             typing = 0;
             BEST_EFFORT(hush_typing(c, peer, 0));
             continue;
@@ -816,10 +1414,15 @@ static int cmd_chat(int argc, char **argv)
             }
             continue;
         }
-        if (len + 1 < sizeof line) {
+        if (len < sizeof line) {
             line[len++] = ch;
             if (g_tty_raw)
                 out_line("%c", ch);
+        } else if (!full_said) {
+            /* never cut silently: say so, and send what fits when Enter comes */
+            out_line("\r(message limit of %d bytes reached: press Enter to send it; the rest is dropped)\n",
+                     HUSH_MAX_BODY);
+            full_said = 1;
         }
         last_key = now;
         if (!typing) {
@@ -1147,6 +1750,7 @@ int main(int argc, char **argv)
         int (*fn)(int, char **);
     } cmds[] = {
         { "init", cmd_init },       { "send", cmd_send },     { "listen", cmd_listen }, { "chat", cmd_chat },
+        { "cancel", cmd_cancel },
         { "history", cmd_history }, { "safety", cmd_safety }, { "presence", cmd_presence },
         { "status", cmd_status },   { "info", cmd_info },     { "bundle", cmd_bundle }, { "demo", cmd_demo },
     };

@@ -36,8 +36,8 @@ int hwire_valid_username(const char *s)
     if (!s)
         return 0;
     size_t n = strnlen(s, HWIRE_USERNAME_MAX + 1);
-    if (n < HWIRE_USERNAME_MIN || n > HWIRE_USERNAME_MAX)
-        return 0;
+    if (n < HWIRE_USERNAME_MIN || n > HWIRE_USERNAME_MAX || s[0] == '-')
+        return 0; /* a leading '-' would read as an option on command lines */
     for (size_t i = 0; i < n; i++) {
         char ch = s[i];
         if (!((ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') || ch == '.' || ch == '_' || ch == '-'))

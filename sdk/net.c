@@ -17,6 +17,7 @@
 #include <time.h>
 
 #include <libwebsockets.h>
+#include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sodium.h>
@@ -86,6 +87,7 @@ struct hush_net {
     int port;
     int tls;
     int insecure;
+    int connect_error_said;  /* this connection attempt's failure was reported already */
     char ca_file[512];
     char invite[129];
     pthread_t th;
@@ -132,6 +134,47 @@ struct hush_net {
     int ntyping;
     pthread_mutex_t typing_mu;
 };
+
+/* Text from the relay (Result.message) on its way to the app: printable ASCII only, at most cap-1
+ * bytes. A relay is not trusted to send valid UTF-8 (JNI's NewStringUTF aborts on invalid Modified
+ * UTF-8) or harmless bytes (terminal escapes). */
+static const char *relay_text(char *buf, size_t cap, const char *s)
+{
+    size_t n = 0;
+    for (; s && *s && n + 1 < cap; s++)
+        buf[n++] = (*s >= 0x20 && *s < 0x7f) ? *s : '?';
+    buf[n] = '\0';
+    return buf;
+}
+
+/* Why a connection attempt failed, in words a user can act on: the host name does not resolve,
+ * nothing listens there, TLS failed (an untrusted certificate, or a port without TLS), or what
+ * answered is not a WebSocket relay. libwebsockets' own text is kept at the end. */
+static void describe_connect_error(struct hush_net *n, const char *why, char *out, size_t cap)
+{
+    char lws[96];
+    relay_text(lws, sizeof lws, why);
+    if (strstr(why, "SSL") || strstr(why, "ssl") || strstr(why, "TLS") || strstr(why, "tls") || strstr(why, "cert")) {
+        snprintf(out, cap, "TLS with %.64s:%d failed: its certificate is not trusted (a self-signed relay needs "
+                           "its CA file: --ca-file) or that port does not speak TLS [%s]", n->host, n->port, lws);
+    } else if (strstr(why, "HS:") || strstr(why, "101") || strstr(why, "upgrade")) {
+        snprintf(out, cap, "%.64s:%d answered, but not as a Hush relay (the WebSocket upgrade was refused: wrong "
+                           "port or path?) [%s]", n->host, n->port, lws);
+    } else {
+        struct addrinfo hints, *res = NULL;
+        memset(&hints, 0, sizeof hints);
+        hints.ai_socktype = SOCK_STREAM;
+        int rc = getaddrinfo(n->host, NULL, &hints, &res);
+        if (res)
+            freeaddrinfo(res);
+        if (rc != 0)
+            snprintf(out, cap, "unknown host %.64s: %s", n->host, gai_strerror(rc));
+        else
+            snprintf(out, cap, "cannot connect to %.64s:%d: refused or unreachable (is hushd running there?) [%s]",
+                     n->host, n->port, lws[0] ? lws : "no answer");
+    }
+}
+
 
 static int net_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in, size_t len);
 
@@ -1226,18 +1269,6 @@ static void on_send_result(struct hush_net *n, const struct req *r, const Hush__
     }
 }
 
-/* Text from the relay (Result.message) on its way to the app: printable ASCII only, at most cap-1
- * bytes. A relay is not trusted to send valid UTF-8 (JNI's NewStringUTF aborts on invalid Modified
- * UTF-8) or harmless bytes (terminal escapes). */
-static const char *relay_text(char *buf, size_t cap, const char *s)
-{
-    size_t n = 0;
-    for (; s && *s && n + 1 < cap; s++)
-        buf[n++] = (*s >= 0x20 && *s < 0x7f) ? *s : '?';
-    buf[n] = '\0';
-    return buf;
-}
-
 static void handle_frame(struct hush_net *n, const uint8_t *data, size_t len)
 {
     Hush__Frame *f = hush__frame__unpack(NULL, len, data);
@@ -1520,12 +1551,34 @@ static void connect_now(struct hush_net *n)
                                                               LCCSCF_ALLOW_INSECURE | LCCSCF_ALLOW_EXPIRED)
                                                            : 0);
     n->st = N_CONNECTING;
+    n->connect_error_said = 0;
     if (!lws_client_connect_via_info(&ci)) {
+        if (!n->connect_error_said) { /* failed before any callback: most often the name did not resolve */
+            char detail[400];
+            describe_connect_error(n, "", detail, sizeof detail);
+            report(n, HUSH_ERR_NETWORK, detail);
+        }
         n->wsi = NULL;
         n->st = N_IDLE;
         set_conn(n, HUSH_CONN_OFFLINE, HUSH_ERR_NETWORK);
         schedule_reconnect(n);
     }
+}
+
+static int identity_pending_for(hush_client *c, const char *peer)
+{
+    hush__lock(c);
+    sqlite3_stmt *st;
+    int row = 0;
+    if (hstore_prepare(c->db, "SELECT 1 FROM pending_identities WHERE name = ?1 LIMIT 1", &st) == HSTORE_OK) {
+        sqlite3_bind_blob(st, 1, peer, (int)strlen(peer), SQLITE_TRANSIENT);
+        if (hstore_step(c->db, st, &row) != HSTORE_OK)
+            row = 1; /* when unsure, keep waiting */
+        else if (row)
+            sqlite3_reset(st);
+    }
+    hush__unlock(c);
+    return row;
 }
 
 static void tick_cb(lws_sorted_usec_list_t *sul)
@@ -1535,8 +1588,18 @@ static void tick_cb(lws_sorted_usec_list_t *sul)
         flush_receipts(n);
         if (now_ms() >= n->next_rotation_check_ms)
             rotation_check(n);
-        if (n->retry_at_ms && now_ms() >= n->retry_at_ms)
+        if (n->retry_at_ms && now_ms() >= n->retry_at_ms) {
             pump_outbox(n);
+        } else if (!n->retry_at_ms && !n->fetching && n->inflight == 0) {
+            /* Idle: another process on this database (a one-shot `hush send`, `hush safety
+             * --accept`) may have queued a message or decided on an identity: pick that up. */
+            if (n->blocked_peer[0] && !identity_pending_for(n->c, n->blocked_peer)) {
+                n->blocked_peer[0] = '\0';
+                n->pump_cursor = 0;
+            }
+            reprocess_pending(n);
+            pump_outbox(n);
+        }
     }
     lws_sul_schedule(n->ctx, 0, &n->sul_tick, tick_cb, 500 * LWS_US_PER_MS);
 }
@@ -1627,9 +1690,10 @@ static int net_callback(struct lws *wsi, enum lws_callback_reasons reason, void 
         break;
     case LWS_CALLBACK_CLIENT_CONNECTION_ERROR:
         if (wsi == n->wsi || !n->wsi) {
-            char detail[160];
-            snprintf(detail, sizeof detail, "cannot reach the relay: %s", in ? (const char *)in : "connection error");
+            char detail[400];
+            describe_connect_error(n, in ? (const char *)in : "", detail, sizeof detail);
             report(n, HUSH_ERR_NETWORK, detail);
+            n->connect_error_said = 1;
             connection_lost(n);
         }
         break;
@@ -1705,6 +1769,36 @@ static void lws_quiet(int level, const char *line)
     (void)line;
 }
 
+static void load_meta_text(hush_client *c, const char *key, char *out, size_t cap)
+{
+    sqlite3_stmt *st;
+    int row = 0;
+    hush__lock(c);
+    if (hstore_prepare(c->db, "SELECT bval FROM meta WHERE key = ?1", &st) == HSTORE_OK) {
+        sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
+        if (hstore_step(c->db, st, &row) == HSTORE_OK && row) {
+            snprintf(out, cap, "%.*s", sqlite3_column_bytes(st, 0), (const char *)sqlite3_column_blob(st, 0));
+            sqlite3_reset(st);
+        }
+    }
+    hush__unlock(c);
+}
+
+static void store_meta_text(hush_client *c, const char *key, const char *val)
+{
+    sqlite3_stmt *st;
+    hush__lock(c);
+    if (hstore_prepare(c->db, "INSERT INTO meta (key, bval) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET bval = "
+                              "excluded.bval", &st) == HSTORE_OK) {
+        sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
+        sqlite3_bind_blob(st, 2, val, (int)strlen(val), SQLITE_TRANSIENT);
+        if (hstore_run(c->db, st) != HSTORE_OK) {
+            /* not fatal: it is simply not remembered */
+        }
+    }
+    hush__unlock(c);
+}
+
 hush_err hush_net_start(hush_client *c, const hush_net_opts *opts, const hush_callbacks *cb)
 {
     if (!c)
@@ -1739,11 +1833,15 @@ hush_err hush_net_start(hush_client *c, const hush_net_opts *opts, const hush_ca
         snprintf(n->invite, sizeof n->invite, "%s", opts->invite);
     if (opts && opts->ca_file)
         snprintf(n->ca_file, sizeof n->ca_file, "%s", opts->ca_file);
+    else
+        load_meta_text(c, "relay_ca_file", n->ca_file, sizeof n->ca_file);
     n->insecure = opts ? opts->insecure_tls : 0;
     pthread_mutex_init(&n->mu, NULL);
     pthread_cond_init(&n->cv, NULL);
     pthread_mutex_init(&n->typing_mu, NULL);
-    /* remember the relay for next time */
+    /* remember the relay (and the CA file that goes with it) for next time */
+    if (opts && opts->ca_file)
+        store_meta_text(c, "relay_ca_file", n->ca_file);
     hush__lock(c);
     if (hstore_prepare(c->db, "INSERT INTO meta (key, bval) VALUES ('relay_url', ?1) "
                               "ON CONFLICT (key) DO UPDATE SET bval = excluded.bval", &st) == HSTORE_OK) {

@@ -4,9 +4,11 @@
 #include "hush_store.h"
 
 #include <stdarg.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define STMT_CACHE_MAX 96
 #define ERRMSG_MAX 256
@@ -390,6 +392,13 @@ hstore_err hstore_open(const char *path, const hstore_opts *opts, const char *co
     int flags = opts->read_only ? SQLITE_OPEN_READONLY : (SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE);
     flags |= SQLITE_OPEN_NOMUTEX;
     hstore_err e;
+    if (!opts->read_only && strcmp(path, ":memory:") != 0) {
+        /* A new database is created readable by its owner only (SQLite would make it 0644 less the
+         * umask); its -wal and -shm files take the database's mode. */
+        int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        if (fd >= 0)
+            close(fd);
+    }
     int rc = sqlite3_open_v2(path, &db->db, flags, NULL);
     if (rc != SQLITE_OK) {
         e = db->db ? fail_sqlite(db, rc, "open") : HSTORE_ERR_NOMEM;

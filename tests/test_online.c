@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -550,11 +551,11 @@ static void test_receipts_never_backwards(void **state)
     (void)state;
     struct relay_proc relay;
     relay_start(&relay, "receiptorder", NULL);
-    struct user *a = user_new(&relay, "rosa");
+    struct user *a = user_new(&relay, "rhea");
     struct user *b = calloc(1, sizeof *b);
     rec_init(&b->r);
-    snprintf(b->name, sizeof b->name, "tina");
-    b->c = open_client("tina", 1, HUSH_DURABILITY_NORMAL);
+    snprintf(b->name, sizeof b->name, "tove");
+    b->c = open_client("tove", 1, HUSH_DURABILITY_NORMAL);
     b->r.self = b->c;
     char url[64];
     snprintf(url, sizeof url, "ws://127.0.0.1:%d", relay.port);
@@ -566,7 +567,7 @@ static void test_receipts_never_backwards(void **state)
     enum { N = 5 };
     uint8_t mids[N][16];
     for (int i = 0; i < N; i++)
-        send_text(a, "tina", "read me at once", mids[i]);
+        send_text(a, "tove", "read me at once", mids[i]);
     for (int i = 0; i < N; i++)
         assert_true(wait_state(a, mids[i], HUSH_MSG_READ, 10000));
     /* every delivery receipt has arrived too, after the read ones */
@@ -747,7 +748,9 @@ static int count_shown(char outs[][400], int nfiles)
         while (f && fgets(buf, sizeof buf, f)) {
             long long lid;
             char from[40], hex[40], text[64];
-            if (sscanf(buf, "MSG %lld %39s %39s %63s", &lid, from, hex, text) == 4) {
+            if (sscanf(buf, "{\"type\":\"message\",\"local_id\":%lld,\"from\":\"%39[^\"]\",\"device\":%*d,\"id\":\"%39[^\"]\","
+                            "\"sent_at_ms\":%*[0-9],\"text\":\"%63[^\"]\"}",
+                       &lid, from, hex, text) == 4) {
                 int i = atoi(text + 1);
                 if (i >= 0 && i < 100000 && !seen[i]) {
                     seen[i] = 1;
@@ -826,7 +829,9 @@ static void test_kill9_receiver(void **state)
         while (f && fgets(buf, sizeof buf, f)) {
             long long lid;
             char from[40], hex[40], text[64];
-            if (sscanf(buf, "MSG %lld %39s %39s %63s", &lid, from, hex, text) != 4)
+            if (sscanf(buf, "{\"type\":\"message\",\"local_id\":%lld,\"from\":\"%39[^\"]\",\"device\":%*d,\"id\":\"%39[^\"]\","
+                            "\"sent_at_ms\":%*[0-9],\"text\":\"%63[^\"]\"}",
+                       &lid, from, hex, text) != 4)
                 continue;
             int i = atoi(text + 1);
             assert_true(i >= 0 && i < N);
@@ -1034,7 +1039,7 @@ static void test_cli_quickstart(void **state)
     /* alice connects: gets bob's lines, and bob's receipts move her message to read */
     snprintf(cmd, sizeof cmd, "timeout 3 %s listen --db %s --raw 2>&1", h, a);
     run(cmd, out, sizeof out);
-    assert_non_null(strstr(out, "MSG "));
+    assert_non_null(strstr(out, "{\"type\":\"message\""));
     assert_non_null(strstr(out, "hi alice"));
     snprintf(cmd, sizeof cmd, "%s history --db %s bob 2>&1", h, a);
     assert_int_equal(run(cmd, out, sizeof out), 0);
@@ -1054,6 +1059,148 @@ static void test_cli_quickstart(void **state)
     snprintf(cmd, sizeof cmd, "%s send --db %s 2>&1", h, a);
     assert_int_equal(run(cmd, out, sizeof out), 2);
     assert_int_equal(relay_stop(&relay, SIGTERM), 0);
+}
+
+static int file_has_byte(const char *path, unsigned char b)
+{
+    FILE *f = fopen(path, "rb");
+    int c, hit = 0;
+    while (f && (c = fgetc(f)) != EOF)
+        if (c == b)
+            hit = 1;
+    if (f)
+        fclose(f);
+    return hit;
+}
+
+/* What a new user runs into, through the CLI: bad URLs and names get a clear error and leave
+ * nothing behind; sends from stdin, empty and self messages; peer text that would drive the
+ * terminal is shown escaped and --raw is JSON; a one-shot command beside a running `listen` hands
+ * its message over instead of kicking it off; status says when the relay is down; per-command
+ * help; cancel. */
+static void test_cli_hardening(void **state)
+{
+    (void)state;
+    struct relay_proc relay;
+    relay_start(&relay, "clihard", NULL);
+    char cmd[2048], out[16384], a[400], b[400], url[64];
+    const char *h = cli_path();
+    snprintf(a, sizeof a, "%s", tpath("ch-ann.db"));
+    snprintf(b, sizeof b, "%s", tpath("ch-ben.db"));
+    snprintf(url, sizeof url, "ws://127.0.0.1:%d", relay.port);
+
+    /* bad URLs and names: the reason, exit 2, no file left */
+    const char *bad_urls[] = { "http://127.0.0.1:1", "127.0.0.1:7443", "garbage", "ws://:99", "ws://host:99999" };
+    for (size_t i = 0; i < sizeof bad_urls / sizeof bad_urls[0]; i++) {
+        snprintf(cmd, sizeof cmd, "%s init --db %s --relay %s --user ann 2>&1", h, a, bad_urls[i]);
+        assert_int_equal(run(cmd, out, sizeof out), 2);
+        assert_null(strstr(out, "no relay URL stored"));
+        assert_non_null(strstr(out, bad_urls[i]));
+        assert_int_equal(access(a, F_OK), -1);
+    }
+    snprintf(cmd, sizeof cmd, "%s init --db %s --relay %s --user Ann! 2>&1", h, a, url);
+    assert_int_equal(run(cmd, out, sizeof out), 2);
+    assert_non_null(strstr(out, "3 to 32 of a-z 0-9"));
+    /* a relay that is down: init fails, leaves nothing, and the same command works later */
+    snprintf(cmd, sizeof cmd, "%s init --db %s --relay ws://127.0.0.1:%d --user ann 2>&1", h, a, relay_free_port());
+    assert_int_equal(run(cmd, out, sizeof out), 1);
+    assert_non_null(strstr(out, "refused or unreachable"));
+    assert_int_equal(access(a, F_OK), -1);
+    snprintf(cmd, sizeof cmd, "%s init --db %s --relay %s --user ann 2>&1", h, a, url);
+    assert_int_equal(run(cmd, out, sizeof out), 0);
+    struct stat stt;
+    assert_int_equal(stat(a, &stt), 0);
+    assert_int_equal(stt.st_mode & 077, 0); /* the database is not readable by others */
+    snprintf(cmd, sizeof cmd, "%s init --db %s --relay %s --user ben 2>&1", h, b, url);
+    assert_int_equal(run(cmd, out, sizeof out), 0);
+
+    /* per-command help */
+    snprintf(cmd, sizeof cmd, "%s send --help 2>&1", h);
+    assert_int_equal(run(cmd, out, sizeof out), 0);
+    assert_non_null(strstr(out, "usage: hush send USER TEXT"));
+    assert_null(strstr(out, "commands:"));
+
+    /* empty, whitespace-only and self messages */
+    snprintf(cmd, sizeof cmd, "%s send --db %s ben '  ' 2>&1", h, a);
+    assert_int_equal(run(cmd, out, sizeof out), 2);
+    assert_non_null(strstr(out, "empty"));
+    snprintf(cmd, sizeof cmd, "%s send --db %s ann hello me 2>&1", h, a);
+    assert_int_equal(run(cmd, out, sizeof out), 1);
+    assert_non_null(strstr(out, "is you"));
+
+    /* a hostile body from stdin: escapes, a forged line, a bidi override */
+    FILE *f = fopen(tpath("evil.txt"), "wb");
+    fputs("hi\x1b]0;pwned\x07\x1b[31m red\r\n[12:00:00] ann: send me the code\xe2\x80\xae""evil\xff", f);
+    fclose(f);
+    snprintf(cmd, sizeof cmd, "%s send --db %s ann - < %s 2>&1", h, b, tpath("evil.txt"));
+    assert_int_equal(run(cmd, out, sizeof out), 0);
+    assert_non_null(strstr(out, "sent to ann"));
+    /* ann listens (raw JSON) while a one-shot send runs beside it */
+    char lout[400];
+    snprintf(lout, sizeof lout, "%s", tpath("ann-listen.out"));
+    pid_t lp = spawn_listener(a, lout);
+    usleep(1500000);
+    snprintf(cmd, sizeof cmd, "%s send --db %s ben from a second process 2>&1", h, a);
+    assert_int_equal(run(cmd, out, sizeof out), 0);
+    assert_non_null(strstr(out, "sent to ben"));
+    assert_non_null(strstr(out, "hush listen"));
+    snprintf(cmd, sizeof cmd, "%s status --db %s 2>&1", h, a);
+    assert_int_equal(run(cmd, out, sizeof out), 0);
+    assert_non_null(strstr(out, "connected by pid"));
+    snprintf(cmd, sizeof cmd, "%s listen --db %s 2>&1", h, a);
+    assert_int_equal(run(cmd, out, sizeof out), 1);
+    assert_non_null(strstr(out, "run one at a time"));
+    usleep(500000);
+    assert_int_equal(kill(lp, 0), 0); /* the listener was not kicked off */
+    kill(lp, SIGTERM);
+    waitpid(lp, NULL, 0);
+    assert_false(file_has_byte(lout, 0x1b));
+    f = fopen(lout, "r");
+    int json_lines = 0, msg = 0;
+    char line[4096];
+    while (f && fgets(line, sizeof line, f)) {
+        assert_int_equal(line[0], '{');
+        assert_non_null(strstr(line, "}\n"));
+        json_lines++;
+        if (strstr(line, "\"type\":\"message\"")) {
+            msg++;
+            assert_non_null(strstr(line, "hi\\u001b]0;pwned\\u0007"));
+            assert_non_null(strstr(line, "\\u000d\\u000a[12:00:00]"));
+            assert_non_null(strstr(line, "\\u202e"));
+            assert_non_null(strstr(line, "\\ufffd"));
+        }
+    }
+    if (f)
+        fclose(f);
+    assert_int_equal(msg, 1);
+    assert_true(json_lines >= 1);
+    /* the human view escapes it too */
+    snprintf(cmd, sizeof cmd, "%s history --db %s ben > %s 2>&1", h, a, tpath("hist.out"));
+    assert_int_equal(WEXITSTATUS(system(cmd)), 0);
+    assert_false(file_has_byte(tpath("hist.out"), 0x1b));
+    assert_false(file_has_byte(tpath("hist.out"), '\r'));
+    assert_true(file_contains(tpath("hist.out"), "\\u{202e}", 8));
+    assert_true(file_contains(tpath("hist.out"), "\\r\\n[12:00:00] ann: send me", 26));
+    /* cancel, with the relay down; status says it is down and exits 1 */
+    assert_int_equal(relay_stop(&relay, SIGTERM), 0);
+    snprintf(cmd, sizeof cmd, "%s send --db %s --wait 1 ben never mind 2>&1", h, a);
+    assert_int_equal(run(cmd, out, sizeof out), 0);
+    char *q = strstr(out, "queued as ");
+    assert_non_null(q);
+    char id[33];
+    memcpy(id, q + 10, 32);
+    id[32] = '\0';
+    snprintf(cmd, sizeof cmd, "%s status --db %s 2>&1", h, a);
+    assert_int_equal(run(cmd, out, sizeof out), 1);
+    assert_non_null(strstr(out, "outbox:     1"));
+    assert_non_null(strstr(out, "refused or unreachable"));
+    snprintf(cmd, sizeof cmd, "%s cancel --db %s %s 2>&1", h, a, id);
+    assert_int_equal(run(cmd, out, sizeof out), 0);
+    snprintf(cmd, sizeof cmd, "%s cancel --db %s %s 2>&1", h, a, id);
+    assert_int_equal(run(cmd, out, sizeof out), 1);
+    snprintf(cmd, sizeof cmd, "%s history --db %s ben 2>&1", h, a);
+    assert_int_equal(run(cmd, out, sizeof out), 0);
+    assert_non_null(strstr(out, "never mind  (failed)"));
 }
 
 /* A TCP proxy that records every byte both ways (a traffic capture of the SDK <-> relay link). */
@@ -1291,6 +1438,7 @@ int main(void)
         cmocka_unit_test(test_kill9_receiver),
         cmocka_unit_test(test_bad_relay),
         cmocka_unit_test(test_cli_quickstart),
+        cmocka_unit_test(test_cli_hardening),
         cmocka_unit_test(test_canary_traffic),
         cmocka_unit_test(test_prekey_replenish),
         cmocka_unit_test(test_stop_while_waiting),

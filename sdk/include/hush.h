@@ -388,7 +388,8 @@ typedef struct hush_callbacks {
 typedef struct hush_net_opts {
     const char *relay_url;   /* "ws://host:port" or "wss://host:port"; NULL: the one stored last time */
     const char *invite;      /* registration token when the relay is invite-only (may be NULL) */
-    const char *ca_file;     /* wss: PEM bundle to trust instead of the system store (may be NULL) */
+    const char *ca_file;     /* wss: PEM bundle to trust instead of the system store; stored with the
+                                URL (NULL: the one stored last time, if any) */
     int insecure_tls;        /* wss: accept any certificate (tests only) */
 } hush_net_opts;
 
