@@ -121,6 +121,37 @@ void hush_free(void *p)
     free(base);
 }
 
+static void *wipe_alloc(void *ud, size_t n)
+{
+    (void)ud;
+    return hush__alloc(n);
+}
+
+static void wipe_free(void *ud, void *p)
+{
+    (void)ud;
+    hush_free(p);
+}
+
+/* For protobuf-c messages that hold plaintext (a decrypted Content): every block it allocates is
+ * wiped when freed. */
+ProtobufCAllocator hush__wiping_allocator = { wipe_alloc, wipe_free, NULL };
+
+uint8_t *hush__grow_plaintext(uint8_t *pt, size_t len)
+{
+    uint8_t *n = malloc(len + 1);
+    if (n) {
+        if (len)
+            memcpy(n, pt, len);
+        n[len] = '\0';
+    }
+    if (pt) {
+        sodium_memzero(pt, len);
+        free(pt);
+    }
+    return n;
+}
+
 uint64_t hush__now_ms(void)
 {
     struct timespec ts;

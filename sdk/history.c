@@ -122,10 +122,8 @@ hush_err hush_history_list(hush_client *c, const char *peer, int64_t before_loca
             e = hush__open(c, ad, sqlite3_column_blob(st, 7), (size_t)sqlite3_column_bytes(st, 7), &pt, &len);
             if (e)
                 break;
-            h->body = realloc(pt, len + 1);
+            h->body = hush__grow_plaintext(pt, len);
             if (!h->body) {
-                sodium_memzero(pt, len);
-                free(pt);
                 e = HUSH_ERR_NOMEM;
                 break;
             }
@@ -280,9 +278,8 @@ hush_err hush_outbox_next(hush_client *c, hush_outbox_entry **out)
             size_t len = 0;
             e = hush__open(c, ad, sqlite3_column_blob(st, 5), (size_t)sqlite3_column_bytes(st, 5), &pt, &len);
             if (!e) {
-                o->body = realloc(pt, len + 1);
+                o->body = hush__grow_plaintext(pt, len);
                 if (!o->body) {
-                    free(pt);
                     e = HUSH_ERR_NOMEM;
                 } else {
                     o->body[len] = '\0';

@@ -68,6 +68,12 @@ hush_err hush__save_peer_identity(hush_client *c, const char *name, uint32_t dev
 
 /* Buffers handed to the caller: sized so hush_free can wipe them. */
 void *hush__alloc(size_t n);
+/* protobuf-c allocator whose frees wipe (hush__alloc / hush_free underneath). */
+extern ProtobufCAllocator hush__wiping_allocator;
+/* Moves a plaintext of len bytes into a new buffer of len + 1 (NUL-terminated), wiping and freeing
+ * the old one (realloc would free it unwiped). NULL on allocation failure (pt is then wiped and
+ * freed too). */
+uint8_t *hush__grow_plaintext(uint8_t *pt, size_t len);
 
 /* The current signed prekey, ready for a KeyBundle or PreKeyUpload: on success *spk and *pub are
  * the caller's (SIGNAL_UNREF / signal_buffer_free) and `out` points into them. Caller holds the lock. */

@@ -257,7 +257,7 @@ static hush_err decrypt_locked(hush_client *c, const char *peer, uint32_t dev, c
         e = pairwise_decrypt(c, &addr, env->type, env->ciphertext.data, env->ciphertext.len, &pt);
     if (e)
         goto fail;
-    content = hush__content__unpack(NULL, signal_buffer_len(pt), signal_buffer_data(pt));
+    content = hush__content__unpack(&hush__wiping_allocator, signal_buffer_len(pt), signal_buffer_data(pt));
     if (!content || !content_ok(content)) {
         e = HUSH_ERR_BAD_MESSAGE;
         goto fail;
@@ -321,7 +321,7 @@ fail:
         e = hush__after_untrusted(c);
 done:
     if (content)
-        hush__content__free_unpacked(content, NULL);
+        hush__content__free_unpacked(content, &hush__wiping_allocator);
     signal_buffer_bzero_free(pt);
     return e;
 }
