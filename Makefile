@@ -219,8 +219,12 @@ run:
 	$(Q)DEPS_FOR=run bash mk/deps.sh
 	$(Q)$(MAKE) --no-print-directory run-relay
 
+# On a terminal, hushd runs as the terminal's foreground job (its own process group, through bash's
+# job control), so Ctrl-C reaches hushd alone: it stops cleanly and make exits 0 instead of
+# reporting "*** Interrupt" with status 130.
 run-relay: $(HUSHD) $(HUSH_CLI)
-	$(Q)exec ./$(HUSHD) $(HUSHD_ARGS)
+	$(Q)if [ -t 0 ]; then bash -c 'set -m; "$$@" & fg %1 > /dev/null' hushd ./$(HUSHD) $(HUSHD_ARGS); \
+	else exec ./$(HUSHD) $(HUSHD_ARGS); fi
 
 demo:
 	$(Q)DEPS_FOR=run bash mk/deps.sh
@@ -243,6 +247,7 @@ test-run: all $(HUSHD)
 	    else rm -rf $$dir; fi; \
 	done; \
 	seeds=$$(mktemp -d /tmp/hush-seeds.XXXXXX); \
+	scratch_before=$$(ls -d /tmp/hush-fuzz.* 2>/dev/null | wc -l); \
 	if ! $(CURDIR)/$(GEN_SEEDS) $$seeds > /dev/null; then failed=$$((failed + 1)); echo "*** FAILED: gen_seeds"; fi; \
 	for n in $(FUZZ_NAMES); do \
 	    total=$$((total + 1)); \
@@ -250,7 +255,10 @@ test-run: all $(HUSHD)
 	         $(CURDIR)/$(BUILD)/fuzz-replay/fuzz_$$n fuzz/regressions/$$n $$seeds/$$n; then \
 	        failed=$$((failed + 1)); echo "*** FAILED: fuzz replay $$n"; fi; \
 	done; rm -rf $$seeds; \
-	for t in test-java-run test-java-cmake test-modulemap; do \
+	total=$$((total + 1)); \
+	if [ "$$(ls -d /tmp/hush-fuzz.* 2>/dev/null | wc -l)" -gt "$$scratch_before" ]; then \
+	    failed=$$((failed + 1)); echo "*** FAILED: the fuzz replays left scratch directories in /tmp (hush-fuzz.*)"; fi; \
+	for t in test-java-run test-java-cmake test-modulemap test-install; do \
 	    total=$$((total + 1)); echo "=== $$t"; \
 	    $(MAKE) --no-print-directory $$t || { failed=$$((failed + 1)); echo "*** FAILED: $$t"; }; \
 	done; \
@@ -335,7 +343,7 @@ endif
 test-modulemap: $(LIBHUSH_SO)
 	$(Q)if [ -n "$(SANITIZE)" ]; then echo "test-modulemap: checked in the plain build"; exit 0; fi; \
 	rm -rf $(BUILD)/modcache && mkdir -p $(BUILD)/modcache && \
-	clang -fmodules -fmodules-cache-path=$(BUILD)/modcache -Werror -Wall \
+	/usr/bin/clang -fmodules -fmodules-cache-path=$(BUILD)/modcache -Werror -Wall \
 	    -fmodule-map-file=mobile-bindings/ios/Sources/CHush/module.modulemap \
 	    -x objective-c mobile-bindings/ios/check/import_chush.m -o $(BUILD)/import_chush -L$(BUILD)/lib -lhush \
 	    -Wl,-rpath,$(CURDIR)/$(BUILD)/lib && \
@@ -378,7 +386,8 @@ FUZZ_SECONDS ?= 60
 # A fixed seed makes CI's run reproducible; FUZZ_SEED=0 lets libFuzzer pick one from the clock.
 FUZZ_SEED ?= 1
 ifeq ($(AFL),)
-FUZZ_CC := clang
+# Debian's clang by its path: a machine may have another clang earlier on PATH (a Swift toolchain's)
+FUZZ_CC := /usr/bin/clang
 FUZZ_COMPILE := -fsanitize=fuzzer-no-link,address,undefined
 FUZZ_LINK := -fsanitize=fuzzer,address,undefined
 FUZZ_MAIN :=
@@ -452,7 +461,7 @@ fuzz-run: fuzz fuzz-seeds
 COV_BUILD := build-cov
 COV_FLAGS := -fprofile-instr-generate -fcoverage-mapping
 fuzz-coverage: deps
-	$(Q)command -v llvm-cov >/dev/null && command -v llvm-profdata >/dev/null || { echo "install llvm (Debian: llvm-14)"; exit 1; }
+	$(Q)command -v /usr/bin/llvm-cov >/dev/null && command -v /usr/bin/llvm-profdata >/dev/null || { echo "install llvm (Debian: llvm-14)"; exit 1; }
 	$(Q)$(MAKE) --no-print-directory $(GEN_HDR) $(GEN_SEEDS)
 	$(Q)$(MAKE) --no-print-directory $(GEN_HDR) $(patsubst %,$(COV_BUILD)/fuzz_%,$(FUZZ_NAMES)) FUZZ_BUILD=$(COV_BUILD) \
 	    FUZZ_COMPILE="-fsanitize=fuzzer-no-link $(COV_FLAGS)" FUZZ_LINK="-fsanitize=fuzzer $(COV_FLAGS)"
@@ -463,14 +472,56 @@ fuzz-coverage: deps
 	    LLVM_PROFILE_FILE=$(COV_BUILD)/prof/$$n-%p.profraw ./$(COV_BUILD)/fuzz_$$n $$dirs -runs=0 > $(COV_BUILD)/$$n.log 2>&1 || \
 	        { echo "fuzz-coverage: $$n failed (see $(COV_BUILD)/$$n.log)"; exit 1; }; \
 	done
-	$(Q)llvm-profdata merge -sparse $(COV_BUILD)/prof/*.profraw -o $(COV_BUILD)/fuzz.profdata
+	$(Q)/usr/bin/llvm-profdata merge -sparse $(COV_BUILD)/prof/*.profraw -o $(COV_BUILD)/fuzz.profdata
 	$(Q)objs=""; for n in $(FUZZ_NAMES); do objs="$$objs -object $(COV_BUILD)/fuzz_$$n"; done; \
-	llvm-cov show -format=html -output-dir=$(COV_BUILD)/html -instr-profile=$(COV_BUILD)/fuzz.profdata $$objs \
+	/usr/bin/llvm-cov show -format=html -output-dir=$(COV_BUILD)/html -instr-profile=$(COV_BUILD)/fuzz.profdata $$objs \
 	    -ignore-filename-regex='(/usr/|build|tests/|fuzz/)' -show-line-counts-or-regions > /dev/null && \
-	llvm-cov report -instr-profile=$(COV_BUILD)/fuzz.profdata $$objs -ignore-filename-regex='(/usr/|build|tests/|fuzz/)' \
+	/usr/bin/llvm-cov report -instr-profile=$(COV_BUILD)/fuzz.profdata $$objs -ignore-filename-regex='(/usr/|build|tests/|fuzz/)' \
 	    | awk 'NR == 1 { printf "%-22s %9s %10s %9s\n", "file", "regions", "functions", "lines" } \
 	           /^(sdk|store|relay|proto)\/.*\.c / || /^TOTAL/ { printf "%-22s %9s %10s %9s\n", $$1, $$4, $$7, $$10 }'
 	@echo "HTML report: $(COV_BUILD)/html/index.html"
+
+# ---------------------------------------------------------------------------------------------
+# install: PREFIX (default /usr/local) and DESTDIR (a staging root for packaging). The shared
+# library keeps its soname (libhush.so.0, with the libhush.so link for the linker); hush.pc adds
+# an rpath to its own libdir, so a program built with `pkg-config --cflags --libs hush` runs
+# without LD_LIBRARY_PATH wherever PREFIX is. The systemd unit and the example configuration go
+# to share/hush for the operator to put in place (docs/OPERATIONS.md).
+PREFIX ?= /usr/local
+DESTDIR ?=
+.PHONY: install uninstall test-install
+install: libs $(HUSHD) $(HUSH_CLI)
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/include \
+	    $(DESTDIR)$(PREFIX)/share/hush $(DESTDIR)$(PREFIX)/share/doc/hush
+	install -m 0755 $(HUSHD) $(HUSH_CLI) $(DESTDIR)$(PREFIX)/bin/
+	install -m 0644 $(LIBHUSH_SO) $(DESTDIR)$(PREFIX)/lib/libhush.so.0
+	ln -sf libhush.so.0 $(DESTDIR)$(PREFIX)/lib/libhush.so
+	install -m 0644 $(LIBHUSH_A) $(DESTDIR)$(PREFIX)/lib/libhush.a
+	install -m 0644 sdk/include/hush.h $(DESTDIR)$(PREFIX)/include/hush.h
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@INCLUDEDIR@|$(PREFIX)/include|' mk/hush.pc.in \
+	    > $(DESTDIR)$(PREFIX)/lib/pkgconfig/hush.pc
+	sed -e 's|/usr/local/bin/hushd|$(PREFIX)/bin/hushd|' relay/hushd.service > $(DESTDIR)$(PREFIX)/share/hush/hushd.service
+	install -m 0644 relay/hushd.conf.example $(DESTDIR)$(PREFIX)/share/hush/hushd.conf.example
+	install -m 0644 README.md docs/*.md $(DESTDIR)$(PREFIX)/share/doc/hush/
+	@if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" = 0 ] && command -v ldconfig > /dev/null; then ldconfig; fi
+
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/bin/hushd $(DESTDIR)$(PREFIX)/bin/hush $(DESTDIR)$(PREFIX)/lib/libhush.so.0 \
+	    $(DESTDIR)$(PREFIX)/lib/libhush.so $(DESTDIR)$(PREFIX)/lib/libhush.a $(DESTDIR)$(PREFIX)/include/hush.h \
+	    $(DESTDIR)$(PREFIX)/lib/pkgconfig/hush.pc
+	rm -rf $(DESTDIR)$(PREFIX)/share/hush $(DESTDIR)$(PREFIX)/share/doc/hush
+
+# Installs into a scratch PREFIX, builds a program against it with pkg-config alone and runs it
+# with no LD_LIBRARY_PATH (part of make test).
+test-install: libs $(HUSHD) $(HUSH_CLI)
+	$(Q)dir=$$(mktemp -d /tmp/hush-install.XXXXXX); \
+	$(MAKE) --no-print-directory install PREFIX=$$dir > $$dir.log 2>&1 || { cat $$dir.log; rm -rf $$dir $$dir.log; exit 1; }; \
+	printf '#include <hush.h>\n#include <stdio.h>\nint main(void) { printf("libhush %%s\\n", hush_version()); return 0; }\n' > $$dir/t.c; \
+	PKG_CONFIG_PATH=$$dir/lib/pkgconfig $(CC) $(SANFLAGS) $$dir/t.c -o $$dir/t $$(PKG_CONFIG_PATH=$$dir/lib/pkgconfig pkg-config --cflags --libs hush) \
+	    && env -u LD_LIBRARY_PATH $$dir/t && ldd $$dir/t | grep -q "$$dir/lib/libhush.so.0" \
+	    && $$dir/bin/hushd --help > /dev/null && test -f $$dir/share/hush/hushd.service; \
+	rc=$$?; rm -rf $$dir $$dir.log; \
+	if [ $$rc -eq 0 ]; then echo "install: a program built with pkg-config runs against the installed libhush"; fi; exit $$rc
 
 clean:
 	rm -rf build build-san build-fuzz build-fuzz-afl build-cov

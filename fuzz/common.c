@@ -1,5 +1,7 @@
+#define _XOPEN_SOURCE 700 /* nftw */
 /* common.c - deterministic randomness and a scratch directory for the harnesses. */
 #include <fcntl.h>
+#include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -62,15 +64,33 @@ void fuzz_deterministic_random(void)
         abort();
 }
 
+static char g_tmpdir[64];
+
+static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st;
+    (void)flag;
+    (void)ftw;
+    return remove(path) == 0 ? 0 : 0; /* keep going: remove what can be removed */
+}
+
+/* The scratch directory goes when the process exits normally (a crash leaves it, with the
+ * databases that led there). */
+static void remove_tmpdir(void)
+{
+    if (g_tmpdir[0])
+        nftw(g_tmpdir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
 const char *fuzz_tmpdir(void)
 {
-    static char dir[64];
-    if (!dir[0]) {
-        snprintf(dir, sizeof dir, "/tmp/hush-fuzz.XXXXXX");
-        if (!mkdtemp(dir))
+    if (!g_tmpdir[0]) {
+        snprintf(g_tmpdir, sizeof g_tmpdir, "/tmp/hush-fuzz.XXXXXX");
+        if (!mkdtemp(g_tmpdir))
             abort();
+        atexit(remove_tmpdir);
     }
-    return dir;
+    return g_tmpdir;
 }
 
 void fuzz_copy_file(const char *from, const char *to)

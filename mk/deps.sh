@@ -23,9 +23,9 @@ tools=(
   "make:make"
   "sqlite3:sqlite3"
   "cppcheck:cppcheck"
-  "clang:clang"
+  "/usr/bin/clang:clang"
   "cmake:cmake"
-  "llvm-cov:llvm"
+  "/usr/bin/llvm-cov:llvm"
   "javac:openjdk-17-jdk-headless"
   "java:openjdk-17-jdk-headless"
 )
@@ -39,7 +39,7 @@ if [ "${DEPS_FOR:-}" = run ]; then
   libs=("${keep[@]}")
   keep=()
   for entry in "${tools[@]}"; do
-    case ${entry%%:*} in cppcheck|clang|cmake|llvm-cov|javac|java) ;; *) keep+=("$entry") ;; esac
+    case ${entry%%:*} in cppcheck|/usr/bin/clang|cmake|/usr/bin/llvm-cov|javac|java) ;; *) keep+=("$entry") ;; esac
   done
   tools=("${keep[@]}")
 fi
@@ -48,6 +48,11 @@ files=(
   "/usr/share/java/junit4.jar:junit4"
   "/usr/share/java/hamcrest-core.jar:libhamcrest-java"
 )
+
+# make bench: the peer servers and the plot tool (added before the checks below read the list)
+if [ -n "${BENCH:-}" ]; then
+  tools+=("mosquitto:mosquitto" "ejabberdctl:ejabberd" "gnuplot:gnuplot-nox" "taskset:util-linux")
+fi
 
 missing=()
 command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
@@ -61,15 +66,17 @@ for entry in "${tools[@]}"; do
   cmd=${entry%%:*}; pkg=${entry#*:}
   command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
 done
-# make bench: the peer servers and the plot tool
-if [ -n "${BENCH:-}" ]; then
-  tools+=("mosquitto:mosquitto" "ejabberdctl:ejabberd" "gnuplot:gnuplot-nox" "taskset:util-linux")
-fi
 for entry in "${files[@]}"; do
   [ "${DEPS_FOR:-}" = run ] && break
   f=${entry%%:*}; pkg=${entry#*:}
   [ -e "$f" ] || missing+=("$pkg")
 done
+# libFuzzer's runtime for Debian's clang (a separate package on Debian 12); other clang builds on
+# PATH (a Swift toolchain's, say) are not used: the Makefile names /usr/bin/clang.
+if [ "${DEPS_FOR:-}" != run ] && ! ls /usr/lib/llvm-*/lib/clang/*/lib/linux/libclang_rt.fuzzer-x86_64.a >/dev/null 2>&1 &&
+   [ "$(uname -m)" = x86_64 ]; then
+  missing+=(libclang-rt-14-dev)
+fi
 # Sanitizer runtimes (gcc's libasan/libubsan ship with gcc on Debian 12).
 if [ -n "${SANITIZE:-}" ] && ! ls /usr/lib/gcc/*/*/libasan.so >/dev/null 2>&1; then
   missing+=(libasan8 libubsan1)

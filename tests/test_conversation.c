@@ -124,8 +124,9 @@ static void run_conversation(int nclients, long nmsgs, uint64_t seed)
             reopens++;
         }
     }
-    print_message("%d clients: %ld sent, %ld delivered once, %ld lost, %ld duplicates dropped, %ld reopens\n",
-                  nclients, sent, delivered, lost, dups, reopens);
+    print_message("%d clients: %ld sent, %ld delivered once, %ld lost by the simulated network on purpose (%d %% of "
+                  "packets), %ld duplicates dropped, %ld reopens\n",
+                  nclients, sent, delivered, lost, LOSS_PCT, dups, reopens);
     assert_int_equal(sent, nmsgs);
     assert_true(delivered > nmsgs * 9 / 10);
     assert_true(dups > 0);
