@@ -772,13 +772,16 @@ static void do_fetch_bundles(struct jctx *x, const struct job *j)
     }
     sqlite3_stmt *st;
     CHECK_SE(hstore_prepare(S.db, "SELECT device_id, registration_id, identity_key, spk_id, spk_public, spk_signature, "
-                                  "spk_timestamp, auth_key FROM devices WHERE username = ?1 ORDER BY device_id LIMIT ?2", &st));
+                                  "spk_timestamp, auth_key, last_resort_id, last_resort_public FROM devices WHERE username = ?1 "
+                                  "ORDER BY device_id LIMIT ?2", &st));
     sqlite3_bind_text(st, 1, target, -1, SQLITE_TRANSIENT);
     sqlite3_bind_int(st, 2, MAX_DEVICES_PER_FETCH);
     Hush__KeyBundle bundles[MAX_DEVICES_PER_FETCH], *bp[MAX_DEVICES_PER_FETCH];
     Hush__SignedPreKey spks[MAX_DEVICES_PER_FETCH];
     Hush__PreKey otks[MAX_DEVICES_PER_FETCH];
     uint8_t keybuf[MAX_DEVICES_PER_FETCH][33 + 33 + 64 + 32 + 33];
+    uint8_t lastres[MAX_DEVICES_PER_FETCH][33]; /* the last-resort key, served when the stock is out */
+    int64_t lastres_id[MAX_DEVICES_PER_FETCH];
     size_t n = 0;
     int row = 0;
     hstore_err se;
@@ -791,6 +794,11 @@ static void do_fetch_bundles(struct jctx *x, const struct job *j)
         memcpy(kb + 33, sqlite3_column_blob(st, 4), 33);
         memcpy(kb + 66, sqlite3_column_blob(st, 5), 64);
         memcpy(kb + 130, sqlite3_column_blob(st, 7), 32);
+        lastres_id[n] = -1;
+        if (sqlite3_column_type(st, 8) == SQLITE_INTEGER && sqlite3_column_bytes(st, 9) == 33) {
+            lastres_id[n] = sqlite3_column_int64(st, 8);
+            memcpy(lastres[n], sqlite3_column_blob(st, 9), 33);
+        }
         hush__key_bundle__init(&bundles[n]);
         hush__signed_pre_key__init(&spks[n]);
         bundles[n].username = (char *)target;
@@ -842,6 +850,14 @@ static void do_fetch_bundles(struct jctx *x, const struct job *j)
             int more = 0;
             while (hstore_step(S.db, st, &more) == HSTORE_OK && more) {
             }
+        } else if (lastres_id[i] >= 0) {
+            /* One-time keys are out: the last-resort key (never deleted, may be handed out again)
+             * still lets a session start; the device replaces its stock when told PreKeysLow. */
+            hush__pre_key__init(&otks[i]);
+            otks[i].id = (uint32_t)lastres_id[i];
+            otks[i].public_key.data = lastres[i];
+            otks[i].public_key.len = 33;
+            bundles[i].one_time_pre_key = &otks[i];
         }
         uint32_t stock = 0;
         CHECK_SE(count_stock(target, bundles[i].device_id, &stock));

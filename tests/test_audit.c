@@ -591,6 +591,37 @@ static void test_health_not_held(void **state)
     assert_int_equal(relay_stop(&r, SIGTERM), 0);
 }
 
+/* ------------------------------------------------------------------------------------------ */
+/* When a device's one-time prekeys are all handed out, its last-resort key is served instead. */
+static void test_last_resort_served(void **state)
+{
+    (void)state;
+    struct relay_proc r;
+    relay_start(&r, "lastresort", "fetch_burst = 1000\nfetch_total_burst = 1000");
+    struct tclient *v = tc_registered(&r, "lrvic", 1);
+    struct tclient *m = tc_registered(&r, "lrget", 1);
+    for (int i = 0; i < 100; i++) {
+        Hush__Frame *res = tc_fetch(m, "lrvic");
+        assert_non_null(res);
+        assert_non_null(res->result->bundles[0]->one_time_pre_key);
+        assert_true(res->result->bundles[0]->one_time_pre_key->id < HUSH_LAST_RESORT_PREKEY_ID);
+        hush__frame__free_unpacked(res, NULL);
+    }
+    for (int i = 0; i < 2; i++) {
+        Hush__Frame *res = tc_fetch(m, "lrvic");
+        assert_non_null(res);
+        assert_int_equal(res->result->code, 0);
+        assert_non_null(res->result->bundles[0]->one_time_pre_key);
+        assert_int_equal(res->result->bundles[0]->one_time_pre_key->id, HUSH_LAST_RESORT_PREKEY_ID);
+        hush__frame__free_unpacked(res, NULL);
+    }
+    /* and a session built on it works */
+    assert_int_equal(tc_start_session(m, "lrvic"), 0);
+    tc_free(v);
+    tc_free(m);
+    assert_int_equal(relay_stop(&r, SIGTERM), 0);
+}
+
 int main(void)
 {
     if (sodium_init() < 0)
@@ -606,6 +637,7 @@ int main(void)
         cmocka_unit_test(test_mailbox_share),
         cmocka_unit_test(test_login_same_work),
         cmocka_unit_test(test_health_not_held),
+        cmocka_unit_test(test_last_resort_served),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
