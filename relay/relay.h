@@ -182,6 +182,8 @@ enum job_type {
  * the storage thread posts EV_RESUME when it falls to the resume marks: a client that pipelines
  * requests without reading the answers (acks need none) cannot queue unbounded work.
  */
+#define RELAY_MAX_SEQS_PER_ACK 4096
+#define RELAY_MAX_STORED_PREKEYS 1000 /* one-time prekeys kept per device */
 #define GATE_JOBS_PAUSE 64
 #define GATE_JOBS_RESUME 16
 #define GATE_BYTES_PAUSE (4u << 20)

@@ -336,6 +336,20 @@ static void on_hello(struct conn *c, const Hush__Frame *f)
     lim.delivery_window = g_cfg->delivery_window;
     lim.auth_timeout_s = g_cfg->auth_timeout_s;
     lim.ping_interval_s = g_cfg->ping_interval_s;
+    lim.idle_timeout_s = g_cfg->idle_timeout_s;
+    lim.quota_messages = g_cfg->quota_messages;
+    lim.quota_bytes = g_cfg->quota_bytes;
+    lim.sender_share_percent = g_cfg->sender_share_percent;
+    lim.ttl_seconds = g_cfg->ttl_seconds ? g_cfg->ttl_seconds : g_cfg->ttl_days * 86400u;
+    lim.send_burst = g_cfg->send_burst;
+    lim.send_refill_per_s = g_cfg->send_refill_per_s;
+    lim.fetch_burst = g_cfg->fetch_burst;
+    lim.fetch_refill_per_min = g_cfg->fetch_refill_per_min;
+    lim.fetch_total_burst = g_cfg->fetch_total_burst;
+    lim.fetch_total_per_min = g_cfg->fetch_total_per_min;
+    lim.max_seqs_per_ack = RELAY_MAX_SEQS_PER_ACK;
+    lim.max_stored_pre_keys = RELAY_MAX_STORED_PREKEYS;
+    lim.max_jobs_in_flight = GATE_JOBS_PAUSE;
     Hush__Welcome w = HUSH__WELCOME__INIT;
     w.version = HWIRE_VERSION;
     w.challenge.data = c->challenge;
@@ -461,7 +475,7 @@ static void on_ack(struct conn *c, Hush__Frame **fp)
 {
     Hush__Frame *f = *fp;
     const Hush__AckRequest *a = f->ack;
-    if (a->n_seqs == 0 || a->n_seqs > 4096) {
+    if (a->n_seqs == 0 || a->n_seqs > RELAY_MAX_SEQS_PER_ACK) {
         if (f->id)
             reply(c, f->id, HUSH__ERROR_CODE__BAD_REQUEST, "1..4096 seqs per ack");
         return;

@@ -23,7 +23,7 @@
 #include "hmap.h"
 #include "relay.h"
 
-#define MAX_STOCK 1000            /* one-time prekeys stored per device */
+#define MAX_STOCK RELAY_MAX_STORED_PREKEYS
 #define EXPIRE_EVERY_MS 60000
 #define RATE_MAP_MAX 100000
 
@@ -449,8 +449,11 @@ static void do_register(struct jctx *x, const struct job *j)
     if (S.cfg->registration == REG_CLOSED) {
         code = HUSH__ERROR_CODE__REGISTRATION_CLOSED;
         why = "registration is closed on this relay";
+    } else if (r->keys && r->keys->n_one_time_pre_keys > S.cfg->max_prekeys_per_upload) {
+        code = HUSH__ERROR_CODE__TOO_LARGE; /* as for an upload: a limit, not a malformed key */
+        why = "too many one-time prekeys in one upload";
     } else if (!valid_pub(&r->identity_key) || r->registration_id == 0 || r->registration_id > 16380 ||
-               !upload_ok(r->keys, 1) || r->keys->n_one_time_pre_keys > S.cfg->max_prekeys_per_upload ||
+               !upload_ok(r->keys, 1) ||
                !spk_signature_ok(r->identity_key.data, r->identity_key.len, r->keys->signed_pre_key)) {
         code = HUSH__ERROR_CODE__BAD_KEYS;
         why = "malformed key or bad signed prekey signature";

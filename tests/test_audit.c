@@ -622,6 +622,87 @@ static void test_last_resort_served(void **state)
     assert_int_equal(relay_stop(&r, SIGTERM), 0);
 }
 
+/* ------------------------------------------------------------------------------------------ */
+/* Welcome.limits announces every limit a client must respect; a registration carrying more
+ * one-time prekeys than an upload may is TOO_LARGE, as an upload is. */
+static void test_limits_announced(void **state)
+{
+    (void)state;
+    struct relay_proc r;
+    relay_start(&r, "limits", "quota_messages = 777\nsend_burst = 55\nttl_seconds = 3600");
+    struct tclient *c = tc_new(&r, "limo", 1);
+    tc_disconnect(c);
+    c->ws = wsc_connect("127.0.0.1", r.port, 0, T);
+    assert_non_null(c->ws);
+    Hush__Hello hello = HUSH__HELLO__INIT;
+    hello.min_version = 1;
+    hello.max_version = 1;
+    Hush__Frame f = HUSH__FRAME__INIT;
+    f.msg_case = HUSH__FRAME__MSG_HELLO;
+    f.hello = &hello;
+    Hush__Frame *w = tc_request(c, &f, T);
+    assert_non_null(w);
+    assert_int_equal(w->msg_case, HUSH__FRAME__MSG_WELCOME);
+    const Hush__Limits *l = w->welcome->limits;
+    assert_int_equal(l->quota_messages, 777);
+    assert_int_equal(l->send_burst, 55);
+    assert_int_equal(l->ttl_seconds, 3600);
+    assert_int_equal(l->sender_share_percent, 25);
+    assert_int_equal(l->max_seqs_per_ack, 4096);
+    assert_int_equal(l->max_stored_pre_keys, 1000);
+    assert_int_equal(l->fetch_total_burst, 100);
+    assert_true(l->idle_timeout_s > l->ping_interval_s);
+    assert_true(l->max_jobs_in_flight > 0);
+    memcpy(c->challenge, w->welcome->challenge.data, 32);
+    hush__frame__free_unpacked(w, NULL);
+
+    /* 101 one-time prekeys at registration */
+    uint8_t auth[32], sig[64], idk[33], *up = NULL;
+    size_t uplen = 0;
+    uint32_t reg = 0;
+    assert_int_equal(hush_device_auth_key(c->sdk, auth), HUSH_OK);
+    assert_int_equal(hush_auth_proof(c->sdk, HWIRE_PURPOSE_REGISTER, c->challenge, sig), HUSH_OK);
+    assert_int_equal(hush_device_identity_key(c->sdk, idk), HUSH_OK);
+    assert_int_equal(hush_device_info(c->sdk, NULL, NULL, &reg), HUSH_OK);
+    assert_int_equal(hush_prekey_upload(c->sdk, 100, &up, &uplen, NULL), HUSH_OK);
+    Hush__PreKeyUpload *keys = hush__pre_key_upload__unpack(NULL, uplen, up);
+    assert_non_null(keys);
+    assert_int_equal(keys->n_one_time_pre_keys, 100);
+    Hush__PreKey *all[101], extra = HUSH__PRE_KEY__INIT;
+    memcpy(all, keys->one_time_pre_keys, 100 * sizeof *all);
+    extra.id = 999999;
+    extra.public_key = keys->one_time_pre_keys[0]->public_key;
+    all[100] = &extra;
+    Hush__PreKey **saved = keys->one_time_pre_keys;
+    keys->one_time_pre_keys = all;
+    keys->n_one_time_pre_keys = 101;
+    Hush__RegisterRequest rr = HUSH__REGISTER_REQUEST__INIT;
+    rr.username = "limo";
+    rr.device_id = 1;
+    rr.auth_key.data = auth;
+    rr.auth_key.len = 32;
+    rr.signature.data = sig;
+    rr.signature.len = 64;
+    rr.identity_key.data = idk;
+    rr.identity_key.len = 33;
+    rr.registration_id = reg;
+    rr.keys = keys;
+    rr.invite = "";
+    Hush__Frame rf = HUSH__FRAME__INIT;
+    rf.msg_case = HUSH__FRAME__MSG_REGISTER;
+    rf.register_ = &rr;
+    Hush__Frame *res = tc_request(c, &rf, T);
+    assert_non_null(res);
+    assert_int_equal(res->result->code, HUSH__ERROR_CODE__TOO_LARGE);
+    hush__frame__free_unpacked(res, NULL);
+    keys->one_time_pre_keys = saved;
+    keys->n_one_time_pre_keys = 100;
+    hush__pre_key_upload__free_unpacked(keys, NULL);
+    hush_free(up);
+    tc_free(c);
+    assert_int_equal(relay_stop(&r, SIGTERM), 0);
+}
+
 int main(void)
 {
     if (sodium_init() < 0)
@@ -638,6 +719,7 @@ int main(void)
         cmocka_unit_test(test_login_same_work),
         cmocka_unit_test(test_health_not_held),
         cmocka_unit_test(test_last_resort_served),
+        cmocka_unit_test(test_limits_announced),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -617,10 +617,12 @@ static void test_prekeys(void **state)
     assert_non_null(low);
     assert_true(low->pre_keys_low->remaining < 10);
     hush__frame__free_unpacked(low, NULL);
-    /* exhausted: the bundle comes with the signed prekey only, and a session still works */
+    /* exhausted: the bundle comes with the last-resort key (which the device never deletes) in
+     * place of a one-time key, and a session still works */
     Hush__Frame *res = tc_fetch(t, "sara");
     assert_int_equal(res->result->code, 0);
-    assert_null(res->result->bundles[0]->one_time_pre_key);
+    assert_non_null(res->result->bundles[0]->one_time_pre_key);
+    assert_int_equal(res->result->bundles[0]->one_time_pre_key->id, HUSH_LAST_RESORT_PREKEY_ID);
     assert_int_equal(res->result->bundles[0]->signed_pre_key->public_key.len, 33);
     hush__frame__free_unpacked(res, NULL);
     assert_int_equal(tc_start_session(t, "sara"), 0);
