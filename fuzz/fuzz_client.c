@@ -789,6 +789,25 @@ static void check_refused_keys_back(const struct conn *c)
     sqlite3_close(db);
 }
 
+/* However often the relay says PreKeysLow, the device's local stock of one-time prekeys stays
+ * bounded (a storm used to add 100 keys per push). */
+static void check_prekey_stock(void)
+{
+    sqlite3 *db = NULL;
+    if (sqlite3_open_v2(g_work, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK)
+        abort();
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(db, "SELECT count(*) FROM pre_keys WHERE id != 16777215", -1, &st, NULL) != SQLITE_OK)
+        abort();
+    long n = sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    if (g_debug)
+        fprintf(stderr, "fuzz_client: %ld one-time prekeys stored locally\n", n);
+    if (n > HUSH_MAX_LOCAL_PREKEYS + 100)
+        violation("PreKeysLow pushes grew the local prekey stock past its cap");
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     fuzz_random_reset(1);
@@ -873,6 +892,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     must(hush_client_check(cl), "integrity");
     hush_client_close(cl);
     check_refused_keys_back(&c);
+    check_prekey_stock();
     free(c.rx);
     free(c.msg);
     free(c.tx);

@@ -293,7 +293,7 @@ hush_err hush_client_open(const char *db_path, const uint8_t db_key[HUSH_DB_KEY_
         return HUSH_ERR_NOMEM;
     pthread_mutexattr_t attr;
     pthread_mutexattr_init(&attr);
-    /* Recursive: libsignal's decrypt takes the lock twice (notes §6). */
+    /* Recursive: libsignal's decrypt takes the lock twice (docs/LIBSIGNAL-NOTES.md §6). */
     pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_RECURSIVE);
     pthread_mutex_init(&c->lock, &attr);
     pthread_mutexattr_destroy(&attr);
@@ -775,7 +775,7 @@ static hush_err import_locked(hush_client *c, const Hush__KeyBundle *b)
         e = HUSH_ERR_BAD_BUNDLE;
         goto done;
     }
-    /* Verify here: the library segfaults on an empty signature (notes §3). */
+    /* Verify here: the library segfaults on an empty signature (docs/LIBSIGNAL-NOTES.md §3). */
     if (curve_verify_signature(idk, b->signed_pre_key->public_key.data, b->signed_pre_key->public_key.len,
                                b->signed_pre_key->signature.data, b->signed_pre_key->signature.len) != 1) {
         e = HUSH_ERR_BAD_SIGNATURE;

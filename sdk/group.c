@@ -2,7 +2,7 @@
  * group.c - sender-key groups. Distribution messages travel inside pairwise sessions, so the
  * sender of a group key is the authenticated pairwise address. Already-seen distribution messages
  * are skipped: re-processing one resets the chain and lets an old group message decrypt twice
- * (notes §4).
+ * (docs/LIBSIGNAL-NOTES.md §4).
  */
 #include <stdlib.h>
 #include <string.h>
@@ -136,7 +136,7 @@ hush_err hush_group_rotate(hush_client *c, const char *group_id)
     hush__lock(c);
     hush_err e = HUSH_ERR_NO_DEVICE;
     if (c->has_device) {
-        /* libsignal has no sender-key delete callback (notes §2): delete our own row, so the
+        /* libsignal has no sender-key delete callback (docs/LIBSIGNAL-NOTES.md §2): delete our own row, so the
          * next create_session makes a new key with a new id. */
         sqlite3_stmt *st;
         hstore_err se = hstore_prepare(c->db, "DELETE FROM sender_keys WHERE group_id = ?1 AND name = ?2 AND device_id = ?3", &st);

@@ -54,6 +54,25 @@ fail:
     return e;
 }
 
+hush_err hush__prekey_stock(hush_client *c, uint32_t *unpublished, uint32_t *total)
+{
+    sqlite3_stmt *st;
+    int row = 0;
+    *unpublished = *total = 0;
+    hstore_err se = hstore_prepare(c->db, "SELECT count(*), coalesce(sum(exported = 0), 0) FROM pre_keys WHERE id != ?1",
+                                   &st);
+    if (!se) {
+        sqlite3_bind_int64(st, 1, HUSH_LAST_RESORT_PREKEY_ID);
+        se = hstore_step(c->db, st, &row);
+    }
+    if (!se && row) {
+        *total = (uint32_t)sqlite3_column_int64(st, 0);
+        *unpublished = (uint32_t)sqlite3_column_int64(st, 1);
+        sqlite3_reset(st);
+    }
+    return hush__from_store(se);
+}
+
 hush_err hush__unpublish_pre_keys(hush_client *c, const uint32_t *ids, size_t n)
 {
     hush_err e = hush__begin(c);

@@ -980,6 +980,14 @@ static void send_presence(struct hush_net *n)
     }
 }
 
+static int upload_in_flight(const struct hush_net *n)
+{
+    for (int i = 0; i < n->nreqs; i++)
+        if (n->reqs[i].type == R_UPLOAD)
+            return 1;
+    return 0;
+}
+
 static void upload_keys(struct hush_net *n, uint32_t max_one_time)
 {
     uint8_t *buf = NULL;
@@ -1356,8 +1364,15 @@ static void handle_frame(struct hush_net *n, const uint8_t *data, size_t len)
     case HUSH__FRAME__MSG_PRE_KEYS_LOW: {
         if (n->st != N_ONLINE)
             break; /* a relay sends it after login only; an upload before it would be refused */
+        /* However often it is said: one upload at a time, keys made only when none are waiting
+         * to be published, and never more than HUSH_MAX_LOCAL_PREKEYS stored. */
+        if (upload_in_flight(n))
+            break;
+        uint32_t unpublished = 0, total = 0;
         hush__lock(n->c);
-        hush_err e = hush__generate_pre_keys(n->c, PREKEY_BATCH);
+        hush_err e = hush__prekey_stock(n->c, &unpublished, &total);
+        if (!e && unpublished == 0 && total + PREKEY_BATCH <= HUSH_MAX_LOCAL_PREKEYS)
+            e = hush__generate_pre_keys(n->c, PREKEY_BATCH);
         hush__unlock(n->c);
         if (e)
             report(n, e, "could not generate prekeys");

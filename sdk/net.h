@@ -27,6 +27,9 @@ hush_err hush__flush_receipts(hush_client *c, int *queued);
 
 /* keys.c: replenishing and rotating keys */
 hush_err hush__generate_pre_keys(hush_client *c, uint32_t n);
+/* One-time prekeys stored locally (the last-resort key not counted), and those never handed out
+ * in an upload. Caller holds the lock. */
+hush_err hush__prekey_stock(hush_client *c, uint32_t *unpublished, uint32_t *total);
 /* Marks one-time prekeys as not handed out again (hush_prekey_upload marked them): for an upload
  * the relay refused, which stores nothing. Caller holds the lock. */
 hush_err hush__unpublish_pre_keys(hush_client *c, const uint32_t *ids, size_t n);

@@ -1,6 +1,6 @@
 /*
  * provider.c - the libsignal-protocol-c crypto provider: libsodium for randomness, HMAC-SHA256 and
- * SHA-512; OpenSSL EVP for AES-256-CBC (PKCS#7) and AES-256-CTR. See shared notes §1 for the
+ * SHA-512; OpenSSL EVP for AES-256-CBC (PKCS#7) and AES-256-CTR. See docs/LIBSIGNAL-NOTES.md §1 for the
  * contracts each callback honours.
  */
 #include <limits.h>

@@ -3,7 +3,7 @@
  *
  * Every libsignal call that writes runs inside a savepoint (hush__begin) and is rolled back on
  * failure: save_identity runs before MAC verification, so without this a tampered PreKey message
- * would leave a saved identity and a consumed prekey behind (notes §2).
+ * would leave a saved identity and a consumed prekey behind (docs/LIBSIGNAL-NOTES.md §2).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -72,7 +72,7 @@ hush_err hush__encrypt_content(hush_client *c, const char *peer, uint32_t dev, H
     if (has < 0)
         return c->store_err ? c->store_err : HUSH_ERR_STORAGE;
     if (has == 0)
-        return HUSH_ERR_NO_SESSION; /* the library would say SG_ERR_UNKNOWN (notes §3) */
+        return HUSH_ERR_NO_SESSION; /* the library would say SG_ERR_UNKNOWN (docs/LIBSIGNAL-NOTES.md §3) */
     uint8_t *pt = NULL;
     size_t pt_len = 0;
     hush_err e = hush__content_pack(content, &pt, &pt_len);

@@ -2,7 +2,7 @@
  * stores.c - the client schema and libsignal's five stores (identity, pre-key, signed pre-key,
  * session, sender key) on SQLite, every secret sealed (seal.c).
  *
- * Contracts honoured (shared notes §2): inputs are copied (SQLITE_TRANSIENT); returned buffers are
+ * Contracts honoured (docs/LIBSIGNAL-NOTES.md §2): inputs are copied (SQLITE_TRANSIENT); returned buffers are
  * fresh signal_buffers; load_* return 1/0 or SG_SUCCESS/SG_ERR_INVALID_KEY_ID exactly as the
  * library expects; remove_pre_key returns 0 when the key is already gone; names are keyed by
  * their exact bytes. The callers (session.c, group.c) wrap every library call in a savepoint, so a

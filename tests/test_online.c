@@ -7,6 +7,7 @@
 #include <stdarg.h>
 #include <setjmp.h>
 #include <stddef.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -951,6 +952,146 @@ static void *fake_relay(void *arg)
     return NULL;
 }
 
+/* Reads one client frame (masked, final, at most 1 MiB) from a fake relay's socket: its payload
+ * decoded as a Frame, or NULL. */
+static Hush__Frame *fake_read_frame(int fd, int timeout_ms)
+{
+    struct pollfd pf = { fd, POLLIN, 0 };
+    uint8_t h[14];
+    size_t have = 0, need = 2;
+    while (have < need) {
+        if (poll(&pf, 1, timeout_ms) != 1)
+            return NULL;
+        ssize_t r = read(fd, h + have, need - have);
+        if (r <= 0)
+            return NULL;
+        have += (size_t)r;
+        if (have == 2) {
+            size_t l7 = h[1] & 0x7f;
+            need = 2 + (l7 == 126 ? 2 : l7 == 127 ? 8 : 0) + 4;
+        }
+    }
+    uint64_t len = h[1] & 0x7f;
+    size_t off = 2;
+    if (len == 126) {
+        len = ((uint64_t)h[2] << 8) | h[3];
+        off = 4;
+    } else if (len == 127) {
+        len = 0;
+        for (int i = 0; i < 8; i++)
+            len = (len << 8) | h[2 + i];
+        off = 10;
+    }
+    if (len > (1u << 20))
+        return NULL;
+    uint8_t *p = malloc(len ? len : 1);
+    size_t got = 0;
+    while (p && got < len) {
+        if (poll(&pf, 1, timeout_ms) != 1)
+            break;
+        ssize_t r = read(fd, p + got, len - got);
+        if (r <= 0)
+            break;
+        got += (size_t)r;
+    }
+    Hush__Frame *f = NULL;
+    if (p && got == len) {
+        for (size_t i = 0; i < len; i++)
+            p[i] ^= h[off + (i & 3)];
+        f = (h[0] & 0x0f) == 2 ? hush__frame__unpack(NULL, len, p) : NULL;
+    }
+    free(p);
+    return f;
+}
+
+static void fake_send_frame(int fd, const Hush__Frame *f)
+{
+    uint8_t buf[512];
+    size_t n = hush__frame__get_packed_size(f);
+    assert_true(n <= sizeof buf);
+    hush__frame__pack(f, buf);
+    assert_int_equal(wss_send(fd, 2, buf, n), 0);
+}
+
+/* A relay (hostile, or just chatty) says PreKeysLow over and over: the device keeps one upload in
+ * flight, makes keys only when none wait to be published, and its stock stays bounded. */
+static void test_prekey_storm_bounded(void **state)
+{
+    (void)state;
+    int lfd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    socklen_t l = sizeof a;
+    assert_int_equal(bind(lfd, (struct sockaddr *)&a, sizeof a), 0);
+    assert_int_equal(getsockname(lfd, (struct sockaddr *)&a, &l), 0);
+    assert_int_equal(listen(lfd, 4), 0);
+    struct user *u = calloc(1, sizeof *u);
+    rec_init(&u->r);
+    snprintf(u->name, sizeof u->name, "storm");
+    u->c = open_client("storm", 1, HUSH_DURABILITY_NORMAL);
+    char url[64];
+    snprintf(url, sizeof url, "ws://127.0.0.1:%d", ntohs(a.sin_port));
+    hush_callbacks cb = { &u->r, cb_message, cb_receipt, cb_typing, cb_presence, cb_identity, cb_connection, cb_error };
+    hush_net_opts o = { url, NULL, NULL, 0 };
+    assert_int_equal(hush_net_start(u->c, &o, &cb), HUSH_OK);
+    int fd = accept(lfd, NULL, NULL);
+    assert_true(fd >= 0);
+    assert_int_equal(wss_accept_upgrade(fd, "hush.v1", 5000), 0);
+    Hush__Frame *f = fake_read_frame(fd, 5000);
+    assert_non_null(f);
+    assert_int_equal(f->msg_case, HUSH__FRAME__MSG_HELLO);
+    uint8_t ch[32];
+    randombytes_buf(ch, sizeof ch);
+    Hush__Welcome w = HUSH__WELCOME__INIT;
+    w.version = 1;
+    w.challenge.data = ch;
+    w.challenge.len = 32;
+    w.registration = "open";
+    Hush__Frame out = HUSH__FRAME__INIT;
+    out.id = f->id;
+    out.msg_case = HUSH__FRAME__MSG_WELCOME;
+    out.welcome = &w;
+    fake_send_frame(fd, &out);
+    hush__frame__free_unpacked(f, NULL);
+    f = fake_read_frame(fd, 5000); /* register (a new device) or login */
+    assert_non_null(f);
+    Hush__Result ok = HUSH__RESULT__INIT;
+    ok.pre_keys_remaining = 100;
+    Hush__Frame res = HUSH__FRAME__INIT;
+    res.id = f->id;
+    res.msg_case = HUSH__FRAME__MSG_RESULT;
+    res.result = &ok;
+    fake_send_frame(fd, &res);
+    hush__frame__free_unpacked(f, NULL);
+    assert_int_equal(hush_net_wait_online(u->c, 5000), HUSH_OK);
+    int uploads = 0;
+    for (int i = 0; i < 50; i++) {
+        Hush__PreKeysLow pl = HUSH__PRE_KEYS_LOW__INIT;
+        pl.remaining = 3;
+        Hush__Frame push = HUSH__FRAME__INIT;
+        push.msg_case = HUSH__FRAME__MSG_PRE_KEYS_LOW;
+        push.pre_keys_low = &pl;
+        fake_send_frame(fd, &push);
+        /* what the client sends meanwhile: uploads are left unanswered */
+        while ((f = fake_read_frame(fd, 20)) != NULL) {
+            uploads += f->msg_case == HUSH__FRAME__MSG_UPLOAD_PRE_KEYS;
+            hush__frame__free_unpacked(f, NULL);
+        }
+    }
+    while ((f = fake_read_frame(fd, 500)) != NULL) {
+        uploads += f->msg_case == HUSH__FRAME__MSG_UPLOAD_PRE_KEYS;
+        hush__frame__free_unpacked(f, NULL);
+    }
+    hush_net_stop(u->c);
+    uint32_t stock = 0;
+    assert_int_equal(hush_prekeys_remaining(u->c, &stock), HUSH_OK);
+    print_message("prekey storm: 50 PreKeysLow pushes -> %d upload(s), %u one-time keys stored\n", uploads, stock);
+    assert_int_equal(uploads, 1);
+    assert_true(stock <= 200);
+    close(fd);
+    close(lfd);
+    user_free(u);
+}
+
 static void test_bad_relay(void **state)
 {
     (void)state;
@@ -1437,6 +1578,7 @@ int main(void)
         cmocka_unit_test(test_unknown_user_and_bad_url),
         cmocka_unit_test(test_kill9_receiver),
         cmocka_unit_test(test_bad_relay),
+        cmocka_unit_test(test_prekey_storm_bounded),
         cmocka_unit_test(test_cli_quickstart),
         cmocka_unit_test(test_cli_hardening),
         cmocka_unit_test(test_canary_traffic),

@@ -2,7 +2,7 @@
  * test_relay.c - the real hushd process on loopback, driven over real WebSockets by clients with
  * real libhush keys: accounts and authentication, the prekey directory, mailboxes, presence,
  * configuration, invites, graceful stop. Numbers in brackets refer to
- * shared/notes/adversarial-cases.md.
+ * the hostile cases listed in docs/AUDIT.md.
  */
 #include <stdarg.h>
 #include <setjmp.h>

@@ -2,7 +2,7 @@
  * test_relay_faults.c - hushd under hostile input and crashes: oversize and endless frames,
  * garbage, slowloris, dead peers (keepalive), send floods, corrupt database files, TLS, kill -9
  * under load (nothing acknowledged is lost or duplicated), and the plaintext canary.
- * Numbers in brackets refer to shared/notes/adversarial-cases.md.
+ * Numbers in brackets refer to the hostile cases listed in docs/AUDIT.md.
  */
 #define _GNU_SOURCE
 #include <stdarg.h>

@@ -1,6 +1,6 @@
 /*
  * test_sdk.c - libhush core: provider, device, bundles, pairwise sessions, identity changes,
- * safety numbers, sealing, history and outbox. Each trap from shared/notes/libsignal-protocol-c.md
+ * safety numbers, sealing, history and outbox. Each trap from docs/LIBSIGNAL-NOTES.md
  * has a regression test here (named trap_*).
  */
 #define _GNU_SOURCE /* memmem */
@@ -597,7 +597,7 @@ static void trap_recursive_lock_threads(void **state)
     hush_client_close(b);
 }
 
-/* Trap (notes §8): libsignal bundles its own protobuf-c runtime; our codec is libprotobuf-c.
+/* Trap (docs/LIBSIGNAL-NOTES.md §8): libsignal bundles its own protobuf-c runtime; our codec is libprotobuf-c.
  * Run both in one process: a full session plus our Envelope/Content codec round trip. */
 static void trap_protobuf_runtimes_coexist(void **state)
 {
