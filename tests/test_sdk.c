@@ -691,6 +691,38 @@ static void test_signed_prekey_rotation(void **state)
     hush_client_close(b);
 }
 
+/* The signature convention of signed prekeys, as docs/PROTOCOL.md states it with this vector: an
+ * Ed25519 signature (by the Edwards form of the Curve25519 identity key) over the 33 bytes of the
+ * signed prekey (0x05 prefix included), whose byte 63 carries in its top bit the sign of the
+ * Edwards public key. This vector has that bit set; without it, it does not verify. */
+static void hexin(uint8_t *out, const char *hex, size_t n)
+{
+    size_t got = 0;
+    assert_int_equal(sodium_hex2bin(out, n, hex, strlen(hex), NULL, &got, NULL), 0);
+    assert_int_equal(got, n);
+}
+
+static void test_signature_vector(void **state)
+{
+    (void)state;
+    uint8_t ik[33], spk[33], sig[64];
+    hexin(ik, "05b77e204246c5720adeb351b7bdb4056ffa44db80a8451e37a15bae822518d45a", 33);
+    hexin(spk, "057bb2a5bbc2843cd05c5a27e53dd3d567433ef2ffc61b38f2337796ccc5534141", 33);
+    hexin(sig, "c7feebfefc9b20b2010906ec7b3aa4e0b5bc0049fb3d80d698d5e1f6f624d0eb"
+               "bc3811322bea51a6bf2b80f191f8b6a50f08c8c4f71e80fd9d85ea4ad2f9f88c", 64);
+    signal_context *ctx = NULL;
+    assert_int_equal(signal_context_create(&ctx, NULL), 0);
+    ec_public_key *pub = NULL;
+    assert_int_equal(curve_decode_point(&pub, ik, sizeof ik, ctx), 0);
+    assert_int_equal(curve_verify_signature(pub, spk, sizeof spk, sig, sizeof sig), 1);
+    sig[63] ^= 0x80; /* the sign bit */
+    assert_int_not_equal(curve_verify_signature(pub, spk, sizeof spk, sig, sizeof sig), 1);
+    sig[63] ^= 0x80;
+    assert_int_not_equal(curve_verify_signature(pub, spk + 1, 32, sig, sizeof sig), 1); /* without the prefix */
+    SIGNAL_UNREF(pub);
+    signal_context_destroy(ctx);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -708,6 +740,7 @@ int main(void)
         cmocka_unit_test(test_outbox),
         cmocka_unit_test(trap_recursive_lock_threads),
         cmocka_unit_test(trap_protobuf_runtimes_coexist),
+        cmocka_unit_test(test_signature_vector),
         cmocka_unit_test(test_auth_key),
         cmocka_unit_test(test_signed_prekey_rotation),
     };
