@@ -27,7 +27,9 @@
 #include "relay.h"
 #include "server.h"
 
-enum conn_state { ST_HELLO, ST_AUTH_WAIT, ST_AUTH_PENDING, ST_AUTHED };
+/* ST_CLOSING: authentication failed; whatever else arrives before the close is dropped (the
+ * challenge is spent, so nothing may be checked against it again). */
+enum conn_state { ST_HELLO, ST_AUTH_WAIT, ST_AUTH_PENDING, ST_AUTHED, ST_CLOSING };
 
 struct conn {
     uint64_t id;
@@ -389,6 +391,8 @@ static void on_auth(struct conn *c, Hush__Frame **fp)
     if (!f->id || !relay_valid_username(user) || dev == 0 || dev > INT32_MAX) {
         reply(c, f->id, HUSH__ERROR_CODE__AUTH_FAILED, "authentication failed");
         close_after_flush(c, 0, NULL, LWS_CLOSE_STATUS_POLICY_VIOLATION);
+        sodium_memzero(c->challenge, sizeof c->challenge);
+        c->state = ST_CLOSING;
         return;
     }
     struct job *j = job_new(t, c->loop->idx, c->id, f->id);
@@ -605,6 +609,8 @@ static int on_message(struct conn *c, const uint8_t *data, size_t len)
     case ST_AUTHED:
         on_authed_request(c, &f);
         break;
+    case ST_CLOSING:
+        break;
     }
     if (f)
         hush__frame__free_unpacked(f, NULL);
@@ -625,7 +631,7 @@ static void on_login_done(struct conn *c, struct event *e)
     if (!e->ok) {
         /* The challenge is spent: the client reconnects for another attempt. */
         close_after_flush(c, 0, NULL, LWS_CLOSE_STATUS_POLICY_VIOLATION);
-        c->state = ST_AUTH_WAIT;
+        c->state = ST_CLOSING;
         return;
     }
     c->state = ST_AUTHED;

@@ -526,7 +526,7 @@ hush_err hush_device_auth_key(hush_client *c, uint8_t pub[32])
     return e;
 }
 
-hush_err hush_device_auth_sign(hush_client *c, const uint8_t *msg, size_t len, uint8_t sig[64])
+hush_err hush__auth_sign(hush_client *c, const uint8_t *msg, size_t len, uint8_t sig[64])
 {
     if (!c || (!msg && len) || !sig)
         return HUSH_ERR_INVALID_ARG;

@@ -68,6 +68,9 @@ hush_err hush__save_peer_identity(hush_client *c, const char *name, uint32_t dev
 
 /* Buffers handed to the caller: sized so hush_free can wipe them. */
 void *hush__alloc(size_t n);
+/* Signs msg with the device's Ed25519 authentication key. Only for the relay proofs
+ * (hush_auth_proof), whose fixed "hush-auth-v1" prefix no other signed message shares. */
+hush_err hush__auth_sign(hush_client *c, const uint8_t *msg, size_t len, uint8_t sig[64]);
 /* protobuf-c allocator whose frees wipe (hush__alloc / hush_free underneath). */
 extern ProtobufCAllocator hush__wiping_allocator;
 /* Moves a plaintext of len bytes into a new buffer of len + 1 (NUL-terminated), wiping and freeing

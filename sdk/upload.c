@@ -38,12 +38,14 @@ hush_err hush_auth_proof(hush_client *c, const char *purpose, const uint8_t chal
     if (!c || !purpose || !challenge || !sig ||
         (strcmp(purpose, HWIRE_PURPOSE_LOGIN) != 0 && strcmp(purpose, HWIRE_PURPOSE_REGISTER) != 0))
         return HUSH_ERR_INVALID_ARG;
+    if (sodium_is_zero(challenge, HWIRE_CHALLENGE_BYTES))
+        return HUSH_ERR_INVALID_ARG; /* a relay makes 32 random bytes; all zeros is a trick */
     hush__lock(c);
     hush_err e = HUSH_ERR_NO_DEVICE;
     if (c->has_device) {
         uint8_t msg[HWIRE_AUTH_MESSAGE_MAX];
         size_t n = hwire_auth_message(msg, sizeof msg, purpose, challenge, c->username, c->device_id);
-        e = n ? hush_device_auth_sign(c, msg, n, sig) : HUSH_ERR_INTERNAL;
+        e = n ? hush__auth_sign(c, msg, n, sig) : HUSH_ERR_INTERNAL;
     }
     hush__unlock(c);
     return e;

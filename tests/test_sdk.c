@@ -20,6 +20,7 @@
 #include <protocol.h>
 #include <ratchet.h>
 
+#include "hush_wire.h"
 #include "internal.h"
 #include "net.h"
 #include "util.h"
@@ -638,10 +639,18 @@ static void test_auth_key(void **state)
     hush_client *a = open_client("zack", 1, N);
     uint8_t pub[32], sig[64];
     assert_int_equal(hush_device_auth_key(a, pub), HUSH_OK);
-    assert_int_equal(hush_device_auth_sign(a, (const uint8_t *)"challenge", 9, sig), HUSH_OK);
-    assert_int_equal(crypto_sign_verify_detached(sig, (const uint8_t *)"challenge", 9, pub), 0);
+    uint8_t ch[32], msg[HWIRE_AUTH_MESSAGE_MAX];
+    randombytes_buf(ch, sizeof ch);
+    assert_int_equal(hush_auth_proof(a, HWIRE_PURPOSE_LOGIN, ch, sig), HUSH_OK);
+    size_t n = hwire_auth_message(msg, sizeof msg, HWIRE_PURPOSE_LOGIN, ch, "zack", 1);
+    assert_true(n > 0);
+    assert_int_equal(crypto_sign_verify_detached(sig, msg, n, pub), 0);
     sig[0] ^= 1;
-    assert_int_not_equal(crypto_sign_verify_detached(sig, (const uint8_t *)"challenge", 9, pub), 0);
+    assert_int_not_equal(crypto_sign_verify_detached(sig, msg, n, pub), 0);
+    /* only proofs are signed, never a challenge of all zeros */
+    memset(ch, 0, sizeof ch);
+    assert_int_equal(hush_auth_proof(a, HWIRE_PURPOSE_LOGIN, ch, sig), HUSH_ERR_INVALID_ARG);
+    assert_int_equal(hush_auth_proof(a, "anything", ch, sig), HUSH_ERR_INVALID_ARG);
     hush_client_close(a);
 }
 

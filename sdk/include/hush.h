@@ -135,12 +135,10 @@ HUSH_MUST_CHECK hush_err hush_device_create(hush_client *c, const char *username
 HUSH_MUST_CHECK hush_err hush_device_info(hush_client *c, char username[HUSH_USERNAME_MAX + 1],
                                           uint32_t *device_id, uint32_t *registration_id);
 
-/* The device's Ed25519 authentication public key (32 bytes), and a signature (64 bytes) over
- * `msg` with it, for logging in to a relay. Errors: HUSH_ERR_NO_DEVICE, HUSH_ERR_STORAGE,
+/* The device's Ed25519 authentication public key (32 bytes), for logging in to a relay. The key
+ * signs nothing but the proofs of hush_auth_proof. Errors: HUSH_ERR_NO_DEVICE, HUSH_ERR_STORAGE,
  * HUSH_ERR_DB_KEY. */
 HUSH_MUST_CHECK hush_err hush_device_auth_key(hush_client *c, uint8_t pub[32]);
-HUSH_MUST_CHECK hush_err hush_device_auth_sign(hush_client *c, const uint8_t *msg, size_t len,
-                                               uint8_t sig[64]);
 
 /* The device's Signal identity public key (33 bytes, 0x05 prefix). Errors: HUSH_ERR_NO_DEVICE. */
 HUSH_MUST_CHECK hush_err hush_device_identity_key(hush_client *c, uint8_t out[33]);
@@ -148,7 +146,8 @@ HUSH_MUST_CHECK hush_err hush_device_identity_key(hush_client *c, uint8_t out[33
 /*
  * Signs the relay's login/registration proof (docs/PROTOCOL.md, "Authentication") for this
  * device: `purpose` is "login" or "register", `challenge` the 32 bytes from the relay's Welcome.
- * Errors: HUSH_ERR_INVALID_ARG, HUSH_ERR_NO_DEVICE, HUSH_ERR_STORAGE, HUSH_ERR_DB_KEY.
+ * Errors: HUSH_ERR_INVALID_ARG (also for an all-zero challenge, which no relay makes),
+ * HUSH_ERR_NO_DEVICE, HUSH_ERR_STORAGE, HUSH_ERR_DB_KEY.
  */
 HUSH_MUST_CHECK hush_err hush_auth_proof(hush_client *c, const char *purpose, const uint8_t challenge[32],
                                          uint8_t sig[64]);
