@@ -32,6 +32,8 @@ hush_err hush__content_pack(Hush__Content *content, uint8_t **out, size_t *len)
     content->padding.len = 0;
     size_t n = hush__content__get_packed_size(content);
     size_t pad = (32 - ((n + 2) % 32)) % 32;
+    if (pad == 0)
+        pad = 32; /* an empty padding field is not encoded at all: the size would stay 30 mod 32 */
     content->padding.data = (uint8_t *)zeros;
     content->padding.len = pad;
     n = hush__content__get_packed_size(content);

@@ -732,6 +732,35 @@ static void test_signature_vector(void **state)
     signal_context_destroy(ctx);
 }
 
+/* Every packed Content is a multiple of 32 bytes, whatever the body's length (a Content of 30 mod
+ * 32 bytes used to go out unpadded, a block shorter than its neighbours). */
+static void test_padding_all_lengths(void **state)
+{
+    (void)state;
+    uint8_t body[600], mid[16];
+    memset(body, 'x', sizeof body);
+    memset(mid, 7, sizeof mid);
+    for (size_t len = 0; len <= sizeof body; len++) {
+        Hush__Content ct = HUSH__CONTENT__INIT;
+        ct.message_id.data = mid;
+        ct.message_id.len = 16;
+        ct.kind = HUSH__CONTENT_KIND__CONTENT_TEXT;
+        ct.body.data = body;
+        ct.body.len = len;
+        ct.sent_at_ms = 1764550000000ull;
+        uint8_t *out = NULL;
+        size_t n = 0;
+        assert_int_equal(hush__content_pack(&ct, &out, &n), HUSH_OK);
+        if (n % 32 != 0)
+            fail_msg("a %zu-byte body packs to %zu bytes", len, n);
+        Hush__Content *back = hush__content__unpack(NULL, n, out);
+        assert_non_null(back);
+        assert_int_equal(back->body.len, len);
+        hush__content__free_unpacked(back, NULL);
+        free(out);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -750,6 +779,7 @@ int main(void)
         cmocka_unit_test(trap_recursive_lock_threads),
         cmocka_unit_test(trap_protobuf_runtimes_coexist),
         cmocka_unit_test(test_signature_vector),
+        cmocka_unit_test(test_padding_all_lengths),
         cmocka_unit_test(test_auth_key),
         cmocka_unit_test(test_signed_prekey_rotation),
     };
