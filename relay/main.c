@@ -18,6 +18,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -280,6 +282,11 @@ static int cmd_invite(int argc, char **argv)
 
 int main(int argc, char **argv)
 {
+    /* Keys and plaintext live in this process's memory: no core file may hold them (a core
+     * limit of 0, and not dumpable, which also covers a core_pattern pipe). */
+    struct rlimit no_core = { 0, 0 };
+    if (setrlimit(RLIMIT_CORE, &no_core) != 0 || prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0)
+        fprintf(stderr, "hushd: warning: could not disable core dumps\n");
     if (sodium_init() < 0) {
         fprintf(stderr, "hushd: libsodium failed to initialise\n");
         return 1;

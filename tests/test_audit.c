@@ -207,6 +207,19 @@ static void test_storage_jobs_bounded(void **state)
     struct tclient *a = tc_registered(&r, "carl", 1);
     struct tclient *o = tc_registered(&r, "dora", 1);
     long rss0 = proc_kib(r.pid, "VmRSS");
+    /* no core file can hold what the relay has in memory */
+    char lim[64], line[256];
+    snprintf(lim, sizeof lim, "/proc/%d/limits", (int)r.pid);
+    FILE *lf = fopen(lim, "r");
+    int core_off = 0;
+    while (lf && fgets(line, sizeof line, lf))
+        if (!strncmp(line, "Max core file size", 18)) {
+            char soft[32] = "", hard[32] = "";
+            core_off = sscanf(line + 18, "%31s %31s", soft, hard) == 2 && !strcmp(soft, "0") && !strcmp(hard, "0");
+        }
+    if (lf)
+        fclose(lf);
+    assert_true(core_off);
     /* Give up writing when the relay stops reading for 3 s (it is allowed to). */
     struct timeval tv = { 3, 0 };
     setsockopt(wsc_fd(a->ws), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
