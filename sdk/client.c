@@ -307,6 +307,7 @@ hush_err hush_client_open(const char *db_path, const uint8_t db_key[HUSH_DB_KEY_
         .busy_timeout_ms = 5000,
         .quick_check = 1,
         .read_only = 0,
+        .secure_delete = 1,
     };
     char errbuf[256];
     hstore_err se = hstore_open(db_path, &so, hush__migrations, hush__nmigrations, &c->db, errbuf, sizeof errbuf);
@@ -335,6 +336,9 @@ void hush_client_close(hush_client *c)
     if (!c)
         return;
     hush_net_stop(c);
+    if (c->db && hstore_truncate_wal(c->db) != HSTORE_OK) {
+        /* best effort: the WAL is removed at close anyway when no other connection is open */
+    }
     if (c->sc)
         signal_protocol_store_context_destroy(c->sc);
     if (c->sg)

@@ -372,7 +372,7 @@ static void harden(sqlite3 *db)
 hstore_err hstore_open(const char *path, const hstore_opts *opts, const char *const *migrations,
                        int nmigrations, hstore **out, char *errbuf, size_t errbuf_len)
 {
-    static const hstore_opts defaults = { HSTORE_SYNC_FULL, 5000, 1, 0 };
+    static const hstore_opts defaults = { HSTORE_SYNC_FULL, 5000, 1, 0, 0 };
     if (!opts)
         opts = &defaults;
     *out = NULL;
@@ -452,6 +452,9 @@ hstore_err hstore_open(const char *path, const hstore_opts *opts, const char *co
     }
     if ((e = hstore_exec(db, "PRAGMA foreign_keys=ON")))
         goto out;
+    if (opts->secure_delete && ((e = hstore_exec(db, "PRAGMA secure_delete=ON")) ||
+                                (e = hstore_exec(db, "PRAGMA journal_size_limit=0"))))
+        goto out;
     /* Checks each b-tree cell's size against its page when the page is loaded: a corrupt file is
      * reported as corrupt instead of being read past a cell's end. */
     if ((e = hstore_exec(db, "PRAGMA cell_size_check=ON")))
@@ -499,4 +502,12 @@ void hstore_close(hstore *db)
     if (db->db)
         sqlite3_close_v2(db->db);
     free(db);
+}
+
+hstore_err hstore_truncate_wal(hstore *db)
+{
+    if (!db)
+        return HSTORE_ERR_MISUSE;
+    int rc = sqlite3_wal_checkpoint_v2(db->db, NULL, SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
+    return rc == SQLITE_OK ? HSTORE_OK : fail_sqlite(db, rc, "wal_checkpoint(TRUNCATE)");
 }

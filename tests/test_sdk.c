@@ -15,6 +15,7 @@
 
 #include <cmocka.h>
 #include <sodium.h>
+#include <sqlite3.h>
 
 #include <curve.h>
 #include <protocol.h>
@@ -761,6 +762,45 @@ static void test_padding_all_lengths(void **state)
     }
 }
 
+/* A history row deleted by the user leaves nothing of its sealed body in the database file or
+ * the WAL (secure_delete, then the WAL truncated): were the database key ever taken, deleted
+ * messages could not be read back from free pages. */
+static void test_deleted_history_gone(void **state)
+{
+    (void)state;
+    hush_client *a = open_client("sda", 1, N), *b = open_client("sdb", 1, N);
+    start_session(a, b);
+    char text[200];
+    memset(text, 'q', sizeof text);
+    uint8_t *env = NULL;
+    size_t elen = 0;
+    assert_int_equal(hush_encrypt(a, "sdb", 1, (const uint8_t *)text, sizeof text, NULL, NULL, &env, &elen), HUSH_OK);
+    hush_message *m = NULL;
+    assert_int_equal(hush_decrypt(b, "sda", 1, env, elen, &m), HUSH_OK);
+    int64_t id = m->local_id;
+    hush_message_free(m);
+    hush_free(env);
+    /* the sealed body as stored */
+    sqlite3 *raw = NULL;
+    assert_int_equal(sqlite3_open_v2(tpath("sdb.db"), &raw, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    sqlite3_stmt *st = NULL;
+    assert_int_equal(sqlite3_prepare_v2(raw, "SELECT body FROM history WHERE id = ?1", -1, &st, NULL), SQLITE_OK);
+    sqlite3_bind_int64(st, 1, id);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    uint8_t sealed[64];
+    assert_true(sqlite3_column_bytes(st, 0) > (int)sizeof sealed);
+    memcpy(sealed, (const uint8_t *)sqlite3_column_blob(st, 0) + 40, sizeof sealed); /* past the nonce */
+    sqlite3_finalize(st);
+    sqlite3_close(raw);
+    assert_true(file_contains(tpath("sdb.db"), sealed, sizeof sealed) ||
+                file_contains(tpath("sdb.db-wal"), sealed, sizeof sealed));
+    assert_int_equal(hush_history_delete(b, id), HUSH_OK);
+    assert_false(file_contains(tpath("sdb.db"), sealed, sizeof sealed));
+    assert_false(file_contains(tpath("sdb.db-wal"), sealed, sizeof sealed));
+    hush_client_close(a);
+    hush_client_close(b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -780,6 +820,7 @@ int main(void)
         cmocka_unit_test(trap_protobuf_runtimes_coexist),
         cmocka_unit_test(test_signature_vector),
         cmocka_unit_test(test_padding_all_lengths),
+        cmocka_unit_test(test_deleted_history_gone),
         cmocka_unit_test(test_auth_key),
         cmocka_unit_test(test_signed_prekey_rotation),
     };

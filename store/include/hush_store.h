@@ -55,7 +55,13 @@ typedef struct hstore_opts {
     int busy_timeout_ms;       /* <= 0: 5000 */
     int quick_check;           /* non-zero: run PRAGMA quick_check at open (O(database size)) */
     int read_only;             /* non-zero: open read-only, never create, never migrate */
+    int secure_delete;         /* non-zero: deleted content is overwritten with zeros, and the WAL
+                                  is truncated whenever a checkpoint resets it (for secrets) */
 } hstore_opts;
+
+/* Copies every WAL frame into the database and truncates the WAL to zero bytes (best effort: a
+ * reader in another connection can keep frames alive). */
+hstore_err hstore_truncate_wal(hstore *db);
 
 /*
  * Opens (creating if needed, unless read_only) the database at `path`, enables WAL, foreign keys
