@@ -77,7 +77,15 @@ struct inbound {
     /* outcome, filled while the batch's transaction is open */
     hush_err e;
     hush_message *m;
+    int held_first;   /* the first envelope held for this (peer, device): tell the app */
+    int held_dropped; /* over the per-peer cap: not held, dropped */
 };
+
+/* Envelopes held for an identity decision, per peer (all its devices): nothing checks them
+ * before the decision (libsignal refuses the identity before any MAC), so anyone could fill the
+ * table otherwise. */
+#define HELD_MAX_PER_PEER 200
+#define HELD_BYTES_PER_PEER (8u << 20)
 
 struct hush_net {
     hush_client *c;
@@ -88,6 +96,7 @@ struct hush_net {
     int tls;
     int insecure;
     int connect_error_said;  /* this connection attempt's failure was reported already */
+    int held_drop_said;      /* "too many held" was reported (once per network start) */
     char ca_file[512];
     char invite[129];
     pthread_t th;
@@ -698,8 +707,30 @@ static void inbound_store(struct hush_net *n, struct inbound *in, int from_pendi
         /* keep the envelope until the user decides, and let the relay forget it */
         hush__lock(n->c);
         sqlite3_stmt *st;
-        hstore_err se = hstore_prepare(n->c->db, "INSERT INTO pending_inbox (peer, device_id, envelope, received_at) "
-                                                 "VALUES (?1, ?2, ?3, ?4)", &st);
+        int64_t peer_count = 0, peer_bytes = 0, dev_count = 0;
+        int row = 0;
+        hstore_err se = hstore_prepare(n->c->db, "SELECT count(*), coalesce(sum(length(envelope)), 0), "
+                                                 "coalesce(sum(device_id = ?2), 0) FROM pending_inbox WHERE peer = ?1", &st);
+        if (!se) {
+            sqlite3_bind_text(st, 1, in->from, -1, SQLITE_TRANSIENT);
+            sqlite3_bind_int64(st, 2, in->dev);
+            se = hstore_step(n->c->db, st, &row);
+            if (!se && row) {
+                peer_count = sqlite3_column_int64(st, 0);
+                peer_bytes = sqlite3_column_int64(st, 1);
+                dev_count = sqlite3_column_int64(st, 2);
+                sqlite3_reset(st);
+            }
+        }
+        in->held_first = dev_count == 0;
+        if (!se && (peer_count >= HELD_MAX_PER_PEER || peer_bytes + (int64_t)in->len > (int64_t)HELD_BYTES_PER_PEER)) {
+            hush__unlock(n->c);
+            in->held_dropped = 1; /* acknowledged and dropped: the sender keeps its own copy */
+            return;
+        }
+        if (!se)
+            se = hstore_prepare(n->c->db, "INSERT INTO pending_inbox (peer, device_id, envelope, received_at) "
+                                          "VALUES (?1, ?2, ?3, ?4)", &st);
         if (!se) {
             sqlite3_bind_text(st, 1, in->from, -1, SQLITE_TRANSIENT);
             sqlite3_bind_int64(st, 2, in->dev);
@@ -734,8 +765,15 @@ static int inbound_report(struct hush_net *n, struct inbound *in, int from_pendi
     case HUSH_ERR_DUPLICATE:
         return 1; /* already stored (and reported): just drop it */
     case HUSH_ERR_IDENTITY_CHANGED:
-        if (!from_pending)
-            on_identity(n, in->from, in->dev);
+        if (!from_pending && in->held_dropped && !n->held_drop_said) {
+            char detail[160];
+            snprintf(detail, sizeof detail, "too many messages held from %s until its identity is decided: dropping more",
+                     in->from);
+            report(n, HUSH_ERR_IDENTITY_CHANGED, detail);
+            n->held_drop_said = 1;
+        } else if (!from_pending && in->held_first) {
+            on_identity(n, in->from, in->dev); /* once per device, not for every held envelope */
+        }
         return 1;
     case HUSH_ERR_STORAGE:
     case HUSH_ERR_NOMEM:

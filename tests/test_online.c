@@ -458,6 +458,12 @@ static void test_ghost_device(void **state)
                      HUSH_OK);
     assert_int_equal(tc_send(&ghost, "hope", 1, env, envlen, gmid, NULL), 0);
     hush_free(env);
+    /* and 250 more: held up to a cap, reported once */
+    for (int i = 0; i < 250; i++) {
+        assert_int_equal(hush_encrypt(g, "hope", 1, (const uint8_t *)"again", 5, NULL, gmid, &env, &envlen), HUSH_OK);
+        assert_int_equal(tc_send(&ghost, "hope", 1, env, envlen, gmid, NULL), 0);
+        hush_free(env);
+    }
     tc_disconnect(&ghost);
     assert_true(wait_count(&a->r, &a->r.nidentity, 1, 10000));
     assert_string_equal(a->r.id_peer, "iggy");
@@ -476,6 +482,24 @@ static void test_ghost_device(void **state)
     nanosleep(&half, NULL);
     assert_int_equal(a->r.nmsgs, 1); /* the ghost's message is not shown */
     assert_false(hush_has_session(a->c, "iggy", 2));
+    assert_int_equal(hush_net_flush(a->c, 10000), HUSH_OK);
+    nanosleep(&half, NULL);
+    pthread_mutex_lock(&a->r.mu);
+    int nid = a->r.nidentity;
+    pthread_mutex_unlock(&a->r.mu);
+    /* reported once for the held messages (not once per message), once for the bundle met when
+     * hope wrote to iggy */
+    assert_true(nid >= 1 && nid <= 2);
+    sqlite3 *hdb = NULL;
+    assert_int_equal(sqlite3_open_v2(tpath("hope.db"), &hdb, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    sqlite3_stmt *hst = NULL;
+    assert_int_equal(sqlite3_prepare_v2(hdb, "SELECT count(*) FROM pending_inbox", -1, &hst, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(hst), SQLITE_ROW);
+    long held = sqlite3_column_int64(hst, 0);
+    sqlite3_finalize(hst);
+    sqlite3_close(hdb);
+    print_message("ghost device: 251 messages sent to hope, %ld held, %d identity report(s)\n", held, nid);
+    assert_true(held >= 1 && held <= 200);
     hush_client_close(g);
     user_free(a);
     user_free(b);
