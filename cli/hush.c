@@ -12,8 +12,8 @@
  *   hush info | bundle | demo                             local inspection and the offline demo
  *
  * Every command takes --db PATH (default: $HUSH_DB, else ~/.hush/hush.db). The database key is
- * PATH.key (32 random bytes, mode 0600), or, when HUSH_PASSPHRASE is set at init and afterwards,
- * derived from that passphrase with Argon2id and the salt in PATH.salt.
+ * PATH.key (32 random bytes, mode 0600), or, after `init --passphrase` (or with HUSH_PASSPHRASE set
+ * at init), derived from a passphrase with Argon2id, the salt and cost recorded in PATH.salt.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -63,21 +63,24 @@ static void usage(FILE *f)
             "  demo [--dir DIR]      End-to-end demo between local parties, no relay needed.\n"
             "\n"
             "The database: --db PATH, else $HUSH_DB, else ~/.hush/hush.db. Its key is PATH.key\n"
-            "(mode 0600), or Argon2id of $HUSH_PASSPHRASE with the salt in PATH.salt if that variable\n"
-            "was set at init. `hush <command> --help` for one command. Exit: 0 ok, 1 error, 2 usage.\n");
+            "(mode 0600, refused if others can read it), or, after `init --passphrase`, Argon2id of a\n"
+            "passphrase asked on the terminal ($HUSH_PASSPHRASE for scripts) with the salt and the cost\n"
+            "in PATH.salt. `hush <command> --help` for one command. Exit: 0 ok, 1 error, 2 usage.\n");
 }
 
 /* `hush <command> --help` */
 static const struct {
     const char *cmd, *text;
 } g_help[] = {
-    { "init", "usage: hush init --relay URL --user NAME [--device N] [--invite TOKEN] [--ca-file PEM] [--db PATH]\n"
+    { "init", "usage: hush init --relay URL --user NAME [--device N] [--invite TOKEN] [--ca-file PEM] [--passphrase]\n"
               "Creates this device (keys in a new sealed database) and registers it on the relay.\n"
               "  URL       ws://HOST:PORT or wss://HOST[:PORT] (a path may follow)\n"
               "  NAME      3 to 32 of a-z 0-9 . _ -, not starting with '-'\n"
               "  --invite  the token from the relay's operator (`hushd invite`), if registration is by invite\n"
               "  --ca-file a PEM file of the certificate authority that signed a self-signed relay's\n"
               "            certificate; stored with the URL for later commands\n"
+              "  --passphrase  derive the database key from a passphrase asked on the terminal (Argon2id)\n"
+              "            instead of keeping it in PATH.key; later commands ask for it too\n"
               "On failure nothing is left behind: run the same command again.\n" },
     { "send", "usage: hush send USER TEXT...   or   hush send USER -   (the text from standard input)\n"
               "Sends a message. It is queued at once (durably) and retried until the relay has it;\n"
@@ -176,11 +179,13 @@ static int resolve_db(const char *opt)
     return 0;
 }
 
+/* Writes a new file (mode 0600) under a temporary name, fsyncs it, renames it into place and
+ * fsyncs the directory, so after a crash the file is either absent or whole. */
 static int write_file_atomic(const char *path, const uint8_t *data, size_t len)
 {
     char tmp[PATH_MAX + 8];
     snprintf(tmp, sizeof tmp, "%s.new", path);
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL, 0600);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     if (fd < 0)
         return -1;
     ssize_t n = write(fd, data, len);
@@ -194,32 +199,146 @@ static int write_file_atomic(const char *path, const uint8_t *data, size_t len)
         unlink(tmp);
         return -1;
     }
+    char dir[PATH_MAX];
+    snprintf(dir, sizeof dir, "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (slash)
+        *(slash == dir ? slash + 1 : slash) = '\0';
+    else
+        snprintf(dir, sizeof dir, ".");
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0)
+        return -1;
+    int rc = fsync(dfd);
+    close(dfd);
+    return rc;
+}
+
+/* Reads a small file whole into buf (at most cap bytes); refuses one that others may read. Returns
+ * its length, or -1 (message printed). */
+static long read_private(const char *path, uint8_t *buf, size_t cap)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        fprintf(stderr, "hush: cannot read %s: %s\n", path, strerror(errno));
+        return -1;
+    }
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || (size_t)st.st_size > cap) {
+        fprintf(stderr, "hush: %s is not a key file this program wrote\n", path);
+        close(fd);
+        return -1;
+    }
+    if (st.st_mode & 077) {
+        fprintf(stderr, "hush: %s can be read by other users (mode %03o): refusing to use it. If nobody else "
+                        "read it, run `chmod 600 %s`; otherwise treat the key as known to them\n",
+                path, (unsigned)(st.st_mode & 0777), path);
+        close(fd);
+        return -1;
+    }
+    ssize_t n = read(fd, buf, cap);
+    close(fd);
+    if (n != (ssize_t)st.st_size) {
+        fprintf(stderr, "hush: cannot read %s\n", path);
+        return -1;
+    }
+    return (long)n;
+}
+
+/*
+ * The passphrase key. PATH.salt records how the key was derived, so the cost can be raised later
+ * without locking anyone out:
+ *     hush-argon2id v1 ops=OPSLIMIT mem=MEMLIMIT
+ *     SALT (32 hex digits)
+ * A 16-byte file is the first version's: a raw salt with libsodium's MODERATE limits.
+ */
+struct kdf {
+    uint8_t salt[crypto_pwhash_SALTBYTES];
+    unsigned long long ops;
+    size_t mem;
+};
+
+static int kdf_parse(const uint8_t *b, long n, struct kdf *k)
+{
+    if (n == crypto_pwhash_SALTBYTES) { /* the first format */
+        memcpy(k->salt, b, sizeof k->salt);
+        k->ops = crypto_pwhash_OPSLIMIT_MODERATE;
+        k->mem = crypto_pwhash_MEMLIMIT_MODERATE;
+        return 0;
+    }
+    char text[256], hex[64];
+    if (n <= 0 || n >= (long)sizeof text)
+        return -1;
+    memcpy(text, b, (size_t)n);
+    text[n] = '\0';
+    unsigned long long ops = 0, mem = 0;
+    size_t got = 0;
+    if (sscanf(text, "hush-argon2id v1 ops=%llu mem=%llu %63s", &ops, &mem, hex) != 3 ||
+        sodium_hex2bin(k->salt, sizeof k->salt, hex, strlen(hex), NULL, &got, NULL) != 0 || got != sizeof k->salt ||
+        ops < crypto_pwhash_OPSLIMIT_MIN || ops > crypto_pwhash_OPSLIMIT_MAX || mem < crypto_pwhash_MEMLIMIT_MIN ||
+        mem > (1ull << 34))
+        return -1;
+    k->ops = ops;
+    k->mem = (size_t)mem;
     return 0;
 }
 
-static int read_exact(const char *path, uint8_t *buf, size_t len)
+static int kdf_derive(const char *pass, const struct kdf *k, uint8_t key[HUSH_DB_KEY_BYTES])
 {
-    int fd = open(path, O_RDONLY);
-    if (fd < 0)
-        return -1;
-    struct stat st;
-    if (fstat(fd, &st) != 0 || (size_t)st.st_size != len) {
-        close(fd);
-        errno = EINVAL;
-        return -1;
-    }
-    if (st.st_mode & 077)
-        fprintf(stderr, "hush: warning: %s is readable by others (chmod 600 it)\n", path);
-    ssize_t n = read(fd, buf, len);
-    close(fd);
-    return n == (ssize_t)len ? 0 : -1;
+    return crypto_pwhash(key, HUSH_DB_KEY_BYTES, pass, strlen(pass), k->salt, k->ops, k->mem,
+                         crypto_pwhash_ALG_ARGON2ID13);
 }
 
-static int derive_key(const char *pass, const uint8_t salt[crypto_pwhash_SALTBYTES], uint8_t key[HUSH_DB_KEY_BYTES])
+/* The passphrase: $HUSH_PASSPHRASE (for scripts: the environment can be read by other processes
+ * of the same user and may end up in logs), else asked on the terminal without echo (twice when
+ * it is new). Empty when there is neither. */
+static int get_passphrase(char *out, size_t cap, int confirm)
 {
-    return crypto_pwhash(key, HUSH_DB_KEY_BYTES, pass, strlen(pass), salt, crypto_pwhash_OPSLIMIT_MODERATE,
-                         crypto_pwhash_MEMLIMIT_MODERATE, crypto_pwhash_ALG_ARGON2ID13);
+    const char *env = getenv("HUSH_PASSPHRASE");
+    if (env && *env) {
+        snprintf(out, cap, "%s", env);
+        return 0;
+    }
+    out[0] = '\0';
+    int fd = open("/dev/tty", O_RDWR | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    struct termios old, t;
+    int have = tcgetattr(fd, &old) == 0;
+    for (int round = 0; round < (confirm ? 2 : 1); round++) {
+        char buf[512];
+        const char *prompt = round ? "Repeat the passphrase: " : "Passphrase for the database: ";
+        if (write(fd, prompt, strlen(prompt)) < 0) {
+            /* nothing to do: the read below decides */
+        }
+        if (have) {
+            t = old;
+            t.c_lflag &= (tcflag_t) ~(ECHO | ECHONL);
+            tcsetattr(fd, TCSANOW, &t);
+        }
+        ssize_t n = 0, r;
+        while ((size_t)n < sizeof buf - 1 && (r = read(fd, buf + n, 1)) == 1 && buf[n] != '\n')
+            n++;
+        buf[n] = '\0';
+        if (have)
+            tcsetattr(fd, TCSANOW, &old);
+        if (write(fd, "\n", 1) < 0) {
+            /* the prompt's line end only */
+        }
+        if (round == 0) {
+            snprintf(out, cap, "%s", buf);
+        } else if (strcmp(out, buf) != 0) {
+            fprintf(stderr, "hush: the passphrases differ\n");
+            sodium_memzero(out, cap);
+            out[0] = '\0';
+        }
+        sodium_memzero(buf, sizeof buf);
+    }
+    close(fd);
+    return out[0] ? 0 : -1;
 }
+
+static int g_use_passphrase; /* init --passphrase */
 
 /* Opens the database; with create, makes a new key (file or passphrase salt) first. */
 static int open_db(int create, hush_client **out)
@@ -227,17 +346,27 @@ static int open_db(int create, hush_client **out)
     char keypath[PATH_MAX + 8], saltpath[PATH_MAX + 8];
     snprintf(keypath, sizeof keypath, "%s.key", g_db);
     snprintf(saltpath, sizeof saltpath, "%s.salt", g_db);
-    const char *pass = getenv("HUSH_PASSPHRASE");
     uint8_t key[HUSH_DB_KEY_BYTES];
+    char pass[512];
     if (create) {
         if (access(g_db, F_OK) == 0 || access(keypath, F_OK) == 0 || access(saltpath, F_OK) == 0) {
             fprintf(stderr, "hush: %s (or its key) already exists; refusing to overwrite\n", g_db);
             return 1;
         }
-        if (pass && *pass) {
-            uint8_t salt[crypto_pwhash_SALTBYTES];
-            randombytes_buf(salt, sizeof salt);
-            if (write_file_atomic(saltpath, salt, sizeof salt) != 0 || derive_key(pass, salt, key) != 0) {
+        const char *env = getenv("HUSH_PASSPHRASE");
+        if (g_use_passphrase || (env && *env)) {
+            if (get_passphrase(pass, sizeof pass, 1) != 0) {
+                fprintf(stderr, "hush: no passphrase (set HUSH_PASSPHRASE, or run on a terminal)\n");
+                return 1;
+            }
+            struct kdf k = { .ops = crypto_pwhash_OPSLIMIT_MODERATE, .mem = crypto_pwhash_MEMLIMIT_MODERATE };
+            randombytes_buf(k.salt, sizeof k.salt);
+            char hex[2 * crypto_pwhash_SALTBYTES + 1], text[256];
+            sodium_bin2hex(hex, sizeof hex, k.salt, sizeof k.salt);
+            int n = snprintf(text, sizeof text, "hush-argon2id v1 ops=%llu mem=%zu\n%s\n", k.ops, k.mem, hex);
+            int bad = write_file_atomic(saltpath, (const uint8_t *)text, (size_t)n) != 0 || kdf_derive(pass, &k, key) != 0;
+            sodium_memzero(pass, sizeof pass);
+            if (bad) {
                 fprintf(stderr, "hush: cannot set up the passphrase key: %s\n", strerror(errno));
                 return 1;
             }
@@ -249,21 +378,42 @@ static int open_db(int create, hush_client **out)
             }
         }
     } else if (access(saltpath, F_OK) == 0) {
-        uint8_t salt[crypto_pwhash_SALTBYTES];
-        if (!pass || !*pass) {
-            fprintf(stderr, "hush: %s is protected by a passphrase: set HUSH_PASSPHRASE\n", g_db);
+        uint8_t buf[256];
+        struct kdf k;
+        long n = read_private(saltpath, buf, sizeof buf);
+        if (n < 0)
+            return 1;
+        if (kdf_parse(buf, n, &k) != 0) {
+            fprintf(stderr, "hush: %s is not a salt file this program wrote\n", saltpath);
             return 1;
         }
-        if (read_exact(saltpath, salt, sizeof salt) != 0 || derive_key(pass, salt, key) != 0) {
-            fprintf(stderr, "hush: cannot derive the key from %s\n", saltpath);
+        if (get_passphrase(pass, sizeof pass, 0) != 0) {
+            fprintf(stderr, "hush: %s is protected by a passphrase: run on a terminal, or set HUSH_PASSPHRASE\n", g_db);
             return 1;
         }
-    } else if (read_exact(keypath, key, sizeof key) != 0) {
+        int bad = kdf_derive(pass, &k, key) != 0;
+        sodium_memzero(pass, sizeof pass);
+        if (bad) {
+            fprintf(stderr, "hush: cannot derive the key from %s (out of memory?)\n", saltpath);
+            return 1;
+        }
+    } else if (access(keypath, F_OK) != 0) {
         if (access(g_db, F_OK) != 0)
             fprintf(stderr, "hush: no database at %s: run `hush init --relay URL --user NAME` first\n", g_db);
         else
-            fprintf(stderr, "hush: cannot read key file %s: %s\n", keypath, strerror(errno));
+            fprintf(stderr, "hush: the key file %s is missing\n", keypath);
         return 1;
+    } else {
+        uint8_t buf[64];
+        long n = read_private(keypath, buf, sizeof buf);
+        if (n != (long)sizeof key) {
+            if (n >= 0)
+                fprintf(stderr, "hush: %s is not a key file this program wrote\n", keypath);
+            sodium_memzero(buf, sizeof buf);
+            return 1;
+        }
+        memcpy(key, buf, sizeof key);
+        sodium_memzero(buf, sizeof buf);
     }
     hush_err e = hush_client_open(g_db, key, NULL, out);
     sodium_memzero(key, sizeof key);
@@ -344,7 +494,7 @@ static int parse(int argc, char **argv, struct opts *o, const char *cmd)
         { "limit", required_argument, NULL, 'l' },    { "wait", required_argument, NULL, 'w' },
         { "allow", required_argument, NULL, 'A' },    { "watch", required_argument, NULL, 'W' },
         { "insecure-tls", no_argument, NULL, 'k' },   { "help", no_argument, NULL, 'h' },
-        { "ca-file", required_argument, NULL, 'C' },
+        { "ca-file", required_argument, NULL, 'C' },  { "passphrase", no_argument, NULL, 'P' },
         { NULL, 0, NULL, 0 },
     };
     memset(o, 0, sizeof *o);
@@ -372,6 +522,7 @@ static int parse(int argc, char **argv, struct opts *o, const char *cmd)
         case 'x': o->reject = 1; break;
         case 'k': o->insecure = 1; break;
         case 'C': o->ca_file = optarg; break;
+        case 'P': g_use_passphrase = 1; break;
         case 'l':
             o->limit = (int)strtol(optarg, &end, 10);
             if (!end || *end || o->limit < 1 || o->limit > 500)
@@ -936,8 +1087,11 @@ static int cmd_init(int argc, char **argv)
         fprintf(stderr, "(nothing was kept: fix the problem and run the same command again)\n");
         return 1;
     }
+    char saltpath[PATH_MAX + 8];
+    snprintf(saltpath, sizeof saltpath, "%s.salt", g_db);
+    int salted = access(saltpath, F_OK) == 0;
     printf("registered %s (device %u) on %s\ndatabase %s, key %s.%s\n", o.user, o.device, o.relay, g_db, g_db,
-           getenv("HUSH_PASSPHRASE") ? "salt (passphrase)" : "key");
+           salted ? "salt (derived from your passphrase)" : "key");
     return 0;
 }
 

@@ -1368,6 +1368,63 @@ static void test_cli_hardening(void **state)
     assert_non_null(strstr(out, "never mind  (failed)"));
 }
 
+/* The CLI's keys: a key file others can read is refused; a passphrase database records its salt
+ * and Argon2id cost, opens from $HUSH_PASSPHRASE or from the terminal, and the first format (a
+ * bare 16-byte salt) still opens. */
+static void test_cli_keys(void **state)
+{
+    (void)state;
+    struct relay_proc relay;
+    relay_start(&relay, "clikeys", NULL);
+    char cmd[2048], out[8192], k[400], p[400], url[64];
+    const char *h = cli_path();
+    snprintf(k, sizeof k, "%s", tpath("ck-key.db"));
+    snprintf(p, sizeof p, "%s", tpath("ck-pass.db"));
+    snprintf(url, sizeof url, "ws://127.0.0.1:%d", relay.port);
+    snprintf(cmd, sizeof cmd, "%s init --db %s --relay %s --user ckkey 2>&1", h, k, url);
+    assert_int_equal(run(cmd, out, sizeof out), 0);
+    char keyfile[420];
+    snprintf(keyfile, sizeof keyfile, "%s.key", k);
+    assert_int_equal(chmod(keyfile, 0644), 0);
+    snprintf(cmd, sizeof cmd, "%s info --db %s 2>&1", h, k);
+    assert_int_equal(run(cmd, out, sizeof out), 1);
+    assert_non_null(strstr(out, "can be read by other users"));
+    assert_int_equal(chmod(keyfile, 0600), 0);
+    assert_int_equal(run(cmd, out, sizeof out), 0);
+
+    snprintf(cmd, sizeof cmd, "HUSH_PASSPHRASE=sesame %s init --db %s --relay %s --user ckpass 2>&1", h, p, url);
+    assert_int_equal(run(cmd, out, sizeof out), 0);
+    char saltfile[420];
+    snprintf(saltfile, sizeof saltfile, "%s.salt", p);
+    assert_true(file_contains(saltfile, "hush-argon2id v1 ops=", 21));
+    snprintf(cmd, sizeof cmd, "HUSH_PASSPHRASE=wrong %s info --db %s 2>&1", h, p);
+    assert_int_equal(run(cmd, out, sizeof out), 1);
+    assert_non_null(strstr(out, "wrong key or passphrase"));
+    /* on a terminal (a pseudo-terminal made by script(1)), asked without echo */
+    snprintf(cmd, sizeof cmd, "printf 'sesame\\n' | script -qec '%s info --db %s' /dev/null 2>&1", h, p);
+    assert_int_equal(run(cmd, out, sizeof out), 0);
+    assert_non_null(strstr(out, "Passphrase for the database:"));
+    assert_non_null(strstr(out, "device:           ckpass/1"));
+    /* the first format: the same salt, 16 raw bytes, MODERATE cost */
+    FILE *f = fopen(saltfile, "r");
+    char line[128], hex[64];
+    assert_non_null(f);
+    assert_non_null(fgets(line, sizeof line, f));
+    assert_int_equal(fscanf(f, "%63s", hex), 1);
+    fclose(f);
+    assert_non_null(strstr(line, "ops=3 mem=268435456"));
+    uint8_t salt[16];
+    size_t got = 0;
+    assert_int_equal(sodium_hex2bin(salt, sizeof salt, hex, strlen(hex), NULL, &got, NULL), 0);
+    assert_int_equal(got, 16);
+    f = fopen(saltfile, "wb");
+    assert_int_equal(fwrite(salt, 1, 16, f), 16);
+    fclose(f);
+    snprintf(cmd, sizeof cmd, "HUSH_PASSPHRASE=sesame %s info --db %s 2>&1", h, p);
+    assert_int_equal(run(cmd, out, sizeof out), 0);
+    assert_int_equal(relay_stop(&relay, SIGTERM), 0);
+}
+
 /* A TCP proxy that records every byte both ways (a traffic capture of the SDK <-> relay link). */
 struct proxy {
     int lfd, port, target;
@@ -1605,6 +1662,7 @@ int main(void)
         cmocka_unit_test(test_prekey_storm_bounded),
         cmocka_unit_test(test_cli_quickstart),
         cmocka_unit_test(test_cli_hardening),
+        cmocka_unit_test(test_cli_keys),
         cmocka_unit_test(test_canary_traffic),
         cmocka_unit_test(test_prekey_replenish),
         cmocka_unit_test(test_stop_while_waiting),
