@@ -6,7 +6,7 @@
  *   hush listen [--raw]                                   print incoming messages until Ctrl-C
  *   hush chat USER                                        interactive: typing, receipts, presence
  *   hush history USER [--limit N]                         the conversation, newest last
- *   hush safety USER [--accept | --reject]                safety numbers; decide on a changed key
+ *   hush safety USER [--accept [NUMBER] | --reject]       safety numbers; decide on a changed key
  *   hush presence [--allow USER...] [--watch USER...]     who may see you; whom you follow
  *   hush status                                           device, relay, connection, outbox
  *   hush info | bundle | demo                             local inspection and the offline demo
@@ -54,8 +54,8 @@ static void usage(FILE *f)
             "                        (--raw: one JSON object per line).\n"
             "  chat USER             Talk with USER interactively (typing, receipts, presence).\n"
             "  history USER [--limit N]   Show the conversation with USER.\n"
-            "  safety USER [--accept|--reject]   Safety numbers of USER's devices; accept or\n"
-            "                        reject a changed identity key.\n"
+            "  safety USER [--accept [NUMBER]|--reject]   Safety numbers of USER's devices; accept\n"
+            "                        the new number you compared, or reject a changed identity key.\n"
             "  presence [--allow USER]... [--watch USER]...   Who may see your presence; whose\n"
             "                        presence to follow (--watch also prints updates until Ctrl-C).\n"
             "  status                Device, relay, connection state, outbox.\n"
@@ -96,9 +96,10 @@ static const struct {
               "Talk with USER: type and press Enter; Ctrl-D or Ctrl-C quits. Shows typing, receipts,\n"
               "presence; marks what is shown read. Messages of up to 65536 bytes.\n" },
     { "history", "usage: hush history USER [--limit N]\nShows the conversation with USER, newest last.\n" },
-    { "safety", "usage: hush safety USER [--accept | --reject]\n"
+    { "safety", "usage: hush safety USER [--accept [NUMBER] | --reject]\n"
                 "Shows the safety numbers of USER's devices. After an identity change, compare the new\n"
-                "number with USER in person, then --accept it (or --reject it).\n" },
+                "number with USER in person, then accept exactly that number: --accept NUMBER (or\n"
+                "--accept alone on a terminal, which asks for it). --reject discards the new key.\n" },
     { "presence", "usage: hush presence [--allow USER]... [--watch USER]...\n"
                   "--allow: who may see when you are online (replaces the list); --watch: whose presence to\n"
                   "follow, printing updates until Ctrl-C.\n" },
@@ -903,7 +904,7 @@ static void on_identity(void *ctx, const char *peer, uint32_t dev, const char *o
     const char *q = p ? p : "?";
     out_line("\r!! %s's identity key changed (device %u). Nothing goes to or comes from that key until you decide.\n"
              "   old safety number: %s\n   new safety number: %s\n"
-             "   Compare the new number with %s in person, then: hush safety %s --accept   (or --reject)\n",
+             "   Compare the new number with %s in person, then: hush safety %s --accept NUMBER   (or --reject)\n",
              q, dev, old_sn, new_sn, q, q);
     free(p);
 }
@@ -1324,9 +1325,15 @@ static int cmd_safety(int argc, char **argv)
     int r = parse(argc, argv, &o, "safety");
     if (r)
         return r < 0 ? 0 : r;
-    if (argc - optind != 1 || (o.accept && o.reject)) {
-        fprintf(stderr, "usage: hush safety USER [--accept | --reject]\n");
+    if (argc - optind < 1 || (argc - optind > 1 && !o.accept) || (o.accept && o.reject)) {
+        fprintf(stderr, "usage: hush safety USER [--accept [NUMBER] | --reject]\n");
         return 2;
+    }
+    /* --accept NUMBER: the safety number the user compared (its groups may be separate words) */
+    char number[128] = "";
+    for (int i = optind + 1; i < argc; i++) {
+        size_t l = strlen(number);
+        snprintf(number + l, sizeof number - l, "%s", argv[i]);
     }
     const char *peer = argv[optind];
     hush_client *c = NULL;
@@ -1344,8 +1351,36 @@ static int cmd_safety(int argc, char **argv)
             changed = 1;
             printf("%s device %u: IDENTITY CHANGED\n  old: %s\n  new: %s\n", peer, devs[i], old_sn, new_sn);
             if (o.accept) {
-                e = hush_identity_accept(c, peer, devs[i]);
-                printf("  accepted: the new key is trusted; held messages will be shown\n");
+                /* Accept exactly what the user compared: a key a relay slipped in meanwhile has
+                 * another number and stays refused. */
+                char typed[128];
+                snprintf(typed, sizeof typed, "%s", number);
+                if (!typed[0]) {
+                    int fd = open("/dev/tty", O_RDWR | O_CLOEXEC);
+                    if (fd >= 0) {
+                        const char *q = "  Type the new safety number you compared (spaces are fine): ";
+                        if (write(fd, q, strlen(q)) < 0) {
+                            /* the read below decides */
+                        }
+                        ssize_t got = read(fd, typed, sizeof typed - 1);
+                        typed[got > 0 ? got : 0] = '\0';
+                        close(fd);
+                    }
+                }
+                if (!typed[0]) {
+                    fprintf(stderr, "hush safety: give the number you compared: hush safety %s --accept %.5s %.5s ...\n",
+                            peer, new_sn, new_sn + 5);
+                    e = HUSH_ERR_SAFETY_MISMATCH;
+                    break;
+                }
+                e = hush_identity_accept_number(c, peer, devs[i], typed);
+                if (e == HUSH_ERR_SAFETY_MISMATCH) {
+                    fprintf(stderr, "hush safety: that is not the number of any key waiting for %s device %u: nothing "
+                                    "accepted. Compare again.\n", peer, devs[i]);
+                    break;
+                }
+                if (!e)
+                    printf("  accepted: that key is trusted; messages held under it will be shown\n");
             } else if (o.reject) {
                 e = hush_identity_reject(c, peer, devs[i]);
                 printf("  rejected: messages under the new key were dropped\n");

@@ -723,30 +723,48 @@ hush_err hush_bundle_export(hush_client *c, uint8_t **out, size_t *out_len)
 }
 
 /* Records a key that claimed an address already bound to another key (outside any savepoint
- * that is rolled back), so hush_identity_pending can show it. */
+ * that is rolled back), so hush_identity_pending can show it. Every distinct key is kept as its own
+ * candidate (up to HUSH_MAX_PENDING_KEYS per device), so a key injected after the user compared a
+ * safety number cannot take that number's place. */
 static hush_err save_pending_identity(hush_client *c)
 {
     if (!c->untrusted.set)
         return HUSH_OK;
-    sqlite3_stmt *st;
+    c->untrusted.set = 0;
     const char *name = c->untrusted.name;
-    hstore_err se = hstore_prepare(c->db, "INSERT OR REPLACE INTO pending_identities (name, device_id, key, created_at) "
-                                          "VALUES (?1, ?2, ?3, ?4)", &st);
+    uint32_t dev = c->untrusted.device_id;
+    uint8_t keys[HUSH_MAX_PENDING_KEYS][33];
+    int64_t cand[HUSH_MAX_PENDING_KEYS];
+    size_t n = 0;
+    hush_err e = hush__pending_candidates(c, name, dev, keys, cand, HUSH_MAX_PENDING_KEYS, &n);
+    int known = 0;
+    int64_t next = 0;
+    for (size_t i = 0; !e && i < n; i++) {
+        known |= sodium_memcmp(keys[i], c->untrusted.key, 33) == 0;
+        if (cand[i] >= next)
+            next = cand[i] + 1;
+    }
+    sodium_memzero(keys, sizeof keys);
+    if (e || known || n >= HUSH_MAX_PENDING_KEYS)
+        return e; /* already a candidate, or too many: nothing new to keep */
+    sqlite3_stmt *st;
+    hstore_err se = hstore_prepare(c->db, "INSERT INTO pending_identities (name, device_id, candidate, key, created_at) "
+                                          "VALUES (?1, ?2, ?3, ?4, ?5)", &st);
     if (se)
         return hush__from_store(se);
     char ad[128];
-    hush__ad(ad, sizeof ad, "pending_identities", name, strlen(name), c->untrusted.device_id, 0);
+    hush__ad(ad, sizeof ad, "pending_identities", name, strlen(name), dev, next);
     uint8_t *ct = NULL;
     size_t clen = 0;
-    hush_err e = hush__seal(c, ad, c->untrusted.key, sizeof c->untrusted.key, &ct, &clen);
+    e = hush__seal(c, ad, c->untrusted.key, sizeof c->untrusted.key, &ct, &clen);
     if (e)
         return e;
     sqlite3_bind_blob(st, 1, name, (int)strlen(name), SQLITE_TRANSIENT);
-    sqlite3_bind_int64(st, 2, c->untrusted.device_id);
-    sqlite3_bind_blob(st, 3, ct, (int)clen, SQLITE_TRANSIENT);
-    sqlite3_bind_int64(st, 4, (int64_t)hush__now_ms());
+    sqlite3_bind_int64(st, 2, dev);
+    sqlite3_bind_int64(st, 3, next);
+    sqlite3_bind_blob(st, 4, ct, (int)clen, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 5, (int64_t)hush__now_ms());
     free(ct);
-    c->untrusted.set = 0;
     return hush__from_store(hstore_run(c->db, st));
 }
 

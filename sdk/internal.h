@@ -63,6 +63,11 @@ hush_err hush__meta_get_int(hush_client *c, const char *key, int64_t *out, int *
 hush_err hush__meta_set_int(hush_client *c, const char *key, int64_t v);
 hush_err hush__local_identity(hush_client *c, ratchet_identity_key_pair **out);
 hush_err hush__peer_identity(hush_client *c, const char *name, uint32_t dev, uint8_t key[33], int *found);
+/* Keys waiting for the user's decision about (name, dev), oldest first: at most max, their
+ * candidate numbers in cand (may be NULL). Caller holds the lock. */
+#define HUSH_MAX_PENDING_KEYS 8
+hush_err hush__pending_candidates(hush_client *c, const char *name, uint32_t dev, uint8_t (*keys)[33], int64_t *cand,
+                                  size_t max, size_t *n);
 hush_err hush__peer_identity_other(hush_client *c, const char *name, uint32_t dev, uint8_t key[33], int *found);
 hush_err hush__save_peer_identity(hush_client *c, const char *name, uint32_t dev, const uint8_t *key, size_t len);
 

@@ -475,31 +475,54 @@ hush_err hush_safety_compare(hush_client *c, const char *peer, uint32_t device_i
     return e;
 }
 
-static hush_err pending_key(hush_client *c, const char *peer, uint32_t dev, uint8_t key[33])
+hush_err hush__pending_candidates(hush_client *c, const char *name, uint32_t dev, uint8_t (*keys)[33], int64_t *cand,
+                                  size_t max, size_t *n)
 {
+    *n = 0;
     sqlite3_stmt *st;
     int row = 0;
-    hstore_err se = hstore_prepare(c->db, "SELECT key FROM pending_identities WHERE name = ?1 AND device_id = ?2", &st);
-    if (!se) {
-        sqlite3_bind_blob(st, 1, peer, (int)strlen(peer), SQLITE_TRANSIENT);
-        sqlite3_bind_int64(st, 2, dev);
-        se = hstore_step(c->db, st, &row);
-    }
+    hstore_err se = hstore_prepare(c->db, "SELECT candidate, key FROM pending_identities WHERE name = ?1 AND "
+                                          "device_id = ?2 ORDER BY candidate", &st);
     if (se)
         return hush__from_store(se);
-    if (!row)
-        return HUSH_ERR_NOT_FOUND;
-    char ad[128];
-    hush__ad(ad, sizeof ad, "pending_identities", peer, strlen(peer), dev, 0);
-    uint8_t *pt = NULL;
-    size_t len = 0;
-    hush_err e = hush__open(c, ad, sqlite3_column_blob(st, 0), (size_t)sqlite3_column_bytes(st, 0), &pt, &len);
+    sqlite3_bind_blob(st, 1, name, (int)strlen(name), SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 2, dev);
+    hush_err e = HUSH_OK;
+    while (!e && *n < max && (se = hstore_step(c->db, st, &row)) == HSTORE_OK && row) {
+        int64_t k = sqlite3_column_int64(st, 0);
+        char ad[128];
+        hush__ad(ad, sizeof ad, "pending_identities", name, strlen(name), dev, k);
+        uint8_t *pt = NULL;
+        size_t len = 0;
+        e = hush__open(c, ad, sqlite3_column_blob(st, 1), (size_t)sqlite3_column_bytes(st, 1), &pt, &len);
+        if (!e && len != 33)
+            e = HUSH_ERR_DB_KEY;
+        if (!e) {
+            memcpy(keys[*n], pt, 33);
+            if (cand)
+                cand[*n] = k;
+            (*n)++;
+        }
+        if (pt) {
+            sodium_memzero(pt, len);
+            free(pt);
+        }
+    }
     sqlite3_reset(st);
-    if (!e && len != 33)
-        e = HUSH_ERR_DB_KEY;
+    return e ? e : hush__from_store(se);
+}
+
+/* The newest key waiting for a decision about (peer, dev). */
+static hush_err pending_key(hush_client *c, const char *peer, uint32_t dev, uint8_t key[33])
+{
+    uint8_t keys[HUSH_MAX_PENDING_KEYS][33];
+    size_t n = 0;
+    hush_err e = hush__pending_candidates(c, peer, dev, keys, NULL, HUSH_MAX_PENDING_KEYS, &n);
+    if (!e && n == 0)
+        e = HUSH_ERR_NOT_FOUND;
     if (!e)
-        memcpy(key, pt, 33);
-    free(pt);
+        memcpy(key, keys[n - 1], 33);
+    sodium_memzero(keys, sizeof keys);
     return e;
 }
 
@@ -546,14 +569,37 @@ hush_err hush_identity_pending(hush_client *c, const char *peer, uint32_t device
     return e;
 }
 
-hush_err hush_identity_accept(hush_client *c, const char *peer, uint32_t device_id)
+/* Trusts one of the pending keys of (peer, device_id): the one whose safety number is `number`
+ * (60 digits), or, when number is NULL, the only one. */
+static hush_err accept_key(hush_client *c, const char *peer, uint32_t device_id, const char *number)
 {
-    if (!c || !hush__valid_username(peer) || !valid_device(device_id))
-        return HUSH_ERR_INVALID_ARG;
-    hush__lock(c);
-    uint8_t key[33];
-    hush_err e = pending_key(c, peer, device_id, key);
-    if (e == HUSH_OK && (e = hush__begin(c)) == HUSH_OK) {
+    uint8_t keys[HUSH_MAX_PENDING_KEYS][33], key[33];
+    size_t n = 0;
+    hush_err e = hush__pending_candidates(c, peer, device_id, keys, NULL, HUSH_MAX_PENDING_KEYS, &n);
+    if (!e && n == 0)
+        e = HUSH_ERR_NOT_FOUND;
+    if (!e && !number) {
+        if (n == 1)
+            memcpy(key, keys[0], 33);
+        else
+            e = HUSH_ERR_SAFETY_MISMATCH; /* several keys claim the device: say which one was compared */
+    } else if (!e) {
+        int found = 0;
+        for (size_t i = 0; !e && i < n; i++) {
+            char sn[HUSH_SAFETY_NUMBER_LEN + 1];
+            e = display_for_key(c, peer, keys[i], sn);
+            if (!e && sodium_memcmp(sn, number, HUSH_SAFETY_NUMBER_LEN) == 0) {
+                memcpy(key, keys[i], 33);
+                found = 1;
+            }
+        }
+        if (!e && !found)
+            e = HUSH_ERR_SAFETY_MISMATCH;
+    }
+    sodium_memzero(keys, sizeof keys);
+    if (e)
+        return e;
+    if ((e = hush__begin(c)) == HUSH_OK) {
         /* The old sessions stay (archived by the library when the new key's first message or
          * bundle builds a fresh one), so late messages under the old key still decrypt. */
         e = hush__save_peer_identity(c, peer, device_id, key, sizeof key);
@@ -563,9 +609,44 @@ hush_err hush_identity_accept(hush_client *c, const char *peer, uint32_t device_
             hush__forget_peer_devices(c, peer); /* the accepted device joins at the next send */
         e = hush__end(c, e);
     }
+    sodium_memzero(key, sizeof key);
+    return e;
+}
+
+hush_err hush_identity_accept(hush_client *c, const char *peer, uint32_t device_id)
+{
+    if (!c || !hush__valid_username(peer) || !valid_device(device_id))
+        return HUSH_ERR_INVALID_ARG;
+    hush__lock(c);
+    hush_err e = accept_key(c, peer, device_id, NULL);
     hush__unlock(c);
     if (e == HUSH_OK)
         hush__net_wake(c, NET_WAKE_IDENTITY); /* held messages are decrypted, held sends resume */
+    return e;
+}
+
+hush_err hush_identity_accept_number(hush_client *c, const char *peer, uint32_t device_id, const char *safety_number)
+{
+    if (!c || !hush__valid_username(peer) || !valid_device(device_id) || !safety_number)
+        return HUSH_ERR_INVALID_ARG;
+    /* digits only: spaces and other separators the user typed are skipped */
+    char digits[HUSH_SAFETY_NUMBER_LEN + 1];
+    size_t n = 0;
+    for (const char *p = safety_number; *p; p++) {
+        if (*p >= '0' && *p <= '9') {
+            if (n == HUSH_SAFETY_NUMBER_LEN)
+                return HUSH_ERR_SAFETY_MISMATCH;
+            digits[n++] = *p;
+        }
+    }
+    digits[n] = '\0';
+    if (n != HUSH_SAFETY_NUMBER_LEN)
+        return HUSH_ERR_SAFETY_MISMATCH;
+    hush__lock(c);
+    hush_err e = accept_key(c, peer, device_id, digits);
+    hush__unlock(c);
+    if (e == HUSH_OK)
+        hush__net_wake(c, NET_WAKE_IDENTITY);
     return e;
 }
 

@@ -80,6 +80,14 @@ const char *const hush__migrations[] = {
     "CREATE TABLE pending_receipts ("
     "  peer TEXT NOT NULL, state INTEGER NOT NULL, message_id BLOB NOT NULL, created_at INTEGER NOT NULL,"
     "  PRIMARY KEY (peer, state, message_id)) WITHOUT ROWID;",
+    /* 2 -> 3: every key that claimed a device while a decision is pending is kept (numbered), so
+     * accepting is bound to the safety number the user compared, not to whichever key came last */
+    "CREATE TABLE pending_identities_v3 ("
+    "  name BLOB NOT NULL, device_id INTEGER NOT NULL, candidate INTEGER NOT NULL, key BLOB NOT NULL,"
+    "  created_at INTEGER NOT NULL, PRIMARY KEY (name, device_id, candidate)) WITHOUT ROWID;"
+    "INSERT INTO pending_identities_v3 SELECT name, device_id, 0, key, created_at FROM pending_identities;"
+    "DROP TABLE pending_identities;"
+    "ALTER TABLE pending_identities_v3 RENAME TO pending_identities;",
 };
 const int hush__nmigrations = (int)(sizeof hush__migrations / sizeof hush__migrations[0]);
 

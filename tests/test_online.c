@@ -1392,6 +1392,49 @@ static void test_cli_keys(void **state)
     assert_int_equal(chmod(keyfile, 0600), 0);
     assert_int_equal(run(cmd, out, sizeof out), 0);
 
+    /* safety --accept takes the number the user compared, and only that one */
+    {
+        uint8_t kbytes[HUSH_DB_KEY_BYTES];
+        FILE *kf = fopen(keyfile, "rb");
+        assert_non_null(kf);
+        assert_int_equal(fread(kbytes, 1, sizeof kbytes, kf), sizeof kbytes);
+        fclose(kf);
+        hush_client *c = NULL, *p1 = NULL, *p2 = NULL;
+        uint8_t k1[HUSH_DB_KEY_BYTES], k2[HUSH_DB_KEY_BYTES];
+        test_key("sfp1", k1);
+        test_key("sfp2", k2);
+        assert_int_equal(hush_client_open(tpath("sfp1.db"), k1, NULL, &p1), HUSH_OK);
+        assert_int_equal(hush_device_create(p1, "sfpeer", 1), HUSH_OK);
+        assert_int_equal(hush_client_open(tpath("sfp2.db"), k2, NULL, &p2), HUSH_OK);
+        assert_int_equal(hush_device_create(p2, "sfpeer", 1), HUSH_OK);
+        assert_int_equal(hush_client_open(k, kbytes, NULL, &c), HUSH_OK);
+        uint8_t *bb = NULL;
+        size_t bl = 0;
+        assert_int_equal(hush_bundle_export(p1, &bb, &bl), HUSH_OK);
+        assert_int_equal(hush_bundle_import(c, bb, bl, NULL, NULL), HUSH_OK);
+        hush_free(bb);
+        assert_int_equal(hush_bundle_export(p2, &bb, &bl), HUSH_OK);
+        assert_int_equal(hush_bundle_import(c, bb, bl, NULL, NULL), HUSH_ERR_IDENTITY_CHANGED);
+        hush_free(bb);
+        char osn[61], nsn[61];
+        assert_int_equal(hush_identity_pending(c, "sfpeer", 1, osn, nsn), HUSH_OK);
+        hush_client_close(c);
+        hush_client_close(p1);
+        hush_client_close(p2);
+        char wrong[61];
+        memcpy(wrong, nsn, sizeof wrong);
+        wrong[59] = wrong[59] == '0' ? '1' : '0';
+        snprintf(cmd, sizeof cmd, "%s safety --db %s sfpeer --accept %s < /dev/null 2>&1", h, k, wrong);
+        assert_int_equal(run(cmd, out, sizeof out), 1);
+        assert_non_null(strstr(out, "nothing accepted"));
+        snprintf(cmd, sizeof cmd, "%s safety --db %s sfpeer --accept %.30s %.30s < /dev/null 2>&1", h, k, nsn, nsn + 30);
+        assert_int_equal(run(cmd, out, sizeof out), 0);
+        assert_non_null(strstr(out, "accepted: that key is trusted"));
+        snprintf(cmd, sizeof cmd, "%s safety --db %s sfpeer 2>&1 | tr -d ' \n'", h, k);
+        assert_int_equal(run(cmd, out, sizeof out), 0);
+        assert_non_null(strstr(out, nsn));
+    }
+
     snprintf(cmd, sizeof cmd, "HUSH_PASSPHRASE=sesame %s init --db %s --relay %s --user ckpass 2>&1", h, p, url);
     assert_int_equal(run(cmd, out, sizeof out), 0);
     char saltfile[420];

@@ -801,6 +801,74 @@ static void test_deleted_history_gone(void **state)
     hush_client_close(b);
 }
 
+/* The user compared the new safety number N1; then a relay injects a message under yet another key
+ * for the same device. Accepting N1 trusts exactly N1's key: the injected key stays refused, and
+ * a plain accept refuses to guess between two keys. */
+static void test_identity_accept_bound(void **state)
+{
+    (void)state;
+    hush_client *a = open_client("lena", 1, N), *b = open_client("milo", 1, N);
+    start_session(a, b);
+    size_t len;
+    uint8_t *env = send_text(a, "milo", 1, "first", &len);
+    hush_message_free(recv_ok(b, "lena", 1, env, len));
+    hush_free(env);
+    /* lena reinstalls (key K1) and writes: pending, number N1 */
+    hush_client_close(a);
+    unlink(tpath("lena.db"));
+    unlink(tpath("lena.db-wal"));
+    unlink(tpath("lena.db-shm"));
+    a = open_client("lena", 1, N);
+    start_session(a, b);
+    uint8_t *env1 = send_text(a, "milo", 1, "it is really me", &len);
+    size_t len1 = len;
+    hush_message *m = NULL;
+    assert_int_equal(hush_decrypt(b, "lena", 1, env1, len1, &m), HUSH_ERR_IDENTITY_CHANGED);
+    char old_sn[61], n1[61];
+    assert_int_equal(hush_identity_pending(b, "lena", 1, old_sn, n1), HUSH_OK);
+    /* ... the user compares n1 with lena; meanwhile a relay injects a message under key K2 */
+    uint8_t key2[HUSH_DB_KEY_BYTES];
+    test_key("lena-forged", key2);
+    hush_client *x = NULL;
+    assert_int_equal(hush_client_open(tpath("forged.db"), key2, NULL, &x), HUSH_OK);
+    assert_int_equal(hush_device_create(x, "lena", 1), HUSH_OK);
+    start_session(x, b);
+    uint8_t *env2 = send_text(x, "milo", 1, "send the code here", &len);
+    size_t len2 = len;
+    assert_int_equal(hush_decrypt(b, "lena", 1, env2, len2, &m), HUSH_ERR_IDENTITY_CHANGED);
+    char n2[61];
+    assert_int_equal(hush_identity_pending(b, "lena", 1, old_sn, n2), HUSH_OK);
+    assert_string_not_equal(n1, n2); /* the newest pending key is the injected one */
+    /* a plain accept does not guess; a wrong number is refused */
+    assert_int_equal(hush_identity_accept(b, "lena", 1), HUSH_ERR_SAFETY_MISMATCH);
+    char wrong[80];
+    snprintf(wrong, sizeof wrong, "%s", n1);
+    wrong[0] = wrong[0] == '1' ? '2' : '1';
+    assert_int_equal(hush_identity_accept_number(b, "lena", 1, wrong), HUSH_ERR_SAFETY_MISMATCH);
+    /* the number the user compared, typed with spaces: lena's key is trusted, not the injected one */
+    char typed[90];
+    size_t t = 0;
+    for (int i = 0; i < 60; i++) {
+        typed[t++] = n1[i];
+        if (i % 5 == 4 && i < 59)
+            typed[t++] = ' ';
+    }
+    typed[t] = '\0';
+    assert_int_equal(hush_identity_accept_number(b, "lena", 1, typed), HUSH_OK);
+    char now[61];
+    assert_int_equal(hush_safety_number(b, "lena", 1, now), HUSH_OK);
+    assert_string_equal(now, n1);
+    m = recv_ok(b, "lena", 1, env1, len1);
+    assert_string_equal((char *)m->body, "it is really me");
+    hush_message_free(m);
+    assert_int_equal(hush_decrypt(b, "lena", 1, env2, len2, &m), HUSH_ERR_IDENTITY_CHANGED);
+    hush_free(env1);
+    hush_free(env2);
+    hush_client_close(x);
+    hush_client_close(a);
+    hush_client_close(b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -821,6 +889,7 @@ int main(void)
         cmocka_unit_test(test_signature_vector),
         cmocka_unit_test(test_padding_all_lengths),
         cmocka_unit_test(test_deleted_history_gone),
+        cmocka_unit_test(test_identity_accept_bound),
         cmocka_unit_test(test_auth_key),
         cmocka_unit_test(test_signed_prekey_rotation),
     };

@@ -236,15 +236,25 @@ HUSH_MUST_CHECK hush_err hush_decrypt(hush_client *c, const char *peer, uint32_t
 
 /*
  * Identity changes. When a bundle or message carries an identity key for (peer, device_id) that
- * differs from the recorded one, the operation fails with HUSH_ERR_IDENTITY_CHANGED and the new key
- * is kept as pending. hush_identity_pending gives the old and new safety numbers (61-byte buffers:
- * 60 digits + NUL); the app shows them and calls accept (the new key becomes trusted; retry the
- * message or bundle) or reject (the pending key is discarded). Errors: HUSH_ERR_NOT_FOUND.
+ * differs from the recorded one — or names a device never seen of a peer already known — the
+ * operation fails with HUSH_ERR_IDENTITY_CHANGED and the new key is kept as pending. Every distinct
+ * key that claims the device meanwhile is kept (up to 8). hush_identity_pending gives the old safety
+ * number and the newest pending one (61-byte buffers: 60 digits + NUL).
+ *
+ * The user compares the new number with the peer out of band, then the app calls
+ * hush_identity_accept_number with **the number the user compared** (spaces and separators are
+ * ignored): exactly that key becomes trusted, whatever key a relay may have injected since (retry
+ * the message or bundle). HUSH_ERR_SAFETY_MISMATCH when no pending key has that number.
+ * hush_identity_accept trusts the pending key only when there is exactly one (else
+ * HUSH_ERR_SAFETY_MISMATCH); hush_identity_reject discards every pending key.
+ * Errors: HUSH_ERR_NOT_FOUND (nothing pending).
  */
 HUSH_MUST_CHECK hush_err hush_identity_pending(hush_client *c, const char *peer, uint32_t device_id,
                                                char old_safety[HUSH_SAFETY_NUMBER_LEN + 1],
                                                char new_safety[HUSH_SAFETY_NUMBER_LEN + 1]);
 HUSH_MUST_CHECK hush_err hush_identity_accept(hush_client *c, const char *peer, uint32_t device_id);
+HUSH_MUST_CHECK hush_err hush_identity_accept_number(hush_client *c, const char *peer, uint32_t device_id,
+                                                     const char *safety_number);
 HUSH_MUST_CHECK hush_err hush_identity_reject(hush_client *c, const char *peer, uint32_t device_id);
 
 /*
