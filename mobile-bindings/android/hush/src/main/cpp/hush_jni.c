@@ -688,6 +688,15 @@ static void n_identity_decide(JNIEnv *env, jclass cls, jlong hh, jstring peer, j
         check(env, hush_identity_reject(H(hh)->c, p, (uint32_t)dev), "rejectIdentity");
 }
 
+static void n_identity_accept_number(JNIEnv *env, jclass cls, jlong hh, jstring peer, jint dev, jstring number)
+{
+    (void)cls;
+    char p[64], num[128];
+    if (get_str(env, peer, p, sizeof p, "peer") || get_str(env, number, num, sizeof num, "safetyNumber"))
+        return;
+    check(env, hush_identity_accept_number(H(hh)->c, p, (uint32_t)dev, num), "acceptIdentity");
+}
+
 static jintArray n_peer_devices(JNIEnv *env, jclass cls, jlong hh, jstring peer)
 {
     (void)cls;
@@ -802,6 +811,7 @@ static const JNINativeMethod g_natives[] = {
     { "nativeSafetyCompare", "(J" S "I[B)Z", (void *)n_safety_compare },
     { "nativeIdentityPending", "(J" S "I)[" S, (void *)n_identity_pending },
     { "nativeIdentityDecide", "(J" S "IZ)V", (void *)n_identity_decide },
+    { "nativeIdentityAcceptNumber", "(J" S "I" S ")V", (void *)n_identity_accept_number },
     { "nativePeerDevices", "(J" S ")[I", (void *)n_peer_devices },
     { "nativeHistory", "(J" S "JI)[Lorg/hush/sdk/HistoryEntry;", (void *)n_history },
     { "nativeHistoryDelete", "(JJ)V", (void *)n_history_delete },

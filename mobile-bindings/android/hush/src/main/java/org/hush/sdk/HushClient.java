@@ -448,7 +448,26 @@ public final class HushClient implements AutoCloseable {
         }
     }
 
-    /** Trusts the peer's new identity key; its held messages are delivered. Errors: NOT_FOUND. */
+    /**
+     * Trusts the peer's new identity key whose safety number is {@code safetyNumber} — the number
+     * the user compared with the peer (spaces are ignored) — and delivers the messages held for it.
+     * A key that claimed the device later (a relay can inject one) has another number and stays
+     * refused. Errors: NOT_FOUND, SAFETY_MISMATCH (no pending key has that number).
+     */
+    public void acceptIdentity(String peer, int deviceId, String safetyNumber) throws HushException {
+        long h = enter();
+        try {
+            nativeIdentityAcceptNumber(h, peer, deviceId, safetyNumber);
+        } finally {
+            leave();
+        }
+    }
+
+    /**
+     * Trusts the peer's new identity key when exactly one is pending; prefer
+     * {@link #acceptIdentity(String, int, String)}. Errors: NOT_FOUND, SAFETY_MISMATCH (several keys
+     * are pending: say which number was compared).
+     */
     public void acceptIdentity(String peer, int deviceId) throws HushException {
         long h = enter();
         try {
@@ -554,6 +573,8 @@ public final class HushClient implements AutoCloseable {
             throws HushException;
     private static native String[] nativeIdentityPending(long h, String peer, int dev) throws HushException;
     private static native void nativeIdentityDecide(long h, String peer, int dev, boolean accept) throws HushException;
+    private static native void nativeIdentityAcceptNumber(long h, String peer, int dev, String number)
+            throws HushException;
     private static native int[] nativePeerDevices(long h, String peer) throws HushException;
     private static native HistoryEntry[] nativeHistory(long h, String peer, long before, int limit)
             throws HushException;

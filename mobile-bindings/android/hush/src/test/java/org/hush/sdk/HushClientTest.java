@@ -361,7 +361,13 @@ public class HushClientTest {
         IdentityChange pending = ivan.identityPending("judy", 1);
         assertNotNull(pending);
         assertEquals(c.newSafetyNumber(), pending.newSafetyNumber());
-        ivan.acceptIdentity("judy", 1);
+        try {
+            ivan.acceptIdentity("judy", 1, c.oldSafetyNumber()); // not the number of the new key
+            fail("a number no pending key has");
+        } catch (HushException e) {
+            assertEquals(HushError.SAFETY_MISMATCH, e.error());
+        }
+        ivan.acceptIdentity("judy", 1, c.newSafetyNumber()); // the number the user compared
         assertTrue(ra.await(() -> ra.messages.size() == 2, 15000));
         assertEquals("new phone", ra.messages.get(1).text());
         assertEquals(c.newSafetyNumber(), ivan.safetyNumber("judy", 1));
