@@ -262,6 +262,20 @@ static hush_err check_key(hush_client *c)
         free(pt);
         return ok ? HUSH_OK : HUSH_ERR_DB_KEY;
     }
+    /* No check value: a new database — unless sealed data is already there, which means the check
+     * row was deleted (to make a wrong key "work" and write a new check under it). */
+    se = hstore_prepare(c->db, "SELECT (SELECT count(*) FROM local_device) + (SELECT count(*) FROM identities) + "
+                               "(SELECT count(*) FROM sessions) + (SELECT count(*) FROM history)", &st);
+    if (se)
+        return hush__from_store(se);
+    se = hstore_step(c->db, st, &row);
+    if (se)
+        return hush__from_store(se);
+    int64_t sealed_rows = row ? sqlite3_column_int64(st, 0) : 0;
+    if (row)
+        sqlite3_reset(st);
+    if (sealed_rows > 0)
+        return HUSH_ERR_DB_KEY;
     uint8_t *ct = NULL;
     size_t clen = 0;
     hush_err e = hush__seal(c, "hush1|meta|keycheck", (const uint8_t *)KEYCHECK_PLAINTEXT,

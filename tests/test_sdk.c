@@ -869,6 +869,27 @@ static void test_identity_accept_bound(void **state)
     hush_client_close(b);
 }
 
+/* Deleting the key-check row does not make another key "work": a database that holds sealed data
+ * but no check value is refused. */
+static void test_keycheck_row_required(void **state)
+{
+    (void)state;
+    hush_client *a = open_client("kcr", 1, N);
+    hush_client_close(a);
+    sqlite3 *raw = NULL;
+    assert_int_equal(sqlite3_open(tpath("kcr.db"), &raw), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(raw, "DELETE FROM meta WHERE key = 'keycheck'", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(raw);
+    uint8_t other[HUSH_DB_KEY_BYTES];
+    test_key("not-kcr", other);
+    hush_client *c = NULL;
+    assert_int_equal(hush_client_open(tpath("kcr.db"), other, NULL, &c), HUSH_ERR_DB_KEY);
+    assert_null(c);
+    uint8_t right[HUSH_DB_KEY_BYTES];
+    test_key("kcr", right);
+    assert_int_equal(hush_client_open(tpath("kcr.db"), right, NULL, &c), HUSH_ERR_DB_KEY);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -890,6 +911,7 @@ int main(void)
         cmocka_unit_test(test_padding_all_lengths),
         cmocka_unit_test(test_deleted_history_gone),
         cmocka_unit_test(test_identity_accept_bound),
+        cmocka_unit_test(test_keycheck_row_required),
         cmocka_unit_test(test_auth_key),
         cmocka_unit_test(test_signed_prekey_rotation),
     };
