@@ -18,8 +18,12 @@ void hush__ad(char *buf, size_t cap, const char *table, const char *name, size_t
               int64_t n1, int64_t n2)
 {
     /* Length-prefixed name: "a|1" and "a|" + "1" can never collide. */
-    snprintf(buf, cap, "hush1|%s|%zu:%.*s|%lld|%lld", table, name_len, (int)name_len,
-             name ? name : "", (long long)n1, (long long)n2);
+    int n = snprintf(buf, cap, "hush1|%s|%zu:%.*s|%lld|%lld", table, name_len, (int)name_len,
+                     name ? name : "", (long long)n1, (long long)n2);
+    /* Every caller's buffer fits the longest names the SDK accepts. Were one ever too small, two
+     * rows could share a truncated associated data and be swapped undetected: stop instead. */
+    if (n < 0 || (size_t)n >= cap)
+        abort();
 }
 
 hush_err hush__seal(const hush_client *c, const char *ad, const uint8_t *pt, size_t len,

@@ -890,6 +890,41 @@ static void test_keycheck_row_required(void **state)
     assert_int_equal(hush_client_open(tpath("kcr.db"), right, NULL, &c), HUSH_ERR_DB_KEY);
 }
 
+/* The longest names the SDK accepts (32-character usernames, a 64-character group id) go through
+ * every sealed row with their associated data whole (a truncated one would abort). */
+static void test_longest_names_sealed(void **state)
+{
+    (void)state;
+    const char *ua = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa1", *ub = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb2";
+    const char *g = "gggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggg";
+    assert_int_equal(strlen(ua), HUSH_USERNAME_MAX);
+    assert_int_equal(strlen(g), HUSH_GROUP_ID_MAX);
+    hush_client *a = open_client(ua, 2147483647u, N), *b = open_client(ub, 2147483647u, N);
+    start_session(a, b);
+    size_t len;
+    uint8_t *env = send_text(a, ub, 2147483647u, "hello, long names", &len);
+    hush_message_free(recv_ok(b, ua, 2147483647u, env, len));
+    hush_free(env);
+    uint8_t *d = NULL;
+    assert_int_equal(hush_group_distribution(a, g, ub, 2147483647u, &d, &len), HUSH_OK);
+    hush_message *m = NULL;
+    assert_int_equal(hush_decrypt(b, ua, 2147483647u, d, len, &m), HUSH_OK);
+    hush_message_free(m);
+    hush_free(d);
+    assert_int_equal(hush_group_encrypt(a, g, (const uint8_t *)"to the group", 12, NULL, &d, &len), HUSH_OK);
+    assert_int_equal(hush_decrypt(b, ua, 2147483647u, d, len, &m), HUSH_OK);
+    assert_string_equal(m->group_id, g);
+    hush_message_free(m);
+    hush_free(d);
+    uint8_t mid[16];
+    assert_int_equal(hush_outbox_put(a, ub, (const uint8_t *)"queued", 6, mid), HUSH_OK);
+    hush_outbox_entry *o = NULL;
+    assert_int_equal(hush_outbox_next(a, &o), HUSH_OK);
+    hush_outbox_entry_free(o);
+    hush_client_close(a);
+    hush_client_close(b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -912,6 +947,7 @@ int main(void)
         cmocka_unit_test(test_deleted_history_gone),
         cmocka_unit_test(test_identity_accept_bound),
         cmocka_unit_test(test_keycheck_row_required),
+        cmocka_unit_test(test_longest_names_sealed),
         cmocka_unit_test(test_auth_key),
         cmocka_unit_test(test_signed_prekey_rotation),
     };
