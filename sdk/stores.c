@@ -114,6 +114,14 @@ static hush_err load_sealed(hush_client *c, sqlite3_stmt *st, int col, const cha
     return e;
 }
 
+static void wipe_free(uint8_t *p, size_t len)
+{
+    if (p) {
+        sodium_memzero(p, len);
+        free(p);
+    }
+}
+
 static signal_buffer *take_buffer(uint8_t *pt, size_t len)
 {
     signal_buffer *b = signal_buffer_create(pt, len);
@@ -283,11 +291,11 @@ hush_err hush__peer_identity(hush_client *c, const char *name, uint32_t dev, uin
         return e;
     if (f) {
         if (len != 33) {
-            free(pt);
+            wipe_free(pt, len);
             return HUSH_ERR_DB_KEY;
         }
         memcpy(key, pt, 33);
-        free(pt);
+        wipe_free(pt, len);
         *found = 1;
     }
     return HUSH_OK;
@@ -406,8 +414,9 @@ static int s_load_session(signal_buffer **record, signal_buffer **user_record, c
         e = hush__open(c, ad, sqlite3_column_blob(st, 1), (size_t)sqlite3_column_bytes(st, 1), &upt, &ulen);
     }
     sqlite3_reset(st);
-    if (e) {
-        free(pt);
+    if (e) { /* a record holds chain keys: wiped on the error path too */
+        wipe_free(pt, len);
+        wipe_free(upt, ulen);
         return store_fail(c, e);
     }
     *record = take_buffer(pt, len);
@@ -703,8 +712,9 @@ static int s_load_sender_key(signal_buffer **record, signal_buffer **user_record
         e = hush__open(c, ad, sqlite3_column_blob(st, 1), (size_t)sqlite3_column_bytes(st, 1), &upt, &ulen);
     }
     sqlite3_reset(st);
-    if (e) {
-        free(pt);
+    if (e) { /* a record holds chain keys: wiped on the error path too */
+        wipe_free(pt, len);
+        wipe_free(upt, ulen);
         return store_fail(c, e);
     }
     *record = take_buffer(pt, len);
