@@ -66,6 +66,8 @@ hush_err hush__peer_identity(hush_client *c, const char *name, uint32_t dev, uin
 /* Keys waiting for the user's decision about (name, dev), oldest first: at most max, their
  * candidate numbers in cand (may be NULL). Caller holds the lock. */
 #define HUSH_MAX_PENDING_KEYS 8
+/* Largest session or sender-key record stored (HUSH_MAX_SESSION_RECORD; tests lower it). */
+extern size_t hush__max_record;
 hush_err hush__pending_candidates(hush_client *c, const char *name, uint32_t dev, uint8_t (*keys)[33], int64_t *cand,
                                   size_t max, size_t *n);
 hush_err hush__peer_identity_other(hush_client *c, const char *name, uint32_t dev, uint8_t key[33], int *found);

@@ -450,6 +450,13 @@ static int s_get_sub_device_sessions(signal_int_list **sessions, const char *nam
     return n;
 }
 
+/* A peer can make its own session record grow (each message that skips ahead stores the keys of
+ * the messages it skipped: up to 2000 per chain, 5 chains per state, 40 archived states). Past
+ * this size the record is not stored: the decrypt fails as HUSH_ERR_TOO_BIG, nothing changes, and
+ * the networked SDK acknowledges and drops that message — only that peer's messages suffer, and
+ * the inbox never stalls on a record SQLite would refuse. */
+size_t hush__max_record = HUSH_MAX_SESSION_RECORD;
+
 static int s_store_session(const signal_protocol_address *address, uint8_t *record, size_t record_len,
                            uint8_t *user_record, size_t user_record_len, void *ud)
 {
@@ -457,6 +464,8 @@ static int s_store_session(const signal_protocol_address *address, uint8_t *reco
     char name[HUSH_USERNAME_MAX + 1];
     if (addr_name(address, name) != 0 || address->device_id < 0)
         return SG_ERR_INVAL;
+    if (record_len + user_record_len > hush__max_record)
+        return store_fail(c, HUSH_ERR_TOO_BIG); /* see hush__max_record */
     sqlite3_stmt *st;
     if (hstore_prepare(c->db, "INSERT OR REPLACE INTO sessions (name, device_id, record, user_record) "
                               "VALUES (?1, ?2, ?3, ?4)", &st))
@@ -662,6 +671,8 @@ static int s_store_sender_key(const signal_protocol_sender_key_name *skn, uint8_
     char group[HUSH_GROUP_ID_MAX + 1], name[HUSH_USERNAME_MAX + 1];
     if (skn_parts(skn, group, name) != 0)
         return SG_ERR_INVAL;
+    if (record_len + user_record_len > hush__max_record)
+        return store_fail(c, HUSH_ERR_TOO_BIG);
     sqlite3_stmt *st;
     if (hstore_prepare(c->db, "INSERT OR REPLACE INTO sender_keys (group_id, name, device_id, record, user_record) "
                               "VALUES (?1, ?2, ?3, ?4, ?5)", &st))

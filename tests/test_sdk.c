@@ -925,6 +925,41 @@ static void test_longest_names_sealed(void **state)
     hush_client_close(b);
 }
 
+/* A peer that makes its session record grow past the cap (messages that skip far ahead store the
+ * skipped keys) only gets that message refused as TOO_BIG: nothing changes, and its earlier
+ * messages still decrypt under the unchanged session. */
+static void test_session_record_capped(void **state)
+{
+    (void)state;
+    hush_client *a = open_client("capa", 1, N), *b = open_client("capb", 1, N);
+    start_session(a, b);
+    size_t len0;
+    uint8_t *first = send_text(a, "capb", 1, "message 0", &len0);
+    hush_message_free(recv_ok(b, "capa", 1, first, len0));
+    hush_free(first);
+    size_t saved = hush__max_record;
+    hush__max_record = 16 * 1024;
+    size_t len1;
+    uint8_t *one = send_text(a, "capb", 1, "message 1", &len1);
+    uint8_t *env = NULL;
+    size_t len = 0;
+    for (int i = 0; i < 400; i++) { /* 400 messages b never receives */
+        hush_free(env);
+        env = send_text(a, "capb", 1, "skipped", &len);
+    }
+    hush_message *m = NULL;
+    assert_int_equal(hush_decrypt(b, "capa", 1, env, len, &m), HUSH_ERR_TOO_BIG);
+    /* nothing changed: message 1 still decrypts */
+    m = recv_ok(b, "capa", 1, one, len1);
+    assert_string_equal((char *)m->body, "message 1");
+    hush_message_free(m);
+    hush__max_record = saved;
+    hush_free(env);
+    hush_free(one);
+    hush_client_close(a);
+    hush_client_close(b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -948,6 +983,7 @@ int main(void)
         cmocka_unit_test(test_identity_accept_bound),
         cmocka_unit_test(test_keycheck_row_required),
         cmocka_unit_test(test_longest_names_sealed),
+        cmocka_unit_test(test_session_record_capped),
         cmocka_unit_test(test_auth_key),
         cmocka_unit_test(test_signed_prekey_rotation),
     };
