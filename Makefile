@@ -44,7 +44,7 @@ endif
 CC ?= cc
 # libprotobuf-c MUST come before libsignal-protocol-c: libsignal exports a bundled protobuf-c 1.1.1
 # runtime, and our generated (1.4.1) code crashes if its protobuf_c_* calls bind there (docs/LIBSIGNAL-NOTES.md §8).
-PKGS := libprotobuf-c libsignal-protocol-c libsodium sqlite3 libcrypto libwebsockets
+PKGS := libprotobuf-c libsignal-protocol-c libsodium sqlite3 libcrypto libssl libwebsockets
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 LWS_CFLAGS := $(shell pkg-config --cflags libwebsockets 2>/dev/null)

@@ -81,9 +81,10 @@ void hdev_read_welcome(struct dev *d)
 
 void hdev_send_register(struct dev *d)
 {
-    uint8_t msg[HWIRE_AUTH_MESSAGE_MAX], sig[64];
-    size_t n = hwire_auth_message(msg, sizeof msg, HWIRE_PURPOSE_REGISTER, d->challenge, d->user, 1);
-    crypto_sign_detached(sig, NULL, msg, n, d->sk);
+    uint8_t msg[HWIRE_AUTH_MESSAGE_MAX], sig[64], digest[HWIRE_REGISTER_DIGEST_BYTES];
+    char origin[HWIRE_ORIGIN_MAX + 1];
+    if (hwire_origin(origin, sizeof origin, 0, "127.0.0.1", d->port) != 0)
+        die("origin");
     Hush__SignedPreKey s = HUSH__SIGNED_PRE_KEY__INIT;
     s.id = 1;
     s.public_key.data = signal_buffer_data(g_spkpub);
@@ -103,6 +104,12 @@ void hdev_send_register(struct dev *d)
     r.identity_key.len = 33;
     r.registration_id = 1;
     r.keys = &up;
+    r.origin = origin;
+    if (hwire_register_digest(&r, digest) != 0)
+        die("digest");
+    size_t n = hwire_auth_message(msg, sizeof msg, HWIRE_PURPOSE_REGISTER, origin, NULL, 0, d->challenge, d->user, 1,
+                                  digest);
+    crypto_sign_detached(sig, NULL, msg, n, d->sk);
     Hush__Frame f = HUSH__FRAME__INIT;
     f.id = d->next_id++;
     f.msg_case = HUSH__FRAME__MSG_REGISTER;
@@ -113,13 +120,17 @@ void hdev_send_register(struct dev *d)
 void hdev_send_login(struct dev *d)
 {
     uint8_t msg[HWIRE_AUTH_MESSAGE_MAX], sig[64];
-    size_t n = hwire_auth_message(msg, sizeof msg, HWIRE_PURPOSE_LOGIN, d->challenge, d->user, 1);
+    char origin[HWIRE_ORIGIN_MAX + 1];
+    if (hwire_origin(origin, sizeof origin, 0, "127.0.0.1", d->port) != 0)
+        die("origin");
+    size_t n = hwire_auth_message(msg, sizeof msg, HWIRE_PURPOSE_LOGIN, origin, NULL, 0, d->challenge, d->user, 1, NULL);
     crypto_sign_detached(sig, NULL, msg, n, d->sk);
     Hush__LoginRequest l = HUSH__LOGIN_REQUEST__INIT;
     l.username = d->user;
     l.device_id = 1;
     l.signature.data = sig;
     l.signature.len = 64;
+    l.origin = origin;
     Hush__Frame f = HUSH__FRAME__INIT;
     f.id = d->next_id++;
     f.msg_case = HUSH__FRAME__MSG_LOGIN;
@@ -159,6 +170,7 @@ void hdev_init(struct dev *d, const char *prefix, int i)
 void hdev_connect_all(int port, struct dev *v, int n, int do_register)
 {
     for (int i = 0; i < n; i++) {
+        v[i].port = port;
         v[i].ws = wsc_connect_start("127.0.0.1", port, 0, 30000);
         if (!v[i].ws)
             die("connect (raise the fd limit?)");

@@ -12,6 +12,7 @@ struct dev {
     char user[33];
     uint8_t pk[32], sk[64];
     uint8_t challenge[32];
+    int port;                 /* the relay's, named in the proofs (ws://127.0.0.1:port) */
     struct wsc *ws;
     uint64_t next_id;
 };

@@ -69,7 +69,7 @@ static void sdk_side(const char *path)
     failed += hush_device_info(c, user, &dev, &reg) != HUSH_OK;
     failed += hush_device_identity_key(c, ik) != HUSH_OK;
     failed += hush_device_auth_key(c, pub) != HUSH_OK;
-    failed += hush_auth_proof(c, "login", chal, sig) != HUSH_OK;
+    failed += hush_auth_proof(c, "login", "wss://relay.example.org:443", NULL, 0, NULL, chal, sig) != HUSH_OK;
     failed += hush_prekeys_remaining(c, &n) != HUSH_OK;
 
     uint8_t *buf = NULL;

@@ -66,8 +66,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (f->msg_case == HUSH__FRAME__MSG_REGISTER || f->msg_case == HUSH__FRAME__MSG_LOGIN) {
         uint8_t msg[HWIRE_AUTH_MESSAGE_MAX], ch[HWIRE_CHALLENGE_BYTES] = { 0 };
         const char *u = f->msg_case == HUSH__FRAME__MSG_LOGIN ? f->login->username : f->register_->username;
-        if (hwire_valid_username(u) && hwire_auth_message(msg, sizeof msg, "login", ch, u, 1) == 0)
-            abort(); /* every valid username fits the proof message */
+        static const uint8_t binding[HWIRE_BINDING_BYTES], digest[HWIRE_REGISTER_DIGEST_BYTES];
+        char origin[HWIRE_ORIGIN_MAX + 1];
+        memset(origin, 'o', HWIRE_ORIGIN_MAX);
+        origin[HWIRE_ORIGIN_MAX] = '\0';
+        if (hwire_valid_username(u) && hwire_auth_message(msg, sizeof msg, "register", origin, binding, sizeof binding,
+                                                          ch, u, 1, digest) == 0)
+            abort(); /* every valid username fits the longest proof message */
+        if (f->msg_case == HUSH__FRAME__MSG_REGISTER) {
+            uint8_t d[HWIRE_REGISTER_DIGEST_BYTES];
+            (void)hwire_register_digest(f->register_, d); /* any decoded registration: no crash */
+        }
     }
     free(buf);
     free(buf2);

@@ -178,7 +178,8 @@ int main(int argc, char **argv)
     f.msg_case = HUSH__FRAME__MSG_HELLO;
     f.hello = &h;
     put_frame("hello", 0, &f);
-    if (hush_auth_proof(a, "login", challenge, sig) || hush_device_auth_key(a, auth) || hush_device_identity_key(a, idk) ||
+    if (hush_auth_proof(a, "login", "ws://127.0.0.1:7443", NULL, 0, NULL, challenge, sig) ||
+        hush_device_auth_key(a, auth) || hush_device_identity_key(a, idk) ||
         hush_prekey_upload(a, 5, &up, &uplen, NULL))
         abort();
     Hush__LoginRequest l = HUSH__LOGIN_REQUEST__INIT;
@@ -186,6 +187,7 @@ int main(int argc, char **argv)
     l.device_id = 1;
     l.signature.data = sig;
     l.signature.len = 64;
+    l.origin = "ws://127.0.0.1:7443";
     f.id = 2;
     f.msg_case = HUSH__FRAME__MSG_LOGIN;
     f.login = &l;

@@ -13,7 +13,10 @@
 #define HWIRE_CLIENT_MSG_ID_BYTES 16
 #define HWIRE_PURPOSE_LOGIN "login"
 #define HWIRE_PURPOSE_REGISTER "register"
-#define HWIRE_AUTH_MESSAGE_MAX 128
+#define HWIRE_AUTH_MESSAGE_MAX 512
+#define HWIRE_ORIGIN_MAX 255       /* "ws://host:port" / "wss://host:port" as the client connected */
+#define HWIRE_BINDING_BYTES 32     /* TLS exporter (RFC 9266): "EXPORTER-Channel-Binding", no context */
+#define HWIRE_REGISTER_DIGEST_BYTES 32
 
 #define HWIRE_USERNAME_MIN 3
 #define HWIRE_USERNAME_MAX 32
@@ -22,11 +25,27 @@
 int hwire_valid_username(const char *s);
 
 /*
- * Builds the byte string a device signs with its Ed25519 key to prove possession:
- *   "hush-auth-v1" 0x00 purpose 0x00 challenge(32) username 0x00 device_id(4 bytes, big endian)
- * Returns its length, or 0 if an argument is invalid or `cap` too small.
+ * Builds the transcript a device signs with its Ed25519 key to log in or register:
+ *   "hush-auth-v2" 0x00 purpose 0x00 origin 0x00 binding_len(1) binding challenge(32)
+ *   username 0x00 device_id(4 bytes, big endian) [register_digest(32), purpose "register" only]
+ * `origin` names the relay as the client reached it ("wss://relay.example.org:443"; the relay
+ * accepts only its own), `binding` is the TLS channel binding (32 bytes, or none without TLS), so
+ * a proof made for one relay or one connection is worthless anywhere else; `register_digest`
+ * (hwire_register_digest) covers the keys and invite of a registration. Returns the length, or 0
+ * if an argument is invalid or `cap` too small.
  */
-size_t hwire_auth_message(uint8_t *out, size_t cap, const char *purpose, const uint8_t challenge[HWIRE_CHALLENGE_BYTES],
-                          const char *username, uint32_t device_id);
+size_t hwire_auth_message(uint8_t *out, size_t cap, const char *purpose, const char *origin, const uint8_t *binding,
+                          size_t binding_len, const uint8_t challenge[HWIRE_CHALLENGE_BYTES], const char *username,
+                          uint32_t device_id, const uint8_t *register_digest);
+
+/* "ws://host:port" or "wss://host:port" for a URL's scheme, host and port (host lower-cased). 0 on
+ * success, -1 if it does not fit. */
+int hwire_origin(char *out, size_t cap, int tls, const char *host, int port);
+
+struct Hush__RegisterRequest;
+/* SHA-256 over a canonical encoding of what a registration stores: identity key, registration id,
+ * auth key, invite, signed prekey, one-time prekeys and last-resort key (docs/PROTOCOL.md).
+ * 0 on success, -1 if a field is over its size. */
+int hwire_register_digest(const struct Hush__RegisterRequest *r, uint8_t out[HWIRE_REGISTER_DIGEST_BYTES]);
 
 #endif

@@ -1,17 +1,24 @@
 /* wire.c - helpers of the relay wire protocol (see hush_wire.h). */
+#include <ctype.h>
+#include <stdio.h>
 #include <string.h>
 
+#include <sodium.h>
+
+#include "hush.pb-c.h"
 #include "hush_wire.h"
 
-size_t hwire_auth_message(uint8_t *out, size_t cap, const char *purpose, const uint8_t challenge[HWIRE_CHALLENGE_BYTES],
-                          const char *username, uint32_t device_id)
+size_t hwire_auth_message(uint8_t *out, size_t cap, const char *purpose, const char *origin, const uint8_t *binding,
+                          size_t binding_len, const uint8_t challenge[HWIRE_CHALLENGE_BYTES], const char *username,
+                          uint32_t device_id, const uint8_t *register_digest)
 {
-    static const char label[] = "hush-auth-v1";
-    if (!out || !purpose || !challenge || !username)
+    static const char label[] = "hush-auth-v2";
+    if (!out || !purpose || !origin || !challenge || !username || (binding_len && !binding) || binding_len > 255)
         return 0;
-    size_t pl = strlen(purpose), ul = strlen(username);
-    size_t n = sizeof label + pl + 1 + HWIRE_CHALLENGE_BYTES + ul + 1 + 4;
-    if (n > cap || pl > 16 || ul > 64)
+    size_t pl = strlen(purpose), ol = strlen(origin), ul = strlen(username);
+    size_t dl = register_digest ? HWIRE_REGISTER_DIGEST_BYTES : 0;
+    size_t n = sizeof label + pl + 1 + ol + 1 + 1 + binding_len + HWIRE_CHALLENGE_BYTES + ul + 1 + 4 + dl;
+    if (n > cap || pl > 16 || ul > 64 || ol > HWIRE_ORIGIN_MAX)
         return 0;
     uint8_t *p = out;
     memcpy(p, label, sizeof label); /* includes the NUL separator */
@@ -19,6 +26,13 @@ size_t hwire_auth_message(uint8_t *out, size_t cap, const char *purpose, const u
     memcpy(p, purpose, pl);
     p += pl;
     *p++ = 0;
+    memcpy(p, origin, ol);
+    p += ol;
+    *p++ = 0;
+    *p++ = (uint8_t)binding_len;
+    if (binding_len)
+        memcpy(p, binding, binding_len);
+    p += binding_len;
     memcpy(p, challenge, HWIRE_CHALLENGE_BYTES);
     p += HWIRE_CHALLENGE_BYTES;
     memcpy(p, username, ul);
@@ -28,7 +42,88 @@ size_t hwire_auth_message(uint8_t *out, size_t cap, const char *purpose, const u
     *p++ = (uint8_t)(device_id >> 16);
     *p++ = (uint8_t)(device_id >> 8);
     *p++ = (uint8_t)device_id;
+    if (dl) {
+        memcpy(p, register_digest, dl);
+        p += dl;
+    }
     return (size_t)(p - out);
+}
+
+int hwire_origin(char *out, size_t cap, int tls, const char *host, int port)
+{
+    if (!host || !*host || port < 1 || port > 65535)
+        return -1;
+    int n = snprintf(out, cap, "%s://", tls ? "wss" : "ws");
+    if (n < 0 || (size_t)n >= cap)
+        return -1;
+    size_t k = (size_t)n;
+    for (const char *h = host; *h; h++) {
+        if (k + 1 >= cap)
+            return -1;
+        out[k++] = (char)tolower((unsigned char)*h);
+    }
+    n = snprintf(out + k, cap - k, ":%d", port);
+    return n < 0 || (size_t)n >= cap - k || k + (size_t)n > HWIRE_ORIGIN_MAX ? -1 : 0;
+}
+
+static void dg_u32(crypto_hash_sha256_state *st, uint32_t v)
+{
+    uint8_t b[4] = { (uint8_t)(v >> 24), (uint8_t)(v >> 16), (uint8_t)(v >> 8), (uint8_t)v };
+    crypto_hash_sha256_update(st, b, 4);
+}
+
+static int dg_bytes(crypto_hash_sha256_state *st, const uint8_t *p, size_t n)
+{
+    if (n > 255)
+        return -1;
+    uint8_t l = (uint8_t)n;
+    crypto_hash_sha256_update(st, &l, 1);
+    if (n)
+        crypto_hash_sha256_update(st, p, n);
+    return 0;
+}
+
+static int dg_prekey(crypto_hash_sha256_state *st, const Hush__PreKey *k)
+{
+    dg_u32(st, k->id);
+    return dg_bytes(st, k->public_key.data, k->public_key.len);
+}
+
+int hwire_register_digest(const struct Hush__RegisterRequest *r, uint8_t out[HWIRE_REGISTER_DIGEST_BYTES])
+{
+    static const char label[] = "hush-register-v1";
+    static const Hush__PreKeyUpload no_keys = HUSH__PRE_KEY_UPLOAD__INIT;
+    static const Hush__SignedPreKey no_spk = HUSH__SIGNED_PRE_KEY__INIT;
+    if (!r)
+        return -1;
+    /* missing parts are encoded as empty ones: the relay then refuses them as BAD_KEYS */
+    const Hush__PreKeyUpload *k = r->keys ? r->keys : &no_keys;
+    const Hush__SignedPreKey *spk = k->signed_pre_key ? k->signed_pre_key : &no_spk;
+    if (k->n_one_time_pre_keys > 65535)
+        return -1;
+    crypto_hash_sha256_state st;
+    crypto_hash_sha256_init(&st);
+    crypto_hash_sha256_update(&st, (const uint8_t *)label, sizeof label);
+    const char *inv = r->invite ? r->invite : "";
+    int bad = dg_bytes(&st, r->identity_key.data, r->identity_key.len);
+    dg_u32(&st, r->registration_id);
+    bad |= dg_bytes(&st, r->auth_key.data, r->auth_key.len);
+    bad |= dg_bytes(&st, (const uint8_t *)inv, strlen(inv));
+    dg_u32(&st, spk->id);
+    bad |= dg_bytes(&st, spk->public_key.data, spk->public_key.len);
+    bad |= dg_bytes(&st, spk->signature.data, spk->signature.len);
+    dg_u32(&st, (uint32_t)(spk->timestamp_ms >> 32));
+    dg_u32(&st, (uint32_t)spk->timestamp_ms);
+    uint8_t cnt[2] = { (uint8_t)(k->n_one_time_pre_keys >> 8), (uint8_t)k->n_one_time_pre_keys };
+    crypto_hash_sha256_update(&st, cnt, 2);
+    for (size_t i = 0; i < k->n_one_time_pre_keys && !bad; i++)
+        bad |= dg_prekey(&st, k->one_time_pre_keys[i]);
+    uint8_t has_lr = k->last_resort != NULL;
+    crypto_hash_sha256_update(&st, &has_lr, 1);
+    if (has_lr)
+        bad |= dg_prekey(&st, k->last_resort);
+    crypto_hash_sha256_final(&st, out);
+    return bad ? -1 : 0;
 }
 
 int hwire_valid_username(const char *s)

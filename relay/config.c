@@ -154,6 +154,45 @@ int cfg_set(struct relay_config *c, const char *key, const char *v, char *err, s
     } else if (!strcmp(key, "db")) {
         if (!*v || copy_str(c->db_path, sizeof c->db_path, v))
             goto bad;
+    } else if (!strcmp(key, "public_url")) {
+        /* comma-separated; each normalised to scheme://host:port (default ports 80 / 443) */
+        c->n_public_urls = 0;
+        char buf[1024];
+        if (strlen(v) >= sizeof buf)
+            goto bad;
+        snprintf(buf, sizeof buf, "%s", v);
+        for (char *save = NULL, *tok = strtok_r(buf, ", ", &save); tok; tok = strtok_r(NULL, ", ", &save)) {
+            int tls;
+            const char *rest;
+            if (!strncmp(tok, "wss://", 6))
+                tls = 1, rest = tok + 6;
+            else if (!strncmp(tok, "ws://", 5))
+                tls = 0, rest = tok + 5;
+            else
+                goto bad;
+            char host[200];
+            size_t hl = strcspn(rest, ":/");
+            if (hl == 0 || hl >= sizeof host || c->n_public_urls == 8)
+                goto bad;
+            memcpy(host, rest, hl);
+            host[hl] = '\0';
+            uint64_t port = tls ? 443 : 80;
+            if (rest[hl] == ':') {
+                char pbuf[8];
+                size_t pl = strcspn(rest + hl + 1, "/");
+                if (pl == 0 || pl >= sizeof pbuf)
+                    goto bad;
+                memcpy(pbuf, rest + hl + 1, pl);
+                pbuf[pl] = '\0';
+                if (parse_u64(pbuf, 1, 65535, &port))
+                    goto bad;
+            }
+            if (hwire_origin(c->public_urls[c->n_public_urls], sizeof c->public_urls[0], tls, host, (int)port))
+                goto bad;
+            c->n_public_urls++;
+        }
+        if (!c->n_public_urls)
+            goto bad;
     } else if (!strcmp(key, "tls_cert")) {
         if (copy_str(c->tls_cert, sizeof c->tls_cert, v))
             goto bad;
@@ -333,10 +372,45 @@ void cfg_print(const struct relay_config *c, FILE *f)
     else
         fprintf(f, "metrics_listen = off\n");
     fprintf(f, "db = %s\n", c->db_path);
+    fprintf(f, "public_url = ");
+    for (int i = 0; i < c->n_public_urls; i++)
+        fprintf(f, "%s%s", i ? "," : "", c->public_urls[i]);
+    fprintf(f, "%s\n", c->n_public_urls ? "" : "(from listen)");
     fprintf(f, "tls_cert = %s\ntls_key = %s\n", c->tls_cert, c->tls_key);
     fprintf(f, "workers = %d\nregistration = %s\ndurability = %s\nlog_level = %s\nlog_file = %s\n", c->workers,
             reg[c->registration], c->durability_full ? "full" : "normal", lvl[c->log_level], c->log_file);
     fprintf(f, "quota_bytes = %llu\n", (unsigned long long)c->quota_bytes);
     for (size_t i = 0; i < sizeof u32keys / sizeof u32keys[0]; i++)
         fprintf(f, "%s = %u\n", u32keys[i].key, *(const uint32_t *)((const char *)c + u32keys[i].off));
+}
+
+int relay_origin_ok(const struct relay_config *c, const char *origin)
+{
+    if (!origin || !*origin)
+        return 0;
+    for (int i = 0; i < c->n_public_urls; i++)
+        if (!strcmp(origin, c->public_urls[i]))
+            return 1;
+    /* and the listen address itself, for clients that reach it directly */
+    int tls = c->tls_cert[0] != 0;
+    const char *h = c->listen_host;
+    int wildcard = !*h || !strcmp(h, "0.0.0.0") || !strcmp(h, "::") || !strcmp(h, "*") || !strcmp(h, "[::]");
+    char want[HWIRE_ORIGIN_MAX + 1];
+    if (!wildcard) {
+        if (hwire_origin(want, sizeof want, tls, h, c->listen_port) == 0 && !strcmp(origin, want))
+            return 1;
+        if ((!strcmp(h, "127.0.0.1") || !strcmp(h, "::1")) &&
+            hwire_origin(want, sizeof want, tls, "localhost", c->listen_port) == 0 && !strcmp(origin, want))
+            return 1;
+        return 0;
+    }
+    /* a wildcard address has no name of its own: any host, but the scheme and port must match */
+    const char *scheme = tls ? "wss://" : "ws://";
+    size_t sl = strlen(scheme);
+    if (strncmp(origin, scheme, sl) != 0)
+        return 0;
+    const char *colon = strrchr(origin + sl, ':');
+    char port[12];
+    snprintf(port, sizeof port, "%d", c->listen_port);
+    return colon && colon != origin + sl && !strcmp(colon + 1, port);
 }

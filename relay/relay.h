@@ -37,6 +37,8 @@ struct relay_config {
     char metrics_host[64];
     int metrics_port;             /* 0 disables */
     char db_path[512];
+    char public_urls[8][256];     /* origins clients may name in their proofs ("wss://host:port") */
+    int n_public_urls;            /* 0: derived from listen (see relay_origin_ok) */
     char tls_cert[512];
     char tls_key[512];
     int workers;                  /* event-loop threads; 0 = number of CPUs */
@@ -81,6 +83,11 @@ int cfg_validate(const struct relay_config *c, char *err, size_t errlen);
 void cfg_print(const struct relay_config *c, FILE *f);
 
 /* ------------------------------------------------------------------------------------------ */
+/* 1 if a client may name `origin` in its proof: one of public_url, or the listen address itself
+ * (any host on the listen port when listening on a wildcard address; "localhost" too for a
+ * loopback address). config.c */
+int relay_origin_ok(const struct relay_config *c, const char *origin);
+
 /* logging (log.c): one line per event, never secrets or ciphertext */
 
 enum { RLOG_ERROR = 0, RLOG_WARN = 1, RLOG_INFO = 2, RLOG_DEBUG = 3 };
@@ -214,6 +221,8 @@ struct job {
     char username[RELAY_USERNAME_MAX + 1]; /* authenticated device (or the claimed one for auth jobs) */
     uint32_t device_id;
     uint8_t challenge[HWIRE_CHALLENGE_BYTES];
+    uint8_t binding[HWIRE_BINDING_BYTES]; /* auth jobs: the connection's TLS channel binding */
+    size_t binding_len;                  /* 0 without TLS */
     uint64_t after_seq;                  /* JOB_FETCH_MAIL */
     uint32_t limit;                      /* JOB_FETCH_MAIL */
 };

@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include <libwebsockets.h>
+#include <openssl/ssl.h>
 #include <sodium.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -405,6 +406,16 @@ static void on_auth(struct conn *c, Hush__Frame **fp)
     snprintf(j->username, sizeof j->username, "%s", user);
     j->device_id = dev;
     memcpy(j->challenge, c->challenge, sizeof c->challenge);
+    /* The proof must carry this connection's TLS channel binding: one relayed from another
+     * connection (another relay's client) does not. */
+    SSL *ssl = lws_get_ssl(c->wsi);
+    if (ssl) {
+        static const char label[] = "EXPORTER-Channel-Binding";
+        if (SSL_export_keying_material(ssl, j->binding, sizeof j->binding, label, sizeof label - 1, NULL, 0, 0) == 1)
+            j->binding_len = sizeof j->binding;
+        else
+            memset(j->binding, 0xff, sizeof j->binding), j->binding_len = sizeof j->binding; /* matches no proof */
+    }
     /* Single use: this connection's challenge is spent, whatever the outcome. */
     sodium_memzero(c->challenge, sizeof c->challenge);
     c->state = ST_AUTH_PENDING;

@@ -107,6 +107,7 @@ struct delta {
 struct jctx {
     struct posting *posts; /* posted after COMMIT, newest first */
     int rollback;          /* the job's writes must be undone (a logical error) */
+    const char *auth_why;  /* a failed proof's reason, when it says nothing about the account */
     hstore_err store_err;  /* a storage failure inside the job */
     int64_t inserted, deleted, expired;
     Hush__SetPresenceAllowRequest *allow_apply;
@@ -408,7 +409,7 @@ static void login_done(struct jctx *x, const struct job *j, int ok, Hush__ErrorC
     snprintf(e->username, sizeof e->username, "%s", j->username);
     Hush__Result r = HUSH__RESULT__INIT;
     r.code = code;
-    r.message = ok ? "" : (char *)"authentication failed";
+    r.message = ok ? "" : (char *)(x->auth_why ? x->auth_why : "authentication failed");
     r.pre_keys_remaining = ok ? stock : 0;
     Hush__Frame f = HUSH__FRAME__INIT;
     f.id = j->req_id;
@@ -420,15 +421,25 @@ static void login_done(struct jctx *x, const struct job *j, int ok, Hush__ErrorC
     add_event(x, j->loop, e);
 }
 
-static int verify_proof(const char *purpose, const struct job *j, const uint8_t *key, size_t klen, const ProtobufCBinaryData *sig)
+/* The proof of a login or registration: signed by `key` over the transcript that names this relay
+ * (an origin it answers to), this connection (its TLS channel binding) and, for a registration,
+ * what is registered (hwire_register_digest). A wrong origin still costs a verification against
+ * the key, so the work does not depend on which check fails. */
+static int verify_proof(struct jctx *x, const char *purpose, const struct job *j, const uint8_t *key, size_t klen,
+                        const ProtobufCBinaryData *sig, const char *origin, const uint8_t *digest)
 {
     uint8_t msg[HWIRE_AUTH_MESSAGE_MAX];
-    size_t n = hwire_auth_message(msg, sizeof msg, purpose, j->challenge, j->username, j->device_id);
+    int origin_ok = relay_origin_ok(S.cfg, origin);
+    if (!origin_ok)
+        x->auth_why = "the proof names another relay: connect with one of this relay's names "
+                                       "(its operator lists them as public_url)";
+    size_t n = hwire_auth_message(msg, sizeof msg, purpose, origin ? origin : "", j->binding, j->binding_len,
+                                  j->challenge, j->username, j->device_id, digest);
     if (!n || klen != crypto_sign_PUBLICKEYBYTES || sig->len != crypto_sign_BYTES)
         return 0;
     if (crypto_core_ed25519_is_valid_point(key))
         atomic_fetch_add(&g_metrics.auth_verifications, 1);
-    return crypto_sign_verify_detached(sig->data, msg, n, key) == 0;
+    return crypto_sign_verify_detached(sig->data, msg, n, key) == 0 && origin_ok;
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -439,7 +450,9 @@ static void do_register(struct jctx *x, const struct job *j)
     const Hush__RegisterRequest *r = j->frame->register_;
     /* Same answer for every failure of the proof. The signature is checked first so a forged
      * request cannot consume an invite. */
-    if (!verify_proof(HWIRE_PURPOSE_REGISTER, j, r->auth_key.data, r->auth_key.len, &r->signature)) {
+    uint8_t digest[HWIRE_REGISTER_DIGEST_BYTES];
+    if (hwire_register_digest(r, digest) != 0 ||
+        !verify_proof(x, HWIRE_PURPOSE_REGISTER, j, r->auth_key.data, r->auth_key.len, &r->signature, r->origin, digest)) {
         x->rollback = 1;
         login_done(x, j, 0, HUSH__ERROR_CODE__AUTH_FAILED, 0, 0);
         return;
@@ -550,7 +563,8 @@ static void do_login(struct jctx *x, const struct job *j)
     /* An unknown device is checked against a real public key (made at start, its secret thrown
      * away), so both paths do the same work: libsodium rejects an invalid or small-order key
      * early, and the difference in time told which user/device pairs exist. */
-    int ok = verify_proof(HWIRE_PURPOSE_LOGIN, j, found ? key : S.dummy_key, 32, &j->frame->login->signature) && found;
+    int ok = verify_proof(x, HWIRE_PURPOSE_LOGIN, j, found ? key : S.dummy_key, 32, &j->frame->login->signature,
+                          j->frame->login->origin, NULL) && found;
     if (!ok) {
         x->rollback = 1;
         rlog(RLOG_INFO, "login_failed", "conn=%llu", (unsigned long long)j->conn);

@@ -17,6 +17,7 @@
 #include <time.h>
 
 #include <libwebsockets.h>
+#include <openssl/ssl.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -1082,14 +1083,31 @@ static void send_auth(struct hush_net *n)
         return;
     Hush__Frame f = HUSH__FRAME__INIT;
     f.id = r->id;
+    /* The proof names the relay as we reached it and, on TLS, this very connection: a proof
+     * captured by whatever endpoint we reached is refused by any other relay or connection. */
+    char origin[HWIRE_ORIGIN_MAX + 1];
+    uint8_t binding[HWIRE_BINDING_BYTES];
+    size_t blen = 0;
+    if (hwire_origin(origin, sizeof origin, n->tls, n->host, n->port) != 0)
+        return;
+    if (n->tls) {
+        SSL *ssl = lws_get_ssl(n->wsi);
+        static const char label[] = "EXPORTER-Channel-Binding";
+        if (!ssl || SSL_export_keying_material(ssl, binding, sizeof binding, label, sizeof label - 1, NULL, 0, 0) != 1) {
+            report(n, HUSH_ERR_NETWORK, "no TLS channel binding on this connection");
+            return;
+        }
+        blen = sizeof binding;
+    }
     if (registered(c)) {
-        if (hush_auth_proof(c, HWIRE_PURPOSE_LOGIN, n->challenge, sig) != HUSH_OK)
+        if (hush_auth_proof(c, HWIRE_PURPOSE_LOGIN, origin, binding, blen, NULL, n->challenge, sig) != HUSH_OK)
             return;
         Hush__LoginRequest l = HUSH__LOGIN_REQUEST__INIT;
         l.username = user;
         l.device_id = dev;
         l.signature.data = sig;
         l.signature.len = 64;
+        l.origin = origin;
         f.msg_case = HUSH__FRAME__MSG_LOGIN;
         f.login = &l;
         queue_frame(n, &f);
@@ -1097,8 +1115,7 @@ static void send_auth(struct hush_net *n)
     }
     uint8_t auth[32], idk[33], *up = NULL;
     size_t uplen = 0;
-    if (hush_auth_proof(c, HWIRE_PURPOSE_REGISTER, n->challenge, sig) != HUSH_OK ||
-        hush_device_auth_key(c, auth) != HUSH_OK || hush_device_identity_key(c, idk) != HUSH_OK)
+    if (hush_device_auth_key(c, auth) != HUSH_OK || hush_device_identity_key(c, idk) != HUSH_OK)
         return;
     /* A failed earlier attempt may have marked keys as handed out: make sure some are left. */
     uint32_t stock = 0;
@@ -1126,6 +1143,18 @@ static void send_auth(struct hush_net *n)
     rr.registration_id = reg;
     rr.keys = keys;
     rr.invite = n->invite;
+    rr.origin = origin;
+    uint8_t digest[HWIRE_REGISTER_DIGEST_BYTES];
+    if (hwire_register_digest(&rr, digest) != 0 ||
+        hush_auth_proof(c, HWIRE_PURPOSE_REGISTER, origin, binding, blen, digest, n->challenge, sig) != HUSH_OK) {
+        uint32_t ids[PREKEY_BATCH]; /* never sent: the keys are not used up */
+        size_t cnt = 0;
+        for (size_t i = 0; i < keys->n_one_time_pre_keys && cnt < PREKEY_BATCH; i++)
+            ids[cnt++] = keys->one_time_pre_keys[i]->id;
+        put_back(n, ids, cnt);
+        hush__pre_key_upload__free_unpacked(keys, NULL);
+        return;
+    }
     f.msg_case = HUSH__FRAME__MSG_REGISTER;
     f.register_ = &rr;
     queue_frame(n, &f);
@@ -1354,9 +1383,11 @@ static void handle_frame(struct hush_net *n, const uint8_t *data, size_t len)
                 went_online(n);
             } else {
                 hush_err fe = fatal_for(f->result->code);
-                if (fe)
+                if (fe) {
+                    if (f->result->message && *f->result->message)
+                        report(n, fe, relay_text(txt, sizeof txt, f->result->message)); /* the relay's reason */
                     fail_for_good(n, fe);
-                else
+                } else
                     report(n, HUSH_ERR_RELAY, relay_text(txt, sizeof txt, f->result->message));
             }
         } else if (r.type == R_SEND) {

@@ -33,10 +33,13 @@ hush_err hush_device_identity_key(hush_client *c, uint8_t out[33])
     return e;
 }
 
-hush_err hush_auth_proof(hush_client *c, const char *purpose, const uint8_t challenge[32], uint8_t sig[64])
+hush_err hush_auth_proof(hush_client *c, const char *purpose, const char *origin, const uint8_t *binding,
+                         size_t binding_len, const uint8_t *register_digest, const uint8_t challenge[32], uint8_t sig[64])
 {
-    if (!c || !purpose || !challenge || !sig ||
-        (strcmp(purpose, HWIRE_PURPOSE_LOGIN) != 0 && strcmp(purpose, HWIRE_PURPOSE_REGISTER) != 0))
+    if (!c || !purpose || !origin || !*origin || !challenge || !sig || (binding_len && !binding) ||
+        (binding_len != 0 && binding_len != HWIRE_BINDING_BYTES) ||
+        (strcmp(purpose, HWIRE_PURPOSE_LOGIN) != 0 && strcmp(purpose, HWIRE_PURPOSE_REGISTER) != 0) ||
+        (!strcmp(purpose, HWIRE_PURPOSE_REGISTER) != (register_digest != NULL)))
         return HUSH_ERR_INVALID_ARG;
     if (sodium_is_zero(challenge, HWIRE_CHALLENGE_BYTES))
         return HUSH_ERR_INVALID_ARG; /* a relay makes 32 random bytes; all zeros is a trick */
@@ -44,8 +47,9 @@ hush_err hush_auth_proof(hush_client *c, const char *purpose, const uint8_t chal
     hush_err e = HUSH_ERR_NO_DEVICE;
     if (c->has_device) {
         uint8_t msg[HWIRE_AUTH_MESSAGE_MAX];
-        size_t n = hwire_auth_message(msg, sizeof msg, purpose, challenge, c->username, c->device_id);
-        e = n ? hush__auth_sign(c, msg, n, sig) : HUSH_ERR_INTERNAL;
+        size_t n = hwire_auth_message(msg, sizeof msg, purpose, origin, binding, binding_len, challenge, c->username,
+                                      c->device_id, register_digest);
+        e = n ? hush__auth_sign(c, msg, n, sig) : HUSH_ERR_INVALID_ARG;
     }
     hush__unlock(c);
     return e;

@@ -369,13 +369,21 @@ static int result_code(Hush__Frame *f)
     return code;
 }
 
+void tc_proof(struct tclient *c, const char *purpose, const uint8_t *digest, char *origin, uint8_t sig[64])
+{
+    uint8_t binding[32];
+    size_t blen = wsc_tls_binding(c->ws, binding);
+    assert_int_equal(hwire_origin(origin, HWIRE_ORIGIN_MAX + 1, c->relay->tls, "127.0.0.1", c->relay->port), 0);
+    assert_int_equal(hush_auth_proof(c->sdk, purpose, origin, binding, blen, digest, c->challenge, sig), HUSH_OK);
+}
+
 int tc_register(struct tclient *c, const char *invite)
 {
     uint8_t auth[32], sig[64], idk[33], *up = NULL;
     size_t uplen = 0;
     uint32_t reg = 0;
+    char origin[HWIRE_ORIGIN_MAX + 1];
     assert_int_equal(hush_device_auth_key(c->sdk, auth), HUSH_OK);
-    assert_int_equal(hush_auth_proof(c->sdk, HWIRE_PURPOSE_REGISTER, c->challenge, sig), HUSH_OK);
     assert_int_equal(hush_device_identity_key(c->sdk, idk), HUSH_OK);
     assert_int_equal(hush_device_info(c->sdk, NULL, NULL, &reg), HUSH_OK);
     assert_int_equal(hush_prekey_upload(c->sdk, 100, &up, &uplen, NULL), HUSH_OK);
@@ -393,6 +401,10 @@ int tc_register(struct tclient *c, const char *invite)
     r.registration_id = reg;
     r.keys = keys;
     r.invite = (char *)(invite ? invite : "");
+    uint8_t digest[HWIRE_REGISTER_DIGEST_BYTES];
+    assert_int_equal(hwire_register_digest(&r, digest), 0);
+    tc_proof(c, HWIRE_PURPOSE_REGISTER, digest, origin, sig);
+    r.origin = origin;
     Hush__Frame f = HUSH__FRAME__INIT;
     f.msg_case = HUSH__FRAME__MSG_REGISTER;
     f.register_ = &r;
@@ -405,12 +417,14 @@ int tc_register(struct tclient *c, const char *invite)
 int tc_login(struct tclient *c)
 {
     uint8_t sig[64];
-    assert_int_equal(hush_auth_proof(c->sdk, HWIRE_PURPOSE_LOGIN, c->challenge, sig), HUSH_OK);
+    char origin[HWIRE_ORIGIN_MAX + 1];
+    tc_proof(c, HWIRE_PURPOSE_LOGIN, NULL, origin, sig);
     Hush__LoginRequest l = HUSH__LOGIN_REQUEST__INIT;
     l.username = c->user;
     l.device_id = c->dev;
     l.signature.data = sig;
     l.signature.len = 64;
+    l.origin = origin;
     Hush__Frame f = HUSH__FRAME__INIT;
     f.msg_case = HUSH__FRAME__MSG_LOGIN;
     f.login = &l;

@@ -56,6 +56,9 @@ struct tclient *tc_new(const struct relay_proc *r, const char *user, uint32_t de
 int tc_reconnect(struct tclient *c);
 void tc_disconnect(struct tclient *c);
 void tc_free(struct tclient *c);
+/* The proof of purpose "login" (digest NULL) or "register" (digest of the RegisterRequest) for this
+ * connection to the test relay; writes the origin it names (at least HWIRE_ORIGIN_MAX + 1 bytes). */
+void tc_proof(struct tclient *c, const char *purpose, const uint8_t *digest, char *origin, uint8_t sig[64]);
 /* Registers (with an invite, may be NULL) and returns the Result code. */
 int tc_register(struct tclient *c, const char *invite);
 int tc_login(struct tclient *c);

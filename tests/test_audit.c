@@ -550,6 +550,9 @@ static void test_login_same_work(void **state)
         l.device_id = 1;
         l.signature.data = sig;
         l.signature.len = 64;
+        char origin[HWIRE_ORIGIN_MAX + 1];
+        assert_int_equal(hwire_origin(origin, sizeof origin, 0, "127.0.0.1", r.port), 0);
+        l.origin = origin;
         Hush__Frame f = HUSH__FRAME__INIT;
         f.msg_case = HUSH__FRAME__MSG_LOGIN;
         f.login = &l;
@@ -684,8 +687,8 @@ static void test_limits_announced(void **state)
     uint8_t auth[32], sig[64], idk[33], *up = NULL;
     size_t uplen = 0;
     uint32_t reg = 0;
+    char origin[HWIRE_ORIGIN_MAX + 1];
     assert_int_equal(hush_device_auth_key(c->sdk, auth), HUSH_OK);
-    assert_int_equal(hush_auth_proof(c->sdk, HWIRE_PURPOSE_REGISTER, c->challenge, sig), HUSH_OK);
     assert_int_equal(hush_device_identity_key(c->sdk, idk), HUSH_OK);
     assert_int_equal(hush_device_info(c->sdk, NULL, NULL, &reg), HUSH_OK);
     assert_int_equal(hush_prekey_upload(c->sdk, 100, &up, &uplen, NULL), HUSH_OK);
@@ -712,6 +715,10 @@ static void test_limits_announced(void **state)
     rr.registration_id = reg;
     rr.keys = keys;
     rr.invite = "";
+    uint8_t digest[HWIRE_REGISTER_DIGEST_BYTES];
+    assert_int_equal(hwire_register_digest(&rr, digest), 0);
+    tc_proof(c, HWIRE_PURPOSE_REGISTER, digest, origin, sig);
+    rr.origin = origin;
     Hush__Frame rf = HUSH__FRAME__INIT;
     rf.msg_case = HUSH__FRAME__MSG_REGISTER;
     rf.register_ = &rr;
@@ -723,6 +730,108 @@ static void test_limits_announced(void **state)
     keys->n_one_time_pre_keys = 100;
     hush__pre_key_upload__free_unpacked(keys, NULL);
     hush_free(up);
+    tc_free(c);
+    assert_int_equal(relay_stop(&r, SIGTERM), 0);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* A login proof names the relay the client reached: one made for another endpoint (a wrong URL, an
+ * impostor relaying this relay's challenge) is refused here; a relay configured with public_url
+ * takes those names too. */
+static void test_proof_bound_to_origin(void **state)
+{
+    (void)state;
+    struct relay_proc r;
+    relay_start(&r, "origin", "public_url = wss://relay.example.org, ws://127.0.0.1:1");
+    struct tclient *c = tc_registered(&r, "orig", 1);
+    const char *tries[] = { "ws://evil.example:7443", "wss://relay.example.org:443", "ws://127.0.0.1:1", NULL };
+    int want[] = { HUSH__ERROR_CODE__AUTH_FAILED, 0, 0, 0 };
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(tc_reconnect(c), 0);
+        char origin[HWIRE_ORIGIN_MAX + 1];
+        if (tries[i])
+            snprintf(origin, sizeof origin, "%s", tries[i]);
+        else
+            assert_int_equal(hwire_origin(origin, sizeof origin, 0, "localhost", r.port), 0); /* loopback name */
+        uint8_t sig[64];
+        assert_int_equal(hush_auth_proof(c->sdk, HWIRE_PURPOSE_LOGIN, origin, NULL, 0, NULL, c->challenge, sig), HUSH_OK);
+        Hush__LoginRequest l = HUSH__LOGIN_REQUEST__INIT;
+        l.username = "orig";
+        l.device_id = 1;
+        l.signature.data = sig;
+        l.signature.len = 64;
+        l.origin = origin;
+        Hush__Frame f = HUSH__FRAME__INIT;
+        f.msg_case = HUSH__FRAME__MSG_LOGIN;
+        f.login = &l;
+        Hush__Frame *res = tc_request(c, &f, T);
+        assert_non_null(res);
+        if ((int)res->result->code != want[i])
+            fail_msg("origin %s: code %d, expected %d", origin, (int)res->result->code, want[i]);
+        hush__frame__free_unpacked(res, NULL);
+    }
+    /* a registration proof covers what is registered: the same proof over other keys is refused */
+    {
+        struct tclient *n = tc_new(&r, "orignew", 1);
+        uint8_t auth[32], idk[33], *up = NULL, psig[64];
+        size_t uplen = 0;
+        uint32_t reg = 0;
+        assert_int_equal(hush_device_auth_key(n->sdk, auth), HUSH_OK);
+        assert_int_equal(hush_device_identity_key(n->sdk, idk), HUSH_OK);
+        assert_int_equal(hush_device_info(n->sdk, NULL, NULL, &reg), HUSH_OK);
+        assert_int_equal(hush_prekey_upload(n->sdk, 10, &up, &uplen, NULL), HUSH_OK);
+        Hush__PreKeyUpload *keys = hush__pre_key_upload__unpack(NULL, uplen, up);
+        assert_non_null(keys);
+        char o2[HWIRE_ORIGIN_MAX + 1];
+        Hush__RegisterRequest rr = HUSH__REGISTER_REQUEST__INIT;
+        rr.username = "orignew";
+        rr.device_id = 1;
+        rr.auth_key.data = auth;
+        rr.auth_key.len = 32;
+        rr.identity_key.data = idk;
+        rr.identity_key.len = 33;
+        rr.registration_id = reg;
+        rr.keys = keys;
+        rr.invite = "";
+        uint8_t digest[HWIRE_REGISTER_DIGEST_BYTES];
+        assert_int_equal(hwire_register_digest(&rr, digest), 0);
+        tc_proof(n, HWIRE_PURPOSE_REGISTER, digest, o2, psig);
+        rr.origin = o2;
+        rr.signature.data = psig;
+        rr.signature.len = 64;
+        keys->n_one_time_pre_keys = 9; /* one key fewer than signed */
+        Hush__Frame rf = HUSH__FRAME__INIT;
+        rf.msg_case = HUSH__FRAME__MSG_REGISTER;
+        rf.register_ = &rr;
+        Hush__Frame *res = tc_request(n, &rf, T);
+        assert_non_null(res);
+        assert_int_equal(res->result->code, HUSH__ERROR_CODE__AUTH_FAILED);
+        hush__frame__free_unpacked(res, NULL);
+        keys->n_one_time_pre_keys = 10;
+        hush__pre_key_upload__free_unpacked(keys, NULL);
+        hush_free(up);
+        tc_free(n);
+    }
+    /* a proof signed for one origin and sent claiming another fails too */
+    assert_int_equal(tc_reconnect(c), 0);
+    uint8_t sig[64];
+    assert_int_equal(hush_auth_proof(c->sdk, HWIRE_PURPOSE_LOGIN, "ws://evil.example:7443", NULL, 0, NULL, c->challenge,
+                                     sig), HUSH_OK);
+    char origin[HWIRE_ORIGIN_MAX + 1];
+    assert_int_equal(hwire_origin(origin, sizeof origin, 0, "127.0.0.1", r.port), 0);
+    Hush__LoginRequest l = HUSH__LOGIN_REQUEST__INIT;
+    l.username = "orig";
+    l.device_id = 1;
+    l.signature.data = sig;
+    l.signature.len = 64;
+    l.origin = origin;
+    Hush__Frame f = HUSH__FRAME__INIT;
+    f.msg_case = HUSH__FRAME__MSG_LOGIN;
+    f.login = &l;
+    Hush__Frame *res = tc_request(c, &f, T);
+    assert_non_null(res);
+    assert_int_equal(res->result->code, HUSH__ERROR_CODE__AUTH_FAILED);
+    hush__frame__free_unpacked(res, NULL);
     tc_free(c);
     assert_int_equal(relay_stop(&r, SIGTERM), 0);
 }
@@ -744,6 +853,7 @@ int main(void)
         cmocka_unit_test(test_health_not_held),
         cmocka_unit_test(test_last_resort_served),
         cmocka_unit_test(test_limits_announced),
+        cmocka_unit_test(test_proof_bound_to_origin),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

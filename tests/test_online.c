@@ -1142,7 +1142,7 @@ static void test_bad_relay(void **state)
     hush_callbacks cb = { &u->r, cb_message, cb_receipt, cb_typing, cb_presence, cb_identity, cb_connection, cb_error };
     hush_net_opts o = { url, NULL, NULL, 0 };
     assert_int_equal(hush_net_start(u->c, &o, &cb), HUSH_OK);
-    for (int i = 0; i < 100 && fk.conns < 6; i++)
+    for (int i = 0; i < 300 && fk.conns < 6; i++) /* backoff: 0.25 s doubling, so ~8 s for 6 */
         usleep(100000);
     assert_true(fk.conns >= 6); /* it kept reconnecting through every kind of misbehaviour */
     assert_true(u->r.errors >= 3);
@@ -1534,10 +1534,8 @@ static void test_canary_traffic(void **state)
 {
     (void)state;
     struct relay_proc relay;
-    relay_start(&relay, "canary_wire", NULL);
     struct proxy px = { 0 };
     pthread_mutex_init(&px.mu, NULL);
-    px.target = relay.port;
     px.cap = fopen(tpath("wire.bin"), "wb");
     px.lfd = socket(AF_INET, SOCK_STREAM, 0);
     struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
@@ -1546,6 +1544,11 @@ static void test_canary_traffic(void **state)
     assert_int_equal(getsockname(px.lfd, (struct sockaddr *)&sa, &sl), 0);
     assert_int_equal(listen(px.lfd, 4), 0);
     px.port = ntohs(sa.sin_port);
+    /* the proxy is a second public address of the relay (as a reverse proxy would be) */
+    char extra[96];
+    snprintf(extra, sizeof extra, "public_url = ws://127.0.0.1:%d", px.port);
+    relay_start(&relay, "canary_wire", extra);
+    px.target = relay.port;
     pthread_t th;
     pthread_create(&th, NULL, proxy_pump, &px);
     struct relay_proc via = relay;

@@ -141,12 +141,14 @@ static void test_authentication(void **state)
     /* [10] Replay: a proof for another connection's challenge is refused. */
     struct tclient *e = tc_new(&r, "eve", 1);
     uint8_t sig[64];
-    assert_int_equal(hush_auth_proof(a->sdk, HWIRE_PURPOSE_LOGIN, a->challenge, sig), HUSH_OK);
+    char origin[HWIRE_ORIGIN_MAX + 1];
+    tc_proof(a, HWIRE_PURPOSE_LOGIN, NULL, origin, sig);
     Hush__LoginRequest l = HUSH__LOGIN_REQUEST__INIT;
     l.username = "alma";
     l.device_id = 1;
     l.signature.data = sig;
     l.signature.len = 64;
+    l.origin = origin;
     Hush__Frame f = HUSH__FRAME__INIT;
     f.msg_case = HUSH__FRAME__MSG_LOGIN;
     f.login = &l;
@@ -165,7 +167,7 @@ static void test_authentication(void **state)
     uint32_t devs[] = { 2, 1 };
     for (int i = 0; i < 2; i++) {
         assert_int_equal(tc_reconnect(e), 0);
-        assert_int_equal(hush_auth_proof(e->sdk, HWIRE_PURPOSE_LOGIN, e->challenge, sig), HUSH_OK);
+        tc_proof(e, HWIRE_PURPOSE_LOGIN, NULL, origin, sig);
         l.username = (char *)users[i];
         l.device_id = devs[i];
         res = tc_request(e, &f, T);

@@ -316,6 +316,33 @@ static void test_tls(void **state)
     hush__frame__free_unpacked(d, NULL);
     /* a plain ws:// client is not understood by the TLS listener */
     assert_null(wsc_connect("127.0.0.1", r.port, 0, 2000));
+    /* A proof carries its connection's TLS channel binding: signed with another connection's (as
+     * for a man in the middle relaying this relay's challenge to the victim) it is refused. */
+    assert_int_equal(tc_reconnect(a), 0);
+    struct wsc *other = wsc_connect("127.0.0.1", r.port, 1, T);
+    assert_non_null(other);
+    uint8_t wrong[32], sig[64];
+    assert_int_equal(wsc_tls_binding(other, wrong), 32);
+    char origin[HWIRE_ORIGIN_MAX + 1];
+    assert_int_equal(hwire_origin(origin, sizeof origin, 1, "127.0.0.1", r.port), 0);
+    assert_int_equal(hush_auth_proof(a->sdk, HWIRE_PURPOSE_LOGIN, origin, wrong, 32, NULL, a->challenge, sig), HUSH_OK);
+    Hush__LoginRequest l = HUSH__LOGIN_REQUEST__INIT;
+    l.username = "sven";
+    l.device_id = 1;
+    l.signature.data = sig;
+    l.signature.len = 64;
+    l.origin = origin;
+    Hush__Frame lf = HUSH__FRAME__INIT;
+    lf.msg_case = HUSH__FRAME__MSG_LOGIN;
+    lf.login = &l;
+    Hush__Frame *res = tc_request(a, &lf, T);
+    assert_non_null(res);
+    assert_int_equal(res->result->code, HUSH__ERROR_CODE__AUTH_FAILED);
+    hush__frame__free_unpacked(res, NULL);
+    wsc_close(other);
+    /* with its own connection's binding it logs in */
+    assert_int_equal(tc_reconnect(a), 0);
+    assert_int_equal(tc_login(a), 0);
     tc_free(a);
     tc_free(b);
     assert_int_equal(relay_stop(&r, SIGTERM), 0);

@@ -642,16 +642,29 @@ static void test_auth_key(void **state)
     assert_int_equal(hush_device_auth_key(a, pub), HUSH_OK);
     uint8_t ch[32], msg[HWIRE_AUTH_MESSAGE_MAX];
     randombytes_buf(ch, sizeof ch);
-    assert_int_equal(hush_auth_proof(a, HWIRE_PURPOSE_LOGIN, ch, sig), HUSH_OK);
-    size_t n = hwire_auth_message(msg, sizeof msg, HWIRE_PURPOSE_LOGIN, ch, "zack", 1);
+    uint8_t binding[32];
+    randombytes_buf(binding, sizeof binding);
+    const char *origin = "wss://relay.example.org:443";
+    assert_int_equal(hush_auth_proof(a, HWIRE_PURPOSE_LOGIN, origin, binding, 32, NULL, ch, sig), HUSH_OK);
+    size_t n = hwire_auth_message(msg, sizeof msg, HWIRE_PURPOSE_LOGIN, origin, binding, 32, ch, "zack", 1, NULL);
     assert_true(n > 0);
     assert_int_equal(crypto_sign_verify_detached(sig, msg, n, pub), 0);
+    /* the same proof names no other relay and no other connection */
+    size_t n2 = hwire_auth_message(msg, sizeof msg, HWIRE_PURPOSE_LOGIN, "wss://evil.example:443", binding, 32, ch,
+                                   "zack", 1, NULL);
+    assert_int_not_equal(crypto_sign_verify_detached(sig, msg, n2, pub), 0);
+    binding[0] ^= 1;
+    n2 = hwire_auth_message(msg, sizeof msg, HWIRE_PURPOSE_LOGIN, origin, binding, 32, ch, "zack", 1, NULL);
+    assert_int_not_equal(crypto_sign_verify_detached(sig, msg, n2, pub), 0);
+    n = hwire_auth_message(msg, sizeof msg, HWIRE_PURPOSE_LOGIN, origin, binding, 32, ch, "zack", 1, NULL);
+    assert_int_equal(hush_auth_proof(a, HWIRE_PURPOSE_LOGIN, origin, binding, 32, NULL, ch, sig), HUSH_OK);
     sig[0] ^= 1;
     assert_int_not_equal(crypto_sign_verify_detached(sig, msg, n, pub), 0);
-    /* only proofs are signed, never a challenge of all zeros */
+    /* only proofs are signed, never a challenge of all zeros; register needs its digest */
+    assert_int_equal(hush_auth_proof(a, HWIRE_PURPOSE_REGISTER, origin, NULL, 0, NULL, ch, sig), HUSH_ERR_INVALID_ARG);
     memset(ch, 0, sizeof ch);
-    assert_int_equal(hush_auth_proof(a, HWIRE_PURPOSE_LOGIN, ch, sig), HUSH_ERR_INVALID_ARG);
-    assert_int_equal(hush_auth_proof(a, "anything", ch, sig), HUSH_ERR_INVALID_ARG);
+    assert_int_equal(hush_auth_proof(a, HWIRE_PURPOSE_LOGIN, origin, NULL, 0, NULL, ch, sig), HUSH_ERR_INVALID_ARG);
+    assert_int_equal(hush_auth_proof(a, "anything", origin, NULL, 0, NULL, ch, sig), HUSH_ERR_INVALID_ARG);
     hush_client_close(a);
 }
 

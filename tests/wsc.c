@@ -386,3 +386,11 @@ void wsc_abort(struct wsc *w)
     }
     wsc_close(w);
 }
+
+size_t wsc_tls_binding(const struct wsc *w, uint8_t out[32])
+{
+    static const char label[] = "EXPORTER-Channel-Binding";
+    if (!w || !w->ssl)
+        return 0;
+    return SSL_export_keying_material(w->ssl, out, 32, label, sizeof label - 1, NULL, 0, 0) == 1 ? 32 : 0;
+}

@@ -21,6 +21,9 @@ int wsc_send_raw(struct wsc *w, const void *data, size_t len);
 /* 1: a message in *out (free it), 0: timeout, -1: closed or error. Pings are answered. */
 int wsc_recv(struct wsc *w, uint8_t **out, size_t *out_len, int timeout_ms);
 int wsc_close_code(const struct wsc *w);
+/* The TLS channel binding of the connection (RFC 9266 tls-exporter, 32 bytes): its length, or 0
+ * without TLS. */
+size_t wsc_tls_binding(const struct wsc *w, uint8_t out[32]);
 int wsc_is_closed(const struct wsc *w);
 int wsc_fd(const struct wsc *w);
 void wsc_close(struct wsc *w);

@@ -146,12 +146,18 @@ HUSH_MUST_CHECK hush_err hush_device_auth_key(hush_client *c, uint8_t pub[32]);
 HUSH_MUST_CHECK hush_err hush_device_identity_key(hush_client *c, uint8_t out[33]);
 
 /*
- * Signs the relay's login/registration proof (docs/PROTOCOL.md, "Authentication") for this
- * device: `purpose` is "login" or "register", `challenge` the 32 bytes from the relay's Welcome.
- * Errors: HUSH_ERR_INVALID_ARG (also for an all-zero challenge, which no relay makes),
- * HUSH_ERR_NO_DEVICE, HUSH_ERR_STORAGE, HUSH_ERR_DB_KEY.
+ * Signs the relay's login/registration proof (docs/PROTOCOL.md, "Connecting and authenticating")
+ * for this device. `purpose` is "login" or "register"; `origin` the relay as this client reached it
+ * ("wss://host:port", see hwire_origin), which the relay compares with its own names; `binding` the
+ * connection's TLS channel binding (32 bytes, RFC 9266 tls-exporter) or NULL/0 without TLS;
+ * `register_digest` (32 bytes, hwire_register_digest of the RegisterRequest) for "register", NULL
+ * for "login"; `challenge` the 32 bytes of the relay's Welcome. A proof made for one relay or one
+ * TLS connection is refused by every other. Errors: HUSH_ERR_INVALID_ARG (also for an all-zero
+ * challenge, which no relay makes), HUSH_ERR_NO_DEVICE, HUSH_ERR_STORAGE, HUSH_ERR_DB_KEY.
  */
-HUSH_MUST_CHECK hush_err hush_auth_proof(hush_client *c, const char *purpose, const uint8_t challenge[32],
+HUSH_MUST_CHECK hush_err hush_auth_proof(hush_client *c, const char *purpose, const char *origin,
+                                         const uint8_t *binding, size_t binding_len,
+                                         const uint8_t *register_digest, const uint8_t challenge[32],
                                          uint8_t sig[64]);
 
 /*
