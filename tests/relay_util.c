@@ -377,40 +377,57 @@ void tc_proof(struct tclient *c, const char *purpose, const uint8_t *digest, cha
     assert_int_equal(hush_auth_proof(c->sdk, purpose, origin, binding, blen, digest, c->challenge, sig), HUSH_OK);
 }
 
-int tc_register(struct tclient *c, const char *invite)
+void tc_reg_build(struct tclient *c, uint32_t nkeys, const char *invite, struct tc_reg *g)
 {
-    uint8_t auth[32], sig[64], idk[33], *up = NULL;
-    size_t uplen = 0;
+    memset(g, 0, sizeof *g);
     uint32_t reg = 0;
-    char origin[HWIRE_ORIGIN_MAX + 1];
-    assert_int_equal(hush_device_auth_key(c->sdk, auth), HUSH_OK);
-    assert_int_equal(hush_device_identity_key(c->sdk, idk), HUSH_OK);
+    size_t uplen = 0;
+    assert_int_equal(hush_device_auth_key(c->sdk, g->auth), HUSH_OK);
+    assert_int_equal(hush_device_identity_key(c->sdk, g->idk), HUSH_OK);
     assert_int_equal(hush_device_info(c->sdk, NULL, NULL, &reg), HUSH_OK);
-    assert_int_equal(hush_prekey_upload(c->sdk, 100, &up, &uplen, NULL), HUSH_OK);
-    Hush__PreKeyUpload *keys = hush__pre_key_upload__unpack(NULL, uplen, up);
-    assert_non_null(keys);
+    assert_int_equal(hush_prekey_upload(c->sdk, nkeys, &g->raw, &uplen, NULL), HUSH_OK);
+    g->keys = hush__pre_key_upload__unpack(NULL, uplen, g->raw);
+    assert_non_null(g->keys);
     Hush__RegisterRequest r = HUSH__REGISTER_REQUEST__INIT;
     r.username = c->user;
     r.device_id = c->dev;
-    r.auth_key.data = auth;
+    r.auth_key.data = g->auth;
     r.auth_key.len = 32;
-    r.signature.data = sig;
+    r.signature.data = g->sig;
     r.signature.len = 64;
-    r.identity_key.data = idk;
+    r.identity_key.data = g->idk;
     r.identity_key.len = 33;
     r.registration_id = reg;
-    r.keys = keys;
+    r.keys = g->keys;
     r.invite = (char *)(invite ? invite : "");
+    g->r = r;
+}
+
+void tc_reg_sign(struct tclient *c, struct tc_reg *g)
+{
     uint8_t digest[HWIRE_REGISTER_DIGEST_BYTES];
-    assert_int_equal(hwire_register_digest(&r, digest), 0);
-    tc_proof(c, HWIRE_PURPOSE_REGISTER, digest, origin, sig);
-    r.origin = origin;
+    assert_int_equal(hwire_register_digest(&g->r, digest), 0);
+    tc_proof(c, HWIRE_PURPOSE_REGISTER, digest, g->origin, g->sig);
+    g->r.origin = g->origin;
+}
+
+void tc_reg_free(struct tc_reg *g)
+{
+    hush__pre_key_upload__free_unpacked(g->keys, NULL);
+    hush_free(g->raw);
+    memset(g, 0, sizeof *g);
+}
+
+int tc_register(struct tclient *c, const char *invite)
+{
+    struct tc_reg g;
+    tc_reg_build(c, 100, invite, &g);
+    tc_reg_sign(c, &g);
     Hush__Frame f = HUSH__FRAME__INIT;
     f.msg_case = HUSH__FRAME__MSG_REGISTER;
-    f.register_ = &r;
+    f.register_ = &g.r;
     int code = result_code(tc_request(c, &f, 10000));
-    hush__pre_key_upload__free_unpacked(keys, NULL);
-    hush_free(up);
+    tc_reg_free(&g);
     return code;
 }
 

@@ -8,6 +8,7 @@
 
 #include "hush.h"
 #include "hush.pb-c.h"
+#include "hush_wire.h"
 #include "wsc.h"
 
 struct relay_proc {
@@ -59,6 +60,19 @@ void tc_free(struct tclient *c);
 /* The proof of purpose "login" (digest NULL) or "register" (digest of the RegisterRequest) for this
  * connection to the test relay; writes the origin it names (at least HWIRE_ORIGIN_MAX + 1 bytes). */
 void tc_proof(struct tclient *c, const char *purpose, const uint8_t *digest, char *origin, uint8_t sig[64]);
+/* A RegisterRequest for c's device with up to nkeys one-time prekeys (tc_reg_build), signed for
+ * this connection (tc_reg_sign: change the request before signing, or after to test a tampered
+ * one), freed by tc_reg_free. */
+struct tc_reg {
+    Hush__RegisterRequest r;
+    Hush__PreKeyUpload *keys;
+    uint8_t *raw;
+    uint8_t auth[32], idk[33], sig[64];
+    char origin[HWIRE_ORIGIN_MAX + 1];
+};
+void tc_reg_build(struct tclient *c, uint32_t nkeys, const char *invite, struct tc_reg *g);
+void tc_reg_sign(struct tclient *c, struct tc_reg *g);
+void tc_reg_free(struct tc_reg *g);
 /* Registers (with an invite, may be NULL) and returns the Result code. */
 int tc_register(struct tclient *c, const char *invite);
 int tc_login(struct tclient *c);

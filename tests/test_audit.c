@@ -684,52 +684,28 @@ static void test_limits_announced(void **state)
     hush__frame__free_unpacked(w, NULL);
 
     /* 101 one-time prekeys at registration */
-    uint8_t auth[32], sig[64], idk[33], *up = NULL;
-    size_t uplen = 0;
-    uint32_t reg = 0;
-    char origin[HWIRE_ORIGIN_MAX + 1];
-    assert_int_equal(hush_device_auth_key(c->sdk, auth), HUSH_OK);
-    assert_int_equal(hush_device_identity_key(c->sdk, idk), HUSH_OK);
-    assert_int_equal(hush_device_info(c->sdk, NULL, NULL, &reg), HUSH_OK);
-    assert_int_equal(hush_prekey_upload(c->sdk, 100, &up, &uplen, NULL), HUSH_OK);
-    Hush__PreKeyUpload *keys = hush__pre_key_upload__unpack(NULL, uplen, up);
-    assert_non_null(keys);
-    assert_int_equal(keys->n_one_time_pre_keys, 100);
+    struct tc_reg g;
+    tc_reg_build(c, 100, NULL, &g);
+    assert_int_equal(g.keys->n_one_time_pre_keys, 100);
     Hush__PreKey *all[101], extra = HUSH__PRE_KEY__INIT;
-    memcpy(all, keys->one_time_pre_keys, 100 * sizeof *all);
+    memcpy(all, g.keys->one_time_pre_keys, 100 * sizeof *all);
     extra.id = 999999;
-    extra.public_key = keys->one_time_pre_keys[0]->public_key;
+    extra.public_key = g.keys->one_time_pre_keys[0]->public_key;
     all[100] = &extra;
-    Hush__PreKey **saved = keys->one_time_pre_keys;
-    keys->one_time_pre_keys = all;
-    keys->n_one_time_pre_keys = 101;
-    Hush__RegisterRequest rr = HUSH__REGISTER_REQUEST__INIT;
-    rr.username = "limo";
-    rr.device_id = 1;
-    rr.auth_key.data = auth;
-    rr.auth_key.len = 32;
-    rr.signature.data = sig;
-    rr.signature.len = 64;
-    rr.identity_key.data = idk;
-    rr.identity_key.len = 33;
-    rr.registration_id = reg;
-    rr.keys = keys;
-    rr.invite = "";
-    uint8_t digest[HWIRE_REGISTER_DIGEST_BYTES];
-    assert_int_equal(hwire_register_digest(&rr, digest), 0);
-    tc_proof(c, HWIRE_PURPOSE_REGISTER, digest, origin, sig);
-    rr.origin = origin;
+    Hush__PreKey **saved = g.keys->one_time_pre_keys;
+    g.keys->one_time_pre_keys = all;
+    g.keys->n_one_time_pre_keys = 101;
+    tc_reg_sign(c, &g);
     Hush__Frame rf = HUSH__FRAME__INIT;
     rf.msg_case = HUSH__FRAME__MSG_REGISTER;
-    rf.register_ = &rr;
+    rf.register_ = &g.r;
     Hush__Frame *res = tc_request(c, &rf, T);
     assert_non_null(res);
     assert_int_equal(res->result->code, HUSH__ERROR_CODE__TOO_LARGE);
     hush__frame__free_unpacked(res, NULL);
-    keys->one_time_pre_keys = saved;
-    keys->n_one_time_pre_keys = 100;
-    hush__pre_key_upload__free_unpacked(keys, NULL);
-    hush_free(up);
+    g.keys->one_time_pre_keys = saved;
+    g.keys->n_one_time_pre_keys = 100;
+    tc_reg_free(&g);
     tc_free(c);
     assert_int_equal(relay_stop(&r, SIGTERM), 0);
 }
@@ -773,43 +749,19 @@ static void test_proof_bound_to_origin(void **state)
     /* a registration proof covers what is registered: the same proof over other keys is refused */
     {
         struct tclient *n = tc_new(&r, "orignew", 1);
-        uint8_t auth[32], idk[33], *up = NULL, psig[64];
-        size_t uplen = 0;
-        uint32_t reg = 0;
-        assert_int_equal(hush_device_auth_key(n->sdk, auth), HUSH_OK);
-        assert_int_equal(hush_device_identity_key(n->sdk, idk), HUSH_OK);
-        assert_int_equal(hush_device_info(n->sdk, NULL, NULL, &reg), HUSH_OK);
-        assert_int_equal(hush_prekey_upload(n->sdk, 10, &up, &uplen, NULL), HUSH_OK);
-        Hush__PreKeyUpload *keys = hush__pre_key_upload__unpack(NULL, uplen, up);
-        assert_non_null(keys);
-        char o2[HWIRE_ORIGIN_MAX + 1];
-        Hush__RegisterRequest rr = HUSH__REGISTER_REQUEST__INIT;
-        rr.username = "orignew";
-        rr.device_id = 1;
-        rr.auth_key.data = auth;
-        rr.auth_key.len = 32;
-        rr.identity_key.data = idk;
-        rr.identity_key.len = 33;
-        rr.registration_id = reg;
-        rr.keys = keys;
-        rr.invite = "";
-        uint8_t digest[HWIRE_REGISTER_DIGEST_BYTES];
-        assert_int_equal(hwire_register_digest(&rr, digest), 0);
-        tc_proof(n, HWIRE_PURPOSE_REGISTER, digest, o2, psig);
-        rr.origin = o2;
-        rr.signature.data = psig;
-        rr.signature.len = 64;
-        keys->n_one_time_pre_keys = 9; /* one key fewer than signed */
+        struct tc_reg g;
+        tc_reg_build(n, 10, NULL, &g);
+        tc_reg_sign(n, &g);
+        g.keys->n_one_time_pre_keys = 9; /* one key fewer than signed */
         Hush__Frame rf = HUSH__FRAME__INIT;
         rf.msg_case = HUSH__FRAME__MSG_REGISTER;
-        rf.register_ = &rr;
+        rf.register_ = &g.r;
         Hush__Frame *res = tc_request(n, &rf, T);
         assert_non_null(res);
         assert_int_equal(res->result->code, HUSH__ERROR_CODE__AUTH_FAILED);
         hush__frame__free_unpacked(res, NULL);
-        keys->n_one_time_pre_keys = 10;
-        hush__pre_key_upload__free_unpacked(keys, NULL);
-        hush_free(up);
+        g.keys->n_one_time_pre_keys = 10;
+        tc_reg_free(&g);
         tc_free(n);
     }
     /* a proof signed for one origin and sent claiming another fails too */
