@@ -53,15 +53,22 @@ int hwire_origin(char *out, size_t cap, int tls, const char *host, int port)
 {
     if (!host || !*host || port < 1 || port > 65535)
         return -1;
-    int n = snprintf(out, cap, "%s://", tls ? "wss" : "ws");
+    /* an IPv6 address is written in brackets, whether or not it was given with them */
+    size_t hl = strlen(host);
+    if (host[0] == '[' && hl > 2 && host[hl - 1] == ']')
+        host++, hl -= 2;
+    int v6 = memchr(host, ':', hl) != NULL;
+    int n = snprintf(out, cap, "%s://%s", tls ? "wss" : "ws", v6 ? "[" : "");
     if (n < 0 || (size_t)n >= cap)
         return -1;
     size_t k = (size_t)n;
-    for (const char *h = host; *h; h++) {
-        if (k + 1 >= cap)
+    for (size_t i = 0; i < hl; i++) {
+        if (k + 2 >= cap)
             return -1;
-        out[k++] = (char)tolower((unsigned char)*h);
+        out[k++] = (char)tolower((unsigned char)host[i]);
     }
+    if (v6)
+        out[k++] = ']';
     n = snprintf(out + k, cap - k, ":%d", port);
     return n < 0 || (size_t)n >= cap - k || k + (size_t)n > HWIRE_ORIGIN_MAX ? -1 : 0;
 }

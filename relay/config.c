@@ -171,8 +171,8 @@ int cfg_set(struct relay_config *c, const char *key, const char *v, char *err, s
             else
                 goto bad;
             char host[200];
-            size_t hl = strcspn(rest, ":/");
-            if (hl == 0 || hl >= sizeof host || c->n_public_urls == 8)
+            size_t hl = rest[0] == '[' ? strcspn(rest, "]") + 1 : strcspn(rest, ":/"); /* [IPv6] */
+            if (hl <= 1 || hl >= sizeof host || c->n_public_urls == 8 || (rest[0] == '[' && rest[hl - 1] != ']'))
                 goto bad;
             memcpy(host, rest, hl);
             host[hl] = '\0';
@@ -399,7 +399,7 @@ int relay_origin_ok(const struct relay_config *c, const char *origin)
     if (!wildcard) {
         if (hwire_origin(want, sizeof want, tls, h, c->listen_port) == 0 && !strcmp(origin, want))
             return 1;
-        if ((!strcmp(h, "127.0.0.1") || !strcmp(h, "::1")) &&
+        if ((!strcmp(h, "127.0.0.1") || !strcmp(h, "::1") || !strcmp(h, "[::1]")) &&
             hwire_origin(want, sizeof want, tls, "localhost", c->listen_port) == 0 && !strcmp(origin, want))
             return 1;
         return 0;
@@ -409,7 +409,7 @@ int relay_origin_ok(const struct relay_config *c, const char *origin)
     size_t sl = strlen(scheme);
     if (strncmp(origin, scheme, sl) != 0)
         return 0;
-    const char *colon = strrchr(origin + sl, ':');
+    const char *colon = strrchr(origin + sl, ':'); /* the port's: an IPv6 host ends with ']' */
     char port[12];
     snprintf(port, sizeof port, "%d", c->listen_port);
     return colon && colon != origin + sl && !strcmp(colon + 1, port);

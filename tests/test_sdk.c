@@ -660,6 +660,15 @@ static void test_auth_key(void **state)
     assert_int_equal(hush_auth_proof(a, HWIRE_PURPOSE_LOGIN, origin, binding, 32, NULL, ch, sig), HUSH_OK);
     sig[0] ^= 1;
     assert_int_not_equal(crypto_sign_verify_detached(sig, msg, n, pub), 0);
+    /* origins are canonical whatever the spelling: lower case, port always, IPv6 in brackets */
+    char o[HWIRE_ORIGIN_MAX + 1];
+    assert_int_equal(hwire_origin(o, sizeof o, 1, "Relay.Example.ORG", 443), 0);
+    assert_string_equal(o, "wss://relay.example.org:443");
+    assert_int_equal(hwire_origin(o, sizeof o, 0, "::1", 7443), 0);
+    assert_string_equal(o, "ws://[::1]:7443");
+    assert_int_equal(hwire_origin(o, sizeof o, 0, "[::1]", 7443), 0);
+    assert_string_equal(o, "ws://[::1]:7443");
+    assert_int_equal(hwire_origin(o, sizeof o, 0, "host", 0), -1);
     /* only proofs are signed, never a challenge of all zeros; register needs its digest */
     assert_int_equal(hush_auth_proof(a, HWIRE_PURPOSE_REGISTER, origin, NULL, 0, NULL, ch, sig), HUSH_ERR_INVALID_ARG);
     memset(ch, 0, sizeof ch);
