@@ -23,6 +23,11 @@
 #include <netinet/tcp.h>
 #include <sodium.h>
 #include <sys/socket.h>
+#if defined(__linux__)
+#include <sys/prctl.h>
+#elif defined(__APPLE__)
+#include <pthread.h>
+#endif
 
 #include "hush_wire.h"
 #include "net.h"
@@ -1794,9 +1799,20 @@ static int net_callback(struct lws *wsi, enum lws_callback_reasons reason, void 
     return 0;
 }
 
+/* The thread's name in debuggers, crash reports and `top -H`; callbacks can tell where they run. */
+static void name_this_thread(void)
+{
+#if defined(__linux__)
+    (void)prctl(PR_SET_NAME, "hush-network", 0, 0, 0);
+#elif defined(__APPLE__)
+    (void)pthread_setname_np("hush-network");
+#endif
+}
+
 static void *net_main(void *arg)
 {
     struct hush_net *n = arg;
+    name_this_thread();
     replay_unnotified(n);
     connect_now(n);
     lws_sul_schedule(n->ctx, 0, &n->sul_tick, tick_cb, 500 * LWS_US_PER_MS);
@@ -1988,6 +2004,14 @@ void hush_net_stop(hush_client *c)
         return;
     pthread_mutex_lock(&c->net_mu);
     struct hush_net *n = c->net;
+    if (n && pthread_equal(pthread_self(), n->th)) {
+        /* From a callback: joining this very thread cannot work, and going on would free the
+         * client under the running network loop. A bug in the app: stop here, loudly. */
+        fputs("libhush: hush_net_stop or hush_client_close called from a callback on the network "
+              "thread (see hush.h, \"Online\"): aborting\n", stderr);
+        fflush(stderr);
+        abort();
+    }
     c->net = NULL;
     pthread_mutex_unlock(&c->net_mu);
     if (!n)

@@ -1630,6 +1630,78 @@ static void *waiter_main(void *p)
     return NULL;
 }
 
+/* The network thread carries the name "hush-network" (debuggers, crash reports, `top -H`), and a
+ * callback that calls hush_net_stop on its own client - which would join the thread it runs on and
+ * free the client under the running loop - aborts the process with a message instead. */
+struct selfstop {
+    hush_client *c;
+    char thread_name[32];
+    int stop_now;
+};
+
+static void selfstop_connection(void *ctx, hush_conn_state s, hush_err e)
+{
+    (void)e;
+    struct selfstop *t = ctx;
+    if (s != HUSH_CONN_ONLINE)
+        return;
+    FILE *f = fopen("/proc/thread-self/comm", "r");
+    if (f) {
+        if (!fgets(t->thread_name, sizeof t->thread_name, f))
+            t->thread_name[0] = 0;
+        t->thread_name[strcspn(t->thread_name, "\n")] = 0;
+        fclose(f);
+    }
+    if (t->stop_now)
+        hush_net_stop(t->c);
+}
+
+static void test_callback_thread_and_self_stop(void **state)
+{
+    (void)state;
+    struct relay_proc relay;
+    relay_start(&relay, "selfstop", NULL);
+    char url[64];
+    snprintf(url, sizeof url, "ws://127.0.0.1:%d", relay.port);
+    hush_net_opts o = { url, NULL, NULL, 0 };
+
+    struct selfstop t = { open_client("selfname", 1, HUSH_DURABILITY_NORMAL), "", 0 };
+    hush_callbacks cb = { .ctx = &t, .on_connection = selfstop_connection };
+    assert_int_equal(hush_net_start(t.c, &o, &cb), HUSH_OK);
+    assert_int_equal(hush_net_wait_online(t.c, 15000), HUSH_OK);
+    for (int i = 0; i < 100 && !t.thread_name[0]; i++)
+        usleep(10000);
+    assert_string_equal(t.thread_name, "hush-network");
+    hush_client_close(t.c);
+
+    char err_path[400];
+    snprintf(err_path, sizeof err_path, "%s", tpath("selfstop.err"));
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        if (!freopen(err_path, "w", stderr))
+            _exit(3);
+        struct selfstop k = { open_client("selfstop", 1, HUSH_DURABILITY_NORMAL), "", 1 };
+        hush_callbacks kcb = { .ctx = &k, .on_connection = selfstop_connection };
+        if (hush_net_start(k.c, &o, &kcb) != HUSH_OK)
+            _exit(4);
+        sleep(20);
+        _exit(0); /* not reached: the callback aborts */
+    }
+    int status = 0;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFSIGNALED(status));
+    assert_int_equal(WTERMSIG(status), SIGABRT);
+    char msg[512] = "";
+    FILE *f = fopen(err_path, "r");
+    assert_non_null(f);
+    size_t n = fread(msg, 1, sizeof msg - 1, f);
+    msg[n] = 0;
+    fclose(f);
+    assert_non_null(strstr(msg, "called from a callback on the network thread"));
+    assert_int_equal(relay_stop(&relay, SIGTERM), 0);
+}
+
 static void test_stop_while_waiting(void **state)
 {
     (void)state;
@@ -1712,6 +1784,7 @@ int main(void)
         cmocka_unit_test(test_canary_traffic),
         cmocka_unit_test(test_prekey_replenish),
         cmocka_unit_test(test_stop_while_waiting),
+        cmocka_unit_test(test_callback_thread_and_self_stop),
         cmocka_unit_test(test_sigpipe_handler_kept),
     };
     return cmocka_run_group_tests_name("online", tests, NULL, NULL);

@@ -354,10 +354,13 @@ void hush_outbox_entry_free(hush_outbox_entry *e);
  * wss://), registers the device the first time (with an invite when the relay asks for one), logs
  * in by challenge-response, uploads and replenishes prekeys, rotates the signed prekey, sends the
  * outbox, receives and acknowledges messages, and reconnects on its own with exponential backoff
- * and jitter. All callbacks run ON THAT NETWORK THREAD, one at a time: return quickly, and hop to
- * your UI thread yourself (Android: Handler.post / runOnUiThread; iOS: DispatchQueue.main.async).
- * Callbacks may call any hush_* function except hush_net_stop and hush_client_close. Pointers
- * passed to callbacks are valid only during the call: copy what you keep.
+ * and jitter. All callbacks run ON THAT NETWORK THREAD (named "hush-network"), one at a time:
+ * return quickly, and hop to your UI thread yourself (Android: Handler.post / runOnUiThread; iOS:
+ * DispatchQueue.main.async). The one exception is the last on_connection(HUSH_CONN_STOPPED), which
+ * runs on the thread calling hush_net_stop once the network thread has ended. Callbacks may call
+ * any hush_* function except hush_net_stop and hush_client_close: those would join the thread
+ * they run on, so libhush aborts the process with a message instead. Pointers passed to
+ * callbacks are valid only during the call: copy what you keep.
  *
  * Guarantees:
  * - hush_send commits the message to the outbox before returning; it is retried (same message id,
