@@ -258,7 +258,7 @@ test-run: all $(HUSHD)
 	total=$$((total + 1)); \
 	if [ "$$(ls -d /tmp/hush-fuzz.* 2>/dev/null | wc -l)" -gt "$$scratch_before" ]; then \
 	    failed=$$((failed + 1)); echo "*** FAILED: the fuzz replays left scratch directories in /tmp (hush-fuzz.*)"; fi; \
-	for t in test-java-run test-java-cmake test-modulemap test-install; do \
+	for t in test-java-run test-java-cmake test-modulemap test-swift test-install; do \
 	    total=$$((total + 1)); echo "=== $$t"; \
 	    $(MAKE) --no-print-directory $$t || { failed=$$((failed + 1)); echo "*** FAILED: $$t"; }; \
 	done; \
@@ -338,6 +338,8 @@ test-java-cmake: $(BUILD)/java/test.stamp $(HUSHD)
 	$(Q)cmake --build $(JNI_CMAKE_DIR) -j 2 > $(JNI_CMAKE_DIR)/build.log 2>&1 || { tail -30 $(JNI_CMAKE_DIR)/build.log; exit 1; }
 	$(Q)$(MAKE) --no-print-directory test-java-run JNI_TEST_LIB=$(JNI_CMAKE_DIR)/libhush_jni.so
 endif
+
+include mk/swift.mk
 
 # The iOS module map must be valid and the header modular: import it as Swift would (clang modules).
 test-modulemap: $(LIBHUSH_SO)
