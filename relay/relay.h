@@ -8,8 +8,8 @@
  *   - one storage thread that owns the database connection and commits whatever all loops handed it
  *     in one transaction (group commit), then posts results back to the loops.
  *   - the main thread: signals, supervision of the above.
- * Cross-thread communication is by message only: loop_post() appends an event to a loop's inbox and
- * wakes it with lws_cancel_service(); storage_submit() appends a job to the storage queue.
+ * Cross-thread communication is by message only: loop_post() (inbox.c) appends an event to a loop's
+ * inbox and wakes it; storage_submit() appends a job to the storage queue.
  */
 #ifndef HUSH_RELAY_H
 #define HUSH_RELAY_H
@@ -18,6 +18,7 @@
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "hush.pb-c.h"
 #include "hush_store.h"
@@ -170,9 +171,16 @@ struct event {
 struct event *event_new(enum ev_type t, uint64_t conn);
 void event_free(struct event *e);
 
-/* loops (server.c) */
+/* loop inboxes (inbox.c): the only way into a loop from another thread */
 int loop_count(void);
 void loop_post(int loop, struct event *e);  /* takes ownership; drops it if the loop is gone */
+/* The loop's side: open once it can be woken (`wake(arg)` is called under the inbox's lock, at
+ * most once per non-empty batch, never after inbox_close); take the whole list; close before the
+ * loop goes away; free what is left after every loop stopped. */
+void inbox_open(int loop, void (*wake)(void *arg), void *arg);
+struct event *inbox_take(int loop);
+void inbox_close(int loop);
+void inbox_free_all(void);
 
 /* ------------------------------------------------------------------------------------------ */
 /* storage thread (storage.c) */

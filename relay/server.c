@@ -75,8 +75,6 @@ struct loop {
     struct lws_context *ctx;
     struct lws_vhost *vh;
     int listen_fd;
-    pthread_mutex_t mu;
-    struct event *in_head, *in_tail;
     struct hmap conns;           /* conn id -> struct conn* (loop thread only) */
     int shutting_down;
     int done;
@@ -93,33 +91,11 @@ static lws_retry_bo_t g_retry;
 #define OUTQ_RESUME 64
 #define WRITES_PER_CALLBACK 32
 
-int loop_count(void) { return g_nloops; }
-
-void loop_post(int idx, struct event *e)
+/* An inbox's wake-up: called with the inbox's lock held, never after inbox_close. */
+static void wake_loop(void *arg)
 {
-    if (idx < 0 || idx >= g_nloops || !g_loops[idx].ctx) {
-        event_free(e);
-        return;
-    }
-    struct loop *l = &g_loops[idx];
-    e->next = NULL;
-    pthread_mutex_lock(&l->mu);
-    if (l->done) {
-        pthread_mutex_unlock(&l->mu);
-        event_free(e);
-        return;
-    }
-    int was_empty = l->in_head == NULL;
-    if (l->in_tail)
-        l->in_tail->next = e;
-    else
-        l->in_head = e;
-    l->in_tail = e;
-    /* One wake-up per batch: a non-empty inbox already has one pending (the loop takes the whole
-     * list at once). Under the mutex: once `done` is set, nobody touches the context. */
-    if (was_empty)
-        lws_cancel_service(l->ctx);
-    pthread_mutex_unlock(&l->mu);
+    struct loop *l = arg;
+    lws_cancel_service(l->ctx);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -730,10 +706,7 @@ static void close_all_cb(const void *key, size_t klen, void *val, void *ctx)
 
 static void drain_inbox(struct loop *l)
 {
-    pthread_mutex_lock(&l->mu);
-    struct event *e = l->in_head;
-    l->in_head = l->in_tail = NULL;
-    pthread_mutex_unlock(&l->mu);
+    struct event *e = inbox_take(l->idx);
     int was_shutting = l->shutting_down;
     while (e) {
         struct event *n = e->next;
@@ -1037,9 +1010,8 @@ static void *loop_main(void *arg)
         if (l->shutting_down) {
             int empty = l->conns.count == 0;
             if (empty || relay_now_ms() > l->shutdown_deadline_ms) {
-                pthread_mutex_lock(&l->mu);
+                inbox_close(l->idx); /* nobody wakes this context any more */
                 l->done = 1;
-                pthread_mutex_unlock(&l->mu);
             }
         }
     }
@@ -1072,7 +1044,6 @@ int server_start(const struct relay_config *cfg, char *err, size_t errlen)
         struct loop *l = &g_loops[i];
         memset(l, 0, sizeof *l);
         l->idx = i;
-        pthread_mutex_init(&l->mu, NULL);
         hmap_init(&l->conns, 1024);
         struct lws_context_creation_info info;
         memset(&info, 0, sizeof info);
@@ -1136,6 +1107,7 @@ int server_start(const struct relay_config *cfg, char *err, size_t errlen)
             return -1;
         }
         g_nloops = i + 1;
+        inbox_open(i, wake_loop, l);
     }
     for (int i = 0; i < g_nloops; i++) {
         if (pthread_create(&g_loops[i].th, NULL, loop_main, &g_loops[i]) != 0) {
@@ -1166,14 +1138,7 @@ void server_free(void)
             lws_context_destroy(l->ctx); /* closes what is left; CLOSED frees each conn */
         l->ctx = NULL;
         hmap_free(&l->conns, NULL);
-        struct event *e = l->in_head;
-        while (e) {
-            struct event *n = e->next;
-            event_free(e);
-            e = n;
-        }
-        l->in_head = l->in_tail = NULL;
-        pthread_mutex_destroy(&l->mu);
     }
+    inbox_free_all();
     g_nloops = 0;
 }
