@@ -231,7 +231,7 @@ static void bare_init(struct bare *b, const char *name)
 {
     memset(b, 0, sizeof *b);
     b->name = name;
-    check(signal_context_create(&b->sg, NULL) == 0 && hush__provider_install(b->sg) == 0, "context");
+    check(signal_context_create(&b->sg, NULL) == 0 && hsdk_provider_install(b->sg) == 0, "context");
     check(signal_protocol_store_context_create(&b->sc, b->sg) == 0, "store ctx");
     signal_protocol_session_store ss = { m_load_session, m_subdev, m_store_session, m_contains_session,
                                          m_delete_session, m_delete_all, NULL, &b->mem };
@@ -386,16 +386,16 @@ static double run_hush_b(long n, int pingpong, hush_durability d, const char *di
             int k = (int)(n - i < batch ? n - i : batch);
             for (int j = 0; j < k; j++)
                 check(hush_encrypt(a, "bob", 1, body, BODY, NULL, NULL, &env[j], &len[j]) == HUSH_OK, "hush_encrypt");
-            hush__lock(b);
-            check(hush__begin(b) == HUSH_OK, "begin");
+            hsdk_lock(b);
+            check(hsdk_begin(b) == HUSH_OK, "begin");
             for (int j = 0; j < k; j++) {
                 hush_message *m = NULL;
                 check(hush_decrypt(b, "alice", 1, env[j], len[j], &m) == HUSH_OK, "hush_decrypt");
                 hush_message_free(m);
                 hush_free(env[j]);
             }
-            check(hush__commit(b) == HUSH_OK, "commit");
-            hush__unlock(b);
+            check(hsdk_commit(b) == HUSH_OK, "commit");
+            hsdk_unlock(b);
         }
         free(env);
         free(len);
@@ -416,7 +416,7 @@ static double run_hush_b(long n, int pingpong, hush_durability d, const char *di
 int main(int argc, char **argv)
 {
     long n = argc > 1 ? atol(argv[1]) : 3000;
-    if (n <= 0 || sodium_init() < 0 || hush__selftest() != HUSH_OK) {
+    if (n <= 0 || sodium_init() < 0 || hsdk_selftest() != HUSH_OK) {
         fprintf(stderr, "usage: bench_crypto [messages]\n");
         return 2;
     }

@@ -127,7 +127,7 @@ int main(int argc, char **argv)
             return 2;
         }
     }
-    if (sodium_init() < 0 || hush__selftest() != HUSH_OK)
+    if (sodium_init() < 0 || hsdk_selftest() != HUSH_OK)
         die("init");
     /* room for every socket on both ends (root may raise the hard limit) */
     struct rlimit rl = { (rlim_t)conns * 2 + 4096, (rlim_t)conns * 2 + 4096 };

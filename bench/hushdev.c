@@ -28,7 +28,7 @@ static signal_buffer *g_idpub, *g_spkpub;
 
 void hdev_keys_init(void)
 {
-    if (signal_context_create(&g_sg, NULL) || hush__provider_install(g_sg) ||
+    if (signal_context_create(&g_sg, NULL) || hsdk_provider_install(g_sg) ||
         signal_protocol_key_helper_generate_identity_key_pair(&g_ikp, g_sg) ||
         signal_protocol_key_helper_generate_signed_pre_key(&g_spk, g_ikp, 1, 0, g_sg) ||
         ec_public_key_serialize(&g_idpub, ratchet_identity_key_pair_get_public(g_ikp)) ||

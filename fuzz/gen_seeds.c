@@ -251,7 +251,7 @@ int main(int argc, char **argv)
     memset(sc.seal_key, 7, sizeof sc.seal_key);
     uint8_t *ct = NULL;
     size_t clen = 0;
-    if (hush__seal(&sc, "hush1|sessions|5:alice|1|0", (const uint8_t *)"session record", 14, &ct, &clen))
+    if (hsdk_seal(&sc, "hush1|sessions|5:alice|1|0", (const uint8_t *)"session record", 14, &ct, &clen))
         abort();
     put("sealed", "session", NULL, 0, ct, clen);
     free(ct);

@@ -64,7 +64,7 @@ const char *hush_strerror(hush_err err)
     return "unknown error";
 }
 
-hush_err hush__from_store(hstore_err e)
+hush_err hsdk_from_store(hstore_err e)
 {
     switch (e) {
     case HSTORE_OK: return HUSH_OK;
@@ -77,7 +77,7 @@ hush_err hush__from_store(hstore_err e)
     }
 }
 
-hush_err hush__from_signal(int rc)
+hush_err hsdk_from_signal(int rc)
 {
     switch (rc) {
     case SG_SUCCESS: return HUSH_OK;
@@ -99,7 +99,7 @@ hush_err hush__from_signal(int rc)
     }
 }
 
-void *hush__alloc(size_t n)
+void *hsdk_alloc(size_t n)
 {
     if (n > SIZE_MAX - 16)
         return NULL;
@@ -124,7 +124,7 @@ void hush_free(void *p)
 static void *wipe_alloc(void *ud, size_t n)
 {
     (void)ud;
-    return hush__alloc(n);
+    return hsdk_alloc(n);
 }
 
 static void wipe_free(void *ud, void *p)
@@ -135,9 +135,9 @@ static void wipe_free(void *ud, void *p)
 
 /* For protobuf-c messages that hold plaintext (a decrypted Content): every block it allocates is
  * wiped when freed. */
-ProtobufCAllocator hush__wiping_allocator = { wipe_alloc, wipe_free, NULL };
+ProtobufCAllocator hsdk_wiping_allocator = { wipe_alloc, wipe_free, NULL };
 
-uint8_t *hush__grow_plaintext(uint8_t *pt, size_t len)
+uint8_t *hsdk_grow_plaintext(uint8_t *pt, size_t len)
 {
     uint8_t *n = malloc(len + 1);
     if (n) {
@@ -152,19 +152,19 @@ uint8_t *hush__grow_plaintext(uint8_t *pt, size_t len)
     return n;
 }
 
-uint64_t hush__now_ms(void)
+uint64_t hsdk_now_ms(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
-int hush__valid_username(const char *s)
+int hsdk_valid_username(const char *s)
 {
     return hwire_valid_username(s);
 }
 
-int hush__valid_group_id(const char *s)
+int hsdk_valid_group_id(const char *s)
 {
     if (!s)
         return 0;
@@ -177,38 +177,38 @@ int hush__valid_group_id(const char *s)
     return 1;
 }
 
-void hush__lock(hush_client *c) { pthread_mutex_lock(&c->lock); }
-void hush__unlock(hush_client *c) { pthread_mutex_unlock(&c->lock); }
+void hsdk_lock(hush_client *c) { pthread_mutex_lock(&c->lock); }
+void hsdk_unlock(hush_client *c) { pthread_mutex_unlock(&c->lock); }
 
-static void sg_lock(void *ud) { hush__lock(ud); }
-static void sg_unlock(void *ud) { hush__unlock(ud); }
+static void sg_lock(void *ud) { hsdk_lock(ud); }
+static void sg_unlock(void *ud) { hsdk_unlock(ud); }
 
-hush_err hush__begin(hush_client *c)
+hush_err hsdk_begin(hush_client *c)
 {
     c->store_err = HUSH_OK;
     c->untrusted.set = 0;
-    return hush__from_store(hstore_savepoint(c->db));
+    return hsdk_from_store(hstore_savepoint(c->db));
 }
 
-hush_err hush__commit(hush_client *c)
+hush_err hsdk_commit(hush_client *c)
 {
     hstore_err e = hstore_release(c->db);
     if (e) {
         hstore_rollback(c->db);
-        return hush__from_store(e);
+        return hsdk_from_store(e);
     }
     return HUSH_OK;
 }
 
-void hush__rollback(hush_client *c) { hstore_rollback(c->db); }
+void hsdk_rollback(hush_client *c) { hstore_rollback(c->db); }
 
-hush_err hush__end(hush_client *c, hush_err e)
+hush_err hsdk_end(hush_client *c, hush_err e)
 {
     if (e) {
-        hush__rollback(c);
+        hsdk_rollback(c);
         return e;
     }
-    return hush__commit(c);
+    return hsdk_commit(c);
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -219,15 +219,15 @@ static hush_err load_device(hush_client *c)
     sqlite3_stmt *st;
     hstore_err se = hstore_prepare(c->db, "SELECT username, device_id, registration_id FROM local_device WHERE id = 1", &st);
     if (se)
-        return hush__from_store(se);
+        return hsdk_from_store(se);
     int row = 0;
     se = hstore_step(c->db, st, &row);
     if (se)
-        return hush__from_store(se);
+        return hsdk_from_store(se);
     if (!row)
         return HUSH_OK;
     const char *u = (const char *)sqlite3_column_text(st, 0);
-    if (!hush__valid_username(u)) {
+    if (!hsdk_valid_username(u)) {
         sqlite3_reset(st);
         return HUSH_ERR_DB_CORRUPT;
     }
@@ -245,15 +245,15 @@ static hush_err check_key(hush_client *c)
     sqlite3_stmt *st;
     hstore_err se = hstore_prepare(c->db, "SELECT bval FROM meta WHERE key = 'keycheck'", &st);
     if (se)
-        return hush__from_store(se);
+        return hsdk_from_store(se);
     int row = 0;
     se = hstore_step(c->db, st, &row);
     if (se)
-        return hush__from_store(se);
+        return hsdk_from_store(se);
     if (row) {
         uint8_t *pt = NULL;
         size_t len = 0;
-        hush_err e = hush__open(c, "hush1|meta|keycheck", sqlite3_column_blob(st, 0),
+        hush_err e = hsdk_open(c, "hush1|meta|keycheck", sqlite3_column_blob(st, 0),
                                 (size_t)sqlite3_column_bytes(st, 0), &pt, &len);
         sqlite3_reset(st);
         if (e)
@@ -267,10 +267,10 @@ static hush_err check_key(hush_client *c)
     se = hstore_prepare(c->db, "SELECT (SELECT count(*) FROM local_device) + (SELECT count(*) FROM identities) + "
                                "(SELECT count(*) FROM sessions) + (SELECT count(*) FROM history)", &st);
     if (se)
-        return hush__from_store(se);
+        return hsdk_from_store(se);
     se = hstore_step(c->db, st, &row);
     if (se)
-        return hush__from_store(se);
+        return hsdk_from_store(se);
     int64_t sealed_rows = row ? sqlite3_column_int64(st, 0) : 0;
     if (row)
         sqlite3_reset(st);
@@ -278,7 +278,7 @@ static hush_err check_key(hush_client *c)
         return HUSH_ERR_DB_KEY;
     uint8_t *ct = NULL;
     size_t clen = 0;
-    hush_err e = hush__seal(c, "hush1|meta|keycheck", (const uint8_t *)KEYCHECK_PLAINTEXT,
+    hush_err e = hsdk_seal(c, "hush1|meta|keycheck", (const uint8_t *)KEYCHECK_PLAINTEXT,
                             strlen(KEYCHECK_PLAINTEXT), &ct, &clen);
     if (e)
         return e;
@@ -288,7 +288,7 @@ static hush_err check_key(hush_client *c)
         se = hstore_run(c->db, st);
     }
     free(ct);
-    return hush__from_store(se);
+    return hsdk_from_store(se);
 }
 
 hush_err hush_client_open(const char *db_path, const uint8_t db_key[HUSH_DB_KEY_BYTES], const hush_open_opts *opts,
@@ -299,7 +299,7 @@ hush_err hush_client_open(const char *db_path, const uint8_t db_key[HUSH_DB_KEY_
     *out = NULL;
     if (!db_path || !db_key)
         return HUSH_ERR_INVALID_ARG;
-    hush_err e = hush__selftest();
+    hush_err e = hsdk_selftest();
     if (e)
         return e;
     hush_client *c = calloc(1, sizeof *c);
@@ -324,17 +324,17 @@ hush_err hush_client_open(const char *db_path, const uint8_t db_key[HUSH_DB_KEY_
         .secure_delete = 1,
     };
     char errbuf[256];
-    hstore_err se = hstore_open(db_path, &so, hush__migrations, hush__nmigrations, &c->db, errbuf, sizeof errbuf);
+    hstore_err se = hstore_open(db_path, &so, hsdk_migrations, hsdk_nmigrations, &c->db, errbuf, sizeof errbuf);
     if (se) {
-        e = hush__from_store(se);
+        e = hsdk_from_store(se);
         goto fail;
     }
     if ((e = check_key(c)))
         goto fail;
     if ((e = load_device(c)))
         goto fail;
-    if (signal_context_create(&c->sg, c) != 0 || hush__provider_install(c->sg) != 0 ||
-        signal_context_set_locking_functions(c->sg, sg_lock, sg_unlock) != 0 || hush__stores_install(c) != 0) {
+    if (signal_context_create(&c->sg, c) != 0 || hsdk_provider_install(c->sg) != 0 ||
+        signal_context_set_locking_functions(c->sg, sg_lock, sg_unlock) != 0 || hsdk_stores_install(c) != 0) {
         e = HUSH_ERR_NOMEM;
         goto fail;
     }
@@ -368,9 +368,9 @@ hush_err hush_client_check(hush_client *c)
 {
     if (!c)
         return HUSH_ERR_INVALID_ARG;
-    hush__lock(c);
-    hush_err e = hush__from_store(hstore_integrity_check(c->db));
-    hush__unlock(c);
+    hsdk_lock(c);
+    hush_err e = hsdk_from_store(hstore_integrity_check(c->db));
+    hsdk_unlock(c);
     return e;
 }
 
@@ -380,14 +380,14 @@ hush_err hush_client_check(hush_client *c)
 static hush_err store_signed_pre_key(hush_client *c, ratchet_identity_key_pair *ikp, uint32_t id)
 {
     session_signed_pre_key *spk = NULL;
-    int rc = signal_protocol_key_helper_generate_signed_pre_key(&spk, ikp, id, hush__now_ms(), c->sg);
+    int rc = signal_protocol_key_helper_generate_signed_pre_key(&spk, ikp, id, hsdk_now_ms(), c->sg);
     if (rc)
-        return hush__from_signal(rc);
+        return hsdk_from_signal(rc);
     rc = signal_protocol_signed_pre_key_store_key(c->sc, spk);
     SIGNAL_UNREF(spk);
     if (rc)
         return c->store_err ? c->store_err : HUSH_ERR_STORAGE;
-    return hush__meta_set_int(c, "current_signed_pre_key", id);
+    return hsdk_meta_set_int(c, "current_signed_pre_key", id);
 }
 
 static hush_err create_device_locked(hush_client *c, const char *username, uint32_t device_id)
@@ -404,20 +404,20 @@ static hush_err create_device_locked(hush_client *c, const char *username, uint3
     uint32_t reg_id = 0;
     int rc;
 
-    if ((e = hush__begin(c)))
+    if ((e = hsdk_begin(c)))
         return e;
     e = HUSH_ERR_NOMEM;
     if ((rc = signal_protocol_key_helper_generate_identity_key_pair(&ikp, c->sg)) ||
         (rc = signal_protocol_key_helper_generate_registration_id(&reg_id, 0, c->sg)) ||
         (rc = ec_public_key_serialize(&pub, ratchet_identity_key_pair_get_public(ikp))) ||
         (rc = ec_private_key_serialize(&priv, ratchet_identity_key_pair_get_private(ikp)))) {
-        e = hush__from_signal(rc);
+        e = hsdk_from_signal(rc);
         goto out;
     }
     crypto_sign_keypair(auth_pk, auth_sk);
-    if ((e = hush__seal(c, "hush1|local_device|identity_private", signal_buffer_data(priv), signal_buffer_len(priv),
+    if ((e = hsdk_seal(c, "hush1|local_device|identity_private", signal_buffer_data(priv), signal_buffer_len(priv),
                         &sealed, &sealed_len)) ||
-        (e = hush__seal(c, "hush1|local_device|auth_secret", auth_sk, sizeof auth_sk, &sealed_auth, &sealed_auth_len)))
+        (e = hsdk_seal(c, "hush1|local_device|auth_secret", auth_sk, sizeof auth_sk, &sealed_auth, &sealed_auth_len)))
         goto out;
 
     sqlite3_stmt *st;
@@ -425,7 +425,7 @@ static hush_err create_device_locked(hush_client *c, const char *username, uint3
                                           "identity_public, identity_private, auth_public, auth_secret, created_at) "
                                           "VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)", &st);
     if (se) {
-        e = hush__from_store(se);
+        e = hsdk_from_store(se);
         goto out;
     }
     sqlite3_bind_text(st, 1, username, -1, SQLITE_TRANSIENT);
@@ -435,15 +435,15 @@ static hush_err create_device_locked(hush_client *c, const char *username, uint3
     sqlite3_bind_blob(st, 5, sealed, (int)sealed_len, SQLITE_TRANSIENT);
     sqlite3_bind_blob(st, 6, auth_pk, sizeof auth_pk, SQLITE_TRANSIENT);
     sqlite3_bind_blob(st, 7, sealed_auth, (int)sealed_auth_len, SQLITE_TRANSIENT);
-    sqlite3_bind_int64(st, 8, (int64_t)hush__now_ms());
+    sqlite3_bind_int64(st, 8, (int64_t)hsdk_now_ms());
     if ((se = hstore_run(c->db, st))) {
-        e = hush__from_store(se);
+        e = hsdk_from_store(se);
         goto out;
     }
 
     /* One-time prekeys 1..100, then the last-resort key, then the signed prekey. */
     if ((rc = signal_protocol_key_helper_generate_pre_keys(&head, 1, HUSH_ONE_TIME_PREKEYS, c->sg))) {
-        e = hush__from_signal(rc);
+        e = hsdk_from_signal(rc);
         goto out;
     }
     for (signal_protocol_key_helper_pre_key_list_node *n = head; n; n = signal_protocol_key_helper_key_list_next(n)) {
@@ -454,17 +454,17 @@ static hush_err create_device_locked(hush_client *c, const char *username, uint3
     }
     if ((rc = curve_generate_key_pair(c->sg, &lr_pair)) ||
         (rc = session_pre_key_create(&lr, HUSH_LAST_RESORT_PREKEY_ID, lr_pair))) {
-        e = hush__from_signal(rc);
+        e = hsdk_from_signal(rc);
         goto out;
     }
     if (signal_protocol_pre_key_store_key(c->sc, lr) != 0) {
         e = c->store_err ? c->store_err : HUSH_ERR_STORAGE;
         goto out;
     }
-    if ((e = store_signed_pre_key(c, ikp, 1)) || (e = hush__meta_set_int(c, "next_pre_key", HUSH_ONE_TIME_PREKEYS + 1)) ||
-        (e = hush__meta_set_int(c, "next_signed_pre_key", 2)))
+    if ((e = store_signed_pre_key(c, ikp, 1)) || (e = hsdk_meta_set_int(c, "next_pre_key", HUSH_ONE_TIME_PREKEYS + 1)) ||
+        (e = hsdk_meta_set_int(c, "next_signed_pre_key", 2)))
         goto out;
-    e = hush__commit(c);
+    e = hsdk_commit(c);
     if (e == HUSH_OK) {
         snprintf(c->username, sizeof c->username, "%s", username);
         c->device_id = device_id;
@@ -473,7 +473,7 @@ static hush_err create_device_locked(hush_client *c, const char *username, uint3
     }
     goto done;
 out:
-    hush__rollback(c);
+    hsdk_rollback(c);
 done:
     sodium_memzero(auth_sk, sizeof auth_sk);
     free(sealed);
@@ -489,11 +489,11 @@ done:
 
 hush_err hush_device_create(hush_client *c, const char *username, uint32_t device_id)
 {
-    if (!c || !hush__valid_username(username) || device_id == 0 || device_id > INT32_MAX)
+    if (!c || !hsdk_valid_username(username) || device_id == 0 || device_id > INT32_MAX)
         return HUSH_ERR_INVALID_ARG;
-    hush__lock(c);
+    hsdk_lock(c);
     hush_err e = c->has_device ? HUSH_ERR_DEVICE_EXISTS : create_device_locked(c, username, device_id);
-    hush__unlock(c);
+    hsdk_unlock(c);
     return e;
 }
 
@@ -502,7 +502,7 @@ hush_err hush_device_info(hush_client *c, char username[HUSH_USERNAME_MAX + 1], 
 {
     if (!c)
         return HUSH_ERR_INVALID_ARG;
-    hush__lock(c);
+    hsdk_lock(c);
     hush_err e = HUSH_ERR_NO_DEVICE;
     if (c->has_device) {
         if (username)
@@ -513,7 +513,7 @@ hush_err hush_device_info(hush_client *c, char username[HUSH_USERNAME_MAX + 1], 
             *registration_id = c->registration_id;
         e = HUSH_OK;
     }
-    hush__unlock(c);
+    hsdk_unlock(c);
     return e;
 }
 
@@ -521,7 +521,7 @@ hush_err hush_device_auth_key(hush_client *c, uint8_t pub[32])
 {
     if (!c || !pub)
         return HUSH_ERR_INVALID_ARG;
-    hush__lock(c);
+    hsdk_lock(c);
     hush_err e = HUSH_ERR_NO_DEVICE;
     sqlite3_stmt *st;
     int row = 0;
@@ -529,7 +529,7 @@ hush_err hush_device_auth_key(hush_client *c, uint8_t pub[32])
         hstore_err se = hstore_prepare(c->db, "SELECT auth_public FROM local_device WHERE id = 1", &st);
         if (!se)
             se = hstore_step(c->db, st, &row);
-        e = hush__from_store(se);
+        e = hsdk_from_store(se);
         if (!e && row) {
             if (sqlite3_column_bytes(st, 0) == 32)
                 memcpy(pub, sqlite3_column_blob(st, 0), 32);
@@ -540,15 +540,15 @@ hush_err hush_device_auth_key(hush_client *c, uint8_t pub[32])
             e = HUSH_ERR_NO_DEVICE;
         }
     }
-    hush__unlock(c);
+    hsdk_unlock(c);
     return e;
 }
 
-hush_err hush__auth_sign(hush_client *c, const uint8_t *msg, size_t len, uint8_t sig[64])
+hush_err hsdk_auth_sign(hush_client *c, const uint8_t *msg, size_t len, uint8_t sig[64])
 {
     if (!c || (!msg && len) || !sig)
         return HUSH_ERR_INVALID_ARG;
-    hush__lock(c);
+    hsdk_lock(c);
     hush_err e = HUSH_ERR_NO_DEVICE;
     sqlite3_stmt *st;
     int row = 0;
@@ -556,11 +556,11 @@ hush_err hush__auth_sign(hush_client *c, const uint8_t *msg, size_t len, uint8_t
         hstore_err se = hstore_prepare(c->db, "SELECT auth_secret FROM local_device WHERE id = 1", &st);
         if (!se)
             se = hstore_step(c->db, st, &row);
-        e = hush__from_store(se);
+        e = hsdk_from_store(se);
         if (!e && row) {
             uint8_t *sk = NULL;
             size_t sk_len = 0;
-            e = hush__open(c, "hush1|local_device|auth_secret", sqlite3_column_blob(st, 0),
+            e = hsdk_open(c, "hush1|local_device|auth_secret", sqlite3_column_blob(st, 0),
                            (size_t)sqlite3_column_bytes(st, 0), &sk, &sk_len);
             sqlite3_reset(st);
             if (!e && sk_len != crypto_sign_SECRETKEYBYTES)
@@ -575,7 +575,7 @@ hush_err hush__auth_sign(hush_client *c, const uint8_t *msg, size_t len, uint8_t
             e = HUSH_ERR_NO_DEVICE;
         }
     }
-    hush__unlock(c);
+    hsdk_unlock(c);
     return e;
 }
 
@@ -584,7 +584,7 @@ hush_err hush_prekeys_remaining(hush_client *c, uint32_t *count)
     if (!c || !count)
         return HUSH_ERR_INVALID_ARG;
     *count = 0;
-    hush__lock(c);
+    hsdk_lock(c);
     sqlite3_stmt *st;
     int row = 0;
     hstore_err se = hstore_prepare(c->db, "SELECT count(*) FROM pre_keys WHERE id != ?1", &st);
@@ -596,8 +596,8 @@ hush_err hush_prekeys_remaining(hush_client *c, uint32_t *count)
         *count = (uint32_t)sqlite3_column_int64(st, 0);
         sqlite3_reset(st);
     }
-    hush__unlock(c);
-    return hush__from_store(se);
+    hsdk_unlock(c);
+    return hsdk_from_store(se);
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -613,7 +613,7 @@ static hush_err pick_pre_key(hush_client *c, uint32_t *id)
         se = hstore_step(c->db, st, &row);
     }
     if (se)
-        return hush__from_store(se);
+        return hsdk_from_store(se);
     if (!row) {
         *id = HUSH_LAST_RESORT_PREKEY_ID;
         return HUSH_OK;
@@ -625,17 +625,17 @@ static hush_err pick_pre_key(hush_client *c, uint32_t *id)
         sqlite3_bind_int64(st, 1, *id);
         se = hstore_run(c->db, st);
     }
-    return hush__from_store(se);
+    return hsdk_from_store(se);
 }
 
-hush_err hush__current_signed_pre_key(hush_client *c, session_signed_pre_key **spk, signal_buffer **pub,
+hush_err hsdk_current_signed_pre_key(hush_client *c, session_signed_pre_key **spk, signal_buffer **pub,
                                       Hush__SignedPreKey *out)
 {
     int64_t id = 0;
     int found = 0;
     *spk = NULL;
     *pub = NULL;
-    hush_err e = hush__meta_get_int(c, "current_signed_pre_key", &id, &found);
+    hush_err e = hsdk_meta_get_int(c, "current_signed_pre_key", &id, &found);
     if (e)
         return e;
     if (!found)
@@ -668,10 +668,10 @@ static hush_err export_locked(hush_client *c, uint8_t **out, size_t *out_len)
     uint8_t auth[32];
     Hush__SignedPreKey s;
 
-    if ((e = hush__begin(c)))
+    if ((e = hsdk_begin(c)))
         return e;
-    if ((e = hush__current_signed_pre_key(c, &spk, &spk_pub, &s)) || (e = pick_pre_key(c, &pk_id)) ||
-        (e = hush__local_identity(c, &ikp)) || (e = hush_device_auth_key(c, auth)))
+    if ((e = hsdk_current_signed_pre_key(c, &spk, &spk_pub, &s)) || (e = pick_pre_key(c, &pk_id)) ||
+        (e = hsdk_local_identity(c, &ikp)) || (e = hush_device_auth_key(c, auth)))
         goto out;
     if (signal_protocol_pre_key_load_key(c->sc, &pk, pk_id) != 0) {
         e = c->store_err ? c->store_err : HUSH_ERR_STORAGE;
@@ -697,13 +697,13 @@ static hush_err export_locked(hush_client *c, uint8_t **out, size_t *out_len)
     b.auth_key.data = auth;
     b.auth_key.len = sizeof auth;
     size_t n = hush__key_bundle__get_packed_size(&b);
-    uint8_t *buf = hush__alloc(n);
+    uint8_t *buf = hsdk_alloc(n);
     if (!buf) {
         e = HUSH_ERR_NOMEM;
         goto out;
     }
     hush__key_bundle__pack(&b, buf);
-    if ((e = hush__commit(c))) {
+    if ((e = hsdk_commit(c))) {
         hush_free(buf);
         goto done;
     }
@@ -711,7 +711,7 @@ static hush_err export_locked(hush_client *c, uint8_t **out, size_t *out_len)
     *out_len = n;
     goto done;
 out:
-    hush__rollback(c);
+    hsdk_rollback(c);
 done:
     SIGNAL_UNREF(pk);
     SIGNAL_UNREF(spk);
@@ -730,9 +730,9 @@ hush_err hush_bundle_export(hush_client *c, uint8_t **out, size_t *out_len)
     *out_len = 0;
     if (!c)
         return HUSH_ERR_INVALID_ARG;
-    hush__lock(c);
+    hsdk_lock(c);
     hush_err e = c->has_device ? export_locked(c, out, out_len) : HUSH_ERR_NO_DEVICE;
-    hush__unlock(c);
+    hsdk_unlock(c);
     return e;
 }
 
@@ -750,7 +750,7 @@ static hush_err save_pending_identity(hush_client *c)
     uint8_t keys[HUSH_MAX_PENDING_KEYS][33];
     int64_t cand[HUSH_MAX_PENDING_KEYS];
     size_t n = 0;
-    hush_err e = hush__pending_candidates(c, name, dev, keys, cand, HUSH_MAX_PENDING_KEYS, &n);
+    hush_err e = hsdk_pending_candidates(c, name, dev, keys, cand, HUSH_MAX_PENDING_KEYS, &n);
     int known = 0;
     int64_t next = 0;
     for (size_t i = 0; !e && i < n; i++) {
@@ -765,26 +765,26 @@ static hush_err save_pending_identity(hush_client *c)
     hstore_err se = hstore_prepare(c->db, "INSERT INTO pending_identities (name, device_id, candidate, key, created_at) "
                                           "VALUES (?1, ?2, ?3, ?4, ?5)", &st);
     if (se)
-        return hush__from_store(se);
+        return hsdk_from_store(se);
     char ad[128];
-    hush__ad(ad, sizeof ad, "pending_identities", name, strlen(name), dev, next);
+    hsdk_ad(ad, sizeof ad, "pending_identities", name, strlen(name), dev, next);
     uint8_t *ct = NULL;
     size_t clen = 0;
-    e = hush__seal(c, ad, c->untrusted.key, sizeof c->untrusted.key, &ct, &clen);
+    e = hsdk_seal(c, ad, c->untrusted.key, sizeof c->untrusted.key, &ct, &clen);
     if (e)
         return e;
     sqlite3_bind_blob(st, 1, name, (int)strlen(name), SQLITE_TRANSIENT);
     sqlite3_bind_int64(st, 2, dev);
     sqlite3_bind_int64(st, 3, next);
     sqlite3_bind_blob(st, 4, ct, (int)clen, SQLITE_TRANSIENT);
-    sqlite3_bind_int64(st, 5, (int64_t)hush__now_ms());
+    sqlite3_bind_int64(st, 5, (int64_t)hsdk_now_ms());
     free(ct);
-    return hush__from_store(hstore_run(c->db, st));
+    return hsdk_from_store(hstore_run(c->db, st));
 }
 
 /* Public wrapper used by session.c too. */
-hush_err hush__after_untrusted(hush_client *c);
-hush_err hush__after_untrusted(hush_client *c)
+hush_err hsdk_after_untrusted(hush_client *c);
+hush_err hsdk_after_untrusted(hush_client *c)
 {
     hush_err e = save_pending_identity(c);
     return e ? e : HUSH_ERR_IDENTITY_CHANGED;
@@ -824,22 +824,22 @@ static hush_err import_locked(hush_client *c, const Hush__KeyBundle *b)
         goto done;
     }
     signal_protocol_address addr = { b->username, strlen(b->username), (int32_t)b->device_id };
-    if ((e = hush__begin(c)))
+    if ((e = hsdk_begin(c)))
         goto done;
     int rc = session_builder_create(&builder, c->sc, &addr, c->sg);
     if (rc == 0)
         rc = session_builder_process_pre_key_bundle(builder, bundle);
     if (rc != 0) {
-        hush__rollback(c);
+        hsdk_rollback(c);
         if (rc == SG_ERR_UNTRUSTED_IDENTITY)
-            e = hush__after_untrusted(c);
+            e = hsdk_after_untrusted(c);
         else if (c->store_err)
             e = c->store_err;
         else
             e = rc == SG_ERR_INVALID_KEY ? HUSH_ERR_BAD_SIGNATURE : HUSH_ERR_BAD_BUNDLE;
         goto done;
     }
-    e = hush__commit(c);
+    e = hsdk_commit(c);
 done:
     session_builder_free(builder);
     SIGNAL_UNREF(bundle);
@@ -864,7 +864,7 @@ hush_err hush_bundle_import(hush_client *c, const uint8_t *data, size_t len, cha
     if (!b)
         return HUSH_ERR_BAD_BUNDLE;
     hush_err e;
-    if (!hush__valid_username(b->username) || b->device_id == 0 || b->device_id > INT32_MAX ||
+    if (!hsdk_valid_username(b->username) || b->device_id == 0 || b->device_id > INT32_MAX ||
         b->registration_id == 0 || b->registration_id > 16380 || !valid_pub(&b->identity_key) ||
         !b->signed_pre_key || !valid_pub(&b->signed_pre_key->public_key) ||
         (b->one_time_pre_key && (!valid_pub(&b->one_time_pre_key->public_key) || b->one_time_pre_key->id == 0 ||
@@ -874,9 +874,9 @@ hush_err hush_bundle_import(hush_client *c, const uint8_t *data, size_t len, cha
     } else if (b->signed_pre_key->signature.len != 64) {
         e = HUSH_ERR_BAD_SIGNATURE; /* empty or short signatures never reach the library */
     } else {
-        hush__lock(c);
+        hsdk_lock(c);
         e = c->has_device ? import_locked(c, b) : HUSH_ERR_NO_DEVICE;
-        hush__unlock(c);
+        hsdk_unlock(c);
     }
     if (e == HUSH_OK || e == HUSH_ERR_IDENTITY_CHANGED) {
         if (peer)
@@ -890,11 +890,11 @@ hush_err hush_bundle_import(hush_client *c, const uint8_t *data, size_t len, cha
 
 int hush_has_session(hush_client *c, const char *peer, uint32_t device_id)
 {
-    if (!c || !hush__valid_username(peer) || device_id == 0 || device_id > INT32_MAX)
+    if (!c || !hsdk_valid_username(peer) || device_id == 0 || device_id > INT32_MAX)
         return 0;
     signal_protocol_address addr = { peer, strlen(peer), (int32_t)device_id };
-    hush__lock(c);
+    hsdk_lock(c);
     int r = signal_protocol_session_contains_session(c->sc, &addr);
-    hush__unlock(c);
+    hsdk_unlock(c);
     return r == 1;
 }

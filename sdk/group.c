@@ -24,7 +24,7 @@ static signal_protocol_sender_key_name skn_of(const char *group_id, const char *
     return n;
 }
 
-hush_err hush__process_skdm(hush_client *c, const char *peer, uint32_t dev, const char *group_id, const uint8_t *skdm,
+hush_err hsdk_process_skdm(hush_client *c, const char *peer, uint32_t dev, const char *group_id, const uint8_t *skdm,
                             size_t len)
 {
     sender_key_distribution_message *m = NULL;
@@ -45,7 +45,7 @@ hush_err hush__process_skdm(hush_client *c, const char *peer, uint32_t dev, cons
     if (rc == 0)
         rc = group_session_builder_process_session(b, &skn, m);
     if (rc != 0)
-        e = c->store_err ? c->store_err : hush__from_signal(rc);
+        e = c->store_err ? c->store_err : hsdk_from_signal(rc);
 out:
     group_session_builder_free(b);
     SIGNAL_UNREF(rec);
@@ -53,7 +53,7 @@ out:
     return e;
 }
 
-hush_err hush__group_decrypt(hush_client *c, const char *peer, uint32_t dev, const char *group_id, const uint8_t *ct,
+hush_err hsdk_group_decrypt(hush_client *c, const char *peer, uint32_t dev, const char *group_id, const uint8_t *ct,
                              size_t len, signal_buffer **plaintext)
 {
     sender_key_message *m = NULL;
@@ -73,7 +73,7 @@ hush_err hush__group_decrypt(hush_client *c, const char *peer, uint32_t dev, con
         return c->store_err;
     if (rc == SG_ERR_NO_SESSION)
         return HUSH_ERR_NO_GROUP_SESSION;
-    return hush__from_signal(rc);
+    return hsdk_from_signal(rc);
 }
 
 hush_err hush_group_distribution(hush_client *c, const char *group_id, const char *member, uint32_t device_id,
@@ -83,9 +83,9 @@ hush_err hush_group_distribution(hush_client *c, const char *group_id, const cha
         return HUSH_ERR_INVALID_ARG;
     *envelope = NULL;
     *envelope_len = 0;
-    if (!c || !hush__valid_group_id(group_id) || !hush__valid_username(member) || !valid_device(device_id))
+    if (!c || !hsdk_valid_group_id(group_id) || !hsdk_valid_username(member) || !valid_device(device_id))
         return HUSH_ERR_INVALID_ARG;
-    hush__lock(c);
+    hsdk_lock(c);
     hush_err e;
     group_session_builder *b = NULL;
     sender_key_distribution_message *skdm = NULL;
@@ -93,15 +93,15 @@ hush_err hush_group_distribution(hush_client *c, const char *group_id, const cha
         e = HUSH_ERR_NO_DEVICE;
         goto unlock;
     }
-    if ((e = hush__begin(c)))
+    if ((e = hsdk_begin(c)))
         goto unlock;
     signal_protocol_sender_key_name self = skn_of(group_id, c->username, c->device_id);
     int rc = group_session_builder_create(&b, c->sc, c->sg);
     if (rc == 0)
         rc = group_session_builder_create_session(b, &skdm, &self);
     if (rc != 0) {
-        e = c->store_err ? c->store_err : hush__from_signal(rc);
-        hush__rollback(c);
+        e = c->store_err ? c->store_err : hsdk_from_signal(rc);
+        hsdk_rollback(c);
         goto unlock;
     }
     signal_buffer *ser = ciphertext_message_get_serialized((ciphertext_message *)skdm);
@@ -113,10 +113,10 @@ hush_err hush_group_distribution(hush_client *c, const char *group_id, const cha
     content.kind = HUSH__CONTENT_KIND__CONTENT_SENDER_KEY;
     content.body.data = signal_buffer_data(ser);
     content.body.len = signal_buffer_len(ser);
-    content.sent_at_ms = hush__now_ms();
+    content.sent_at_ms = hsdk_now_ms();
     content.group_id = (char *)group_id;
-    e = hush__encrypt_content(c, member, device_id, &content, envelope, envelope_len);
-    e = hush__end(c, e);
+    e = hsdk_encrypt_content(c, member, device_id, &content, envelope, envelope_len);
+    e = hsdk_end(c, e);
     if (e) {
         hush_free(*envelope);
         *envelope = NULL;
@@ -125,15 +125,15 @@ hush_err hush_group_distribution(hush_client *c, const char *group_id, const cha
 unlock:
     SIGNAL_UNREF(skdm);
     group_session_builder_free(b);
-    hush__unlock(c);
+    hsdk_unlock(c);
     return e;
 }
 
 hush_err hush_group_rotate(hush_client *c, const char *group_id)
 {
-    if (!c || !hush__valid_group_id(group_id))
+    if (!c || !hsdk_valid_group_id(group_id))
         return HUSH_ERR_INVALID_ARG;
-    hush__lock(c);
+    hsdk_lock(c);
     hush_err e = HUSH_ERR_NO_DEVICE;
     if (c->has_device) {
         /* libsignal has no sender-key delete callback (docs/LIBSIGNAL-NOTES.md §2): delete our own row, so the
@@ -146,9 +146,9 @@ hush_err hush_group_rotate(hush_client *c, const char *group_id)
             sqlite3_bind_int64(st, 3, c->device_id);
             se = hstore_run(c->db, st);
         }
-        e = hush__from_store(se);
+        e = hsdk_from_store(se);
     }
-    hush__unlock(c);
+    hsdk_unlock(c);
     return e;
 }
 
@@ -159,11 +159,11 @@ hush_err hush_group_encrypt(hush_client *c, const char *group_id, const uint8_t 
         return HUSH_ERR_INVALID_ARG;
     *envelope = NULL;
     *envelope_len = 0;
-    if (!c || !hush__valid_group_id(group_id) || (!body && len))
+    if (!c || !hsdk_valid_group_id(group_id) || (!body && len))
         return HUSH_ERR_INVALID_ARG;
     if (len > HUSH_MAX_BODY)
         return HUSH_ERR_TOO_BIG;
-    hush__lock(c);
+    hsdk_lock(c);
     hush_err e;
     group_cipher *gc = NULL;
     ciphertext_message *msg = NULL;
@@ -174,7 +174,7 @@ hush_err hush_group_encrypt(hush_client *c, const char *group_id, const uint8_t 
         e = HUSH_ERR_NO_DEVICE;
         goto unlock;
     }
-    if ((e = hush__begin(c)))
+    if ((e = hsdk_begin(c)))
         goto unlock;
     signal_protocol_sender_key_name self = skn_of(group_id, c->username, c->device_id);
     if (signal_protocol_sender_key_load_key(c->sc, &rec, &self) != 0) {
@@ -193,18 +193,18 @@ hush_err hush_group_encrypt(hush_client *c, const char *group_id, const uint8_t 
     content.kind = HUSH__CONTENT_KIND__CONTENT_TEXT;
     content.body.data = (uint8_t *)body;
     content.body.len = len;
-    content.sent_at_ms = hush__now_ms();
+    content.sent_at_ms = hsdk_now_ms();
     content.group_id = (char *)group_id;
-    if ((e = hush__content_pack(&content, &pt, &pt_len)))
+    if ((e = hsdk_content_pack(&content, &pt, &pt_len)))
         goto fail;
     int rc = group_cipher_create(&gc, c->sc, &self, c->sg);
     if (rc == 0)
         rc = group_cipher_encrypt(gc, pt, pt_len, &msg);
     if (rc != 0) {
-        e = c->store_err ? c->store_err : hush__from_signal(rc);
+        e = c->store_err ? c->store_err : hsdk_from_signal(rc);
         goto fail;
     }
-    e = hush__history_insert(c, group_id, 0, 1, mid, HUSH_KIND_GROUP_TEXT, group_id, content.sent_at_ms, body, len,
+    e = hsdk_history_insert(c, group_id, 0, 1, mid, HUSH_KIND_GROUP_TEXT, group_id, content.sent_at_ms, body, len,
                              NULL, NULL);
     if (e)
         goto fail;
@@ -215,13 +215,13 @@ hush_err hush_group_encrypt(hush_client *c, const char *group_id, const uint8_t 
     env.ciphertext.len = signal_buffer_len(ser);
     env.group_id = (char *)group_id;
     size_t n = hush__envelope__get_packed_size(&env);
-    uint8_t *out = hush__alloc(n);
+    uint8_t *out = hsdk_alloc(n);
     if (!out) {
         e = HUSH_ERR_NOMEM;
         goto fail;
     }
     hush__envelope__pack(&env, out);
-    if ((e = hush__commit(c))) {
+    if ((e = hsdk_commit(c))) {
         hush_free(out);
         goto unlock;
     }
@@ -231,7 +231,7 @@ hush_err hush_group_encrypt(hush_client *c, const char *group_id, const uint8_t 
         memcpy(message_id_out, mid, sizeof mid);
     goto unlock;
 fail:
-    hush__rollback(c);
+    hsdk_rollback(c);
 unlock:
     if (pt) {
         sodium_memzero(pt, pt_len);
@@ -240,6 +240,6 @@ unlock:
     SIGNAL_UNREF(msg);
     SIGNAL_UNREF(rec);
     group_cipher_free(gc);
-    hush__unlock(c);
+    hsdk_unlock(c);
     return e;
 }

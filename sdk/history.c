@@ -18,10 +18,10 @@ static void history_ad(char *ad, size_t cap, const char *peer, uint32_t dev, int
     sodium_bin2hex(hex, sizeof hex, mid, 16);
     char name[HUSH_USERNAME_MAX + HUSH_GROUP_ID_MAX + 48];
     int n = snprintf(name, sizeof name, "%s/%s/%s", peer, group_id, hex);
-    hush__ad(ad, cap, "history", name, (size_t)n, dev, outgoing);
+    hsdk_ad(ad, cap, "history", name, (size_t)n, dev, outgoing);
 }
 
-hush_err hush__history_insert(hush_client *c, const char *peer, uint32_t peer_dev, int outgoing, const uint8_t msg_id[16],
+hush_err hsdk_history_insert(hush_client *c, const char *peer, uint32_t peer_dev, int outgoing, const uint8_t msg_id[16],
                               int kind, const char *group_id, uint64_t sent_at, const uint8_t *body, size_t len,
                               int64_t *local_id, int *duplicate)
 {
@@ -33,12 +33,12 @@ hush_err hush__history_insert(hush_client *c, const char *peer, uint32_t peer_de
                                           "sent_at, received_at, body, notified) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?3) "
                                           "ON CONFLICT DO NOTHING", &st);
     if (se)
-        return hush__from_store(se);
+        return hsdk_from_store(se);
     char ad[256];
     history_ad(ad, sizeof ad, peer, peer_dev, outgoing, group_id, msg_id);
     uint8_t *ct = NULL;
     size_t clen = 0;
-    hush_err e = hush__seal(c, ad, body, len, &ct, &clen);
+    hush_err e = hsdk_seal(c, ad, body, len, &ct, &clen);
     if (e)
         return e;
     sqlite3_bind_text(st, 1, peer, -1, SQLITE_TRANSIENT);
@@ -48,12 +48,12 @@ hush_err hush__history_insert(hush_client *c, const char *peer, uint32_t peer_de
     sqlite3_bind_int(st, 5, kind);
     sqlite3_bind_text(st, 6, group_id, -1, SQLITE_TRANSIENT);
     sqlite3_bind_int64(st, 7, (int64_t)sent_at);
-    sqlite3_bind_int64(st, 8, (int64_t)hush__now_ms());
+    sqlite3_bind_int64(st, 8, (int64_t)hsdk_now_ms());
     sqlite3_bind_blob(st, 9, ct, (int)clen, SQLITE_TRANSIENT);
     free(ct);
     se = hstore_run(c->db, st);
     if (se)
-        return hush__from_store(se);
+        return hsdk_from_store(se);
     if (hstore_changes(c->db) == 0) {
         if (duplicate)
             *duplicate = 1;
@@ -84,18 +84,18 @@ hush_err hush_history_list(hush_client *c, const char *peer, int64_t before_loca
         return HUSH_ERR_INVALID_ARG;
     *out = NULL;
     *count = 0;
-    if (!c || !hush__valid_username(peer) || limit < 1 || limit > HISTORY_PAGE_MAX || before_local_id < 0)
+    if (!c || !hsdk_valid_username(peer) || limit < 1 || limit > HISTORY_PAGE_MAX || before_local_id < 0)
         return HUSH_ERR_INVALID_ARG;
     hush_history_entry *v = calloc((size_t)limit, sizeof *v);
     if (!v)
         return HUSH_ERR_NOMEM;
     size_t n = 0;
-    hush__lock(c);
+    hsdk_lock(c);
     sqlite3_stmt *st;
     hstore_err se = hstore_prepare(c->db, "SELECT id, peer_device, outgoing, message_id, sent_at, received_at, read, body "
                                           "FROM history WHERE peer = ?1 AND group_id = '' AND (?2 = 0 OR id < ?2) "
                                           "ORDER BY id DESC LIMIT ?3", &st);
-    hush_err e = hush__from_store(se);
+    hush_err e = hsdk_from_store(se);
     if (!e) {
         sqlite3_bind_text(st, 1, peer, -1, SQLITE_TRANSIENT);
         sqlite3_bind_int64(st, 2, before_local_id);
@@ -119,10 +119,10 @@ hush_err hush_history_list(hush_client *c, const char *peer, int64_t before_loca
             history_ad(ad, sizeof ad, peer, h->peer_device, h->outgoing, "", h->message_id);
             uint8_t *pt = NULL;
             size_t len = 0;
-            e = hush__open(c, ad, sqlite3_column_blob(st, 7), (size_t)sqlite3_column_bytes(st, 7), &pt, &len);
+            e = hsdk_open(c, ad, sqlite3_column_blob(st, 7), (size_t)sqlite3_column_bytes(st, 7), &pt, &len);
             if (e)
                 break;
-            h->body = hush__grow_plaintext(pt, len);
+            h->body = hsdk_grow_plaintext(pt, len);
             if (!h->body) {
                 e = HUSH_ERR_NOMEM;
                 break;
@@ -133,9 +133,9 @@ hush_err hush_history_list(hush_client *c, const char *peer, int64_t before_loca
         }
         sqlite3_reset(st);
         if (!e && se)
-            e = hush__from_store(se);
+            e = hsdk_from_store(se);
     }
-    hush__unlock(c);
+    hsdk_unlock(c);
     if (e) {
         hush_history_free(v, n);
         return e;
@@ -147,17 +147,17 @@ hush_err hush_history_list(hush_client *c, const char *peer, int64_t before_loca
 
 static hush_err update_one(hush_client *c, const char *sql, int64_t id)
 {
-    hush__lock(c);
+    hsdk_lock(c);
     sqlite3_stmt *st;
     hstore_err se = hstore_prepare(c->db, sql, &st);
     if (!se) {
         sqlite3_bind_int64(st, 1, id);
         se = hstore_run(c->db, st);
     }
-    hush_err e = hush__from_store(se);
+    hush_err e = hsdk_from_store(se);
     if (!e && hstore_changes(c->db) == 0)
         e = HUSH_ERR_NOT_FOUND;
-    hush__unlock(c);
+    hsdk_unlock(c);
     return e;
 }
 
@@ -178,11 +178,11 @@ hush_err hush_history_delete(hush_client *c, int64_t local_id)
     hush_err e = update_one(c, "DELETE FROM history WHERE id = ?1", local_id);
     if (e == HUSH_OK) {
         /* secure_delete zeroed the row in the database; the WAL still holds the page as it was */
-        hush__lock(c);
+        hsdk_lock(c);
         if (hstore_truncate_wal(c->db) != HSTORE_OK) {
             /* best effort: another reader keeps the frames; the next checkpoint truncates them */
         }
-        hush__unlock(c);
+        hsdk_unlock(c);
     }
     return e;
 }
@@ -190,24 +190,24 @@ hush_err hush_history_delete(hush_client *c, int64_t local_id)
 /* ---------------------------------------------------------------------------------------- */
 /* outbox */
 
-void hush__outbox_ad(char *ad, size_t cap, const char *peer, const uint8_t mid[16])
+void hsdk_outbox_ad(char *ad, size_t cap, const char *peer, const uint8_t mid[16])
 {
     char hex[33];
     sodium_bin2hex(hex, sizeof hex, mid, 16);
     char name[HUSH_USERNAME_MAX + 40];
     int n = snprintf(name, sizeof name, "%s/%s", peer, hex);
-    hush__ad(ad, cap, "outbox", name, (size_t)n, 0, 0);
+    hsdk_ad(ad, cap, "outbox", name, (size_t)n, 0, 0);
 }
 
 /* Inserts a sealed outbox row. Caller holds the lock (and a savepoint if it needs atomicity). */
-hush_err hush__outbox_insert(hush_client *c, const char *peer, int kind, const uint8_t mid[16], const uint8_t *body,
+hush_err hsdk_outbox_insert(hush_client *c, const char *peer, int kind, const uint8_t mid[16], const uint8_t *body,
                              size_t len)
 {
     char ad[160];
-    hush__outbox_ad(ad, sizeof ad, peer, mid);
+    hsdk_outbox_ad(ad, sizeof ad, peer, mid);
     uint8_t *ct = NULL;
     size_t clen = 0;
-    hush_err e = hush__seal(c, ad, body, len, &ct, &clen);
+    hush_err e = hsdk_seal(c, ad, body, len, &ct, &clen);
     if (e)
         return e;
     sqlite3_stmt *st;
@@ -215,27 +215,27 @@ hush_err hush__outbox_insert(hush_client *c, const char *peer, int kind, const u
     if (!se) {
         sqlite3_bind_text(st, 1, peer, -1, SQLITE_TRANSIENT);
         sqlite3_bind_blob(st, 2, mid, 16, SQLITE_TRANSIENT);
-        sqlite3_bind_int64(st, 3, (int64_t)hush__now_ms());
+        sqlite3_bind_int64(st, 3, (int64_t)hsdk_now_ms());
         sqlite3_bind_blob(st, 4, ct, (int)clen, SQLITE_TRANSIENT);
         sqlite3_bind_int(st, 5, kind);
         se = hstore_run(c->db, st);
     }
     free(ct);
-    return hush__from_store(se);
+    return hsdk_from_store(se);
 }
 
 hush_err hush_outbox_put(hush_client *c, const char *peer, const uint8_t *body, size_t len,
                          uint8_t message_id_out[HUSH_MESSAGE_ID_BYTES])
 {
-    if (!c || !hush__valid_username(peer) || (!body && len))
+    if (!c || !hsdk_valid_username(peer) || (!body && len))
         return HUSH_ERR_INVALID_ARG;
     if (len > HUSH_MAX_BODY)
         return HUSH_ERR_TOO_BIG;
     uint8_t mid[16];
     randombytes_buf(mid, sizeof mid);
-    hush__lock(c);
-    hush_err e = hush__outbox_insert(c, peer, HUSH__CONTENT_KIND__CONTENT_TEXT, mid, body, len);
-    hush__unlock(c);
+    hsdk_lock(c);
+    hush_err e = hsdk_outbox_insert(c, peer, HUSH__CONTENT_KIND__CONTENT_TEXT, mid, body, len);
+    hsdk_unlock(c);
     if (!e && message_id_out)
         memcpy(message_id_out, mid, 16);
     return e;
@@ -259,13 +259,13 @@ hush_err hush_outbox_next(hush_client *c, hush_outbox_entry **out)
     *out = NULL;
     if (!c)
         return HUSH_ERR_INVALID_ARG;
-    hush__lock(c);
+    hsdk_lock(c);
     sqlite3_stmt *st;
     int row = 0;
     hstore_err se = hstore_prepare(c->db, "SELECT id, peer, message_id, created_at, attempts, body FROM outbox ORDER BY id LIMIT 1", &st);
     if (!se)
         se = hstore_step(c->db, st, &row);
-    hush_err e = hush__from_store(se);
+    hush_err e = hsdk_from_store(se);
     if (!e && !row)
         e = HUSH_ERR_NOT_FOUND;
     if (!e) {
@@ -273,7 +273,7 @@ hush_err hush_outbox_next(hush_client *c, hush_outbox_entry **out)
         const char *peer = (const char *)sqlite3_column_text(st, 1);
         if (!o) {
             e = HUSH_ERR_NOMEM;
-        } else if (!hush__valid_username(peer) || sqlite3_column_bytes(st, 2) != 16) {
+        } else if (!hsdk_valid_username(peer) || sqlite3_column_bytes(st, 2) != 16) {
             e = HUSH_ERR_DB_CORRUPT;
         } else {
             o->local_id = sqlite3_column_int64(st, 0);
@@ -282,12 +282,12 @@ hush_err hush_outbox_next(hush_client *c, hush_outbox_entry **out)
             o->created_at_ms = (uint64_t)sqlite3_column_int64(st, 3);
             o->attempts = (uint32_t)sqlite3_column_int64(st, 4);
             char ad[160];
-            hush__outbox_ad(ad, sizeof ad, o->peer, o->message_id);
+            hsdk_outbox_ad(ad, sizeof ad, o->peer, o->message_id);
             uint8_t *pt = NULL;
             size_t len = 0;
-            e = hush__open(c, ad, sqlite3_column_blob(st, 5), (size_t)sqlite3_column_bytes(st, 5), &pt, &len);
+            e = hsdk_open(c, ad, sqlite3_column_blob(st, 5), (size_t)sqlite3_column_bytes(st, 5), &pt, &len);
             if (!e) {
-                o->body = hush__grow_plaintext(pt, len);
+                o->body = hsdk_grow_plaintext(pt, len);
                 if (!o->body) {
                     e = HUSH_ERR_NOMEM;
                 } else {
@@ -302,7 +302,7 @@ hush_err hush_outbox_next(hush_client *c, hush_outbox_entry **out)
         else
             *out = o;
     }
-    hush__unlock(c);
+    hsdk_unlock(c);
     return e;
 }
 
@@ -311,7 +311,7 @@ hush_err hush_outbox_count(hush_client *c, uint32_t *count)
     if (!c || !count)
         return HUSH_ERR_INVALID_ARG;
     *count = 0;
-    hush__lock(c);
+    hsdk_lock(c);
     sqlite3_stmt *st;
     int row = 0;
     hstore_err se = hstore_prepare(c->db, "SELECT count(*) FROM outbox", &st);
@@ -321,25 +321,25 @@ hush_err hush_outbox_count(hush_client *c, uint32_t *count)
         *count = (uint32_t)sqlite3_column_int64(st, 0);
         sqlite3_reset(st);
     }
-    hush__unlock(c);
-    return hush__from_store(se);
+    hsdk_unlock(c);
+    return hsdk_from_store(se);
 }
 
 static hush_err outbox_by_id(hush_client *c, const char *sql, const uint8_t mid[16])
 {
     if (!c || !mid)
         return HUSH_ERR_INVALID_ARG;
-    hush__lock(c);
+    hsdk_lock(c);
     sqlite3_stmt *st;
     hstore_err se = hstore_prepare(c->db, sql, &st);
     if (!se) {
         sqlite3_bind_blob(st, 1, mid, 16, SQLITE_TRANSIENT);
         se = hstore_run(c->db, st);
     }
-    hush_err e = hush__from_store(se);
+    hush_err e = hsdk_from_store(se);
     if (!e && hstore_changes(c->db) == 0)
         e = HUSH_ERR_NOT_FOUND;
-    hush__unlock(c);
+    hsdk_unlock(c);
     return e;
 }
 

@@ -13,16 +13,16 @@
 
 #define MAX_PREKEY_ID 0xFFFFFEu
 
-hush_err hush__generate_pre_keys(hush_client *c, uint32_t n)
+hush_err hsdk_generate_pre_keys(hush_client *c, uint32_t n)
 {
     if (!c->has_device)
         return HUSH_ERR_NO_DEVICE;
     int64_t next = 1;
     int found = 0;
-    hush_err e = hush__begin(c);
+    hush_err e = hsdk_begin(c);
     if (e)
         return e;
-    if ((e = hush__meta_get_int(c, "next_pre_key", &next, &found)))
+    if ((e = hsdk_meta_get_int(c, "next_pre_key", &next, &found)))
         goto fail;
     if (!found || next < 1 || next > (int64_t)MAX_PREKEY_ID)
         next = 1;
@@ -31,7 +31,7 @@ hush_err hush__generate_pre_keys(hush_client *c, uint32_t n)
     signal_protocol_key_helper_pre_key_list_node *head = NULL;
     int rc = signal_protocol_key_helper_generate_pre_keys(&head, (unsigned int)next, n, c->sg);
     if (rc) {
-        e = hush__from_signal(rc);
+        e = hsdk_from_signal(rc);
         goto fail;
     }
     for (signal_protocol_key_helper_pre_key_list_node *p = head; p; p = signal_protocol_key_helper_key_list_next(p)) {
@@ -46,15 +46,15 @@ hush_err hush__generate_pre_keys(hush_client *c, uint32_t n)
     int64_t after = next + n;
     if (after > (int64_t)MAX_PREKEY_ID)
         after = after - MAX_PREKEY_ID;
-    if ((e = hush__meta_set_int(c, "next_pre_key", after)))
+    if ((e = hsdk_meta_set_int(c, "next_pre_key", after)))
         goto fail;
-    return hush__commit(c);
+    return hsdk_commit(c);
 fail:
-    hush__rollback(c);
+    hsdk_rollback(c);
     return e;
 }
 
-hush_err hush__prekey_stock(hush_client *c, uint32_t *unpublished, uint32_t *total)
+hush_err hsdk_prekey_stock(hush_client *c, uint32_t *unpublished, uint32_t *total)
 {
     sqlite3_stmt *st;
     int row = 0;
@@ -70,12 +70,12 @@ hush_err hush__prekey_stock(hush_client *c, uint32_t *unpublished, uint32_t *tot
         *unpublished = (uint32_t)sqlite3_column_int64(st, 1);
         sqlite3_reset(st);
     }
-    return hush__from_store(se);
+    return hsdk_from_store(se);
 }
 
-hush_err hush__unpublish_pre_keys(hush_client *c, const uint32_t *ids, size_t n)
+hush_err hsdk_unpublish_pre_keys(hush_client *c, const uint32_t *ids, size_t n)
 {
-    hush_err e = hush__begin(c);
+    hush_err e = hsdk_begin(c);
     if (e)
         return e;
     sqlite3_stmt *st;
@@ -85,17 +85,17 @@ hush_err hush__unpublish_pre_keys(hush_client *c, const uint32_t *ids, size_t n)
             sqlite3_bind_int64(st, 1, ids[i]);
             se = hstore_run(c->db, st);
         }
-        e = hush__from_store(se);
+        e = hsdk_from_store(se);
     }
-    return hush__end(c, e);
+    return hsdk_end(c, e);
 }
 
-hush_err hush__rotate_signed_pre_key(hush_client *c, uint64_t max_age_ms, uint64_t grace_ms, int *rotated)
+hush_err hsdk_rotate_signed_pre_key(hush_client *c, uint64_t max_age_ms, uint64_t grace_ms, int *rotated)
 {
     *rotated = 0;
     if (!c->has_device)
         return HUSH_ERR_NO_DEVICE;
-    hush_err e = hush__begin(c);
+    hush_err e = hsdk_begin(c);
     if (e)
         return e;
     int64_t cur = 0, next = 0;
@@ -103,9 +103,9 @@ hush_err hush__rotate_signed_pre_key(hush_client *c, uint64_t max_age_ms, uint64
     ratchet_identity_key_pair *ikp = NULL;
     session_signed_pre_key *spk = NULL;
     sqlite3_stmt *st;
-    uint64_t now = hush__now_ms();
-    if ((e = hush__meta_get_int(c, "current_signed_pre_key", &cur, &found)) ||
-        (e = hush__meta_get_int(c, "next_signed_pre_key", &next, &found2)))
+    uint64_t now = hsdk_now_ms();
+    if ((e = hsdk_meta_get_int(c, "current_signed_pre_key", &cur, &found)) ||
+        (e = hsdk_meta_get_int(c, "next_signed_pre_key", &next, &found2)))
         goto fail;
     int64_t created = 0;
     int row = 0;
@@ -115,7 +115,7 @@ hush_err hush__rotate_signed_pre_key(hush_client *c, uint64_t max_age_ms, uint64
         se = hstore_step(c->db, st, &row);
     }
     if (se) {
-        e = hush__from_store(se);
+        e = hsdk_from_store(se);
         goto fail;
     }
     if (row) {
@@ -125,19 +125,19 @@ hush_err hush__rotate_signed_pre_key(hush_client *c, uint64_t max_age_ms, uint64
     if (!found || !row || now - (uint64_t)created >= max_age_ms) {
         if (!found2 || next < 1 || next > (int64_t)MAX_PREKEY_ID)
             next = cur + 1;
-        if ((e = hush__local_identity(c, &ikp)))
+        if ((e = hsdk_local_identity(c, &ikp)))
             goto fail;
         int rc = signal_protocol_key_helper_generate_signed_pre_key(&spk, ikp, (uint32_t)next, now, c->sg);
         if (rc) {
-            e = hush__from_signal(rc);
+            e = hsdk_from_signal(rc);
             goto fail;
         }
         if (signal_protocol_signed_pre_key_store_key(c->sc, spk) != 0) {
             e = c->store_err ? c->store_err : HUSH_ERR_STORAGE;
             goto fail;
         }
-        if ((e = hush__meta_set_int(c, "current_signed_pre_key", next)) ||
-            (e = hush__meta_set_int(c, "next_signed_pre_key", next + 1 > (int64_t)MAX_PREKEY_ID ? 1 : next + 1)))
+        if ((e = hsdk_meta_set_int(c, "current_signed_pre_key", next)) ||
+            (e = hsdk_meta_set_int(c, "next_signed_pre_key", next + 1 > (int64_t)MAX_PREKEY_ID ? 1 : next + 1)))
             goto fail;
         cur = next;
         *rotated = 1;
@@ -150,16 +150,16 @@ hush_err hush__rotate_signed_pre_key(hush_client *c, uint64_t max_age_ms, uint64
         se = hstore_run(c->db, st);
     }
     if (se) {
-        e = hush__from_store(se);
+        e = hsdk_from_store(se);
         goto fail;
     }
     SIGNAL_UNREF(spk);
     SIGNAL_UNREF(ikp);
-    return hush__commit(c);
+    return hsdk_commit(c);
 fail:
     SIGNAL_UNREF(spk);
     SIGNAL_UNREF(ikp);
-    hush__rollback(c);
+    hsdk_rollback(c);
     *rotated = 0;
     return e;
 }

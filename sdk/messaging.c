@@ -14,7 +14,7 @@
 #define RECEIPT_DELIVERED 2
 #define RECEIPT_READ 3
 
-hush_err hush__apply_receipt(hush_client *c, const char *peer, int state, const uint8_t *ids, size_t n)
+hush_err hsdk_apply_receipt(hush_client *c, const char *peer, int state, const uint8_t *ids, size_t n)
 {
     sqlite3_stmt *st;
     for (size_t i = 0; i < n; i++) {
@@ -28,12 +28,12 @@ hush_err hush__apply_receipt(hush_client *c, const char *peer, int state, const 
             se = hstore_run(c->db, st);
         }
         if (se)
-            return hush__from_store(se);
+            return hsdk_from_store(se);
     }
     return HUSH_OK;
 }
 
-hush_err hush__set_message_state(hush_client *c, const uint8_t mid[16], int state)
+hush_err hsdk_set_message_state(hush_client *c, const uint8_t mid[16], int state)
 {
     sqlite3_stmt *st;
     hstore_err se = hstore_prepare(c->db, "UPDATE history SET state = ?2 WHERE outgoing = 1 AND message_id = ?1 AND "
@@ -43,10 +43,10 @@ hush_err hush__set_message_state(hush_client *c, const uint8_t mid[16], int stat
         sqlite3_bind_int(st, 2, state);
         se = hstore_run(c->db, st);
     }
-    return hush__from_store(se);
+    return hsdk_from_store(se);
 }
 
-hush_err hush__queue_receipt(hush_client *c, const char *peer, int state, const uint8_t mid[16])
+hush_err hsdk_queue_receipt(hush_client *c, const char *peer, int state, const uint8_t mid[16])
 {
     sqlite3_stmt *st;
     hstore_err se = hstore_prepare(c->db, "INSERT OR IGNORE INTO pending_receipts (peer, state, message_id, created_at) "
@@ -55,15 +55,15 @@ hush_err hush__queue_receipt(hush_client *c, const char *peer, int state, const 
         sqlite3_bind_text(st, 1, peer, -1, SQLITE_TRANSIENT);
         sqlite3_bind_int(st, 2, state);
         sqlite3_bind_blob(st, 3, mid, 16, SQLITE_TRANSIENT);
-        sqlite3_bind_int64(st, 4, (int64_t)hush__now_ms());
+        sqlite3_bind_int64(st, 4, (int64_t)hsdk_now_ms());
         se = hstore_run(c->db, st);
     }
-    return hush__from_store(se);
+    return hsdk_from_store(se);
 }
 
 #define RECEIPT_BATCH 256
 
-hush_err hush__flush_receipts(hush_client *c, int *queued)
+hush_err hsdk_flush_receipts(hush_client *c, int *queued)
 {
     *queued = 0;
     for (;;) {
@@ -77,13 +77,13 @@ hush_err hush__flush_receipts(hush_client *c, int *queued)
         if (!se)
             se = hstore_step(c->db, st, &row);
         if (se)
-            return hush__from_store(se);
+            return hsdk_from_store(se);
         if (!row)
             return HUSH_OK;
         snprintf(peer, sizeof peer, "%s", (const char *)sqlite3_column_text(st, 0));
         state = sqlite3_column_int(st, 1);
         sqlite3_reset(st);
-        hush_err e = hush__begin(c);
+        hush_err e = hsdk_begin(c);
         if (e)
             return e;
         se = hstore_prepare(c->db, "SELECT message_id FROM pending_receipts WHERE peer = ?1 AND state = ?2 LIMIT ?3", &st);
@@ -105,15 +105,15 @@ hush_err hush__flush_receipts(hush_client *c, int *queued)
                 se = hstore_run(c->db, st);
             }
         }
-        e = hush__from_store(se);
-        if (!e && n && hush__valid_username(peer)) {
+        e = hsdk_from_store(se);
+        if (!e && n && hsdk_valid_username(peer)) {
             body[0] = (uint8_t)state;
             uint8_t rid[16];
             randombytes_buf(rid, sizeof rid);
-            e = hush__outbox_insert(c, peer, HUSH__CONTENT_KIND__CONTENT_RECEIPT, rid, body,
+            e = hsdk_outbox_insert(c, peer, HUSH__CONTENT_KIND__CONTENT_RECEIPT, rid, body,
                                     1 + n * HUSH_MESSAGE_ID_BYTES);
         }
-        e = hush__end(c, e);
+        e = hsdk_end(c, e);
         if (e)
             return e;
         (*queued)++;
@@ -123,31 +123,31 @@ hush_err hush__flush_receipts(hush_client *c, int *queued)
 hush_err hush_send(hush_client *c, const char *peer, const uint8_t *text, size_t len,
                    uint8_t message_id_out[HUSH_MESSAGE_ID_BYTES])
 {
-    if (!c || !hush__valid_username(peer) || (!text && len))
+    if (!c || !hsdk_valid_username(peer) || (!text && len))
         return HUSH_ERR_INVALID_ARG;
     if (len > HUSH_MAX_BODY)
         return HUSH_ERR_TOO_BIG;
     uint8_t mid[HUSH_MESSAGE_ID_BYTES];
     randombytes_buf(mid, sizeof mid);
-    hush__lock(c);
+    hsdk_lock(c);
     hush_err e = c->has_device ? HUSH_OK : HUSH_ERR_NO_DEVICE;
     if (!e && !strcmp(peer, c->username))
         e = HUSH_ERR_INVALID_ARG; /* to yourself: there is no other device of yours to deliver to */
     if (!e)
-        e = hush__begin(c);
+        e = hsdk_begin(c);
     if (!e) {
         /* Outbox row and history row (QUEUED) in one transaction, before anything leaves. */
-        e = hush__outbox_insert(c, peer, HUSH__CONTENT_KIND__CONTENT_TEXT, mid, text, len);
+        e = hsdk_outbox_insert(c, peer, HUSH__CONTENT_KIND__CONTENT_TEXT, mid, text, len);
         if (!e)
-            e = hush__history_insert(c, peer, 0, 1, mid, HUSH_KIND_TEXT, "", hush__now_ms(), text, len, NULL, NULL);
-        e = hush__end(c, e);
+            e = hsdk_history_insert(c, peer, 0, 1, mid, HUSH_KIND_TEXT, "", hsdk_now_ms(), text, len, NULL, NULL);
+        e = hsdk_end(c, e);
     }
-    hush__unlock(c);
+    hsdk_unlock(c);
     if (e)
         return e;
     if (message_id_out)
         memcpy(message_id_out, mid, sizeof mid);
-    hush__net_wake(c, NET_WAKE_OUTBOX);
+    hsdk_net_wake(c, NET_WAKE_OUTBOX);
     return HUSH_OK;
 }
 
@@ -155,8 +155,8 @@ hush_err hush_outbox_cancel(hush_client *c, const uint8_t message_id[HUSH_MESSAG
 {
     if (!c || !message_id)
         return HUSH_ERR_INVALID_ARG;
-    hush__lock(c);
-    hush_err e = hush__begin(c);
+    hsdk_lock(c);
+    hush_err e = hsdk_begin(c);
     if (!e) {
         sqlite3_stmt *st;
         hstore_err se = hstore_prepare(c->db, "DELETE FROM outbox WHERE message_id = ?1 AND kind = ?2", &st);
@@ -165,7 +165,7 @@ hush_err hush_outbox_cancel(hush_client *c, const uint8_t message_id[HUSH_MESSAG
             sqlite3_bind_int(st, 2, HUSH__CONTENT_KIND__CONTENT_TEXT);
             se = hstore_run(c->db, st);
         }
-        e = hush__from_store(se);
+        e = hsdk_from_store(se);
         if (!e && hstore_changes(c->db) == 0)
             e = HUSH_ERR_NOT_FOUND; /* sent already, or no such message */
         if (!e && !(se = hstore_prepare(c->db, "DELETE FROM outbox_envelopes WHERE message_id = ?1", &st))) {
@@ -173,14 +173,14 @@ hush_err hush_outbox_cancel(hush_client *c, const uint8_t message_id[HUSH_MESSAG
             se = hstore_run(c->db, st);
         }
         if (!e)
-            e = hush__from_store(se);
+            e = hsdk_from_store(se);
         if (!e)
-            e = hush__set_message_state(c, message_id, HUSH_MSG_FAILED);
-        e = hush__end(c, e);
+            e = hsdk_set_message_state(c, message_id, HUSH_MSG_FAILED);
+        e = hsdk_end(c, e);
     }
-    hush__unlock(c);
+    hsdk_unlock(c);
     if (!e)
-        hush__net_wake(c, NET_WAKE_OUTBOX);
+        hsdk_net_wake(c, NET_WAKE_OUTBOX);
     return e;
 }
 
@@ -188,7 +188,7 @@ hush_err hush_message_state(hush_client *c, const uint8_t message_id[HUSH_MESSAG
 {
     if (!c || !message_id || !state)
         return HUSH_ERR_INVALID_ARG;
-    hush__lock(c);
+    hsdk_lock(c);
     sqlite3_stmt *st;
     int row = 0;
     hstore_err se = hstore_prepare(c->db, "SELECT state FROM history WHERE outgoing = 1 AND message_id = ?1 LIMIT 1", &st);
@@ -196,14 +196,14 @@ hush_err hush_message_state(hush_client *c, const uint8_t message_id[HUSH_MESSAG
         sqlite3_bind_blob(st, 1, message_id, 16, SQLITE_TRANSIENT);
         se = hstore_step(c->db, st, &row);
     }
-    hush_err e = hush__from_store(se);
+    hush_err e = hsdk_from_store(se);
     if (!e && row) {
         *state = (hush_msg_state)sqlite3_column_int(st, 0);
         sqlite3_reset(st);
     } else if (!e) {
         e = HUSH_ERR_NOT_FOUND;
     }
-    hush__unlock(c);
+    hsdk_unlock(c);
     return e;
 }
 
@@ -211,7 +211,7 @@ hush_err hush_mark_read(hush_client *c, int64_t local_id)
 {
     if (!c || local_id <= 0)
         return HUSH_ERR_INVALID_ARG;
-    hush__lock(c);
+    hsdk_lock(c);
     sqlite3_stmt *st;
     int row = 0;
     char peer[HUSH_USERNAME_MAX + 1] = "";
@@ -223,7 +223,7 @@ hush_err hush_mark_read(hush_client *c, int64_t local_id)
         sqlite3_bind_int64(st, 1, local_id);
         se = hstore_step(c->db, st, &row);
     }
-    hush_err e = hush__from_store(se);
+    hush_err e = hsdk_from_store(se);
     if (!e && row) {
         snprintf(peer, sizeof peer, "%s", (const char *)sqlite3_column_text(st, 0));
         if (sqlite3_column_bytes(st, 1) == 16)
@@ -235,24 +235,24 @@ hush_err hush_mark_read(hush_client *c, int64_t local_id)
     } else if (!e) {
         e = HUSH_ERR_NOT_FOUND;
     }
-    if (!e && !already && (e = hush__begin(c)) == HUSH_OK) {
+    if (!e && !already && (e = hsdk_begin(c)) == HUSH_OK) {
         se = hstore_prepare(c->db, "UPDATE history SET read = 1 WHERE id = ?1", &st);
         if (!se) {
             sqlite3_bind_int64(st, 1, local_id);
             se = hstore_run(c->db, st);
         }
-        e = hush__from_store(se);
-        if (!e && hush__valid_username(peer))
-            e = hush__queue_receipt(c, peer, RECEIPT_READ, mid);
+        e = hsdk_from_store(se);
+        if (!e && hsdk_valid_username(peer))
+            e = hsdk_queue_receipt(c, peer, RECEIPT_READ, mid);
         if (!e) {
             int queued = 0;
-            e = hush__flush_receipts(c, &queued); /* a read receipt goes out now, not on the next tick */
+            e = hsdk_flush_receipts(c, &queued); /* a read receipt goes out now, not on the next tick */
         }
-        e = hush__end(c, e);
+        e = hsdk_end(c, e);
     }
-    hush__unlock(c);
+    hsdk_unlock(c);
     if (!e && !already)
-        hush__net_wake(c, NET_WAKE_OUTBOX);
+        hsdk_net_wake(c, NET_WAKE_OUTBOX);
     return e;
 }
 
@@ -261,10 +261,10 @@ static hush_err set_prefs(hush_client *c, int kind, const char *const *users, si
     if (!c || (!users && n) || n > 1000)
         return HUSH_ERR_INVALID_ARG;
     for (size_t i = 0; i < n; i++)
-        if (!hush__valid_username(users[i]))
+        if (!hsdk_valid_username(users[i]))
             return HUSH_ERR_INVALID_ARG;
-    hush__lock(c);
-    hush_err e = hush__begin(c);
+    hsdk_lock(c);
+    hush_err e = hsdk_begin(c);
     sqlite3_stmt *st;
     if (!e) {
         hstore_err se = hstore_prepare(c->db, "DELETE FROM presence_prefs WHERE kind = ?1", &st);
@@ -280,12 +280,12 @@ static hush_err set_prefs(hush_client *c, int kind, const char *const *users, si
                 se = hstore_run(c->db, st);
             }
         }
-        e = hush__from_store(se);
-        e = hush__end(c, e);
+        e = hsdk_from_store(se);
+        e = hsdk_end(c, e);
     }
-    hush__unlock(c);
+    hsdk_unlock(c);
     if (!e)
-        hush__net_wake(c, NET_WAKE_PRESENCE);
+        hsdk_net_wake(c, NET_WAKE_PRESENCE);
     return e;
 }
 
@@ -304,9 +304,9 @@ hush_err hush_peer_devices(hush_client *c, const char *peer, uint32_t *out, size
     if (!count)
         return HUSH_ERR_INVALID_ARG;
     *count = 0;
-    if (!c || !hush__valid_username(peer) || (!out && max))
+    if (!c || !hsdk_valid_username(peer) || (!out && max))
         return HUSH_ERR_INVALID_ARG;
-    hush__lock(c);
+    hsdk_lock(c);
     sqlite3_stmt *st;
     int row = 0;
     hstore_err se = hstore_prepare(c->db, "SELECT device_id FROM identities WHERE name = ?1 UNION "
@@ -319,8 +319,8 @@ hush_err hush_peer_devices(hush_client *c, const char *peer, uint32_t *out, size
             (*count)++;
         }
     }
-    hush__unlock(c);
+    hsdk_unlock(c);
     if (*count > max)
         *count = max;
-    return hush__from_store(se);
+    return hsdk_from_store(se);
 }

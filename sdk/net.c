@@ -198,7 +198,7 @@ static const struct lws_protocols net_protocols[] = {
     { NULL, NULL, 0, 0, 0, NULL, 0 },
 };
 
-static uint64_t now_ms(void) { return hush__now_ms(); }
+static uint64_t now_ms(void) { return hsdk_now_ms(); }
 
 /* ------------------------------------------------------------------------------------------ */
 /* status */
@@ -297,9 +297,9 @@ static void forget_offers(struct hush_net *n)
 
 static void put_back(struct hush_net *n, const uint32_t *ids, size_t cnt)
 {
-    hush__lock(n->c);
-    hush_err e = hush__unpublish_pre_keys(n->c, ids, cnt);
-    hush__unlock(n->c);
+    hsdk_lock(n->c);
+    hush_err e = hsdk_unpublish_pre_keys(n->c, ids, cnt);
+    hsdk_unlock(n->c);
     if (e)
         report(n, e, "could not put back prekeys the relay refused");
 }
@@ -367,7 +367,7 @@ struct orow {
 
 static int next_outbox_row(hush_client *c, int64_t after, const char *skip_peer, struct orow *o)
 {
-    hush__lock(c);
+    hsdk_lock(c);
     sqlite3_stmt *st;
     int row = 0, found = 0;
     if (hstore_prepare(c->db, "SELECT id, peer, message_id, kind, body FROM outbox WHERE id > ?1 AND peer != ?2 "
@@ -382,19 +382,19 @@ static int next_outbox_row(hush_client *c, int64_t after, const char *skip_peer,
                 memcpy(o->mid, sqlite3_column_blob(st, 2), 16);
             o->kind = sqlite3_column_int(st, 3);
             char ad[160];
-            hush__outbox_ad(ad, sizeof ad, o->peer, o->mid);
-            found = hush__open(c, ad, sqlite3_column_blob(st, 4), (size_t)sqlite3_column_bytes(st, 4), &o->body,
+            hsdk_outbox_ad(ad, sizeof ad, o->peer, o->mid);
+            found = hsdk_open(c, ad, sqlite3_column_blob(st, 4), (size_t)sqlite3_column_bytes(st, 4), &o->body,
                                &o->len) == HUSH_OK;
             sqlite3_reset(st);
         }
     }
-    hush__unlock(c);
+    hsdk_unlock(c);
     return found;
 }
 
 static int peer_devices(hush_client *c, const char *peer, uint32_t *devs, int max)
 {
-    hush__lock(c);
+    hsdk_lock(c);
     sqlite3_stmt *st;
     int n = 0, row = 0;
     if (hstore_prepare(c->db, "SELECT device_id FROM peer_devices WHERE peer = ?1 ORDER BY device_id", &st) == HSTORE_OK) {
@@ -403,7 +403,7 @@ static int peer_devices(hush_client *c, const char *peer, uint32_t *devs, int ma
             devs[n++] = (uint32_t)sqlite3_column_int64(st, 0);
         sqlite3_reset(st);
     }
-    hush__unlock(c);
+    hsdk_unlock(c);
     return n;
 }
 
@@ -423,29 +423,29 @@ static void exec1(hush_client *c, const char *sql, const char *text, const uint8
     }
 }
 
-void hush__forget_peer_devices(hush_client *c, const char *peer)
+void hsdk_forget_peer_devices(hush_client *c, const char *peer)
 {
     exec1(c, "DELETE FROM peer_devices WHERE peer = ?1", peer, NULL, -1);
 }
 
 static void forget_devices(hush_client *c, const char *peer)
 {
-    hush__lock(c);
-    hush__forget_peer_devices(c, peer);
-    hush__unlock(c);
+    hsdk_lock(c);
+    hsdk_forget_peer_devices(c, peer);
+    hsdk_unlock(c);
 }
 
 static void forget_envelopes(hush_client *c, const uint8_t mid[16])
 {
-    hush__lock(c);
+    hsdk_lock(c);
     exec1(c, "DELETE FROM outbox_envelopes WHERE message_id = ?1", NULL, mid, -1);
-    hush__unlock(c);
+    hsdk_unlock(c);
 }
 
 /* The stored envelope for (mid, dev), or NULL. */
 static uint8_t *stored_envelope(hush_client *c, const uint8_t mid[16], uint32_t dev, size_t *len)
 {
-    hush__lock(c);
+    hsdk_lock(c);
     sqlite3_stmt *st;
     int row = 0;
     uint8_t *out = NULL;
@@ -461,7 +461,7 @@ static uint8_t *stored_envelope(hush_client *c, const uint8_t mid[16], uint32_t 
             sqlite3_reset(st);
         }
     }
-    hush__unlock(c);
+    hsdk_unlock(c);
     return out;
 }
 
@@ -470,11 +470,11 @@ static uint8_t *stored_envelope(hush_client *c, const uint8_t mid[16], uint32_t 
 static uint8_t *make_envelope(struct hush_net *n, const struct orow *o, uint32_t dev, size_t *len, hush_err *err)
 {
     hush_client *c = n->c;
-    hush__lock(c);
+    hsdk_lock(c);
     uint8_t *env = NULL;
-    *err = hush__begin(c);
+    *err = hsdk_begin(c);
     if (!*err) {
-        *err = hush__encrypt_kind(c, o->peer, dev, o->kind, o->body, o->len, o->mid, 0, &env, len);
+        *err = hsdk_encrypt_kind(c, o->peer, dev, o->kind, o->body, o->len, o->mid, 0, &env, len);
         if (!*err) {
             sqlite3_stmt *st;
             hstore_err se = hstore_prepare(c->db, "INSERT OR REPLACE INTO outbox_envelopes (message_id, device_id, envelope) "
@@ -485,14 +485,14 @@ static uint8_t *make_envelope(struct hush_net *n, const struct orow *o, uint32_t
                 sqlite3_bind_blob(st, 3, env, (int)*len, SQLITE_TRANSIENT);
                 se = hstore_run(c->db, st);
             }
-            *err = hush__from_store(se);
+            *err = hsdk_from_store(se);
         }
         if (!*err)
-            *err = hush__commit(c);
+            *err = hsdk_commit(c);
         else
-            hush__rollback(c);
+            hsdk_rollback(c);
     }
-    hush__unlock(c);
+    hsdk_unlock(c);
     if (*err) {
         hush_free(env);
         return NULL;
@@ -522,17 +522,17 @@ static void outbox_finished(struct hush_net *n, int64_t outbox_id, const uint8_t
                             const char *peer)
 {
     hush_client *c = n->c;
-    hush__lock(c);
-    if (hush__begin(c) == HUSH_OK) {
+    hsdk_lock(c);
+    if (hsdk_begin(c) == HUSH_OK) {
         exec1(c, "DELETE FROM outbox WHERE id = ?1", NULL, NULL, outbox_id);
         exec1(c, "DELETE FROM outbox_envelopes WHERE message_id = ?1", NULL, mid, -1);
         if (kind == HUSH__CONTENT_KIND__CONTENT_TEXT)
-            hush__set_message_state(c, mid, state);
-        if (hush__commit(c)) {
+            hsdk_set_message_state(c, mid, state);
+        if (hsdk_commit(c)) {
             /* the row stays: it is resent (same id, deduplicated by the relay) */
         }
     }
-    hush__unlock(c);
+    hsdk_unlock(c);
     if (kind == HUSH__CONTENT_KIND__CONTENT_TEXT)
         report_state(n, peer, mid, state);
     signal_progress(n);
@@ -660,7 +660,7 @@ static void pump_outbox(struct hush_net *n)
 static hush_err mark_notified(hush_client *c, const hush_message *m)
 {
     exec1(c, "UPDATE history SET notified = 1 WHERE id = ?1", NULL, NULL, m->local_id);
-    return m->kind == HUSH_KIND_TEXT ? hush__queue_receipt(c, m->sender, HUSH_MSG_DELIVERED, m->message_id) : HUSH_OK;
+    return m->kind == HUSH_KIND_TEXT ? hsdk_queue_receipt(c, m->sender, HUSH_MSG_DELIVERED, m->message_id) : HUSH_OK;
 }
 
 /* After the app has been told: mark the message notified and owe its sender a delivery receipt,
@@ -670,14 +670,14 @@ static void notify_and_mark(struct hush_net *n, const hush_message *m)
     if (n->cb.on_message)
         n->cb.on_message(n->cb.ctx, m);
     hush_client *c = n->c;
-    hush__lock(c);
-    if (hush__begin(c) == HUSH_OK) {
+    hsdk_lock(c);
+    if (hsdk_begin(c) == HUSH_OK) {
         hush_err e = mark_notified(c, m);
-        e = hush__end(c, e);
+        e = hsdk_end(c, e);
         if (e)
             report(n, e, "could not record a delivery receipt");
     }
-    hush__unlock(c);
+    hsdk_unlock(c);
     n->unflushed_receipts++;
 }
 
@@ -686,9 +686,9 @@ static void flush_receipts(struct hush_net *n)
     if (!n->unflushed_receipts)
         return;
     int queued = 0;
-    hush__lock(n->c);
-    hush_err e = hush__flush_receipts(n->c, &queued);
-    hush__unlock(n->c);
+    hsdk_lock(n->c);
+    hush_err e = hsdk_flush_receipts(n->c, &queued);
+    hsdk_unlock(n->c);
     if (e)
         report(n, e, "could not queue receipts");
     n->unflushed_receipts = 0;
@@ -711,7 +711,7 @@ static void inbound_store(struct hush_net *n, struct inbound *in, int from_pendi
     in->e = hush_decrypt(n->c, in->from, in->dev, in->env, in->len, &in->m);
     if (in->e == HUSH_ERR_IDENTITY_CHANGED && !from_pending) {
         /* keep the envelope until the user decides, and let the relay forget it */
-        hush__lock(n->c);
+        hsdk_lock(n->c);
         sqlite3_stmt *st;
         int64_t peer_count = 0, peer_bytes = 0, dev_count = 0;
         int row = 0;
@@ -730,7 +730,7 @@ static void inbound_store(struct hush_net *n, struct inbound *in, int from_pendi
         }
         in->held_first = dev_count == 0;
         if (!se && (peer_count >= HELD_MAX_PER_PEER || peer_bytes + (int64_t)in->len > (int64_t)HELD_BYTES_PER_PEER)) {
-            hush__unlock(n->c);
+            hsdk_unlock(n->c);
             in->held_dropped = 1; /* acknowledged and dropped: the sender keeps its own copy */
             return;
         }
@@ -744,7 +744,7 @@ static void inbound_store(struct hush_net *n, struct inbound *in, int from_pendi
             sqlite3_bind_int64(st, 4, (int64_t)now_ms());
             se = hstore_run(n->c->db, st);
         }
-        hush__unlock(n->c);
+        hsdk_unlock(n->c);
         if (se)
             in->e = HUSH_ERR_STORAGE; /* not kept: the relay must deliver it again */
         else
@@ -820,12 +820,12 @@ static void process_batch(struct hush_net *n)
     if (!n->nbatch)
         return;
     hush_client *c = n->c;
-    hush__lock(c);
-    int outer = hush__begin(c) == HUSH_OK;
+    hsdk_lock(c);
+    int outer = hsdk_begin(c) == HUSH_OK;
     for (int i = 0; i < n->nbatch; i++)
         inbound_store(n, &n->batch[i], 0);
-    hush_err ce = outer ? hush__commit(c) : HUSH_ERR_STORAGE;
-    hush__unlock(c);
+    hush_err ce = outer ? hsdk_commit(c) : HUSH_ERR_STORAGE;
+    hsdk_unlock(c);
     if (ce) {
         /* rolled back as a whole: nothing is acknowledged, everything comes again */
         report(n, ce, "could not store incoming messages; the relay will deliver them again");
@@ -847,13 +847,13 @@ static void process_batch(struct hush_net *n)
                 n->cb.on_message(n->cb.ctx, n->batch[i].m);
         }
     if (ntexts) {
-        hush__lock(c);
-        hush_err e = hush__begin(c);
+        hsdk_lock(c);
+        hush_err e = hsdk_begin(c);
         for (int i = 0; i < n->nbatch && !e; i++)
             if (is_text(&n->batch[i]))
                 e = mark_notified(c, n->batch[i].m);
-        e = hush__end(c, e);
-        hush__unlock(c);
+        e = hsdk_end(c, e);
+        hsdk_unlock(c);
         if (e)
             report(n, e, "could not record delivery receipts");
         n->unflushed_receipts += ntexts;
@@ -874,7 +874,7 @@ static void batch_cb(lws_sorted_usec_list_t *sul)
 static void reprocess_pending(struct hush_net *n)
 {
     for (;;) {
-        hush__lock(n->c);
+        hsdk_lock(n->c);
         sqlite3_stmt *st;
         int row = 0;
         int64_t id = 0;
@@ -895,7 +895,7 @@ static void reprocess_pending(struct hush_net *n)
                 memcpy(env, sqlite3_column_blob(st, 3), len);
             sqlite3_reset(st);
         }
-        hush__unlock(n->c);
+        hsdk_unlock(n->c);
         if (!id || !env) {
             free(env);
             return;
@@ -922,9 +922,9 @@ static void reprocess_pending(struct hush_net *n)
             return;
         }
         free(env);
-        hush__lock(n->c);
+        hsdk_lock(n->c);
         exec1(n->c, "DELETE FROM pending_inbox WHERE id = ?1", NULL, NULL, id);
-        hush__unlock(n->c);
+        hsdk_unlock(n->c);
     }
 }
 
@@ -932,7 +932,7 @@ static void reprocess_pending(struct hush_net *n)
 static void replay_unnotified(struct hush_net *n)
 {
     for (;;) {
-        hush__lock(n->c);
+        hsdk_lock(n->c);
         sqlite3_stmt *st;
         int row = 0;
         int64_t id = 0;
@@ -944,7 +944,7 @@ static void replay_unnotified(struct hush_net *n)
             snprintf(peer, sizeof peer, "%s", (const char *)sqlite3_column_text(st, 1));
             sqlite3_reset(st);
         }
-        hush__unlock(n->c);
+        hsdk_unlock(n->c);
         if (!id)
             return;
         hush_history_entry *h = NULL;
@@ -952,7 +952,7 @@ static void replay_unnotified(struct hush_net *n)
         hush_message m;
         memset(&m, 0, sizeof m);
         int found = 0;
-        if (hush__valid_username(peer) && hush_history_list(n->c, peer, id + 1, 1, &h, &cnt) == HUSH_OK && cnt == 1 &&
+        if (hsdk_valid_username(peer) && hush_history_list(n->c, peer, id + 1, 1, &h, &cnt) == HUSH_OK && cnt == 1 &&
             h[0].local_id == id) {
             m.kind = HUSH_KIND_TEXT;
             snprintf(m.sender, sizeof m.sender, "%s", peer);
@@ -968,9 +968,9 @@ static void replay_unnotified(struct hush_net *n)
         if (found) {
             notify_and_mark(n, &m);
         } else {
-            hush__lock(n->c);
+            hsdk_lock(n->c);
             exec1(n->c, "UPDATE history SET notified = 1 WHERE id = ?1", NULL, NULL, id);
-            hush__unlock(n->c);
+            hsdk_unlock(n->c);
         }
         hush_history_free(h, cnt);
     }
@@ -984,7 +984,7 @@ static void send_presence(struct hush_net *n)
     for (int kind = PRESENCE_ALLOW; kind <= PRESENCE_SUBSCRIBE; kind++) {
         char *names[1000];
         size_t cnt = 0;
-        hush__lock(n->c);
+        hsdk_lock(n->c);
         sqlite3_stmt *st;
         int row = 0;
         if (hstore_prepare(n->c->db, "SELECT username FROM presence_prefs WHERE kind = ?1 ORDER BY username", &st) ==
@@ -997,7 +997,7 @@ static void send_presence(struct hush_net *n)
             }
             sqlite3_reset(st);
         }
-        hush__unlock(n->c);
+        hsdk_unlock(n->c);
         struct req *r = add_req(n, R_OTHER);
         if (r && (kind == PRESENCE_ALLOW || cnt > 0)) {
             Hush__Frame f = HUSH__FRAME__INIT;
@@ -1069,9 +1069,9 @@ static int registered(hush_client *c)
 {
     int64_t v = 0;
     int found = 0;
-    hush__lock(c);
-    hush_err e = hush__meta_get_int(c, "registered", &v, &found);
-    hush__unlock(c);
+    hsdk_lock(c);
+    hush_err e = hsdk_meta_get_int(c, "registered", &v, &found);
+    hsdk_unlock(c);
     return !e && found && v == 1;
 }
 
@@ -1125,10 +1125,10 @@ static void send_auth(struct hush_net *n)
     /* A failed earlier attempt may have marked keys as handed out: make sure some are left. */
     uint32_t stock = 0;
     if (hush_prekeys_remaining(c, &stock) == HUSH_OK && stock < PREKEY_BATCH / 2) {
-        hush__lock(c);
-        if (hush__generate_pre_keys(c, PREKEY_BATCH) != HUSH_OK)
+        hsdk_lock(c);
+        if (hsdk_generate_pre_keys(c, PREKEY_BATCH) != HUSH_OK)
             report(n, HUSH_ERR_STORAGE, "could not generate prekeys");
-        hush__unlock(c);
+        hsdk_unlock(c);
     }
     if (hush_prekey_upload(c, PREKEY_BATCH, &up, &uplen, NULL) != HUSH_OK)
         return;
@@ -1172,9 +1172,9 @@ static void rotation_check(struct hush_net *n)
 {
     n->next_rotation_check_ms = now_ms() + 3600ull * 1000;
     int rotated = 0;
-    hush__lock(n->c);
-    hush_err e = hush__rotate_signed_pre_key(n->c, SPK_MAX_AGE_MS, SPK_GRACE_MS, &rotated);
-    hush__unlock(n->c);
+    hsdk_lock(n->c);
+    hush_err e = hsdk_rotate_signed_pre_key(n->c, SPK_MAX_AGE_MS, SPK_GRACE_MS, &rotated);
+    hsdk_unlock(n->c);
     if (e)
         report(n, e, "signed prekey rotation failed; will retry");
     else if (rotated)
@@ -1223,11 +1223,11 @@ static int is_new_device_of_known_user(hush_client *c, const char *peer, uint32_
 {
     uint8_t key[33];
     int mine = 0, other = 0;
-    hush__lock(c);
-    hush_err e = hush__peer_identity(c, peer, dev, key, &mine);
+    hsdk_lock(c);
+    hush_err e = hsdk_peer_identity(c, peer, dev, key, &mine);
     if (e == HUSH_OK && !mine)
-        e = hush__peer_identity_other(c, peer, dev, key, &other);
-    hush__unlock(c);
+        e = hsdk_peer_identity_other(c, peer, dev, key, &other);
+    hsdk_unlock(c);
     sodium_memzero(key, sizeof key);
     return e == HUSH_OK && !mine && other;
 }
@@ -1266,9 +1266,9 @@ static void on_fetch_result(struct hush_net *n, const struct req *r, const Hush_
         return;
     }
     hush_client *c = n->c;
-    hush__lock(c);
+    hsdk_lock(c);
     exec1(c, "DELETE FROM peer_devices WHERE peer = ?1", r->peer, NULL, -1);
-    hush__unlock(c);
+    hsdk_unlock(c);
     for (size_t i = 0; i < res->n_bundles; i++) {
         const Hush__KeyBundle *b = res->bundles[i];
         if (strcmp(b->username, r->peer) != 0)
@@ -1298,7 +1298,7 @@ static void on_fetch_result(struct hush_net *n, const struct req *r, const Hush_
                 continue;
             }
         }
-        hush__lock(c);
+        hsdk_lock(c);
         sqlite3_stmt *st;
         if (hstore_prepare(c->db, "INSERT OR REPLACE INTO peer_devices (peer, device_id, fetched_at) VALUES (?1, ?2, ?3)",
                            &st) == HSTORE_OK) {
@@ -1308,7 +1308,7 @@ static void on_fetch_result(struct hush_net *n, const struct req *r, const Hush_
             if (hstore_run(c->db, st) != HSTORE_OK)
                 report(n, HUSH_ERR_STORAGE, "could not record a contact's devices");
         }
-        hush__unlock(c);
+        hsdk_unlock(c);
     }
     uint32_t devs[1];
     if (peer_devices(c, r->peer, devs, 1) == 0 && strcmp(n->blocked_peer, r->peer) != 0) {
@@ -1381,10 +1381,10 @@ static void handle_frame(struct hush_net *n, const uint8_t *data, size_t len)
             settle_offer(n, r.id, f->result->code != HUSH__ERROR_CODE__OK);
         if (r.type == R_AUTH) {
             if (f->result->code == HUSH__ERROR_CODE__OK) {
-                hush__lock(n->c);
-                if (hush__meta_set_int(n->c, "registered", 1) != HUSH_OK)
+                hsdk_lock(n->c);
+                if (hsdk_meta_set_int(n->c, "registered", 1) != HUSH_OK)
                     report(n, HUSH_ERR_STORAGE, "could not record the registration");
-                hush__unlock(n->c);
+                hsdk_unlock(n->c);
                 went_online(n);
             } else {
                 hush_err fe = fatal_for(f->result->code);
@@ -1407,7 +1407,7 @@ static void handle_frame(struct hush_net *n, const uint8_t *data, size_t len)
         break;
     case HUSH__FRAME__MSG_DELIVER: {
         const Hush__Deliver *d = f->deliver;
-        if (!hush__valid_username(d->from_username) || d->from_device == 0) {
+        if (!hsdk_valid_username(d->from_username) || d->from_device == 0) {
             report(n, HUSH_ERR_RELAY, "delivery with a bad sender");
             uint64_t seq = d->seq;
             send_acks(n, &seq, seq ? 1 : 0);
@@ -1443,11 +1443,11 @@ static void handle_frame(struct hush_net *n, const uint8_t *data, size_t len)
         if (upload_in_flight(n))
             break;
         uint32_t unpublished = 0, total = 0;
-        hush__lock(n->c);
-        hush_err e = hush__prekey_stock(n->c, &unpublished, &total);
+        hsdk_lock(n->c);
+        hush_err e = hsdk_prekey_stock(n->c, &unpublished, &total);
         if (!e && unpublished == 0 && total + PREKEY_BATCH <= HUSH_MAX_LOCAL_PREKEYS)
-            e = hush__generate_pre_keys(n->c, PREKEY_BATCH);
-        hush__unlock(n->c);
+            e = hsdk_generate_pre_keys(n->c, PREKEY_BATCH);
+        hsdk_unlock(n->c);
         if (e)
             report(n, e, "could not generate prekeys");
         else
@@ -1455,7 +1455,7 @@ static void handle_frame(struct hush_net *n, const uint8_t *data, size_t len)
         break;
     }
     case HUSH__FRAME__MSG_PRESENCE:
-        if (n->cb.on_presence && hush__valid_username(f->presence->username))
+        if (n->cb.on_presence && hsdk_valid_username(f->presence->username))
             n->cb.on_presence(n->cb.ctx, f->presence->username, f->presence->online, f->presence->last_seen_ms);
         break;
     case HUSH__FRAME__MSG_CLOSING:
@@ -1502,10 +1502,10 @@ static void send_typing(struct hush_net *n)
         randombytes_buf(mid, sizeof mid);
         for (int i = 0; i < nd; i++) {
             size_t len = 0;
-            hush__lock(n->c);
-            hush_err e = hush__encrypt_kind(n->c, peer, devs[i], HUSH__CONTENT_KIND__CONTENT_TYPING, &body, 1, mid, 0,
+            hsdk_lock(n->c);
+            hush_err e = hsdk_encrypt_kind(n->c, peer, devs[i], HUSH__CONTENT_KIND__CONTENT_TYPING, &body, 1, mid, 0,
                                             &envs[cnt], &len);
-            hush__unlock(n->c);
+            hsdk_unlock(n->c);
             if (e)
                 continue;
             hush__recipient__init(&rcs[cnt]);
@@ -1539,7 +1539,7 @@ static void send_typing(struct hush_net *n)
 
 hush_err hush_typing(hush_client *c, const char *peer, int typing)
 {
-    if (!c || !hush__valid_username(peer))
+    if (!c || !hsdk_valid_username(peer))
         return HUSH_ERR_INVALID_ARG;
     pthread_mutex_lock(&c->net_mu);
     struct hush_net *n = c->net;
@@ -1656,7 +1656,7 @@ static void connect_now(struct hush_net *n)
 
 static int identity_pending_for(hush_client *c, const char *peer)
 {
-    hush__lock(c);
+    hsdk_lock(c);
     sqlite3_stmt *st;
     int row = 0;
     if (hstore_prepare(c->db, "SELECT 1 FROM pending_identities WHERE name = ?1 LIMIT 1", &st) == HSTORE_OK) {
@@ -1666,7 +1666,7 @@ static int identity_pending_for(hush_client *c, const char *peer)
         else if (row)
             sqlite3_reset(st);
     }
-    hush__unlock(c);
+    hsdk_unlock(c);
     return row;
 }
 
@@ -1873,7 +1873,7 @@ static void load_meta_text(hush_client *c, const char *key, char *out, size_t ca
 {
     sqlite3_stmt *st;
     int row = 0;
-    hush__lock(c);
+    hsdk_lock(c);
     if (hstore_prepare(c->db, "SELECT bval FROM meta WHERE key = ?1", &st) == HSTORE_OK) {
         sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
         if (hstore_step(c->db, st, &row) == HSTORE_OK && row) {
@@ -1881,13 +1881,13 @@ static void load_meta_text(hush_client *c, const char *key, char *out, size_t ca
             sqlite3_reset(st);
         }
     }
-    hush__unlock(c);
+    hsdk_unlock(c);
 }
 
 static void store_meta_text(hush_client *c, const char *key, const char *val)
 {
     sqlite3_stmt *st;
-    hush__lock(c);
+    hsdk_lock(c);
     if (hstore_prepare(c->db, "INSERT INTO meta (key, bval) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET bval = "
                               "excluded.bval", &st) == HSTORE_OK) {
         sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
@@ -1896,7 +1896,7 @@ static void store_meta_text(hush_client *c, const char *key, const char *val)
             /* not fatal: it is simply not remembered */
         }
     }
-    hush__unlock(c);
+    hsdk_unlock(c);
 }
 
 hush_err hush_net_start(hush_client *c, const hush_net_opts *opts, const hush_callbacks *cb)
@@ -1904,7 +1904,7 @@ hush_err hush_net_start(hush_client *c, const hush_net_opts *opts, const hush_ca
     if (!c)
         return HUSH_ERR_INVALID_ARG;
     char url[300] = "";
-    hush__lock(c);
+    hsdk_lock(c);
     int has = c->has_device;
     sqlite3_stmt *st;
     int row = 0;
@@ -1915,7 +1915,7 @@ hush_err hush_net_start(hush_client *c, const hush_net_opts *opts, const hush_ca
         snprintf(url, sizeof url, "%.*s", sqlite3_column_bytes(st, 0), (const char *)sqlite3_column_blob(st, 0));
         sqlite3_reset(st);
     }
-    hush__unlock(c);
+    hsdk_unlock(c);
     if (!has)
         return HUSH_ERR_NO_DEVICE;
     struct hush_net *n = calloc(1, sizeof *n);
@@ -1942,7 +1942,7 @@ hush_err hush_net_start(hush_client *c, const hush_net_opts *opts, const hush_ca
     /* remember the relay (and the CA file that goes with it) for next time */
     if (opts && opts->ca_file)
         store_meta_text(c, "relay_ca_file", n->ca_file);
-    hush__lock(c);
+    hsdk_lock(c);
     if (hstore_prepare(c->db, "INSERT INTO meta (key, bval) VALUES ('relay_url', ?1) "
                               "ON CONFLICT (key) DO UPDATE SET bval = excluded.bval", &st) == HSTORE_OK) {
         sqlite3_bind_blob(st, 1, url, (int)strlen(url), SQLITE_TRANSIENT);
@@ -1950,7 +1950,7 @@ hush_err hush_net_start(hush_client *c, const hush_net_opts *opts, const hush_ca
             /* not fatal: the URL is simply not remembered */
         }
     }
-    hush__unlock(c);
+    hsdk_unlock(c);
 
     lws_set_log_level(LLL_ERR, lws_quiet);
     struct lws_context_creation_info info;
@@ -2043,7 +2043,7 @@ void hush_net_stop(hush_client *c)
     free(n);
 }
 
-void hush__net_wake(hush_client *c, int flags)
+void hsdk_net_wake(hush_client *c, int flags)
 {
     pthread_mutex_lock(&c->net_mu);
     if (c->net) {
@@ -2145,7 +2145,7 @@ static int pred_flushed(hush_client *c, struct hush_net *n, hush_err *e)
         return 1; /* failed for good */
     *e = HUSH_OK;
     int empty = 0;
-    hush__lock(c);
+    hsdk_lock(c);
     sqlite3_stmt *st;
     int row = 0;
     /* O(1), not count(*): this runs on every acknowledgement while a backlog drains */
@@ -2156,9 +2156,9 @@ static int pred_flushed(hush_client *c, struct hush_net *n, hush_err *e)
         empty = sqlite3_column_int(st, 0);
         sqlite3_reset(st);
     }
-    hush__unlock(c);
+    hsdk_unlock(c);
     if (se)
-        *e = hush__from_store(se);
+        *e = hsdk_from_store(se);
     return *e || empty;
 }
 

@@ -13,28 +13,28 @@
 #define PRESENCE_SUBSCRIBE 2
 
 /* Wakes the network thread (no-op when it is not running). Safe from any thread. */
-void hush__net_wake(hush_client *c, int flags);
+void hsdk_net_wake(hush_client *c, int flags);
 /* Forgets the cached device list of `peer` (fetched again before the next send); caller holds
  * the lock. */
-void hush__forget_peer_devices(hush_client *c, const char *peer);
+void hsdk_forget_peer_devices(hush_client *c, const char *peer);
 
 /* messaging.c */
-hush_err hush__set_message_state(hush_client *c, const uint8_t mid[16], int state);
+hush_err hsdk_set_message_state(hush_client *c, const uint8_t mid[16], int state);
 /* Records that a receipt (state 2 delivered, 3 read) is owed for mid; caller holds the lock. */
-hush_err hush__queue_receipt(hush_client *c, const char *peer, int state, const uint8_t mid[16]);
+hush_err hsdk_queue_receipt(hush_client *c, const char *peer, int state, const uint8_t mid[16]);
 /* Turns owed receipts into outbox rows, one per (peer, state) per 256 ids; caller holds the lock. */
-hush_err hush__flush_receipts(hush_client *c, int *queued);
+hush_err hsdk_flush_receipts(hush_client *c, int *queued);
 
 /* keys.c: replenishing and rotating keys */
-hush_err hush__generate_pre_keys(hush_client *c, uint32_t n);
+hush_err hsdk_generate_pre_keys(hush_client *c, uint32_t n);
 /* One-time prekeys stored locally (the last-resort key not counted), and those never handed out
  * in an upload. Caller holds the lock. */
-hush_err hush__prekey_stock(hush_client *c, uint32_t *unpublished, uint32_t *total);
+hush_err hsdk_prekey_stock(hush_client *c, uint32_t *unpublished, uint32_t *total);
 /* Marks one-time prekeys as not handed out again (hush_prekey_upload marked them): for an upload
  * the relay refused, which stores nothing. Caller holds the lock. */
-hush_err hush__unpublish_pre_keys(hush_client *c, const uint32_t *ids, size_t n);
+hush_err hsdk_unpublish_pre_keys(hush_client *c, const uint32_t *ids, size_t n);
 /* Makes a new signed prekey current if the current one is older than max_age_ms; retires (deletes)
  * non-current signed prekeys older than grace_ms. *rotated = 1 if a new one was made. */
-hush_err hush__rotate_signed_pre_key(hush_client *c, uint64_t max_age_ms, uint64_t grace_ms, int *rotated);
+hush_err hsdk_rotate_signed_pre_key(hush_client *c, uint64_t max_age_ms, uint64_t grace_ms, int *rotated);
 
 #endif

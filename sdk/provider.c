@@ -172,7 +172,7 @@ static int p_decrypt(signal_buffer **output, int cipher, const uint8_t *key, siz
     return aes_run(0, output, cipher, key, key_len, iv, iv_len, ct, ct_len);
 }
 
-int hush__provider_install(signal_context *sg)
+int hsdk_provider_install(signal_context *sg)
 {
     signal_crypto_provider p = {
         .random_func = p_random,
@@ -255,7 +255,7 @@ static hush_err run_selftest(void)
     fingerprint *fp = NULL;
     signal_buffer *ct = NULL, *pt = NULL;
 
-    if (signal_context_create(&sg, NULL) != 0 || hush__provider_install(sg) != 0)
+    if (signal_context_create(&sg, NULL) != 0 || hsdk_provider_install(sg) != 0)
         goto out;
     if (curve_decode_point(&a, kat_alice, sizeof kat_alice, sg) != 0 ||
         curve_decode_point(&b, kat_bob, sizeof kat_bob, sg) != 0)
@@ -306,7 +306,7 @@ static void selftest_init(void)
     selftest_result = run_selftest();
 }
 
-hush_err hush__selftest(void)
+hush_err hsdk_selftest(void)
 {
     pthread_once(&selftest_once, selftest_init);
     return selftest_result;

@@ -14,7 +14,7 @@
 
 #define SEAL_VERSION 0x01
 
-void hush__ad(char *buf, size_t cap, const char *table, const char *name, size_t name_len,
+void hsdk_ad(char *buf, size_t cap, const char *table, const char *name, size_t name_len,
               int64_t n1, int64_t n2)
 {
     /* Length-prefixed name: "a|1" and "a|" + "1" can never collide. */
@@ -26,7 +26,7 @@ void hush__ad(char *buf, size_t cap, const char *table, const char *name, size_t
         abort();
 }
 
-hush_err hush__seal(const hush_client *c, const char *ad, const uint8_t *pt, size_t len,
+hush_err hsdk_seal(const hush_client *c, const char *ad, const uint8_t *pt, size_t len,
                     uint8_t **out, size_t *out_len)
 {
     *out = NULL;
@@ -45,7 +45,7 @@ hush_err hush__seal(const hush_client *c, const char *ad, const uint8_t *pt, siz
     return HUSH_OK;
 }
 
-hush_err hush__open(const hush_client *c, const char *ad, const uint8_t *ct, size_t len,
+hush_err hsdk_open(const hush_client *c, const char *ad, const uint8_t *ct, size_t len,
                     uint8_t **out, size_t *out_len)
 {
     *out = NULL;

@@ -1,7 +1,7 @@
 /*
  * session.c - pairwise encrypt / decrypt, identity changes and safety numbers.
  *
- * Every libsignal call that writes runs inside a savepoint (hush__begin) and is rolled back on
+ * Every libsignal call that writes runs inside a savepoint (hsdk_begin) and is rolled back on
  * failure: save_identity runs before MAC verification, so without this a tampered PreKey message
  * would leave a saved identity and a consumed prekey behind (docs/LIBSIGNAL-NOTES.md §2).
  */
@@ -20,11 +20,11 @@
 #include "internal.h"
 #include "net.h"
 
-hush_err hush__after_untrusted(hush_client *c);
+hush_err hsdk_after_untrusted(hush_client *c);
 
 static int valid_device(uint32_t d) { return d != 0 && d <= INT32_MAX; }
 
-hush_err hush__content_pack(Hush__Content *content, uint8_t **out, size_t *len)
+hush_err hsdk_content_pack(Hush__Content *content, uint8_t **out, size_t *len)
 {
     /* Pad to a multiple of 32 bytes (approximately: the padding field's own header counts). */
     static const uint8_t zeros[64];
@@ -56,7 +56,7 @@ static hush_err pack_envelope(Hush__CipherType type, const uint8_t *ct, size_t c
     if (group_id)
         env.group_id = (char *)group_id;
     size_t n = hush__envelope__get_packed_size(&env);
-    uint8_t *buf = hush__alloc(n);
+    uint8_t *buf = hsdk_alloc(n);
     if (!buf)
         return HUSH_ERR_NOMEM;
     hush__envelope__pack(&env, buf);
@@ -66,7 +66,7 @@ static hush_err pack_envelope(Hush__CipherType type, const uint8_t *ct, size_t c
 }
 
 /* Encrypts a Content for (peer, dev). Caller holds the lock and an open savepoint. */
-hush_err hush__encrypt_content(hush_client *c, const char *peer, uint32_t dev, Hush__Content *content, uint8_t **env,
+hush_err hsdk_encrypt_content(hush_client *c, const char *peer, uint32_t dev, Hush__Content *content, uint8_t **env,
                                size_t *env_len)
 {
     signal_protocol_address addr = { peer, strlen(peer), (int32_t)dev };
@@ -77,7 +77,7 @@ hush_err hush__encrypt_content(hush_client *c, const char *peer, uint32_t dev, H
         return HUSH_ERR_NO_SESSION; /* the library would say SG_ERR_UNKNOWN (docs/LIBSIGNAL-NOTES.md §3) */
     uint8_t *pt = NULL;
     size_t pt_len = 0;
-    hush_err e = hush__content_pack(content, &pt, &pt_len);
+    hush_err e = hsdk_content_pack(content, &pt, &pt_len);
     if (e)
         return e;
     session_cipher *cipher = NULL;
@@ -88,7 +88,7 @@ hush_err hush__encrypt_content(hush_client *c, const char *peer, uint32_t dev, H
     sodium_memzero(pt, pt_len);
     free(pt);
     if (rc != 0) {
-        e = c->store_err ? c->store_err : hush__from_signal(rc);
+        e = c->store_err ? c->store_err : hsdk_from_signal(rc);
         goto out;
     }
     int type = ciphertext_message_get_type(msg);
@@ -103,7 +103,7 @@ out:
 
 /* Encrypts a Content of `kind` for one device and commits the new session state (and, when
  * `history` is set, the outgoing history row) before returning the envelope. Caller holds the lock. */
-hush_err hush__encrypt_kind(hush_client *c, const char *peer, uint32_t device_id, int kind, const uint8_t *body,
+hush_err hsdk_encrypt_kind(hush_client *c, const char *peer, uint32_t device_id, int kind, const uint8_t *body,
                             size_t len, const uint8_t mid[HUSH_MESSAGE_ID_BYTES], int history, uint8_t **envelope,
                             size_t *envelope_len)
 {
@@ -113,24 +113,24 @@ hush_err hush__encrypt_kind(hush_client *c, const char *peer, uint32_t device_id
     content.kind = (Hush__ContentKind)kind;
     content.body.data = (uint8_t *)body;
     content.body.len = len;
-    content.sent_at_ms = hush__now_ms();
+    content.sent_at_ms = hsdk_now_ms();
     uint8_t *env = NULL;
     size_t env_len = 0;
     hush_err e;
     if (!c->has_device)
         return HUSH_ERR_NO_DEVICE;
-    if ((e = hush__begin(c)))
+    if ((e = hsdk_begin(c)))
         return e;
-    e = hush__encrypt_content(c, peer, device_id, &content, &env, &env_len);
+    e = hsdk_encrypt_content(c, peer, device_id, &content, &env, &env_len);
     if (e == HUSH_OK && history)
-        e = hush__history_insert(c, peer, 0, 1, mid, HUSH_KIND_TEXT, "", content.sent_at_ms, body, len, NULL, NULL);
+        e = hsdk_history_insert(c, peer, 0, 1, mid, HUSH_KIND_TEXT, "", content.sent_at_ms, body, len, NULL, NULL);
     if (e) {
-        hush__rollback(c);
+        hsdk_rollback(c);
         hush_free(env);
         return e;
     }
     /* The new ratchet state is durable before the ciphertext exists for the caller. */
-    if ((e = hush__commit(c))) {
+    if ((e = hsdk_commit(c))) {
         hush_free(env);
         return e;
     }
@@ -147,7 +147,7 @@ hush_err hush_encrypt(hush_client *c, const char *peer, uint32_t device_id, cons
         return HUSH_ERR_INVALID_ARG;
     *envelope = NULL;
     *envelope_len = 0;
-    if (!c || !hush__valid_username(peer) || !valid_device(device_id) || (!body && len))
+    if (!c || !hsdk_valid_username(peer) || !valid_device(device_id) || (!body && len))
         return HUSH_ERR_INVALID_ARG;
     if (len > HUSH_MAX_BODY)
         return HUSH_ERR_TOO_BIG;
@@ -156,10 +156,10 @@ hush_err hush_encrypt(hush_client *c, const char *peer, uint32_t device_id, cons
         memcpy(mid, message_id, sizeof mid);
     else
         randombytes_buf(mid, sizeof mid);
-    hush__lock(c);
-    hush_err e = hush__encrypt_kind(c, peer, device_id, HUSH__CONTENT_KIND__CONTENT_TEXT, body, len, mid, 1, envelope,
+    hsdk_lock(c);
+    hush_err e = hsdk_encrypt_kind(c, peer, device_id, HUSH__CONTENT_KIND__CONTENT_TEXT, body, len, mid, 1, envelope,
                                     envelope_len);
-    hush__unlock(c);
+    hsdk_unlock(c);
     if (e == HUSH_OK && message_id_out)
         memcpy(message_id_out, mid, sizeof mid);
     return e;
@@ -197,7 +197,7 @@ static hush_err new_message(const char *peer, uint32_t dev, hush_kind kind, cons
     m->sender_device = dev;
     memcpy(m->message_id, content->message_id.data, HUSH_MESSAGE_ID_BYTES);
     m->sent_at_ms = content->sent_at_ms;
-    m->received_at_ms = hush__now_ms();
+    m->received_at_ms = hsdk_now_ms();
     snprintf(m->group_id, sizeof m->group_id, "%s", group_id ? group_id : "");
     m->local_id = local_id;
     *out = m;
@@ -216,7 +216,7 @@ static hush_err pairwise_decrypt(hush_client *c, const signal_protocol_address *
     session_cipher *cipher = NULL;
     int rc = session_cipher_create(&cipher, c->sc, addr, c->sg);
     if (rc != 0)
-        return hush__from_signal(rc);
+        return hsdk_from_signal(rc);
     if (type == HUSH__CIPHER_TYPE__CIPHER_PREKEY) {
         pre_key_signal_message *m = NULL;
         rc = pre_key_signal_message_deserialize(&m, ct, len, c->sg);
@@ -237,7 +237,7 @@ static hush_err pairwise_decrypt(hush_client *c, const signal_protocol_address *
         return HUSH_ERR_IDENTITY_CHANGED;
     if (c->store_err)
         return c->store_err;
-    return hush__from_signal(rc);
+    return hsdk_from_signal(rc);
 }
 
 static hush_err decrypt_locked(hush_client *c, const char *peer, uint32_t dev, const Hush__Envelope *env,
@@ -249,17 +249,17 @@ static hush_err decrypt_locked(hush_client *c, const char *peer, uint32_t dev, c
     hush_err e;
     int is_group = env->type == HUSH__CIPHER_TYPE__CIPHER_SENDER_KEY;
 
-    if (is_group && !hush__valid_group_id(env->group_id))
+    if (is_group && !hsdk_valid_group_id(env->group_id))
         return HUSH_ERR_BAD_MESSAGE;
-    if ((e = hush__begin(c)))
+    if ((e = hsdk_begin(c)))
         return e;
     if (is_group)
-        e = hush__group_decrypt(c, peer, dev, env->group_id, env->ciphertext.data, env->ciphertext.len, &pt);
+        e = hsdk_group_decrypt(c, peer, dev, env->group_id, env->ciphertext.data, env->ciphertext.len, &pt);
     else
         e = pairwise_decrypt(c, &addr, env->type, env->ciphertext.data, env->ciphertext.len, &pt);
     if (e)
         goto fail;
-    content = hush__content__unpack(&hush__wiping_allocator, signal_buffer_len(pt), signal_buffer_data(pt));
+    content = hush__content__unpack(&hsdk_wiping_allocator, signal_buffer_len(pt), signal_buffer_data(pt));
     if (!content || !content_ok(content)) {
         e = HUSH_ERR_BAD_MESSAGE;
         goto fail;
@@ -275,15 +275,15 @@ static hush_err decrypt_locked(hush_client *c, const char *peer, uint32_t dev, c
             goto fail;
         }
         kind = is_group ? HUSH_KIND_GROUP_TEXT : HUSH_KIND_TEXT;
-        e = hush__history_insert(c, peer, dev, 0, content->message_id.data, kind, gid, content->sent_at_ms,
+        e = hsdk_history_insert(c, peer, dev, 0, content->message_id.data, kind, gid, content->sent_at_ms,
                                  content->body.data, content->body.len, &local_id, &dup);
     } else if (content->kind == HUSH__CONTENT_KIND__CONTENT_SENDER_KEY && !is_group) {
-        if (!hush__valid_group_id(content->group_id)) {
+        if (!hsdk_valid_group_id(content->group_id)) {
             e = HUSH_ERR_BAD_MESSAGE;
             goto fail;
         }
         kind = HUSH_KIND_GROUP_KEY;
-        e = hush__process_skdm(c, peer, dev, content->group_id, content->body.data, content->body.len);
+        e = hsdk_process_skdm(c, peer, dev, content->group_id, content->body.data, content->body.len);
     } else if (content->kind == HUSH__CONTENT_KIND__CONTENT_RECEIPT && !is_group) {
         /* body: state (1 byte: 2 delivered, 3 read) then 1..256 message ids of ours */
         size_t n = content->body.len;
@@ -293,7 +293,7 @@ static hush_err decrypt_locked(hush_client *c, const char *peer, uint32_t dev, c
             goto fail;
         }
         kind = HUSH_KIND_RECEIPT;
-        e = hush__apply_receipt(c, peer, content->body.data[0], content->body.data + 1, (n - 1) / HUSH_MESSAGE_ID_BYTES);
+        e = hsdk_apply_receipt(c, peer, content->body.data[0], content->body.data + 1, (n - 1) / HUSH_MESSAGE_ID_BYTES);
     } else if (content->kind == HUSH__CONTENT_KIND__CONTENT_TYPING && !is_group) {
         if (content->body.len != 1) {
             e = HUSH_ERR_BAD_MESSAGE;
@@ -306,7 +306,7 @@ static hush_err decrypt_locked(hush_client *c, const char *peer, uint32_t dev, c
     if (e)
         goto fail;
     /* Session state and plaintext become durable together. */
-    if ((e = hush__commit(c)))
+    if ((e = hsdk_commit(c)))
         goto done;
     if (dup) {
         e = HUSH_ERR_DUPLICATE; /* the app already has this message: same id from the same device */
@@ -318,12 +318,12 @@ static hush_err decrypt_locked(hush_client *c, const char *peer, uint32_t dev, c
         (*out)->body_len = 0, (*out)->body[0] = '\0'; /* key material never leaves the SDK */
     goto done;
 fail:
-    hush__rollback(c);
+    hsdk_rollback(c);
     if (e == HUSH_ERR_IDENTITY_CHANGED)
-        e = hush__after_untrusted(c);
+        e = hsdk_after_untrusted(c);
 done:
     if (content)
-        hush__content__free_unpacked(content, &hush__wiping_allocator);
+        hush__content__free_unpacked(content, &hsdk_wiping_allocator);
     signal_buffer_bzero_free(pt);
     return e;
 }
@@ -334,7 +334,7 @@ hush_err hush_decrypt(hush_client *c, const char *peer, uint32_t device_id, cons
     if (!out)
         return HUSH_ERR_INVALID_ARG;
     *out = NULL;
-    if (!c || !hush__valid_username(peer) || !valid_device(device_id) || (!envelope && len))
+    if (!c || !hsdk_valid_username(peer) || !valid_device(device_id) || (!envelope && len))
         return HUSH_ERR_INVALID_ARG;
     if (len > HUSH_MAX_ENVELOPE)
         return HUSH_ERR_TOO_BIG;
@@ -347,9 +347,9 @@ hush_err hush_decrypt(hush_client *c, const char *peer, uint32_t device_id, cons
         env->ciphertext.len == 0) {
         e = HUSH_ERR_BAD_MESSAGE;
     } else {
-        hush__lock(c);
+        hsdk_lock(c);
         e = c->has_device ? decrypt_locked(c, peer, device_id, env, out) : HUSH_ERR_NO_DEVICE;
-        hush__unlock(c);
+        hsdk_unlock(c);
     }
     hush__envelope__free_unpacked(env, NULL);
     return e;
@@ -363,7 +363,7 @@ static hush_err make_fingerprint(hush_client *c, const char *peer, const uint8_t
     ratchet_identity_key_pair *ikp = NULL;
     ec_public_key *remote = NULL;
     fingerprint_generator *gen = NULL;
-    hush_err e = hush__local_identity(c, &ikp);
+    hush_err e = hsdk_local_identity(c, &ikp);
     if (e)
         return e;
     e = HUSH_ERR_INTERNAL;
@@ -399,16 +399,16 @@ static hush_err display_for_key(hush_client *c, const char *peer, const uint8_t 
 static hush_err known_key(hush_client *c, const char *peer, uint32_t dev, uint8_t key[33])
 {
     int found = 0;
-    hush_err e = hush__peer_identity(c, peer, dev, key, &found);
+    hush_err e = hsdk_peer_identity(c, peer, dev, key, &found);
     if (e)
         return e;
     return found ? HUSH_OK : HUSH_ERR_NOT_FOUND;
 }
 
 #define SAFETY_PROLOGUE                                                                  \
-    if (!c || !hush__valid_username(peer) || !valid_device(device_id))                  \
+    if (!c || !hsdk_valid_username(peer) || !valid_device(device_id))                  \
         return HUSH_ERR_INVALID_ARG;                                                     \
-    hush__lock(c);                                                                       \
+    hsdk_lock(c);                                                                       \
     hush_err e = c->has_device ? HUSH_OK : HUSH_ERR_NO_DEVICE;                           \
     uint8_t key[33];                                                                     \
     if (e == HUSH_OK)                                                                    \
@@ -422,7 +422,7 @@ hush_err hush_safety_number(hush_client *c, const char *peer, uint32_t device_id
     SAFETY_PROLOGUE
     if (e == HUSH_OK)
         e = display_for_key(c, peer, key, out);
-    hush__unlock(c);
+    hsdk_unlock(c);
     return e;
 }
 
@@ -440,7 +440,7 @@ hush_err hush_safety_scannable(hush_client *c, const char *peer, uint32_t device
     if (e == HUSH_OK && scannable_fingerprint_serialize(&ser, fingerprint_get_scannable(fp)) != 0)
         e = HUSH_ERR_NOMEM;
     if (e == HUSH_OK) {
-        *out = hush__alloc(signal_buffer_len(ser));
+        *out = hsdk_alloc(signal_buffer_len(ser));
         if (*out) {
             memcpy(*out, signal_buffer_data(ser), signal_buffer_len(ser));
             *out_len = signal_buffer_len(ser);
@@ -450,7 +450,7 @@ hush_err hush_safety_scannable(hush_client *c, const char *peer, uint32_t device
     }
     signal_buffer_free(ser);
     SIGNAL_UNREF(fp);
-    hush__unlock(c);
+    hsdk_unlock(c);
     return e;
 }
 
@@ -471,11 +471,11 @@ hush_err hush_safety_compare(hush_client *c, const char *peer, uint32_t device_i
     }
     SIGNAL_UNREF(theirs);
     SIGNAL_UNREF(fp);
-    hush__unlock(c);
+    hsdk_unlock(c);
     return e;
 }
 
-hush_err hush__pending_candidates(hush_client *c, const char *name, uint32_t dev, uint8_t (*keys)[33], int64_t *cand,
+hush_err hsdk_pending_candidates(hush_client *c, const char *name, uint32_t dev, uint8_t (*keys)[33], int64_t *cand,
                                   size_t max, size_t *n)
 {
     *n = 0;
@@ -484,17 +484,17 @@ hush_err hush__pending_candidates(hush_client *c, const char *name, uint32_t dev
     hstore_err se = hstore_prepare(c->db, "SELECT candidate, key FROM pending_identities WHERE name = ?1 AND "
                                           "device_id = ?2 ORDER BY candidate", &st);
     if (se)
-        return hush__from_store(se);
+        return hsdk_from_store(se);
     sqlite3_bind_blob(st, 1, name, (int)strlen(name), SQLITE_TRANSIENT);
     sqlite3_bind_int64(st, 2, dev);
     hush_err e = HUSH_OK;
     while (!e && *n < max && (se = hstore_step(c->db, st, &row)) == HSTORE_OK && row) {
         int64_t k = sqlite3_column_int64(st, 0);
         char ad[128];
-        hush__ad(ad, sizeof ad, "pending_identities", name, strlen(name), dev, k);
+        hsdk_ad(ad, sizeof ad, "pending_identities", name, strlen(name), dev, k);
         uint8_t *pt = NULL;
         size_t len = 0;
-        e = hush__open(c, ad, sqlite3_column_blob(st, 1), (size_t)sqlite3_column_bytes(st, 1), &pt, &len);
+        e = hsdk_open(c, ad, sqlite3_column_blob(st, 1), (size_t)sqlite3_column_bytes(st, 1), &pt, &len);
         if (!e && len != 33)
             e = HUSH_ERR_DB_KEY;
         if (!e) {
@@ -509,7 +509,7 @@ hush_err hush__pending_candidates(hush_client *c, const char *name, uint32_t dev
         }
     }
     sqlite3_reset(st);
-    return e ? e : hush__from_store(se);
+    return e ? e : hsdk_from_store(se);
 }
 
 /* The newest key waiting for a decision about (peer, dev). */
@@ -517,7 +517,7 @@ static hush_err pending_key(hush_client *c, const char *peer, uint32_t dev, uint
 {
     uint8_t keys[HUSH_MAX_PENDING_KEYS][33];
     size_t n = 0;
-    hush_err e = hush__pending_candidates(c, peer, dev, keys, NULL, HUSH_MAX_PENDING_KEYS, &n);
+    hush_err e = hsdk_pending_candidates(c, peer, dev, keys, NULL, HUSH_MAX_PENDING_KEYS, &n);
     if (!e && n == 0)
         e = HUSH_ERR_NOT_FOUND;
     if (!e)
@@ -535,7 +535,7 @@ static hush_err delete_pending(hush_client *c, const char *peer, uint32_t dev)
         sqlite3_bind_int64(st, 2, dev);
         se = hstore_run(c->db, st);
     }
-    return hush__from_store(se);
+    return hsdk_from_store(se);
 }
 
 hush_err hush_identity_pending(hush_client *c, const char *peer, uint32_t device_id,
@@ -544,17 +544,17 @@ hush_err hush_identity_pending(hush_client *c, const char *peer, uint32_t device
     if (!old_safety || !new_safety)
         return HUSH_ERR_INVALID_ARG;
     old_safety[0] = new_safety[0] = '\0';
-    if (!c || !hush__valid_username(peer) || !valid_device(device_id))
+    if (!c || !hsdk_valid_username(peer) || !valid_device(device_id))
         return HUSH_ERR_INVALID_ARG;
-    hush__lock(c);
+    hsdk_lock(c);
     hush_err e = c->has_device ? HUSH_OK : HUSH_ERR_NO_DEVICE;
     uint8_t key[33];
     if (e == HUSH_OK) {
         /* the key on record for this device, or for a device never seen, the user's known one */
         int found = 0;
-        e = hush__peer_identity(c, peer, device_id, key, &found);
+        e = hsdk_peer_identity(c, peer, device_id, key, &found);
         if (e == HUSH_OK && !found)
-            e = hush__peer_identity_other(c, peer, device_id, key, &found);
+            e = hsdk_peer_identity_other(c, peer, device_id, key, &found);
         if (e == HUSH_OK && !found)
             e = HUSH_ERR_NOT_FOUND;
     }
@@ -565,7 +565,7 @@ hush_err hush_identity_pending(hush_client *c, const char *peer, uint32_t device
         e = display_for_key(c, peer, key, old_safety);
     if (e == HUSH_OK)
         e = display_for_key(c, peer, newkey, new_safety);
-    hush__unlock(c);
+    hsdk_unlock(c);
     return e;
 }
 
@@ -575,7 +575,7 @@ static hush_err accept_key(hush_client *c, const char *peer, uint32_t device_id,
 {
     uint8_t keys[HUSH_MAX_PENDING_KEYS][33], key[33];
     size_t n = 0;
-    hush_err e = hush__pending_candidates(c, peer, device_id, keys, NULL, HUSH_MAX_PENDING_KEYS, &n);
+    hush_err e = hsdk_pending_candidates(c, peer, device_id, keys, NULL, HUSH_MAX_PENDING_KEYS, &n);
     if (!e && n == 0)
         e = HUSH_ERR_NOT_FOUND;
     if (!e && !number) {
@@ -599,15 +599,15 @@ static hush_err accept_key(hush_client *c, const char *peer, uint32_t device_id,
     sodium_memzero(keys, sizeof keys);
     if (e)
         return e;
-    if ((e = hush__begin(c)) == HUSH_OK) {
+    if ((e = hsdk_begin(c)) == HUSH_OK) {
         /* The old sessions stay (archived by the library when the new key's first message or
          * bundle builds a fresh one), so late messages under the old key still decrypt. */
-        e = hush__save_peer_identity(c, peer, device_id, key, sizeof key);
+        e = hsdk_save_peer_identity(c, peer, device_id, key, sizeof key);
         if (e == HUSH_OK)
             e = delete_pending(c, peer, device_id);
         if (e == HUSH_OK)
-            hush__forget_peer_devices(c, peer); /* the accepted device joins at the next send */
-        e = hush__end(c, e);
+            hsdk_forget_peer_devices(c, peer); /* the accepted device joins at the next send */
+        e = hsdk_end(c, e);
     }
     sodium_memzero(key, sizeof key);
     return e;
@@ -615,19 +615,19 @@ static hush_err accept_key(hush_client *c, const char *peer, uint32_t device_id,
 
 hush_err hush_identity_accept(hush_client *c, const char *peer, uint32_t device_id)
 {
-    if (!c || !hush__valid_username(peer) || !valid_device(device_id))
+    if (!c || !hsdk_valid_username(peer) || !valid_device(device_id))
         return HUSH_ERR_INVALID_ARG;
-    hush__lock(c);
+    hsdk_lock(c);
     hush_err e = accept_key(c, peer, device_id, NULL);
-    hush__unlock(c);
+    hsdk_unlock(c);
     if (e == HUSH_OK)
-        hush__net_wake(c, NET_WAKE_IDENTITY); /* held messages are decrypted, held sends resume */
+        hsdk_net_wake(c, NET_WAKE_IDENTITY); /* held messages are decrypted, held sends resume */
     return e;
 }
 
 hush_err hush_identity_accept_number(hush_client *c, const char *peer, uint32_t device_id, const char *safety_number)
 {
-    if (!c || !hush__valid_username(peer) || !valid_device(device_id) || !safety_number)
+    if (!c || !hsdk_valid_username(peer) || !valid_device(device_id) || !safety_number)
         return HUSH_ERR_INVALID_ARG;
     /* digits only: spaces and other separators the user typed are skipped */
     char digits[HUSH_SAFETY_NUMBER_LEN + 1];
@@ -642,19 +642,19 @@ hush_err hush_identity_accept_number(hush_client *c, const char *peer, uint32_t 
     digits[n] = '\0';
     if (n != HUSH_SAFETY_NUMBER_LEN)
         return HUSH_ERR_SAFETY_MISMATCH;
-    hush__lock(c);
+    hsdk_lock(c);
     hush_err e = accept_key(c, peer, device_id, digits);
-    hush__unlock(c);
+    hsdk_unlock(c);
     if (e == HUSH_OK)
-        hush__net_wake(c, NET_WAKE_IDENTITY);
+        hsdk_net_wake(c, NET_WAKE_IDENTITY);
     return e;
 }
 
 hush_err hush_identity_reject(hush_client *c, const char *peer, uint32_t device_id)
 {
-    if (!c || !hush__valid_username(peer) || !valid_device(device_id))
+    if (!c || !hsdk_valid_username(peer) || !valid_device(device_id))
         return HUSH_ERR_INVALID_ARG;
-    hush__lock(c);
+    hsdk_lock(c);
     uint8_t key[33];
     hush_err e = pending_key(c, peer, device_id, key);
     if (e == HUSH_OK)
@@ -668,8 +668,8 @@ hush_err hush_identity_reject(hush_client *c, const char *peer, uint32_t device_
             sqlite3_bind_int64(st, 2, device_id);
             se = hstore_run(c->db, st);
         }
-        e = hush__from_store(se);
+        e = hsdk_from_store(se);
     }
-    hush__unlock(c);
+    hsdk_unlock(c);
     return e;
 }

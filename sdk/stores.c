@@ -18,7 +18,7 @@
 
 #include "internal.h"
 
-const char *const hush__migrations[] = {
+const char *const hsdk_migrations[] = {
     /* 0 -> 1: initial schema */
     "CREATE TABLE meta ("
     "  key TEXT PRIMARY KEY, ival INTEGER, bval BLOB) WITHOUT ROWID;"
@@ -89,7 +89,7 @@ const char *const hush__migrations[] = {
     "DROP TABLE pending_identities;"
     "ALTER TABLE pending_identities_v3 RENAME TO pending_identities;",
 };
-const int hush__nmigrations = (int)(sizeof hush__migrations / sizeof hush__migrations[0]);
+const int hsdk_nmigrations = (int)(sizeof hsdk_migrations / sizeof hsdk_migrations[0]);
 
 /* ---------------------------------------------------------------------------------------- */
 /* helpers */
@@ -104,10 +104,10 @@ static hush_err load_sealed(hush_client *c, sqlite3_stmt *st, int col, const cha
     *len = 0;
     hstore_err se = hstore_step(c->db, st, &row);
     if (se)
-        return hush__from_store(se);
+        return hsdk_from_store(se);
     if (!row)
         return HUSH_OK;
-    hush_err e = hush__open(c, ad, sqlite3_column_blob(st, col), (size_t)sqlite3_column_bytes(st, col), pt, len);
+    hush_err e = hsdk_open(c, ad, sqlite3_column_blob(st, col), (size_t)sqlite3_column_bytes(st, col), pt, len);
     sqlite3_reset(st);
     if (e == HUSH_OK)
         *found = 1;
@@ -135,7 +135,7 @@ static hush_err bind_sealed(hush_client *c, sqlite3_stmt *st, int idx, const cha
 {
     uint8_t *ct = NULL;
     size_t clen = 0;
-    hush_err e = hush__seal(c, ad, pt, len, &ct, &clen);
+    hush_err e = hsdk_seal(c, ad, pt, len, &ct, &clen);
     if (e)
         return e;
     /* SQLITE_TRANSIENT: SQLite copies, so we can free now. */
@@ -153,18 +153,18 @@ static int store_fail(hush_client *c, hush_err e)
     return e == HUSH_ERR_NOMEM ? SG_ERR_NOMEM : SG_ERR_UNKNOWN;
 }
 
-hush_err hush__meta_get_int(hush_client *c, const char *key, int64_t *out, int *found)
+hush_err hsdk_meta_get_int(hush_client *c, const char *key, int64_t *out, int *found)
 {
     sqlite3_stmt *st;
     *found = 0;
     hstore_err se = hstore_prepare(c->db, "SELECT ival FROM meta WHERE key = ?1", &st);
     if (se)
-        return hush__from_store(se);
+        return hsdk_from_store(se);
     sqlite3_bind_text(st, 1, key, -1, SQLITE_TRANSIENT);
     int row = 0;
     se = hstore_step(c->db, st, &row);
     if (se)
-        return hush__from_store(se);
+        return hsdk_from_store(se);
     if (row) {
         *out = sqlite3_column_int64(st, 0);
         *found = 1;
@@ -173,22 +173,22 @@ hush_err hush__meta_get_int(hush_client *c, const char *key, int64_t *out, int *
     return HUSH_OK;
 }
 
-hush_err hush__meta_set_int(hush_client *c, const char *key, int64_t v)
+hush_err hsdk_meta_set_int(hush_client *c, const char *key, int64_t v)
 {
     sqlite3_stmt *st;
     hstore_err se = hstore_prepare(c->db, "INSERT INTO meta (key, ival) VALUES (?1, ?2) "
                                           "ON CONFLICT (key) DO UPDATE SET ival = excluded.ival", &st);
     if (se)
-        return hush__from_store(se);
+        return hsdk_from_store(se);
     sqlite3_bind_text(st, 1, key, -1, SQLITE_TRANSIENT);
     sqlite3_bind_int64(st, 2, v);
-    return hush__from_store(hstore_run(c->db, st));
+    return hsdk_from_store(hstore_run(c->db, st));
 }
 
 /* ---------------------------------------------------------------------------------------- */
 /* identity store */
 
-hush_err hush__local_identity(hush_client *c, ratchet_identity_key_pair **out)
+hush_err hsdk_local_identity(hush_client *c, ratchet_identity_key_pair **out)
 {
     *out = NULL;
     if (!c->has_device)
@@ -196,11 +196,11 @@ hush_err hush__local_identity(hush_client *c, ratchet_identity_key_pair **out)
     sqlite3_stmt *st;
     hstore_err se = hstore_prepare(c->db, "SELECT identity_public, identity_private FROM local_device WHERE id = 1", &st);
     if (se)
-        return hush__from_store(se);
+        return hsdk_from_store(se);
     int row = 0;
     se = hstore_step(c->db, st, &row);
     if (se)
-        return hush__from_store(se);
+        return hsdk_from_store(se);
     if (!row)
         return HUSH_ERR_NO_DEVICE;
     hush_err e;
@@ -208,7 +208,7 @@ hush_err hush__local_identity(hush_client *c, ratchet_identity_key_pair **out)
     size_t priv_len = 0;
     ec_public_key *pub = NULL;
     ec_private_key *pk = NULL;
-    e = hush__open(c, "hush1|local_device|identity_private", sqlite3_column_blob(st, 1),
+    e = hsdk_open(c, "hush1|local_device|identity_private", sqlite3_column_blob(st, 1),
                    (size_t)sqlite3_column_bytes(st, 1), &priv, &priv_len);
     if (e == HUSH_OK) {
         if (curve_decode_point(&pub, sqlite3_column_blob(st, 0), (size_t)sqlite3_column_bytes(st, 0), c->sg) != 0 ||
@@ -230,7 +230,7 @@ static int s_get_identity_key_pair(signal_buffer **public_data, signal_buffer **
 {
     hush_client *c = ud;
     ratchet_identity_key_pair *kp = NULL;
-    hush_err e = hush__local_identity(c, &kp);
+    hush_err e = hsdk_local_identity(c, &kp);
     if (e)
         return store_fail(c, e);
     int rc = ec_public_key_serialize(public_data, ratchet_identity_key_pair_get_public(kp));
@@ -250,39 +250,39 @@ static int s_get_local_registration_id(void *ud, uint32_t *registration_id)
 }
 
 /* The identity key of the lowest-numbered device of `name` other than `dev` (0: none known). */
-hush_err hush__peer_identity_other(hush_client *c, const char *name, uint32_t dev, uint8_t key[33], int *found)
+hush_err hsdk_peer_identity_other(hush_client *c, const char *name, uint32_t dev, uint8_t key[33], int *found)
 {
     sqlite3_stmt *st;
     *found = 0;
     hstore_err se = hstore_prepare(c->db, "SELECT device_id FROM identities WHERE name = ?1 AND device_id != ?2 "
                                           "ORDER BY device_id LIMIT 1", &st);
     if (se)
-        return hush__from_store(se);
+        return hsdk_from_store(se);
     sqlite3_bind_blob(st, 1, name, (int)strlen(name), SQLITE_TRANSIENT);
     sqlite3_bind_int64(st, 2, dev);
     int row = 0;
     se = hstore_step(c->db, st, &row);
     if (se)
-        return hush__from_store(se);
+        return hsdk_from_store(se);
     if (!row)
         return HUSH_OK;
     uint32_t other = (uint32_t)sqlite3_column_int64(st, 0);
     sqlite3_reset(st);
-    return hush__peer_identity(c, name, other, key, found);
+    return hsdk_peer_identity(c, name, other, key, found);
 }
 
-hush_err hush__peer_identity(hush_client *c, const char *name, uint32_t dev, uint8_t key[33], int *found)
+hush_err hsdk_peer_identity(hush_client *c, const char *name, uint32_t dev, uint8_t key[33], int *found)
 {
     sqlite3_stmt *st;
     *found = 0;
     hstore_err se = hstore_prepare(c->db, "SELECT key FROM identities WHERE name = ?1 AND device_id = ?2", &st);
     if (se)
-        return hush__from_store(se);
+        return hsdk_from_store(se);
     size_t nlen = strlen(name);
     sqlite3_bind_blob(st, 1, name, (int)nlen, SQLITE_TRANSIENT);
     sqlite3_bind_int64(st, 2, dev);
     char ad[128];
-    hush__ad(ad, sizeof ad, "identities", name, nlen, dev, 0);
+    hsdk_ad(ad, sizeof ad, "identities", name, nlen, dev, 0);
     uint8_t *pt = NULL;
     size_t len = 0;
     int f = 0;
@@ -301,16 +301,16 @@ hush_err hush__peer_identity(hush_client *c, const char *name, uint32_t dev, uin
     return HUSH_OK;
 }
 
-hush_err hush__save_peer_identity(hush_client *c, const char *name, uint32_t dev, const uint8_t *key, size_t len)
+hush_err hsdk_save_peer_identity(hush_client *c, const char *name, uint32_t dev, const uint8_t *key, size_t len)
 {
     sqlite3_stmt *st;
     size_t nlen = strlen(name);
     hstore_err se = hstore_prepare(c->db, "INSERT OR REPLACE INTO identities (name, device_id, key, updated_at) "
                                           "VALUES (?1, ?2, ?3, ?4)", &st);
     if (se)
-        return hush__from_store(se);
+        return hsdk_from_store(se);
     char ad[128];
-    hush__ad(ad, sizeof ad, "identities", name, nlen, dev, 0);
+    hsdk_ad(ad, sizeof ad, "identities", name, nlen, dev, 0);
     sqlite3_bind_blob(st, 1, name, (int)nlen, SQLITE_TRANSIENT);
     sqlite3_bind_int64(st, 2, dev);
     hush_err e = bind_sealed(c, st, 3, ad, key, len);
@@ -318,8 +318,8 @@ hush_err hush__save_peer_identity(hush_client *c, const char *name, uint32_t dev
         sqlite3_reset(st);
         return e;
     }
-    sqlite3_bind_int64(st, 4, (int64_t)hush__now_ms());
-    return hush__from_store(hstore_run(c->db, st));
+    sqlite3_bind_int64(st, 4, (int64_t)hsdk_now_ms());
+    return hsdk_from_store(hstore_run(c->db, st));
 }
 
 /* Copies an address name (not NUL-terminated) into a bounded C string. */
@@ -348,7 +348,7 @@ static int s_save_identity(const signal_protocol_address *address, uint8_t *key_
         sqlite3_bind_int64(st, 2, address->device_id);
         return hstore_run(c->db, st) ? store_fail(c, HUSH_ERR_STORAGE) : 0;
     }
-    hush_err e = hush__save_peer_identity(c, name, (uint32_t)address->device_id, key_data, key_len);
+    hush_err e = hsdk_save_peer_identity(c, name, (uint32_t)address->device_id, key_data, key_len);
     return e ? store_fail(c, e) : 0;
 }
 
@@ -360,7 +360,7 @@ static int s_is_trusted_identity(const signal_protocol_address *address, uint8_t
         return SG_ERR_INVAL;
     uint8_t known[33];
     int found = 0;
-    hush_err e = hush__peer_identity(c, name, (uint32_t)address->device_id, known, &found);
+    hush_err e = hsdk_peer_identity(c, name, (uint32_t)address->device_id, known, &found);
     if (e)
         return store_fail(c, e);
     if (!found) {
@@ -368,7 +368,7 @@ static int s_is_trusted_identity(const signal_protocol_address *address, uint8_t
          * the relay can list a device of its own under any name. It is reported like a changed
          * key (the old safety number is that of the user's known device) and waits for the
          * user's decision. */
-        e = hush__peer_identity_other(c, name, (uint32_t)address->device_id, known, &found);
+        e = hsdk_peer_identity_other(c, name, (uint32_t)address->device_id, known, &found);
         if (e)
             return store_fail(c, e);
         if (!found)
@@ -405,13 +405,13 @@ static int s_load_session(signal_buffer **record, signal_buffer **user_record, c
     if (!row)
         return 0;
     char ad[128];
-    hush__ad(ad, sizeof ad, "sessions", name, strlen(name), address->device_id, 0);
+    hsdk_ad(ad, sizeof ad, "sessions", name, strlen(name), address->device_id, 0);
     uint8_t *pt = NULL, *upt = NULL;
     size_t len = 0, ulen = 0;
-    hush_err e = hush__open(c, ad, sqlite3_column_blob(st, 0), (size_t)sqlite3_column_bytes(st, 0), &pt, &len);
+    hush_err e = hsdk_open(c, ad, sqlite3_column_blob(st, 0), (size_t)sqlite3_column_bytes(st, 0), &pt, &len);
     if (e == HUSH_OK && sqlite3_column_type(st, 1) != SQLITE_NULL) {
-        hush__ad(ad, sizeof ad, "sessions.user", name, strlen(name), address->device_id, 0);
-        e = hush__open(c, ad, sqlite3_column_blob(st, 1), (size_t)sqlite3_column_bytes(st, 1), &upt, &ulen);
+        hsdk_ad(ad, sizeof ad, "sessions.user", name, strlen(name), address->device_id, 0);
+        e = hsdk_open(c, ad, sqlite3_column_blob(st, 1), (size_t)sqlite3_column_bytes(st, 1), &upt, &ulen);
     }
     sqlite3_reset(st);
     if (e) { /* a record holds chain keys: wiped on the error path too */
@@ -455,7 +455,7 @@ static int s_get_sub_device_sessions(signal_int_list **sessions, const char *nam
  * this size the record is not stored: the decrypt fails as HUSH_ERR_TOO_BIG, nothing changes, and
  * the networked SDK acknowledges and drops that message — only that peer's messages suffer, and
  * the inbox never stalls on a record SQLite would refuse. */
-size_t hush__max_record = HUSH_MAX_SESSION_RECORD;
+size_t hsdk_max_record = HUSH_MAX_SESSION_RECORD;
 
 static int s_store_session(const signal_protocol_address *address, uint8_t *record, size_t record_len,
                            uint8_t *user_record, size_t user_record_len, void *ud)
@@ -464,8 +464,8 @@ static int s_store_session(const signal_protocol_address *address, uint8_t *reco
     char name[HUSH_USERNAME_MAX + 1];
     if (addr_name(address, name) != 0 || address->device_id < 0)
         return SG_ERR_INVAL;
-    if (record_len + user_record_len > hush__max_record)
-        return store_fail(c, HUSH_ERR_TOO_BIG); /* see hush__max_record */
+    if (record_len + user_record_len > hsdk_max_record)
+        return store_fail(c, HUSH_ERR_TOO_BIG); /* see hsdk_max_record */
     sqlite3_stmt *st;
     if (hstore_prepare(c->db, "INSERT OR REPLACE INTO sessions (name, device_id, record, user_record) "
                               "VALUES (?1, ?2, ?3, ?4)", &st))
@@ -473,10 +473,10 @@ static int s_store_session(const signal_protocol_address *address, uint8_t *reco
     char ad[128];
     sqlite3_bind_blob(st, 1, name, (int)strlen(name), SQLITE_TRANSIENT);
     sqlite3_bind_int64(st, 2, address->device_id);
-    hush__ad(ad, sizeof ad, "sessions", name, strlen(name), address->device_id, 0);
+    hsdk_ad(ad, sizeof ad, "sessions", name, strlen(name), address->device_id, 0);
     hush_err e = bind_sealed(c, st, 3, ad, record, record_len);
     if (e == HUSH_OK && user_record) {
-        hush__ad(ad, sizeof ad, "sessions.user", name, strlen(name), address->device_id, 0);
+        hsdk_ad(ad, sizeof ad, "sessions.user", name, strlen(name), address->device_id, 0);
         e = bind_sealed(c, st, 4, ad, user_record, user_record_len);
     }
     if (e) {
@@ -542,7 +542,7 @@ static int load_key_record(hush_client *c, const char *sql, const char *table, s
         return store_fail(c, HUSH_ERR_STORAGE);
     sqlite3_bind_int64(st, 1, id);
     char ad[96];
-    hush__ad(ad, sizeof ad, table, "", 0, id, 0);
+    hsdk_ad(ad, sizeof ad, table, "", 0, id, 0);
     uint8_t *pt = NULL;
     size_t len = 0;
     int found = 0;
@@ -562,7 +562,7 @@ static int store_key_record(hush_client *c, const char *sql, const char *table, 
     if (hstore_prepare(c->db, sql, &st))
         return store_fail(c, HUSH_ERR_STORAGE);
     char ad[96];
-    hush__ad(ad, sizeof ad, table, "", 0, id, 0);
+    hsdk_ad(ad, sizeof ad, table, "", 0, id, 0);
     sqlite3_bind_int64(st, 1, id);
     hush_err e = bind_sealed(c, st, 2, ad, rec, len);
     if (e) {
@@ -570,7 +570,7 @@ static int store_key_record(hush_client *c, const char *sql, const char *table, 
         return store_fail(c, e);
     }
     if (sqlite3_bind_parameter_count(st) >= 3)
-        sqlite3_bind_int64(st, 3, (int64_t)hush__now_ms());
+        sqlite3_bind_int64(st, 3, (int64_t)hsdk_now_ms());
     return hstore_run(c->db, st) ? store_fail(c, HUSH_ERR_STORAGE) : 0;
 }
 
@@ -661,7 +661,7 @@ static void skn_ad(char *ad, size_t cap, const char *what, const char *group, co
 {
     char both[HUSH_GROUP_ID_MAX + HUSH_USERNAME_MAX + 8];
     int n = snprintf(both, sizeof both, "%zu:%s/%s", strlen(group), group, name);
-    hush__ad(ad, cap, what, both, (size_t)n, dev, 0);
+    hsdk_ad(ad, cap, what, both, (size_t)n, dev, 0);
 }
 
 static int s_store_sender_key(const signal_protocol_sender_key_name *skn, uint8_t *record, size_t record_len,
@@ -671,7 +671,7 @@ static int s_store_sender_key(const signal_protocol_sender_key_name *skn, uint8_
     char group[HUSH_GROUP_ID_MAX + 1], name[HUSH_USERNAME_MAX + 1];
     if (skn_parts(skn, group, name) != 0)
         return SG_ERR_INVAL;
-    if (record_len + user_record_len > hush__max_record)
+    if (record_len + user_record_len > hsdk_max_record)
         return store_fail(c, HUSH_ERR_TOO_BIG);
     sqlite3_stmt *st;
     if (hstore_prepare(c->db, "INSERT OR REPLACE INTO sender_keys (group_id, name, device_id, record, user_record) "
@@ -717,10 +717,10 @@ static int s_load_sender_key(signal_buffer **record, signal_buffer **user_record
     skn_ad(ad, sizeof ad, "sender_keys", group, name, skn->sender.device_id);
     uint8_t *pt = NULL, *upt = NULL;
     size_t len = 0, ulen = 0;
-    hush_err e = hush__open(c, ad, sqlite3_column_blob(st, 0), (size_t)sqlite3_column_bytes(st, 0), &pt, &len);
+    hush_err e = hsdk_open(c, ad, sqlite3_column_blob(st, 0), (size_t)sqlite3_column_bytes(st, 0), &pt, &len);
     if (e == HUSH_OK && sqlite3_column_type(st, 1) != SQLITE_NULL) {
         skn_ad(ad, sizeof ad, "sender_keys.user", group, name, skn->sender.device_id);
-        e = hush__open(c, ad, sqlite3_column_blob(st, 1), (size_t)sqlite3_column_bytes(st, 1), &upt, &ulen);
+        e = hsdk_open(c, ad, sqlite3_column_blob(st, 1), (size_t)sqlite3_column_bytes(st, 1), &upt, &ulen);
     }
     sqlite3_reset(st);
     if (e) { /* a record holds chain keys: wiped on the error path too */
@@ -736,7 +736,7 @@ static int s_load_sender_key(signal_buffer **record, signal_buffer **user_record
 
 /* ---------------------------------------------------------------------------------------- */
 
-int hush__stores_install(hush_client *c)
+int hsdk_stores_install(hush_client *c)
 {
     /* Every store shares the client's one connection; destroy_func stays NULL so nothing is
      * closed twice (the client closes the database itself). */

@@ -17,10 +17,10 @@ hush_err hush_device_identity_key(hush_client *c, uint8_t out[33])
 {
     if (!c || !out)
         return HUSH_ERR_INVALID_ARG;
-    hush__lock(c);
+    hsdk_lock(c);
     ratchet_identity_key_pair *ikp = NULL;
     signal_buffer *pub = NULL;
-    hush_err e = hush__local_identity(c, &ikp);
+    hush_err e = hsdk_local_identity(c, &ikp);
     if (!e && ec_public_key_serialize(&pub, ratchet_identity_key_pair_get_public(ikp)) != 0)
         e = HUSH_ERR_NOMEM;
     if (!e && signal_buffer_len(pub) == 33)
@@ -29,7 +29,7 @@ hush_err hush_device_identity_key(hush_client *c, uint8_t out[33])
         e = HUSH_ERR_INTERNAL;
     signal_buffer_free(pub);
     SIGNAL_UNREF(ikp);
-    hush__unlock(c);
+    hsdk_unlock(c);
     return e;
 }
 
@@ -43,15 +43,15 @@ hush_err hush_auth_proof(hush_client *c, const char *purpose, const char *origin
         return HUSH_ERR_INVALID_ARG;
     if (sodium_is_zero(challenge, HWIRE_CHALLENGE_BYTES))
         return HUSH_ERR_INVALID_ARG; /* a relay makes 32 random bytes; all zeros is a trick */
-    hush__lock(c);
+    hsdk_lock(c);
     hush_err e = HUSH_ERR_NO_DEVICE;
     if (c->has_device) {
         uint8_t msg[HWIRE_AUTH_MESSAGE_MAX];
         size_t n = hwire_auth_message(msg, sizeof msg, purpose, origin, binding, binding_len, challenge, c->username,
                                       c->device_id, register_digest);
-        e = n ? hush__auth_sign(c, msg, n, sig) : HUSH_ERR_INVALID_ARG;
+        e = n ? hsdk_auth_sign(c, msg, n, sig) : HUSH_ERR_INVALID_ARG;
     }
-    hush__unlock(c);
+    hsdk_unlock(c);
     return e;
 }
 
@@ -83,14 +83,14 @@ static hush_err upload_locked(hush_client *c, uint32_t max_one_time, uint8_t **o
     Hush__PreKey *keys = NULL, **key_ptrs = NULL;
     signal_buffer **bufs = NULL;
 
-    if ((e = hush__begin(c)))
+    if ((e = hsdk_begin(c)))
         return e;
-    if ((e = hush__current_signed_pre_key(c, &spk, &spk_pub, &s)))
+    if ((e = hsdk_current_signed_pre_key(c, &spk, &spk_pub, &s)))
         goto fail;
     sqlite3_stmt *st;
     hstore_err se = hstore_prepare(c->db, "SELECT id FROM pre_keys WHERE exported = 0 AND id != ?1 ORDER BY id LIMIT ?2", &st);
     if (se) {
-        e = hush__from_store(se);
+        e = hsdk_from_store(se);
         goto fail;
     }
     sqlite3_bind_int64(st, 1, HUSH_LAST_RESORT_PREKEY_ID);
@@ -106,7 +106,7 @@ static hush_err upload_locked(hush_client *c, uint32_t max_one_time, uint8_t **o
         ids[nids++] = (uint32_t)sqlite3_column_int64(st, 0);
     sqlite3_reset(st);
     if (se) {
-        e = hush__from_store(se);
+        e = hsdk_from_store(se);
         goto fail;
     }
     keys = calloc(nids ? nids : 1, sizeof *keys);
@@ -125,7 +125,7 @@ static hush_err upload_locked(hush_client *c, uint32_t max_one_time, uint8_t **o
             se = hstore_run(c->db, st);
         }
         if (se) {
-            e = hush__from_store(se);
+            e = hsdk_from_store(se);
             goto fail;
         }
     }
@@ -138,13 +138,13 @@ static hush_err upload_locked(hush_client *c, uint32_t max_one_time, uint8_t **o
     up.one_time_pre_keys = key_ptrs;
     up.last_resort = &lr;
     size_t n = hush__pre_key_upload__get_packed_size(&up);
-    uint8_t *buf = hush__alloc(n);
+    uint8_t *buf = hsdk_alloc(n);
     if (!buf) {
         e = HUSH_ERR_NOMEM;
         goto fail;
     }
     hush__pre_key_upload__pack(&up, buf);
-    if ((e = hush__commit(c))) {
+    if ((e = hsdk_commit(c))) {
         hush_free(buf);
         goto done;
     }
@@ -154,7 +154,7 @@ static hush_err upload_locked(hush_client *c, uint32_t max_one_time, uint8_t **o
         *count = (uint32_t)nids;
     goto done;
 fail:
-    hush__rollback(c);
+    hsdk_rollback(c);
 done:
     for (size_t i = 0; bufs && i < nids; i++)
         signal_buffer_free(bufs[i]);
@@ -178,8 +178,8 @@ hush_err hush_prekey_upload(hush_client *c, uint32_t max_one_time, uint8_t **out
         *count = 0;
     if (!c || max_one_time > 1000)
         return HUSH_ERR_INVALID_ARG;
-    hush__lock(c);
+    hsdk_lock(c);
     hush_err e = c->has_device ? upload_locked(c, max_one_time, out, out_len, count) : HUSH_ERR_NO_DEVICE;
-    hush__unlock(c);
+    hsdk_unlock(c);
     return e;
 }

@@ -140,12 +140,12 @@ static void trap_skdm_replay(void **state)
     /* The old group message must still be a duplicate to libsignal itself. */
     Hush__Envelope *env = hush__envelope__unpack(NULL, lm, msg);
     assert_non_null(env);
-    hush__lock(b);
-    assert_int_equal(hush__begin(b), HUSH_OK);
+    hsdk_lock(b);
+    assert_int_equal(hsdk_begin(b), HUSH_OK);
     signal_buffer *pt = NULL;
-    hush_err e = hush__group_decrypt(b, "lara", 1, g, env->ciphertext.data, env->ciphertext.len, &pt);
-    hush__rollback(b);
-    hush__unlock(b);
+    hush_err e = hsdk_group_decrypt(b, "lara", 1, g, env->ciphertext.data, env->ciphertext.len, &pt);
+    hsdk_rollback(b);
+    hsdk_unlock(b);
     assert_int_equal(e, HUSH_ERR_DUPLICATE);
     assert_null(pt);
     hush__envelope__free_unpacked(env, NULL);

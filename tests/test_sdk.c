@@ -92,7 +92,7 @@ static void test_open_errors(void **state)
 static void test_selftest_and_provider(void **state)
 {
     (void)state;
-    assert_int_equal(hush__selftest(), HUSH_OK);
+    assert_int_equal(hsdk_selftest(), HUSH_OK);
 }
 
 static void test_basic_conversation(void **state)
@@ -325,7 +325,7 @@ static void trap_tampered_prekey_message(void **state)
     assert_int_equal(before, after);
     uint8_t key[33];
     int found = 1;
-    assert_int_equal(hush__peer_identity(b, "frank", 1, key, &found), HUSH_OK);
+    assert_int_equal(hsdk_peer_identity(b, "frank", 1, key, &found), HUSH_OK);
     assert_int_equal(found, 0);
     assert_false(hush_has_session(b, "frank", 1));
     /* The genuine message still decrypts and consumes exactly one prekey. */
@@ -471,7 +471,7 @@ static void test_sealed_at_rest_canary(void **state)
     assert_int_equal(hush_outbox_put(a, "pete", (const uint8_t *)canary, strlen(canary), mid), HUSH_OK);
 
     ratchet_identity_key_pair *ikp = NULL;
-    assert_int_equal(hush__local_identity(b, &ikp), HUSH_OK);
+    assert_int_equal(hsdk_local_identity(b, &ikp), HUSH_OK);
     signal_buffer *priv = NULL;
     assert_int_equal(ec_private_key_serialize(&priv, ratchet_identity_key_pair_get_private(ikp)), 0);
     uint8_t auth_pub[32];
@@ -613,7 +613,7 @@ static void trap_protobuf_runtimes_coexist(void **state)
     c.body.len = 3;
     uint8_t *buf = NULL;
     size_t n = 0;
-    assert_int_equal(hush__content_pack(&c, &buf, &n), HUSH_OK);
+    assert_int_equal(hsdk_content_pack(&c, &buf, &n), HUSH_OK);
     assert_int_equal(n % 32, 0); /* padded */
     Hush__Content *back = hush__content__unpack(NULL, n, buf);
     assert_non_null(back);
@@ -687,12 +687,12 @@ static void test_signed_prekey_rotation(void **state)
     size_t old_len = 0;
     assert_int_equal(hush_bundle_export(b, &old_bundle, &old_len), HUSH_OK);
     int rotated = 0;
-    hush__lock(b);
-    assert_int_equal(hush__rotate_signed_pre_key(b, 7ull * 86400000, 30ull * 86400000, &rotated), HUSH_OK);
+    hsdk_lock(b);
+    assert_int_equal(hsdk_rotate_signed_pre_key(b, 7ull * 86400000, 30ull * 86400000, &rotated), HUSH_OK);
     assert_int_equal(rotated, 0); /* fresh: nothing to do */
-    assert_int_equal(hush__rotate_signed_pre_key(b, 0, 30ull * 86400000, &rotated), HUSH_OK);
+    assert_int_equal(hsdk_rotate_signed_pre_key(b, 0, 30ull * 86400000, &rotated), HUSH_OK);
     assert_int_equal(rotated, 1);
-    hush__unlock(b);
+    hsdk_unlock(b);
     uint8_t *new_bundle = NULL;
     size_t new_len = 0;
     assert_int_equal(hush_bundle_export(b, &new_bundle, &new_len), HUSH_OK);
@@ -707,9 +707,9 @@ static void test_signed_prekey_rotation(void **state)
     hush_message_free(m);
     hush_free(env);
     /* after it, the old one is gone */
-    hush__lock(b);
-    assert_int_equal(hush__rotate_signed_pre_key(b, 7ull * 86400000, 0, &rotated), HUSH_OK);
-    hush__unlock(b);
+    hsdk_lock(b);
+    assert_int_equal(hsdk_rotate_signed_pre_key(b, 7ull * 86400000, 0, &rotated), HUSH_OK);
+    hsdk_unlock(b);
     sqlite3_stmt *st;
     assert_int_equal(sqlite3_prepare_v2(hstore_handle(b->db), "SELECT count(*) FROM signed_pre_keys", -1, &st, NULL), SQLITE_OK);
     assert_int_equal(sqlite3_step(st), SQLITE_ROW);
@@ -773,7 +773,7 @@ static void test_padding_all_lengths(void **state)
         ct.sent_at_ms = 1764550000000ull;
         uint8_t *out = NULL;
         size_t n = 0;
-        assert_int_equal(hush__content_pack(&ct, &out, &n), HUSH_OK);
+        assert_int_equal(hsdk_content_pack(&ct, &out, &n), HUSH_OK);
         if (n % 32 != 0)
             fail_msg("a %zu-byte body packs to %zu bytes", len, n);
         Hush__Content *back = hush__content__unpack(NULL, n, out);
@@ -959,8 +959,8 @@ static void test_session_record_capped(void **state)
     uint8_t *first = send_text(a, "capb", 1, "message 0", &len0);
     hush_message_free(recv_ok(b, "capa", 1, first, len0));
     hush_free(first);
-    size_t saved = hush__max_record;
-    hush__max_record = 16 * 1024;
+    size_t saved = hsdk_max_record;
+    hsdk_max_record = 16 * 1024;
     size_t len1;
     uint8_t *one = send_text(a, "capb", 1, "message 1", &len1);
     uint8_t *env = NULL;
@@ -975,7 +975,7 @@ static void test_session_record_capped(void **state)
     m = recv_ok(b, "capa", 1, one, len1);
     assert_string_equal((char *)m->body, "message 1");
     hush_message_free(m);
-    hush__max_record = saved;
+    hsdk_max_record = saved;
     hush_free(env);
     hush_free(one);
     hush_client_close(a);
