@@ -16,8 +16,6 @@
 
 #include "internal.h"
 
-static int valid_device(uint32_t d) { return d != 0 && d <= INT32_MAX; }
-
 static signal_protocol_sender_key_name skn_of(const char *group_id, const char *name, uint32_t dev)
 {
     signal_protocol_sender_key_name n = { group_id, strlen(group_id), { name, strlen(name), (int32_t)dev } };
@@ -83,7 +81,7 @@ hush_err hush_group_distribution(hush_client *c, const char *group_id, const cha
         return HUSH_ERR_INVALID_ARG;
     *envelope = NULL;
     *envelope_len = 0;
-    if (!c || !hsdk_valid_group_id(group_id) || !hsdk_valid_username(member) || !valid_device(device_id))
+    if (!c || !hsdk_valid_group_id(group_id) || !hsdk_valid_username(member) || !hsdk_valid_device(device_id))
         return HUSH_ERR_INVALID_ARG;
     hsdk_lock(c);
     hush_err e;

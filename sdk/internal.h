@@ -18,11 +18,13 @@
 #define HUSH_IDENTITY_PUB_BYTES 33
 
 struct hush_net;
+struct hsdk_net_hooks;
 
 struct hush_client {
     pthread_mutex_t lock; /* recursive; also handed to libsignal as its lock */
     struct hush_net *net; /* the network thread, when started (net.c) */
-    pthread_mutex_t net_mu; /* guards `net` against start/stop while someone wakes it */
+    pthread_mutex_t net_mu; /* guards `net` and `net_hooks` against start/stop while someone wakes it */
+    const struct hsdk_net_hooks *net_hooks; /* installed by the network code at its first start */
     hstore *db;
     signal_context *sg;
     signal_protocol_store_context *sc;
@@ -72,6 +74,17 @@ hush_err hsdk_pending_candidates(hush_client *c, const char *name, uint32_t dev,
                                   size_t max, size_t *n);
 hush_err hsdk_peer_identity_other(hush_client *c, const char *name, uint32_t dev, uint8_t key[33], int *found);
 hush_err hsdk_save_peer_identity(hush_client *c, const char *name, uint32_t dev, const uint8_t *key, size_t len);
+/* Removes every key waiting for a decision about (name, dev). Caller holds the lock. */
+hush_err hsdk_pending_delete(hush_client *c, const char *name, uint32_t dev);
+/* After a library call failed because a different key claimed an address (c->untrusted): keeps
+ * that key as a pending candidate and returns HUSH_ERR_IDENTITY_CHANGED (or the storage error). */
+hush_err hsdk_after_untrusted(hush_client *c);
+
+/* peers.c: the device ids of each contact as the relay last listed them (table peer_devices).
+ * Caller holds the lock for _forget and _add; _list takes it. */
+int hsdk_peers_list(hush_client *c, const char *peer, uint32_t *devs, int max);
+void hsdk_peers_forget(hush_client *c, const char *peer);
+hush_err hsdk_peers_add(hush_client *c, const char *peer, uint32_t dev, uint64_t now_ms);
 
 /* Buffers handed to the caller: sized so hush_free can wipe them. */
 void *hsdk_alloc(size_t n);
@@ -90,6 +103,21 @@ uint8_t *hsdk_grow_plaintext(uint8_t *pt, size_t len);
 hush_err hsdk_current_signed_pre_key(hush_client *c, session_signed_pre_key **spk, signal_buffer **pub,
                                       Hush__SignedPreKey *out);
 
+/* core.c: the network thread as a plug-in. The network code sets c->net_hooks (under net_mu) when
+ * it starts;
+ * the rest of the SDK wakes or stops it through these, never by name, so nothing below the network
+ * code depends on it. Each is a no-op before the first start. Safe from any thread. */
+struct hsdk_net_hooks {
+    void (*wake)(hush_client *c, int flags); /* NET_WAKE_* (net.h) */
+    void (*stop)(hush_client *c);
+};
+void hsdk_net_wake(hush_client *c, int flags);
+void hsdk_net_stop(hush_client *c);
+#define NET_WAKE_OUTBOX 1
+#define NET_WAKE_PRESENCE 2
+#define NET_WAKE_TYPING 4
+#define NET_WAKE_IDENTITY 8
+
 /* errors */
 hush_err hsdk_from_store(hstore_err e);
 hush_err hsdk_from_signal(int rc);
@@ -101,6 +129,8 @@ void hsdk_unlock(hush_client *c);
 /* Validation */
 int hsdk_valid_username(const char *s);
 int hsdk_valid_group_id(const char *s);
+/* Device ids are 1..INT32_MAX (libsignal stores them as int). */
+int hsdk_valid_device(uint32_t d);
 uint64_t hsdk_now_ms(void);
 
 /* Transaction wrapper: savepoint, and on failure rollback. */
@@ -127,10 +157,12 @@ hush_err hsdk_encrypt_kind(hush_client *c, const char *peer, uint32_t device_id,
                             size_t len, const uint8_t mid[HUSH_MESSAGE_ID_BYTES], int history, uint8_t **envelope,
                             size_t *envelope_len);
 
-/* session.c helpers for group.c */
+/* encrypt.c: pairwise encryption (group.c sends sender keys with it) */
 hush_err hsdk_encrypt_content(hush_client *c, const char *peer, uint32_t dev, Hush__Content *content,
                                uint8_t **env, size_t *env_len);
 hush_err hsdk_content_pack(Hush__Content *content, uint8_t **out, size_t *len);
+
+/* group.c: what decrypt.c hands over */
 hush_err hsdk_process_skdm(hush_client *c, const char *peer, uint32_t dev, const char *group_id,
                             const uint8_t *skdm, size_t len);
 hush_err hsdk_group_decrypt(hush_client *c, const char *peer, uint32_t dev, const char *group_id,

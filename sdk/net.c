@@ -392,21 +392,6 @@ static int next_outbox_row(hush_client *c, int64_t after, const char *skip_peer,
     return found;
 }
 
-static int peer_devices(hush_client *c, const char *peer, uint32_t *devs, int max)
-{
-    hsdk_lock(c);
-    sqlite3_stmt *st;
-    int n = 0, row = 0;
-    if (hstore_prepare(c->db, "SELECT device_id FROM peer_devices WHERE peer = ?1 ORDER BY device_id", &st) == HSTORE_OK) {
-        sqlite3_bind_text(st, 1, peer, -1, SQLITE_TRANSIENT);
-        while (n < max && hstore_step(c->db, st, &row) == HSTORE_OK && row)
-            devs[n++] = (uint32_t)sqlite3_column_int64(st, 0);
-        sqlite3_reset(st);
-    }
-    hsdk_unlock(c);
-    return n;
-}
-
 static void exec1(hush_client *c, const char *sql, const char *text, const uint8_t *blob, int64_t num)
 {
     sqlite3_stmt *st;
@@ -423,15 +408,10 @@ static void exec1(hush_client *c, const char *sql, const char *text, const uint8
     }
 }
 
-void hsdk_forget_peer_devices(hush_client *c, const char *peer)
-{
-    exec1(c, "DELETE FROM peer_devices WHERE peer = ?1", peer, NULL, -1);
-}
-
 static void forget_devices(hush_client *c, const char *peer)
 {
     hsdk_lock(c);
-    hsdk_forget_peer_devices(c, peer);
+    hsdk_peers_forget(c, peer);
     hsdk_unlock(c);
 }
 
@@ -565,7 +545,7 @@ static int send_row(struct hush_net *n, struct orow *o)
 {
     hush_client *c = n->c;
     uint32_t devs[MAX_DEVS];
-    int nd = peer_devices(c, o->peer, devs, MAX_DEVS);
+    int nd = hsdk_peers_list(c, o->peer, devs, MAX_DEVS);
     int missing = nd == 0;
     for (int i = 0; i < nd && !missing; i++)
         missing = !hush_has_session(c, o->peer, devs[i]);
@@ -1267,7 +1247,7 @@ static void on_fetch_result(struct hush_net *n, const struct req *r, const Hush_
     }
     hush_client *c = n->c;
     hsdk_lock(c);
-    exec1(c, "DELETE FROM peer_devices WHERE peer = ?1", r->peer, NULL, -1);
+    hsdk_peers_forget(c, r->peer);
     hsdk_unlock(c);
     for (size_t i = 0; i < res->n_bundles; i++) {
         const Hush__KeyBundle *b = res->bundles[i];
@@ -1299,19 +1279,12 @@ static void on_fetch_result(struct hush_net *n, const struct req *r, const Hush_
             }
         }
         hsdk_lock(c);
-        sqlite3_stmt *st;
-        if (hstore_prepare(c->db, "INSERT OR REPLACE INTO peer_devices (peer, device_id, fetched_at) VALUES (?1, ?2, ?3)",
-                           &st) == HSTORE_OK) {
-            sqlite3_bind_text(st, 1, r->peer, -1, SQLITE_TRANSIENT);
-            sqlite3_bind_int64(st, 2, dev);
-            sqlite3_bind_int64(st, 3, (int64_t)now_ms());
-            if (hstore_run(c->db, st) != HSTORE_OK)
-                report(n, HUSH_ERR_STORAGE, "could not record a contact's devices");
-        }
+        if (hsdk_peers_add(c, r->peer, dev, now_ms()) != HUSH_OK)
+            report(n, HUSH_ERR_STORAGE, "could not record a contact's devices");
         hsdk_unlock(c);
     }
     uint32_t devs[1];
-    if (peer_devices(c, r->peer, devs, 1) == 0 && strcmp(n->blocked_peer, r->peer) != 0) {
+    if (hsdk_peers_list(c, r->peer, devs, 1) == 0 && strcmp(n->blocked_peer, r->peer) != 0) {
         /* not one usable device (every bundle refused, or none listed): the messages fail now
          * rather than block the outbox with fetches that cannot succeed */
         fail_head_rows(n, r->peer);
@@ -1494,7 +1467,7 @@ static void send_typing(struct hush_net *n)
         if (!peer[0] || n->st != N_ONLINE)
             return;
         uint32_t devs[MAX_DEVS];
-        int nd = peer_devices(n->c, peer, devs, MAX_DEVS);
+        int nd = hsdk_peers_list(n->c, peer, devs, MAX_DEVS);
         Hush__Recipient rcs[MAX_DEVS], *rp[MAX_DEVS];
         uint8_t *envs[MAX_DEVS] = { 0 };
         int cnt = 0;
@@ -1899,6 +1872,11 @@ static void store_meta_text(hush_client *c, const char *key, const char *val)
     hsdk_unlock(c);
 }
 
+static void net_wake(hush_client *c, int flags);
+
+/* How the rest of the SDK reaches this thread (core.c): installed at the first start. */
+static const struct hsdk_net_hooks net_hooks = { net_wake, hush_net_stop };
+
 hush_err hush_net_start(hush_client *c, const hush_net_opts *opts, const hush_callbacks *cb)
 {
     if (!c)
@@ -1986,6 +1964,7 @@ hush_err hush_net_start(hush_client *c, const hush_net_opts *opts, const hush_ca
         return HUSH_ERR_INVALID_ARG; /* already running */
     }
     c->net = n;
+    c->net_hooks = &net_hooks;
     pthread_mutex_unlock(&c->net_mu);
     if (pthread_create(&n->th, NULL, net_main, n) != 0) {
         pthread_mutex_lock(&c->net_mu);
@@ -2043,7 +2022,7 @@ void hush_net_stop(hush_client *c)
     free(n);
 }
 
-void hsdk_net_wake(hush_client *c, int flags)
+static void net_wake(hush_client *c, int flags)
 {
     pthread_mutex_lock(&c->net_mu);
     if (c->net) {

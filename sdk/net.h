@@ -4,19 +4,8 @@
 
 #include "internal.h"
 
-#define NET_WAKE_OUTBOX 1
-#define NET_WAKE_PRESENCE 2
-#define NET_WAKE_TYPING 4
-#define NET_WAKE_IDENTITY 8
-
 #define PRESENCE_ALLOW 1
 #define PRESENCE_SUBSCRIBE 2
-
-/* Wakes the network thread (no-op when it is not running). Safe from any thread. */
-void hsdk_net_wake(hush_client *c, int flags);
-/* Forgets the cached device list of `peer` (fetched again before the next send); caller holds
- * the lock. */
-void hsdk_forget_peer_devices(hush_client *c, const char *peer);
 
 /* messaging.c */
 hush_err hsdk_set_message_state(hush_client *c, const uint8_t mid[16], int state);

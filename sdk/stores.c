@@ -790,3 +790,107 @@ int hsdk_stores_install(hush_client *c)
         return -1;
     return 0;
 }
+
+/* ---------------------------------------------------------------------------------------- */
+/* pending identities: keys waiting for the user's decision */
+
+hush_err hsdk_pending_candidates(hush_client *c, const char *name, uint32_t dev, uint8_t (*keys)[33], int64_t *cand,
+                                  size_t max, size_t *n)
+{
+    *n = 0;
+    sqlite3_stmt *st;
+    int row = 0;
+    hstore_err se = hstore_prepare(c->db, "SELECT candidate, key FROM pending_identities WHERE name = ?1 AND "
+                                          "device_id = ?2 ORDER BY candidate", &st);
+    if (se)
+        return hsdk_from_store(se);
+    sqlite3_bind_blob(st, 1, name, (int)strlen(name), SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 2, dev);
+    hush_err e = HUSH_OK;
+    while (!e && *n < max && (se = hstore_step(c->db, st, &row)) == HSTORE_OK && row) {
+        int64_t k = sqlite3_column_int64(st, 0);
+        char ad[128];
+        hsdk_ad(ad, sizeof ad, "pending_identities", name, strlen(name), dev, k);
+        uint8_t *pt = NULL;
+        size_t len = 0;
+        e = hsdk_open(c, ad, sqlite3_column_blob(st, 1), (size_t)sqlite3_column_bytes(st, 1), &pt, &len);
+        if (!e && len != 33)
+            e = HUSH_ERR_DB_KEY;
+        if (!e) {
+            memcpy(keys[*n], pt, 33);
+            if (cand)
+                cand[*n] = k;
+            (*n)++;
+        }
+        if (pt) {
+            sodium_memzero(pt, len);
+            free(pt);
+        }
+    }
+    sqlite3_reset(st);
+    return e ? e : hsdk_from_store(se);
+}
+
+hush_err hsdk_pending_delete(hush_client *c, const char *peer, uint32_t dev)
+{
+    sqlite3_stmt *st;
+    hstore_err se = hstore_prepare(c->db, "DELETE FROM pending_identities WHERE name = ?1 AND device_id = ?2", &st);
+    if (!se) {
+        sqlite3_bind_blob(st, 1, peer, (int)strlen(peer), SQLITE_TRANSIENT);
+        sqlite3_bind_int64(st, 2, dev);
+        se = hstore_run(c->db, st);
+    }
+    return hsdk_from_store(se);
+}
+
+/* Records a key that claimed an address already bound to another key (outside any savepoint
+ * that is rolled back), so hush_identity_pending can show it. Every distinct key is kept as its own
+ * candidate (up to HUSH_MAX_PENDING_KEYS per device), so a key injected after the user compared a
+ * safety number cannot take that number's place. */
+static hush_err save_pending_identity(hush_client *c)
+{
+    if (!c->untrusted.set)
+        return HUSH_OK;
+    c->untrusted.set = 0;
+    const char *name = c->untrusted.name;
+    uint32_t dev = c->untrusted.device_id;
+    uint8_t keys[HUSH_MAX_PENDING_KEYS][33];
+    int64_t cand[HUSH_MAX_PENDING_KEYS];
+    size_t n = 0;
+    hush_err e = hsdk_pending_candidates(c, name, dev, keys, cand, HUSH_MAX_PENDING_KEYS, &n);
+    int known = 0;
+    int64_t next = 0;
+    for (size_t i = 0; !e && i < n; i++) {
+        known |= sodium_memcmp(keys[i], c->untrusted.key, 33) == 0;
+        if (cand[i] >= next)
+            next = cand[i] + 1;
+    }
+    sodium_memzero(keys, sizeof keys);
+    if (e || known || n >= HUSH_MAX_PENDING_KEYS)
+        return e; /* already a candidate, or too many: nothing new to keep */
+    sqlite3_stmt *st;
+    hstore_err se = hstore_prepare(c->db, "INSERT INTO pending_identities (name, device_id, candidate, key, created_at) "
+                                          "VALUES (?1, ?2, ?3, ?4, ?5)", &st);
+    if (se)
+        return hsdk_from_store(se);
+    char ad[128];
+    hsdk_ad(ad, sizeof ad, "pending_identities", name, strlen(name), dev, next);
+    uint8_t *ct = NULL;
+    size_t clen = 0;
+    e = hsdk_seal(c, ad, c->untrusted.key, sizeof c->untrusted.key, &ct, &clen);
+    if (e)
+        return e;
+    sqlite3_bind_blob(st, 1, name, (int)strlen(name), SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 2, dev);
+    sqlite3_bind_int64(st, 3, next);
+    sqlite3_bind_blob(st, 4, ct, (int)clen, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 5, (int64_t)hsdk_now_ms());
+    free(ct);
+    return hsdk_from_store(hstore_run(c->db, st));
+}
+
+hush_err hsdk_after_untrusted(hush_client *c)
+{
+    hush_err e = save_pending_identity(c);
+    return e ? e : HUSH_ERR_IDENTITY_CHANGED;
+}

@@ -1,0 +1,211 @@
+/*
+ * decrypt.c - one received envelope: pairwise (Signal session) or group (sender key), stored with
+ * the new session state in one transaction, or nothing stored at all.
+ *
+ * Every libsignal call that writes runs inside a savepoint (hsdk_begin) and is rolled back on
+ * failure: save_identity runs before MAC verification, so without this a tampered PreKey message
+ * would leave a saved identity and a consumed prekey behind (docs/LIBSIGNAL-NOTES.md §2).
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <sodium.h>
+
+#include <protocol.h>
+#include <session_cipher.h>
+
+#include "internal.h"
+
+void hush_message_free(hush_message *m)
+{
+    if (!m)
+        return;
+    if (m->body) {
+        sodium_memzero(m->body, m->body_len);
+        free(m->body);
+    }
+    sodium_memzero(m, sizeof *m);
+    free(m);
+}
+
+static hush_err new_message(const char *peer, uint32_t dev, hush_kind kind, const Hush__Content *content,
+                            const char *group_id, int64_t local_id, hush_message **out)
+{
+    hush_message *m = calloc(1, sizeof *m);
+    if (!m)
+        return HUSH_ERR_NOMEM;
+    m->body = malloc(content->body.len + 1);
+    if (!m->body) {
+        free(m);
+        return HUSH_ERR_NOMEM;
+    }
+    if (content->body.len)
+        memcpy(m->body, content->body.data, content->body.len);
+    m->body[content->body.len] = '\0';
+    m->body_len = content->body.len;
+    m->kind = kind;
+    snprintf(m->sender, sizeof m->sender, "%s", peer);
+    m->sender_device = dev;
+    memcpy(m->message_id, content->message_id.data, HUSH_MESSAGE_ID_BYTES);
+    m->sent_at_ms = content->sent_at_ms;
+    m->received_at_ms = hsdk_now_ms();
+    snprintf(m->group_id, sizeof m->group_id, "%s", group_id ? group_id : "");
+    m->local_id = local_id;
+    *out = m;
+    return HUSH_OK;
+}
+
+static int content_ok(const Hush__Content *ct)
+{
+    return ct->message_id.len == HUSH_MESSAGE_ID_BYTES && ct->body.len <= HUSH_MAX_BODY;
+}
+
+/* Pairwise decrypt inside an open savepoint. On success *plaintext is set. */
+static hush_err pairwise_decrypt(hush_client *c, const signal_protocol_address *addr, Hush__CipherType type,
+                                 const uint8_t *ct, size_t len, signal_buffer **plaintext)
+{
+    session_cipher *cipher = NULL;
+    int rc = session_cipher_create(&cipher, c->sc, addr, c->sg);
+    if (rc != 0)
+        return hsdk_from_signal(rc);
+    if (type == HUSH__CIPHER_TYPE__CIPHER_PREKEY) {
+        pre_key_signal_message *m = NULL;
+        rc = pre_key_signal_message_deserialize(&m, ct, len, c->sg);
+        if (rc == 0)
+            rc = session_cipher_decrypt_pre_key_signal_message(cipher, m, NULL, plaintext);
+        SIGNAL_UNREF(m);
+    } else {
+        signal_message *m = NULL;
+        rc = signal_message_deserialize(&m, ct, len, c->sg);
+        if (rc == 0)
+            rc = session_cipher_decrypt_signal_message(cipher, m, NULL, plaintext);
+        SIGNAL_UNREF(m);
+    }
+    session_cipher_free(cipher);
+    if (rc == 0)
+        return HUSH_OK;
+    if (rc == SG_ERR_UNTRUSTED_IDENTITY)
+        return HUSH_ERR_IDENTITY_CHANGED;
+    if (c->store_err)
+        return c->store_err;
+    return hsdk_from_signal(rc);
+}
+
+static hush_err decrypt_locked(hush_client *c, const char *peer, uint32_t dev, const Hush__Envelope *env,
+                               hush_message **out)
+{
+    signal_protocol_address addr = { peer, strlen(peer), (int32_t)dev };
+    signal_buffer *pt = NULL;
+    Hush__Content *content = NULL;
+    hush_err e;
+    int is_group = env->type == HUSH__CIPHER_TYPE__CIPHER_SENDER_KEY;
+
+    if (is_group && !hsdk_valid_group_id(env->group_id))
+        return HUSH_ERR_BAD_MESSAGE;
+    if ((e = hsdk_begin(c)))
+        return e;
+    if (is_group)
+        e = hsdk_group_decrypt(c, peer, dev, env->group_id, env->ciphertext.data, env->ciphertext.len, &pt);
+    else
+        e = pairwise_decrypt(c, &addr, env->type, env->ciphertext.data, env->ciphertext.len, &pt);
+    if (e)
+        goto fail;
+    content = hush__content__unpack(&hsdk_wiping_allocator, signal_buffer_len(pt), signal_buffer_data(pt));
+    if (!content || !content_ok(content)) {
+        e = HUSH_ERR_BAD_MESSAGE;
+        goto fail;
+    }
+    int64_t local_id = 0;
+    int dup = 0;
+    hush_kind kind;
+    if (content->kind == HUSH__CONTENT_KIND__CONTENT_TEXT) {
+        const char *gid = is_group ? env->group_id : "";
+        /* A group message must name the group its envelope claims. */
+        if (is_group && strcmp(content->group_id, env->group_id) != 0) {
+            e = HUSH_ERR_BAD_MESSAGE;
+            goto fail;
+        }
+        kind = is_group ? HUSH_KIND_GROUP_TEXT : HUSH_KIND_TEXT;
+        e = hsdk_history_insert(c, peer, dev, 0, content->message_id.data, kind, gid, content->sent_at_ms,
+                                 content->body.data, content->body.len, &local_id, &dup);
+    } else if (content->kind == HUSH__CONTENT_KIND__CONTENT_SENDER_KEY && !is_group) {
+        if (!hsdk_valid_group_id(content->group_id)) {
+            e = HUSH_ERR_BAD_MESSAGE;
+            goto fail;
+        }
+        kind = HUSH_KIND_GROUP_KEY;
+        e = hsdk_process_skdm(c, peer, dev, content->group_id, content->body.data, content->body.len);
+    } else if (content->kind == HUSH__CONTENT_KIND__CONTENT_RECEIPT && !is_group) {
+        /* body: state (1 byte: 2 delivered, 3 read) then 1..256 message ids of ours */
+        size_t n = content->body.len;
+        if (n < 1 + HUSH_MESSAGE_ID_BYTES || (n - 1) % HUSH_MESSAGE_ID_BYTES != 0 || (n - 1) / HUSH_MESSAGE_ID_BYTES > 256 ||
+            (content->body.data[0] != 2 && content->body.data[0] != 3)) {
+            e = HUSH_ERR_BAD_MESSAGE;
+            goto fail;
+        }
+        kind = HUSH_KIND_RECEIPT;
+        e = hsdk_apply_receipt(c, peer, content->body.data[0], content->body.data + 1, (n - 1) / HUSH_MESSAGE_ID_BYTES);
+    } else if (content->kind == HUSH__CONTENT_KIND__CONTENT_TYPING && !is_group) {
+        if (content->body.len != 1) {
+            e = HUSH_ERR_BAD_MESSAGE;
+            goto fail;
+        }
+        kind = HUSH_KIND_TYPING;
+    } else {
+        e = HUSH_ERR_BAD_MESSAGE; /* kinds this version does not handle: refuse, state untouched */
+    }
+    if (e)
+        goto fail;
+    /* Session state and plaintext become durable together. */
+    if ((e = hsdk_commit(c)))
+        goto done;
+    if (dup) {
+        e = HUSH_ERR_DUPLICATE; /* the app already has this message: same id from the same device */
+        goto done;
+    }
+    e = new_message(peer, dev, kind, content, kind == HUSH_KIND_GROUP_KEY ? content->group_id : (is_group ? env->group_id : ""),
+                    local_id, out);
+    if (kind == HUSH_KIND_GROUP_KEY && e == HUSH_OK)
+        (*out)->body_len = 0, (*out)->body[0] = '\0'; /* key material never leaves the SDK */
+    goto done;
+fail:
+    hsdk_rollback(c);
+    if (e == HUSH_ERR_IDENTITY_CHANGED)
+        e = hsdk_after_untrusted(c);
+done:
+    if (content)
+        hush__content__free_unpacked(content, &hsdk_wiping_allocator);
+    signal_buffer_bzero_free(pt);
+    return e;
+}
+
+hush_err hush_decrypt(hush_client *c, const char *peer, uint32_t device_id, const uint8_t *envelope, size_t len,
+                      hush_message **out)
+{
+    if (!out)
+        return HUSH_ERR_INVALID_ARG;
+    *out = NULL;
+    if (!c || !hsdk_valid_username(peer) || !hsdk_valid_device(device_id) || (!envelope && len))
+        return HUSH_ERR_INVALID_ARG;
+    if (len > HUSH_MAX_ENVELOPE)
+        return HUSH_ERR_TOO_BIG;
+    Hush__Envelope *env = hush__envelope__unpack(NULL, len, envelope);
+    if (!env)
+        return HUSH_ERR_BAD_MESSAGE;
+    hush_err e;
+    if ((env->type != HUSH__CIPHER_TYPE__CIPHER_PREKEY && env->type != HUSH__CIPHER_TYPE__CIPHER_SIGNAL &&
+         env->type != HUSH__CIPHER_TYPE__CIPHER_SENDER_KEY) ||
+        env->ciphertext.len == 0) {
+        e = HUSH_ERR_BAD_MESSAGE;
+    } else {
+        hsdk_lock(c);
+        e = c->has_device ? decrypt_locked(c, peer, device_id, env, out) : HUSH_ERR_NO_DEVICE;
+        hsdk_unlock(c);
+    }
+    hush__envelope__free_unpacked(env, NULL);
+    return e;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* safety numbers and identity changes */
