@@ -90,6 +90,10 @@ HUSH_PC := $(BUILD)/lib/pkgconfig/hush.pc
 HUSH_CLI := $(BUILD)/bin/hush
 HUSHD := $(BUILD)/bin/hushd
 
+.PHONY: check-layers
+check-layers: libs $(HUSHD) $(HUSH_CLI)
+	$(Q)python3 mk/layers.py $(BUILD) store proto sdk relay cli
+
 .PHONY: all libs deps run run-relay test test-run bench bench-run bench-full bench-own deps-bench check clean demo fuzz fuzz-run fuzz-seeds fuzz-replay \
         java test-java test-java-run test-java-cmake test-modulemap fuzz-coverage
 .SECONDARY:
@@ -374,7 +378,8 @@ bench-run: $(BENCH_BIN) $(HUSHD)
 bench-own: deps $(BENCH_BIN) $(HUSHD)
 	$(Q)for b in bench_relay bench_online bench_crypto; do echo "=== $$b"; HUSHD=$(CURDIR)/$(HUSHD) ./$(BUILD)/bench/$$b || exit 1; done
 
-check:
+# cppcheck, and the layering: within each component, files call each other one way only.
+check: check-layers
 	cppcheck --quiet --error-exitcode=1 --enable=warning,portability --std=c11 \
 	    -Istore/include -Isdk/include -Iproto -Irelay -Itests -Ifuzz --include=mk/cppcheck-cmocka.h \
 	    --suppress=missingIncludeSystem \

@@ -56,7 +56,9 @@ def main():
     build, comps = sys.argv[1], sys.argv[2:]
     failed = False
     for comp in comps:
-        objs = sorted(glob.glob(os.path.join(build, "obj", comp, "*.o")))
+        # objects of sources that still exist (a removed file may leave its object behind)
+        objs = sorted(o for o in glob.glob(os.path.join(build, "obj", comp, "*.o"))
+                      if os.path.exists(os.path.join(comp, os.path.basename(o)[:-2] + ".c")))
         if not objs:
             print(f"layers: no objects under {build}/obj/{comp}: build first", file=sys.stderr)
             return 2
