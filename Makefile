@@ -66,7 +66,8 @@ LIBS := $(PKG_LIBS) -lpthread
 GEN_SRC := $(BUILD)/gen/hush.pb-c.c
 GEN_HDR := $(BUILD)/gen/hush.pb-c.h
 STORE_SRC := $(wildcard store/*.c)
-SDK_SRC := $(wildcard sdk/*.c) proto/wire.c
+PROTO_SRC := proto/wire.c
+SDK_SRC := $(wildcard sdk/*.c)
 CLI_SRC := $(wildcard cli/*.c)
 RELAY_SRC := $(wildcard relay/*.c)
 TEST_UTIL_SRC := tests/util.c tests/wsc.c tests/wss.c tests/relay_util.c
@@ -76,7 +77,8 @@ BENCH_COMMON_OBJ := $(BUILD)/obj/bench/common.o $(BUILD)/obj/bench/hushdev.o $(B
 
 obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
 STORE_OBJ := $(call obj,$(STORE_SRC))
-SDK_OBJ := $(call obj,$(SDK_SRC)) $(BUILD)/obj/gen/hush.pb-c.o
+PROTO_OBJ := $(call obj,$(PROTO_SRC)) $(BUILD)/obj/gen/hush.pb-c.o
+SDK_OBJ := $(call obj,$(SDK_SRC))
 CLI_OBJ := $(call obj,$(CLI_SRC))
 RELAY_OBJ := $(call obj,$(RELAY_SRC))
 TEST_UTIL_OBJ := $(call obj,$(TEST_UTIL_SRC))
@@ -84,6 +86,7 @@ TEST_BIN := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
 BENCH_BIN := $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRC))
 
 LIBSTORE := $(BUILD)/lib/libhushstore.a
+LIBPROTO := $(BUILD)/lib/libhushproto.a
 LIBHUSH_A := $(BUILD)/lib/libhush.a
 LIBHUSH_SO := $(BUILD)/lib/libhush.so
 HUSH_PC := $(BUILD)/lib/pkgconfig/hush.pc
@@ -105,7 +108,7 @@ FUZZ_SUPPORT_OBJ := $(call obj,$(FUZZ_SUPPORT_SRC))
 GEN_SEEDS := $(BUILD)/fuzz-replay/gen_seeds
 
 all: libs $(HUSH_CLI) $(HUSHD) $(TEST_BIN) $(BENCH_BIN) $(FUZZ_REPLAY) $(GEN_SEEDS)
-libs: $(LIBSTORE) $(LIBHUSH_A) $(LIBHUSH_SO) $(HUSH_PC)
+libs: $(LIBSTORE) $(LIBPROTO) $(LIBHUSH_A) $(LIBHUSH_SO) $(HUSH_PC)
 
 deps:
 	$(Q)SANITIZE="$(SANITIZE)" bash mk/deps.sh
@@ -137,8 +140,15 @@ $(LIBSTORE): $(STORE_OBJ)
 	$(Q)mkdir -p $(dir $@)
 	$(Q)rm -f $@ && ar rcs $@ $^
 
-# libhush.a carries the store and the generated codec so an app links one archive.
-$(LIBHUSH_A): $(SDK_OBJ) $(STORE_OBJ)
+# The wire format: the generated protobuf-c code and the helpers both sides share (hush_wire.h).
+# hushd links this and the store; it does not link the client SDK.
+$(LIBPROTO): $(PROTO_OBJ)
+	$(E) "  AR      $@"
+	$(Q)mkdir -p $(dir $@)
+	$(Q)rm -f $@ && ar rcs $@ $^
+
+# libhush.a carries the store and the wire format so an app links one archive.
+$(LIBHUSH_A): $(SDK_OBJ) $(PROTO_OBJ) $(STORE_OBJ)
 	$(E) "  AR      $@"
 	$(Q)mkdir -p $(dir $@)
 	$(Q)rm -f $@ && ar rcs $@ $^
@@ -149,11 +159,11 @@ $(BUILD)/libhush.map: sdk/include/hush.h
 	$(Q){ echo '{ global:'; grep -oE '\bhush_[a-z0-9_]+ *\(' $< | tr -d ' (' | sort -u | sed 's/$$/;/'; \
 	      echo 'local: *; };'; } > $@
 
-$(LIBHUSH_SO): $(SDK_OBJ) $(STORE_OBJ) $(BUILD)/libhush.map
+$(LIBHUSH_SO): $(SDK_OBJ) $(PROTO_OBJ) $(STORE_OBJ) $(BUILD)/libhush.map
 	$(E) "  LD      $@"
 	$(Q)mkdir -p $(dir $@)
 	$(Q)$(CC) -shared -Wl,-soname,libhush.so.0 -Wl,--version-script=$(BUILD)/libhush.map -Wl,--no-undefined \
-	    $(LDFLAGS_ALL) -o $@ $(SDK_OBJ) $(STORE_OBJ) $(LIBS)
+	    $(LDFLAGS_ALL) -o $@ $(SDK_OBJ) $(PROTO_OBJ) $(STORE_OBJ) $(LIBS)
 	$(Q)ln -sf libhush.so $(BUILD)/lib/libhush.so.0
 
 $(HUSH_PC): mk/hush.pc.in
@@ -168,11 +178,11 @@ $(HUSH_CLI): $(CLI_OBJ) $(LIBHUSH_A)
 	$(Q)mkdir -p $(dir $@)
 	$(Q)$(CC) $(LDFLAGS_ALL) -o $@ $(CLI_OBJ) $(LIBHUSH_A) $(LIBS)
 
-$(BUILD)/obj/relay/%.o: ALL_CFLAGS += $(LWS_CFLAGS) -Isdk
-$(HUSHD): $(RELAY_OBJ) $(LIBHUSH_A)
+$(BUILD)/obj/relay/%.o: ALL_CFLAGS += $(LWS_CFLAGS)
+$(HUSHD): $(RELAY_OBJ) $(LIBPROTO) $(LIBSTORE)
 	$(E) "  LD      $@"
 	$(Q)mkdir -p $(dir $@)
-	$(Q)$(CC) $(LDFLAGS_ALL) -o $@ $(RELAY_OBJ) $(LIBHUSH_A) $(LIBS) $(LWS_LIBS)
+	$(Q)$(CC) $(LDFLAGS_ALL) -o $@ $(RELAY_OBJ) $(LIBPROTO) $(LIBSTORE) $(LIBS) $(LWS_LIBS)
 
 $(BUILD)/obj/tests/%.o: ALL_CFLAGS += $(CMOCKA_CFLAGS) -Wno-missing-prototypes -Isdk -Itests
 $(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(TEST_UTIL_OBJ) $(LIBHUSH_A)
@@ -407,7 +417,7 @@ endif
 FUZZ_CFLAGS := -std=c11 -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE -g -O1 -fno-omit-frame-pointer $(FUZZ_COMPILE) \
                -Istore/include -Isdk/include -Isdk -Iproto -Ifuzz -Irelay -Itests -I$(BUILD)/gen $(PKG_CFLAGS) \
                $(CMOCKA_CFLAGS)
-FUZZ_LIB_SRC := $(SDK_SRC) $(STORE_SRC) $(FUZZ_SUPPORT_SRC)
+FUZZ_LIB_SRC := $(SDK_SRC) $(PROTO_SRC) $(STORE_SRC) $(FUZZ_SUPPORT_SRC)
 FUZZ_LIB_OBJ := $(patsubst %.c,$(FUZZ_BUILD)/obj/%.o,$(FUZZ_LIB_SRC)) $(FUZZ_BUILD)/obj/gen/hush.pb-c.o
 FUZZ_BIN := $(patsubst %,$(FUZZ_BUILD)/fuzz_%,$(FUZZ_NAMES))
 
