@@ -6,6 +6,10 @@
  * Frames carrying unknown fields are exempt from the round trip: protobuf-c keeps them raw and will
  * re-emit an unknown field numbered 0 that its own decoder then rejects (found by this harness; the
  * input is in regressions/). Hush never re-encodes a received frame, so only the decode matters.
+ *
+ * The frame first goes through the WebSocket reassembly both sides use (hwire_rx_feed), cut into
+ * fragments and pieces chosen by the first byte's upper bits: a frame within the cap comes out
+ * whole and byte for byte; one over it is refused before its buffer would pass the cap.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -27,12 +31,44 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (size < 1)
         return 0;
     int authed = data[0] & 1;
+    uint32_t seed = (uint32_t)(data[0] >> 1) * 2654435761u + 1;
     data++;
     size--;
     size_t cap = authed ? 512 * 1024 : 16 * 1024; /* relay defaults: max_frame, max_frame_unauthenticated */
-    if (size > cap)
-        return 0; /* the relay closes the connection before decoding */
-    Hush__Frame *f = hush__frame__unpack(NULL, size, data);
+
+    /* reassembly: fragments of random length, each fed in random pieces */
+    struct hwire_rx rx = { 0 };
+    const uint8_t *whole = NULL;
+    size_t mlen = 0, off = 0;
+    int r = HWIRE_RX_MORE;
+    while (r == HWIRE_RX_MORE) {
+        seed = seed * 1103515245u + 12345u;
+        size_t frag = size - off <= 1 ? size - off : 1 + (seed >> 8) % (size - off);
+        size_t done = 0;
+        while (r == HWIRE_RX_MORE && done < frag) {
+            seed = seed * 1103515245u + 12345u;
+            size_t piece = 1 + (seed >> 8) % (frag - done);
+            done += piece;
+            int final = off + done == size;
+            r = hwire_rx_feed(&rx, data + off + done - piece, piece, frag - done, final, cap, &whole, &mlen);
+            if (rx.cap > cap)
+                abort(); /* never an allocation past the cap */
+        }
+        off += frag;
+        if (r == HWIRE_RX_MORE && off == size) {
+            r = hwire_rx_feed(&rx, data + off, 0, 0, 1, cap, &whole, &mlen); /* an empty message */
+        }
+    }
+    if (size > cap) {
+        if (r != HWIRE_RX_TOO_BIG)
+            abort(); /* the relay closes the connection before decoding */
+        hwire_rx_free(&rx);
+        return 0;
+    }
+    if (r != HWIRE_RX_DONE || mlen != size || (size && memcmp(whole, data, size) != 0))
+        abort(); /* within the cap the frame comes out whole */
+    Hush__Frame *f = hush__frame__unpack(NULL, size, whole);
+    hwire_rx_free(&rx); /* f holds copies */
     if (!f)
         return 0;
     if (f->base.n_unknown_fields) {

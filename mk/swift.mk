@@ -1,4 +1,4 @@
-# The Swift package (mobile-bindings/ios): the `Hush` module over libhush, built and tested with
+# The Swift package (mobile-bindings/ios) and the iOS module map: the `Hush` module over libhush, built and tested with
 # the Swift toolchain against the in-tree libhush (build/lib, through hush.pc) and a real hushd.
 #
 # make test-swift: `swift build` + `swift test` (XCTest), and a check that the quick start in
@@ -47,3 +47,13 @@ test-swift: $(LIBHUSH_SO) $(HUSH_PC) $(HUSHD) swift-sample-check
 	    echo "*** test-swift: no test ran (full log: $$dir/test.log)"; exit 1; fi; \
 	rm -rf $$dir
 endif
+
+# The iOS module map must be valid and the header modular: import it as Swift would (clang modules).
+test-modulemap: $(LIBHUSH_SO)
+	$(Q)if [ -n "$(SANITIZE)" ]; then echo "test-modulemap: checked in the plain build"; exit 0; fi; \
+	rm -rf $(BUILD)/modcache && mkdir -p $(BUILD)/modcache && \
+	/usr/bin/clang -fmodules -fmodules-cache-path=$(BUILD)/modcache -Werror -Wall \
+	    -fmodule-map-file=mobile-bindings/ios/Sources/CHush/module.modulemap \
+	    -x objective-c mobile-bindings/ios/check/import_chush.m -o $(BUILD)/import_chush -L$(BUILD)/lib -lhush \
+	    -Wl,-rpath,$(CURDIR)/$(BUILD)/lib && \
+	./$(BUILD)/import_chush

@@ -42,6 +42,38 @@ size_t hwire_auth_message(uint8_t *out, size_t cap, const char *purpose, const c
  * success, -1 if it does not fit. */
 int hwire_origin(char *out, size_t cap, int tls, const char *host, int port);
 
+/*
+ * WebSocket message reassembly, shared by hushd and libhush. libwebsockets hands a message over in
+ * pieces (fragments, and parts of one fragment); hwire_rx_feed collects them under a cap that is
+ * checked BEFORE anything is allocated, against what the peer has announced so far: the peer never
+ * chooses our allocation size.
+ *
+ * Feed each piece with `remaining` (bytes libwebsockets still expects for the current fragment:
+ * lws_remaining_packet_payload) and `final` (1 when this piece ends the message: the final fragment
+ * and remaining == 0). Returns:
+ *   HWIRE_RX_MORE     the piece was kept; wait for more
+ *   HWIRE_RX_DONE     *msg / *msg_len is the whole message: `in` itself when the message came in
+ *                     one piece (no copy), else the internal buffer. Valid until hwire_rx_consumed
+ *                     (call it once the message is handled) or the next call on rx.
+ *   HWIRE_RX_TOO_BIG  the message would exceed `max`: nothing was kept (close the connection)
+ *   HWIRE_RX_NOMEM    allocation failed: nothing was kept
+ * A buffer grown past 64 KiB is released once its message is delivered (an idle connection keeps
+ * nothing large). hwire_rx_reset drops a partial message (a new connection); hwire_rx_free frees.
+ */
+enum { HWIRE_RX_MORE = 0, HWIRE_RX_DONE = 1, HWIRE_RX_TOO_BIG = -1, HWIRE_RX_NOMEM = -2 };
+struct hwire_rx {
+    uint8_t *buf;
+    size_t len, cap;
+    int delivered; /* the last DONE came from buf: empty it on the next call */
+};
+int hwire_rx_feed(struct hwire_rx *rx, const uint8_t *in, size_t len, size_t remaining, int final, size_t max,
+                  const uint8_t **msg, size_t *msg_len);
+/* 1 while a message is partly received (its first fragment has been fed). */
+int hwire_rx_partial(const struct hwire_rx *rx);
+void hwire_rx_consumed(struct hwire_rx *rx);
+void hwire_rx_reset(struct hwire_rx *rx);
+void hwire_rx_free(struct hwire_rx *rx);
+
 struct Hush__RegisterRequest;
 /* SHA-256 over a canonical encoding of what a registration stores: identity key, registration id,
  * auth key, invite, signed prekey, one-time prekeys and last-resort key (docs/PROTOCOL.md).

@@ -1,6 +1,7 @@
 /* wire.c - helpers of the relay wire protocol (see hush_wire.h). */
 #include <ctype.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <sodium.h>
@@ -146,4 +147,82 @@ int hwire_valid_username(const char *s)
             return 0;
     }
     return 1;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* WebSocket message reassembly */
+
+#define RX_FIRST_ALLOC 4096
+#define RX_KEEP_MAX 65536
+
+void hwire_rx_consumed(struct hwire_rx *rx)
+{
+    if (!rx->delivered)
+        return;
+    rx->delivered = 0;
+    rx->len = 0;
+    if (rx->cap > RX_KEEP_MAX) { /* do not keep a large buffer for an idle connection */
+        free(rx->buf);
+        rx->buf = NULL;
+        rx->cap = 0;
+    }
+}
+
+int hwire_rx_feed(struct hwire_rx *rx, const uint8_t *in, size_t len, size_t remaining, int final, size_t max,
+                  const uint8_t **msg, size_t *msg_len)
+{
+    hwire_rx_consumed(rx);
+    *msg = NULL;
+    *msg_len = 0;
+    /* the cap, on what is held plus this piece plus what the peer announced: before allocating */
+    if (len > max || rx->len > max - len || remaining > max - rx->len - len) {
+        rx->len = 0;
+        return HWIRE_RX_TOO_BIG;
+    }
+    if (final && rx->len == 0) {
+        *msg = in; /* the common case: the whole message in one piece, no copy */
+        *msg_len = len;
+        return HWIRE_RX_DONE;
+    }
+    if (rx->len + len > rx->cap) {
+        size_t ncap = rx->cap ? rx->cap : RX_FIRST_ALLOC;
+        while (ncap < rx->len + len + remaining && ncap < max)
+            ncap *= 2;
+        if (ncap > max)
+            ncap = max;
+        if (ncap < rx->len + len)
+            ncap = rx->len + len;
+        uint8_t *nb = realloc(rx->buf, ncap);
+        if (!nb) {
+            rx->len = 0;
+            return HWIRE_RX_NOMEM;
+        }
+        rx->buf = nb;
+        rx->cap = ncap;
+    }
+    if (len)
+        memcpy(rx->buf + rx->len, in, len);
+    rx->len += len;
+    if (!final)
+        return HWIRE_RX_MORE;
+    *msg = rx->buf;
+    *msg_len = rx->len;
+    rx->delivered = 1;
+    return HWIRE_RX_DONE;
+}
+
+int hwire_rx_partial(const struct hwire_rx *rx) { return !rx->delivered && rx->len > 0; }
+
+void hwire_rx_reset(struct hwire_rx *rx)
+{
+    rx->delivered = 1;
+    hwire_rx_consumed(rx);
+}
+
+void hwire_rx_free(struct hwire_rx *rx)
+{
+    free(rx->buf);
+    rx->buf = NULL;
+    rx->len = rx->cap = 0;
+    rx->delivered = 0;
 }

@@ -41,8 +41,7 @@ struct conn {
     char username[RELAY_USERNAME_MAX + 1];
     uint32_t device_id;
     /* inbound message being assembled */
-    uint8_t *rx;
-    size_t rx_len, rx_cap;
+    struct hwire_rx rx;          /* a message arriving in pieces */
     /* outbound queue */
     struct outbuf *out_head, *out_tail;
     size_t out_count;
@@ -728,7 +727,7 @@ static void conn_free(struct conn *c)
         free(c->out_head);
         c->out_head = n;
     }
-    free(c->rx);
+    hwire_rx_free(&c->rx);
     free(c->inflight);
     gate_unref(c->gate);
     sodium_memzero(c, sizeof *c);
@@ -847,45 +846,28 @@ static int callback_hush(struct lws *wsi, enum lws_callback_reasons reason, void
             return 0;
         /* lws reports the opcode of each frame: a continuation fragment of a binary message is
          * not itself "binary", so the type is checked on the message's first fragment only. */
-        if (c->rx_len == 0 && lws_is_first_fragment(wsi) && !lws_frame_is_binary(wsi)) {
+        if (!hwire_rx_partial(&c->rx) && lws_is_first_fragment(wsi) && !lws_frame_is_binary(wsi)) {
             rlog(RLOG_DEBUG, "drop", "conn=%llu reason=text_frame", (unsigned long long)c->id);
             lws_close_reason(wsi, LWS_CLOSE_STATUS_UNACCEPTABLE_OPCODE, NULL, 0);
             return -1;
         }
         size_t cap = c->state == ST_AUTHED ? g_cfg->max_frame : g_cfg->max_frame_unauth;
         size_t remaining = lws_remaining_packet_payload(wsi);
-        /* Cap before buffering: the peer never chooses our allocation size. */
-        if (c->rx_len + len > cap || c->rx_len + len + remaining > cap) {
+        int final = lws_is_final_fragment(wsi) && remaining == 0;
+        const uint8_t *msg;
+        size_t mlen;
+        int rr = hwire_rx_feed(&c->rx, in, len, remaining, final, cap, &msg, &mlen);
+        if (rr == HWIRE_RX_TOO_BIG) {
             rlog(RLOG_INFO, "drop", "conn=%llu reason=frame_too_large cap=%zu", (unsigned long long)c->id, cap);
             metrics_error(HUSH__ERROR_CODE__TOO_LARGE);
             lws_close_reason(wsi, LWS_CLOSE_STATUS_MESSAGE_TOO_LARGE, NULL, 0);
             return -1;
         }
-        int final = lws_is_final_fragment(wsi) && remaining == 0;
-        if (final && c->rx_len == 0)
-            return on_message(c, in, len); /* the common case: no copy */
-        if (c->rx_len + len > c->rx_cap) {
-            size_t ncap = c->rx_cap ? c->rx_cap : 4096;
-            while (ncap < c->rx_len + len + remaining)
-                ncap *= 2;
-            if (ncap > cap)
-                ncap = cap;
-            uint8_t *nb = realloc(c->rx, ncap);
-            if (!nb)
-                return -1;
-            c->rx = nb;
-            c->rx_cap = ncap;
-        }
-        memcpy(c->rx + c->rx_len, in, len);
-        c->rx_len += len;
-        if (final) {
-            int r = on_message(c, c->rx, c->rx_len);
-            c->rx_len = 0;
-            if (c->rx_cap > 65536) { /* do not keep a large buffer for an idle connection */
-                free(c->rx);
-                c->rx = NULL;
-                c->rx_cap = 0;
-            }
+        if (rr == HWIRE_RX_NOMEM)
+            return -1;
+        if (rr == HWIRE_RX_DONE) {
+            int r = on_message(c, msg, mlen);
+            hwire_rx_consumed(&c->rx);
             return r;
         }
         break;

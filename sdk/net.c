@@ -114,8 +114,7 @@ struct hush_net {
     uint64_t next_id;
     uint8_t challenge[32];
     struct nbuf *out_head, *out_tail;
-    uint8_t *rx;
-    size_t rx_len, rx_cap;
+    struct hwire_rx rx; /* a frame arriving in pieces */
     struct req reqs[NET_MAX_REQS];
     int nreqs;
     struct offered {          /* one-time prekeys in a request still waiting for its Result */
@@ -1582,7 +1581,7 @@ static void connection_lost(struct hush_net *n)
         n->out_head = b;
     }
     n->out_tail = NULL;
-    n->rx_len = 0;
+    hwire_rx_reset(&n->rx);
     n->nreqs = 0;
     forget_offers(n); /* unanswered: the relay may have stored them */
     n->inflight = 0;
@@ -1711,26 +1710,19 @@ static int net_callback(struct lws *wsi, enum lws_callback_reasons reason, void 
     }
     case LWS_CALLBACK_CLIENT_RECEIVE: {
         size_t remaining = lws_remaining_packet_payload(wsi);
-        if (n->rx_len + len + remaining > NET_MAX_FRAME) {
+        int final = lws_is_final_fragment(wsi) && remaining == 0;
+        const uint8_t *msg;
+        size_t mlen;
+        int rr = hwire_rx_feed(&n->rx, in, len, remaining, final, NET_MAX_FRAME, &msg, &mlen);
+        if (rr == HWIRE_RX_TOO_BIG) {
             report(n, HUSH_ERR_RELAY, "the relay sent an oversized frame; reconnecting");
             return -1;
         }
-        if (n->rx_len + len > n->rx_cap) {
-            size_t nc = n->rx_cap ? n->rx_cap : 65536;
-            while (nc < n->rx_len + len)
-                nc *= 2;
-            uint8_t *nb = realloc(n->rx, nc);
-            if (!nb)
-                return -1;
-            n->rx = nb;
-            n->rx_cap = nc;
-        }
-        memcpy(n->rx + n->rx_len, in, len);
-        n->rx_len += len;
-        if (lws_is_final_fragment(wsi) && remaining == 0) {
-            size_t l = n->rx_len;
-            n->rx_len = 0;
-            handle_frame(n, n->rx, l);
+        if (rr == HWIRE_RX_NOMEM)
+            return -1;
+        if (rr == HWIRE_RX_DONE) {
+            handle_frame(n, msg, mlen);
+            hwire_rx_consumed(&n->rx);
         }
         break;
     }
@@ -2015,7 +2007,7 @@ void hush_net_stop(hush_client *c)
     }
     batch_clear(n);
     forget_offers(n);
-    free(n->rx);
+    hwire_rx_free(&n->rx);
     pthread_mutex_destroy(&n->mu);
     pthread_cond_destroy(&n->cv);
     pthread_mutex_destroy(&n->typing_mu);

@@ -323,6 +323,82 @@ static void test_oversize_header_closed(void **state)
 }
 
 /* ------------------------------------------------------------------------------------------ */
+/* A request sent as many WebSocket fragments (first binary, then continuations, pieces far from
+ * the frame boundaries) is reassembled byte for byte and answered; a message that starts as a text
+ * frame is closed with 1003. */
+static void test_fragmented_request(void **state)
+{
+    (void)state;
+    struct relay_proc r;
+    relay_start(&r, "frag", NULL);
+    struct tclient *a = tc_registered(&r, "fraga", 1);
+    struct tclient *b = tc_registered(&r, "fragb", 1);
+
+    uint8_t env[40000];
+    for (size_t i = 0; i < sizeof env; i++)
+        env[i] = (uint8_t)(i * 13 + 1);
+    uint8_t mid[16] = { 9, 9, 9 };
+    Hush__Recipient rc = HUSH__RECIPIENT__INIT;
+    rc.username = "fragb";
+    rc.device_id = 1;
+    rc.envelope.data = env;
+    rc.envelope.len = sizeof env;
+    Hush__Recipient *rcs[1] = { &rc };
+    Hush__SendRequest sr = HUSH__SEND_REQUEST__INIT;
+    sr.client_msg_id.data = mid;
+    sr.client_msg_id.len = 16;
+    sr.n_recipients = 1;
+    sr.recipients = rcs;
+    Hush__Frame f = HUSH__FRAME__INIT;
+    f.id = 777;
+    f.msg_case = HUSH__FRAME__MSG_SEND;
+    f.send = &sr;
+    size_t n = hush__frame__get_packed_size(&f);
+    uint8_t *buf = malloc(n);
+    assert_non_null(buf);
+    hush__frame__pack(&f, buf);
+    size_t off = 0, sizes[] = { 1, 999, 7000, 3, 12000 };
+    for (int i = 0; off < n; i++) {
+        size_t len = sizes[i % 5];
+        if (len > n - off)
+            len = n - off;
+        assert_int_equal(wsc_send_frame(a->ws, i == 0 ? 2 : 0, off + len == n, buf + off, len), 0);
+        off += len;
+    }
+    free(buf);
+    int answered = 0;
+    for (int tries = 0; tries < 50 && !answered; tries++) {
+        uint8_t *in = NULL;
+        size_t inlen = 0;
+        if (wsc_recv(a->ws, &in, &inlen, 1000) != 1)
+            continue;
+        Hush__Frame *g = hush__frame__unpack(NULL, inlen, in);
+        free(in);
+        if (g && g->id == 777 && g->msg_case == HUSH__FRAME__MSG_RESULT) {
+            assert_int_equal(g->result->code, HUSH__ERROR_CODE__OK);
+            assert_int_equal(g->result->n_seqs, 1);
+            answered = 1;
+        }
+        if (g)
+            hush__frame__free_unpacked(g, NULL);
+    }
+    assert_true(answered);
+    Hush__Frame *d = tc_next_push(b, HUSH__FRAME__MSG_DELIVER, T);
+    assert_non_null(d);
+    assert_int_equal(d->deliver->envelope.len, sizeof env);
+    assert_memory_equal(d->deliver->envelope.data, env, sizeof env);
+    hush__frame__free_unpacked(d, NULL);
+
+    /* a text frame, even fragmented, is not a Hush frame */
+    assert_int_equal(wsc_send_frame(a->ws, 1, 0, "hello", 5), 0);
+    assert_true(closed_within(a->ws, 3000));
+    assert_int_equal(wsc_close_code(a->ws), 1003);
+    tc_free(a);
+    tc_free(b);
+    assert_int_equal(relay_stop(&r, SIGTERM), 0);
+}
+
+/* ------------------------------------------------------------------------------------------ */
 /* A second hushd on the same port (even with another database) or on the same database (even on
  * another port) refuses to start with a clear message, and the first keeps serving. */
 static int run_second(const struct relay_proc *r, const char *name, int port, const char *db, char *out, size_t outcap)
@@ -797,6 +873,7 @@ int main(void)
         cmocka_unit_test(test_large_frames_drain),
         cmocka_unit_test(test_storage_jobs_bounded),
         cmocka_unit_test(test_oversize_header_closed),
+        cmocka_unit_test(test_fragmented_request),
         cmocka_unit_test(test_one_relay_per_port_and_db),
         cmocka_unit_test(test_fetch_limits_hold),
         cmocka_unit_test(test_prekeys_low_throttled),
