@@ -7,6 +7,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 #define HWIRE_VERSION 1
 #define HWIRE_CHALLENGE_BYTES 32
@@ -73,6 +74,10 @@ int hwire_rx_partial(const struct hwire_rx *rx);
 void hwire_rx_consumed(struct hwire_rx *rx);
 void hwire_rx_reset(struct hwire_rx *rx);
 void hwire_rx_free(struct hwire_rx *rx);
+
+/* The CLOCK_REALTIME instant `ms` milliseconds from now, for pthread_cond_timedwait: the one
+ * deadline computation hushd, libhush and the tests share. */
+void hwire_deadline(struct timespec *ts, int ms);
 
 struct Hush__RegisterRequest;
 /* SHA-256 over a canonical encoding of what a registration stores: identity key, registration id,

@@ -226,3 +226,14 @@ void hwire_rx_free(struct hwire_rx *rx)
     rx->len = rx->cap = 0;
     rx->delivered = 0;
 }
+
+void hwire_deadline(struct timespec *ts, int ms)
+{
+    clock_gettime(CLOCK_REALTIME, ts);
+    ts->tv_sec += ms / 1000;
+    ts->tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (ts->tv_nsec >= 1000000000L) {
+        ts->tv_sec++;
+        ts->tv_nsec -= 1000000000L;
+    }
+}

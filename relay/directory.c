@@ -13,15 +13,6 @@ static pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;
 static struct hmap g_devices; /* "user\0" + device(4) -> struct dir_entry* */
 static struct hmap g_users;   /* "user" -> (intptr_t) connected device count */
 
-static size_t dev_key(unsigned char *k, const char *user, uint32_t device)
-{
-    size_t ul = strnlen(user, RELAY_USERNAME_MAX);
-    memcpy(k, user, ul);
-    k[ul] = 0;
-    memcpy(k + ul + 1, &device, 4);
-    return ul + 5;
-}
-
 void directory_init(void)
 {
     hmap_init(&g_devices, 1024);
@@ -38,7 +29,7 @@ int directory_register(const char *user, uint32_t device, int loop, uint64_t con
                        int *user_online)
 {
     unsigned char k[RELAY_USERNAME_MAX + 8];
-    size_t kl = dev_key(k, user, device);
+    size_t kl = relay_dev_key(k, user, device);
     struct dir_entry *e = malloc(sizeof *e);
     if (!e)
         return -1;
@@ -70,7 +61,7 @@ int directory_register(const char *user, uint32_t device, int loop, uint64_t con
 int directory_unregister(const char *user, uint32_t device, uint64_t conn, int *user_offline)
 {
     unsigned char k[RELAY_USERNAME_MAX + 8];
-    size_t kl = dev_key(k, user, device);
+    size_t kl = relay_dev_key(k, user, device);
     *user_offline = 0;
     pthread_mutex_lock(&g_mu);
     struct dir_entry *e = hmap_get(&g_devices, k, kl);
@@ -94,7 +85,7 @@ int directory_unregister(const char *user, uint32_t device, uint64_t conn, int *
 int directory_lookup(const char *user, uint32_t device, struct dir_entry *out)
 {
     unsigned char k[RELAY_USERNAME_MAX + 8];
-    size_t kl = dev_key(k, user, device);
+    size_t kl = relay_dev_key(k, user, device);
     pthread_mutex_lock(&g_mu);
     struct dir_entry *e = hmap_get(&g_devices, k, kl);
     if (e)

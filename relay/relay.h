@@ -294,6 +294,9 @@ void presence_load(hstore *db);
 /* misc */
 
 uint64_t relay_now_ms(void);
+/* The key of a device in the relay's maps: user, NUL, device id (4 bytes). `k` holds at least
+ * RELAY_USERNAME_MAX + 5 bytes. Returns the key's length. */
+size_t relay_dev_key(unsigned char *k, const char *user, uint32_t dev);
 int relay_valid_username(const char *s);
 extern atomic_int g_stopping;
 

@@ -233,15 +233,6 @@ hstore *storage_open_db(const char *path, int durability_full, char *err, size_t
 /* ------------------------------------------------------------------------------------------ */
 /* helpers */
 
-static size_t dev_key(unsigned char *k, const char *user, uint32_t dev)
-{
-    size_t ul = strnlen(user, RELAY_USERNAME_MAX);
-    memcpy(k, user, ul);
-    k[ul] = 0;
-    memcpy(k + ul + 1, &dev, 4);
-    return ul + 5;
-}
-
 static void quota_clear(void)
 {
     hmap_free(&S.quota, free);
@@ -718,7 +709,7 @@ static int lowpush_due(const char *user, uint32_t dev)
 {
     uint64_t now = relay_now_ms(), gap = (uint64_t)S.cfg->prekeys_low_interval_s * 1000;
     unsigned char k[RELAY_USERNAME_MAX + 8];
-    size_t kl = dev_key(k, user, dev);
+    size_t kl = relay_dev_key(k, user, dev);
     uint64_t *last = hmap_get(&S.lowpush, k, kl);
     if (last) {
         if (now - *last < gap)
@@ -893,7 +884,7 @@ static void do_fetch_bundles(struct jctx *x, const struct job *j)
 static struct quota *quota_of(const char *user, uint32_t dev, hstore_err *e)
 {
     unsigned char k[RELAY_USERNAME_MAX + 8];
-    size_t kl = dev_key(k, user, dev);
+    size_t kl = relay_dev_key(k, user, dev);
     *e = HSTORE_OK;
     struct quota *q = hmap_get(&S.quota, k, kl);
     if (q)
@@ -1267,7 +1258,7 @@ static void apply_deltas(struct jctx *x)
     }
     for (int i = 0; i < x->ndeltas; i++) {
         unsigned char k[RELAY_USERNAME_MAX + 8];
-        size_t kl = dev_key(k, x->deltas[i].user, x->deltas[i].dev);
+        size_t kl = relay_dev_key(k, x->deltas[i].user, x->deltas[i].dev);
         struct quota *q = hmap_get(&S.quota, k, kl);
         if (q) {
             q->count += x->deltas[i].count;
@@ -1490,13 +1481,7 @@ int storage_start(const struct relay_config *cfg, char *err, size_t errlen)
 void storage_quiesce(int timeout_ms)
 {
     struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_sec += timeout_ms / 1000;
-    ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-    if (ts.tv_nsec >= 1000000000L) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000L;
-    }
+    hwire_deadline(&ts, timeout_ms);
     pthread_mutex_lock(&S.mu);
     while ((S.head || S.busy) && S.started)
         if (pthread_cond_timedwait(&S.idle_cv, &S.mu, &ts) == ETIMEDOUT)

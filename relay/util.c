@@ -70,3 +70,12 @@ void event_free(struct event *e)
     }
     free(e);
 }
+
+size_t relay_dev_key(unsigned char *k, const char *user, uint32_t dev)
+{
+    size_t ul = strnlen(user, RELAY_USERNAME_MAX);
+    memcpy(k, user, ul);
+    k[ul] = 0;
+    memcpy(k + ul + 1, &dev, 4);
+    return ul + 5;
+}

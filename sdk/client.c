@@ -76,16 +76,11 @@ static hush_err check_key(hush_client *c)
     }
     /* No check value: a new database — unless sealed data is already there, which means the check
      * row was deleted (to make a wrong key "work" and write a new check under it). */
-    se = hstore_prepare(c->db, "SELECT (SELECT count(*) FROM local_device) + (SELECT count(*) FROM identities) + "
-                               "(SELECT count(*) FROM sessions) + (SELECT count(*) FROM history)", &st);
-    if (se)
-        return hsdk_from_store(se);
-    se = hstore_step(c->db, st, &row);
-    if (se)
-        return hsdk_from_store(se);
-    int64_t sealed_rows = row ? sqlite3_column_int64(st, 0) : 0;
-    if (row)
-        sqlite3_reset(st);
+    int64_t sealed_rows = 0;
+    hush_err qe = hsdk_query_int(c, "SELECT (SELECT count(*) FROM local_device) + (SELECT count(*) FROM identities) + "
+                                    "(SELECT count(*) FROM sessions) + (SELECT count(*) FROM history)", NULL, &sealed_rows);
+    if (qe)
+        return qe;
     if (sealed_rows > 0)
         return HUSH_ERR_DB_KEY;
     uint8_t *ct = NULL;
@@ -397,19 +392,12 @@ hush_err hush_prekeys_remaining(hush_client *c, uint32_t *count)
         return HUSH_ERR_INVALID_ARG;
     *count = 0;
     hsdk_lock(c);
-    sqlite3_stmt *st;
-    int row = 0;
-    hstore_err se = hstore_prepare(c->db, "SELECT count(*) FROM pre_keys WHERE id != ?1", &st);
-    if (!se) {
-        sqlite3_bind_int64(st, 1, HUSH_LAST_RESORT_PREKEY_ID);
-        se = hstore_step(c->db, st, &row);
-    }
-    if (!se && row) {
-        *count = (uint32_t)sqlite3_column_int64(st, 0);
-        sqlite3_reset(st);
-    }
+    int64_t n = 0, last_resort = HUSH_LAST_RESORT_PREKEY_ID;
+    hush_err e = hsdk_query_int(c, "SELECT count(*) FROM pre_keys WHERE id != ?1", &last_resort, &n);
     hsdk_unlock(c);
-    return hsdk_from_store(se);
+    if (!e)
+        *count = (uint32_t)n;
+    return e;
 }
 
 /* ---------------------------------------------------------------------------------------- */

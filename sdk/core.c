@@ -205,6 +205,24 @@ hush_err hsdk_end(hush_client *c, hush_err e)
     return hsdk_commit(c);
 }
 
+hush_err hsdk_query_int(hush_client *c, const char *sql, const int64_t *arg, int64_t *out)
+{
+    *out = 0;
+    sqlite3_stmt *st;
+    int row = 0;
+    hstore_err se = hstore_prepare(c->db, sql, &st);
+    if (se)
+        return hsdk_from_store(se);
+    if (arg)
+        sqlite3_bind_int64(st, 1, *arg);
+    se = hstore_step(c->db, st, &row);
+    if (!se && row) {
+        *out = sqlite3_column_int64(st, 0);
+        sqlite3_reset(st);
+    }
+    return hsdk_from_store(se);
+}
+
 /* ---------------------------------------------------------------------------------------- */
 /* the network thread, as a plug-in */
 

@@ -312,17 +312,12 @@ hush_err hush_outbox_count(hush_client *c, uint32_t *count)
         return HUSH_ERR_INVALID_ARG;
     *count = 0;
     hsdk_lock(c);
-    sqlite3_stmt *st;
-    int row = 0;
-    hstore_err se = hstore_prepare(c->db, "SELECT count(*) FROM outbox", &st);
-    if (!se)
-        se = hstore_step(c->db, st, &row);
-    if (!se && row) {
-        *count = (uint32_t)sqlite3_column_int64(st, 0);
-        sqlite3_reset(st);
-    }
+    int64_t n = 0;
+    hush_err e = hsdk_query_int(c, "SELECT count(*) FROM outbox", NULL, &n);
     hsdk_unlock(c);
-    return hsdk_from_store(se);
+    if (!e)
+        *count = (uint32_t)n;
+    return e;
 }
 
 static hush_err outbox_by_id(hush_client *c, const char *sql, const uint8_t mid[16])

@@ -118,6 +118,10 @@ void hsdk_net_stop(hush_client *c);
 #define NET_WAKE_TYPING 4
 #define NET_WAKE_IDENTITY 8
 
+/* One integer from a one-row query (a count, a meta value): prepare, bind `arg` to ?1 when not
+ * NULL, step, read column 0 (0 when there is no row), reset, map the error. Caller holds the lock. */
+hush_err hsdk_query_int(hush_client *c, const char *sql, const int64_t *arg, int64_t *out);
+
 /* errors */
 hush_err hsdk_from_store(hstore_err e);
 hush_err hsdk_from_signal(int rc);

@@ -2047,13 +2047,7 @@ hush_conn_state hush_net_state(hush_client *c, hush_err *last_error)
 static hush_err wait_until(hush_client *c, int timeout_ms, int (*pred)(hush_client *, struct hush_net *, hush_err *))
 {
     struct timespec deadline;
-    clock_gettime(CLOCK_REALTIME, &deadline);
-    deadline.tv_sec += timeout_ms / 1000;
-    deadline.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-    if (deadline.tv_nsec >= 1000000000L) {
-        deadline.tv_sec++;
-        deadline.tv_nsec -= 1000000000L;
-    }
+    hwire_deadline(&deadline, timeout_ms);
     /* Counted in under net_mu, so hush_net_stop (which unhooks c->net under net_mu) either sees
      * this waiter and waits for it to leave, or the waiter sees no network at all. */
     pthread_mutex_lock(&c->net_mu);

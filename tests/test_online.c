@@ -163,13 +163,7 @@ static void cb_error(void *ctx, hush_err e, const char *detail)
 static int wait_count(struct rec *r, const int *field, int want, int ms)
 {
     struct timespec dl;
-    clock_gettime(CLOCK_REALTIME, &dl);
-    dl.tv_sec += ms / 1000;
-    dl.tv_nsec += (long)(ms % 1000) * 1000000L;
-    if (dl.tv_nsec >= 1000000000L) {
-        dl.tv_sec++;
-        dl.tv_nsec -= 1000000000L;
-    }
+    hwire_deadline(&dl, ms);
     pthread_mutex_lock(&r->mu);
     while (*field < want)
         if (pthread_cond_timedwait(&r->cv, &r->mu, &dl) != 0)
