@@ -38,8 +38,9 @@
 #include <sodium.h>
 
 #include "hush.h"
+#include "cli.h"
 
-static void usage(FILE *f)
+static void cli_usage(FILE *f)
 {
     fprintf(f,
             "usage: hush <command> [--db PATH] [options]\n"
@@ -106,7 +107,7 @@ static const struct {
     { "status", "usage: hush status\nDevice, database, outbox and whether the relay can be reached (exit 1 if not).\n" },
     { "info", "usage: hush info\nLocal device details and an integrity check of the database.\n" },
     { "bundle", "usage: hush bundle\nThis device's public key bundle, base64.\n" },
-    { "demo", "usage: hush demo [--dir DIR]\nAn end-to-end demo between local parties, no relay needed.\n" },
+    { "demo", "usage: hush demo [--dir DIR] [--messages N]\nAn end-to-end demo between local parties, no relay needed.\n" },
 };
 
 static void usage_cmd(const char *cmd)
@@ -117,21 +118,9 @@ static void usage_cmd(const char *cmd)
             printf("Every command takes --db PATH (default: $HUSH_DB, else ~/.hush/hush.db).\n");
             return;
         }
-    usage(stdout);
+    cli_usage(stdout);
 }
 
-/* For calls whose failure is already reported elsewhere (warn_unused_result ignores a cast). */
-#define BEST_EFFORT(call) \
-    do {                  \
-        if (call) {       \
-        }                 \
-    } while (0)
-
-static int die(const char *what, hush_err e)
-{
-    fprintf(stderr, "hush: %s: %s\n", what, hush_strerror(e));
-    return 1;
-}
 
 static volatile sig_atomic_t g_stop;
 static void on_signal(int s)
@@ -149,282 +138,6 @@ static void catch_signals(void)
     sigaction(SIGTERM, &sa, NULL);
 }
 
-/* ---------------------------------------------------------------------------------------- */
-/* the database and its key */
-
-static char g_db[PATH_MAX];
-
-static int resolve_db(const char *opt)
-{
-    if (opt) {
-        snprintf(g_db, sizeof g_db, "%s", opt);
-        return 0;
-    }
-    const char *env = getenv("HUSH_DB");
-    if (env && *env) {
-        snprintf(g_db, sizeof g_db, "%s", env);
-        return 0;
-    }
-    const char *home = getenv("HOME");
-    if (!home || !*home) {
-        fprintf(stderr, "hush: no --db, no $HUSH_DB and no $HOME\n");
-        return 2;
-    }
-    char dir[PATH_MAX - 16];
-    snprintf(dir, sizeof dir, "%s/.hush", home);
-    if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
-        fprintf(stderr, "hush: cannot create %s: %s\n", dir, strerror(errno));
-        return 1;
-    }
-    snprintf(g_db, sizeof g_db, "%s/hush.db", dir);
-    return 0;
-}
-
-/* Writes a new file (mode 0600) under a temporary name, fsyncs it, renames it into place and
- * fsyncs the directory, so after a crash the file is either absent or whole. */
-static int write_file_atomic(const char *path, const uint8_t *data, size_t len)
-{
-    char tmp[PATH_MAX + 8];
-    snprintf(tmp, sizeof tmp, "%s.new", path);
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-    if (fd < 0)
-        return -1;
-    ssize_t n = write(fd, data, len);
-    if (n != (ssize_t)len || fsync(fd) != 0) {
-        close(fd);
-        unlink(tmp);
-        return -1;
-    }
-    close(fd);
-    if (rename(tmp, path) != 0) {
-        unlink(tmp);
-        return -1;
-    }
-    char dir[PATH_MAX];
-    snprintf(dir, sizeof dir, "%s", path);
-    char *slash = strrchr(dir, '/');
-    if (slash)
-        *(slash == dir ? slash + 1 : slash) = '\0';
-    else
-        snprintf(dir, sizeof dir, ".");
-    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd < 0)
-        return -1;
-    int rc = fsync(dfd);
-    close(dfd);
-    return rc;
-}
-
-/* Reads a small file whole into buf (at most cap bytes); refuses one that others may read. Returns
- * its length, or -1 (message printed). */
-static long read_private(const char *path, uint8_t *buf, size_t cap)
-{
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        fprintf(stderr, "hush: cannot read %s: %s\n", path, strerror(errno));
-        return -1;
-    }
-    struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || (size_t)st.st_size > cap) {
-        fprintf(stderr, "hush: %s is not a key file this program wrote\n", path);
-        close(fd);
-        return -1;
-    }
-    if (st.st_mode & 077) {
-        fprintf(stderr, "hush: %s can be read by other users (mode %03o): refusing to use it. If nobody else "
-                        "read it, run `chmod 600 %s`; otherwise treat the key as known to them\n",
-                path, (unsigned)(st.st_mode & 0777), path);
-        close(fd);
-        return -1;
-    }
-    ssize_t n = read(fd, buf, cap);
-    close(fd);
-    if (n != (ssize_t)st.st_size) {
-        fprintf(stderr, "hush: cannot read %s\n", path);
-        return -1;
-    }
-    return (long)n;
-}
-
-/*
- * The passphrase key. PATH.salt records how the key was derived, so the cost can be raised later
- * without locking anyone out:
- *     hush-argon2id v1 ops=OPSLIMIT mem=MEMLIMIT
- *     SALT (32 hex digits)
- * A 16-byte file is the first version's: a raw salt with libsodium's MODERATE limits.
- */
-struct kdf {
-    uint8_t salt[crypto_pwhash_SALTBYTES];
-    unsigned long long ops;
-    size_t mem;
-};
-
-static int kdf_parse(const uint8_t *b, long n, struct kdf *k)
-{
-    if (n == crypto_pwhash_SALTBYTES) { /* the first format */
-        memcpy(k->salt, b, sizeof k->salt);
-        k->ops = crypto_pwhash_OPSLIMIT_MODERATE;
-        k->mem = crypto_pwhash_MEMLIMIT_MODERATE;
-        return 0;
-    }
-    char text[256], hex[64];
-    if (n <= 0 || n >= (long)sizeof text)
-        return -1;
-    memcpy(text, b, (size_t)n);
-    text[n] = '\0';
-    unsigned long long ops = 0, mem = 0;
-    size_t got = 0;
-    if (sscanf(text, "hush-argon2id v1 ops=%llu mem=%llu %63s", &ops, &mem, hex) != 3 ||
-        sodium_hex2bin(k->salt, sizeof k->salt, hex, strlen(hex), NULL, &got, NULL) != 0 || got != sizeof k->salt ||
-        ops < crypto_pwhash_OPSLIMIT_MIN || ops > crypto_pwhash_OPSLIMIT_MAX || mem < crypto_pwhash_MEMLIMIT_MIN ||
-        mem > (1ull << 34))
-        return -1;
-    k->ops = ops;
-    k->mem = (size_t)mem;
-    return 0;
-}
-
-static int kdf_derive(const char *pass, const struct kdf *k, uint8_t key[HUSH_DB_KEY_BYTES])
-{
-    return crypto_pwhash(key, HUSH_DB_KEY_BYTES, pass, strlen(pass), k->salt, k->ops, k->mem,
-                         crypto_pwhash_ALG_ARGON2ID13);
-}
-
-/* The passphrase: $HUSH_PASSPHRASE (for scripts: the environment can be read by other processes
- * of the same user and may end up in logs), else asked on the terminal without echo (twice when
- * it is new). Empty when there is neither. */
-static int get_passphrase(char *out, size_t cap, int confirm)
-{
-    const char *env = getenv("HUSH_PASSPHRASE");
-    if (env && *env) {
-        snprintf(out, cap, "%s", env);
-        return 0;
-    }
-    out[0] = '\0';
-    int fd = open("/dev/tty", O_RDWR | O_CLOEXEC);
-    if (fd < 0)
-        return -1;
-    struct termios old, t;
-    int have = tcgetattr(fd, &old) == 0;
-    for (int round = 0; round < (confirm ? 2 : 1); round++) {
-        char buf[512];
-        const char *prompt = round ? "Repeat the passphrase: " : "Passphrase for the database: ";
-        if (write(fd, prompt, strlen(prompt)) < 0) {
-            /* nothing to do: the read below decides */
-        }
-        if (have) {
-            t = old;
-            t.c_lflag &= (tcflag_t) ~(ECHO | ECHONL);
-            tcsetattr(fd, TCSANOW, &t);
-        }
-        ssize_t n = 0, r;
-        while ((size_t)n < sizeof buf - 1 && (r = read(fd, buf + n, 1)) == 1 && buf[n] != '\n')
-            n++;
-        buf[n] = '\0';
-        if (have)
-            tcsetattr(fd, TCSANOW, &old);
-        if (write(fd, "\n", 1) < 0) {
-            /* the prompt's line end only */
-        }
-        if (round == 0) {
-            snprintf(out, cap, "%s", buf);
-        } else if (strcmp(out, buf) != 0) {
-            fprintf(stderr, "hush: the passphrases differ\n");
-            sodium_memzero(out, cap);
-            out[0] = '\0';
-        }
-        sodium_memzero(buf, sizeof buf);
-    }
-    close(fd);
-    return out[0] ? 0 : -1;
-}
-
-static int g_use_passphrase; /* init --passphrase */
-
-/* Opens the database; with create, makes a new key (file or passphrase salt) first. */
-static int open_db(int create, hush_client **out)
-{
-    char keypath[PATH_MAX + 8], saltpath[PATH_MAX + 8];
-    snprintf(keypath, sizeof keypath, "%s.key", g_db);
-    snprintf(saltpath, sizeof saltpath, "%s.salt", g_db);
-    uint8_t key[HUSH_DB_KEY_BYTES];
-    char pass[512];
-    if (create) {
-        if (access(g_db, F_OK) == 0 || access(keypath, F_OK) == 0 || access(saltpath, F_OK) == 0) {
-            fprintf(stderr, "hush: %s (or its key) already exists; refusing to overwrite\n", g_db);
-            return 1;
-        }
-        const char *env = getenv("HUSH_PASSPHRASE");
-        if (g_use_passphrase || (env && *env)) {
-            if (get_passphrase(pass, sizeof pass, 1) != 0) {
-                fprintf(stderr, "hush: no passphrase (set HUSH_PASSPHRASE, or run on a terminal)\n");
-                return 1;
-            }
-            struct kdf k = { .ops = crypto_pwhash_OPSLIMIT_MODERATE, .mem = crypto_pwhash_MEMLIMIT_MODERATE };
-            randombytes_buf(k.salt, sizeof k.salt);
-            char hex[2 * crypto_pwhash_SALTBYTES + 1], text[256];
-            sodium_bin2hex(hex, sizeof hex, k.salt, sizeof k.salt);
-            int n = snprintf(text, sizeof text, "hush-argon2id v1 ops=%llu mem=%zu\n%s\n", k.ops, k.mem, hex);
-            int bad = write_file_atomic(saltpath, (const uint8_t *)text, (size_t)n) != 0 || kdf_derive(pass, &k, key) != 0;
-            sodium_memzero(pass, sizeof pass);
-            if (bad) {
-                fprintf(stderr, "hush: cannot set up the passphrase key: %s\n", strerror(errno));
-                return 1;
-            }
-        } else {
-            randombytes_buf(key, sizeof key);
-            if (write_file_atomic(keypath, key, sizeof key) != 0) {
-                fprintf(stderr, "hush: cannot write %s: %s\n", keypath, strerror(errno));
-                return 1;
-            }
-        }
-    } else if (access(saltpath, F_OK) == 0) {
-        uint8_t buf[256];
-        struct kdf k;
-        long n = read_private(saltpath, buf, sizeof buf);
-        if (n < 0)
-            return 1;
-        if (kdf_parse(buf, n, &k) != 0) {
-            fprintf(stderr, "hush: %s is not a salt file this program wrote\n", saltpath);
-            return 1;
-        }
-        if (get_passphrase(pass, sizeof pass, 0) != 0) {
-            fprintf(stderr, "hush: %s is protected by a passphrase: run on a terminal, or set HUSH_PASSPHRASE\n", g_db);
-            return 1;
-        }
-        int bad = kdf_derive(pass, &k, key) != 0;
-        sodium_memzero(pass, sizeof pass);
-        if (bad) {
-            fprintf(stderr, "hush: cannot derive the key from %s (out of memory?)\n", saltpath);
-            return 1;
-        }
-    } else if (access(keypath, F_OK) != 0) {
-        if (access(g_db, F_OK) != 0)
-            fprintf(stderr, "hush: no database at %s: run `hush init --relay URL --user NAME` first\n", g_db);
-        else
-            fprintf(stderr, "hush: the key file %s is missing\n", keypath);
-        return 1;
-    } else {
-        uint8_t buf[64];
-        long n = read_private(keypath, buf, sizeof buf);
-        if (n != (long)sizeof key) {
-            if (n >= 0)
-                fprintf(stderr, "hush: %s is not a key file this program wrote\n", keypath);
-            sodium_memzero(buf, sizeof buf);
-            return 1;
-        }
-        memcpy(key, buf, sizeof key);
-        sodium_memzero(buf, sizeof buf);
-    }
-    hush_err e = hush_client_open(g_db, key, NULL, out);
-    sodium_memzero(key, sizeof key);
-    if (e == HUSH_ERR_DB_KEY)
-        fprintf(stderr, "hush: %s: wrong key or passphrase\n", g_db);
-    else if (e)
-        return die(g_db, e);
-    return e ? 1 : 0;
-}
-
 /* One process at a time connects to the relay as this device: a second login would replace the
  * first one's session. The process that connects holds an exclusive lock on PATH.lock (with its
  * pid and command written in it); the others work on the database alone: `send` queues the
@@ -436,7 +149,7 @@ static int g_lock_fd = -1;
 static int take_owner(const char *cmd, char *who, size_t whocap)
 {
     char path[PATH_MAX + 8];
-    snprintf(path, sizeof path, "%s.lock", g_db);
+    snprintf(path, sizeof path, "%s.lock", cli_db);
     int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
     if (fd < 0) {
         fprintf(stderr, "hush: cannot open %s: %s\n", path, strerror(errno));
@@ -467,7 +180,7 @@ static int need_owner(const char *cmd)
     int own = take_owner(cmd, who, sizeof who);
     if (own == 0)
         fprintf(stderr, "hush %s: %s is connected as this device (%s); run one at a time (`hush send` works "
-                        "alongside it)\n", cmd, g_db, who);
+                        "alongside it)\n", cmd, cli_db, who);
     return own == 1 ? 0 : 1;
 }
 
@@ -523,7 +236,7 @@ static int parse(int argc, char **argv, struct opts *o, const char *cmd)
         case 'x': o->reject = 1; break;
         case 'k': o->insecure = 1; break;
         case 'C': o->ca_file = optarg; break;
-        case 'P': g_use_passphrase = 1; break;
+        case 'P': cli_use_passphrase = 1; break;
         case 'l':
             o->limit = (int)strtol(optarg, &end, 10);
             if (!end || *end || o->limit < 1 || o->limit > 500)
@@ -552,7 +265,7 @@ static int parse(int argc, char **argv, struct opts *o, const char *cmd)
         usage_cmd(cmd);
         return -1;
     }
-    return resolve_db(o->db);
+    return cli_resolve_db(o->db);
 bad:
     fprintf(stderr, "hush %s: bad or unknown option (see hush --help)\n", cmd);
     return 2;
@@ -565,7 +278,7 @@ static int setup(int argc, char **argv, struct opts *o, const char *cmd, hush_cl
     int r = parse(argc, argv, o, cmd);
     if (r)
         return r;
-    return open_db(0, c);
+    return cli_open_db(0, c);
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -1018,7 +731,7 @@ static int start_net(hush_client *c, const struct opts *o)
     else if (e == HUSH_ERR_INVALID_ARG)
         fprintf(stderr, "hush: no relay URL stored: run `hush init --relay ws://HOST:PORT --user NAME`\n");
     else if (e)
-        return die("network", e);
+        return cli_die("network", e);
     return e ? 1 : 0;
 }
 
@@ -1031,7 +744,7 @@ static void remove_db_files(void)
     static const char *const suffix[] = { "", ".key", ".salt", "-wal", "-shm", "-journal", ".lock" };
     for (size_t i = 0; i < sizeof suffix / sizeof suffix[0]; i++) {
         char p[PATH_MAX + 16];
-        snprintf(p, sizeof p, "%s%s", g_db, suffix[i]);
+        snprintf(p, sizeof p, "%s%s", cli_db, suffix[i]);
         unlink(p);
     }
 }
@@ -1060,7 +773,7 @@ static int cmd_init(int argc, char **argv)
         return 2;
     }
     hush_client *c = NULL;
-    if ((r = open_db(1, &c)))
+    if ((r = cli_open_db(1, &c)))
         return r;
     if (need_owner("init")) {
         hush_client_close(c);
@@ -1070,7 +783,7 @@ static int cmd_init(int argc, char **argv)
     if (e) {
         hush_client_close(c);
         remove_db_files();
-        return die("init", e);
+        return cli_die("init", e);
     }
     if ((r = start_net(c, &o))) {
         hush_client_close(c);
@@ -1089,9 +802,9 @@ static int cmd_init(int argc, char **argv)
         return 1;
     }
     char saltpath[PATH_MAX + 8];
-    snprintf(saltpath, sizeof saltpath, "%s.salt", g_db);
+    snprintf(saltpath, sizeof saltpath, "%s.salt", cli_db);
     int salted = access(saltpath, F_OK) == 0;
-    printf("registered %s (device %u) on %s\ndatabase %s, key %s.%s\n", o.user, o.device, o.relay, g_db, g_db,
+    printf("registered %s (device %u) on %s\ndatabase %s, key %s.%s\n", o.user, o.device, o.relay, cli_db, cli_db,
            salted ? "salt (derived from your passphrase)" : "key");
     return 0;
 }
@@ -1156,7 +869,7 @@ static int cmd_send(int argc, char **argv)
     if (len < 0)
         return 2;
     hush_client *c = NULL;
-    if ((r = open_db(0, &c)))
+    if ((r = cli_open_db(0, &c)))
         return r;
     char me[HUSH_USERNAME_MAX + 1] = "";
     if (hush_device_info(c, me, NULL, NULL) == HUSH_OK && !strcmp(me, to)) {
@@ -1171,7 +884,7 @@ static int cmd_send(int argc, char **argv)
         hush_client_close(c);
         if (e == HUSH_ERR_INVALID_ARG)
             fprintf(stderr, "hush send: %s: not a user name (" NAME_RULE ")\n", to);
-        return e == HUSH_ERR_INVALID_ARG ? 2 : die("send", e);
+        return e == HUSH_ERR_INVALID_ARG ? 2 : cli_die("send", e);
     }
     char hex[33];
     sodium_bin2hex(hex, sizeof hex, mid, sizeof mid);
@@ -1234,7 +947,7 @@ static int cmd_cancel(int argc, char **argv)
         return 2;
     }
     hush_client *c = NULL;
-    if ((r = open_db(0, &c)))
+    if ((r = cli_open_db(0, &c)))
         return r;
     hush_err e = hush_outbox_cancel(c, mid);
     hush_client_close(c);
@@ -1243,7 +956,7 @@ static int cmd_cancel(int argc, char **argv)
         return 1;
     }
     if (e)
-        return die("cancel", e);
+        return cli_die("cancel", e);
     printf("cancelled: the message will not be sent\n");
     return 0;
 }
@@ -1271,7 +984,7 @@ static int cmd_listen(int argc, char **argv)
         return r ? r : 1;
     }
     if (!g_raw)
-        printf("listening as %s (Ctrl-C to stop)\n", g_db);
+        printf("listening as %s (Ctrl-C to stop)\n", cli_db);
     fflush(stdout);
     return run_until_signal(c);
 }
@@ -1287,14 +1000,14 @@ static int cmd_history(int argc, char **argv)
         return 2;
     }
     hush_client *c = NULL;
-    if ((r = open_db(0, &c)))
+    if ((r = cli_open_db(0, &c)))
         return r;
     hush_history_entry *h = NULL;
     size_t n = 0;
     hush_err e = hush_history_list(c, argv[optind], 0, o.limit, &h, &n);
     if (e) {
         hush_client_close(c);
-        return die("history", e);
+        return cli_die("history", e);
     }
     char me[HUSH_USERNAME_MAX + 1] = "me";
     if (hush_device_info(c, me, NULL, NULL) != HUSH_OK)
@@ -1337,7 +1050,7 @@ static int cmd_safety(int argc, char **argv)
     }
     const char *peer = argv[optind];
     hush_client *c = NULL;
-    if ((r = open_db(0, &c)))
+    if ((r = cli_open_db(0, &c)))
         return r;
     uint32_t devs[16];
     size_t n = 0;
@@ -1401,7 +1114,7 @@ static int cmd_safety(int argc, char **argv)
             BEST_EFFORT(hush_net_flush(c, 3000));
     }
     hush_client_close(c);
-    return e ? die("safety", e) : 0;
+    return e ? cli_die("safety", e) : 0;
 }
 
 static int cmd_presence(int argc, char **argv)
@@ -1424,7 +1137,7 @@ static int cmd_presence(int argc, char **argv)
         e = hush_presence_subscribe(c, o.watch, (size_t)o.nwatch);
     if (e) {
         hush_client_close(c);
-        return die("presence", e);
+        return cli_die("presence", e);
     }
     if ((r = start_net(c, &o))) {
         hush_client_close(c);
@@ -1433,7 +1146,7 @@ static int cmd_presence(int argc, char **argv)
     e = hush_net_wait_online(c, 10000);
     if (e) {
         hush_client_close(c);
-        return die("presence", e);
+        return cli_die("presence", e);
     }
     if (o.nallow)
         printf("your presence is visible to %d user(s)\n", o.nallow);
@@ -1463,10 +1176,10 @@ static int cmd_status(int argc, char **argv)
         e = hush_prekeys_remaining(c, &stock);
     if (e) {
         hush_client_close(c);
-        return die("status", e);
+        return cli_die("status", e);
     }
     printf("device:     %s (device %u)\ndatabase:   %s\noutbox:     %u message(s) waiting\nprekeys:    %u one-time keys left locally\n",
-           user, dev, g_db, outbox, stock);
+           user, dev, cli_db, outbox, stock);
     char who[128];
     int own = take_owner("status", who, sizeof who);
     if (own == 0) {
@@ -1516,7 +1229,7 @@ static int cmd_chat(int argc, char **argv)
     const char *peer = argv[optind];
     snprintf(g_peer_filter, sizeof g_peer_filter, "%s", peer);
     hush_client *c = NULL;
-    if ((r = open_db(0, &c)))
+    if ((r = cli_open_db(0, &c)))
         return r;
     const char *who[1] = { peer };
     if (hush_presence_subscribe(c, who, 1) != HUSH_OK)
@@ -1650,12 +1363,12 @@ static int cmd_info(int argc, char **argv)
         e = hush_client_check(c);
     hush_client_close(c);
     if (e)
-        return die("info", e);
+        return cli_die("info", e);
     char hex[65];
     sodium_bin2hex(hex, sizeof hex, auth, sizeof auth);
     printf("device:           %s/%u\nregistration id:  %u\none-time prekeys: %u\nauth key:         %s\n"
            "database:         %s (integrity check passed)\n",
-           user, dev, reg, stock, hex, g_db);
+           user, dev, reg, stock, hex, cli_db);
     return 0;
 }
 
@@ -1671,12 +1384,12 @@ static int cmd_bundle(int argc, char **argv)
     hush_err e = hush_bundle_export(c, &b, &len);
     hush_client_close(c);
     if (e)
-        return die("bundle", e);
+        return cli_die("bundle", e);
     size_t cap = sodium_base64_ENCODED_LEN(len, sodium_base64_VARIANT_ORIGINAL);
     char *out = malloc(cap);
     if (!out) {
         hush_free(b);
-        return die("bundle", HUSH_ERR_NOMEM);
+        return cli_die("bundle", HUSH_ERR_NOMEM);
     }
     sodium_bin2base64(out, cap, b, len, sodium_base64_VARIANT_ORIGINAL);
     printf("%s\n", out);
@@ -1684,236 +1397,6 @@ static int cmd_bundle(int argc, char **argv)
     hush_free(b);
     return 0;
 }
-
-struct party {
-    const char *name;
-    hush_client *c;
-    char path[PATH_MAX];
-};
-
-static int demo_open(struct party *p, const char *dir)
-{
-    snprintf(p->path, sizeof p->path, "%s/%s.db", dir, p->name);
-    uint8_t key[HUSH_DB_KEY_BYTES];
-    randombytes_buf(key, sizeof key);
-    hush_err e = hush_client_open(p->path, key, NULL, &p->c);
-    sodium_memzero(key, sizeof key);
-    if (!e)
-        e = hush_device_create(p->c, p->name, 1);
-    if (e)
-        return die(p->name, e);
-    return 0;
-}
-
-static int demo_handshake(struct party *from, struct party *to)
-{
-    uint8_t *b = NULL;
-    size_t len = 0;
-    hush_err e = hush_bundle_export(to->c, &b, &len);
-    if (!e)
-        e = hush_bundle_import(from->c, b, len, NULL, NULL);
-    hush_free(b);
-    if (e)
-        return die("bundle exchange", e);
-    printf("  %s fetched %s's key bundle (%zu bytes) and started a session\n", from->name, to->name, len);
-    return 0;
-}
-
-static hush_err demo_send(struct party *from, struct party *to, const char *text, uint8_t **env, size_t *len)
-{
-    hush_err e = hush_encrypt(from->c, to->name, 1, (const uint8_t *)text, strlen(text), NULL, NULL, env, len);
-    if (!e)
-        printf("  %-5s -> %-5s  %-34s [%zu-byte envelope]\n", from->name, to->name, text, *len);
-    return e;
-}
-
-static hush_err demo_recv(struct party *to, struct party *from, const uint8_t *env, size_t len)
-{
-    hush_message *m = NULL;
-    hush_err e = hush_decrypt(to->c, from->name, 1, env, len, &m);
-    if (e == HUSH_ERR_DUPLICATE) {
-        printf("  %-5s           (duplicate delivery dropped silently)\n", to->name);
-        return HUSH_OK;
-    }
-    if (e)
-        return e;
-    if (m->kind == HUSH_KIND_GROUP_KEY)
-        printf("  %-5s <- %-5s  (sender key for group \"%s\")\n", to->name, from->name, m->group_id);
-    else if (m->kind == HUSH_KIND_GROUP_TEXT)
-        printf("  %-5s <- %-5s  [%s] %s\n", to->name, from->name, m->group_id, (char *)m->body);
-    else
-        printf("  %-5s <- %-5s  %s\n", to->name, from->name, (char *)m->body);
-    hush_message_free(m);
-    return HUSH_OK;
-}
-
-static int file_has(const char *path, const char *needle)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return 0;
-    size_t n = strlen(needle), have = 0, cap = 1 << 16;
-    char *buf = malloc(cap);
-    int found = 0;
-    size_t got;
-    while (buf && !found && (got = fread(buf + have, 1, cap - have, f)) > 0) {
-        have += got;
-        for (size_t i = 0; i + n <= have && !found; i++)
-            found = memcmp(buf + i, needle, n) == 0;
-        if (have >= n) { /* keep the tail for matches across reads */
-            memmove(buf, buf + have - (n - 1), n - 1);
-            have = n - 1;
-        }
-    }
-    free(buf);
-    fclose(f);
-    return found;
-}
-
-static int cmd_demo(int argc, char **argv)
-{
-    static const struct option opts[] = {
-        { "dir", required_argument, NULL, 'd' },
-        { "messages", required_argument, NULL, 'm' },
-        { "help", no_argument, NULL, 'h' },
-        { NULL, 0, NULL, 0 },
-    };
-    const char *dir = NULL;
-    long extra = 5;
-    int ch;
-    optind = 1;
-    while ((ch = getopt_long(argc, argv, "d:m:h", opts, NULL)) != -1) {
-        if (ch == 'd') {
-            dir = optarg;
-        } else if (ch == 'm') {
-            char *end = NULL;
-            extra = strtol(optarg, &end, 10);
-            if (!end || *end || extra < 0 || extra > 100000) {
-                fprintf(stderr, "hush demo: --messages must be 0..100000\n");
-                return 2;
-            }
-        } else if (ch == 'h') {
-            usage(stdout);
-            return 0;
-        } else {
-            return 2;
-        }
-    }
-    char tmpl[] = "/tmp/hush-demo.XXXXXX";
-    if (!dir && !(dir = mkdtemp(tmpl))) {
-        perror("hush demo: mkdtemp");
-        return 1;
-    }
-    printf("Hush %s demo: end-to-end encryption between local parties (no relay yet).\n", hush_version());
-    printf("Databases (sealed at rest) in %s\n\n", dir);
-    struct party alice = { "alice", NULL, "" }, bob = { "bob", NULL, "" }, carol = { "carol", NULL, "" };
-    int r;
-    if ((r = demo_open(&alice, dir)) || (r = demo_open(&bob, dir)) || (r = demo_open(&carol, dir)))
-        return r;
-
-    printf("1. Key exchange (X3DH)\n");
-    if ((r = demo_handshake(&alice, &bob)))
-        return r;
-    char sa[HUSH_SAFETY_NUMBER_LEN + 1], sb[HUSH_SAFETY_NUMBER_LEN + 1];
-    hush_err e;
-    uint8_t *env[8] = { 0 };
-    size_t len[8] = { 0 };
-    const char *canary = "the owl flies at midnight";
-    if ((e = demo_send(&alice, &bob, canary, &env[0], &len[0])) || (e = demo_recv(&bob, &alice, env[0], len[0])))
-        return die("first message", e);
-    if ((e = hush_safety_number(alice.c, "bob", 1, sa)) || (e = hush_safety_number(bob.c, "alice", 1, sb)))
-        return die("safety number", e);
-    printf("\n2. Safety numbers (compare them out of band)\n");
-    printf("  alice sees: %.5s %.5s %.5s %.5s %.5s %.5s\n", sa, sa + 5, sa + 10, sa + 15, sa + 20, sa + 25);
-    printf("              %.5s %.5s %.5s %.5s %.5s %.5s\n", sa + 30, sa + 35, sa + 40, sa + 45, sa + 50, sa + 55);
-    printf("  bob sees:   %.5s %.5s %.5s %.5s %.5s %.5s\n", sb, sb + 5, sb + 10, sb + 15, sb + 20, sb + 25);
-    printf("              %.5s %.5s %.5s %.5s %.5s %.5s\n", sb + 30, sb + 35, sb + 40, sb + 45, sb + 50, sb + 55);
-    printf("  %s\n", strcmp(sa, sb) == 0 ? "match: no one is in the middle" : "MISMATCH");
-
-    printf("\n3. A conversation (Double Ratchet), delivered out of order and twice\n");
-    if ((e = demo_send(&bob, &alice, "hi alice! got your message", &env[1], &len[1])) ||
-        (e = demo_recv(&alice, &bob, env[1], len[1])))
-        return die("reply", e);
-    if ((e = demo_send(&alice, &bob, "one", &env[2], &len[2])) || (e = demo_send(&alice, &bob, "two", &env[3], &len[3])) ||
-        (e = demo_send(&alice, &bob, "three", &env[4], &len[4])))
-        return die("send", e);
-    if ((e = demo_recv(&bob, &alice, env[4], len[4])) || (e = demo_recv(&bob, &alice, env[2], len[2])) ||
-        (e = demo_recv(&bob, &alice, env[3], len[3])) || (e = demo_recv(&bob, &alice, env[3], len[3])))
-        return die("receive", e);
-    for (long i = 0; i < extra; i++) {
-        char text[64];
-        snprintf(text, sizeof text, "message %ld", i + 1);
-        struct party *s = i % 2 ? &alice : &bob, *d = i % 2 ? &bob : &alice;
-        uint8_t *x = NULL;
-        size_t xl = 0;
-        if ((e = demo_send(s, d, text, &x, &xl)) || (e = demo_recv(d, s, x, xl)))
-            return die("conversation", e);
-        hush_free(x);
-    }
-
-    printf("\n4. A group of three (sender keys)\n");
-    if ((r = demo_handshake(&alice, &carol)))
-        return r;
-    struct party *members[] = { &bob, &carol };
-    for (int i = 0; i < 2; i++) {
-        uint8_t *d = NULL;
-        size_t dl = 0;
-        if ((e = hush_group_distribution(alice.c, "friends", members[i]->name, 1, &d, &dl)) ||
-            (e = demo_recv(members[i], &alice, d, dl)))
-            return die("group key", e);
-        hush_free(d);
-    }
-    const char *gtext = "dinner at eight?";
-    if ((e = hush_group_encrypt(alice.c, "friends", (const uint8_t *)gtext, strlen(gtext), NULL, &env[5], &len[5])))
-        return die("group send", e);
-    printf("  alice -> group  %s [one %zu-byte envelope for all]\n", gtext, len[5]);
-    if ((e = demo_recv(&bob, &alice, env[5], len[5])) || (e = demo_recv(&carol, &alice, env[5], len[5])))
-        return die("group receive", e);
-
-    printf("\n5. Bob reinstalls: a new identity claims bob's address\n");
-    hush_client_close(bob.c);
-    unlink(bob.path);
-    char side[PATH_MAX + 8];
-    snprintf(side, sizeof side, "%s-wal", bob.path);
-    unlink(side);
-    snprintf(side, sizeof side, "%s-shm", bob.path);
-    unlink(side);
-    if ((r = demo_open(&bob, dir)) || (r = demo_handshake(&bob, &alice)))
-        return r;
-    if ((e = demo_send(&bob, &alice, "it's me, new phone", &env[6], &len[6])))
-        return die("send", e);
-    hush_message *m = NULL;
-    e = hush_decrypt(alice.c, "bob", 1, env[6], len[6], &m);
-    if (e != HUSH_ERR_IDENTITY_CHANGED)
-        return die("expected an identity change", e);
-    char old_sn[HUSH_SAFETY_NUMBER_LEN + 1], new_sn[HUSH_SAFETY_NUMBER_LEN + 1];
-    if ((e = hush_identity_pending(alice.c, "bob", 1, old_sn, new_sn)))
-        return die("identity pending", e);
-    printf("  alice: bob's safety number changed\n    old %s\n    new %s\n", old_sn, new_sn);
-    printf("  alice accepts after checking with bob in person\n");
-    if ((e = hush_identity_accept(alice.c, "bob", 1)) || (e = demo_recv(&alice, &bob, env[6], len[6])))
-        return die("accept", e);
-
-    for (size_t i = 0; i < 8; i++)
-        hush_free(env[i]);
-    hush_client_close(alice.c);
-    hush_client_close(bob.c);
-    hush_client_close(carol.c);
-
-    printf("\n6. At rest: searching the database files for \"%s\"\n", canary);
-    int leaked = 0;
-    struct party *all[] = { &alice, &bob, &carol };
-    for (int i = 0; i < 3; i++) {
-        char wal[PATH_MAX + 8];
-        snprintf(wal, sizeof wal, "%s-wal", all[i]->path);
-        int hit = file_has(all[i]->path, canary) || file_has(wal, canary);
-        leaked |= hit;
-        printf("  %-40s %s\n", all[i]->path, hit ? "PLAINTEXT FOUND" : "not found (sealed)");
-    }
-    printf("\nDone. Inspect the files with: sqlite3 %s/alice.db .dump\n", dir);
-    return leaked ? 1 : 0;
-}
-
 
 int main(int argc, char **argv)
 {
@@ -1929,12 +1412,12 @@ int main(int argc, char **argv)
     setvbuf(stdout, NULL, _IOLBF, 0);
     signal(SIGPIPE, SIG_IGN);
     if (argc < 2) {
-        usage(stderr);
+        cli_usage(stderr);
         return 2;
     }
     const char *cmd = argv[1];
     if (!strcmp(cmd, "help") || !strcmp(cmd, "--help") || !strcmp(cmd, "-h")) {
-        usage(stdout);
+        cli_usage(stdout);
         return 0;
     }
     if (!strcmp(cmd, "--version")) {
@@ -1954,6 +1437,6 @@ int main(int argc, char **argv)
         if (!strcmp(cmd, cmds[i].name))
             return cmds[i].fn(argc - 1, argv + 1);
     fprintf(stderr, "hush: unknown command '%s'\n\n", cmd);
-    usage(stderr);
+    cli_usage(stderr);
     return 2;
 }
