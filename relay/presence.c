@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "hmap.h"
+#include "jobs.h"
 #include "relay.h"
 
 #define MAX_ALLOW 1000
@@ -289,4 +290,24 @@ void presence_load(hstore *db)
         pthread_mutex_unlock(&g_mu);
     }
     sqlite3_finalize(st);
+}
+
+/* The storage job of SetPresenceAllow: the table presence_allow belongs here (presence_load reads
+ * it at start); the in-memory list is replaced after the batch commits (storage.c). */
+void presence_job_set_allow(struct jctx *x, const struct job *j)
+{
+    const Hush__SetPresenceAllowRequest *r = j->frame->set_presence_allow;
+    sqlite3_stmt *st;
+    CHECK_SE(hstore_prepare(senv.db, "DELETE FROM presence_allow WHERE owner = ?1", &st));
+    sqlite3_bind_text(st, 1, j->username, -1, SQLITE_TRANSIENT);
+    CHECK_SE(hstore_run(senv.db, st));
+    for (size_t i = 0; i < r->n_usernames; i++) {
+        CHECK_SE(hstore_prepare(senv.db, "INSERT OR IGNORE INTO presence_allow (owner, allowed) VALUES (?1, ?2)", &st));
+        sqlite3_bind_text(st, 1, j->username, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_text(st, 2, r->usernames[i], -1, SQLITE_TRANSIENT);
+        CHECK_SE(hstore_run(senv.db, st));
+    }
+    x->allow_apply = (Hush__SetPresenceAllowRequest *)r;
+    snprintf(x->allow_owner, sizeof x->allow_owner, "%s", j->username);
+    jctx_reply_code(x, j, HUSH__ERROR_CODE__OK, "");
 }

@@ -1,0 +1,63 @@
+/*
+ * jobctx.c - what a storage job's handler answers through (struct jctx): events for the loops,
+ * posted only after the batch commits, and the Result of the request. The handlers (accounts.c,
+ * mailbox.c, presence.c) and the batch loop (storage.c) share it; it depends on neither.
+ */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <sodium.h>
+
+#include "jobs.h"
+#include "relay.h"
+
+struct storage_env senv;
+
+void jctx_post(struct jctx *x, int loop, struct event *e)
+{
+    if (!e)
+        return;
+    struct posting *p = malloc(sizeof *p);
+    if (!p) {
+        event_free(e);
+        return;
+    }
+    p->loop = loop;
+    p->ev = e;
+    p->next = x->posts;
+    x->posts = p;
+}
+
+void jctx_reply(struct jctx *x, const struct job *j, Hush__Result *r)
+{
+    if (r->code != HUSH__ERROR_CODE__OK)
+        metrics_error(r->code);
+    if (!j->req_id)
+        return;
+    Hush__Frame f = HUSH__FRAME__INIT;
+    f.id = j->req_id;
+    f.msg_case = HUSH__FRAME__MSG_RESULT;
+    f.result = r;
+    struct event *e = event_new(EV_SEND_FRAME, j->conn);
+    if (!e)
+        return;
+    e->out = outbuf_from_frame(&f, 0);
+    jctx_post(x, j->loop, e);
+}
+
+void jctx_reply_code(struct jctx *x, const struct job *j, Hush__ErrorCode code, const char *msg)
+{
+    Hush__Result r = HUSH__RESULT__INIT;
+    r.code = code;
+    r.message = (char *)(msg ? msg : "");
+    jctx_reply(x, j, &r);
+}
+
+/* A job hit a logical error: undo its writes and answer with `code`. */
+void jctx_fail(struct jctx *x, const struct job *j, Hush__ErrorCode code, const char *msg)
+{
+    x->rollback = 1;
+    jctx_reply_code(x, j, code, msg);
+}

@@ -1,0 +1,89 @@
+/*
+ * jobs.h - the storage thread's job handlers and what they share (internal to relay/): the job
+ * context they answer through (jobctx.c), the handlers by table owner (accounts.c, mailbox.c,
+ * presence.c), and the environment the batch loop (storage.c) sets up. Handlers run on the storage
+ * thread only, inside the batch's transaction; they never commit and never post directly.
+ */
+#ifndef HUSH_RELAY_JOBS_H
+#define HUSH_RELAY_JOBS_H
+
+#include "relay.h"
+
+/* What the batch loop opened for the handlers (set before the storage thread starts). */
+struct storage_env {
+    hstore *db;
+    const struct relay_config *cfg;
+};
+extern struct storage_env senv;
+
+/* An event and the loop it goes to, held until the batch commits. */
+struct posting {
+    struct posting *next;
+    int loop;
+    struct event *ev;
+};
+
+/* Per-job context: what to post and what to apply once the job's savepoint is released. */
+#define MAX_DELTAS 1100
+struct delta {
+    char user[RELAY_USERNAME_MAX + 1];
+    uint32_t dev;
+    int64_t count, bytes;
+};
+struct jctx {
+    struct posting *posts; /* posted after COMMIT, newest first */
+    int rollback;          /* the job's writes must be undone (a logical error) */
+    const char *auth_why;  /* a failed proof's reason, when it says nothing about the account */
+    hstore_err store_err;  /* a storage failure inside the job */
+    int64_t inserted, deleted, expired;
+    Hush__SetPresenceAllowRequest *allow_apply;
+    char allow_owner[RELAY_USERNAME_MAX + 1];
+    int ndeltas;           /* -1: too many to track, clear the quota cache */
+    struct delta deltas[MAX_DELTAS]; /* last: not cleared between jobs */
+};
+
+/* Queues an event for `loop`, posted after COMMIT (dropped on rollback). Takes ownership of e. */
+void jctx_post(struct jctx *x, int loop, struct event *e);
+/* The request's Result (nothing when the job has no request id). */
+void jctx_reply(struct jctx *x, const struct job *j, Hush__Result *r);
+void jctx_reply_code(struct jctx *x, const struct job *j, Hush__ErrorCode code, const char *msg);
+/* A logical error: the job's writes are undone and it is answered with `code`. */
+void jctx_fail(struct jctx *x, const struct job *j, Hush__ErrorCode code, const char *msg);
+
+/* Inside a handler: a storage error ends the job (the batch loop answers STORAGE_FAILED). */
+#define CHECK_SE(expr)                \
+    do {                              \
+        hstore_err _se = (expr);      \
+        if (_se) {                    \
+            x->store_err = _se;       \
+            return;                   \
+        }                             \
+    } while (0)
+
+/* accounts.c: users, devices, one_time_prekeys, invites */
+int accounts_init(char *err, size_t errlen);
+void accounts_free(void);
+void accounts_register(struct jctx *x, const struct job *j);
+void accounts_login(struct jctx *x, const struct job *j);
+void accounts_upload(struct jctx *x, const struct job *j);
+void accounts_fetch_bundles(struct jctx *x, const struct job *j);
+void accounts_disconnect(struct jctx *x, const struct job *j);
+hstore_err accounts_device_exists(const char *user, uint32_t dev, int *exists);
+hstore_err accounts_add_invite(hstore *db, const uint8_t token_hash[32]);
+
+/* mailbox.c: mailbox */
+int mailbox_init(char *err, size_t errlen);
+void mailbox_free(void);
+void mailbox_send(struct jctx *x, const struct job *j);
+void mailbox_fetch(struct jctx *x, const struct job *j);
+void mailbox_ack(struct jctx *x, const struct job *j);
+void mailbox_expire(struct jctx *x);
+/* After a job's savepoint was released: its quota changes reach the cache. */
+void mailbox_apply_deltas(struct jctx *x);
+/* Forgets the quota cache (after a failed commit: it is rebuilt from the table). */
+void mailbox_quota_clear(void);
+
+/* presence.c: presence_allow */
+void presence_job_set_allow(struct jctx *x, const struct job *j);
+
+#endif
