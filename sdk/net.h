@@ -1,11 +1,198 @@
-/* net.h - libhush's network thread (net.c), internal. */
+/*
+ * net.h - libhush's network thread, internal: its state (struct hush_net) and what its files share.
+ * The thread is split by stage, each file using only those listed before it:
+ *   net_io.c    status, reports to the app, the frame queue and request table (the bottom)
+ *   net_keys.c  login, registration, prekey uploads and rotation, presence lists
+ *   net_send.c  the send path: the outbox pump, directory fetches, send results, typing
+ *   net_recv.c  the receive path: batches of deliveries decrypted and stored in one transaction,
+ *               then acknowledged and reported; held envelopes; receipts owed
+ *   net.c       the connection and frame dispatch, the thread, and the public hush_net_* calls
+ * Functions shared between these files carry the prefix hnet_.
+ */
 #ifndef HUSH_NET_H
 #define HUSH_NET_H
 
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include <libwebsockets.h>
+
+#include "hush_wire.h"
 #include "internal.h"
 
 #define PRESENCE_ALLOW 1
 #define PRESENCE_SUBSCRIBE 2
+
+#define NET_MAX_FRAME (1024 * 1024)
+#define NET_MAX_INFLIGHT 32
+#define NET_MAX_REQS 128
+#define NET_BACKOFF_MIN_MS 250
+#define NET_BACKOFF_MAX_MS 30000
+#define NET_RETRY_MS 2000
+#define NET_TYPING_EVERY_MS 3000
+#define NET_MAX_TYPING 32
+#define SPK_MAX_AGE_MS (7ull * 24 * 3600 * 1000)
+#define SPK_GRACE_MS (30ull * 24 * 3600 * 1000)
+#define PREKEY_BATCH 100
+
+enum nstate { N_IDLE, N_CONNECTING, N_HELLO, N_AUTH, N_ONLINE };
+enum req_type { R_NONE, R_HELLO, R_AUTH, R_SEND, R_FETCH, R_UPLOAD, R_OTHER };
+
+struct nbuf {
+    struct nbuf *next;
+    size_t len;
+    unsigned char data[]; /* LWS_PRE, then the frame */
+};
+
+struct req {
+    uint64_t id;
+    enum req_type type;
+    int64_t outbox_id;
+    int kind;
+    uint8_t mid[16];
+    char peer[HUSH_USERNAME_MAX + 1];
+};
+
+struct typing_req {
+    char peer[HUSH_USERNAME_MAX + 1];
+    int typing;
+    int pending;
+    uint64_t last_sent_ms;
+};
+
+/* Deliveries that arrive together are decrypted and stored in one transaction (one fsync with
+ * durability FULL instead of one per message), then acknowledged, then reported. */
+#define NET_BATCH_MAX 128
+#define NET_MAX_OFFERED 4
+
+struct inbound {
+    char from[HUSH_USERNAME_MAX + 1];
+    uint32_t dev;
+    uint64_t seq;
+    uint8_t *env;
+    size_t len;
+    /* outcome, filled while the batch's transaction is open */
+    hush_err e;
+    hush_message *m;
+    int held_first;   /* the first envelope held for this (peer, device): tell the app */
+    int held_dropped; /* over the per-peer cap: not held, dropped */
+};
+
+/* Envelopes held for an identity decision, per peer (all its devices): nothing checks them
+ * before the decision (libsignal refuses the identity before any MAC), so anyone could fill the
+ * table otherwise. */
+#define HELD_MAX_PER_PEER 200
+#define HELD_BYTES_PER_PEER (8u << 20)
+
+struct hush_net {
+    hush_client *c;
+    hush_callbacks cb;
+    char host[256];
+    char path[256];
+    int port;
+    int tls;
+    int insecure;
+    int connect_error_said;  /* this connection attempt's failure was reported already */
+    int held_drop_said;      /* "too many held" was reported (once per network start) */
+    char ca_file[512];
+    char invite[129];
+    pthread_t th;
+    struct lws_context *ctx;
+    struct lws *wsi;
+    enum nstate st;
+    atomic_int stop;
+    atomic_int wake;          /* NET_WAKE_* flags from other threads */
+    uint64_t next_id;
+    uint8_t challenge[32];
+    struct nbuf *out_head, *out_tail;
+    struct hwire_rx rx; /* a frame arriving in pieces */
+    struct req reqs[NET_MAX_REQS];
+    int nreqs;
+    struct offered {          /* one-time prekeys in a request still waiting for its Result */
+        uint64_t req_id;
+        uint32_t *ids;        /* NULL: slot free */
+        size_t n;
+    } offered[NET_MAX_OFFERED];
+    int inflight;
+    int64_t pump_cursor;      /* outbox id last handed out in this connection */
+    int fetching;             /* a FetchBundles is outstanding: the pump waits */
+    int unflushed_receipts;   /* messages notified since receipts were last flushed */
+    uint64_t next_rotation_check_ms;
+    char fetch_peer[HUSH_USERNAME_MAX + 1];
+    char blocked_peer[HUSH_USERNAME_MAX + 1]; /* identity change pending: its outbox waits */
+    int backoff_ms;
+    uint64_t retry_at_ms;     /* pump again after a refusal (rate limit, quota...) */
+    lws_sorted_usec_list_t sul_reconnect;
+    lws_sorted_usec_list_t sul_tick;
+    lws_sorted_usec_list_t sul_batch;
+    struct inbound batch[NET_BATCH_MAX]; /* deliveries read in this pass, processed together */
+    int nbatch;
+    int batch_scheduled;
+    /* status, read by other threads */
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    atomic_int waiters;       /* threads inside wait_until: hush_net_stop frees only at zero */
+    hush_conn_state conn;
+    hush_err last_err;
+    int fatal;
+    struct typing_req typing[NET_MAX_TYPING];
+    int ntyping;
+    pthread_mutex_t typing_mu;
+};
+
+struct orow {
+    int64_t id;
+    char peer[HUSH_USERNAME_MAX + 1];
+    uint8_t mid[16];
+    int kind;
+    uint8_t *body;
+    size_t len;
+};
+
+#define MAX_DEVS 16
+
+static inline uint64_t now_ms(void) { return hsdk_now_ms(); }
+
+
+/* net_io.c */
+const char *hnet_relay_text(char *buf, size_t cap, const char *s);
+void hnet_describe_connect_error(struct hush_net *n, const char *why, char *out, size_t cap);
+void hnet_set_conn(struct hush_net *n, hush_conn_state s, hush_err err);
+void hnet_report(struct hush_net *n, hush_err e, const char *detail);
+void hnet_signal_progress(struct hush_net *n);
+void hnet_queue_frame(struct hush_net *n, Hush__Frame *f);
+struct req *hnet_add_req(struct hush_net *n, enum req_type t);
+int hnet_take_req(struct hush_net *n, uint64_t id, struct req *out);
+void hnet_send_acks(struct hush_net *n, uint64_t *seqs, size_t count);
+void hnet_exec1(hush_client *c, const char *sql, const char *text, const uint8_t *blob, int64_t num);
+void hnet_report_state(struct hush_net *n, const char *peer, const uint8_t mid[16], int state);
+void hnet_on_identity(struct hush_net *n, const char *peer, uint32_t dev);
+
+/* net_keys.c */
+void hnet_forget_offers(struct hush_net *n);
+void hnet_settle_offer(struct hush_net *n, uint64_t req_id, int refused);
+void hnet_send_presence(struct hush_net *n);
+int hnet_upload_in_flight(const struct hush_net *n);
+void hnet_upload_keys(struct hush_net *n, uint32_t max_one_time);
+int hnet_registered(hush_client *c);
+void hnet_send_auth(struct hush_net *n);
+void hnet_rotation_check(struct hush_net *n);
+hush_err hnet_fatal_for(int code);
+void hnet_fail_for_good(struct hush_net *n, hush_err e);
+
+/* net_send.c */
+void hnet_pump_outbox(struct hush_net *n);
+void hnet_on_fetch_result(struct hush_net *n, const struct req *r, const Hush__Result *res);
+void hnet_on_send_result(struct hush_net *n, const struct req *r, const Hush__Result *res);
+void hnet_send_typing(struct hush_net *n);
+
+/* net_recv.c */
+void hnet_flush_receipts(struct hush_net *n);
+void hnet_batch_clear(struct hush_net *n);
+void hnet_process_batch(struct hush_net *n);
+void hnet_batch_cb(lws_sorted_usec_list_t *sul);
+void hnet_reprocess_pending(struct hush_net *n);
+void hnet_replay_unnotified(struct hush_net *n);
 
 /* messaging.c */
 hush_err hsdk_set_message_state(hush_client *c, const uint8_t mid[16], int state);

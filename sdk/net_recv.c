@@ -1,0 +1,341 @@
+/*
+ * net_recv.c - the receive path: deliveries read together are decrypted and stored in one
+ * transaction, acknowledged after the commit, then reported to the app and marked notified;
+ * envelopes held for an identity decision; receipts owed to senders.
+ */
+#include <errno.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <signal.h>
+#include <time.h>
+
+#include <libwebsockets.h>
+#include <openssl/ssl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sodium.h>
+#include <sys/socket.h>
+#if defined(__linux__)
+#include <sys/prctl.h>
+#elif defined(__APPLE__)
+#include <pthread.h>
+#endif
+
+#include "net.h"
+
+/* Inside the caller's transaction: the message is marked notified, and its sender is owed a
+ * delivery receipt (pairwise texts). */
+static hush_err mark_notified(hush_client *c, const hush_message *m)
+{
+    hnet_exec1(c, "UPDATE history SET notified = 1 WHERE id = ?1", NULL, NULL, m->local_id);
+    return m->kind == HUSH_KIND_TEXT ? hsdk_queue_receipt(c, m->sender, HUSH_MSG_DELIVERED, m->message_id) : HUSH_OK;
+}
+
+/* After the app has been told: mark the message notified and owe its sender a delivery receipt,
+ * in one transaction. Receipts go out in batches (flush_receipts). */
+static void notify_and_mark(struct hush_net *n, const hush_message *m)
+{
+    if (n->cb.on_message)
+        n->cb.on_message(n->cb.ctx, m);
+    hush_client *c = n->c;
+    hsdk_lock(c);
+    if (hsdk_begin(c) == HUSH_OK) {
+        hush_err e = mark_notified(c, m);
+        e = hsdk_end(c, e);
+        if (e)
+            hnet_report(n, e, "could not record a delivery receipt");
+    }
+    hsdk_unlock(c);
+    n->unflushed_receipts++;
+}
+
+void hnet_flush_receipts(struct hush_net *n)
+{
+    if (!n->unflushed_receipts)
+        return;
+    int queued = 0;
+    hsdk_lock(n->c);
+    hush_err e = hsdk_flush_receipts(n->c, &queued);
+    hsdk_unlock(n->c);
+    if (e)
+        hnet_report(n, e, "could not queue receipts");
+    n->unflushed_receipts = 0;
+    if (queued)
+        hnet_pump_outbox(n);
+}
+
+/* Phase 1 of an inbound envelope, inside the caller's transaction when there is one: decrypt and
+ * store it (hush_decrypt), or keep it aside when its sender's identity changed. */
+static void inbound_store(struct hush_net *n, struct inbound *in, int from_pending)
+{
+    in->m = NULL;
+    in->e = hush_decrypt(n->c, in->from, in->dev, in->env, in->len, &in->m);
+    if (in->e == HUSH_ERR_IDENTITY_CHANGED && !from_pending) {
+        /* keep the envelope until the user decides, and let the relay forget it */
+        hsdk_lock(n->c);
+        sqlite3_stmt *st;
+        int64_t peer_count = 0, peer_bytes = 0, dev_count = 0;
+        int row = 0;
+        hstore_err se = hstore_prepare(n->c->db, "SELECT count(*), coalesce(sum(length(envelope)), 0), "
+                                                 "coalesce(sum(device_id = ?2), 0) FROM pending_inbox WHERE peer = ?1", &st);
+        if (!se) {
+            sqlite3_bind_text(st, 1, in->from, -1, SQLITE_TRANSIENT);
+            sqlite3_bind_int64(st, 2, in->dev);
+            se = hstore_step(n->c->db, st, &row);
+            if (!se && row) {
+                peer_count = sqlite3_column_int64(st, 0);
+                peer_bytes = sqlite3_column_int64(st, 1);
+                dev_count = sqlite3_column_int64(st, 2);
+                sqlite3_reset(st);
+            }
+        }
+        in->held_first = dev_count == 0;
+        if (!se && (peer_count >= HELD_MAX_PER_PEER || peer_bytes + (int64_t)in->len > (int64_t)HELD_BYTES_PER_PEER)) {
+            hsdk_unlock(n->c);
+            in->held_dropped = 1; /* acknowledged and dropped: the sender keeps its own copy */
+            return;
+        }
+        if (!se)
+            se = hstore_prepare(n->c->db, "INSERT INTO pending_inbox (peer, device_id, envelope, received_at) "
+                                          "VALUES (?1, ?2, ?3, ?4)", &st);
+        if (!se) {
+            sqlite3_bind_text(st, 1, in->from, -1, SQLITE_TRANSIENT);
+            sqlite3_bind_int64(st, 2, in->dev);
+            sqlite3_bind_blob(st, 3, in->env, (int)in->len, SQLITE_TRANSIENT);
+            sqlite3_bind_int64(st, 4, (int64_t)now_ms());
+            se = hstore_run(n->c->db, st);
+        }
+        hsdk_unlock(n->c);
+        if (se)
+            in->e = HUSH_ERR_STORAGE; /* not kept: the relay must deliver it again */
+        else
+            in->e = HUSH_ERR_IDENTITY_CHANGED;
+    }
+}
+
+/* Phase 2, once phase 1 is committed: tell the app. Texts are reported by the caller (they are
+ * marked notified in a batch). Returns 1 if the envelope may be acknowledged to the relay. */
+static int inbound_report(struct hush_net *n, struct inbound *in, int from_pending)
+{
+    hush_message *m = in->m;
+    switch (in->e) {
+    case HUSH_OK:
+        if (m->kind == HUSH_KIND_RECEIPT && n->cb.on_receipt) {
+            int state = m->body[0];
+            for (size_t i = 1; i + HUSH_MESSAGE_ID_BYTES <= m->body_len; i += HUSH_MESSAGE_ID_BYTES)
+                hnet_report_state(n, in->from, m->body + i, state);
+            hnet_signal_progress(n);
+        } else if (m->kind == HUSH_KIND_TYPING && n->cb.on_typing) {
+            n->cb.on_typing(n->cb.ctx, in->from, in->dev, m->body[0] != 0);
+        }
+        return 1;
+    case HUSH_ERR_DUPLICATE:
+        return 1; /* already stored (and reported): just drop it */
+    case HUSH_ERR_IDENTITY_CHANGED:
+        if (!from_pending && in->held_dropped && !n->held_drop_said) {
+            char detail[160];
+            snprintf(detail, sizeof detail, "too many messages held from %s until its identity is decided: dropping more",
+                     in->from);
+            hnet_report(n, HUSH_ERR_IDENTITY_CHANGED, detail);
+            n->held_drop_said = 1;
+        } else if (!from_pending && in->held_first) {
+            hnet_on_identity(n, in->from, in->dev); /* once per device, not for every held envelope */
+        }
+        return 1;
+    case HUSH_ERR_STORAGE:
+    case HUSH_ERR_NOMEM:
+    case HUSH_ERR_DB_KEY:
+    case HUSH_ERR_INTERNAL:
+        hnet_report(n, in->e, "could not store an incoming message; the relay will deliver it again");
+        return 0;
+    default: {
+        char detail[128];
+        snprintf(detail, sizeof detail, "dropped an undecryptable message from %s/%u: %s", in->from, in->dev,
+                 hush_strerror(in->e));
+        hnet_report(n, in->e, detail);
+        return 1;
+    }
+    }
+}
+
+static int is_text(const struct inbound *in)
+{
+    return in->e == HUSH_OK && (in->m->kind == HUSH_KIND_TEXT || in->m->kind == HUSH_KIND_GROUP_TEXT);
+}
+
+void hnet_batch_clear(struct hush_net *n)
+{
+    for (int i = 0; i < n->nbatch; i++) {
+        free(n->batch[i].env);
+        hush_message_free(n->batch[i].m);
+    }
+    n->nbatch = 0;
+}
+
+/* Phase 1 for every delivery of the batch in one transaction (each decrypt is a savepoint inside
+ * it, so one bad message rolls back alone), one commit, then the acks (one frame), then the app is
+ * told, then everything reported is marked notified in one more transaction. A crash anywhere
+ * before the commit loses nothing: nothing was acked, the relay delivers again. */
+void hnet_process_batch(struct hush_net *n)
+{
+    if (!n->nbatch)
+        return;
+    hush_client *c = n->c;
+    hsdk_lock(c);
+    int outer = hsdk_begin(c) == HUSH_OK;
+    for (int i = 0; i < n->nbatch; i++)
+        inbound_store(n, &n->batch[i], 0);
+    hush_err ce = outer ? hsdk_commit(c) : HUSH_ERR_STORAGE;
+    hsdk_unlock(c);
+    if (ce) {
+        /* rolled back as a whole: nothing is acknowledged, everything comes again */
+        hnet_report(n, ce, "could not store incoming messages; the relay will deliver them again");
+        hnet_batch_clear(n);
+        return;
+    }
+    uint64_t seqs[NET_BATCH_MAX];
+    size_t nseqs = 0;
+    for (int i = 0; i < n->nbatch; i++)
+        if (inbound_report(n, &n->batch[i], 0) && n->batch[i].seq)
+            seqs[nseqs++] = n->batch[i].seq;
+    hnet_send_acks(n, seqs, nseqs);
+    /* texts: the app first, then one transaction marks them notified and owes receipts */
+    int ntexts = 0;
+    for (int i = 0; i < n->nbatch; i++)
+        if (is_text(&n->batch[i])) {
+            ntexts++;
+            if (n->cb.on_message)
+                n->cb.on_message(n->cb.ctx, n->batch[i].m);
+        }
+    if (ntexts) {
+        hsdk_lock(c);
+        hush_err e = hsdk_begin(c);
+        for (int i = 0; i < n->nbatch && !e; i++)
+            if (is_text(&n->batch[i]))
+                e = mark_notified(c, n->batch[i].m);
+        e = hsdk_end(c, e);
+        hsdk_unlock(c);
+        if (e)
+            hnet_report(n, e, "could not record delivery receipts");
+        n->unflushed_receipts += ntexts;
+        if (n->unflushed_receipts >= 64)
+            hnet_flush_receipts(n);
+    }
+    hnet_batch_clear(n);
+}
+
+void hnet_batch_cb(lws_sorted_usec_list_t *sul)
+{
+    struct hush_net *n = lws_container_of(sul, struct hush_net, sul_batch);
+    n->batch_scheduled = 0;
+    hnet_process_batch(n);
+}
+
+/* Envelopes held for an identity decision: reprocess those whose peer is no longer pending. */
+void hnet_reprocess_pending(struct hush_net *n)
+{
+    for (;;) {
+        hsdk_lock(n->c);
+        sqlite3_stmt *st;
+        int row = 0;
+        int64_t id = 0;
+        char peer[HUSH_USERNAME_MAX + 1] = "";
+        uint32_t dev = 0;
+        uint8_t *env = NULL;
+        size_t len = 0;
+        if (hstore_prepare(n->c->db, "SELECT p.id, p.peer, p.device_id, p.envelope FROM pending_inbox p WHERE NOT EXISTS "
+                                     "(SELECT 1 FROM pending_identities i WHERE i.name = CAST(p.peer AS BLOB) AND "
+                                     "i.device_id = p.device_id) ORDER BY p.id LIMIT 1", &st) == HSTORE_OK &&
+            hstore_step(n->c->db, st, &row) == HSTORE_OK && row) {
+            id = sqlite3_column_int64(st, 0);
+            snprintf(peer, sizeof peer, "%s", (const char *)sqlite3_column_text(st, 1));
+            dev = (uint32_t)sqlite3_column_int64(st, 2);
+            len = (size_t)sqlite3_column_bytes(st, 3);
+            env = malloc(len ? len : 1);
+            if (env)
+                memcpy(env, sqlite3_column_blob(st, 3), len);
+            sqlite3_reset(st);
+        }
+        hsdk_unlock(n->c);
+        if (!id || !env) {
+            free(env);
+            return;
+        }
+        struct inbound in;
+        memset(&in, 0, sizeof in);
+        snprintf(in.from, sizeof in.from, "%s", peer);
+        in.dev = dev;
+        in.env = env;
+        in.len = len;
+        inbound_store(n, &in, 1);
+        hush_err e = in.e;
+        if (e == HUSH_OK) {
+            /* receipts and typing indicators held back too are reported like fresh ones */
+            inbound_report(n, &in, 1);
+            if (is_text(&in))
+                notify_and_mark(n, in.m);
+            hush_message_free(in.m);
+        } else if (e == HUSH_ERR_IDENTITY_CHANGED) {
+            free(env);
+            return; /* rejected and still different: keep waiting for an accept */
+        } else if (e == HUSH_ERR_STORAGE || e == HUSH_ERR_NOMEM) {
+            free(env);
+            return;
+        }
+        free(env);
+        hsdk_lock(n->c);
+        hnet_exec1(n->c, "DELETE FROM pending_inbox WHERE id = ?1", NULL, NULL, id);
+        hsdk_unlock(n->c);
+    }
+}
+
+/* Messages stored before a crash but never reported: report them now (same local_id). */
+void hnet_replay_unnotified(struct hush_net *n)
+{
+    for (;;) {
+        hsdk_lock(n->c);
+        sqlite3_stmt *st;
+        int row = 0;
+        int64_t id = 0;
+        char peer[HUSH_USERNAME_MAX + 1] = "";
+        if (hstore_prepare(n->c->db, "SELECT id, peer FROM history WHERE notified = 0 ORDER BY id LIMIT 1", &st) ==
+                HSTORE_OK &&
+            hstore_step(n->c->db, st, &row) == HSTORE_OK && row) {
+            id = sqlite3_column_int64(st, 0);
+            snprintf(peer, sizeof peer, "%s", (const char *)sqlite3_column_text(st, 1));
+            sqlite3_reset(st);
+        }
+        hsdk_unlock(n->c);
+        if (!id)
+            return;
+        hush_history_entry *h = NULL;
+        size_t cnt = 0;
+        hush_message m;
+        memset(&m, 0, sizeof m);
+        int found = 0;
+        if (hsdk_valid_username(peer) && hush_history_list(n->c, peer, id + 1, 1, &h, &cnt) == HUSH_OK && cnt == 1 &&
+            h[0].local_id == id) {
+            m.kind = HUSH_KIND_TEXT;
+            snprintf(m.sender, sizeof m.sender, "%s", peer);
+            m.sender_device = h[0].peer_device;
+            memcpy(m.message_id, h[0].message_id, 16);
+            m.sent_at_ms = h[0].sent_at_ms;
+            m.received_at_ms = h[0].received_at_ms;
+            m.local_id = id;
+            m.body = h[0].body;
+            m.body_len = h[0].body_len;
+            found = 1;
+        }
+        if (found) {
+            notify_and_mark(n, &m);
+        } else {
+            hsdk_lock(n->c);
+            hnet_exec1(n->c, "UPDATE history SET notified = 1 WHERE id = ?1", NULL, NULL, id);
+            hsdk_unlock(n->c);
+        }
+        hush_history_free(h, cnt);
+    }
+}

@@ -1,0 +1,481 @@
+/*
+ * net_send.c - the send path: the outbox pump (one envelope per device of the peer, stored
+ * before the first attempt so every retry sends the same bytes), directory fetches, send results
+ * and typing indicators.
+ */
+#include <errno.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <signal.h>
+#include <time.h>
+
+#include <libwebsockets.h>
+#include <openssl/ssl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sodium.h>
+#include <sys/socket.h>
+#if defined(__linux__)
+#include <sys/prctl.h>
+#elif defined(__APPLE__)
+#include <pthread.h>
+#endif
+
+#include "net.h"
+
+static int next_outbox_row(hush_client *c, int64_t after, const char *skip_peer, struct orow *o)
+{
+    hsdk_lock(c);
+    sqlite3_stmt *st;
+    int row = 0, found = 0;
+    if (hstore_prepare(c->db, "SELECT id, peer, message_id, kind, body FROM outbox WHERE id > ?1 AND peer != ?2 "
+                              "ORDER BY id LIMIT 1", &st) == HSTORE_OK) {
+        sqlite3_bind_int64(st, 1, after);
+        sqlite3_bind_text(st, 2, skip_peer, -1, SQLITE_TRANSIENT);
+        if (hstore_step(c->db, st, &row) == HSTORE_OK && row) {
+            const char *peer = (const char *)sqlite3_column_text(st, 1);
+            o->id = sqlite3_column_int64(st, 0);
+            snprintf(o->peer, sizeof o->peer, "%s", peer ? peer : "");
+            if (sqlite3_column_bytes(st, 2) == 16)
+                memcpy(o->mid, sqlite3_column_blob(st, 2), 16);
+            o->kind = sqlite3_column_int(st, 3);
+            char ad[160];
+            hsdk_outbox_ad(ad, sizeof ad, o->peer, o->mid);
+            found = hsdk_open(c, ad, sqlite3_column_blob(st, 4), (size_t)sqlite3_column_bytes(st, 4), &o->body,
+                               &o->len) == HUSH_OK;
+            sqlite3_reset(st);
+        }
+    }
+    hsdk_unlock(c);
+    return found;
+}
+
+static void forget_devices(hush_client *c, const char *peer)
+{
+    hsdk_lock(c);
+    hsdk_peers_forget(c, peer);
+    hsdk_unlock(c);
+}
+
+static void forget_envelopes(hush_client *c, const uint8_t mid[16])
+{
+    hsdk_lock(c);
+    hnet_exec1(c, "DELETE FROM outbox_envelopes WHERE message_id = ?1", NULL, mid, -1);
+    hsdk_unlock(c);
+}
+
+/* The stored envelope for (mid, dev), or NULL. */
+static uint8_t *stored_envelope(hush_client *c, const uint8_t mid[16], uint32_t dev, size_t *len)
+{
+    hsdk_lock(c);
+    sqlite3_stmt *st;
+    int row = 0;
+    uint8_t *out = NULL;
+    if (hstore_prepare(c->db, "SELECT envelope FROM outbox_envelopes WHERE message_id = ?1 AND device_id = ?2", &st) ==
+        HSTORE_OK) {
+        sqlite3_bind_blob(st, 1, mid, 16, SQLITE_TRANSIENT);
+        sqlite3_bind_int64(st, 2, dev);
+        if (hstore_step(c->db, st, &row) == HSTORE_OK && row) {
+            *len = (size_t)sqlite3_column_bytes(st, 0);
+            out = malloc(*len ? *len : 1);
+            if (out)
+                memcpy(out, sqlite3_column_blob(st, 0), *len);
+            sqlite3_reset(st);
+        }
+    }
+    hsdk_unlock(c);
+    return out;
+}
+
+/* Encrypts for one device and stores the envelope, atomically with the ratchet step: a crash
+ * between the two would otherwise leave a state advanced for a ciphertext nobody kept. */
+static uint8_t *make_envelope(struct hush_net *n, const struct orow *o, uint32_t dev, size_t *len, hush_err *err)
+{
+    hush_client *c = n->c;
+    hsdk_lock(c);
+    uint8_t *env = NULL;
+    *err = hsdk_begin(c);
+    if (!*err) {
+        *err = hsdk_encrypt_kind(c, o->peer, dev, o->kind, o->body, o->len, o->mid, 0, &env, len);
+        if (!*err) {
+            sqlite3_stmt *st;
+            hstore_err se = hstore_prepare(c->db, "INSERT OR REPLACE INTO outbox_envelopes (message_id, device_id, envelope) "
+                                                  "VALUES (?1, ?2, ?3)", &st);
+            if (!se) {
+                sqlite3_bind_blob(st, 1, o->mid, 16, SQLITE_TRANSIENT);
+                sqlite3_bind_int64(st, 2, dev);
+                sqlite3_bind_blob(st, 3, env, (int)*len, SQLITE_TRANSIENT);
+                se = hstore_run(c->db, st);
+            }
+            *err = hsdk_from_store(se);
+        }
+        if (!*err)
+            *err = hsdk_commit(c);
+        else
+            hsdk_rollback(c);
+    }
+    hsdk_unlock(c);
+    if (*err) {
+        hush_free(env);
+        return NULL;
+    }
+    /* hand back a plain malloc copy (hush_free'd buffer) */
+    uint8_t *copy = malloc(*len);
+    if (copy)
+        memcpy(copy, env, *len);
+    hush_free(env);
+    return copy;
+}
+
+static void outbox_finished(struct hush_net *n, int64_t outbox_id, const uint8_t mid[16], int kind, int state,
+                            const char *peer)
+{
+    hush_client *c = n->c;
+    hsdk_lock(c);
+    if (hsdk_begin(c) == HUSH_OK) {
+        hnet_exec1(c, "DELETE FROM outbox WHERE id = ?1", NULL, NULL, outbox_id);
+        hnet_exec1(c, "DELETE FROM outbox_envelopes WHERE message_id = ?1", NULL, mid, -1);
+        if (kind == HUSH__CONTENT_KIND__CONTENT_TEXT)
+            hsdk_set_message_state(c, mid, state);
+        if (hsdk_commit(c)) {
+            /* the row stays: it is resent (same id, deduplicated by the relay) */
+        }
+    }
+    hsdk_unlock(c);
+    if (kind == HUSH__CONTENT_KIND__CONTENT_TEXT)
+        hnet_report_state(n, peer, mid, state);
+    hnet_signal_progress(n);
+}
+
+static void request_fetch(struct hush_net *n, const char *peer)
+{
+    struct req *r = hnet_add_req(n, R_FETCH);
+    if (!r)
+        return;
+    snprintf(r->peer, sizeof r->peer, "%s", peer);
+    Hush__FetchBundlesRequest fb = HUSH__FETCH_BUNDLES_REQUEST__INIT;
+    fb.username = r->peer;
+    Hush__Frame f = HUSH__FRAME__INIT;
+    f.id = r->id;
+    f.msg_case = HUSH__FRAME__MSG_FETCH_BUNDLES;
+    f.fetch_bundles = &fb;
+    hnet_queue_frame(n, &f);
+    n->fetching = 1;
+    snprintf(n->fetch_peer, sizeof n->fetch_peer, "%s", peer);
+}
+
+/* Sends one outbox row. Returns 1 if sent, 0 if it must wait (fetch started or retry later). */
+static int send_row(struct hush_net *n, struct orow *o)
+{
+    hush_client *c = n->c;
+    uint32_t devs[MAX_DEVS];
+    int nd = hsdk_peers_list(c, o->peer, devs, MAX_DEVS);
+    int missing = nd == 0;
+    for (int i = 0; i < nd && !missing; i++)
+        missing = !hush_has_session(c, o->peer, devs[i]);
+    if (missing) {
+        request_fetch(n, o->peer);
+        return 0;
+    }
+    Hush__Recipient rcs[MAX_DEVS], *rp[MAX_DEVS];
+    uint8_t *envs[MAX_DEVS] = { 0 };
+    int ok = 1;
+    for (int i = 0; i < nd && ok; i++) {
+        size_t len = 0;
+        envs[i] = stored_envelope(c, o->mid, devs[i], &len);
+        if (!envs[i]) {
+            hush_err e = HUSH_OK;
+            envs[i] = make_envelope(n, o, devs[i], &len, &e);
+            if (!envs[i]) {
+                hnet_report(n, e, "encrypting an outgoing message failed; will retry");
+                ok = 0;
+                break;
+            }
+        }
+        hush__recipient__init(&rcs[i]);
+        rcs[i].username = o->peer;
+        rcs[i].device_id = devs[i];
+        rcs[i].envelope.data = envs[i];
+        rcs[i].envelope.len = len;
+        rp[i] = &rcs[i];
+    }
+    if (ok) {
+        struct req *r = hnet_add_req(n, R_SEND);
+        if (!r) {
+            ok = 0;
+        } else {
+            r->outbox_id = o->id;
+            r->kind = o->kind;
+            memcpy(r->mid, o->mid, 16);
+            snprintf(r->peer, sizeof r->peer, "%s", o->peer);
+            Hush__SendRequest s = HUSH__SEND_REQUEST__INIT;
+            s.client_msg_id.data = o->mid;
+            s.client_msg_id.len = 16;
+            s.n_recipients = (size_t)nd;
+            s.recipients = rp;
+            Hush__Frame f = HUSH__FRAME__INIT;
+            f.id = r->id;
+            f.msg_case = HUSH__FRAME__MSG_SEND;
+            f.send = &s;
+            hnet_queue_frame(n, &f);
+            n->inflight++;
+        }
+    }
+    for (int i = 0; i < nd; i++)
+        free(envs[i]);
+    if (!ok)
+        n->retry_at_ms = now_ms() + NET_RETRY_MS;
+    return ok;
+}
+
+void hnet_pump_outbox(struct hush_net *n)
+{
+    if (n->st != N_ONLINE || n->fetching || (n->retry_at_ms && now_ms() < n->retry_at_ms))
+        return;
+    n->retry_at_ms = 0;
+    while (n->inflight < NET_MAX_INFLIGHT) {
+        struct orow o;
+        memset(&o, 0, sizeof o);
+        if (!next_outbox_row(n->c, n->pump_cursor, n->blocked_peer, &o))
+            break;
+        int sent;
+        if (!strcmp(o.peer, n->c->username)) {
+            /* queued by an older version: nothing to deliver to yet, so it fails */
+            outbox_finished(n, o.id, o.mid, o.kind, HUSH_MSG_FAILED, o.peer);
+            sent = 1;
+        } else {
+            sent = send_row(n, &o);
+        }
+        if (o.body) {
+            sodium_memzero(o.body, o.len);
+            free(o.body);
+        }
+        if (!sent)
+            break; /* in order: later rows wait for this one */
+        n->pump_cursor = o.id;
+    }
+}
+
+/* 1 when `dev` has no trusted key on record but another device of `peer` has. */
+static int is_new_device_of_known_user(hush_client *c, const char *peer, uint32_t dev)
+{
+    uint8_t key[33];
+    int mine = 0, other = 0;
+    hsdk_lock(c);
+    hush_err e = hsdk_peer_identity(c, peer, dev, key, &mine);
+    if (e == HUSH_OK && !mine)
+        e = hsdk_peer_identity_other(c, peer, dev, key, &other);
+    hsdk_unlock(c);
+    sodium_memzero(key, sizeof key);
+    return e == HUSH_OK && !mine && other;
+}
+
+/* Nobody to deliver to: the queued messages to `peer` at the head of the outbox fail (state
+ * FAILED), so the rows behind them are not held up. */
+static void fail_head_rows(struct hush_net *n, const char *peer)
+{
+    for (;;) {
+        struct orow o;
+        memset(&o, 0, sizeof o);
+        if (!next_outbox_row(n->c, 0, "", &o))
+            break;
+        int match = !strcmp(o.peer, peer);
+        if (o.body) {
+            sodium_memzero(o.body, o.len);
+            free(o.body);
+        }
+        if (!match)
+            break;
+        outbox_finished(n, o.id, o.mid, o.kind, HUSH_MSG_FAILED, o.peer);
+    }
+    n->pump_cursor = 0;
+}
+
+void hnet_on_fetch_result(struct hush_net *n, const struct req *r, const Hush__Result *res)
+{
+    n->fetching = 0;
+    if (res->code == HUSH__ERROR_CODE__UNKNOWN_USER) {
+        fail_head_rows(n, r->peer);
+        hnet_report(n, HUSH_ERR_UNKNOWN_USER, r->peer);
+        return;
+    }
+    if (res->code != HUSH__ERROR_CODE__OK) {
+        n->retry_at_ms = now_ms() + (res->retry_after_ms ? res->retry_after_ms : NET_RETRY_MS);
+        return;
+    }
+    hush_client *c = n->c;
+    hsdk_lock(c);
+    hsdk_peers_forget(c, r->peer);
+    hsdk_unlock(c);
+    for (size_t i = 0; i < res->n_bundles; i++) {
+        const Hush__KeyBundle *b = res->bundles[i];
+        if (strcmp(b->username, r->peer) != 0)
+            continue;
+        uint32_t dev = b->device_id;
+        if (!hush_has_session(c, r->peer, dev)) {
+            size_t len = hush__key_bundle__get_packed_size(b);
+            uint8_t *buf = malloc(len);
+            if (!buf)
+                continue;
+            hush__key_bundle__pack(b, buf);
+            hush_err e = hush_bundle_import(c, buf, len, NULL, NULL);
+            free(buf);
+            if (e == HUSH_ERR_IDENTITY_CHANGED) {
+                /* A changed key of a known device holds every send to this peer until the user
+                 * decides. A device never seen of a known user is left out of the device list:
+                 * sends go to the devices the user already trusts, nothing to the new one. */
+                if (!is_new_device_of_known_user(c, r->peer, dev))
+                    snprintf(n->blocked_peer, sizeof n->blocked_peer, "%s", r->peer);
+                hnet_on_identity(n, r->peer, dev);
+                continue;
+            }
+            if (e) {
+                char detail[96];
+                snprintf(detail, sizeof detail, "a key bundle of %s/%u was refused", r->peer, dev);
+                hnet_report(n, e, detail);
+                continue;
+            }
+        }
+        hsdk_lock(c);
+        if (hsdk_peers_add(c, r->peer, dev, now_ms()) != HUSH_OK)
+            hnet_report(n, HUSH_ERR_STORAGE, "could not record a contact's devices");
+        hsdk_unlock(c);
+    }
+    uint32_t devs[1];
+    if (hsdk_peers_list(c, r->peer, devs, 1) == 0 && strcmp(n->blocked_peer, r->peer) != 0) {
+        /* not one usable device (every bundle refused, or none listed): the messages fail now
+         * rather than block the outbox with fetches that cannot succeed */
+        fail_head_rows(n, r->peer);
+        return;
+    }
+    n->pump_cursor = 0; /* resume from the oldest row not yet acknowledged */
+    n->inflight = 0;
+    for (int i = 0; i < n->nreqs; i++)
+        if (n->reqs[i].type == R_SEND)
+            n->inflight++;
+}
+
+void hnet_on_send_result(struct hush_net *n, const struct req *r, const Hush__Result *res)
+{
+    n->inflight--;
+    switch (res->code) {
+    case HUSH__ERROR_CODE__OK:
+        outbox_finished(n, r->outbox_id, r->mid, r->kind, HUSH_MSG_SENT, r->peer);
+        break;
+    case HUSH__ERROR_CODE__UNKNOWN_RECIPIENT:
+        /* the device list changed: forget it and this message's ciphertexts, fetch again */
+        forget_devices(n->c, r->peer);
+        forget_envelopes(n->c, r->mid);
+        n->pump_cursor = 0;
+        n->inflight = 0;
+        break;
+    default:
+        /* rate limit, quota, storage trouble at the relay: the row stays, try again later */
+        n->retry_at_ms = now_ms() + (res->retry_after_ms ? res->retry_after_ms : NET_RETRY_MS);
+        n->pump_cursor = 0;
+        n->inflight = 0;
+        if (res->code == HUSH__ERROR_CODE__QUOTA_EXCEEDED)
+            hnet_report(n, HUSH_ERR_RELAY, "the recipient's mailbox is full; will retry");
+        break;
+    }
+}
+
+void hnet_send_typing(struct hush_net *n)
+{
+    for (;;) {
+        char peer[HUSH_USERNAME_MAX + 1] = "";
+        int typing = 0;
+        pthread_mutex_lock(&n->typing_mu);
+        for (int i = 0; i < n->ntyping && !peer[0]; i++) {
+            if (n->typing[i].pending) {
+                n->typing[i].pending = 0;
+                snprintf(peer, sizeof peer, "%s", n->typing[i].peer);
+                typing = n->typing[i].typing;
+            }
+        }
+        pthread_mutex_unlock(&n->typing_mu);
+        if (!peer[0] || n->st != N_ONLINE)
+            return;
+        uint32_t devs[MAX_DEVS];
+        int nd = hsdk_peers_list(n->c, peer, devs, MAX_DEVS);
+        Hush__Recipient rcs[MAX_DEVS], *rp[MAX_DEVS];
+        uint8_t *envs[MAX_DEVS] = { 0 };
+        int cnt = 0;
+        uint8_t mid[16], body = (uint8_t)(typing ? 1 : 0);
+        randombytes_buf(mid, sizeof mid);
+        for (int i = 0; i < nd; i++) {
+            size_t len = 0;
+            hsdk_lock(n->c);
+            hush_err e = hsdk_encrypt_kind(n->c, peer, devs[i], HUSH__CONTENT_KIND__CONTENT_TYPING, &body, 1, mid, 0,
+                                            &envs[cnt], &len);
+            hsdk_unlock(n->c);
+            if (e)
+                continue;
+            hush__recipient__init(&rcs[cnt]);
+            rcs[cnt].username = peer;
+            rcs[cnt].device_id = devs[i];
+            rcs[cnt].envelope.data = envs[cnt];
+            rcs[cnt].envelope.len = len;
+            rp[cnt] = &rcs[cnt];
+            cnt++;
+        }
+        if (cnt) {
+            struct req *r = hnet_add_req(n, R_OTHER);
+            if (r) {
+                Hush__SendRequest s = HUSH__SEND_REQUEST__INIT;
+                s.client_msg_id.data = mid;
+                s.client_msg_id.len = 16;
+                s.n_recipients = (size_t)cnt;
+                s.recipients = rp;
+                s.ephemeral = 1;
+                Hush__Frame f = HUSH__FRAME__INIT;
+                f.id = r->id;
+                f.msg_case = HUSH__FRAME__MSG_SEND;
+                f.send = &s;
+                hnet_queue_frame(n, &f);
+            }
+        }
+        for (int i = 0; i < cnt; i++)
+            hush_free(envs[i]);
+    }
+}
+
+hush_err hush_typing(hush_client *c, const char *peer, int typing)
+{
+    if (!c || !hsdk_valid_username(peer))
+        return HUSH_ERR_INVALID_ARG;
+    pthread_mutex_lock(&c->net_mu);
+    struct hush_net *n = c->net;
+    hush_err e = HUSH_ERR_NOT_RUNNING;
+    if (n) {
+        e = HUSH_OK;
+        pthread_mutex_lock(&n->typing_mu);
+        struct typing_req *t = NULL;
+        for (int i = 0; i < n->ntyping && !t; i++)
+            if (!strcmp(n->typing[i].peer, peer))
+                t = &n->typing[i];
+        if (!t && n->ntyping < NET_MAX_TYPING) {
+            t = &n->typing[n->ntyping++];
+            memset(t, 0, sizeof *t);
+            snprintf(t->peer, sizeof t->peer, "%s", peer);
+        }
+        uint64_t now = now_ms();
+        int send = 0;
+        if (t && (!typing || t->typing != typing || now - t->last_sent_ms >= NET_TYPING_EVERY_MS)) {
+            t->typing = typing ? 1 : 0;
+            t->pending = 1;
+            t->last_sent_ms = now;
+            send = 1;
+        }
+        pthread_mutex_unlock(&n->typing_mu);
+        if (send) {
+            atomic_fetch_or(&n->wake, NET_WAKE_TYPING);
+            lws_cancel_service(n->ctx);
+        }
+    }
+    pthread_mutex_unlock(&c->net_mu);
+    return e;
+}
