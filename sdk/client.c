@@ -54,20 +54,16 @@ static hush_err load_device(hush_client *c)
 /* Verifies the database key against a sealed check value, writing one on first open. */
 static hush_err check_key(hush_client *c)
 {
-    sqlite3_stmt *st;
-    hstore_err se = hstore_prepare(c->db, "SELECT bval FROM meta WHERE key = 'keycheck'", &st);
-    if (se)
-        return hsdk_from_store(se);
-    int row = 0;
-    se = hstore_step(c->db, st, &row);
-    if (se)
-        return hsdk_from_store(se);
-    if (row) {
+    uint8_t *check = NULL;
+    size_t check_len = 0;
+    hush_err ge = hsdk_meta_get_blob(c, "keycheck", &check, &check_len);
+    if (ge)
+        return ge;
+    if (check) {
         uint8_t *pt = NULL;
         size_t len = 0;
-        hush_err e = hsdk_open(c, "hush1|meta|keycheck", sqlite3_column_blob(st, 0),
-                                (size_t)sqlite3_column_bytes(st, 0), &pt, &len);
-        sqlite3_reset(st);
+        hush_err e = hsdk_open(c, "hush1|meta|keycheck", check, check_len, &pt, &len);
+        free(check);
         if (e)
             return e;
         int ok = len == strlen(KEYCHECK_PLAINTEXT) && memcmp(pt, KEYCHECK_PLAINTEXT, len) == 0;
@@ -75,7 +71,8 @@ static hush_err check_key(hush_client *c)
         return ok ? HUSH_OK : HUSH_ERR_DB_KEY;
     }
     /* No check value: a new database — unless sealed data is already there, which means the check
-     * row was deleted (to make a wrong key "work" and write a new check under it). */
+     * row was deleted (to make a wrong key "work" and write a new check under it). The one query
+     * that reads other files' tables, and only counts their rows. */
     int64_t sealed_rows = 0;
     hush_err qe = hsdk_query_int(c, "SELECT (SELECT count(*) FROM local_device) + (SELECT count(*) FROM identities) + "
                                     "(SELECT count(*) FROM sessions) + (SELECT count(*) FROM history)", NULL, &sealed_rows);
@@ -89,13 +86,9 @@ static hush_err check_key(hush_client *c)
                             strlen(KEYCHECK_PLAINTEXT), &ct, &clen);
     if (e)
         return e;
-    se = hstore_prepare(c->db, "INSERT INTO meta (key, bval) VALUES ('keycheck', ?1)", &st);
-    if (se == HSTORE_OK) {
-        sqlite3_bind_blob(st, 1, ct, (int)clen, SQLITE_TRANSIENT);
-        se = hstore_run(c->db, st);
-    }
+    e = hsdk_meta_set_blob(c, "keycheck", ct, clen);
     free(ct);
-    return hsdk_from_store(se);
+    return e;
 }
 
 hush_err hush_client_open(const char *db_path, const uint8_t db_key[HUSH_DB_KEY_BYTES], const hush_open_opts *opts,

@@ -63,6 +63,10 @@ extern const char *const hsdk_migrations[];
 extern const int hsdk_nmigrations;
 hush_err hsdk_meta_get_int(hush_client *c, const char *key, int64_t *out, int *found);
 hush_err hsdk_meta_set_int(hush_client *c, const char *key, int64_t v);
+/* meta blobs and texts (absent: *out NULL / ""). Caller holds the lock. */
+hush_err hsdk_meta_get_blob(hush_client *c, const char *key, uint8_t **out, size_t *len);
+hush_err hsdk_meta_set_blob(hush_client *c, const char *key, const uint8_t *v, size_t len);
+hush_err hsdk_meta_get_text(hush_client *c, const char *key, char *out, size_t cap);
 hush_err hsdk_local_identity(hush_client *c, ratchet_identity_key_pair **out);
 hush_err hsdk_peer_identity(hush_client *c, const char *name, uint32_t dev, uint8_t key[33], int *found);
 /* Keys waiting for the user's decision about (name, dev), oldest first: at most max, their

@@ -499,30 +499,17 @@ static void lws_quiet(int level, const char *line)
 
 static void load_meta_text(hush_client *c, const char *key, char *out, size_t cap)
 {
-    sqlite3_stmt *st;
-    int row = 0;
     hsdk_lock(c);
-    if (hstore_prepare(c->db, "SELECT bval FROM meta WHERE key = ?1", &st) == HSTORE_OK) {
-        sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
-        if (hstore_step(c->db, st, &row) == HSTORE_OK && row) {
-            snprintf(out, cap, "%.*s", sqlite3_column_bytes(st, 0), (const char *)sqlite3_column_blob(st, 0));
-            sqlite3_reset(st);
-        }
-    }
+    if (hsdk_meta_get_text(c, key, out, cap) != HUSH_OK)
+        out[0] = 0; /* not remembered: as if never stored */
     hsdk_unlock(c);
 }
 
 static void store_meta_text(hush_client *c, const char *key, const char *val)
 {
-    sqlite3_stmt *st;
     hsdk_lock(c);
-    if (hstore_prepare(c->db, "INSERT INTO meta (key, bval) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET bval = "
-                              "excluded.bval", &st) == HSTORE_OK) {
-        sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
-        sqlite3_bind_blob(st, 2, val, (int)strlen(val), SQLITE_TRANSIENT);
-        if (hstore_run(c->db, st) != HSTORE_OK) {
-            /* not fatal: it is simply not remembered */
-        }
+    if (hsdk_meta_set_blob(c, key, (const uint8_t *)val, strlen(val)) != HUSH_OK) {
+        /* not fatal: it is simply not remembered */
     }
     hsdk_unlock(c);
 }
@@ -539,16 +526,11 @@ hush_err hush_net_start(hush_client *c, const hush_net_opts *opts, const hush_ca
     char url[300] = "";
     hsdk_lock(c);
     int has = c->has_device;
-    sqlite3_stmt *st;
-    int row = 0;
-    if (opts && opts->relay_url) {
-        snprintf(url, sizeof url, "%s", opts->relay_url);
-    } else if (hstore_prepare(c->db, "SELECT bval FROM meta WHERE key = 'relay_url'", &st) == HSTORE_OK &&
-               hstore_step(c->db, st, &row) == HSTORE_OK && row) {
-        snprintf(url, sizeof url, "%.*s", sqlite3_column_bytes(st, 0), (const char *)sqlite3_column_blob(st, 0));
-        sqlite3_reset(st);
-    }
     hsdk_unlock(c);
+    if (opts && opts->relay_url)
+        snprintf(url, sizeof url, "%s", opts->relay_url);
+    else
+        load_meta_text(c, "relay_url", url, sizeof url);
     if (!has)
         return HUSH_ERR_NO_DEVICE;
     struct hush_net *n = calloc(1, sizeof *n);
@@ -575,15 +557,7 @@ hush_err hush_net_start(hush_client *c, const hush_net_opts *opts, const hush_ca
     /* remember the relay (and the CA file that goes with it) for next time */
     if (opts && opts->ca_file)
         store_meta_text(c, "relay_ca_file", n->ca_file);
-    hsdk_lock(c);
-    if (hstore_prepare(c->db, "INSERT INTO meta (key, bval) VALUES ('relay_url', ?1) "
-                              "ON CONFLICT (key) DO UPDATE SET bval = excluded.bval", &st) == HSTORE_OK) {
-        sqlite3_bind_blob(st, 1, url, (int)strlen(url), SQLITE_TRANSIENT);
-        if (hstore_run(c->db, st) != HSTORE_OK) {
-            /* not fatal: the URL is simply not remembered */
-        }
-    }
-    hsdk_unlock(c);
+    store_meta_text(c, "relay_url", url);
 
     lws_set_log_level(LLL_ERR, lws_quiet);
     struct lws_context_creation_info info;

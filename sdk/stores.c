@@ -173,6 +173,59 @@ hush_err hsdk_meta_get_int(hush_client *c, const char *key, int64_t *out, int *f
     return HUSH_OK;
 }
 
+/* A blob value of meta: on success *out (malloc, caller frees) and *len, or *out NULL when absent. */
+hush_err hsdk_meta_get_blob(hush_client *c, const char *key, uint8_t **out, size_t *len)
+{
+    *out = NULL;
+    *len = 0;
+    sqlite3_stmt *st;
+    hstore_err se = hstore_prepare(c->db, "SELECT bval FROM meta WHERE key = ?1", &st);
+    if (se)
+        return hsdk_from_store(se);
+    sqlite3_bind_text(st, 1, key, -1, SQLITE_TRANSIENT);
+    int row = 0;
+    se = hstore_step(c->db, st, &row);
+    if (se || !row)
+        return hsdk_from_store(se);
+    size_t n = (size_t)sqlite3_column_bytes(st, 0);
+    uint8_t *b = malloc(n + 1);
+    if (b) {
+        if (n)
+            memcpy(b, sqlite3_column_blob(st, 0), n);
+        b[n] = 0;
+    }
+    sqlite3_reset(st);
+    if (!b)
+        return HUSH_ERR_NOMEM;
+    *out = b;
+    *len = n;
+    return HUSH_OK;
+}
+
+hush_err hsdk_meta_set_blob(hush_client *c, const char *key, const uint8_t *v, size_t len)
+{
+    sqlite3_stmt *st;
+    hstore_err se = hstore_prepare(c->db, "INSERT INTO meta (key, bval) VALUES (?1, ?2) "
+                                          "ON CONFLICT (key) DO UPDATE SET bval = excluded.bval", &st);
+    if (se)
+        return hsdk_from_store(se);
+    sqlite3_bind_text(st, 1, key, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_blob(st, 2, v, (int)len, SQLITE_TRANSIENT);
+    return hsdk_from_store(hstore_run(c->db, st));
+}
+
+hush_err hsdk_meta_get_text(hush_client *c, const char *key, char *out, size_t cap)
+{
+    uint8_t *b = NULL;
+    size_t n = 0;
+    out[0] = 0;
+    hush_err e = hsdk_meta_get_blob(c, key, &b, &n);
+    if (!e && b)
+        snprintf(out, cap, "%.*s", (int)n, (const char *)b);
+    free(b);
+    return e;
+}
+
 hush_err hsdk_meta_set_int(hush_client *c, const char *key, int64_t v)
 {
     sqlite3_stmt *st;
