@@ -352,3 +352,239 @@ hush_err hush_outbox_done(hush_client *c, const uint8_t message_id[HUSH_MESSAGE_
     e = outbox_by_id(c, "DELETE FROM outbox_envelopes WHERE message_id = ?1", message_id);
     return e == HUSH_ERR_NOT_FOUND ? HUSH_OK : e;
 }
+
+/* ---------------------------------------------------------------------------------------- */
+/* message states and read marks (the history rows of this device's own messages) */
+
+hush_err hsdk_apply_receipt(hush_client *c, const char *peer, int state, const uint8_t *ids, size_t n)
+{
+    sqlite3_stmt *st;
+    for (size_t i = 0; i < n; i++) {
+        /* Only our own messages to that peer move, and only forward. */
+        hstore_err se = hstore_prepare(c->db, "UPDATE history SET state = ?3 WHERE peer = ?1 AND outgoing = 1 AND "
+                                              "group_id = '' AND message_id = ?2 AND state >= 0 AND state < ?3", &st);
+        if (!se) {
+            sqlite3_bind_text(st, 1, peer, -1, SQLITE_TRANSIENT);
+            sqlite3_bind_blob(st, 2, ids + i * HUSH_MESSAGE_ID_BYTES, HUSH_MESSAGE_ID_BYTES, SQLITE_TRANSIENT);
+            sqlite3_bind_int(st, 3, state);
+            se = hstore_run(c->db, st);
+        }
+        if (se)
+            return hsdk_from_store(se);
+    }
+    return HUSH_OK;
+}
+
+hush_err hsdk_set_message_state(hush_client *c, const uint8_t mid[16], int state)
+{
+    sqlite3_stmt *st;
+    hstore_err se = hstore_prepare(c->db, "UPDATE history SET state = ?2 WHERE outgoing = 1 AND message_id = ?1 AND "
+                                          "(state < ?2 OR ?2 < 0)", &st);
+    if (!se) {
+        sqlite3_bind_blob(st, 1, mid, 16, SQLITE_TRANSIENT);
+        sqlite3_bind_int(st, 2, state);
+        se = hstore_run(c->db, st);
+    }
+    return hsdk_from_store(se);
+}
+
+hush_err hush_message_state(hush_client *c, const uint8_t message_id[HUSH_MESSAGE_ID_BYTES], hush_msg_state *state)
+{
+    if (!c || !message_id || !state)
+        return HUSH_ERR_INVALID_ARG;
+    hsdk_lock(c);
+    sqlite3_stmt *st;
+    int row = 0;
+    hstore_err se = hstore_prepare(c->db, "SELECT state FROM history WHERE outgoing = 1 AND message_id = ?1 LIMIT 1", &st);
+    if (!se) {
+        sqlite3_bind_blob(st, 1, message_id, 16, SQLITE_TRANSIENT);
+        se = hstore_step(c->db, st, &row);
+    }
+    hush_err e = hsdk_from_store(se);
+    if (!e && row) {
+        *state = (hush_msg_state)sqlite3_column_int(st, 0);
+        sqlite3_reset(st);
+    } else if (!e) {
+        e = HUSH_ERR_NOT_FOUND;
+    }
+    hsdk_unlock(c);
+    return e;
+}
+
+hush_err hsdk_history_received(hush_client *c, int64_t local_id, char peer[HUSH_USERNAME_MAX + 1], uint8_t mid[16],
+                               int *read)
+{
+    sqlite3_stmt *st;
+    int row = 0;
+    *read = 0;
+    hstore_err se = hstore_prepare(c->db, "SELECT peer, message_id, read FROM history WHERE id = ?1 AND outgoing = 0 AND "
+                                          "group_id = ''", &st);
+    if (!se) {
+        sqlite3_bind_int64(st, 1, local_id);
+        se = hstore_step(c->db, st, &row);
+    }
+    hush_err e = hsdk_from_store(se);
+    if (!e && row) {
+        snprintf(peer, HUSH_USERNAME_MAX + 1, "%s", (const char *)sqlite3_column_text(st, 0));
+        if (sqlite3_column_bytes(st, 1) == 16)
+            memcpy(mid, sqlite3_column_blob(st, 1), 16);
+        else
+            e = HUSH_ERR_DB_CORRUPT;
+        *read = sqlite3_column_int(st, 2);
+        sqlite3_reset(st);
+    } else if (!e) {
+        e = HUSH_ERR_NOT_FOUND;
+    }
+    return e;
+}
+
+hush_err hsdk_history_set_read(hush_client *c, int64_t local_id)
+{
+    sqlite3_stmt *st;
+    hstore_err se = hstore_prepare(c->db, "UPDATE history SET read = 1 WHERE id = ?1", &st);
+    if (!se) {
+        sqlite3_bind_int64(st, 1, local_id);
+        se = hstore_run(c->db, st);
+    }
+    return hsdk_from_store(se);
+}
+
+void hsdk_history_set_notified(hush_client *c, int64_t local_id)
+{
+    sqlite3_stmt *st;
+    if (hstore_prepare(c->db, "UPDATE history SET notified = 1 WHERE id = ?1", &st) != HSTORE_OK)
+        return;
+    sqlite3_bind_int64(st, 1, local_id);
+    if (hstore_run(c->db, st) != HSTORE_OK) {
+        /* best effort: the message is reported once more after a restart (same local_id) */
+    }
+}
+
+int64_t hsdk_history_next_unnotified(hush_client *c, char peer[HUSH_USERNAME_MAX + 1])
+{
+    sqlite3_stmt *st;
+    int row = 0;
+    int64_t id = 0;
+    peer[0] = 0;
+    if (hstore_prepare(c->db, "SELECT id, peer FROM history WHERE notified = 0 ORDER BY id LIMIT 1", &st) == HSTORE_OK &&
+        hstore_step(c->db, st, &row) == HSTORE_OK && row) {
+        id = sqlite3_column_int64(st, 0);
+        snprintf(peer, HUSH_USERNAME_MAX + 1, "%s", (const char *)sqlite3_column_text(st, 1));
+        sqlite3_reset(st);
+    }
+    return id;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* the outbox as the network thread walks it, and the envelopes made for each row */
+
+int hsdk_outbox_next_after(hush_client *c, int64_t after, const char *skip_peer, int64_t *id,
+                           char peer[HUSH_USERNAME_MAX + 1], uint8_t mid[16], int *kind, uint8_t **body, size_t *len)
+{
+    sqlite3_stmt *st;
+    int row = 0, found = 0;
+    if (hstore_prepare(c->db, "SELECT id, peer, message_id, kind, body FROM outbox WHERE id > ?1 AND peer != ?2 "
+                              "ORDER BY id LIMIT 1", &st) == HSTORE_OK) {
+        sqlite3_bind_int64(st, 1, after);
+        sqlite3_bind_text(st, 2, skip_peer, -1, SQLITE_TRANSIENT);
+        if (hstore_step(c->db, st, &row) == HSTORE_OK && row) {
+            const char *p = (const char *)sqlite3_column_text(st, 1);
+            *id = sqlite3_column_int64(st, 0);
+            snprintf(peer, HUSH_USERNAME_MAX + 1, "%s", p ? p : "");
+            if (sqlite3_column_bytes(st, 2) == 16)
+                memcpy(mid, sqlite3_column_blob(st, 2), 16);
+            *kind = sqlite3_column_int(st, 3);
+            char ad[160];
+            hsdk_outbox_ad(ad, sizeof ad, peer, mid);
+            found = hsdk_open(c, ad, sqlite3_column_blob(st, 4), (size_t)sqlite3_column_bytes(st, 4), body, len) ==
+                    HUSH_OK;
+            sqlite3_reset(st);
+        }
+    }
+    return found;
+}
+
+hush_err hsdk_outbox_empty(hush_client *c, int *empty)
+{
+    int64_t v = 0;
+    /* O(1), not count(*): this runs on every acknowledgement while a backlog drains */
+    hush_err e = hsdk_query_int(c, "SELECT NOT EXISTS (SELECT 1 FROM outbox)", NULL, &v);
+    *empty = (int)v;
+    return e;
+}
+
+static hstore_err delete_by_mid(hush_client *c, const char *sql, const uint8_t mid[16], int kind)
+{
+    sqlite3_stmt *st;
+    hstore_err se = hstore_prepare(c->db, sql, &st);
+    if (se)
+        return se;
+    sqlite3_bind_blob(st, 1, mid, 16, SQLITE_TRANSIENT);
+    if (kind >= 0)
+        sqlite3_bind_int(st, 2, kind);
+    return hstore_run(c->db, st);
+}
+
+hush_err hsdk_outbox_remove_text(hush_client *c, const uint8_t mid[16])
+{
+    hstore_err se = delete_by_mid(c, "DELETE FROM outbox WHERE message_id = ?1 AND kind = ?2", mid,
+                                  HUSH__CONTENT_KIND__CONTENT_TEXT);
+    if (se)
+        return hsdk_from_store(se);
+    if (hstore_changes(c->db) == 0)
+        return HUSH_ERR_NOT_FOUND;
+    return hsdk_from_store(delete_by_mid(c, "DELETE FROM outbox_envelopes WHERE message_id = ?1", mid, -1));
+}
+
+void hsdk_outbox_remove(hush_client *c, int64_t outbox_id, const uint8_t mid[16])
+{
+    sqlite3_stmt *st;
+    if (hstore_prepare(c->db, "DELETE FROM outbox WHERE id = ?1", &st) == HSTORE_OK) {
+        sqlite3_bind_int64(st, 1, outbox_id);
+        if (hstore_run(c->db, st) != HSTORE_OK) {
+            /* the caller's commit fails too, and the row is resent (same id, deduplicated) */
+        }
+    }
+    hsdk_envelopes_forget(c, mid);
+}
+
+void hsdk_envelopes_forget(hush_client *c, const uint8_t mid[16])
+{
+    if (delete_by_mid(c, "DELETE FROM outbox_envelopes WHERE message_id = ?1", mid, -1) != HSTORE_OK) {
+        /* best effort: a stale envelope is only resent, never shown twice */
+    }
+}
+
+uint8_t *hsdk_envelope_get(hush_client *c, const uint8_t mid[16], uint32_t dev, size_t *len)
+{
+    sqlite3_stmt *st;
+    int row = 0;
+    uint8_t *out = NULL;
+    if (hstore_prepare(c->db, "SELECT envelope FROM outbox_envelopes WHERE message_id = ?1 AND device_id = ?2", &st) ==
+        HSTORE_OK) {
+        sqlite3_bind_blob(st, 1, mid, 16, SQLITE_TRANSIENT);
+        sqlite3_bind_int64(st, 2, dev);
+        if (hstore_step(c->db, st, &row) == HSTORE_OK && row) {
+            *len = (size_t)sqlite3_column_bytes(st, 0);
+            out = malloc(*len ? *len : 1);
+            if (out)
+                memcpy(out, sqlite3_column_blob(st, 0), *len);
+            sqlite3_reset(st);
+        }
+    }
+    return out;
+}
+
+hush_err hsdk_envelope_put(hush_client *c, const uint8_t mid[16], uint32_t dev, const uint8_t *env, size_t len)
+{
+    sqlite3_stmt *st;
+    hstore_err se = hstore_prepare(c->db, "INSERT OR REPLACE INTO outbox_envelopes (message_id, device_id, envelope) "
+                                          "VALUES (?1, ?2, ?3)", &st);
+    if (!se) {
+        sqlite3_bind_blob(st, 1, mid, 16, SQLITE_TRANSIENT);
+        sqlite3_bind_int64(st, 2, dev);
+        sqlite3_bind_blob(st, 3, env, (int)len, SQLITE_TRANSIENT);
+        se = hstore_run(c->db, st);
+    }
+    return hsdk_from_store(se);
+}

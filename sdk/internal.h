@@ -158,9 +158,32 @@ hush_err hsdk_history_insert(hush_client *c, const char *peer, uint32_t peer_dev
 void hsdk_outbox_ad(char *ad, size_t cap, const char *peer, const uint8_t mid[16]);
 hush_err hsdk_outbox_insert(hush_client *c, const char *peer, int kind, const uint8_t mid[16], const uint8_t *body,
                              size_t len);
+/* Outgoing messages' states, forward only (a receipt never moves one back), and received rows'
+ * read and notified marks. Caller holds the lock. */
+hush_err hsdk_apply_receipt(hush_client *c, const char *peer, int state, const uint8_t *ids, size_t n);
+hush_err hsdk_set_message_state(hush_client *c, const uint8_t mid[16], int state);
+/* A received pairwise message: its peer, id and read mark. HUSH_ERR_NOT_FOUND otherwise. */
+hush_err hsdk_history_received(hush_client *c, int64_t local_id, char peer[HUSH_USERNAME_MAX + 1], uint8_t mid[16],
+                               int *read);
+hush_err hsdk_history_set_read(hush_client *c, int64_t local_id);
+void hsdk_history_set_notified(hush_client *c, int64_t local_id);
+/* The oldest message stored but not yet reported to the app (0: none). */
+int64_t hsdk_history_next_unnotified(hush_client *c, char peer[HUSH_USERNAME_MAX + 1]);
+/* The outbox as the network thread walks it: the first row after `after` not addressed to
+ * skip_peer, body opened (caller frees *body). 1 if found. */
+int hsdk_outbox_next_after(hush_client *c, int64_t after, const char *skip_peer, int64_t *id,
+                           char peer[HUSH_USERNAME_MAX + 1], uint8_t mid[16], int *kind, uint8_t **body, size_t *len);
+hush_err hsdk_outbox_empty(hush_client *c, int *empty);
+/* Takes a queued text out (HUSH_ERR_NOT_FOUND when it is not queued) with its envelopes. */
+hush_err hsdk_outbox_remove_text(hush_client *c, const uint8_t mid[16]);
+/* An acknowledged or failed row goes, with its envelopes. */
+void hsdk_outbox_remove(hush_client *c, int64_t outbox_id, const uint8_t mid[16]);
+/* The envelopes made for an outbox row, one per device, kept so a retry sends the same bytes. */
+uint8_t *hsdk_envelope_get(hush_client *c, const uint8_t mid[16], uint32_t dev, size_t *len);
+hush_err hsdk_envelope_put(hush_client *c, const uint8_t mid[16], uint32_t dev, const uint8_t *env, size_t len);
+void hsdk_envelopes_forget(hush_client *c, const uint8_t mid[16]);
 
 /* messaging.c */
-hush_err hsdk_apply_receipt(hush_client *c, const char *peer, int state, const uint8_t *ids, size_t n);
 hush_err hsdk_encrypt_kind(hush_client *c, const char *peer, uint32_t device_id, int kind, const uint8_t *body,
                             size_t len, const uint8_t mid[HUSH_MESSAGE_ID_BYTES], int history, uint8_t **envelope,
                             size_t *envelope_len);

@@ -14,38 +14,6 @@
 #define RECEIPT_DELIVERED 2
 #define RECEIPT_READ 3
 
-hush_err hsdk_apply_receipt(hush_client *c, const char *peer, int state, const uint8_t *ids, size_t n)
-{
-    sqlite3_stmt *st;
-    for (size_t i = 0; i < n; i++) {
-        /* Only our own messages to that peer move, and only forward. */
-        hstore_err se = hstore_prepare(c->db, "UPDATE history SET state = ?3 WHERE peer = ?1 AND outgoing = 1 AND "
-                                              "group_id = '' AND message_id = ?2 AND state >= 0 AND state < ?3", &st);
-        if (!se) {
-            sqlite3_bind_text(st, 1, peer, -1, SQLITE_TRANSIENT);
-            sqlite3_bind_blob(st, 2, ids + i * HUSH_MESSAGE_ID_BYTES, HUSH_MESSAGE_ID_BYTES, SQLITE_TRANSIENT);
-            sqlite3_bind_int(st, 3, state);
-            se = hstore_run(c->db, st);
-        }
-        if (se)
-            return hsdk_from_store(se);
-    }
-    return HUSH_OK;
-}
-
-hush_err hsdk_set_message_state(hush_client *c, const uint8_t mid[16], int state)
-{
-    sqlite3_stmt *st;
-    hstore_err se = hstore_prepare(c->db, "UPDATE history SET state = ?2 WHERE outgoing = 1 AND message_id = ?1 AND "
-                                          "(state < ?2 OR ?2 < 0)", &st);
-    if (!se) {
-        sqlite3_bind_blob(st, 1, mid, 16, SQLITE_TRANSIENT);
-        sqlite3_bind_int(st, 2, state);
-        se = hstore_run(c->db, st);
-    }
-    return hsdk_from_store(se);
-}
-
 hush_err hsdk_queue_receipt(hush_client *c, const char *peer, int state, const uint8_t mid[16])
 {
     sqlite3_stmt *st;
@@ -158,22 +126,7 @@ hush_err hush_outbox_cancel(hush_client *c, const uint8_t message_id[HUSH_MESSAG
     hsdk_lock(c);
     hush_err e = hsdk_begin(c);
     if (!e) {
-        sqlite3_stmt *st;
-        hstore_err se = hstore_prepare(c->db, "DELETE FROM outbox WHERE message_id = ?1 AND kind = ?2", &st);
-        if (!se) {
-            sqlite3_bind_blob(st, 1, message_id, HUSH_MESSAGE_ID_BYTES, SQLITE_TRANSIENT);
-            sqlite3_bind_int(st, 2, HUSH__CONTENT_KIND__CONTENT_TEXT);
-            se = hstore_run(c->db, st);
-        }
-        e = hsdk_from_store(se);
-        if (!e && hstore_changes(c->db) == 0)
-            e = HUSH_ERR_NOT_FOUND; /* sent already, or no such message */
-        if (!e && !(se = hstore_prepare(c->db, "DELETE FROM outbox_envelopes WHERE message_id = ?1", &st))) {
-            sqlite3_bind_blob(st, 1, message_id, HUSH_MESSAGE_ID_BYTES, SQLITE_TRANSIENT);
-            se = hstore_run(c->db, st);
-        }
-        if (!e)
-            e = hsdk_from_store(se);
+        e = hsdk_outbox_remove_text(c, message_id); /* HUSH_ERR_NOT_FOUND: sent already, or unknown */
         if (!e)
             e = hsdk_set_message_state(c, message_id, HUSH_MSG_FAILED);
         e = hsdk_end(c, e);
@@ -184,64 +137,17 @@ hush_err hush_outbox_cancel(hush_client *c, const uint8_t message_id[HUSH_MESSAG
     return e;
 }
 
-hush_err hush_message_state(hush_client *c, const uint8_t message_id[HUSH_MESSAGE_ID_BYTES], hush_msg_state *state)
-{
-    if (!c || !message_id || !state)
-        return HUSH_ERR_INVALID_ARG;
-    hsdk_lock(c);
-    sqlite3_stmt *st;
-    int row = 0;
-    hstore_err se = hstore_prepare(c->db, "SELECT state FROM history WHERE outgoing = 1 AND message_id = ?1 LIMIT 1", &st);
-    if (!se) {
-        sqlite3_bind_blob(st, 1, message_id, 16, SQLITE_TRANSIENT);
-        se = hstore_step(c->db, st, &row);
-    }
-    hush_err e = hsdk_from_store(se);
-    if (!e && row) {
-        *state = (hush_msg_state)sqlite3_column_int(st, 0);
-        sqlite3_reset(st);
-    } else if (!e) {
-        e = HUSH_ERR_NOT_FOUND;
-    }
-    hsdk_unlock(c);
-    return e;
-}
-
 hush_err hush_mark_read(hush_client *c, int64_t local_id)
 {
     if (!c || local_id <= 0)
         return HUSH_ERR_INVALID_ARG;
     hsdk_lock(c);
-    sqlite3_stmt *st;
-    int row = 0;
     char peer[HUSH_USERNAME_MAX + 1] = "";
     uint8_t mid[16];
     int already = 0;
-    hstore_err se = hstore_prepare(c->db, "SELECT peer, message_id, read FROM history WHERE id = ?1 AND outgoing = 0 AND "
-                                          "group_id = ''", &st);
-    if (!se) {
-        sqlite3_bind_int64(st, 1, local_id);
-        se = hstore_step(c->db, st, &row);
-    }
-    hush_err e = hsdk_from_store(se);
-    if (!e && row) {
-        snprintf(peer, sizeof peer, "%s", (const char *)sqlite3_column_text(st, 0));
-        if (sqlite3_column_bytes(st, 1) == 16)
-            memcpy(mid, sqlite3_column_blob(st, 1), 16);
-        else
-            e = HUSH_ERR_DB_CORRUPT;
-        already = sqlite3_column_int(st, 2);
-        sqlite3_reset(st);
-    } else if (!e) {
-        e = HUSH_ERR_NOT_FOUND;
-    }
+    hush_err e = hsdk_history_received(c, local_id, peer, mid, &already);
     if (!e && !already && (e = hsdk_begin(c)) == HUSH_OK) {
-        se = hstore_prepare(c->db, "UPDATE history SET read = 1 WHERE id = ?1", &st);
-        if (!se) {
-            sqlite3_bind_int64(st, 1, local_id);
-            se = hstore_run(c->db, st);
-        }
-        e = hsdk_from_store(se);
+        e = hsdk_history_set_read(c, local_id);
         if (!e && hsdk_valid_username(peer))
             e = hsdk_queue_receipt(c, peer, RECEIPT_READ, mid);
         if (!e) {

@@ -748,19 +748,8 @@ static int pred_flushed(hush_client *c, struct hush_net *n, hush_err *e)
     *e = HUSH_OK;
     int empty = 0;
     hsdk_lock(c);
-    sqlite3_stmt *st;
-    int row = 0;
-    /* O(1), not count(*): this runs on every acknowledgement while a backlog drains */
-    hstore_err se = hstore_prepare(c->db, "SELECT NOT EXISTS (SELECT 1 FROM outbox)", &st);
-    if (!se)
-        se = hstore_step(c->db, st, &row);
-    if (!se && row) {
-        empty = sqlite3_column_int(st, 0);
-        sqlite3_reset(st);
-    }
+    *e = hsdk_outbox_empty(c, &empty);
     hsdk_unlock(c);
-    if (se)
-        *e = hsdk_from_store(se);
     return *e || empty;
 }
 

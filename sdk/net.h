@@ -195,7 +195,6 @@ void hnet_reprocess_pending(struct hush_net *n);
 void hnet_replay_unnotified(struct hush_net *n);
 
 /* messaging.c */
-hush_err hsdk_set_message_state(hush_client *c, const uint8_t mid[16], int state);
 /* Records that a receipt (state 2 delivered, 3 read) is owed for mid; caller holds the lock. */
 hush_err hsdk_queue_receipt(hush_client *c, const char *peer, int state, const uint8_t mid[16]);
 /* Turns owed receipts into outbox rows, one per (peer, state) per 256 ids; caller holds the lock. */

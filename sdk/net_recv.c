@@ -30,7 +30,7 @@
  * delivery receipt (pairwise texts). */
 static hush_err mark_notified(hush_client *c, const hush_message *m)
 {
-    hnet_exec1(c, "UPDATE history SET notified = 1 WHERE id = ?1", NULL, NULL, m->local_id);
+    hsdk_history_set_notified(c, m->local_id);
     return m->kind == HUSH_KIND_TEXT ? hsdk_queue_receipt(c, m->sender, HUSH_MSG_DELIVERED, m->message_id) : HUSH_OK;
 }
 
@@ -296,18 +296,9 @@ void hnet_reprocess_pending(struct hush_net *n)
 void hnet_replay_unnotified(struct hush_net *n)
 {
     for (;;) {
+        char peer[HUSH_USERNAME_MAX + 1];
         hsdk_lock(n->c);
-        sqlite3_stmt *st;
-        int row = 0;
-        int64_t id = 0;
-        char peer[HUSH_USERNAME_MAX + 1] = "";
-        if (hstore_prepare(n->c->db, "SELECT id, peer FROM history WHERE notified = 0 ORDER BY id LIMIT 1", &st) ==
-                HSTORE_OK &&
-            hstore_step(n->c->db, st, &row) == HSTORE_OK && row) {
-            id = sqlite3_column_int64(st, 0);
-            snprintf(peer, sizeof peer, "%s", (const char *)sqlite3_column_text(st, 1));
-            sqlite3_reset(st);
-        }
+        int64_t id = hsdk_history_next_unnotified(n->c, peer);
         hsdk_unlock(n->c);
         if (!id)
             return;
@@ -333,7 +324,7 @@ void hnet_replay_unnotified(struct hush_net *n)
             notify_and_mark(n, &m);
         } else {
             hsdk_lock(n->c);
-            hnet_exec1(n->c, "UPDATE history SET notified = 1 WHERE id = ?1", NULL, NULL, id);
+            hsdk_history_set_notified(n->c, id);
             hsdk_unlock(n->c);
         }
         hush_history_free(h, cnt);

@@ -29,26 +29,7 @@
 static int next_outbox_row(hush_client *c, int64_t after, const char *skip_peer, struct orow *o)
 {
     hsdk_lock(c);
-    sqlite3_stmt *st;
-    int row = 0, found = 0;
-    if (hstore_prepare(c->db, "SELECT id, peer, message_id, kind, body FROM outbox WHERE id > ?1 AND peer != ?2 "
-                              "ORDER BY id LIMIT 1", &st) == HSTORE_OK) {
-        sqlite3_bind_int64(st, 1, after);
-        sqlite3_bind_text(st, 2, skip_peer, -1, SQLITE_TRANSIENT);
-        if (hstore_step(c->db, st, &row) == HSTORE_OK && row) {
-            const char *peer = (const char *)sqlite3_column_text(st, 1);
-            o->id = sqlite3_column_int64(st, 0);
-            snprintf(o->peer, sizeof o->peer, "%s", peer ? peer : "");
-            if (sqlite3_column_bytes(st, 2) == 16)
-                memcpy(o->mid, sqlite3_column_blob(st, 2), 16);
-            o->kind = sqlite3_column_int(st, 3);
-            char ad[160];
-            hsdk_outbox_ad(ad, sizeof ad, o->peer, o->mid);
-            found = hsdk_open(c, ad, sqlite3_column_blob(st, 4), (size_t)sqlite3_column_bytes(st, 4), &o->body,
-                               &o->len) == HUSH_OK;
-            sqlite3_reset(st);
-        }
-    }
+    int found = hsdk_outbox_next_after(c, after, skip_peer, &o->id, o->peer, o->mid, &o->kind, &o->body, &o->len);
     hsdk_unlock(c);
     return found;
 }
@@ -63,7 +44,7 @@ static void forget_devices(hush_client *c, const char *peer)
 static void forget_envelopes(hush_client *c, const uint8_t mid[16])
 {
     hsdk_lock(c);
-    hnet_exec1(c, "DELETE FROM outbox_envelopes WHERE message_id = ?1", NULL, mid, -1);
+    hsdk_envelopes_forget(c, mid);
     hsdk_unlock(c);
 }
 
@@ -71,21 +52,7 @@ static void forget_envelopes(hush_client *c, const uint8_t mid[16])
 static uint8_t *stored_envelope(hush_client *c, const uint8_t mid[16], uint32_t dev, size_t *len)
 {
     hsdk_lock(c);
-    sqlite3_stmt *st;
-    int row = 0;
-    uint8_t *out = NULL;
-    if (hstore_prepare(c->db, "SELECT envelope FROM outbox_envelopes WHERE message_id = ?1 AND device_id = ?2", &st) ==
-        HSTORE_OK) {
-        sqlite3_bind_blob(st, 1, mid, 16, SQLITE_TRANSIENT);
-        sqlite3_bind_int64(st, 2, dev);
-        if (hstore_step(c->db, st, &row) == HSTORE_OK && row) {
-            *len = (size_t)sqlite3_column_bytes(st, 0);
-            out = malloc(*len ? *len : 1);
-            if (out)
-                memcpy(out, sqlite3_column_blob(st, 0), *len);
-            sqlite3_reset(st);
-        }
-    }
+    uint8_t *out = hsdk_envelope_get(c, mid, dev, len);
     hsdk_unlock(c);
     return out;
 }
@@ -100,18 +67,8 @@ static uint8_t *make_envelope(struct hush_net *n, const struct orow *o, uint32_t
     *err = hsdk_begin(c);
     if (!*err) {
         *err = hsdk_encrypt_kind(c, o->peer, dev, o->kind, o->body, o->len, o->mid, 0, &env, len);
-        if (!*err) {
-            sqlite3_stmt *st;
-            hstore_err se = hstore_prepare(c->db, "INSERT OR REPLACE INTO outbox_envelopes (message_id, device_id, envelope) "
-                                                  "VALUES (?1, ?2, ?3)", &st);
-            if (!se) {
-                sqlite3_bind_blob(st, 1, o->mid, 16, SQLITE_TRANSIENT);
-                sqlite3_bind_int64(st, 2, dev);
-                sqlite3_bind_blob(st, 3, env, (int)*len, SQLITE_TRANSIENT);
-                se = hstore_run(c->db, st);
-            }
-            *err = hsdk_from_store(se);
-        }
+        if (!*err)
+            *err = hsdk_envelope_put(c, o->mid, dev, env, *len);
         if (!*err)
             *err = hsdk_commit(c);
         else
@@ -136,8 +93,7 @@ static void outbox_finished(struct hush_net *n, int64_t outbox_id, const uint8_t
     hush_client *c = n->c;
     hsdk_lock(c);
     if (hsdk_begin(c) == HUSH_OK) {
-        hnet_exec1(c, "DELETE FROM outbox WHERE id = ?1", NULL, NULL, outbox_id);
-        hnet_exec1(c, "DELETE FROM outbox_envelopes WHERE message_id = ?1", NULL, mid, -1);
+        hsdk_outbox_remove(c, outbox_id, mid);
         if (kind == HUSH__CONTENT_KIND__CONTENT_TEXT)
             hsdk_set_message_state(c, mid, state);
         if (hsdk_commit(c)) {
