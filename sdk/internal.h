@@ -78,11 +78,23 @@ hush_err hsdk_pending_candidates(hush_client *c, const char *name, uint32_t dev,
                                   size_t max, size_t *n);
 hush_err hsdk_peer_identity_other(hush_client *c, const char *name, uint32_t dev, uint8_t key[33], int *found);
 hush_err hsdk_save_peer_identity(hush_client *c, const char *name, uint32_t dev, const uint8_t *key, size_t len);
+/* 1 in *any when some key of `name` waits for a decision. Caller holds the lock. */
+hush_err hsdk_pending_any(hush_client *c, const char *name, int *any);
 /* Removes every key waiting for a decision about (name, dev). Caller holds the lock. */
 hush_err hsdk_pending_delete(hush_client *c, const char *name, uint32_t dev);
 /* After a library call failed because a different key claimed an address (c->untrusted): keeps
  * that key as a pending candidate and returns HUSH_ERR_IDENTITY_CHANGED (or the storage error). */
 hush_err hsdk_after_untrusted(hush_client *c);
+
+/* held.c: envelopes held for an identity decision (table pending_inbox). Caller holds the lock. */
+hush_err hsdk_held_stats(hush_client *c, const char *peer, uint32_t dev, int64_t *peer_count, int64_t *peer_bytes,
+                         int64_t *dev_count);
+hush_err hsdk_held_put(hush_client *c, const char *peer, uint32_t dev, const uint8_t *env, size_t len, uint64_t now_ms);
+/* The oldest held envelope whose sender is no longer pending (0: none); *env is the caller's. */
+int64_t hsdk_held_next_released(hush_client *c, char peer[HUSH_USERNAME_MAX + 1], uint32_t *dev, uint8_t **env,
+                                size_t *len);
+void hsdk_held_delete(hush_client *c, int64_t id);
+hush_err hsdk_held_drop(hush_client *c, const char *peer, uint32_t dev);
 
 /* peers.c: the device ids of each contact as the relay last listed them (table peer_devices).
  * Caller holds the lock for _forget and _add; _list takes it. */
@@ -184,6 +196,9 @@ hush_err hsdk_envelope_put(hush_client *c, const uint8_t mid[16], uint32_t dev, 
 void hsdk_envelopes_forget(hush_client *c, const uint8_t mid[16]);
 
 /* messaging.c */
+/* The stored presence list of `kind` (PRESENCE_ALLOW / _SUBSCRIBE, net.h): up to max names, each
+ * the caller's to free. Caller holds the lock. */
+size_t hsdk_presence_prefs(hush_client *c, int kind, char **names, size_t max);
 hush_err hsdk_encrypt_kind(hush_client *c, const char *peer, uint32_t device_id, int kind, const uint8_t *body,
                             size_t len, const uint8_t mid[HUSH_MESSAGE_ID_BYTES], int history, uint8_t **envelope,
                             size_t *envelope_len);

@@ -205,28 +205,19 @@ hush_err hush_presence_subscribe(hush_client *c, const char *const *users, size_
     return set_prefs(c, PRESENCE_SUBSCRIBE, users, n);
 }
 
-hush_err hush_peer_devices(hush_client *c, const char *peer, uint32_t *out, size_t max, size_t *count)
+size_t hsdk_presence_prefs(hush_client *c, int kind, char **names, size_t max)
 {
-    if (!count)
-        return HUSH_ERR_INVALID_ARG;
-    *count = 0;
-    if (!c || !hsdk_valid_username(peer) || (!out && max))
-        return HUSH_ERR_INVALID_ARG;
-    hsdk_lock(c);
     sqlite3_stmt *st;
     int row = 0;
-    hstore_err se = hstore_prepare(c->db, "SELECT device_id FROM identities WHERE name = ?1 UNION "
-                                          "SELECT device_id FROM pending_identities WHERE name = ?1 ORDER BY 1", &st);
-    if (!se) {
-        sqlite3_bind_blob(st, 1, peer, (int)strlen(peer), SQLITE_TRANSIENT);
-        while ((se = hstore_step(c->db, st, &row)) == HSTORE_OK && row) {
-            if (*count < max)
-                out[*count] = (uint32_t)sqlite3_column_int64(st, 0);
-            (*count)++;
+    size_t cnt = 0;
+    if (hstore_prepare(c->db, "SELECT username FROM presence_prefs WHERE kind = ?1 ORDER BY username", &st) == HSTORE_OK) {
+        sqlite3_bind_int(st, 1, kind);
+        while (cnt < max && hstore_step(c->db, st, &row) == HSTORE_OK && row) {
+            names[cnt] = strdup((const char *)sqlite3_column_text(st, 0));
+            if (names[cnt])
+                cnt++;
         }
+        sqlite3_reset(st);
     }
-    hsdk_unlock(c);
-    if (*count > max)
-        *count = max;
-    return hsdk_from_store(se);
+    return cnt;
 }

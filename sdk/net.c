@@ -292,17 +292,11 @@ static void connect_now(struct hush_net *n)
 static int identity_pending_for(hush_client *c, const char *peer)
 {
     hsdk_lock(c);
-    sqlite3_stmt *st;
-    int row = 0;
-    if (hstore_prepare(c->db, "SELECT 1 FROM pending_identities WHERE name = ?1 LIMIT 1", &st) == HSTORE_OK) {
-        sqlite3_bind_blob(st, 1, peer, (int)strlen(peer), SQLITE_TRANSIENT);
-        if (hstore_step(c->db, st, &row) != HSTORE_OK)
-            row = 1; /* when unsure, keep waiting */
-        else if (row)
-            sqlite3_reset(st);
-    }
+    int any = 1; /* when unsure, keep waiting */
+    if (hsdk_pending_any(c, peer, &any) != HUSH_OK)
+        any = 1;
     hsdk_unlock(c);
-    return row;
+    return any;
 }
 
 static void tick_cb(lws_sorted_usec_list_t *sul)

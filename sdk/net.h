@@ -164,7 +164,6 @@ void hnet_queue_frame(struct hush_net *n, Hush__Frame *f);
 struct req *hnet_add_req(struct hush_net *n, enum req_type t);
 int hnet_take_req(struct hush_net *n, uint64_t id, struct req *out);
 void hnet_send_acks(struct hush_net *n, uint64_t *seqs, size_t count);
-void hnet_exec1(hush_client *c, const char *sql, const char *text, const uint8_t *blob, int64_t num);
 void hnet_report_state(struct hush_net *n, const char *peer, const uint8_t mid[16], int state);
 void hnet_on_identity(struct hush_net *n, const char *peer, uint32_t dev);
 

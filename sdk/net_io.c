@@ -146,22 +146,6 @@ void hnet_send_acks(struct hush_net *n, uint64_t *seqs, size_t count)
     hnet_queue_frame(n, &f);
 }
 
-void hnet_exec1(hush_client *c, const char *sql, const char *text, const uint8_t *blob, int64_t num)
-{
-    sqlite3_stmt *st;
-    if (hstore_prepare(c->db, sql, &st) != HSTORE_OK)
-        return;
-    if (text)
-        sqlite3_bind_text(st, 1, text, -1, SQLITE_TRANSIENT);
-    if (blob)
-        sqlite3_bind_blob(st, text ? 2 : 1, blob, 16, SQLITE_TRANSIENT);
-    if (num >= 0)
-        sqlite3_bind_int64(st, sqlite3_bind_parameter_count(st), num);
-    if (hstore_run(c->db, st) != HSTORE_OK) {
-        /* best effort: the worst outcome is a redundant fetch or resend later */
-    }
-}
-
 /* Tells the app a message's new state, unless a later state was already recorded (receipts can
  * arrive out of order: a read receipt before the delivery one, or before the relay's answer to
  * the send). What the app sees never goes backwards. */

@@ -90,18 +90,7 @@ void hnet_send_presence(struct hush_net *n)
         char *names[1000];
         size_t cnt = 0;
         hsdk_lock(n->c);
-        sqlite3_stmt *st;
-        int row = 0;
-        if (hstore_prepare(n->c->db, "SELECT username FROM presence_prefs WHERE kind = ?1 ORDER BY username", &st) ==
-            HSTORE_OK) {
-            sqlite3_bind_int(st, 1, kind);
-            while (cnt < 1000 && hstore_step(n->c->db, st, &row) == HSTORE_OK && row) {
-                names[cnt] = strdup((const char *)sqlite3_column_text(st, 0));
-                if (names[cnt])
-                    cnt++;
-            }
-            sqlite3_reset(st);
-        }
+        cnt = hsdk_presence_prefs(n->c, kind, names, 1000);
         hsdk_unlock(n->c);
         struct req *r = hnet_add_req(n, R_OTHER);
         if (r && (kind == PRESENCE_ALLOW || cnt > 0)) {

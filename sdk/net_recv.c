@@ -76,22 +76,8 @@ static void inbound_store(struct hush_net *n, struct inbound *in, int from_pendi
     if (in->e == HUSH_ERR_IDENTITY_CHANGED && !from_pending) {
         /* keep the envelope until the user decides, and let the relay forget it */
         hsdk_lock(n->c);
-        sqlite3_stmt *st;
         int64_t peer_count = 0, peer_bytes = 0, dev_count = 0;
-        int row = 0;
-        hstore_err se = hstore_prepare(n->c->db, "SELECT count(*), coalesce(sum(length(envelope)), 0), "
-                                                 "coalesce(sum(device_id = ?2), 0) FROM pending_inbox WHERE peer = ?1", &st);
-        if (!se) {
-            sqlite3_bind_text(st, 1, in->from, -1, SQLITE_TRANSIENT);
-            sqlite3_bind_int64(st, 2, in->dev);
-            se = hstore_step(n->c->db, st, &row);
-            if (!se && row) {
-                peer_count = sqlite3_column_int64(st, 0);
-                peer_bytes = sqlite3_column_int64(st, 1);
-                dev_count = sqlite3_column_int64(st, 2);
-                sqlite3_reset(st);
-            }
-        }
+        hush_err se = hsdk_held_stats(n->c, in->from, in->dev, &peer_count, &peer_bytes, &dev_count);
         in->held_first = dev_count == 0;
         if (!se && (peer_count >= HELD_MAX_PER_PEER || peer_bytes + (int64_t)in->len > (int64_t)HELD_BYTES_PER_PEER)) {
             hsdk_unlock(n->c);
@@ -99,15 +85,7 @@ static void inbound_store(struct hush_net *n, struct inbound *in, int from_pendi
             return;
         }
         if (!se)
-            se = hstore_prepare(n->c->db, "INSERT INTO pending_inbox (peer, device_id, envelope, received_at) "
-                                          "VALUES (?1, ?2, ?3, ?4)", &st);
-        if (!se) {
-            sqlite3_bind_text(st, 1, in->from, -1, SQLITE_TRANSIENT);
-            sqlite3_bind_int64(st, 2, in->dev);
-            sqlite3_bind_blob(st, 3, in->env, (int)in->len, SQLITE_TRANSIENT);
-            sqlite3_bind_int64(st, 4, (int64_t)now_ms());
-            se = hstore_run(n->c->db, st);
-        }
+            se = hsdk_held_put(n->c, in->from, in->dev, in->env, in->len, now_ms());
         hsdk_unlock(n->c);
         if (se)
             in->e = HUSH_ERR_STORAGE; /* not kept: the relay must deliver it again */
@@ -238,27 +216,12 @@ void hnet_batch_cb(lws_sorted_usec_list_t *sul)
 void hnet_reprocess_pending(struct hush_net *n)
 {
     for (;;) {
-        hsdk_lock(n->c);
-        sqlite3_stmt *st;
-        int row = 0;
-        int64_t id = 0;
-        char peer[HUSH_USERNAME_MAX + 1] = "";
+        char peer[HUSH_USERNAME_MAX + 1];
         uint32_t dev = 0;
         uint8_t *env = NULL;
         size_t len = 0;
-        if (hstore_prepare(n->c->db, "SELECT p.id, p.peer, p.device_id, p.envelope FROM pending_inbox p WHERE NOT EXISTS "
-                                     "(SELECT 1 FROM pending_identities i WHERE i.name = CAST(p.peer AS BLOB) AND "
-                                     "i.device_id = p.device_id) ORDER BY p.id LIMIT 1", &st) == HSTORE_OK &&
-            hstore_step(n->c->db, st, &row) == HSTORE_OK && row) {
-            id = sqlite3_column_int64(st, 0);
-            snprintf(peer, sizeof peer, "%s", (const char *)sqlite3_column_text(st, 1));
-            dev = (uint32_t)sqlite3_column_int64(st, 2);
-            len = (size_t)sqlite3_column_bytes(st, 3);
-            env = malloc(len ? len : 1);
-            if (env)
-                memcpy(env, sqlite3_column_blob(st, 3), len);
-            sqlite3_reset(st);
-        }
+        hsdk_lock(n->c);
+        int64_t id = hsdk_held_next_released(n->c, peer, &dev, &env, &len);
         hsdk_unlock(n->c);
         if (!id || !env) {
             free(env);
@@ -287,7 +250,7 @@ void hnet_reprocess_pending(struct hush_net *n)
         }
         free(env);
         hsdk_lock(n->c);
-        hnet_exec1(n->c, "DELETE FROM pending_inbox WHERE id = ?1", NULL, NULL, id);
+        hsdk_held_delete(n->c, id);
         hsdk_unlock(n->c);
     }
 }

@@ -947,3 +947,45 @@ hush_err hsdk_after_untrusted(hush_client *c)
     hush_err e = save_pending_identity(c);
     return e ? e : HUSH_ERR_IDENTITY_CHANGED;
 }
+
+hush_err hsdk_pending_any(hush_client *c, const char *name, int *any)
+{
+    sqlite3_stmt *st;
+    int row = 0;
+    *any = 0;
+    hstore_err se = hstore_prepare(c->db, "SELECT 1 FROM pending_identities WHERE name = ?1 LIMIT 1", &st);
+    if (!se) {
+        sqlite3_bind_blob(st, 1, name, (int)strlen(name), SQLITE_TRANSIENT);
+        se = hstore_step(c->db, st, &row);
+        if (!se && row)
+            sqlite3_reset(st);
+    }
+    *any = row;
+    return hsdk_from_store(se);
+}
+
+hush_err hush_peer_devices(hush_client *c, const char *peer, uint32_t *out, size_t max, size_t *count)
+{
+    if (!count)
+        return HUSH_ERR_INVALID_ARG;
+    *count = 0;
+    if (!c || !hsdk_valid_username(peer) || (!out && max))
+        return HUSH_ERR_INVALID_ARG;
+    hsdk_lock(c);
+    sqlite3_stmt *st;
+    int row = 0;
+    hstore_err se = hstore_prepare(c->db, "SELECT device_id FROM identities WHERE name = ?1 UNION "
+                                          "SELECT device_id FROM pending_identities WHERE name = ?1 ORDER BY 1", &st);
+    if (!se) {
+        sqlite3_bind_blob(st, 1, peer, (int)strlen(peer), SQLITE_TRANSIENT);
+        while ((se = hstore_step(c->db, st, &row)) == HSTORE_OK && row) {
+            if (*count < max)
+                out[*count] = (uint32_t)sqlite3_column_int64(st, 0);
+            (*count)++;
+        }
+    }
+    hsdk_unlock(c);
+    if (*count > max)
+        *count = max;
+    return hsdk_from_store(se);
+}

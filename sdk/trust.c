@@ -268,14 +268,7 @@ hush_err hush_identity_reject(hush_client *c, const char *peer, uint32_t device_
         e = hsdk_pending_delete(c, peer, device_id);
     if (e == HUSH_OK) {
         /* messages held under the rejected key are dropped */
-        sqlite3_stmt *st;
-        hstore_err se = hstore_prepare(c->db, "DELETE FROM pending_inbox WHERE peer = ?1 AND device_id = ?2", &st);
-        if (!se) {
-            sqlite3_bind_text(st, 1, peer, -1, SQLITE_TRANSIENT);
-            sqlite3_bind_int64(st, 2, device_id);
-            se = hstore_run(c->db, st);
-        }
-        e = hsdk_from_store(se);
+        e = hsdk_held_drop(c, peer, device_id);
     }
     hsdk_unlock(c);
     return e;
