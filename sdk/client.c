@@ -28,27 +28,11 @@ static void sg_unlock(void *ud) { hsdk_unlock(ud); }
 
 static hush_err load_device(hush_client *c)
 {
-    sqlite3_stmt *st;
-    hstore_err se = hstore_prepare(c->db, "SELECT username, device_id, registration_id FROM local_device WHERE id = 1", &st);
-    if (se)
-        return hsdk_from_store(se);
-    int row = 0;
-    se = hstore_step(c->db, st, &row);
-    if (se)
-        return hsdk_from_store(se);
-    if (!row)
-        return HUSH_OK;
-    const char *u = (const char *)sqlite3_column_text(st, 0);
-    if (!hsdk_valid_username(u)) {
-        sqlite3_reset(st);
-        return HUSH_ERR_DB_CORRUPT;
-    }
-    snprintf(c->username, sizeof c->username, "%s", u);
-    c->device_id = (uint32_t)sqlite3_column_int64(st, 1);
-    c->registration_id = (uint32_t)sqlite3_column_int64(st, 2);
-    c->has_device = 1;
-    sqlite3_reset(st);
-    return HUSH_OK;
+    int found = 0;
+    hush_err e = hsdk_device_load(c, c->username, &c->device_id, &c->registration_id, &found);
+    if (!e && found)
+        c->has_device = 1;
+    return e;
 }
 
 /* Verifies the database key against a sealed check value, writing one on first open. */
@@ -220,26 +204,9 @@ static hush_err create_device_locked(hush_client *c, const char *username, uint3
         (e = hsdk_seal(c, "hush1|local_device|auth_secret", auth_sk, sizeof auth_sk, &sealed_auth, &sealed_auth_len)))
         goto out;
 
-    sqlite3_stmt *st;
-    hstore_err se = hstore_prepare(c->db, "INSERT INTO local_device (id, username, device_id, registration_id, "
-                                          "identity_public, identity_private, auth_public, auth_secret, created_at) "
-                                          "VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)", &st);
-    if (se) {
-        e = hsdk_from_store(se);
+    if ((e = hsdk_device_insert(c, username, device_id, reg_id, signal_buffer_data(pub), signal_buffer_len(pub), sealed,
+                                sealed_len, auth_pk, sealed_auth, sealed_auth_len)))
         goto out;
-    }
-    sqlite3_bind_text(st, 1, username, -1, SQLITE_TRANSIENT);
-    sqlite3_bind_int64(st, 2, device_id);
-    sqlite3_bind_int64(st, 3, reg_id);
-    sqlite3_bind_blob(st, 4, signal_buffer_data(pub), (int)signal_buffer_len(pub), SQLITE_TRANSIENT);
-    sqlite3_bind_blob(st, 5, sealed, (int)sealed_len, SQLITE_TRANSIENT);
-    sqlite3_bind_blob(st, 6, auth_pk, sizeof auth_pk, SQLITE_TRANSIENT);
-    sqlite3_bind_blob(st, 7, sealed_auth, (int)sealed_auth_len, SQLITE_TRANSIENT);
-    sqlite3_bind_int64(st, 8, (int64_t)hsdk_now_ms());
-    if ((se = hstore_run(c->db, st))) {
-        e = hsdk_from_store(se);
-        goto out;
-    }
 
     /* One-time prekeys 1..100, then the last-resort key, then the signed prekey. */
     if ((rc = signal_protocol_key_helper_generate_pre_keys(&head, 1, HUSH_ONE_TIME_PREKEYS, c->sg))) {
@@ -322,24 +289,7 @@ hush_err hush_device_auth_key(hush_client *c, uint8_t pub[32])
     if (!c || !pub)
         return HUSH_ERR_INVALID_ARG;
     hsdk_lock(c);
-    hush_err e = HUSH_ERR_NO_DEVICE;
-    sqlite3_stmt *st;
-    int row = 0;
-    if (c->has_device) {
-        hstore_err se = hstore_prepare(c->db, "SELECT auth_public FROM local_device WHERE id = 1", &st);
-        if (!se)
-            se = hstore_step(c->db, st, &row);
-        e = hsdk_from_store(se);
-        if (!e && row) {
-            if (sqlite3_column_bytes(st, 0) == 32)
-                memcpy(pub, sqlite3_column_blob(st, 0), 32);
-            else
-                e = HUSH_ERR_DB_CORRUPT;
-            sqlite3_reset(st);
-        } else if (!e) {
-            e = HUSH_ERR_NO_DEVICE;
-        }
-    }
+    hush_err e = c->has_device ? hsdk_device_auth_public(c, pub) : HUSH_ERR_NO_DEVICE;
     hsdk_unlock(c);
     return e;
 }
@@ -350,29 +300,17 @@ hush_err hsdk_auth_sign(hush_client *c, const uint8_t *msg, size_t len, uint8_t 
         return HUSH_ERR_INVALID_ARG;
     hsdk_lock(c);
     hush_err e = HUSH_ERR_NO_DEVICE;
-    sqlite3_stmt *st;
-    int row = 0;
     if (c->has_device) {
-        hstore_err se = hstore_prepare(c->db, "SELECT auth_secret FROM local_device WHERE id = 1", &st);
-        if (!se)
-            se = hstore_step(c->db, st, &row);
-        e = hsdk_from_store(se);
-        if (!e && row) {
-            uint8_t *sk = NULL;
-            size_t sk_len = 0;
-            e = hsdk_open(c, "hush1|local_device|auth_secret", sqlite3_column_blob(st, 0),
-                           (size_t)sqlite3_column_bytes(st, 0), &sk, &sk_len);
-            sqlite3_reset(st);
-            if (!e && sk_len != crypto_sign_SECRETKEYBYTES)
-                e = HUSH_ERR_DB_KEY;
-            if (!e)
-                crypto_sign_detached(sig, NULL, msg, len, sk);
-            if (sk) {
-                sodium_memzero(sk, sk_len);
-                free(sk);
-            }
-        } else if (!e) {
-            e = HUSH_ERR_NO_DEVICE;
+        uint8_t *sk = NULL;
+        size_t sk_len = 0;
+        e = hsdk_device_auth_secret(c, &sk, &sk_len);
+        if (!e && sk_len != crypto_sign_SECRETKEYBYTES)
+            e = HUSH_ERR_DB_KEY;
+        if (!e)
+            crypto_sign_detached(sig, NULL, msg, len, sk);
+        if (sk) {
+            sodium_memzero(sk, sk_len);
+            free(sk);
         }
     }
     hsdk_unlock(c);
@@ -385,11 +323,9 @@ hush_err hush_prekeys_remaining(hush_client *c, uint32_t *count)
         return HUSH_ERR_INVALID_ARG;
     *count = 0;
     hsdk_lock(c);
-    int64_t n = 0, last_resort = HUSH_LAST_RESORT_PREKEY_ID;
-    hush_err e = hsdk_query_int(c, "SELECT count(*) FROM pre_keys WHERE id != ?1", &last_resort, &n);
+    uint32_t unpublished = 0;
+    hush_err e = hsdk_prekey_stock(c, &unpublished, count);
     hsdk_unlock(c);
-    if (!e)
-        *count = (uint32_t)n;
     return e;
 }
 
@@ -398,27 +334,15 @@ hush_err hush_prekeys_remaining(hush_client *c, uint32_t *count)
 
 static hush_err pick_pre_key(hush_client *c, uint32_t *id)
 {
-    sqlite3_stmt *st;
-    int row = 0;
-    hstore_err se = hstore_prepare(c->db, "SELECT id FROM pre_keys WHERE exported = 0 AND id != ?1 ORDER BY id LIMIT 1", &st);
-    if (!se) {
-        sqlite3_bind_int64(st, 1, HUSH_LAST_RESORT_PREKEY_ID);
-        se = hstore_step(c->db, st, &row);
-    }
-    if (se)
-        return hsdk_from_store(se);
-    if (!row) {
+    size_t n = 0;
+    hush_err e = hsdk_prekeys_unexported(c, id, 1, &n);
+    if (e)
+        return e;
+    if (n == 0) {
         *id = HUSH_LAST_RESORT_PREKEY_ID;
         return HUSH_OK;
     }
-    *id = (uint32_t)sqlite3_column_int64(st, 0);
-    sqlite3_reset(st);
-    se = hstore_prepare(c->db, "UPDATE pre_keys SET exported = 1 WHERE id = ?1", &st);
-    if (!se) {
-        sqlite3_bind_int64(st, 1, *id);
-        se = hstore_run(c->db, st);
-    }
-    return hsdk_from_store(se);
+    return hsdk_prekey_mark_exported(c, *id, 1);
 }
 
 hush_err hsdk_current_signed_pre_key(hush_client *c, session_signed_pre_key **spk, signal_buffer **pub,

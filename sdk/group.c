@@ -136,15 +136,7 @@ hush_err hush_group_rotate(hush_client *c, const char *group_id)
     if (c->has_device) {
         /* libsignal has no sender-key delete callback (docs/LIBSIGNAL-NOTES.md §2): delete our own row, so the
          * next create_session makes a new key with a new id. */
-        sqlite3_stmt *st;
-        hstore_err se = hstore_prepare(c->db, "DELETE FROM sender_keys WHERE group_id = ?1 AND name = ?2 AND device_id = ?3", &st);
-        if (!se) {
-            sqlite3_bind_blob(st, 1, group_id, (int)strlen(group_id), SQLITE_TRANSIENT);
-            sqlite3_bind_blob(st, 2, c->username, (int)strlen(c->username), SQLITE_TRANSIENT);
-            sqlite3_bind_int64(st, 3, c->device_id);
-            se = hstore_run(c->db, st);
-        }
-        e = hsdk_from_store(se);
+        e = hsdk_sender_key_forget(c, group_id, c->username, c->device_id);
     }
     hsdk_unlock(c);
     return e;

@@ -78,6 +78,25 @@ hush_err hsdk_pending_candidates(hush_client *c, const char *name, uint32_t dev,
                                   size_t max, size_t *n);
 hush_err hsdk_peer_identity_other(hush_client *c, const char *name, uint32_t dev, uint8_t key[33], int *found);
 hush_err hsdk_save_peer_identity(hush_client *c, const char *name, uint32_t dev, const uint8_t *key, size_t len);
+/* The local device's row (local_device): loaded at open, written once by hush_device_create;
+ * the authentication secret comes back opened (caller wipes and frees). Caller holds the lock. */
+hush_err hsdk_device_load(hush_client *c, char username[HUSH_USERNAME_MAX + 1], uint32_t *device_id,
+                          uint32_t *registration_id, int *found);
+hush_err hsdk_device_insert(hush_client *c, const char *username, uint32_t device_id, uint32_t registration_id,
+                            const uint8_t *identity_pub, size_t identity_pub_len, const uint8_t *sealed_identity_priv,
+                            size_t sealed_identity_priv_len, const uint8_t auth_pub[32], const uint8_t *sealed_auth,
+                            size_t sealed_auth_len);
+hush_err hsdk_device_auth_public(hush_client *c, uint8_t pub[32]);
+hush_err hsdk_device_auth_secret(hush_client *c, uint8_t **sk, size_t *len);
+/* Prekey bookkeeping (pre_keys, signed_pre_keys, sender_keys) beyond libsignal's store interface.
+ * Caller holds the lock. One-time prekeys are counted and listed without the last-resort key:
+ * the stock (all, and those never handed out in an upload), the oldest not handed out. */
+hush_err hsdk_prekey_stock(hush_client *c, uint32_t *unpublished, uint32_t *total);
+hush_err hsdk_prekeys_unexported(hush_client *c, uint32_t *ids, size_t max, size_t *n);
+hush_err hsdk_prekey_mark_exported(hush_client *c, uint32_t id, int exported);
+hush_err hsdk_signed_prekey_created(hush_client *c, uint32_t id, int64_t *created_at, int *found);
+hush_err hsdk_signed_prekeys_retire(hush_client *c, uint32_t keep_id, uint64_t older_than_ms);
+hush_err hsdk_sender_key_forget(hush_client *c, const char *group_id, const char *name, uint32_t dev);
 /* 1 in *any when some key of `name` waits for a decision. Caller holds the lock. */
 hush_err hsdk_pending_any(hush_client *c, const char *name, int *any);
 /* Removes every key waiting for a decision about (name, dev). Caller holds the lock. */

@@ -54,39 +54,13 @@ fail:
     return e;
 }
 
-hush_err hsdk_prekey_stock(hush_client *c, uint32_t *unpublished, uint32_t *total)
-{
-    sqlite3_stmt *st;
-    int row = 0;
-    *unpublished = *total = 0;
-    hstore_err se = hstore_prepare(c->db, "SELECT count(*), coalesce(sum(exported = 0), 0) FROM pre_keys WHERE id != ?1",
-                                   &st);
-    if (!se) {
-        sqlite3_bind_int64(st, 1, HUSH_LAST_RESORT_PREKEY_ID);
-        se = hstore_step(c->db, st, &row);
-    }
-    if (!se && row) {
-        *total = (uint32_t)sqlite3_column_int64(st, 0);
-        *unpublished = (uint32_t)sqlite3_column_int64(st, 1);
-        sqlite3_reset(st);
-    }
-    return hsdk_from_store(se);
-}
-
 hush_err hsdk_unpublish_pre_keys(hush_client *c, const uint32_t *ids, size_t n)
 {
     hush_err e = hsdk_begin(c);
     if (e)
         return e;
-    sqlite3_stmt *st;
-    for (size_t i = 0; i < n && !e; i++) {
-        hstore_err se = hstore_prepare(c->db, "UPDATE pre_keys SET exported = 0 WHERE id = ?1", &st);
-        if (se == HSTORE_OK) {
-            sqlite3_bind_int64(st, 1, ids[i]);
-            se = hstore_run(c->db, st);
-        }
-        e = hsdk_from_store(se);
-    }
+    for (size_t i = 0; i < n && !e; i++)
+        e = hsdk_prekey_mark_exported(c, ids[i], 0);
     return hsdk_end(c, e);
 }
 
@@ -102,26 +76,14 @@ hush_err hsdk_rotate_signed_pre_key(hush_client *c, uint64_t max_age_ms, uint64_
     int found = 0, found2 = 0;
     ratchet_identity_key_pair *ikp = NULL;
     session_signed_pre_key *spk = NULL;
-    sqlite3_stmt *st;
     uint64_t now = hsdk_now_ms();
     if ((e = hsdk_meta_get_int(c, "current_signed_pre_key", &cur, &found)) ||
         (e = hsdk_meta_get_int(c, "next_signed_pre_key", &next, &found2)))
         goto fail;
     int64_t created = 0;
     int row = 0;
-    hstore_err se = hstore_prepare(c->db, "SELECT created_at FROM signed_pre_keys WHERE id = ?1", &st);
-    if (!se) {
-        sqlite3_bind_int64(st, 1, cur);
-        se = hstore_step(c->db, st, &row);
-    }
-    if (se) {
-        e = hsdk_from_store(se);
+    if ((e = hsdk_signed_prekey_created(c, (uint32_t)cur, &created, &row)))
         goto fail;
-    }
-    if (row) {
-        created = sqlite3_column_int64(st, 0);
-        sqlite3_reset(st);
-    }
     if (!found || !row || now - (uint64_t)created >= max_age_ms) {
         if (!found2 || next < 1 || next > (int64_t)MAX_PREKEY_ID)
             next = cur + 1;
@@ -143,16 +105,8 @@ hush_err hsdk_rotate_signed_pre_key(hush_client *c, uint64_t max_age_ms, uint64_
         *rotated = 1;
     }
     /* retire: the current key stays; older ones go after the grace period */
-    se = hstore_prepare(c->db, "DELETE FROM signed_pre_keys WHERE id != ?1 AND created_at < ?2", &st);
-    if (!se) {
-        sqlite3_bind_int64(st, 1, cur);
-        sqlite3_bind_int64(st, 2, (int64_t)(now - grace_ms));
-        se = hstore_run(c->db, st);
-    }
-    if (se) {
-        e = hsdk_from_store(se);
+    if ((e = hsdk_signed_prekeys_retire(c, (uint32_t)cur, now - grace_ms)))
         goto fail;
-    }
     SIGNAL_UNREF(spk);
     SIGNAL_UNREF(ikp);
     return hsdk_commit(c);

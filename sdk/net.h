@@ -201,9 +201,6 @@ hush_err hsdk_flush_receipts(hush_client *c, int *queued);
 
 /* keys.c: replenishing and rotating keys */
 hush_err hsdk_generate_pre_keys(hush_client *c, uint32_t n);
-/* One-time prekeys stored locally (the last-resort key not counted), and those never handed out
- * in an upload. Caller holds the lock. */
-hush_err hsdk_prekey_stock(hush_client *c, uint32_t *unpublished, uint32_t *total);
 /* Marks one-time prekeys as not handed out again (hush_prekey_upload marked them): for an upload
  * the relay refused, which stores nothing. Caller holds the lock. */
 hush_err hsdk_unpublish_pre_keys(hush_client *c, const uint32_t *ids, size_t n);

@@ -989,3 +989,190 @@ hush_err hush_peer_devices(hush_client *c, const char *peer, uint32_t *out, size
         *count = max;
     return hsdk_from_store(se);
 }
+
+/* ---------------------------------------------------------------------------------------- */
+/* the local device (table local_device): one row, written once */
+
+hush_err hsdk_device_load(hush_client *c, char username[HUSH_USERNAME_MAX + 1], uint32_t *device_id,
+                          uint32_t *registration_id, int *found)
+{
+    sqlite3_stmt *st;
+    *found = 0;
+    hstore_err se = hstore_prepare(c->db, "SELECT username, device_id, registration_id FROM local_device WHERE id = 1", &st);
+    if (se)
+        return hsdk_from_store(se);
+    int row = 0;
+    se = hstore_step(c->db, st, &row);
+    if (se)
+        return hsdk_from_store(se);
+    if (!row)
+        return HUSH_OK;
+    const char *u = (const char *)sqlite3_column_text(st, 0);
+    if (!hsdk_valid_username(u)) {
+        sqlite3_reset(st);
+        return HUSH_ERR_DB_CORRUPT;
+    }
+    snprintf(username, HUSH_USERNAME_MAX + 1, "%s", u);
+    *device_id = (uint32_t)sqlite3_column_int64(st, 1);
+    *registration_id = (uint32_t)sqlite3_column_int64(st, 2);
+    *found = 1;
+    sqlite3_reset(st);
+    return HUSH_OK;
+}
+
+hush_err hsdk_device_insert(hush_client *c, const char *username, uint32_t device_id, uint32_t registration_id,
+                            const uint8_t *identity_pub, size_t identity_pub_len, const uint8_t *sealed_identity_priv,
+                            size_t sealed_identity_priv_len, const uint8_t auth_pub[32], const uint8_t *sealed_auth,
+                            size_t sealed_auth_len)
+{
+    sqlite3_stmt *st;
+    hstore_err se = hstore_prepare(c->db, "INSERT INTO local_device (id, username, device_id, registration_id, "
+                                          "identity_public, identity_private, auth_public, auth_secret, created_at) "
+                                          "VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)", &st);
+    if (se)
+        return hsdk_from_store(se);
+    sqlite3_bind_text(st, 1, username, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 2, device_id);
+    sqlite3_bind_int64(st, 3, registration_id);
+    sqlite3_bind_blob(st, 4, identity_pub, (int)identity_pub_len, SQLITE_TRANSIENT);
+    sqlite3_bind_blob(st, 5, sealed_identity_priv, (int)sealed_identity_priv_len, SQLITE_TRANSIENT);
+    sqlite3_bind_blob(st, 6, auth_pub, 32, SQLITE_TRANSIENT);
+    sqlite3_bind_blob(st, 7, sealed_auth, (int)sealed_auth_len, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 8, (int64_t)hsdk_now_ms());
+    return hsdk_from_store(hstore_run(c->db, st));
+}
+
+hush_err hsdk_device_auth_public(hush_client *c, uint8_t pub[32])
+{
+    sqlite3_stmt *st;
+    int row = 0;
+    hstore_err se = hstore_prepare(c->db, "SELECT auth_public FROM local_device WHERE id = 1", &st);
+    if (!se)
+        se = hstore_step(c->db, st, &row);
+    hush_err e = hsdk_from_store(se);
+    if (!e && row) {
+        if (sqlite3_column_bytes(st, 0) == 32)
+            memcpy(pub, sqlite3_column_blob(st, 0), 32);
+        else
+            e = HUSH_ERR_DB_CORRUPT;
+        sqlite3_reset(st);
+    } else if (!e) {
+        e = HUSH_ERR_NO_DEVICE;
+    }
+    return e;
+}
+
+hush_err hsdk_device_auth_secret(hush_client *c, uint8_t **sk, size_t *len)
+{
+    sqlite3_stmt *st;
+    int row = 0;
+    *sk = NULL;
+    *len = 0;
+    hstore_err se = hstore_prepare(c->db, "SELECT auth_secret FROM local_device WHERE id = 1", &st);
+    if (!se)
+        se = hstore_step(c->db, st, &row);
+    hush_err e = hsdk_from_store(se);
+    if (!e && row) {
+        e = hsdk_open(c, "hush1|local_device|auth_secret", sqlite3_column_blob(st, 0), (size_t)sqlite3_column_bytes(st, 0),
+                      sk, len);
+        sqlite3_reset(st);
+    } else if (!e) {
+        e = HUSH_ERR_NO_DEVICE;
+    }
+    return e;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* prekey bookkeeping beyond libsignal's store interface */
+
+hush_err hsdk_prekey_stock(hush_client *c, uint32_t *unpublished, uint32_t *total)
+{
+    sqlite3_stmt *st;
+    int row = 0;
+    *unpublished = *total = 0;
+    hstore_err se = hstore_prepare(c->db, "SELECT count(*), coalesce(sum(exported = 0), 0) FROM pre_keys WHERE id != ?1",
+                                   &st);
+    if (!se) {
+        sqlite3_bind_int64(st, 1, HUSH_LAST_RESORT_PREKEY_ID);
+        se = hstore_step(c->db, st, &row);
+    }
+    if (!se && row) {
+        *total = (uint32_t)sqlite3_column_int64(st, 0);
+        *unpublished = (uint32_t)sqlite3_column_int64(st, 1);
+        sqlite3_reset(st);
+    }
+    return hsdk_from_store(se);
+}
+
+hush_err hsdk_prekeys_unexported(hush_client *c, uint32_t *ids, size_t max, size_t *n)
+{
+    sqlite3_stmt *st;
+    *n = 0;
+    hstore_err se = hstore_prepare(c->db, "SELECT id FROM pre_keys WHERE exported = 0 AND id != ?1 ORDER BY id LIMIT ?2", &st);
+    if (se)
+        return hsdk_from_store(se);
+    sqlite3_bind_int64(st, 1, HUSH_LAST_RESORT_PREKEY_ID);
+    sqlite3_bind_int64(st, 2, (int64_t)max);
+    int row = 0;
+    while (*n < max && (se = hstore_step(c->db, st, &row)) == HSTORE_OK && row)
+        ids[(*n)++] = (uint32_t)sqlite3_column_int64(st, 0);
+    sqlite3_reset(st);
+    return hsdk_from_store(se);
+}
+
+hush_err hsdk_prekey_mark_exported(hush_client *c, uint32_t id, int exported)
+{
+    sqlite3_stmt *st;
+    hstore_err se = hstore_prepare(c->db, "UPDATE pre_keys SET exported = ?2 WHERE id = ?1", &st);
+    if (!se) {
+        sqlite3_bind_int64(st, 1, id);
+        sqlite3_bind_int(st, 2, exported ? 1 : 0);
+        se = hstore_run(c->db, st);
+    }
+    return hsdk_from_store(se);
+}
+
+hush_err hsdk_signed_prekey_created(hush_client *c, uint32_t id, int64_t *created_at, int *found)
+{
+    sqlite3_stmt *st;
+    int row = 0;
+    *found = 0;
+    *created_at = 0;
+    hstore_err se = hstore_prepare(c->db, "SELECT created_at FROM signed_pre_keys WHERE id = ?1", &st);
+    if (!se) {
+        sqlite3_bind_int64(st, 1, id);
+        se = hstore_step(c->db, st, &row);
+    }
+    if (!se && row) {
+        *created_at = sqlite3_column_int64(st, 0);
+        *found = 1;
+        sqlite3_reset(st);
+    }
+    return hsdk_from_store(se);
+}
+
+hush_err hsdk_signed_prekeys_retire(hush_client *c, uint32_t keep_id, uint64_t older_than_ms)
+{
+    sqlite3_stmt *st;
+    hstore_err se = hstore_prepare(c->db, "DELETE FROM signed_pre_keys WHERE id != ?1 AND created_at < ?2", &st);
+    if (!se) {
+        sqlite3_bind_int64(st, 1, keep_id);
+        sqlite3_bind_int64(st, 2, (int64_t)older_than_ms);
+        se = hstore_run(c->db, st);
+    }
+    return hsdk_from_store(se);
+}
+
+/* libsignal has no sender-key delete callback (docs/LIBSIGNAL-NOTES.md §2). */
+hush_err hsdk_sender_key_forget(hush_client *c, const char *group_id, const char *name, uint32_t dev)
+{
+    sqlite3_stmt *st;
+    hstore_err se = hstore_prepare(c->db, "DELETE FROM sender_keys WHERE group_id = ?1 AND name = ?2 AND device_id = ?3", &st);
+    if (!se) {
+        sqlite3_bind_blob(st, 1, group_id, (int)strlen(group_id), SQLITE_TRANSIENT);
+        sqlite3_bind_blob(st, 2, name, (int)strlen(name), SQLITE_TRANSIENT);
+        sqlite3_bind_int64(st, 3, dev);
+        se = hstore_run(c->db, st);
+    }
+    return hsdk_from_store(se);
+}

@@ -87,28 +87,13 @@ static hush_err upload_locked(hush_client *c, uint32_t max_one_time, uint8_t **o
         return e;
     if ((e = hsdk_current_signed_pre_key(c, &spk, &spk_pub, &s)))
         goto fail;
-    sqlite3_stmt *st;
-    hstore_err se = hstore_prepare(c->db, "SELECT id FROM pre_keys WHERE exported = 0 AND id != ?1 ORDER BY id LIMIT ?2", &st);
-    if (se) {
-        e = hsdk_from_store(se);
-        goto fail;
-    }
-    sqlite3_bind_int64(st, 1, HUSH_LAST_RESORT_PREKEY_ID);
-    sqlite3_bind_int64(st, 2, max_one_time);
     ids = calloc(max_one_time ? max_one_time : 1, sizeof *ids);
     if (!ids) {
-        sqlite3_reset(st);
         e = HUSH_ERR_NOMEM;
         goto fail;
     }
-    int row = 0;
-    while ((se = hstore_step(c->db, st, &row)) == HSTORE_OK && row && nids < max_one_time)
-        ids[nids++] = (uint32_t)sqlite3_column_int64(st, 0);
-    sqlite3_reset(st);
-    if (se) {
-        e = hsdk_from_store(se);
+    if ((e = hsdk_prekeys_unexported(c, ids, max_one_time, &nids)))
         goto fail;
-    }
     keys = calloc(nids ? nids : 1, sizeof *keys);
     key_ptrs = calloc(nids ? nids : 1, sizeof *key_ptrs);
     bufs = calloc(nids ? nids : 1, sizeof *bufs);
@@ -120,14 +105,8 @@ static hush_err upload_locked(hush_client *c, uint32_t max_one_time, uint8_t **o
         if ((e = load_pre_key_pub(c, ids[i], &keys[i], &bufs[i])))
             goto fail;
         key_ptrs[i] = &keys[i];
-        if ((se = hstore_prepare(c->db, "UPDATE pre_keys SET exported = 1 WHERE id = ?1", &st)) == HSTORE_OK) {
-            sqlite3_bind_int64(st, 1, ids[i]);
-            se = hstore_run(c->db, st);
-        }
-        if (se) {
-            e = hsdk_from_store(se);
+        if ((e = hsdk_prekey_mark_exported(c, ids[i], 1)))
             goto fail;
-        }
     }
     Hush__PreKey lr;
     if ((e = load_pre_key_pub(c, HUSH_LAST_RESORT_PREKEY_ID, &lr, &lr_buf)))
