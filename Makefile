@@ -96,6 +96,7 @@ HUSHD := $(BUILD)/bin/hushd
 .PHONY: check-layers
 check-layers: libs $(HUSHD) $(HUSH_CLI)
 	$(Q)python3 mk/layers.py $(BUILD) store proto sdk relay cli
+	$(Q)python3 mk/tables.py sdk relay
 
 .PHONY: all libs deps run run-relay test test-run bench bench-run bench-full bench-own deps-bench check clean demo fuzz fuzz-run fuzz-seeds fuzz-replay \
         java test-java test-java-run test-java-cmake test-modulemap fuzz-coverage
@@ -249,7 +250,8 @@ test-run: all $(HUSHD)
 	echo "test suites: $$((total - failed)) passed, $$failed failed"; \
 	test $$failed -eq 0
 
-# cppcheck, and the layering: within each component, files call each other one way only.
+# cppcheck, and the layering: within each component, files call each other one way only, and
+# each SQLite table has one owning file.
 check: check-layers
 	cppcheck --quiet --error-exitcode=1 --enable=warning,portability --std=c11 \
 	    -Istore/include -Isdk/include -Iproto -Irelay -Itests -Ifuzz --include=mk/cppcheck-cmocka.h \

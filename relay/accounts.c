@@ -71,6 +71,20 @@ hstore_err accounts_device_exists(const char *user, uint32_t dev, int *exists)
     return e;
 }
 
+void accounts_each_last_seen(hstore *db, void (*fn)(const char *user, uint64_t last_seen_ms, void *ctx), void *ctx)
+{
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(hstore_handle(db), "SELECT username, max(last_seen) FROM devices GROUP BY username", -1, &st,
+                           NULL) == SQLITE_OK) {
+        while (sqlite3_step(st) == SQLITE_ROW) {
+            const char *u = (const char *)sqlite3_column_text(st, 0);
+            if (relay_valid_username(u))
+                fn(u, (uint64_t)sqlite3_column_int64(st, 1), ctx);
+        }
+    }
+    sqlite3_finalize(st);
+}
+
 hstore_err accounts_add_invite(hstore *db, const uint8_t token_hash[32])
 {
     sqlite3_stmt *st;

@@ -70,6 +70,8 @@ void accounts_fetch_bundles(struct jctx *x, const struct job *j);
 void accounts_disconnect(struct jctx *x, const struct job *j);
 hstore_err accounts_device_exists(const char *user, uint32_t dev, int *exists);
 hstore_err accounts_add_invite(hstore *db, const uint8_t token_hash[32]);
+/* At start: each user's last-seen time (the newest of its devices), for presence. */
+void accounts_each_last_seen(hstore *db, void (*fn)(const char *user, uint64_t last_seen_ms, void *ctx), void *ctx);
 
 /* mailbox.c: mailbox */
 int mailbox_init(char *err, size_t errlen);

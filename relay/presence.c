@@ -238,6 +238,14 @@ void presence_changed(const char *user, int online, uint64_t last_seen_ms)
     pthread_mutex_unlock(&g_mu);
 }
 
+static void load_last_seen(const char *user, uint64_t last_seen_ms, void *ctx)
+{
+    (void)ctx;
+    struct pstate *ps = state_of(user, 1);
+    if (ps)
+        ps->last_seen = last_seen_ms;
+}
+
 void presence_load(hstore *db)
 {
     sqlite3 *h = hstore_handle(db);
@@ -277,19 +285,9 @@ void presence_load(hstore *db)
         free(users);
     }
     sqlite3_finalize(st);
-    if (sqlite3_prepare_v2(h, "SELECT username, max(last_seen) FROM devices GROUP BY username", -1, &st, NULL) == SQLITE_OK) {
-        pthread_mutex_lock(&g_mu);
-        while (sqlite3_step(st) == SQLITE_ROW) {
-            const char *u = (const char *)sqlite3_column_text(st, 0);
-            if (!relay_valid_username(u))
-                continue;
-            struct pstate *ps = state_of(u, 1);
-            if (ps)
-                ps->last_seen = (uint64_t)sqlite3_column_int64(st, 1);
-        }
-        pthread_mutex_unlock(&g_mu);
-    }
-    sqlite3_finalize(st);
+    pthread_mutex_lock(&g_mu);
+    accounts_each_last_seen(db, load_last_seen, NULL);
+    pthread_mutex_unlock(&g_mu);
 }
 
 /* The storage job of SetPresenceAllow: the table presence_allow belongs here (presence_load reads
