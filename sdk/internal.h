@@ -1,6 +1,13 @@
 /*
  * internal.h - libhush private declarations (never installed).
- * Internal helpers use the prefix hsdk_ (never hush__, which protobuf-c uses for the generated code).
+ * Internal helpers use the prefix hsdk_ (never hush__, which protobuf-c uses for the generated code);
+ * those the network thread's files share among themselves, hnet_ (net.h).
+ *
+ * Errors, everywhere in libhush: the first error wins and ends the work, and whatever was acquired
+ * is released on every path - `if ((e = step()) != HUSH_OK) goto out;` with the releases after
+ * `out:`, or, inside a transaction, `if (!e) e = next();` steps closed by `e = hsdk_end(c, e)`,
+ * which commits on HUSH_OK and rolls back otherwise (docs/ARCHITECTURE.md, "Errors: one idiom").
+ * Each table is read and written by one file only (docs/ARCHITECTURE.md, "Where things are").
  */
 #ifndef HUSH_INTERNAL_H
 #define HUSH_INTERNAL_H
