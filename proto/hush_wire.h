@@ -78,6 +78,8 @@ void hwire_rx_free(struct hwire_rx *rx);
 /* The CLOCK_REALTIME instant `ms` milliseconds from now, for pthread_cond_timedwait: the one
  * deadline computation hushd, libhush and the tests share. */
 void hwire_deadline(struct timespec *ts, int ms);
+/* Wall-clock milliseconds since the epoch (timestamps on the wire and in databases). */
+uint64_t hwire_now_ms(void);
 
 struct Hush__RegisterRequest;
 /* SHA-256 over a canonical encoding of what a registration stores: identity key, registration id,

@@ -237,3 +237,10 @@ void hwire_deadline(struct timespec *ts, int ms)
         ts->tv_nsec -= 1000000000L;
     }
 }
+
+uint64_t hwire_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}

@@ -9,12 +9,7 @@
 
 atomic_int g_stopping;
 
-uint64_t relay_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
+uint64_t relay_now_ms(void) { return hwire_now_ms(); }
 
 int relay_valid_username(const char *s)
 {

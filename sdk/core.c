@@ -147,12 +147,7 @@ uint8_t *hsdk_grow_plaintext(uint8_t *pt, size_t len)
     return n;
 }
 
-uint64_t hsdk_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
+uint64_t hsdk_now_ms(void) { return hwire_now_ms(); }
 
 int hsdk_valid_username(const char *s)
 {
