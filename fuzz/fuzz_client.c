@@ -1,5 +1,5 @@
 /*
- * fuzz_client.c - the SDK's side of the relay protocol: sdk/net.c's frame handling (handle_frame,
+ * fuzz_client.c - the SDK's side of the relay protocol: sdk/net_main.c's frame handling (handle_frame,
  * the batched receive, results, pushes, the login state machine) driven over a real WebSocket by
  * a fake relay in the harness whose every answer the fuzzer chooses.
  *

@@ -29,7 +29,7 @@ struct hsdk_net_hooks;
 
 struct hush_client {
     pthread_mutex_t lock; /* recursive; also handed to libsignal as its lock */
-    struct hush_net *net; /* the network thread, when started (net.c) */
+    struct hush_net *net; /* the network thread, when started (net_main.c) */
     pthread_mutex_t net_mu; /* guards `net` and `net_hooks` against start/stop while someone wakes it */
     const struct hsdk_net_hooks *net_hooks; /* installed by the network code at its first start */
     hstore *db;

@@ -1,7 +1,7 @@
 /*
  * messaging.c - the durable side of being online: hush_send through the outbox, message states,
  * receipts, read marks, presence preferences. Everything here commits locally and then wakes the
- * network thread (net.c), which does the talking.
+ * network thread (net_main.c), which does the talking.
  */
 #include <stdlib.h>
 #include <string.h>

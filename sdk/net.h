@@ -6,7 +6,7 @@
  *   net_send.c  the send path: the outbox pump, directory fetches, send results, typing
  *   net_recv.c  the receive path: batches of deliveries decrypted and stored in one transaction,
  *               then acknowledged and reported; held envelopes; receipts owed
- *   net.c       the connection and frame dispatch, the thread, and the public hush_net_* calls
+ *   net_main.c  the connection and frame dispatch, the thread, and the public hush_net_* calls
  * Functions shared between these files carry the prefix hnet_.
  */
 #ifndef HUSH_NET_H

@@ -1,5 +1,5 @@
 /*
- * net.c - libhush's network thread: one libwebsockets client context per hush_client.
+ * net_main.c - libhush's network thread: one libwebsockets client context per hush_client.
  *
  * Everything that talks to the relay happens on this thread; app threads only commit to the
  * database (messaging.c) and wake it. Inbound: decrypt + store + session state in one transaction
