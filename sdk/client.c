@@ -489,6 +489,7 @@ static hush_err import_locked(hush_client *c, const Hush__KeyBundle *b)
     signal_protocol_address addr = { b->username, strlen(b->username), (int32_t)b->device_id };
     if ((e = hsdk_begin(c)))
         goto done;
+    c->new_session = 1; /* the current session, if any, is archived */
     int rc = session_builder_create(&builder, c->sc, &addr, c->sg);
     if (rc == 0)
         rc = session_builder_process_pre_key_bundle(builder, bundle);

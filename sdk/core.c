@@ -176,6 +176,7 @@ hush_err hsdk_begin(hush_client *c)
 {
     c->store_err = HUSH_OK;
     c->untrusted.set = 0;
+    c->new_session = 0;
     return hsdk_from_store(hstore_savepoint(c->db));
 }
 

@@ -70,6 +70,7 @@ static hush_err pairwise_decrypt(hush_client *c, const signal_protocol_address *
     if (rc != 0)
         return hsdk_from_signal(rc);
     if (type == HUSH__CIPHER_TYPE__CIPHER_PREKEY) {
+        c->new_session = 1; /* a new session from the peer archives the current one */
         pre_key_signal_message *m = NULL;
         rc = pre_key_signal_message_deserialize(&m, ct, len, c->sg);
         if (rc == 0)

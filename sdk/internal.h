@@ -41,6 +41,8 @@ struct hush_client {
     uint32_t device_id;
     uint32_t registration_id;
     hush_err store_err; /* why the last store callback failed (reset before each library call) */
+    int new_session;    /* this operation may start a session (bundle import, PreKey message): the
+                           session store then trims archived states (reset by hsdk_begin) */
     /* Set by is_trusted_identity when a different key claims an address, read after rollback. */
     struct {
         int set;

@@ -15,6 +15,7 @@
 
 #include <curve.h>
 #include <ratchet.h>
+#include <session_record.h>
 
 #include "internal.h"
 
@@ -510,6 +511,36 @@ static int s_get_sub_device_sessions(signal_int_list **sessions, const char *nam
  * the inbox never stalls on a record SQLite would refuse. */
 size_t hsdk_max_record = HUSH_MAX_SESSION_RECORD;
 
+static int store_session_row(hush_client *c, const signal_protocol_address *address, const char *name,
+                             const uint8_t *record, size_t record_len, const uint8_t *user_record,
+                             size_t user_record_len);
+
+/* The record with at most HUSH_MAX_ARCHIVED_STATES earlier sessions (newest first, as libsignal
+ * orders them): libsignal keeps 40, each able to hold thousands of skipped message keys that every
+ * decrypt loads. *out is NULL when nothing had to go (store the record as given). */
+static hush_err trim_archived(hush_client *c, const uint8_t *record, size_t len, signal_buffer **out)
+{
+    *out = NULL;
+    session_record *r = NULL;
+    if (session_record_deserialize(&r, record, len, c->sg) != 0)
+        return HUSH_ERR_INTERNAL; /* libsignal's own serialization: cannot fail unless memory does */
+    int n = 0, trimmed = 0;
+    session_record_state_node *node = session_record_get_previous_states_head(r);
+    while (node) {
+        if (++n > HUSH_MAX_ARCHIVED_STATES) {
+            node = session_record_get_previous_states_remove(r, node);
+            trimmed = 1;
+        } else {
+            node = session_record_get_previous_states_next(node);
+        }
+    }
+    hush_err e = HUSH_OK;
+    if (trimmed && session_record_serialize(out, r) != 0)
+        e = HUSH_ERR_NOMEM;
+    SIGNAL_UNREF(r);
+    return e;
+}
+
 static int s_store_session(const signal_protocol_address *address, uint8_t *record, size_t record_len,
                            uint8_t *user_record, size_t user_record_len, void *ud)
 {
@@ -517,6 +548,26 @@ static int s_store_session(const signal_protocol_address *address, uint8_t *reco
     char name[HUSH_USERNAME_MAX + 1];
     if (addr_name(address, name) != 0 || address->device_id < 0)
         return SG_ERR_INVAL;
+    signal_buffer *trimmed = NULL;
+    /* Only an operation that may start a session adds an archived state: the others store the
+     * record as libsignal gave it, without the cost of parsing it again. */
+    hush_err te = c->new_session ? trim_archived(c, record, record_len, &trimmed) : HUSH_OK;
+    if (te)
+        return store_fail(c, te);
+    if (trimmed) {
+        record = signal_buffer_data(trimmed);
+        record_len = signal_buffer_len(trimmed);
+    }
+    int r = store_session_row(c, address, name, record, record_len, user_record, user_record_len);
+    if (trimmed)
+        signal_buffer_bzero_free(trimmed);
+    return r;
+}
+
+static int store_session_row(hush_client *c, const signal_protocol_address *address, const char *name,
+                             const uint8_t *record, size_t record_len, const uint8_t *user_record,
+                             size_t user_record_len)
+{
     if (record_len + user_record_len > hsdk_max_record)
         return store_fail(c, HUSH_ERR_TOO_BIG); /* see hsdk_max_record */
     sqlite3_stmt *st;

@@ -982,6 +982,50 @@ static void test_session_record_capped(void **state)
     hush_client_close(b);
 }
 
+/* A session record keeps at most HUSH_MAX_ARCHIVED_STATES earlier sessions (libsignal keeps 40, and
+ * each can hold thousands of skipped message keys that every decrypt then loads): a late message of
+ * a recent earlier session still decrypts, one of an older one does not. */
+static void test_archived_states_capped(void **state)
+{
+    (void)state;
+    hush_client *a = open_client("archa", 1, N), *b = open_client("archb", 1, N);
+    enum { ROUNDS = HUSH_MAX_ARCHIVED_STATES + 6 };
+    uint8_t *late[ROUNDS];
+    size_t late_len[ROUNDS];
+    for (int i = 0; i < ROUNDS; i++) {
+        /* a starts a new session with b each round (a fresh bundle), b receives its first message
+         * (b's record archives the previous session) and keeps a second one for later */
+        start_session(a, b);
+        size_t len;
+        uint8_t *first = send_text(a, "archb", 1, "first", &len);
+        hush_message_free(recv_ok(b, "archa", 1, first, len));
+        hush_free(first);
+        char text[32];
+        snprintf(text, sizeof text, "late %d", i);
+        late[i] = send_text(a, "archb", 1, text, &late_len[i]);
+    }
+    /* the newest earlier sessions are kept: their late messages decrypt */
+    for (int i = ROUNDS - 1 - HUSH_MAX_ARCHIVED_STATES; i < ROUNDS; i++) {
+        hush_message *m = recv_ok(b, "archa", 1, late[i], late_len[i]);
+        char text[32];
+        snprintf(text, sizeof text, "late %d", i);
+        assert_string_equal((char *)m->body, text);
+        hush_message_free(m);
+    }
+    /* older ones were dropped from the record */
+    for (int i = 0; i < ROUNDS - 1 - HUSH_MAX_ARCHIVED_STATES; i++) {
+        hush_message *m = NULL;
+        hush_err e = hush_decrypt(b, "archa", 1, late[i], late_len[i], &m);
+        if (e == HUSH_OK)
+            fail_msg("a message of session %d (of %d) still decrypted", i, ROUNDS);
+        hush_message_free(m);
+    }
+    for (int i = 0; i < ROUNDS; i++)
+        hush_free(late[i]);
+    hush_client_close(a);
+    hush_client_close(b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1006,6 +1050,7 @@ int main(void)
         cmocka_unit_test(test_keycheck_row_required),
         cmocka_unit_test(test_longest_names_sealed),
         cmocka_unit_test(test_session_record_capped),
+        cmocka_unit_test(test_archived_states_capped),
         cmocka_unit_test(test_auth_key),
         cmocka_unit_test(test_signed_prekey_rotation),
     };
