@@ -242,22 +242,28 @@ hush_err hsdk_meta_set_int(hush_client *c, const char *key, int64_t v)
 /* ---------------------------------------------------------------------------------------- */
 /* identity store */
 
+/* The local device's one row, with the given columns: on HUSH_OK *st is on it (the caller reads
+ * and resets it); HUSH_ERR_NO_DEVICE when there is none. */
+static hush_err local_device_row(hush_client *c, const char *sql, sqlite3_stmt **st)
+{
+    int row = 0;
+    hstore_err se = hstore_prepare(c->db, sql, st);
+    if (!se)
+        se = hstore_step(c->db, *st, &row);
+    if (se)
+        return hsdk_from_store(se);
+    return row ? HUSH_OK : HUSH_ERR_NO_DEVICE;
+}
+
 hush_err hsdk_local_identity(hush_client *c, ratchet_identity_key_pair **out)
 {
     *out = NULL;
     if (!c->has_device)
         return HUSH_ERR_NO_DEVICE;
     sqlite3_stmt *st;
-    hstore_err se = hstore_prepare(c->db, "SELECT identity_public, identity_private FROM local_device WHERE id = 1", &st);
-    if (se)
-        return hsdk_from_store(se);
-    int row = 0;
-    se = hstore_step(c->db, st, &row);
-    if (se)
-        return hsdk_from_store(se);
-    if (!row)
-        return HUSH_ERR_NO_DEVICE;
-    hush_err e;
+    hush_err e = local_device_row(c, "SELECT identity_public, identity_private FROM local_device WHERE id = 1", &st);
+    if (e)
+        return e;
     uint8_t *priv = NULL;
     size_t priv_len = 0;
     ec_public_key *pub = NULL;
@@ -1049,15 +1055,11 @@ hush_err hsdk_device_load(hush_client *c, char username[HUSH_USERNAME_MAX + 1], 
 {
     sqlite3_stmt *st;
     *found = 0;
-    hstore_err se = hstore_prepare(c->db, "SELECT username, device_id, registration_id FROM local_device WHERE id = 1", &st);
-    if (se)
-        return hsdk_from_store(se);
-    int row = 0;
-    se = hstore_step(c->db, st, &row);
-    if (se)
-        return hsdk_from_store(se);
-    if (!row)
-        return HUSH_OK;
+    hush_err e = local_device_row(c, "SELECT username, device_id, registration_id FROM local_device WHERE id = 1", &st);
+    if (e == HUSH_ERR_NO_DEVICE)
+        return HUSH_OK; /* a new database */
+    if (e)
+        return e;
     const char *u = (const char *)sqlite3_column_text(st, 0);
     if (!hsdk_valid_username(u)) {
         sqlite3_reset(st);
@@ -1096,40 +1098,28 @@ hush_err hsdk_device_insert(hush_client *c, const char *username, uint32_t devic
 hush_err hsdk_device_auth_public(hush_client *c, uint8_t pub[32])
 {
     sqlite3_stmt *st;
-    int row = 0;
-    hstore_err se = hstore_prepare(c->db, "SELECT auth_public FROM local_device WHERE id = 1", &st);
-    if (!se)
-        se = hstore_step(c->db, st, &row);
-    hush_err e = hsdk_from_store(se);
-    if (!e && row) {
-        if (sqlite3_column_bytes(st, 0) == 32)
-            memcpy(pub, sqlite3_column_blob(st, 0), 32);
-        else
-            e = HUSH_ERR_DB_CORRUPT;
-        sqlite3_reset(st);
-    } else if (!e) {
-        e = HUSH_ERR_NO_DEVICE;
-    }
+    hush_err e = local_device_row(c, "SELECT auth_public FROM local_device WHERE id = 1", &st);
+    if (e)
+        return e;
+    if (sqlite3_column_bytes(st, 0) == 32)
+        memcpy(pub, sqlite3_column_blob(st, 0), 32);
+    else
+        e = HUSH_ERR_DB_CORRUPT;
+    sqlite3_reset(st);
     return e;
 }
 
 hush_err hsdk_device_auth_secret(hush_client *c, uint8_t **sk, size_t *len)
 {
     sqlite3_stmt *st;
-    int row = 0;
     *sk = NULL;
     *len = 0;
-    hstore_err se = hstore_prepare(c->db, "SELECT auth_secret FROM local_device WHERE id = 1", &st);
-    if (!se)
-        se = hstore_step(c->db, st, &row);
-    hush_err e = hsdk_from_store(se);
-    if (!e && row) {
-        e = hsdk_open(c, "hush1|local_device|auth_secret", sqlite3_column_blob(st, 0), (size_t)sqlite3_column_bytes(st, 0),
-                      sk, len);
-        sqlite3_reset(st);
-    } else if (!e) {
-        e = HUSH_ERR_NO_DEVICE;
-    }
+    hush_err e = local_device_row(c, "SELECT auth_secret FROM local_device WHERE id = 1", &st);
+    if (e)
+        return e;
+    e = hsdk_open(c, "hush1|local_device|auth_secret", sqlite3_column_blob(st, 0), (size_t)sqlite3_column_bytes(st, 0),
+                  sk, len);
+    sqlite3_reset(st);
     return e;
 }
 
