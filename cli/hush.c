@@ -1,7 +1,9 @@
 /*
  * hush - the Hush command-line client.
  *
- *   hush init --relay URL --user NAME [--invite TOKEN]   create this device and register it
+ *   hush init --relay URL --user NAME [--invite TOKEN]   create an account: this device, registered
+ *   hush link --relay URL                                 a new device of an existing account
+ *   hush devices [add CODE]                               this account's devices; link another
  *   hush send USER TEXT                                   send (queued if offline; retried later)
  *   hush listen [--raw]                                   print incoming messages until Ctrl-C
  *   hush chat USER                                        interactive: typing, receipts, presence
@@ -46,8 +48,11 @@ static void cli_usage(FILE *f)
             "usage: hush <command> [--db PATH] [options]\n"
             "\n"
             "commands:\n"
-            "  init --relay URL --user NAME [--device N] [--invite TOKEN]\n"
-            "        Create this device (keys in a new sealed database) and register it on the relay.\n"
+            "  init --relay URL --user NAME [--invite TOKEN]\n"
+            "        Create an account: this device (keys in a new sealed database), registered on the relay.\n"
+            "  link --relay URL      Make this a new device of an existing account: prints a link code\n"
+            "                        for `hush devices add CODE` on one of its devices, waits until linked.\n"
+            "  devices [add CODE]    This account's devices; add: link the device showing CODE.\n"
             "  send USER TEXT...     Send a message (TEXT `-`: read it from standard input). Queued\n"
             "                        while offline and retried until the relay has it.\n"
             "  cancel ID             Take a queued message out of the outbox.\n"
@@ -73,7 +78,7 @@ static void cli_usage(FILE *f)
 static const struct {
     const char *cmd, *text;
 } g_help[] = {
-    { "init", "usage: hush init --relay URL --user NAME [--device N] [--invite TOKEN] [--ca-file PEM] [--passphrase]\n"
+    { "init", "usage: hush init --relay URL --user NAME [--invite TOKEN] [--ca-file PEM] [--passphrase]\n"
               "Creates this device (keys in a new sealed database) and registers it on the relay.\n"
               "  URL       ws://HOST:PORT or wss://HOST[:PORT] (a path may follow)\n"
               "  NAME      3 to 32 of a-z 0-9 . _ -, not starting with '-'\n"
@@ -83,6 +88,17 @@ static const struct {
               "  --passphrase  derive the database key from a passphrase asked on the terminal (Argon2id)\n"
               "            instead of keeping it in PATH.key; later commands ask for it too\n"
               "On failure nothing is left behind: run the same command again.\n" },
+    { "link", "usage: hush link --relay URL [--ca-file PEM] [--passphrase]\n"
+              "Makes this (new) database a new device of an existing account. Prints a line\n"
+              "`link code: CODE`; run `hush devices add CODE` on a device of the account within\n"
+              "90 seconds (a new code is printed if the connection is renewed). Waits until linked,\n"
+              "then prints `linked NAME (device N) on URL`. The new device shares the account's\n"
+              "identity key (contacts see the same safety number) and the contacts it trusts; older\n"
+              "messages stay on the other devices. On failure nothing is left behind.\n" },
+    { "devices", "usage: hush devices   or   hush devices add CODE\n"
+                 "Lists this account's devices as last fetched from the relay (this one marked).\n"
+                 "add CODE: links the device that shows CODE (`hush link`); prints `linked device N`.\n"
+                 "An account has at most 6 devices (the relay's max_devices).\n" },
     { "send", "usage: hush send USER TEXT...   or   hush send USER -   (the text from standard input)\n"
               "Sends a message. It is queued at once (durably) and retried until the relay has it;\n"
               "waits up to --wait SECONDS (default 10) for that. Empty messages are refused.\n"
@@ -490,10 +506,13 @@ static void on_message(void *ctx, const hush_message *m)
         sodium_bin2hex(hex, sizeof hex, m->message_id, 16);
         struct sb b = { 0 };
         sb_add(&b, "{", 1);
-        json_field_str(&b, "type", "message", 7);
+        int mine = m->kind == HUSH_KIND_SENT_ELSEWHERE;
+        json_field_str(&b, "type", mine ? "sent_elsewhere" : "message", mine ? 14 : 7);
         json_field_num(&b, "local_id", (long long)m->local_id);
         json_field_str(&b, "from", m->sender, strlen(m->sender));
         json_field_num(&b, "device", (long long)m->sender_device);
+        if (mine)
+            json_field_str(&b, "to", m->conversation, strlen(m->conversation));
         json_field_str(&b, "id", hex, 32);
         json_field_num(&b, "sent_at_ms", (long long)m->sent_at_ms);
         json_field_str(&b, "text", m->body, m->body_len);
@@ -501,15 +520,22 @@ static void on_message(void *ctx, const hush_message *m)
         return;
     }
     char *from = shown(m->sender, strlen(m->sender));
-    if (g_peer_filter[0] && strcmp(m->sender, g_peer_filter) != 0) {
-        out_line("\r(new message from %s: `hush chat %s`)\n", from ? from : "?", from ? from : "?");
+    if (g_peer_filter[0] && strcmp(m->conversation, g_peer_filter) != 0) {
+        if (m->kind != HUSH_KIND_SENT_ELSEWHERE)
+            out_line("\r(new message from %s: `hush chat %s`)\n", from ? from : "?", from ? from : "?");
         free(from);
         return;
     }
     char *body = shown(m->body, m->body_len);
     char ts[16];
     stamp(ts, sizeof ts, m->sent_at_ms);
-    out_line("\r[%s] %s: %s\n", ts, from ? from : "?", body ? body : "(out of memory)");
+    if (m->kind == HUSH_KIND_SENT_ELSEWHERE) {
+        char *to = shown(m->conversation, strlen(m->conversation));
+        out_line("\r[%s] you (device %u) -> %s: %s\n", ts, m->sender_device, to ? to : "?", body ? body : "(out of memory)");
+        free(to);
+    } else {
+        out_line("\r[%s] %s: %s\n", ts, from ? from : "?", body ? body : "(out of memory)");
+    }
     free(from);
     free(body);
     if (g_chat && m->kind == HUSH_KIND_TEXT)
@@ -672,8 +698,33 @@ static void on_error(void *ctx, hush_err e, const char *detail)
     free(d);
 }
 
-static const hush_callbacks g_cb = { NULL, on_message, on_receipt, on_typing, on_presence, on_identity, on_connection,
-                                     on_error };
+static void on_link_code(void *ctx, const char *code)
+{
+    (void)ctx;
+    out_line("link code: %s\n", code);
+}
+
+static void on_devices_changed(void *ctx, const char *user)
+{
+    (void)ctx;
+    if (g_raw) {
+        struct sb b = { 0 };
+        sb_add(&b, "{", 1);
+        json_field_str(&b, "type", "devices_changed", 15);
+        json_field_str(&b, "user", user, strlen(user));
+        raw_out(&b);
+        return;
+    }
+    if (g_quiet)
+        return;
+    char *u = shown(user, strlen(user));
+    out_line("\r(%s's devices changed)\n", u ? u : "?");
+    free(u);
+}
+
+static const hush_callbacks g_cb = { NULL,         on_message,   on_receipt,  on_typing,
+                                     on_presence,  on_identity,  on_connection, on_error,
+                                     on_link_code, on_devices_changed };
 
 /* What is wrong with a relay URL, or NULL when it is one the SDK takes: ws:// or wss://, a host,
  * an optional port (1-65535) and an optional path. */
@@ -779,6 +830,13 @@ static int cmd_init(int argc, char **argv)
         hush_client_close(c);
         return 1;
     }
+    if (o.device != 1) {
+        fprintf(stderr, "hush init: a new account's first device is device 1; to add a device to an account, run "
+                        "`hush link --relay URL` on it\n");
+        hush_client_close(c);
+        remove_db_files();
+        return 2;
+    }
     hush_err e = hush_device_create(c, o.user, o.device);
     if (e) {
         hush_client_close(c);
@@ -806,6 +864,120 @@ static int cmd_init(int argc, char **argv)
     int salted = access(saltpath, F_OK) == 0;
     printf("registered %s (device %u) on %s\ndatabase %s, key %s.%s\n", o.user, o.device, o.relay, cli_db, cli_db,
            salted ? "salt (derived from your passphrase)" : "key");
+    return 0;
+}
+
+/* `hush link --relay URL`: this new database becomes a device of an existing account. */
+static int cmd_link(int argc, char **argv)
+{
+    struct opts o;
+    int r = parse(argc, argv, &o, "link");
+    if (r)
+        return r < 0 ? 0 : r;
+    if (!o.relay) {
+        fprintf(stderr, "hush link: --relay URL is required (hush link --help)\n");
+        return 2;
+    }
+    const char *why = url_problem(o.relay);
+    if (why) {
+        fprintf(stderr, "hush link: --relay %s: %s\n", o.relay, why);
+        return 2;
+    }
+    if (o.ca_file && access(o.ca_file, R_OK) != 0) {
+        fprintf(stderr, "hush link: --ca-file %s: %s\n", o.ca_file, strerror(errno));
+        return 2;
+    }
+    hush_client *c = NULL;
+    if ((r = cli_open_db(1, &c)))
+        return r;
+    if (need_owner("link")) {
+        hush_client_close(c);
+        return 1;
+    }
+    hush_net_opts no = { o.relay, NULL, o.ca_file, o.insecure };
+    hush_err e = hush_net_start_link(c, &no, &g_cb);
+    if (e) {
+        hush_client_close(c);
+        remove_db_files();
+        return cli_die("link", e);
+    }
+    /* the code is printed by on_link_code; a new one after a reconnection */
+    e = hush_net_wait_online(c, o.wait_s > 0 ? o.wait_s * 1000 : 300000);
+    hush_err last = HUSH_OK;
+    hush_net_state(c, &last);
+    char user[HUSH_USERNAME_MAX + 1] = "";
+    uint32_t dev = 0;
+    if (!e && hush_device_info(c, user, &dev, NULL) != HUSH_OK)
+        e = HUSH_ERR_NO_DEVICE;
+    hush_client_close(c);
+    if (e) {
+        fprintf(stderr, "hush link: not linked: %s\n", hush_strerror(e == HUSH_ERR_TIMEOUT && last ? last : e));
+        remove_db_files();
+        fprintf(stderr, "(nothing was kept: run the same command again for a new code)\n");
+        return 1;
+    }
+    printf("linked %s (device %u) on %s\n", user, dev, o.relay);
+    return 0;
+}
+
+/* `hush devices [add CODE]` */
+static int cmd_devices(int argc, char **argv)
+{
+    const char *code = NULL;
+    if (argc >= 3 && !strcmp(argv[1], "add")) {
+        code = argv[2];
+        argv[2] = argv[0]; /* the options after the code */
+        argc -= 2;
+        argv += 2;
+    } else if (argc >= 2 && argv[1][0] != '-') {
+        fprintf(stderr, "hush devices: unknown subcommand '%s' (hush devices --help)\n", argv[1]);
+        return 2;
+    }
+    struct opts o;
+    int r = parse(argc, argv, &o, "devices");
+    if (r)
+        return r < 0 ? 0 : r;
+    hush_client *c = NULL;
+    if ((r = cli_open_db(0, &c)))
+        return r;
+    char user[HUSH_USERNAME_MAX + 1];
+    uint32_t me = 0;
+    hush_err e = hush_device_info(c, user, &me, NULL);
+    if (e) {
+        hush_client_close(c);
+        return cli_die("devices", e);
+    }
+    if (!code) {
+        uint32_t devs[16];
+        size_t n = 0;
+        e = hush_peer_devices(c, user, devs, 16, &n);
+        hush_client_close(c);
+        if (e)
+            return cli_die("devices", e);
+        if (n == 0) {
+            printf("%u (this device)\n", me);
+            printf("(the other devices are listed after this device has sent a message)\n");
+        }
+        for (size_t i = 0; i < n; i++)
+            printf("%u%s\n", devs[i], devs[i] == me ? " (this device)" : "");
+        return 0;
+    }
+    if (need_owner("devices add") || (r = start_net(c, &o))) {
+        hush_client_close(c);
+        return r ? r : 1;
+    }
+    uint32_t dev = 0;
+    e = hush_net_wait_online(c, 20000);
+    if (!e)
+        e = hush_device_link(c, code, 30000, &dev);
+    hush_client_close(c);
+    if (e == HUSH_ERR_INVALID_ARG) {
+        fprintf(stderr, "hush devices add: not a link code (it starts with hush-link-1:)\n");
+        return 2;
+    }
+    if (e)
+        return cli_die("devices add", e);
+    printf("linked device %u\n", dev);
     return 0;
 }
 
@@ -1432,6 +1604,7 @@ int main(int argc, char **argv)
         { "cancel", cmd_cancel },
         { "history", cmd_history }, { "safety", cmd_safety }, { "presence", cmd_presence },
         { "status", cmd_status },   { "info", cmd_info },     { "bundle", cmd_bundle }, { "demo", cmd_demo },
+        { "link", cmd_link },       { "devices", cmd_devices },
     };
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
         if (!strcmp(cmd, cmds[i].name))

@@ -18,6 +18,8 @@
 #define HWIRE_ORIGIN_MAX 255       /* "ws://host:port" / "wss://host:port" as the client connected */
 #define HWIRE_BINDING_BYTES 32     /* TLS exporter (RFC 9266): "EXPORTER-Channel-Binding", no context */
 #define HWIRE_REGISTER_DIGEST_BYTES 32
+#define HWIRE_PROVISION_ADDRESS_LEN 32 /* hex of 16 random bytes */
+#define HWIRE_MAX_LINK_BOX (64 * 1024) /* ProvisionSend.box / Provisioned.box */
 
 #define HWIRE_USERNAME_MIN 3
 #define HWIRE_USERNAME_MAX 32

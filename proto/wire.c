@@ -130,6 +130,12 @@ int hwire_register_digest(const struct Hush__RegisterRequest *r, uint8_t out[HWI
     crypto_hash_sha256_update(&st, &has_lr, 1);
     if (has_lr)
         bad |= dg_prekey(&st, k->last_resort);
+    if (r->link_token && *r->link_token) {
+        /* a linked device's token (absent for a user's first device: older proofs stay valid) */
+        static const char link[] = "link";
+        crypto_hash_sha256_update(&st, (const uint8_t *)link, sizeof link);
+        bad |= dg_bytes(&st, (const uint8_t *)r->link_token, strlen(r->link_token));
+    }
     crypto_hash_sha256_final(&st, out);
     return bad ? -1 : 0;
 }

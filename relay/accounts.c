@@ -1,7 +1,8 @@
 /*
  * accounts.c - the storage jobs about who is who: registration (invites), login proofs, prekey
- * uploads and directory fetches (rate-limited, PreKeysLow pushes), last-seen on disconnect. Owns
- * the tables users, devices, one_time_prekeys and invites: nobody else writes their SQL.
+ * uploads and directory fetches (rate-limited, PreKeysLow pushes), link tokens for new devices,
+ * last-seen on disconnect. Owns the tables users, devices, one_time_prekeys, invites and
+ * link_tokens: nobody else writes their SQL.
  */
 #include <errno.h>
 #include <stdint.h>
@@ -56,18 +57,19 @@ void accounts_free(void)
     A.sg = NULL;
 }
 
-hstore_err accounts_device_exists(const char *user, uint32_t dev, int *exists)
+hstore_err accounts_user_devices(const char *user, uint32_t *devs, size_t max, size_t *n)
 {
     sqlite3_stmt *st;
-    *exists = 0;
-    hstore_err e = hstore_prepare(senv.db, "SELECT 1 FROM devices WHERE username = ?1 AND device_id = ?2", &st);
+    *n = 0;
+    hstore_err e = hstore_prepare(senv.db, "SELECT device_id FROM devices WHERE username = ?1 ORDER BY device_id", &st);
     if (e)
         return e;
     sqlite3_bind_text(st, 1, user, -1, SQLITE_TRANSIENT);
-    sqlite3_bind_int64(st, 2, dev);
-    e = hstore_step(senv.db, st, exists);
-    if (!e && *exists)
-        sqlite3_reset(st);
+    int row = 0;
+    while ((e = hstore_step(senv.db, st, &row)) == HSTORE_OK && row) {
+        if (*n < max)
+            devs[(*n)++] = (uint32_t)sqlite3_column_int64(st, 0);
+    }
     return e;
 }
 
@@ -234,6 +236,158 @@ static int verify_proof(struct jctx *x, const char *purpose, const struct job *j
     return crypto_sign_verify_detached(sig->data, msg, n, key) == 0 && origin_ok;
 }
 
+/* A new device of an existing user: the link token one of its devices got must be unused,
+ * unexpired and reserve this device id; the user must have room; and the device must carry the
+ * user's identity key (contacts refuse any other, but the relay says so at once). */
+static hstore_err link_check(const struct job *j, const Hush__RegisterRequest *r, Hush__ErrorCode *code, const char **why)
+{
+    *code = HUSH__ERROR_CODE__LINK_INVALID;
+    *why = "unknown, used or expired link token";
+    if (strlen(r->link_token) > 128)
+        return HSTORE_OK;
+    uint8_t h[32];
+    crypto_generichash(h, sizeof h, (const uint8_t *)r->link_token, strlen(r->link_token), NULL, 0);
+    sqlite3_stmt *st;
+    uint64_t now = relay_now_ms();
+    hstore_err e = hstore_prepare(senv.db, "UPDATE link_tokens SET used_at = ?4 WHERE token_hash = ?1 AND username = ?2 AND "
+                                           "device_id = ?3 AND used_at IS NULL AND expires_at > ?4", &st);
+    if (e)
+        return e;
+    sqlite3_bind_blob(st, 1, h, sizeof h, SQLITE_TRANSIENT);
+    sqlite3_bind_text(st, 2, j->username, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 3, j->device_id);
+    sqlite3_bind_int64(st, 4, (int64_t)now);
+    if ((e = hstore_run(senv.db, st)))
+        return e;
+    if (hstore_changes(senv.db) != 1)
+        return HSTORE_OK;
+    uint32_t devs[16];
+    size_t n = 0;
+    if ((e = accounts_user_devices(j->username, devs, 16, &n)))
+        return e;
+    if (n >= senv.cfg->max_devices) {
+        *code = HUSH__ERROR_CODE__TOO_MANY_DEVICES;
+        *why = "this user has the most devices this relay allows";
+        return HSTORE_OK;
+    }
+    if ((e = hstore_prepare(senv.db, "SELECT identity_key FROM devices WHERE username = ?1 ORDER BY device_id LIMIT 1", &st)))
+        return e;
+    sqlite3_bind_text(st, 1, j->username, -1, SQLITE_TRANSIENT);
+    int row = 0;
+    if ((e = hstore_step(senv.db, st, &row)))
+        return e;
+    int same = row && sqlite3_column_bytes(st, 0) == (int)r->identity_key.len &&
+               memcmp(sqlite3_column_blob(st, 0), r->identity_key.data, r->identity_key.len) == 0;
+    if (row)
+        sqlite3_reset(st);
+    if (!same) {
+        *code = HUSH__ERROR_CODE__BAD_KEYS;
+        *why = "a linked device must carry its user's identity key";
+        return HSTORE_OK;
+    }
+    *code = HUSH__ERROR_CODE__OK;
+    *why = "";
+    return HSTORE_OK;
+}
+
+/* DeviceListChanged to `user`'s connected devices other than `except`. */
+static void tell_device_list_changed(struct jctx *x, const char *user, uint32_t except)
+{
+    uint32_t devs[16];
+    size_t n = 0;
+    CHECK_SE(accounts_user_devices(user, devs, 16, &n));
+    Hush__DeviceListChanged dc = HUSH__DEVICE_LIST_CHANGED__INIT;
+    dc.username = (char *)user;
+    Hush__Frame f = HUSH__FRAME__INIT;
+    f.msg_case = HUSH__FRAME__MSG_DEVICE_LIST_CHANGED;
+    f.device_list_changed = &dc;
+    for (size_t i = 0; i < n; i++) {
+        struct dir_entry d;
+        if (devs[i] == except || !directory_lookup(user, devs[i], &d))
+            continue;
+        struct event *e = event_new(EV_SEND_FRAME, d.conn);
+        if (!e)
+            continue;
+        e->out = outbuf_from_frame(&f, 0);
+        jctx_post(x, d.loop, e);
+    }
+}
+
+#define LINK_TOKENS_PER_HOUR 10
+
+void accounts_link_token(struct jctx *x, const struct job *j)
+{
+    uint32_t devs[16];
+    size_t n = 0;
+    CHECK_SE(accounts_user_devices(j->username, devs, 16, &n));
+    if (n >= senv.cfg->max_devices) {
+        jctx_fail(x, j, HUSH__ERROR_CODE__TOO_MANY_DEVICES, "this user has the most devices this relay allows");
+        return;
+    }
+    uint64_t now = relay_now_ms();
+    sqlite3_stmt *st;
+    CHECK_SE(hstore_prepare(senv.db, "SELECT count(*) FROM link_tokens WHERE username = ?1 AND created_at > ?2", &st));
+    sqlite3_bind_text(st, 1, j->username, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 2, (int64_t)(now - 3600000));
+    int row = 0;
+    CHECK_SE(hstore_step(senv.db, st, &row));
+    int64_t recent = row ? sqlite3_column_int64(st, 0) : 0;
+    if (row)
+        sqlite3_reset(st);
+    if (recent >= LINK_TOKENS_PER_HOUR) {
+        Hush__Result r = HUSH__RESULT__INIT;
+        r.code = HUSH__ERROR_CODE__RATE_LIMITED;
+        r.message = "too many link tokens this hour";
+        r.retry_after_ms = 600000;
+        x->rollback = 1;
+        metrics_error(r.code);
+        jctx_reply(x, j, &r);
+        return;
+    }
+    CHECK_SE(hstore_prepare(senv.db, "UPDATE users SET next_device_id = next_device_id + 1 WHERE username = ?1 "
+                                  "RETURNING next_device_id - 1", &st));
+    sqlite3_bind_text(st, 1, j->username, -1, SQLITE_TRANSIENT);
+    row = 0;
+    CHECK_SE(hstore_step(senv.db, st, &row));
+    if (!row) {
+        jctx_fail(x, j, HUSH__ERROR_CODE__UNKNOWN_USER, "no such user");
+        return;
+    }
+    uint32_t dev = (uint32_t)sqlite3_column_int64(st, 0);
+    int more = 0;
+    while (hstore_step(senv.db, st, &more) == HSTORE_OK && more) {
+    }
+    uint8_t raw[32], h[32];
+    char token[64];
+    randombytes_buf(raw, sizeof raw);
+    sodium_bin2base64(token, sizeof token, raw, sizeof raw, sodium_base64_VARIANT_URLSAFE_NO_PADDING);
+    sodium_memzero(raw, sizeof raw);
+    crypto_generichash(h, sizeof h, (const uint8_t *)token, strlen(token), NULL, 0);
+    CHECK_SE(hstore_prepare(senv.db, "INSERT INTO link_tokens (token_hash, username, device_id, created_at, expires_at) "
+                                  "VALUES (?1, ?2, ?3, ?4, ?5)", &st));
+    sqlite3_bind_blob(st, 1, h, sizeof h, SQLITE_TRANSIENT);
+    sqlite3_bind_text(st, 2, j->username, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 3, dev);
+    sqlite3_bind_int64(st, 4, (int64_t)now);
+    sqlite3_bind_int64(st, 5, (int64_t)(now + (uint64_t)senv.cfg->link_token_ttl_s * 1000));
+    CHECK_SE(hstore_run(senv.db, st));
+    rlog(RLOG_INFO, "link_token", "user=%s device=%u reserved=%u", j->username, j->device_id, dev);
+    Hush__Result r = HUSH__RESULT__INIT;
+    r.message = "";
+    r.link_token = token;
+    r.link_device_id = dev;
+    jctx_reply(x, j, &r);
+    sodium_memzero(token, sizeof token);
+}
+
+void accounts_expire(struct jctx *x)
+{
+    sqlite3_stmt *st;
+    CHECK_SE(hstore_prepare(senv.db, "DELETE FROM link_tokens WHERE expires_at < ?1", &st));
+    sqlite3_bind_int64(st, 1, (int64_t)(relay_now_ms() - 86400000ull));
+    CHECK_SE(hstore_run(senv.db, st));
+}
+
 void accounts_register(struct jctx *x, const struct job *j)
 {
     const Hush__RegisterRequest *r = j->frame->register_;
@@ -248,7 +402,8 @@ void accounts_register(struct jctx *x, const struct job *j)
     }
     Hush__ErrorCode code = HUSH__ERROR_CODE__OK;
     const char *why = "";
-    if (senv.cfg->registration == REG_CLOSED) {
+    int linking = r->link_token && *r->link_token;
+    if (senv.cfg->registration == REG_CLOSED && !linking) {
         code = HUSH__ERROR_CODE__REGISTRATION_CLOSED;
         why = "registration is closed on this relay";
     } else if (r->keys && r->keys->n_one_time_pre_keys > senv.cfg->max_prekeys_per_upload) {
@@ -261,7 +416,9 @@ void accounts_register(struct jctx *x, const struct job *j)
         why = "malformed key or bad signed prekey signature";
     }
     sqlite3_stmt *st;
-    if (!code && senv.cfg->registration == REG_INVITE) {
+    if (!code && linking) {
+        CHECK_SE(link_check(j, r, &code, &why));
+    } else if (!code && senv.cfg->registration == REG_INVITE) {
         if (!r->invite || !*r->invite || strlen(r->invite) > 128) {
             code = HUSH__ERROR_CODE__REGISTRATION_CLOSED;
             why = "this relay needs an invite token";
@@ -279,14 +436,19 @@ void accounts_register(struct jctx *x, const struct job *j)
             }
         }
     }
-    if (!code) {
-        CHECK_SE(hstore_prepare(senv.db, "INSERT INTO users (username, created_at) VALUES (?1, ?2) ON CONFLICT DO NOTHING", &st));
-        sqlite3_bind_text(st, 1, j->username, -1, SQLITE_TRANSIENT);
-        sqlite3_bind_int64(st, 2, (int64_t)relay_now_ms());
-        CHECK_SE(hstore_run(senv.db, st));
-        if (hstore_changes(senv.db) != 1) {
-            code = HUSH__ERROR_CODE__USERNAME_TAKEN;
-            why = "username taken";
+    if (!code && !linking) {
+        if (j->device_id != 1) {
+            code = HUSH__ERROR_CODE__BAD_REQUEST;
+            why = "a new user's first device is device 1; later devices are linked";
+        } else {
+            CHECK_SE(hstore_prepare(senv.db, "INSERT INTO users (username, created_at) VALUES (?1, ?2) ON CONFLICT DO NOTHING", &st));
+            sqlite3_bind_text(st, 1, j->username, -1, SQLITE_TRANSIENT);
+            sqlite3_bind_int64(st, 2, (int64_t)relay_now_ms());
+            CHECK_SE(hstore_run(senv.db, st));
+            if (hstore_changes(senv.db) != 1) {
+                code = HUSH__ERROR_CODE__USERNAME_TAKEN;
+                why = "username taken";
+            }
         }
     }
     if (code) {
@@ -327,7 +489,9 @@ void accounts_register(struct jctx *x, const struct job *j)
     CHECK_SE(store_keys(j->username, j->device_id, r->keys));
     uint32_t stock = 0;
     CHECK_SE(count_stock(j->username, j->device_id, &stock));
-    rlog(RLOG_INFO, "register", "user=%s device=%u prekeys=%u", j->username, j->device_id, stock);
+    rlog(RLOG_INFO, "register", "user=%s device=%u prekeys=%u linked=%d", j->username, j->device_id, stock, linking);
+    if (linking)
+        tell_device_list_changed(x, j->username, j->device_id);
     login_done(x, j, 1, HUSH__ERROR_CODE__OK, stock, stock < senv.cfg->prekeys_low_threshold);
 }
 
@@ -580,9 +744,12 @@ void accounts_fetch_bundles(struct jctx *x, const struct job *j)
     sqlite3_stmt *st;
     CHECK_SE(hstore_prepare(senv.db, "SELECT device_id, registration_id, identity_key, spk_id, spk_public, spk_signature, "
                                   "spk_timestamp, auth_key, last_resort_id, last_resort_public FROM devices WHERE username = ?1 "
-                                  "ORDER BY device_id LIMIT ?2", &st));
+                                  "AND NOT (username = ?3 AND device_id = ?4) ORDER BY device_id LIMIT ?2", &st));
     sqlite3_bind_text(st, 1, target, -1, SQLITE_TRANSIENT);
     sqlite3_bind_int(st, 2, MAX_DEVICES_PER_FETCH);
+    /* a device fetching its own user's bundles gets its other devices (not its own keys) */
+    sqlite3_bind_text(st, 3, j->username, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 4, j->device_id);
     Hush__KeyBundle bundles[MAX_DEVICES_PER_FETCH], *bp[MAX_DEVICES_PER_FETCH];
     Hush__SignedPreKey spks[MAX_DEVICES_PER_FETCH];
     Hush__PreKey otks[MAX_DEVICES_PER_FETCH];
@@ -627,7 +794,7 @@ void accounts_fetch_bundles(struct jctx *x, const struct job *j)
     }
     sqlite3_reset(st);
     CHECK_SE(se);
-    if (n == 0) {
+    if (n == 0 && strcmp(target, j->username) != 0) {
         jctx_fail(x, j, HUSH__ERROR_CODE__UNKNOWN_USER, "no such user");
         return;
     }

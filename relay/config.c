@@ -50,6 +50,10 @@ void cfg_defaults(struct relay_config *c)
     c->max_connections = 200000;
     c->max_batch = 1024;
     c->prekeys_low_threshold = 10;
+    c->max_devices = 6;
+    c->provision_timeout_s = 90;
+    c->link_token_ttl_s = 600;
+    c->provisions_per_min = 60;
 }
 
 static int parse_u64(const char *v, uint64_t min, uint64_t max, uint64_t *out)
@@ -130,6 +134,10 @@ static const struct u32key u32keys[] = {
     U32("max_connections", max_connections, 1, 10000000),
     U32("max_batch", max_batch, 1, 100000),
     U32("prekeys_low_threshold", prekeys_low_threshold, 0, 100),
+    U32("max_devices", max_devices, 1, 16),
+    U32("provision_timeout", provision_timeout_s, 5, 600),
+    U32("link_token_ttl", link_token_ttl_s, 30, 86400),
+    U32("provisions_per_min", provisions_per_min, 1, 100000),
 };
 
 static int copy_str(char *dst, size_t cap, const char *v)

@@ -60,7 +60,7 @@ void jctx_fail(struct jctx *x, const struct job *j, Hush__ErrorCode code, const 
         }                             \
     } while (0)
 
-/* accounts.c: users, devices, one_time_prekeys, invites */
+/* accounts.c: users, devices, one_time_prekeys, invites, link_tokens */
 int accounts_init(char *err, size_t errlen);
 void accounts_free(void);
 void accounts_register(struct jctx *x, const struct job *j);
@@ -68,7 +68,12 @@ void accounts_login(struct jctx *x, const struct job *j);
 void accounts_upload(struct jctx *x, const struct job *j);
 void accounts_fetch_bundles(struct jctx *x, const struct job *j);
 void accounts_disconnect(struct jctx *x, const struct job *j);
-hstore_err accounts_device_exists(const char *user, uint32_t dev, int *exists);
+/* A link token for the job's user, reserving its next device id (TOO_MANY_DEVICES, RATE_LIMITED). */
+void accounts_link_token(struct jctx *x, const struct job *j);
+/* Deletes link tokens a day past their expiry. */
+void accounts_expire(struct jctx *x);
+/* The devices `user` has, in id order: *n of them (at most max; 0 for an unknown user). */
+hstore_err accounts_user_devices(const char *user, uint32_t *devs, size_t max, size_t *n);
 hstore_err accounts_add_invite(hstore *db, const uint8_t token_hash[32]);
 /* At start: each user's last-seen time (the newest of its devices), for presence. */
 void accounts_each_last_seen(hstore *db, void (*fn)(const char *user, uint64_t last_seen_ms, void *ctx), void *ctx);

@@ -127,6 +127,110 @@ static hstore_err over_sender_share(const struct quota *q, const char *sender, c
     return HSTORE_OK;
 }
 
+/* A stored send must name exactly the current devices of every user it addresses, and every
+ * other device of the sender's own user (so each device of both sides gets its copy). Otherwise
+ * nothing is stored and the Result lists, per user, the devices missing and extra. Returns 1 when
+ * the set matches; 0 when the job was answered or a storage error was set. */
+struct match_user {
+    const char *name;
+    uint32_t missing[16], extra[16];
+};
+
+static int devices_match(struct jctx *x, const struct job *j)
+{
+    const Hush__SendRequest *s = j->frame->send;
+    size_t cap = s->n_recipients + 1;
+    const char **users = malloc(cap * sizeof *users);
+    Hush__DeviceMismatch *mm = malloc(cap * sizeof *mm);
+    Hush__DeviceMismatch **mp = malloc(cap * sizeof *mp);
+    struct match_user *mu = malloc(cap * sizeof *mu);
+    int ok = 0;
+    if (!users || !mm || !mp || !mu) {
+        jctx_fail(x, j, HUSH__ERROR_CODE__INTERNAL, "out of memory");
+        goto out;
+    }
+    size_t nu = 0;
+    users[nu++] = j->username;
+    for (size_t i = 0; i < s->n_recipients; i++) {
+        size_t k = 0;
+        while (k < nu && strcmp(users[k], s->recipients[i]->username) != 0)
+            k++;
+        if (k == nu)
+            users[nu++] = s->recipients[i]->username;
+    }
+    size_t nm = 0;
+    for (size_t u = 0; u < nu; u++) {
+        uint32_t devs[16];
+        size_t nd = 0;
+        hstore_err e = accounts_user_devices(users[u], devs, 16, &nd);
+        if (e) {
+            x->store_err = e;
+            goto out;
+        }
+        uint32_t *missing = mu[nm].missing, *extra = mu[nm].extra;
+        int self = u == 0;
+        hush__device_mismatch__init(&mm[nm]);
+        size_t nmiss = 0, nextra = 0;
+        for (size_t d = 0; d < nd; d++) {
+            if (self && devs[d] == j->device_id)
+                continue;
+            int named = 0;
+            for (size_t i = 0; i < s->n_recipients && !named; i++)
+                named = s->recipients[i]->device_id == devs[d] && !strcmp(s->recipients[i]->username, users[u]);
+            if (!named)
+                missing[nmiss++] = devs[d];
+        }
+        for (size_t i = 0; i < s->n_recipients; i++) {
+            const Hush__Recipient *rc = s->recipients[i];
+            if (strcmp(rc->username, users[u]) != 0)
+                continue;
+            int have = !(self && rc->device_id == j->device_id);
+            int found = 0;
+            for (size_t d = 0; d < nd && !found; d++)
+                found = devs[d] == rc->device_id;
+            if ((!found || !have) && nextra < 16) {
+                size_t k = 0;
+                while (k < nextra && extra[k] != rc->device_id)
+                    k++;
+                if (k == nextra)
+                    extra[nextra++] = rc->device_id;
+            }
+        }
+        if (!nmiss && !nextra)
+            continue;
+        if (!self && nd == 0 && !nmiss) {
+            /* nobody by that name at all */
+            jctx_fail(x, j, HUSH__ERROR_CODE__UNKNOWN_RECIPIENT, users[u]);
+            goto out;
+        }
+        mm[nm].username = (char *)users[u];
+        mm[nm].missing = missing;
+        mm[nm].n_missing = nmiss;
+        mm[nm].extra = extra;
+        mm[nm].n_extra = nextra;
+        mp[nm] = &mm[nm];
+        nm++;
+    }
+    if (!nm) {
+        ok = 1;
+        goto out;
+    }
+    Hush__Result r = HUSH__RESULT__INIT;
+    r.code = HUSH__ERROR_CODE__DEVICE_MISMATCH;
+    r.message = "the send does not name every device of its users";
+    r.n_mismatches = nm;
+    r.mismatches = mp;
+    x->rollback = 1;
+    metrics_error(r.code);
+    jctx_reply(x, j, &r);
+out:
+    free(users);
+    free(mm);
+    free(mp);
+    free(mu);
+    return ok;
+}
+
 void mailbox_send(struct jctx *x, const struct job *j)
 {
     const Hush__SendRequest *s = j->frame->send;
@@ -139,15 +243,11 @@ void mailbox_send(struct jctx *x, const struct job *j)
         int live;
         struct dir_entry d;
     } route[1024];
+    if (!devices_match(x, j))
+        return;
     for (size_t i = 0; i < s->n_recipients; i++) {
         const Hush__Recipient *rc = s->recipients[i];
         route[i].live = 0;
-        int exists = 0;
-        CHECK_SE(accounts_device_exists(rc->username, rc->device_id, &exists));
-        if (!exists) {
-            jctx_fail(x, j, HUSH__ERROR_CODE__UNKNOWN_RECIPIENT, rc->username);
-            return;
-        }
         int row = 0;
         /* A retry of the same client message id is stored once: answer with the first seq. */
         CHECK_SE(hstore_prepare(senv.db, "SELECT seq FROM mailbox WHERE recipient = ?1 AND recipient_device = ?2 AND "

@@ -71,6 +71,10 @@ struct relay_config {
     uint32_t max_connections;
     uint32_t max_batch;           /* jobs per group commit */
     uint32_t prekeys_low_threshold;
+    uint32_t max_devices;         /* devices one user may have (linked devices included) */
+    uint32_t provision_timeout_s; /* a provisioning connection waits this long for its link box */
+    uint32_t link_token_ttl_s;    /* a link token is valid this long */
+    uint32_t provisions_per_min;  /* provisioning addresses handed out per minute, relay-wide */
 };
 
 void cfg_defaults(struct relay_config *c);
@@ -98,7 +102,7 @@ void rlog(int level, const char *event, const char *fmt, ...) __attribute__((for
 /* ------------------------------------------------------------------------------------------ */
 /* metrics (metrics.c): counters readable from any thread */
 
-#define METRICS_ERR_CODES 19
+#define METRICS_ERR_CODES 23
 #define METRICS_BATCH_BUCKETS 8
 #define METRICS_LAT_BUCKETS 10
 struct metrics {
@@ -149,6 +153,7 @@ enum ev_type {
     EV_MAIL,          /* result of a mailbox fetch: `mail` frames in seq order, `drained` */
     EV_LIVE,          /* a message just committed for conn's device: `out` with seq */
     EV_KICK,          /* close conn with `code` (another login replaced it) */
+    EV_PROVISIONED,   /* write `out` (a Provisioned push) to a provisioning conn, then expect its registration */
     EV_RESUME,        /* conn's storage jobs fell under the resume mark: read its socket again */
     EV_SHUTDOWN       /* stop: finish and close everything */
 };
@@ -187,7 +192,7 @@ void inbox_free_all(void);
 
 enum job_type {
     JOB_REGISTER, JOB_LOGIN, JOB_UPLOAD, JOB_FETCH_BUNDLES, JOB_SEND, JOB_FETCH_MAIL, JOB_ACK,
-    JOB_SET_ALLOW, JOB_DISCONNECT, JOB_EXPIRE, JOB_STOP
+    JOB_SET_ALLOW, JOB_DISCONNECT, JOB_EXPIRE, JOB_LINK_TOKEN, JOB_STOP
 };
 
 /*
@@ -273,6 +278,13 @@ int directory_unregister(const char *user, uint32_t device, uint64_t conn, int *
 int directory_lookup(const char *user, uint32_t device, struct dir_entry *out);
 /* Number of connected devices of a user. */
 int directory_user_devices(const char *user);
+/* Devices being linked: a provisioning address -> the unauthenticated connection waiting at it.
+ * put: -1 on no memory. take: removes it (single use), 1 if it was there. drop: removes it only if
+ * it still points to conn (the connection closed). */
+int directory_provision_put(const char *address, int loop, uint64_t conn);
+int directory_provision_take(const char *address, struct dir_entry *out);
+void directory_provision_drop(const char *address, uint64_t conn);
+int directory_provision_waiting(const char *address);
 void directory_free(void);
 
 /* ------------------------------------------------------------------------------------------ */

@@ -30,7 +30,8 @@
 
 /* ST_CLOSING: authentication failed; whatever else arrives before the close is dropped (the
  * challenge is spent, so nothing may be checked against it again). */
-enum conn_state { ST_HELLO, ST_AUTH_WAIT, ST_AUTH_PENDING, ST_AUTHED, ST_CLOSING };
+/* ST_PROVISIONING: a device to be linked waits (unauthenticated) for its link box, then registers. */
+enum conn_state { ST_HELLO, ST_AUTH_WAIT, ST_PROVISIONING, ST_AUTH_PENDING, ST_AUTHED, ST_CLOSING };
 
 struct conn {
     uint64_t id;
@@ -40,6 +41,7 @@ struct conn {
     uint8_t challenge[HWIRE_CHALLENGE_BYTES];
     char username[RELAY_USERNAME_MAX + 1];
     uint32_t device_id;
+    char prov_addr[HWIRE_PROVISION_ADDRESS_LEN + 1]; /* ST_PROVISIONING: the address it waits at */
     /* inbound message being assembled */
     struct hwire_rx rx;          /* a message arriving in pieces */
     /* outbound queue */
@@ -328,6 +330,10 @@ static void on_hello(struct conn *c, const Hush__Frame *f)
     lim.max_seqs_per_ack = RELAY_MAX_SEQS_PER_ACK;
     lim.max_stored_pre_keys = RELAY_MAX_STORED_PREKEYS;
     lim.max_jobs_in_flight = GATE_JOBS_PAUSE;
+    lim.max_devices = g_cfg->max_devices;
+    lim.provision_timeout_s = g_cfg->provision_timeout_s;
+    lim.link_token_ttl_s = g_cfg->link_token_ttl_s;
+    lim.max_link_box = HWIRE_MAX_LINK_BOX;
     Hush__Welcome w = HUSH__WELCOME__INIT;
     w.version = HWIRE_VERSION;
     w.challenge.data = c->challenge;
@@ -342,6 +348,112 @@ static void on_hello(struct conn *c, const Hush__Frame *f)
     out.welcome = &w;
     enqueue_frame(c, &out);
     c->state = ST_AUTH_WAIT;
+}
+
+/* Provisioning addresses handed out relay-wide: a token bucket of provisions_per_min. */
+static struct {
+    pthread_mutex_t mu;
+    double tokens;
+    uint64_t last_ms;
+    int init;
+} g_prov = { .mu = PTHREAD_MUTEX_INITIALIZER };
+
+static int provision_token(void)
+{
+    pthread_mutex_lock(&g_prov.mu);
+    uint64_t now = relay_now_ms();
+    double cap = g_cfg->provisions_per_min;
+    if (!g_prov.init) {
+        g_prov.tokens = cap;
+        g_prov.init = 1;
+    } else {
+        g_prov.tokens += (double)(now - g_prov.last_ms) * cap / 60000.0;
+        if (g_prov.tokens > cap)
+            g_prov.tokens = cap;
+    }
+    g_prov.last_ms = now;
+    int ok = g_prov.tokens >= 1.0;
+    if (ok)
+        g_prov.tokens -= 1.0;
+    pthread_mutex_unlock(&g_prov.mu);
+    return ok;
+}
+
+/* A device to be linked: it gets a random address to wait at, for at most provision_timeout_s. */
+static void on_provision(struct conn *c, const Hush__Frame *f)
+{
+    if (!f->id || !provision_token()) {
+        reply_retry(c, f->id, HUSH__ERROR_CODE__RATE_LIMITED, "too many devices being linked; try again later", 10000);
+        close_after_flush(c, 0, NULL, LWS_CLOSE_STATUS_POLICY_VIOLATION);
+        c->state = ST_CLOSING;
+        return;
+    }
+    uint8_t raw[HWIRE_PROVISION_ADDRESS_LEN / 2];
+    randombytes_buf(raw, sizeof raw);
+    sodium_bin2hex(c->prov_addr, sizeof c->prov_addr, raw, sizeof raw);
+    if (directory_provision_put(c->prov_addr, c->loop->idx, c->id) != 0) {
+        c->prov_addr[0] = '\0';
+        reply(c, f->id, HUSH__ERROR_CODE__INTERNAL, "out of memory");
+        close_after_flush(c, 0, NULL, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION);
+        c->state = ST_CLOSING;
+        return;
+    }
+    c->state = ST_PROVISIONING;
+    lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, (int)g_cfg->provision_timeout_s);
+    Hush__Result r = HUSH__RESULT__INIT;
+    r.message = "";
+    r.provision_address = c->prov_addr;
+    Hush__Frame out = HUSH__FRAME__INIT;
+    out.id = f->id;
+    out.msg_case = HUSH__FRAME__MSG_RESULT;
+    out.result = &r;
+    enqueue_frame(c, &out);
+    rlog(RLOG_INFO, "provision", "conn=%llu", (unsigned long long)c->id);
+}
+
+/* An existing device hands the link box to the connection waiting at the address (single use). */
+static void on_provision_send(struct conn *c, const Hush__Frame *f)
+{
+    const Hush__ProvisionSend *p = f->provision_send;
+    if (!p->address || strlen(p->address) != HWIRE_PROVISION_ADDRESS_LEN || p->box.len == 0) {
+        reply(c, f->id, HUSH__ERROR_CODE__BAD_REQUEST, "address and box required");
+        return;
+    }
+    if (p->box.len > HWIRE_MAX_LINK_BOX) {
+        reply(c, f->id, HUSH__ERROR_CODE__TOO_LARGE, "link box too large");
+        return;
+    }
+    struct dir_entry d;
+    if (!directory_provision_take(p->address, &d)) {
+        metrics_error(HUSH__ERROR_CODE__ADDRESS_GONE);
+        reply(c, f->id, HUSH__ERROR_CODE__ADDRESS_GONE, "no device waits at that address (expired or already linked)");
+        return;
+    }
+    Hush__Provisioned pv = HUSH__PROVISIONED__INIT;
+    pv.box = p->box;
+    Hush__Frame out = HUSH__FRAME__INIT;
+    out.msg_case = HUSH__FRAME__MSG_PROVISIONED;
+    out.provisioned = &pv;
+    struct event *e = event_new(EV_PROVISIONED, d.conn);
+    if (!e) {
+        reply(c, f->id, HUSH__ERROR_CODE__INTERNAL, "out of memory");
+        return;
+    }
+    e->out = outbuf_from_frame(&out, 0);
+    loop_post(d.loop, e);
+    rlog(RLOG_INFO, "provision_send", "conn=%llu user=%s device=%u", (unsigned long long)c->id, c->username, c->device_id);
+    reply(c, f->id, HUSH__ERROR_CODE__OK, "");
+}
+
+static void on_provisioned(struct conn *c, struct event *e)
+{
+    if (c->state != ST_PROVISIONING || c->closing)
+        return;
+    c->prov_addr[0] = '\0'; /* taken by the sender */
+    enqueue(c, e->out);
+    e->out = NULL;
+    /* the registration follows at once */
+    lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, (int)g_cfg->auth_timeout_s);
 }
 
 static void on_auth(struct conn *c, Hush__Frame **fp)
@@ -538,6 +650,19 @@ static void on_authed_request(struct conn *c, Hush__Frame **fp)
                 submit(c, j);
         }
         break;
+    case HUSH__FRAME__MSG_LINK_TOKEN:
+        if (f->link_token->address && *f->link_token->address && !directory_provision_waiting(f->link_token->address)) {
+            metrics_error(HUSH__ERROR_CODE__ADDRESS_GONE);
+            reply(c, f->id, HUSH__ERROR_CODE__ADDRESS_GONE, "no device waits at that address (expired or already linked)");
+        } else {
+            struct job *j = job_for(c, JOB_LINK_TOKEN, f->id, fp);
+            if (j)
+                submit(c, j);
+        }
+        break;
+    case HUSH__FRAME__MSG_PROVISION_SEND:
+        on_provision_send(c, f);
+        break;
     case HUSH__FRAME__MSG_SUBSCRIBE_PRESENCE:
         if (!usernames_ok(f->subscribe_presence->usernames, f->subscribe_presence->n_usernames, 1000)) {
             reply(c, f->id, HUSH__ERROR_CODE__BAD_REQUEST, "1000 valid usernames at most");
@@ -584,9 +709,25 @@ static int on_message(struct conn *c, const uint8_t *data, size_t len)
     case ST_AUTH_WAIT:
         if (f->msg_case == HUSH__FRAME__MSG_LOGIN || f->msg_case == HUSH__FRAME__MSG_REGISTER) {
             on_auth(c, &f);
+        } else if (f->msg_case == HUSH__FRAME__MSG_PROVISION) {
+            on_provision(c, f);
         } else {
             reply(c, f->id, HUSH__ERROR_CODE__AUTH_REQUIRED, "log in first");
             close_after_flush(c, 0, NULL, LWS_CLOSE_STATUS_POLICY_VIOLATION);
+        }
+        break;
+    case ST_PROVISIONING:
+        /* only the registration of the linked device (its challenge is the Welcome's) */
+        if (f->msg_case == HUSH__FRAME__MSG_REGISTER) {
+            if (c->prov_addr[0]) {
+                directory_provision_drop(c->prov_addr, c->id);
+                c->prov_addr[0] = '\0';
+            }
+            on_auth(c, &f);
+        } else {
+            reply(c, f->id, HUSH__ERROR_CODE__AUTH_REQUIRED, "waiting for the link box, then a registration");
+            close_after_flush(c, 0, NULL, LWS_CLOSE_STATUS_POLICY_VIOLATION);
+            c->state = ST_CLOSING;
         }
         break;
     case ST_AUTH_PENDING:
@@ -686,6 +827,9 @@ static void handle_event(struct loop *l, struct event *e)
              c->device_id);
         close_after_flush(c, HUSH__ERROR_CODE__SESSION_REPLACED, "another connection logged in as this device",
                           LWS_CLOSE_STATUS_POLICY_VIOLATION);
+        break;
+    case EV_PROVISIONED:
+        on_provisioned(c, e);
         break;
     case EV_RESUME:
         rx_update(c);
@@ -885,6 +1029,8 @@ static int callback_hush(struct lws *wsi, enum lws_callback_reasons reason, void
             break;
         hmap_del(&l->conns, &c->id, sizeof c->id);
         atomic_fetch_sub(&g_metrics.connections, 1);
+        if (c->prov_addr[0])
+            directory_provision_drop(c->prov_addr, c->id);
         if (c->state == ST_AUTHED) {
             atomic_fetch_sub(&g_metrics.authenticated, 1);
             int offline = 0;

@@ -56,6 +56,15 @@ static const char *const migrations[] = {
     /* 1 -> 2: expiry walks the mailbox in seq order (do_expire); the index on expires_at cost a
      * tenth of the relay's CPU per message (every insert and every ack updated it) */
     "DROP INDEX IF EXISTS mailbox_by_expiry;",
+    /* 2 -> 3: linked devices. A link token reserves the user's next device id (ids are never
+     * reused, so a removed device's id cannot be taken over by another). */
+    "ALTER TABLE users ADD COLUMN next_device_id INTEGER NOT NULL DEFAULT 2;"
+    "CREATE TABLE link_tokens ("
+    "  token_hash BLOB PRIMARY KEY,"
+    "  username TEXT NOT NULL REFERENCES users (username) ON DELETE CASCADE,"
+    "  device_id INTEGER NOT NULL, created_at INTEGER NOT NULL, expires_at INTEGER NOT NULL,"
+    "  used_at INTEGER) WITHOUT ROWID;"
+    "CREATE INDEX link_tokens_by_user ON link_tokens (username, created_at);",
 };
 
 static struct {
@@ -198,7 +207,8 @@ static void run_job(struct jctx *x, struct job *j)
     case JOB_ACK: mailbox_ack(x, j); break;
     case JOB_SET_ALLOW: presence_job_set_allow(x, j); break;
     case JOB_DISCONNECT: accounts_disconnect(x, j); break;
-    case JOB_EXPIRE: mailbox_expire(x); break;
+    case JOB_LINK_TOKEN: accounts_link_token(x, j); break;
+    case JOB_EXPIRE: mailbox_expire(x); if (!x->store_err) accounts_expire(x); break;
     case JOB_STOP: break;
     }
 }

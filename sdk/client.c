@@ -174,7 +174,10 @@ static hush_err store_signed_pre_key(hush_client *c, ratchet_identity_key_pair *
     return hsdk_meta_set_int(c, "current_signed_pre_key", id);
 }
 
-static hush_err create_device_locked(hush_client *c, const char *username, uint32_t device_id)
+/* A new device: a fresh identity key pair, or (linking) the account's own (id_pub 33 bytes,
+ * id_priv 32 bytes); its own registration id, auth key and prekeys either way. */
+static hush_err create_device_locked(hush_client *c, const char *username, uint32_t device_id, const uint8_t *id_pub,
+                                     const uint8_t *id_priv)
 {
     hush_err e;
     ratchet_identity_key_pair *ikp = NULL;
@@ -191,7 +194,22 @@ static hush_err create_device_locked(hush_client *c, const char *username, uint3
     if ((e = hsdk_begin(c)))
         return e;
     e = HUSH_ERR_NOMEM;
-    if ((rc = signal_protocol_key_helper_generate_identity_key_pair(&ikp, c->sg)) ||
+    if (id_pub) {
+        ec_public_key *pk = NULL;
+        ec_private_key *sk = NULL;
+        rc = curve_decode_point(&pk, id_pub, 33, c->sg);
+        if (rc == 0)
+            rc = curve_decode_private_point(&sk, id_priv, 32, c->sg);
+        if (rc == 0)
+            rc = ratchet_identity_key_pair_create(&ikp, pk, sk);
+        SIGNAL_UNREF(pk);
+        SIGNAL_UNREF(sk);
+        if (rc) {
+            e = HUSH_ERR_BAD_MESSAGE;
+            goto out;
+        }
+    }
+    if ((!id_pub && (rc = signal_protocol_key_helper_generate_identity_key_pair(&ikp, c->sg))) ||
         (rc = signal_protocol_key_helper_generate_registration_id(&reg_id, 0, c->sg)) ||
         (rc = ec_public_key_serialize(&pub, ratchet_identity_key_pair_get_public(ikp))) ||
         (rc = ec_private_key_serialize(&priv, ratchet_identity_key_pair_get_private(ikp)))) {
@@ -259,9 +277,25 @@ hush_err hush_device_create(hush_client *c, const char *username, uint32_t devic
     if (!c || !hsdk_valid_username(username) || device_id == 0 || device_id > INT32_MAX)
         return HUSH_ERR_INVALID_ARG;
     hsdk_lock(c);
-    hush_err e = c->has_device ? HUSH_ERR_DEVICE_EXISTS : create_device_locked(c, username, device_id);
+    hush_err e = c->has_device ? HUSH_ERR_DEVICE_EXISTS : create_device_locked(c, username, device_id, NULL, NULL);
     hsdk_unlock(c);
     return e;
+}
+
+void hsdk_forget_device(hush_client *c)
+{
+    c->has_device = 0;
+    c->username[0] = '\0';
+    c->device_id = 0;
+    c->registration_id = 0;
+}
+
+hush_err hsdk_device_create_linked(hush_client *c, const char *username, uint32_t device_id, const uint8_t id_pub[33],
+                                   const uint8_t id_priv[32])
+{
+    if (!hsdk_valid_username(username) || device_id == 0 || device_id > INT32_MAX)
+        return HUSH_ERR_INVALID_ARG;
+    return c->has_device ? HUSH_ERR_DEVICE_EXISTS : create_device_locked(c, username, device_id, id_pub, id_priv);
 }
 
 hush_err hush_device_info(hush_client *c, char username[HUSH_USERNAME_MAX + 1], uint32_t *device_id,

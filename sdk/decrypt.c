@@ -120,7 +120,34 @@ static hush_err decrypt_locked(hush_client *c, const char *peer, uint32_t dev, c
     int64_t local_id = 0;
     int dup = 0;
     hush_kind kind;
-    if (content->kind == HUSH__CONTENT_KIND__CONTENT_TEXT) {
+    int own = !strcmp(peer, c->username);
+    int sync = content->sync_peer && *content->sync_peer;
+    /* Copies from our own other devices, and only those, name their conversation. */
+    if (own != sync || (sync && (is_group || !hsdk_valid_username(content->sync_peer) ||
+                                 !strcmp(content->sync_peer, c->username)))) {
+        e = HUSH_ERR_BAD_MESSAGE;
+        goto fail;
+    }
+    if (sync && content->kind == HUSH__CONTENT_KIND__CONTENT_TEXT) {
+        /* sent from another of our devices: our history shows it as sent by us */
+        kind = HUSH_KIND_SENT_ELSEWHERE;
+        e = hsdk_history_insert(c, content->sync_peer, 0, 1, content->message_id.data, HUSH_KIND_TEXT, "",
+                                 content->sent_at_ms, content->body.data, content->body.len, &local_id, &dup);
+        if (!e && !dup)
+            e = hsdk_set_message_state(c, content->message_id.data, HUSH_MSG_SENT);
+    } else if (sync && content->kind == HUSH__CONTENT_KIND__CONTENT_RECEIPT) {
+        /* receipts another of our devices sent: its read marks become ours */
+        size_t n = content->body.len;
+        if (n < 1 + HUSH_MESSAGE_ID_BYTES || (n - 1) % HUSH_MESSAGE_ID_BYTES != 0 || (n - 1) / HUSH_MESSAGE_ID_BYTES > 256) {
+            e = HUSH_ERR_BAD_MESSAGE;
+            goto fail;
+        }
+        kind = HUSH_KIND_READ_ELSEWHERE;
+        if (content->body.data[0] == 3)
+            e = hsdk_history_sync_read(c, content->sync_peer, content->body.data + 1, (n - 1) / HUSH_MESSAGE_ID_BYTES);
+    } else if (sync) {
+        e = HUSH_ERR_BAD_MESSAGE;
+    } else if (content->kind == HUSH__CONTENT_KIND__CONTENT_TEXT) {
         const char *gid = is_group ? env->group_id : "";
         /* A group message must name the group its envelope claims. */
         if (is_group && strcmp(content->group_id, env->group_id) != 0) {
@@ -167,6 +194,8 @@ static hush_err decrypt_locked(hush_client *c, const char *peer, uint32_t dev, c
     }
     e = new_message(peer, dev, kind, content, kind == HUSH_KIND_GROUP_KEY ? content->group_id : (is_group ? env->group_id : ""),
                     local_id, out);
+    if (e == HUSH_OK)
+        snprintf((*out)->conversation, sizeof (*out)->conversation, "%s", sync ? content->sync_peer : peer);
     if (kind == HUSH_KIND_GROUP_KEY && e == HUSH_OK)
         (*out)->body_len = 0, (*out)->body[0] = '\0'; /* key material never leaves the SDK */
     goto done;

@@ -98,7 +98,16 @@ hush_err hsdk_encrypt_kind(hush_client *c, const char *peer, uint32_t device_id,
                             size_t len, const uint8_t mid[HUSH_MESSAGE_ID_BYTES], int history, uint8_t **envelope,
                             size_t *envelope_len)
 {
+    return hsdk_encrypt_sync(c, peer, device_id, kind, body, len, mid, history, NULL, envelope, envelope_len);
+}
+
+hush_err hsdk_encrypt_sync(hush_client *c, const char *peer, uint32_t device_id, int kind, const uint8_t *body,
+                            size_t len, const uint8_t mid[HUSH_MESSAGE_ID_BYTES], int history, const char *sync_peer,
+                            uint8_t **envelope, size_t *envelope_len)
+{
     Hush__Content content = HUSH__CONTENT__INIT;
+    if (sync_peer)
+        content.sync_peer = (char *)sync_peer;
     content.message_id.data = (uint8_t *)mid;
     content.message_id.len = HUSH_MESSAGE_ID_BYTES;
     content.kind = (Hush__ContentKind)kind;

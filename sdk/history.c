@@ -375,6 +375,23 @@ hush_err hsdk_apply_receipt(hush_client *c, const char *peer, int state, const u
     return HUSH_OK;
 }
 
+hush_err hsdk_history_sync_read(hush_client *c, const char *peer, const uint8_t *ids, size_t n)
+{
+    sqlite3_stmt *st;
+    for (size_t i = 0; i < n; i++) {
+        hstore_err se = hstore_prepare(c->db, "UPDATE history SET read = 1 WHERE peer = ?1 AND outgoing = 0 AND "
+                                              "group_id = '' AND message_id = ?2", &st);
+        if (!se) {
+            sqlite3_bind_text(st, 1, peer, -1, SQLITE_TRANSIENT);
+            sqlite3_bind_blob(st, 2, ids + i * HUSH_MESSAGE_ID_BYTES, HUSH_MESSAGE_ID_BYTES, SQLITE_TRANSIENT);
+            se = hstore_run(c->db, st);
+        }
+        if (se)
+            return hsdk_from_store(se);
+    }
+    return HUSH_OK;
+}
+
 hush_err hsdk_set_message_state(hush_client *c, const uint8_t mid[16], int state)
 {
     sqlite3_stmt *st;
@@ -555,15 +572,16 @@ void hsdk_envelopes_forget(hush_client *c, const uint8_t mid[16])
     }
 }
 
-uint8_t *hsdk_envelope_get(hush_client *c, const uint8_t mid[16], uint32_t dev, size_t *len)
+uint8_t *hsdk_envelope_get(hush_client *c, const uint8_t mid[16], const char *name, uint32_t dev, size_t *len)
 {
     sqlite3_stmt *st;
     int row = 0;
     uint8_t *out = NULL;
-    if (hstore_prepare(c->db, "SELECT envelope FROM outbox_envelopes WHERE message_id = ?1 AND device_id = ?2", &st) ==
-        HSTORE_OK) {
+    if (hstore_prepare(c->db, "SELECT envelope FROM outbox_envelopes WHERE message_id = ?1 AND name = ?3 AND device_id = ?2",
+                       &st) == HSTORE_OK) {
         sqlite3_bind_blob(st, 1, mid, 16, SQLITE_TRANSIENT);
         sqlite3_bind_int64(st, 2, dev);
+        sqlite3_bind_text(st, 3, name, -1, SQLITE_TRANSIENT);
         if (hstore_step(c->db, st, &row) == HSTORE_OK && row) {
             *len = (size_t)sqlite3_column_bytes(st, 0);
             out = malloc(*len ? *len : 1);
@@ -575,15 +593,17 @@ uint8_t *hsdk_envelope_get(hush_client *c, const uint8_t mid[16], uint32_t dev, 
     return out;
 }
 
-hush_err hsdk_envelope_put(hush_client *c, const uint8_t mid[16], uint32_t dev, const uint8_t *env, size_t len)
+hush_err hsdk_envelope_put(hush_client *c, const uint8_t mid[16], const char *name, uint32_t dev, const uint8_t *env,
+                           size_t len)
 {
     sqlite3_stmt *st;
-    hstore_err se = hstore_prepare(c->db, "INSERT OR REPLACE INTO outbox_envelopes (message_id, device_id, envelope) "
-                                          "VALUES (?1, ?2, ?3)", &st);
+    hstore_err se = hstore_prepare(c->db, "INSERT OR REPLACE INTO outbox_envelopes (message_id, name, device_id, envelope) "
+                                          "VALUES (?1, ?4, ?2, ?3)", &st);
     if (!se) {
         sqlite3_bind_blob(st, 1, mid, 16, SQLITE_TRANSIENT);
         sqlite3_bind_int64(st, 2, dev);
         sqlite3_bind_blob(st, 3, env, (int)len, SQLITE_TRANSIENT);
+        sqlite3_bind_text(st, 4, name, -1, SQLITE_TRANSIENT);
         se = hstore_run(c->db, st);
     }
     return hsdk_from_store(se);

@@ -86,6 +86,9 @@ extern size_t hsdk_max_record;
 hush_err hsdk_pending_candidates(hush_client *c, const char *name, uint32_t dev, uint8_t (*keys)[33], int64_t *cand,
                                   size_t max, size_t *n);
 hush_err hsdk_peer_identity_other(hush_client *c, const char *name, uint32_t dev, uint8_t key[33], int *found);
+/* Calls fn for every trusted identity on record (name, device, key) until fn returns non-zero. */
+hush_err hsdk_identities_each(hush_client *c, int (*fn)(void *ctx, const char *name, uint32_t dev, const uint8_t key[33]),
+                              void *ctx);
 hush_err hsdk_save_peer_identity(hush_client *c, const char *name, uint32_t dev, const uint8_t *key, size_t len);
 /* The local device's row (local_device): loaded at open, written once by hush_device_create;
  * the authentication secret comes back opened (caller wipes and frees). Caller holds the lock. */
@@ -130,6 +133,31 @@ int hsdk_peers_list(hush_client *c, const char *peer, uint32_t *devs, int max);
 void hsdk_peers_forget(hush_client *c, const char *peer);
 hush_err hsdk_peers_add(hush_client *c, const char *peer, uint32_t dev, uint64_t now_ms);
 
+/* client.c: a device linked to an existing account: the account's identity key pair, a fresh
+ * registration id, auth key and prekeys. Inside the caller's transaction; caller holds the lock. */
+hush_err hsdk_device_create_linked(hush_client *c, const char *username, uint32_t device_id, const uint8_t id_pub[33],
+                                   const uint8_t id_priv[32]);
+
+/* After a rolled-back transaction that created the device: the client has no device again. */
+void hsdk_forget_device(hush_client *c);
+
+/* link.c: linking a device (see the file's comment). The code: "hush-link-1:<address>:<key>". */
+int hsdk_link_code_format(char *out, size_t cap, const char *address, const uint8_t pk[32]);
+hush_err hsdk_link_code_parse(const char *code, char address[33], uint8_t pk[32]);
+/* The sealed link box for the device reserved by (token, device_id). Takes the lock. *box is
+ * malloc'd (free). */
+hush_err hsdk_link_box_make(hush_client *c, const char *token, uint32_t device_id, const char *origin,
+                            const uint8_t pk[32], uint8_t **box, size_t *box_len);
+/* Opens a link box with the ephemeral key pair and creates the device from it (with its link
+ * token and trusted contacts) in one transaction. Takes the lock. *presence: the presence allow
+ * list to apply (malloc'd strings in a malloc'd array, the caller frees both). */
+hush_err hsdk_link_box_open(hush_client *c, const uint8_t *box, size_t len, const uint8_t pk[32], const uint8_t sk[32],
+                            char *const **presence, size_t *npresence);
+/* The link token this device registers with ("" when none); cleared once registered. Caller
+ * holds the lock. */
+hush_err hsdk_link_token(hush_client *c, char out[129]);
+hush_err hsdk_link_token_clear(hush_client *c);
+
 /* Buffers handed to the caller: sized so hush_free can wipe them. */
 void *hsdk_alloc(size_t n);
 /* Signs msg with the device's Ed25519 authentication key. Only for the relay proofs
@@ -161,6 +189,7 @@ void hsdk_net_stop(hush_client *c);
 #define NET_WAKE_PRESENCE 2
 #define NET_WAKE_TYPING 4
 #define NET_WAKE_IDENTITY 8
+#define NET_WAKE_LINK 16
 
 /* One integer from a one-row query (a count, a meta value): prepare, bind `arg` to ?1 when not
  * NULL, step, read column 0 (0 when there is no row), reset, map the error. Caller holds the lock. */
@@ -219,8 +248,14 @@ hush_err hsdk_outbox_remove_text(hush_client *c, const uint8_t mid[16]);
 /* An acknowledged or failed row goes, with its envelopes. */
 void hsdk_outbox_remove(hush_client *c, int64_t outbox_id, const uint8_t mid[16]);
 /* The envelopes made for an outbox row, one per device, kept so a retry sends the same bytes. */
-uint8_t *hsdk_envelope_get(hush_client *c, const uint8_t mid[16], uint32_t dev, size_t *len);
-hush_err hsdk_envelope_put(hush_client *c, const uint8_t mid[16], uint32_t dev, const uint8_t *env, size_t len);
+/* The envelope made for device (name, dev) of outbox message mid (name: the peer, or our own
+ * username for the copies to our other devices). get: malloc'd, NULL when none. */
+uint8_t *hsdk_envelope_get(hush_client *c, const uint8_t mid[16], const char *name, uint32_t dev, size_t *len);
+hush_err hsdk_envelope_put(hush_client *c, const uint8_t mid[16], const char *name, uint32_t dev, const uint8_t *env,
+                           size_t len);
+/* Read marks made on another of our devices: our received pairwise messages from peer with these
+ * ids become read. Caller holds the lock. */
+hush_err hsdk_history_sync_read(hush_client *c, const char *peer, const uint8_t *ids, size_t n);
 void hsdk_envelopes_forget(hush_client *c, const uint8_t mid[16]);
 
 /* messaging.c */
@@ -230,6 +265,11 @@ size_t hsdk_presence_prefs(hush_client *c, int kind, char **names, size_t max);
 hush_err hsdk_encrypt_kind(hush_client *c, const char *peer, uint32_t device_id, int kind, const uint8_t *body,
                             size_t len, const uint8_t mid[HUSH_MESSAGE_ID_BYTES], int history, uint8_t **envelope,
                             size_t *envelope_len);
+/* The same for a copy to another device of our own user (peer = our username): the Content
+ * carries sync_peer, the conversation the message belongs to. */
+hush_err hsdk_encrypt_sync(hush_client *c, const char *peer, uint32_t device_id, int kind, const uint8_t *body,
+                            size_t len, const uint8_t mid[HUSH_MESSAGE_ID_BYTES], int history, const char *sync_peer,
+                            uint8_t **envelope, size_t *envelope_len);
 
 /* encrypt.c: pairwise encryption (group.c sends sender keys with it) */
 hush_err hsdk_encrypt_content(hush_client *c, const char *peer, uint32_t dev, Hush__Content *content,

@@ -34,9 +34,13 @@
 #define SPK_MAX_AGE_MS (7ull * 24 * 3600 * 1000)
 #define SPK_GRACE_MS (30ull * 24 * 3600 * 1000)
 #define PREKEY_BATCH 100
+#define NET_MAX_MISMATCH_ROUNDS 4 /* device-list refusals of one message before it fails */
 
 enum nstate { N_IDLE, N_CONNECTING, N_HELLO, N_AUTH, N_ONLINE };
-enum req_type { R_NONE, R_HELLO, R_AUTH, R_SEND, R_FETCH, R_UPLOAD, R_OTHER };
+enum req_type { R_NONE, R_HELLO, R_AUTH, R_SEND, R_FETCH, R_UPLOAD, R_OTHER, R_PROVISION, R_LINK_TOKEN, R_PROVISION_SEND };
+
+/* hush_device_link's request, from the app thread to the network thread (under mu) */
+enum link_step { LINK_IDLE, LINK_QUEUED, LINK_TOKEN_ASKED, LINK_BOX_SENT, LINK_DONE };
 
 struct nbuf {
     struct nbuf *next;
@@ -120,6 +124,19 @@ struct hush_net {
     uint64_t next_rotation_check_ms;
     char fetch_peer[HUSH_USERNAME_MAX + 1];
     char blocked_peer[HUSH_USERNAME_MAX + 1]; /* identity change pending: its outbox waits */
+    /* a new device being linked (hush_net_start_link): the ephemeral key its link box is sealed
+     * to, and the code last shown */
+    int link_mode;
+    uint8_t link_pk[32], link_sk[32];
+    char link_code[HUSH_LINK_CODE_MAX + 1];
+    /* an existing device linking another (hush_device_link), under mu */
+    enum link_step link_step;
+    char link_addr[HWIRE_PROVISION_ADDRESS_LEN + 1];
+    uint8_t link_peer_pk[32];
+    hush_err link_result;
+    uint32_t link_dev;        /* the device id the relay reserved */
+    uint8_t mismatch_mid[16]; /* the message the relay last refused for its device list... */
+    int mismatch_rounds;      /* ...and how many times in a row */
     int backoff_ms;
     uint64_t retry_at_ms;     /* pump again after a refusal (rate limit, quota...) */
     lws_sorted_usec_list_t sul_reconnect;
@@ -192,6 +209,15 @@ void hnet_process_batch(struct hush_net *n);
 void hnet_batch_cb(lws_sorted_usec_list_t *sul);
 void hnet_reprocess_pending(struct hush_net *n);
 void hnet_replay_unnotified(struct hush_net *n);
+
+/* net_link.c */
+void hnet_link_provision(struct hush_net *n);
+void hnet_on_provision_result(struct hush_net *n, const Hush__Result *res);
+void hnet_on_provisioned(struct hush_net *n, const Hush__Provisioned *p);
+void hnet_link_start(struct hush_net *n);
+void hnet_on_link_token_result(struct hush_net *n, const Hush__Result *res);
+void hnet_on_provision_send_result(struct hush_net *n, const Hush__Result *res);
+void hnet_link_finish(struct hush_net *n, hush_err e);
 
 /* messaging.c */
 /* Records that a receipt (state 2 delivered, 3 read) is owed for mid; caller holds the lock. */

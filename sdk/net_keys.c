@@ -243,6 +243,13 @@ void hnet_send_auth(struct hush_net *n)
     rr.keys = keys;
     rr.invite = n->invite;
     rr.origin = origin;
+    char token[129];
+    hsdk_lock(c);
+    if (hsdk_link_token(c, token) != HUSH_OK)
+        token[0] = '\0';
+    hsdk_unlock(c);
+    if (token[0])
+        rr.link_token = token; /* a linked device: the token its account's other device got */
     uint8_t digest[HWIRE_REGISTER_DIGEST_BYTES];
     if (hwire_register_digest(&rr, digest) != 0 ||
         hush_auth_proof(c, HWIRE_PURPOSE_REGISTER, origin, binding, blen, digest, n->challenge, sig) != HUSH_OK) {
@@ -284,6 +291,8 @@ hush_err hnet_fatal_for(int code)
     case HUSH__ERROR_CODE__INVITE_INVALID: return HUSH_ERR_REGISTRATION_REFUSED;
     case HUSH__ERROR_CODE__BAD_KEYS:
     case HUSH__ERROR_CODE__UNSUPPORTED_VERSION: return HUSH_ERR_RELAY;
+    case HUSH__ERROR_CODE__TOO_MANY_DEVICES: return HUSH_ERR_TOO_MANY_DEVICES;
+    case HUSH__ERROR_CODE__LINK_INVALID: return HUSH_ERR_LINK_FAILED;
     default: return HUSH_OK;
     }
 }

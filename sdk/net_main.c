@@ -76,6 +76,7 @@ static void went_online(struct hush_net *n)
     n->unflushed_receipts = 1; /* receipts owed from before a restart */
     hnet_flush_receipts(n);
     hnet_pump_outbox(n);
+    hnet_link_start(n); /* a hush_device_link that waited for the connection */
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -98,7 +99,13 @@ static void handle_frame(struct hush_net *n, const uint8_t *data, size_t len)
         if (n->st == N_HELLO && hnet_take_req(n, f->id, &r) && f->welcome->challenge.len == 32 && f->welcome->version == 1) {
             memcpy(n->challenge, f->welcome->challenge.data, 32);
             n->st = N_AUTH;
-            hnet_send_auth(n);
+            hsdk_lock(n->c);
+            int has = n->c->has_device;
+            hsdk_unlock(n->c);
+            if (n->link_mode && !has)
+                hnet_link_provision(n); /* a device to be linked: wait for the link box first */
+            else
+                hnet_send_auth(n);
         } else {
             hnet_report(n, HUSH_ERR_RELAY, "unexpected welcome");
         }
@@ -114,7 +121,7 @@ static void handle_frame(struct hush_net *n, const uint8_t *data, size_t len)
         if (r.type == R_AUTH) {
             if (f->result->code == HUSH__ERROR_CODE__OK) {
                 hsdk_lock(n->c);
-                if (hsdk_meta_set_int(n->c, "registered", 1) != HUSH_OK)
+                if (hsdk_meta_set_int(n->c, "registered", 1) != HUSH_OK || hsdk_link_token_clear(n->c) != HUSH_OK)
                     hnet_report(n, HUSH_ERR_STORAGE, "could not record the registration");
                 hsdk_unlock(n->c);
                 went_online(n);
@@ -135,6 +142,25 @@ static void handle_frame(struct hush_net *n, const uint8_t *data, size_t len)
             hnet_pump_outbox(n);
         } else if (r.type == R_UPLOAD && f->result->code) {
             hnet_report(n, HUSH_ERR_RELAY, "prekey upload refused");
+        } else if (r.type == R_PROVISION) {
+            hnet_on_provision_result(n, f->result);
+        } else if (r.type == R_LINK_TOKEN) {
+            hnet_on_link_token_result(n, f->result);
+        } else if (r.type == R_PROVISION_SEND) {
+            hnet_on_provision_send_result(n, f->result);
+        }
+        break;
+    case HUSH__FRAME__MSG_PROVISIONED:
+        hnet_on_provisioned(n, f->provisioned);
+        break;
+    case HUSH__FRAME__MSG_DEVICE_LIST_CHANGED:
+        /* a device was linked or removed: that user's list is fetched again before the next send */
+        if (n->st == N_ONLINE && hsdk_valid_username(f->device_list_changed->username)) {
+            hsdk_lock(n->c);
+            hsdk_peers_forget(n->c, f->device_list_changed->username);
+            hsdk_unlock(n->c);
+            if (n->cb.on_devices_changed)
+                n->cb.on_devices_changed(n->cb.ctx, f->device_list_changed->username);
         }
         break;
     case HUSH__FRAME__MSG_DELIVER: {
@@ -250,6 +276,11 @@ static void connection_lost(struct hush_net *n)
     n->inflight = 0;
     n->fetching = 0;
     n->pump_cursor = 0;
+    pthread_mutex_lock(&n->mu);
+    int linking = n->link_step == LINK_TOKEN_ASKED || n->link_step == LINK_BOX_SENT;
+    pthread_mutex_unlock(&n->mu);
+    if (linking)
+        hnet_link_finish(n, HUSH_ERR_NETWORK); /* the other device is not linked: start again */
     if (!n->fatal && !atomic_load(&n->stop))
         hnet_set_conn(n, HUSH_CONN_OFFLINE, HUSH_ERR_NETWORK);
     schedule_reconnect(n);
@@ -338,6 +369,8 @@ static void handle_wake(struct hush_net *n)
         hnet_send_typing(n);
     if (w & (NET_WAKE_OUTBOX | NET_WAKE_IDENTITY))
         hnet_pump_outbox(n);
+    if (w & NET_WAKE_LINK)
+        hnet_link_start(n);
 }
 
 static int net_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in, size_t len)
@@ -513,7 +546,7 @@ static void net_wake(hush_client *c, int flags);
 /* How the rest of the SDK reaches this thread (core.c): installed at the first start. */
 static const struct hsdk_net_hooks net_hooks = { net_wake, hush_net_stop };
 
-hush_err hush_net_start(hush_client *c, const hush_net_opts *opts, const hush_callbacks *cb)
+static hush_err start_net(hush_client *c, const hush_net_opts *opts, const hush_callbacks *cb, int link)
 {
     if (!c)
         return HUSH_ERR_INVALID_ARG;
@@ -525,12 +558,18 @@ hush_err hush_net_start(hush_client *c, const hush_net_opts *opts, const hush_ca
         snprintf(url, sizeof url, "%s", opts->relay_url);
     else
         load_meta_text(c, "relay_url", url, sizeof url);
-    if (!has)
+    if (!has && !link)
         return HUSH_ERR_NO_DEVICE;
+    if (has && link)
+        return HUSH_ERR_DEVICE_EXISTS;
     struct hush_net *n = calloc(1, sizeof *n);
     if (!n)
         return HUSH_ERR_NOMEM;
     n->c = c;
+    if (link) {
+        n->link_mode = 1;
+        crypto_box_keypair(n->link_pk, n->link_sk);
+    }
     if (cb)
         n->cb = *cb;
     n->next_id = 1;
@@ -594,10 +633,21 @@ hush_err hush_net_start(hush_client *c, const hush_net_opts *opts, const hush_ca
         c->net = NULL;
         pthread_mutex_unlock(&c->net_mu);
         lws_context_destroy(n->ctx);
+        sodium_memzero(n->link_sk, sizeof n->link_sk);
         free(n);
         return HUSH_ERR_NETWORK;
     }
     return HUSH_OK;
+}
+
+hush_err hush_net_start(hush_client *c, const hush_net_opts *opts, const hush_callbacks *cb)
+{
+    return start_net(c, opts, cb, 0);
+}
+
+hush_err hush_net_start_link(hush_client *c, const hush_net_opts *opts, const hush_callbacks *cb)
+{
+    return start_net(c, opts, cb, 1);
 }
 
 void hush_net_stop(hush_client *c)
@@ -759,4 +809,63 @@ hush_err hush_net_flush(hush_client *c, int timeout_ms)
     if (!c || timeout_ms < 0)
         return HUSH_ERR_INVALID_ARG;
     return wait_until(c, timeout_ms, pred_flushed);
+}
+
+static int pred_linked(hush_client *c, struct hush_net *n, hush_err *e)
+{
+    if (pred_online(c, n, e) && *e)
+        return 1; /* failed for good */
+    pthread_mutex_lock(&n->mu);
+    int done = n->link_step == LINK_DONE;
+    *e = n->link_result;
+    pthread_mutex_unlock(&n->mu);
+    return done;
+}
+
+hush_err hush_device_link(hush_client *c, const char *code, int timeout_ms, uint32_t *device_id)
+{
+    if (device_id)
+        *device_id = 0;
+    char addr[HWIRE_PROVISION_ADDRESS_LEN + 1];
+    uint8_t pk[32];
+    if (!c || timeout_ms < 0 || hsdk_link_code_parse(code, addr, pk) != HUSH_OK)
+        return HUSH_ERR_INVALID_ARG;
+    /* a key nothing can be sealed to (e.g. of small order) is refused before the relay reserves
+     * a device id for it */
+    uint8_t probe[crypto_box_SEALBYTES + 1];
+    if (crypto_box_seal(probe, (const uint8_t *)"", 1, pk) != 0)
+        return HUSH_ERR_INVALID_ARG;
+    pthread_mutex_lock(&c->net_mu);
+    struct hush_net *n = c->net;
+    hush_err e = n ? HUSH_OK : HUSH_ERR_NOT_RUNNING;
+    if (n) {
+        pthread_mutex_lock(&n->mu);
+        if (n->link_step != LINK_IDLE && n->link_step != LINK_DONE) {
+            e = HUSH_ERR_INVALID_ARG; /* one link at a time */
+        } else {
+            n->link_step = LINK_QUEUED;
+            n->link_result = HUSH_ERR_TIMEOUT;
+            memcpy(n->link_addr, addr, sizeof addr);
+            memcpy(n->link_peer_pk, pk, sizeof pk);
+        }
+        pthread_mutex_unlock(&n->mu);
+    }
+    pthread_mutex_unlock(&c->net_mu);
+    if (e)
+        return e;
+    net_wake(c, NET_WAKE_LINK);
+    e = wait_until(c, timeout_ms, pred_linked);
+    pthread_mutex_lock(&c->net_mu);
+    if ((n = c->net) != NULL) {
+        pthread_mutex_lock(&n->mu);
+        if (n->link_step == LINK_QUEUED)
+            n->link_step = LINK_IDLE; /* timed out before it started: it will not */
+        else if (n->link_step == LINK_DONE)
+            n->link_step = LINK_IDLE;
+        if (e == HUSH_OK && device_id)
+            *device_id = n->link_dev;
+        pthread_mutex_unlock(&n->mu);
+    }
+    pthread_mutex_unlock(&c->net_mu);
+    return e;
 }

@@ -108,6 +108,8 @@ static int inbound_report(struct hush_net *n, struct inbound *in, int from_pendi
             hnet_signal_progress(n);
         } else if (m->kind == HUSH_KIND_TYPING && n->cb.on_typing) {
             n->cb.on_typing(n->cb.ctx, in->from, in->dev, m->body[0] != 0);
+        } else if (m->kind == HUSH_KIND_SENT_ELSEWHERE && n->cb.on_message) {
+            n->cb.on_message(n->cb.ctx, m); /* stored as sent: no receipt is owed to ourselves */
         }
         return 1;
     case HUSH_ERR_DUPLICATE:
@@ -274,6 +276,7 @@ void hnet_replay_unnotified(struct hush_net *n)
             h[0].local_id == id) {
             m.kind = HUSH_KIND_TEXT;
             snprintf(m.sender, sizeof m.sender, "%s", peer);
+            snprintf(m.conversation, sizeof m.conversation, "%s", peer);
             m.sender_device = h[0].peer_device;
             memcpy(m.message_id, h[0].message_id, 16);
             m.sent_at_ms = h[0].sent_at_ms;

@@ -48,27 +48,30 @@ static void forget_envelopes(hush_client *c, const uint8_t mid[16])
     hsdk_unlock(c);
 }
 
-/* The stored envelope for (mid, dev), or NULL. */
-static uint8_t *stored_envelope(hush_client *c, const uint8_t mid[16], uint32_t dev, size_t *len)
+/* The stored envelope for (mid, name, dev), or NULL. */
+static uint8_t *stored_envelope(hush_client *c, const uint8_t mid[16], const char *name, uint32_t dev, size_t *len)
 {
     hsdk_lock(c);
-    uint8_t *out = hsdk_envelope_get(c, mid, dev, len);
+    uint8_t *out = hsdk_envelope_get(c, mid, name, dev, len);
     hsdk_unlock(c);
     return out;
 }
 
 /* Encrypts for one device and stores the envelope, atomically with the ratchet step: a crash
- * between the two would otherwise leave a state advanced for a ciphertext nobody kept. */
-static uint8_t *make_envelope(struct hush_net *n, const struct orow *o, uint32_t dev, size_t *len, hush_err *err)
+ * between the two would otherwise leave a state advanced for a ciphertext nobody kept. A device of
+ * our own user (name = our username) gets the copy that names the conversation (sync_peer). */
+static uint8_t *make_envelope(struct hush_net *n, const struct orow *o, const char *name, uint32_t dev, size_t *len,
+                              hush_err *err)
 {
     hush_client *c = n->c;
+    int own = strcmp(name, o->peer) != 0;
     hsdk_lock(c);
     uint8_t *env = NULL;
     *err = hsdk_begin(c);
     if (!*err) {
-        *err = hsdk_encrypt_kind(c, o->peer, dev, o->kind, o->body, o->len, o->mid, 0, &env, len);
+        *err = hsdk_encrypt_sync(c, name, dev, o->kind, o->body, o->len, o->mid, 0, own ? o->peer : NULL, &env, len);
         if (!*err)
-            *err = hsdk_envelope_put(c, o->mid, dev, env, *len);
+            *err = hsdk_envelope_put(c, o->mid, name, dev, env, *len);
         if (!*err)
             *err = hsdk_commit(c);
         else
@@ -123,11 +126,27 @@ static void request_fetch(struct hush_net *n, const char *peer)
     snprintf(n->fetch_peer, sizeof n->fetch_peer, "%s", peer);
 }
 
-/* Sends one outbox row. Returns 1 if sent, 0 if it must wait (fetch started or retry later). */
+/* Our own user's other devices, as last fetched. Returns -1 when the list was never fetched (the
+ * list always holds our own device once fetched), else the number of other devices in devs. */
+static int own_other_devices(hush_client *c, uint32_t *devs, int max)
+{
+    uint32_t all[MAX_DEVS];
+    int na = hsdk_peers_list(c, c->username, all, MAX_DEVS);
+    if (na == 0)
+        return -1;
+    int n = 0;
+    for (int i = 0; i < na; i++)
+        if (all[i] != c->device_id && n < max)
+            devs[n++] = all[i];
+    return n;
+}
+
+/* Sends one outbox row to every device of its peer and every other device of our own user.
+ * Returns 1 if sent, 0 if it must wait (fetch started or retry later). */
 static int send_row(struct hush_net *n, struct orow *o)
 {
     hush_client *c = n->c;
-    uint32_t devs[MAX_DEVS];
+    uint32_t devs[MAX_DEVS], own[MAX_DEVS];
     int nd = hsdk_peers_list(c, o->peer, devs, MAX_DEVS);
     int missing = nd == 0;
     for (int i = 0; i < nd && !missing; i++)
@@ -136,15 +155,28 @@ static int send_row(struct hush_net *n, struct orow *o)
         request_fetch(n, o->peer);
         return 0;
     }
-    Hush__Recipient rcs[MAX_DEVS], *rp[MAX_DEVS];
-    uint8_t *envs[MAX_DEVS] = { 0 };
+    int no = own_other_devices(c, own, MAX_DEVS);
+    missing = no < 0;
+    for (int i = 0; i < no && !missing; i++)
+        missing = !hush_has_session(c, c->username, own[i]);
+    if (missing) {
+        request_fetch(n, c->username);
+        return 0;
+    }
+    if (no < 0)
+        no = 0;
+    int total = nd + no;
+    Hush__Recipient rcs[2 * MAX_DEVS], *rp[2 * MAX_DEVS];
+    uint8_t *envs[2 * MAX_DEVS] = { 0 };
     int ok = 1;
-    for (int i = 0; i < nd && ok; i++) {
+    for (int i = 0; i < total && ok; i++) {
+        const char *name = i < nd ? o->peer : c->username;
+        uint32_t dev = i < nd ? devs[i] : own[i - nd];
         size_t len = 0;
-        envs[i] = stored_envelope(c, o->mid, devs[i], &len);
+        envs[i] = stored_envelope(c, o->mid, name, dev, &len);
         if (!envs[i]) {
             hush_err e = HUSH_OK;
-            envs[i] = make_envelope(n, o, devs[i], &len, &e);
+            envs[i] = make_envelope(n, o, name, dev, &len, &e);
             if (!envs[i]) {
                 hnet_report(n, e, "encrypting an outgoing message failed; will retry");
                 ok = 0;
@@ -152,8 +184,8 @@ static int send_row(struct hush_net *n, struct orow *o)
             }
         }
         hush__recipient__init(&rcs[i]);
-        rcs[i].username = o->peer;
-        rcs[i].device_id = devs[i];
+        rcs[i].username = (char *)name;
+        rcs[i].device_id = dev;
         rcs[i].envelope.data = envs[i];
         rcs[i].envelope.len = len;
         rp[i] = &rcs[i];
@@ -170,7 +202,7 @@ static int send_row(struct hush_net *n, struct orow *o)
             Hush__SendRequest s = HUSH__SEND_REQUEST__INIT;
             s.client_msg_id.data = o->mid;
             s.client_msg_id.len = 16;
-            s.n_recipients = (size_t)nd;
+            s.n_recipients = (size_t)total;
             s.recipients = rp;
             Hush__Frame f = HUSH__FRAME__INIT;
             f.id = r->id;
@@ -180,7 +212,7 @@ static int send_row(struct hush_net *n, struct orow *o)
             n->inflight++;
         }
     }
-    for (int i = 0; i < nd; i++)
+    for (int i = 0; i < total; i++)
         free(envs[i]);
     if (!ok)
         n->retry_at_ms = now_ms() + NET_RETRY_MS;
@@ -213,20 +245,6 @@ void hnet_pump_outbox(struct hush_net *n)
             break; /* in order: later rows wait for this one */
         n->pump_cursor = o.id;
     }
-}
-
-/* 1 when `dev` has no trusted key on record but another device of `peer` has. */
-static int is_new_device_of_known_user(hush_client *c, const char *peer, uint32_t dev)
-{
-    uint8_t key[33];
-    int mine = 0, other = 0;
-    hsdk_lock(c);
-    hush_err e = hsdk_peer_identity(c, peer, dev, key, &mine);
-    if (e == HUSH_OK && !mine)
-        e = hsdk_peer_identity_other(c, peer, dev, key, &other);
-    hsdk_unlock(c);
-    sodium_memzero(key, sizeof key);
-    return e == HUSH_OK && !mine && other;
 }
 
 /* Nobody to deliver to: the queued messages to `peer` at the head of the outbox fail (state
@@ -279,12 +297,20 @@ void hnet_on_fetch_result(struct hush_net *n, const struct req *r, const Hush__R
             hush__key_bundle__pack(b, buf);
             hush_err e = hush_bundle_import(c, buf, len, NULL, NULL);
             free(buf);
+            if (e == HUSH_ERR_IDENTITY_CHANGED && !strcmp(r->peer, c->username)) {
+                /* listed under our name without our identity key: never one of ours */
+                char detail[160];
+                snprintf(detail, sizeof detail, "the relay lists a device %s/%u without this account's identity key: "
+                         "nothing is sent to it", r->peer, dev);
+                hnet_report(n, e, detail);
+                continue;
+            }
             if (e == HUSH_ERR_IDENTITY_CHANGED) {
-                /* A changed key of a known device holds every send to this peer until the user
-                 * decides. A device never seen of a known user is left out of the device list:
-                 * sends go to the devices the user already trusts, nothing to the new one. */
-                if (!is_new_device_of_known_user(c, r->peer, dev))
-                    snprintf(n->blocked_peer, sizeof n->blocked_peer, "%s", r->peer);
+                /* A device whose key is not the one trusted for its user (a changed key, or a
+                 * device the relay lists with keys of its own) holds every send to this user
+                 * until the user decides: nothing goes to it, and nothing goes without it, since
+                 * the relay takes a send only when it names every device of the user. */
+                snprintf(n->blocked_peer, sizeof n->blocked_peer, "%s", r->peer);
                 hnet_on_identity(n, r->peer, dev);
                 continue;
             }
@@ -298,6 +324,14 @@ void hnet_on_fetch_result(struct hush_net *n, const struct req *r, const Hush__R
         hsdk_lock(c);
         if (hsdk_peers_add(c, r->peer, dev, now_ms()) != HUSH_OK)
             hnet_report(n, HUSH_ERR_STORAGE, "could not record a contact's devices");
+        hsdk_unlock(c);
+    }
+    if (!strcmp(r->peer, c->username)) {
+        /* our own list always holds this device: it tells "fetched, no other device" from
+         * "never fetched" */
+        hsdk_lock(c);
+        if (hsdk_peers_add(c, c->username, c->device_id, now_ms()) != HUSH_OK)
+            hnet_report(n, HUSH_ERR_STORAGE, "could not record this account's devices");
         hsdk_unlock(c);
     }
     uint32_t devs[1];
@@ -325,6 +359,30 @@ void hnet_on_send_result(struct hush_net *n, const struct req *r, const Hush__Re
         /* the device list changed: forget it and this message's ciphertexts, fetch again */
         forget_devices(n->c, r->peer);
         forget_envelopes(n->c, r->mid);
+        n->pump_cursor = 0;
+        n->inflight = 0;
+        break;
+    case HUSH__ERROR_CODE__DEVICE_MISMATCH:
+        /* A device was added or removed (the contact's or ours): forget the lists named, fetch
+         * them again and send the same message (same id) to the new set. A relay that keeps
+         * refusing every set we can trust fails the message after a few rounds. */
+        if (memcmp(n->mismatch_mid, r->mid, 16) != 0) {
+            memcpy(n->mismatch_mid, r->mid, 16);
+            n->mismatch_rounds = 0;
+        }
+        if (++n->mismatch_rounds > NET_MAX_MISMATCH_ROUNDS) {
+            char detail[160];
+            snprintf(detail, sizeof detail, "the relay refused every device list for a message to %s; it was not sent",
+                     r->peer);
+            hnet_report(n, HUSH_ERR_RELAY, detail);
+            outbox_finished(n, r->outbox_id, r->mid, r->kind, HUSH_MSG_FAILED, r->peer);
+            n->mismatch_rounds = 0;
+        } else {
+            for (size_t i = 0; i < res->n_mismatches; i++)
+                if (res->mismatches[i]->username && hsdk_valid_username(res->mismatches[i]->username))
+                    forget_devices(n->c, res->mismatches[i]->username);
+            forget_envelopes(n->c, r->mid);
+        }
         n->pump_cursor = 0;
         n->inflight = 0;
         break;

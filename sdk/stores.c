@@ -89,6 +89,13 @@ const char *const hsdk_migrations[] = {
     "INSERT INTO pending_identities_v3 SELECT name, device_id, 0, key, created_at FROM pending_identities;"
     "DROP TABLE pending_identities;"
     "ALTER TABLE pending_identities_v3 RENAME TO pending_identities;",
+    /* 3 -> 4: linked devices. An outbox message also goes to our own other devices, so its
+     * stored envelopes are keyed by (name, device). The old rows are dropped: a queued message is
+     * encrypted again (a copy the relay already stored is recognised by its message id). */
+    "DROP TABLE outbox_envelopes;"
+    "CREATE TABLE outbox_envelopes ("
+    "  message_id BLOB NOT NULL, name TEXT NOT NULL, device_id INTEGER NOT NULL, envelope BLOB NOT NULL,"
+    "  PRIMARY KEY (message_id, name, device_id)) WITHOUT ROWID;",
 };
 const int hsdk_nmigrations = (int)(sizeof hsdk_migrations / sizeof hsdk_migrations[0]);
 
@@ -361,6 +368,53 @@ hush_err hsdk_peer_identity(hush_client *c, const char *name, uint32_t dev, uint
     return HUSH_OK;
 }
 
+hush_err hsdk_identities_each(hush_client *c, int (*fn)(void *ctx, const char *name, uint32_t dev, const uint8_t key[33]),
+                              void *ctx)
+{
+    sqlite3_stmt *st;
+    hstore_err se = hstore_prepare(c->db, "SELECT name, device_id FROM identities ORDER BY name, device_id", &st);
+    if (se)
+        return hsdk_from_store(se);
+    /* collected first: the statement is reused by hsdk_peer_identity */
+    struct idrow {
+        char name[HUSH_USERNAME_MAX + 1];
+        uint32_t dev;
+    } *rows = NULL;
+    size_t n = 0, cap = 0;
+    int row = 0;
+    hush_err e = HUSH_OK;
+    while (!e && (se = hstore_step(c->db, st, &row)) == HSTORE_OK && row) {
+        int nl = sqlite3_column_bytes(st, 0);
+        if (nl <= 0 || nl > HUSH_USERNAME_MAX)
+            continue;
+        if (n == cap) {
+            cap = cap ? cap * 2 : 64;
+            struct idrow *r = realloc(rows, cap * sizeof *rows);
+            if (!r) {
+                e = HUSH_ERR_NOMEM;
+                sqlite3_reset(st);
+                break;
+            }
+            rows = r;
+        }
+        memcpy(rows[n].name, sqlite3_column_blob(st, 0), (size_t)nl);
+        rows[n].name[nl] = '\0';
+        rows[n].dev = (uint32_t)sqlite3_column_int64(st, 1);
+        n++;
+    }
+    if (!e)
+        e = hsdk_from_store(se);
+    for (size_t i = 0; !e && i < n; i++) {
+        uint8_t key[33];
+        int found = 0;
+        e = hsdk_peer_identity(c, rows[i].name, rows[i].dev, key, &found);
+        if (!e && found && fn(ctx, rows[i].name, rows[i].dev, key) != 0)
+            break;
+    }
+    free(rows);
+    return e;
+}
+
 hush_err hsdk_save_peer_identity(hush_client *c, const char *name, uint32_t dev, const uint8_t *key, size_t len)
 {
     sqlite3_stmt *st;
@@ -412,6 +466,29 @@ static int s_save_identity(const signal_protocol_address *address, uint8_t *key_
     return e ? store_fail(c, e) : 0;
 }
 
+/* The public half of our identity key (shared by all our devices). */
+static hush_err own_identity_public(hush_client *c, uint8_t out[33])
+{
+    ratchet_identity_key_pair *kp = NULL;
+    hush_err e = hsdk_local_identity(c, &kp);
+    if (e)
+        return e;
+    signal_buffer *b = NULL;
+    if (ec_public_key_serialize(&b, ratchet_identity_key_pair_get_public(kp)) != 0 || signal_buffer_len(b) != 33)
+        e = HUSH_ERR_INTERNAL;
+    else
+        memcpy(out, signal_buffer_data(b), 33);
+    signal_buffer_free(b);
+    SIGNAL_UNREF(kp);
+    return e;
+}
+
+/*
+ * Identity is per user: all devices of a user share one identity key. A device of our own user
+ * is trusted only with our own key; a device of a known user only with the key we trust for that
+ * user (a device never seen with another key is whoever runs the relay listing a device of its own
+ * under the name, and is reported like a changed key); a user never seen is trusted on first use.
+ */
 static int s_is_trusted_identity(const signal_protocol_address *address, uint8_t *key_data, size_t key_len, void *ud)
 {
     hush_client *c = ud;
@@ -420,22 +497,26 @@ static int s_is_trusted_identity(const signal_protocol_address *address, uint8_t
         return SG_ERR_INVAL;
     uint8_t known[33];
     int found = 0;
-    hush_err e = hsdk_peer_identity(c, name, (uint32_t)address->device_id, known, &found);
-    if (e)
-        return store_fail(c, e);
-    if (!found) {
-        /* A device never seen of a user already known is not trusted on first use: whoever runs
-         * the relay can list a device of its own under any name. It is reported like a changed
-         * key (the old safety number is that of the user's known device) and waits for the
-         * user's decision. */
-        e = hsdk_peer_identity_other(c, name, (uint32_t)address->device_id, known, &found);
+    hush_err e;
+    if (c->has_device && strcmp(name, c->username) == 0) {
+        e = own_identity_public(c, known);
         if (e)
             return store_fail(c, e);
-        if (!found)
-            return 1; /* a user seen for the first time: trust on first use */
-    } else if (sodium_memcmp(known, key_data, 33) == 0) {
-        return 1;
+        found = 1;
+    } else {
+        e = hsdk_peer_identity(c, name, (uint32_t)address->device_id, known, &found);
+        if (e)
+            return store_fail(c, e);
+        if (!found) {
+            e = hsdk_peer_identity_other(c, name, (uint32_t)address->device_id, known, &found);
+            if (e)
+                return store_fail(c, e);
+            if (!found)
+                return 1; /* a user seen for the first time: trust on first use */
+        }
     }
+    if (sodium_memcmp(known, key_data, 33) == 0)
+        return 1;
     /* A different key claims this address: remember it for hush_identity_pending. */
     c->untrusted.set = 1;
     memcpy(c->untrusted.name, name, sizeof name);

@@ -266,7 +266,7 @@ static void test_storage_jobs_bounded(void **state)
     uint8_t env[64], mid[16];
     randombytes_buf(env, sizeof env);
     rand_id(mid);
-    assert_int_equal(tc_send(o, "dora", 1, env, sizeof env, mid, NULL), 0);
+    assert_int_equal(tc_send(o, "carl", 1, env, sizeof env, mid, NULL), 0);
     long v = proc_kib(r.pid, "VmRSS");
     if (v > peak)
         peak = v;

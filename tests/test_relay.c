@@ -379,7 +379,11 @@ static void test_send_rules(void **state)
     uint8_t mid2[16];
     random_env(env, sizeof env, mid2);
     assert_int_equal(tc_send(a, "nobody", 1, env, sizeof env, mid2, NULL), HUSH__ERROR_CODE__UNKNOWN_RECIPIENT);
-    assert_int_equal(tc_send(a, "pia", 7, env, sizeof env, mid2, NULL), HUSH__ERROR_CODE__UNKNOWN_RECIPIENT);
+    /* a device pia does not have (and pia's device 1 left out): refused as a whole, with the
+     * devices missing and extra */
+    assert_int_equal(tc_send(a, "pia", 7, env, sizeof env, mid2, NULL), HUSH__ERROR_CODE__DEVICE_MISMATCH);
+    /* sending to one's own device: nothing to deliver, refused */
+    assert_int_equal(tc_send(a, a->user, 1, env, sizeof env, mid2, NULL), HUSH__ERROR_CODE__DEVICE_MISMATCH);
     /* bad requests */
     assert_int_equal(tc_send(a, "Bad Name", 1, env, sizeof env, mid2, NULL), HUSH__ERROR_CODE__BAD_REQUEST);
     uint8_t *big = calloc(1, 300 * 1024);

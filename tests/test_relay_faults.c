@@ -35,15 +35,19 @@ static void msleep(long ms)
     nanosleep(&ts, NULL);
 }
 
-/* A fresh client can still register, log in and get a message through. */
+/* Fresh clients can still register, log in and get a message through. */
 static void relay_still_serves(const struct relay_proc *r, const char *name)
 {
     struct tclient *c = tc_registered(r, name, 1);
+    char other[40];
+    snprintf(other, sizeof other, "%s2", name);
+    struct tclient *s = tc_registered(r, other, 1);
     uint8_t env[32], mid[16];
     randombytes_buf(env, sizeof env);
     randombytes_buf(mid, sizeof mid);
     uint64_t seq = 0;
-    assert_int_equal(tc_send(c, name, 1, env, sizeof env, mid, &seq), 0);
+    assert_int_equal(tc_send(s, name, 1, env, sizeof env, mid, &seq), 0);
+    tc_free(s);
     Hush__Frame *d = tc_next_push(c, HUSH__FRAME__MSG_DELIVER, T);
     assert_non_null(d);
     assert_int_equal(d->deliver->seq, seq);

@@ -42,6 +42,7 @@ extern "C" {
 #define HUSH_SAFETY_ITERATIONS 5200
 #define HUSH_MAX_BODY (64 * 1024)     /* largest plaintext body accepted by hush_encrypt */
 #define HUSH_MAX_ENVELOPE (256 * 1024) /* largest envelope hush_decrypt will parse */
+#define HUSH_LINK_CODE_MAX 128         /* longest link code (hush_net_start_link, hush_device_link) */
 #define HUSH_MAX_BUNDLE (4 * 1024)    /* largest bundle hush_bundle_import will parse */
 #define HUSH_GROUP_ID_MAX 64
 #define HUSH_ONE_TIME_PREKEYS 100
@@ -85,12 +86,15 @@ typedef enum hush_err {
     HUSH_ERR_TIMEOUT,          /* a wait ran out */
     HUSH_ERR_NOT_RUNNING,      /* the network thread is not running (hush_net_start) */
     HUSH_ERR_RELAY,            /* the relay answered with an error this version does not expect */
-    HUSH_ERR_SESSION_REPLACED  /* another connection (another process or copy of this database)
+    HUSH_ERR_SESSION_REPLACED, /* another connection (another process or copy of this database)
                                   logged in as this device: the network stops, as two connections
                                   of one device would take turns replacing each other */
+    HUSH_ERR_TOO_MANY_DEVICES, /* the account has the most devices the relay allows */
+    HUSH_ERR_LINK_FAILED       /* linking a device: the link code expired or was used, or the new
+                                  device's link was refused (start again with a new code) */
 } hush_err;
 
-#define HUSH_ERR_LAST HUSH_ERR_SESSION_REPLACED
+#define HUSH_ERR_LAST HUSH_ERR_LINK_FAILED
 
 /* Never NULL; static storage. */
 const char *hush_strerror(hush_err err);
@@ -212,7 +216,11 @@ typedef enum hush_kind {
     HUSH_KIND_GROUP_TEXT = 2, /* a group text message (group_id set) */
     HUSH_KIND_GROUP_KEY = 3,  /* a group sender key was received (nothing to show) */
     HUSH_KIND_RECEIPT = 4,    /* a delivery/read receipt (the networked SDK reports it as on_receipt) */
-    HUSH_KIND_TYPING = 5      /* a typing indicator (reported as on_typing) */
+    HUSH_KIND_TYPING = 5,     /* a typing indicator (reported as on_typing) */
+    HUSH_KIND_SENT_ELSEWHERE = 6, /* a text this user sent from another of its devices: `sender` is this
+                                     user, `conversation` the peer it went to; stored as sent */
+    HUSH_KIND_READ_ELSEWHERE = 7  /* another device of this user marked messages read (body: state byte,
+                                     then message ids); the history's read marks follow it */
 } hush_kind;
 
 typedef struct hush_message {
@@ -226,6 +234,8 @@ typedef struct hush_message {
     int64_t local_id;             /* history row id (0 when not stored, e.g. GROUP_KEY) */
     uint8_t *body;                /* NUL-terminated for convenience; body_len excludes the NUL */
     size_t body_len;
+    char conversation[HUSH_USERNAME_MAX + 1]; /* the peer the message belongs to: the sender, or for
+                                                 SENT_ELSEWHERE the peer it was sent to */
 } hush_message;
 
 /* Frees a message and wipes its body. NULL is accepted. */
@@ -306,7 +316,7 @@ HUSH_MUST_CHECK hush_err hush_group_encrypt(hush_client *c, const char *group_id
  */
 typedef struct hush_history_entry {
     int64_t local_id;
-    int outgoing;                 /* 1: sent by this device, 0: received */
+    int outgoing;                 /* 1: sent by this user (from this device or another of its own), 0: received */
     char peer[HUSH_USERNAME_MAX + 1];
     uint32_t peer_device;         /* 0 for outgoing */
     uint8_t message_id[HUSH_MESSAGE_ID_BYTES];
@@ -405,6 +415,11 @@ typedef struct hush_callbacks {
     void (*on_connection)(void *ctx, hush_conn_state state, hush_err last_error);
     /* something went wrong that the app may want to show or log (never secrets) */
     void (*on_error)(void *ctx, hush_err err, const char *detail);
+    /* hush_net_start_link: the code to show (as text or a QR code) until the device is linked; a
+     * new code replaces it after a reconnection */
+    void (*on_link_code)(void *ctx, const char *code);
+    /* the relay says `user`'s devices changed (this account's own, or a contact's) */
+    void (*on_devices_changed)(void *ctx, const char *user);
 } hush_callbacks;
 
 typedef struct hush_net_opts {
@@ -418,6 +433,27 @@ typedef struct hush_net_opts {
 /* Starts the network thread. `cb` is copied; any callback may be NULL. Errors: HUSH_ERR_INVALID_ARG
  * (bad or missing URL), HUSH_ERR_NO_DEVICE, HUSH_ERR_NOMEM, HUSH_ERR_NETWORK (cannot start). */
 HUSH_MUST_CHECK hush_err hush_net_start(hush_client *c, const hush_net_opts *opts, const hush_callbacks *cb);
+/*
+ * Linking a device to an account (each device of a user shares the user's identity key, so
+ * contacts see the same safety number, and a device with any other key is refused by them).
+ *
+ * On the new device, on a database with no device: hush_net_start_link connects to the relay and
+ * reports a link code through on_link_code (valid while the connection waits, at most the relay's
+ * provision_timeout, 90 s by default; a new code follows a reconnection). On an existing device
+ * of the account, with its network running: hush_device_link(code) has the relay reserve the next
+ * device id, seals the account's identity key pair, that reservation, the contacts it trusts and
+ * its presence list to the code's key (the relay cannot read it) and hands it over. The new
+ * device then creates its device, registers, and runs as after hush_net_start. Linking is atomic
+ * on both sides: a crash leaves no half-made device (link again with a new code).
+ * hush_device_link blocks up to timeout_ms; *device_id (may be NULL) gets the new device's id. Errors: HUSH_ERR_INVALID_ARG (not a link code, or a
+ * link already in progress), HUSH_ERR_NOT_RUNNING, HUSH_ERR_TOO_MANY_DEVICES, HUSH_ERR_LINK_FAILED
+ * (the code expired or was used), HUSH_ERR_NETWORK (the connection dropped: start again),
+ * HUSH_ERR_TIMEOUT. hush_net_start_link: as hush_net_start, HUSH_ERR_DEVICE_EXISTS on a database
+ * that has a device.
+ */
+HUSH_MUST_CHECK hush_err hush_net_start_link(hush_client *c, const hush_net_opts *opts, const hush_callbacks *cb);
+HUSH_MUST_CHECK hush_err hush_device_link(hush_client *c, const char *code, int timeout_ms, uint32_t *device_id);
+
 /* Stops and joins the network thread (from any thread but a callback). Safe if not started. */
 void hush_net_stop(hush_client *c);
 hush_conn_state hush_net_state(hush_client *c, hush_err *last_error);

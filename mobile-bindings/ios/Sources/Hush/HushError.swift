@@ -36,6 +36,8 @@ public enum HushError: Error, Equatable, Hashable, Sendable, CustomStringConvert
     case notRunning
     case relay
     case sessionReplaced
+    case tooManyDevices
+    case linkFailed
     /// The client was closed: every call after `close()` (or during it) fails with this.
     case closed
     /// `stop()` was called from a delegate callback, on the network thread it would wait for.
@@ -49,7 +51,7 @@ public enum HushError: Error, Equatable, Hashable, Sendable, CustomStringConvert
         .selfTest, .noDevice, .deviceExists, .badBundle, .badSignature, .noSession, .badMessage,
         .duplicate, .stalePrekey, .identityChanged, .notFound, .tooBig, .safetyMismatch,
         .noGroupSession, .internal, .network, .authFailed, .usernameTaken, .registrationRefused,
-        .unknownUser, .timeout, .notRunning, .relay, .sessionReplaced,
+        .unknownUser, .timeout, .notRunning, .relay, .sessionReplaced, .tooManyDevices, .linkFailed,
     ]
 
     /// Every error libhush defines (not `closed`, `insideCallback` or `unknown`).

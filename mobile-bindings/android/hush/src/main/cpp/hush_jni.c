@@ -387,7 +387,7 @@ static void n_start(JNIEnv *env, jclass cls, jlong hh, jstring url, jstring invi
         return;
     }
     hush_net_opts o = { u[0] ? u : NULL, inv[0] ? inv : NULL, ca[0] ? ca : NULL, insecure ? 1 : 0 };
-    hush_callbacks cb = { h, cb_message, cb_receipt, cb_typing, cb_presence, cb_identity, cb_connection, cb_error };
+    hush_callbacks cb = { h, cb_message, cb_receipt, cb_typing, cb_presence, cb_identity, cb_connection, cb_error, NULL, NULL };
     hush_err e = hush_net_start(h->c, &o, &cb);
     if (e) {
         (*env)->DeleteGlobalRef(env, h->bridge);

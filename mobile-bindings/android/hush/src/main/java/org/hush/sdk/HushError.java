@@ -66,6 +66,10 @@ public enum HushError {
     /** Another connection (another process, or a copy of this database) logged in as this device;
      * the network stopped. */
     SESSION_REPLACED(30),
+    /** The account has the most devices the relay allows. */
+    TOO_MANY_DEVICES(31),
+    /** Linking a device failed: the link code expired or was used; start again with a new code. */
+    LINK_FAILED(32),
     /** Binding only: the client was closed. */
     CLOSED(-1),
     /** Binding only: a code this version of the binding does not know (a newer libhush). */

@@ -1,0 +1,189 @@
+/*
+ * net_link.c - linking a device over the relay, both sides.
+ *
+ * The new device (hush_net_start_link) asks for a provisioning address on its unauthenticated
+ * connection, shows the link code (address + its ephemeral X25519 key), waits for the link box,
+ * opens it into a device (link.c), then registers on the same connection with the link token.
+ * The existing device (hush_device_link) asks the relay for a link token (which reserves the
+ * new device's id), seals the box to the code's key and hands it to the address.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <sodium.h>
+
+#include "net.h"
+
+/* ------------------------------------------------------------------------------------------ */
+/* the new device */
+
+void hnet_link_provision(struct hush_net *n)
+{
+    struct req *r = hnet_add_req(n, R_PROVISION);
+    if (!r)
+        return;
+    Hush__ProvisionRequest pr = HUSH__PROVISION_REQUEST__INIT;
+    Hush__Frame f = HUSH__FRAME__INIT;
+    f.id = r->id;
+    f.msg_case = HUSH__FRAME__MSG_PROVISION;
+    f.provision = &pr;
+    hnet_queue_frame(n, &f);
+}
+
+void hnet_on_provision_result(struct hush_net *n, const Hush__Result *res)
+{
+    char txt[128];
+    if (res->code != HUSH__ERROR_CODE__OK || !res->provision_address ||
+        strlen(res->provision_address) != HWIRE_PROVISION_ADDRESS_LEN) {
+        hnet_report(n, HUSH_ERR_RELAY, hnet_relay_text(txt, sizeof txt, res->message)); /* reconnects later */
+        return;
+    }
+    for (const char *p = res->provision_address; *p; p++)
+        if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f'))) {
+            hnet_report(n, HUSH_ERR_RELAY, "the relay sent a malformed provisioning address");
+            return;
+        }
+    if (hsdk_link_code_format(n->link_code, sizeof n->link_code, res->provision_address, n->link_pk) != 0)
+        return;
+    if (n->cb.on_link_code)
+        n->cb.on_link_code(n->cb.ctx, n->link_code);
+    hnet_signal_progress(n);
+}
+
+void hnet_on_provisioned(struct hush_net *n, const Hush__Provisioned *p)
+{
+    if (!n->link_mode || n->st != N_AUTH || hnet_registered(n->c) || !p->box.len)
+        return;
+    char *const *presence = NULL;
+    size_t np = 0;
+    hush_err e = hsdk_link_box_open(n->c, p->box.data, p->box.len, n->link_pk, n->link_sk, &presence, &np);
+    if (e) {
+        hnet_report(n, e == HUSH_ERR_BAD_MESSAGE ? HUSH_ERR_LINK_FAILED : e,
+                    "the link box could not be opened; showing a new link code");
+        if (n->wsi)
+            lws_set_timeout(n->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC); /* reconnect: new address, new code */
+        return;
+    }
+    sodium_memzero(n->link_sk, sizeof n->link_sk);
+    n->link_mode = 0;
+    if (np && hush_presence_allow(n->c, (const char *const *)presence, np) != HUSH_OK)
+        hnet_report(n, HUSH_ERR_STORAGE, "could not keep the presence list of the linked account");
+    for (size_t i = 0; i < np; i++)
+        free(presence[i]);
+    free((void *)presence);
+    hnet_send_auth(n); /* registers with the link token, on this connection */
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* the existing device */
+
+void hnet_link_finish(struct hush_net *n, hush_err e)
+{
+    pthread_mutex_lock(&n->mu);
+    if (n->link_step != LINK_IDLE && n->link_step != LINK_DONE) {
+        n->link_step = LINK_DONE;
+        n->link_result = e;
+        pthread_cond_broadcast(&n->cv);
+    }
+    pthread_mutex_unlock(&n->mu);
+}
+
+void hnet_link_start(struct hush_net *n)
+{
+    pthread_mutex_lock(&n->mu);
+    int go = n->link_step == LINK_QUEUED && n->st == N_ONLINE;
+    if (go)
+        n->link_step = LINK_TOKEN_ASKED;
+    pthread_mutex_unlock(&n->mu);
+    if (!go)
+        return;
+    struct req *r = hnet_add_req(n, R_LINK_TOKEN);
+    if (!r) {
+        hnet_link_finish(n, HUSH_ERR_NOMEM);
+        return;
+    }
+    Hush__LinkTokenRequest lt = HUSH__LINK_TOKEN_REQUEST__INIT;
+    char addr[HWIRE_PROVISION_ADDRESS_LEN + 1];
+    pthread_mutex_lock(&n->mu);
+    memcpy(addr, n->link_addr, sizeof addr);
+    pthread_mutex_unlock(&n->mu);
+    lt.address = addr;
+    Hush__Frame f = HUSH__FRAME__INIT;
+    f.id = r->id;
+    f.msg_case = HUSH__FRAME__MSG_LINK_TOKEN;
+    f.link_token = &lt;
+    hnet_queue_frame(n, &f);
+}
+
+static hush_err link_error(int code)
+{
+    switch (code) {
+    case HUSH__ERROR_CODE__TOO_MANY_DEVICES: return HUSH_ERR_TOO_MANY_DEVICES;
+    case HUSH__ERROR_CODE__ADDRESS_GONE:
+    case HUSH__ERROR_CODE__LINK_INVALID: return HUSH_ERR_LINK_FAILED;
+    default: return HUSH_ERR_RELAY;
+    }
+}
+
+void hnet_on_link_token_result(struct hush_net *n, const Hush__Result *res)
+{
+    if (res->code != HUSH__ERROR_CODE__OK) {
+        char txt[128];
+        hnet_report(n, link_error(res->code), hnet_relay_text(txt, sizeof txt, res->message));
+        hnet_link_finish(n, link_error(res->code));
+        return;
+    }
+    if (!res->link_token || !*res->link_token || strlen(res->link_token) > 128 || !hsdk_valid_device(res->link_device_id)) {
+        hnet_link_finish(n, HUSH_ERR_RELAY);
+        return;
+    }
+    char origin[HWIRE_ORIGIN_MAX + 1];
+    if (hwire_origin(origin, sizeof origin, n->tls, n->host, n->port) != 0)
+        origin[0] = '\0';
+    char addr[HWIRE_PROVISION_ADDRESS_LEN + 1];
+    uint8_t pk[32];
+    pthread_mutex_lock(&n->mu);
+    n->link_dev = res->link_device_id;
+    memcpy(addr, n->link_addr, sizeof addr);
+    memcpy(pk, n->link_peer_pk, sizeof pk);
+    pthread_mutex_unlock(&n->mu);
+    uint8_t *box = NULL;
+    size_t blen = 0;
+    hush_err e = hsdk_link_box_make(n->c, res->link_token, res->link_device_id, origin, pk, &box, &blen);
+    if (e) {
+        hnet_link_finish(n, e);
+        return;
+    }
+    struct req *r = hnet_add_req(n, R_PROVISION_SEND);
+    if (r) {
+        Hush__ProvisionSend ps = HUSH__PROVISION_SEND__INIT;
+        ps.address = addr;
+        ps.box.data = box;
+        ps.box.len = blen;
+        Hush__Frame f = HUSH__FRAME__INIT;
+        f.id = r->id;
+        f.msg_case = HUSH__FRAME__MSG_PROVISION_SEND;
+        f.provision_send = &ps;
+        hnet_queue_frame(n, &f);
+        pthread_mutex_lock(&n->mu);
+        n->link_step = LINK_BOX_SENT;
+        pthread_mutex_unlock(&n->mu);
+    } else {
+        hnet_link_finish(n, HUSH_ERR_NOMEM);
+    }
+    free(box);
+}
+
+void hnet_on_provision_send_result(struct hush_net *n, const Hush__Result *res)
+{
+    if (res->code != HUSH__ERROR_CODE__OK) {
+        hnet_link_finish(n, link_error(res->code));
+        return;
+    }
+    /* the new device registers next: our own device list is fetched again before the next send */
+    hsdk_lock(n->c);
+    hsdk_peers_forget(n->c, n->c->username);
+    hsdk_unlock(n->c);
+    hnet_link_finish(n, HUSH_OK);
+}
