@@ -400,6 +400,28 @@ void accounts_register(struct jctx *x, const struct job *j)
         login_done(x, j, 0, HUSH__ERROR_CODE__AUTH_FAILED, 0, 0);
         return;
     }
+    /* The same device registering again (its first answer was lost: a crash or a dropped
+     * connection after the commit): the proof was made with the registered auth key over this
+     * connection's challenge, so it is that device, and it is logged in. */
+    sqlite3_stmt *st;
+    CHECK_SE(hstore_prepare(senv.db, "SELECT auth_key, identity_key FROM devices WHERE username = ?1 AND device_id = ?2", &st));
+    sqlite3_bind_text(st, 1, j->username, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 2, j->device_id);
+    int again = 0;
+    CHECK_SE(hstore_step(senv.db, st, &again));
+    if (again) {
+        int same = sqlite3_column_bytes(st, 0) == (int)r->auth_key.len && sqlite3_column_bytes(st, 1) == (int)r->identity_key.len &&
+                   sodium_memcmp(sqlite3_column_blob(st, 0), r->auth_key.data, r->auth_key.len) == 0 &&
+                   sodium_memcmp(sqlite3_column_blob(st, 1), r->identity_key.data, r->identity_key.len) == 0;
+        sqlite3_reset(st);
+        if (same) {
+            uint32_t stock = 0;
+            CHECK_SE(count_stock(j->username, j->device_id, &stock));
+            rlog(RLOG_INFO, "register_again", "user=%s device=%u", j->username, j->device_id);
+            login_done(x, j, 1, HUSH__ERROR_CODE__OK, stock, stock < senv.cfg->prekeys_low_threshold);
+            return;
+        }
+    }
     Hush__ErrorCode code = HUSH__ERROR_CODE__OK;
     const char *why = "";
     int linking = r->link_token && *r->link_token;
@@ -415,7 +437,6 @@ void accounts_register(struct jctx *x, const struct job *j)
         code = HUSH__ERROR_CODE__BAD_KEYS;
         why = "malformed key or bad signed prekey signature";
     }
-    sqlite3_stmt *st;
     if (!code && linking) {
         CHECK_SE(link_check(j, r, &code, &why));
     } else if (!code && senv.cfg->registration == REG_INVITE) {

@@ -133,6 +133,14 @@ static void test_authentication(void **state)
     int code = tc_register(dup, NULL);
     assert_int_equal(code, HUSH__ERROR_CODE__USERNAME_TAKEN);
 
+    /* The same device registering again (its first answer was lost) is logged in; a user's first
+     * device is device 1, later ones are linked */
+    assert_int_equal(tc_reconnect(a), 0);
+    assert_int_equal(tc_register(a, NULL), 0);
+    struct tclient *d2 = tc_new(&r, "dana", 2);
+    assert_int_equal(tc_register(d2, NULL), HUSH__ERROR_CODE__BAD_REQUEST);
+    tc_free(d2);
+
     /* Login works on a new connection with a fresh challenge. */
     assert_int_equal(tc_reconnect(a), 0);
     assert_int_not_equal(memcmp(first_challenge, a->challenge, 32), 0);
