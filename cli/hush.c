@@ -923,20 +923,17 @@ static int cmd_link(int argc, char **argv)
 /* `hush devices [add CODE]` */
 static int cmd_devices(int argc, char **argv)
 {
-    const char *code = NULL;
-    if (argc >= 3 && !strcmp(argv[1], "add")) {
-        code = argv[2];
-        argv[2] = argv[0]; /* the options after the code */
-        argc -= 2;
-        argv += 2;
-    } else if (argc >= 2 && argv[1][0] != '-') {
-        fprintf(stderr, "hush devices: unknown subcommand '%s' (hush devices --help)\n", argv[1]);
-        return 2;
-    }
     struct opts o;
     int r = parse(argc, argv, &o, "devices");
     if (r)
         return r < 0 ? 0 : r;
+    const char *code = NULL;
+    if (argc - optind == 2 && !strcmp(argv[optind], "add")) {
+        code = argv[optind + 1];
+    } else if (argc - optind != 0) {
+        fprintf(stderr, "usage: hush devices   or   hush devices add CODE   (hush devices --help)\n");
+        return 2;
+    }
     hush_client *c = NULL;
     if ((r = cli_open_db(0, &c)))
         return r;
@@ -954,12 +951,12 @@ static int cmd_devices(int argc, char **argv)
         hush_client_close(c);
         if (e)
             return cli_die("devices", e);
-        if (n == 0) {
-            printf("%u (this device)\n", me);
-            printf("(the other devices are listed after this device has sent a message)\n");
-        }
+        printf("%u (this device)\n", me);
         for (size_t i = 0; i < n; i++)
-            printf("%u%s\n", devs[i], devs[i] == me ? " (this device)" : "");
+            if (devs[i] != me)
+                printf("%u\n", devs[i]);
+        if (n == 0)
+            printf("(other devices of %s are listed once this device has sent them a message)\n", user);
         return 0;
     }
     if (need_owner("devices add") || (r = start_net(c, &o))) {

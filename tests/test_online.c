@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <fcntl.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -1444,6 +1445,98 @@ static void test_cli_quickstart(void **state)
     assert_int_equal(relay_stop(&relay, SIGTERM), 0);
 }
 
+/* The README's second walk-through: alice on a phone and a laptop, talking to bob, through the
+ * CLI (hush link, hush devices add, hush listen, hush history). */
+static void test_cli_two_devices(void **state)
+{
+    (void)state;
+    struct relay_proc relay;
+    relay_start(&relay, "cli2", NULL);
+    char cmd[2048], out[8192], phone[400], laptop[400], b[400], linkout[400], url[64];
+    const char *h = cli_path();
+    snprintf(phone, sizeof phone, "%s", tpath("cli2-phone.db"));
+    snprintf(laptop, sizeof laptop, "%s", tpath("cli2-laptop.db"));
+    snprintf(b, sizeof b, "%s", tpath("cli2-bob.db"));
+    snprintf(linkout, sizeof linkout, "%s", tpath("cli2-link.out"));
+    snprintf(cmd, sizeof cmd, "%s init --db %s --relay ws://127.0.0.1:%d --user alice 2>&1", h, phone, relay.port);
+    assert_int_equal(run(cmd, out, sizeof out), 0);
+    snprintf(cmd, sizeof cmd, "%s init --db %s --relay ws://127.0.0.1:%d --user bob 2>&1", h, b, relay.port);
+    assert_int_equal(run(cmd, out, sizeof out), 0);
+    /* a second device cannot be made with init */
+    snprintf(cmd, sizeof cmd, "%s init --db %s --relay ws://127.0.0.1:%d --user alice --device 2 2>&1", h,
+             tpath("cli2-x.db"), relay.port);
+    assert_int_equal(run(cmd, out, sizeof out), 2);
+    assert_non_null(strstr(out, "hush link"));
+    snprintf(cmd, sizeof cmd, "%s send --db %s bob hi bob 2>&1", h, phone);
+    assert_int_equal(run(cmd, out, sizeof out), 0);
+    /* the laptop shows a code and waits; the phone adds it */
+    snprintf(url, sizeof url, "ws://127.0.0.1:%d", relay.port);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        int fd = open(linkout, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+        dup2(fd, 1);
+        dup2(fd, 2);
+        execl(h, "hush", "link", "--db", laptop, "--relay", url, (char *)NULL);
+        _exit(127);
+    }
+    char code[HUSH_LINK_CODE_MAX + 1] = "";
+    for (int i = 0; i < 100 && !code[0]; i++) {
+        struct timespec t = { 0, 100000000L };
+        nanosleep(&t, NULL);
+        FILE *f = fopen(linkout, "r");
+        char line[256];
+        while (f && fgets(line, sizeof line, f))
+            if (sscanf(line, "link code: %128s", code) != 1)
+                code[0] = '\0';
+        if (f)
+            fclose(f);
+    }
+    assert_true(strncmp(code, "hush-link-1:", 12) == 0);
+    snprintf(cmd, sizeof cmd, "%s devices --db %s add %s 2>&1", h, phone, code);
+    assert_int_equal(run(cmd, out, sizeof out), 0);
+    assert_non_null(strstr(out, "linked device 2"));
+    int st = 0;
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    assert_true(file_contains(linkout, "linked alice (device 2)", 23));
+    /* bob writes; both of alice's devices get it */
+    snprintf(cmd, sizeof cmd, "%s send --db %s alice hello both of you 2>&1", h, b);
+    assert_int_equal(run(cmd, out, sizeof out), 0);
+    snprintf(cmd, sizeof cmd, "timeout 3 %s listen --db %s 2>&1", h, phone);
+    run(cmd, out, sizeof out);
+    assert_non_null(strstr(out, "bob: hello both of you"));
+    snprintf(cmd, sizeof cmd, "timeout 3 %s listen --db %s 2>&1", h, laptop);
+    run(cmd, out, sizeof out);
+    assert_non_null(strstr(out, "bob: hello both of you"));
+    /* the laptop answers; the phone shows it as sent from device 2 */
+    snprintf(cmd, sizeof cmd, "%s send --db %s bob answered from the laptop 2>&1", h, laptop);
+    assert_int_equal(run(cmd, out, sizeof out), 0);
+    snprintf(cmd, sizeof cmd, "timeout 3 %s listen --db %s 2>&1", h, phone);
+    run(cmd, out, sizeof out);
+    assert_non_null(strstr(out, "you (device 2) -> bob: answered from the laptop"));
+    snprintf(cmd, sizeof cmd, "%s history --db %s bob 2>&1", h, phone);
+    assert_int_equal(run(cmd, out, sizeof out), 0);
+    assert_non_null(strstr(out, "alice: answered from the laptop"));
+    snprintf(cmd, sizeof cmd, "timeout 3 %s listen --db %s 2>&1", h, b);
+    run(cmd, out, sizeof out);
+    assert_non_null(strstr(out, "alice: answered from the laptop"));
+    /* one safety number for alice, whichever device */
+    snprintf(cmd, sizeof cmd, "%s safety --db %s alice 2>&1 | tr -d ' \n'", h, b);
+    assert_int_equal(run(cmd, out, sizeof out), 0);
+    char *d1 = strstr(out, "device1:"), *d2 = strstr(out, "device2:");
+    assert_non_null(d1);
+    assert_non_null(d2);
+    assert_memory_equal(d1 + 8, d2 + 8, 60);
+    snprintf(cmd, sizeof cmd, "%s devices --db %s 2>&1", h, phone);
+    assert_int_equal(run(cmd, out, sizeof out), 0);
+    assert_non_null(strstr(out, "1 (this device)\n2\n"));
+    /* a code that is not one */
+    snprintf(cmd, sizeof cmd, "%s devices --db %s add nonsense 2>&1", h, phone);
+    assert_int_equal(run(cmd, out, sizeof out), 2);
+    assert_int_equal(relay_stop(&relay, SIGTERM), 0);
+}
+
 static int file_has_byte(const char *path, unsigned char b)
 {
     FILE *f = fopen(path, "rb");
@@ -2005,6 +2098,7 @@ int main(void)
         cmocka_unit_test(test_callback_thread_and_self_stop),
         cmocka_unit_test(test_sigpipe_handler_kept),
         cmocka_unit_test(test_linked_devices),
+        cmocka_unit_test(test_cli_two_devices),
     };
     return cmocka_run_group_tests_name("online", tests, NULL, NULL);
 }
