@@ -3,7 +3,7 @@
  *
  *   hush init --relay URL --user NAME [--invite TOKEN]   create an account: this device, registered
  *   hush link --relay URL                                 a new device of an existing account
- *   hush devices [add CODE]                               this account's devices; link another
+ *   hush devices [add CODE | remove N]                    this account's devices; link or remove one
  *   hush send USER TEXT                                   send (queued if offline; retried later)
  *   hush listen [--raw]                                   print incoming messages until Ctrl-C
  *   hush chat USER                                        interactive: typing, receipts, presence
@@ -52,7 +52,8 @@ static void cli_usage(FILE *f)
             "        Create an account: this device (keys in a new sealed database), registered on the relay.\n"
             "  link --relay URL      Make this a new device of an existing account: prints a link code\n"
             "                        for `hush devices add CODE` on one of its devices, waits until linked.\n"
-            "  devices [add CODE]    This account's devices; add: link the device showing CODE.\n"
+            "  devices [add CODE | remove N]   This account's devices; link the device showing\n"
+            "                        CODE; remove device N.\n"
             "  send USER TEXT...     Send a message (TEXT `-`: read it from standard input). Queued\n"
             "                        while offline and retried until the relay has it.\n"
             "  cancel ID             Take a queued message out of the outbox.\n"
@@ -95,9 +96,11 @@ static const struct {
               "then prints `linked NAME (device N) on URL`. The new device shares the account's\n"
               "identity key (contacts see the same safety number) and the contacts it trusts; older\n"
               "messages stay on the other devices. On failure nothing is left behind.\n" },
-    { "devices", "usage: hush devices   or   hush devices add CODE\n"
-                 "Lists this account's devices as last fetched from the relay (this one marked).\n"
+    { "devices", "usage: hush devices [add CODE | remove N]\n"
+                 "Lists this account's devices: this one, then the others it has exchanged messages with.\n"
                  "add CODE: links the device that shows CODE (`hush link`); prints `linked device N`.\n"
+                 "remove N: removes device N (this device itself, or from the account's first device any\n"
+                 "other); its keys and waiting messages are deleted at the relay. Not the last device.\n"
                  "An account has at most 6 devices (the relay's max_devices).\n" },
     { "send", "usage: hush send USER TEXT...   or   hush send USER -   (the text from standard input)\n"
               "Sends a message. It is queued at once (durably) and retried until the relay has it;\n"
@@ -928,10 +931,18 @@ static int cmd_devices(int argc, char **argv)
     if (r)
         return r < 0 ? 0 : r;
     const char *code = NULL;
+    unsigned long remove = 0;
     if (argc - optind == 2 && !strcmp(argv[optind], "add")) {
         code = argv[optind + 1];
+    } else if (argc - optind == 2 && !strcmp(argv[optind], "remove")) {
+        char *end = NULL;
+        remove = strtoul(argv[optind + 1], &end, 10);
+        if (!end || *end || remove == 0 || remove > INT_MAX) {
+            fprintf(stderr, "hush devices remove: N is a device number (hush devices lists them)\n");
+            return 2;
+        }
     } else if (argc - optind != 0) {
-        fprintf(stderr, "usage: hush devices   or   hush devices add CODE   (hush devices --help)\n");
+        fprintf(stderr, "usage: hush devices [add CODE | remove N]   (hush devices --help)\n");
         return 2;
     }
     hush_client *c = NULL;
@@ -944,7 +955,7 @@ static int cmd_devices(int argc, char **argv)
         hush_client_close(c);
         return cli_die("devices", e);
     }
-    if (!code) {
+    if (!code && !remove) {
         uint32_t devs[16];
         size_t n = 0;
         e = hush_peer_devices(c, user, devs, 16, &n);
@@ -965,6 +976,26 @@ static int cmd_devices(int argc, char **argv)
     }
     uint32_t dev = 0;
     e = hush_net_wait_online(c, 20000);
+    if (remove) {
+        if (!e)
+            e = hush_device_remove(c, (uint32_t)remove, 30000);
+        hush_client_close(c);
+        if (e == HUSH_ERR_AUTH_FAILED) {
+            fprintf(stderr, "hush devices remove: only the account's first device removes other devices\n");
+            return 1;
+        }
+        if (e == HUSH_ERR_INVALID_ARG) {
+            fprintf(stderr, "hush devices remove: the account's last device cannot be removed\n");
+            return 1;
+        }
+        if (e)
+            return cli_die("devices remove", e);
+        if (remove == me)
+            printf("removed this device (%u): its database %s is of no further use; delete it\n", me, cli_db);
+        else
+            printf("removed device %lu\n", remove);
+        return 0;
+    }
     if (!e)
         e = hush_device_link(c, code, 30000, &dev);
     hush_client_close(c);

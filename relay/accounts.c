@@ -73,6 +73,99 @@ hstore_err accounts_user_devices(const char *user, uint32_t *devs, size_t max, s
     return e;
 }
 
+hstore_err accounts_delete_device(hstore *db, const char *user, uint32_t dev, int *deleted)
+{
+    sqlite3_stmt *st;
+    *deleted = 0;
+    hstore_err e = hstore_prepare(db, "DELETE FROM devices WHERE username = ?1 AND device_id = ?2", &st);
+    if (e)
+        return e;
+    sqlite3_bind_text(st, 1, user, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 2, dev);
+    if ((e = hstore_run(db, st)))
+        return e;
+    *deleted = hstore_changes(db) == 1; /* its one-time prekeys go with it (ON DELETE CASCADE) */
+    return HSTORE_OK;
+}
+
+hstore_err accounts_delete_user(hstore *db, const char *user, int *deleted)
+{
+    /* child rows first: the hardened connection allows one level of cascade only */
+    static const char *const sql[] = {
+        "DELETE FROM one_time_prekeys WHERE username = ?1",
+        "DELETE FROM link_tokens WHERE username = ?1",
+        "DELETE FROM devices WHERE username = ?1",
+        "DELETE FROM users WHERE username = ?1",
+    };
+    *deleted = 0;
+    for (size_t i = 0; i < sizeof sql / sizeof sql[0]; i++) {
+        sqlite3_stmt *st;
+        hstore_err e = hstore_prepare(db, sql[i], &st);
+        if (e)
+            return e;
+        sqlite3_bind_text(st, 1, user, -1, SQLITE_TRANSIENT);
+        if ((e = hstore_run(db, st)))
+            return e;
+    }
+    *deleted = hstore_changes(db) == 1;
+    return HSTORE_OK;
+}
+
+hstore_err accounts_each_device(hstore *db, const char *user, uint64_t idle_before_ms,
+                                void (*fn)(void *ctx, const char *user, uint32_t dev, uint64_t created_ms, uint64_t last_seen_ms),
+                                void *ctx)
+{
+    /* user NULL: every device whose last sight is before idle_before_ms, except each user's most
+     * recently seen one (ties: the highest id stays) */
+    sqlite3_stmt *st;
+    hstore_err e = user ? hstore_prepare(db, "SELECT username, device_id, created_at, last_seen FROM devices "
+                                             "WHERE username = ?1 ORDER BY device_id", &st)
+                        : hstore_prepare(db, "SELECT username, device_id, created_at, last_seen FROM devices d "
+                                             "WHERE max(last_seen, created_at) < ?2 AND EXISTS (SELECT 1 FROM devices o "
+                                             "WHERE o.username = d.username AND (max(o.last_seen, o.created_at) > "
+                                             "max(d.last_seen, d.created_at) OR (max(o.last_seen, o.created_at) = "
+                                             "max(d.last_seen, d.created_at) AND o.device_id > d.device_id))) "
+                                             "ORDER BY username, device_id LIMIT 1000", &st);
+    if (e)
+        return e;
+    if (user)
+        sqlite3_bind_text(st, 1, user, -1, SQLITE_TRANSIENT);
+    else
+        sqlite3_bind_int64(st, 2, (int64_t)idle_before_ms);
+    /* collected first: fn may change the table */
+    struct row {
+        char user[RELAY_USERNAME_MAX + 1];
+        uint32_t dev;
+        uint64_t created, seen;
+    } *rows = NULL;
+    size_t n = 0, cap = 0;
+    int has = 0;
+    while ((e = hstore_step(db, st, &has)) == HSTORE_OK && has) {
+        const char *u = (const char *)sqlite3_column_text(st, 0);
+        if (!relay_valid_username(u))
+            continue;
+        if (n == cap) {
+            cap = cap ? cap * 2 : 16;
+            struct row *r = realloc(rows, cap * sizeof *rows);
+            if (!r) {
+                sqlite3_reset(st);
+                free(rows);
+                return HSTORE_ERR_NOMEM;
+            }
+            rows = r;
+        }
+        snprintf(rows[n].user, sizeof rows[n].user, "%s", u);
+        rows[n].dev = (uint32_t)sqlite3_column_int64(st, 1);
+        rows[n].created = (uint64_t)sqlite3_column_int64(st, 2);
+        rows[n].seen = (uint64_t)sqlite3_column_int64(st, 3);
+        n++;
+    }
+    for (size_t i = 0; !e && i < n; i++)
+        fn(ctx, rows[i].user, rows[i].dev, rows[i].created, rows[i].seen);
+    free(rows);
+    return e;
+}
+
 void accounts_each_last_seen(hstore *db, void (*fn)(const char *user, uint64_t last_seen_ms, void *ctx), void *ctx)
 {
     sqlite3_stmt *st = NULL;
@@ -290,8 +383,7 @@ static hstore_err link_check(const struct job *j, const Hush__RegisterRequest *r
     return HSTORE_OK;
 }
 
-/* DeviceListChanged to `user`'s connected devices other than `except`. */
-static void tell_device_list_changed(struct jctx *x, const char *user, uint32_t except)
+void accounts_tell_device_list_changed(struct jctx *x, const char *user, uint32_t except)
 {
     uint32_t devs[16];
     size_t n = 0;
@@ -512,7 +604,7 @@ void accounts_register(struct jctx *x, const struct job *j)
     CHECK_SE(count_stock(j->username, j->device_id, &stock));
     rlog(RLOG_INFO, "register", "user=%s device=%u prekeys=%u linked=%d", j->username, j->device_id, stock, linking);
     if (linking)
-        tell_device_list_changed(x, j->username, j->device_id);
+        accounts_tell_device_list_changed(x, j->username, j->device_id);
     login_done(x, j, 1, HUSH__ERROR_CODE__OK, stock, stock < senv.cfg->prekeys_low_threshold);
 }
 

@@ -54,6 +54,7 @@ void cfg_defaults(struct relay_config *c)
     c->provision_timeout_s = 90;
     c->link_token_ttl_s = 600;
     c->provisions_per_min = 60;
+    c->device_idle_days = 90;
 }
 
 static int parse_u64(const char *v, uint64_t min, uint64_t max, uint64_t *out)
@@ -138,6 +139,7 @@ static const struct u32key u32keys[] = {
     U32("provision_timeout", provision_timeout_s, 5, 600),
     U32("link_token_ttl", link_token_ttl_s, 30, 86400),
     U32("provisions_per_min", provisions_per_min, 1, 100000),
+    U32("device_idle_days", device_idle_days, 0, 36500),
 };
 
 static int copy_str(char *dst, size_t cap, const char *v)

@@ -75,6 +75,17 @@ void accounts_expire(struct jctx *x);
 /* The devices `user` has, in id order: *n of them (at most max; 0 for an unknown user). */
 hstore_err accounts_user_devices(const char *user, uint32_t *devs, size_t max, size_t *n);
 hstore_err accounts_add_invite(hstore *db, const uint8_t token_hash[32]);
+/* DeviceListChanged to `user`'s connected devices other than `except` (after COMMIT). */
+void accounts_tell_device_list_changed(struct jctx *x, const char *user, uint32_t except);
+/* Deletes one device (its prekeys with it) / a user (devices, prekeys, link tokens with it);
+ * *deleted = 1 when there was one. Any database handle (hushd's or `hushd user`'s). */
+hstore_err accounts_delete_device(hstore *db, const char *user, uint32_t dev, int *deleted);
+hstore_err accounts_delete_user(hstore *db, const char *user, int *deleted);
+/* Calls fn for each device of `user`; with user NULL, for each device not seen since
+ * idle_before_ms that is not its user's most recently seen one (at most 1000 a call). */
+hstore_err accounts_each_device(hstore *db, const char *user, uint64_t idle_before_ms,
+                                void (*fn)(void *ctx, const char *user, uint32_t dev, uint64_t created_ms, uint64_t last_seen_ms),
+                                void *ctx);
 /* At start: each user's last-seen time (the newest of its devices), for presence. */
 void accounts_each_last_seen(hstore *db, void (*fn)(const char *user, uint64_t last_seen_ms, void *ctx), void *ctx);
 
@@ -85,6 +96,15 @@ void mailbox_send(struct jctx *x, const struct job *j);
 void mailbox_fetch(struct jctx *x, const struct job *j);
 void mailbox_ack(struct jctx *x, const struct job *j);
 void mailbox_expire(struct jctx *x);
+/* RemoveDeviceRequest: the device, its prekeys and its mailbox go; its connection is closed
+ * (DEVICE_REMOVED) and the user's other devices told (DeviceListChanged). */
+void mailbox_remove_device(struct jctx *x, const struct job *j);
+/* Removes devices idle for device_idle_days (never a user's most recently seen one). */
+void mailbox_expire_idle_devices(struct jctx *x);
+/* Deletes the mailbox of (user, dev), or of all the user's devices when dev is 0. */
+hstore_err mailbox_delete_for(hstore *db, const char *user, uint32_t dev);
+/* Messages waiting in (user, dev)'s mailbox. */
+hstore_err mailbox_count_for(hstore *db, const char *user, uint32_t dev, int64_t *count);
 /* After a job's savepoint was released: its quota changes reach the cache. */
 void mailbox_apply_deltas(struct jctx *x);
 /* Forgets the quota cache (after a failed commit: it is rebuilt from the table). */
@@ -92,5 +112,8 @@ void mailbox_quota_clear(void);
 
 /* presence.c: presence_allow */
 void presence_job_set_allow(struct jctx *x, const struct job *j);
+/* A deleted user: its allow-list and its place in others' (the in-memory lists of a running relay
+ * keep the name until restart: it has no device to be online with). */
+hstore_err presence_delete_user(hstore *db, const char *user);
 
 #endif

@@ -169,6 +169,21 @@ static int devices_match(struct jctx *x, const struct job *j)
         }
         uint32_t *missing = mu[nm].missing, *extra = mu[nm].extra;
         int self = u == 0;
+        if (self) {
+            int here = 0;
+            for (size_t d = 0; d < nd && !here; d++)
+                here = devs[d] == j->device_id;
+            if (!here) {
+                /* removed while connected (by another device of its user, or by the operator) */
+                jctx_fail(x, j, HUSH__ERROR_CODE__DEVICE_REMOVED, "this device was removed");
+                struct event *k = event_new(EV_KICK, j->conn);
+                if (k) {
+                    k->code = HUSH__ERROR_CODE__DEVICE_REMOVED;
+                    jctx_post(x, j->loop, k);
+                }
+                goto out;
+            }
+        }
         hush__device_mismatch__init(&mm[nm]);
         size_t nmiss = 0, nextra = 0;
         for (size_t d = 0; d < nd; d++) {
@@ -432,4 +447,115 @@ void mailbox_apply_deltas(struct jctx *x)
             q->bytes += x->deltas[i].bytes;
         }
     }
+}
+
+hstore_err mailbox_delete_for(hstore *db, const char *user, uint32_t dev)
+{
+    sqlite3_stmt *st;
+    hstore_err e = dev ? hstore_prepare(db, "DELETE FROM mailbox WHERE recipient = ?1 AND recipient_device = ?2", &st)
+                       : hstore_prepare(db, "DELETE FROM mailbox WHERE recipient = ?1", &st);
+    if (e)
+        return e;
+    sqlite3_bind_text(st, 1, user, -1, SQLITE_TRANSIENT);
+    if (dev)
+        sqlite3_bind_int64(st, 2, dev);
+    return hstore_run(db, st);
+}
+
+/* One device gone: its mailbox too; its connection is closed; the user's other devices told. */
+static void remove_one(struct jctx *x, const char *user, uint32_t dev, int *removed)
+{
+    CHECK_SE(accounts_delete_device(senv.db, user, dev, removed));
+    if (!*removed)
+        return;
+    CHECK_SE(mailbox_delete_for(senv.db, user, dev));
+    x->deleted += hstore_changes(senv.db);
+    x->ndeltas = -1; /* the quota cache forgets: reloaded from the table */
+    struct dir_entry d;
+    if (directory_lookup(user, dev, &d)) {
+        struct event *k = event_new(EV_KICK, d.conn);
+        if (k) {
+            k->code = HUSH__ERROR_CODE__DEVICE_REMOVED;
+            jctx_post(x, d.loop, k);
+        }
+    }
+    accounts_tell_device_list_changed(x, user, dev);
+    rlog(RLOG_INFO, "device_removed", "user=%s device=%u", user, dev);
+}
+
+void mailbox_remove_device(struct jctx *x, const struct job *j)
+{
+    uint32_t target = j->frame->remove_device->device_id;
+    uint32_t devs[16];
+    size_t n = 0;
+    CHECK_SE(accounts_user_devices(j->username, devs, 16, &n));
+    int exists = 0;
+    for (size_t i = 0; i < n; i++)
+        exists |= devs[i] == target;
+    if (!exists) {
+        jctx_fail(x, j, HUSH__ERROR_CODE__UNKNOWN_RECIPIENT, "no such device");
+        return;
+    }
+    /* itself, or any other from the user's first (lowest-numbered) device */
+    if (target != j->device_id && (n == 0 || devs[0] != j->device_id)) {
+        jctx_fail(x, j, HUSH__ERROR_CODE__AUTH_FAILED, "only the account's first device removes other devices");
+        return;
+    }
+    if (n == 1) {
+        jctx_fail(x, j, HUSH__ERROR_CODE__BAD_REQUEST, "a user's last device cannot be removed");
+        return;
+    }
+    int removed = 0;
+    remove_one(x, j->username, target, &removed);
+    if (x->store_err)
+        return;
+    jctx_reply_code(x, j, HUSH__ERROR_CODE__OK, "");
+}
+
+struct idle_ctx {
+    struct jctx *x;
+    int n;
+};
+
+static void idle_one(void *ctx, const char *user, uint32_t dev, uint64_t created_ms, uint64_t last_seen_ms)
+{
+    (void)created_ms;
+    (void)last_seen_ms;
+    struct idle_ctx *ic = ctx;
+    struct dir_entry d;
+    if (ic->x->store_err || directory_lookup(user, dev, &d))
+        return; /* connected all along (last_seen is written at login and logout) */
+    int removed = 0;
+    remove_one(ic->x, user, dev, &removed);
+    ic->n += removed;
+}
+
+void mailbox_expire_idle_devices(struct jctx *x)
+{
+    if (!senv.cfg->device_idle_days)
+        return;
+    uint64_t cutoff = relay_now_ms() - (uint64_t)senv.cfg->device_idle_days * 86400000ull;
+    struct idle_ctx ic = { x, 0 };
+    CHECK_SE(accounts_each_device(senv.db, NULL, cutoff, idle_one, &ic));
+    if (ic.n)
+        rlog(RLOG_INFO, "idle_devices_removed", "count=%d days=%u", ic.n, senv.cfg->device_idle_days);
+}
+
+hstore_err mailbox_count_for(hstore *db, const char *user, uint32_t dev, int64_t *count)
+{
+    sqlite3_stmt *st;
+    *count = 0;
+    hstore_err e = hstore_prepare(db, "SELECT count(*) FROM mailbox WHERE recipient = ?1 AND recipient_device = ?2", &st);
+    if (e)
+        return e;
+    sqlite3_bind_text(st, 1, user, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 2, dev);
+    int row = 0;
+    if ((e = hstore_step(db, st, &row)))
+        return e;
+    if (row) {
+        *count = sqlite3_column_int64(st, 0);
+        sqlite3_reset(st);
+    }
+    return HSTORE_OK;
 }

@@ -4,6 +4,7 @@
  *   hushd [options]                 run the relay (defaults: ws://127.0.0.1:7443, ./var/hushd.db)
  *   hushd --check-config FILE       validate a configuration file and print the effective settings
  *   hushd invite [--count N]        mint single-use invite tokens (registration = invite)
+ *   hushd user list | show NAME | delete NAME | remove-device NAME N   accounts, on the database
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -38,6 +39,7 @@ static void usage(FILE *f)
             "usage: hushd [options]\n"
             "       hushd --check-config FILE\n"
             "       hushd invite [--config FILE] [--db PATH] [--count N]\n"
+            "       hushd user [--config FILE] [--db PATH] list | show NAME | delete NAME | remove-device NAME N\n"
             "\n"
             "Runs the Hush relay. Settings come from the defaults, then the config file, then flags.\n"
             "\n"
@@ -280,6 +282,66 @@ static int cmd_invite(int argc, char **argv)
     return 0;
 }
 
+/* `hushd user list | show NAME | delete NAME | remove-device NAME N` */
+static int cmd_user(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        { "config", required_argument, NULL, 'c' },
+        { "db", required_argument, NULL, 'd' },
+        { "help", no_argument, NULL, 'h' },
+        { NULL, 0, NULL, 0 },
+    };
+    static const char usage[] =
+        "usage: hushd user [--config FILE] [--db PATH] list | show NAME | delete NAME | remove-device NAME N\n"
+        "  list                   every user: devices, last seen\n"
+        "  show NAME              NAME's devices: created, last seen, messages waiting\n"
+        "  delete NAME            the account: its devices, keys and waiting messages (the name can be taken again)\n"
+        "  remove-device NAME N   one device and its waiting messages (not the account's last device)\n"
+        "Safe while hushd runs: a connected device that was removed is disconnected at its next send.\n";
+    struct relay_config cfg;
+    cfg_defaults(&cfg);
+    const char *config = NULL, *db = NULL;
+    int ch;
+    optind = 1;
+    while ((ch = getopt_long(argc, argv, "c:d:h", opts, NULL)) != -1) {
+        switch (ch) {
+        case 'c': config = optarg; break;
+        case 'd': db = optarg; break;
+        case 'h': fputs(usage, stdout); return 0;
+        default: fputs(usage, stderr); return 2;
+        }
+    }
+    int rest = argc - optind;
+    const char *op = rest > 0 ? argv[optind] : "";
+    const char *name = rest > 1 ? argv[optind + 1] : NULL;
+    unsigned long dev = 0;
+    int ok = (!strcmp(op, "list") && rest == 1) || ((!strcmp(op, "show") || !strcmp(op, "delete")) && rest == 2);
+    if (!strcmp(op, "remove-device") && rest == 3) {
+        char *end = NULL;
+        dev = strtoul(argv[optind + 2], &end, 10);
+        ok = end && !*end && dev >= 1 && dev <= INT32_MAX;
+    }
+    if (!ok || (name && !relay_valid_username(name))) {
+        fputs(usage, stderr);
+        return 2;
+    }
+    char err[512];
+    if (config && cfg_load_file(&cfg, config, err, sizeof err)) {
+        fprintf(stderr, "hushd: %s\n", err);
+        return 1;
+    }
+    if (db)
+        snprintf(cfg.db_path, sizeof cfg.db_path, "%s", db);
+    if (access(cfg.db_path, F_OK) != 0) {
+        fprintf(stderr, "hushd user: no database at %s (--db PATH or --config FILE)\n", cfg.db_path);
+        return 1;
+    }
+    int r = storage_user_admin(cfg.db_path, op, name, (uint32_t)dev, stdout, err, sizeof err);
+    if (r)
+        fprintf(stderr, "hushd user %s: %s\n", op, err);
+    return r ? 1 : 0;
+}
+
 int main(int argc, char **argv)
 {
     /* Keys and plaintext live in this process's memory: no core file may hold them (a core
@@ -293,6 +355,8 @@ int main(int argc, char **argv)
     }
     if (argc > 1 && !strcmp(argv[1], "invite"))
         return cmd_invite(argc - 1, argv + 1);
+    if (argc > 1 && !strcmp(argv[1], "user"))
+        return cmd_user(argc - 1, argv + 1);
 
     enum { O_LISTEN = 256, O_METRICS, O_DB, O_WORKERS, O_REG, O_DUR, O_CERT, O_KEY, O_LEVEL, O_LOGFILE, O_SET,
            O_SUPERVISE, O_PRINT, O_CHECK, O_VERSION };

@@ -12,7 +12,7 @@ static const char *const err_names[METRICS_ERR_CODES] = {
     "ok", "bad_request", "unsupported_version", "auth_failed", "auth_required", "username_taken",
     "registration_closed", "invite_invalid", "bad_keys", "unknown_user", "unknown_recipient",
     "quota_exceeded", "too_large", "rate_limited", "session_replaced", "shutting_down", "storage_failed",
-    "internal", "timeout", "device_mismatch", "too_many_devices", "link_invalid", "address_gone",
+    "internal", "timeout", "device_mismatch", "too_many_devices", "link_invalid", "address_gone", "device_removed",
 };
 
 void metrics_error(int code)

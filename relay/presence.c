@@ -309,3 +309,13 @@ void presence_job_set_allow(struct jctx *x, const struct job *j)
     snprintf(x->allow_owner, sizeof x->allow_owner, "%s", j->username);
     jctx_reply_code(x, j, HUSH__ERROR_CODE__OK, "");
 }
+
+hstore_err presence_delete_user(hstore *db, const char *user)
+{
+    sqlite3_stmt *st;
+    hstore_err e = hstore_prepare(db, "DELETE FROM presence_allow WHERE owner = ?1 OR allowed = ?1", &st);
+    if (e)
+        return e;
+    sqlite3_bind_text(st, 1, user, -1, SQLITE_TRANSIENT);
+    return hstore_run(db, st);
+}

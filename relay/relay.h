@@ -75,6 +75,7 @@ struct relay_config {
     uint32_t provision_timeout_s; /* a provisioning connection waits this long for its link box */
     uint32_t link_token_ttl_s;    /* a link token is valid this long */
     uint32_t provisions_per_min;  /* provisioning addresses handed out per minute, relay-wide */
+    uint32_t device_idle_days;    /* a device not seen for this long is removed (never a user's last); 0: never */
 };
 
 void cfg_defaults(struct relay_config *c);
@@ -102,7 +103,7 @@ void rlog(int level, const char *event, const char *fmt, ...) __attribute__((for
 /* ------------------------------------------------------------------------------------------ */
 /* metrics (metrics.c): counters readable from any thread */
 
-#define METRICS_ERR_CODES 23
+#define METRICS_ERR_CODES 24
 #define METRICS_BATCH_BUCKETS 8
 #define METRICS_LAT_BUCKETS 10
 struct metrics {
@@ -152,7 +153,7 @@ enum ev_type {
     EV_LOGIN_DONE,    /* login/register finished: ok, username, device_id, prekeys_low */
     EV_MAIL,          /* result of a mailbox fetch: `mail` frames in seq order, `drained` */
     EV_LIVE,          /* a message just committed for conn's device: `out` with seq */
-    EV_KICK,          /* close conn with `code` (another login replaced it) */
+    EV_KICK,          /* close conn with `code` (SESSION_REPLACED: another login; DEVICE_REMOVED) */
     EV_PROVISIONED,   /* write `out` (a Provisioned push) to a provisioning conn, then expect its registration */
     EV_RESUME,        /* conn's storage jobs fell under the resume mark: read its socket again */
     EV_SHUTDOWN       /* stop: finish and close everything */
@@ -192,7 +193,7 @@ void inbox_free_all(void);
 
 enum job_type {
     JOB_REGISTER, JOB_LOGIN, JOB_UPLOAD, JOB_FETCH_BUNDLES, JOB_SEND, JOB_FETCH_MAIL, JOB_ACK,
-    JOB_SET_ALLOW, JOB_DISCONNECT, JOB_EXPIRE, JOB_LINK_TOKEN, JOB_STOP
+    JOB_SET_ALLOW, JOB_DISCONNECT, JOB_EXPIRE, JOB_LINK_TOKEN, JOB_REMOVE_DEVICE, JOB_STOP
 };
 
 /*
@@ -258,6 +259,10 @@ void job_free(struct job *j);
 hstore *storage_open_db(const char *path, int durability_full, char *err, size_t errlen);
 /* Mints `n` invite tokens into the database, printing them to `out`. */
 int storage_mint_invites(const char *db_path, int n, FILE *out, char *err, size_t errlen);
+/* `hushd user ...` on the database (safe while hushd runs: one transaction each). op: "list",
+ * "show", "delete", "remove-device". Returns 0, 1 (no such user/device, message in err), -1. */
+int storage_user_admin(const char *db_path, const char *op, const char *user, uint32_t dev, FILE *out, char *err,
+                       size_t errlen);
 
 /* ------------------------------------------------------------------------------------------ */
 /* directory (directory.c): which loop and connection a device is on. The narrow interface a

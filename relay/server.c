@@ -663,6 +663,12 @@ static void on_authed_request(struct conn *c, Hush__Frame **fp)
     case HUSH__FRAME__MSG_PROVISION_SEND:
         on_provision_send(c, f);
         break;
+    case HUSH__FRAME__MSG_REMOVE_DEVICE: {
+        struct job *j = job_for(c, JOB_REMOVE_DEVICE, f->id, fp);
+        if (j)
+            submit(c, j);
+        break;
+    }
     case HUSH__FRAME__MSG_SUBSCRIBE_PRESENCE:
         if (!usernames_ok(f->subscribe_presence->usernames, f->subscribe_presence->n_usernames, 1000)) {
             reply(c, f->id, HUSH__ERROR_CODE__BAD_REQUEST, "1000 valid usernames at most");
@@ -823,6 +829,13 @@ static void handle_event(struct loop *l, struct event *e)
         on_live(c, e);
         break;
     case EV_KICK:
+        if (e->code == HUSH__ERROR_CODE__DEVICE_REMOVED) {
+            rlog(RLOG_INFO, "device_removed_closed", "conn=%llu user=%s device=%u", (unsigned long long)c->id,
+                 c->username, c->device_id);
+            close_after_flush(c, HUSH__ERROR_CODE__DEVICE_REMOVED, "this device was removed from its account",
+                              LWS_CLOSE_STATUS_POLICY_VIOLATION);
+            break;
+        }
         rlog(RLOG_INFO, "session_replaced", "conn=%llu user=%s device=%u", (unsigned long long)c->id, c->username,
              c->device_id);
         close_after_flush(c, HUSH__ERROR_CODE__SESSION_REPLACED, "another connection logged in as this device",

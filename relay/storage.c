@@ -208,7 +208,14 @@ static void run_job(struct jctx *x, struct job *j)
     case JOB_SET_ALLOW: presence_job_set_allow(x, j); break;
     case JOB_DISCONNECT: accounts_disconnect(x, j); break;
     case JOB_LINK_TOKEN: accounts_link_token(x, j); break;
-    case JOB_EXPIRE: mailbox_expire(x); if (!x->store_err) accounts_expire(x); break;
+    case JOB_REMOVE_DEVICE: mailbox_remove_device(x, j); break;
+    case JOB_EXPIRE:
+        mailbox_expire(x);
+        if (!x->store_err)
+            accounts_expire(x);
+        if (!x->store_err)
+            mailbox_expire_idle_devices(x);
+        break;
     case JOB_STOP: break;
     }
 }
@@ -516,6 +523,134 @@ int storage_mint_invites(const char *db_path, int n, FILE *out, char *err, size_
     } else {
         for (int i = 0; i < n; i++)
             fprintf(out, "%s\n", tokens[i]);
+    }
+    hstore_close(db);
+    return r;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* hushd user ... */
+
+struct admin {
+    hstore *db;
+    FILE *out;
+    hstore_err e;
+    int n;
+    uint32_t devs[64];
+};
+
+static void stamp_ms(char *buf, size_t cap, uint64_t ms)
+{
+    if (!ms) {
+        snprintf(buf, cap, "never");
+        return;
+    }
+    time_t t = (time_t)(ms / 1000);
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    strftime(buf, cap, "%Y-%m-%d %H:%M:%S UTC", &tm);
+}
+
+static void admin_count(void *ctx, const char *user, uint32_t dev, uint64_t created, uint64_t seen)
+{
+    (void)user;
+    (void)created;
+    (void)seen;
+    struct admin *a = ctx;
+    if (a->n < 64)
+        a->devs[a->n] = dev;
+    a->n++;
+}
+
+static void admin_list_user(const char *user, uint64_t last_seen, void *ctx)
+{
+    struct admin *a = ctx;
+    struct admin one = { a->db, NULL, HSTORE_OK, 0, { 0 } };
+    if (!a->e)
+        a->e = accounts_each_device(a->db, user, 0, admin_count, &one);
+    char ts[40];
+    stamp_ms(ts, sizeof ts, last_seen);
+    fprintf(a->out, "%-32s devices %d  last seen %s\n", user, one.n, ts);
+    a->n++;
+}
+
+static void admin_show_device(void *ctx, const char *user, uint32_t dev, uint64_t created, uint64_t seen)
+{
+    struct admin *a = ctx;
+    int64_t waiting = 0;
+    if (!a->e)
+        a->e = mailbox_count_for(a->db, user, dev, &waiting);
+    char c[40], s[40];
+    stamp_ms(c, sizeof c, created);
+    stamp_ms(s, sizeof s, seen);
+    fprintf(a->out, "device %u  created %s  last seen %s  waiting %lld\n", dev, c, s, (long long)waiting);
+    a->n++;
+}
+
+int storage_user_admin(const char *db_path, const char *op, const char *user, uint32_t dev, FILE *out, char *err,
+                       size_t errlen)
+{
+    hstore *db = storage_open_db(db_path, 1, err, errlen);
+    if (!db)
+        return -1;
+    struct admin a = { db, out, HSTORE_OK, 0, { 0 } };
+    int r = 0;
+    if (!strcmp(op, "list")) {
+        accounts_each_last_seen(db, admin_list_user, &a);
+        if (!a.e && a.n == 0)
+            fprintf(out, "(no users)\n");
+    } else if (!strcmp(op, "show")) {
+        a.e = accounts_each_device(db, user, 0, admin_show_device, &a);
+        if (!a.e && a.n == 0) {
+            snprintf(err, errlen, "no user %s", user);
+            r = 1;
+        }
+    } else if (hstore_savepoint(db) != HSTORE_OK) {
+        a.e = HSTORE_ERR_IO;
+    } else {
+        /* one transaction: the relay, running or not, sees all of it or none */
+        int deleted = 0;
+        if (!strcmp(op, "delete")) {
+            a.e = mailbox_delete_for(db, user, 0);
+            if (!a.e)
+                a.e = presence_delete_user(db, user);
+            if (!a.e)
+                a.e = accounts_delete_user(db, user, &deleted);
+            if (!a.e && !deleted) {
+                snprintf(err, errlen, "no user %s", user);
+                r = 1;
+            }
+        } else {
+            a.e = accounts_each_device(db, user, 0, admin_count, &a);
+            int has = 0;
+            for (int i = 0; i < a.n && i < 64; i++)
+                has |= a.devs[i] == dev;
+            if (!a.e && !has) {
+                snprintf(err, errlen, "%s has no device %u", user, dev);
+                r = 1;
+            } else if (!a.e && a.n == 1) {
+                snprintf(err, errlen, "device %u is %s's last device: `hushd user delete %s` removes the account", dev,
+                         user, user);
+                r = 1;
+            }
+            if (!a.e && !r)
+                a.e = mailbox_delete_for(db, user, dev);
+            if (!a.e && !r)
+                a.e = accounts_delete_device(db, user, dev, &deleted);
+        }
+        if (a.e || r || hstore_release(db) != HSTORE_OK) {
+            if (!a.e && !r)
+                a.e = HSTORE_ERR_IO;
+            hstore_rollback(db);
+        } else if (!strcmp(op, "delete")) {
+            fprintf(out, "deleted %s\n", user);
+        } else {
+            fprintf(out, "removed %s device %u\n", user, dev);
+        }
+    }
+    if (a.e) {
+        snprintf(err, errlen, "%s", hstore_errmsg(db));
+        r = -1;
     }
     hstore_close(db);
     return r;

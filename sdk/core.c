@@ -57,6 +57,7 @@ const char *hush_strerror(hush_err err)
     case HUSH_ERR_SESSION_REPLACED: return "another connection logged in as this device (is another copy running?)";
     case HUSH_ERR_TOO_MANY_DEVICES: return "the account has the most devices the relay allows (remove one first)";
     case HUSH_ERR_LINK_FAILED: return "linking failed: the link code expired or was used (start again with a new code)";
+    case HUSH_ERR_DEVICE_REMOVED: return "this device was removed from its account";
     }
     return "unknown error";
 }

@@ -37,7 +37,7 @@
 #define NET_MAX_MISMATCH_ROUNDS 4 /* device-list refusals of one message before it fails */
 
 enum nstate { N_IDLE, N_CONNECTING, N_HELLO, N_AUTH, N_ONLINE };
-enum req_type { R_NONE, R_HELLO, R_AUTH, R_SEND, R_FETCH, R_UPLOAD, R_OTHER, R_PROVISION, R_LINK_TOKEN, R_PROVISION_SEND };
+enum req_type { R_NONE, R_HELLO, R_AUTH, R_SEND, R_FETCH, R_UPLOAD, R_OTHER, R_PROVISION, R_LINK_TOKEN, R_PROVISION_SEND, R_REMOVE };
 
 /* hush_device_link's request, from the app thread to the network thread (under mu) */
 enum link_step { LINK_IDLE, LINK_QUEUED, LINK_TOKEN_ASKED, LINK_BOX_SENT, LINK_DONE };
@@ -135,6 +135,10 @@ struct hush_net {
     uint8_t link_peer_pk[32];
     hush_err link_result;
     uint32_t link_dev;        /* the device id the relay reserved */
+    /* hush_device_remove's request, under mu: LINK_QUEUED -> LINK_TOKEN_ASKED (sent) -> LINK_DONE */
+    enum link_step rm_step;
+    uint32_t rm_dev;
+    hush_err rm_result;
     uint8_t mismatch_mid[16]; /* the message the relay last refused for its device list... */
     int mismatch_rounds;      /* ...and how many times in a row */
     int backoff_ms;
@@ -218,6 +222,9 @@ void hnet_link_start(struct hush_net *n);
 void hnet_on_link_token_result(struct hush_net *n, const Hush__Result *res);
 void hnet_on_provision_send_result(struct hush_net *n, const Hush__Result *res);
 void hnet_link_finish(struct hush_net *n, hush_err e);
+void hnet_remove_start(struct hush_net *n);
+void hnet_on_remove_result(struct hush_net *n, const Hush__Result *res);
+void hnet_remove_finish(struct hush_net *n, hush_err e);
 
 /* messaging.c */
 /* Records that a receipt (state 2 delivered, 3 read) is owed for mid; caller holds the lock. */

@@ -293,6 +293,7 @@ hush_err hnet_fatal_for(int code)
     case HUSH__ERROR_CODE__UNSUPPORTED_VERSION: return HUSH_ERR_RELAY;
     case HUSH__ERROR_CODE__TOO_MANY_DEVICES: return HUSH_ERR_TOO_MANY_DEVICES;
     case HUSH__ERROR_CODE__LINK_INVALID: return HUSH_ERR_LINK_FAILED;
+    case HUSH__ERROR_CODE__DEVICE_REMOVED: return HUSH_ERR_DEVICE_REMOVED;
     default: return HUSH_OK;
     }
 }

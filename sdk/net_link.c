@@ -6,6 +6,7 @@
  * opens it into a device (link.c), then registers on the same connection with the link token.
  * The existing device (hush_device_link) asks the relay for a link token (which reserves the
  * new device's id), seals the box to the code's key and hands it to the address.
+ * Removing a device (hush_device_remove) is the other request of this file.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -186,4 +187,61 @@ void hnet_on_provision_send_result(struct hush_net *n, const Hush__Result *res)
     hsdk_peers_forget(n->c, n->c->username);
     hsdk_unlock(n->c);
     hnet_link_finish(n, HUSH_OK);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* removing a device */
+
+void hnet_remove_finish(struct hush_net *n, hush_err e)
+{
+    pthread_mutex_lock(&n->mu);
+    if (n->rm_step != LINK_IDLE && n->rm_step != LINK_DONE) {
+        n->rm_step = LINK_DONE;
+        n->rm_result = e;
+        pthread_cond_broadcast(&n->cv);
+    }
+    pthread_mutex_unlock(&n->mu);
+}
+
+void hnet_remove_start(struct hush_net *n)
+{
+    pthread_mutex_lock(&n->mu);
+    int go = n->rm_step == LINK_QUEUED && n->st == N_ONLINE;
+    uint32_t dev = n->rm_dev;
+    if (go)
+        n->rm_step = LINK_TOKEN_ASKED;
+    pthread_mutex_unlock(&n->mu);
+    if (!go)
+        return;
+    struct req *r = hnet_add_req(n, R_REMOVE);
+    if (!r) {
+        hnet_remove_finish(n, HUSH_ERR_NOMEM);
+        return;
+    }
+    Hush__RemoveDeviceRequest rd = HUSH__REMOVE_DEVICE_REQUEST__INIT;
+    rd.device_id = dev;
+    Hush__Frame f = HUSH__FRAME__INIT;
+    f.id = r->id;
+    f.msg_case = HUSH__FRAME__MSG_REMOVE_DEVICE;
+    f.remove_device = &rd;
+    hnet_queue_frame(n, &f);
+}
+
+void hnet_on_remove_result(struct hush_net *n, const Hush__Result *res)
+{
+    hush_err e;
+    switch (res->code) {
+    case HUSH__ERROR_CODE__OK: e = HUSH_OK; break;
+    case HUSH__ERROR_CODE__UNKNOWN_RECIPIENT: e = HUSH_ERR_NOT_FOUND; break;
+    case HUSH__ERROR_CODE__AUTH_FAILED: e = HUSH_ERR_AUTH_FAILED; break;
+    case HUSH__ERROR_CODE__BAD_REQUEST: e = HUSH_ERR_INVALID_ARG; break;
+    default: e = HUSH_ERR_RELAY; break;
+    }
+    if (e == HUSH_OK) {
+        /* our own list changed: fetched again before the next send */
+        hsdk_lock(n->c);
+        hsdk_peers_forget(n->c, n->c->username);
+        hsdk_unlock(n->c);
+    }
+    hnet_remove_finish(n, e);
 }

@@ -77,6 +77,7 @@ static void went_online(struct hush_net *n)
     hnet_flush_receipts(n);
     hnet_pump_outbox(n);
     hnet_link_start(n); /* a hush_device_link that waited for the connection */
+    hnet_remove_start(n);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -148,6 +149,8 @@ static void handle_frame(struct hush_net *n, const uint8_t *data, size_t len)
             hnet_on_link_token_result(n, f->result);
         } else if (r.type == R_PROVISION_SEND) {
             hnet_on_provision_send_result(n, f->result);
+        } else if (r.type == R_REMOVE) {
+            hnet_on_remove_result(n, f->result);
         }
         break;
     case HUSH__FRAME__MSG_PROVISIONED:
@@ -220,6 +223,10 @@ static void handle_frame(struct hush_net *n, const uint8_t *data, size_t len)
         if (f->closing->code == HUSH__ERROR_CODE__SESSION_REPLACED) {
             hnet_report(n, HUSH_ERR_SESSION_REPLACED, "another connection logged in as this device; not reconnecting");
             hnet_fail_for_good(n, HUSH_ERR_SESSION_REPLACED);
+        } else if (f->closing->code == HUSH__ERROR_CODE__DEVICE_REMOVED) {
+            hnet_report(n, HUSH_ERR_DEVICE_REMOVED, "this device was removed from its account; not reconnecting");
+            hnet_remove_finish(n, HUSH_OK); /* it removed itself */
+            hnet_fail_for_good(n, HUSH_ERR_DEVICE_REMOVED);
         }
         break;
     case HUSH__FRAME__MSG_QUEUE_EMPTY:
@@ -281,6 +288,11 @@ static void connection_lost(struct hush_net *n)
     pthread_mutex_unlock(&n->mu);
     if (linking)
         hnet_link_finish(n, HUSH_ERR_NETWORK); /* the other device is not linked: start again */
+    pthread_mutex_lock(&n->mu);
+    int removing = n->rm_step == LINK_TOKEN_ASKED;
+    pthread_mutex_unlock(&n->mu);
+    if (removing)
+        hnet_remove_finish(n, HUSH_ERR_NETWORK); /* not known whether it was done: the app may ask again */
     if (!n->fatal && !atomic_load(&n->stop))
         hnet_set_conn(n, HUSH_CONN_OFFLINE, HUSH_ERR_NETWORK);
     schedule_reconnect(n);
@@ -369,8 +381,10 @@ static void handle_wake(struct hush_net *n)
         hnet_send_typing(n);
     if (w & (NET_WAKE_OUTBOX | NET_WAKE_IDENTITY))
         hnet_pump_outbox(n);
-    if (w & NET_WAKE_LINK)
+    if (w & NET_WAKE_LINK) {
         hnet_link_start(n);
+        hnet_remove_start(n);
+    }
 }
 
 static int net_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in, size_t len)
@@ -867,5 +881,52 @@ hush_err hush_device_link(hush_client *c, const char *code, int timeout_ms, uint
         pthread_mutex_unlock(&n->mu);
     }
     pthread_mutex_unlock(&c->net_mu);
+    return e;
+}
+
+static int pred_removed(hush_client *c, struct hush_net *n, hush_err *e)
+{
+    pthread_mutex_lock(&n->mu);
+    int done = n->rm_step == LINK_DONE;
+    *e = n->rm_result;
+    pthread_mutex_unlock(&n->mu);
+    if (done)
+        return 1;
+    return pred_online(c, n, e) && *e; /* failed for good */
+}
+
+hush_err hush_device_remove(hush_client *c, uint32_t device_id, int timeout_ms)
+{
+    if (!c || timeout_ms < 0 || !hsdk_valid_device(device_id))
+        return HUSH_ERR_INVALID_ARG;
+    pthread_mutex_lock(&c->net_mu);
+    struct hush_net *n = c->net;
+    hush_err e = n ? HUSH_OK : HUSH_ERR_NOT_RUNNING;
+    if (n) {
+        pthread_mutex_lock(&n->mu);
+        if (n->rm_step != LINK_IDLE && n->rm_step != LINK_DONE) {
+            e = HUSH_ERR_INVALID_ARG;
+        } else {
+            n->rm_step = LINK_QUEUED;
+            n->rm_dev = device_id;
+            n->rm_result = HUSH_ERR_TIMEOUT;
+        }
+        pthread_mutex_unlock(&n->mu);
+    }
+    pthread_mutex_unlock(&c->net_mu);
+    if (e)
+        return e;
+    net_wake(c, NET_WAKE_LINK);
+    e = wait_until(c, timeout_ms, pred_removed);
+    pthread_mutex_lock(&c->net_mu);
+    if ((n = c->net) != NULL) {
+        pthread_mutex_lock(&n->mu);
+        if (n->rm_step == LINK_QUEUED || n->rm_step == LINK_DONE)
+            n->rm_step = LINK_IDLE;
+        pthread_mutex_unlock(&n->mu);
+    }
+    pthread_mutex_unlock(&c->net_mu);
+    if (e == HUSH_ERR_DEVICE_REMOVED)
+        e = HUSH_OK; /* it removed itself: done */
     return e;
 }

@@ -417,7 +417,8 @@ static void inject_device(const char *db, hush_client *ghost, const char *user, 
     sqlite3_stmt *st = NULL;
     assert_int_equal(sqlite3_prepare_v2(h, "INSERT INTO devices (username, device_id, auth_key, identity_key, "
                                            "registration_id, spk_id, spk_public, spk_signature, spk_timestamp, created_at) "
-                                           "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 1)", -1, &st, NULL),
+                                           "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, "
+                                           "CAST(strftime('%s', 'now') AS INTEGER) * 1000)", -1, &st, NULL),
                      SQLITE_OK);
     sqlite3_bind_text(st, 1, user, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 2, dev);
@@ -719,6 +720,133 @@ static void test_linked_devices(void **state)
     assert_int_equal(texts_from(a3, "bert", "three of you"), 1);
 
     assert_int_equal(hush_device_link(a->c, "not a code", 1000, NULL), HUSH_ERR_INVALID_ARG);
+    user_free(a3);
+    user_free(a2);
+    user_free(a);
+    user_free(b);
+    assert_int_equal(relay_stop(&relay, SIGTERM), 0);
+}
+
+int run(const char *cmd, char *out, size_t cap);
+
+static hush_conn_state conn_of(struct user *u, hush_err *last)
+{
+    return hush_net_state(u->c, last);
+}
+
+static int wait_failed(struct user *u, hush_err want, int ms)
+{
+    for (int i = 0; i < ms / 50; i++) {
+        hush_err last = HUSH_OK;
+        if (conn_of(u, &last) == HUSH_CONN_FAILED)
+            return last == want;
+        struct timespec t = { 0, 50000000L };
+        nanosleep(&t, NULL);
+    }
+    return 0;
+}
+
+static long devices_rows(const char *db, const char *user)
+{
+    sqlite3 *h = NULL;
+    long n = -1;
+    if (sqlite3_open_v2(db, &h, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK) {
+        sqlite3_stmt *st = NULL;
+        if (sqlite3_prepare_v2(h, "SELECT count(*) FROM devices WHERE username = ?1", -1, &st, NULL) == SQLITE_OK) {
+            sqlite3_bind_text(st, 1, user, -1, SQLITE_STATIC);
+            if (sqlite3_step(st) == SQLITE_ROW)
+                n = sqlite3_column_int64(st, 0);
+        }
+        sqlite3_finalize(st);
+    }
+    sqlite3_close(h);
+    return n;
+}
+
+/* Removing devices: only itself or from the first device; removed mid-stream, the remaining
+ * devices get every message once; the removed one stops for good; the last device stays; the
+ * operator's `hushd user remove-device` while hushd runs; idle devices expire. */
+static void test_device_removal(void **state)
+{
+    (void)state;
+    struct relay_proc relay;
+    relay_start(&relay, "removal", NULL);
+    struct user *a = user_new(&relay, "romy"), *b = user_new(&relay, "stan");
+    uint8_t mid[16];
+    send_text(a, "stan", "hi", mid);
+    assert_true(wait_count(&b->r, &b->r.nmsgs, 1, 10000));
+    uint32_t dev = 0;
+    hush_err le = HUSH_OK;
+    struct user *a2 = user_link(&relay, a, "romy-2", &dev, &le);
+    assert_int_equal(le, HUSH_OK);
+    struct user *a3 = user_link(&relay, a, "romy-3", &dev, &le);
+    assert_int_equal(le, HUSH_OK);
+    assert_int_equal(dev, 3);
+    /* device 2 may not remove device 3 */
+    assert_int_equal(hush_device_remove(a2->c, 3, 10000), HUSH_ERR_AUTH_FAILED);
+    assert_int_equal(hush_device_remove(a->c, 9, 10000), HUSH_ERR_NOT_FOUND);
+    /* stan streams while device 1 removes device 3 */
+    enum { N = 30 };
+    for (int i = 0; i < N; i++) {
+        char t[32];
+        snprintf(t, sizeof t, "m%d", i);
+        send_text(b, "romy", t, mid);
+        if (i == N / 2)
+            assert_int_equal(hush_device_remove(a->c, 3, 10000), HUSH_OK);
+    }
+    assert_true(wait_failed(a3, HUSH_ERR_DEVICE_REMOVED, 10000));
+    assert_int_equal(hush_net_flush(b->c, 20000), HUSH_OK);
+    assert_true(wait_count(&a->r, &a->r.nmsgs, N, 20000));
+    assert_true(wait_count(&a2->r, &a2->r.nmsgs, N, 20000));
+    for (int i = 0; i < N; i++) {
+        char t[32];
+        snprintf(t, sizeof t, "m%d", i);
+        assert_int_equal(texts_from(a, "stan", t), 1);
+        assert_int_equal(texts_from(a2, "stan", t), 1);
+    }
+    assert_int_equal(mailbox_rows_for(relay.db, "romy", 3), 0);
+    /* device 2 removes itself; device 1 is then the last and stays */
+    assert_int_equal(hush_device_remove(a2->c, 2, 10000), HUSH_OK);
+    assert_true(wait_failed(a2, HUSH_ERR_DEVICE_REMOVED, 10000));
+    assert_int_equal(hush_device_remove(a->c, 1, 10000), HUSH_ERR_INVALID_ARG);
+    assert_int_equal(devices_rows(relay.db, "romy"), 1);
+    send_text(b, "romy", "just you now", mid);
+    assert_true(wait_count(&a->r, &a->r.nmsgs, N + 1, 10000));
+    assert_int_equal(hush_net_flush(b->c, 10000), HUSH_OK);
+
+    /* the operator removes a connected device while hushd runs: it is closed at its next send */
+    struct user *a4 = user_link(&relay, a, "romy-4", &dev, &le);
+    assert_int_equal(le, HUSH_OK);
+    assert_int_equal(dev, 4);
+    char cmd[1024], out[4096];
+    snprintf(cmd, sizeof cmd, "%s user --db %s remove-device romy 4 2>&1", getenv("HUSHD"), relay.db);
+    assert_int_equal(run(cmd, out, sizeof out), 0);
+    assert_non_null(strstr(out, "removed romy device 4"));
+    send_text(a4, "stan", "am I still here?", mid);
+    assert_true(wait_failed(a4, HUSH_ERR_DEVICE_REMOVED, 10000));
+    snprintf(cmd, sizeof cmd, "%s user --db %s show romy 2>&1", getenv("HUSHD"), relay.db);
+    assert_int_equal(run(cmd, out, sizeof out), 0);
+    assert_non_null(strstr(out, "device 1 "));
+    assert_null(strstr(out, "device 4 "));
+
+    /* a device idle for longer than device_idle_days goes at the next expiry pass, never the
+     * account's most recently seen one */
+    struct user *a5 = user_link(&relay, a, "romy-5", &dev, &le);
+    assert_int_equal(le, HUSH_OK);
+    user_free(a5);
+    hush_net_stop(a->c);
+    assert_int_equal(relay_stop(&relay, SIGTERM), 0);
+    snprintf(cmd, sizeof cmd, "sqlite3 %s \"UPDATE devices SET last_seen = 1000, created_at = 1000 WHERE username = "
+             "'romy' AND device_id = 5\"", relay.db);
+    assert_int_equal(system(cmd), 0);
+    assert_int_equal(devices_rows(relay.db, "romy"), 2);
+    relay_restart(&relay);
+    for (int i = 0; i < 100 && devices_rows(relay.db, "romy") != 1; i++) {
+        struct timespec t = { 0, 100000000L };
+        nanosleep(&t, NULL);
+    }
+    assert_int_equal(devices_rows(relay.db, "romy"), 1);
+    user_free(a4);
     user_free(a3);
     user_free(a2);
     user_free(a);
@@ -2099,6 +2227,9 @@ int main(void)
         cmocka_unit_test(test_sigpipe_handler_kept),
         cmocka_unit_test(test_linked_devices),
         cmocka_unit_test(test_cli_two_devices),
+        cmocka_unit_test(test_device_removal),
     };
+    if (getenv("HUSH_TEST_ONLY"))
+        cmocka_set_test_filter(getenv("HUSH_TEST_ONLY")); /* one test by name, while working on it */
     return cmocka_run_group_tests_name("online", tests, NULL, NULL);
 }

@@ -90,11 +90,13 @@ typedef enum hush_err {
                                   logged in as this device: the network stops, as two connections
                                   of one device would take turns replacing each other */
     HUSH_ERR_TOO_MANY_DEVICES, /* the account has the most devices the relay allows */
-    HUSH_ERR_LINK_FAILED       /* linking a device: the link code expired or was used, or the new
+    HUSH_ERR_LINK_FAILED,      /* linking a device: the link code expired or was used, or the new
                                   device's link was refused (start again with a new code) */
+    HUSH_ERR_DEVICE_REMOVED    /* this device was removed from its account (by itself, another of its
+                                  devices or the relay's operator): the network stops for good */
 } hush_err;
 
-#define HUSH_ERR_LAST HUSH_ERR_LINK_FAILED
+#define HUSH_ERR_LAST HUSH_ERR_DEVICE_REMOVED
 
 /* Never NULL; static storage. */
 const char *hush_strerror(hush_err err);
@@ -452,6 +454,16 @@ HUSH_MUST_CHECK hush_err hush_net_start(hush_client *c, const hush_net_opts *opt
  * that has a device.
  */
 HUSH_MUST_CHECK hush_err hush_net_start_link(hush_client *c, const hush_net_opts *opts, const hush_callbacks *cb);
+/*
+ * Removes a device of this account: this device itself, or, from the account's first
+ * (lowest-numbered) device, any other. The relay deletes its keys and waiting messages, closes its
+ * connection (it stops with HUSH_ERR_DEVICE_REMOVED) and tells the other devices; contacts stop
+ * sending to it at their next message. The account's last device cannot be removed. Blocks up to
+ * timeout_ms with the network running. Errors: HUSH_ERR_NOT_FOUND (no such device),
+ * HUSH_ERR_AUTH_FAILED (not allowed from this device), HUSH_ERR_INVALID_ARG (the last device, or
+ * a request already in progress), HUSH_ERR_NOT_RUNNING, HUSH_ERR_NETWORK, HUSH_ERR_TIMEOUT.
+ */
+HUSH_MUST_CHECK hush_err hush_device_remove(hush_client *c, uint32_t device_id, int timeout_ms);
 HUSH_MUST_CHECK hush_err hush_device_link(hush_client *c, const char *code, int timeout_ms, uint32_t *device_id);
 
 /* Stops and joins the network thread (from any thread but a callback). Safe if not started. */

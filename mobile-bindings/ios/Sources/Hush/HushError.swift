@@ -38,6 +38,7 @@ public enum HushError: Error, Equatable, Hashable, Sendable, CustomStringConvert
     case sessionReplaced
     case tooManyDevices
     case linkFailed
+    case deviceRemoved
     /// The client was closed: every call after `close()` (or during it) fails with this.
     case closed
     /// `stop()` was called from a delegate callback, on the network thread it would wait for.
@@ -52,6 +53,7 @@ public enum HushError: Error, Equatable, Hashable, Sendable, CustomStringConvert
         .duplicate, .stalePrekey, .identityChanged, .notFound, .tooBig, .safetyMismatch,
         .noGroupSession, .internal, .network, .authFailed, .usernameTaken, .registrationRefused,
         .unknownUser, .timeout, .notRunning, .relay, .sessionReplaced, .tooManyDevices, .linkFailed,
+        .deviceRemoved,
     ]
 
     /// Every error libhush defines (not `closed`, `insideCallback` or `unknown`).

@@ -70,6 +70,8 @@ public enum HushError {
     TOO_MANY_DEVICES(31),
     /** Linking a device failed: the link code expired or was used; start again with a new code. */
     LINK_FAILED(32),
+    /** This device was removed from its account; the network stopped for good. */
+    DEVICE_REMOVED(33),
     /** Binding only: the client was closed. */
     CLOSED(-1),
     /** Binding only: a code this version of the binding does not know (a newer libhush). */
