@@ -11,6 +11,8 @@
 
 #include <sodium.h>
 
+#include <curve.h>
+
 #include "../sdk/internal.h"
 #include "fuzz.h"
 #include "hush_wire.h"
@@ -62,7 +64,7 @@ static void put_db(const char *name, const char *src)
 }
 
 /* A relay database with a little of everything hushd keeps: users, devices, prekeys, mail,
- * an invite, allow-lists. */
+ * an invite, allow-lists, a link token. */
 static void put_relay_db(void)
 {
     char path[300], err[256];
@@ -70,7 +72,7 @@ static void put_relay_db(void)
     unlink(path);
     hstore *db = storage_open_db(path, 0, err, sizeof err);
     if (!db ||
-        hstore_exec(db, "INSERT INTO users VALUES ('alice', 1), ('bob', 2);"
+        hstore_exec(db, "INSERT INTO users (username, created_at) VALUES ('alice', 1), ('bob', 2);"
                         "INSERT INTO devices (username, device_id, auth_key, identity_key, registration_id, spk_id,"
                         " spk_public, spk_signature, spk_timestamp, last_resort_id, last_resort_public, created_at)"
                         " VALUES ('alice', 1, zeroblob(32), x'05' || zeroblob(32), 7, 1, x'05' || zeroblob(32),"
@@ -83,7 +85,8 @@ static void put_relay_db(void)
                         " envelope, received_at, expires_at) VALUES ('bob', 1, 'alice', 1, zeroblob(16), x'0102', 1, 99),"
                         " ('bob', 1, 'alice', 1, x'01' || zeroblob(15), x'0304', 2, 99);"
                         "INSERT INTO invites VALUES (zeroblob(32), 1, NULL, NULL);"
-                        "INSERT INTO presence_allow VALUES ('alice', 'bob'), ('bob', 'alice');") != HSTORE_OK)
+                        "INSERT INTO presence_allow VALUES ('alice', 'bob'), ('bob', 'alice');"
+                        "INSERT INTO link_tokens VALUES (zeroblob(32), 'alice', 2, 1, 2, NULL);") != HSTORE_OK)
         abort();
     hstore_close(db);
     put_db("relay-db", path);
@@ -242,8 +245,99 @@ int main(int argc, char **argv)
     f.msg_case = HUSH__FRAME__MSG_DELIVER;
     f.deliver = &dv;
     put_frame("deliver", 1, &f);
+    /* linking and removing devices */
+    Hush__ProvisionRequest pq = HUSH__PROVISION_REQUEST__INIT;
+    f.id = 3;
+    f.msg_case = HUSH__FRAME__MSG_PROVISION;
+    f.provision = &pq;
+    put_frame("provision", 0, &f);
+    Hush__LinkTokenRequest lt = HUSH__LINK_TOKEN_REQUEST__INIT;
+    lt.address = "00112233445566778899aabbccddeeff";
+    f.msg_case = HUSH__FRAME__MSG_LINK_TOKEN;
+    f.link_token = &lt;
+    put_frame("link_token", 1, &f);
+    Hush__ProvisionSend ps = HUSH__PROVISION_SEND__INIT;
+    ps.address = lt.address;
+    ps.box = rc.envelope;
+    f.msg_case = HUSH__FRAME__MSG_PROVISION_SEND;
+    f.provision_send = &ps;
+    put_frame("provision_send", 1, &f);
+    Hush__RemoveDeviceRequest rd = HUSH__REMOVE_DEVICE_REQUEST__INIT;
+    rd.device_id = 2;
+    f.msg_case = HUSH__FRAME__MSG_REMOVE_DEVICE;
+    f.remove_device = &rd;
+    put_frame("remove_device", 1, &f);
+    r.link_token = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+    r.device_id = 2;
+    f.msg_case = HUSH__FRAME__MSG_REGISTER;
+    f.register_ = &r;
+    put_frame("register_linked", 0, &f);
+    f.id = 0;
+    Hush__Provisioned pv = HUSH__PROVISIONED__INIT;
+    pv.box = rc.envelope;
+    f.msg_case = HUSH__FRAME__MSG_PROVISIONED;
+    f.provisioned = &pv;
+    put_frame("provisioned", 0, &f);
+    Hush__DeviceListChanged dlc = HUSH__DEVICE_LIST_CHANGED__INIT;
+    dlc.username = "alice";
+    f.msg_case = HUSH__FRAME__MSG_DEVICE_LIST_CHANGED;
+    f.device_list_changed = &dlc;
+    put_frame("device_list_changed", 1, &f);
+    uint32_t miss[1] = { 2 };
+    Hush__DeviceMismatch dm = HUSH__DEVICE_MISMATCH__INIT, *dmp[1] = { &dm };
+    dm.username = "bob";
+    dm.n_missing = 1;
+    dm.missing = miss;
+    Hush__Result mres = HUSH__RESULT__INIT;
+    mres.code = HUSH__ERROR_CODE__DEVICE_MISMATCH;
+    mres.n_mismatches = 1;
+    mres.mismatches = dmp;
+    f.id = 4;
+    f.msg_case = HUSH__FRAME__MSG_RESULT;
+    f.result = &mres;
+    put_frame("result_mismatch", 1, &f);
     hush__pre_key_upload__free_unpacked(keys, NULL);
     hush_free(up);
+
+    /* a link box as a linking device makes it (an identity pair, contacts, a presence list) */
+    {
+        ec_key_pair *kp = NULL;
+        signal_buffer *lpub = NULL, *lpriv = NULL;
+        if (curve_generate_key_pair(a->sg, &kp) || ec_public_key_serialize(&lpub, ec_key_pair_get_public(kp)) ||
+            ec_private_key_serialize(&lpriv, ec_key_pair_get_private(kp)))
+            abort();
+        uint8_t ck[33];
+        if (hush_device_identity_key(b, ck))
+            abort();
+        Hush__LinkContact lc = HUSH__LINK_CONTACT__INIT, *lcp[1] = { &lc };
+        lc.username = "bob";
+        lc.device_id = 1;
+        lc.identity_key.data = ck;
+        lc.identity_key.len = 33;
+        char *allow[1] = { "bob" };
+        Hush__LinkBox lb = HUSH__LINK_BOX__INIT;
+        lb.version = 1;
+        lb.username = "alice";
+        lb.device_id = 2;
+        lb.link_token = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+        lb.identity_public.data = signal_buffer_data(lpub);
+        lb.identity_public.len = signal_buffer_len(lpub);
+        lb.identity_private.data = signal_buffer_data(lpriv);
+        lb.identity_private.len = signal_buffer_len(lpriv);
+        lb.n_contacts = 1;
+        lb.contacts = lcp;
+        lb.n_presence_allow = 1;
+        lb.presence_allow = allow;
+        lb.relay_origin = "ws://127.0.0.1:7443";
+        size_t n = hush__link_box__get_packed_size(&lb);
+        uint8_t *buf = malloc(n);
+        hush__link_box__pack(&lb, buf);
+        put("linkbox", "box", NULL, 0, buf, n);
+        free(buf);
+        signal_buffer_free(lpub);
+        signal_buffer_bzero_free(lpriv);
+        SIGNAL_UNREF(kp);
+    }
 
     /* a sealed row under the sealed harness's key and identity */
     hush_client sc;

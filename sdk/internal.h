@@ -153,6 +153,9 @@ hush_err hsdk_link_box_make(hush_client *c, const char *token, uint32_t device_i
  * list to apply (malloc'd strings in a malloc'd array, the caller frees both). */
 hush_err hsdk_link_box_open(hush_client *c, const uint8_t *box, size_t len, const uint8_t pk[32], const uint8_t sk[32],
                             char *const **presence, size_t *npresence);
+/* The same after the sealed box was opened: plain is a serialized LinkBox (fuzzed directly). */
+hush_err hsdk_link_box_apply(hush_client *c, const uint8_t *plain, size_t plen, char *const **presence,
+                             size_t *npresence);
 /* The link token this device registers with ("" when none); cleared once registered. Caller
  * holds the lock. */
 hush_err hsdk_link_token(hush_client *c, char out[129]);

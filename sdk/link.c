@@ -238,13 +238,22 @@ hush_err hsdk_link_box_open(hush_client *c, const uint8_t *box, size_t len, cons
     uint8_t *plain = malloc(plen);
     if (!plain)
         return HUSH_ERR_NOMEM;
-    if (crypto_box_seal_open(plain, box, len, pk, sk) != 0) {
-        free(plain);
-        return HUSH_ERR_BAD_MESSAGE;
-    }
-    Hush__LinkBox *lb = hush__link_box__unpack(&hsdk_wiping_allocator, plen, plain);
+    hush_err e = HUSH_ERR_BAD_MESSAGE;
+    if (crypto_box_seal_open(plain, box, len, pk, sk) == 0)
+        e = hsdk_link_box_apply(c, plain, plen, presence, npresence);
     sodium_memzero(plain, plen);
     free(plain);
+    return e;
+}
+
+hush_err hsdk_link_box_apply(hush_client *c, const uint8_t *plain, size_t plen, char *const **presence,
+                             size_t *npresence)
+{
+    *presence = NULL;
+    *npresence = 0;
+    if (plen > HWIRE_MAX_LINK_BOX)
+        return HUSH_ERR_BAD_MESSAGE;
+    Hush__LinkBox *lb = hush__link_box__unpack(&hsdk_wiping_allocator, plen, plain);
     if (!lb)
         return HUSH_ERR_BAD_MESSAGE;
     hush_err e = HUSH_OK;
