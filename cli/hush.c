@@ -4,6 +4,7 @@
  *   hush init --relay URL --user NAME [--invite TOKEN]   create an account: this device, registered
  *   hush link --relay URL                                 a new device of an existing account
  *   hush devices [add CODE | remove N]                    this account's devices; link or remove one
+ *   hush recover --relay URL --user NAME --code CODE      lost every device: a new one in their place
  *   hush send USER TEXT                                   send (queued if offline; retried later)
  *   hush listen [--raw]                                   print incoming messages until Ctrl-C
  *   hush chat USER                                        interactive: typing, receipts, presence
@@ -54,6 +55,8 @@ static void cli_usage(FILE *f)
             "                        for `hush devices add CODE` on one of its devices, waits until linked.\n"
             "  devices [add CODE | remove N]   This account's devices; link the device showing\n"
             "                        CODE; remove device N.\n"
+            "  recover --relay URL --user NAME --code CODE   Lost every device: a new one, with the\n"
+            "                        recovery code init printed; the old devices are removed.\n"
             "  send USER TEXT...     Send a message (TEXT `-`: read it from standard input). Queued\n"
             "                        while offline and retried until the relay has it.\n"
             "  cancel ID             Take a queued message out of the outbox.\n"
@@ -88,6 +91,7 @@ static const struct {
               "            certificate; stored with the URL for later commands\n"
               "  --passphrase  derive the database key from a passphrase asked on the terminal (Argon2id)\n"
               "            instead of keeping it in PATH.key; later commands ask for it too\n"
+              "Prints the account's recovery code once (`recovery code: CODE`): write it down.\n"
               "On failure nothing is left behind: run the same command again.\n" },
     { "link", "usage: hush link --relay URL [--ca-file PEM] [--passphrase]\n"
               "Makes this (new) database a new device of an existing account. Prints a line\n"
@@ -96,6 +100,12 @@ static const struct {
               "then prints `linked NAME (device N) on URL`. The new device shares the account's\n"
               "identity key (contacts see the same safety number) and the contacts it trusts; older\n"
               "messages stay on the other devices. On failure nothing is left behind.\n" },
+    { "recover", "usage: hush recover --relay URL --user NAME --code CODE [--ca-file PEM] [--passphrase]\n"
+                 "For a user who lost every device: with the recovery code `hush init` printed, makes this\n"
+                 "new database the account's device (a new identity key: contacts see an identity change\n"
+                 "and compare the new safety number) and removes every other device of the account with\n"
+                 "their waiting messages. Prints `recovered NAME (device N) on URL` and a new recovery code\n"
+                 "(the old one stops working). On failure nothing is left behind.\n" },
     { "devices", "usage: hush devices [add CODE | remove N]\n"
                  "Lists this account's devices: this one, then the others it has exchanged messages with.\n"
                  "add CODE: links the device that shows CODE (`hush link`); prints `linked device N`.\n"
@@ -215,6 +225,7 @@ struct opts {
     int help;
     int insecure;
     const char *ca_file;
+    const char *code;
 };
 
 static int parse(int argc, char **argv, struct opts *o, const char *cmd)
@@ -228,6 +239,7 @@ static int parse(int argc, char **argv, struct opts *o, const char *cmd)
         { "allow", required_argument, NULL, 'A' },    { "watch", required_argument, NULL, 'W' },
         { "insecure-tls", no_argument, NULL, 'k' },   { "help", no_argument, NULL, 'h' },
         { "ca-file", required_argument, NULL, 'C' },  { "passphrase", no_argument, NULL, 'P' },
+        { "code", required_argument, NULL, 'K' },
         { NULL, 0, NULL, 0 },
     };
     memset(o, 0, sizeof *o);
@@ -255,6 +267,7 @@ static int parse(int argc, char **argv, struct opts *o, const char *cmd)
         case 'x': o->reject = 1; break;
         case 'k': o->insecure = 1; break;
         case 'C': o->ca_file = optarg; break;
+        case 'K': o->code = optarg; break;
         case 'P': cli_use_passphrase = 1; break;
         case 'l':
             o->limit = (int)strtol(optarg, &end, 10);
@@ -803,6 +816,15 @@ static void remove_db_files(void)
     }
 }
 
+static void print_recovery_code(const char *code)
+{
+    if (!code[0])
+        return;
+    printf("recovery code: %s\n", code);
+    printf("(write it down and keep it safe: it is shown only this once; with it, `hush recover` puts a new\n"
+           " device in place of lost ones and removes them)\n");
+}
+
 static int cmd_init(int argc, char **argv)
 {
     struct opts o;
@@ -854,6 +876,12 @@ static int cmd_init(int argc, char **argv)
     e = hush_net_wait_online(c, 20000);
     hush_err last = HUSH_OK;
     hush_net_state(c, &last);
+    char code[HUSH_RECOVERY_CODE_LEN + 1] = "";
+    if (!e && hush_recovery_code(c, code) != HUSH_OK)
+        code[0] = '\0';
+    hush_net_stop(c);
+    if (code[0])
+        BEST_EFFORT(hush_recovery_code_forget(c)); /* printed below, never again */
     hush_client_close(c);
     if (e) {
         fprintf(stderr, "hush init: registration on %s failed: %s\n", o.relay,
@@ -867,6 +895,67 @@ static int cmd_init(int argc, char **argv)
     int salted = access(saltpath, F_OK) == 0;
     printf("registered %s (device %u) on %s\ndatabase %s, key %s.%s\n", o.user, o.device, o.relay, cli_db, cli_db,
            salted ? "salt (derived from your passphrase)" : "key");
+    print_recovery_code(code);
+    sodium_memzero(code, sizeof code);
+    return 0;
+}
+
+/* `hush recover --relay URL --user NAME --code CODE`: a new device in place of lost ones. */
+static int cmd_recover(int argc, char **argv)
+{
+    struct opts o;
+    int r = parse(argc, argv, &o, "recover");
+    if (r)
+        return r < 0 ? 0 : r;
+    if (!o.relay || !o.user || !o.code) {
+        fprintf(stderr, "hush recover: --relay URL, --user NAME and --code CODE are required (hush recover --help)\n");
+        return 2;
+    }
+    const char *why = url_problem(o.relay);
+    if (why) {
+        fprintf(stderr, "hush recover: --relay %s: %s\n", o.relay, why);
+        return 2;
+    }
+    if (!valid_name(o.user)) {
+        fprintf(stderr, "hush recover: --user %s: a name is " NAME_RULE "\n", o.user);
+        return 2;
+    }
+    hush_client *c = NULL;
+    if ((r = cli_open_db(1, &c)))
+        return r;
+    if (need_owner("recover")) {
+        hush_client_close(c);
+        return 1;
+    }
+    hush_net_opts no = { o.relay, NULL, o.ca_file, o.insecure };
+    hush_err e = hush_net_start_recover(c, &no, &g_cb, o.user, o.code);
+    if (e == HUSH_ERR_INVALID_ARG) {
+        hush_client_close(c);
+        remove_db_files();
+        fprintf(stderr, "hush recover: --code: a recovery code is 32 hex digits (dashes and spaces are ignored)\n");
+        return 2;
+    }
+    if (!e)
+        e = hush_net_wait_online(c, 20000);
+    hush_err last = HUSH_OK;
+    hush_net_state(c, &last);
+    uint32_t dev = 0;
+    char code[HUSH_RECOVERY_CODE_LEN + 1] = "";
+    if (!e && (hush_device_info(c, NULL, &dev, NULL) != HUSH_OK || hush_recovery_code(c, code) != HUSH_OK))
+        code[0] = '\0';
+    hush_net_stop(c);
+    if (code[0])
+        BEST_EFFORT(hush_recovery_code_forget(c));
+    hush_client_close(c);
+    if (e) {
+        fprintf(stderr, "hush recover: %s\n", hush_strerror(e == HUSH_ERR_TIMEOUT && last ? last : e));
+        remove_db_files();
+        fprintf(stderr, "(nothing was kept here; a wrong name or code is refused the same way)\n");
+        return 1;
+    }
+    printf("recovered %s (device %u) on %s; the account's other devices were removed\n", o.user, dev, o.relay);
+    print_recovery_code(code);
+    sodium_memzero(code, sizeof code);
     return 0;
 }
 
@@ -1632,7 +1721,7 @@ int main(int argc, char **argv)
         { "cancel", cmd_cancel },
         { "history", cmd_history }, { "safety", cmd_safety }, { "presence", cmd_presence },
         { "status", cmd_status },   { "info", cmd_info },     { "bundle", cmd_bundle }, { "demo", cmd_demo },
-        { "link", cmd_link },       { "devices", cmd_devices },
+        { "link", cmd_link },       { "devices", cmd_devices }, { "recover", cmd_recover },
     };
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
         if (!strcmp(cmd, cmds[i].name))

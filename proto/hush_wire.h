@@ -14,6 +14,7 @@
 #define HWIRE_CLIENT_MSG_ID_BYTES 16
 #define HWIRE_PURPOSE_LOGIN "login"
 #define HWIRE_PURPOSE_REGISTER "register"
+#define HWIRE_PURPOSE_RECOVER "recover"
 #define HWIRE_AUTH_MESSAGE_MAX 512
 #define HWIRE_ORIGIN_MAX 255       /* "ws://host:port" / "wss://host:port" as the client connected */
 #define HWIRE_BINDING_BYTES 32     /* TLS exporter (RFC 9266): "EXPORTER-Channel-Binding", no context */

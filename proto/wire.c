@@ -130,6 +130,12 @@ int hwire_register_digest(const struct Hush__RegisterRequest *r, uint8_t out[HWI
     crypto_hash_sha256_update(&st, &has_lr, 1);
     if (has_lr)
         bad |= dg_prekey(&st, k->last_resort);
+    if (r->recovery_key.len) {
+        /* the recovery code's public key (absent from older registrations: their proofs stay valid) */
+        static const char rec[] = "recovery";
+        crypto_hash_sha256_update(&st, (const uint8_t *)rec, sizeof rec);
+        bad |= dg_bytes(&st, r->recovery_key.data, r->recovery_key.len);
+    }
     if (r->link_token && *r->link_token) {
         /* a linked device's token (absent for a user's first device: older proofs stay valid) */
         static const char link[] = "link";

@@ -405,6 +405,60 @@ void accounts_tell_device_list_changed(struct jctx *x, const char *user, uint32_
     }
 }
 
+void accounts_recover(struct jctx *x, const struct job *j)
+{
+    const Hush__RecoverRequest *rq = j->frame->recover;
+    sqlite3_stmt *st;
+    CHECK_SE(hstore_prepare(senv.db, "SELECT recovery_key FROM users WHERE username = ?1", &st));
+    sqlite3_bind_text(st, 1, j->username, -1, SQLITE_TRANSIENT);
+    int row = 0;
+    CHECK_SE(hstore_step(senv.db, st, &row));
+    uint8_t key[32];
+    int found = 0;
+    if (row) {
+        if (sqlite3_column_bytes(st, 0) == 32) {
+            memcpy(key, sqlite3_column_blob(st, 0), 32);
+            found = 1;
+        }
+        sqlite3_reset(st);
+    }
+    /* unknown user, or no recovery key: checked against the dummy key, the same answer */
+    int ok = verify_proof(x, HWIRE_PURPOSE_RECOVER, j, found ? key : A.dummy_key, 32, &rq->signature, rq->origin, NULL) &&
+             found;
+    struct event *e = event_new(EV_RECOVER_DONE, j->conn);
+    if (!ok) {
+        x->rollback = 1;
+        rlog(RLOG_INFO, "recover_failed", "conn=%llu", (unsigned long long)j->conn);
+        if (e) {
+            e->ok = 0;
+            e->out = outbuf_result(j->req_id, HUSH__ERROR_CODE__AUTH_FAILED,
+                                   x->auth_why ? x->auth_why : "authentication failed");
+            metrics_error(HUSH__ERROR_CODE__AUTH_FAILED);
+            jctx_post(x, j->loop, e);
+        }
+        return;
+    }
+    CHECK_SE(hstore_prepare(senv.db, "UPDATE users SET next_device_id = next_device_id + 1 WHERE username = ?1 "
+                                  "RETURNING next_device_id - 1", &st));
+    sqlite3_bind_text(st, 1, j->username, -1, SQLITE_TRANSIENT);
+    row = 0;
+    CHECK_SE(hstore_step(senv.db, st, &row));
+    uint32_t dev = row ? (uint32_t)sqlite3_column_int64(st, 0) : 0;
+    int more = 0;
+    while (row && hstore_step(senv.db, st, &more) == HSTORE_OK && more) {
+    }
+    rlog(RLOG_INFO, "recover", "user=%s reserved=%u", j->username, dev);
+    if (e) {
+        e->ok = dev != 0;
+        e->device_id = dev;
+        e->req_id = j->req_id; /* the loop answers with a fresh challenge */
+        snprintf(e->username, sizeof e->username, "%s", j->username);
+        if (!dev)
+            e->out = outbuf_result(j->req_id, HUSH__ERROR_CODE__INTERNAL, "no device id");
+        jctx_post(x, j->loop, e);
+    }
+}
+
 #define LINK_TOKENS_PER_HOUR 10
 
 void accounts_link_token(struct jctx *x, const struct job *j)
@@ -517,7 +571,13 @@ void accounts_register(struct jctx *x, const struct job *j)
     Hush__ErrorCode code = HUSH__ERROR_CODE__OK;
     const char *why = "";
     int linking = r->link_token && *r->link_token;
-    if (senv.cfg->registration == REG_CLOSED && !linking) {
+    if (r->recovery_key.len && (r->recovery_key.len != 32 || linking)) {
+        code = HUSH__ERROR_CODE__BAD_KEYS;
+        why = "a recovery key is 32 bytes, and only an account's first or recovering device sets one";
+    } else if (j->recovery && r->recovery_key.len != 32) {
+        code = HUSH__ERROR_CODE__BAD_KEYS;
+        why = "a recovering device sets a new recovery key";
+    } else if (senv.cfg->registration == REG_CLOSED && !linking && !j->recovery) {
         code = HUSH__ERROR_CODE__REGISTRATION_CLOSED;
         why = "registration is closed on this relay";
     } else if (r->keys && r->keys->n_one_time_pre_keys > senv.cfg->max_prekeys_per_upload) {
@@ -529,7 +589,17 @@ void accounts_register(struct jctx *x, const struct job *j)
         code = HUSH__ERROR_CODE__BAD_KEYS;
         why = "malformed key or bad signed prekey signature";
     }
-    if (!code && linking) {
+    if (!code && j->recovery) {
+        /* the account exists (its recovery key was just proven); the new key replaces the old */
+        CHECK_SE(hstore_prepare(senv.db, "UPDATE users SET recovery_key = ?2 WHERE username = ?1", &st));
+        sqlite3_bind_text(st, 1, j->username, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_blob(st, 2, r->recovery_key.data, (int)r->recovery_key.len, SQLITE_TRANSIENT);
+        CHECK_SE(hstore_run(senv.db, st));
+        if (hstore_changes(senv.db) != 1) {
+            code = HUSH__ERROR_CODE__AUTH_FAILED;
+            why = "authentication failed";
+        }
+    } else if (!code && linking) {
         CHECK_SE(link_check(j, r, &code, &why));
     } else if (!code && senv.cfg->registration == REG_INVITE) {
         if (!r->invite || !*r->invite || strlen(r->invite) > 128) {
@@ -549,14 +619,19 @@ void accounts_register(struct jctx *x, const struct job *j)
             }
         }
     }
-    if (!code && !linking) {
+    if (!code && !linking && !j->recovery) {
         if (j->device_id != 1) {
             code = HUSH__ERROR_CODE__BAD_REQUEST;
             why = "a new user's first device is device 1; later devices are linked";
         } else {
-            CHECK_SE(hstore_prepare(senv.db, "INSERT INTO users (username, created_at) VALUES (?1, ?2) ON CONFLICT DO NOTHING", &st));
+            CHECK_SE(hstore_prepare(senv.db, "INSERT INTO users (username, created_at, recovery_key) VALUES (?1, ?2, ?3) "
+                                          "ON CONFLICT DO NOTHING", &st));
             sqlite3_bind_text(st, 1, j->username, -1, SQLITE_TRANSIENT);
             sqlite3_bind_int64(st, 2, (int64_t)relay_now_ms());
+            if (r->recovery_key.len)
+                sqlite3_bind_blob(st, 3, r->recovery_key.data, (int)r->recovery_key.len, SQLITE_TRANSIENT);
+            else
+                sqlite3_bind_null(st, 3);
             CHECK_SE(hstore_run(senv.db, st));
             if (hstore_changes(senv.db) != 1) {
                 code = HUSH__ERROR_CODE__USERNAME_TAKEN;
@@ -602,7 +677,9 @@ void accounts_register(struct jctx *x, const struct job *j)
     CHECK_SE(store_keys(j->username, j->device_id, r->keys));
     uint32_t stock = 0;
     CHECK_SE(count_stock(j->username, j->device_id, &stock));
-    rlog(RLOG_INFO, "register", "user=%s device=%u prekeys=%u linked=%d", j->username, j->device_id, stock, linking);
+    rlog(RLOG_INFO, "register", "user=%s device=%u prekeys=%u linked=%d recovered=%d", j->username, j->device_id, stock,
+         linking, j->recovery);
+    x->registered = 1;
     if (linking)
         accounts_tell_device_list_changed(x, j->username, j->device_id);
     login_done(x, j, 1, HUSH__ERROR_CODE__OK, stock, stock < senv.cfg->prekeys_low_threshold);

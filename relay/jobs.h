@@ -36,6 +36,7 @@ struct jctx {
     const char *auth_why;  /* a failed proof's reason, when it says nothing about the account */
     hstore_err store_err;  /* a storage failure inside the job */
     int64_t inserted, deleted, expired;
+    int registered;        /* accounts_register stored a device (for devices_recover_register) */
     Hush__SetPresenceAllowRequest *allow_apply;
     char allow_owner[RELAY_USERNAME_MAX + 1];
     int ndeltas;           /* -1: too many to track, clear the quota cache */
@@ -68,6 +69,9 @@ void accounts_login(struct jctx *x, const struct job *j);
 void accounts_upload(struct jctx *x, const struct job *j);
 void accounts_fetch_bundles(struct jctx *x, const struct job *j);
 void accounts_disconnect(struct jctx *x, const struct job *j);
+/* RecoverRequest: the proof by the user's recovery key (the same answer and work for an unknown
+ * user or one without a key); reserves the next device id. */
+void accounts_recover(struct jctx *x, const struct job *j);
 /* A link token for the job's user, reserving its next device id (TOO_MANY_DEVICES, RATE_LIMITED). */
 void accounts_link_token(struct jctx *x, const struct job *j);
 /* Deletes link tokens a day past their expiry. */
@@ -96,11 +100,6 @@ void mailbox_send(struct jctx *x, const struct job *j);
 void mailbox_fetch(struct jctx *x, const struct job *j);
 void mailbox_ack(struct jctx *x, const struct job *j);
 void mailbox_expire(struct jctx *x);
-/* RemoveDeviceRequest: the device, its prekeys and its mailbox go; its connection is closed
- * (DEVICE_REMOVED) and the user's other devices told (DeviceListChanged). */
-void mailbox_remove_device(struct jctx *x, const struct job *j);
-/* Removes devices idle for device_idle_days (never a user's most recently seen one). */
-void mailbox_expire_idle_devices(struct jctx *x);
 /* Deletes the mailbox of (user, dev), or of all the user's devices when dev is 0. */
 hstore_err mailbox_delete_for(hstore *db, const char *user, uint32_t dev);
 /* Messages waiting in (user, dev)'s mailbox. */
@@ -109,6 +108,15 @@ hstore_err mailbox_count_for(hstore *db, const char *user, uint32_t dev, int64_t
 void mailbox_apply_deltas(struct jctx *x);
 /* Forgets the quota cache (after a failed commit: it is rebuilt from the table). */
 void mailbox_quota_clear(void);
+
+/* devices.c: removing devices (no table of its own: accounts.c's and mailbox.c's rows) */
+/* RemoveDeviceRequest: the device, its prekeys and its mailbox go; its connection is closed
+ * (DEVICE_REMOVED) and the user's other devices told (DeviceListChanged). */
+void devices_remove(struct jctx *x, const struct job *j);
+/* Removes devices idle for device_idle_days (never a user's most recently seen one). */
+void devices_expire_idle(struct jctx *x);
+/* A recovering user's registration (accounts_register), then every other device of the user goes. */
+void devices_recover_register(struct jctx *x, const struct job *j);
 
 /* presence.c: presence_allow */
 void presence_job_set_allow(struct jctx *x, const struct job *j);

@@ -155,6 +155,7 @@ enum ev_type {
     EV_LIVE,          /* a message just committed for conn's device: `out` with seq */
     EV_KICK,          /* close conn with `code` (SESSION_REPLACED: another login; DEVICE_REMOVED) */
     EV_PROVISIONED,   /* write `out` (a Provisioned push) to a provisioning conn, then expect its registration */
+    EV_RECOVER_DONE,  /* RecoverRequest checked: ok with username and the reserved device_id, or `out` (a refusal) */
     EV_RESUME,        /* conn's storage jobs fell under the resume mark: read its socket again */
     EV_SHUTDOWN       /* stop: finish and close everything */
 };
@@ -171,6 +172,7 @@ struct event {
     uint32_t device_id;
     uint32_t prekeys;
     int prekeys_low;
+    uint64_t req_id;      /* EV_RECOVER_DONE: the request the loop answers */
     char username[RELAY_USERNAME_MAX + 1];
 };
 
@@ -193,7 +195,7 @@ void inbox_free_all(void);
 
 enum job_type {
     JOB_REGISTER, JOB_LOGIN, JOB_UPLOAD, JOB_FETCH_BUNDLES, JOB_SEND, JOB_FETCH_MAIL, JOB_ACK,
-    JOB_SET_ALLOW, JOB_DISCONNECT, JOB_EXPIRE, JOB_LINK_TOKEN, JOB_REMOVE_DEVICE, JOB_STOP
+    JOB_SET_ALLOW, JOB_DISCONNECT, JOB_EXPIRE, JOB_LINK_TOKEN, JOB_REMOVE_DEVICE, JOB_RECOVER, JOB_STOP
 };
 
 /*
@@ -237,6 +239,7 @@ struct job {
     uint8_t challenge[HWIRE_CHALLENGE_BYTES];
     uint8_t binding[HWIRE_BINDING_BYTES]; /* auth jobs: the connection's TLS channel binding */
     size_t binding_len;                  /* 0 without TLS */
+    int recovery;                        /* JOB_REGISTER of a recovering user (after JOB_RECOVER) */
     uint64_t after_seq;                  /* JOB_FETCH_MAIL */
     uint32_t limit;                      /* JOB_FETCH_MAIL */
 };

@@ -30,8 +30,9 @@
 
 /* ST_CLOSING: authentication failed; whatever else arrives before the close is dropped (the
  * challenge is spent, so nothing may be checked against it again). */
-/* ST_PROVISIONING: a device to be linked waits (unauthenticated) for its link box, then registers. */
-enum conn_state { ST_HELLO, ST_AUTH_WAIT, ST_PROVISIONING, ST_AUTH_PENDING, ST_AUTHED, ST_CLOSING };
+/* ST_PROVISIONING: a device to be linked waits (unauthenticated) for its link box, then registers.
+ * ST_RECOVERING: the user's recovery key was proven; the new device's registration follows. */
+enum conn_state { ST_HELLO, ST_AUTH_WAIT, ST_PROVISIONING, ST_RECOVERING, ST_AUTH_PENDING, ST_AUTHED, ST_CLOSING };
 
 struct conn {
     uint64_t id;
@@ -445,6 +446,38 @@ static void on_provision_send(struct conn *c, const Hush__Frame *f)
     reply(c, f->id, HUSH__ERROR_CODE__OK, "");
 }
 
+/* The recovery key was proven (or not). On success the connection gets a fresh challenge for the
+ * registration of the device id the relay reserved, and nothing else. */
+static void on_recover_done(struct conn *c, struct event *e)
+{
+    if (c->state != ST_AUTH_PENDING)
+        return;
+    if (!e->ok) {
+        if (e->out) {
+            enqueue(c, e->out);
+            e->out = NULL;
+        }
+        close_after_flush(c, 0, NULL, LWS_CLOSE_STATUS_POLICY_VIOLATION);
+        c->state = ST_CLOSING;
+        return;
+    }
+    c->state = ST_RECOVERING;
+    snprintf(c->username, sizeof c->username, "%s", e->username);
+    c->device_id = e->device_id;
+    randombytes_buf(c->challenge, sizeof c->challenge);
+    Hush__Result r = HUSH__RESULT__INIT;
+    r.message = "";
+    r.link_device_id = e->device_id;
+    r.challenge.data = c->challenge;
+    r.challenge.len = sizeof c->challenge;
+    Hush__Frame out = HUSH__FRAME__INIT;
+    out.id = e->req_id;
+    out.msg_case = HUSH__FRAME__MSG_RESULT;
+    out.result = &r;
+    enqueue_frame(c, &out);
+    lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, (int)g_cfg->auth_timeout_s);
+}
+
 static void on_provisioned(struct conn *c, struct event *e)
 {
     if (c->state != ST_PROVISIONING || c->closing)
@@ -456,7 +489,7 @@ static void on_provisioned(struct conn *c, struct event *e)
     lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, (int)g_cfg->auth_timeout_s);
 }
 
-static void on_auth(struct conn *c, Hush__Frame **fp)
+static void on_auth(struct conn *c, Hush__Frame **fp, int recovery)
 {
     Hush__Frame *f = *fp;
     if (storage_busy()) {
@@ -471,12 +504,20 @@ static void on_auth(struct conn *c, Hush__Frame **fp)
         user = f->login->username;
         dev = f->login->device_id;
         t = JOB_LOGIN;
+    } else if (f->msg_case == HUSH__FRAME__MSG_RECOVER) {
+        user = f->recover->username;
+        dev = 0; /* the proof names no device: the relay reserves one */
+        t = JOB_RECOVER;
     } else {
         user = f->register_->username;
         dev = f->register_->device_id;
         t = JOB_REGISTER;
     }
-    if (!f->id || !relay_valid_username(user) || dev == 0 || dev > INT32_MAX) {
+    int bad = !f->id || !relay_valid_username(user) || (t != JOB_RECOVER && (dev == 0 || dev > INT32_MAX));
+    /* after a recovery proof: only the registration of the device it reserved, for that user */
+    if (recovery && (t != JOB_REGISTER || strcmp(user, c->username) != 0 || dev != c->device_id))
+        bad = 1;
+    if (bad) {
         reply(c, f->id, HUSH__ERROR_CODE__AUTH_FAILED, "authentication failed");
         close_after_flush(c, 0, NULL, LWS_CLOSE_STATUS_POLICY_VIOLATION);
         sodium_memzero(c->challenge, sizeof c->challenge);
@@ -492,6 +533,7 @@ static void on_auth(struct conn *c, Hush__Frame **fp)
     *fp = NULL;
     snprintf(j->username, sizeof j->username, "%s", user);
     j->device_id = dev;
+    j->recovery = recovery;
     memcpy(j->challenge, c->challenge, sizeof c->challenge);
     /* The proof must carry this connection's TLS channel binding: one relayed from another
      * connection (another relay's client) does not. */
@@ -713,8 +755,9 @@ static int on_message(struct conn *c, const uint8_t *data, size_t len)
         }
         break;
     case ST_AUTH_WAIT:
-        if (f->msg_case == HUSH__FRAME__MSG_LOGIN || f->msg_case == HUSH__FRAME__MSG_REGISTER) {
-            on_auth(c, &f);
+        if (f->msg_case == HUSH__FRAME__MSG_LOGIN || f->msg_case == HUSH__FRAME__MSG_REGISTER ||
+            f->msg_case == HUSH__FRAME__MSG_RECOVER) {
+            on_auth(c, &f, 0);
         } else if (f->msg_case == HUSH__FRAME__MSG_PROVISION) {
             on_provision(c, f);
         } else {
@@ -729,12 +772,15 @@ static int on_message(struct conn *c, const uint8_t *data, size_t len)
                 directory_provision_drop(c->prov_addr, c->id);
                 c->prov_addr[0] = '\0';
             }
-            on_auth(c, &f);
+            on_auth(c, &f, 0);
         } else {
             reply(c, f->id, HUSH__ERROR_CODE__AUTH_REQUIRED, "waiting for the link box, then a registration");
             close_after_flush(c, 0, NULL, LWS_CLOSE_STATUS_POLICY_VIOLATION);
             c->state = ST_CLOSING;
         }
+        break;
+    case ST_RECOVERING:
+        on_auth(c, &f, 1); /* anything but the reserved device's registration closes */
         break;
     case ST_AUTH_PENDING:
         reply(c, f->id, HUSH__ERROR_CODE__AUTH_REQUIRED, "authentication in progress");
@@ -843,6 +889,9 @@ static void handle_event(struct loop *l, struct event *e)
         break;
     case EV_PROVISIONED:
         on_provisioned(c, e);
+        break;
+    case EV_RECOVER_DONE:
+        on_recover_done(c, e);
         break;
     case EV_RESUME:
         rx_update(c);

@@ -65,6 +65,8 @@ static const char *const migrations[] = {
     "  device_id INTEGER NOT NULL, created_at INTEGER NOT NULL, expires_at INTEGER NOT NULL,"
     "  used_at INTEGER) WITHOUT ROWID;"
     "CREATE INDEX link_tokens_by_user ON link_tokens (username, created_at);",
+    /* 3 -> 4: recovery: the public key of each user's recovery code (NULL: none was set) */
+    "ALTER TABLE users ADD COLUMN recovery_key BLOB;",
 };
 
 static struct {
@@ -198,7 +200,13 @@ hstore *storage_open_db(const char *path, int durability_full, char *err, size_t
 static void run_job(struct jctx *x, struct job *j)
 {
     switch (j->type) {
-    case JOB_REGISTER: accounts_register(x, j); break;
+    case JOB_REGISTER:
+        if (j->recovery)
+            devices_recover_register(x, j);
+        else
+            accounts_register(x, j);
+        break;
+    case JOB_RECOVER: accounts_recover(x, j); break;
     case JOB_LOGIN: accounts_login(x, j); break;
     case JOB_UPLOAD: accounts_upload(x, j); break;
     case JOB_FETCH_BUNDLES: accounts_fetch_bundles(x, j); break;
@@ -208,13 +216,13 @@ static void run_job(struct jctx *x, struct job *j)
     case JOB_SET_ALLOW: presence_job_set_allow(x, j); break;
     case JOB_DISCONNECT: accounts_disconnect(x, j); break;
     case JOB_LINK_TOKEN: accounts_link_token(x, j); break;
-    case JOB_REMOVE_DEVICE: mailbox_remove_device(x, j); break;
+    case JOB_REMOVE_DEVICE: devices_remove(x, j); break;
     case JOB_EXPIRE:
         mailbox_expire(x);
         if (!x->store_err)
             accounts_expire(x);
         if (!x->store_err)
-            mailbox_expire_idle_devices(x);
+            devices_expire_idle(x);
         break;
     case JOB_STOP: break;
     }

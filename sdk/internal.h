@@ -161,6 +161,13 @@ hush_err hsdk_link_box_apply(hush_client *c, const uint8_t *plain, size_t plen, 
 hush_err hsdk_link_token(hush_client *c, char out[129]);
 hush_err hsdk_link_token_clear(hush_client *c);
 
+/* recovery.c: the account's recovery code. keys: the Ed25519 pair of a code's secret. parse:
+ * a code as typed. public_key: the pending code's public key, a new code made when none is
+ * pending (caller holds the lock). */
+void hsdk_recovery_keys(const uint8_t secret[16], uint8_t pk[32], uint8_t sk[64]);
+hush_err hsdk_recovery_code_parse(const char *code, uint8_t secret[16]);
+hush_err hsdk_recovery_public_key(hush_client *c, uint8_t pk[32]);
+
 /* Buffers handed to the caller: sized so hush_free can wipe them. */
 void *hsdk_alloc(size_t n);
 /* Signs msg with the device's Ed25519 authentication key. Only for the relay proofs

@@ -37,7 +37,7 @@
 #define NET_MAX_MISMATCH_ROUNDS 4 /* device-list refusals of one message before it fails */
 
 enum nstate { N_IDLE, N_CONNECTING, N_HELLO, N_AUTH, N_ONLINE };
-enum req_type { R_NONE, R_HELLO, R_AUTH, R_SEND, R_FETCH, R_UPLOAD, R_OTHER, R_PROVISION, R_LINK_TOKEN, R_PROVISION_SEND, R_REMOVE };
+enum req_type { R_NONE, R_HELLO, R_AUTH, R_SEND, R_FETCH, R_UPLOAD, R_OTHER, R_PROVISION, R_LINK_TOKEN, R_PROVISION_SEND, R_REMOVE, R_RECOVER };
 
 /* hush_device_link's request, from the app thread to the network thread (under mu) */
 enum link_step { LINK_IDLE, LINK_QUEUED, LINK_TOKEN_ASKED, LINK_BOX_SENT, LINK_DONE };
@@ -129,6 +129,11 @@ struct hush_net {
     int link_mode;
     uint8_t link_pk[32], link_sk[32];
     char link_code[HUSH_LINK_CODE_MAX + 1];
+    /* a database recovering an account (hush_net_start_recover): the name and the recovery key
+     * (wiped once used) */
+    int recover_mode;
+    char recover_user[HUSH_USERNAME_MAX + 1];
+    uint8_t recover_sk[64];
     /* an existing device linking another (hush_device_link), under mu */
     enum link_step link_step;
     char link_addr[HWIRE_PROVISION_ADDRESS_LEN + 1];
@@ -222,6 +227,8 @@ void hnet_link_start(struct hush_net *n);
 void hnet_on_link_token_result(struct hush_net *n, const Hush__Result *res);
 void hnet_on_provision_send_result(struct hush_net *n, const Hush__Result *res);
 void hnet_link_finish(struct hush_net *n, hush_err e);
+void hnet_recover_request(struct hush_net *n);
+void hnet_on_recover_result(struct hush_net *n, const Hush__Result *res);
 void hnet_remove_start(struct hush_net *n);
 void hnet_on_remove_result(struct hush_net *n, const Hush__Result *res);
 void hnet_remove_finish(struct hush_net *n, hush_err e);

@@ -248,8 +248,22 @@ void hnet_send_auth(struct hush_net *n)
     if (hsdk_link_token(c, token) != HUSH_OK)
         token[0] = '\0';
     hsdk_unlock(c);
-    if (token[0])
+    uint8_t rpk[32];
+    if (token[0]) {
         rr.link_token = token; /* a linked device: the token its account's other device got */
+    } else {
+        /* a new account's first device, or a recovering one: the recovery code's public key */
+        hsdk_lock(c);
+        hush_err re = hsdk_recovery_public_key(c, rpk);
+        hsdk_unlock(c);
+        if (re) {
+            hnet_report(n, re, "could not make the recovery code");
+            hush__pre_key_upload__free_unpacked(keys, NULL);
+            return;
+        }
+        rr.recovery_key.data = rpk;
+        rr.recovery_key.len = sizeof rpk;
+    }
     uint8_t digest[HWIRE_REGISTER_DIGEST_BYTES];
     if (hwire_register_digest(&rr, digest) != 0 ||
         hush_auth_proof(c, HWIRE_PURPOSE_REGISTER, origin, binding, blen, digest, n->challenge, sig) != HUSH_OK) {

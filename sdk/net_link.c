@@ -14,6 +14,8 @@
 
 #include <sodium.h>
 
+#include <openssl/ssl.h>
+
 #include "net.h"
 
 /* ------------------------------------------------------------------------------------------ */
@@ -74,6 +76,73 @@ void hnet_on_provisioned(struct hush_net *n, const Hush__Provisioned *p)
         free(presence[i]);
     free((void *)presence);
     hnet_send_auth(n); /* registers with the link token, on this connection */
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* a database recovering an account */
+
+void hnet_recover_request(struct hush_net *n)
+{
+    struct req *r = hnet_add_req(n, R_RECOVER);
+    if (!r)
+        return;
+    char origin[HWIRE_ORIGIN_MAX + 1];
+    uint8_t binding[HWIRE_BINDING_BYTES], msg[HWIRE_AUTH_MESSAGE_MAX], sig[64];
+    size_t blen = 0;
+    if (hwire_origin(origin, sizeof origin, n->tls, n->host, n->port) != 0)
+        return;
+    if (n->tls) {
+        SSL *ssl = lws_get_ssl(n->wsi);
+        static const char label[] = "EXPORTER-Channel-Binding";
+        if (!ssl || SSL_export_keying_material(ssl, binding, sizeof binding, label, sizeof label - 1, NULL, 0, 0) != 1) {
+            hnet_report(n, HUSH_ERR_NETWORK, "no TLS channel binding on this connection");
+            return;
+        }
+        blen = sizeof binding;
+    }
+    size_t mlen = hwire_auth_message(msg, sizeof msg, HWIRE_PURPOSE_RECOVER, origin, binding, blen, n->challenge,
+                                     n->recover_user, 0, NULL);
+    if (!mlen || sodium_is_zero(n->challenge, sizeof n->challenge))
+        return; /* never sign an all-zero challenge */
+    crypto_sign_detached(sig, NULL, msg, mlen, n->recover_sk);
+    Hush__RecoverRequest rq = HUSH__RECOVER_REQUEST__INIT;
+    rq.username = n->recover_user;
+    rq.signature.data = sig;
+    rq.signature.len = sizeof sig;
+    rq.origin = origin;
+    Hush__Frame f = HUSH__FRAME__INIT;
+    f.id = r->id;
+    f.msg_case = HUSH__FRAME__MSG_RECOVER;
+    f.recover = &rq;
+    hnet_queue_frame(n, &f);
+}
+
+void hnet_on_recover_result(struct hush_net *n, const Hush__Result *res)
+{
+    if (res->code != HUSH__ERROR_CODE__OK) {
+        hush_err e = res->code == HUSH__ERROR_CODE__AUTH_FAILED ? HUSH_ERR_AUTH_FAILED : HUSH_ERR_RELAY;
+        char txt[128];
+        hnet_report(n, e, res->code == HUSH__ERROR_CODE__AUTH_FAILED ? "the relay refused the name or the recovery code"
+                                                                    : hnet_relay_text(txt, sizeof txt, res->message));
+        hnet_fail_for_good(n, e);
+        return;
+    }
+    if (res->challenge.len != 32 || !hsdk_valid_device(res->link_device_id)) {
+        hnet_report(n, HUSH_ERR_RELAY, "malformed answer to the recovery");
+        hnet_fail_for_good(n, HUSH_ERR_RELAY);
+        return;
+    }
+    memcpy(n->challenge, res->challenge.data, 32);
+    /* a new device with a new identity: the old key may be what was lost */
+    hush_err e = hush_device_create(n->c, n->recover_user, res->link_device_id);
+    if (e) {
+        hnet_report(n, e, "could not create the recovered device");
+        hnet_fail_for_good(n, e);
+        return;
+    }
+    sodium_memzero(n->recover_sk, sizeof n->recover_sk);
+    n->recover_mode = 0;
+    hnet_send_auth(n); /* registers on this connection; the relay then removes the old devices */
 }
 
 /* ------------------------------------------------------------------------------------------ */

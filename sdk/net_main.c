@@ -105,6 +105,8 @@ static void handle_frame(struct hush_net *n, const uint8_t *data, size_t len)
             hsdk_unlock(n->c);
             if (n->link_mode && !has)
                 hnet_link_provision(n); /* a device to be linked: wait for the link box first */
+            else if (n->recover_mode && !has)
+                hnet_recover_request(n); /* an account to recover: prove the code first */
             else
                 hnet_send_auth(n);
         } else {
@@ -151,6 +153,8 @@ static void handle_frame(struct hush_net *n, const uint8_t *data, size_t len)
             hnet_on_provision_send_result(n, f->result);
         } else if (r.type == R_REMOVE) {
             hnet_on_remove_result(n, f->result);
+        } else if (r.type == R_RECOVER) {
+            hnet_on_recover_result(n, f->result);
         }
         break;
     case HUSH__FRAME__MSG_PROVISIONED:
@@ -560,8 +564,12 @@ static void net_wake(hush_client *c, int flags);
 /* How the rest of the SDK reaches this thread (core.c): installed at the first start. */
 static const struct hsdk_net_hooks net_hooks = { net_wake, hush_net_stop };
 
-static hush_err start_net(hush_client *c, const hush_net_opts *opts, const hush_callbacks *cb, int link)
+enum start_mode { START_NORMAL, START_LINK, START_RECOVER };
+
+static hush_err start_net(hush_client *c, const hush_net_opts *opts, const hush_callbacks *cb, enum start_mode mode,
+                          const char *user, const uint8_t recover_sk[64])
 {
+    int link = mode != START_NORMAL;
     if (!c)
         return HUSH_ERR_INVALID_ARG;
     char url[300] = "";
@@ -580,14 +588,19 @@ static hush_err start_net(hush_client *c, const hush_net_opts *opts, const hush_
     if (!n)
         return HUSH_ERR_NOMEM;
     n->c = c;
-    if (link) {
+    if (mode == START_LINK) {
         n->link_mode = 1;
         crypto_box_keypair(n->link_pk, n->link_sk);
+    } else if (mode == START_RECOVER) {
+        n->recover_mode = 1;
+        snprintf(n->recover_user, sizeof n->recover_user, "%s", user);
+        memcpy(n->recover_sk, recover_sk, sizeof n->recover_sk);
     }
     if (cb)
         n->cb = *cb;
     n->next_id = 1;
     if (!url[0] || parse_url(n, url) != 0) {
+        sodium_memzero(n, sizeof *n); /* the link or recovery key */
         free(n);
         return HUSH_ERR_INVALID_ARG;
     }
@@ -629,6 +642,7 @@ static hush_err start_net(hush_client *c, const hush_net_opts *opts, const hush_
         pthread_mutex_destroy(&n->mu);
         pthread_cond_destroy(&n->cv);
         pthread_mutex_destroy(&n->typing_mu);
+        sodium_memzero(n, sizeof *n); /* the link or recovery key */
         free(n);
         return HUSH_ERR_NETWORK;
     }
@@ -636,6 +650,7 @@ static hush_err start_net(hush_client *c, const hush_net_opts *opts, const hush_
     if (c->net) {
         pthread_mutex_unlock(&c->net_mu);
         lws_context_destroy(n->ctx);
+        sodium_memzero(n, sizeof *n); /* the link or recovery key */
         free(n);
         return HUSH_ERR_INVALID_ARG; /* already running */
     }
@@ -647,7 +662,7 @@ static hush_err start_net(hush_client *c, const hush_net_opts *opts, const hush_
         c->net = NULL;
         pthread_mutex_unlock(&c->net_mu);
         lws_context_destroy(n->ctx);
-        sodium_memzero(n->link_sk, sizeof n->link_sk);
+        sodium_memzero(n, sizeof *n); /* the link or recovery key */
         free(n);
         return HUSH_ERR_NETWORK;
     }
@@ -656,12 +671,25 @@ static hush_err start_net(hush_client *c, const hush_net_opts *opts, const hush_
 
 hush_err hush_net_start(hush_client *c, const hush_net_opts *opts, const hush_callbacks *cb)
 {
-    return start_net(c, opts, cb, 0);
+    return start_net(c, opts, cb, START_NORMAL, NULL, NULL);
 }
 
 hush_err hush_net_start_link(hush_client *c, const hush_net_opts *opts, const hush_callbacks *cb)
 {
-    return start_net(c, opts, cb, 1);
+    return start_net(c, opts, cb, START_LINK, NULL, NULL);
+}
+
+hush_err hush_net_start_recover(hush_client *c, const hush_net_opts *opts, const hush_callbacks *cb,
+                                const char *username, const char *recovery_code)
+{
+    uint8_t secret[16], pk[32], sk[64];
+    if (!c || !hsdk_valid_username(username) || hsdk_recovery_code_parse(recovery_code, secret) != HUSH_OK)
+        return HUSH_ERR_INVALID_ARG;
+    hsdk_recovery_keys(secret, pk, sk);
+    hush_err e = start_net(c, opts, cb, START_RECOVER, username, sk);
+    sodium_memzero(secret, sizeof secret);
+    sodium_memzero(sk, sizeof sk);
+    return e;
 }
 
 void hush_net_stop(hush_client *c)
@@ -706,6 +734,8 @@ void hush_net_stop(hush_client *c)
     pthread_mutex_destroy(&n->mu);
     pthread_cond_destroy(&n->cv);
     pthread_mutex_destroy(&n->typing_mu);
+    sodium_memzero(n->link_sk, sizeof n->link_sk);
+    sodium_memzero(n->recover_sk, sizeof n->recover_sk);
     free(n);
 }
 

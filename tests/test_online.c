@@ -854,6 +854,102 @@ static void test_device_removal(void **state)
     assert_int_equal(relay_stop(&relay, SIGTERM), 0);
 }
 
+static struct user *user_recover(const struct relay_proc *relay, const char *dbname, const char *name, const char *code,
+                                 hush_err *err)
+{
+    struct user *u = calloc(1, sizeof *u);
+    rec_init(&u->r);
+    snprintf(u->name, sizeof u->name, "%s", name);
+    uint8_t key[HUSH_DB_KEY_BYTES];
+    test_key(dbname, key);
+    char file[64];
+    snprintf(file, sizeof file, "%s.db", dbname);
+    assert_int_equal(hush_client_open(tpath(file), key, NULL, &u->c), HUSH_OK);
+    char url[64];
+    snprintf(url, sizeof url, "ws://127.0.0.1:%d", relay->port);
+    hush_callbacks cb = { &u->r, cb_message, cb_receipt, cb_typing, cb_presence, cb_identity, cb_connection, cb_error,
+                          cb_link_code, cb_devices_changed };
+    hush_net_opts o = { url, NULL, NULL, 0 };
+    *err = hush_net_start_recover(u->c, &o, &cb, name, code);
+    if (*err == HUSH_OK)
+        *err = hush_net_wait_online(u->c, 15000);
+    return u;
+}
+
+/* Recovery: the code from the first registration puts a new device (new identity key) in place of
+ * the lost ones, which the relay removes; a wrong or used code is refused; the contact sees an
+ * identity change and, once it accepts the new number, its message gets through. */
+static void test_recovery(void **state)
+{
+    (void)state;
+    struct relay_proc relay;
+    relay_start(&relay, "recovery", NULL);
+    struct user *a = user_new(&relay, "quinn"), *b = user_new(&relay, "ursa");
+    char code[HUSH_RECOVERY_CODE_LEN + 1], again[HUSH_RECOVERY_CODE_LEN + 1];
+    assert_int_equal(hush_recovery_code(a->c, code), HUSH_OK);
+    assert_int_equal(strlen(code), HUSH_RECOVERY_CODE_LEN);
+    assert_int_equal(hush_recovery_code_forget(a->c), HUSH_OK);
+    assert_int_equal(hush_recovery_code(a->c, again), HUSH_ERR_NOT_FOUND);
+    uint8_t mid[16];
+    send_text(b, "quinn", "before", mid);
+    assert_true(wait_count(&a->r, &a->r.nmsgs, 1, 10000));
+    send_text(a, "ursa", "hi ursa", mid);
+    assert_true(wait_count(&b->r, &b->r.nmsgs, 1, 10000));
+    uint32_t dev = 0;
+    hush_err le = HUSH_OK;
+    struct user *a2 = user_link(&relay, a, "quinn-2", &dev, &le);
+    assert_int_equal(le, HUSH_OK);
+    /* a wrong code (or a wrong name) is refused the same way, and nothing is made */
+    hush_err re = HUSH_OK;
+    struct user *bad = user_recover(&relay, "quinn-bad", "quinn", "0000-0000-0000-0000-0000-0000-0000-0000", &re);
+    assert_int_equal(re, HUSH_ERR_AUTH_FAILED);
+    assert_int_equal(hush_device_info(bad->c, NULL, NULL, NULL), HUSH_ERR_NO_DEVICE);
+    user_free(bad);
+    bad = user_recover(&relay, "quinn-bad2", "nobody", code, &re);
+    assert_int_equal(re, HUSH_ERR_AUTH_FAILED);
+    user_free(bad);
+    /* the real code: a new device; both old ones are removed (and closed) */
+    struct user *n = user_recover(&relay, "quinn-new", "quinn", code, &re);
+    assert_int_equal(re, HUSH_OK);
+    char name[HUSH_USERNAME_MAX + 1];
+    assert_int_equal(hush_device_info(n->c, name, &dev, NULL), HUSH_OK);
+    assert_string_equal(name, "quinn");
+    assert_int_equal(dev, 3);
+    uint8_t k_old[33], k_new[33];
+    assert_int_equal(hush_device_identity_key(a->c, k_old), HUSH_OK);
+    assert_int_equal(hush_device_identity_key(n->c, k_new), HUSH_OK);
+    assert_memory_not_equal(k_old, k_new, 33);
+    assert_true(wait_failed(a, HUSH_ERR_DEVICE_REMOVED, 10000));
+    assert_true(wait_failed(a2, HUSH_ERR_DEVICE_REMOVED, 10000));
+    assert_int_equal(devices_rows(relay.db, "quinn"), 1);
+    /* a new code replaces the used one */
+    char newcode[HUSH_RECOVERY_CODE_LEN + 1];
+    assert_int_equal(hush_recovery_code(n->c, newcode), HUSH_OK);
+    assert_string_not_equal(newcode, code);
+    bad = user_recover(&relay, "quinn-bad3", "quinn", code, &re);
+    assert_int_equal(re, HUSH_ERR_AUTH_FAILED);
+    user_free(bad);
+    /* ursa writes: quinn's key changed, so it waits for ursa's decision */
+    send_text(b, "quinn", "are you back?", mid);
+    assert_true(wait_count(&b->r, &b->r.nidentity, 1, 10000));
+    struct timespec half = { 0, 500000000L };
+    nanosleep(&half, NULL);
+    assert_int_equal(n->r.nmsgs, 0);
+    char old_sn[HUSH_SAFETY_NUMBER_LEN + 1], new_sn[HUSH_SAFETY_NUMBER_LEN + 1];
+    assert_int_equal(hush_identity_pending(b->c, "quinn", 3, old_sn, new_sn), HUSH_OK);
+    assert_string_not_equal(old_sn, new_sn);
+    char quinn_side[HUSH_SAFETY_NUMBER_LEN + 1];
+    assert_int_equal(hush_safety_number(n->c, "ursa", 1, quinn_side), HUSH_ERR_NOT_FOUND); /* no contacts yet */
+    assert_int_equal(hush_identity_accept_number(b->c, "quinn", 3, new_sn), HUSH_OK);
+    assert_true(wait_count(&n->r, &n->r.nmsgs, 1, 15000));
+    assert_int_equal(texts_from(n, "ursa", "are you back?"), 1);
+    user_free(n);
+    user_free(a2);
+    user_free(a);
+    user_free(b);
+    assert_int_equal(relay_stop(&relay, SIGTERM), 0);
+}
+
 /* A message to yourself fails at once; a message to a user whose bundle is refused, or who does
  * not exist, leaves the queue as FAILED and the messages behind it go out; a queued message can be
  * cancelled and is never delivered. */
@@ -2228,6 +2324,7 @@ int main(void)
         cmocka_unit_test(test_linked_devices),
         cmocka_unit_test(test_cli_two_devices),
         cmocka_unit_test(test_device_removal),
+        cmocka_unit_test(test_recovery),
     };
     if (getenv("HUSH_TEST_ONLY"))
         cmocka_set_test_filter(getenv("HUSH_TEST_ONLY")); /* one test by name, while working on it */

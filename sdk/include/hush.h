@@ -43,6 +43,7 @@ extern "C" {
 #define HUSH_MAX_BODY (64 * 1024)     /* largest plaintext body accepted by hush_encrypt */
 #define HUSH_MAX_ENVELOPE (256 * 1024) /* largest envelope hush_decrypt will parse */
 #define HUSH_LINK_CODE_MAX 128         /* longest link code (hush_net_start_link, hush_device_link) */
+#define HUSH_RECOVERY_CODE_LEN 39      /* a recovery code: 32 hex digits in groups of 4 */
 #define HUSH_MAX_BUNDLE (4 * 1024)    /* largest bundle hush_bundle_import will parse */
 #define HUSH_GROUP_ID_MAX 64
 #define HUSH_ONE_TIME_PREKEYS 100
@@ -465,6 +466,26 @@ HUSH_MUST_CHECK hush_err hush_net_start_link(hush_client *c, const hush_net_opts
  */
 HUSH_MUST_CHECK hush_err hush_device_remove(hush_client *c, uint32_t device_id, int timeout_ms);
 HUSH_MUST_CHECK hush_err hush_device_link(hush_client *c, const char *code, int timeout_ms, uint32_t *device_id);
+
+/*
+ * Recovery. When a new account's first device registers (and when a device recovers an account),
+ * libhush makes a recovery code; the relay keeps only a public key that verifies it. Show it to
+ * the user once (to be written down) with hush_recovery_code, then hush_recovery_code_forget
+ * removes it from this database. hush_recovery_code: HUSH_ERR_NOT_FOUND when none is waiting.
+ *
+ * A user who lost every device opens a new database and calls hush_net_start_recover with the
+ * username and the code: the relay checks the code, reserves a new device id, and the new device
+ * registers with a new identity key; every other device of the account is removed at the relay
+ * (their waiting messages with them). Contacts see an identity change (the key is new) and
+ * decide as for any other. A new recovery code is made (the old one no longer works). Errors as
+ * hush_net_start (HUSH_ERR_DEVICE_EXISTS on a database with a device, HUSH_ERR_INVALID_ARG for a
+ * malformed code); a wrong name or code fails the connection for good with HUSH_ERR_AUTH_FAILED.
+ * Accounts registered before recovery codes existed have none.
+ */
+HUSH_MUST_CHECK hush_err hush_recovery_code(hush_client *c, char out[HUSH_RECOVERY_CODE_LEN + 1]);
+HUSH_MUST_CHECK hush_err hush_recovery_code_forget(hush_client *c);
+HUSH_MUST_CHECK hush_err hush_net_start_recover(hush_client *c, const hush_net_opts *opts, const hush_callbacks *cb,
+                                                const char *username, const char *recovery_code);
 
 /* Stops and joins the network thread (from any thread but a callback). Safe if not started. */
 void hush_net_stop(hush_client *c);
