@@ -143,6 +143,14 @@ final class EventBridge: @unchecked Sendable {
             guard let b = EventBridge.from(ctx) else { return }
             b.deliver(.error(HushError(err) ?? .internal, detail: detail.map { String(cString: $0) } ?? ""))
         }
+        cb.on_link_code = { ctx, code in
+            guard let b = EventBridge.from(ctx), let code = code else { return }
+            b.deliver(.linkCode(String(cString: code)))
+        }
+        cb.on_devices_changed = { ctx, user in
+            guard let b = EventBridge.from(ctx), let user = user else { return }
+            b.deliver(.devicesChanged(user: String(cString: user)))
+        }
         return cb
     }
 }

@@ -157,6 +157,41 @@ public final class HushClient: @unchecked Sendable {
     /// Errors: `.invalidArgument` (bad or missing URL, or already running), `.noDevice`, `.network`.
     public func start(relayURL: String? = nil, invite: String? = nil, caFile: String? = nil,
                       insecureTLSForTestsOnly: Bool = false) throws {
+        try startNetwork(relayURL: relayURL, invite: invite, caFile: caFile, insecure: insecureTLSForTestsOnly) { h, o, cb in
+            hush_net_start(h, o, cb)
+        }
+    }
+
+    /// On a database with no device: starts the network as a new device of an existing account.
+    /// The delegate (and `events`) get `.linkCode(code)` to show; once a device of the account
+    /// calls `linkDevice(code:)`, this database gets the account's identity and contacts,
+    /// registers, and runs as after `start` (`waitOnline` returns then). Errors: `.deviceExists`,
+    /// `.invalidArgument` (bad or missing URL), `.network`.
+    public func startLink(relayURL: String? = nil, caFile: String? = nil, insecureTLSForTestsOnly: Bool = false) throws {
+        try startNetwork(relayURL: relayURL, invite: nil, caFile: caFile, insecure: insecureTLSForTestsOnly) { h, o, cb in
+            hush_net_start_link(h, o, cb)
+        }
+    }
+
+    /// On a database with no device, for a user who lost every device: proves the recovery code
+    /// and registers this database as the account's device with a new identity key (contacts see
+    /// an identity change); the account's other devices are removed; a new recovery code waits
+    /// (`recoveryCode()`). A wrong name or code makes `waitOnline` fail with `.authFailed`.
+    /// Errors: `.invalidArgument` (malformed code), `.deviceExists`, `.network`.
+    public func startRecover(username: String, recoveryCode: String, relayURL: String? = nil, caFile: String? = nil,
+                             insecureTLSForTestsOnly: Bool = false) throws {
+        try rejectNUL(username)
+        try rejectNUL(recoveryCode)
+        try startNetwork(relayURL: relayURL, invite: nil, caFile: caFile, insecure: insecureTLSForTestsOnly) { h, o, cb in
+            username.withCString { u in
+                recoveryCode.withCString { code in hush_net_start_recover(h, o, cb, u, code) }
+            }
+        }
+    }
+
+    private func startNetwork(relayURL: String?, invite: String?, caFile: String?, insecure: Bool,
+                              _ fn: (OpaquePointer, UnsafePointer<hush_net_opts>, UnsafePointer<hush_callbacks>) -> hush_err)
+        throws {
         for s in [relayURL, invite, caFile] {
             if let s = s {
                 try rejectNUL(s)
@@ -171,14 +206,64 @@ public final class HushClient: @unchecked Sendable {
                 try withOptionalCString(relayURL) { url in
                     try withOptionalCString(invite) { inv in
                         try withOptionalCString(caFile) { ca in
-                            var o = hush_net_opts(relay_url: url, invite: inv, ca_file: ca,
-                                                  insecure_tls: insecureTLSForTestsOnly ? 1 : 0)
-                            try check(hush_net_start(h, &o, &cb))
+                            var o = hush_net_opts(relay_url: url, invite: inv, ca_file: ca, insecure_tls: insecure ? 1 : 0)
+                            try check(fn(h, &o, &cb))
                         }
                     }
                 }
             }
         }
+    }
+
+    // MARK: - devices of this account
+
+    /// Links the device that shows `code` (its `.linkCode` event) to this account and returns its
+    /// device id. Needs the network running. Errors: `.invalidArgument` (not a link code),
+    /// `.tooManyDevices`, `.linkFailed` (expired or used code), `.network`, `.timeout`.
+    public func linkDevice(code: String, timeout: TimeInterval) async throws -> UInt32 {
+        try rejectNUL(code)
+        let core = self.core
+        let ms = Int32(max(0, min(timeout, 3600)) * 1000)
+        return try await offThread {
+            try core.call { h in
+                var dev: UInt32 = 0
+                try code.withCString { c in try check(hush_device_link(h, c, ms, &dev)) }
+                return dev
+            }
+        }
+    }
+
+    /// Removes a device of this account: this one, or from the account's first device any other
+    /// (not the last one); the removed device stops with `.deviceRemoved`. Errors: `.notFound`,
+    /// `.authFailed` (not allowed from this device), `.invalidArgument` (the last device),
+    /// `.network`, `.timeout`.
+    public func removeDevice(_ deviceID: UInt32, timeout: TimeInterval) async throws {
+        let core = self.core
+        let ms = Int32(max(0, min(timeout, 3600)) * 1000)
+        try await offThread {
+            try core.call { h in try check(hush_device_remove(h, deviceID, ms)) }
+        }
+    }
+
+    /// The account's recovery code, made at its first registration (or a recovery), to show the
+    /// user once; nil when none is waiting. Call `forgetRecoveryCode()` once it was shown.
+    public func recoveryCode() throws -> String? {
+        try core.call { h in
+            var buf = [CChar](repeating: 0, count: Int(HUSH_RECOVERY_CODE_LEN) + 1)
+            let e = hush_recovery_code(h, &buf)
+            if e == HUSH_ERR_NOT_FOUND {
+                return nil
+            }
+            try check(e)
+            let s = String(cString: buf)
+            buf.withUnsafeMutableBytes { wipe($0.baseAddress!, $0.count) }
+            return s
+        }
+    }
+
+    /// Removes the recovery code from this database (after the user wrote it down).
+    public func forgetRecoveryCode() throws {
+        try core.call { h in try check(hush_recovery_code_forget(h)) }
     }
 
     /// Stops the network thread and waits for it; queued messages stay queued. Harmless when not

@@ -84,6 +84,9 @@ public struct Message: Sendable, Hashable {
         case text
         /// A text to a group (`groupID` is set).
         case groupText
+        /// A text this account sent from another of its devices: `sender` is this account,
+        /// `conversation` the peer it went to. Stored in the history as sent.
+        case sentElsewhere
     }
 
     public let kind: Kind
@@ -103,13 +106,16 @@ public struct Message: Sendable, Hashable {
     public let localID: Int64
     /// The body as sent (UTF-8 text).
     public let body: Data
+    /// The peer the conversation is with: the sender, or for `.sentElsewhere` the recipient.
+    public let conversation: String
 
     /// The body as text (invalid UTF-8 shows as U+FFFD).
     public var text: String { String(decoding: body, as: UTF8.self) }
 
     init(_ m: UnsafePointer<hush_message>) {
         let p = m.pointee
-        kind = p.kind == HUSH_KIND_GROUP_TEXT ? .groupText : .text
+        kind = p.kind == HUSH_KIND_GROUP_TEXT ? .groupText : p.kind == HUSH_KIND_SENT_ELSEWHERE ? .sentElsewhere : .text
+        conversation = cString(tuple: p.conversation)
         sender = cString(tuple: p.sender)
         senderDevice = p.sender_device
         id = MessageID(tuple: p.message_id)
@@ -222,6 +228,11 @@ public enum HushEvent: Sendable {
     case connection(ConnectionState, lastError: HushError?)
     /// Something went wrong that the app may want to show or log (never secrets).
     case error(HushError, detail: String)
+    /// `startLink`: the code to show (as text or a QR code) until the device is linked; a new
+    /// code replaces it after a reconnection.
+    case linkCode(String)
+    /// The relay says `user`'s devices changed (this account's own, or a contact's).
+    case devicesChanged(user: String)
 }
 
 // MARK: - helpers for C fixed-size char arrays, imported by Swift as tuples

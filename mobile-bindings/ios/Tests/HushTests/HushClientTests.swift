@@ -247,6 +247,63 @@ final class HushClientTests: XCTestCase {
         expectError(.notFound) { try ivan.rejectIdentity(peer: "judy") }
     }
 
+    func testLinkedDeviceRemovalAndRecovery() async throws {
+        let rp = Recorder(), rb = Recorder(), rl = Recorder()
+        let phone = try await online("pia", rp)
+        let recovery = try XCTUnwrap(try phone.recoveryCode())
+        try phone.forgetRecoveryCode()
+        XCTAssertNil(try phone.recoveryCode())
+        let bob = try await online("rob", rb)
+
+        // the laptop shows a code; the phone links it
+        let laptop = try open("pia-laptop", rl)
+        try laptop.startLink(relayURL: relay.url)
+        XCTAssertTrue(rl.await { !$0.linkCodes.isEmpty })
+        let code = rl.linkCodes[0]
+        XCTAssertTrue(code.hasPrefix("hush-link-1:"))
+        let dev = try await phone.linkDevice(code: code, timeout: 15)
+        XCTAssertEqual(dev, 2)
+        try await laptop.waitOnline(timeout: 15)
+        XCTAssertEqual(try laptop.username, "pia")
+        XCTAssertEqual(try laptop.deviceID, 2)
+
+        // rob writes to both; the laptop answers and the phone sees it as sent elsewhere
+        _ = try await bob.send("to both", to: "pia")
+        XCTAssertTrue(rp.await { $0.messages.count == 1 })
+        XCTAssertTrue(rl.await { $0.messages.count == 1 })
+        _ = try await laptop.send("from the laptop", to: "rob")
+        XCTAssertTrue(rb.await { $0.messages.count == 1 })
+        XCTAssertTrue(rp.await { $0.messages.count == 2 })
+        let copy = rp.messages[1]
+        XCTAssertEqual(copy.kind, .sentElsewhere)
+        XCTAssertEqual(copy.sender, "pia")
+        XCTAssertEqual(copy.senderDevice, 2)
+        XCTAssertEqual(copy.conversation, "rob")
+        XCTAssertEqual(copy.text, "from the laptop")
+        XCTAssertEqual(try bob.safetyNumber(peer: "pia", deviceID: 1), try bob.safetyNumber(peer: "pia", deviceID: 2))
+
+        // the phone removes the laptop; the last device stays
+        try await phone.removeDevice(2, timeout: 15)
+        XCTAssertTrue(rl.await { $0.errors.contains(.deviceRemoved) })
+        do {
+            try await phone.removeDevice(1, timeout: 15)
+            XCTFail("the last device")
+        } catch let e as HushError {
+            XCTAssertEqual(e, .invalidArgument)
+        }
+
+        // every device lost: the code gives a new one, and the phone is removed
+        closeClient(laptop)
+        let fresh = try open("pia-new", Recorder())
+        try fresh.startRecover(username: "pia", recoveryCode: recovery, relayURL: relay.url)
+        try await fresh.waitOnline(timeout: 15)
+        XCTAssertEqual(try fresh.username, "pia")
+        XCTAssertGreaterThan(try fresh.deviceID, 2)
+        let again = try XCTUnwrap(try fresh.recoveryCode())
+        XCTAssertNotEqual(again, recovery)
+        XCTAssertTrue(rp.await { $0.errors.contains(.deviceRemoved) })
+    }
+
     func testErrorMapping() async throws {
         XCTAssertEqual(HushError.libraryErrors.count, 33)
         for (i, e) in HushError.libraryErrors.enumerated() {

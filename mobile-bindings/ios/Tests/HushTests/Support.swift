@@ -17,6 +17,7 @@ class Recorder: HushClientDelegate, @unchecked Sendable {
     private(set) var identity: [IdentityChange] = []
     private(set) var states: [ConnectionState] = []
     private(set) var errors: [HushError] = []
+    private(set) var linkCodes: [String] = []
     private(set) var threadNames: Set<String> = []
     private(set) var onMainThread = false
 
@@ -38,6 +39,8 @@ class Recorder: HushClientDelegate, @unchecked Sendable {
         case .identityChanged(let c): identity.append(c)
         case .connection(let s, _): states.append(s)
         case .error(let e, _): errors.append(e)
+        case .linkCode(let c): linkCodes.append(c)
+        case .devicesChanged: break
         }
     }
 

@@ -50,6 +50,7 @@ static JavaVM *g_vm;
 static pthread_key_t g_detach_key;
 static jclass g_exc_cls, g_hist_cls, g_bridge_cls, g_string_cls;
 static jmethodID g_exc_ctor, g_hist_ctor;
+static jmethodID g_on_link_code, g_on_devices_changed;
 static jmethodID g_on_message, g_on_receipt, g_on_typing, g_on_presence, g_on_identity, g_on_connection,
     g_on_error;
 
@@ -213,9 +214,34 @@ static void cb_message(void *ctx, const hush_message *m)
     jstring group = sender ? jstr(env, m->group_id) : NULL;
     jbyteArray id = group ? new_bytes(env, m->message_id, HUSH_MESSAGE_ID_BYTES) : NULL;
     jbyteArray body = id ? new_bytes(env, m->body, m->body_len) : NULL;
-    if (body)
+    jstring conv = body ? jstr(env, m->conversation) : NULL;
+    if (conv)
         (*env)->CallVoidMethod(env, h->bridge, g_on_message, (jint)m->kind, sender, (jint)m->sender_device, id,
-                               (jlong)m->sent_at_ms, (jlong)m->received_at_ms, group, (jlong)m->local_id, body);
+                               (jlong)m->sent_at_ms, (jlong)m->received_at_ms, group, (jlong)m->local_id, body, conv);
+    cb_leave(&s);
+}
+
+static void cb_link_code(void *ctx, const char *code)
+{
+    struct jhush *h = ctx;
+    struct cb_scope s;
+    if (cb_enter(h, &s))
+        return;
+    jstring jc = jstr(s.env, code);
+    if (jc)
+        (*s.env)->CallVoidMethod(s.env, h->bridge, g_on_link_code, jc);
+    cb_leave(&s);
+}
+
+static void cb_devices_changed(void *ctx, const char *user)
+{
+    struct jhush *h = ctx;
+    struct cb_scope s;
+    if (cb_enter(h, &s))
+        return;
+    jstring ju = jstr(s.env, user);
+    if (ju)
+        (*s.env)->CallVoidMethod(s.env, h->bridge, g_on_devices_changed, ju);
     cb_leave(&s);
 }
 
@@ -361,14 +387,16 @@ static jboolean n_on_network_thread(JNIEnv *env, jclass cls, jlong hh)
     return tl_in_callback == H(hh) ? JNI_TRUE : JNI_FALSE;
 }
 
+/* mode 0: hush_net_start; 1: hush_net_start_link; 2: hush_net_start_recover (user, code) */
 static void n_start(JNIEnv *env, jclass cls, jlong hh, jstring url, jstring invite, jstring ca_file,
-                    jboolean insecure, jobject bridge)
+                    jboolean insecure, jobject bridge, jint mode, jstring ruser, jstring rcode)
 {
     (void)cls;
     struct jhush *h = H(hh);
-    char u[300], inv[129], ca[512];
+    char u[300], inv[129], ca[512], ru[64] = "", rc[160] = "";
     if (get_opt_str(env, url, u, sizeof u, "relay URL") || get_opt_str(env, invite, inv, sizeof inv, "invite") ||
-        get_opt_str(env, ca_file, ca, sizeof ca, "CA file"))
+        get_opt_str(env, ca_file, ca, sizeof ca, "CA file") || get_opt_str(env, ruser, ru, sizeof ru, "username") ||
+        get_opt_str(env, rcode, rc, sizeof rc, "recovery code"))
         return;
     if (tl_in_callback == h) {
         throw_hush(env, HUSH_ERR_INVALID_ARG, "start: already running");
@@ -387,8 +415,12 @@ static void n_start(JNIEnv *env, jclass cls, jlong hh, jstring url, jstring invi
         return;
     }
     hush_net_opts o = { u[0] ? u : NULL, inv[0] ? inv : NULL, ca[0] ? ca : NULL, insecure ? 1 : 0 };
-    hush_callbacks cb = { h, cb_message, cb_receipt, cb_typing, cb_presence, cb_identity, cb_connection, cb_error, NULL, NULL };
-    hush_err e = hush_net_start(h->c, &o, &cb);
+    hush_callbacks cb = { h,        cb_message, cb_receipt, cb_typing,    cb_presence,       cb_identity,
+                          cb_connection, cb_error, cb_link_code, cb_devices_changed };
+    hush_err e = mode == 1   ? hush_net_start_link(h->c, &o, &cb)
+                 : mode == 2 ? hush_net_start_recover(h->c, &o, &cb, ru, rc)
+                             : hush_net_start(h->c, &o, &cb);
+    sodium_memzero(rc, sizeof rc);
     if (e) {
         (*env)->DeleteGlobalRef(env, h->bridge);
         h->bridge = NULL;
@@ -429,6 +461,48 @@ static void n_flush(JNIEnv *env, jclass cls, jlong hh, jint ms)
 
 /* ------------------------------------------------------------------------------------------ */
 /* natives: device */
+
+static jint n_link_device(JNIEnv *env, jclass cls, jlong hh, jstring code, jint ms)
+{
+    (void)cls;
+    char c[HUSH_LINK_CODE_MAX + 1];
+    if (get_str(env, code, c, sizeof c, "link code"))
+        return 0;
+    uint32_t dev = 0;
+    if (check(env, hush_device_link(H(hh)->c, c, ms, &dev), "linkDevice"))
+        return 0;
+    return (jint)dev;
+}
+
+static void n_remove_device(JNIEnv *env, jclass cls, jlong hh, jint dev, jint ms)
+{
+    (void)cls;
+    if (dev <= 0) {
+        throw_hush(env, HUSH_ERR_INVALID_ARG, "removeDevice: the device id must be positive");
+        return;
+    }
+    check(env, hush_device_remove(H(hh)->c, (uint32_t)dev, ms), "removeDevice");
+}
+
+static jstring n_recovery_code(JNIEnv *env, jclass cls, jlong hh)
+{
+    (void)cls;
+    char code[HUSH_RECOVERY_CODE_LEN + 1];
+    hush_err e = hush_recovery_code(H(hh)->c, code);
+    if (e == HUSH_ERR_NOT_FOUND)
+        return NULL;
+    if (check(env, e, "recoveryCode"))
+        return NULL;
+    jstring r = jstr(env, code);
+    sodium_memzero(code, sizeof code);
+    return r;
+}
+
+static void n_forget_recovery_code(JNIEnv *env, jclass cls, jlong hh)
+{
+    (void)cls;
+    check(env, hush_recovery_code_forget(H(hh)->c), "forgetRecoveryCode");
+}
 
 static jboolean n_has_device(JNIEnv *env, jclass cls, jlong hh)
 {
@@ -790,7 +864,11 @@ static const JNINativeMethod g_natives[] = {
     { "nativeOpen", "(" S "[BI)J", (void *)n_open },
     { "nativeClose", "(J)V", (void *)n_close },
     { "nativeOnNetworkThread", "(J)Z", (void *)n_on_network_thread },
-    { "nativeStart", "(J" S S S "ZLorg/hush/sdk/NativeBridge;)V", (void *)n_start },
+    { "nativeStart", "(J" S S S "ZLorg/hush/sdk/NativeBridge;I" S S ")V", (void *)n_start },
+    { "nativeLinkDevice", "(J" S "I)I", (void *)n_link_device },
+    { "nativeRemoveDevice", "(JII)V", (void *)n_remove_device },
+    { "nativeRecoveryCode", "(J)" S, (void *)n_recovery_code },
+    { "nativeForgetRecoveryCode", "(J)V", (void *)n_forget_recovery_code },
     { "nativeStop", "(J)V", (void *)n_stop },
     { "nativeState", "(J)J", (void *)n_state },
     { "nativeWaitOnline", "(JI)V", (void *)n_wait_online },
@@ -845,7 +923,9 @@ JNIEXPORT jint JNICALL JNI_OnLoad(JavaVM *vm, void *reserved)
         return JNI_ERR;
     g_exc_ctor = (*env)->GetMethodID(env, g_exc_cls, "<init>", "(I" S ")V");
     g_hist_ctor = (*env)->GetMethodID(env, g_hist_cls, "<init>", "(JZ" S "I[BJJZ[B)V");
-    g_on_message = (*env)->GetMethodID(env, g_bridge_cls, "onMessage", "(I" S "I[BJJ" S "J[B)V");
+    g_on_message = (*env)->GetMethodID(env, g_bridge_cls, "onMessage", "(I" S "I[BJJ" S "J[B" S ")V");
+    g_on_link_code = (*env)->GetMethodID(env, g_bridge_cls, "onLinkCode", "(" S ")V");
+    g_on_devices_changed = (*env)->GetMethodID(env, g_bridge_cls, "onDevicesChanged", "(" S ")V");
     g_on_receipt = (*env)->GetMethodID(env, g_bridge_cls, "onReceipt", "(" S "[BI)V");
     g_on_typing = (*env)->GetMethodID(env, g_bridge_cls, "onTyping", "(" S "IZ)V");
     g_on_presence = (*env)->GetMethodID(env, g_bridge_cls, "onPresence", "(" S "ZJ)V");
@@ -853,6 +933,7 @@ JNIEXPORT jint JNICALL JNI_OnLoad(JavaVM *vm, void *reserved)
     g_on_connection = (*env)->GetMethodID(env, g_bridge_cls, "onConnection", "(II)V");
     g_on_error = (*env)->GetMethodID(env, g_bridge_cls, "onError", "(I" S ")V");
     if (!g_exc_ctor || !g_hist_ctor || !g_on_message || !g_on_receipt || !g_on_typing || !g_on_presence ||
+        !g_on_link_code || !g_on_devices_changed ||
         !g_on_identity || !g_on_connection || !g_on_error)
         return JNI_ERR;
     jclass client = (*env)->FindClass(env, CLIENT_CLASS);

@@ -253,7 +253,91 @@ public final class HushClient implements AutoCloseable {
     public void start() throws HushException {
         long h = enter();
         try {
-            nativeStart(h, relayUrl, invite, caFile, insecureTls, bridge);
+            nativeStart(h, relayUrl, invite, caFile, insecureTls, bridge, 0, null, null);
+        } finally {
+            leave();
+        }
+    }
+
+    /**
+     * On a database with no device: starts the network as a new device of an existing account.
+     * The listener's {@link HushListener#onLinkCode} gets the code to show; once another device of
+     * the account calls {@link #linkDevice} with it, this database gets the account's identity and
+     * contacts, registers, and runs as after {@link #start()} ({@link #waitOnline} returns then).
+     * Errors: DEVICE_EXISTS, INVALID_ARG (no relay URL), NETWORK.
+     */
+    public void startLink() throws HushException {
+        long h = enter();
+        try {
+            nativeStart(h, relayUrl, null, caFile, insecureTls, bridge, 1, null, null);
+        } finally {
+            leave();
+        }
+    }
+
+    /**
+     * On a database with no device, for a user who lost every device: proves the recovery code and
+     * registers this database as the account's device, with a new identity key (contacts see an
+     * identity change); the account's other devices are removed. A new recovery code is then
+     * waiting ({@link #recoveryCode()}). A wrong name or code makes {@link #waitOnline} fail with
+     * AUTH_FAILED. Errors: INVALID_ARG (malformed code), DEVICE_EXISTS, NETWORK.
+     */
+    public void startRecover(String username, String recoveryCode) throws HushException {
+        long h = enter();
+        try {
+            nativeStart(h, relayUrl, null, caFile, insecureTls, bridge, 2, username, recoveryCode);
+        } finally {
+            leave();
+        }
+    }
+
+    /**
+     * Links the device that shows {@code code} (its {@link HushListener#onLinkCode}) to this
+     * account and returns its device id. Blocks up to {@code timeoutMillis} with the network
+     * running. Errors: INVALID_ARG (not a link code), TOO_MANY_DEVICES, LINK_FAILED (expired or
+     * used code), NETWORK, TIMEOUT, NOT_RUNNING.
+     */
+    public int linkDevice(String code, int timeoutMillis) throws HushException {
+        long h = enter();
+        try {
+            return nativeLinkDevice(h, code, timeoutMillis);
+        } finally {
+            leave();
+        }
+    }
+
+    /**
+     * Removes a device of this account: this one, or from the account's first device any other
+     * (not the last one). The removed device stops with DEVICE_REMOVED. Errors: NOT_FOUND,
+     * AUTH_FAILED (not allowed from this device), INVALID_ARG (the last device), NETWORK, TIMEOUT.
+     */
+    public void removeDevice(int deviceId, int timeoutMillis) throws HushException {
+        long h = enter();
+        try {
+            nativeRemoveDevice(h, deviceId, timeoutMillis);
+        } finally {
+            leave();
+        }
+    }
+
+    /**
+     * The account's recovery code, made at the first registration (or a recovery), to show the user
+     * once; null when none is waiting. Call {@link #forgetRecoveryCode()} once it was shown.
+     */
+    public String recoveryCode() throws HushException {
+        long h = enter();
+        try {
+            return nativeRecoveryCode(h);
+        } finally {
+            leave();
+        }
+    }
+
+    /** Removes the recovery code from this database (after the user wrote it down). */
+    public void forgetRecoveryCode() throws HushException {
+        long h = enter();
+        try {
+            nativeForgetRecoveryCode(h);
         } finally {
             leave();
         }
@@ -551,7 +635,11 @@ public final class HushClient implements AutoCloseable {
     private static native void nativeClose(long h);
     private static native boolean nativeOnNetworkThread(long h);
     private static native void nativeStart(long h, String url, String invite, String caFile, boolean insecure,
-                                           NativeBridge bridge) throws HushException;
+            NativeBridge bridge, int mode, String recoverUser, String recoveryCode) throws HushException;
+    private static native int nativeLinkDevice(long h, String code, int ms) throws HushException;
+    private static native void nativeRemoveDevice(long h, int deviceId, int ms) throws HushException;
+    private static native String nativeRecoveryCode(long h) throws HushException;
+    private static native void nativeForgetRecoveryCode(long h) throws HushException;
     private static native void nativeStop(long h);
     private static native long nativeState(long h);
     private static native void nativeWaitOnline(long h, int ms) throws HushException;

@@ -38,4 +38,15 @@ public interface HushListener {
     /** Something went wrong that the app may want to log or show (never holds secrets). */
     default void onError(HushError error, String detail) {
     }
+
+    /**
+     * {@link HushClient#startLink()}: the link code to show (as text or a QR code) until the device
+     * is linked; a new code replaces it after a reconnection.
+     */
+    default void onLinkCode(String code) {
+    }
+
+    /** The relay says {@code user}'s devices changed (this account's own, or a contact's). */
+    default void onDevicesChanged(String user) {
+    }
 }

@@ -2,14 +2,22 @@ package org.hush.sdk;
 
 import java.nio.charset.StandardCharsets;
 
-/** A message received from a peer, already decrypted and stored in the local history. Immutable. */
+/**
+ * A message received from a peer, or sent from another device of this account, already decrypted
+ * and stored in the local history. Immutable.
+ */
 public final class Message {
     /** What kind of message this is. */
     public enum Kind {
         /** A one-to-one text. */
         TEXT,
         /** A group text ({@link #groupId()} is set). */
-        GROUP_TEXT
+        GROUP_TEXT,
+        /**
+         * A text this account sent from another of its devices: {@link #sender()} is this account,
+         * {@link #conversation()} the peer it went to. Stored in the history as sent.
+         */
+        SENT_ELSEWHERE
     }
 
     private final Kind kind;
@@ -21,9 +29,11 @@ public final class Message {
     private final String groupId;
     private final long localId;
     private final byte[] body;
+    private final String conversation;
 
     Message(Kind kind, String sender, int senderDevice, MessageId id, long sentAtMillis,
-            long receivedAtMillis, String groupId, long localId, byte[] body) {
+            long receivedAtMillis, String groupId, long localId, byte[] body, String conversation) {
+        this.conversation = conversation;
         this.kind = kind;
         this.sender = sender;
         this.senderDevice = senderDevice;
@@ -37,6 +47,11 @@ public final class Message {
 
     public Kind kind() {
         return kind;
+    }
+
+    /** The peer the conversation is with: the sender, or for {@link Kind#SENT_ELSEWHERE} the recipient. */
+    public String conversation() {
+        return conversation;
     }
 
     /** The sender's username (the relay vouches for it; the Signal session authenticates it). */

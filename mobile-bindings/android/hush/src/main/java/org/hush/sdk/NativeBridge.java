@@ -50,10 +50,20 @@ final class NativeBridge {
     // ---- called from native code (names and signatures are in hush_jni.c) ----
 
     void onMessage(int kind, String sender, int senderDevice, byte[] id, long sentAt, long receivedAt,
-                   String groupId, long localId, byte[] body) {
-        Message m = new Message(kind == 2 ? Message.Kind.GROUP_TEXT : Message.Kind.TEXT, sender, senderDevice,
-                MessageId.of(id), sentAt, receivedAt, groupId.isEmpty() ? null : groupId, localId, body);
+                   String groupId, long localId, byte[] body, String conversation) {
+        Message.Kind k = kind == 2 ? Message.Kind.GROUP_TEXT
+                : kind == 6 ? Message.Kind.SENT_ELSEWHERE : Message.Kind.TEXT;
+        Message m = new Message(k, sender, senderDevice, MessageId.of(id), sentAt, receivedAt,
+                groupId.isEmpty() ? null : groupId, localId, body, conversation);
         deliver(l -> l.onMessage(m));
+    }
+
+    void onLinkCode(String code) {
+        deliver(l -> l.onLinkCode(code));
+    }
+
+    void onDevicesChanged(String user) {
+        deliver(l -> l.onDevicesChanged(user));
     }
 
     void onReceipt(String peer, byte[] id, int state) {

@@ -73,6 +73,7 @@ public class HushClientTest {
         final List<IdentityChange> identity = new ArrayList<>();
         final List<ConnectionState> states = new ArrayList<>();
         final List<HushError> errors = new ArrayList<>();
+        final List<String> linkCodes = new ArrayList<>();
         final Set<String> threads = new HashSet<>();
 
         private synchronized void note() {
@@ -119,6 +120,12 @@ public class HushClientTest {
         @Override
         public synchronized void onError(HushError e, String detail) {
             errors.add(e);
+            note();
+        }
+
+        @Override
+        public synchronized void onLinkCode(String code) {
+            linkCodes.add(code);
             note();
         }
 
@@ -174,6 +181,80 @@ public class HushClientTest {
     }
 
     // ---- tests -----------------------------------------------------------------------------
+
+    @Test
+    public void linkedDeviceRemovalAndRecovery() throws Exception {
+        Recorder rp = new Recorder();
+        Recorder rb = new Recorder();
+        HushClient phone = online("pia", rp);
+        String recovery = phone.recoveryCode();
+        assertNotNull("a recovery code after the first registration", recovery);
+        phone.forgetRecoveryCode();
+        assertNull(phone.recoveryCode());
+        HushClient bob = online("rob", rb);
+
+        // the laptop: no device yet; it shows a code, the phone links it
+        Recorder rl = new Recorder();
+        HushClient laptop = open("pia-laptop", rl);
+        laptop.startLink();
+        assertTrue("link code", rl.await(() -> !rl.linkCodes.isEmpty(), 15000));
+        String code;
+        synchronized (rl) {
+            code = rl.linkCodes.get(0);
+        }
+        assertTrue(code.startsWith("hush-link-1:"));
+        assertEquals(2, phone.linkDevice(code, 15000));
+        laptop.waitOnline(15000);
+        assertEquals("pia", laptop.username());
+        assertEquals(2, laptop.deviceId());
+        try {
+            phone.linkDevice("not a link code", 1000);
+            fail("a malformed code");
+        } catch (HushException e) {
+            assertEquals(HushError.INVALID_ARG, e.error());
+        }
+
+        // rob writes: both devices get it; the laptop answers and the phone sees it as sent elsewhere
+        bob.send("pia", "to both");
+        assertTrue(rp.await(() -> rp.messageCount() == 1, 15000));
+        assertTrue(rl.await(() -> rl.messageCount() == 1, 15000));
+        laptop.send("rob", "from the laptop");
+        assertTrue(rb.await(() -> rb.messageCount() == 1, 15000));
+        assertTrue(rp.await(() -> rp.messageCount() == 2, 15000));
+        Message copy;
+        synchronized (rp) {
+            copy = rp.messages.get(1);
+        }
+        assertEquals(Message.Kind.SENT_ELSEWHERE, copy.kind());
+        assertEquals("pia", copy.sender());
+        assertEquals(2, copy.senderDevice());
+        assertEquals("rob", copy.conversation());
+        assertEquals("from the laptop", copy.text());
+        assertEquals("pia", rb.messages.get(0).conversation()); // a received message: its sender
+        assertEquals(bob.safetyNumber("pia", 1), bob.safetyNumber("pia", 2));
+
+        // the phone removes the laptop: it stops for good
+        phone.removeDevice(2, 15000);
+        assertTrue(rl.await(() -> rl.errors.contains(HushError.DEVICE_REMOVED), 15000));
+        try {
+            phone.removeDevice(1, 15000);
+            fail("the last device");
+        } catch (HushException e) {
+            assertEquals(HushError.INVALID_ARG, e.error());
+        }
+
+        // every device lost: the recovery code gives a new one, and the phone is removed
+        closeClient(laptop);
+        Recorder rn = new Recorder();
+        HushClient fresh = open("pia-new", rn);
+        fresh.startRecover("pia", recovery);
+        fresh.waitOnline(15000);
+        assertEquals("pia", fresh.username());
+        assertTrue(fresh.deviceId() > 2);
+        assertNotNull("a new recovery code", fresh.recoveryCode());
+        assertNotEquals(recovery, fresh.recoveryCode());
+        assertTrue(rp.await(() -> rp.errors.contains(HushError.DEVICE_REMOVED), 15000));
+    }
 
     @Test
     public void sendReceiveReceiptsAndHistory() throws Exception {
