@@ -57,6 +57,7 @@ static void cli_usage(FILE *f)
             "                        CODE; remove device N.\n"
             "  recover --relay URL --user NAME --code CODE   Lost every device: a new one, with the\n"
             "                        recovery code init printed; the old devices are removed.\n"
+            "  relay set URL         Change the relay this database connects to.\n"
             "  send USER TEXT...     Send a message (TEXT `-`: read it from standard input). Queued\n"
             "                        while offline and retried until the relay has it.\n"
             "  cancel ID             Take a queued message out of the outbox.\n"
@@ -100,6 +101,9 @@ static const struct {
               "then prints `linked NAME (device N) on URL`. The new device shares the account's\n"
               "identity key (contacts see the same safety number) and the contacts it trusts; older\n"
               "messages stay on the other devices. On failure nothing is left behind.\n" },
+    { "relay", "usage: hush relay set URL [--ca-file PEM]\n"
+               "Changes the relay this database connects to (after the relay moved to another address;\n"
+               "the account must be on that relay). --ca-file: the CA that signed its certificate.\n" },
     { "recover", "usage: hush recover --relay URL --user NAME --code CODE [--ca-file PEM] [--passphrase]\n"
                  "For a user who lost every device: with the recovery code `hush init` printed, makes this\n"
                  "new database the account's device (a new identity key: contacts see an identity change\n"
@@ -988,9 +992,20 @@ static int cmd_link(int argc, char **argv)
     }
     hush_net_opts no = { o.relay, NULL, o.ca_file, o.insecure };
     hush_err e = hush_net_start_link(c, &no, &g_cb);
+    int resumed = 0;
+    if (e == HUSH_ERR_DEVICE_EXISTS) {
+        /* an earlier `hush link` got its device and was stopped before registering: finish it */
+        char user[HUSH_USERNAME_MAX + 1];
+        uint32_t d = 0;
+        if (hush_device_info(c, user, &d, NULL) == HUSH_OK)
+            printf("this database already has a device (%s, device %u): finishing its registration\n", user, d);
+        e = hush_net_start(c, &no, &g_cb);
+        resumed = 1;
+    }
     if (e) {
         hush_client_close(c);
-        remove_db_files();
+        if (!resumed)
+            remove_db_files();
         return cli_die("link", e);
     }
     /* the code is printed by on_link_code; a new one after a reconnection */
@@ -1004,11 +1019,45 @@ static int cmd_link(int argc, char **argv)
     hush_client_close(c);
     if (e) {
         fprintf(stderr, "hush link: not linked: %s\n", hush_strerror(e == HUSH_ERR_TIMEOUT && last ? last : e));
-        remove_db_files();
-        fprintf(stderr, "(nothing was kept: run the same command again for a new code)\n");
+        if (!resumed) {
+            remove_db_files();
+            fprintf(stderr, "(nothing was kept: run the same command again for a new code)\n");
+        }
         return 1;
     }
     printf("linked %s (device %u) on %s\n", user, dev, o.relay);
+    return 0;
+}
+
+/* `hush relay set URL [--ca-file PEM]` */
+static int cmd_relay(int argc, char **argv)
+{
+    struct opts o;
+    int r = parse(argc, argv, &o, "relay");
+    if (r)
+        return r < 0 ? 0 : r;
+    if (argc - optind != 2 || strcmp(argv[optind], "set") != 0) {
+        fprintf(stderr, "usage: hush relay set URL [--ca-file PEM]   (hush relay --help)\n");
+        return 2;
+    }
+    const char *url = argv[optind + 1];
+    const char *why = url_problem(url);
+    if (why) {
+        fprintf(stderr, "hush relay set: %s: %s\n", url, why);
+        return 2;
+    }
+    if (o.ca_file && access(o.ca_file, R_OK) != 0) {
+        fprintf(stderr, "hush relay set: --ca-file %s: %s\n", o.ca_file, strerror(errno));
+        return 2;
+    }
+    hush_client *c = NULL;
+    if ((r = cli_open_db(0, &c)))
+        return r;
+    hush_err e = hush_relay_set(c, url, o.ca_file);
+    hush_client_close(c);
+    if (e)
+        return cli_die("relay set", e);
+    printf("relay set to %s (used from the next command on)\n", url);
     return 0;
 }
 
@@ -1722,6 +1771,7 @@ int main(int argc, char **argv)
         { "history", cmd_history }, { "safety", cmd_safety }, { "presence", cmd_presence },
         { "status", cmd_status },   { "info", cmd_info },     { "bundle", cmd_bundle }, { "demo", cmd_demo },
         { "link", cmd_link },       { "devices", cmd_devices }, { "recover", cmd_recover },
+        { "relay", cmd_relay },
     };
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
         if (!strcmp(cmd, cmds[i].name))

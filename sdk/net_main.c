@@ -561,6 +561,28 @@ static void store_meta_text(hush_client *c, const char *key, const char *val)
 
 static void net_wake(hush_client *c, int flags);
 
+hush_err hush_relay_set(hush_client *c, const char *relay_url, const char *ca_file)
+{
+    if (!c || !relay_url || strlen(relay_url) >= 300 || (ca_file && strlen(ca_file) >= 512))
+        return HUSH_ERR_INVALID_ARG;
+    struct hush_net *probe = calloc(1, sizeof *probe);
+    if (!probe)
+        return HUSH_ERR_NOMEM;
+    int bad = parse_url(probe, relay_url) != 0;
+    free(probe);
+    if (bad)
+        return HUSH_ERR_INVALID_ARG;
+    hsdk_lock(c);
+    hush_err e = hsdk_begin(c);
+    if (!e)
+        e = hsdk_meta_set_blob(c, "relay_url", (const uint8_t *)relay_url, strlen(relay_url));
+    if (!e && ca_file)
+        e = hsdk_meta_set_blob(c, "relay_ca_file", (const uint8_t *)ca_file, strlen(ca_file));
+    e = hsdk_end(c, e);
+    hsdk_unlock(c);
+    return e;
+}
+
 /* How the rest of the SDK reaches this thread (core.c): installed at the first start. */
 static const struct hsdk_net_hooks net_hooks = { net_wake, hush_net_stop };
 

@@ -1758,6 +1758,12 @@ static void test_cli_two_devices(void **state)
     /* a code that is not one */
     snprintf(cmd, sizeof cmd, "%s devices --db %s add nonsense 2>&1", h, phone);
     assert_int_equal(run(cmd, out, sizeof out), 2);
+    /* the relay "moved": a wrong URL stored, then the right one again */
+    snprintf(cmd, sizeof cmd, "%s relay set --db %s ws://127.0.0.1:1 2>&1 && %s status --db %s 2>&1", h, laptop, h, laptop);
+    assert_int_equal(run(cmd, out, sizeof out), 1);
+    snprintf(cmd, sizeof cmd, "%s relay set --db %s %s 2>&1 && %s status --db %s 2>&1", h, laptop, url, h, laptop);
+    assert_int_equal(run(cmd, out, sizeof out), 0);
+    assert_non_null(strstr(out, "relay:      online"));
     assert_int_equal(relay_stop(&relay, SIGTERM), 0);
 }
 

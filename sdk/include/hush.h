@@ -433,6 +433,11 @@ typedef struct hush_net_opts {
     int insecure_tls;        /* wss: accept any certificate (tests only) */
 } hush_net_opts;
 
+/* Stores the relay URL (and, when not NULL, the CA file) the next hush_net_start uses without
+ * one, e.g. after the relay moved. It takes effect at the next start. Errors: HUSH_ERR_INVALID_ARG
+ * (not a ws:// or wss:// URL), HUSH_ERR_STORAGE. */
+HUSH_MUST_CHECK hush_err hush_relay_set(hush_client *c, const char *relay_url, const char *ca_file);
+
 /* Starts the network thread. `cb` is copied; any callback may be NULL. Errors: HUSH_ERR_INVALID_ARG
  * (bad or missing URL), HUSH_ERR_NO_DEVICE, HUSH_ERR_NOMEM, HUSH_ERR_NETWORK (cannot start). */
 HUSH_MUST_CHECK hush_err hush_net_start(hush_client *c, const hush_net_opts *opts, const hush_callbacks *cb);
