@@ -405,6 +405,27 @@ void accounts_tell_device_list_changed(struct jctx *x, const char *user, uint32_
     }
 }
 
+/* The user's next device id, reserved for good (ids are never given out twice); 0: no such user. */
+static hstore_err reserve_device_id(const char *user, uint32_t *dev)
+{
+    sqlite3_stmt *st;
+    *dev = 0;
+    hstore_err e = hstore_prepare(senv.db, "UPDATE users SET next_device_id = next_device_id + 1 WHERE username = ?1 "
+                                           "RETURNING next_device_id - 1", &st);
+    if (e)
+        return e;
+    sqlite3_bind_text(st, 1, user, -1, SQLITE_TRANSIENT);
+    int row = 0;
+    if ((e = hstore_step(senv.db, st, &row)))
+        return e;
+    if (row)
+        *dev = (uint32_t)sqlite3_column_int64(st, 0);
+    int more = 0;
+    while (row && (e = hstore_step(senv.db, st, &more)) == HSTORE_OK && more) {
+    }
+    return e;
+}
+
 void accounts_recover(struct jctx *x, const struct job *j)
 {
     const Hush__RecoverRequest *rq = j->frame->recover;
@@ -438,15 +459,8 @@ void accounts_recover(struct jctx *x, const struct job *j)
         }
         return;
     }
-    CHECK_SE(hstore_prepare(senv.db, "UPDATE users SET next_device_id = next_device_id + 1 WHERE username = ?1 "
-                                  "RETURNING next_device_id - 1", &st));
-    sqlite3_bind_text(st, 1, j->username, -1, SQLITE_TRANSIENT);
-    row = 0;
-    CHECK_SE(hstore_step(senv.db, st, &row));
-    uint32_t dev = row ? (uint32_t)sqlite3_column_int64(st, 0) : 0;
-    int more = 0;
-    while (row && hstore_step(senv.db, st, &more) == HSTORE_OK && more) {
-    }
+    uint32_t dev = 0;
+    CHECK_SE(reserve_device_id(j->username, &dev));
     rlog(RLOG_INFO, "recover", "user=%s reserved=%u", j->username, dev);
     if (e) {
         e->ok = dev != 0;
@@ -490,18 +504,11 @@ void accounts_link_token(struct jctx *x, const struct job *j)
         jctx_reply(x, j, &r);
         return;
     }
-    CHECK_SE(hstore_prepare(senv.db, "UPDATE users SET next_device_id = next_device_id + 1 WHERE username = ?1 "
-                                  "RETURNING next_device_id - 1", &st));
-    sqlite3_bind_text(st, 1, j->username, -1, SQLITE_TRANSIENT);
-    row = 0;
-    CHECK_SE(hstore_step(senv.db, st, &row));
-    if (!row) {
+    uint32_t dev = 0;
+    CHECK_SE(reserve_device_id(j->username, &dev));
+    if (!dev) {
         jctx_fail(x, j, HUSH__ERROR_CODE__UNKNOWN_USER, "no such user");
         return;
-    }
-    uint32_t dev = (uint32_t)sqlite3_column_int64(st, 0);
-    int more = 0;
-    while (hstore_step(senv.db, st, &more) == HSTORE_OK && more) {
     }
     uint8_t raw[32], h[32];
     char token[64];

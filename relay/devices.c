@@ -62,22 +62,27 @@ void devices_remove(struct jctx *x, const struct job *j)
     jctx_reply_code(x, j, HUSH__ERROR_CODE__OK, "");
 }
 
-struct idle_ctx {
+/* accounts_each_device's callback for removing several devices: all but `keep`, and, for idle
+ * expiry, none that is connected (last_seen is written at login and logout, so a device connected
+ * all along looks idle). */
+struct removal {
     struct jctx *x;
+    uint32_t keep;
+    int skip_connected;
     int n;
 };
 
-static void idle_one(void *ctx, const char *user, uint32_t dev, uint64_t created_ms, uint64_t last_seen_ms)
+static void remove_listed(void *ctx, const char *user, uint32_t dev, uint64_t created_ms, uint64_t last_seen_ms)
 {
     (void)created_ms;
     (void)last_seen_ms;
-    struct idle_ctx *ic = ctx;
+    struct removal *rm = ctx;
     struct dir_entry d;
-    if (ic->x->store_err || directory_lookup(user, dev, &d))
-        return; /* connected all along (last_seen is written at login and logout) */
+    if (rm->x->store_err || dev == rm->keep || (rm->skip_connected && directory_lookup(user, dev, &d)))
+        return;
     int removed = 0;
-    remove_one(ic->x, user, dev, &removed);
-    ic->n += removed;
+    remove_one(rm->x, user, dev, &removed);
+    rm->n += removed;
 }
 
 void devices_expire_idle(struct jctx *x)
@@ -85,27 +90,10 @@ void devices_expire_idle(struct jctx *x)
     if (!senv.cfg->device_idle_days)
         return;
     uint64_t cutoff = relay_now_ms() - (uint64_t)senv.cfg->device_idle_days * 86400000ull;
-    struct idle_ctx ic = { x, 0 };
-    CHECK_SE(accounts_each_device(senv.db, NULL, cutoff, idle_one, &ic));
-    if (ic.n)
-        rlog(RLOG_INFO, "idle_devices_removed", "count=%d days=%u", ic.n, senv.cfg->device_idle_days);
-}
-
-
-struct others_ctx {
-    struct jctx *x;
-    uint32_t keep;
-};
-
-static void remove_other(void *ctx, const char *user, uint32_t dev, uint64_t created_ms, uint64_t last_seen_ms)
-{
-    (void)created_ms;
-    (void)last_seen_ms;
-    struct others_ctx *oc = ctx;
-    if (dev == oc->keep || oc->x->store_err)
-        return;
-    int removed = 0;
-    remove_one(oc->x, user, dev, &removed);
+    struct removal rm = { x, 0, 1, 0 };
+    CHECK_SE(accounts_each_device(senv.db, NULL, cutoff, remove_listed, &rm));
+    if (rm.n)
+        rlog(RLOG_INFO, "idle_devices_removed", "count=%d days=%u", rm.n, senv.cfg->device_idle_days);
 }
 
 void devices_recover_register(struct jctx *x, const struct job *j)
@@ -116,7 +104,7 @@ void devices_recover_register(struct jctx *x, const struct job *j)
     accounts_register(x, j);
     if (!x->registered || x->rollback || x->store_err)
         return;
-    struct others_ctx oc = { x, j->device_id };
-    CHECK_SE(accounts_each_device(senv.db, j->username, 0, remove_other, &oc));
+    struct removal rm = { x, j->device_id, 0, 0 };
+    CHECK_SE(accounts_each_device(senv.db, j->username, 0, remove_listed, &rm));
     rlog(RLOG_INFO, "recovered", "user=%s device=%u", j->username, j->device_id);
 }

@@ -39,7 +39,8 @@
 enum nstate { N_IDLE, N_CONNECTING, N_HELLO, N_AUTH, N_ONLINE };
 enum req_type { R_NONE, R_HELLO, R_AUTH, R_SEND, R_FETCH, R_UPLOAD, R_OTHER, R_PROVISION, R_LINK_TOKEN, R_PROVISION_SEND, R_REMOVE, R_RECOVER };
 
-/* hush_device_link's request, from the app thread to the network thread (under mu) */
+/* An app thread's request to the network thread (hush_device_link, hush_device_remove), under
+ * mu: queued, its first frame sent (for a link: the token asked), the box sent, done. */
 enum link_step { LINK_IDLE, LINK_QUEUED, LINK_TOKEN_ASKED, LINK_BOX_SENT, LINK_DONE };
 
 struct nbuf {
@@ -201,6 +202,10 @@ int hnet_upload_in_flight(const struct hush_net *n);
 void hnet_upload_keys(struct hush_net *n, uint32_t max_one_time);
 int hnet_registered(hush_client *c);
 void hnet_send_auth(struct hush_net *n);
+/* What a proof names (hwire_auth_message): the relay's origin as we reached it and, on TLS, this
+ * connection's channel binding. -1 (reported) when there is none. */
+int hnet_proof_context(struct hush_net *n, char origin[HWIRE_ORIGIN_MAX + 1], uint8_t binding[HWIRE_BINDING_BYTES],
+                       size_t *blen);
 void hnet_rotation_check(struct hush_net *n);
 hush_err hnet_fatal_for(int code);
 void hnet_fail_for_good(struct hush_net *n, hush_err e);

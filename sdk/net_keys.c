@@ -169,6 +169,27 @@ int hnet_registered(hush_client *c)
     return !e && found && v == 1;
 }
 
+int hnet_proof_context(struct hush_net *n, char origin[HWIRE_ORIGIN_MAX + 1], uint8_t binding[HWIRE_BINDING_BYTES],
+                       size_t *blen)
+{
+    /* The proof names the relay as we reached it and, on TLS, this very connection: a proof
+     * captured by whatever endpoint we reached is refused by any other relay or connection. */
+    *blen = 0;
+    if (hwire_origin(origin, HWIRE_ORIGIN_MAX + 1, n->tls, n->host, n->port) != 0)
+        return -1;
+    if (n->tls) {
+        SSL *ssl = lws_get_ssl(n->wsi);
+        static const char label[] = "EXPORTER-Channel-Binding";
+        if (!ssl ||
+            SSL_export_keying_material(ssl, binding, HWIRE_BINDING_BYTES, label, sizeof label - 1, NULL, 0, 0) != 1) {
+            hnet_report(n, HUSH_ERR_NETWORK, "no TLS channel binding on this connection");
+            return -1;
+        }
+        *blen = HWIRE_BINDING_BYTES;
+    }
+    return 0;
+}
+
 void hnet_send_auth(struct hush_net *n)
 {
     hush_client *c = n->c;
@@ -182,22 +203,11 @@ void hnet_send_auth(struct hush_net *n)
         return;
     Hush__Frame f = HUSH__FRAME__INIT;
     f.id = r->id;
-    /* The proof names the relay as we reached it and, on TLS, this very connection: a proof
-     * captured by whatever endpoint we reached is refused by any other relay or connection. */
     char origin[HWIRE_ORIGIN_MAX + 1];
     uint8_t binding[HWIRE_BINDING_BYTES];
     size_t blen = 0;
-    if (hwire_origin(origin, sizeof origin, n->tls, n->host, n->port) != 0)
+    if (hnet_proof_context(n, origin, binding, &blen) != 0)
         return;
-    if (n->tls) {
-        SSL *ssl = lws_get_ssl(n->wsi);
-        static const char label[] = "EXPORTER-Channel-Binding";
-        if (!ssl || SSL_export_keying_material(ssl, binding, sizeof binding, label, sizeof label - 1, NULL, 0, 0) != 1) {
-            hnet_report(n, HUSH_ERR_NETWORK, "no TLS channel binding on this connection");
-            return;
-        }
-        blen = sizeof binding;
-    }
     if (hnet_registered(c)) {
         if (hush_auth_proof(c, HWIRE_PURPOSE_LOGIN, origin, binding, blen, NULL, n->challenge, sig) != HUSH_OK)
             return;

@@ -14,8 +14,6 @@
 
 #include <sodium.h>
 
-#include <openssl/ssl.h>
-
 #include "net.h"
 
 /* ------------------------------------------------------------------------------------------ */
@@ -89,17 +87,8 @@ void hnet_recover_request(struct hush_net *n)
     char origin[HWIRE_ORIGIN_MAX + 1];
     uint8_t binding[HWIRE_BINDING_BYTES], msg[HWIRE_AUTH_MESSAGE_MAX], sig[64];
     size_t blen = 0;
-    if (hwire_origin(origin, sizeof origin, n->tls, n->host, n->port) != 0)
+    if (hnet_proof_context(n, origin, binding, &blen) != 0)
         return;
-    if (n->tls) {
-        SSL *ssl = lws_get_ssl(n->wsi);
-        static const char label[] = "EXPORTER-Channel-Binding";
-        if (!ssl || SSL_export_keying_material(ssl, binding, sizeof binding, label, sizeof label - 1, NULL, 0, 0) != 1) {
-            hnet_report(n, HUSH_ERR_NETWORK, "no TLS channel binding on this connection");
-            return;
-        }
-        blen = sizeof binding;
-    }
     size_t mlen = hwire_auth_message(msg, sizeof msg, HWIRE_PURPOSE_RECOVER, origin, binding, blen, n->challenge,
                                      n->recover_user, 0, NULL);
     if (!mlen || sodium_is_zero(n->challenge, sizeof n->challenge))
@@ -148,31 +137,42 @@ void hnet_on_recover_result(struct hush_net *n, const Hush__Result *res)
 /* ------------------------------------------------------------------------------------------ */
 /* the existing device */
 
-void hnet_link_finish(struct hush_net *n, hush_err e)
+/* Ends an app thread's request (hush_device_link, hush_device_remove) and wakes its waiter. */
+static void finish_request(struct hush_net *n, enum link_step *step, hush_err *result, hush_err e)
 {
     pthread_mutex_lock(&n->mu);
-    if (n->link_step != LINK_IDLE && n->link_step != LINK_DONE) {
-        n->link_step = LINK_DONE;
-        n->link_result = e;
+    if (*step != LINK_IDLE && *step != LINK_DONE) {
+        *step = LINK_DONE;
+        *result = e;
         pthread_cond_broadcast(&n->cv);
     }
     pthread_mutex_unlock(&n->mu);
 }
 
-void hnet_link_start(struct hush_net *n)
+void hnet_link_finish(struct hush_net *n, hush_err e) { finish_request(n, &n->link_step, &n->link_result, e); }
+
+/* A queued request, once online: its first frame's request slot (the step moves on), or NULL
+ * (nothing queued, not online, or no slot: then it ends with HUSH_ERR_NOMEM). */
+static struct req *take_request(struct hush_net *n, enum link_step *step, hush_err *result, enum req_type t)
 {
     pthread_mutex_lock(&n->mu);
-    int go = n->link_step == LINK_QUEUED && n->st == N_ONLINE;
+    int go = *step == LINK_QUEUED && n->st == N_ONLINE;
     if (go)
-        n->link_step = LINK_TOKEN_ASKED;
+        *step = LINK_TOKEN_ASKED;
     pthread_mutex_unlock(&n->mu);
     if (!go)
+        return NULL;
+    struct req *r = hnet_add_req(n, t);
+    if (!r)
+        finish_request(n, step, result, HUSH_ERR_NOMEM);
+    return r;
+}
+
+void hnet_link_start(struct hush_net *n)
+{
+    struct req *r = take_request(n, &n->link_step, &n->link_result, R_LINK_TOKEN);
+    if (!r)
         return;
-    struct req *r = hnet_add_req(n, R_LINK_TOKEN);
-    if (!r) {
-        hnet_link_finish(n, HUSH_ERR_NOMEM);
-        return;
-    }
     Hush__LinkTokenRequest lt = HUSH__LINK_TOKEN_REQUEST__INIT;
     char addr[HWIRE_PROVISION_ADDRESS_LEN + 1];
     pthread_mutex_lock(&n->mu);
@@ -261,32 +261,16 @@ void hnet_on_provision_send_result(struct hush_net *n, const Hush__Result *res)
 /* ------------------------------------------------------------------------------------------ */
 /* removing a device */
 
-void hnet_remove_finish(struct hush_net *n, hush_err e)
-{
-    pthread_mutex_lock(&n->mu);
-    if (n->rm_step != LINK_IDLE && n->rm_step != LINK_DONE) {
-        n->rm_step = LINK_DONE;
-        n->rm_result = e;
-        pthread_cond_broadcast(&n->cv);
-    }
-    pthread_mutex_unlock(&n->mu);
-}
+void hnet_remove_finish(struct hush_net *n, hush_err e) { finish_request(n, &n->rm_step, &n->rm_result, e); }
 
 void hnet_remove_start(struct hush_net *n)
 {
+    struct req *r = take_request(n, &n->rm_step, &n->rm_result, R_REMOVE);
+    if (!r)
+        return;
     pthread_mutex_lock(&n->mu);
-    int go = n->rm_step == LINK_QUEUED && n->st == N_ONLINE;
     uint32_t dev = n->rm_dev;
-    if (go)
-        n->rm_step = LINK_TOKEN_ASKED;
     pthread_mutex_unlock(&n->mu);
-    if (!go)
-        return;
-    struct req *r = hnet_add_req(n, R_REMOVE);
-    if (!r) {
-        hnet_remove_finish(n, HUSH_ERR_NOMEM);
-        return;
-    }
     Hush__RemoveDeviceRequest rd = HUSH__REMOVE_DEVICE_REQUEST__INIT;
     rd.device_id = dev;
     Hush__Frame f = HUSH__FRAME__INIT;

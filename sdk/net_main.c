@@ -877,91 +877,67 @@ hush_err hush_net_flush(hush_client *c, int timeout_ms)
     return wait_until(c, timeout_ms, pred_flushed);
 }
 
-static int pred_linked(hush_client *c, struct hush_net *n, hush_err *e)
-{
-    if (pred_online(c, n, e) && *e)
-        return 1; /* failed for good */
-    pthread_mutex_lock(&n->mu);
-    int done = n->link_step == LINK_DONE;
-    *e = n->link_result;
-    pthread_mutex_unlock(&n->mu);
-    return done;
-}
+/* Requests an app thread hands to the network thread and waits for (hush_device_link,
+ * hush_device_remove): the step and result live in struct hush_net under mu; `set` fills the
+ * request's arguments there. Only one of each kind at a time. */
+struct app_request {
+    enum link_step *(*step)(struct hush_net *n);
+    hush_err *(*result)(struct hush_net *n);
+    void (*set)(struct hush_net *n, const void *arg);
+};
 
-hush_err hush_device_link(hush_client *c, const char *code, int timeout_ms, uint32_t *device_id)
-{
-    if (device_id)
-        *device_id = 0;
-    char addr[HWIRE_PROVISION_ADDRESS_LEN + 1];
-    uint8_t pk[32];
-    if (!c || timeout_ms < 0 || hsdk_link_code_parse(code, addr, pk) != HUSH_OK)
-        return HUSH_ERR_INVALID_ARG;
-    /* a key nothing can be sealed to (e.g. of small order) is refused before the relay reserves
-     * a device id for it */
-    uint8_t probe[crypto_box_SEALBYTES + 1];
-    if (crypto_box_seal(probe, (const uint8_t *)"", 1, pk) != 0)
-        return HUSH_ERR_INVALID_ARG;
-    pthread_mutex_lock(&c->net_mu);
-    struct hush_net *n = c->net;
-    hush_err e = n ? HUSH_OK : HUSH_ERR_NOT_RUNNING;
-    if (n) {
-        pthread_mutex_lock(&n->mu);
-        if (n->link_step != LINK_IDLE && n->link_step != LINK_DONE) {
-            e = HUSH_ERR_INVALID_ARG; /* one link at a time */
-        } else {
-            n->link_step = LINK_QUEUED;
-            n->link_result = HUSH_ERR_TIMEOUT;
-            memcpy(n->link_addr, addr, sizeof addr);
-            memcpy(n->link_peer_pk, pk, sizeof pk);
-        }
-        pthread_mutex_unlock(&n->mu);
-    }
-    pthread_mutex_unlock(&c->net_mu);
-    if (e)
-        return e;
-    net_wake(c, NET_WAKE_LINK);
-    e = wait_until(c, timeout_ms, pred_linked);
-    pthread_mutex_lock(&c->net_mu);
-    if ((n = c->net) != NULL) {
-        pthread_mutex_lock(&n->mu);
-        if (n->link_step == LINK_QUEUED)
-            n->link_step = LINK_IDLE; /* timed out before it started: it will not */
-        else if (n->link_step == LINK_DONE)
-            n->link_step = LINK_IDLE;
-        if (e == HUSH_OK && device_id)
-            *device_id = n->link_dev;
-        pthread_mutex_unlock(&n->mu);
-    }
-    pthread_mutex_unlock(&c->net_mu);
-    return e;
-}
-
-static int pred_removed(hush_client *c, struct hush_net *n, hush_err *e)
+static int pred_request(hush_client *c, struct hush_net *n, hush_err *e, const struct app_request *rq)
 {
     pthread_mutex_lock(&n->mu);
-    int done = n->rm_step == LINK_DONE;
-    *e = n->rm_result;
+    int done = *rq->step(n) == LINK_DONE;
+    *e = *rq->result(n);
     pthread_mutex_unlock(&n->mu);
     if (done)
         return 1;
     return pred_online(c, n, e) && *e; /* failed for good */
 }
 
-hush_err hush_device_remove(hush_client *c, uint32_t device_id, int timeout_ms)
+static enum link_step *link_step_of(struct hush_net *n) { return &n->link_step; }
+static hush_err *link_result_of(struct hush_net *n) { return &n->link_result; }
+static enum link_step *rm_step_of(struct hush_net *n) { return &n->rm_step; }
+static hush_err *rm_result_of(struct hush_net *n) { return &n->rm_result; }
+
+struct link_arg {
+    char addr[HWIRE_PROVISION_ADDRESS_LEN + 1];
+    uint8_t pk[32];
+};
+
+static void set_link(struct hush_net *n, const void *arg)
 {
-    if (!c || timeout_ms < 0 || !hsdk_valid_device(device_id))
-        return HUSH_ERR_INVALID_ARG;
+    const struct link_arg *a = arg;
+    memcpy(n->link_addr, a->addr, sizeof a->addr);
+    memcpy(n->link_peer_pk, a->pk, sizeof a->pk);
+}
+
+static void set_remove(struct hush_net *n, const void *arg) { n->rm_dev = *(const uint32_t *)arg; }
+
+static const struct app_request link_request = { link_step_of, link_result_of, set_link };
+static const struct app_request remove_request = { rm_step_of, rm_result_of, set_remove };
+
+static int pred_linked(hush_client *c, struct hush_net *n, hush_err *e) { return pred_request(c, n, e, &link_request); }
+static int pred_removed(hush_client *c, struct hush_net *n, hush_err *e) { return pred_request(c, n, e, &remove_request); }
+
+/* Queues the request, wakes the network thread, waits; *dev gets n->link_dev on success (link). */
+static hush_err app_request_run(hush_client *c, const struct app_request *rq, const void *arg, int timeout_ms,
+                                int (*pred)(hush_client *, struct hush_net *, hush_err *), uint32_t *dev)
+{
     pthread_mutex_lock(&c->net_mu);
     struct hush_net *n = c->net;
     hush_err e = n ? HUSH_OK : HUSH_ERR_NOT_RUNNING;
     if (n) {
         pthread_mutex_lock(&n->mu);
-        if (n->rm_step != LINK_IDLE && n->rm_step != LINK_DONE) {
-            e = HUSH_ERR_INVALID_ARG;
+        enum link_step *step = rq->step(n);
+        if (*step != LINK_IDLE && *step != LINK_DONE) {
+            e = HUSH_ERR_INVALID_ARG; /* one at a time */
         } else {
-            n->rm_step = LINK_QUEUED;
-            n->rm_dev = device_id;
-            n->rm_result = HUSH_ERR_TIMEOUT;
+            *step = LINK_QUEUED;
+            *rq->result(n) = HUSH_ERR_TIMEOUT;
+            rq->set(n, arg);
         }
         pthread_mutex_unlock(&n->mu);
     }
@@ -969,16 +945,40 @@ hush_err hush_device_remove(hush_client *c, uint32_t device_id, int timeout_ms)
     if (e)
         return e;
     net_wake(c, NET_WAKE_LINK);
-    e = wait_until(c, timeout_ms, pred_removed);
+    e = wait_until(c, timeout_ms, pred);
     pthread_mutex_lock(&c->net_mu);
     if ((n = c->net) != NULL) {
         pthread_mutex_lock(&n->mu);
-        if (n->rm_step == LINK_QUEUED || n->rm_step == LINK_DONE)
-            n->rm_step = LINK_IDLE;
+        enum link_step *step = rq->step(n);
+        if (*step == LINK_QUEUED || *step == LINK_DONE)
+            *step = LINK_IDLE; /* done, or timed out before it started (it will not start now) */
+        if (e == HUSH_OK && dev)
+            *dev = n->link_dev;
         pthread_mutex_unlock(&n->mu);
     }
     pthread_mutex_unlock(&c->net_mu);
-    if (e == HUSH_ERR_DEVICE_REMOVED)
-        e = HUSH_OK; /* it removed itself: done */
     return e;
+}
+
+hush_err hush_device_link(hush_client *c, const char *code, int timeout_ms, uint32_t *device_id)
+{
+    if (device_id)
+        *device_id = 0;
+    struct link_arg a;
+    if (!c || timeout_ms < 0 || hsdk_link_code_parse(code, a.addr, a.pk) != HUSH_OK)
+        return HUSH_ERR_INVALID_ARG;
+    /* a key nothing can be sealed to (e.g. of small order) is refused before the relay reserves
+     * a device id for it */
+    uint8_t probe[crypto_box_SEALBYTES + 1];
+    if (crypto_box_seal(probe, (const uint8_t *)"", 1, a.pk) != 0)
+        return HUSH_ERR_INVALID_ARG;
+    return app_request_run(c, &link_request, &a, timeout_ms, pred_linked, device_id);
+}
+
+hush_err hush_device_remove(hush_client *c, uint32_t device_id, int timeout_ms)
+{
+    if (!c || timeout_ms < 0 || !hsdk_valid_device(device_id))
+        return HUSH_ERR_INVALID_ARG;
+    hush_err e = app_request_run(c, &remove_request, &device_id, timeout_ms, pred_removed, NULL);
+    return e == HUSH_ERR_DEVICE_REMOVED ? HUSH_OK : e; /* it removed itself: done */
 }

@@ -384,16 +384,17 @@ static void test_typing_presence(void **state)
  * of its database between runs). hope, who knows iggy/1, must not trust it silently: a message from
  * it is held and reported as an identity change, nothing hal sends goes to it, and a bundle of it
  * is refused until hope accepts. */
-static long mailbox_rows_for(const char *db, const char *user, uint32_t dev)
+/* One count from the relay database: `sql` with ?1 = user and, when it has one, ?2 = dev. */
+static long relay_count(const char *db, const char *sql, const char *user, uint32_t dev)
 {
     sqlite3 *h = NULL;
     long n = -1;
     if (sqlite3_open_v2(db, &h, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK) {
         sqlite3_stmt *st = NULL;
-        if (sqlite3_prepare_v2(h, "SELECT count(*) FROM mailbox WHERE recipient = ?1 AND recipient_device = ?2", -1, &st,
-                               NULL) == SQLITE_OK) {
+        if (sqlite3_prepare_v2(h, sql, -1, &st, NULL) == SQLITE_OK) {
             sqlite3_bind_text(st, 1, user, -1, SQLITE_STATIC);
-            sqlite3_bind_int64(st, 2, dev);
+            if (sqlite3_bind_parameter_count(st) > 1)
+                sqlite3_bind_int64(st, 2, dev);
             if (sqlite3_step(st) == SQLITE_ROW)
                 n = sqlite3_column_int64(st, 0);
         }
@@ -401,6 +402,11 @@ static long mailbox_rows_for(const char *db, const char *user, uint32_t dev)
     }
     sqlite3_close(h);
     return n;
+}
+
+static long mailbox_rows_for(const char *db, const char *user, uint32_t dev)
+{
+    return relay_count(db, "SELECT count(*) FROM mailbox WHERE recipient = ?1 AND recipient_device = ?2", user, dev);
 }
 
 /* Writes `ghost`'s device into the relay database as an operator could. */
@@ -748,19 +754,7 @@ static int wait_failed(struct user *u, hush_err want, int ms)
 
 static long devices_rows(const char *db, const char *user)
 {
-    sqlite3 *h = NULL;
-    long n = -1;
-    if (sqlite3_open_v2(db, &h, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK) {
-        sqlite3_stmt *st = NULL;
-        if (sqlite3_prepare_v2(h, "SELECT count(*) FROM devices WHERE username = ?1", -1, &st, NULL) == SQLITE_OK) {
-            sqlite3_bind_text(st, 1, user, -1, SQLITE_STATIC);
-            if (sqlite3_step(st) == SQLITE_ROW)
-                n = sqlite3_column_int64(st, 0);
-        }
-        sqlite3_finalize(st);
-    }
-    sqlite3_close(h);
-    return n;
+    return relay_count(db, "SELECT count(*) FROM devices WHERE username = ?1", user, 0);
 }
 
 /* Removing devices: only itself or from the first device; removed mid-stream, the remaining
