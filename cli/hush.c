@@ -94,11 +94,12 @@ static const struct {
               "            instead of keeping it in PATH.key; later commands ask for it too\n"
               "Prints the account's recovery code once (`recovery code: CODE`): write it down.\n"
               "On failure nothing is left behind: run the same command again.\n" },
-    { "link", "usage: hush link --relay URL [--ca-file PEM] [--passphrase]\n"
+    { "link", "usage: hush link --relay URL [--ca-file PEM] [--passphrase] [--wait SECONDS]\n"
               "Makes this (new) database a new device of an existing account. Prints a line\n"
               "`link code: CODE`; run `hush devices add CODE` on a device of the account within\n"
               "90 seconds (a new code is printed if the connection is renewed). Waits until linked,\n"
-              "then prints `linked NAME (device N) on URL`. The new device shares the account's\n"
+              "then prints `linked NAME (device N) on URL` (gives up after --wait, default 300 s).\n"
+              "The new device shares the account's\n"
               "identity key (contacts see the same safety number) and the contacts it trusts; older\n"
               "messages stay on the other devices. On failure nothing is left behind.\n" },
     { "relay", "usage: hush relay set URL [--ca-file PEM]\n"
@@ -224,6 +225,7 @@ struct opts {
     const char *db, *relay, *user, *invite;
     uint32_t device;
     int raw, accept, reject, limit, wait_s;
+    int wait_given; /* --wait was on the command line (else wait_s is the default) */
     const char *allow[64], *watch[64];
     int nallow, nwatch;
     int help;
@@ -279,6 +281,7 @@ static int parse(int argc, char **argv, struct opts *o, const char *cmd)
                 goto bad;
             break;
         case 'w':
+            o->wait_given = 1;
             o->wait_s = (int)strtol(optarg, &end, 10);
             if (!end || *end || o->wait_s < 0 || o->wait_s > 3600)
                 goto bad;
@@ -1009,7 +1012,8 @@ static int cmd_link(int argc, char **argv)
         return cli_die("link", e);
     }
     /* the code is printed by on_link_code; a new one after a reconnection */
-    e = hush_net_wait_online(c, o.wait_s > 0 ? o.wait_s * 1000 : 300000);
+    /* a person reads the code and types it on the other device: 5 minutes unless --wait says */
+    e = hush_net_wait_online(c, o.wait_given ? o.wait_s * 1000 : 300000);
     hush_err last = HUSH_OK;
     hush_net_state(c, &last);
     char user[HUSH_USERNAME_MAX + 1] = "";
