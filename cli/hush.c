@@ -83,18 +83,19 @@ static void cli_usage(FILE *f)
 static const struct {
     const char *cmd, *text;
 } g_help[] = {
-    { "init", "usage: hush init --relay URL --user NAME [--invite TOKEN] [--ca-file PEM] [--passphrase]\n"
+    { "init", "usage: hush init --relay URL --user NAME [--name DEVICE-NAME] [--invite TOKEN] [--ca-file PEM] [--passphrase]\n"
               "Creates this device (keys in a new sealed database) and registers it on the relay.\n"
               "  URL       ws://HOST:PORT or wss://HOST[:PORT] (a path may follow)\n"
               "  NAME      3 to 32 of a-z 0-9 . _ -, not starting with '-'\n"
               "  --invite  the token from the relay's operator (`hushd invite`), if registration is by invite\n"
               "  --ca-file a PEM file of the certificate authority that signed a self-signed relay's\n"
               "            certificate; stored with the URL for later commands\n"
+              "  --name    this device's name in the account's device list (default: the host name)\n"
               "  --passphrase  derive the database key from a passphrase asked on the terminal (Argon2id)\n"
               "            instead of keeping it in PATH.key; later commands ask for it too\n"
               "Prints the account's recovery code once (`recovery code: CODE`): write it down.\n"
               "On failure nothing is left behind: run the same command again.\n" },
-    { "link", "usage: hush link --relay URL [--ca-file PEM] [--passphrase] [--wait SECONDS]\n"
+    { "link", "usage: hush link --relay URL [--name DEVICE-NAME] [--ca-file PEM] [--passphrase] [--wait SECONDS]\n"
               "Makes this (new) database a new device of an existing account. Prints a line\n"
               "`link code: CODE`; run `hush devices add CODE` on a device of the account within\n"
               "90 seconds (a new code is printed if the connection is renewed). Waits until linked,\n"
@@ -112,7 +113,8 @@ static const struct {
                  "their waiting messages. Prints `recovered NAME (device N) on URL` and a new recovery code\n"
                  "(the old one stops working). On failure nothing is left behind.\n" },
     { "devices", "usage: hush devices [add CODE | remove N]\n"
-                 "Lists this account's devices: this one, then the others it has exchanged messages with.\n"
+                 "Lists this account's devices as the relay knows them: number, name (sealed: the relay\n"
+                 "cannot read it), online or when last seen. Offline: the devices this one knows of.\n"
                  "add CODE: links the device that shows CODE (`hush link`); prints `linked device N`.\n"
                  "remove N: removes device N (this device itself, or from the account's first device any\n"
                  "other); its keys and waiting messages are deleted at the relay. Not the last device.\n"
@@ -232,6 +234,7 @@ struct opts {
     int insecure;
     const char *ca_file;
     const char *code;
+    const char *name; /* --name: this device's name */
 };
 
 static int parse(int argc, char **argv, struct opts *o, const char *cmd)
@@ -245,7 +248,7 @@ static int parse(int argc, char **argv, struct opts *o, const char *cmd)
         { "allow", required_argument, NULL, 'A' },    { "watch", required_argument, NULL, 'W' },
         { "insecure-tls", no_argument, NULL, 'k' },   { "help", no_argument, NULL, 'h' },
         { "ca-file", required_argument, NULL, 'C' },  { "passphrase", no_argument, NULL, 'P' },
-        { "code", required_argument, NULL, 'K' },
+        { "code", required_argument, NULL, 'K' },      { "name", required_argument, NULL, 'N' },
         { NULL, 0, NULL, 0 },
     };
     memset(o, 0, sizeof *o);
@@ -274,6 +277,7 @@ static int parse(int argc, char **argv, struct opts *o, const char *cmd)
         case 'k': o->insecure = 1; break;
         case 'C': o->ca_file = optarg; break;
         case 'K': o->code = optarg; break;
+        case 'N': o->name = optarg; break;
         case 'P': cli_use_passphrase = 1; break;
         case 'l':
             o->limit = (int)strtol(optarg, &end, 10);
@@ -488,6 +492,14 @@ static void stamp(char *buf, size_t cap, uint64_t ms)
     struct tm tm;
     localtime_r(&t, &tm);
     strftime(buf, cap, "%H:%M:%S", &tm);
+}
+
+static void stamp_date(char *buf, size_t cap, uint64_t ms)
+{
+    time_t t = (time_t)(ms / 1000);
+    struct tm tm;
+    localtime_r(&t, &tm);
+    strftime(buf, cap, "%Y-%m-%d %H:%M", &tm);
 }
 
 static void out_line(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -823,6 +835,25 @@ static void remove_db_files(void)
     }
 }
 
+/* This device's name as its account's devices list it: --name, else the host name. Returns 2 (a
+ * usage error, said) for a --name libhush refuses. */
+static int set_device_name(hush_client *c, const struct opts *o, const char *cmd)
+{
+    char host[HUSH_DEVICE_NAME_MAX + 1] = "";
+    const char *name = o->name;
+    if (!name) {
+        if (gethostname(host, sizeof host) != 0)
+            return 0;
+        host[sizeof host - 1] = '\0';
+        name = host;
+    }
+    if (hush_device_name_set(c, name) != HUSH_OK && o->name) {
+        fprintf(stderr, "hush %s: --name: 1 to %d bytes, no control characters\n", cmd, HUSH_DEVICE_NAME_MAX);
+        return 2;
+    }
+    return 0;
+}
+
 static void print_recovery_code(const char *code)
 {
     if (!code[0])
@@ -865,6 +896,11 @@ static int cmd_init(int argc, char **argv)
     if (o.device != 1) {
         fprintf(stderr, "hush init: a new account's first device is device 1; to add a device to an account, run "
                         "`hush link --relay URL` on it\n");
+        hush_client_close(c);
+        remove_db_files();
+        return 2;
+    }
+    if (set_device_name(c, &o, "init")) {
         hush_client_close(c);
         remove_db_files();
         return 2;
@@ -934,6 +970,11 @@ static int cmd_recover(int argc, char **argv)
         hush_client_close(c);
         return 1;
     }
+    if (set_device_name(c, &o, "recover")) {
+        hush_client_close(c);
+        remove_db_files();
+        return 2;
+    }
     hush_net_opts no = { o.relay, NULL, o.ca_file, o.insecure };
     hush_err e = hush_net_start_recover(c, &no, &g_cb, o.user, o.code);
     if (e == HUSH_ERR_INVALID_ARG) {
@@ -992,6 +1033,11 @@ static int cmd_link(int argc, char **argv)
     if (need_owner("link")) {
         hush_client_close(c);
         return 1;
+    }
+    if (set_device_name(c, &o, "link")) {
+        hush_client_close(c);
+        remove_db_files();
+        return 2;
     }
     hush_net_opts no = { o.relay, NULL, o.ca_file, o.insecure };
     hush_err e = hush_net_start_link(c, &no, &g_cb);
@@ -1098,18 +1144,38 @@ static int cmd_devices(int argc, char **argv)
         return cli_die("devices", e);
     }
     if (!code && !remove) {
-        uint32_t devs[16];
+        /* from the relay (names, last seen, online); when it cannot be asked, what this device knows */
+        hush_device_entry *list = NULL;
         size_t n = 0;
+        int asked = need_owner("devices") == 0 && start_net(c, &o) == 0 && hush_net_wait_online(c, 10000) == HUSH_OK &&
+                    hush_devices(c, 10000, &list, &n) == HUSH_OK;
+        if (asked) {
+            hush_client_close(c);
+            for (size_t i = 0; i < n; i++) {
+                char seen[32] = "never";
+                if (list[i].online)
+                    snprintf(seen, sizeof seen, "online");
+                else if (list[i].last_seen_ms)
+                    stamp_date(seen, sizeof seen, list[i].last_seen_ms);
+                char *nm = shown(list[i].name, strlen(list[i].name));
+                printf("%u  %-20s  %s%s%s\n", list[i].device_id, nm && *nm ? nm : "(no name)",
+                       list[i].online ? "online" : "last seen ", list[i].online ? "" : seen,
+                       list[i].this_device ? "  (this device)" : "");
+                free(nm);
+            }
+            hush_devices_free(list);
+            return 0;
+        }
+        uint32_t devs[16];
         e = hush_peer_devices(c, user, devs, 16, &n);
         hush_client_close(c);
         if (e)
             return cli_die("devices", e);
+        printf("(the relay could not be asked: the devices this one knows of)\n");
         printf("%u (this device)\n", me);
         for (size_t i = 0; i < n; i++)
             if (devs[i] != me)
                 printf("%u\n", devs[i]);
-        if (n == 0)
-            printf("(other devices of %s are listed once this device has sent them a message)\n", user);
         return 0;
     }
     if (need_owner("devices add") || (r = start_net(c, &o))) {

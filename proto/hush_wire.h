@@ -21,6 +21,7 @@
 #define HWIRE_REGISTER_DIGEST_BYTES 32
 #define HWIRE_PROVISION_ADDRESS_LEN 32 /* hex of 16 random bytes */
 #define HWIRE_MAX_LINK_BOX (64 * 1024) /* ProvisionSend.box / Provisioned.box */
+#define HWIRE_MAX_DEVICE_NAME 255      /* RegisterRequest.device_name, sealed (a length byte in the digest) */
 
 #define HWIRE_USERNAME_MIN 3
 #define HWIRE_USERNAME_MAX 32

@@ -136,6 +136,11 @@ int hwire_register_digest(const struct Hush__RegisterRequest *r, uint8_t out[HWI
         crypto_hash_sha256_update(&st, (const uint8_t *)rec, sizeof rec);
         bad |= dg_bytes(&st, r->recovery_key.data, r->recovery_key.len);
     }
+    if (r->device_name.len) {
+        static const char name[] = "name";
+        crypto_hash_sha256_update(&st, (const uint8_t *)name, sizeof name);
+        bad |= dg_bytes(&st, r->device_name.data, r->device_name.len);
+    }
     if (r->link_token && *r->link_token) {
         /* a linked device's token (absent for a user's first device: older proofs stay valid) */
         static const char link[] = "link";

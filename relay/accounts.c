@@ -405,6 +405,43 @@ void accounts_tell_device_list_changed(struct jctx *x, const char *user, uint32_
     }
 }
 
+void accounts_list_devices(struct jctx *x, const struct job *j)
+{
+    sqlite3_stmt *st;
+    CHECK_SE(hstore_prepare(senv.db, "SELECT device_id, created_at, last_seen, name FROM devices WHERE username = ?1 "
+                                  "ORDER BY device_id LIMIT 16", &st));
+    sqlite3_bind_text(st, 1, j->username, -1, SQLITE_TRANSIENT);
+    Hush__DeviceInfo infos[16], *ip[16];
+    uint8_t names[16][HWIRE_MAX_DEVICE_NAME];
+    size_t n = 0;
+    int row = 0;
+    hstore_err se;
+    while ((se = hstore_step(senv.db, st, &row)) == HSTORE_OK && row && n < 16) {
+        hush__device_info__init(&infos[n]);
+        infos[n].device_id = (uint32_t)sqlite3_column_int64(st, 0);
+        infos[n].created_ms = (uint64_t)sqlite3_column_int64(st, 1);
+        infos[n].last_seen_ms = (uint64_t)sqlite3_column_int64(st, 2);
+        int nl = sqlite3_column_bytes(st, 3);
+        if (nl > 0 && nl <= HWIRE_MAX_DEVICE_NAME) {
+            memcpy(names[n], sqlite3_column_blob(st, 3), (size_t)nl);
+            infos[n].name.data = names[n];
+            infos[n].name.len = (size_t)nl;
+        }
+        struct dir_entry d;
+        infos[n].online = directory_lookup(j->username, infos[n].device_id, &d);
+        ip[n] = &infos[n];
+        n++;
+    }
+    if (row)
+        sqlite3_reset(st);
+    CHECK_SE(se);
+    Hush__Result r = HUSH__RESULT__INIT;
+    r.message = "";
+    r.n_devices = n;
+    r.devices = ip;
+    jctx_reply(x, j, &r);
+}
+
 /* The user's next device id, reserved for good (ids are never given out twice); 0: no such user. */
 static hstore_err reserve_device_id(const char *user, uint32_t *dev)
 {
@@ -578,7 +615,10 @@ void accounts_register(struct jctx *x, const struct job *j)
     Hush__ErrorCode code = HUSH__ERROR_CODE__OK;
     const char *why = "";
     int linking = r->link_token && *r->link_token;
-    if (r->recovery_key.len && (r->recovery_key.len != 32 || linking)) {
+    if (r->device_name.len > HWIRE_MAX_DEVICE_NAME) {
+        code = HUSH__ERROR_CODE__TOO_LARGE;
+        why = "device name too long";
+    } else if (r->recovery_key.len && (r->recovery_key.len != 32 || linking)) {
         code = HUSH__ERROR_CODE__BAD_KEYS;
         why = "a recovery key is 32 bytes, and only an account's first or recovering device sets one";
     } else if (j->recovery && r->recovery_key.len != 32) {
@@ -668,8 +708,12 @@ void accounts_register(struct jctx *x, const struct job *j)
     }
     const Hush__SignedPreKey *spk = r->keys->signed_pre_key;
     CHECK_SE(hstore_prepare(senv.db, "INSERT INTO devices (username, device_id, auth_key, identity_key, registration_id, "
-                                  "spk_id, spk_public, spk_signature, spk_timestamp, created_at, last_seen) "
-                                  "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10)", &st));
+                                  "spk_id, spk_public, spk_signature, spk_timestamp, created_at, last_seen, name) "
+                                  "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10, ?11)", &st));
+    if (r->device_name.len)
+        sqlite3_bind_blob(st, 11, r->device_name.data, (int)r->device_name.len, SQLITE_TRANSIENT);
+    else
+        sqlite3_bind_null(st, 11);
     sqlite3_bind_text(st, 1, j->username, -1, SQLITE_TRANSIENT);
     sqlite3_bind_int64(st, 2, j->device_id);
     sqlite3_bind_blob(st, 3, r->auth_key.data, (int)r->auth_key.len, SQLITE_TRANSIENT);

@@ -69,6 +69,8 @@ void accounts_login(struct jctx *x, const struct job *j);
 void accounts_upload(struct jctx *x, const struct job *j);
 void accounts_fetch_bundles(struct jctx *x, const struct job *j);
 void accounts_disconnect(struct jctx *x, const struct job *j);
+/* ListDevicesRequest: the requester's user's devices (id, created, last seen, sealed name, online). */
+void accounts_list_devices(struct jctx *x, const struct job *j);
 /* RecoverRequest: the proof by the user's recovery key (the same answer and work for an unknown
  * user or one without a key); reserves the next device id. */
 void accounts_recover(struct jctx *x, const struct job *j);

@@ -705,8 +705,10 @@ static void on_authed_request(struct conn *c, Hush__Frame **fp)
     case HUSH__FRAME__MSG_PROVISION_SEND:
         on_provision_send(c, f);
         break;
-    case HUSH__FRAME__MSG_REMOVE_DEVICE: {
-        struct job *j = job_for(c, JOB_REMOVE_DEVICE, f->id, fp);
+    case HUSH__FRAME__MSG_REMOVE_DEVICE:
+    case HUSH__FRAME__MSG_LIST_DEVICES: {
+        struct job *j =
+            job_for(c, f->msg_case == HUSH__FRAME__MSG_REMOVE_DEVICE ? JOB_REMOVE_DEVICE : JOB_LIST_DEVICES, f->id, fp);
         if (j)
             submit(c, j);
         break;

@@ -67,6 +67,8 @@ static const char *const migrations[] = {
     "CREATE INDEX link_tokens_by_user ON link_tokens (username, created_at);",
     /* 3 -> 4: recovery: the public key of each user's recovery code (NULL: none was set) */
     "ALTER TABLE users ADD COLUMN recovery_key BLOB;",
+    /* 4 -> 5: each device's name, sealed by its user's devices (opaque here) */
+    "ALTER TABLE devices ADD COLUMN name BLOB;",
 };
 
 static struct {
@@ -207,6 +209,7 @@ static void run_job(struct jctx *x, struct job *j)
             accounts_register(x, j);
         break;
     case JOB_RECOVER: accounts_recover(x, j); break;
+    case JOB_LIST_DEVICES: accounts_list_devices(x, j); break;
     case JOB_LOGIN: accounts_login(x, j); break;
     case JOB_UPLOAD: accounts_upload(x, j); break;
     case JOB_FETCH_BUNDLES: accounts_fetch_bundles(x, j); break;

@@ -156,6 +156,11 @@ hush_err hsdk_link_box_open(hush_client *c, const uint8_t *box, size_t len, cons
 /* The same after the sealed box was opened: plain is a serialized LinkBox (fuzzed directly). */
 hush_err hsdk_link_box_apply(hush_client *c, const uint8_t *plain, size_t plen, char *const **presence,
                              size_t *npresence);
+/* This device's name (hush_device_name_set) sealed for the relay to keep; *len 0 when none. Caller
+ * holds the lock. */
+hush_err hsdk_device_name_sealed(hush_client *c, uint8_t out[255], size_t *len);
+/* A device name the relay listed, opened; "" when it does not open (not sealed by this user). */
+void hsdk_device_name_open(hush_client *c, const uint8_t *sealed, size_t len, char out[HUSH_DEVICE_NAME_MAX + 1]);
 /* The link token this device registers with ("" when none); cleared once registered. Caller
  * holds the lock. */
 hush_err hsdk_link_token(hush_client *c, char out[129]);

@@ -3,7 +3,8 @@
  * device shows, the link box an existing device seals to it (the account's identity key pair, the
  * relay's link token, the contacts it trusts and its presence lists), and opening that box into a
  * new device. The box is a libsodium sealed box (X25519 + XSalsa20-Poly1305) to the new device's
- * ephemeral key: the relay that carries it cannot read it.
+ * ephemeral key: the relay that carries it cannot read it. Also the device names, which the
+ * relay keeps sealed under a key only the user's devices have (derived from the identity key).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -320,4 +321,95 @@ hush_err hsdk_link_token(hush_client *c, char out[129])
 hush_err hsdk_link_token_clear(hush_client *c)
 {
     return hsdk_meta_set_blob(c, "link_token", (const uint8_t *)"", 0);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* device names: nonce (24) || crypto_secretbox(name) under BLAKE2b-256(key = identity private
+ * key, "hush-device-name-v1"); the relay stores the bytes, the user's devices read them */
+
+#define NAME_META_AD "hush1|meta|device_name"
+
+static hush_err name_key(hush_client *c, uint8_t key[crypto_secretbox_KEYBYTES])
+{
+    static const char label[] = "hush-device-name-v1";
+    ratchet_identity_key_pair *kp = NULL;
+    hush_err e = hsdk_local_identity(c, &kp);
+    if (e)
+        return e;
+    signal_buffer *sb = NULL;
+    if (ec_private_key_serialize(&sb, ratchet_identity_key_pair_get_private(kp)) != 0 || signal_buffer_len(sb) != 32)
+        e = HUSH_ERR_INTERNAL;
+    else
+        crypto_generichash(key, crypto_secretbox_KEYBYTES, (const uint8_t *)label, sizeof label - 1,
+                           signal_buffer_data(sb), 32);
+    signal_buffer_bzero_free(sb);
+    SIGNAL_UNREF(kp);
+    return e;
+}
+
+static int valid_name(const char *name)
+{
+    size_t n = strlen(name);
+    if (n == 0 || n > HUSH_DEVICE_NAME_MAX)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)name[i] < 0x20 || name[i] == 0x7f)
+            return 0;
+    return 1;
+}
+
+hush_err hush_device_name_set(hush_client *c, const char *name)
+{
+    if (!c || !name || !valid_name(name))
+        return HUSH_ERR_INVALID_ARG;
+    hsdk_lock(c);
+    uint8_t *sealed = NULL;
+    size_t slen = 0;
+    hush_err e = hsdk_seal(c, NAME_META_AD, (const uint8_t *)name, strlen(name), &sealed, &slen);
+    if (!e)
+        e = hsdk_meta_set_blob(c, "device_name", sealed, slen);
+    free(sealed);
+    hsdk_unlock(c);
+    return e;
+}
+
+hush_err hsdk_device_name_sealed(hush_client *c, uint8_t out[HWIRE_MAX_DEVICE_NAME], size_t *len)
+{
+    *len = 0;
+    uint8_t *b = NULL, *pt = NULL;
+    size_t n = 0, ptl = 0;
+    hush_err e = hsdk_meta_get_blob(c, "device_name", &b, &n);
+    if (!e && b && n)
+        e = hsdk_open(c, NAME_META_AD, b, n, &pt, &ptl);
+    free(b);
+    if (e || !pt)
+        return e;
+    uint8_t key[crypto_secretbox_KEYBYTES];
+    if (ptl <= HUSH_DEVICE_NAME_MAX && !(e = name_key(c, key))) {
+        randombytes_buf(out, crypto_secretbox_NONCEBYTES);
+        crypto_secretbox_easy(out + crypto_secretbox_NONCEBYTES, pt, ptl, out, key);
+        *len = crypto_secretbox_NONCEBYTES + crypto_secretbox_MACBYTES + ptl;
+    }
+    sodium_memzero(key, sizeof key);
+    free(pt);
+    return e;
+}
+
+void hsdk_device_name_open(hush_client *c, const uint8_t *sealed, size_t len, char out[HUSH_DEVICE_NAME_MAX + 1])
+{
+    out[0] = '\0';
+    size_t overhead = crypto_secretbox_NONCEBYTES + crypto_secretbox_MACBYTES;
+    if (len <= overhead || len - overhead > HUSH_DEVICE_NAME_MAX)
+        return;
+    uint8_t key[crypto_secretbox_KEYBYTES], pt[HUSH_DEVICE_NAME_MAX];
+    size_t ptl = len - overhead;
+    if (name_key(c, key) == HUSH_OK &&
+        crypto_secretbox_open_easy(pt, sealed + crypto_secretbox_NONCEBYTES, len - crypto_secretbox_NONCEBYTES, sealed,
+                                   key) == 0) {
+        memcpy(out, pt, ptl);
+        out[ptl] = '\0';
+        if (strlen(out) != ptl || !valid_name(out))
+            out[0] = '\0'; /* not a name we would have sealed */
+    }
+    sodium_memzero(key, sizeof key);
 }

@@ -37,7 +37,7 @@
 #define NET_MAX_MISMATCH_ROUNDS 4 /* device-list refusals of one message before it fails */
 
 enum nstate { N_IDLE, N_CONNECTING, N_HELLO, N_AUTH, N_ONLINE };
-enum req_type { R_NONE, R_HELLO, R_AUTH, R_SEND, R_FETCH, R_UPLOAD, R_OTHER, R_PROVISION, R_LINK_TOKEN, R_PROVISION_SEND, R_REMOVE, R_RECOVER };
+enum req_type { R_NONE, R_HELLO, R_AUTH, R_SEND, R_FETCH, R_UPLOAD, R_OTHER, R_PROVISION, R_LINK_TOKEN, R_PROVISION_SEND, R_REMOVE, R_RECOVER, R_LIST_DEVICES };
 
 /* An app thread's request to the network thread (hush_device_link, hush_device_remove), under
  * mu: queued, its first frame sent (for a link: the token asked), the box sent, done. */
@@ -145,6 +145,11 @@ struct hush_net {
     enum link_step rm_step;
     uint32_t rm_dev;
     hush_err rm_result;
+    /* hush_devices' request, under mu: the answer is kept for the waiting thread */
+    enum link_step ls_step;
+    hush_err ls_result;
+    hush_device_entry *ls_out;
+    size_t ls_count;
     uint8_t mismatch_mid[16]; /* the message the relay last refused for its device list... */
     int mismatch_rounds;      /* ...and how many times in a row */
     int backoff_ms;
@@ -237,6 +242,9 @@ void hnet_on_recover_result(struct hush_net *n, const Hush__Result *res);
 void hnet_remove_start(struct hush_net *n);
 void hnet_on_remove_result(struct hush_net *n, const Hush__Result *res);
 void hnet_remove_finish(struct hush_net *n, hush_err e);
+void hnet_list_start(struct hush_net *n);
+void hnet_on_list_result(struct hush_net *n, const Hush__Result *res);
+void hnet_list_finish(struct hush_net *n, hush_err e);
 
 /* messaging.c */
 /* Records that a receipt (state 2 delivered, 3 read) is owed for mid; caller holds the lock. */

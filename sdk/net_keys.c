@@ -258,7 +258,14 @@ void hnet_send_auth(struct hush_net *n)
     if (hsdk_link_token(c, token) != HUSH_OK)
         token[0] = '\0';
     hsdk_unlock(c);
-    uint8_t rpk[32];
+    uint8_t rpk[32], dname[HWIRE_MAX_DEVICE_NAME];
+    size_t dlen = 0;
+    hsdk_lock(c);
+    if (hsdk_device_name_sealed(c, dname, &dlen) != HUSH_OK)
+        dlen = 0; /* registered without a name rather than not at all */
+    hsdk_unlock(c);
+    rr.device_name.data = dname;
+    rr.device_name.len = dlen;
     if (token[0]) {
         rr.link_token = token; /* a linked device: the token its account's other device got */
     } else {

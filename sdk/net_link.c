@@ -298,3 +298,56 @@ void hnet_on_remove_result(struct hush_net *n, const Hush__Result *res)
     }
     hnet_remove_finish(n, e);
 }
+
+/* ------------------------------------------------------------------------------------------ */
+/* listing this account's devices */
+
+void hnet_list_finish(struct hush_net *n, hush_err e) { finish_request(n, &n->ls_step, &n->ls_result, e); }
+
+void hnet_list_start(struct hush_net *n)
+{
+    struct req *r = take_request(n, &n->ls_step, &n->ls_result, R_LIST_DEVICES);
+    if (!r)
+        return;
+    Hush__ListDevicesRequest ld = HUSH__LIST_DEVICES_REQUEST__INIT;
+    Hush__Frame f = HUSH__FRAME__INIT;
+    f.id = r->id;
+    f.msg_case = HUSH__FRAME__MSG_LIST_DEVICES;
+    f.list_devices = &ld;
+    hnet_queue_frame(n, &f);
+}
+
+void hnet_on_list_result(struct hush_net *n, const Hush__Result *res)
+{
+    if (res->code != HUSH__ERROR_CODE__OK) {
+        hnet_list_finish(n, HUSH_ERR_RELAY);
+        return;
+    }
+    size_t cnt = res->n_devices > 16 ? 16 : res->n_devices;
+    hush_device_entry *out = calloc(cnt ? cnt : 1, sizeof *out);
+    if (!out) {
+        hnet_list_finish(n, HUSH_ERR_NOMEM);
+        return;
+    }
+    size_t k = 0;
+    hsdk_lock(n->c);
+    for (size_t i = 0; i < cnt; i++) {
+        const Hush__DeviceInfo *d = res->devices[i];
+        if (!hsdk_valid_device(d->device_id))
+            continue;
+        out[k].device_id = d->device_id;
+        hsdk_device_name_open(n->c, d->name.data, d->name.len, out[k].name);
+        out[k].created_ms = d->created_ms;
+        out[k].last_seen_ms = d->last_seen_ms;
+        out[k].online = d->online;
+        out[k].this_device = d->device_id == n->c->device_id;
+        k++;
+    }
+    hsdk_unlock(n->c);
+    pthread_mutex_lock(&n->mu);
+    free(n->ls_out);
+    n->ls_out = out;
+    n->ls_count = k;
+    pthread_mutex_unlock(&n->mu);
+    hnet_list_finish(n, HUSH_OK);
+}

@@ -78,6 +78,7 @@ static void went_online(struct hush_net *n)
     hnet_pump_outbox(n);
     hnet_link_start(n); /* a hush_device_link that waited for the connection */
     hnet_remove_start(n);
+    hnet_list_start(n);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -155,6 +156,8 @@ static void handle_frame(struct hush_net *n, const uint8_t *data, size_t len)
             hnet_on_remove_result(n, f->result);
         } else if (r.type == R_RECOVER) {
             hnet_on_recover_result(n, f->result);
+        } else if (r.type == R_LIST_DEVICES) {
+            hnet_on_list_result(n, f->result);
         }
         break;
     case HUSH__FRAME__MSG_PROVISIONED:
@@ -293,10 +296,12 @@ static void connection_lost(struct hush_net *n)
     if (linking)
         hnet_link_finish(n, HUSH_ERR_NETWORK); /* the other device is not linked: start again */
     pthread_mutex_lock(&n->mu);
-    int removing = n->rm_step == LINK_TOKEN_ASKED;
+    int removing = n->rm_step == LINK_TOKEN_ASKED, listing = n->ls_step == LINK_TOKEN_ASKED;
     pthread_mutex_unlock(&n->mu);
     if (removing)
         hnet_remove_finish(n, HUSH_ERR_NETWORK); /* not known whether it was done: the app may ask again */
+    if (listing)
+        hnet_list_finish(n, HUSH_ERR_NETWORK);
     if (!n->fatal && !atomic_load(&n->stop))
         hnet_set_conn(n, HUSH_CONN_OFFLINE, HUSH_ERR_NETWORK);
     schedule_reconnect(n);
@@ -388,6 +393,7 @@ static void handle_wake(struct hush_net *n)
     if (w & NET_WAKE_LINK) {
         hnet_link_start(n);
         hnet_remove_start(n);
+        hnet_list_start(n);
     }
 }
 
@@ -758,6 +764,7 @@ void hush_net_stop(hush_client *c)
     pthread_mutex_destroy(&n->typing_mu);
     sodium_memzero(n->link_sk, sizeof n->link_sk);
     sodium_memzero(n->recover_sk, sizeof n->recover_sk);
+    free(n->ls_out);
     free(n);
 }
 
@@ -884,6 +891,7 @@ struct app_request {
     enum link_step *(*step)(struct hush_net *n);
     hush_err *(*result)(struct hush_net *n);
     void (*set)(struct hush_net *n, const void *arg);
+    void (*take)(struct hush_net *n, void *out); /* the answer, on success (may be NULL) */
 };
 
 static int pred_request(hush_client *c, struct hush_net *n, hush_err *e, const struct app_request *rq)
@@ -916,15 +924,47 @@ static void set_link(struct hush_net *n, const void *arg)
 
 static void set_remove(struct hush_net *n, const void *arg) { n->rm_dev = *(const uint32_t *)arg; }
 
-static const struct app_request link_request = { link_step_of, link_result_of, set_link };
-static const struct app_request remove_request = { rm_step_of, rm_result_of, set_remove };
+static void take_link(struct hush_net *n, void *out)
+{
+    if (out)
+        *(uint32_t *)out = n->link_dev;
+}
+
+struct list_out {
+    hush_device_entry *v;
+    size_t n;
+};
+
+static void take_list(struct hush_net *n, void *out)
+{
+    struct list_out *lo = out;
+    lo->v = n->ls_out;
+    lo->n = n->ls_count;
+    n->ls_out = NULL;
+    n->ls_count = 0;
+}
+
+static enum link_step *ls_step_of(struct hush_net *n) { return &n->ls_step; }
+static hush_err *ls_result_of(struct hush_net *n) { return &n->ls_result; }
+static void set_list(struct hush_net *n, const void *arg)
+{
+    (void)arg;
+    free(n->ls_out);
+    n->ls_out = NULL;
+    n->ls_count = 0;
+}
+
+static const struct app_request link_request = { link_step_of, link_result_of, set_link, take_link };
+static const struct app_request list_request = { ls_step_of, ls_result_of, set_list, take_list };
+static const struct app_request remove_request = { rm_step_of, rm_result_of, set_remove, NULL };
 
 static int pred_linked(hush_client *c, struct hush_net *n, hush_err *e) { return pred_request(c, n, e, &link_request); }
 static int pred_removed(hush_client *c, struct hush_net *n, hush_err *e) { return pred_request(c, n, e, &remove_request); }
+static int pred_listed(hush_client *c, struct hush_net *n, hush_err *e) { return pred_request(c, n, e, &list_request); }
 
-/* Queues the request, wakes the network thread, waits; *dev gets n->link_dev on success (link). */
+/* Queues the request, wakes the network thread, waits; on success rq->take fills *out. */
 static hush_err app_request_run(hush_client *c, const struct app_request *rq, const void *arg, int timeout_ms,
-                                int (*pred)(hush_client *, struct hush_net *, hush_err *), uint32_t *dev)
+                                int (*pred)(hush_client *, struct hush_net *, hush_err *), void *out)
 {
     pthread_mutex_lock(&c->net_mu);
     struct hush_net *n = c->net;
@@ -952,8 +992,8 @@ static hush_err app_request_run(hush_client *c, const struct app_request *rq, co
         enum link_step *step = rq->step(n);
         if (*step == LINK_QUEUED || *step == LINK_DONE)
             *step = LINK_IDLE; /* done, or timed out before it started (it will not start now) */
-        if (e == HUSH_OK && dev)
-            *dev = n->link_dev;
+        if (e == HUSH_OK && rq->take)
+            rq->take(n, out);
         pthread_mutex_unlock(&n->mu);
     }
     pthread_mutex_unlock(&c->net_mu);
@@ -982,3 +1022,24 @@ hush_err hush_device_remove(hush_client *c, uint32_t device_id, int timeout_ms)
     hush_err e = app_request_run(c, &remove_request, &device_id, timeout_ms, pred_removed, NULL);
     return e == HUSH_ERR_DEVICE_REMOVED ? HUSH_OK : e; /* it removed itself: done */
 }
+
+hush_err hush_devices(hush_client *c, int timeout_ms, hush_device_entry **out, size_t *count)
+{
+    if (out)
+        *out = NULL;
+    if (count)
+        *count = 0;
+    if (!c || timeout_ms < 0 || !out || !count)
+        return HUSH_ERR_INVALID_ARG;
+    struct list_out lo = { NULL, 0 };
+    hush_err e = app_request_run(c, &list_request, NULL, timeout_ms, pred_listed, &lo);
+    if (e)
+        return e;
+    if (!lo.v)
+        return HUSH_ERR_NOT_RUNNING; /* stopped meanwhile */
+    *out = lo.v;
+    *count = lo.n;
+    return HUSH_OK;
+}
+
+void hush_devices_free(hush_device_entry *entries) { free(entries); }

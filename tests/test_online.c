@@ -1676,8 +1676,10 @@ static void test_cli_two_devices(void **state)
     snprintf(laptop, sizeof laptop, "%s", tpath("cli2-laptop.db"));
     snprintf(b, sizeof b, "%s", tpath("cli2-bob.db"));
     snprintf(linkout, sizeof linkout, "%s", tpath("cli2-link.out"));
-    snprintf(cmd, sizeof cmd, "%s init --db %s --relay ws://127.0.0.1:%d --user alice 2>&1", h, phone, relay.port);
+    snprintf(cmd, sizeof cmd, "%s init --db %s --relay ws://127.0.0.1:%d --user alice --name 'alice phone' 2>&1", h,
+             phone, relay.port);
     assert_int_equal(run(cmd, out, sizeof out), 0);
+    assert_non_null(strstr(out, "recovery code: "));
     snprintf(cmd, sizeof cmd, "%s init --db %s --relay ws://127.0.0.1:%d --user bob 2>&1", h, b, relay.port);
     assert_int_equal(run(cmd, out, sizeof out), 0);
     /* a second device cannot be made with init */
@@ -1695,7 +1697,7 @@ static void test_cli_two_devices(void **state)
         int fd = open(linkout, O_WRONLY | O_CREAT | O_TRUNC, 0600);
         dup2(fd, 1);
         dup2(fd, 2);
-        execl(h, "hush", "link", "--db", laptop, "--relay", url, (char *)NULL);
+        execl(h, "hush", "link", "--db", laptop, "--relay", url, "--name", "laptop", (char *)NULL);
         _exit(127);
     }
     char code[HUSH_LINK_CODE_MAX + 1] = "";
@@ -1749,9 +1751,19 @@ static void test_cli_two_devices(void **state)
     assert_non_null(d1);
     assert_non_null(d2);
     assert_memory_equal(d1 + 8, d2 + 8, 60);
+    /* the relay lists both, by the names only alice's devices can read */
     snprintf(cmd, sizeof cmd, "%s devices --db %s 2>&1", h, phone);
     assert_int_equal(run(cmd, out, sizeof out), 0);
-    assert_non_null(strstr(out, "1 (this device)\n2\n"));
+    assert_non_null(strstr(out, "1  alice phone "));
+    assert_non_null(strstr(out, "(this device)"));
+    assert_non_null(strstr(out, "2  laptop "));
+    assert_non_null(strstr(out, "last seen "));
+    char wal[400];
+    snprintf(wal, sizeof wal, "%s-wal", relay.db);
+    assert_false(file_contains(relay.db, "alice phone", 11));
+    assert_false(file_contains(wal, "alice phone", 11));
+    assert_false(file_contains(relay.db, "laptop", 6));
+    assert_false(file_contains(wal, "laptop", 6));
     /* a code that is not one */
     snprintf(cmd, sizeof cmd, "%s devices --db %s add nonsense 2>&1", h, phone);
     assert_int_equal(run(cmd, out, sizeof out), 2);

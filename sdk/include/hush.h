@@ -44,6 +44,7 @@ extern "C" {
 #define HUSH_MAX_ENVELOPE (256 * 1024) /* largest envelope hush_decrypt will parse */
 #define HUSH_LINK_CODE_MAX 128         /* longest link code (hush_net_start_link, hush_device_link) */
 #define HUSH_RECOVERY_CODE_LEN 39      /* a recovery code: 32 hex digits in groups of 4 */
+#define HUSH_DEVICE_NAME_MAX 64        /* a device's name, in bytes (UTF-8, no control characters) */
 #define HUSH_MAX_BUNDLE (4 * 1024)    /* largest bundle hush_bundle_import will parse */
 #define HUSH_GROUP_ID_MAX 64
 #define HUSH_ONE_TIME_PREKEYS 100
@@ -432,6 +433,26 @@ typedef struct hush_net_opts {
                                 URL (NULL: the one stored last time, if any) */
     int insecure_tls;        /* wss: accept any certificate (tests only) */
 } hush_net_opts;
+
+/*
+ * Device names, as a user sees its devices listed ("phone", "laptop"). hush_device_name_set
+ * (before the device registers: its registration carries it) stores this device's name; the relay
+ * keeps it sealed under a key only this account's devices have. hush_devices lists this account's
+ * devices as the relay knows them (network running; blocks up to timeout_ms): *out is an array of
+ * *count entries (hush_devices_free). Errors: HUSH_ERR_INVALID_ARG, HUSH_ERR_NOT_RUNNING,
+ * HUSH_ERR_NETWORK, HUSH_ERR_TIMEOUT, HUSH_ERR_NOMEM.
+ */
+typedef struct hush_device_entry {
+    uint32_t device_id;
+    char name[HUSH_DEVICE_NAME_MAX + 1]; /* "" when it has none (or registered before names) */
+    uint64_t created_ms;
+    uint64_t last_seen_ms;               /* its last login or logout (0: never) */
+    int online;                          /* connected to the relay now */
+    int this_device;
+} hush_device_entry;
+HUSH_MUST_CHECK hush_err hush_device_name_set(hush_client *c, const char *name);
+HUSH_MUST_CHECK hush_err hush_devices(hush_client *c, int timeout_ms, hush_device_entry **out, size_t *count);
+void hush_devices_free(hush_device_entry *entries);
 
 /* Stores the relay URL (and, when not NULL, the CA file) the next hush_net_start uses without
  * one, e.g. after the relay moved. It takes effect at the next start. Errors: HUSH_ERR_INVALID_ARG

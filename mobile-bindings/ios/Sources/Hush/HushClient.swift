@@ -261,6 +261,28 @@ public final class HushClient: @unchecked Sendable {
         }
     }
 
+    /// This device's name in the account's device list ("phone", "laptop"); set it before the
+    /// device registers (its registration carries it). 1 to 64 bytes, no control characters.
+    public func setDeviceName(_ name: String) throws {
+        try rejectNUL(name)
+        try core.call { h in try name.withCString { try check(hush_device_name_set(h, $0)) } }
+    }
+
+    /// This account's devices as the relay lists them. Needs the network running.
+    public func devices(timeout: TimeInterval) async throws -> [DeviceInfo] {
+        let core = self.core
+        let ms = Int32(max(0, min(timeout, 3600)) * 1000)
+        return try await offThread {
+            try core.call { h in
+                var list: UnsafeMutablePointer<hush_device_entry>?
+                var n = 0
+                try check(hush_devices(h, ms, &list, &n))
+                defer { hush_devices_free(list) }
+                return (0..<n).map { DeviceInfo(list![$0]) }
+            }
+        }
+    }
+
     /// Removes the recovery code from this database (after the user wrote it down).
     public func forgetRecoveryCode() throws {
         try core.call { h in try check(hush_recovery_code_forget(h)) }

@@ -128,6 +128,28 @@ public struct Message: Sendable, Hashable {
     }
 }
 
+/// One device of this account, as the relay lists it (`HushClient.devices(timeout:)`).
+public struct DeviceInfo: Sendable, Hashable {
+    public let deviceID: UInt32
+    /// The name it registered with; empty when it has none. The relay keeps it sealed.
+    public let name: String
+    public let created: Date
+    /// Its last login or logout; nil when never.
+    public let lastSeen: Date?
+    /// Connected to the relay now.
+    public let isOnline: Bool
+    public let isThisDevice: Bool
+
+    init(_ e: hush_device_entry) {
+        deviceID = e.device_id
+        name = cString(tuple: e.name)
+        created = date(ms: e.created_ms)
+        lastSeen = e.last_seen_ms == 0 ? nil : date(ms: e.last_seen_ms)
+        isOnline = e.online != 0
+        isThisDevice = e.this_device != 0
+    }
+}
+
 /// One row of the local history of a conversation.
 public struct HistoryEntry: Sendable, Hashable {
     public let localID: Int64

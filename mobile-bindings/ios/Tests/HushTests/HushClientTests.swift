@@ -257,6 +257,7 @@ final class HushClientTests: XCTestCase {
 
         // the laptop shows a code; the phone links it
         let laptop = try open("pia-laptop", rl)
+        try laptop.setDeviceName("laptop")
         try laptop.startLink(relayURL: relay.url)
         XCTAssertTrue(rl.await { !$0.linkCodes.isEmpty })
         let code = rl.linkCodes[0]
@@ -281,6 +282,11 @@ final class HushClientTests: XCTestCase {
         XCTAssertEqual(copy.conversation, "rob")
         XCTAssertEqual(copy.text, "from the laptop")
         XCTAssertEqual(try bob.safetyNumber(peer: "pia", deviceID: 1), try bob.safetyNumber(peer: "pia", deviceID: 2))
+        let devs = try await phone.devices(timeout: 15)
+        XCTAssertEqual(devs.map(\.deviceID), [1, 2])
+        XCTAssertTrue(devs[0].isThisDevice)
+        XCTAssertEqual(devs[1].name, "laptop")
+        XCTAssertTrue(devs[1].isOnline)
 
         // the phone removes the laptop; the last device stays
         try await phone.removeDevice(2, timeout: 15)

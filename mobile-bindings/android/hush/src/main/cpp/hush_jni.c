@@ -32,6 +32,7 @@
 #define CLIENT_CLASS "org/hush/sdk/HushClient"
 #define EXC_CLASS "org/hush/sdk/HushException"
 #define HISTORY_CLASS "org/hush/sdk/HistoryEntry"
+#define DEVICE_CLASS "org/hush/sdk/DeviceInfo"
 
 #ifdef __ANDROID__
 typedef JNIEnv *attach_env_t;
@@ -48,8 +49,8 @@ struct jhush {
 
 static JavaVM *g_vm;
 static pthread_key_t g_detach_key;
-static jclass g_exc_cls, g_hist_cls, g_bridge_cls, g_string_cls;
-static jmethodID g_exc_ctor, g_hist_ctor;
+static jclass g_exc_cls, g_hist_cls, g_bridge_cls, g_string_cls, g_dev_cls;
+static jmethodID g_exc_ctor, g_hist_ctor, g_dev_ctor;
 static jmethodID g_on_link_code, g_on_devices_changed;
 static jmethodID g_on_message, g_on_receipt, g_on_typing, g_on_presence, g_on_identity, g_on_connection,
     g_on_error;
@@ -833,6 +834,42 @@ static jobjectArray n_history(JNIEnv *env, jclass cls, jlong hh, jstring peer, j
     return (*env)->ExceptionCheck(env) ? NULL : a;
 }
 
+static jobjectArray n_devices(JNIEnv *env, jclass cls, jlong hh, jint ms)
+{
+    (void)cls;
+    hush_device_entry *es = NULL;
+    size_t n = 0;
+    if (check(env, hush_devices(H(hh)->c, ms, &es, &n), "devices"))
+        return NULL;
+    jobjectArray a = (*env)->NewObjectArray(env, (jsize)n, g_dev_cls, NULL);
+    for (size_t i = 0; a && i < n; i++) {
+        jstring name = jstr(env, es[i].name);
+        jobject o = name ? (*env)->NewObject(env, g_dev_cls, g_dev_ctor, (jint)es[i].device_id, name,
+                                             (jlong)es[i].created_ms, (jlong)es[i].last_seen_ms,
+                                             (jboolean)(es[i].online != 0), (jboolean)(es[i].this_device != 0))
+                         : NULL;
+        if (o)
+            (*env)->SetObjectArrayElement(env, a, (jsize)i, o);
+        if (name)
+            (*env)->DeleteLocalRef(env, name);
+        if (o)
+            (*env)->DeleteLocalRef(env, o);
+        if ((*env)->ExceptionCheck(env))
+            break;
+    }
+    hush_devices_free(es);
+    return (*env)->ExceptionCheck(env) ? NULL : a;
+}
+
+static void n_set_device_name(JNIEnv *env, jclass cls, jlong hh, jstring name)
+{
+    (void)cls;
+    char nm[HUSH_DEVICE_NAME_MAX + 1];
+    if (get_str(env, name, nm, sizeof nm, "device name"))
+        return;
+    check(env, hush_device_name_set(H(hh)->c, nm), "setDeviceName");
+}
+
 static void n_history_delete(JNIEnv *env, jclass cls, jlong hh, jlong local_id)
 {
     (void)cls;
@@ -868,6 +905,8 @@ static const JNINativeMethod g_natives[] = {
     { "nativeLinkDevice", "(J" S "I)I", (void *)n_link_device },
     { "nativeRemoveDevice", "(JII)V", (void *)n_remove_device },
     { "nativeRecoveryCode", "(J)" S, (void *)n_recovery_code },
+    { "nativeDevices", "(JI)[Lorg/hush/sdk/DeviceInfo;", (void *)n_devices },
+    { "nativeSetDeviceName", "(J" S ")V", (void *)n_set_device_name },
     { "nativeForgetRecoveryCode", "(J)V", (void *)n_forget_recovery_code },
     { "nativeStop", "(J)V", (void *)n_stop },
     { "nativeState", "(J)J", (void *)n_state },
@@ -919,8 +958,10 @@ JNIEXPORT jint JNICALL JNI_OnLoad(JavaVM *vm, void *reserved)
     if (sodium_init() < 0 || pthread_key_create(&g_detach_key, detach_thread) != 0)
         return JNI_ERR;
     if (!(g_exc_cls = global_class(env, EXC_CLASS)) || !(g_hist_cls = global_class(env, HISTORY_CLASS)) ||
-        !(g_bridge_cls = global_class(env, BRIDGE_CLASS)) || !(g_string_cls = global_class(env, "java/lang/String")))
+        !(g_bridge_cls = global_class(env, BRIDGE_CLASS)) || !(g_string_cls = global_class(env, "java/lang/String")) ||
+        !(g_dev_cls = global_class(env, DEVICE_CLASS)))
         return JNI_ERR;
+    g_dev_ctor = (*env)->GetMethodID(env, g_dev_cls, "<init>", "(I" S "JJZZ)V");
     g_exc_ctor = (*env)->GetMethodID(env, g_exc_cls, "<init>", "(I" S ")V");
     g_hist_ctor = (*env)->GetMethodID(env, g_hist_cls, "<init>", "(JZ" S "I[BJJZ[B)V");
     g_on_message = (*env)->GetMethodID(env, g_bridge_cls, "onMessage", "(I" S "I[BJJ" S "J[B" S ")V");
@@ -932,7 +973,7 @@ JNIEXPORT jint JNICALL JNI_OnLoad(JavaVM *vm, void *reserved)
     g_on_identity = (*env)->GetMethodID(env, g_bridge_cls, "onIdentityChanged", "(" S "I" S S ")V");
     g_on_connection = (*env)->GetMethodID(env, g_bridge_cls, "onConnection", "(II)V");
     g_on_error = (*env)->GetMethodID(env, g_bridge_cls, "onError", "(I" S ")V");
-    if (!g_exc_ctor || !g_hist_ctor || !g_on_message || !g_on_receipt || !g_on_typing || !g_on_presence ||
+    if (!g_exc_ctor || !g_hist_ctor || !g_dev_ctor || !g_on_message || !g_on_receipt || !g_on_typing || !g_on_presence ||
         !g_on_link_code || !g_on_devices_changed ||
         !g_on_identity || !g_on_connection || !g_on_error)
         return JNI_ERR;

@@ -333,6 +333,29 @@ public final class HushClient implements AutoCloseable {
         }
     }
 
+    /**
+     * This device's name in the account's device list ("phone", "laptop"); set it before the
+     * device registers (its registration carries it). 1 to 64 bytes, no control characters.
+     */
+    public void setDeviceName(String name) throws HushException {
+        long h = enter();
+        try {
+            nativeSetDeviceName(h, name);
+        } finally {
+            leave();
+        }
+    }
+
+    /** This account's devices as the relay lists them (network running; blocks up to the timeout). */
+    public List<DeviceInfo> devices(int timeoutMillis) throws HushException {
+        long h = enter();
+        try {
+            return Arrays.asList(nativeDevices(h, timeoutMillis));
+        } finally {
+            leave();
+        }
+    }
+
     /** Removes the recovery code from this database (after the user wrote it down). */
     public void forgetRecoveryCode() throws HushException {
         long h = enter();
@@ -640,6 +663,8 @@ public final class HushClient implements AutoCloseable {
     private static native void nativeRemoveDevice(long h, int deviceId, int ms) throws HushException;
     private static native String nativeRecoveryCode(long h) throws HushException;
     private static native void nativeForgetRecoveryCode(long h) throws HushException;
+    private static native DeviceInfo[] nativeDevices(long h, int ms) throws HushException;
+    private static native void nativeSetDeviceName(long h, String name) throws HushException;
     private static native void nativeStop(long h);
     private static native long nativeState(long h);
     private static native void nativeWaitOnline(long h, int ms) throws HushException;

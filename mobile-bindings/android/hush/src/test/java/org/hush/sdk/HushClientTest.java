@@ -196,6 +196,7 @@ public class HushClientTest {
         // the laptop: no device yet; it shows a code, the phone links it
         Recorder rl = new Recorder();
         HushClient laptop = open("pia-laptop", rl);
+        laptop.setDeviceName("laptop");
         laptop.startLink();
         assertTrue("link code", rl.await(() -> !rl.linkCodes.isEmpty(), 15000));
         String code;
@@ -232,6 +233,12 @@ public class HushClientTest {
         assertEquals("from the laptop", copy.text());
         assertEquals("pia", rb.messages.get(0).conversation()); // a received message: its sender
         assertEquals(bob.safetyNumber("pia", 1), bob.safetyNumber("pia", 2));
+        List<DeviceInfo> devs = phone.devices(15000);
+        assertEquals(2, devs.size());
+        assertTrue(devs.get(0).isThisDevice());
+        assertEquals(2, devs.get(1).deviceId());
+        assertEquals("laptop", devs.get(1).name());
+        assertTrue(devs.get(1).isOnline());
 
         // the phone removes the laptop: it stops for good
         phone.removeDevice(2, 15000);
