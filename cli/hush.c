@@ -835,6 +835,25 @@ static void remove_db_files(void)
     }
 }
 
+/* The database a new device goes in: a new one, or one an earlier run of the same command left
+ * without a device (it was killed before it got that far: nothing in it to lose). With
+ * `may_have_device` (hush link: finish a registration), a database with a device is opened too. */
+static int open_for_new_device(hush_client **c, int may_have_device)
+{
+    if (access(cli_db, F_OK) != 0)
+        return cli_open_db(1, c);
+    int r = cli_open_db(0, c);
+    if (r)
+        return r;
+    hush_err e = hush_device_info(*c, NULL, NULL, NULL);
+    if (e == HUSH_ERR_NO_DEVICE || (e == HUSH_OK && may_have_device))
+        return 0;
+    hush_client_close(*c);
+    *c = NULL;
+    fprintf(stderr, "hush: %s already holds a device; refusing to overwrite it (use another --db)\n", cli_db);
+    return 1;
+}
+
 /* This device's name as its account's devices list it: --name, else the host name. Returns 2 (a
  * usage error, said) for a --name libhush refuses. */
 static int set_device_name(hush_client *c, const struct opts *o, const char *cmd)
@@ -887,7 +906,7 @@ static int cmd_init(int argc, char **argv)
         return 2;
     }
     hush_client *c = NULL;
-    if ((r = cli_open_db(1, &c)))
+    if ((r = open_for_new_device(&c, 0)))
         return r;
     if (need_owner("init")) {
         hush_client_close(c);
@@ -964,7 +983,7 @@ static int cmd_recover(int argc, char **argv)
         return 2;
     }
     hush_client *c = NULL;
-    if ((r = cli_open_db(1, &c)))
+    if ((r = open_for_new_device(&c, 0)))
         return r;
     if (need_owner("recover")) {
         hush_client_close(c);
@@ -1028,7 +1047,7 @@ static int cmd_link(int argc, char **argv)
         return 2;
     }
     hush_client *c = NULL;
-    if ((r = cli_open_db(1, &c)))
+    if ((r = open_for_new_device(&c, 1)))
         return r;
     if (need_owner("link")) {
         hush_client_close(c);
