@@ -4,14 +4,16 @@
  * the spirit of mosquitto's broker fuzzer. Three registered users drive it over real WebSocket
  * connections with a fuzzer-chosen sequence of operations: send (to any of them, or to nobody),
  * acknowledge (their own deliveries, or any sequence number at all - another user's included),
- * raw frame bytes after login, bundle fetches, presence changes, reconnects and reading pushes.
+ * raw frame bytes after login, bundle fetches, presence changes, device requests (list, link
+ * token, removal), reconnects and reading pushes.
  *
  * Invariants (abort() on violation):
  * - nothing acked is lost: every message the relay acknowledged for a user is delivered to that
  *   user before the input ends (a final login drains each mailbox), unless that user acked it;
  * - no access to another user's mailbox: a user only ever receives messages that were sent to it,
  *   and acks from one user never remove another's messages (they would then be missing);
- * - the relay keeps answering: a fresh login works at the end of every input.
+ * - the relay keeps answering: a fresh login works at the end of every input;
+ * - a user's last device is never removed.
  *
  * Every input starts with empty mailboxes (the previous input's final drain acked everything).
  */
@@ -322,10 +324,40 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             if (g_live[u])
                 take_pushes(u, 20);
             break;
-        case 7: { /* fetch bundles, or change presence */
+        case 7: { /* fetch bundles, change presence, or the device requests */
             i++;
             if (!g_live[u])
                 break;
+            if (arg & 0x80) {
+                /* list devices, a link token (for an address nobody waits at, or none), or a
+                 * removal: each user has one device, which may never be removed */
+                Hush__Frame f = HUSH__FRAME__INIT;
+                Hush__ListDevicesRequest ld = HUSH__LIST_DEVICES_REQUEST__INIT;
+                Hush__LinkTokenRequest lt = HUSH__LINK_TOKEN_REQUEST__INIT;
+                Hush__RemoveDeviceRequest rd = HUSH__REMOVE_DEVICE_REQUEST__INIT;
+                int which = (arg >> 1) % 3;
+                if (which == 0) {
+                    f.msg_case = HUSH__FRAME__MSG_LIST_DEVICES;
+                    f.list_devices = &ld;
+                } else if (which == 1) {
+                    lt.address = (arg & 8) ? "00112233445566778899aabbccddeeff" : "";
+                    f.msg_case = HUSH__FRAME__MSG_LINK_TOKEN;
+                    f.link_token = &lt;
+                } else {
+                    rd.device_id = 1 + (arg >> 3) % 3;
+                    f.msg_case = HUSH__FRAME__MSG_REMOVE_DEVICE;
+                    f.remove_device = &rd;
+                }
+                Hush__Frame *r = tc_request(g_u[u], &f, T);
+                if (!r) {
+                    g_live[u] = 0;
+                } else {
+                    if (which == 2 && r->msg_case == HUSH__FRAME__MSG_RESULT && r->result->code == HUSH__ERROR_CODE__OK)
+                        die("%s's only device was removed", g_names[u]);
+                    hush__frame__free_unpacked(r, NULL);
+                }
+                break;
+            }
             if (arg & 1) {
                 Hush__Frame *r = tc_fetch(g_u[u], g_names[arg / 2 % NUSERS]);
                 if (r)
