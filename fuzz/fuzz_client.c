@@ -9,7 +9,8 @@
  * Result with a chosen code, Send Result with seqs, FetchBundles with alice's real bundle or an
  * error), deliver one of six genuine envelopes from alice (possibly again, under a new or the same
  * seq), deliver fuzzed envelopes from fuzzed senders, unsolicited Results, QueueEmpty,
- * PreKeysLow, Presence, Closing, raw frames, raw bytes on the socket, pings, waits, hang-up.
+ * PreKeysLow, Presence, DeviceListChanged, Closing, raw frames, raw bytes on the socket, pings,
+ * waits, hang-up; a Send refused with DEVICE_MISMATCH names alice's or bob's own devices.
  *
  * Invariants checked (abort() on violation):
  * - nothing is shown twice: each message id reaches on_message at most once;
@@ -593,7 +594,16 @@ static void answer(struct conn *c, struct input *in)
     }
     uint64_t seqs[8];
     Hush__KeyBundle *kb = NULL, *kbs[1];
-    if (kind == HUSH__FRAME__MSG_SEND && r.code == HUSH__ERROR_CODE__OK) {
+    uint32_t miss[1] = { 2 + (how & 1) };
+    Hush__DeviceMismatch dm = HUSH__DEVICE_MISMATCH__INIT, *dmp[1] = { &dm };
+    if (kind == HUSH__FRAME__MSG_SEND && r.code == HUSH__ERROR_CODE__DEVICE_MISMATCH) {
+        /* the device list changed: alice's, or bob's own (how's bit 1) */
+        dm.username = how & 2 ? "bob" : "alice";
+        dm.missing = miss;
+        dm.n_missing = 1;
+        r.mismatches = dmp;
+        r.n_mismatches = 1;
+    } else if (kind == HUSH__FRAME__MSG_SEND && r.code == HUSH__ERROR_CODE__OK) {
         r.n_seqs = how & 1 ? 1 : (size_t)(how >> 1) % 3; /* the right count (1), or a wrong one */
         for (size_t i = 0; i < r.n_seqs; i++)
             seqs[i] = 1000 + i;
@@ -695,6 +705,15 @@ static void play(struct conn *c, struct input *in)
         case 7: {
             Hush__PresenceUpdate p = HUSH__PRESENCE_UPDATE__INIT;
             uint8_t b = next(in);
+            if ((b & 0x60) == 0x60) { /* a device list changed (a contact's, or bob's own) */
+                Hush__DeviceListChanged dc = HUSH__DEVICE_LIST_CHANGED__INIT;
+                dc.username = b & 0x10 ? "bob" : (char *)pick_name(b);
+                Hush__Frame f = HUSH__FRAME__INIT;
+                f.msg_case = HUSH__FRAME__MSG_DEVICE_LIST_CHANGED;
+                f.device_list_changed = &dc;
+                send_frame(c, &f);
+                break;
+            }
             p.username = (char *)pick_name(b);
             p.online = b & 0x80 ? 1 : 0;
             p.last_seen_ms = (uint64_t)next(in) << 40;
@@ -706,7 +725,7 @@ static void play(struct conn *c, struct input *in)
         }
         case 8: {
             Hush__Closing cl = HUSH__CLOSING__INIT;
-            cl.code = (Hush__ErrorCode)(next(in) % 20);
+            cl.code = (Hush__ErrorCode)(next(in) % 24);
             Hush__Frame f = HUSH__FRAME__INIT;
             f.msg_case = HUSH__FRAME__MSG_CLOSING;
             f.closing = &cl;

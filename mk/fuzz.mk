@@ -44,7 +44,9 @@ FUZZ_COMPILE := -fsanitize=address,undefined
 FUZZ_LINK := -fsanitize=address,undefined
 FUZZ_MAIN := $(FUZZ_BUILD)/obj/fuzz/driver.o
 endif
-FUZZ_CFLAGS := -std=c11 -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE -g -O1 -fno-omit-frame-pointer $(FUZZ_COMPILE) \
+# -MMD -MP: an object is rebuilt when a header it includes changes (a stale object built against an
+# older struct layout crashes the harness for no reason of the code under test)
+FUZZ_CFLAGS := -std=c11 -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE -g -O1 -fno-omit-frame-pointer -MMD -MP $(FUZZ_COMPILE) \
                -Istore/include -Isdk/include -Isdk -Iproto -Ifuzz -Irelay -Itests -I$(BUILD)/gen $(PKG_CFLAGS) \
                $(CMOCKA_CFLAGS)
 FUZZ_LIB_SRC := $(SDK_SRC) $(PROTO_SRC) $(STORE_SRC) $(FUZZ_SUPPORT_SRC)
@@ -127,3 +129,5 @@ fuzz-coverage: deps
 	    | awk 'NR == 1 { printf "%-22s %9s %10s %9s\n", "file", "regions", "functions", "lines" } \
 	           /^(sdk|store|relay|proto)\/.*\.c / || /^TOTAL/ { printf "%-22s %9s %10s %9s\n", $$1, $$4, $$7, $$10 }'
 	@echo "HTML report: $(COV_BUILD)/html/index.html"
+
+-include $(shell find $(FUZZ_BUILD)/obj -name '*.d' 2>/dev/null)
