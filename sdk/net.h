@@ -160,6 +160,17 @@ struct hush_net {
     struct inbound batch[NET_BATCH_MAX]; /* deliveries read in this pass, processed together */
     int nbatch;
     int batch_scheduled;
+    /* sends the relay acknowledged in this pass, recorded together (one commit), then the outbox
+     * pumped again (its envelopes in one commit too) */
+    struct sent_row {
+        int64_t outbox_id;
+        uint8_t mid[16];
+        int kind;
+        char peer[HUSH_USERNAME_MAX + 1];
+    } sent[NET_MAX_INFLIGHT];
+    int nsent;
+    int send_pass_scheduled;
+    lws_sorted_usec_list_t sul_send_pass;
     /* status, read by other threads */
     pthread_mutex_t mu;
     pthread_cond_t cv;
@@ -220,6 +231,10 @@ void hnet_pump_outbox(struct hush_net *n);
 void hnet_on_fetch_result(struct hush_net *n, const struct req *r, const Hush__Result *res);
 void hnet_on_send_result(struct hush_net *n, const struct req *r, const Hush__Result *res);
 void hnet_send_typing(struct hush_net *n);
+/* Records the acknowledged sends (report: tell the app; not when stopping); then, for the pass,
+ * pumps the outbox. schedule: after the frames already read in this pass of the event loop. */
+void hnet_record_sent(struct hush_net *n, int report);
+void hnet_schedule_send_pass(struct hush_net *n);
 
 /* net_recv.c */
 void hnet_flush_receipts(struct hush_net *n);

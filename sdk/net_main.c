@@ -140,7 +140,7 @@ static void handle_frame(struct hush_net *n, const uint8_t *data, size_t len)
             }
         } else if (r.type == R_SEND) {
             hnet_on_send_result(n, &r, f->result);
-            hnet_pump_outbox(n);
+            hnet_schedule_send_pass(n); /* after the other results read in this pass */
         } else if (r.type == R_FETCH) {
             hnet_on_fetch_result(n, &r, f->result);
             hnet_pump_outbox(n);
@@ -275,6 +275,7 @@ static void schedule_reconnect(struct hush_net *n)
 
 static void connection_lost(struct hush_net *n)
 {
+    hnet_record_sent(n, 1); /* the relay acknowledged them before the connection went */
     n->wsi = NULL;
     hnet_batch_clear(n); /* not acknowledged: the relay delivers them again */
     n->st = N_IDLE;
@@ -741,6 +742,7 @@ void hush_net_stop(hush_client *c)
     atomic_store(&n->stop, 1);
     lws_cancel_service(n->ctx);
     pthread_join(n->th, NULL);
+    hnet_record_sent(n, 0); /* acknowledged but not yet recorded: recorded, without callbacks now */
     lws_context_destroy(n->ctx);
     pthread_mutex_lock(&n->mu);
     n->conn = HUSH_CONN_STOPPED;

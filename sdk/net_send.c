@@ -219,18 +219,47 @@ static int send_row(struct hush_net *n, struct orow *o)
     return ok;
 }
 
+/* Frames queued after `mark` (NULL: all of them) are dropped before anything wrote them. */
+static void drop_frames_after(struct hush_net *n, struct nbuf *mark)
+{
+    struct nbuf *b = mark ? mark->next : n->out_head;
+    while (b) {
+        struct nbuf *next = b->next;
+        free(b);
+        b = next;
+    }
+    if (mark)
+        mark->next = NULL;
+    else
+        n->out_head = NULL;
+    n->out_tail = mark;
+}
+
+/*
+ * Sends outbox rows in order, up to NET_MAX_INFLIGHT in flight. The envelopes made here (ratchet
+ * step and stored ciphertext each) share one transaction, committed before this returns and so
+ * before any of the frames is written (that happens in a later WRITEABLE callback): one commit (one
+ * fsync with durability FULL) for a burst instead of one per message. The client lock is held for
+ * the burst, so no app thread's own commit (hush_send) lands inside this transaction. If the
+ * commit fails, the frames are dropped unwritten and the connection is renewed: nothing goes out
+ * that is not on disk, and the rows are sent again.
+ */
 void hnet_pump_outbox(struct hush_net *n)
 {
     if (n->st != N_ONLINE || n->fetching || (n->retry_at_ms && now_ms() < n->retry_at_ms))
         return;
     n->retry_at_ms = 0;
+    hush_client *c = n->c;
+    hsdk_lock(c);
+    struct nbuf *mark = n->out_tail;
+    int outer = hsdk_begin(c) == HUSH_OK;
     while (n->inflight < NET_MAX_INFLIGHT) {
         struct orow o;
         memset(&o, 0, sizeof o);
-        if (!next_outbox_row(n->c, n->pump_cursor, n->blocked_peer, &o))
+        if (!next_outbox_row(c, n->pump_cursor, n->blocked_peer, &o))
             break;
         int sent;
-        if (!strcmp(o.peer, n->c->username)) {
+        if (!strcmp(o.peer, c->username)) {
             /* queued by an older version: nothing to deliver to yet, so it fails */
             outbox_finished(n, o.id, o.mid, o.kind, HUSH_MSG_FAILED, o.peer);
             sent = 1;
@@ -245,6 +274,54 @@ void hnet_pump_outbox(struct hush_net *n)
             break; /* in order: later rows wait for this one */
         n->pump_cursor = o.id;
     }
+    hush_err e = outer ? hsdk_commit(c) : HUSH_ERR_STORAGE;
+    hsdk_unlock(c);
+    if (e) {
+        drop_frames_after(n, mark);
+        hnet_report(n, e, "could not store outgoing messages; will retry");
+        if (n->wsi)
+            lws_set_timeout(n->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC); /* requests forgotten, sent again */
+    }
+}
+
+void hnet_record_sent(struct hush_net *n, int report)
+{
+    if (!n->nsent)
+        return;
+    hush_client *c = n->c;
+    hsdk_lock(c);
+    if (hsdk_begin(c) == HUSH_OK) {
+        for (int i = 0; i < n->nsent; i++) {
+            hsdk_outbox_remove(c, n->sent[i].outbox_id, n->sent[i].mid);
+            if (n->sent[i].kind == HUSH__CONTENT_KIND__CONTENT_TEXT)
+                hsdk_set_message_state(c, n->sent[i].mid, HUSH_MSG_SENT);
+        }
+        if (hsdk_commit(c)) {
+            /* the rows stay: they are resent (same ids, deduplicated by the relay) */
+        }
+    }
+    hsdk_unlock(c);
+    for (int i = 0; report && i < n->nsent; i++)
+        if (n->sent[i].kind == HUSH__CONTENT_KIND__CONTENT_TEXT)
+            hnet_report_state(n, n->sent[i].peer, n->sent[i].mid, HUSH_MSG_SENT);
+    n->nsent = 0;
+    hnet_signal_progress(n);
+}
+
+static void send_pass_cb(lws_sorted_usec_list_t *sul)
+{
+    struct hush_net *n = lws_container_of(sul, struct hush_net, sul_send_pass);
+    n->send_pass_scheduled = 0;
+    hnet_record_sent(n, 1);
+    hnet_pump_outbox(n);
+}
+
+void hnet_schedule_send_pass(struct hush_net *n)
+{
+    if (n->send_pass_scheduled)
+        return;
+    n->send_pass_scheduled = 1;
+    lws_sul_schedule(n->ctx, 0, &n->sul_send_pass, send_pass_cb, 1);
 }
 
 /* Nobody to deliver to: the queued messages to `peer` at the head of the outbox fail (state
@@ -352,9 +429,17 @@ void hnet_on_send_result(struct hush_net *n, const struct req *r, const Hush__Re
 {
     n->inflight--;
     switch (res->code) {
-    case HUSH__ERROR_CODE__OK:
-        outbox_finished(n, r->outbox_id, r->mid, r->kind, HUSH_MSG_SENT, r->peer);
+    case HUSH__ERROR_CODE__OK: {
+        /* recorded with the others acknowledged in this pass (hnet_schedule_send_pass) */
+        if (n->nsent == NET_MAX_INFLIGHT)
+            hnet_record_sent(n, 1);
+        struct sent_row *sr = &n->sent[n->nsent++];
+        sr->outbox_id = r->outbox_id;
+        memcpy(sr->mid, r->mid, 16);
+        sr->kind = r->kind;
+        snprintf(sr->peer, sizeof sr->peer, "%s", r->peer);
         break;
+    }
     case HUSH__ERROR_CODE__UNKNOWN_RECIPIENT:
         /* the device list changed: forget it and this message's ciphertexts, fetch again */
         forget_devices(n->c, r->peer);
