@@ -170,6 +170,7 @@ struct hush_net {
     } sent[NET_MAX_INFLIGHT];
     int nsent;
     int send_pass_scheduled;
+    hush_err pump_err;        /* an envelope the pump could not make (reported after the burst) */
     lws_sorted_usec_list_t sul_send_pass;
     /* status, read by other threads */
     pthread_mutex_t mu;

@@ -178,7 +178,7 @@ static int send_row(struct hush_net *n, struct orow *o)
             hush_err e = HUSH_OK;
             envs[i] = make_envelope(n, o, name, dev, &len, &e);
             if (!envs[i]) {
-                hnet_report(n, e, "encrypting an outgoing message failed; will retry");
+                n->pump_err = e; /* reported by the pump once the client lock is released */
                 ok = 0;
                 break;
             }
@@ -250,7 +250,10 @@ void hnet_pump_outbox(struct hush_net *n)
         return;
     n->retry_at_ms = 0;
     hush_client *c = n->c;
-    hsdk_lock(c);
+    int to_self = 0; /* a row to ourselves (queued by an older version): failed after the burst */
+    struct orow self_row;
+    n->pump_err = HUSH_OK;
+    hsdk_lock(c); /* no app callback runs while it is held: errors are reported after */
     struct nbuf *mark = n->out_tail;
     int outer = hsdk_begin(c) == HUSH_OK;
     while (n->inflight < NET_MAX_INFLIGHT) {
@@ -258,11 +261,11 @@ void hnet_pump_outbox(struct hush_net *n)
         memset(&o, 0, sizeof o);
         if (!next_outbox_row(c, n->pump_cursor, n->blocked_peer, &o))
             break;
-        int sent;
+        int sent = 0;
         if (!strcmp(o.peer, c->username)) {
-            /* queued by an older version: nothing to deliver to yet, so it fails */
-            outbox_finished(n, o.id, o.mid, o.kind, HUSH_MSG_FAILED, o.peer);
-            sent = 1;
+            self_row = o;
+            self_row.body = NULL; /* freed below; not needed to fail it */
+            to_self = 1;
         } else {
             sent = send_row(n, &o);
         }
@@ -276,6 +279,14 @@ void hnet_pump_outbox(struct hush_net *n)
     }
     hush_err e = outer ? hsdk_commit(c) : HUSH_ERR_STORAGE;
     hsdk_unlock(c);
+    if (n->pump_err)
+        hnet_report(n, n->pump_err, "encrypting an outgoing message failed; will retry");
+    if (to_self && !e) {
+        /* nothing to deliver to yet, so it fails; the pump goes on behind it */
+        outbox_finished(n, self_row.id, self_row.mid, self_row.kind, HUSH_MSG_FAILED, self_row.peer);
+        n->pump_cursor = self_row.id;
+        hnet_schedule_send_pass(n);
+    }
     if (e) {
         drop_frames_after(n, mark);
         hnet_report(n, e, "could not store outgoing messages; will retry");
