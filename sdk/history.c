@@ -356,17 +356,17 @@ hush_err hush_outbox_done(hush_client *c, const uint8_t message_id[HUSH_MESSAGE_
 /* ---------------------------------------------------------------------------------------- */
 /* message states and read marks (the history rows of this device's own messages) */
 
-hush_err hsdk_apply_receipt(hush_client *c, const char *peer, int state, const uint8_t *ids, size_t n)
+/* Runs `sql` once per message id: ?1 = peer, ?2 = the id, and ?3 = state when it has a third. */
+static hush_err update_by_ids(hush_client *c, const char *sql, const char *peer, int state, const uint8_t *ids, size_t n)
 {
     sqlite3_stmt *st;
     for (size_t i = 0; i < n; i++) {
-        /* Only our own messages to that peer move, and only forward. */
-        hstore_err se = hstore_prepare(c->db, "UPDATE history SET state = ?3 WHERE peer = ?1 AND outgoing = 1 AND "
-                                              "group_id = '' AND message_id = ?2 AND state >= 0 AND state < ?3", &st);
+        hstore_err se = hstore_prepare(c->db, sql, &st);
         if (!se) {
             sqlite3_bind_text(st, 1, peer, -1, SQLITE_TRANSIENT);
             sqlite3_bind_blob(st, 2, ids + i * HUSH_MESSAGE_ID_BYTES, HUSH_MESSAGE_ID_BYTES, SQLITE_TRANSIENT);
-            sqlite3_bind_int(st, 3, state);
+            if (sqlite3_bind_parameter_count(st) >= 3)
+                sqlite3_bind_int(st, 3, state);
             se = hstore_run(c->db, st);
         }
         if (se)
@@ -375,21 +375,17 @@ hush_err hsdk_apply_receipt(hush_client *c, const char *peer, int state, const u
     return HUSH_OK;
 }
 
+hush_err hsdk_apply_receipt(hush_client *c, const char *peer, int state, const uint8_t *ids, size_t n)
+{
+    /* Only our own messages to that peer move, and only forward. */
+    return update_by_ids(c, "UPDATE history SET state = ?3 WHERE peer = ?1 AND outgoing = 1 AND group_id = '' AND "
+                            "message_id = ?2 AND state >= 0 AND state < ?3", peer, state, ids, n);
+}
+
 hush_err hsdk_history_sync_read(hush_client *c, const char *peer, const uint8_t *ids, size_t n)
 {
-    sqlite3_stmt *st;
-    for (size_t i = 0; i < n; i++) {
-        hstore_err se = hstore_prepare(c->db, "UPDATE history SET read = 1 WHERE peer = ?1 AND outgoing = 0 AND "
-                                              "group_id = '' AND message_id = ?2", &st);
-        if (!se) {
-            sqlite3_bind_text(st, 1, peer, -1, SQLITE_TRANSIENT);
-            sqlite3_bind_blob(st, 2, ids + i * HUSH_MESSAGE_ID_BYTES, HUSH_MESSAGE_ID_BYTES, SQLITE_TRANSIENT);
-            se = hstore_run(c->db, st);
-        }
-        if (se)
-            return hsdk_from_store(se);
-    }
-    return HUSH_OK;
+    return update_by_ids(c, "UPDATE history SET read = 1 WHERE peer = ?1 AND outgoing = 0 AND group_id = '' AND "
+                            "message_id = ?2", peer, 0, ids, n);
 }
 
 hush_err hsdk_set_message_state(hush_client *c, const uint8_t mid[16], int state)

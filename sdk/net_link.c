@@ -16,6 +16,14 @@
 
 #include "net.h"
 
+/* Our own device list changed: it is fetched again before the next send. */
+static void forget_own_devices(struct hush_net *n)
+{
+    hsdk_lock(n->c);
+    hsdk_peers_forget(n->c, n->c->username);
+    hsdk_unlock(n->c);
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* the new device */
 
@@ -251,10 +259,7 @@ void hnet_on_provision_send_result(struct hush_net *n, const Hush__Result *res)
         hnet_link_finish(n, link_error(res->code));
         return;
     }
-    /* the new device registers next: our own device list is fetched again before the next send */
-    hsdk_lock(n->c);
-    hsdk_peers_forget(n->c, n->c->username);
-    hsdk_unlock(n->c);
+    forget_own_devices(n); /* the new device registers next */
     hnet_link_finish(n, HUSH_OK);
 }
 
@@ -290,12 +295,8 @@ void hnet_on_remove_result(struct hush_net *n, const Hush__Result *res)
     case HUSH__ERROR_CODE__BAD_REQUEST: e = HUSH_ERR_INVALID_ARG; break;
     default: e = HUSH_ERR_RELAY; break;
     }
-    if (e == HUSH_OK) {
-        /* our own list changed: fetched again before the next send */
-        hsdk_lock(n->c);
-        hsdk_peers_forget(n->c, n->c->username);
-        hsdk_unlock(n->c);
-    }
+    if (e == HUSH_OK)
+        forget_own_devices(n);
     hnet_remove_finish(n, e);
 }
 

@@ -214,12 +214,32 @@ struct user {
     char name[33];
 };
 
+static hush_callbacks user_callbacks(struct user *u)
+{
+    hush_callbacks cb = { &u->r, cb_message, cb_receipt, cb_typing, cb_presence, cb_identity, cb_connection, cb_error,
+                          cb_link_code, cb_devices_changed };
+    return cb;
+}
+
+/* A user whose database `dbname` holds no device yet (to be linked or recovered). */
+static struct user *user_blank(const char *dbname, const char *name)
+{
+    struct user *u = calloc(1, sizeof *u);
+    rec_init(&u->r);
+    snprintf(u->name, sizeof u->name, "%s", name);
+    uint8_t key[HUSH_DB_KEY_BYTES];
+    test_key(dbname, key);
+    char file[64];
+    snprintf(file, sizeof file, "%s.db", dbname);
+    assert_int_equal(hush_client_open(tpath(file), key, NULL, &u->c), HUSH_OK);
+    return u;
+}
+
 static void user_start(struct user *u, const struct relay_proc *relay)
 {
     char url[64];
     snprintf(url, sizeof url, "ws://127.0.0.1:%d", relay->port);
-    hush_callbacks cb = { &u->r, cb_message, cb_receipt, cb_typing, cb_presence, cb_identity, cb_connection, cb_error,
-                          cb_link_code, cb_devices_changed };
+    hush_callbacks cb = user_callbacks(u);
     hush_net_opts o = { url, NULL, NULL, 0 };
     assert_int_equal(hush_net_start(u->c, &o, &cb), HUSH_OK);
     hush_err e = hush_net_wait_online(u->c, 15000);
@@ -584,18 +604,10 @@ static void test_ghost_device(void **state)
 static struct user *user_link(const struct relay_proc *relay, struct user *from, const char *dbname, uint32_t *dev,
                               hush_err *link_err)
 {
-    struct user *u = calloc(1, sizeof *u);
-    rec_init(&u->r);
-    snprintf(u->name, sizeof u->name, "%s", from->name);
-    uint8_t key[HUSH_DB_KEY_BYTES];
-    test_key(dbname, key);
-    char file[64];
-    snprintf(file, sizeof file, "%s.db", dbname);
-    assert_int_equal(hush_client_open(tpath(file), key, NULL, &u->c), HUSH_OK);
+    struct user *u = user_blank(dbname, from->name);
     char url[64];
     snprintf(url, sizeof url, "ws://127.0.0.1:%d", relay->port);
-    hush_callbacks cb = { &u->r, cb_message, cb_receipt, cb_typing, cb_presence, cb_identity, cb_connection, cb_error,
-                          cb_link_code, cb_devices_changed };
+    hush_callbacks cb = user_callbacks(u);
     hush_net_opts o = { url, NULL, NULL, 0 };
     assert_int_equal(hush_net_start(u->c, &o, &cb), HUSH_ERR_NO_DEVICE);
     assert_int_equal(hush_net_start_link(u->c, &o, &cb), HUSH_OK);
@@ -851,18 +863,10 @@ static void test_device_removal(void **state)
 static struct user *user_recover(const struct relay_proc *relay, const char *dbname, const char *name, const char *code,
                                  hush_err *err)
 {
-    struct user *u = calloc(1, sizeof *u);
-    rec_init(&u->r);
-    snprintf(u->name, sizeof u->name, "%s", name);
-    uint8_t key[HUSH_DB_KEY_BYTES];
-    test_key(dbname, key);
-    char file[64];
-    snprintf(file, sizeof file, "%s.db", dbname);
-    assert_int_equal(hush_client_open(tpath(file), key, NULL, &u->c), HUSH_OK);
+    struct user *u = user_blank(dbname, name);
     char url[64];
     snprintf(url, sizeof url, "ws://127.0.0.1:%d", relay->port);
-    hush_callbacks cb = { &u->r, cb_message, cb_receipt, cb_typing, cb_presence, cb_identity, cb_connection, cb_error,
-                          cb_link_code, cb_devices_changed };
+    hush_callbacks cb = user_callbacks(u);
     hush_net_opts o = { url, NULL, NULL, 0 };
     *err = hush_net_start_recover(u->c, &o, &cb, name, code);
     if (*err == HUSH_OK)
