@@ -227,7 +227,7 @@ test-run: all $(HUSHD)
 	    total=$$((total + 1)); \
 	    echo "=== $$t"; \
 	    dir=$$(mktemp -d /tmp/hush-test.XXXXXX); \
-	    if ! (cd $$dir && HUSH_TEST_TMP=$$dir HUSHD=$(CURDIR)/$(HUSHD) \
+	    if ! (cd $$dir && HUSH_TEST_TMP=$$dir HUSHD=$(CURDIR)/$(HUSHD) HUSH_TEST_FIXTURES=$(CURDIR)/tests/fixtures \
 	          LSAN_OPTIONS=suppressions=$(CURDIR)/mk/lsan.supp:print_suppressions=0 $(CURDIR)/$$t); then failed=$$((failed + 1)); echo "*** FAILED: $$t"; \
 	    else rm -rf $$dir; fi; \
 	done; \

@@ -287,6 +287,10 @@ int cli_open_db(int create, hush_client **out)
     sodium_memzero(key, sizeof key);
     if (e == HUSH_ERR_DB_KEY)
         fprintf(stderr, "hush: %s: wrong key or passphrase\n", cli_db);
+    else if (e == HUSH_ERR_DB_TAMPERED)
+        fprintf(stderr, "hush: %s: %s.\nDo not use it: move it away, then make this device again with "
+                        "'hush link' (another of your devices confirms) or 'hush recover' (your recovery code).\n",
+                cli_db, hush_strerror(e));
     else if (e)
         return cli_die(cli_db, e);
     return e ? 1 : 0;

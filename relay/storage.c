@@ -190,7 +190,7 @@ void storage_submit(struct job *j)
 
 hstore *storage_open_db(const char *path, int durability_full, char *err, size_t errlen)
 {
-    hstore_opts o = { durability_full ? HSTORE_SYNC_FULL : HSTORE_SYNC_NORMAL, 5000, 1, 0, 0 }; /* ciphertext only: no secure_delete */
+    hstore_opts o = { durability_full ? HSTORE_SYNC_FULL : HSTORE_SYNC_NORMAL, 5000, 1, 0, 0, NULL, NULL }; /* ciphertext only: no secure_delete */
     hstore *db = NULL;
     hstore_err e = hstore_open(path, &o, migrations, (int)(sizeof migrations / sizeof migrations[0]), &db, err, errlen);
     return e == HSTORE_OK ? db : NULL;

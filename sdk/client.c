@@ -19,6 +19,7 @@
 #include "internal.h"
 
 #define KEYCHECK_PLAINTEXT "hush database key check v1"
+#define KEYCHECK_AD "hush1|meta|keycheck"
 
 static void sg_lock(void *ud) { hsdk_lock(ud); }
 static void sg_unlock(void *ud) { hsdk_unlock(ud); }
@@ -35,43 +36,98 @@ static hush_err load_device(hush_client *c)
     return e;
 }
 
-/* Verifies the database key against a sealed check value, writing one on first open. */
-static hush_err check_key(hush_client *c)
+/* This database's id (meta 'db_id'): on a new database or the upgrade, a fresh random one. */
+static hush_err load_db_id(hush_client *c, int make)
+{
+    if (make) {
+        randombytes_buf(c->db_id, sizeof c->db_id);
+        return hsdk_meta_set_blob(c, "db_id", c->db_id, sizeof c->db_id);
+    }
+    uint8_t *b = NULL;
+    size_t n = 0;
+    hush_err e = hsdk_meta_get_blob(c, "db_id", &b, &n);
+    if (!e && (!b || n != sizeof c->db_id))
+        e = HUSH_ERR_DB_KEY; /* no value can open without it */
+    if (!e)
+        memcpy(c->db_id, b, sizeof c->db_id);
+    free(b);
+    return e;
+}
+
+static hush_err write_key_check(hush_client *c)
+{
+    uint8_t *ct = NULL;
+    size_t clen = 0;
+    hush_err e = hsdk_seal(c, KEYCHECK_AD, (const uint8_t *)KEYCHECK_PLAINTEXT, strlen(KEYCHECK_PLAINTEXT), &ct,
+                           &clen);
+    if (!e)
+        e = hsdk_meta_set_blob(c, "keycheck", ct, clen);
+    free(ct);
+    return e;
+}
+
+static hush_err open_key_check(hush_client *c)
+{
+    uint8_t *check = NULL, *pt = NULL;
+    size_t check_len = 0, len = 0;
+    hush_err e = hsdk_meta_get_blob(c, "keycheck", &check, &check_len);
+    if (!e)
+        e = hsdk_open(c, KEYCHECK_AD, check, check_len, &pt, &len);
+    free(check);
+    if (!e && (len != strlen(KEYCHECK_PLAINTEXT) || memcmp(pt, KEYCHECK_PLAINTEXT, len) != 0))
+        e = HUSH_ERR_DB_KEY;
+    free(pt);
+    return e;
+}
+
+/* Verifies the database key against a sealed check value and the tracked rows against their
+ * sealed digest, all in one transaction (another process may be writing). A new database gets
+ * its id, check value and digest; one written before the database id existed is sealed again
+ * under it (the check value fails first when the key is wrong, and nothing is changed). */
+static hush_err check_key_locked(hush_client *c)
 {
     uint8_t *check = NULL;
     size_t check_len = 0;
-    hush_err ge = hsdk_meta_get_blob(c, "keycheck", &check, &check_len);
-    if (ge)
-        return ge;
-    if (check) {
-        uint8_t *pt = NULL;
-        size_t len = 0;
-        hush_err e = hsdk_open(c, "hush1|meta|keycheck", check, check_len, &pt, &len);
-        free(check);
-        if (e)
+    hush_err e = hsdk_meta_get_blob(c, "keycheck", &check, &check_len);
+    if (e)
+        return e;
+    int version = check ? hsdk_seal_version(check, check_len) : 0;
+    free(check);
+    if (version == 2) {
+        if ((e = load_db_id(c, 0)) || (e = open_key_check(c)) || (e = hsdk_schema_check(c)))
             return e;
-        int ok = len == strlen(KEYCHECK_PLAINTEXT) && memcmp(pt, KEYCHECK_PLAINTEXT, len) == 0;
-        free(pt);
-        return ok ? HUSH_OK : HUSH_ERR_DB_KEY;
+        return hsdk_rowdigest_verify(c);
     }
+    if (version == 1) {
+        if ((e = load_db_id(c, 1)) || (e = hsdk_stores_reseal_v1(c)) || (e = hsdk_history_reseal_v1(c)) ||
+            (e = open_key_check(c)) || (e = hsdk_schema_check(c)))
+            return e;
+        return hsdk_rowdigest_reset(c);
+    }
+    if (check)
+        return HUSH_ERR_DB_KEY; /* a format this version does not know */
     /* No check value: a new database — unless sealed data is already there, which means the check
      * row was deleted (to make a wrong key "work" and write a new check under it). The one query
      * that reads other files' tables, and only counts their rows. */
     int64_t sealed_rows = 0;
-    hush_err qe = hsdk_query_int(c, "SELECT (SELECT count(*) FROM local_device) + (SELECT count(*) FROM identities) + "
-                                    "(SELECT count(*) FROM sessions) + (SELECT count(*) FROM history)", NULL, &sealed_rows);
-    if (qe)
-        return qe;
-    if (sealed_rows > 0)
-        return HUSH_ERR_DB_KEY;
-    uint8_t *ct = NULL;
-    size_t clen = 0;
-    hush_err e = hsdk_seal(c, "hush1|meta|keycheck", (const uint8_t *)KEYCHECK_PLAINTEXT,
-                            strlen(KEYCHECK_PLAINTEXT), &ct, &clen);
+    e = hsdk_query_int(c, "SELECT (SELECT count(*) FROM local_device) + (SELECT count(*) FROM identities) + "
+                          "(SELECT count(*) FROM sessions) + (SELECT count(*) FROM history)", NULL, &sealed_rows);
     if (e)
         return e;
-    e = hsdk_meta_set_blob(c, "keycheck", ct, clen);
-    free(ct);
+    if (sealed_rows > 0)
+        return HUSH_ERR_DB_KEY;
+    if ((e = load_db_id(c, 1)) || (e = write_key_check(c)) || (e = hsdk_schema_check(c)))
+        return e;
+    return hsdk_rowdigest_reset(c);
+}
+
+static hush_err check_key(hush_client *c)
+{
+    hsdk_lock(c);
+    hush_err e = hsdk_begin(c);
+    if (!e)
+        e = hsdk_end(c, check_key_locked(c));
+    hsdk_unlock(c);
     return e;
 }
 
@@ -106,6 +162,8 @@ hush_err hush_client_open(const char *db_path, const uint8_t db_key[HUSH_DB_KEY_
         .quick_check = 1,
         .read_only = 0,
         .secure_delete = 1,
+        .connected = hsdk_seal_functions_install,
+        .connected_ctx = c,
     };
     char errbuf[256];
     hstore_err se = hstore_open(db_path, &so, hsdk_migrations, hsdk_nmigrations, &c->db, errbuf, sizeof errbuf);

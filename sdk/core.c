@@ -58,6 +58,8 @@ const char *hush_strerror(hush_err err)
     case HUSH_ERR_TOO_MANY_DEVICES: return "the account has the most devices the relay allows (remove one first)";
     case HUSH_ERR_LINK_FAILED: return "linking failed: the link code expired or was used (start again with a new code)";
     case HUSH_ERR_DEVICE_REMOVED: return "this device was removed from its account";
+    case HUSH_ERR_DB_TAMPERED:
+        return "the database was changed outside libhush (rows removed or rolled back): refusing to use it";
     }
     return "unknown error";
 }

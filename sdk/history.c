@@ -21,6 +21,39 @@ static void history_ad(char *ad, size_t cap, const char *peer, uint32_t dev, int
     hsdk_ad(ad, cap, "history", name, (size_t)n, dev, outgoing);
 }
 
+/* The one-time upgrade of version-1 bodies: the same associated data as above, from the row. */
+static void history_row_ad(char *ad, size_t cap, sqlite3_stmt *st, const char *label)
+{
+    (void)label;
+    uint8_t mid[16] = {0};
+    if (sqlite3_column_bytes(st, 5) == 16)
+        memcpy(mid, sqlite3_column_blob(st, 5), 16);
+    const char *peer = (const char *)sqlite3_column_text(st, 1), *group = (const char *)sqlite3_column_text(st, 4);
+    history_ad(ad, cap, peer ? peer : "", (uint32_t)sqlite3_column_int64(st, 2), (int)sqlite3_column_int64(st, 3),
+               group ? group : "", mid);
+}
+
+static void outbox_row_ad(char *ad, size_t cap, sqlite3_stmt *st, const char *label)
+{
+    (void)label;
+    uint8_t mid[16] = {0};
+    if (sqlite3_column_bytes(st, 2) == 16)
+        memcpy(mid, sqlite3_column_blob(st, 2), 16);
+    const char *peer = (const char *)sqlite3_column_text(st, 1);
+    hsdk_outbox_ad(ad, cap, peer ? peer : "", mid);
+}
+
+hush_err hsdk_history_reseal_v1(hush_client *c)
+{
+    /* The key (id) first; the other columns only feed the associated data. */
+    hush_err e = hsdk_reseal_column(c, "SELECT id, peer, peer_device, outgoing, group_id, message_id, body FROM history",
+                                    "UPDATE history SET body = ?1 WHERE id = ?2", 1, history_row_ad, "history");
+    if (!e)
+        e = hsdk_reseal_column(c, "SELECT id, peer, message_id, body FROM outbox",
+                               "UPDATE outbox SET body = ?1 WHERE id = ?2", 1, outbox_row_ad, "outbox");
+    return e;
+}
+
 hush_err hsdk_history_insert(hush_client *c, const char *peer, uint32_t peer_dev, int outgoing, const uint8_t msg_id[16],
                               int kind, const char *group_id, uint64_t sent_at, const uint8_t *body, size_t len,
                               int64_t *local_id, int *duplicate)

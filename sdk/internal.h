@@ -22,6 +22,8 @@
 #include "hush.pb-c.h"
 
 #define HUSH_SEAL_KEY_BYTES 32
+#define HUSH_DB_ID_BYTES 16   /* random, per database file, in every sealed value's associated data */
+#define HUSH_ROW_TAG_BYTES 32
 #define HUSH_IDENTITY_PUB_BYTES 33
 
 struct hush_net;
@@ -36,6 +38,8 @@ struct hush_client {
     signal_context *sg;
     signal_protocol_store_context *sc;
     uint8_t seal_key[HUSH_SEAL_KEY_BYTES];
+    uint8_t db_id[HUSH_DB_ID_BYTES];     /* meta 'db_id', loaded (or made) before anything is opened */
+    uint8_t tag_key[HUSH_ROW_TAG_BYTES]; /* keys the row tags of the row digest (seal.c) */
     int has_device;
     char username[HUSH_USERNAME_MAX + 1];
     uint32_t device_id;
@@ -65,9 +69,43 @@ hush_err hsdk_open(const hush_client *c, const char *ad, const uint8_t *ct, size
 /* Builds an associated-data string "<table>|<name>|<n1>|<n2>". */
 void hsdk_ad(char *buf, size_t cap, const char *table, const char *name, size_t name_len,
               int64_t n1, int64_t n2);
+/* The format version of a sealed value (its first byte; 0 when empty). */
+int hsdk_seal_version(const uint8_t *ct, size_t len);
+/* A version-1 value (no database id in its associated data) opened and sealed again as the
+ * current version: *out (malloc, caller frees) or *out NULL when ct is already current. */
+hush_err hsdk_reseal_v1(const hush_client *c, const char *ad, const uint8_t *ct, size_t len, uint8_t **out,
+                        size_t *out_len);
+/* Builds the associated data of the current row of st (label: which table or column). */
+typedef void (*hsdk_ad_fn)(char *ad, size_t cap, sqlite3_stmt *st, const char *label);
+/* Seals again, as the current version, one sealed column: select_sql returns nkeys key columns
+ * first, the sealed one last (any columns the associated data needs between); update_sql takes the new value as ?1 and the keys as ?2... Caller holds
+ * the lock, inside a transaction. */
+hush_err hsdk_reseal_column(hush_client *c, const char *select_sql, const char *update_sql, int nkeys,
+                            hsdk_ad_fn ad_fn, const char *label);
+/* Registers hush_row_tag and hush_digest_step (called by the schema's triggers) on the client's
+ * connection (ctx: the client, its seal key already derived) and derives the tag key: hstore's
+ * `connected` hook, run before the migrations. 0 on success. */
+int hsdk_seal_functions_install(sqlite3 *db, void *ctx);
+/* The row digest, sealed in meta 'rowdigest'. */
+hush_err hsdk_digest_seal(const hush_client *c, const uint8_t d[HUSH_ROW_TAG_BYTES], uint8_t **out, size_t *len);
+hush_err hsdk_digest_open(const hush_client *c, const uint8_t *sealed, size_t len, uint8_t d[HUSH_ROW_TAG_BYTES]);
 
 /* stores.c */
 int hsdk_stores_install(hush_client *c);
+/* HUSH_ERR_DB_TAMPERED unless the schema's triggers and views are exactly the ones the client
+ * made (a planted trigger could feed the row digest); then turns triggers on for the connection
+ * (hstore opens it with them off). Before any write of a tracked table. */
+hush_err hsdk_schema_check(hush_client *c);
+/* The digest of the tracked rows as they are now (XOR of their row tags). */
+hush_err hsdk_rowdigest_compute(hush_client *c, uint8_t d[HUSH_ROW_TAG_BYTES]);
+/* Stores the digest of the rows as they are now (a new database, or after the upgrade). */
+hush_err hsdk_rowdigest_reset(hush_client *c);
+/* HUSH_ERR_DB_TAMPERED when the stored digest is missing, does not open, or differs from the
+ * rows: a tracked row was removed, added or rolled back outside libhush. */
+hush_err hsdk_rowdigest_verify(hush_client *c);
+/* Seals again every version-1 value of the tables this file owns (meta, local device, keys,
+ * sessions, identities). Inside the caller's transaction. */
+hush_err hsdk_stores_reseal_v1(hush_client *c);
 extern const char *const hsdk_migrations[];
 extern const int hsdk_nmigrations;
 hush_err hsdk_meta_get_int(hush_client *c, const char *key, int64_t *out, int *found);
@@ -237,6 +275,8 @@ hush_err hsdk_history_insert(hush_client *c, const char *peer, uint32_t peer_dev
                               const uint8_t msg_id[16], int kind, const char *group_id,
                               uint64_t sent_at, const uint8_t *body, size_t len, int64_t *local_id,
                               int *duplicate);
+/* Seals again every version-1 history and outbox body. Inside the caller's transaction. */
+hush_err hsdk_history_reseal_v1(hush_client *c);
 
 /* history.c: outbox rows */
 void hsdk_outbox_ad(char *ad, size_t cap, const char *peer, const uint8_t mid[16]);

@@ -19,6 +19,34 @@
 
 #include "internal.h"
 
+/* Rows whose removal or rollback must be noticed: every write of these tables passes its old and
+ * new row through a keyed tag into one sealed digest in meta (seal.c), and the client recomputes
+ * the digest at open (hsdk_rowdigest_verify). The column lists, with a prefix ("OLD.", "NEW." or
+ * ""), are shared by the triggers and the check so the two cannot drift apart. */
+#define COLS_LOCAL_DEVICE(p)                                                                           \
+    p "id, " p "username, " p "device_id, " p "registration_id, " p "identity_public, " p            \
+      "identity_private, " p "auth_public, " p "auth_secret, " p "created_at"
+#define COLS_IDENTITIES(p) p "name, " p "device_id, " p "key, " p "updated_at"
+#define COLS_SESSIONS(p) p "name, " p "device_id, " p "record, " p "user_record"
+#define COLS_PRE_KEYS(p) p "id, " p "record, " p "exported"
+#define COLS_SIGNED_PRE_KEYS(p) p "id, " p "record, " p "created_at, " p "retired_at"
+#define COLS_SENDER_KEYS(p) p "group_id, " p "name, " p "device_id, " p "record, " p "user_record"
+#define TAG(t, COLS, p) "hush_row_tag('" t "', " COLS(p) ")"
+#define STEP(tags) "UPDATE meta SET bval = hush_digest_step(bval, " tags ") WHERE key = 'rowdigest'; END"
+#define TRIG_INS(t, COLS) "CREATE TRIGGER " t "_tag_ins AFTER INSERT ON " t " BEGIN " STEP(TAG(t, COLS, "NEW."))
+#define TRIG_DEL(t, COLS) "CREATE TRIGGER " t "_tag_del AFTER DELETE ON " t " BEGIN " STEP(TAG(t, COLS, "OLD."))
+#define TRIG_UPD(t, COLS)                                                                              \
+    "CREATE TRIGGER " t "_tag_upd AFTER UPDATE ON " t " BEGIN " STEP(TAG(t, COLS, "OLD.") ", " TAG(t, COLS, "NEW."))
+#define TRIGGERS(t, COLS) TRIG_INS(t, COLS) ";" TRIG_DEL(t, COLS) ";" TRIG_UPD(t, COLS) ";"
+#define TRIGGER_LIST(t, COLS) TRIG_INS(t, COLS), TRIG_DEL(t, COLS), TRIG_UPD(t, COLS)
+
+/* Every trigger and view the schema may hold, exactly as created (SQLite keeps the text). */
+static const char *const schema_triggers[] = {
+    TRIGGER_LIST("local_device", COLS_LOCAL_DEVICE), TRIGGER_LIST("identities", COLS_IDENTITIES),
+    TRIGGER_LIST("sessions", COLS_SESSIONS),         TRIGGER_LIST("pre_keys", COLS_PRE_KEYS),
+    TRIGGER_LIST("signed_pre_keys", COLS_SIGNED_PRE_KEYS), TRIGGER_LIST("sender_keys", COLS_SENDER_KEYS),
+};
+
 const char *const hsdk_migrations[] = {
     /* 0 -> 1: initial schema */
     "CREATE TABLE meta ("
@@ -96,6 +124,11 @@ const char *const hsdk_migrations[] = {
     "CREATE TABLE outbox_envelopes ("
     "  message_id BLOB NOT NULL, name TEXT NOT NULL, device_id INTEGER NOT NULL, envelope BLOB NOT NULL,"
     "  PRIMARY KEY (message_id, name, device_id)) WITHOUT ROWID;",
+    /* 4 -> 5: the row digest (see the column lists above). The digest itself is written by the
+     * client right after (it needs the key): until then the triggers update no row. */
+    TRIGGERS("local_device", COLS_LOCAL_DEVICE) TRIGGERS("identities", COLS_IDENTITIES)
+    TRIGGERS("sessions", COLS_SESSIONS) TRIGGERS("pre_keys", COLS_PRE_KEYS)
+    TRIGGERS("signed_pre_keys", COLS_SIGNED_PRE_KEYS) TRIGGERS("sender_keys", COLS_SENDER_KEYS),
 };
 const int hsdk_nmigrations = (int)(sizeof hsdk_migrations / sizeof hsdk_migrations[0]);
 
@@ -244,6 +277,193 @@ hush_err hsdk_meta_set_int(hush_client *c, const char *key, int64_t v)
     sqlite3_bind_text(st, 1, key, -1, SQLITE_TRANSIENT);
     sqlite3_bind_int64(st, 2, v);
     return hsdk_from_store(hstore_run(c->db, st));
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* the schema's triggers and the row digest */
+
+hush_err hsdk_schema_check(hush_client *c)
+{
+    sqlite3_stmt *st;
+    hstore_err se = hstore_prepare(c->db, "SELECT sql FROM sqlite_schema WHERE type IN ('trigger', 'view')", &st);
+    if (se)
+        return hsdk_from_store(se);
+    const size_t nexp = sizeof schema_triggers / sizeof schema_triggers[0];
+    size_t seen = 0;
+    int row = 0, bad = 0;
+    while ((se = hstore_step(c->db, st, &row)) == HSTORE_OK && row) {
+        const char *sql = (const char *)sqlite3_column_text(st, 0);
+        int known = 0;
+        for (size_t i = 0; sql && i < nexp && !known; i++)
+            known = strcmp(sql, schema_triggers[i]) == 0;
+        if (known)
+            seen++;
+        else
+            bad = 1;
+    }
+    if (se)
+        return hsdk_from_store(se);
+    sqlite3_reset(st);
+    if (bad || seen != nexp)
+        return HUSH_ERR_DB_TAMPERED;
+    /* hstore opens every connection with triggers off (a file could carry planted ones): these
+     * are exactly ours, so they may run now */
+    int on = 0;
+    if (sqlite3_db_config(hstore_handle(c->db), SQLITE_DBCONFIG_ENABLE_TRIGGER, 1, &on) != SQLITE_OK || !on)
+        return HUSH_ERR_STORAGE;
+    return HUSH_OK;
+}
+
+hush_err hsdk_rowdigest_compute(hush_client *c, uint8_t d[HUSH_ROW_TAG_BYTES])
+{
+    static const char *const tags[] = {
+        "SELECT " TAG("local_device", COLS_LOCAL_DEVICE, "") " FROM local_device",
+        "SELECT " TAG("identities", COLS_IDENTITIES, "") " FROM identities",
+        "SELECT " TAG("sessions", COLS_SESSIONS, "") " FROM sessions",
+        "SELECT " TAG("pre_keys", COLS_PRE_KEYS, "") " FROM pre_keys",
+        "SELECT " TAG("signed_pre_keys", COLS_SIGNED_PRE_KEYS, "") " FROM signed_pre_keys",
+        "SELECT " TAG("sender_keys", COLS_SENDER_KEYS, "") " FROM sender_keys",
+    };
+    memset(d, 0, HUSH_ROW_TAG_BYTES);
+    for (size_t t = 0; t < sizeof tags / sizeof tags[0]; t++) {
+        sqlite3_stmt *st;
+        hstore_err se = hstore_prepare(c->db, tags[t], &st);
+        int row = 0;
+        while (!se && (se = hstore_step(c->db, st, &row)) == HSTORE_OK && row) {
+            const uint8_t *tag = sqlite3_column_blob(st, 0);
+            if (sqlite3_column_bytes(st, 0) != HUSH_ROW_TAG_BYTES) {
+                sqlite3_reset(st);
+                return HUSH_ERR_INTERNAL;
+            }
+            for (size_t k = 0; k < HUSH_ROW_TAG_BYTES; k++)
+                d[k] ^= tag[k];
+        }
+        if (se)
+            return hsdk_from_store(se);
+    }
+    return HUSH_OK;
+}
+
+hush_err hsdk_rowdigest_reset(hush_client *c)
+{
+    uint8_t d[HUSH_ROW_TAG_BYTES], *sealed = NULL;
+    size_t len = 0;
+    hush_err e = hsdk_rowdigest_compute(c, d);
+    if (!e)
+        e = hsdk_digest_seal(c, d, &sealed, &len);
+    if (!e)
+        e = hsdk_meta_set_blob(c, "rowdigest", sealed, len);
+    free(sealed);
+    return e;
+}
+
+hush_err hsdk_rowdigest_verify(hush_client *c)
+{
+    uint8_t *sealed = NULL;
+    size_t len = 0;
+    hush_err e = hsdk_meta_get_blob(c, "rowdigest", &sealed, &len);
+    if (e)
+        return e;
+    uint8_t want[HUSH_ROW_TAG_BYTES], have[HUSH_ROW_TAG_BYTES];
+    int ok = sealed && hsdk_digest_open(c, sealed, len, want) == HUSH_OK;
+    free(sealed);
+    if (!ok)
+        return HUSH_ERR_DB_TAMPERED;
+    if ((e = hsdk_rowdigest_compute(c, have)))
+        return e;
+    return sodium_memcmp(want, have, sizeof want) == 0 ? HUSH_OK : HUSH_ERR_DB_TAMPERED;
+}
+
+/* Associated-data builders of the one-time upgrade: each the same as its table's own code. */
+static const char *col_text(sqlite3_stmt *st, int i, size_t *len)
+{
+    const char *t = (const char *)sqlite3_column_text(st, i);
+    *len = t ? (size_t)sqlite3_column_bytes(st, i) : 0;
+    return t ? t : "";
+}
+
+static void ad_meta(char *ad, size_t cap, sqlite3_stmt *st, const char *label)
+{
+    size_t n = 0;
+    const char *key = col_text(st, 0, &n);
+    if (snprintf(ad, cap, "hush1|%s|%s", label, key) >= (int)cap)
+        abort();
+}
+
+static void ad_fixed(char *ad, size_t cap, sqlite3_stmt *st, const char *label)
+{
+    (void)st;
+    if (snprintf(ad, cap, "hush1|%s", label) >= (int)cap)
+        abort();
+}
+
+static void ad_name_dev(char *ad, size_t cap, sqlite3_stmt *st, const char *label)
+{
+    size_t n = 0;
+    const char *name = col_text(st, 0, &n);
+    hsdk_ad(ad, cap, label, name, strlen(name), sqlite3_column_int64(st, 1), 0);
+}
+
+static void ad_name_dev_candidate(char *ad, size_t cap, sqlite3_stmt *st, const char *label)
+{
+    size_t n = 0;
+    const char *name = col_text(st, 0, &n);
+    hsdk_ad(ad, cap, label, name, strlen(name), sqlite3_column_int64(st, 1), sqlite3_column_int64(st, 2));
+}
+
+static void ad_id(char *ad, size_t cap, sqlite3_stmt *st, const char *label)
+{
+    hsdk_ad(ad, cap, label, "", 0, sqlite3_column_int64(st, 0), 0);
+}
+
+static void skn_ad(char *ad, size_t cap, const char *what, const char *group, const char *name, int32_t dev);
+
+static void ad_sender_key(char *ad, size_t cap, sqlite3_stmt *st, const char *label)
+{
+    size_t n = 0;
+    char group[HUSH_GROUP_ID_MAX + 1], name[HUSH_USERNAME_MAX + 1];
+    snprintf(group, sizeof group, "%s", col_text(st, 0, &n));
+    snprintf(name, sizeof name, "%s", col_text(st, 1, &n));
+    skn_ad(ad, cap, label, group, name, (int32_t)sqlite3_column_int64(st, 2));
+}
+
+hush_err hsdk_stores_reseal_v1(hush_client *c)
+{
+    static const struct {
+        const char *select, *update;
+        int nkeys;
+        hsdk_ad_fn ad;
+        const char *label;
+    } cols[] = {
+        {"SELECT key, bval FROM meta WHERE key IN ('keycheck', 'link_token', 'device_name', 'recovery_secret')",
+         "UPDATE meta SET bval = ?1 WHERE key = ?2", 1, ad_meta, "meta"},
+        {"SELECT id, identity_private FROM local_device", "UPDATE local_device SET identity_private = ?1 WHERE id = ?2",
+         1, ad_fixed, "local_device|identity_private"},
+        {"SELECT id, auth_secret FROM local_device", "UPDATE local_device SET auth_secret = ?1 WHERE id = ?2", 1,
+         ad_fixed, "local_device|auth_secret"},
+        {"SELECT name, device_id, key FROM identities",
+         "UPDATE identities SET key = ?1 WHERE name = ?2 AND device_id = ?3", 2, ad_name_dev, "identities"},
+        {"SELECT name, device_id, candidate, key FROM pending_identities",
+         "UPDATE pending_identities SET key = ?1 WHERE name = ?2 AND device_id = ?3 AND candidate = ?4", 3,
+         ad_name_dev_candidate, "pending_identities"},
+        {"SELECT name, device_id, record FROM sessions",
+         "UPDATE sessions SET record = ?1 WHERE name = ?2 AND device_id = ?3", 2, ad_name_dev, "sessions"},
+        {"SELECT name, device_id, user_record FROM sessions",
+         "UPDATE sessions SET user_record = ?1 WHERE name = ?2 AND device_id = ?3", 2, ad_name_dev, "sessions.user"},
+        {"SELECT id, record FROM pre_keys", "UPDATE pre_keys SET record = ?1 WHERE id = ?2", 1, ad_id, "pre_keys"},
+        {"SELECT id, record FROM signed_pre_keys", "UPDATE signed_pre_keys SET record = ?1 WHERE id = ?2", 1, ad_id,
+         "signed_pre_keys"},
+        {"SELECT group_id, name, device_id, record FROM sender_keys",
+         "UPDATE sender_keys SET record = ?1 WHERE group_id = ?2 AND name = ?3 AND device_id = ?4", 3,
+         ad_sender_key, "sender_keys"},
+        {"SELECT group_id, name, device_id, user_record FROM sender_keys",
+         "UPDATE sender_keys SET user_record = ?1 WHERE group_id = ?2 AND name = ?3 AND device_id = ?4", 3,
+         ad_sender_key, "sender_keys.user"},
+    };
+    hush_err e = HUSH_OK;
+    for (size_t i = 0; !e && i < sizeof cols / sizeof cols[0]; i++)
+        e = hsdk_reseal_column(c, cols[i].select, cols[i].update, cols[i].nkeys, cols[i].ad, cols[i].label);
+    return e;
 }
 
 /* ---------------------------------------------------------------------------------------- */

@@ -372,7 +372,7 @@ static void harden(sqlite3 *db)
 hstore_err hstore_open(const char *path, const hstore_opts *opts, const char *const *migrations,
                        int nmigrations, hstore **out, char *errbuf, size_t errbuf_len)
 {
-    static const hstore_opts defaults = { HSTORE_SYNC_FULL, 5000, 1, 0, 0 };
+    static const hstore_opts defaults = { HSTORE_SYNC_FULL, 5000, 1, 0, 0, NULL, NULL };
     if (!opts)
         opts = &defaults;
     *out = NULL;
@@ -410,6 +410,12 @@ hstore_err hstore_open(const char *path, const hstore_opts *opts, const char *co
      * were a tenth of the relay's CPU under load). 256 KiB per connection. */
     sqlite3_db_config(db->db, SQLITE_DBCONFIG_LOOKASIDE, NULL, 512, 512);
     sqlite3_busy_timeout(db->db, opts->busy_timeout_ms > 0 ? opts->busy_timeout_ms : 5000);
+    /* before the schema is first read: its triggers name the functions this registers */
+    if (opts->connected && opts->connected(db->db, opts->connected_ctx) != 0) {
+        set_err(db, "could not set up the connection (SQL functions)");
+        e = HSTORE_ERR_SQL;
+        goto out;
+    }
 
     /* The first statement that reads the header is where a non-database or truncated file shows. */
     if ((e = query_int(db, "PRAGMA user_version", &db->version)))

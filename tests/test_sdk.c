@@ -1026,6 +1026,210 @@ static void test_archived_states_capped(void **state)
     hush_client_close(b);
 }
 
+/* ---------------------------------------------------------------------------------------- */
+/* the database id and the row digest */
+
+static void copy_file(const char *from, const char *to)
+{
+    FILE *in = fopen(from, "rb"), *out = fopen(to, "wb");
+    assert_non_null(in);
+    assert_non_null(out);
+    char buf[65536];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, in)) > 0)
+        assert_int_equal(fwrite(buf, 1, n, out), n);
+    fclose(in);
+    assert_int_equal(fclose(out), 0);
+}
+
+/* What someone with the file (not the key) can do: run SQL on it with triggers off. */
+static void tamper(const char *path, const char *sql)
+{
+    sqlite3 *raw = NULL;
+    assert_int_equal(sqlite3_open(path, &raw), SQLITE_OK);
+    int off = 1;
+    sqlite3_db_config(raw, SQLITE_DBCONFIG_ENABLE_TRIGGER, 0, &off);
+    char *err = NULL;
+    if (sqlite3_exec(raw, sql, NULL, NULL, &err) != SQLITE_OK)
+        fail_msg("tamper: %s: %s", sql, err);
+    sqlite3_close(raw);
+}
+
+static hush_err open_with_key_of(const char *path, const char *name)
+{
+    uint8_t key[HUSH_DB_KEY_BYTES];
+    test_key(name, key);
+    hush_client *c = NULL;
+    hush_err e = hush_client_open(path, key, NULL, &c);
+    hush_client_close(c);
+    return e;
+}
+
+/* A session row put back from an older copy, a trusted identity deleted, a trigger planted or
+ * dropped: the client refuses the database instead of reusing message keys or trusting the next
+ * key that comes along. The untouched copy opens. */
+static void test_rows_rolled_back_refused(void **state)
+{
+    (void)state;
+    hush_client *a = open_client("rbalice", 1, N), *b = open_client("rbbob", 1, N);
+    hush_client_close(b);
+    copy_file(tpath("rbbob.db"), tpath("rbbob-old.db")); /* with the one-time prekey alice will use */
+    b = open_client("rbbob", 1, N);
+    start_session(a, b);
+    size_t len;
+    uint8_t *env = send_text(a, "rbbob", 1, "before the copy", &len);
+    hush_message_free(recv_ok(b, "rbalice", 1, env, len));
+    hush_free(env);
+    hush_client_close(a);
+    copy_file(tpath("rbalice.db"), tpath("rb-old.db"));
+    a = open_client("rbalice", 1, N);
+    for (int i = 0; i < 3; i++) {
+        env = send_text(a, "rbbob", 1, "after the copy", &len);
+        hush_message_free(recv_ok(b, "rbalice", 1, env, len));
+        hush_free(env);
+    }
+    hush_client_close(a);
+    hush_client_close(b);
+
+    static const char *const attacks[] = {
+        "ATTACH 'rb-old.db' AS old; UPDATE sessions SET record = "
+        "(SELECT record FROM old.sessions WHERE old.sessions.name = sessions.name);",
+        "DELETE FROM identities;",
+        "DELETE FROM sessions;",
+        "DELETE FROM pre_keys WHERE id = (SELECT max(id) FROM pre_keys);",
+        "CREATE TRIGGER planted AFTER UPDATE ON history BEGIN SELECT 1; END;",
+        "DROP TRIGGER sessions_tag_upd;",
+        "DELETE FROM meta WHERE key = 'rowdigest';",
+    };
+    for (size_t i = 0; i < sizeof attacks / sizeof attacks[0]; i++) {
+        copy_file(tpath("rbalice.db"), tpath("rb-t.db"));
+        assert_int_equal(chdir(tpath("")), 0);
+        tamper(tpath("rb-t.db"), attacks[i]);
+        hush_err e = open_with_key_of(tpath("rb-t.db"), "rbalice");
+        if (e != HUSH_ERR_DB_TAMPERED)
+            fail_msg("attack %zu (%s) gave %s", i, attacks[i], hush_strerror(e));
+    }
+    /* bob's one-time prekey that alice used, put back: her first message could be replayed */
+    copy_file(tpath("rbbob.db"), tpath("rb-t.db"));
+    tamper(tpath("rb-t.db"), "ATTACH 'rbbob-old.db' AS old; INSERT INTO pre_keys SELECT * FROM old.pre_keys "
+                             "WHERE id NOT IN (SELECT id FROM main.pre_keys);");
+    assert_int_equal(open_with_key_of(tpath("rb-t.db"), "rbbob"), HUSH_ERR_DB_TAMPERED);
+    /* the same statements that change nothing tracked leave it usable */
+    copy_file(tpath("rbalice.db"), tpath("rb-t.db"));
+    tamper(tpath("rb-t.db"), "UPDATE history SET read = read;");
+    assert_int_equal(open_with_key_of(tpath("rb-t.db"), "rbalice"), HUSH_OK);
+}
+
+/* A sealed value copied from another database under the same key does not open: the database's
+ * own id is in every value's associated data. */
+static void test_sealed_rows_bound_to_database(void **state)
+{
+    (void)state;
+    uint8_t key[HUSH_DB_KEY_BYTES];
+    test_key("twin", key);
+    hush_client *x = NULL, *y = NULL;
+    assert_int_equal(hush_client_open(tpath("twin1.db"), key, NULL, &x), HUSH_OK);
+    assert_int_equal(hush_client_open(tpath("twin2.db"), key, NULL, &y), HUSH_OK);
+    assert_int_equal(hush_device_create(x, "twin", 1), HUSH_OK);
+    assert_int_equal(hush_device_create(y, "twin", 1), HUSH_OK);
+    uint8_t mid[HUSH_MESSAGE_ID_BYTES];
+    assert_int_equal(hush_outbox_put(y, "someone", (const uint8_t *)"from the other file", 19, mid), HUSH_OK);
+    hush_client_close(x);
+    hush_client_close(y);
+    assert_int_equal(chdir(tpath("")), 0);
+    tamper(tpath("twin1.db"), "ATTACH 'twin2.db' AS other; INSERT INTO outbox SELECT * FROM other.outbox;");
+    assert_int_equal(hush_client_open(tpath("twin1.db"), key, NULL, &x), HUSH_OK);
+    hush_outbox_entry *o = NULL;
+    assert_int_equal(hush_outbox_next(x, &o), HUSH_ERR_DB_KEY);
+    assert_null(o);
+    hush_client_close(x);
+}
+
+/* A database written before values carried the database id (seal version 1, schema 4, made by
+ * tests/fixtures/make_v1.c) is sealed again at its first open: history, sessions, the group's
+ * sender key, the queued message and the device name all survive, and nothing of version 1 is left. */
+static void test_v1_database_upgraded(void **state)
+{
+    (void)state;
+    const char *fx = getenv("HUSH_TEST_FIXTURES");
+    if (!fx)
+        fail_msg("HUSH_TEST_FIXTURES is not set (make test sets it)");
+    char from[512];
+    snprintf(from, sizeof from, "%s/v1-alice.db", fx);
+    copy_file(from, tpath("v1alice.db"));
+    snprintf(from, sizeof from, "%s/v1-bob.db", fx);
+    copy_file(from, tpath("v1bob.db"));
+    hush_client *a = open_client("v1alice", 1, N), *b = open_client("v1bob", 7, N);
+
+    hush_history_entry *h = NULL;
+    size_t n = 0;
+    assert_int_equal(hush_history_list(a, "v1bob", 0, 10, &h, &n), HUSH_OK);
+    assert_int_equal(n, 3);
+    int seen = 0;
+    for (size_t i = 0; i < n; i++)
+        seen += (h[i].body_len == 12 && memcmp(h[i].body, "v1 hello bob", 12) == 0) ||
+                (h[i].body_len == 14 && memcmp(h[i].body, "v1 hello alice", 14) == 0) ||
+                (h[i].body_len == 9 && memcmp(h[i].body, "v1 second", 9) == 0);
+    assert_int_equal(seen, 3);
+    hush_history_free(h, n);
+    hush_outbox_entry *o = NULL;
+    assert_int_equal(hush_outbox_next(a, &o), HUSH_OK);
+    assert_memory_equal(o->body, "v1 queued", 9);
+    hush_outbox_entry_free(o);
+
+    /* the sessions and the group go on */
+    size_t len;
+    uint8_t *env = send_text(a, "v1bob", 7, "after the upgrade", &len);
+    hush_message *m = recv_ok(b, "v1alice", 1, env, len);
+    assert_string_equal((char *)m->body, "after the upgrade");
+    hush_message_free(m);
+    hush_free(env);
+    env = send_text(b, "v1alice", 1, "and back", &len);
+    hush_message_free(recv_ok(a, "v1bob", 7, env, len));
+    hush_free(env);
+    uint8_t mid[HUSH_MESSAGE_ID_BYTES];
+    assert_int_equal(hush_group_encrypt(a, "v1room", (const uint8_t *)"room again", 10, mid, &env, &len), HUSH_OK);
+    m = recv_ok(b, "v1alice", 1, env, len);
+    assert_memory_equal(m->body, "room again", 10);
+    hush_message_free(m);
+    hush_free(env);
+    hush_client_close(a);
+    hush_client_close(b);
+
+    /* every sealed value is of the current version, and the upgraded files open again */
+    static const char *const left[] = {
+        "SELECT count(*) FROM meta WHERE key IN ('keycheck', 'device_name', 'rowdigest') AND substr(bval, 1, 1) <> x'02'",
+        "SELECT count(*) FROM local_device WHERE substr(identity_private, 1, 1) <> x'02' OR substr(auth_secret, 1, 1) <> x'02'",
+        "SELECT count(*) FROM identities WHERE substr(key, 1, 1) <> x'02'",
+        "SELECT count(*) FROM sessions WHERE substr(record, 1, 1) <> x'02'",
+        "SELECT count(*) FROM pre_keys WHERE substr(record, 1, 1) <> x'02'",
+        "SELECT count(*) FROM signed_pre_keys WHERE substr(record, 1, 1) <> x'02'",
+        "SELECT count(*) FROM sender_keys WHERE substr(record, 1, 1) <> x'02'",
+        "SELECT count(*) FROM history WHERE substr(body, 1, 1) <> x'02'",
+        "SELECT count(*) FROM outbox WHERE substr(body, 1, 1) <> x'02'",
+    };
+    const char *files[] = { "v1alice.db", "v1bob.db" };
+    for (int f = 0; f < 2; f++) {
+        sqlite3 *raw = NULL;
+        assert_int_equal(sqlite3_open(tpath(files[f]), &raw), SQLITE_OK);
+        for (size_t i = 0; i < sizeof left / sizeof left[0]; i++) {
+            sqlite3_stmt *st = NULL;
+            assert_int_equal(sqlite3_prepare_v2(raw, left[i], -1, &st, NULL), SQLITE_OK);
+            assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+            if (sqlite3_column_int(st, 0) != 0)
+                fail_msg("%s: %s -> %d", files[f], left[i], sqlite3_column_int(st, 0));
+            sqlite3_finalize(st);
+        }
+        sqlite3_close(raw);
+    }
+    assert_int_equal(open_with_key_of(tpath("v1alice.db"), "v1alice"), HUSH_OK);
+    assert_int_equal(open_with_key_of(tpath("v1bob.db"), "v1bob"), HUSH_OK);
+    /* the wrong key still fails first, and changes nothing */
+    copy_file(from, tpath("v1wrong.db"));
+    assert_int_equal(open_with_key_of(tpath("v1wrong.db"), "not-v1bob"), HUSH_ERR_DB_KEY);
+    assert_int_equal(open_with_key_of(tpath("v1wrong.db"), "v1bob"), HUSH_OK);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1053,6 +1257,9 @@ int main(void)
         cmocka_unit_test(test_archived_states_capped),
         cmocka_unit_test(test_auth_key),
         cmocka_unit_test(test_signed_prekey_rotation),
+        cmocka_unit_test(test_rows_rolled_back_refused),
+        cmocka_unit_test(test_sealed_rows_bound_to_database),
+        cmocka_unit_test(test_v1_database_upgraded),
     };
     return cmocka_run_group_tests_name("sdk", tests, NULL, NULL);
 }

@@ -19,7 +19,7 @@ static const char *const migs[] = {
 
 static hstore *must_open(const char *path, int nmig)
 {
-    hstore_opts o = { HSTORE_SYNC_NORMAL, 1000, 1, 0, 0 };
+    hstore_opts o = { HSTORE_SYNC_NORMAL, 1000, 1, 0, 0, NULL, NULL };
     hstore *db = NULL;
     char err[256];
     hstore_err e = hstore_open(path, &o, migs, nmig, &db, err, sizeof err);

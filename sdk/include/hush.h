@@ -94,11 +94,15 @@ typedef enum hush_err {
     HUSH_ERR_TOO_MANY_DEVICES, /* the account has the most devices the relay allows */
     HUSH_ERR_LINK_FAILED,      /* linking a device: the link code expired or was used, or the new
                                   device's link was refused (start again with a new code) */
-    HUSH_ERR_DEVICE_REMOVED    /* this device was removed from its account (by itself, another of its
+    HUSH_ERR_DEVICE_REMOVED,   /* this device was removed from its account (by itself, another of its
                                   devices or the relay's operator): the network stops for good */
+    HUSH_ERR_DB_TAMPERED       /* the database was changed outside libhush: key, session or identity
+                                  rows removed, added or rolled back (a restored old copy, a planted
+                                  trigger). Refused: using it could reuse message keys or trust a key
+                                  nobody verified. Recover or link this device again on a new database */
 } hush_err;
 
-#define HUSH_ERR_LAST HUSH_ERR_DEVICE_REMOVED
+#define HUSH_ERR_LAST HUSH_ERR_DB_TAMPERED
 
 /* Never NULL; static storage. */
 const char *hush_strerror(hush_err err);
@@ -125,7 +129,9 @@ typedef struct hush_open_opts {
  * app keeps in the platform keystore). The crypto provider's self-test runs once per process first.
  * `opts` may be NULL for defaults. On success *out is a new client owned by the caller (free with
  * hush_client_close). Errors: HUSH_ERR_INVALID_ARG, HUSH_ERR_NOMEM, HUSH_ERR_STORAGE,
- * HUSH_ERR_DB_CORRUPT, HUSH_ERR_DB_TOO_NEW, HUSH_ERR_DB_KEY (wrong key), HUSH_ERR_SELFTEST.
+ * HUSH_ERR_DB_CORRUPT, HUSH_ERR_DB_TOO_NEW, HUSH_ERR_DB_KEY (wrong key), HUSH_ERR_DB_TAMPERED (key,
+ * session or identity rows removed, added or rolled back outside libhush), HUSH_ERR_SELFTEST.
+ * A database written by an older libhush is upgraded in place by the first open.
  */
 HUSH_MUST_CHECK hush_err hush_client_open(const char *db_path, const uint8_t db_key[HUSH_DB_KEY_BYTES],
                                           const hush_open_opts *opts, hush_client **out);

@@ -57,6 +57,11 @@ typedef struct hstore_opts {
     int read_only;             /* non-zero: open read-only, never create, never migrate */
     int secure_delete;         /* non-zero: deleted content is overwritten with zeros, and the WAL
                                   is truncated whenever a checkpoint resets it (for secrets) */
+    /* May be NULL. Called once the connection is configured, before the schema is read, with
+     * connected_ctx: registers the SQL functions the schema's triggers call. Non-zero fails the
+     * open (HSTORE_ERR_SQL). */
+    int (*connected)(sqlite3 *db, void *ctx);
+    void *connected_ctx;
 } hstore_opts;
 
 /* Copies every WAL frame into the database and truncates the WAL to zero bytes (best effort: a

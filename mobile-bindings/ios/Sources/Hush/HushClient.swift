@@ -39,8 +39,9 @@ public final class HushClient: @unchecked Sendable {
     /// Opens (creating if absent) the client database at `databasePath`, sealed with
     /// `databaseKey` (32 bytes: see `makeDatabaseKey()`; keep it in the Keychain). The copy this
     /// call makes of the key is wiped before it returns; the `Data` you pass stays yours to wipe.
-    /// Errors: `.invalidArgument` (key not 32 bytes), `.databaseKey` (wrong key), `.databaseCorrupt`,
-    /// `.databaseTooNew`, `.storage`, `.selfTest`.
+    /// Errors: `.invalidArgument` (key not 32 bytes), `.databaseKey` (wrong key), `.databaseTampered`
+    /// (rows removed or rolled back outside libhush: recover or link again on a new database),
+    /// `.databaseCorrupt`, `.databaseTooNew`, `.storage`, `.selfTest`.
     public init(databasePath: String, databaseKey: Data, durability: Durability = .full) throws {
         guard databaseKey.count == HushClient.databaseKeyBytes else {
             throw HushError.invalidArgument

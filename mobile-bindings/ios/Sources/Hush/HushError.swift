@@ -39,6 +39,8 @@ public enum HushError: Error, Equatable, Hashable, Sendable, CustomStringConvert
     case tooManyDevices
     case linkFailed
     case deviceRemoved
+    /// The database was changed outside libhush (rows removed, added or rolled back): refused.
+    case databaseTampered
     /// The client was closed: every call after `close()` (or during it) fails with this.
     case closed
     /// `stop()` was called from a delegate callback, on the network thread it would wait for.
@@ -53,7 +55,7 @@ public enum HushError: Error, Equatable, Hashable, Sendable, CustomStringConvert
         .duplicate, .stalePrekey, .identityChanged, .notFound, .tooBig, .safetyMismatch,
         .noGroupSession, .internal, .network, .authFailed, .usernameTaken, .registrationRefused,
         .unknownUser, .timeout, .notRunning, .relay, .sessionReplaced, .tooManyDevices, .linkFailed,
-        .deviceRemoved,
+        .deviceRemoved, .databaseTampered,
     ]
 
     /// Every error libhush defines (not `closed`, `insideCallback` or `unknown`).

@@ -311,7 +311,7 @@ final class HushClientTests: XCTestCase {
     }
 
     func testErrorMapping() async throws {
-        XCTAssertEqual(HushError.libraryErrors.count, 33)
+        XCTAssertEqual(HushError.libraryErrors.count, 34)
         for (i, e) in HushError.libraryErrors.enumerated() {
             XCTAssertEqual(e.code, Int32(i + 1))
             XCTAssertEqual(HushError(code: e.code), e)

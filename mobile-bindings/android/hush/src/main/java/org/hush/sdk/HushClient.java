@@ -133,7 +133,8 @@ public final class HushClient implements AutoCloseable {
 
         /**
          * Opens the database. Errors: INVALID_ARG (bad path or key), DB_KEY (wrong key),
-         * DB_CORRUPT, DB_TOO_NEW, STORAGE, SELFTEST.
+         * DB_TAMPERED (rows removed or rolled back outside libhush: recover or link again on a
+         * new database), DB_CORRUPT, DB_TOO_NEW, STORAGE, SELFTEST.
          */
         public HushClient build() throws HushException {
             try {

@@ -72,6 +72,9 @@ public enum HushError {
     LINK_FAILED(32),
     /** This device was removed from its account; the network stopped for good. */
     DEVICE_REMOVED(33),
+    /** The database was changed outside libhush (rows removed, added or rolled back): refused.
+     * Recover or link this device again on a new database. */
+    DB_TAMPERED(34),
     /** Binding only: the client was closed. */
     CLOSED(-1),
     /** Binding only: a code this version of the binding does not know (a newer libhush). */
