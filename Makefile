@@ -63,8 +63,11 @@ LIBS := $(PKG_LIBS) -lpthread
 # ---------------------------------------------------------------------------------------------
 # sources
 
-GEN_SRC := $(BUILD)/gen/hush.pb-c.c
-GEN_HDR := $(BUILD)/gen/hush.pb-c.h
+# hush.proto: the wire protocol; signal_record.proto: the part of libsignal's session records the
+# SDK trims (skipped-message keys)
+GEN_PROTOS := hush signal_record
+GEN_SRC := $(patsubst %,$(BUILD)/gen/%.pb-c.c,$(GEN_PROTOS))
+GEN_HDR := $(patsubst %,$(BUILD)/gen/%.pb-c.h,$(GEN_PROTOS))
 STORE_SRC := $(wildcard store/*.c)
 PROTO_SRC := proto/wire.c
 SDK_SRC := $(wildcard sdk/*.c)
@@ -77,7 +80,7 @@ BENCH_COMMON_OBJ := $(BUILD)/obj/bench/common.o $(BUILD)/obj/bench/hushdev.o $(B
 
 obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
 STORE_OBJ := $(call obj,$(STORE_SRC))
-PROTO_OBJ := $(call obj,$(PROTO_SRC)) $(BUILD)/obj/gen/hush.pb-c.o
+PROTO_OBJ := $(call obj,$(PROTO_SRC)) $(patsubst %,$(BUILD)/obj/gen/%.pb-c.o,$(GEN_PROTOS))
 SDK_OBJ := $(call obj,$(SDK_SRC))
 CLI_OBJ := $(call obj,$(CLI_SRC))
 RELAY_OBJ := $(call obj,$(RELAY_SRC))
@@ -117,7 +120,7 @@ deps:
 # ---------------------------------------------------------------------------------------------
 # code generation
 
-$(GEN_SRC) $(GEN_HDR) &: proto/hush.proto
+$(BUILD)/gen/%.pb-c.c $(BUILD)/gen/%.pb-c.h &: proto/%.proto
 	$(E) "  PROTOC  $<"
 	$(Q)mkdir -p $(BUILD)/gen
 	$(Q)protoc-c --proto_path=proto --c_out=$(BUILD)/gen $<
@@ -128,7 +131,7 @@ $(BUILD)/obj/%.o: %.c | $(GEN_HDR)
 	$(Q)mkdir -p $(dir $@)
 	$(Q)$(CC) $(ALL_CFLAGS) -c $< -o $@
 
-$(BUILD)/obj/gen/hush.pb-c.o: $(GEN_SRC)
+$(BUILD)/obj/gen/%.pb-c.o: $(BUILD)/gen/%.pb-c.c
 	$(E) "  CC      $<"
 	$(Q)mkdir -p $(dir $@)
 	$(Q)$(CC) $(ALL_CFLAGS) -Wno-missing-prototypes -c $< -o $@

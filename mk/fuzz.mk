@@ -50,14 +50,14 @@ FUZZ_CFLAGS := -std=c11 -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE -g -O1 -fno-
                -Istore/include -Isdk/include -Isdk -Iproto -Ifuzz -Irelay -Itests -I$(BUILD)/gen $(PKG_CFLAGS) \
                $(CMOCKA_CFLAGS)
 FUZZ_LIB_SRC := $(SDK_SRC) $(PROTO_SRC) $(STORE_SRC) $(FUZZ_SUPPORT_SRC)
-FUZZ_LIB_OBJ := $(patsubst %.c,$(FUZZ_BUILD)/obj/%.o,$(FUZZ_LIB_SRC)) $(FUZZ_BUILD)/obj/gen/hush.pb-c.o
+FUZZ_LIB_OBJ := $(patsubst %.c,$(FUZZ_BUILD)/obj/%.o,$(FUZZ_LIB_SRC)) $(patsubst %,$(FUZZ_BUILD)/obj/gen/%.pb-c.o,$(GEN_PROTOS))
 FUZZ_BIN := $(patsubst %,$(FUZZ_BUILD)/fuzz_%,$(FUZZ_NAMES))
 
 fuzz: deps
 	$(Q)command -v $(FUZZ_CC) >/dev/null || { echo "install $(FUZZ_CC) (Debian: clang$(if $(AFL),, / afl++))"; exit 1; }
 	$(Q)$(MAKE) --no-print-directory $(GEN_HDR) $(FUZZ_BIN)
 
-$(FUZZ_BUILD)/obj/gen/hush.pb-c.o: $(GEN_SRC)
+$(FUZZ_BUILD)/obj/gen/%.pb-c.o: $(BUILD)/gen/%.pb-c.c
 	$(Q)mkdir -p $(dir $@)
 	$(Q)$(FUZZ_CC) $(FUZZ_CFLAGS) -c $< -o $@
 $(FUZZ_BUILD)/obj/%.o: %.c | $(GEN_HDR)

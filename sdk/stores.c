@@ -18,6 +18,7 @@
 #include <session_record.h>
 
 #include "internal.h"
+#include "signal_record.pb-c.h"
 
 /* Rows whose removal or rollback must be noticed: every write of these tables passes its old and
  * new row through a keyed tag into one sealed digest in meta (seal.c), and the client recomputes
@@ -848,6 +849,69 @@ static hush_err trim_archived(hush_client *c, const uint8_t *record, size_t len,
     return e;
 }
 
+/* A message key takes at least 80 bytes in a record (cipher key, MAC key, IV): a record smaller
+ * than this cannot hold more than HUSH_MAX_SKIPPED_KEYS of them, and is stored without parsing. */
+#define SKIPPED_CHECK_BYTES ((size_t)HUSH_MAX_SKIPPED_KEYS * 80)
+
+static size_t chain_keys(Hushrec__Session *s)
+{
+    size_t n = 0;
+    for (size_t i = 0; s && i < s->n_receiver_chains; i++)
+        n += s->receiver_chains[i]->n_message_keys;
+    return n;
+}
+
+/* Drops the oldest `*excess` message keys of a state's chains (oldest chain first, oldest key
+ * first: libsignal appends both). */
+static void drop_oldest_keys(Hushrec__Session *s, size_t *excess)
+{
+    for (size_t i = 0; s && i < s->n_receiver_chains && *excess; i++) {
+        Hushrec__Chain *ch = s->receiver_chains[i];
+        size_t drop = ch->n_message_keys < *excess ? ch->n_message_keys : *excess;
+        for (size_t k = 0; k < drop; k++)
+            hsdk_wiping_allocator.free(hsdk_wiping_allocator.allocator_data, ch->message_keys[k].data);
+        memmove(ch->message_keys, ch->message_keys + drop, (ch->n_message_keys - drop) * sizeof *ch->message_keys);
+        ch->n_message_keys -= drop;
+        *excess -= drop;
+    }
+}
+
+/* The record with at most HUSH_MAX_SKIPPED_KEYS keys of skipped messages in all. A peer decides
+ * how many messages it skips (up to 2000 per chain in libsignal, which keeps 5 chains per state),
+ * and every decrypt of its messages loads, parses and seals the whole record: without this a peer
+ * could make each of its messages cost tens of milliseconds. libsignal's API cannot list a
+ * chain's keys, so the record is read with the part of its format declared in
+ * proto/signal_record.proto; everything else passes through untouched. *out is NULL when nothing
+ * had to go. */
+static hush_err trim_skipped(const uint8_t *record, size_t len, signal_buffer **out)
+{
+    *out = NULL;
+    if (len < SKIPPED_CHECK_BYTES)
+        return HUSH_OK;
+    Hushrec__Record *r = hushrec__record__unpack(&hsdk_wiping_allocator, len, record);
+    if (!r)
+        return HUSH_ERR_INTERNAL; /* libsignal's own serialization: cannot fail unless memory does */
+    size_t total = chain_keys(r->current_session);
+    for (size_t i = 0; i < r->n_previous_sessions; i++)
+        total += chain_keys(r->previous_sessions[i]);
+    hush_err e = HUSH_OK;
+    if (total > HUSH_MAX_SKIPPED_KEYS) {
+        size_t excess = total - HUSH_MAX_SKIPPED_KEYS;
+        /* the oldest earlier session is the last one (libsignal lists them newest first) */
+        for (size_t i = r->n_previous_sessions; i-- > 0 && excess;)
+            drop_oldest_keys(r->previous_sessions[i], &excess);
+        drop_oldest_keys(r->current_session, &excess);
+        size_t n = hushrec__record__get_packed_size(r);
+        *out = signal_buffer_alloc(n);
+        if (!*out)
+            e = HUSH_ERR_NOMEM;
+        else
+            hushrec__record__pack(r, signal_buffer_data(*out));
+    }
+    hushrec__record__free_unpacked(r, &hsdk_wiping_allocator);
+    return e;
+}
+
 static int s_store_session(const signal_protocol_address *address, uint8_t *record, size_t record_len,
                            uint8_t *user_record, size_t user_record_len, void *ud)
 {
@@ -865,7 +929,19 @@ static int s_store_session(const signal_protocol_address *address, uint8_t *reco
         record = signal_buffer_data(trimmed);
         record_len = signal_buffer_len(trimmed);
     }
+    signal_buffer *fewer = NULL;
+    if ((te = trim_skipped(record, record_len, &fewer))) {
+        if (trimmed)
+            signal_buffer_bzero_free(trimmed);
+        return store_fail(c, te);
+    }
+    if (fewer) {
+        record = signal_buffer_data(fewer);
+        record_len = signal_buffer_len(fewer);
+    }
     int r = store_session_row(c, address, name, record, record_len, user_record, user_record_len);
+    if (fewer)
+        signal_buffer_bzero_free(fewer);
     if (trimmed)
         signal_buffer_bzero_free(trimmed);
     return r;

@@ -23,6 +23,7 @@
 
 #include "hush_wire.h"
 #include "internal.h"
+#include "signal_record.pb-c.h"
 #include "net.h"
 #include "util.h"
 
@@ -1026,6 +1027,91 @@ static void test_archived_states_capped(void **state)
     hush_client_close(b);
 }
 
+/* Keys of skipped messages kept in b's record of a, across all its chains and states. */
+static size_t skipped_keys(hush_client *b, const char *peer, int32_t dev)
+{
+    signal_protocol_address addr = { peer, strlen(peer), dev };
+    session_record *rec = NULL;
+    assert_int_equal(signal_protocol_session_load_session(b->sc, &rec, &addr), 0);
+    signal_buffer *ser = NULL;
+    assert_int_equal(session_record_serialize(&ser, rec), 0);
+    Hushrec__Record *r = hushrec__record__unpack(NULL, signal_buffer_len(ser), signal_buffer_data(ser));
+    assert_non_null(r);
+    size_t n = 0;
+    for (size_t s = 0; s <= r->n_previous_sessions; s++) {
+        Hushrec__Session *st = s < r->n_previous_sessions ? r->previous_sessions[s] : r->current_session;
+        for (size_t i = 0; st && i < st->n_receiver_chains; i++)
+            n += st->receiver_chains[i]->n_message_keys;
+    }
+    hushrec__record__free_unpacked(r, NULL);
+    signal_buffer_bzero_free(ser);
+    SIGNAL_UNREF(rec);
+    return n;
+}
+
+/* A peer that skips many messages in several chains cannot make its session record hold more than
+ * HUSH_MAX_SKIPPED_KEYS keys in all (every decrypt of its messages loads the whole record): the
+ * oldest go, the newest late messages still decrypt. */
+static void test_skipped_keys_capped(void **state)
+{
+    (void)state;
+    hush_client *a = open_client("skipa", 1, N), *b = open_client("skipb", 1, N);
+    start_session(a, b);
+    size_t len;
+    uint8_t *env = send_text(a, "skipb", 1, "hello", &len);
+    hush_message_free(recv_ok(b, "skipa", 1, env, len));
+    hush_free(env);
+    enum { ROUNDS = 3, SKIP = 1500, KEEP = 1200 };
+    uint8_t *oldest[ROUNDS], *kept[ROUNDS];
+    size_t oldest_len[ROUNDS], kept_len[ROUNDS];
+    for (int r = 0; r < ROUNDS; r++) {
+        /* a sends SKIP messages, b gets only the last: b stores keys for the SKIP - 1 before it */
+        for (int i = 0; i < SKIP; i++) {
+            char text[32];
+            snprintf(text, sizeof text, "r%d m%d", r, i);
+            env = send_text(a, "skipb", 1, text, &len);
+            if (i == 0) {
+                oldest[r] = env;
+                oldest_len[r] = len;
+            } else if (i == KEEP) {
+                kept[r] = env;
+                kept_len[r] = len;
+            } else if (i == SKIP - 1) {
+                hush_message_free(recv_ok(b, "skipa", 1, env, len));
+                hush_free(env);
+            } else {
+                hush_free(env);
+            }
+        }
+        /* b answers, so a's next messages come in a new chain */
+        env = send_text(b, "skipa", 1, "go on", &len);
+        hush_message_free(recv_ok(a, "skipb", 1, env, len));
+        hush_free(env);
+    }
+    assert_int_equal(skipped_keys(b, "skipa", 1), HUSH_MAX_SKIPPED_KEYS);
+    /* kept: all of the last chain (1,498 keys) and the newest 502 of the one before */
+    hush_message *m = recv_ok(b, "skipa", 1, oldest[2], oldest_len[2]);
+    assert_string_equal((char *)m->body, "r2 m0");
+    hush_message_free(m);
+    m = recv_ok(b, "skipa", 1, kept[1], kept_len[1]);
+    assert_string_equal((char *)m->body, "r1 m1200");
+    hush_message_free(m);
+    /* dropped: the oldest */
+    for (int r = 0; r < 2; r++) {
+        m = NULL;
+        hush_err e = hush_decrypt(b, "skipa", 1, oldest[r], oldest_len[r], &m);
+        if (e == HUSH_OK)
+            fail_msg("the first skipped message of chain %d still decrypted", r);
+        hush_message_free(m);
+    }
+    for (int r = 0; r < ROUNDS; r++) {
+        hush_free(oldest[r]);
+        hush_free(kept[r]);
+    }
+    hush_client_close(a);
+    hush_client_close(b);
+}
+
 /* ---------------------------------------------------------------------------------------- */
 /* the database id and the row digest */
 
@@ -1255,6 +1341,7 @@ int main(void)
         cmocka_unit_test(test_longest_names_sealed),
         cmocka_unit_test(test_session_record_capped),
         cmocka_unit_test(test_archived_states_capped),
+        cmocka_unit_test(test_skipped_keys_capped),
         cmocka_unit_test(test_auth_key),
         cmocka_unit_test(test_signed_prekey_rotation),
         cmocka_unit_test(test_rows_rolled_back_refused),

@@ -52,6 +52,9 @@ extern "C" {
 #define HUSH_MAX_SESSION_RECORD (2u << 20) /* a peer's session record past this is not stored: its
                                               message fails (HUSH_ERR_TOO_BIG) and is dropped */
 #define HUSH_MAX_ARCHIVED_STATES 4 /* earlier sessions a session record keeps for late messages */
+#define HUSH_MAX_SKIPPED_KEYS 2000 /* keys of skipped (late) messages a session record keeps in all,
+                                      across its chains and earlier sessions; the oldest go first,
+                                      and a message later than that is dropped as a duplicate */
 #define HUSH_MAX_LOCAL_PREKEYS 1000 /* one-time prekeys a device keeps at most (the relay's cap too) */
 
 typedef enum hush_err {
