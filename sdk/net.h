@@ -87,6 +87,11 @@ struct inbound {
  * before the decision (libsignal refuses the identity before any MAC), so anyone could fill the
  * table otherwise. */
 #define HELD_MAX_PER_PEER 200
+/* An envelope that fails to be stored while the rest of its batch commits (this message, not the
+ * database, is the problem) is tried again after 1 s and 2 s, then acknowledged and dropped
+ * (reported): one sender's messages cannot hold the relay's delivery window for everyone. */
+#define NET_RETRY_MAX 64
+#define NET_RETRY_ATTEMPTS 3
 #define HELD_BYTES_PER_PEER (8u << 20)
 
 struct hush_net {
@@ -159,6 +164,12 @@ struct hush_net {
     lws_sorted_usec_list_t sul_batch;
     struct inbound batch[NET_BATCH_MAX]; /* deliveries read in this pass, processed together */
     int nbatch;
+    struct retry {            /* deliveries that failed alone, tried again from the tick */
+        struct inbound in;
+        int attempts;
+        uint64_t due_ms;
+    } retry[NET_RETRY_MAX];
+    int nretry;
     int batch_scheduled;
     /* sends the relay acknowledged in this pass, recorded together (one commit), then the outbox
      * pumped again (its envelopes in one commit too) */
@@ -241,6 +252,14 @@ void hnet_schedule_send_pass(struct hush_net *n);
 void hnet_flush_receipts(struct hush_net *n);
 void hnet_batch_clear(struct hush_net *n);
 void hnet_process_batch(struct hush_net *n);
+/* Tries the deliveries that failed alone again when due (from the tick), acknowledging each once
+ * stored or given up; hnet_retry_clear forgets them (the connection went: the relay delivers
+ * them again). */
+void hnet_retry_due(struct hush_net *n);
+void hnet_retry_clear(struct hush_net *n);
+/* Tests only (fault injection): when set and it returns non-zero for a delivery's sender,
+ * storing that delivery fails as HUSH_ERR_STORAGE. NULL otherwise. */
+extern int (*hnet_test_store_fault)(const char *from, uint32_t dev);
 void hnet_batch_cb(lws_sorted_usec_list_t *sul);
 void hnet_reprocess_pending(struct hush_net *n);
 void hnet_replay_unnotified(struct hush_net *n);

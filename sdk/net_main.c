@@ -278,6 +278,7 @@ static void connection_lost(struct hush_net *n)
     hnet_record_sent(n, 1); /* the relay acknowledged them before the connection went */
     n->wsi = NULL;
     hnet_batch_clear(n); /* not acknowledged: the relay delivers them again */
+    hnet_retry_clear(n);
     n->st = N_IDLE;
     while (n->out_head) {
         struct nbuf *b = n->out_head->next;
@@ -356,6 +357,7 @@ static void tick_cb(lws_sorted_usec_list_t *sul)
 {
     struct hush_net *n = lws_container_of(sul, struct hush_net, sul_tick);
     if (n->st == N_ONLINE) {
+        hnet_retry_due(n);
         hnet_flush_receipts(n);
         if (now_ms() >= n->next_rotation_check_ms)
             hnet_rotation_check(n);
@@ -759,6 +761,7 @@ void hush_net_stop(hush_client *c)
         n->out_head = b;
     }
     hnet_batch_clear(n);
+    hnet_retry_clear(n);
     hnet_forget_offers(n);
     hwire_rx_free(&n->rx);
     pthread_mutex_destroy(&n->mu);

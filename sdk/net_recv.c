@@ -69,9 +69,15 @@ void hnet_flush_receipts(struct hush_net *n)
 
 /* Phase 1 of an inbound envelope, inside the caller's transaction when there is one: decrypt and
  * store it (hush_decrypt), or keep it aside when its sender's identity changed. */
+int (*hnet_test_store_fault)(const char *from, uint32_t dev);
+
 static void inbound_store(struct hush_net *n, struct inbound *in, int from_pending)
 {
     in->m = NULL;
+    if (hnet_test_store_fault && hnet_test_store_fault(in->from, in->dev)) {
+        in->e = HUSH_ERR_STORAGE;
+        return;
+    }
     in->e = hush_decrypt(n->c, in->from, in->dev, in->env, in->len, &in->m);
     if (in->e == HUSH_ERR_IDENTITY_CHANGED && !from_pending) {
         /* keep the envelope until the user decides, and let the relay forget it */
@@ -129,8 +135,7 @@ static int inbound_report(struct hush_net *n, struct inbound *in, int from_pendi
     case HUSH_ERR_NOMEM:
     case HUSH_ERR_DB_KEY:
     case HUSH_ERR_INTERNAL:
-        hnet_report(n, in->e, "could not store an incoming message; the relay will deliver it again");
-        return 0;
+        return 0; /* the caller tries it again, or leaves it to the relay */
     default: {
         char detail[128];
         snprintf(detail, sizeof detail, "dropped an undecryptable message from %s/%u: %s", in->from, in->dev,
@@ -144,6 +149,23 @@ static int inbound_report(struct hush_net *n, struct inbound *in, int from_pendi
 static int is_text(const struct inbound *in)
 {
     return in->e == HUSH_OK && (in->m->kind == HUSH_KIND_TEXT || in->m->kind == HUSH_KIND_GROUP_TEXT);
+}
+
+/* A delivery that failed alone: kept (its envelope taken from the batch) to be tried again. When
+ * the table is full it stays unacknowledged, and the relay delivers it again after a reconnect. */
+static void retry_later(struct hush_net *n, struct inbound *in)
+{
+    if (n->nretry >= NET_RETRY_MAX) {
+        hnet_report(n, in->e, "could not store an incoming message; the relay will deliver it again");
+        return;
+    }
+    hnet_report(n, in->e, "could not store an incoming message; trying again");
+    struct retry *r = &n->retry[n->nretry++];
+    r->in = *in;
+    r->in.m = NULL;
+    r->attempts = 1;
+    r->due_ms = now_ms() + 1000;
+    in->env = NULL; /* the retry owns it now */
 }
 
 void hnet_batch_clear(struct hush_net *n)
@@ -178,9 +200,14 @@ void hnet_process_batch(struct hush_net *n)
     }
     uint64_t seqs[NET_BATCH_MAX];
     size_t nseqs = 0;
-    for (int i = 0; i < n->nbatch; i++)
-        if (inbound_report(n, &n->batch[i], 0) && n->batch[i].seq)
-            seqs[nseqs++] = n->batch[i].seq;
+    for (int i = 0; i < n->nbatch; i++) {
+        if (inbound_report(n, &n->batch[i], 0)) {
+            if (n->batch[i].seq)
+                seqs[nseqs++] = n->batch[i].seq;
+        } else {
+            retry_later(n, &n->batch[i]); /* the batch committed: this message failed alone */
+        }
+    }
     hnet_send_acks(n, seqs, nseqs);
     /* texts: the app first, then one transaction marks them notified and owes receipts */
     int ntexts = 0;
@@ -205,6 +232,59 @@ void hnet_process_batch(struct hush_net *n)
             hnet_flush_receipts(n);
     }
     hnet_batch_clear(n);
+}
+
+void hnet_retry_clear(struct hush_net *n)
+{
+    for (int i = 0; i < n->nretry; i++)
+        free(n->retry[i].in.env);
+    n->nretry = 0;
+}
+
+void hnet_retry_due(struct hush_net *n)
+{
+    uint64_t now = now_ms(), seqs[NET_RETRY_MAX];
+    size_t nseqs = 0;
+    for (int i = 0; i < n->nretry;) {
+        struct retry *r = &n->retry[i];
+        if (r->due_ms > now) {
+            i++;
+            continue;
+        }
+        struct inbound *in = &r->in;
+        hsdk_lock(n->c);
+        hush_err e = hsdk_begin(n->c);
+        if (!e) {
+            inbound_store(n, in, 0);
+            e = hsdk_commit(n->c);
+        }
+        hsdk_unlock(n->c);
+        int done = 0;
+        if (!e && inbound_report(n, in, 0)) {
+            if (is_text(in))
+                notify_and_mark(n, in->m);
+            done = 1;
+        } else if (++r->attempts >= NET_RETRY_ATTEMPTS) {
+            char detail[160];
+            snprintf(detail, sizeof detail, "dropped a message from %s/%u that could not be stored (%d attempts): %s",
+                     in->from, in->dev, r->attempts, hush_strerror(e ? e : in->e));
+            hnet_report(n, e ? e : in->e, detail);
+            done = 1;
+        } else {
+            r->due_ms = now + 1000u * (uint64_t)r->attempts;
+        }
+        hush_message_free(in->m);
+        in->m = NULL;
+        if (!done) {
+            i++;
+            continue;
+        }
+        if (in->seq)
+            seqs[nseqs++] = in->seq;
+        free(in->env);
+        n->retry[i] = n->retry[--n->nretry]; /* order does not matter: each is acknowledged alone */
+    }
+    hnet_send_acks(n, seqs, nseqs);
 }
 
 void hnet_batch_cb(lws_sorted_usec_list_t *sul)
