@@ -940,8 +940,16 @@ static void scenario_w2(int open_loop)
     for (int i = 0; i < p; i++)
         snd[i]->next_send = t0 + (open_loop ? interval * i / p : 0);
     long overload = 0;
+    /* CPU time over the measured window: the server's (from /proc, when its pid is given) and the
+     * load generator's own, so a figure per message does not depend on the neighbours and a load
+     * generator at its limit shows */
+    double srv_cpu0 = -1, lg_cpu0 = -1, srv_cpu1 = -1, lg_cpu1 = -1;
     for (;;) {
         double t = now();
+        if (lg_cpu0 < 0 && t >= g_measure_from) {
+            srv_cpu0 = o_server_pid ? bench_cpu_s(o_server_pid) : -1;
+            lg_cpu0 = bench_cpu_s(0);
+        }
         if (t >= g_measure_to)
             break;
         double next = t + 0.01;
@@ -965,22 +973,32 @@ static void scenario_w2(int open_loop)
         int wait_ms = open_loop ? (int)((next - now()) * 1000) : 5;
         pump(all, 2 * p, wait_ms < 0 ? 0 : wait_ms);
     }
+    srv_cpu1 = o_server_pid ? bench_cpu_s(o_server_pid) : -1;
+    lg_cpu1 = bench_cpu_s(0);
     /* let the last messages arrive (they count for latency only if sent in the window) */
     double tend = now();
     while (now() - tend < 1.0)
         pump(all, 2 * p, 10);
     double acked_rate = (double)g_acked_in_window / o_duration;
     double recv_rate = (double)g_received_in_window / o_duration;
+    double cpu_us = srv_cpu0 >= 0 && srv_cpu1 >= 0 && g_acked_in_window > 0
+                        ? (srv_cpu1 - srv_cpu0) * 1e6 / (double)g_acked_in_window
+                        : NAN;
+    double srv_pct = srv_cpu0 >= 0 && srv_cpu1 >= 0 ? (srv_cpu1 - srv_cpu0) * 100.0 / o_duration : NAN;
+    double lg_pct = lg_cpu0 >= 0 ? (lg_cpu1 - lg_cpu0) * 100.0 / o_duration : NAN;
     if (open_loop)
         printf("%-5s w2 at %7.0f msg/s offered: acked %7.0f/s, delivered %7.0f/s, latency p50 %.2f ms, p99 %.2f ms, p99.9 %.2f ms%s\n",
                o_system, o_rate, acked_rate, recv_rate, lat_q(0.5), lat_q(0.99), lat_q(0.999), overload ? " (OVERLOADED)" : "");
     else
         printf("%-5s w2 max: %d pairs x %d in flight, %d-byte payloads: acked %.0f msg/s, delivered %.0f/s, latency p50 %.2f ms, p99 %.2f ms, p99.9 %.2f ms\n",
                o_system, p, o_window, o_size, acked_rate, recv_rate, lat_q(0.5), lat_q(0.99), lat_q(0.999));
+    printf("%-5s       server CPU %.0f %% (%.1f us per acked message), load generator CPU %.0f %%\n", o_system, srv_pct,
+           cpu_us, lg_pct);
     json_result("\"offered_per_s\":%.1f,\"acked_per_s\":%.1f,\"delivered_per_s\":%.1f,\"p50_ms\":%.3f,\"p99_ms\":%.3f,"
-                "\"p999_ms\":%.3f,\"pairs\":%d,\"window\":%d,\"size\":%d,\"overloaded\":%ld",
+                "\"p999_ms\":%.3f,\"pairs\":%d,\"window\":%d,\"size\":%d,\"overloaded\":%ld,"
+                "\"server_cpu_pct\":%.1f,\"cpu_us_per_msg\":%.2f,\"lg_cpu_pct\":%.1f",
                 open_loop ? o_rate : 0.0, acked_rate, recv_rate, lat_q(0.5), lat_q(0.99), lat_q(0.999), p, o_window, o_size,
-                overload);
+                overload, srv_pct, cpu_us, lg_pct);
     for (int i = 0; i < 2 * p; i++)
         disconnect(all[i]);
 }

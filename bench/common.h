@@ -18,6 +18,9 @@ void bench_relay_start(struct bench_relay *r, const char *bin, const char *extra
 /* SIGTERM, wait, and remove the temporary directory unless $BENCH_KEEP is set. */
 void bench_relay_stop(struct bench_relay *r);
 long bench_rss_kb(pid_t pid);
+/* CPU time (user + system) a process used so far, in seconds, from /proc/PID/stat; pid 0: this
+ * process (getrusage). Negative when unknown. Resolution: the kernel's clock tick (10 ms). */
+double bench_cpu_s(pid_t pid);
 /* Sorts v and returns the q-quantile (0..1). */
 double bench_quantile(double *v, size_t n, double q);
 

@@ -173,11 +173,15 @@ fi
 
 MODE=${1:-quick}
 case $MODE in
-quick) W1_SIZES="2000"; W2_SECS=4; W3_MSGS=16000; W3K_MSGS=6000; W4_USERS=2000; W4_RATE=500 ;;
-full)  W1_SIZES="10000 19000"; W2_SECS=10; W3_MSGS=100000; W3K_MSGS=50000; W4_USERS=10000; W4_RATE=1000 ;;
+quick) W1_SIZES="2000"; W2_SECS=4; W3_MSGS=16000; W3K_MSGS=6000; W4_USERS=2000; W4_RATE=500; DEF_ROUNDS=3 ;;
+full)  W1_SIZES="10000 19000"; W2_SECS=10; W3_MSGS=100000; W3K_MSGS=50000; W4_USERS=10000; W4_RATE=1000; DEF_ROUNDS=5 ;;
 *) echo "usage: bench/compare.sh [quick|full]" >&2; exit 2 ;;
 esac
 SYSTEMS=${SYSTEMS:-"hush mqtt xmpp"}
+# W2 at full speed runs ROUNDS times, the systems taking turns (hush mqtt xmpp hush mqtt xmpp ...),
+# all three servers up the whole time: a neighbour's burst on this shared machine then hits every
+# system alike, and the table shows each figure as the median with its range
+ROUNDS=${ROUNDS:-$DEF_ROUNDS}
 PAIRS=16
 
 for cmd in taskset mosquitto ejabberdctl; do
@@ -199,35 +203,51 @@ cleanup() {
 }
 trap cleanup EXIT
 
-lastval() { # key: the value of "key" in the last result line
-  tail -1 "$RES" | sed -n "s/.*\"$1\":\([-0-9.e+naif]*\).*/\1/p"
-}
 
 echo "machine: $(nproc) CPUs, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr); servers on CPU 0, load on CPU 1"
 echo "peers: $(mosquitto -h 2>/dev/null | head -1 | sed 's/ *$//'), ejabberd $(dpkg-query -W -f='${Version}' ejabberd 2>/dev/null)"
 echo
 
+# a failed scenario leaves its cells empty ("-") instead of stopping the whole comparison
+run_on() { # system args...
+  local s=$1; shift
+  $LOAD "$LG" --system "$s" --port "$(port_of "$s")" --json "$RES" "$@" ||
+      echo "compare: $s $* failed; its cells stay empty" >&2
+}
+median_of() { # system scenario label key: the median of key over that system's results
+  grep "\"system\":\"$1\",\"scenario\":\"$2\",\"label\":\"$3\"" "$RES" |
+    sed -n "s/.*\"$4\":\([-0-9.e+]*\).*/\1/p" | sort -g |
+    awk '{ v[NR] = $1 } END { if (NR) print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }'
+}
+
+# W2 at full speed, interleaved rounds (its users are the ones the later scenarios reuse)
 for sys in $SYSTEMS; do
-  port=$(port_of $sys)
+  rm -rf "${WORK:?}/$sys"; mkdir -p "$WORK/$sys"
+  start_server $sys "$WORK/$sys"
+done
+for r in $(seq 1 "$ROUNDS"); do
+  for sys in $SYSTEMS; do
+    exist=""; [ "$r" -gt 1 ] && exist=--users-exist
+    run_on $sys --scenario w2 --pairs $PAIRS --duration $W2_SECS --label max $exist --server-pid "$(cat "$WORK/$sys/pid")"
+  done
+done
+echo
+
+for sys in $SYSTEMS; do
   dir=$WORK/$sys
-  rm -rf "$dir"; mkdir -p "$dir"
-  start_server $sys "$dir"
   pid() { cat "$dir/pid"; }
-  # a failed scenario leaves its cells empty ("-") instead of stopping the whole comparison
-  run() { $LOAD "$LG" --system $sys --port $port --json "$RES" "$@" ||
-          echo "compare: $sys $* failed; its cells stay empty" >&2; }
+  run() { run_on $sys "$@"; }
   w3=$W3_MSGS; w3k=$W3K_MSGS
   # ejabberd's offline store slows down as it grows (~600 msg/s at 16,000): 100,000 would take
   # longer than the load generator's 10-minute limit, so it gets the quick sizes
   if [ $sys = xmpp ] && [ "$w3" -gt 16000 ]; then w3=16000; w3k=6000; fi
 
-  # W2 first (its users are the ones W3 reuses), then W3, then W1 on a fresh server
-  run --scenario w2 --pairs $PAIRS --duration $W2_SECS --label max
-  max=$(lastval delivered_per_s)
+  # W2 against offered load (a share of the median maximum), then W3, then W1 on a fresh server
+  max=$(median_of $sys w2 max delivered_per_s)
   [ -n "$max" ] || max=1000
   for pct in 25 50 75; do
     rate=$(awk -v m="$max" -v p=$pct 'BEGIN { printf "%d", m * p / 100 }')
-    run --scenario w2open --pairs $PAIRS --duration $W2_SECS --rate "$rate" --users-exist --label "p$pct"
+    run --scenario w2open --pairs $PAIRS --duration $W2_SECS --rate "$rate" --users-exist --label "p$pct" --server-pid "$(pid)"
   done
   run --scenario w3 --pairs $PAIRS --messages "$w3" --users-exist --label offline
   run --scenario w3 --pairs $PAIRS --messages "$w3k" --users-exist --label kill9 \
@@ -251,7 +271,7 @@ done
 
 { echo "["; sed '$!s/$/,/' "$RES"; echo "]"; } > "$OUT/results-$MODE.json"
 
-awk -v mode="$MODE" '
+awk -v mode="$MODE" -v rounds="$ROUNDS" '
 function val(line, key,   m) {
   if (match(line, "\"" key "\":[-0-9.e+naif]*")) { m = substr(line, RSTART, RLENGTH); sub(/^[^:]*:/, "", m); return m }
   return ""
@@ -260,8 +280,16 @@ function str(line, key,   m) {
   if (match(line, "\"" key "\":\"[^\"]*\"")) { m = substr(line, RSTART, RLENGTH); sub(/^[^:]*:"/, "", m); sub(/"$/, "", m); return m }
   return ""
 }
-{ s = str($0, "system"); k = str($0, "scenario") "/" str($0, "label"); line[s, k] = $0; keys[k] = 1 }
-function cell(s, k, f,   v) { v = val(line[s, k], f); return v == "" ? "-" : v }
+{ s = str($0, "system"); k = str($0, "scenario") "/" str($0, "label"); nl[s, k]++; line[s, k, nl[s, k]] = $0; keys[k] = 1 }
+# a figure measured in several rounds is their median; range() shows the lowest and highest
+function collect(s, k, f,   i, v, n, j, t) {
+  n = 0
+  for (i = 1; i <= nl[s, k]; i++) { v = val(line[s, k, i], f); if (v != "" && v != "nan" && v != "-nan") vals[++n] = v + 0 }
+  for (i = 2; i <= n; i++) { t = vals[i]; for (j = i - 1; j >= 1 && vals[j] > t; j--) vals[j + 1] = vals[j]; vals[j + 1] = t }
+  return n
+}
+function cell(s, k, f,   n) { n = collect(s, k, f); if (!n) return "-"; return n % 2 ? vals[(n + 1) / 2] : (vals[n / 2] + vals[n / 2 + 1]) / 2 }
+function range(s, k, f,   n) { n = collect(s, k, f); if (n < 2) return ""; return " (" fmt(vals[1]) "-" fmt(vals[n]) ")" }
 function fmt(v) { if (v == "-" || v == "nan") return v; if (v + 0 >= 100) return sprintf("%.0f", v); return sprintf("%.2f", v) }
 function ratio(a, b, higher_better) {
   if (a == "-" || b == "-" || a == "nan" || b == "nan" || a + 0 == 0 || b + 0 == 0) return "-"
@@ -269,23 +297,29 @@ function ratio(a, b, higher_better) {
 }
 function row(name, k, f, hb) {
   h = cell("hush", k, f); m = cell("mqtt", k, f); x = cell("xmpp", k, f)
-  printf "%-44s %12s %12s %12s %10s %10s\n", name, fmt(h), fmt(m), fmt(x), ratio(h, m, hb), ratio(h, x, hb)
+  printf "%-44s %22s %22s %22s %10s %10s\n", name, fmt(h) range("hush", k, f), fmt(m) range("mqtt", k, f),
+         fmt(x) range("xmpp", k, f), hb < 0 ? "" : ratio(h, m, hb), hb < 0 ? "" : ratio(h, x, hb)
 }
 END {
-  printf "%-44s %12s %12s %12s %10s %10s\n", "scenario (" mode ")", "hush", "mosquitto", "ejabberd", "vs mosq", "vs ejab"
-  printf "%-44s %12s %12s %12s %10s %10s\n", "", "", "", "", "(>1: hush", "better)"
+  printf "%-44s %22s %22s %22s %10s %10s\n", "scenario (" mode ")", "hush", "mosquitto", "ejabberd", "vs mosq", "vs ejab"
+  printf "%-44s %22s %22s %22s %10s %10s\n", "", "", "", "", "(>1: hush", "better)"
+  printf "%-44s\n", "(W2 max: median of " rounds " interleaved rounds, lowest-highest in brackets)"
   for (k in keys) if (k ~ /^w1\//) { n = substr(k, 5)
     row("W1 " n " conns: connect+login /s", k, "connect_per_s", 1)
     row("W1 " n " conns: server KiB per connection", k, "kib_per_conn", 0) }
   row("W2 max acked msg/s", "w2/max", "acked_per_s", 1)
   row("W2 max delivered msg/s", "w2/max", "delivered_per_s", 1)
   row("W2 at max: latency p99 ms", "w2/max", "p99_ms", 0)
+  row("W2 at max: server CPU us per acked msg", "w2/max", "cpu_us_per_msg", 0)
+  row("W2 at max: server CPU %", "w2/max", "server_cpu_pct", -1)
+  row("W2 at max: load generator CPU %", "w2/max", "lg_cpu_pct", -1)
   split("p25 p50 p75", ps, " ")
   for (i = 1; i <= 3; i++) { k = "w2open/" ps[i]; pc = substr(ps[i], 2)
     row("W2 at " pc "% of own max: offered msg/s", k, "offered_per_s", 1)
     row("W2 at " pc "% of own max: latency p50 ms", k, "p50_ms", 0)
     row("W2 at " pc "% of own max: latency p99 ms", k, "p99_ms", 0)
-    row("W2 at " pc "% of own max: latency p99.9 ms", k, "p999_ms", 0) }
+    row("W2 at " pc "% of own max: latency p99.9 ms", k, "p999_ms", 0)
+    row("W2 at " pc "% of own max: server CPU us/msg", k, "cpu_us_per_msg", 0) }
   row("W3 offline: fill (acked) msg/s", "w3/offline", "fill_per_s", 1)
   row("W3 offline: drain msg/s", "w3/offline", "drain_per_s", 1)
   row("W3 offline: acked but lost", "w3/offline", "lost", 0)
