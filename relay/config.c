@@ -49,6 +49,7 @@ void cfg_defaults(struct relay_config *c)
     c->send_refill_per_s = 1000;
     c->max_connections = 200000;
     c->max_batch = 1024;
+    c->early_delivery_ms = 10;
     c->prekeys_low_threshold = 10;
     c->max_devices = 6;
     c->provision_timeout_s = 90;
@@ -134,6 +135,7 @@ static const struct u32key u32keys[] = {
     U32("send_refill_per_s", send_refill_per_s, 1, 10000000),
     U32("max_connections", max_connections, 1, 10000000),
     U32("max_batch", max_batch, 1, 100000),
+    U32("early_delivery_ms", early_delivery_ms, 0, 600000),
     U32("prekeys_low_threshold", prekeys_low_threshold, 0, 100),
     U32("max_devices", max_devices, 1, 16),
     U32("provision_timeout", provision_timeout_s, 5, 600),

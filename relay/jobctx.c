@@ -30,6 +30,21 @@ void jctx_post(struct jctx *x, int loop, struct event *e)
     x->posts = p;
 }
 
+void jctx_post_now(struct jctx *x, int loop, struct event *e)
+{
+    if (!e)
+        return;
+    struct posting *p = malloc(sizeof *p);
+    if (!p) {
+        event_free(e);
+        return;
+    }
+    p->loop = loop;
+    p->ev = e;
+    p->next = x->now;
+    x->now = p;
+}
+
 void jctx_reply(struct jctx *x, const struct job *j, Hush__Result *r)
 {
     if (r->code != HUSH__ERROR_CODE__OK)

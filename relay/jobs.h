@@ -30,12 +30,19 @@ struct delta {
     uint32_t dev;
     int64_t count, bytes;
 };
+struct sendwait;
+struct pend;
 struct jctx {
     struct posting *posts; /* posted after COMMIT, newest first */
+    struct posting *now;   /* posted as soon as the job succeeded, before the COMMIT, newest first */
+    struct pend *new_pending; /* messages the job left waiting for their ack (undone if it fails) */
+    struct sendwait *commit_wait; /* the job's send answered once its written rows commit... */
+    int commit_rows;       /* ...that many of them */
     int rollback;          /* the job's writes must be undone (a logical error) */
     const char *auth_why;  /* a failed proof's reason, when it says nothing about the account */
     hstore_err store_err;  /* a storage failure inside the job */
     int64_t inserted, deleted, expired;
+    int64_t written, unwritten; /* early delivery: waiting rows written / acknowledged before */
     int registered;        /* accounts_register stored a device (for devices_recover_register) */
     Hush__SetPresenceAllowRequest *allow_apply;
     char allow_owner[RELAY_USERNAME_MAX + 1];
@@ -45,6 +52,10 @@ struct jctx {
 
 /* Queues an event for `loop`, posted after COMMIT (dropped on rollback). Takes ownership of e. */
 void jctx_post(struct jctx *x, int loop, struct event *e);
+/* The same, posted as soon as the job's savepoint is released, before the COMMIT: only for what may
+ * be seen before it is durable (a delivery whose sender is not yet answered, an answer made
+ * durable elsewhere). */
+void jctx_post_now(struct jctx *x, int loop, struct event *e);
 /* The request's Result (nothing when the job has no request id). */
 void jctx_reply(struct jctx *x, const struct job *j, Hush__Result *r);
 void jctx_reply_code(struct jctx *x, const struct job *j, Hush__ErrorCode code, const char *msg);
@@ -108,6 +119,17 @@ hstore_err mailbox_delete_for(hstore *db, const char *user, uint32_t dev);
 hstore_err mailbox_count_for(hstore *db, const char *user, uint32_t dev, int64_t *count);
 /* After a job's savepoint was released: its quota changes reach the cache. */
 void mailbox_apply_deltas(struct jctx *x);
+/* Early delivery (see mailbox.c). A job failed or was rolled back: the messages it left waiting
+ * are forgotten. A job succeeded: its send's written rows are answered at this batch's COMMIT. */
+void mailbox_job_failed(struct jctx *x);
+void mailbox_job_done(struct jctx *x);
+/* Writes the waiting messages that are due (all of them when `all`), inside the batch. */
+void mailbox_flush_pending(struct jctx *x, int all);
+/* After the batch's COMMIT (ok) or its failure: the sends waiting on written rows are answered
+ * (their postings go to x), and the rows written in a failed batch are forgotten. */
+void mailbox_batch_end(struct jctx *x, int ok);
+/* Messages waiting for their ack unwritten, and when the first is due (ms; 0: none). */
+size_t mailbox_pending(uint64_t *due_ms);
 /* Forgets the quota cache (after a failed commit: it is rebuilt from the table). */
 void mailbox_quota_clear(void);
 

@@ -1,7 +1,17 @@
 /*
  * mailbox.c - the storage jobs about stored mail: send (per-device quotas, the share one sender may
- * fill, duplicates by client message id), fetch in seq order, ack, expiry. Owns the table mailbox
- * and the in-memory quota cache.
+ * fill, duplicates by client message id), fetch in seq order, ack, expiry. Owns the table mailbox,
+ * the in-memory quota cache and the messages waiting unwritten for their ack (early delivery).
+ *
+ * Early delivery. A message for a device that is online is delivered at once, before anything is
+ * written, and waits in memory (struct pend) for early_delivery_ms. Its sender is answered when
+ * every recipient device acknowledged it (each device's SDK acknowledges only after its own
+ * commit, so the message is then on a disk: the recipient's) or when the rows still waiting were
+ * written and committed, whichever comes first. A message acknowledged before it was due is never
+ * written: no insert, no delete. Seqs come from a counter in memory that only grows, so a seq
+ * handed out and never written (a crash, a failed commit) is never given to another message.
+ * Whatever reads the mailbox or changes its rows other than sends and acks (fetch, expiry,
+ * disconnect, device removal, ...) runs after every waiting message was written (storage.c).
  */
 #include <errno.h>
 #include <stdint.h>
@@ -22,11 +32,70 @@ struct quota {
 
 static struct hmap quota_map; /* user\0dev -> struct quota* (cache; cleared when unsure) */
 
+/* A send answered only when its waiting rows are resolved (acknowledged or committed). */
+struct sendwait {
+    int loop;
+    uint64_t conn, req_id;
+    size_t n;
+    uint64_t *seqs;  /* every recipient's seq, for the Result */
+    int remaining;   /* rows not yet resolved */
+    int failed;      /* a row's write failed: STORAGE_FAILED */
+    int answered;    /* answered already (its batch failed): resolve silently */
+    uint64_t batch;  /* the batch whose job made it */
+};
+
+/* A message delivered and waiting, unwritten, for its ack. */
+struct pend {
+    struct pend *prev, *next; /* in seq order */
+    struct pend *job_next;    /* the job's list (jctx.new_pending) until the job succeeded */
+    uint64_t seq, due_ms, received_at, expires_at;
+    char recipient[RELAY_USERNAME_MAX + 1], sender[RELAY_USERNAME_MAX + 1];
+    uint32_t rdev, sdev;
+    uint8_t cmid[HWIRE_CLIENT_MSG_ID_BYTES];
+    struct sendwait *w;
+    int write_now;            /* a retry of it came: written in this batch */
+    size_t len;
+    uint8_t env[];
+};
+
+static struct {
+    struct pend *head, *tail;
+    struct hmap by_seq;    /* seq (8 bytes) -> pend */
+    struct hmap by_msg;    /* recipient\0dev sender\0dev cmid -> pend (a retry finds it) */
+    size_t n, bytes;
+    uint64_t next_seq;
+    struct sendwait **at_commit; /* one entry per row written in this batch */
+    size_t nat, capat;
+    size_t nflagged;       /* waiting rows a retry asked to be written in this batch */
+    uint64_t batch;        /* the current batch's number */
+} P;
+
+#define PEND_MAX_ROWS 100000
+#define PEND_MAX_BYTES (64u << 20)
+
 int mailbox_init(char *err, size_t errlen)
 {
-    (void)err;
-    (void)errlen;
     hmap_init(&quota_map, 1024);
+    hmap_init(&P.by_seq, 1024);
+    hmap_init(&P.by_msg, 1024);
+    /* seqs continue after the highest ever given (AUTOINCREMENT keeps it in sqlite_sequence) */
+    sqlite3_stmt *sq = NULL;
+    int64_t hi = 0;
+    if (hstore_prepare(senv.db, "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'mailbox'), 0), "
+                                "coalesce((SELECT max(seq) FROM mailbox), 0))", &sq) != HSTORE_OK) {
+        snprintf(err, errlen, "mailbox: %s", hstore_errmsg(senv.db));
+        return -1;
+    }
+    int srow = 0;
+    if (hstore_step(senv.db, sq, &srow) != HSTORE_OK) {
+        snprintf(err, errlen, "mailbox: %s", hstore_errmsg(senv.db));
+        return -1;
+    }
+    if (srow) {
+        hi = sqlite3_column_int64(sq, 0);
+        sqlite3_reset(sq);
+    }
+    P.next_seq = (uint64_t)hi + 1;
     int64_t depth = 0;
     sqlite3_stmt *st = NULL;
     if (hstore_prepare(senv.db, "SELECT count(*) FROM mailbox", &st) == HSTORE_OK) {
@@ -40,7 +109,60 @@ int mailbox_init(char *err, size_t errlen)
     return 0;
 }
 
-void mailbox_free(void) { hmap_free(&quota_map, free); }
+static void wait_free(struct sendwait *w)
+{
+    if (w) {
+        free(w->seqs);
+        free(w);
+    }
+}
+
+#define MSG_KEY_MAX (2 * (RELAY_USERNAME_MAX + 1 + 4) + HWIRE_CLIENT_MSG_ID_BYTES)
+/* The key a retry of the same message to the same device has: recipient, device, sender, device,
+ * client message id. */
+static size_t msg_key(unsigned char *k, const char *recipient, uint32_t rdev, const char *sender, uint32_t sdev,
+                      const uint8_t cmid[HWIRE_CLIENT_MSG_ID_BYTES])
+{
+    size_t n = relay_dev_key(k, recipient, rdev);
+    n += relay_dev_key(k + n, sender, sdev);
+    memcpy(k + n, cmid, HWIRE_CLIENT_MSG_ID_BYTES);
+    return n + HWIRE_CLIENT_MSG_ID_BYTES;
+}
+
+static void pend_unlink(struct pend *p)
+{
+    if (p->prev)
+        p->prev->next = p->next;
+    else
+        P.head = p->next;
+    if (p->next)
+        p->next->prev = p->prev;
+    else
+        P.tail = p->prev;
+    p->prev = p->next = NULL;
+    hmap_del(&P.by_seq, &p->seq, sizeof p->seq);
+    unsigned char k[MSG_KEY_MAX];
+    hmap_del(&P.by_msg, k, msg_key(k, p->recipient, p->rdev, p->sender, p->sdev, p->cmid));
+    P.n--;
+    P.bytes -= p->len;
+}
+
+void mailbox_free(void)
+{
+    hmap_free(&quota_map, free);
+    while (P.head) {
+        struct pend *p = P.head;
+        pend_unlink(p);
+        if (p->w && --p->w->remaining == 0)
+            wait_free(p->w);
+        free(p);
+    }
+    hmap_free(&P.by_seq, NULL);
+    hmap_free(&P.by_msg, NULL);
+    free(P.at_commit);
+    P.at_commit = NULL;
+    P.nat = P.capat = 0;
+}
 
 void mailbox_quota_clear(void)
 {
@@ -246,6 +368,10 @@ out:
     return ok;
 }
 
+static struct pend *pend_new(struct jctx *x, const struct job *j, const Hush__Recipient *rc, uint64_t seq, uint64_t now,
+                             uint64_t expires);
+static void wait_resolved(struct jctx *x, struct sendwait *w, int now);
+
 void mailbox_send(struct jctx *x, const struct job *j)
 {
     const Hush__SendRequest *s = j->frame->send;
@@ -260,9 +386,12 @@ void mailbox_send(struct jctx *x, const struct job *j)
     } route[1024];
     if (!devices_match(x, j))
         return;
+    struct pend *pend[1024];
+    int npend = 0, at_commit = 0; /* rows waiting for their ack / durable at this batch's commit */
     for (size_t i = 0; i < s->n_recipients; i++) {
         const Hush__Recipient *rc = s->recipients[i];
         route[i].live = 0;
+        pend[i] = NULL;
         int row = 0;
         /* A retry of the same client message id is stored once: answer with the first seq. */
         CHECK_SE(hstore_prepare(senv.db, "SELECT seq FROM mailbox WHERE recipient = ?1 AND recipient_device = ?2 AND "
@@ -276,6 +405,20 @@ void mailbox_send(struct jctx *x, const struct job *j)
         if (row) {
             seqs[i] = (uint64_t)sqlite3_column_int64(st, 0);
             sqlite3_reset(st);
+            continue;
+        }
+        /* ...or still waiting for its ack unwritten: it is written in this batch, and this send is
+         * answered at the commit */
+        unsigned char mk[MSG_KEY_MAX];
+        struct pend *dup = hmap_get(&P.by_msg, mk, msg_key(mk, rc->username, rc->device_id, j->username, j->device_id,
+                                                           s->client_msg_id.data));
+        if (dup) {
+            seqs[i] = dup->seq;
+            if (!dup->write_now) {
+                dup->write_now = 1;
+                P.nflagged++;
+            }
+            at_commit++;
             continue;
         }
         hstore_err qe;
@@ -292,29 +435,61 @@ void mailbox_send(struct jctx *x, const struct job *j)
             jctx_fail(x, j, HUSH__ERROR_CODE__QUOTA_EXCEEDED, "your share of this recipient's mailbox is full");
             return;
         }
-        CHECK_SE(hstore_prepare(senv.db, "INSERT INTO mailbox (recipient, recipient_device, sender, sender_device, client_msg_id, "
-                                      "envelope, received_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)", &st));
-        sqlite3_bind_text(st, 1, rc->username, -1, SQLITE_TRANSIENT);
-        sqlite3_bind_int64(st, 2, rc->device_id);
-        sqlite3_bind_text(st, 3, j->username, -1, SQLITE_TRANSIENT);
-        sqlite3_bind_int64(st, 4, j->device_id);
-        sqlite3_bind_blob(st, 5, s->client_msg_id.data, (int)s->client_msg_id.len, SQLITE_TRANSIENT);
-        sqlite3_bind_blob(st, 6, rc->envelope.data, (int)rc->envelope.len, SQLITE_STATIC);
-        sqlite3_bind_int64(st, 7, (int64_t)now);
-        sqlite3_bind_int64(st, 8, (int64_t)expires);
-        CHECK_SE(hstore_run(senv.db, st));
-        seqs[i] = (uint64_t)hstore_last_insert_rowid(senv.db);
+        seqs[i] = P.next_seq++; /* never reused, written or not */
+        route[i].live = directory_lookup(rc->username, rc->device_id, &route[i].d);
         add_delta(x, rc->username, rc->device_id, 1, (int64_t)rc->envelope.len);
+        x->inserted++;
+        if (route[i].live && senv.cfg->early_delivery_ms && (pend[i] = pend_new(x, j, rc, seqs[i], now, expires))) {
+            npend++;
+            continue;
+        }
+        CHECK_SE(hstore_prepare(senv.db, "INSERT INTO mailbox (seq, recipient, recipient_device, sender, sender_device, "
+                                      "client_msg_id, envelope, received_at, expires_at) "
+                                      "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)", &st));
+        sqlite3_bind_int64(st, 1, (int64_t)seqs[i]);
+        sqlite3_bind_text(st, 2, rc->username, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_int64(st, 3, rc->device_id);
+        sqlite3_bind_text(st, 4, j->username, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_int64(st, 5, j->device_id);
+        sqlite3_bind_blob(st, 6, s->client_msg_id.data, (int)s->client_msg_id.len, SQLITE_TRANSIENT);
+        sqlite3_bind_blob(st, 7, rc->envelope.data, (int)rc->envelope.len, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 8, (int64_t)now);
+        sqlite3_bind_int64(st, 9, (int64_t)expires);
+        CHECK_SE(hstore_run(senv.db, st));
         /* a quota entry loaded during this job already counts the row when it was loaded after
          * the insert; entries loaded before it get the delta on release. */
-        x->inserted++;
-        route[i].live = directory_lookup(rc->username, rc->device_id, &route[i].d);
+        at_commit++;
     }
-    Hush__Result r = HUSH__RESULT__INIT;
-    r.message = "";
-    r.n_seqs = s->n_recipients;
-    r.seqs = seqs;
-    jctx_reply(x, j, &r);
+    /* Rows written in this batch (and retries of waiting rows, written in it too) are durable at
+     * its commit: without waiting rows the usual answer after the commit is the right one. */
+    if (!npend) {
+        Hush__Result r = HUSH__RESULT__INIT;
+        r.message = "";
+        r.n_seqs = s->n_recipients;
+        r.seqs = seqs;
+        jctx_reply(x, j, &r);
+    } else {
+        struct sendwait *w = calloc(1, sizeof *w);
+        uint64_t *ws = w ? malloc(s->n_recipients * sizeof *ws) : NULL;
+        if (!ws) {
+            free(w);
+            x->store_err = HSTORE_ERR_NOMEM; /* the batch loop answers it and undoes the waiting rows */
+            return;
+        }
+        memcpy(ws, seqs, s->n_recipients * sizeof *ws);
+        w->loop = j->loop;
+        w->conn = j->conn;
+        w->req_id = j->req_id;
+        w->n = s->n_recipients;
+        w->seqs = ws;
+        w->remaining = npend + (at_commit > 0);
+        w->batch = P.batch;
+        for (size_t i = 0; i < s->n_recipients; i++)
+            if (pend[i])
+                pend[i]->w = w;
+        x->commit_wait = w;
+        x->commit_rows = at_commit > 0;
+    }
     for (size_t i = 0; i < s->n_recipients; i++) {
         if (!route[i].live)
             continue;
@@ -333,7 +508,12 @@ void mailbox_send(struct jctx *x, const struct job *j)
         if (!e)
             continue;
         e->out = outbuf_from_frame(&f, seqs[i]);
-        jctx_post(x, route[i].d.loop, e);
+        /* a waiting row is delivered before the commit (its sender is answered only when it is
+         * acknowledged or written); a written one after it, as every stored message */
+        if (pend[i])
+            jctx_post_now(x, route[i].d.loop, e);
+        else
+            jctx_post(x, route[i].d.loop, e);
     }
 }
 
@@ -390,6 +570,21 @@ void mailbox_ack(struct jctx *x, const struct job *j)
     const Hush__AckRequest *a = j->frame->ack;
     sqlite3_stmt *st;
     for (size_t i = 0; i < a->n_seqs; i++) {
+        /* Waiting unwritten: the recipient has it on its own disk now, so it is never written and
+         * its sender may be answered at once. */
+        uint64_t seq = a->seqs[i];
+        struct pend *p = hmap_get(&P.by_seq, &seq, sizeof seq);
+        if (p && p->rdev == j->device_id && !strcmp(p->recipient, j->username)) {
+            add_delta(x, j->username, j->device_id, -1, -(int64_t)p->len);
+            x->deleted++;
+            x->unwritten++;
+            if (p->write_now)
+                P.nflagged--;
+            pend_unlink(p);
+            wait_resolved(x, p->w, 1);
+            free(p);
+            continue;
+        }
         /* Only the owner's mailbox: someone else's seq matches nothing. */
         CHECK_SE(hstore_prepare(senv.db, "DELETE FROM mailbox WHERE seq = ?1 AND recipient = ?2 AND recipient_device = ?3 "
                                       "RETURNING length(envelope)", &st));
@@ -479,4 +674,212 @@ hstore_err mailbox_count_for(hstore *db, const char *user, uint32_t dev, int64_t
         sqlite3_reset(st);
     }
     return HSTORE_OK;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* early delivery: messages waiting unwritten for their ack */
+
+static void post_wait_reply(struct jctx *x, struct sendwait *w, int now)
+{
+    if (!w->req_id)
+        return;
+    Hush__Result r = HUSH__RESULT__INIT;
+    if (w->failed) {
+        r.code = HUSH__ERROR_CODE__STORAGE_FAILED;
+        r.message = "storage failed, nothing was stored";
+        metrics_error(r.code);
+    } else {
+        r.message = "";
+        r.n_seqs = w->n;
+        r.seqs = w->seqs;
+    }
+    Hush__Frame f = HUSH__FRAME__INIT;
+    f.id = w->req_id;
+    f.msg_case = HUSH__FRAME__MSG_RESULT;
+    f.result = &r;
+    struct event *e = event_new(EV_SEND_FRAME, w->conn);
+    if (!e)
+        return;
+    e->out = outbuf_from_frame(&f, 0);
+    if (now)
+        jctx_post_now(x, w->loop, e);
+    else
+        jctx_post(x, w->loop, e);
+}
+
+/* One of w's rows is resolved (acknowledged, committed or failed): the last one answers. */
+static void wait_resolved(struct jctx *x, struct sendwait *w, int now)
+{
+    if (!w || --w->remaining > 0)
+        return;
+    if (!w->answered)
+        post_wait_reply(x, w, now);
+    wait_free(w);
+}
+
+static int at_commit_push(struct sendwait *w)
+{
+    if (P.nat == P.capat) {
+        size_t cap = P.capat ? 2 * P.capat : 256;
+        struct sendwait **a = realloc(P.at_commit, cap * sizeof *a);
+        if (!a)
+            return -1;
+        P.at_commit = a;
+        P.capat = cap;
+    }
+    P.at_commit[P.nat++] = w;
+    return 0;
+}
+
+/* A message to (rc->username, rc->device_id), delivered now and waiting for its ack. NULL when
+ * memory (or the waiting bounds) say write it at once instead. */
+static struct pend *pend_new(struct jctx *x, const struct job *j, const Hush__Recipient *rc, uint64_t seq, uint64_t now,
+                             uint64_t expires)
+{
+    if (P.n >= PEND_MAX_ROWS || P.bytes + rc->envelope.len > PEND_MAX_BYTES)
+        return NULL;
+    struct pend *p = malloc(sizeof *p + rc->envelope.len);
+    if (!p)
+        return NULL;
+    memset(p, 0, sizeof *p);
+    p->seq = seq;
+    p->due_ms = now + senv.cfg->early_delivery_ms;
+    p->received_at = now;
+    p->expires_at = expires;
+    snprintf(p->recipient, sizeof p->recipient, "%s", rc->username);
+    snprintf(p->sender, sizeof p->sender, "%s", j->username);
+    p->rdev = rc->device_id;
+    p->sdev = j->device_id;
+    memcpy(p->cmid, j->frame->send->client_msg_id.data, HWIRE_CLIENT_MSG_ID_BYTES);
+    p->len = rc->envelope.len;
+    memcpy(p->env, rc->envelope.data, p->len);
+    int e1 = 0, e2 = 0;
+    unsigned char k[MSG_KEY_MAX];
+    hmap_put(&P.by_seq, &p->seq, sizeof p->seq, p, &e1);
+    hmap_put(&P.by_msg, k, msg_key(k, p->recipient, p->rdev, p->sender, p->sdev, p->cmid), p, &e2);
+    if (e1 || e2) {
+        hmap_del(&P.by_seq, &p->seq, sizeof p->seq);
+        hmap_del(&P.by_msg, k, msg_key(k, p->recipient, p->rdev, p->sender, p->sdev, p->cmid));
+        free(p);
+        return NULL;
+    }
+    p->prev = P.tail;
+    if (P.tail)
+        P.tail->next = p;
+    else
+        P.head = p;
+    P.tail = p;
+    P.n++;
+    P.bytes += p->len;
+    p->job_next = x->new_pending;
+    x->new_pending = p;
+    return p;
+}
+
+void mailbox_job_failed(struct jctx *x)
+{
+    struct sendwait *w = x->commit_wait;
+    while (x->new_pending) {
+        struct pend *p = x->new_pending;
+        x->new_pending = p->job_next;
+        if (p->w)
+            w = p->w;
+        if (p->write_now)
+            P.nflagged--;
+        pend_unlink(p);
+        free(p);
+    }
+    wait_free(w);
+    x->commit_wait = NULL;
+    x->commit_rows = 0;
+}
+
+void mailbox_job_done(struct jctx *x)
+{
+    x->new_pending = NULL;
+    for (int i = 0; i < x->commit_rows; i++)
+        if (at_commit_push(x->commit_wait) != 0) {
+            /* cannot track it: answer as failed rather than never (the sender retries) */
+            x->commit_wait->failed = 1;
+            wait_resolved(x, x->commit_wait, 0);
+        }
+    x->commit_wait = NULL;
+    x->commit_rows = 0;
+}
+
+void mailbox_flush_pending(struct jctx *x, int all)
+{
+    uint64_t now = relay_now_ms();
+    struct pend *p = P.head;
+    while (p) {
+        struct pend *next = p->next;
+        if (!all && !p->write_now && p->due_ms > now) {
+            if (!P.nflagged)
+                break; /* in seq order, so due in order too */
+            p = next;
+            continue;
+        }
+        sqlite3_stmt *st;
+        CHECK_SE(hstore_prepare(senv.db, "INSERT INTO mailbox (seq, recipient, recipient_device, sender, sender_device, "
+                                      "client_msg_id, envelope, received_at, expires_at) "
+                                      "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)", &st));
+        sqlite3_bind_int64(st, 1, (int64_t)p->seq);
+        sqlite3_bind_text(st, 2, p->recipient, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 3, p->rdev);
+        sqlite3_bind_text(st, 4, p->sender, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 5, p->sdev);
+        sqlite3_bind_blob(st, 6, p->cmid, HWIRE_CLIENT_MSG_ID_BYTES, SQLITE_STATIC);
+        sqlite3_bind_blob(st, 7, p->env, (int)p->len, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 8, (int64_t)p->received_at);
+        sqlite3_bind_int64(st, 9, (int64_t)p->expires_at);
+        CHECK_SE(hstore_run(senv.db, st));
+        if (p->write_now)
+            P.nflagged--;
+        pend_unlink(p);
+        if (p->w && at_commit_push(p->w) != 0) {
+            p->w->failed = 1;
+            wait_resolved(x, p->w, 0);
+        }
+        x->written++;
+        free(p);
+        p = next;
+    }
+}
+
+void mailbox_batch_end(struct jctx *x, int ok)
+{
+    if (!ok) {
+        /* the batch's jobs are all answered STORAGE_FAILED by the caller: their waiting rows go
+         * (they were delivered; the senders retry, the recipients' SDKs drop what they have) */
+        struct pend *p = P.head;
+        while (p) {
+            struct pend *next = p->next;
+            if (p->w && p->w->batch == P.batch) {
+                p->w->answered = 1;
+                if (p->write_now)
+                    P.nflagged--;
+                pend_unlink(p);
+                wait_resolved(x, p->w, 0);
+                free(p);
+            }
+            p = next;
+        }
+    }
+    for (size_t i = 0; i < P.nat; i++) {
+        struct sendwait *w = P.at_commit[i];
+        if (!ok) {
+            w->failed = 1;
+            if (w->batch == P.batch)
+                w->answered = 1;
+        }
+        wait_resolved(x, w, 0);
+    }
+    P.nat = 0;
+    P.batch++;
+}
+
+size_t mailbox_pending(uint64_t *due_ms)
+{
+    *due_ms = P.head ? (P.nflagged ? relay_now_ms() : P.head->due_ms) : 0;
+    return P.n;
 }

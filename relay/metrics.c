@@ -86,6 +86,12 @@ char *metrics_render(size_t *len)
     COUNTER("hush_messages_out_total", "Stored messages delivered to recipients.", atomic_load(&m->messages_out));
     COUNTER("hush_messages_acked_total", "Messages acknowledged by recipients and deleted.", atomic_load(&m->messages_acked));
     COUNTER("hush_messages_expired_total", "Messages deleted by the TTL.", atomic_load(&m->messages_expired));
+    COUNTER("hush_messages_unwritten_total",
+            "Messages delivered at once and acknowledged by their recipients before they had to be written.",
+            atomic_load(&m->messages_unwritten));
+    COUNTER("hush_messages_written_late_total",
+            "Messages delivered at once and written after early_delivery_ms without an acknowledgement.",
+            atomic_load(&m->messages_written_late));
     COUNTER("hush_ephemeral_total", "Ephemeral messages relayed (never stored).", atomic_load(&m->ephemeral_in));
     COUNTER("hush_auth_verifications_total",
             "Login and registration proofs verified against a valid key (known device or not: the same work).",

@@ -70,6 +70,8 @@ struct relay_config {
     uint32_t send_refill_per_s;
     uint32_t max_connections;
     uint32_t max_batch;           /* jobs per group commit */
+    uint32_t early_delivery_ms;   /* a message for an online device waits this long for its ack
+                                     before it is written (0: written at once, as before) */
     uint32_t prekeys_low_threshold;
     uint32_t max_devices;         /* devices one user may have (linked devices included) */
     uint32_t provision_timeout_s; /* a provisioning connection waits this long for its link box */
@@ -116,6 +118,8 @@ struct metrics {
     atomic_long messages_out;      /* deliveries written to a socket */
     atomic_long messages_acked;
     atomic_long messages_expired;
+    atomic_long messages_unwritten;    /* acknowledged by their recipients before they had to be written */
+    atomic_long messages_written_late; /* delivered early, written after their wait (no ack in time) */
     atomic_long ephemeral_in;
     atomic_long auth_verifications; /* proofs checked in full against a valid public key */
     atomic_long mailbox_depth;
@@ -195,7 +199,8 @@ void inbox_free_all(void);
 
 enum job_type {
     JOB_REGISTER, JOB_LOGIN, JOB_UPLOAD, JOB_FETCH_BUNDLES, JOB_SEND, JOB_FETCH_MAIL, JOB_ACK,
-    JOB_SET_ALLOW, JOB_DISCONNECT, JOB_EXPIRE, JOB_LINK_TOKEN, JOB_REMOVE_DEVICE, JOB_RECOVER, JOB_LIST_DEVICES, JOB_STOP
+    JOB_SET_ALLOW, JOB_DISCONNECT, JOB_EXPIRE, JOB_LINK_TOKEN, JOB_REMOVE_DEVICE, JOB_RECOVER, JOB_LIST_DEVICES, JOB_STOP,
+    JOB_FLUSH /* internal: a batch only to write the messages whose wait for an ack is over */
 };
 
 /*

@@ -99,6 +99,8 @@ struct job *job_new(enum job_type t, int loop, uint64_t conn, uint64_t req_id)
 
 /* queued work, relay-wide (storage_busy) */
 static atomic_long g_queued_jobs, g_queued_bytes;
+/* messages waiting unwritten for their ack (mailbox.c), as of the last batch: storage_quiesce */
+static atomic_long g_pending_rows;
 
 struct jobgate *gate_new(int loop, uint64_t conn)
 {
@@ -228,6 +230,25 @@ static void run_job(struct jctx *x, struct job *j)
             devices_expire_idle(x);
         break;
     case JOB_STOP: break;
+    case JOB_FLUSH: break; /* nothing of its own: the batch writes the waiting rows that are due */
+    }
+}
+
+/* Posts a job's before-the-commit events now, in the order they were made. */
+static void post_now(struct jctx *x)
+{
+    struct posting *rev = NULL;
+    while (x->now) {
+        struct posting *n = x->now->next;
+        x->now->next = rev;
+        rev = x->now;
+        x->now = n;
+    }
+    while (rev) {
+        struct posting *n = rev->next;
+        loop_post(rev->loop, rev->ev);
+        free(rev);
+        rev = n;
     }
 }
 
@@ -311,6 +332,18 @@ static void process_batch(struct job *list)
     } *allows = calloc((size_t)nlist + 1, sizeof *allows);
     int nallows = 0;
     hstore_err be = x ? hstore_savepoint(senv.db) : HSTORE_ERR_NOMEM;
+    int64_t written = 0, unwritten = 0;
+    /* Everything but sends and acks reads or changes rows as they are on disk: the messages
+     * waiting unwritten for their ack are written first (mailbox.c, early delivery). */
+    int flush_all = 0;
+    for (struct job *j = list; j; j = j->next)
+        flush_all |= j->type != JOB_SEND && j->type != JOB_ACK && j->type != JOB_FLUSH;
+    if (!be && flush_all) {
+        memset(x, 0, offsetof(struct jctx, deltas));
+        mailbox_flush_pending(x, 1);
+        be = x->store_err;
+        written += x->written;
+    }
     for (struct job *j = list; j; j = j->next) {
         njobs++;
         if (be) {
@@ -324,6 +357,10 @@ static void process_batch(struct job *list)
              * needs no savepoint of its own - releasing one per job cost a tenth of the relay's
              * CPU. A storage error fails the whole batch instead (rolled back below). */
             run_job(x, j);
+            /* answers for messages acknowledged before they were written: true whatever happens
+             * to this batch (the recipient has them) */
+            post_now(x);
+            unwritten += x->unwritten;
             if (x->store_err) {
                 rlog(RLOG_ERROR, "storage_error", "job=%d detail=\"%s\"", (int)j->type, hstore_errmsg(senv.db));
                 free_postings(x->posts);
@@ -342,8 +379,15 @@ static void process_batch(struct job *list)
             x->store_err = e;
         if (!x->store_err && !x->rollback)
             x->store_err = hstore_release(senv.db);
-        if (x->store_err || x->rollback)
+        if (x->store_err || x->rollback) {
             hstore_rollback(senv.db);
+            mailbox_job_failed(x);
+            free_postings(x->now);
+            x->now = NULL;
+        } else {
+            mailbox_job_done(x);
+            post_now(x); /* deliveries of messages waiting for their ack: before the commit */
+        }
         if (x->store_err) {
             rlog(RLOG_ERROR, "storage_error", "job=%d detail=\"%s\"", (int)j->type, hstore_errmsg(senv.db));
             free_postings(x->posts);
@@ -363,6 +407,13 @@ static void process_batch(struct job *list)
         }
         take_postings(&posts, x);
     }
+    if (!be) {
+        /* the waiting rows that are due (and those a retry asked for) */
+        memset(x, 0, offsetof(struct jctx, deltas));
+        mailbox_flush_pending(x, 0);
+        be = x->store_err;
+        written += x->written;
+    }
     if (!be)
         be = hstore_release(senv.db); /* COMMIT: the durability point of the whole batch */
     clock_gettime(CLOCK_MONOTONIC, &t1);
@@ -376,7 +427,19 @@ static void process_batch(struct job *list)
         posts = NULL;
         for (struct job *j = list; j; j = j->next)
             storage_failed(&posts, j);
+        if (x) {
+            memset(x, 0, offsetof(struct jctx, deltas));
+            mailbox_batch_end(x, 0); /* sends of earlier batches whose rows this one wrote */
+            take_postings(&posts, x);
+        }
     } else {
+        if (x) {
+            memset(x, 0, offsetof(struct jctx, deltas));
+            mailbox_batch_end(x, 1); /* sends waiting for rows this batch wrote */
+            take_postings(&posts, x);
+        }
+        atomic_fetch_add(&g_metrics.messages_unwritten, unwritten);
+        atomic_fetch_add(&g_metrics.messages_written_late, written);
         metrics_commit(njobs, usec);
         atomic_fetch_add(&g_metrics.messages_in, inserted);
         atomic_fetch_add(&g_metrics.messages_acked, deleted);
@@ -407,11 +470,23 @@ static void *storage_main(void *arg)
 {
     (void)arg;
     for (;;) {
+        uint64_t due = 0;
+        size_t npend = mailbox_pending(&due); /* messages waiting unwritten for their ack */
+        atomic_store(&g_pending_rows, (long)npend);
         pthread_mutex_lock(&S.mu);
         while (!S.head && !S.stop) {
+            uint64_t now = relay_now_ms();
+            if (npend && now >= due)
+                break;
+            uint64_t wait_ms = npend && due - now < 1000 ? due - now : 1000;
             struct timespec ts;
             clock_gettime(CLOCK_REALTIME, &ts);
-            ts.tv_sec += 1;
+            ts.tv_sec += (time_t)(wait_ms / 1000);
+            ts.tv_nsec += (long)(wait_ms % 1000) * 1000000L;
+            if (ts.tv_nsec >= 1000000000L) {
+                ts.tv_sec++;
+                ts.tv_nsec -= 1000000000L;
+            }
             pthread_cond_timedwait(&S.cv, &S.mu, &ts);
             if (relay_now_ms() >= S.next_expire_ms)
                 break;
@@ -432,6 +507,10 @@ static void *storage_main(void *arg)
             list = NULL;
         }
         int stop = S.stop && !S.head;
+        if (!list && npend && (stop || relay_now_ms() >= due))
+            list = job_new(stop ? JOB_STOP : JOB_FLUSH, -1, 0, 0); /* JOB_STOP writes every one */
+        else if (list && stop && npend)
+            last->next = job_new(JOB_STOP, -1, 0, 0);
         S.busy = list != NULL;
         pthread_mutex_unlock(&S.mu);
         if (relay_now_ms() >= S.next_expire_ms) {
@@ -444,6 +523,8 @@ static void *storage_main(void *arg)
         }
         if (list)
             process_batch(list);
+        uint64_t due_after = 0;
+        atomic_store(&g_pending_rows, (long)mailbox_pending(&due_after));
         while (list) {
             struct job *nx = list->next;
             job_free(list);
@@ -483,7 +564,7 @@ void storage_quiesce(int timeout_ms)
     struct timespec ts;
     hwire_deadline(&ts, timeout_ms);
     pthread_mutex_lock(&S.mu);
-    while ((S.head || S.busy) && S.started)
+    while ((S.head || S.busy || atomic_load(&g_pending_rows) > 0) && S.started)
         if (pthread_cond_timedwait(&S.idle_cv, &S.mu, &ts) == ETIMEDOUT)
             break;
     pthread_mutex_unlock(&S.mu);

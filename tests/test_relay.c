@@ -5,6 +5,7 @@
  * the hostile cases listed in docs/AUDIT.md.
  */
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <setjmp.h>
 #include <stddef.h>
 #include <pthread.h>
@@ -808,6 +809,124 @@ static void test_sigterm_and_health(void **state)
     tc_free(a);
 }
 
+/* ------------------------------------------------------------------------------------------ */
+/* early delivery: a message for an online device is delivered before it is written */
+
+struct async_send {
+    pthread_t th;
+    struct tclient *c;
+    const char *to;
+    uint8_t env[64], mid[16];
+    int code;
+    uint64_t seq;
+    atomic_int done;
+};
+
+static void *async_send_main(void *arg)
+{
+    struct async_send *s = arg;
+    s->code = tc_send(s->c, s->to, 1, s->env, sizeof s->env, s->mid, &s->seq);
+    atomic_store(&s->done, 1);
+    return NULL;
+}
+
+static void async_send_start(struct async_send *s, struct tclient *c, const char *to, const uint8_t *mid)
+{
+    memset(s, 0, sizeof *s);
+    s->c = c;
+    s->to = to;
+    uint8_t ignored[16];
+    random_env(s->env, sizeof s->env, ignored);
+    if (mid)
+        memcpy(s->mid, mid, 16);
+    else
+        randombytes_buf(s->mid, 16);
+    assert_int_equal(pthread_create(&s->th, NULL, async_send_main, s), 0);
+}
+
+static uint64_t next_delivery(struct tclient *c, const uint8_t mid[16])
+{
+    Hush__Frame *d = tc_next_push(c, HUSH__FRAME__MSG_DELIVER, T);
+    assert_non_null(d);
+    assert_int_equal(d->deliver->client_msg_id.len, 16);
+    assert_memory_equal(d->deliver->client_msg_id.data, mid, 16);
+    uint64_t seq = d->deliver->seq;
+    hush__frame__free_unpacked(d, NULL);
+    return seq;
+}
+
+/* With a wait far longer than the test, nothing is written on a timer: the order of events alone
+ * decides. The recipient gets the message before its sender is answered; its ack answers the
+ * sender and the message is never written. Without an ack, the recipient's disconnect writes it
+ * and answers the sender, and the next login delivers it again. A relay killed while a message
+ * waits never answered its sender: nothing acknowledged is lost, the retry is stored. */
+static void test_early_delivery(void **state)
+{
+    (void)state;
+    struct relay_proc r;
+    relay_start(&r, "early", "early_delivery_ms = 60000");
+    struct tclient *a = tc_registered(&r, "erin", 1);
+    struct tclient *b = tc_registered(&r, "fred", 1);
+    Hush__Frame *qe = tc_next_push(b, HUSH__FRAME__MSG_QUEUE_EMPTY, T);
+    assert_non_null(qe);
+    hush__frame__free_unpacked(qe, NULL);
+
+    /* acknowledged before it was written */
+    struct async_send s;
+    async_send_start(&s, a, "fred", NULL);
+    uint64_t seq = next_delivery(b, s.mid);
+    msleep(300);
+    assert_int_equal(atomic_load(&s.done), 0); /* the sender waits: nothing is on a disk yet */
+    assert_int_equal(tc_ack(b, &seq, 1), 0);
+    pthread_join(s.th, NULL);
+    assert_int_equal(s.code, 0);
+    assert_int_equal(s.seq, seq);
+    assert_int_equal(relay_metric(&r, "hush_messages_unwritten_total"), 1);
+    assert_int_equal(relay_metric(&r, "hush_messages_written_late_total"), 0);
+    assert_int_equal(relay_metric(&r, "hush_mailbox_depth"), 0);
+
+    /* not acknowledged: written when the recipient goes, then delivered again */
+    async_send_start(&s, a, "fred", NULL);
+    seq = next_delivery(b, s.mid);
+    msleep(300);
+    assert_int_equal(atomic_load(&s.done), 0);
+    tc_disconnect(b);
+    pthread_join(s.th, NULL);
+    assert_int_equal(s.code, 0);
+    assert_int_equal(s.seq, seq);
+    assert_int_equal(relay_metric(&r, "hush_messages_written_late_total"), 1);
+    assert_int_equal(relay_metric(&r, "hush_mailbox_depth"), 1);
+    assert_int_equal(tc_reconnect(b), 0);
+    assert_int_equal(tc_login(b), 0);
+    assert_int_equal(next_delivery(b, s.mid), seq);
+    assert_int_equal(tc_ack(b, &seq, 1), 0);
+    msleep(200);
+    assert_int_equal(relay_metric(&r, "hush_mailbox_depth"), 0);
+
+    /* killed while it waits: the sender was never answered, nothing was written; its retry (same
+     * client message id) is stored and delivered again (the recipient's SDK knows that id) */
+    async_send_start(&s, a, "fred", NULL);
+    uint64_t first = next_delivery(b, s.mid);
+    relay_stop(&r, SIGKILL);
+    pthread_join(s.th, NULL);
+    assert_int_not_equal(s.code, 0);
+    relay_restart(&r);
+    assert_int_equal(relay_metric(&r, "hush_mailbox_depth"), 0);
+    assert_int_equal(tc_reconnect(a), 0);
+    assert_int_equal(tc_login(a), 0);
+    tc_disconnect(b); /* offline this time: the retry is written at once */
+    uint64_t again = 0;
+    assert_int_equal(tc_send(a, "fred", 1, s.env, sizeof s.env, s.mid, &again), 0);
+    assert_int_equal(relay_metric(&r, "hush_mailbox_depth"), 1);
+    assert_int_equal(tc_reconnect(b), 0);
+    assert_int_equal(tc_login(b), 0);
+    assert_int_equal(next_delivery(b, s.mid), again);
+    assert_true(first > 0);
+    tc_free(a);
+    tc_free(b);
+    relay_stop(&r, SIGTERM);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -820,6 +939,7 @@ int main(void)
         cmocka_unit_test(test_prekeys),
         cmocka_unit_test(test_presence),
         cmocka_unit_test(test_sigterm_and_health),
+        cmocka_unit_test(test_early_delivery),
     };
     return cmocka_run_group_tests_name("relay", tests, NULL, NULL);
 }
