@@ -13,7 +13,9 @@
  *           each message's scheduled send time (no coordinated omission)
  *   w3      --messages to offline recipients (fill rate), then they connect and drain (drain rate);
  *           with --kill-cmd, the server is killed (kill -9) and restarted when half the messages
- *           are acknowledged, and lost / duplicated acknowledged messages are counted
+ *           are acknowledged, and lost / duplicated acknowledged messages are counted; with
+ *           --online the recipients stay connected and receive while the messages are sent (the
+ *           kill -9 variant of w2: what was acknowledged must still arrive after the restart)
  *
  * Hush: the wire protocol spoken directly (no client-side crypto), as in bench_relay.
  * MQTT: libmosquitto, QoS 1, persistent sessions (clean session off), one topic per recipient.
@@ -60,6 +62,7 @@ static int o_port = 0, o_pairs = 16, o_window = 32, o_size = 256, o_conns = 1000
 static double o_duration = 5, o_rate = 0;
 static long o_messages = 100000;
 static int o_users_exist = 0; /* the users were registered by an earlier run: log in */
+static int o_online = 0;      /* w3: the recipients stay connected (the kill variant of W2) */
 
 static double now(void)
 {
@@ -1116,12 +1119,19 @@ static void scenario_w3(void)
     g_nclients = 2 * p;
     g_ackmap = calloc((size_t)(2 * p) * g_per_sender_cap, 1);
     g_recvmap = calloc((size_t)(2 * p) * g_per_sender_cap, 1);
-    /* the recipients exist (and, for MQTT, hold persistent subscriptions), then go offline */
+    /* the recipients exist (and, for MQTT, hold persistent subscriptions), then go offline -
+     * or, with --online, stay: messages are delivered while they are sent */
+    struct client **all = calloc((size_t)2 * p, sizeof *all);
+    for (int i = 0; i < p; i++) {
+        all[i] = snd[i];
+        all[p + i] = rcv[i];
+    }
     connect_group(rcv, p, 1, 1);
     for (int k = 0; k < 10; k++)
         pump(rcv, p, 20);
-    for (int i = 0; i < p; i++)
-        disconnect(rcv[i]);
+    if (!o_online)
+        for (int i = 0; i < p; i++)
+            disconnect(rcv[i]);
     connect_group(snd, p, 1, 0);
     int killed = 0;
     double t0 = now();
@@ -1142,10 +1152,15 @@ static void scenario_w3(void)
         if (o_kill_cmd && !killed && g_acked >= target / 2) {
             killed = 1;
             run_kill();
-            for (int i = 0; i < p; i++)
+            for (int i = 0; i < p; i++) {
                 abandon(snd[i]);
+                if (o_online)
+                    abandon(rcv[i]);
+            }
             /* reconnect and go on until each sender has `per` acknowledged; what was in flight at
              * the kill is not resent (new messages take new numbers) */
+            if (o_online)
+                connect_group(rcv, p, 0, 1);
             connect_group(snd, p, 0, 0);
             continue;
         }
@@ -1155,7 +1170,10 @@ static void scenario_w3(void)
                 all_sent = 0;
         if (all_sent || (live == 0 && !o_kill_cmd))
             break;
-        pump(snd, p, 5);
+        if (o_online)
+            pump(all, 2 * p, 5);
+        else
+            pump(snd, p, 5);
         if (now() - t0 > 600)
             die("w3: fill did not finish in 10 minutes");
     }
@@ -1163,9 +1181,10 @@ static void scenario_w3(void)
     long acked = g_acked;
     for (int i = 0; i < p; i++)
         disconnect(snd[i]);
-    /* the recipients come back and drain */
+    /* the recipients come back and drain (online: they get what is still on its way) */
     double t1 = now();
-    connect_group(rcv, p, 0, 1);
+    if (!o_online)
+        connect_group(rcv, p, 0, 1);
     double last = now();
     long want = 0;
     for (size_t k = 0; k < (size_t)(2 * p) * g_per_sender_cap; k++)
@@ -1183,10 +1202,11 @@ static void scenario_w3(void)
     for (size_t k = 0; k < (size_t)(2 * p) * g_per_sender_cap; k++)
         if (g_ackmap[k] && !g_recvmap[k])
             lost++;
-    printf("%-5s w3%s: %ld acked to offline recipients in %.2f s (%.0f/s); drained %ld in %.2f s (%.0f/s); "
+    printf("%-5s w3%s: %ld acked to %s recipients in %.2f s (%.0f/s); drained %ld in %.2f s (%.0f/s); "
            "lost %ld of the acked, %ld duplicates\n",
-           o_system, o_kill_cmd ? " with kill -9" : "", acked, fill, acked / fill, g_received, drain,
-           g_received / drain, lost, g_dups);
+           o_system, o_kill_cmd ? " with kill -9" : "", acked, o_online ? "online" : "offline", fill, acked / fill,
+           g_received, drain, g_received / drain, lost, g_dups);
+    free(all);
     json_result("\"acked\":%ld,\"fill_s\":%.3f,\"fill_per_s\":%.1f,\"received\":%ld,\"drain_s\":%.3f,\"drain_per_s\":%.1f,"
                 "\"lost\":%ld,\"dups\":%ld,\"killed\":%d",
                 acked, fill, acked / fill, g_received, drain, g_received / drain, lost, g_dups, o_kill_cmd ? 1 : 0);
@@ -1202,7 +1222,7 @@ int main(int argc, char **argv)
         { "rate", required_argument, NULL, 'r' },    { "messages", required_argument, NULL, 'm' },
         { "json", required_argument, NULL, 'j' },    { "server-pid", required_argument, NULL, 'i' },
         { "kill-cmd", required_argument, NULL, 'k' }, { "label", required_argument, NULL, 'l' },
-        { "users-exist", no_argument, NULL, 'u' },
+        { "users-exist", no_argument, NULL, 'u' },   { "online", no_argument, NULL, 'O' },
         { NULL, 0, NULL, 0 },
     };
     int ch;
@@ -1223,6 +1243,7 @@ int main(int argc, char **argv)
         case 'k': o_kill_cmd = optarg; break;
         case 'l': o_label = optarg; break;
         case 'u': o_users_exist = 1; break;
+        case 'O': o_online = 1; break;
         default: return 2;
         }
     }

@@ -249,8 +249,15 @@ for sys in $SYSTEMS; do
     rate=$(awk -v m="$max" -v p=$pct 'BEGIN { printf "%d", m * p / 100 }')
     run --scenario w2open --pairs $PAIRS --duration $W2_SECS --rate "$rate" --users-exist --label "p$pct" --server-pid "$(pid)"
   done
-  run --scenario w3 --pairs $PAIRS --messages "$w3" --users-exist --label offline
+  # W3 on a fresh server with new users: nothing left over from an overloaded W2 phase is drained
+  # with its messages
+  stop_server $sys "$dir"; rm -rf "$dir"; mkdir -p "$dir"
+  start_server $sys "$dir"
+  run --scenario w3 --pairs $PAIRS --messages "$w3" --label offline
   run --scenario w3 --pairs $PAIRS --messages "$w3k" --users-exist --label kill9 \
+      --kill-cmd "bash $ROOT/bench/compare.sh _kill9 $sys $dir"
+  # W2's kill -9 variant: the recipients online while the server is killed and restarted
+  run --scenario w3 --online --pairs $PAIRS --messages "$w3k" --users-exist --label w2kill9 \
       --kill-cmd "bash $ROOT/bench/compare.sh _kill9 $sys $dir"
   for n in $W1_SIZES; do
     stop_server $sys "$dir"; rm -rf "$dir"; mkdir -p "$dir"
@@ -327,6 +334,9 @@ END {
   row("W3 kill -9 mid-fill: acked", "w3/kill9", "acked", 1)
   row("W3 kill -9 mid-fill: acked but lost", "w3/kill9", "lost", 0)
   row("W3 kill -9 mid-fill: duplicated", "w3/kill9", "dups", 0)
+  row("W2 kill -9 mid-stream (online): acked", "w3/w2kill9", "acked", 1)
+  row("W2 kill -9 mid-stream: acked but lost", "w3/w2kill9", "lost", 0)
+  row("W2 kill -9 mid-stream: delivered twice", "w3/w2kill9", "dups", 0)
   for (k in keys) if (k ~ /^w4\//) {
     row("W4 presence: logins/s (" substr(k, 5) ")", k, "login_per_s", 1)
     row("W4 presence: online notifications/s", k, "notifications_per_s", 1)
