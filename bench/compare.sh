@@ -347,7 +347,8 @@ END {
 cat <<'EOF' | tee -a "$OUT/table-$MODE.txt"
 
 Durability promise of an acknowledgement:
-  hush       the ack follows COMMIT with SQLite synchronous=FULL: survives kill -9 and power loss
+  hush       the ack follows COMMIT with SQLite synchronous=FULL, or the recipient device's own ack
+             (which follows its own commit): survives kill -9 and power loss of the relay
   mosquitto  QoS 1 ack from memory; persistence writes the whole state every autosave_interval
              (1800 s here) and at a clean shutdown: kill -9 loses everything since the last save
   ejabberd   stream-management ack once routed; offline messages go to Mnesia (disc_copies), whose
