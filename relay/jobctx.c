@@ -15,7 +15,8 @@
 
 struct storage_env senv;
 
-void jctx_post(struct jctx *x, int loop, struct event *e)
+/* Prepends (e, loop) to a posting list; takes ownership of e (freed when memory runs out). */
+static void push_posting(struct posting **list, int loop, struct event *e)
 {
     if (!e)
         return;
@@ -26,24 +27,13 @@ void jctx_post(struct jctx *x, int loop, struct event *e)
     }
     p->loop = loop;
     p->ev = e;
-    p->next = x->posts;
-    x->posts = p;
+    p->next = *list;
+    *list = p;
 }
 
-void jctx_post_now(struct jctx *x, int loop, struct event *e)
-{
-    if (!e)
-        return;
-    struct posting *p = malloc(sizeof *p);
-    if (!p) {
-        event_free(e);
-        return;
-    }
-    p->loop = loop;
-    p->ev = e;
-    p->next = x->now;
-    x->now = p;
-}
+void jctx_post(struct jctx *x, int loop, struct event *e) { push_posting(&x->posts, loop, e); }
+
+void jctx_post_now(struct jctx *x, int loop, struct event *e) { push_posting(&x->now, loop, e); }
 
 void jctx_reply(struct jctx *x, const struct job *j, Hush__Result *r)
 {
