@@ -903,6 +903,8 @@ static void scenario_w1(void)
      * is the marginal cost. The whole-run figure is flattered at small sizes, because memory the
      * server freed after the (untimed) registrations is reused by the first logins */
     int half = (n / 2 / chunk) * chunk;
+    /* CPU over the timed logins, the server's and the load generator's: which of them limits */
+    double srv0 = o_server_pid ? bench_cpu_s(o_server_pid) : -1, lg0 = bench_cpu_s(0);
     double t0 = now();
     for (int i = 0; i < n; i += chunk) {
         int m = i + chunk <= n ? chunk : n - i;
@@ -914,6 +916,9 @@ static void scenario_w1(void)
             connect_group(v + i, m, 1, 0);
     }
     double dt = now() - t0;
+    double srv1 = o_server_pid ? bench_cpu_s(o_server_pid) : -1, lg1 = bench_cpu_s(0);
+    double srv_pct = srv0 >= 0 && srv1 >= 0 ? (srv1 - srv0) * 100.0 / dt : NAN;
+    double lg_pct = (lg1 - lg0) * 100.0 / dt;
     /* let the server settle, then measure */
     for (int k = 0; k < 20; k++)
         pump(v, n, 50);
@@ -922,9 +927,11 @@ static void scenario_w1(void)
     double marginal = rss1 > 0 && rss_half > 0 ? (double)(rss1 - rss_half) / (n - half) : NAN;
     printf("%-5s w1: %d idle authenticated connections, connect+login rate %.0f/s, server RSS %ld -> %ld KiB (%.1f KiB per connection; %.1f for the second half)\n",
            o_system, n, n / dt, rss0, rss1, per, marginal);
+    printf("%-5s     logins: server CPU %.0f %% (%.0f us per login), load generator CPU %.0f %%\n", o_system, srv_pct,
+           srv0 >= 0 ? (srv1 - srv0) * 1e6 / n : NAN, lg_pct);
     json_result("\"conns\":%d,\"connect_per_s\":%.1f,\"rss_before_kb\":%ld,\"rss_after_kb\":%ld,\"kib_per_conn\":%.2f,"
-                "\"kib_per_conn_second_half\":%.2f",
-                n, n / dt, rss0, rss1, per, marginal);
+                "\"kib_per_conn_second_half\":%.2f,\"server_cpu_pct\":%.1f,\"lg_cpu_pct\":%.1f",
+                n, n / dt, rss0, rss1, per, marginal, srv_pct, lg_pct);
 }
 
 /* w2 / w2open: P senders -> P receivers, all online */

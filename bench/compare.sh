@@ -314,7 +314,9 @@ END {
   for (k in keys) if (k ~ /^w1\//) { n = substr(k, 5)
     row("W1 " n " conns: connect+login /s", k, "connect_per_s", 1)
     row("W1 " n " conns: server KiB per connection", k, "kib_per_conn", 0)
-    row("W1 " n " conns: KiB per connection, 2nd half", k, "kib_per_conn_second_half", 0) }
+    row("W1 " n " conns: KiB per connection, 2nd half", k, "kib_per_conn_second_half", 0)
+    row("W1 " n " conns: server CPU % while logging in", k, "server_cpu_pct", -1)
+    row("W1 " n " conns: load generator CPU %", k, "lg_cpu_pct", -1) }
   row("W2 max acked msg/s", "w2/max", "acked_per_s", 1)
   row("W2 max delivered msg/s", "w2/max", "delivered_per_s", 1)
   row("W2 at max: latency p99 ms", "w2/max", "p99_ms", 0)
