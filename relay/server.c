@@ -65,6 +65,12 @@ struct conn {
     /* send rate limit */
     double tokens;
     uint64_t tokens_ms;
+    /* deadlines, checked by the loop's sweep once a second (a timer per connection made every
+     * timer insertion walk a list as long as the loop's connections) */
+    uint64_t deadline_ms;        /* hello / authentication / provisioning must be done by then (0: none) */
+    uint64_t last_rx_ms;         /* the last frame or pong from the peer */
+    uint64_t ping_sent_ms;
+    int ping_due;                /* write a ping at the next WRITEABLE */
 };
 
 struct pss {
@@ -81,13 +87,17 @@ struct loop {
     int shutting_down;
     int done;
     uint64_t shutdown_deadline_ms;
+    lws_sorted_usec_list_t sul_sweep; /* deadlines and keepalive of every connection, once a second */
 };
 
 static struct loop g_loops[RELAY_MAX_LOOPS];
 static int g_nloops;
+/* No lws validity timers (they would be re-armed, one sorted insertion each, on every frame): the
+ * loop's sweep pings and closes idle connections instead. Without a policy of its own a vhost gets
+ * lws's default one, so this zero policy is set explicitly. */
+static const lws_retry_bo_t g_no_validity;
 static const struct relay_config *g_cfg;
 static atomic_ullong g_next_conn_id = 1;
-static lws_retry_bo_t g_retry;
 
 #define OUTQ_PAUSE 512
 #define OUTQ_RESUME 64
@@ -400,7 +410,7 @@ static void on_provision(struct conn *c, const Hush__Frame *f)
         return;
     }
     c->state = ST_PROVISIONING;
-    lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, (int)g_cfg->provision_timeout_s);
+    c->deadline_ms = relay_now_ms() + (uint64_t)g_cfg->provision_timeout_s * 1000;
     Hush__Result r = HUSH__RESULT__INIT;
     r.message = "";
     r.provision_address = c->prov_addr;
@@ -475,7 +485,7 @@ static void on_recover_done(struct conn *c, struct event *e)
     out.msg_case = HUSH__FRAME__MSG_RESULT;
     out.result = &r;
     enqueue_frame(c, &out);
-    lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, (int)g_cfg->auth_timeout_s);
+    c->deadline_ms = relay_now_ms() + (uint64_t)g_cfg->auth_timeout_s * 1000;
 }
 
 static void on_provisioned(struct conn *c, struct event *e)
@@ -486,7 +496,7 @@ static void on_provisioned(struct conn *c, struct event *e)
     enqueue(c, e->out);
     e->out = NULL;
     /* the registration follows at once */
-    lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, (int)g_cfg->auth_timeout_s);
+    c->deadline_ms = relay_now_ms() + (uint64_t)g_cfg->auth_timeout_s * 1000;
 }
 
 static void on_auth(struct conn *c, Hush__Frame **fp, int recovery)
@@ -823,7 +833,7 @@ static void on_login_done(struct conn *c, struct event *e)
         close_after_flush(c, HUSH__ERROR_CODE__INTERNAL, "out of memory", LWS_CLOSE_STATUS_UNEXPECTED_CONDITION);
         return;
     }
-    lws_set_timeout(c->wsi, NO_PENDING_TIMEOUT, 0);
+    c->deadline_ms = 0;
     atomic_fetch_add(&g_metrics.authenticated, 1);
     struct dir_entry old;
     int online = 0;
@@ -956,6 +966,14 @@ static void cork(struct conn *c, int on)
 
 static int write_some(struct conn *c)
 {
+    if (c->ping_due && !lws_partial_buffered(c->wsi)) {
+        /* libwebsockets 4.1 sends no ping with an empty payload: four bytes */
+        uint8_t ping[LWS_PRE + 4];
+        memcpy(ping + LWS_PRE, "hush", 4);
+        c->ping_due = 0;
+        if (lws_write(c->wsi, ping + LWS_PRE, 4, LWS_WRITE_PING) < 0)
+            return -1;
+    }
     int corked = c->out_count >= 3;
     if (corked)
         cork(c, 1);
@@ -1044,14 +1062,20 @@ static int callback_hush(struct lws *wsi, enum lws_callback_reasons reason, void
         pss->c = c;
         atomic_fetch_add(&g_metrics.connections, 1);
         atomic_fetch_add(&g_metrics.connections_total, 1);
-        /* Hello and authentication must complete within the deadline, or lws closes it. */
-        lws_set_timeout(wsi, PENDING_TIMEOUT_USER_OK, (int)g_cfg->auth_timeout_s);
+        /* Hello and authentication must complete within the deadline, or the sweep closes it. */
+        c->last_rx_ms = relay_now_ms();
+        c->deadline_ms = c->last_rx_ms + (uint64_t)g_cfg->auth_timeout_s * 1000;
         rlog(RLOG_DEBUG, "connect", "conn=%llu loop=%d", (unsigned long long)c->id, l->idx);
         break;
     }
+    case LWS_CALLBACK_RECEIVE_PONG:
+        if (c)
+            c->last_rx_ms = relay_now_ms();
+        break;
     case LWS_CALLBACK_RECEIVE: {
         if (!c || c->closing)
             return 0;
+        c->last_rx_ms = relay_now_ms();
         /* lws reports the opcode of each frame: a continuation fragment of a binary message is
          * not itself "binary", so the type is checked on the message's first fragment only. */
         if (!hwire_rx_partial(&c->rx) && lws_is_first_fragment(wsi) && !lws_frame_is_binary(wsi)) {
@@ -1194,9 +1218,48 @@ int relay_open_listener(const char *host, int port, int shared, char *err, size_
 
 /* ------------------------------------------------------------------------------------------ */
 
+/* Once a second: every connection's deadline and keepalive. A connection that missed its hello,
+ * authentication or provisioning deadline, or sent nothing (not even a pong) for idle_timeout, is
+ * closed; one quiet for ping_interval is pinged. Closing goes through lws's asynchronous kill, so
+ * no connection is freed outside its own callbacks. */
+static void sweep_conn(const void *key, size_t klen, void *val, void *ctx)
+{
+    (void)key;
+    (void)klen;
+    struct conn *c = val;
+    uint64_t now = *(const uint64_t *)ctx;
+    if (c->deadline_ms && now >= c->deadline_ms) {
+        c->deadline_ms = 0;
+        rlog(RLOG_INFO, "drop", "conn=%llu reason=deadline", (unsigned long long)c->id);
+        lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
+        return;
+    }
+    if (c->state != ST_AUTHED)
+        return;
+    uint64_t quiet = now - c->last_rx_ms;
+    if (quiet >= (uint64_t)g_cfg->idle_timeout_s * 1000) {
+        rlog(RLOG_INFO, "drop", "conn=%llu reason=idle", (unsigned long long)c->id);
+        c->last_rx_ms = now; /* once */
+        lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
+    } else if (quiet >= (uint64_t)g_cfg->ping_interval_s * 1000 && c->ping_sent_ms <= c->last_rx_ms) {
+        c->ping_sent_ms = now;
+        c->ping_due = 1;
+        lws_callback_on_writable(c->wsi);
+    }
+}
+
+static void sweep_cb(lws_sorted_usec_list_t *sul)
+{
+    struct loop *l = lws_container_of(sul, struct loop, sul_sweep);
+    uint64_t now = relay_now_ms();
+    hmap_foreach(&l->conns, sweep_conn, &now);
+    lws_sul_schedule(l->ctx, 0, &l->sul_sweep, sweep_cb, LWS_US_PER_SEC);
+}
+
 static void *loop_main(void *arg)
 {
     struct loop *l = arg;
+    lws_sul_schedule(l->ctx, 0, &l->sul_sweep, sweep_cb, LWS_US_PER_SEC);
     while (!l->done) {
         lws_service(l->ctx, 0);
         if (l->shutting_down) {
@@ -1229,8 +1292,6 @@ int server_start(const struct relay_config *cfg, char *err, size_t errlen)
     }
     if (n > RELAY_MAX_LOOPS)
         n = RELAY_MAX_LOOPS;
-    g_retry.secs_since_valid_ping = (uint16_t)cfg->ping_interval_s;
-    g_retry.secs_since_valid_hangup = (uint16_t)cfg->idle_timeout_s;
     int tls = cfg->tls_cert[0] != 0;
     for (int i = 0; i < n; i++) {
         struct loop *l = &g_loops[i];
@@ -1255,7 +1316,7 @@ int server_start(const struct relay_config *cfg, char *err, size_t errlen)
         vi.vhost_name = "hush";
         vi.port = CONTEXT_PORT_NO_LISTEN_SERVER;
         vi.protocols = ws_protocols;
-        vi.retry_and_idle_policy = &g_retry;
+        vi.retry_and_idle_policy = &g_no_validity;
         vi.keepalive_timeout = 5;
         vi.timeout_secs_ah_idle = 5;
         if (tls) {
