@@ -35,21 +35,26 @@ void jctx_post(struct jctx *x, int loop, struct event *e) { push_posting(&x->pos
 
 void jctx_post_now(struct jctx *x, int loop, struct event *e) { push_posting(&x->now, loop, e); }
 
-void jctx_reply(struct jctx *x, const struct job *j, Hush__Result *r)
+void jctx_result_to(struct jctx *x, int loop, uint64_t conn, uint64_t req_id, Hush__Result *r, int now)
 {
     if (r->code != HUSH__ERROR_CODE__OK)
         metrics_error(r->code);
-    if (!j->req_id)
+    if (!req_id)
         return;
     Hush__Frame f = HUSH__FRAME__INIT;
-    f.id = j->req_id;
+    f.id = req_id;
     f.msg_case = HUSH__FRAME__MSG_RESULT;
     f.result = r;
-    struct event *e = event_new(EV_SEND_FRAME, j->conn);
+    struct event *e = event_new(EV_SEND_FRAME, conn);
     if (!e)
         return;
     e->out = outbuf_from_frame(&f, 0);
-    jctx_post(x, j->loop, e);
+    push_posting(now ? &x->now : &x->posts, loop, e);
+}
+
+void jctx_reply(struct jctx *x, const struct job *j, Hush__Result *r)
+{
+    jctx_result_to(x, j->loop, j->conn, j->req_id, r, 0);
 }
 
 void jctx_reply_code(struct jctx *x, const struct job *j, Hush__ErrorCode code, const char *msg)

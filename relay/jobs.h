@@ -56,6 +56,9 @@ void jctx_post(struct jctx *x, int loop, struct event *e);
  * be seen before it is durable (a delivery whose sender is not yet answered, an answer made
  * durable elsewhere). */
 void jctx_post_now(struct jctx *x, int loop, struct event *e);
+/* A Result for request req_id of connection conn on loop (nothing when req_id is 0), posted after
+ * the COMMIT, or before it when `now` (jctx_post_now's rule). */
+void jctx_result_to(struct jctx *x, int loop, uint64_t conn, uint64_t req_id, Hush__Result *r, int now);
 /* The request's Result (nothing when the job has no request id). */
 void jctx_reply(struct jctx *x, const struct job *j, Hush__Result *r);
 void jctx_reply_code(struct jctx *x, const struct job *j, Hush__ErrorCode code, const char *msg);

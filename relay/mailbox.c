@@ -368,6 +368,29 @@ out:
     return ok;
 }
 
+/* One stored message (a send written at once, or a waiting one whose wait is over). */
+static hstore_err insert_row(uint64_t seq, const char *recipient, uint32_t rdev, const char *sender, uint32_t sdev,
+                             const uint8_t cmid[HWIRE_CLIENT_MSG_ID_BYTES], const uint8_t *env, size_t len,
+                             uint64_t received_at, uint64_t expires_at)
+{
+    sqlite3_stmt *st;
+    hstore_err e = hstore_prepare(senv.db, "INSERT INTO mailbox (seq, recipient, recipient_device, sender, sender_device, "
+                                           "client_msg_id, envelope, received_at, expires_at) "
+                                           "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)", &st);
+    if (e)
+        return e;
+    sqlite3_bind_int64(st, 1, (int64_t)seq);
+    sqlite3_bind_text(st, 2, recipient, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 3, rdev);
+    sqlite3_bind_text(st, 4, sender, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 5, sdev);
+    sqlite3_bind_blob(st, 6, cmid, HWIRE_CLIENT_MSG_ID_BYTES, SQLITE_STATIC);
+    sqlite3_bind_blob(st, 7, env, (int)len, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 8, (int64_t)received_at);
+    sqlite3_bind_int64(st, 9, (int64_t)expires_at);
+    return hstore_run(senv.db, st); /* resets the statement: the static bindings are not kept */
+}
+
 static struct pend *pend_new(struct jctx *x, const struct job *j, const Hush__Recipient *rc, uint64_t seq, uint64_t now,
                              uint64_t expires);
 static void wait_resolved(struct jctx *x, struct sendwait *w, int now);
@@ -443,19 +466,8 @@ void mailbox_send(struct jctx *x, const struct job *j)
             npend++;
             continue;
         }
-        CHECK_SE(hstore_prepare(senv.db, "INSERT INTO mailbox (seq, recipient, recipient_device, sender, sender_device, "
-                                      "client_msg_id, envelope, received_at, expires_at) "
-                                      "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)", &st));
-        sqlite3_bind_int64(st, 1, (int64_t)seqs[i]);
-        sqlite3_bind_text(st, 2, rc->username, -1, SQLITE_TRANSIENT);
-        sqlite3_bind_int64(st, 3, rc->device_id);
-        sqlite3_bind_text(st, 4, j->username, -1, SQLITE_TRANSIENT);
-        sqlite3_bind_int64(st, 5, j->device_id);
-        sqlite3_bind_blob(st, 6, s->client_msg_id.data, (int)s->client_msg_id.len, SQLITE_TRANSIENT);
-        sqlite3_bind_blob(st, 7, rc->envelope.data, (int)rc->envelope.len, SQLITE_STATIC);
-        sqlite3_bind_int64(st, 8, (int64_t)now);
-        sqlite3_bind_int64(st, 9, (int64_t)expires);
-        CHECK_SE(hstore_run(senv.db, st));
+        CHECK_SE(insert_row(seqs[i], rc->username, rc->device_id, j->username, j->device_id, s->client_msg_id.data,
+                            rc->envelope.data, rc->envelope.len, now, expires));
         /* a quota entry loaded during this job already counts the row when it was loaded after
          * the insert; entries loaded before it get the delta on release. */
         at_commit++;
@@ -681,30 +693,16 @@ hstore_err mailbox_count_for(hstore *db, const char *user, uint32_t dev, int64_t
 
 static void post_wait_reply(struct jctx *x, struct sendwait *w, int now)
 {
-    if (!w->req_id)
-        return;
     Hush__Result r = HUSH__RESULT__INIT;
     if (w->failed) {
         r.code = HUSH__ERROR_CODE__STORAGE_FAILED;
         r.message = "storage failed, nothing was stored";
-        metrics_error(r.code);
     } else {
         r.message = "";
         r.n_seqs = w->n;
         r.seqs = w->seqs;
     }
-    Hush__Frame f = HUSH__FRAME__INIT;
-    f.id = w->req_id;
-    f.msg_case = HUSH__FRAME__MSG_RESULT;
-    f.result = &r;
-    struct event *e = event_new(EV_SEND_FRAME, w->conn);
-    if (!e)
-        return;
-    e->out = outbuf_from_frame(&f, 0);
-    if (now)
-        jctx_post_now(x, w->loop, e);
-    else
-        jctx_post(x, w->loop, e);
+    jctx_result_to(x, w->loop, w->conn, w->req_id, &r, now);
 }
 
 /* One of w's rows is resolved (acknowledged, committed or failed): the last one answers. */
@@ -819,20 +817,8 @@ void mailbox_flush_pending(struct jctx *x, int all)
             p = next;
             continue;
         }
-        sqlite3_stmt *st;
-        CHECK_SE(hstore_prepare(senv.db, "INSERT INTO mailbox (seq, recipient, recipient_device, sender, sender_device, "
-                                      "client_msg_id, envelope, received_at, expires_at) "
-                                      "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)", &st));
-        sqlite3_bind_int64(st, 1, (int64_t)p->seq);
-        sqlite3_bind_text(st, 2, p->recipient, -1, SQLITE_STATIC);
-        sqlite3_bind_int64(st, 3, p->rdev);
-        sqlite3_bind_text(st, 4, p->sender, -1, SQLITE_STATIC);
-        sqlite3_bind_int64(st, 5, p->sdev);
-        sqlite3_bind_blob(st, 6, p->cmid, HWIRE_CLIENT_MSG_ID_BYTES, SQLITE_STATIC);
-        sqlite3_bind_blob(st, 7, p->env, (int)p->len, SQLITE_STATIC);
-        sqlite3_bind_int64(st, 8, (int64_t)p->received_at);
-        sqlite3_bind_int64(st, 9, (int64_t)p->expires_at);
-        CHECK_SE(hstore_run(senv.db, st));
+        CHECK_SE(insert_row(p->seq, p->recipient, p->rdev, p->sender, p->sdev, p->cmid, p->env, p->len, p->received_at,
+                            p->expires_at));
         if (p->write_now)
             P.nflagged--;
         pend_unlink(p);

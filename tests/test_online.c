@@ -967,6 +967,16 @@ static int count_from(struct rec *r, const char *from)
     return k;
 }
 
+/* How many messages from `from` arrived, waiting up to ms for `want` of them. */
+static int wait_from(struct rec *r, const char *from, int want, int ms)
+{
+    for (int i = 0; i < ms / 50 && count_from(r, from) < want; i++) {
+        struct timespec ts = { 0, 50000000L };
+        nanosleep(&ts, NULL);
+    }
+    return count_from(r, from);
+}
+
 /* Messages of one sender that the recipient cannot store (each fails alone, its batch commits)
  * are tried twice more, then acknowledged and dropped with a report: they do not hold the relay's
  * delivery window, so another sender's message still arrives. */
@@ -988,11 +998,7 @@ static void test_failing_sender_does_not_hold_window(void **state)
         assert_true(wait_state(mal, mid[i], HUSH_MSG_SENT, 15000)); /* all stored by the relay */
     uint8_t am[16];
     send_text(ali, "winrec", "ali gets through", am);
-    for (int i = 0; i < 300 && count_from(&rec->r, "winali") < 1; i++) {
-        struct timespec ts = { 0, 50000000L };
-        nanosleep(&ts, NULL);
-    }
-    assert_int_equal(count_from(&rec->r, "winali"), 1);
+    assert_int_equal(wait_from(&rec->r, "winali", 1, 15000), 1);
     assert_true(wait_count(&rec->r, &rec->r.errors, 1, 1000)); /* the drops were reported */
     /* every failing message ends acknowledged: after a reconnect without the fault, none comes back */
     for (int i = 0; i < 200; i++) {
@@ -1004,11 +1010,7 @@ static void test_failing_sender_does_not_hold_window(void **state)
     user_start(rec, &relay);
     uint8_t am2[16];
     send_text(ali, "winrec", "after the reconnect", am2);
-    for (int i = 0; i < 300 && count_from(&rec->r, "winali") < 2; i++) {
-        struct timespec ts = { 0, 50000000L };
-        nanosleep(&ts, NULL);
-    }
-    assert_int_equal(count_from(&rec->r, "winali"), 2);
+    assert_int_equal(wait_from(&rec->r, "winali", 2, 15000), 2);
     assert_int_equal(count_from(&rec->r, "winmal"), 0);
     user_free(rec);
     user_free(mal);
