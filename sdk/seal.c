@@ -143,7 +143,13 @@ hush_err hsdk_reseal_v1(const hush_client *c, const char *ad, const uint8_t *ct,
 /* row tags and the sealed digest */
 
 /* hush_row_tag(table, v1, v2, ...): a keyed BLAKE2b-256 over the arguments, each as its type,
- * length and bytes, so no two different rows share an encoding. */
+ * length and bytes, so no two different rows share an encoding. A long BLOB (a sealed value: a
+ * session record is kilobytes, and every write tags the old and the new row) contributes only its
+ * first 25 bytes (version and the nonce, fresh at every write) and its last 16 (the AEAD tag, which
+ * commits to the rest under the key): that identifies the write, and any other change to the
+ * bytes in between fails to open when the value is used. */
+#define TAG_HEAD 25
+#define TAG_TAIL 16
 static void sql_row_tag(sqlite3_context *ctx, int argc, sqlite3_value **argv)
 {
     const hush_client *c = sqlite3_user_data(ctx);
@@ -180,8 +186,12 @@ static void sql_row_tag(sqlite3_context *ctx, int argc, sqlite3_value **argv)
         for (int k = 0; k < 8; k++)
             head[1 + k] = (uint8_t)(n64 >> (8 * k));
         crypto_generichash_update(&st, head, sizeof head);
-        if (n)
+        if (type == SQLITE_BLOB && n > TAG_HEAD + TAG_TAIL) {
+            crypto_generichash_update(&st, p, TAG_HEAD);
+            crypto_generichash_update(&st, p + n - TAG_TAIL, TAG_TAIL);
+        } else if (n) {
             crypto_generichash_update(&st, p, n);
+        }
     }
     uint8_t tag[HUSH_ROW_TAG_BYTES];
     crypto_generichash_final(&st, tag, sizeof tag);
