@@ -49,6 +49,9 @@ PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 LWS_CFLAGS := $(shell pkg-config --cflags libwebsockets 2>/dev/null)
 LWS_LIBS := $(shell pkg-config --libs libwebsockets 2>/dev/null)
+# the relay's push wake-ups (HTTP client): only hushd and what tests its push code link it
+CURL_CFLAGS := $(shell pkg-config --cflags libcurl 2>/dev/null)
+CURL_LIBS := $(shell pkg-config --libs libcurl 2>/dev/null)
 CMOCKA_CFLAGS := $(shell pkg-config --cflags cmocka 2>/dev/null)
 CMOCKA_LIBS := $(shell pkg-config --libs cmocka 2>/dev/null)
 SSL_LIBS := $(shell pkg-config --libs libssl 2>/dev/null)
@@ -182,17 +185,24 @@ $(HUSH_CLI): $(CLI_OBJ) $(LIBHUSH_A)
 	$(Q)mkdir -p $(dir $@)
 	$(Q)$(CC) $(LDFLAGS_ALL) -o $@ $(CLI_OBJ) $(LIBHUSH_A) $(LIBS)
 
-$(BUILD)/obj/relay/%.o: ALL_CFLAGS += $(LWS_CFLAGS)
+$(BUILD)/obj/relay/%.o: ALL_CFLAGS += $(LWS_CFLAGS) $(CURL_CFLAGS)
 $(HUSHD): $(RELAY_OBJ) $(LIBPROTO) $(LIBSTORE)
 	$(E) "  LD      $@"
 	$(Q)mkdir -p $(dir $@)
-	$(Q)$(CC) $(LDFLAGS_ALL) -o $@ $(RELAY_OBJ) $(LIBPROTO) $(LIBSTORE) $(LIBS) $(LWS_LIBS)
+	$(Q)$(CC) $(LDFLAGS_ALL) -o $@ $(RELAY_OBJ) $(LIBPROTO) $(LIBSTORE) $(LIBS) $(LWS_LIBS) $(CURL_LIBS)
 
 $(BUILD)/obj/tests/%.o: ALL_CFLAGS += $(CMOCKA_CFLAGS) -Wno-missing-prototypes -Isdk -Itests
 $(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(TEST_UTIL_OBJ) $(LIBHUSH_A)
 	$(E) "  LD      $@"
 	$(Q)mkdir -p $(dir $@)
 	$(Q)$(CC) $(LDFLAGS_ALL) -o $@ $< $(TEST_UTIL_OBJ) $(LIBHUSH_A) $(LIBS) $(SSL_LIBS) $(CMOCKA_LIBS)
+
+# The push tests read Web Push messages as a user agent does, with the relay's own webpush.c.
+$(BUILD)/obj/tests/test_push.o: ALL_CFLAGS += -Irelay
+$(BUILD)/tests/test_push: $(BUILD)/obj/tests/test_push.o $(TEST_UTIL_OBJ) $(BUILD)/obj/relay/webpush.o $(LIBHUSH_A)
+	$(E) "  LD      $@"
+	$(Q)mkdir -p $(dir $@)
+	$(Q)$(CC) $(LDFLAGS_ALL) -o $@ $(filter %.o,$^) $(LIBHUSH_A) $(LIBS) $(SSL_LIBS) $(CMOCKA_LIBS)
 
 # ---------------------------------------------------------------------------------------------
 # the rest, one file each: the Java binding (mk/java.mk), the Swift package and the iOS module map

@@ -13,6 +13,7 @@ libs=(
   "libcrypto:libssl-dev"
   "cmocka:libcmocka-dev"
   "libwebsockets:libwebsockets-dev"
+  "libcurl:libcurl4-openssl-dev"
   "libmosquitto:libmosquitto-dev"
 )
 # command -> Debian package

@@ -772,6 +772,7 @@ void accounts_login(struct jctx *x, const struct job *j)
     sqlite3_bind_int64(st, 2, j->device_id);
     sqlite3_bind_int64(st, 3, (int64_t)relay_now_ms());
     CHECK_SE(hstore_run(senv.db, st));
+    push_device_here(j->username, j->device_id); /* it is here: a wake-up still waiting is moot */
     login_done(x, j, 1, HUSH__ERROR_CODE__OK, stock, pending_low || stock < senv.cfg->prekeys_low_threshold);
 }
 

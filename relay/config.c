@@ -56,6 +56,15 @@ void cfg_defaults(struct relay_config *c)
     c->link_token_ttl_s = 600;
     c->provisions_per_min = 60;
     c->device_idle_days = 90;
+    c->push_enabled = 1;
+    c->push_nonurgent_period_s = 1200;
+    c->push_min_interval_ms = 1000;
+    c->push_max_per_hour = 60;
+    c->push_host_burst = 100;
+    c->push_host_per_s = 20;
+    c->push_timeout_s = 10;
+    c->push_ttl_s = 86400;
+    c->push_max_attempts = 6;
 }
 
 static int parse_u64(const char *v, uint64_t min, uint64_t max, uint64_t *out)
@@ -142,7 +151,26 @@ static const struct u32key u32keys[] = {
     U32("link_token_ttl", link_token_ttl_s, 30, 86400),
     U32("provisions_per_min", provisions_per_min, 1, 100000),
     U32("device_idle_days", device_idle_days, 0, 36500),
+    U32("push_nonurgent_period", push_nonurgent_period_s, 0, 86400),
+    U32("push_min_interval_ms", push_min_interval_ms, 0, 3600000),
+    U32("push_max_per_hour", push_max_per_hour, 1, 3600),
+    U32("push_host_burst", push_host_burst, 1, 100000),
+    U32("push_host_per_s", push_host_per_s, 1, 100000),
+    U32("push_timeout", push_timeout_s, 1, 300),
+    U32("push_ttl", push_ttl_s, 0, 2419200),
+    U32("push_max_attempts", push_max_attempts, 1, 20),
 };
+
+static int parse_onoff(const char *v, int *out)
+{
+    if (!strcmp(v, "on") || !strcmp(v, "yes") || !strcmp(v, "1"))
+        *out = 1;
+    else if (!strcmp(v, "off") || !strcmp(v, "no") || !strcmp(v, "0"))
+        *out = 0;
+    else
+        return -1;
+    return 0;
+}
 
 static int copy_str(char *dst, size_t cap, const char *v)
 {
@@ -233,6 +261,29 @@ int cfg_set(struct relay_config *c, const char *key, const char *v, char *err, s
         else if (!strcmp(v, "info")) c->log_level = RLOG_INFO;
         else if (!strcmp(v, "debug")) c->log_level = RLOG_DEBUG;
         else goto bad;
+    } else if (!strcmp(key, "push")) {
+        if (parse_onoff(v, &c->push_enabled))
+            goto bad;
+    } else if (!strcmp(key, "push_allow_http")) {
+        if (parse_onoff(v, &c->push_allow_http))
+            goto bad;
+    } else if (!strcmp(key, "push_allow_private")) {
+        if (parse_onoff(v, &c->push_allow_private))
+            goto bad;
+    } else if (!strcmp(key, "push_key")) {
+        if (copy_str(c->push_key, sizeof c->push_key, v))
+            goto bad;
+    } else if (!strcmp(key, "push_ca_file")) {
+        if (copy_str(c->push_ca_file, sizeof c->push_ca_file, v))
+            goto bad;
+    } else if (!strcmp(key, "push_contact")) {
+        /* it goes into a JSON string: no quotes, backslashes or control characters */
+        for (const char *q = v; *q; q++)
+            if (*q == '"' || *q == '\\' || (unsigned char)*q < 0x20)
+                goto bad;
+        if ((*v && strncmp(v, "mailto:", 7) && strncmp(v, "https://", 8)) ||
+            copy_str(c->push_contact, sizeof c->push_contact, v))
+            goto bad;
     } else if (!strcmp(key, "quota_bytes")) {
         if (parse_u64(v, 1024, 1ull << 40, &x))
             goto bad;
@@ -392,6 +443,10 @@ void cfg_print(const struct relay_config *c, FILE *f)
     fprintf(f, "workers = %d\nregistration = %s\ndurability = %s\nlog_level = %s\nlog_file = %s\n", c->workers,
             reg[c->registration], c->durability_full ? "full" : "normal", lvl[c->log_level], c->log_file);
     fprintf(f, "quota_bytes = %llu\n", (unsigned long long)c->quota_bytes);
+    fprintf(f, "push = %s\npush_key = %s\npush_contact = %s\npush_ca_file = %s\npush_allow_http = %s\n"
+               "push_allow_private = %s\n",
+            c->push_enabled ? "on" : "off", c->push_key[0] ? c->push_key : "(beside db)", c->push_contact,
+            c->push_ca_file, c->push_allow_http ? "on" : "off", c->push_allow_private ? "on" : "off");
     for (size_t i = 0; i < sizeof u32keys / sizeof u32keys[0]; i++)
         fprintf(f, "%s = %u\n", u32keys[i].key, *(const uint32_t *)((const char *)c + u32keys[i].off));
 }

@@ -33,6 +33,36 @@ static void push_posting(struct posting **list, int loop, struct event *e)
 
 void jctx_post(struct jctx *x, int loop, struct event *e) { push_posting(&x->posts, loop, e); }
 
+void jctx_on_commit(struct jctx *x, void (*fn)(void *arg, int committed), void *arg)
+{
+    struct commit_hook *h = malloc(sizeof *h);
+    if (!h) {
+        fn(arg, 0);
+        return;
+    }
+    h->fn = fn;
+    h->arg = arg;
+    h->next = x->hooks;
+    x->hooks = h;
+}
+
+void jctx_run_hooks(struct commit_hook *list, int committed)
+{
+    struct commit_hook *rev = NULL;
+    while (list) {
+        struct commit_hook *n = list->next;
+        list->next = rev;
+        rev = list;
+        list = n;
+    }
+    while (rev) {
+        struct commit_hook *n = rev->next;
+        rev->fn(rev->arg, committed);
+        free(rev);
+        rev = n;
+    }
+}
+
 void jctx_post_now(struct jctx *x, int loop, struct event *e) { push_posting(&x->now, loop, e); }
 
 void jctx_result_to(struct jctx *x, int loop, uint64_t conn, uint64_t req_id, Hush__Result *r, int now)

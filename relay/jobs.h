@@ -32,7 +32,15 @@ struct delta {
 };
 struct sendwait;
 struct pend;
+/* Work to finish once the job's batch committed (committed = 1), or to drop when the job or its
+ * batch was undone (0). */
+struct commit_hook {
+    struct commit_hook *next;
+    void (*fn)(void *arg, int committed);
+    void *arg;
+};
 struct jctx {
+    struct commit_hook *hooks; /* the job's, newest first */
     struct posting *posts; /* posted after COMMIT, newest first */
     struct posting *now;   /* posted as soon as the job succeeded, before the COMMIT, newest first */
     struct pend *new_pending; /* messages the job left waiting for their ack (undone if it fails) */
@@ -49,6 +57,12 @@ struct jctx {
     int ndeltas;           /* -1: too many to track, clear the quota cache */
     struct delta deltas[MAX_DELTAS]; /* last: not cleared between jobs */
 };
+
+/* Runs fn(arg, 1) after the batch's COMMIT, or fn(arg, 0) if the job or the batch is undone (fn
+ * frees arg either way). Without memory for the hook, fn(arg, 0) runs at once. */
+void jctx_on_commit(struct jctx *x, void (*fn)(void *arg, int committed), void *arg);
+/* Runs and frees a list of hooks, oldest first. */
+void jctx_run_hooks(struct commit_hook *list, int committed);
 
 /* Queues an event for `loop`, posted after COMMIT (dropped on rollback). Takes ownership of e. */
 void jctx_post(struct jctx *x, int loop, struct event *e);
@@ -108,6 +122,21 @@ hstore_err accounts_each_device(hstore *db, const char *user, uint64_t idle_befo
                                 void *ctx);
 /* At start: each user's last-seen time (the newest of its devices), for presence. */
 void accounts_each_last_seen(hstore *db, void (*fn)(const char *user, uint64_t last_seen_ms, void *ctx), void *ctx);
+
+/* push.c: push_endpoints, and which devices have a wake-up pending */
+int push_init(char *err, size_t errlen);
+void push_free(void);
+/* PushRegisterRequest / PushRemoveRequest of the job's device. */
+void push_job_register(struct jctx *x, const struct job *j);
+/* JOB_PUSH_GONE: deletes the device's endpoint if it is still the one named. */
+void push_job_gone(struct jctx *x, const struct job *j);
+/* A message for (user, dev), which has no live connection, is being stored by this job: a wake-up
+ * goes after the commit unless one is pending. */
+void push_note_stored(struct jctx *x, const char *user, uint32_t dev, int urgent);
+/* The device logged in or drained its mailbox: nothing pending any more. */
+void push_device_here(const char *user, uint32_t dev);
+/* Forgets pending marks older than a day (with the expiry job). */
+void push_expire(void);
 
 /* mailbox.c: mailbox */
 int mailbox_init(char *err, size_t errlen);

@@ -468,6 +468,10 @@ void mailbox_send(struct jctx *x, const struct job *j)
         }
         CHECK_SE(insert_row(seqs[i], rc->username, rc->device_id, j->username, j->device_id, s->client_msg_id.data,
                             rc->envelope.data, rc->envelope.len, now, expires));
+        if (!route[i].live) /* nobody to deliver to: wake the device (push.c decides) */
+            push_note_stored(x, rc->username, rc->device_id, !s->non_urgent);
+        if (x->store_err)
+            return;
         /* a quota entry loaded during this job already counts the row when it was loaded after
          * the insert; entries loaded before it get the delta on release. */
         at_commit++;
@@ -574,6 +578,8 @@ void mailbox_fetch(struct jctx *x, const struct job *j)
         return;
     }
     e->drained = n < j->limit;
+    if (e->drained)
+        push_device_here(j->username, j->device_id); /* it has all its mail: no wake-up pending */
     jctx_post(x, j->loop, e);
 }
 

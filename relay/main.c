@@ -127,6 +127,12 @@ static int run_relay(const struct relay_config *cfg)
     directory_init();
     presence_init();
     char err[512];
+    /* before storage: the storage thread hands it wake-ups from its first batch on */
+    if (pusher_start(cfg, storage_push_gone, err, sizeof err) != 0) {
+        rlog(RLOG_ERROR, "startup", "%s", err);
+        fprintf(stderr, "hushd: %s\n", err);
+        return 1;
+    }
     if (storage_start(cfg, err, sizeof err) != 0) {
         rlog(RLOG_ERROR, "startup", "database: %s", err);
         fprintf(stderr, "hushd: %s\n", err);
@@ -137,6 +143,7 @@ static int run_relay(const struct relay_config *cfg)
         fprintf(stderr, "hushd: %s\n", err);
         server_free();
         http_stop();
+        pusher_stop();
         storage_stop();
         return 1;
     }
@@ -168,6 +175,7 @@ static int run_relay(const struct relay_config *cfg)
     server_shutdown();
     server_free();
     http_stop();
+    pusher_stop(); /* wake-ups still queued are dropped: their devices get the mail when they connect */
     storage_stop();
     presence_free();
     directory_free();

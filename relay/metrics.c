@@ -117,6 +117,20 @@ char *metrics_render(size_t *len)
     }
     put(&b, "hush_commit_seconds_sum %.6f\nhush_commit_seconds_count %ld\n",
         (double)atomic_load(&m->commit_us_sum) / 1e6, atomic_load(&m->commits));
+    COUNTER("hush_push_sent_total", "Push wake-ups accepted by a push service.", atomic_load(&m->push_sent));
+    put(&b, "# HELP hush_push_failed_total Push wake-up attempts that failed, by class.\n"
+            "# TYPE hush_push_failed_total counter\n");
+    static const char *pf[7] = { "gone", "backoff", "rejected", "server", "network", "refused", "overload" };
+    for (int i = 0; i < 7; i++)
+        put(&b, "hush_push_failed_total{class=\"%s\"} %ld\n", pf[i], atomic_load(&m->push_failed[i]));
+    COUNTER("hush_push_endpoints_dropped_total", "Push endpoints deleted (gone at the push service, or refused by policy).",
+            atomic_load(&m->push_dropped));
+    COUNTER("hush_push_retries_total", "Push wake-ups tried again after a failure.", atomic_load(&m->push_retries));
+    COUNTER("hush_push_coalesced_total", "Wake-ups merged into one already waiting for the same device.",
+            atomic_load(&m->push_coalesced));
+    COUNTER("hush_push_cancelled_total", "Waiting wake-ups dropped because their device connected.",
+            atomic_load(&m->push_cancelled));
+    COUNTER("hush_push_host_limited_total", "Wake-ups delayed by a push host's rate limit.", atomic_load(&m->push_host_limited));
     put(&b, "# HELP hush_errors_total Error results sent, by code.\n# TYPE hush_errors_total counter\n");
     for (int i = 1; i < METRICS_ERR_CODES; i++)
         put(&b, "hush_errors_total{code=\"%s\"} %ld\n", err_names[i], atomic_load(&m->errors[i]));

@@ -78,6 +78,21 @@ struct relay_config {
     uint32_t link_token_ttl_s;    /* a link token is valid this long */
     uint32_t provisions_per_min;  /* provisioning addresses handed out per minute, relay-wide */
     uint32_t device_idle_days;    /* a device not seen for this long is removed (never a user's last); 0: never */
+    /* push wake-ups (pusher.c) */
+    int push_enabled;             /* 0: endpoints are refused and nothing is pushed */
+    char push_key[512];           /* the VAPID key file ("": <db>.push-key.pem) */
+    char push_contact[256];       /* VAPID "sub": mailto: or https: URL of the operator ("": none) */
+    char push_ca_file[512];       /* PEM bundle for the push services' certificates ("": the system's) */
+    int push_allow_http;          /* 1: http:// endpoints accepted (tests, a distributor on a LAN) */
+    int push_allow_private;       /* 1: endpoints on loopback / private / link-local addresses allowed */
+    uint32_t push_nonurgent_period_s; /* non-urgent wake-ups of one device: at most one per period */
+    uint32_t push_min_interval_ms;    /* between two wake-ups of one device */
+    uint32_t push_max_per_hour;       /* wake-ups of one device per hour */
+    uint32_t push_host_burst;         /* requests to one push host: burst... */
+    uint32_t push_host_per_s;         /* ...and refill per second */
+    uint32_t push_timeout_s;          /* one request, connection included */
+    uint32_t push_ttl_s;              /* the TTL header: how long the push service keeps a wake-up */
+    uint32_t push_max_attempts;       /* tries of one wake-up (retryable failures) */
 };
 
 void cfg_defaults(struct relay_config *c);
@@ -130,7 +145,17 @@ struct metrics {
     atomic_long commit_us_sum;
     atomic_long commit_lat_hist[METRICS_LAT_BUCKETS]; /* <=0.1,0.25,0.5,1,2.5,5,10,25,50ms,+inf */
     atomic_long errors[METRICS_ERR_CODES];
+    /* push wake-ups (pusher.c) */
+    atomic_long push_sent;         /* accepted by the push service (2xx) */
+    atomic_long push_failed[7];    /* attempts that failed, by PUSH_FAIL_* */
+    atomic_long push_dropped;      /* endpoints deleted (gone, or refused by policy) */
+    atomic_long push_retries;
+    atomic_long push_coalesced;    /* wake-ups merged into one already waiting */
+    atomic_long push_cancelled;    /* waiting wake-ups dropped because the device connected */
+    atomic_long push_host_limited; /* starts delayed by a push host's rate limit */
 };
+enum { PUSH_FAIL_GONE, PUSH_FAIL_BACKOFF, PUSH_FAIL_REJECTED, PUSH_FAIL_SERVER, PUSH_FAIL_NETWORK, PUSH_FAIL_REFUSED,
+       PUSH_FAIL_OVERLOAD };
 extern struct metrics g_metrics;
 void metrics_error(int code);
 void metrics_commit(long jobs, long usec);
@@ -200,7 +225,9 @@ void inbox_free_all(void);
 enum job_type {
     JOB_REGISTER, JOB_LOGIN, JOB_UPLOAD, JOB_FETCH_BUNDLES, JOB_SEND, JOB_FETCH_MAIL, JOB_ACK,
     JOB_SET_ALLOW, JOB_DISCONNECT, JOB_EXPIRE, JOB_LINK_TOKEN, JOB_REMOVE_DEVICE, JOB_RECOVER, JOB_LIST_DEVICES, JOB_STOP,
-    JOB_FLUSH /* internal: a batch only to write the messages whose wait for an ack is over */
+    JOB_FLUSH, /* internal: a batch only to write the messages whose wait for an ack is over */
+    JOB_PUSH_REGISTER, /* PushRegisterRequest or PushRemoveRequest */
+    JOB_PUSH_GONE      /* internal (push thread): the push service says the endpoint is gone */
 };
 
 /*
@@ -256,6 +283,8 @@ void storage_submit(struct job *j);      /* takes ownership */
 #define STORAGE_MAX_QUEUED_JOBS 200000
 #define STORAGE_MAX_QUEUED_BYTES (512ul << 20)
 int storage_busy(void);
+/* Queues the deletion of (user, dev)'s push endpoint if it is still `url` (any thread). */
+void storage_push_gone(const char *user, uint32_t dev, const char *url);
 /* Waits (at most timeout_ms) until every submitted job has been committed and answered. */
 void storage_quiesce(int timeout_ms);
 /* Processes every queued job, then stops the thread and closes the database. */
@@ -314,6 +343,41 @@ void presence_unsubscribe_conn(uint64_t conn);
 void presence_changed(const char *user, int online, uint64_t last_seen_ms);
 /* Loads allow-lists and last-seen times from the database at start. */
 void presence_load(hstore *db);
+
+/* ------------------------------------------------------------------------------------------ */
+/* push wake-ups: the push_endpoints table lives on the storage thread (push.c); pusher.c is the
+ * thread that POSTs them (docs/ARCHITECTURE.md, "Push wake-ups"). */
+
+#define PUSH_MAX_ENDPOINT 1000
+struct push_wake {
+    struct push_wake *next;
+    char user[RELAY_USERNAME_MAX + 1];
+    uint32_t dev;
+    int urgent;
+    char url[PUSH_MAX_ENDPOINT + 1];
+    uint8_t p256dh[65];
+    uint8_t auth[16];
+};
+/* Checks an endpoint as a device registers it (any thread): length, a URL libcurl parses, scheme
+ * https (http too with push_allow_http), no credentials, no literal loopback/private address
+ * unless push_allow_private; p256dh a point on P-256, auth 16 bytes. 0, or -1 with *why. host and
+ * origin (may be NULL) receive the URL's host and its origin ("https://host[:port]"). */
+int push_endpoint_check(const struct relay_config *cfg, const char *url, const uint8_t *p256dh, size_t plen,
+                        const uint8_t *auth, size_t alen, char *host, size_t hostcap, char *origin, size_t origincap,
+                        const char **why);
+/* Starts the push thread and loads (or makes) the VAPID key; nothing when push is off. The
+ * thread calls gone() for an endpoint the push service says is gone (or this relay refuses to
+ * reach): storage_push_gone, which deletes it. */
+int pusher_start(const struct relay_config *cfg, void (*gone)(const char *user, uint32_t dev, const char *url),
+                 char *err, size_t errlen);
+/* Drops what is queued or in flight and stops the thread. */
+void pusher_stop(void);
+int pusher_enabled(void);
+void pusher_public_key(uint8_t out[65]);
+/* A wake-up for a device (after the commit that stored its mail); takes ownership of w. */
+void pusher_submit(struct push_wake *w);
+/* The device connected: its waiting wake-up is dropped. */
+void pusher_cancel(const char *user, uint32_t dev);
 
 /* ------------------------------------------------------------------------------------------ */
 /* misc */

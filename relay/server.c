@@ -345,7 +345,14 @@ static void on_hello(struct conn *c, const Hush__Frame *f)
     lim.provision_timeout_s = g_cfg->provision_timeout_s;
     lim.link_token_ttl_s = g_cfg->link_token_ttl_s;
     lim.max_link_box = HWIRE_MAX_LINK_BOX;
+    lim.max_push_endpoint = pusher_enabled() ? PUSH_MAX_ENDPOINT : 0;
     Hush__Welcome w = HUSH__WELCOME__INIT;
+    uint8_t push_key[65];
+    if (pusher_enabled()) {
+        pusher_public_key(push_key);
+        w.push_key.data = push_key;
+        w.push_key.len = sizeof push_key;
+    }
     w.version = HWIRE_VERSION;
     w.challenge.data = c->challenge;
     w.challenge.len = sizeof c->challenge;
@@ -721,6 +728,25 @@ static void on_authed_request(struct conn *c, Hush__Frame **fp)
             job_for(c, f->msg_case == HUSH__FRAME__MSG_REMOVE_DEVICE ? JOB_REMOVE_DEVICE : JOB_LIST_DEVICES, f->id, fp);
         if (j)
             submit(c, j);
+        break;
+    }
+    case HUSH__FRAME__MSG_PUSH_REGISTER:
+    case HUSH__FRAME__MSG_PUSH_REMOVE: {
+        const char *why = NULL;
+        const Hush__PushRegisterRequest *pr = f->push_register;
+        if (!pusher_enabled())
+            why = "push wake-ups are off on this relay";
+        else if (f->msg_case == HUSH__FRAME__MSG_PUSH_REGISTER)
+            push_endpoint_check(g_cfg, pr->endpoint, pr->p256dh.data, pr->p256dh.len, pr->auth.data, pr->auth.len, NULL,
+                                0, NULL, 0, &why);
+        if (why) {
+            int big = f->msg_case == HUSH__FRAME__MSG_PUSH_REGISTER && strlen(pr->endpoint) > PUSH_MAX_ENDPOINT;
+            reply(c, f->id, big ? HUSH__ERROR_CODE__TOO_LARGE : HUSH__ERROR_CODE__BAD_REQUEST, why);
+        } else {
+            struct job *j = job_for(c, JOB_PUSH_REGISTER, f->id, fp);
+            if (j)
+                submit(c, j);
+        }
         break;
     }
     case HUSH__FRAME__MSG_SUBSCRIBE_PRESENCE:

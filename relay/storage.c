@@ -69,6 +69,12 @@ static const char *const migrations[] = {
     "ALTER TABLE users ADD COLUMN recovery_key BLOB;",
     /* 4 -> 5: each device's name, sealed by its user's devices (opaque here) */
     "ALTER TABLE devices ADD COLUMN name BLOB;",
+    /* 5 -> 6: each device's Web Push endpoint (push.c); it goes with its device */
+    "CREATE TABLE push_endpoints ("
+    "  username TEXT NOT NULL, device_id INTEGER NOT NULL,"
+    "  url TEXT NOT NULL, p256dh BLOB NOT NULL, auth BLOB NOT NULL, created_at INTEGER NOT NULL,"
+    "  PRIMARY KEY (username, device_id),"
+    "  FOREIGN KEY (username, device_id) REFERENCES devices (username, device_id) ON DELETE CASCADE) WITHOUT ROWID;",
 };
 
 static struct {
@@ -190,6 +196,31 @@ void storage_submit(struct job *j)
     pthread_mutex_unlock(&S.mu);
 }
 
+void storage_push_gone(const char *user, uint32_t dev, const char *url)
+{
+    /* the job carries the URL in a PushRegisterRequest, as a client's would (packed and unpacked:
+     * the job owns an unpacked frame) */
+    Hush__PushRegisterRequest pr = HUSH__PUSH_REGISTER_REQUEST__INIT;
+    pr.endpoint = (char *)url;
+    Hush__Frame f = HUSH__FRAME__INIT;
+    f.msg_case = HUSH__FRAME__MSG_PUSH_REGISTER;
+    f.push_register = &pr;
+    size_t n = hush__frame__get_packed_size(&f);
+    uint8_t *buf = malloc(n ? n : 1);
+    struct job *j = buf ? job_new(JOB_PUSH_GONE, -1, 0, 0) : NULL;
+    if (j) {
+        hush__frame__pack(&f, buf);
+        j->frame = hush__frame__unpack(NULL, n, buf);
+        snprintf(j->username, sizeof j->username, "%s", user);
+        j->device_id = dev;
+    }
+    free(buf);
+    if (j && j->frame)
+        storage_submit(j);
+    else
+        job_free(j);
+}
+
 hstore *storage_open_db(const char *path, int durability_full, char *err, size_t errlen)
 {
     hstore_opts o = { durability_full ? HSTORE_SYNC_FULL : HSTORE_SYNC_NORMAL, 5000, 1, 0, 0, NULL, NULL }; /* ciphertext only: no secure_delete */
@@ -228,9 +259,12 @@ static void run_job(struct jctx *x, struct job *j)
             accounts_expire(x);
         if (!x->store_err)
             devices_expire_idle(x);
+        push_expire();
         break;
     case JOB_STOP: break;
     case JOB_FLUSH: break; /* nothing of its own: the batch writes the waiting rows that are due */
+    case JOB_PUSH_REGISTER: push_job_register(x, j); break;
+    case JOB_PUSH_GONE: push_job_gone(x, j); break;
     }
 }
 
@@ -314,6 +348,19 @@ static void take_postings(struct posting **posts, struct jctx *x)
     x->posts = NULL;
 }
 
+/* Prepends a job's commit hooks (newest first) to the batch's. */
+static void take_hooks(struct commit_hook **hooks, struct jctx *x)
+{
+    if (!x->hooks)
+        return;
+    struct commit_hook *t = x->hooks;
+    while (t->next)
+        t = t->next;
+    t->next = *hooks;
+    *hooks = x->hooks;
+    x->hooks = NULL;
+}
+
 static void process_batch(struct job *list)
 {
     struct posting *posts = NULL;
@@ -333,11 +380,13 @@ static void process_batch(struct job *list)
     int nallows = 0;
     hstore_err be = x ? hstore_savepoint(senv.db) : HSTORE_ERR_NOMEM;
     int64_t written = 0, unwritten = 0;
+    struct commit_hook *hooks = NULL; /* of the jobs that succeeded, newest first */
     /* Everything but sends and acks reads or changes rows as they are on disk: the messages
      * waiting unwritten for their ack are written first (mailbox.c, early delivery). */
     int flush_all = 0;
     for (struct job *j = list; j; j = j->next)
-        flush_all |= j->type != JOB_SEND && j->type != JOB_ACK && j->type != JOB_FLUSH;
+        flush_all |= j->type != JOB_SEND && j->type != JOB_ACK && j->type != JOB_FLUSH && j->type != JOB_PUSH_REGISTER &&
+                     j->type != JOB_PUSH_GONE; /* push jobs touch no message */
     if (!be && flush_all) {
         memset(x, 0, offsetof(struct jctx, deltas));
         mailbox_flush_pending(x, 1);
@@ -364,12 +413,14 @@ static void process_batch(struct job *list)
             if (x->store_err) {
                 rlog(RLOG_ERROR, "storage_error", "job=%d detail=\"%s\"", (int)j->type, hstore_errmsg(senv.db));
                 free_postings(x->posts);
+                jctx_run_hooks(x->hooks, 0);
                 be = x->store_err;
                 continue;
             }
             mailbox_apply_deltas(x);
             deleted += x->deleted;
             take_postings(&posts, x);
+            take_hooks(&hooks, x);
             continue;
         }
         hstore_err e = hstore_savepoint(senv.db);
@@ -384,6 +435,8 @@ static void process_batch(struct job *list)
             mailbox_job_failed(x);
             free_postings(x->now);
             x->now = NULL;
+            jctx_run_hooks(x->hooks, 0);
+            x->hooks = NULL;
         } else {
             mailbox_job_done(x);
             post_now(x); /* deliveries of messages waiting for their ack: before the commit */
@@ -406,6 +459,7 @@ static void process_batch(struct job *list)
             }
         }
         take_postings(&posts, x);
+        take_hooks(&hooks, x);
     }
     if (!be) {
         /* the waiting rows that are due (and those a retry asked for) */
@@ -448,6 +502,7 @@ static void process_batch(struct job *list)
         for (int i = 0; i < nallows; i++)
             presence_set_allow(allows[i].owner, allows[i].r->usernames, allows[i].r->n_usernames);
     }
+    jctx_run_hooks(hooks, !be);
     /* Reverse so events reach each loop in the order they were produced. */
     struct posting *rev = NULL;
     while (posts) {
@@ -547,7 +602,7 @@ int storage_start(const struct relay_config *cfg, char *err, size_t errlen)
     senv.db = storage_open_db(cfg->db_path, cfg->durability_full, err, errlen);
     if (!senv.db)
         return -1;
-    if (accounts_init(err, errlen) != 0 || mailbox_init(err, errlen) != 0)
+    if (accounts_init(err, errlen) != 0 || mailbox_init(err, errlen) != 0 || push_init(err, errlen) != 0)
         return -1;
     presence_load(senv.db);
     S.next_expire_ms = 0; /* expire once at start */
@@ -581,6 +636,7 @@ void storage_stop(void)
     pthread_join(S.th, NULL);
     S.started = 0;
     mailbox_free();
+    push_free();
     accounts_free();
     hstore_close(senv.db);
     senv.db = NULL;

@@ -243,6 +243,7 @@ void hsdk_net_stop(hush_client *c);
 #define NET_WAKE_TYPING 4
 #define NET_WAKE_IDENTITY 8
 #define NET_WAKE_LINK 16
+#define NET_WAKE_PUSH 32
 
 /* One integer from a one-row query (a count, a meta value): prepare, bind `arg` to ?1 when not
  * NULL, step, read column 0 (0 when there is no row), reset, map the error. Caller holds the lock. */

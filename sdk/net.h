@@ -37,7 +37,7 @@
 #define NET_MAX_MISMATCH_ROUNDS 4 /* device-list refusals of one message before it fails */
 
 enum nstate { N_IDLE, N_CONNECTING, N_HELLO, N_AUTH, N_ONLINE };
-enum req_type { R_NONE, R_HELLO, R_AUTH, R_SEND, R_FETCH, R_UPLOAD, R_OTHER, R_PROVISION, R_LINK_TOKEN, R_PROVISION_SEND, R_REMOVE, R_RECOVER, R_LIST_DEVICES };
+enum req_type { R_NONE, R_HELLO, R_AUTH, R_SEND, R_FETCH, R_UPLOAD, R_OTHER, R_PROVISION, R_LINK_TOKEN, R_PROVISION_SEND, R_REMOVE, R_RECOVER, R_LIST_DEVICES, R_PUSH };
 
 /* An app thread's request to the network thread (hush_device_link, hush_device_remove), under
  * mu: queued, its first frame sent (for a link: the token asked), the box sent, done. */
@@ -189,6 +189,7 @@ struct hush_net {
     atomic_int waiters;       /* threads inside wait_until: hush_net_stop frees only at zero */
     hush_conn_state conn;
     hush_err last_err;
+    int queue_empty;          /* the relay said QueueEmpty on this connection and its deliveries were handled */
     int fatal;
     struct typing_req typing[NET_MAX_TYPING];
     int ntyping;
@@ -235,6 +236,11 @@ void hnet_send_auth(struct hush_net *n);
 int hnet_proof_context(struct hush_net *n, char origin[HWIRE_ORIGIN_MAX + 1], uint8_t binding[HWIRE_BINDING_BYTES],
                        size_t *blen);
 void hnet_rotation_check(struct hush_net *n);
+
+/* net_push.c */
+/* Tells the relay this device's push endpoint (or its removal), if there is something to tell. */
+void hnet_send_push(struct hush_net *n);
+void hnet_on_push_result(struct hush_net *n, const struct req *r, const Hush__Result *res);
 hush_err hnet_fatal_for(int code);
 void hnet_fail_for_good(struct hush_net *n, hush_err e);
 

@@ -71,6 +71,7 @@ static void went_online(struct hush_net *n)
     n->backoff_ms = 0;
     hnet_set_conn(n, HUSH_CONN_ONLINE, HUSH_OK);
     hnet_send_presence(n);
+    hnet_send_push(n);
     hnet_rotation_check(n);
     hnet_reprocess_pending(n);
     n->unflushed_receipts = 1; /* receipts owed from before a restart */
@@ -158,6 +159,8 @@ static void handle_frame(struct hush_net *n, const uint8_t *data, size_t len)
             hnet_on_recover_result(n, f->result);
         } else if (r.type == R_LIST_DEVICES) {
             hnet_on_list_result(n, f->result);
+        } else if (r.type == R_PUSH) {
+            hnet_on_push_result(n, &r, f->result);
         }
         break;
     case HUSH__FRAME__MSG_PROVISIONED:
@@ -238,6 +241,10 @@ static void handle_frame(struct hush_net *n, const uint8_t *data, size_t len)
         break;
     case HUSH__FRAME__MSG_QUEUE_EMPTY:
         hnet_flush_receipts(n);
+        /* the deliveries before it were processed above (any other frame processes the batch) */
+        pthread_mutex_lock(&n->mu);
+        n->queue_empty = n->nretry == 0; /* retries still waiting are not handled yet */
+        pthread_mutex_unlock(&n->mu);
         hnet_signal_progress(n);
         break;
     default:
@@ -275,6 +282,9 @@ static void schedule_reconnect(struct hush_net *n)
 
 static void connection_lost(struct hush_net *n)
 {
+    pthread_mutex_lock(&n->mu);
+    n->queue_empty = 0;
+    pthread_mutex_unlock(&n->mu);
     hnet_record_sent(n, 1); /* the relay acknowledged them before the connection went */
     n->wsi = NULL;
     hnet_batch_clear(n); /* not acknowledged: the relay delivers them again */
@@ -389,6 +399,8 @@ static void handle_wake(struct hush_net *n)
     }
     if (w & NET_WAKE_PRESENCE)
         hnet_send_presence(n);
+    if (w & NET_WAKE_PUSH)
+        hnet_send_push(n);
     if (w & NET_WAKE_TYPING)
         hnet_send_typing(n);
     if (w & (NET_WAKE_OUTBOX | NET_WAKE_IDENTITY))
@@ -887,6 +899,36 @@ hush_err hush_net_flush(hush_client *c, int timeout_ms)
     if (!c || timeout_ms < 0)
         return HUSH_ERR_INVALID_ARG;
     return wait_until(c, timeout_ms, pred_flushed);
+}
+
+static int pred_drained(hush_client *c, struct hush_net *n, hush_err *e)
+{
+    if (pred_online(c, n, e) && *e)
+        return 1; /* failed for good */
+    pthread_mutex_lock(&n->mu);
+    int drained = n->conn == HUSH_CONN_ONLINE && n->queue_empty;
+    pthread_mutex_unlock(&n->mu);
+    if (!drained)
+        return 0;
+    return pred_flushed(c, n, e); /* and what it queued (receipts, replies) reached the relay */
+}
+
+hush_err hush_net_wake(hush_client *c, const hush_net_opts *opts, const hush_callbacks *cb, int timeout_ms)
+{
+    if (!c || timeout_ms < 0)
+        return HUSH_ERR_INVALID_ARG;
+    pthread_mutex_lock(&c->net_mu);
+    int running = c->net != NULL;
+    pthread_mutex_unlock(&c->net_mu);
+    if (!running) {
+        hush_err e = hush_net_start(c, opts, cb);
+        if (e)
+            return e;
+    }
+    hush_err e = wait_until(c, timeout_ms, pred_drained);
+    if (!running)
+        hush_net_stop(c); /* the app's own start (it is in the foreground) keeps running */
+    return e;
 }
 
 /* Requests an app thread hands to the network thread and waits for (hush_device_link,

@@ -204,6 +204,8 @@ static int send_row(struct hush_net *n, struct orow *o)
             s.client_msg_id.len = 16;
             s.n_recipients = (size_t)total;
             s.recipients = rp;
+            /* only texts wake a sleeping phone at once; receipts and the like may wait */
+            s.non_urgent = o->kind != HUSH__CONTENT_KIND__CONTENT_TEXT;
             Hush__Frame f = HUSH__FRAME__INIT;
             f.id = r->id;
             f.msg_case = HUSH__FRAME__MSG_SEND;

@@ -532,6 +532,36 @@ HUSH_MUST_CHECK hush_err hush_net_wait_online(hush_client *c, int timeout_ms);
 /* Blocks until the outbox is empty (every message acknowledged by the relay) or timeout. */
 HUSH_MUST_CHECK hush_err hush_net_flush(hush_client *c, int timeout_ms);
 
+/*
+ * Push wake-ups (UnifiedPush / Web Push). A phone app cannot keep its connection open in the
+ * background; the relay can wake it through a push service the user chose (a UnifiedPush
+ * distributor such as ntfy): when mail waits for this device and it is not connected, the relay
+ * POSTs a constant, content-free message (encrypted to p256dh/auth, RFC 8291) to the endpoint.
+ *
+ * hush_push_register stores the endpoint URL (at most 1000 bytes, https://; a relay may allow
+ * http://), the device's P-256 public key (65 bytes, uncompressed) and its authentication secret
+ * (16 bytes) that the distributor's connector gave the app, sealed in this database, and sends
+ * them to the relay now (or at the next login) and after every login. A later call replaces them;
+ * hush_push_unregister removes them (at the relay too, at the next login if offline). Both work
+ * offline. A relay that refuses the endpoint (push off, private address, http) says why through
+ * on_error. Errors: HUSH_ERR_INVALID_ARG (lengths, scheme, not an uncompressed point),
+ * HUSH_ERR_STORAGE.
+ *
+ * hush_net_wake is what a push (or a background task) calls: it starts the network as
+ * hush_net_start would (opts and cb as there), waits until the relay has handed over every
+ * waiting message (each one stored and reported through on_message) and the outbox is empty,
+ * then stops the network again - unless it was already running (the app is in the foreground),
+ * which it leaves running. Blocks up to timeout_ms (a push gives an Android app about 10 s).
+ * Call it from one thread at a time. Errors: as hush_net_start, HUSH_ERR_TIMEOUT (stopped
+ * anyway: what was stored is kept, the rest comes at the next connection), or the error that
+ * failed the connection for good.
+ */
+HUSH_MUST_CHECK hush_err hush_push_register(hush_client *c, const char *endpoint, const uint8_t *p256dh,
+                                            size_t p256dh_len, const uint8_t *auth, size_t auth_len);
+HUSH_MUST_CHECK hush_err hush_push_unregister(hush_client *c);
+HUSH_MUST_CHECK hush_err hush_net_wake(hush_client *c, const hush_net_opts *opts, const hush_callbacks *cb,
+                                       int timeout_ms);
+
 /* Queues a UTF-8 text (at most HUSH_MAX_BODY bytes) for every device of `peer`; commits it to the
  * outbox (and the history, state QUEUED) before returning, then wakes the network thread. Works
  * while offline. `message_id_out` (may be NULL) receives the message's stable id.

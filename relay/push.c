@@ -1,0 +1,168 @@
+/*
+ * push.c - push endpoints, on the storage thread: the push_endpoints table (one Web Push endpoint
+ * per device, deleted with the device), and the decision to wake a device. A message committed
+ * for a device with no live connection and an endpoint, and no wake-up pending for it, hands one
+ * wake-up to the push thread (pusher.c) after the commit; the mark clears when the device logs in
+ * or drains its mailbox, or after PENDING_FORGET_MS (a phone that never came back is woken again
+ * by newer mail a day later). Non-urgent mail marks a lower level, which urgent mail raises.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <sodium.h>
+
+#include "hmap.h"
+#include "jobs.h"
+#include "relay.h"
+
+#define PENDING_FORGET_MS (24ull * 3600 * 1000)
+
+struct pending {
+    int level;        /* 1: a non-urgent wake-up went, 2: an urgent one */
+    uint64_t at_ms;
+};
+
+static struct hmap pending; /* user\0dev -> struct pending* (storage thread only) */
+
+int push_init(char *err, size_t errlen)
+{
+    if (hmap_init(&pending, 1024) != 0) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    return 0;
+}
+
+void push_free(void) { hmap_free(&pending, free); }
+
+static int pending_level(const char *user, uint32_t dev, uint64_t now)
+{
+    unsigned char k[RELAY_USERNAME_MAX + 5];
+    struct pending *p = hmap_get(&pending, k, relay_dev_key(k, user, dev));
+    return p && now - p->at_ms < PENDING_FORGET_MS ? p->level : 0;
+}
+
+void push_device_here(const char *user, uint32_t dev)
+{
+    unsigned char k[RELAY_USERNAME_MAX + 5];
+    struct pending *p = hmap_del(&pending, k, relay_dev_key(k, user, dev));
+    if (p) {
+        free(p);
+        pusher_cancel(user, dev);
+    }
+}
+
+static void forget_old(const void *key, size_t klen, void *val, void *ctx)
+{
+    struct pending *p = val;
+    if (*(const uint64_t *)ctx - p->at_ms >= PENDING_FORGET_MS) {
+        hmap_del(&pending, key, klen);
+        free(p);
+    }
+}
+
+void push_expire(void)
+{
+    uint64_t now = relay_now_ms();
+    hmap_foreach(&pending, forget_old, &now);
+}
+
+/* After the commit: mark the device and hand the wake-up over; on a rollback, forget it. */
+static void wake_commit(void *arg, int committed)
+{
+    struct push_wake *w = arg;
+    uint64_t now = relay_now_ms();
+    int want = w->urgent ? 2 : 1;
+    if (!committed || pending_level(w->user, w->dev, now) >= want) {
+        sodium_memzero(w->auth, sizeof w->auth);
+        free(w);
+        return;
+    }
+    unsigned char k[RELAY_USERNAME_MAX + 5];
+    size_t kl = relay_dev_key(k, w->user, w->dev);
+    struct pending *p = hmap_get(&pending, k, kl);
+    if (!p) {
+        int err = 0;
+        p = malloc(sizeof *p);
+        if (p)
+            hmap_put(&pending, k, kl, p, &err);
+        if (!p || err) {
+            free(p);
+            p = NULL; /* no memory: wake it anyway, unmarked */
+        }
+    }
+    if (p) {
+        p->level = want;
+        p->at_ms = now;
+    }
+    pusher_submit(w);
+}
+
+void push_note_stored(struct jctx *x, const char *user, uint32_t dev, int urgent)
+{
+    if (!pusher_enabled() || pending_level(user, dev, relay_now_ms()) >= (urgent ? 2 : 1))
+        return;
+    sqlite3_stmt *st;
+    CHECK_SE(hstore_prepare(senv.db, "SELECT url, p256dh, auth FROM push_endpoints WHERE username = ?1 AND device_id = ?2", &st));
+    sqlite3_bind_text(st, 1, user, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 2, dev);
+    int row = 0;
+    hstore_err se = hstore_step(senv.db, st, &row);
+    struct push_wake *w = NULL;
+    if (!se && row && sqlite3_column_bytes(st, 1) == (int)sizeof w->p256dh &&
+        sqlite3_column_bytes(st, 2) == (int)sizeof w->auth && sqlite3_column_bytes(st, 0) <= PUSH_MAX_ENDPOINT &&
+        (w = calloc(1, sizeof *w)) != NULL) {
+        snprintf(w->user, sizeof w->user, "%s", user);
+        w->dev = dev;
+        w->urgent = urgent;
+        snprintf(w->url, sizeof w->url, "%s", (const char *)sqlite3_column_text(st, 0));
+        memcpy(w->p256dh, sqlite3_column_blob(st, 1), sizeof w->p256dh);
+        memcpy(w->auth, sqlite3_column_blob(st, 2), sizeof w->auth);
+    }
+    sqlite3_reset(st);
+    CHECK_SE(se);
+    if (w)
+        jctx_on_commit(x, wake_commit, w);
+}
+
+void push_job_register(struct jctx *x, const struct job *j)
+{
+    sqlite3_stmt *st;
+    if (j->frame->msg_case == HUSH__FRAME__MSG_PUSH_REMOVE) {
+        CHECK_SE(hstore_prepare(senv.db, "DELETE FROM push_endpoints WHERE username = ?1 AND device_id = ?2", &st));
+        sqlite3_bind_text(st, 1, j->username, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_int64(st, 2, j->device_id);
+        CHECK_SE(hstore_run(senv.db, st));
+        rlog(RLOG_INFO, "push_endpoint_removed", "user=%s device=%u", j->username, j->device_id);
+    } else {
+        /* checked on the loop (push_endpoint_check) */
+        const Hush__PushRegisterRequest *r = j->frame->push_register;
+        CHECK_SE(hstore_prepare(senv.db, "INSERT OR REPLACE INTO push_endpoints (username, device_id, url, p256dh, auth, "
+                                      "created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)", &st));
+        sqlite3_bind_text(st, 1, j->username, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_int64(st, 2, j->device_id);
+        sqlite3_bind_text(st, 3, r->endpoint, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_blob(st, 4, r->p256dh.data, (int)r->p256dh.len, SQLITE_TRANSIENT);
+        sqlite3_bind_blob(st, 5, r->auth.data, (int)r->auth.len, SQLITE_TRANSIENT);
+        sqlite3_bind_int64(st, 6, (int64_t)relay_now_ms());
+        CHECK_SE(hstore_run(senv.db, st));
+        rlog(RLOG_INFO, "push_endpoint_set", "user=%s device=%u", j->username, j->device_id);
+    }
+    /* a new endpoint (or none) starts without a pending wake-up */
+    push_device_here(j->username, j->device_id);
+    jctx_reply_code(x, j, HUSH__ERROR_CODE__OK, "");
+}
+
+void push_job_gone(struct jctx *x, const struct job *j)
+{
+    sqlite3_stmt *st;
+    /* only if it is still the endpoint the push service refused (not one registered since) */
+    CHECK_SE(hstore_prepare(senv.db, "DELETE FROM push_endpoints WHERE username = ?1 AND device_id = ?2 AND url = ?3", &st));
+    sqlite3_bind_text(st, 1, j->username, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 2, j->device_id);
+    sqlite3_bind_text(st, 3, j->frame->push_register->endpoint, -1, SQLITE_TRANSIENT);
+    CHECK_SE(hstore_run(senv.db, st));
+    if (hstore_changes(senv.db))
+        rlog(RLOG_INFO, "push_endpoint_dropped", "user=%s device=%u", j->username, j->device_id);
+}
