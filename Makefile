@@ -202,7 +202,7 @@ $(BUILD)/obj/tests/test_push.o: ALL_CFLAGS += -Irelay
 $(BUILD)/tests/test_push: $(BUILD)/obj/tests/test_push.o $(TEST_UTIL_OBJ) $(BUILD)/obj/relay/webpush.o $(LIBHUSH_A)
 	$(E) "  LD      $@"
 	$(Q)mkdir -p $(dir $@)
-	$(Q)$(CC) $(LDFLAGS_ALL) -o $@ $(filter %.o,$^) $(LIBHUSH_A) $(LIBS) $(SSL_LIBS) $(CMOCKA_LIBS)
+	$(Q)$(CC) $(LDFLAGS_ALL) -o $@ $(filter %.o,$^) $(LIBHUSH_A) $(LIBS) $(SSL_LIBS) $(CMOCKA_LIBS) $(CURL_LIBS)
 
 # ---------------------------------------------------------------------------------------------
 # the rest, one file each: the Java binding (mk/java.mk), the Swift package and the iOS module map

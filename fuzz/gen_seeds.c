@@ -17,6 +17,7 @@
 #include "fuzz.h"
 #include "hush_wire.h"
 #include "relay.h"
+#include "webpush.h"
 
 static const char *g_dir;
 
@@ -354,6 +355,41 @@ int main(int argc, char **argv)
     copy_file("config", "example", "relay/hushd.conf.example");
     const char *mini = "listen = 127.0.0.1:7443\nregistration = invite\nquota_bytes = 1m\n";
     put("config", "minimal", NULL, 0, mini, strlen(mini));
+
+    /* push: a registration frame, an endpoint, a Web Push body (RFC 8291's example) */
+    {
+        uint8_t pk[WEBPUSH_P256_PUBLIC], au[WEBPUSH_AUTH_BYTES], body[300];
+        if (webpush_b64url_decode("BCVxsr7N_eNgVRqvHtD0zTZsEc6-VV-JvLexhqUzORcxaOzi6-AYWXvTBHm4bjyPjs7Vd8pZGH6SRpkNtoIAiw4",
+                                  pk, sizeof pk) != WEBPUSH_P256_PUBLIC ||
+            webpush_b64url_decode("BTBZMqHH6r4Tts7J_aSIgg", au, sizeof au) != WEBPUSH_AUTH_BYTES)
+            abort();
+        Hush__PushRegisterRequest pr = HUSH__PUSH_REGISTER_REQUEST__INIT;
+        pr.endpoint = "https://push.example.org/up/AbCdEf0123?up=1";
+        pr.p256dh.data = pk;
+        pr.p256dh.len = sizeof pk;
+        pr.auth.data = au;
+        pr.auth.len = sizeof au;
+        Hush__Frame pf = HUSH__FRAME__INIT;
+        pf.id = 9;
+        pf.msg_case = HUSH__FRAME__MSG_PUSH_REGISTER;
+        pf.push_register = &pr;
+        size_t n = hush__frame__get_packed_size(&pf);
+        uint8_t *fb = malloc(n), m0 = 0, m1 = 1, m2 = 2;
+        if (!fb)
+            abort();
+        hush__frame__pack(&pf, fb);
+        put("push", "register", &m0, 1, fb, n);
+        put_frame("push-register", 1, &pf);
+        free(fb);
+        const char *url = "https://[2001:db8::1]:8443/wpush/v2/abc";
+        put("push", "endpoint", &m1, 1, url, strlen(url));
+        long bl = webpush_b64url_decode("DGv6ra1nlYgDCS1FRnbzlwAAEABBBP4z9KsN6nGRTbVYI_c7VJSPQTBtkgcy27mlmlMoZIIgDll6e3vC"
+                                        "YLocInmYWAmS6TlzAC8wEqKK6PBru3jl7A_yl95bQpu6cVPTpK4Mqgkf1CXztLVBSt2Ks3oZwbuwXPXL"
+                                        "WyouBWLVWGNWQexSgSxsj_Qulcy4a-fN", body, sizeof body);
+        if (bl <= 0)
+            abort();
+        put("push", "rfc8291-body", &m2, 1, body, (size_t)bl);
+    }
 
     /* real database files */
     hush_client_close(a);

@@ -136,7 +136,7 @@ void push_job_register(struct jctx *x, const struct job *j)
         CHECK_SE(hstore_run(senv.db, st));
         rlog(RLOG_INFO, "push_endpoint_removed", "user=%s device=%u", j->username, j->device_id);
     } else {
-        /* checked on the loop (push_endpoint_check) */
+        /* checked on the loop (webpush_endpoint_check) */
         const Hush__PushRegisterRequest *r = j->frame->push_register;
         CHECK_SE(hstore_prepare(senv.db, "INSERT OR REPLACE INTO push_endpoints (username, device_id, url, p256dh, auth, "
                                       "created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)", &st));

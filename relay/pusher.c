@@ -165,94 +165,6 @@ static curl_socket_t open_socket(void *clientp, curlsocktype purpose, struct cur
 }
 
 /* ------------------------------------------------------------------------------------------ */
-/* endpoint checks (any thread) */
-
-int push_endpoint_check(const struct relay_config *cfg, const char *url, const uint8_t *p256dh, size_t plen,
-                        const uint8_t *auth, size_t alen, char *host, size_t hostcap, char *origin, size_t origincap,
-                        const char **why)
-{
-    *why = NULL;
-    (void)auth; /* any 16 bytes */
-    size_t ul = strlen(url);
-    if (ul == 0 || ul > PUSH_MAX_ENDPOINT) {
-        *why = "the endpoint must be 1..1000 bytes";
-        return -1;
-    }
-    if (plen != WEBPUSH_P256_PUBLIC || !webpush_valid_public(p256dh, plen)) {
-        *why = "p256dh must be an uncompressed P-256 point (65 bytes)";
-        return -1;
-    }
-    if (alen != WEBPUSH_AUTH_BYTES) {
-        *why = "auth must be 16 bytes";
-        return -1;
-    }
-    CURLU *u = curl_url();
-    char *scheme = NULL, *h = NULL, *port = NULL, *user = NULL;
-    int r = -1;
-    if (!u || curl_url_set(u, CURLUPART_URL, url, CURLU_NON_SUPPORT_SCHEME) != CURLUE_OK) {
-        *why = "the endpoint is not a URL";
-        goto out;
-    }
-    curl_url_get(u, CURLUPART_SCHEME, &scheme, 0);
-    curl_url_get(u, CURLUPART_HOST, &h, 0);
-    curl_url_get(u, CURLUPART_PORT, &port, CURLU_NO_DEFAULT_PORT);
-    curl_url_get(u, CURLUPART_USER, &user, 0);
-    if (!scheme || !h || !*h) {
-        *why = "the endpoint has no host";
-        goto out;
-    }
-    if (strcmp(scheme, "https") && !(cfg->push_allow_http && !strcmp(scheme, "http"))) {
-        *why = cfg->push_allow_http ? "the endpoint must be http:// or https://" : "the endpoint must be https://";
-        goto out;
-    }
-    if (user) {
-        *why = "the endpoint must not carry credentials";
-        goto out;
-    }
-    /* a literal address is checked now; a name when it is resolved, at each push */
-    char lit[256];
-    snprintf(lit, sizeof lit, "%s", h);
-    size_t ll = strlen(lit);
-    if (lit[0] == '[' && ll > 2 && lit[ll - 1] == ']') {
-        memmove(lit, lit + 1, ll - 2);
-        lit[ll - 2] = 0;
-    }
-    struct sockaddr_in v4;
-    struct sockaddr_in6 v6;
-    memset(&v4, 0, sizeof v4);
-    memset(&v6, 0, sizeof v6);
-    v4.sin_family = AF_INET;
-    v6.sin6_family = AF_INET6;
-    int priv = 0;
-    if (inet_pton(AF_INET, lit, &v4.sin_addr) == 1)
-        priv = webpush_address_private((struct sockaddr *)&v4);
-    else if (inet_pton(AF_INET6, lit, &v6.sin6_addr) == 1)
-        priv = webpush_address_private((struct sockaddr *)&v6);
-    else if (!strcasecmp(lit, "localhost") || (ll > 10 && !strcasecmp(lit + ll - 10, ".localhost")))
-        priv = 1;
-    if (priv && !cfg->push_allow_private) {
-        *why = "the endpoint is a loopback or private address (not allowed on this relay)";
-        goto out;
-    }
-    if (host && snprintf(host, hostcap, "%s", h) >= (int)hostcap) {
-        *why = "the endpoint's host is too long";
-        goto out;
-    }
-    if (origin && snprintf(origin, origincap, "%s://%s%s%s", scheme, h, port ? ":" : "", port ? port : "") >= (int)origincap) {
-        *why = "the endpoint's host is too long";
-        goto out;
-    }
-    r = 0;
-out:
-    curl_free(scheme);
-    curl_free(h);
-    curl_free(port);
-    curl_free(user);
-    curl_url_cleanup(u);
-    return r;
-}
-
-/* ------------------------------------------------------------------------------------------ */
 /* the thread */
 
 static void gone(const struct push_wake *w)
@@ -351,8 +263,9 @@ static void take_wake(struct push_wake *w, uint64_t now)
         if (strcmp(it->w->url, w->url)) {
             char host[256], origin[300];
             const char *why;
-            if (push_endpoint_check(P.cfg, w->url, w->p256dh, sizeof w->p256dh, w->auth, sizeof w->auth, host,
-                                    sizeof host, origin, sizeof origin, &why) == 0) {
+            if (webpush_endpoint_check(w->url, P.cfg->push_allow_http, P.cfg->push_allow_private, w->p256dh,
+                                       sizeof w->p256dh, sizeof w->auth, host, sizeof host, origin, sizeof origin,
+                                       &why) == 0) {
                 struct hoststate *hs = host_of(host);
                 if (hs) {
                     it->hs->items--;
@@ -374,8 +287,9 @@ static void take_wake(struct push_wake *w, uint64_t now)
     }
     struct item *it = calloc(1, sizeof *it);
     const char *why = NULL;
-    if (!it || push_endpoint_check(P.cfg, w->url, w->p256dh, sizeof w->p256dh, w->auth, sizeof w->auth, it->host,
-                                   sizeof it->host, it->origin, sizeof it->origin, &why) != 0 ||
+    if (!it ||
+        webpush_endpoint_check(w->url, P.cfg->push_allow_http, P.cfg->push_allow_private, w->p256dh, sizeof w->p256dh,
+                               sizeof w->auth, it->host, sizeof it->host, it->origin, sizeof it->origin, &why) != 0 ||
         !(it->hs = host_of(it->host))) {
         if (why)
             rlog(RLOG_WARN, "push_refused", "user=%s device=%u why=\"%s\"", w->user, w->dev, why);

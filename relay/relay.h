@@ -348,7 +348,7 @@ void presence_load(hstore *db);
 /* push wake-ups: the push_endpoints table lives on the storage thread (push.c); pusher.c is the
  * thread that POSTs them (docs/ARCHITECTURE.md, "Push wake-ups"). */
 
-#define PUSH_MAX_ENDPOINT 1000
+#define PUSH_MAX_ENDPOINT 1000 /* = WEBPUSH_MAX_ENDPOINT (webpush.h) */
 struct push_wake {
     struct push_wake *next;
     char user[RELAY_USERNAME_MAX + 1];
@@ -358,13 +358,6 @@ struct push_wake {
     uint8_t p256dh[65];
     uint8_t auth[16];
 };
-/* Checks an endpoint as a device registers it (any thread): length, a URL libcurl parses, scheme
- * https (http too with push_allow_http), no credentials, no literal loopback/private address
- * unless push_allow_private; p256dh a point on P-256, auth 16 bytes. 0, or -1 with *why. host and
- * origin (may be NULL) receive the URL's host and its origin ("https://host[:port]"). */
-int push_endpoint_check(const struct relay_config *cfg, const char *url, const uint8_t *p256dh, size_t plen,
-                        const uint8_t *auth, size_t alen, char *host, size_t hostcap, char *origin, size_t origincap,
-                        const char **why);
 /* Starts the push thread and loads (or makes) the VAPID key; nothing when push is off. The
  * thread calls gone() for an endpoint the push service says is gone (or this relay refuses to
  * reach): storage_push_gone, which deletes it. */

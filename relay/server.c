@@ -27,6 +27,7 @@
 #include "hmap.h"
 #include "relay.h"
 #include "server.h"
+#include "webpush.h"
 
 /* ST_CLOSING: authentication failed; whatever else arrives before the close is dropped (the
  * challenge is spent, so nothing may be checked against it again). */
@@ -737,8 +738,8 @@ static void on_authed_request(struct conn *c, Hush__Frame **fp)
         if (!pusher_enabled())
             why = "push wake-ups are off on this relay";
         else if (f->msg_case == HUSH__FRAME__MSG_PUSH_REGISTER)
-            push_endpoint_check(g_cfg, pr->endpoint, pr->p256dh.data, pr->p256dh.len, pr->auth.data, pr->auth.len, NULL,
-                                0, NULL, 0, &why);
+            webpush_endpoint_check(pr->endpoint, g_cfg->push_allow_http, g_cfg->push_allow_private, pr->p256dh.data,
+                                   pr->p256dh.len, pr->auth.len, NULL, 0, NULL, 0, &why);
         if (why) {
             int big = f->msg_case == HUSH__FRAME__MSG_PUSH_REGISTER && strlen(pr->endpoint) > PUSH_MAX_ENDPOINT;
             reply(c, f->id, big ? HUSH__ERROR_CODE__TOO_LARGE : HUSH__ERROR_CODE__BAD_REQUEST, why);

@@ -9,13 +9,16 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <arpa/inet.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <curl/curl.h>
 #include <openssl/core_names.h>
 #include <openssl/ec.h>
 #include <openssl/evp.h>
@@ -285,30 +288,123 @@ int webpush_decrypt(const uint8_t ua_private[32], const uint8_t ua_public[WEBPUS
 /* ------------------------------------------------------------------------------------------ */
 /* addresses */
 
+/* a (host order) is loopback, private, shared, link-local, multicast or reserved */
+static int v4_private(uint32_t a)
+{
+    return (a >> 24) == 0 || (a >> 24) == 10 || (a >> 24) == 127 || (a & 0xffc00000u) == 0x64400000u /* 100.64/10 */ ||
+           (a & 0xffff0000u) == 0xa9fe0000u /* 169.254/16 */ || (a & 0xfff00000u) == 0xac100000u /* 172.16/12 */ ||
+           (a & 0xffff0000u) == 0xc0a80000u /* 192.168/16 */ || (a & 0xffffff00u) == 0xc0000000u /* 192.0.0/24 */ ||
+           (a & 0xfffe0000u) == 0xc6120000u /* 198.18/15 */ || (a >> 28) >= 0xe /* multicast, reserved */;
+}
+
 int webpush_address_private(const struct sockaddr *sa)
 {
     if (sa->sa_family == AF_INET) {
-        uint32_t a = ntohl(((const struct sockaddr_in *)sa)->sin_addr.s_addr);
-        return (a >> 24) == 0 || (a >> 24) == 10 || (a >> 24) == 127 || (a & 0xffc00000u) == 0x64400000u /* 100.64/10 */ ||
-               (a & 0xffff0000u) == 0xa9fe0000u /* 169.254/16 */ || (a & 0xfff00000u) == 0xac100000u /* 172.16/12 */ ||
-               (a & 0xffff0000u) == 0xc0a80000u /* 192.168/16 */ || (a & 0xffffff00u) == 0xc0000000u /* 192.0.0/24 */ ||
-               (a & 0xfffe0000u) == 0xc6120000u /* 198.18/15 */ || (a >> 28) >= 0xe /* multicast, reserved */;
+        struct sockaddr_in v4;
+        memcpy(&v4, sa, sizeof v4);
+        return v4_private(ntohl(v4.sin_addr.s_addr));
     }
     if (sa->sa_family == AF_INET6) {
-        const uint8_t *b = ((const struct sockaddr_in6 *)sa)->sin6_addr.s6_addr;
+        struct sockaddr_in6 v6;
+        memcpy(&v6, sa, sizeof v6);
+        const uint8_t *b = v6.sin6_addr.s6_addr;
         static const uint8_t mapped[12] = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff };
         static const uint8_t zero[15] = { 0 };
-        if (!memcmp(b, mapped, 12)) {
-            struct sockaddr_in v4;
-            memset(&v4, 0, sizeof v4);
-            v4.sin_family = AF_INET;
-            memcpy(&v4.sin_addr, b + 12, 4);
-            return webpush_address_private((const struct sockaddr *)&v4);
-        }
+        if (!memcmp(b, mapped, 12)) /* ::ffff:a.b.c.d is a.b.c.d */
+            return v4_private((uint32_t)b[12] << 24 | (uint32_t)b[13] << 16 | (uint32_t)b[14] << 8 | b[15]);
         return !memcmp(b, zero, 15) /* :: and ::1 */ || (b[0] & 0xfe) == 0xfc /* fc00::/7 */ ||
                (b[0] == 0xfe && (b[1] & 0xc0) == 0x80) /* fe80::/10 */ || b[0] == 0xff /* multicast */;
     }
     return 1; /* anything else is no Internet address */
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* endpoints */
+
+int webpush_endpoint_check(const char *url, int allow_http, int allow_private, const uint8_t *p256dh, size_t plen,
+                           size_t alen, char *host, size_t hostcap, char *origin, size_t origincap, const char **why)
+{
+    *why = NULL;
+    size_t ul = strlen(url);
+    if (ul == 0 || ul > WEBPUSH_MAX_ENDPOINT) {
+        *why = "the endpoint must be 1..1000 bytes";
+        return -1;
+    }
+    if (plen != WEBPUSH_P256_PUBLIC || !webpush_valid_public(p256dh, plen)) {
+        *why = "p256dh must be an uncompressed P-256 point (65 bytes)";
+        return -1;
+    }
+    if (alen != WEBPUSH_AUTH_BYTES) {
+        *why = "auth must be 16 bytes";
+        return -1;
+    }
+    CURLU *u = curl_url();
+    char *scheme = NULL, *h = NULL, *port = NULL, *user = NULL;
+    int r = -1;
+    if (!u || curl_url_set(u, CURLUPART_URL, url, CURLU_NON_SUPPORT_SCHEME) != CURLUE_OK) {
+        *why = "the endpoint is not a URL";
+        goto out;
+    }
+    curl_url_get(u, CURLUPART_SCHEME, &scheme, 0);
+    curl_url_get(u, CURLUPART_HOST, &h, 0);
+    curl_url_get(u, CURLUPART_PORT, &port, CURLU_NO_DEFAULT_PORT);
+    curl_url_get(u, CURLUPART_USER, &user, 0);
+    if (!scheme || !h || !*h) {
+        *why = "the endpoint has no host";
+        goto out;
+    }
+    if (strcmp(scheme, "https") && !(allow_http && !strcmp(scheme, "http"))) {
+        *why = allow_http ? "the endpoint must be http:// or https://" : "the endpoint must be https://";
+        goto out;
+    }
+    if (user) {
+        *why = "the endpoint must not carry credentials";
+        goto out;
+    }
+    /* a literal address is checked now; a name when it is resolved, at each push */
+    char lit[256];
+    snprintf(lit, sizeof lit, "%s", h);
+    size_t ll = strlen(lit);
+    if (lit[0] == '[' && ll > 2 && lit[ll - 1] == ']') {
+        memmove(lit, lit + 1, ll - 2);
+        lit[ll - 2] = 0;
+    }
+    ll = strlen(lit);
+    if (ll > 1 && lit[ll - 1] == '.') /* "localhost." is localhost */
+        lit[--ll] = 0;
+    struct sockaddr_in v4;
+    struct sockaddr_in6 v6;
+    memset(&v4, 0, sizeof v4);
+    memset(&v6, 0, sizeof v6);
+    v4.sin_family = AF_INET;
+    v6.sin6_family = AF_INET6;
+    int priv = 0;
+    if (inet_pton(AF_INET, lit, &v4.sin_addr) == 1)
+        priv = webpush_address_private((struct sockaddr *)&v4);
+    else if (inet_pton(AF_INET6, lit, &v6.sin6_addr) == 1)
+        priv = webpush_address_private((struct sockaddr *)&v6);
+    else if (!strcasecmp(lit, "localhost") || (ll > 10 && !strcasecmp(lit + ll - 10, ".localhost")))
+        priv = 1;
+    if (priv && !allow_private) {
+        *why = "the endpoint is a loopback or private address (not allowed on this relay)";
+        goto out;
+    }
+    if (host && snprintf(host, hostcap, "%s", h) >= (int)hostcap) {
+        *why = "the endpoint's host is too long";
+        goto out;
+    }
+    if (origin && snprintf(origin, origincap, "%s://%s%s%s", scheme, h, port ? ":" : "", port ? port : "") >= (int)origincap) {
+        *why = "the endpoint's host is too long";
+        goto out;
+    }
+    r = 0;
+out:
+    curl_free(scheme);
+    curl_free(h);
+    curl_free(port);
+    curl_free(user);
+    curl_url_cleanup(u);
+    return r;
 }
 
 /* ------------------------------------------------------------------------------------------ */

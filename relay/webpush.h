@@ -3,7 +3,7 @@
  * encryption (RFC 8291, content coding aes128gcm of RFC 8188) and the relay's identification to a
  * push service (VAPID, RFC 8292: an ES256 JSON Web Token). No I/O but the VAPID key file; no
  * threads of its own: callable from any thread. Internal to relay/ (tests and fuzzers link it).
- * And the address policy: which addresses an endpoint may not resolve to.
+ * And the endpoint policy: which URLs and addresses a push may go to.
  */
 #ifndef HUSH_RELAY_WEBPUSH_H
 #define HUSH_RELAY_WEBPUSH_H
@@ -66,6 +66,17 @@ int webpush_vapid_header(const webpush_key *k, const char *audience, uint64_t ex
  * push must not go unless the operator allows it. */
 struct sockaddr;
 int webpush_address_private(const struct sockaddr *sa);
+
+/*
+ * Checks an endpoint as a device registers it: 1..WEBPUSH_MAX_ENDPOINT bytes, a URL libcurl's
+ * parser takes, scheme https (http too when allow_http), no credentials, not a literal loopback or
+ * private address nor a localhost name unless allow_private (a name is checked again when it is
+ * resolved, at each push); p256dh a point on P-256; auth alen == 16. 0, or -1 with *why (a static
+ * string). host and origin (may be NULL) receive the URL's host and origin ("https://host[:port]").
+ */
+#define WEBPUSH_MAX_ENDPOINT 1000
+int webpush_endpoint_check(const char *url, int allow_http, int allow_private, const uint8_t *p256dh, size_t plen,
+                           size_t alen, char *host, size_t hostcap, char *origin, size_t origincap, const char **why);
 
 /* base64url without padding (RFC 4648 section 5), as Web Push uses everywhere. encode: `out`
  * holds at least 4 * ((len + 2) / 3) + 1 bytes. decode: returns the byte length, or -1. */

@@ -913,6 +913,13 @@ static int pred_drained(hush_client *c, struct hush_net *n, hush_err *e)
     return pred_flushed(c, n, e); /* and what it queued (receipts, replies) reached the relay */
 }
 
+hush_err hush_net_wait_drained(hush_client *c, int timeout_ms)
+{
+    if (!c || timeout_ms < 0)
+        return HUSH_ERR_INVALID_ARG;
+    return wait_until(c, timeout_ms, pred_drained);
+}
+
 hush_err hush_net_wake(hush_client *c, const hush_net_opts *opts, const hush_callbacks *cb, int timeout_ms)
 {
     if (!c || timeout_ms < 0)
@@ -925,7 +932,7 @@ hush_err hush_net_wake(hush_client *c, const hush_net_opts *opts, const hush_cal
         if (e)
             return e;
     }
-    hush_err e = wait_until(c, timeout_ms, pred_drained);
+    hush_err e = hush_net_wait_drained(c, timeout_ms);
     if (!running)
         hush_net_stop(c); /* the app's own start (it is in the foreground) keeps running */
     return e;

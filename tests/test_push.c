@@ -504,7 +504,7 @@ static void test_registration_checks(void **state)
                      HUSH__ERROR_CODE__BAD_REQUEST);
     assert_non_null(strstr(msg, "https"));
     static const char *const bad[] = { "https://127.0.0.1/x", "https://10.0.0.7:8443/x", "https://[::1]/x",
-                                       "https://localhost/x", "https://a.localhost/x", "https://user:pw@push.example.org/x",
+                                       "https://localhost/x", "https://LOCALHOST./x", "https://a.localhost/x", "https://user:pw@push.example.org/x",
                                        "ftp://push.example.org/x", "not a url", "https://" };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
         if (register_raw(c, bad[i], ua.pub, 65, ua.auth, 16, msg, sizeof msg) != HUSH__ERROR_CODE__BAD_REQUEST)

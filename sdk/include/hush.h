@@ -554,13 +554,16 @@ HUSH_MUST_CHECK hush_err hush_net_flush(hush_client *c, int timeout_ms);
  * which it leaves running. Blocks up to timeout_ms (a push gives an Android app about 10 s).
  * Call it from one thread at a time. Errors: as hush_net_start, HUSH_ERR_TIMEOUT (stopped
  * anyway: what was stored is kept, the rest comes at the next connection), or the error that
- * failed the connection for good.
+ * failed the connection for good. hush_net_wait_drained is its wait alone, for a network the
+ * app started itself: until logged in, every waiting message handed over and the outbox empty
+ * (errors as hush_net_wait_online).
  */
 HUSH_MUST_CHECK hush_err hush_push_register(hush_client *c, const char *endpoint, const uint8_t *p256dh,
                                             size_t p256dh_len, const uint8_t *auth, size_t auth_len);
 HUSH_MUST_CHECK hush_err hush_push_unregister(hush_client *c);
 HUSH_MUST_CHECK hush_err hush_net_wake(hush_client *c, const hush_net_opts *opts, const hush_callbacks *cb,
                                        int timeout_ms);
+HUSH_MUST_CHECK hush_err hush_net_wait_drained(hush_client *c, int timeout_ms);
 
 /* Queues a UTF-8 text (at most HUSH_MAX_BODY bytes) for every device of `peer`; commits it to the
  * outbox (and the history, state QUEUED) before returning, then wakes the network thread. Works

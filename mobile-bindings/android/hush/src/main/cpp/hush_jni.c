@@ -460,6 +460,57 @@ static void n_flush(JNIEnv *env, jclass cls, jlong hh, jint ms)
     check(env, hush_net_flush(H(hh)->c, ms), "flush");
 }
 
+static jboolean n_running(JNIEnv *env, jclass cls, jlong hh)
+{
+    (void)env;
+    (void)cls;
+    struct jhush *h = H(hh);
+    pthread_mutex_lock(&h->mu);
+    jboolean r = h->bridge != NULL;
+    pthread_mutex_unlock(&h->mu);
+    return r;
+}
+
+static void n_wait_drained(JNIEnv *env, jclass cls, jlong hh, jint ms)
+{
+    (void)cls;
+    check(env, hush_net_wait_drained(H(hh)->c, ms), "wait for the mailbox to drain");
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* natives: push */
+
+/* A byte array of exactly n bytes into out (INVALID_ARG otherwise). */
+static int get_fixed_bytes(JNIEnv *env, jbyteArray a, uint8_t *out, jsize n, const char *what)
+{
+    if (!a || (*env)->GetArrayLength(env, a) != n) {
+        throw_hush(env, HUSH_ERR_INVALID_ARG, what);
+        return -1;
+    }
+    (*env)->GetByteArrayRegion(env, a, 0, n, (jbyte *)out);
+    return 0;
+}
+
+static void n_push_register(JNIEnv *env, jclass cls, jlong hh, jstring endpoint, jbyteArray p256dh, jbyteArray auth)
+{
+    (void)cls;
+    char url[1001];
+    uint8_t pk[65], au[16];
+    if (get_str(env, endpoint, url, sizeof url, "push endpoint (at most 1000 bytes)") ||
+        get_fixed_bytes(env, p256dh, pk, sizeof pk, "p256dh must be 65 bytes") ||
+        get_fixed_bytes(env, auth, au, sizeof au, "auth must be 16 bytes"))
+        return;
+    hush_err e = hush_push_register(H(hh)->c, url, pk, sizeof pk, au, sizeof au);
+    sodium_memzero(au, sizeof au);
+    check(env, e, "push register");
+}
+
+static void n_push_unregister(JNIEnv *env, jclass cls, jlong hh)
+{
+    (void)cls;
+    check(env, hush_push_unregister(H(hh)->c), "push unregister");
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* natives: device */
 
@@ -912,6 +963,10 @@ static const JNINativeMethod g_natives[] = {
     { "nativeState", "(J)J", (void *)n_state },
     { "nativeWaitOnline", "(JI)V", (void *)n_wait_online },
     { "nativeFlush", "(JI)V", (void *)n_flush },
+    { "nativeRunning", "(J)Z", (void *)n_running },
+    { "nativeWaitDrained", "(JI)V", (void *)n_wait_drained },
+    { "nativePushRegister", "(J" S "[B[B)V", (void *)n_push_register },
+    { "nativePushUnregister", "(J)V", (void *)n_push_unregister },
     { "nativeHasDevice", "(J)Z", (void *)n_has_device },
     { "nativeCreateDevice", "(J" S "I)V", (void *)n_create_device },
     { "nativeUsername", "(J)" S, (void *)n_username },

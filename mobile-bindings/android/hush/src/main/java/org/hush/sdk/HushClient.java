@@ -428,6 +428,76 @@ public final class HushClient implements AutoCloseable {
     }
 
     // ---------------------------------------------------------------------------------------
+    // push wake-ups
+
+    /**
+     * Registers this device's push endpoint: what the app's UnifiedPush distributor gave it (the
+     * endpoint URL, at most 1000 bytes, https://; the P-256 public key, 65 bytes uncompressed;
+     * the 16-byte auth secret). Stored sealed, sent to the relay now or at the next login, and
+     * again after every login; a later call replaces it. When mail waits for this device and it
+     * is not connected, the relay POSTs a content-free wake-up there: call {@link #wake} from the
+     * push receiver. A relay that refuses the endpoint says why through
+     * {@link HushListener#onError}. Errors: INVALID_ARG, STORAGE.
+     */
+    public void pushRegister(String endpoint, byte[] p256dh, byte[] auth) throws HushException {
+        long h = enter();
+        try {
+            nativePushRegister(h, endpoint, p256dh, auth);
+        } finally {
+            leave();
+        }
+    }
+
+    /** Removes the push endpoint (at the relay too, at the next login if offline). Errors: STORAGE. */
+    public void pushUnregister() throws HushException {
+        long h = enter();
+        try {
+            nativePushUnregister(h);
+        } finally {
+            leave();
+        }
+    }
+
+    /**
+     * What a push wake-up runs (off the main thread; an Android push receiver has about 10 s):
+     * starts the network if it is not running, waits until the relay has handed over every waiting
+     * message (each stored and given to the listener) and the outbox is sent, then stops the
+     * network again if it started it. With the network already running (the app is open) it only
+     * waits. Errors as {@link #start()} and {@link #waitOnline}, TIMEOUT.
+     */
+    public void wake(int timeoutMillis) throws HushException {
+        long h = enter();
+        try {
+            if (nativeOnNetworkThread(h)) {
+                throw new IllegalStateException("wake() from a listener callback: post it to another thread");
+            }
+            boolean mine = !nativeRunning(h);
+            if (mine) {
+                nativeStart(h, relayUrl, invite, caFile, insecureTls, bridge, 0, null, null);
+            }
+            try {
+                nativeWaitDrained(h, timeoutMillis);
+            } finally {
+                if (mine) {
+                    nativeStop(h);
+                }
+            }
+        } finally {
+            leave();
+        }
+    }
+
+    /** Blocks until logged in, every waiting message handed over and the outbox sent. Errors as {@link #waitOnline}. */
+    public void waitDrained(int timeoutMillis) throws HushException {
+        long h = enter();
+        try {
+            nativeWaitDrained(h, timeoutMillis);
+        } finally {
+            leave();
+        }
+    }
+
+    // ---------------------------------------------------------------------------------------
     // messaging
 
     /**
@@ -670,6 +740,10 @@ public final class HushClient implements AutoCloseable {
     private static native long nativeState(long h);
     private static native void nativeWaitOnline(long h, int ms) throws HushException;
     private static native void nativeFlush(long h, int ms) throws HushException;
+    private static native boolean nativeRunning(long h);
+    private static native void nativeWaitDrained(long h, int ms) throws HushException;
+    private static native void nativePushRegister(long h, String endpoint, byte[] p256dh, byte[] auth) throws HushException;
+    private static native void nativePushUnregister(long h) throws HushException;
     private static native boolean nativeHasDevice(long h) throws HushException;
     private static native void nativeCreateDevice(long h, String username, int deviceId) throws HushException;
     private static native String nativeUsername(long h) throws HushException;

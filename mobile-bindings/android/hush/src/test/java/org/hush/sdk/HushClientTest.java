@@ -10,7 +10,26 @@ import static org.junit.Assert.assertSame;
 import static org.junit.Assert.assertTrue;
 import static org.junit.Assert.fail;
 
+import com.sun.net.httpserver.HttpServer;
 import java.io.File;
+import java.math.BigInteger;
+import java.net.InetSocketAddress;
+import java.nio.charset.StandardCharsets;
+import java.security.KeyFactory;
+import java.security.KeyPair;
+import java.security.KeyPairGenerator;
+import java.security.PublicKey;
+import java.security.SecureRandom;
+import java.security.interfaces.ECPublicKey;
+import java.security.spec.ECGenParameterSpec;
+import java.security.spec.ECPoint;
+import java.security.spec.ECPublicKeySpec;
+import java.util.Arrays;
+import javax.crypto.Cipher;
+import javax.crypto.KeyAgreement;
+import javax.crypto.Mac;
+import javax.crypto.spec.GCMParameterSpec;
+import javax.crypto.spec.SecretKeySpec;
 import java.lang.ref.WeakReference;
 import java.util.ArrayList;
 import java.util.HashSet;
@@ -178,6 +197,134 @@ public class HushClientTest {
     private void closeClient(HushClient c) {
         c.close();
         clients.remove(c);
+    }
+
+    // ---- push: a user agent's side of RFC 8291, written with the JDK alone ----------------
+
+    private static byte[] hkdf(byte[] salt, byte[] ikm, byte[] info, int len) throws Exception {
+        Mac m = Mac.getInstance("HmacSHA256");
+        m.init(new SecretKeySpec(salt, "HmacSHA256"));
+        byte[] prk = m.doFinal(ikm);
+        m.init(new SecretKeySpec(prk, "HmacSHA256"));
+        m.update(info);
+        m.update((byte) 1);
+        return Arrays.copyOf(m.doFinal(), len);
+    }
+
+    private static byte[] concat(byte[]... parts) {
+        int n = 0;
+        for (byte[] p : parts) {
+            n += p.length;
+        }
+        byte[] out = new byte[n];
+        int o = 0;
+        for (byte[] p : parts) {
+            System.arraycopy(p, 0, out, o, p.length);
+            o += p.length;
+        }
+        return out;
+    }
+
+    private static byte[] point(ECPublicKey k) {
+        byte[] out = new byte[65];
+        out[0] = 4;
+        byte[] x = k.getW().getAffineX().toByteArray();
+        byte[] y = k.getW().getAffineY().toByteArray();
+        System.arraycopy(x, Math.max(0, x.length - 32), out, 1 + Math.max(0, 32 - x.length), Math.min(32, x.length));
+        System.arraycopy(y, Math.max(0, y.length - 32), out, 33 + Math.max(0, 32 - y.length), Math.min(32, y.length));
+        return out;
+    }
+
+    private static byte[] decryptPush(byte[] body, KeyPair ua, byte[] auth) throws Exception {
+        byte[] salt = Arrays.copyOfRange(body, 0, 16);
+        int idlen = body[20] & 0xff;
+        byte[] as = Arrays.copyOfRange(body, 21, 21 + idlen);
+        ECPublicKey uaPub = (ECPublicKey) ua.getPublic();
+        ECPoint w = new ECPoint(new BigInteger(1, Arrays.copyOfRange(as, 1, 33)), new BigInteger(1, Arrays.copyOfRange(as, 33, 65)));
+        PublicKey asKey = KeyFactory.getInstance("EC").generatePublic(new ECPublicKeySpec(w, uaPub.getParams()));
+        KeyAgreement ka = KeyAgreement.getInstance("ECDH");
+        ka.init(ua.getPrivate());
+        ka.doPhase(asKey, true);
+        byte[] shared = ka.generateSecret();
+        byte[] ikm = hkdf(auth, shared, concat("WebPush: info\0".getBytes(StandardCharsets.US_ASCII), point(uaPub), as), 32);
+        byte[] cek = hkdf(salt, ikm, "Content-Encoding: aes128gcm\0".getBytes(StandardCharsets.US_ASCII), 16);
+        byte[] nonce = hkdf(salt, ikm, "Content-Encoding: nonce\0".getBytes(StandardCharsets.US_ASCII), 12);
+        Cipher c = Cipher.getInstance("AES/GCM/NoPadding");
+        c.init(Cipher.DECRYPT_MODE, new SecretKeySpec(cek, "AES"), new GCMParameterSpec(128, nonce));
+        byte[] pt = c.doFinal(Arrays.copyOfRange(body, 21 + idlen, body.length));
+        int n = pt.length;
+        while (n > 0 && pt[n - 1] == 0) {
+            n--;
+        }
+        assertTrue("the last record's delimiter", n > 0 && pt[n - 1] == 2);
+        return Arrays.copyOf(pt, n - 1);
+    }
+
+    @Test
+    public void pushWakeUp() throws Exception {
+        // the push service: the JDK's own HTTP server on loopback, keeping what it is sent
+        List<byte[]> bodies = new ArrayList<>();
+        List<String> urgency = new ArrayList<>();
+        HttpServer push = HttpServer.create(new InetSocketAddress("127.0.0.1", 0), 0);
+        push.createContext("/", ex -> {
+            byte[] b = ex.getRequestBody().readAllBytes();
+            synchronized (bodies) {
+                bodies.add(b);
+                urgency.add(ex.getRequestHeaders().getFirst("Urgency"));
+                bodies.notifyAll();
+            }
+            ex.sendResponseHeaders(201, -1);
+            ex.close();
+        });
+        push.start();
+        try {
+            KeyPairGenerator g = KeyPairGenerator.getInstance("EC");
+            g.initialize(new ECGenParameterSpec("secp256r1"));
+            KeyPair ua = g.generateKeyPair();
+            byte[] auth = new byte[16];
+            new SecureRandom().nextBytes(auth);
+
+            Recorder rb = new Recorder();
+            HushClient bob = online("pushbob", rb);
+            try {
+                bob.pushRegister("http://127.0.0.1:2/up", new byte[64], auth);
+                fail("a 64-byte key was accepted");
+            } catch (HushException e) {
+                assertEquals(HushError.INVALID_ARG, e.error());
+            }
+            bob.pushRegister("http://127.0.0.1:" + push.getAddress().getPort() + "/up/bob", point((ECPublicKey) ua.getPublic()), auth);
+            long deadline = System.currentTimeMillis() + 10000;
+            while (relay.count("SELECT count(*) FROM push_endpoints WHERE username = 'pushbob'") != 1) {
+                assertTrue("the relay has the endpoint", System.currentTimeMillis() < deadline);
+                Thread.sleep(50);
+            }
+            bob.stop();
+
+            HushClient alice = online("pushalice", new Recorder());
+            for (int i = 0; i < 3; i++) {
+                alice.send("pushbob", "wake up " + i);
+            }
+            alice.flush(15000);
+            synchronized (bodies) {
+                long end = System.currentTimeMillis() + 10000;
+                while (bodies.isEmpty() && System.currentTimeMillis() < end) {
+                    bodies.wait(200);
+                }
+            }
+            Thread.sleep(1200); // nothing more for this burst
+            synchronized (bodies) {
+                assertEquals("one wake-up for the burst", 1, bodies.size());
+                assertEquals("high", urgency.get(0));
+                assertArrayEquals("{\"v\":1}".getBytes(StandardCharsets.US_ASCII), decryptPush(bodies.get(0), ua, auth));
+            }
+            // what the push receiver runs: connect, take everything, stop
+            bob.wake(15000);
+            assertEquals(3, rb.messageCount());
+            assertEquals(ConnectionState.STOPPED, bob.connectionState());
+            bob.pushUnregister();
+        } finally {
+            push.stop(0);
+        }
     }
 
     // ---- tests -----------------------------------------------------------------------------

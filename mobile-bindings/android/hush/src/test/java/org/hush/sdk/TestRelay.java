@@ -57,6 +57,11 @@ final class TestRelay {
         cmd.add("normal");
         cmd.add("--log-file");
         cmd.add(new File(dir, "hushd.log").getPath());
+        // push wake-ups to the test's own HTTP receiver on loopback
+        cmd.add("--set");
+        cmd.add("push_allow_http=on");
+        cmd.add("--set");
+        cmd.add("push_allow_private=on");
         ProcessBuilder pb = new ProcessBuilder(cmd).redirectErrorStream(true)
                 .redirectOutput(ProcessBuilder.Redirect.appendTo(new File(dir, "hushd.out")));
         proc = pb.start();
@@ -88,6 +93,18 @@ final class TestRelay {
         int rc = proc.exitValue();
         proc = null;
         return rc;
+    }
+
+    /** One number the sqlite3 shell reads from the relay's database (WAL: while it runs too). */
+    long count(String query) throws IOException, InterruptedException {
+        Process p = new ProcessBuilder("sqlite3", db().getPath(), query).redirectErrorStream(true).start();
+        String out = new String(p.getInputStream().readAllBytes(), java.nio.charset.StandardCharsets.UTF_8).trim();
+        p.waitFor();
+        try {
+            return Long.parseLong(out);
+        } catch (NumberFormatException e) {
+            return -1;
+        }
     }
 
     /** Runs an SQL statement on the relay's database with the sqlite3 shell (relay stopped). */
