@@ -5,6 +5,8 @@
  * wake-up to the push thread (pusher.c) after the commit; the mark clears when the device logs in
  * or drains its mailbox, or after PENDING_FORGET_MS (a phone that never came back is woken again
  * by newer mail a day later). Non-urgent mail marks a lower level, which urgent mail raises.
+ * An endpoint the push service calls gone (404/410) is marked so and never tried again; the device
+ * is told (PUSH_ENDPOINT_GONE) when it sends that endpoint again.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -104,7 +106,7 @@ void push_note_stored(struct jctx *x, const char *user, uint32_t dev, int urgent
     if (!pusher_enabled() || pending_level(user, dev, relay_now_ms()) >= (urgent ? 2 : 1))
         return;
     sqlite3_stmt *st;
-    CHECK_SE(hstore_prepare(senv.db, "SELECT url, p256dh, auth FROM push_endpoints WHERE username = ?1 AND device_id = ?2", &st));
+    CHECK_SE(hstore_prepare(senv.db, "SELECT url, p256dh, auth FROM push_endpoints WHERE username = ?1 AND device_id = ?2 AND gone = 0", &st));
     sqlite3_bind_text(st, 1, user, -1, SQLITE_TRANSIENT);
     sqlite3_bind_int64(st, 2, dev);
     int row = 0;
@@ -138,8 +140,24 @@ void push_job_register(struct jctx *x, const struct job *j)
     } else {
         /* checked on the loop (webpush_endpoint_check) */
         const Hush__PushRegisterRequest *r = j->frame->push_register;
+        /* the endpoint the push service said is gone, sent again (after a login): the device is
+         * told, so that its app asks its distributor for a new one; the row stays as it is */
+        CHECK_SE(hstore_prepare(senv.db, "SELECT 1 FROM push_endpoints WHERE username = ?1 AND device_id = ?2 AND "
+                                      "url = ?3 AND gone = 1", &st));
+        sqlite3_bind_text(st, 1, j->username, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_int64(st, 2, j->device_id);
+        sqlite3_bind_text(st, 3, r->endpoint, -1, SQLITE_TRANSIENT);
+        int row = 0;
+        hstore_err se = hstore_step(senv.db, st, &row);
+        sqlite3_reset(st);
+        CHECK_SE(se);
+        if (row) {
+            jctx_reply_code(x, j, HUSH__ERROR_CODE__PUSH_ENDPOINT_GONE,
+                            "the push service said this endpoint no longer exists: get a new one");
+            return;
+        }
         CHECK_SE(hstore_prepare(senv.db, "INSERT OR REPLACE INTO push_endpoints (username, device_id, url, p256dh, auth, "
-                                      "created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)", &st));
+                                      "created_at, gone) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0)", &st));
         sqlite3_bind_text(st, 1, j->username, -1, SQLITE_TRANSIENT);
         sqlite3_bind_int64(st, 2, j->device_id);
         sqlite3_bind_text(st, 3, r->endpoint, -1, SQLITE_TRANSIENT);
@@ -157,8 +175,10 @@ void push_job_register(struct jctx *x, const struct job *j)
 void push_job_gone(struct jctx *x, const struct job *j)
 {
     sqlite3_stmt *st;
-    /* only if it is still the endpoint the push service refused (not one registered since) */
-    CHECK_SE(hstore_prepare(senv.db, "DELETE FROM push_endpoints WHERE username = ?1 AND device_id = ?2 AND url = ?3", &st));
+    /* only if it is still the endpoint the push service refused (not one registered since); kept,
+     * marked gone, so that the device hears of it when it sends the same endpoint again */
+    CHECK_SE(hstore_prepare(senv.db, "UPDATE push_endpoints SET gone = 1 WHERE username = ?1 AND device_id = ?2 AND "
+                                  "url = ?3 AND gone = 0", &st));
     sqlite3_bind_text(st, 1, j->username, -1, SQLITE_TRANSIENT);
     sqlite3_bind_int64(st, 2, j->device_id);
     sqlite3_bind_text(st, 3, j->frame->push_register->endpoint, -1, SQLITE_TRANSIENT);

@@ -69,10 +69,12 @@ static const char *const migrations[] = {
     "ALTER TABLE users ADD COLUMN recovery_key BLOB;",
     /* 4 -> 5: each device's name, sealed by its user's devices (opaque here) */
     "ALTER TABLE devices ADD COLUMN name BLOB;",
-    /* 5 -> 6: each device's Web Push endpoint (push.c); it goes with its device */
+    /* 5 -> 6: each device's Web Push endpoint (push.c); it goes with its device. gone: the push
+     * service said it no longer exists (kept so that the device is told when it sends it again) */
     "CREATE TABLE push_endpoints ("
     "  username TEXT NOT NULL, device_id INTEGER NOT NULL,"
     "  url TEXT NOT NULL, p256dh BLOB NOT NULL, auth BLOB NOT NULL, created_at INTEGER NOT NULL,"
+    "  gone INTEGER NOT NULL DEFAULT 0,"
     "  PRIMARY KEY (username, device_id),"
     "  FOREIGN KEY (username, device_id) REFERENCES devices (username, device_id) ON DELETE CASCADE) WITHOUT ROWID;",
 };

@@ -60,6 +60,8 @@ const char *hush_strerror(hush_err err)
     case HUSH_ERR_DEVICE_REMOVED: return "this device was removed from its account";
     case HUSH_ERR_DB_TAMPERED:
         return "the database was changed outside libhush (rows removed or rolled back): refusing to use it";
+    case HUSH_ERR_PUSH_GONE:
+        return "the push service no longer knows this device's push endpoint (register a new one)";
     }
     return "unknown error";
 }

@@ -54,7 +54,7 @@ struct req {
     enum req_type type;
     int64_t outbox_id;
     int kind;
-    uint8_t mid[16];
+    uint8_t mid[16]; /* R_PUSH: a hash of the endpoint URL sent */
     char peer[HUSH_USERNAME_MAX + 1];
 };
 

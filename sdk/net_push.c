@@ -2,7 +2,8 @@
  * net_push.c - this device's push endpoint: kept sealed in meta ('push_endpoint': the URL, the
  * P-256 key and the auth secret the app's push distributor gave it), sent to the relay after
  * every login (so a relay that lost it, or a new one, gets it again) and when it changes. An
- * endpoint removed while offline is removed at the relay at the next login ('push_remove').
+ * endpoint removed while offline is removed at the relay at the next login ('push_remove'). One
+ * the push service dropped is forgotten when the relay says so, and the app is told.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -61,20 +62,45 @@ hush_err hush_push_unregister(hush_client *c)
     return e;
 }
 
+/* The stored endpoint, opened (*pt NULL when there is none; the caller wipes and frees it).
+ * Call with the client locked. */
+static hush_err stored_endpoint(hush_client *c, uint8_t **pt, size_t *ptl)
+{
+    uint8_t *b = NULL;
+    size_t bl = 0;
+    *pt = NULL;
+    *ptl = 0;
+    hush_err e = hsdk_meta_get_blob(c, "push_endpoint", &b, &bl);
+    if (!e && b && bl)
+        e = hsdk_open(c, PUSH_META_AD, b, bl, pt, ptl);
+    free(b);
+    return e;
+}
+
+static int endpoint_ok(size_t ptl)
+{
+    return ptl > PUSH_P256_BYTES + PUSH_AUTH_BYTES && ptl <= PUSH_P256_BYTES + PUSH_AUTH_BYTES + PUSH_URL_MAX;
+}
+
+/* Which endpoint a request carried: a hash of its URL, so that a "gone" answer forgets that one
+ * only, not one the app registered while the request was in flight. */
+static void url_hash(uint8_t out[16], const uint8_t *pt, size_t ptl)
+{
+    crypto_generichash(out, 16, pt + PUSH_P256_BYTES + PUSH_AUTH_BYTES, ptl - PUSH_P256_BYTES - PUSH_AUTH_BYTES,
+                       NULL, 0);
+}
+
 void hnet_send_push(struct hush_net *n)
 {
-    uint8_t *b = NULL, *pt = NULL;
-    size_t bl = 0, ptl = 0;
+    uint8_t *pt = NULL;
+    size_t ptl = 0;
     int64_t remove = 0;
     int found = 0;
     hsdk_lock(n->c);
-    hush_err e = hsdk_meta_get_blob(n->c, "push_endpoint", &b, &bl);
-    if (!e && b && bl)
-        e = hsdk_open(n->c, PUSH_META_AD, b, bl, &pt, &ptl);
+    hush_err e = stored_endpoint(n->c, &pt, &ptl);
     if (!e && !pt)
         e = hsdk_meta_get_int(n->c, "push_remove", &remove, &found);
     hsdk_unlock(n->c);
-    free(b);
     if (e) {
         hnet_report(n, e, "could not read this device's push endpoint");
         return;
@@ -83,7 +109,7 @@ void hnet_send_push(struct hush_net *n)
     Hush__PushRegisterRequest pr = HUSH__PUSH_REGISTER_REQUEST__INIT;
     Hush__PushRemoveRequest rm = HUSH__PUSH_REMOVE_REQUEST__INIT;
     char url[PUSH_URL_MAX + 1];
-    if (pt && ptl > PUSH_P256_BYTES + PUSH_AUTH_BYTES && ptl <= PUSH_P256_BYTES + PUSH_AUTH_BYTES + PUSH_URL_MAX) {
+    if (pt && endpoint_ok(ptl)) {
         size_t ul = ptl - PUSH_P256_BYTES - PUSH_AUTH_BYTES;
         memcpy(url, pt + PUSH_P256_BYTES + PUSH_AUTH_BYTES, ul);
         url[ul] = '\0';
@@ -102,6 +128,8 @@ void hnet_send_push(struct hush_net *n)
         struct req *r = hnet_add_req(n, R_PUSH);
         if (r) {
             r->kind = f.msg_case == HUSH__FRAME__MSG_PUSH_REMOVE;
+            if (!r->kind)
+                url_hash(r->mid, pt, ptl);
             f.id = r->id;
             hnet_queue_frame(n, &f);
         }
@@ -122,6 +150,32 @@ void hnet_on_push_result(struct hush_net *n, const struct req *r, const Hush__Re
             if (e)
                 hnet_report(n, e, "could not record the push endpoint's removal");
         }
+        return;
+    }
+    if (res->code == HUSH__ERROR_CODE__PUSH_ENDPOINT_GONE && !r->kind) {
+        /* forget it, unless the app registered another one meanwhile (that one is on its way) */
+        uint8_t *pt = NULL;
+        size_t ptl = 0;
+        uint8_t h[16];
+        int same = 0;
+        hsdk_lock(n->c);
+        hush_err e = stored_endpoint(n->c, &pt, &ptl);
+        if (!e && pt && endpoint_ok(ptl)) {
+            url_hash(h, pt, ptl);
+            same = sodium_memcmp(h, r->mid, sizeof h) == 0;
+        }
+        if (same)
+            e = hsdk_meta_set_blob(n->c, "push_endpoint", (const uint8_t *)"", 0);
+        hsdk_unlock(n->c);
+        if (pt) {
+            sodium_memzero(pt, ptl);
+            free(pt);
+        }
+        if (e)
+            hnet_report(n, e, "could not forget the push endpoint the push service dropped");
+        else if (same)
+            hnet_report(n, HUSH_ERR_PUSH_GONE,
+                        "the push service no longer knows this device's push endpoint: register a new one");
         return;
     }
     char txt[128], msg[200];

@@ -258,6 +258,7 @@ struct user {
     pthread_mutex_t mu;
     int nmsgs;
     int errors;
+    hush_err last_code;
     char last_error[256];
 };
 
@@ -277,6 +278,7 @@ static void cb_error(void *ctx, hush_err e, const char *detail)
         fprintf(stderr, "%s: cb_error: %s: %s\n", u->name, hush_strerror(e), detail);
     pthread_mutex_lock(&u->mu);
     u->errors++;
+    u->last_code = e;
     snprintf(u->last_error, sizeof u->last_error, "%s", detail ? detail : "");
     pthread_mutex_unlock(&u->mu);
 }
@@ -340,16 +342,18 @@ static void send_text(struct user *u, const char *to, const char *text)
         fail_msg("hush_send: %s", hush_strerror(e));
 }
 
-/* Rows of the relay's push_endpoints for (user, 1). */
-static long endpoint_rows(const struct relay_proc *r, const char *user)
+/* Rows of the relay's push_endpoints for (user, 1): live ones, or the ones marked gone. */
+static long rows_where(const struct relay_proc *r, const char *user, int gone)
 {
     sqlite3 *db = NULL;
     long n = -1;
     if (sqlite3_open_v2(r->db, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK) {
         sqlite3_busy_timeout(db, 2000);
         sqlite3_stmt *st = NULL;
-        if (sqlite3_prepare_v2(db, "SELECT count(*) FROM push_endpoints WHERE username = ?1", -1, &st, NULL) == SQLITE_OK) {
+        if (sqlite3_prepare_v2(db, "SELECT count(*) FROM push_endpoints WHERE username = ?1 AND gone = ?2", -1, &st, NULL) ==
+            SQLITE_OK) {
             sqlite3_bind_text(st, 1, user, -1, SQLITE_TRANSIENT);
+            sqlite3_bind_int(st, 2, gone);
             if (sqlite3_step(st) == SQLITE_ROW)
                 n = sqlite3_column_int64(st, 0);
         }
@@ -357,6 +361,22 @@ static long endpoint_rows(const struct relay_proc *r, const char *user)
     }
     sqlite3_close(db);
     return n;
+}
+
+static long endpoint_rows(const struct relay_proc *r, const char *user) { return rows_where(r, user, 0); }
+
+/* Until `u` was told `want` through on_error, or ms passed. */
+static int wait_error(struct user *u, hush_err want, int ms)
+{
+    for (int i = 0; i <= ms / 50; i++) {
+        pthread_mutex_lock(&u->mu);
+        int got = u->errors > 0 && u->last_code == want;
+        pthread_mutex_unlock(&u->mu);
+        if (got)
+            return 1;
+        sleep_ms(50);
+    }
+    return 0;
 }
 
 static int wait_rows(const struct relay_proc *r, const char *user, long want, int ms)
@@ -685,18 +705,46 @@ static void test_gone_and_backoff(void **state)
     struct ua ua_c, ua_d;
     struct user *carl = sleeper(&relay, &rv, "carl", "gone", &ua_c);
     struct user *dan = sleeper(&relay, &rv, "dan", "busy", &ua_d);
-    /* 410: the endpoint is deleted, and never tried again */
+    /* 410: the endpoint is marked gone, and never tried again */
     send_text(al, "carl", "hi carl");
     assert_int_equal(wait_posts(&rv, "/gone/carl", 1, 10000), 1);
     assert_true(wait_rows(&relay, "carl", 0, 10000));
+    assert_int_equal(rows_where(&relay, "carl", 1), 1);
     assert_true(relay_metric(&relay, "hush_push_endpoints_dropped_total") >= 1);
-    user_start(carl); /* connects (clears the mark) and sleeps again: no endpoint any more */
+    /* carl's app comes back: its libhush sends the endpoint again after the login, the relay says
+     * it is gone, and libhush forgets it and tells the app (which asks its distributor anew) */
+    user_start(carl);
+    assert_true(wait_error(carl, HUSH_ERR_PUSH_GONE, 10000));
     hush_net_stop(carl->c);
+    assert_int_equal(endpoint_rows(&relay, "carl"), 0);
     send_text(al, "carl", "still there?");
     assert_int_equal(hush_net_flush(al->c, 15000), HUSH_OK);
     sleep_ms(1500);
     struct post p[8];
     assert_int_equal(posts_for(&rv, "/gone/carl", p, 8), 1);
+    /* the next login sends no endpoint: nothing more to report */
+    pthread_mutex_lock(&carl->mu);
+    carl->errors = 0;
+    pthread_mutex_unlock(&carl->mu);
+    user_start(carl);
+    assert_int_equal(hush_net_wait_drained(carl->c, 15000), HUSH_OK);
+    sleep_ms(300);
+    pthread_mutex_lock(&carl->mu);
+    assert_int_equal(carl->errors, 0);
+    pthread_mutex_unlock(&carl->mu);
+    /* the distributor's new endpoint: woken again */
+    struct ua ua_c2;
+    ua_new(&ua_c2);
+    char url[200];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/ok/carl", rv.port);
+    assert_int_equal(hush_push_register(carl->c, url, ua_c2.pub, sizeof ua_c2.pub, ua_c2.auth, sizeof ua_c2.auth), HUSH_OK);
+    assert_true(wait_rows(&relay, "carl", 1, 10000));
+    assert_int_equal(rows_where(&relay, "carl", 1), 0);
+    hush_net_stop(carl->c);
+    send_text(al, "carl", "new endpoint");
+    assert_int_equal(wait_posts(&rv, "/ok/carl", 1, 10000), 1);
+    assert_int_equal(posts_for(&rv, "/ok/carl", p, 8), 1);
+    assert_wakeup(&ua_c2, &p[0]);
     /* 429 with Retry-After: 2 - tried again after two seconds, then accepted */
     send_text(al, "dan", "hi dan");
     assert_int_equal(wait_posts(&rv, "/busy/dan", 2, 15000), 2);

@@ -99,13 +99,16 @@ typedef enum hush_err {
                                   device's link was refused (start again with a new code) */
     HUSH_ERR_DEVICE_REMOVED,   /* this device was removed from its account (by itself, another of its
                                   devices or the relay's operator): the network stops for good */
-    HUSH_ERR_DB_TAMPERED       /* the database was changed outside libhush: key, session or identity
+    HUSH_ERR_DB_TAMPERED,      /* the database was changed outside libhush: key, session or identity
                                   rows removed, added or rolled back (a restored old copy, a planted
                                   trigger). Refused: using it could reuse message keys or trust a key
                                   nobody verified. Recover or link this device again on a new database */
+    HUSH_ERR_PUSH_GONE         /* (on_error) the push service said this device's push endpoint no
+                                  longer exists: libhush forgot it; ask the push distributor for a
+                                  new one and pass it to hush_push_register */
 } hush_err;
 
-#define HUSH_ERR_LAST HUSH_ERR_DB_TAMPERED
+#define HUSH_ERR_LAST HUSH_ERR_PUSH_GONE
 
 /* Never NULL; static storage. */
 const char *hush_strerror(hush_err err);
@@ -544,7 +547,10 @@ HUSH_MUST_CHECK hush_err hush_net_flush(hush_client *c, int timeout_ms);
  * them to the relay now (or at the next login) and after every login. A later call replaces them;
  * hush_push_unregister removes them (at the relay too, at the next login if offline). Both work
  * offline. A relay that refuses the endpoint (push off, private address, http) says why through
- * on_error. Errors: HUSH_ERR_INVALID_ARG (lengths, scheme, not an uncompressed point),
+ * on_error. When the push service tells the relay the endpoint no longer exists (the user removed
+ * the distributor, or it expired), the relay stops using it and, when this device next sends it,
+ * on_error reports HUSH_ERR_PUSH_GONE and libhush forgets it: register the distributor's new
+ * endpoint then. Errors: HUSH_ERR_INVALID_ARG (lengths, scheme, not an uncompressed point),
  * HUSH_ERR_STORAGE.
  *
  * hush_net_wake is what a push (or a background task) calls: it starts the network as

@@ -331,6 +331,63 @@ public final class HushClient: @unchecked Sendable {
         try await wait(timeout) { h, ms in hush_net_flush(h, ms) }
     }
 
+    // MARK: - push wake-ups
+
+    /// Registers this device's push endpoint: what the push service gave the app (the endpoint
+    /// URL, at most 1000 bytes, `https://`; the device's P-256 public key, 65 bytes uncompressed;
+    /// its 16-byte auth secret). Stored sealed, sent to the relay now or at the next login and
+    /// after every login; a later call replaces it. When mail waits for this device and it is not
+    /// connected, the relay posts a content-free wake-up there (call `wake` when it arrives). A
+    /// relay that refuses it says why through an `.error` event. Errors: `.invalidArgument`,
+    /// `.storage`.
+    public func registerPush(endpoint: String, p256dh: Data, auth: Data) throws {
+        try rejectNUL(endpoint)
+        try core.call { h in
+            try endpoint.withCString { url in
+                try p256dh.withUnsafeBytes { (pk: UnsafeRawBufferPointer) in
+                    try auth.withUnsafeBytes { (au: UnsafeRawBufferPointer) in
+                        try check(hush_push_register(h, url, pk.bindMemory(to: UInt8.self).baseAddress, pk.count,
+                                                     au.bindMemory(to: UInt8.self).baseAddress, au.count))
+                    }
+                }
+            }
+        }
+    }
+
+    /// Removes the push endpoint (at the relay too, at the next login when offline).
+    public func unregisterPush() throws {
+        try core.call { h in try check(hush_push_unregister(h)) }
+    }
+
+    /// What a wake-up runs: starts the network if it is not running, waits until the relay has
+    /// handed over every waiting message (each one stored and delivered to the delegate) and the
+    /// outbox is sent, then stops the network again if it started it. Errors as `start` and
+    /// `waitOnline`, `.timeout`.
+    public func wake(relayURL: String? = nil, caFile: String? = nil, timeout: TimeInterval,
+                     insecureTLSForTestsOnly: Bool = false) async throws {
+        let mine = try connectionState == .stopped
+        if mine {
+            try start(relayURL: relayURL, caFile: caFile, insecureTLSForTestsOnly: insecureTLSForTestsOnly)
+        }
+        do {
+            try await waitDrained(timeout: timeout)
+        } catch {
+            if mine {
+                try? stop()
+            }
+            throw error
+        }
+        if mine {
+            try stop()
+        }
+    }
+
+    /// Waits until logged in, every waiting message handed over and the outbox sent. Errors as
+    /// `waitOnline`.
+    public func waitDrained(timeout: TimeInterval) async throws {
+        try await wait(timeout) { h, ms in hush_net_wait_drained(h, ms) }
+    }
+
     private func wait(_ timeout: TimeInterval,
                       _ fn: @escaping @Sendable (OpaquePointer, Int32) -> hush_err) async throws {
         let core = self.core

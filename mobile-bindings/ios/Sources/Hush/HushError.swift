@@ -41,6 +41,9 @@ public enum HushError: Error, Equatable, Hashable, Sendable, CustomStringConvert
     case deviceRemoved
     /// The database was changed outside libhush (rows removed, added or rolled back): refused.
     case databaseTampered
+    /// (Reported to the delegate) the push service said this device's push endpoint no longer
+    /// exists: libhush forgot it. Ask the push distributor for a new one and call `registerPush`.
+    case pushGone
     /// The client was closed: every call after `close()` (or during it) fails with this.
     case closed
     /// `stop()` was called from a delegate callback, on the network thread it would wait for.
@@ -55,7 +58,7 @@ public enum HushError: Error, Equatable, Hashable, Sendable, CustomStringConvert
         .duplicate, .stalePrekey, .identityChanged, .notFound, .tooBig, .safetyMismatch,
         .noGroupSession, .internal, .network, .authFailed, .usernameTaken, .registrationRefused,
         .unknownUser, .timeout, .notRunning, .relay, .sessionReplaced, .tooManyDevices, .linkFailed,
-        .deviceRemoved, .databaseTampered,
+        .deviceRemoved, .databaseTampered, .pushGone,
     ]
 
     /// Every error libhush defines (not `closed`, `insideCallback` or `unknown`).

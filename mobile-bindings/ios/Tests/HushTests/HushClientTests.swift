@@ -310,8 +310,76 @@ final class HushClientTests: XCTestCase {
         XCTAssertTrue(rp.await { $0.errors.contains(.deviceRemoved) })
     }
 
+    /// A wake-up through a real HTTP push service on loopback (the tests' receiver script): one
+    /// for a burst to a sleeping device, then `wake` takes the mail and stops.
+    func testPushWakeUp() async throws {
+        let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+            .appendingPathComponent("../../../../tests/fixtures/push_receiver.py").standardized
+        let log = relay.dir.appendingPathComponent("push.log")
+        let portFile = relay.dir.appendingPathComponent("push.port")
+        let receiver = Process()
+        receiver.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        receiver.arguments = ["python3", fixtures.path, log.path, portFile.path]
+        // not the test runner's output: it must not stay open after the test
+        receiver.standardOutput = FileHandle.nullDevice
+        receiver.standardError = FileHandle.nullDevice
+        try receiver.run()
+        defer {
+            receiver.terminate()
+            receiver.waitUntilExit()
+        }
+        var port = 0
+        for _ in 0..<200 where port == 0 {
+            port = Int((try? String(contentsOf: portFile, encoding: .utf8)) ?? "") ?? 0
+            if port == 0 {
+                try await Task.sleep(nanoseconds: 50_000_000)
+            }
+        }
+        XCTAssertNotEqual(port, 0, "the receiver serves")
+        func posts() -> Int {
+            ((try? String(contentsOf: log, encoding: .utf8)) ?? "").split(separator: "\n").count
+        }
+
+        let rb = Recorder()
+        let bob = try await online("swiftbob", rb)
+        expectError(.invalidArgument) { try bob.registerPush(endpoint: "http://x/y", p256dh: Data(count: 64), auth: Data(count: 16)) }
+        // any point on P-256 will do here (this test does not decrypt): the generator G
+        let g = Data([0x04,
+            0x6b, 0x17, 0xd1, 0xf2, 0xe1, 0x2c, 0x42, 0x47, 0xf8, 0xbc, 0xe6, 0xe5, 0x63, 0xa4, 0x40, 0xf2,
+            0x77, 0x03, 0x7d, 0x81, 0x2d, 0xeb, 0x33, 0xa0, 0xf4, 0xa1, 0x39, 0x45, 0xd8, 0x98, 0xc2, 0x96,
+            0x4f, 0xe3, 0x42, 0xe2, 0xfe, 0x1a, 0x7f, 0x9b, 0x8e, 0xe7, 0xeb, 0x4a, 0x7c, 0x0f, 0x9e, 0x16,
+            0x2b, 0xce, 0x33, 0x57, 0x6b, 0x31, 0x5e, 0xce, 0xcb, 0xb6, 0x40, 0x68, 0x37, 0xbf, 0x51, 0xf5])
+        try bob.registerPush(endpoint: "http://127.0.0.1:\(port)/ok/swiftbob", p256dh: g, auth: Data(repeating: 7, count: 16))
+        var rows = 0
+        for _ in 0..<200 where rows != 1 {
+            rows = try relay.count("SELECT count(*) FROM push_endpoints WHERE username = 'swiftbob'")
+            if rows != 1 {
+                try await Task.sleep(nanoseconds: 50_000_000)
+            }
+        }
+        XCTAssertEqual(rows, 1, "the relay has the endpoint")
+        try bob.stop()
+
+        let alice = try await online("swiftalice", nil)
+        for i in 0..<3 {
+            _ = try await alice.send("wake up \(i)", to: "swiftbob")
+        }
+        try await alice.flush(timeout: 15)
+        for _ in 0..<200 where posts() == 0 {
+            try await Task.sleep(nanoseconds: 50_000_000)
+        }
+        try await Task.sleep(nanoseconds: 1_200_000_000)
+        XCTAssertEqual(posts(), 1, "one wake-up for the burst")
+
+        try await bob.wake(relayURL: relay.url, timeout: 15)
+        XCTAssertTrue(rb.await { $0.messages.count == 3 })
+        XCTAssertEqual(try bob.connectionState, .stopped)
+        try bob.unregisterPush()
+    }
+
     func testErrorMapping() async throws {
-        XCTAssertEqual(HushError.libraryErrors.count, 34)
+        XCTAssertEqual(HushError.libraryErrors.count, 35)
+        XCTAssertEqual(HushError.pushGone.code, 35)
         for (i, e) in HushError.libraryErrors.enumerated() {
             XCTAssertEqual(e.code, Int32(i + 1))
             XCTAssertEqual(HushError(code: e.code), e)

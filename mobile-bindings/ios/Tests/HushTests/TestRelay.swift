@@ -38,7 +38,9 @@ final class TestRelay {
         p.executableURL = URL(fileURLWithPath: try TestRelay.hushd)
         p.arguments = ["--listen", "127.0.0.1:\(port)", "--metrics-listen", "off", "--db", db.path,
                        "--workers", "1", "--durability", "normal",
-                       "--log-file", dir.appendingPathComponent("hushd.log").path]
+                       "--log-file", dir.appendingPathComponent("hushd.log").path,
+                       // push wake-ups to the test's own receiver on loopback
+                       "--set", "push_allow_http=on", "--set", "push_allow_private=on"]
         let out = dir.appendingPathComponent("hushd.out")
         if !FileManager.default.fileExists(atPath: out.path) {
             _ = FileManager.default.createFile(atPath: out.path, contents: nil)
@@ -73,6 +75,19 @@ final class TestRelay {
         p.waitUntilExit()
         process = nil
         return p.terminationStatus
+    }
+
+    /// One number read with the sqlite3 shell (WAL: while the relay runs too).
+    func count(_ query: String) throws -> Int {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/sqlite3")
+        p.arguments = [db.path, query]
+        let pipe = Pipe()
+        p.standardOutput = pipe
+        try p.run()
+        let data = pipe.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        return Int(String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)) ?? -1
     }
 
     /// Runs SQL on the relay's database with the sqlite3 shell (relay stopped).

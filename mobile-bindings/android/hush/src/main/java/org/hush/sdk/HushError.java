@@ -75,6 +75,10 @@ public enum HushError {
     /** The database was changed outside libhush (rows removed, added or rolled back): refused.
      * Recover or link this device again on a new database. */
     DB_TAMPERED(34),
+    /** (Reported through onError) the push service said this device's push endpoint no longer
+     * exists: libhush forgot it. Ask the push distributor for a new one and pass it to
+     * {@link HushClient#pushRegister}. */
+    PUSH_GONE(35),
     /** Binding only: the client was closed. */
     CLOSED(-1),
     /** Binding only: a code this version of the binding does not know (a newer libhush). */

@@ -295,7 +295,7 @@ public class HushClientTest {
             bob.pushRegister("http://127.0.0.1:" + push.getAddress().getPort() + "/up/bob", point((ECPublicKey) ua.getPublic()), auth);
             long deadline = System.currentTimeMillis() + 10000;
             while (relay.count("SELECT count(*) FROM push_endpoints WHERE username = 'pushbob'") != 1) {
-                assertTrue("the relay has the endpoint", System.currentTimeMillis() < deadline);
+                assertTrue("the relay has the endpoint (errors: " + rb.errors + ")", System.currentTimeMillis() < deadline);
                 Thread.sleep(50);
             }
             bob.stop();

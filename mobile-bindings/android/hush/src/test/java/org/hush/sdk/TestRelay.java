@@ -97,13 +97,17 @@ final class TestRelay {
 
     /** One number the sqlite3 shell reads from the relay's database (WAL: while it runs too). */
     long count(String query) throws IOException, InterruptedException {
-        Process p = new ProcessBuilder("sqlite3", db().getPath(), query).redirectErrorStream(true).start();
+        // stdout only, and without the JVM's LD_PRELOAD (libjsig warns on stderr in every child)
+        ProcessBuilder pb = new ProcessBuilder("sqlite3", db().getPath(), query)
+                .redirectError(ProcessBuilder.Redirect.INHERIT);
+        pb.environment().remove("LD_PRELOAD");
+        Process p = pb.start();
         String out = new String(p.getInputStream().readAllBytes(), java.nio.charset.StandardCharsets.UTF_8).trim();
         p.waitFor();
         try {
             return Long.parseLong(out);
         } catch (NumberFormatException e) {
-            return -1;
+            throw new IOException("sqlite3 said: " + out);
         }
     }
 
