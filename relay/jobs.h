@@ -160,6 +160,9 @@ void mailbox_flush_pending(struct jctx *x, int all);
 /* After the batch's COMMIT (ok) or its failure: the sends waiting on written rows are answered
  * (their postings go to x), and the rows written in a failed batch are forgotten. */
 void mailbox_batch_end(struct jctx *x, int ok);
+/* A device left: when mail waits for it (unacknowledged, or not yet handed over) and it has no
+ * other connection, it is woken (push.c decides whether and how). */
+void mailbox_wake_if_waiting(struct jctx *x, const char *user, uint32_t dev);
 /* Messages waiting for their ack unwritten, and when the first is due (ms; 0: none). */
 size_t mailbox_pending(uint64_t *due_ms);
 /* Forgets the quota cache (after a failed commit: it is rebuilt from the table). */

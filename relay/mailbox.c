@@ -54,6 +54,7 @@ struct pend {
     uint8_t cmid[HWIRE_CLIENT_MSG_ID_BYTES];
     struct sendwait *w;
     int write_now;            /* a retry of it came: written in this batch */
+    int non_urgent;           /* SendRequest.non_urgent */
     size_t len;
     uint8_t env[];
 };
@@ -371,12 +372,12 @@ out:
 /* One stored message (a send written at once, or a waiting one whose wait is over). */
 static hstore_err insert_row(uint64_t seq, const char *recipient, uint32_t rdev, const char *sender, uint32_t sdev,
                              const uint8_t cmid[HWIRE_CLIENT_MSG_ID_BYTES], const uint8_t *env, size_t len,
-                             uint64_t received_at, uint64_t expires_at)
+                             uint64_t received_at, uint64_t expires_at, int non_urgent)
 {
     sqlite3_stmt *st;
     hstore_err e = hstore_prepare(senv.db, "INSERT INTO mailbox (seq, recipient, recipient_device, sender, sender_device, "
-                                           "client_msg_id, envelope, received_at, expires_at) "
-                                           "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)", &st);
+                                           "client_msg_id, envelope, received_at, expires_at, non_urgent) "
+                                           "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)", &st);
     if (e)
         return e;
     sqlite3_bind_int64(st, 1, (int64_t)seq);
@@ -388,6 +389,7 @@ static hstore_err insert_row(uint64_t seq, const char *recipient, uint32_t rdev,
     sqlite3_bind_blob(st, 7, env, (int)len, SQLITE_STATIC);
     sqlite3_bind_int64(st, 8, (int64_t)received_at);
     sqlite3_bind_int64(st, 9, (int64_t)expires_at);
+    sqlite3_bind_int(st, 10, non_urgent != 0);
     return hstore_run(senv.db, st); /* resets the statement: the static bindings are not kept */
 }
 
@@ -467,7 +469,7 @@ void mailbox_send(struct jctx *x, const struct job *j)
             continue;
         }
         CHECK_SE(insert_row(seqs[i], rc->username, rc->device_id, j->username, j->device_id, s->client_msg_id.data,
-                            rc->envelope.data, rc->envelope.len, now, expires));
+                            rc->envelope.data, rc->envelope.len, now, expires, s->non_urgent));
         if (!route[i].live) /* nobody to deliver to: wake the device (push.c decides) */
             push_note_stored(x, rc->username, rc->device_id, !s->non_urgent);
         if (x->store_err)
@@ -755,6 +757,7 @@ static struct pend *pend_new(struct jctx *x, const struct job *j, const Hush__Re
     p->rdev = rc->device_id;
     p->sdev = j->device_id;
     memcpy(p->cmid, j->frame->send->client_msg_id.data, HWIRE_CLIENT_MSG_ID_BYTES);
+    p->non_urgent = j->frame->send->non_urgent;
     p->len = rc->envelope.len;
     memcpy(p->env, rc->envelope.data, p->len);
     int e1 = 0, e2 = 0;
@@ -824,7 +827,7 @@ void mailbox_flush_pending(struct jctx *x, int all)
             continue;
         }
         CHECK_SE(insert_row(p->seq, p->recipient, p->rdev, p->sender, p->sdev, p->cmid, p->env, p->len, p->received_at,
-                            p->expires_at));
+                            p->expires_at, p->non_urgent));
         if (p->write_now)
             P.nflagged--;
         pend_unlink(p);
@@ -874,4 +877,29 @@ size_t mailbox_pending(uint64_t *due_ms)
 {
     *due_ms = P.head ? (P.nflagged ? relay_now_ms() : P.head->due_ms) : 0;
     return P.n;
+}
+
+void mailbox_wake_if_waiting(struct jctx *x, const char *user, uint32_t dev)
+{
+    struct dir_entry d;
+    if (!pusher_enabled() || directory_lookup(user, dev, &d))
+        return;
+    sqlite3_stmt *st;
+    CHECK_SE(hstore_prepare(senv.db, "SELECT min(non_urgent) FROM mailbox WHERE recipient = ?1 AND "
+                                  "recipient_device = ?2 AND expires_at > ?3", &st));
+    sqlite3_bind_text(st, 1, user, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 2, dev);
+    sqlite3_bind_int64(st, 3, (int64_t)relay_now_ms());
+    int row = 0, waiting = 0, urgent = 0;
+    hstore_err se = hstore_step(senv.db, st, &row);
+    if (!se && row && sqlite3_column_type(st, 0) != SQLITE_NULL) {
+        waiting = 1;
+        urgent = sqlite3_column_int(st, 0) == 0;
+    }
+    sqlite3_reset(st);
+    CHECK_SE(se);
+    /* (the batch that runs this job wrote every copy still waiting for its ack first, so those
+     * count.) Urgent when any of them is */
+    if (waiting)
+        push_note_stored(x, user, dev, urgent);
 }

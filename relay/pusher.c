@@ -120,6 +120,7 @@ void pusher_submit(struct push_wake *w)
         pthread_mutex_unlock(&P.mu);
         if (P.started)
             atomic_fetch_add(&g_metrics.push_failed[PUSH_FAIL_OVERLOAD], 1);
+        sodium_memzero(w->auth, sizeof w->auth);
         free(w);
         return;
     }

@@ -76,7 +76,10 @@ static const char *const migrations[] = {
     "  url TEXT NOT NULL, p256dh BLOB NOT NULL, auth BLOB NOT NULL, created_at INTEGER NOT NULL,"
     "  gone INTEGER NOT NULL DEFAULT 0,"
     "  PRIMARY KEY (username, device_id),"
-    "  FOREIGN KEY (username, device_id) REFERENCES devices (username, device_id) ON DELETE CASCADE) WITHOUT ROWID;",
+    "  FOREIGN KEY (username, device_id) REFERENCES devices (username, device_id) ON DELETE CASCADE) WITHOUT ROWID;"
+    /* and whether each waiting message was sent non-urgent (a device that leaves with mail waiting
+     * is woken as its most urgent message asks) */
+    "ALTER TABLE mailbox ADD COLUMN non_urgent INTEGER NOT NULL DEFAULT 0;",
 };
 
 static struct {

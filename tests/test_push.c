@@ -796,6 +796,65 @@ static void test_hanging_push_service(void **state)
     receiver_stop(&rv);
 }
 
+/* A device that leaves with mail it was handed but did not acknowledge is woken: early_delivery_ms
+ * 0 (the copy is in the mailbox when the device leaves) and 2000 (it is delivered before it is
+ * written, and written after the device left). */
+static void left_unacked(const char *name, const char *sender, const char *rcpt, const char *cfg)
+{
+    struct receiver rv;
+    char log[64];
+    snprintf(log, sizeof log, "%s.log", name);
+    receiver_start(&rv, log);
+    struct relay_proc relay;
+    relay_start(&relay, name, cfg);
+    struct user *al = user_new(&relay, sender);
+    struct tclient *lea = tc_new(&relay, rcpt, 1);
+    assert_int_equal(tc_register(lea, NULL), HUSH__ERROR_CODE__OK);
+    struct ua ua;
+    ua_new(&ua);
+    char url[200];
+    char path[64];
+    snprintf(path, sizeof path, "/ok/%s", rcpt);
+    snprintf(url, sizeof url, "http://127.0.0.1:%d%s", rv.port, path);
+    assert_int_equal(register_raw(lea, url, ua.pub, sizeof ua.pub, ua.auth, sizeof ua.auth, NULL, 0),
+                     HUSH__ERROR_CODE__OK);
+    send_text(al, rcpt, "read this");
+    Hush__Frame *d = tc_next_push(lea, HUSH__FRAME__MSG_DELIVER, 10000);
+    assert_non_null(d);
+    hush__frame__free_unpacked(d, NULL);
+    /* it was connected: nothing pushed; it leaves without acknowledging */
+    struct post p[4];
+    assert_int_equal(posts_for(&rv, path, p, 4), 0);
+    tc_disconnect(lea);
+    assert_int_equal(wait_posts(&rv, path, 1, 10000), 1);
+    assert_int_equal(posts_for(&rv, path, p, 4), 1);
+    assert_wakeup(&ua, &p[0]);
+    assert_string_equal(p[0].urgency, "high"); /* a text waits */
+    assert_int_equal(hush_net_flush(al->c, 15000), HUSH_OK);
+    /* it comes back, takes the mail and acknowledges it, and leaves: nothing waits, no wake-up */
+    assert_int_equal(tc_reconnect(lea), 0);
+    assert_int_equal(tc_login(lea), HUSH__ERROR_CODE__OK);
+    d = tc_next_push(lea, HUSH__FRAME__MSG_DELIVER, 10000);
+    assert_non_null(d);
+    uint64_t seq = d->deliver->seq;
+    hush__frame__free_unpacked(d, NULL);
+    assert_int_equal(tc_ack(lea, &seq, 1), HUSH__ERROR_CODE__OK);
+    tc_disconnect(lea);
+    sleep_ms(1500);
+    assert_int_equal(posts_for(&rv, path, p, 4), 1);
+    tc_free(lea);
+    user_free(al);
+    relay_stop(&relay, SIGTERM);
+    receiver_stop(&rv);
+}
+
+static void test_left_with_mail_unacked(void **state)
+{
+    (void)state;
+    left_unacked("pushleft0", "lou", "lea", PUSH_CONFIG "early_delivery_ms = 0\n");
+    left_unacked("pushleft2", "lui", "lia", PUSH_CONFIG "early_delivery_ms = 2000\n");
+}
+
 static void test_endpoint_survives_restart_and_relogin(void **state)
 {
     (void)state;
@@ -873,6 +932,7 @@ int main(void)
         cmocka_unit_test(test_nonurgent_coalesced),
         cmocka_unit_test(test_gone_and_backoff),
         cmocka_unit_test(test_hanging_push_service),
+        cmocka_unit_test(test_left_with_mail_unacked),
         cmocka_unit_test(test_endpoint_survives_restart_and_relogin),
         cmocka_unit_test(test_sdk_refusal_reported),
     };
