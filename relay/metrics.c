@@ -13,6 +13,7 @@ static const char *const err_names[METRICS_ERR_CODES] = {
     "registration_closed", "invite_invalid", "bad_keys", "unknown_user", "unknown_recipient",
     "quota_exceeded", "too_large", "rate_limited", "session_replaced", "shutting_down", "storage_failed",
     "internal", "timeout", "device_mismatch", "too_many_devices", "link_invalid", "address_gone", "device_removed",
+    "push_endpoint_gone",
 };
 
 void metrics_error(int code)
@@ -123,7 +124,7 @@ char *metrics_render(size_t *len)
     static const char *pf[7] = { "gone", "backoff", "rejected", "server", "network", "refused", "overload" };
     for (int i = 0; i < 7; i++)
         put(&b, "hush_push_failed_total{class=\"%s\"} %ld\n", pf[i], atomic_load(&m->push_failed[i]));
-    COUNTER("hush_push_endpoints_dropped_total", "Push endpoints deleted (gone at the push service, or refused by policy).",
+    COUNTER("hush_push_endpoints_dropped_total", "Push endpoints given up (gone at the push service, or refused by policy).",
             atomic_load(&m->push_dropped));
     COUNTER("hush_push_retries_total", "Push wake-ups tried again after a failure.", atomic_load(&m->push_retries));
     COUNTER("hush_push_coalesced_total", "Wake-ups merged into one already waiting for the same device.",

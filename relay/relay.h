@@ -120,7 +120,7 @@ void rlog(int level, const char *event, const char *fmt, ...) __attribute__((for
 /* ------------------------------------------------------------------------------------------ */
 /* metrics (metrics.c): counters readable from any thread */
 
-#define METRICS_ERR_CODES 24
+#define METRICS_ERR_CODES 25
 #define METRICS_BATCH_BUCKETS 8
 #define METRICS_LAT_BUCKETS 10
 struct metrics {
@@ -148,7 +148,7 @@ struct metrics {
     /* push wake-ups (pusher.c) */
     atomic_long push_sent;         /* accepted by the push service (2xx) */
     atomic_long push_failed[7];    /* attempts that failed, by PUSH_FAIL_* */
-    atomic_long push_dropped;      /* endpoints deleted (gone, or refused by policy) */
+    atomic_long push_dropped;      /* endpoints given up (gone, or refused by policy) */
     atomic_long push_retries;
     atomic_long push_coalesced;    /* wake-ups merged into one already waiting */
     atomic_long push_cancelled;    /* waiting wake-ups dropped because the device connected */

@@ -240,6 +240,8 @@ void hnet_rotation_check(struct hush_net *n);
 /* net_push.c */
 /* Tells the relay this device's push endpoint (or its removal), if there is something to tell. */
 void hnet_send_push(struct hush_net *n);
+/* Welcome.push_key: kept (meta 'push_vapid') for hush_push_vapid_key; empty: the relay has push off. */
+void hnet_on_push_key(struct hush_net *n, const uint8_t *key, size_t len);
 void hnet_on_push_result(struct hush_net *n, const struct req *r, const Hush__Result *res);
 hush_err hnet_fatal_for(int code);
 void hnet_fail_for_good(struct hush_net *n, hush_err e);

@@ -102,6 +102,7 @@ static void handle_frame(struct hush_net *n, const uint8_t *data, size_t len)
         if (n->st == N_HELLO && hnet_take_req(n, f->id, &r) && f->welcome->challenge.len == 32 && f->welcome->version == 1) {
             memcpy(n->challenge, f->welcome->challenge.data, 32);
             n->st = N_AUTH;
+            hnet_on_push_key(n, f->welcome->push_key.data, f->welcome->push_key.len);
             hsdk_lock(n->c);
             int has = n->c->has_device;
             hsdk_unlock(n->c);

@@ -183,3 +183,36 @@ void hnet_on_push_result(struct hush_net *n, const struct req *r, const Hush__Re
              hnet_relay_text(txt, sizeof txt, res->message));
     hnet_report(n, HUSH_ERR_RELAY, msg);
 }
+
+void hnet_on_push_key(struct hush_net *n, const uint8_t *key, size_t len)
+{
+    if (len != 0 && (len != PUSH_P256_BYTES || key[0] != 0x04))
+        len = 0; /* not a key: as if push were off */
+    uint8_t *old = NULL;
+    size_t ol = 0;
+    hsdk_lock(n->c);
+    hush_err e = hsdk_meta_get_blob(n->c, "push_vapid", &old, &ol);
+    if (!e && (ol != len || (len && memcmp(old, key, len) != 0)))
+        e = hsdk_meta_set_blob(n->c, "push_vapid", len ? key : (const uint8_t *)"", len);
+    hsdk_unlock(n->c);
+    free(old);
+    if (e)
+        hnet_report(n, e, "could not record the relay's push key");
+}
+
+hush_err hush_push_vapid_key(hush_client *c, char *out, size_t outcap)
+{
+    if (!c || !out || outcap < HUSH_PUSH_VAPID_KEY_LEN + 1)
+        return HUSH_ERR_INVALID_ARG;
+    uint8_t *k = NULL;
+    size_t kl = 0;
+    hsdk_lock(c);
+    hush_err e = hsdk_meta_get_blob(c, "push_vapid", &k, &kl);
+    hsdk_unlock(c);
+    if (!e && kl != PUSH_P256_BYTES)
+        e = HUSH_ERR_NOT_FOUND;
+    if (!e)
+        sodium_bin2base64(out, outcap, k, kl, sodium_base64_VARIANT_URLSAFE_NO_PADDING);
+    free(k);
+    return e;
+}

@@ -59,8 +59,10 @@ struct receiver {
 static void receiver_start(struct receiver *rv, const char *name)
 {
     const char *fx = getenv("HUSH_TEST_FIXTURES");
-    if (!fx)
+    if (!fx) {
         fail_msg("HUSH_TEST_FIXTURES is not set (make test sets it)");
+        return;
+    }
     char script[512], portfile[320];
     snprintf(script, sizeof script, "%s/push_receiver.py", fx);
     memset(rv, 0, sizeof *rv);
@@ -916,6 +918,34 @@ static void test_sdk_refusal_reported(void **state)
     snprintf(dbfile, sizeof dbfile, "%s.db", "ursula");
     assert_false(file_contains(tpath(dbfile), ua.auth, sizeof ua.auth));
     assert_false(file_contains(tpath(dbfile), "127.0.0.1/up", 12));
+    /* the relay's VAPID key, for a distributor that asks for it: learned at login, kept offline */
+    char vk[HUSH_PUSH_VAPID_KEY_LEN + 1];
+    assert_int_equal(hush_push_vapid_key(u->c, vk, sizeof vk - 1), HUSH_ERR_INVALID_ARG);
+    assert_int_equal(hush_push_vapid_key(u->c, vk, sizeof vk), HUSH_OK);
+    assert_int_equal(strlen(vk), HUSH_PUSH_VAPID_KEY_LEN);
+    uint8_t kb[80];
+    assert_int_equal(webpush_b64url_decode(vk, kb, sizeof kb), WEBPUSH_P256_PUBLIC);
+    char pem[400];
+    snprintf(pem, sizeof pem, "%s.push-key.pem", relay.db);
+    FILE *f = fopen(pem, "r");
+    assert_non_null(f);
+    EVP_PKEY *rk = PEM_read_PrivateKey(f, NULL, NULL, NULL);
+    fclose(f);
+    assert_non_null(rk);
+    uint8_t rp[WEBPUSH_P256_PUBLIC];
+    size_t rn = 0;
+    assert_int_equal(EVP_PKEY_get_octet_string_param(rk, OSSL_PKEY_PARAM_ENCODED_PUBLIC_KEY, rp, sizeof rp, &rn), 1);
+    EVP_PKEY_free(rk);
+    assert_memory_equal(rp, kb, sizeof rp);
+    user_free(u);
+    relay_stop(&relay, SIGTERM);
+    /* never connected: not known; a relay with push off: none */
+    hush_client *fresh = open_client("vera", 1, HUSH_DURABILITY_NORMAL);
+    assert_int_equal(hush_push_vapid_key(fresh, vk, sizeof vk), HUSH_ERR_NOT_FOUND);
+    hush_client_close(fresh);
+    relay_start(&relay, "pushsdkoff", "push = off\n");
+    u = user_new(&relay, "otto");
+    assert_int_equal(hush_push_vapid_key(u->c, vk, sizeof vk), HUSH_ERR_NOT_FOUND);
     user_free(u);
     relay_stop(&relay, SIGTERM);
 }

@@ -567,6 +567,16 @@ HUSH_MUST_CHECK hush_err hush_net_flush(hush_client *c, int timeout_ms);
 HUSH_MUST_CHECK hush_err hush_push_register(hush_client *c, const char *endpoint, const uint8_t *p256dh,
                                             size_t p256dh_len, const uint8_t *auth, size_t auth_len);
 HUSH_MUST_CHECK hush_err hush_push_unregister(hush_client *c);
+/*
+ * The relay's VAPID public key (the key that signs its wake-ups), as a push distributor wants it
+ * when the app registers with it (UnifiedPush: the "vapid" argument): the 65-byte P-256 point,
+ * base64url without padding, HUSH_PUSH_VAPID_KEY_LEN characters and a NUL written to out (outcap
+ * at least HUSH_PUSH_VAPID_KEY_LEN + 1). Learned at each connection and kept in the database, so
+ * it is there offline once the device has connected. Errors: HUSH_ERR_INVALID_ARG, HUSH_ERR_NOT_FOUND
+ * (never connected yet, or the relay has push wake-ups off), HUSH_ERR_STORAGE.
+ */
+#define HUSH_PUSH_VAPID_KEY_LEN 87
+HUSH_MUST_CHECK hush_err hush_push_vapid_key(hush_client *c, char *out, size_t outcap);
 HUSH_MUST_CHECK hush_err hush_net_wake(hush_client *c, const hush_net_opts *opts, const hush_callbacks *cb,
                                        int timeout_ms);
 HUSH_MUST_CHECK hush_err hush_net_wait_drained(hush_client *c, int timeout_ms);

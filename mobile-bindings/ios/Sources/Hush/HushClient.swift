@@ -338,8 +338,9 @@ public final class HushClient: @unchecked Sendable {
     /// its 16-byte auth secret). Stored sealed, sent to the relay now or at the next login and
     /// after every login; a later call replaces it. When mail waits for this device and it is not
     /// connected, the relay posts a content-free wake-up there (call `wake` when it arrives). A
-    /// relay that refuses it says why through an `.error` event. Errors: `.invalidArgument`,
-    /// `.storage`.
+    /// relay that refuses it says why through an `.error` event; an `.error` event with
+    /// `.pushGone` means the push service dropped the endpoint (libhush forgot it): register the
+    /// new one the push service gives. Errors: `.invalidArgument`, `.storage`.
     public func registerPush(endpoint: String, p256dh: Data, auth: Data) throws {
         try rejectNUL(endpoint)
         try core.call { h in
@@ -350,6 +351,22 @@ public final class HushClient: @unchecked Sendable {
                                                      au.bindMemory(to: UInt8.self).baseAddress, au.count))
                     }
                 }
+            }
+        }
+    }
+
+    /// The relay's VAPID public key, base64url (87 characters), for a push service that wants it
+    /// when the app subscribes; nil before the first connection, or when the relay has push off.
+    public var pushVapidKey: String? {
+        get throws {
+            try core.call { h -> String? in
+                var buf = [CChar](repeating: 0, count: Int(HUSH_PUSH_VAPID_KEY_LEN) + 1)
+                let e = hush_push_vapid_key(h, &buf, buf.count)
+                if e == HUSH_ERR_NOT_FOUND {
+                    return nil
+                }
+                try check(e)
+                return String(cString: buf)
             }
         }
     }

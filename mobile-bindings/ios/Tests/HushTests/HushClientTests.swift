@@ -358,6 +358,8 @@ final class HushClientTests: XCTestCase {
             }
         }
         XCTAssertEqual(rows, 1, "the relay has the endpoint")
+        let vapid = try bob.pushVapidKey
+        XCTAssertEqual(vapid?.count, 87)
         try bob.stop()
 
         let alice = try await online("swiftalice", nil)
@@ -370,6 +372,13 @@ final class HushClientTests: XCTestCase {
         }
         try await Task.sleep(nanoseconds: 1_200_000_000)
         XCTAssertEqual(posts(), 1, "one wake-up for the burst")
+        // the key the app gives a push service is the one that signs the wake-ups
+        let line = ((try? String(contentsOf: log, encoding: .utf8)) ?? "").split(separator: "\n").first ?? ""
+        let fields = line.split(separator: "\t", omittingEmptySubsequences: false)
+        XCTAssertEqual(fields.count, 9)
+        if fields.count == 9, let vapid = vapid {
+            XCTAssertTrue(fields[7].hasSuffix(", k=" + vapid), String(fields[7]))
+        }
 
         try await bob.wake(relayURL: relay.url, timeout: 15)
         XCTAssertTrue(rb.await { $0.messages.count == 3 })

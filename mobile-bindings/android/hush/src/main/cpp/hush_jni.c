@@ -511,6 +511,18 @@ static void n_push_unregister(JNIEnv *env, jclass cls, jlong hh)
     check(env, hush_push_unregister(H(hh)->c), "push unregister");
 }
 
+static jstring n_push_vapid_key(JNIEnv *env, jclass cls, jlong hh)
+{
+    (void)cls;
+    char k[HUSH_PUSH_VAPID_KEY_LEN + 1];
+    hush_err e = hush_push_vapid_key(H(hh)->c, k, sizeof k);
+    if (e == HUSH_ERR_NOT_FOUND)
+        return NULL;
+    if (check(env, e, "push VAPID key"))
+        return NULL;
+    return jstr(env, k);
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* natives: device */
 
@@ -967,6 +979,7 @@ static const JNINativeMethod g_natives[] = {
     { "nativeWaitDrained", "(JI)V", (void *)n_wait_drained },
     { "nativePushRegister", "(J" S "[B[B)V", (void *)n_push_register },
     { "nativePushUnregister", "(J)V", (void *)n_push_unregister },
+    { "nativePushVapidKey", "(J)" S, (void *)n_push_vapid_key },
     { "nativeHasDevice", "(J)Z", (void *)n_has_device },
     { "nativeCreateDevice", "(J" S "I)V", (void *)n_create_device },
     { "nativeUsername", "(J)" S, (void *)n_username },

@@ -437,7 +437,9 @@ public final class HushClient implements AutoCloseable {
      * again after every login; a later call replaces it. When mail waits for this device and it
      * is not connected, the relay POSTs a content-free wake-up there: call {@link #wake} from the
      * push receiver. A relay that refuses the endpoint says why through
-     * {@link HushListener#onError}. Errors: INVALID_ARG, STORAGE.
+     * {@link HushListener#onError}; {@link HushError#PUSH_GONE} there means the push service
+     * dropped the endpoint (libhush forgot it): register the distributor's new one (UnifiedPush
+     * calls {@code onNewEndpoint}). Errors: INVALID_ARG, STORAGE.
      */
     public void pushRegister(String endpoint, byte[] p256dh, byte[] auth) throws HushException {
         long h = enter();
@@ -453,6 +455,20 @@ public final class HushClient implements AutoCloseable {
         long h = enter();
         try {
             nativePushUnregister(h);
+        } finally {
+            leave();
+        }
+    }
+
+    /**
+     * The relay's VAPID public key, base64url (87 characters), for a push distributor that wants
+     * it at registration ({@code UnifiedPush.register(context, instance, message, vapid)}); null
+     * before the first connection, or when the relay has push wake-ups off. Errors: STORAGE.
+     */
+    public String pushVapidKey() throws HushException {
+        long h = enter();
+        try {
+            return nativePushVapidKey(h);
         } finally {
             leave();
         }
@@ -744,6 +760,7 @@ public final class HushClient implements AutoCloseable {
     private static native void nativeWaitDrained(long h, int ms) throws HushException;
     private static native void nativePushRegister(long h, String endpoint, byte[] p256dh, byte[] auth) throws HushException;
     private static native void nativePushUnregister(long h) throws HushException;
+    private static native String nativePushVapidKey(long h) throws HushException;
     private static native boolean nativeHasDevice(long h) throws HushException;
     private static native void nativeCreateDevice(long h, String username, int deviceId) throws HushException;
     private static native String nativeUsername(long h) throws HushException;

@@ -265,12 +265,14 @@ public class HushClientTest {
         // the push service: the JDK's own HTTP server on loopback, keeping what it is sent
         List<byte[]> bodies = new ArrayList<>();
         List<String> urgency = new ArrayList<>();
+        List<String> authorization = new ArrayList<>();
         HttpServer push = HttpServer.create(new InetSocketAddress("127.0.0.1", 0), 0);
         push.createContext("/", ex -> {
             byte[] b = ex.getRequestBody().readAllBytes();
             synchronized (bodies) {
                 bodies.add(b);
                 urgency.add(ex.getRequestHeaders().getFirst("Urgency"));
+                authorization.add(ex.getRequestHeaders().getFirst("Authorization"));
                 bodies.notifyAll();
             }
             ex.sendResponseHeaders(201, -1);
@@ -316,6 +318,11 @@ public class HushClientTest {
                 assertEquals("one wake-up for the burst", 1, bodies.size());
                 assertEquals("high", urgency.get(0));
                 assertArrayEquals("{\"v\":1}".getBytes(StandardCharsets.US_ASCII), decryptPush(bodies.get(0), ua, auth));
+                // the key the app gives a distributor is the one that signs the wake-ups
+                String vapid = bob.pushVapidKey();
+                assertNotNull(vapid);
+                assertEquals(87, vapid.length());
+                assertTrue(authorization.get(0), authorization.get(0).endsWith(", k=" + vapid));
             }
             // what the push receiver runs: connect, take everything, stop
             bob.wake(15000);
