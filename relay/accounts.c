@@ -1097,6 +1097,4 @@ void accounts_disconnect(struct jctx *x, const struct job *j)
     sqlite3_bind_int64(st, 2, j->device_id);
     sqlite3_bind_int64(st, 3, (int64_t)relay_now_ms());
     CHECK_SE(hstore_run(senv.db, st));
-    /* it left with mail it has not acknowledged (or not yet received): a wake-up brings it back */
-    mailbox_wake_if_waiting(x, j->username, j->device_id);
 }

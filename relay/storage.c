@@ -255,7 +255,12 @@ static void run_job(struct jctx *x, struct job *j)
     case JOB_FETCH_MAIL: mailbox_fetch(x, j); break;
     case JOB_ACK: mailbox_ack(x, j); break;
     case JOB_SET_ALLOW: presence_job_set_allow(x, j); break;
-    case JOB_DISCONNECT: accounts_disconnect(x, j); break;
+    case JOB_DISCONNECT:
+        accounts_disconnect(x, j);
+        /* it left with mail it has not acknowledged (or not yet received): a wake-up brings it back */
+        if (!x->store_err)
+            mailbox_wake_if_waiting(x, j->username, j->device_id);
+        break;
     case JOB_LINK_TOKEN: accounts_link_token(x, j); break;
     case JOB_REMOVE_DEVICE: devices_remove(x, j); break;
     case JOB_EXPIRE:

@@ -7,6 +7,7 @@
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
+#include <netdb.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <setjmp.h>
@@ -857,6 +858,74 @@ static void test_left_with_mail_unacked(void **state)
     left_unacked("pushleft2", "lui", "lia", PUSH_CONFIG "early_delivery_ms = 2000\n");
 }
 
+/* A host name (not a literal address, so registration takes it) whose every address is loopback
+ * or private here: the machine's own name, or Debian's ip6-localhost. NULL when none is. */
+static const char *private_name(char *buf, size_t cap)
+{
+    char host[256] = "";
+    gethostname(host, sizeof host - 1);
+    const char *cands[] = { host, "ip6-localhost", "ip6-loopback" };
+    for (size_t i = 0; i < sizeof cands / sizeof cands[0]; i++) {
+        if (!cands[i][0] || !strcasecmp(cands[i], "localhost"))
+            continue;
+        struct addrinfo hints, *res = NULL;
+        memset(&hints, 0, sizeof hints);
+        hints.ai_socktype = SOCK_STREAM;
+        if (getaddrinfo(cands[i], NULL, &hints, &res) != 0 || !res)
+            continue;
+        int all = 1;
+        for (struct addrinfo *a = res; a; a = a->ai_next)
+            all &= webpush_address_private(a->ai_addr);
+        freeaddrinfo(res);
+        if (all) {
+            snprintf(buf, cap, "%s", cands[i]);
+            return buf;
+        }
+    }
+    return NULL;
+}
+
+/* The registration check sees a name; the connection sees its address: a name that resolves to a
+ * private address is refused when the relay connects, and nothing reaches it. */
+static void test_private_address_refused_at_connect(void **state)
+{
+    (void)state;
+    char name[256];
+    if (!private_name(name, sizeof name)) {
+        fprintf(stderr, "test_private_address_refused_at_connect: no host name here resolves to a private "
+                        "address only: skipped\n");
+        return;
+    }
+    struct receiver rv;
+    receiver_start(&rv, "conn.log");
+    struct relay_proc relay;
+    relay_start(&relay, "pushconn", "push_allow_http = on\n"); /* private addresses refused */
+    struct user *al = user_new(&relay, "nia"), *bo = user_new(&relay, "noa");
+    struct ua ua;
+    ua_new(&ua);
+    char url[400];
+    snprintf(url, sizeof url, "http://%s:%d/ok/noa", name, rv.port);
+    assert_int_equal(hush_push_register(bo->c, url, ua.pub, sizeof ua.pub, ua.auth, sizeof ua.auth), HUSH_OK);
+    assert_true(wait_rows(&relay, "noa", 1, 10000)); /* a name: taken at registration */
+    hush_net_stop(bo->c);
+    send_text(al, "noa", "knock knock");
+    assert_int_equal(hush_net_flush(al->c, 15000), HUSH_OK);
+    int refused = 0;
+    for (int i = 0; i < 200 && refused < 1; i++) {
+        refused = (int)relay_metric(&relay, "hush_push_failed_total{class=\"refused\"}");
+        if (refused < 1)
+            sleep_ms(50);
+    }
+    assert_int_equal(refused, 1);
+    struct post p[2];
+    assert_int_equal(posts_for(&rv, "/ok/noa", p, 2), 0);
+    assert_true(wait_rows(&relay, "noa", 0, 10000)); /* never tried again */
+    user_free(al);
+    user_free(bo);
+    relay_stop(&relay, SIGTERM);
+    receiver_stop(&rv);
+}
+
 static void test_endpoint_survives_restart_and_relogin(void **state)
 {
     (void)state;
@@ -963,6 +1032,7 @@ int main(void)
         cmocka_unit_test(test_gone_and_backoff),
         cmocka_unit_test(test_hanging_push_service),
         cmocka_unit_test(test_left_with_mail_unacked),
+        cmocka_unit_test(test_private_address_refused_at_connect),
         cmocka_unit_test(test_endpoint_survives_restart_and_relogin),
         cmocka_unit_test(test_sdk_refusal_reported),
     };
