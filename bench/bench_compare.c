@@ -16,6 +16,8 @@
  *           are acknowledged, and lost / duplicated acknowledged messages are counted; with
  *           --online the recipients stay connected and receive while the messages are sent (the
  *           kill -9 variant of w2: what was acknowledged must still arrive after the restart)
+ *   pushhang  (Hush) --conns offline devices with push endpoints under --push-url get a message
+ *           each: wake-ups for a push service that hangs, set up before W2 runs beside them
  *
  * Hush: the wire protocol spoken directly (no client-side crypto), as in bench_relay.
  * MQTT: libmosquitto, QoS 1, persistent sessions (clean session off), one topic per recipient.
@@ -1227,6 +1229,67 @@ static void scenario_w3(void)
                 acked, fill, acked / fill, g_received, drain, g_received / drain, lost, g_dups, o_kill_cmd ? 1 : 0);
 }
 
+/* pushhang (Hush only): --conns devices register a Web Push endpoint (--push-url/<i>), go offline,
+ * and get one message each: the relay then has that many wake-ups for a push service that, in
+ * compare.sh, never answers. W2 runs against that relay next, to show that hanging pushes do not
+ * hold up online traffic. */
+static const char *o_push_url = NULL;
+
+static void scenario_pushhang(void)
+{
+    if (g_sys != SYS_HUSH || !o_push_url)
+        die("pushhang: Hush only, with --push-url");
+    int n = o_conns;
+    struct dev *v = calloc((size_t)n + 1, sizeof *v);
+    if (!v)
+        die("out of memory");
+    for (int i = 0; i <= n; i++)
+        hdev_init(&v[i], "ph", i);
+    double t0 = now();
+    hdev_connect_all(o_port, v, n + 1, !o_users_exist);
+    /* any point on P-256 will do (nobody decrypts): the generator */
+    static const uint8_t g[65] = { 0x04,
+        0x6b, 0x17, 0xd1, 0xf2, 0xe1, 0x2c, 0x42, 0x47, 0xf8, 0xbc, 0xe6, 0xe5, 0x63, 0xa4, 0x40, 0xf2,
+        0x77, 0x03, 0x7d, 0x81, 0x2d, 0xeb, 0x33, 0xa0, 0xf4, 0xa1, 0x39, 0x45, 0xd8, 0x98, 0xc2, 0x96,
+        0x4f, 0xe3, 0x42, 0xe2, 0xfe, 0x1a, 0x7f, 0x9b, 0x8e, 0xe7, 0xeb, 0x4a, 0x7c, 0x0f, 0x9e, 0x16,
+        0x2b, 0xce, 0x33, 0x57, 0x6b, 0x31, 0x5e, 0xce, 0xcb, 0xb6, 0x40, 0x68, 0x37, 0xbf, 0x51, 0xf5 };
+    uint8_t auth[16];
+    memset(auth, 7, sizeof auth);
+    char url[600];
+    for (int i = 0; i < n; i++) {
+        snprintf(url, sizeof url, "%s/%d", o_push_url, i);
+        Hush__PushRegisterRequest pr = HUSH__PUSH_REGISTER_REQUEST__INIT;
+        pr.endpoint = url;
+        pr.p256dh.data = (uint8_t *)g;
+        pr.p256dh.len = sizeof g;
+        pr.auth.data = auth;
+        pr.auth.len = sizeof auth;
+        Hush__Frame f = HUSH__FRAME__INIT;
+        f.id = v[i].next_id++;
+        f.msg_case = HUSH__FRAME__MSG_PUSH_REGISTER;
+        f.push_register = &pr;
+        hdev_send_frame(&v[i], &f);
+    }
+    for (int i = 0; i < n; i++)
+        if (hdev_read_result(&v[i]) != 0)
+            die("the relay refused a push endpoint (push_allow_http and push_allow_private on?)");
+    hdev_close_all(v, n);
+    uint8_t body[64];
+    memset(body, 0x5a, sizeof body);
+    for (int i = 0; i < n; i += 200) {
+        int m = n - i < 200 ? n - i : 200;
+        for (int k = 0; k < m; k++)
+            hdev_send_msg(&v[n], v[i + k].user, (uint64_t)(i + k) + 1, body, sizeof body);
+        for (int k = 0; k < m; k++)
+            if (hdev_read_result(&v[n]) != 0)
+                die("a send to an offline device failed");
+    }
+    hdev_close_all(&v[n], 1);
+    printf("%-5s pushhang: %d offline devices with endpoints at %s, one message each (%.1f s)\n", o_system, n,
+           o_push_url, now() - t0);
+    free(v);
+}
+
 int main(int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -1238,6 +1301,7 @@ int main(int argc, char **argv)
         { "json", required_argument, NULL, 'j' },    { "server-pid", required_argument, NULL, 'i' },
         { "kill-cmd", required_argument, NULL, 'k' }, { "label", required_argument, NULL, 'l' },
         { "users-exist", no_argument, NULL, 'u' },   { "online", no_argument, NULL, 'O' },
+        { "push-url", required_argument, NULL, 'U' },
         { NULL, 0, NULL, 0 },
     };
     int ch;
@@ -1259,6 +1323,7 @@ int main(int argc, char **argv)
         case 'l': o_label = optarg; break;
         case 'u': o_users_exist = 1; break;
         case 'O': o_online = 1; break;
+        case 'U': o_push_url = optarg; break;
         default: return 2;
         }
     }
@@ -1293,6 +1358,8 @@ int main(int argc, char **argv)
         scenario_w3();
     else if (!strcmp(o_scenario, "w4"))
         scenario_w4();
+    else if (!strcmp(o_scenario, "pushhang"))
+        scenario_pushhang();
     else
         die("unknown scenario %s", o_scenario);
     return 0;

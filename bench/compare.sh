@@ -20,7 +20,12 @@ HUSH_PORT=${HUSH_PORT:-17443}
 MQTT_PORT=${MQTT_PORT:-18830}
 XMPP_PORT=${XMPP_PORT:-15222}
 
-port_of() { case $1 in hush) echo $HUSH_PORT ;; mqtt) echo $MQTT_PORT ;; xmpp) echo $XMPP_PORT ;; esac; }
+HUSHPUSH_PORT=${HUSHPUSH_PORT:-17453}
+# hushpush: the same relay with push wake-ups pending for PUSH_DEVICES offline devices whose push
+# service never answers (W2 only: does a hanging push service slow online traffic?)
+PUSH_DEVICES=${PUSH_DEVICES:-2000}
+
+port_of() { case $1 in hush) echo $HUSH_PORT ;; hushpush) echo $HUSHPUSH_PORT ;; mqtt) echo $MQTT_PORT ;; xmpp) echo $XMPP_PORT ;; esac; }
 
 # ---------------------------------------------------------------------------------------------
 # servers: start / stop / kill -9 + restart. State lives in $WORK/<system>/.
@@ -34,9 +39,9 @@ start_server() { # system dir
     exit 1
   fi
   case $sys in
-  hush)
+  hush|hushpush)
     cat > "$dir/hushd.conf" <<EOF
-listen = 127.0.0.1:$HUSH_PORT
+listen = 127.0.0.1:$port
 metrics_listen = off
 db = $dir/hushd.db
 workers = 1
@@ -50,9 +55,17 @@ auth_timeout = 120
 log_level = warn
 log_file = $dir/hushd.log
 EOF
+    if [ "$sys" = hushpush ]; then
+      printf 'push_allow_http = on\npush_allow_private = on\n' >> "$dir/hushd.conf"
+      # the push service: takes each request and never answers (the tests' Web Push receiver)
+      rm -f "$dir/push.port"
+      setsid python3 "$ROOT/tests/fixtures/push_receiver.py" "$dir/push.log" "$dir/push.port" > /dev/null 2>&1 < /dev/null &
+      echo $! > "$dir/push.pid"; disown
+      for _ in $(seq 1 100); do [ -s "$dir/push.port" ] && break; sleep 0.1; done
+    fi
     setsid $pin "$HUSHD" --config "$dir/hushd.conf" > "$dir/out.log" 2>&1 < /dev/null &
     echo $! > "$dir/pid"; disown
-    wait_port $HUSH_PORT "$dir/out.log"
+    wait_port "$port" "$dir/out.log"
     ;;
   mqtt)
     cat > "$dir/mosquitto.conf" <<EOF
@@ -143,6 +156,7 @@ wait_port() { # port log
 
 stop_server() { # system dir
   local sys=$1 dir=$2
+  if [ -f "$dir/push.pid" ]; then kill "$(cat "$dir/push.pid")" 2> /dev/null || true; rm -f "$dir/push.pid"; fi
   [ -f "$dir/pid" ] || return 0
   local pid; pid=$(cat "$dir/pid")
   if [ "$sys" = xmpp ]; then
@@ -177,7 +191,7 @@ quick) W1_SIZES="2000"; W2_SECS=4; W3_MSGS=16000; W3K_MSGS=6000; W4_USERS=2000; 
 full)  W1_SIZES="10000 19000"; W2_SECS=10; W3_MSGS=100000; W3K_MSGS=50000; W4_USERS=10000; W4_RATE=1000; DEF_ROUNDS=5 ;;
 *) echo "usage: bench/compare.sh [quick|full]" >&2; exit 2 ;;
 esac
-SYSTEMS=${SYSTEMS:-"hush mqtt xmpp"}
+SYSTEMS=${SYSTEMS:-"hush hushpush mqtt xmpp"}
 # W2 at full speed runs ROUNDS times, the systems taking turns (hush mqtt xmpp hush mqtt xmpp ...),
 # all three servers up the whole time: a neighbour's burst on this shared machine then hits every
 # system alike, and the table shows each figure as the median with its range
@@ -198,7 +212,7 @@ chmod 755 "$WORK"
 LOAD=""
 [ "$(nproc)" -ge 2 ] && LOAD="taskset -c 1"
 cleanup() {
-  for s in hush mqtt xmpp; do [ -d "$WORK/$s" ] && stop_server $s "$WORK/$s"; done
+  for s in hush hushpush mqtt xmpp; do [ -d "$WORK/$s" ] && stop_server $s "$WORK/$s"; done
   [ -n "${BENCH_KEEP:-}" ] || rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -224,6 +238,10 @@ median_of() { # system scenario label key: the median of key over that system's 
 for sys in $SYSTEMS; do
   rm -rf "${WORK:?}/$sys"; mkdir -p "$WORK/$sys"
   start_server $sys "$WORK/$sys"
+  if [ $sys = hushpush ]; then
+    run_on hushpush --scenario pushhang --conns "$PUSH_DEVICES" \
+        --push-url "http://127.0.0.1:$(cat "$WORK/hushpush/push.port")/hang"
+  fi
 done
 for r in $(seq 1 "$ROUNDS"); do
   for sys in $SYSTEMS; do
@@ -235,6 +253,12 @@ echo
 
 for sys in $SYSTEMS; do
   dir=$WORK/$sys
+  if [ $sys = hushpush ] || [ -n "${W2_ONLY:-}" ]; then # W2 only
+    [ $sys = hushpush ] &&
+        echo "hushpush: $(grep -c . "$dir/push.log" 2> /dev/null || echo 0) wake-up requests reached the hanging push service"
+    stop_server $sys "$dir"
+    continue
+  fi
   pid() { cat "$dir/pid"; }
   run() { run_on $sys "$@"; }
   w3=$W3_MSGS; w3k=$W3K_MSGS
@@ -302,6 +326,10 @@ function ratio(a, b, higher_better) {
   if (a == "-" || b == "-" || a == "nan" || b == "nan" || a + 0 == 0 || b + 0 == 0) return "-"
   return sprintf("%.2fx", higher_better ? a / b : b / a)
 }
+function prow(name, f, hb,   p, h) {
+  p = cell("hushpush", "w2/max", f); h = cell("hush", "w2/max", f)
+  printf "%-44s %22s %22s\n", name, fmt(p) range("hushpush", "w2/max", f), ratio(p, h, hb)
+}
 function row(name, k, f, hb) {
   h = cell("hush", k, f); m = cell("mqtt", k, f); x = cell("xmpp", k, f)
   printf "%-44s %22s %22s %22s %10s %10s\n", name, fmt(h) range("hush", k, f), fmt(m) range("mqtt", k, f),
@@ -323,6 +351,12 @@ END {
   row("W2 at max: server CPU us per acked msg", "w2/max", "cpu_us_per_msg", 0)
   row("W2 at max: server CPU %", "w2/max", "server_cpu_pct", -1)
   row("W2 at max: load generator CPU %", "w2/max", "lg_cpu_pct", -1)
+  if (nl["hushpush", "w2/max"]) {
+    printf "%-44s %22s %22s\n", "W2 max, push service hanging", "hush + hanging push", "ratio to hush"
+    prow("  acked msg/s", "acked_per_s", 1)
+    prow("  latency p99 ms", "p99_ms", 0)
+    prow("  server CPU us per acked msg", "cpu_us_per_msg", 0)
+  }
   split("p25 p50 p75", ps, " ")
   for (i = 1; i <= 3; i++) { k = "w2open/" ps[i]; pc = substr(ps[i], 2)
     row("W2 at " pc "% of own max: offered msg/s", k, "offered_per_s", 1)
