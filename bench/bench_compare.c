@@ -1329,7 +1329,7 @@ int main(int argc, char **argv)
     }
     if (!o_port || o_size < (int)sizeof(struct stamp) || o_size > PAYLOAD_MAX || o_pairs < 1 || o_pairs > MAX_CLIENTS / 2)
         die("usage: see the comment at the top of bench/bench_compare.c");
-    if (!strcmp(o_system, "hush"))
+    if (!strcmp(o_system, "hush") || !strcmp(o_system, "hushpush")) /* hushpush: hush beside hanging pushes */
         g_sys = SYS_HUSH;
     else if (!strcmp(o_system, "mqtt"))
         g_sys = SYS_MQTT;
