@@ -57,7 +57,8 @@ struct receiver {
     char log[300];
 };
 
-static void receiver_start(struct receiver *rv, const char *name)
+/* cert and key (may be NULL): HTTPS with that certificate */
+static void receiver_start_tls(struct receiver *rv, const char *name, const char *cert, const char *key)
 {
     const char *fx = getenv("HUSH_TEST_FIXTURES");
     if (!fx) {
@@ -82,7 +83,10 @@ static void receiver_start(struct receiver *rv, const char *name)
             dup2(fileno(o), 1);
             dup2(fileno(o), 2);
         }
-        execlp("python3", "python3", script, rv->log, portfile, (char *)NULL);
+        if (cert)
+            execlp("python3", "python3", script, rv->log, portfile, cert, key, (char *)NULL);
+        else
+            execlp("python3", "python3", script, rv->log, portfile, (char *)NULL);
         _exit(127);
     }
     for (int i = 0; i < 300; i++) {
@@ -97,6 +101,8 @@ static void receiver_start(struct receiver *rv, const char *name)
     }
     fail_msg("the push receiver did not start");
 }
+
+static void receiver_start(struct receiver *rv, const char *name) { receiver_start_tls(rv, name, NULL, NULL); }
 
 static void receiver_stop(struct receiver *rv)
 {
@@ -926,6 +932,68 @@ static void test_private_address_refused_at_connect(void **state)
     receiver_stop(&rv);
 }
 
+/* Over HTTPS, as every real push service: the certificate is checked (against push_ca_file here;
+ * the system's CAs do not know this one, and the wake-up does not go). */
+static void test_https_push_service(void **state)
+{
+    (void)state;
+    char cert[300], key[300], cmd[1024];
+    snprintf(cert, sizeof cert, "%s", tpath("push-cert.pem"));
+    snprintf(key, sizeof key, "%s", tpath("push-key.pem"));
+    snprintf(cmd, sizeof cmd,
+             "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=localhost "
+             "-addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout %s -out %s > /dev/null 2>&1",
+             key, cert);
+    assert_int_equal(WEXITSTATUS(system(cmd)), 0);
+    struct receiver rv;
+    receiver_start_tls(&rv, "tls.log", cert, key);
+    char cfg[800];
+    snprintf(cfg, sizeof cfg, "push_allow_private = on\npush_ca_file = %s\n", cert); /* https only */
+    struct relay_proc relay;
+    relay_start(&relay, "pushtls", cfg);
+    struct user *al = user_new(&relay, "tom");
+    struct user *bo = user_new(&relay, "tia");
+    struct ua ua;
+    ua_new(&ua);
+    char url[200];
+    snprintf(url, sizeof url, "https://localhost:%d/ok/tia", rv.port);
+    assert_int_equal(hush_push_register(bo->c, url, ua.pub, sizeof ua.pub, ua.auth, sizeof ua.auth), HUSH_OK);
+    assert_true(wait_rows(&relay, "tia", 1, 10000));
+    hush_net_stop(bo->c);
+    send_text(al, "tia", "over tls");
+    assert_int_equal(wait_posts(&rv, "/ok/tia", 1, 10000), 1);
+    struct post p[2];
+    assert_int_equal(posts_for(&rv, "/ok/tia", p, 2), 1);
+    assert_wakeup(&ua, &p[0]);
+    user_free(al);
+    user_free(bo);
+    relay_stop(&relay, SIGTERM);
+
+    /* the same service, a relay that trusts only the system's CAs: refused, nothing posted */
+    relay_start(&relay, "pushtls2", "push_allow_private = on\npush_max_attempts = 1\n");
+    al = user_new(&relay, "tam");
+    bo = user_new(&relay, "tea");
+    ua_new(&ua);
+    snprintf(url, sizeof url, "https://localhost:%d/ok/tea", rv.port);
+    assert_int_equal(hush_push_register(bo->c, url, ua.pub, sizeof ua.pub, ua.auth, sizeof ua.auth), HUSH_OK);
+    assert_true(wait_rows(&relay, "tea", 1, 10000));
+    hush_net_stop(bo->c);
+    send_text(al, "tea", "not over an unknown certificate");
+    long failed = 0;
+    for (int i = 0; i < 200 && failed < 1; i++) {
+        failed = relay_metric(&relay, "hush_push_failed_total{class=\"network\"}");
+        if (failed < 1)
+            sleep_ms(50);
+    }
+    assert_int_equal(failed, 1);
+    assert_int_equal(posts_for(&rv, "/ok/tea", p, 2), 0);
+    assert_int_equal(relay_metric(&relay, "hush_push_sent_total"), 0);
+    user_free(al);
+    user_free(bo);
+    relay_stop(&relay, SIGTERM);
+    receiver_stop(&rv);
+}
+
 static void test_endpoint_survives_restart_and_relogin(void **state)
 {
     (void)state;
@@ -1033,6 +1101,7 @@ int main(void)
         cmocka_unit_test(test_hanging_push_service),
         cmocka_unit_test(test_left_with_mail_unacked),
         cmocka_unit_test(test_private_address_refused_at_connect),
+        cmocka_unit_test(test_https_push_service),
         cmocka_unit_test(test_endpoint_survives_restart_and_relogin),
         cmocka_unit_test(test_sdk_refusal_reported),
     };
