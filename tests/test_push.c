@@ -994,6 +994,63 @@ static void test_https_push_service(void **state)
     receiver_stop(&rv);
 }
 
+/* The per-host bucket spreads a burst of wake-ups to one push service; the hourly cap holds a
+ * device's wake-ups back once it had its share. */
+static void test_rate_limits(void **state)
+{
+    (void)state;
+    struct receiver rv;
+    receiver_start(&rv, "rate.log");
+    struct relay_proc relay;
+    relay_start(&relay, "pushrate",
+                PUSH_CONFIG "push_host_burst = 2\npush_host_per_s = 1\npush_min_interval_ms = 0\npush_max_per_hour = 2\n");
+    struct user *al = user_new(&relay, "rae");
+    struct ua ua[5];
+    struct user *sl[5];
+    static const char *const names[5] = { "rb0", "rb1", "rb2", "rb3", "rb4" };
+    for (int i = 0; i < 5; i++)
+        sl[i] = sleeper(&relay, &rv, names[i], "ok", &ua[i]);
+    for (int i = 0; i < 5; i++)
+        send_text(al, names[i], "burst");
+    assert_int_equal(hush_net_flush(al->c, 15000), HUSH_OK);
+    /* a burst of 2, then one a second: the fifth goes about 3 s after the first */
+    double t[5];
+    for (int i = 0; i < 5; i++) {
+        char path[32];
+        snprintf(path, sizeof path, "/ok/%s", names[i]);
+        assert_int_equal(wait_posts(&rv, path, 1, 15000), 1);
+        struct post p[2];
+        assert_int_equal(posts_for(&rv, path, p, 2), 1);
+        assert_wakeup(&ua[i], &p[0]);
+        t[i] = p[0].t;
+    }
+    double lo = t[0], hi = t[0];
+    for (int i = 1; i < 5; i++) {
+        lo = t[i] < lo ? t[i] : lo;
+        hi = t[i] > hi ? t[i] : hi;
+    }
+    assert_true(hi - lo >= 2.5);
+    assert_true(relay_metric(&relay, "hush_push_host_limited_total") >= 1);
+    /* rb0 comes back and sleeps again twice: its second wake-up of the hour goes, the third waits */
+    for (int k = 2; k <= 3; k++) {
+        user_start(sl[0]);
+        assert_int_equal(hush_net_wait_drained(sl[0]->c, 15000), HUSH_OK);
+        hush_net_stop(sl[0]->c);
+        send_text(al, "rb0", "again");
+        assert_int_equal(hush_net_flush(al->c, 15000), HUSH_OK);
+        if (k == 2)
+            assert_int_equal(wait_posts(&rv, "/ok/rb0", 2, 15000), 2);
+    }
+    sleep_ms(3000); /* more than the host bucket needs */
+    struct post p[4];
+    assert_int_equal(posts_for(&rv, "/ok/rb0", p, 4), 2);
+    for (int i = 0; i < 5; i++)
+        user_free(sl[i]);
+    user_free(al);
+    relay_stop(&relay, SIGTERM);
+    receiver_stop(&rv);
+}
+
 static void test_endpoint_survives_restart_and_relogin(void **state)
 {
     (void)state;
@@ -1102,6 +1159,7 @@ int main(void)
         cmocka_unit_test(test_left_with_mail_unacked),
         cmocka_unit_test(test_private_address_refused_at_connect),
         cmocka_unit_test(test_https_push_service),
+        cmocka_unit_test(test_rate_limits),
         cmocka_unit_test(test_endpoint_survives_restart_and_relogin),
         cmocka_unit_test(test_sdk_refusal_reported),
     };
