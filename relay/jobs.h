@@ -137,6 +137,8 @@ void push_note_stored(struct jctx *x, const char *user, uint32_t dev, int urgent
 void push_device_here(const char *user, uint32_t dev);
 /* Forgets pending marks older than a day (with the expiry job). */
 void push_expire(void);
+/* For `hushd user show`: "none", the endpoint's host, or the host and " (gone)". */
+hstore_err push_describe(hstore *db, const char *user, uint32_t dev, char *out, size_t cap);
 
 /* mailbox.c: mailbox */
 int mailbox_init(char *err, size_t errlen);

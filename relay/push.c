@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <curl/curl.h>
 #include <sodium.h>
 
 #include "hmap.h"
@@ -185,4 +186,30 @@ void push_job_gone(struct jctx *x, const struct job *j)
     CHECK_SE(hstore_run(senv.db, st));
     if (hstore_changes(senv.db))
         rlog(RLOG_INFO, "push_endpoint_dropped", "user=%s device=%u", j->username, j->device_id);
+}
+
+hstore_err push_describe(hstore *db, const char *user, uint32_t dev, char *out, size_t cap)
+{
+    sqlite3_stmt *st;
+    snprintf(out, cap, "none");
+    hstore_err e = hstore_prepare(db, "SELECT url, gone FROM push_endpoints WHERE username = ?1 AND device_id = ?2", &st);
+    if (e)
+        return e;
+    sqlite3_bind_text(st, 1, user, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 2, dev);
+    int row = 0;
+    if ((e = hstore_step(db, st, &row)))
+        return e;
+    if (row) {
+        /* the host only: the rest of the URL is the device's token at its push service */
+        char *host = NULL;
+        CURLU *u = curl_url();
+        if (u && curl_url_set(u, CURLUPART_URL, (const char *)sqlite3_column_text(st, 0), 0) == CURLUE_OK)
+            curl_url_get(u, CURLUPART_HOST, &host, 0);
+        snprintf(out, cap, "%s%s", host ? host : "(unreadable URL)", sqlite3_column_int(st, 1) ? " (gone)" : "");
+        curl_free(host);
+        curl_url_cleanup(u);
+        sqlite3_reset(st);
+    }
+    return HSTORE_OK;
 }

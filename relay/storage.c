@@ -738,10 +738,13 @@ static void admin_show_device(void *ctx, const char *user, uint32_t dev, uint64_
     int64_t waiting = 0;
     if (!a->e)
         a->e = mailbox_count_for(a->db, user, dev, &waiting);
-    char c[40], s[40];
+    char c[40], s[40], push[300];
+    if (!a->e)
+        a->e = push_describe(a->db, user, dev, push, sizeof push);
     stamp_ms(c, sizeof c, created);
     stamp_ms(s, sizeof s, seen);
-    fprintf(a->out, "device %u  created %s  last seen %s  waiting %lld\n", dev, c, s, (long long)waiting);
+    fprintf(a->out, "device %u  created %s  last seen %s  waiting %lld  push %s\n", dev, c, s, (long long)waiting,
+            a->e ? "?" : push);
     a->n++;
 }
 

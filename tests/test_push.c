@@ -703,6 +703,18 @@ static void test_nonurgent_coalesced(void **state)
     receiver_stop(&rv);
 }
 
+/* What `hushd user show NAME` prints (the operator's view), into out. */
+static void user_show(const struct relay_proc *relay, const char *name, char *out, size_t cap)
+{
+    char cmd[800];
+    snprintf(cmd, sizeof cmd, "%s user --db %s show %s 2>&1", getenv("HUSHD"), relay->db, name);
+    FILE *f = popen(cmd, "r");
+    assert_non_null(f);
+    size_t n = fread(out, 1, cap - 1, f);
+    out[n] = 0;
+    assert_int_equal(pclose(f), 0);
+}
+
 static void test_gone_and_backoff(void **state)
 {
     (void)state;
@@ -720,6 +732,15 @@ static void test_gone_and_backoff(void **state)
     assert_true(wait_rows(&relay, "carl", 0, 10000));
     assert_int_equal(rows_where(&relay, "carl", 1), 1);
     assert_true(relay_metric(&relay, "hush_push_endpoints_dropped_total") >= 1);
+    /* the operator sees it (the host only, never the rest of the URL) */
+    char shown[1000];
+    user_show(&relay, "carl", shown, sizeof shown);
+    assert_non_null(strstr(shown, "push 127.0.0.1 (gone)"));
+    assert_null(strstr(shown, "/gone/carl"));
+    user_show(&relay, "dan", shown, sizeof shown);
+    assert_non_null(strstr(shown, "push 127.0.0.1\n"));
+    user_show(&relay, "gus", shown, sizeof shown);
+    assert_non_null(strstr(shown, "push none"));
     /* carl's app comes back: its libhush sends the endpoint again after the login, the relay says
      * it is gone, and libhush forgets it and tells the app (which asks its distributor anew) */
     user_start(carl);
