@@ -137,6 +137,11 @@ void push_note_stored(struct jctx *x, const char *user, uint32_t dev, int urgent
 void push_device_here(const char *user, uint32_t dev);
 /* Forgets pending marks older than a day (with the expiry job). */
 void push_expire(void);
+/* Every endpoint not gone, as a wake-up to copy (fn must not keep w); and a wake-up handed over
+ * now, its device marked (for mail already on disk: at start, storage.c wakes every device with an
+ * endpoint and mail waiting, since a wake-up queued when the relay stopped or crashed was lost). */
+hstore_err push_each_endpoint(hstore *db, void (*fn)(void *ctx, const struct push_wake *w), void *ctx);
+void push_wake_now(const struct push_wake *w, int urgent);
 /* For `hushd user show`: "none", the endpoint's host, or the host and " (gone)". */
 hstore_err push_describe(hstore *db, const char *user, uint32_t dev, char *out, size_t cap);
 
@@ -165,6 +170,8 @@ void mailbox_batch_end(struct jctx *x, int ok);
 /* A device left: when mail waits for it (unacknowledged, or not yet handed over) and it has no
  * other connection, it is woken (push.c decides whether and how). */
 void mailbox_wake_if_waiting(struct jctx *x, const char *user, uint32_t dev);
+/* Whether unexpired mail waits for (user, dev), and whether any of it was sent urgent. */
+hstore_err mailbox_waiting_for(hstore *db, const char *user, uint32_t dev, int *waiting, int *urgent);
 /* Messages waiting for their ack unwritten, and when the first is due (ms; 0: none). */
 size_t mailbox_pending(uint64_t *due_ms);
 /* Forgets the quota cache (after a failed commit: it is rebuilt from the table). */

@@ -879,25 +879,34 @@ size_t mailbox_pending(uint64_t *due_ms)
     return P.n;
 }
 
+hstore_err mailbox_waiting_for(hstore *db, const char *user, uint32_t dev, int *waiting, int *urgent)
+{
+    sqlite3_stmt *st;
+    *waiting = *urgent = 0;
+    hstore_err e = hstore_prepare(db, "SELECT min(non_urgent) FROM mailbox WHERE recipient = ?1 AND "
+                                      "recipient_device = ?2 AND expires_at > ?3", &st);
+    if (e)
+        return e;
+    sqlite3_bind_text(st, 1, user, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 2, dev);
+    sqlite3_bind_int64(st, 3, (int64_t)relay_now_ms());
+    int row = 0;
+    e = hstore_step(db, st, &row);
+    if (!e && row && sqlite3_column_type(st, 0) != SQLITE_NULL) {
+        *waiting = 1;
+        *urgent = sqlite3_column_int(st, 0) == 0;
+    }
+    sqlite3_reset(st);
+    return e;
+}
+
 void mailbox_wake_if_waiting(struct jctx *x, const char *user, uint32_t dev)
 {
     struct dir_entry d;
     if (!pusher_enabled() || directory_lookup(user, dev, &d))
         return;
-    sqlite3_stmt *st;
-    CHECK_SE(hstore_prepare(senv.db, "SELECT min(non_urgent) FROM mailbox WHERE recipient = ?1 AND "
-                                  "recipient_device = ?2 AND expires_at > ?3", &st));
-    sqlite3_bind_text(st, 1, user, -1, SQLITE_TRANSIENT);
-    sqlite3_bind_int64(st, 2, dev);
-    sqlite3_bind_int64(st, 3, (int64_t)relay_now_ms());
-    int row = 0, waiting = 0, urgent = 0;
-    hstore_err se = hstore_step(senv.db, st, &row);
-    if (!se && row && sqlite3_column_type(st, 0) != SQLITE_NULL) {
-        waiting = 1;
-        urgent = sqlite3_column_int(st, 0) == 0;
-    }
-    sqlite3_reset(st);
-    CHECK_SE(se);
+    int waiting = 0, urgent = 0;
+    CHECK_SE(mailbox_waiting_for(senv.db, user, dev, &waiting, &urgent));
     /* (the batch that runs this job wrote every copy still waiting for its ack first, so those
      * count.) Urgent when any of them is */
     if (waiting)

@@ -213,3 +213,45 @@ hstore_err push_describe(hstore *db, const char *user, uint32_t dev, char *out, 
     }
     return HSTORE_OK;
 }
+
+hstore_err push_each_endpoint(hstore *db, void (*fn)(void *ctx, const struct push_wake *w), void *ctx)
+{
+    sqlite3_stmt *st;
+    hstore_err e = hstore_prepare(db, "SELECT username, device_id, url, p256dh, auth FROM push_endpoints WHERE gone = 0",
+                                  &st);
+    if (e)
+        return e;
+    struct push_wake *w = calloc(1, sizeof *w);
+    if (!w) {
+        sqlite3_reset(st);
+        return HSTORE_ERR_NOMEM;
+    }
+    int row = 0;
+    while ((e = hstore_step(db, st, &row)) == HSTORE_OK && row) {
+        const char *user = (const char *)sqlite3_column_text(st, 0);
+        if (!user || strlen(user) > RELAY_USERNAME_MAX || sqlite3_column_bytes(st, 2) > PUSH_MAX_ENDPOINT ||
+            sqlite3_column_bytes(st, 3) != (int)sizeof w->p256dh || sqlite3_column_bytes(st, 4) != (int)sizeof w->auth)
+            continue;
+        snprintf(w->user, sizeof w->user, "%s", user);
+        w->dev = (uint32_t)sqlite3_column_int64(st, 1);
+        snprintf(w->url, sizeof w->url, "%s", (const char *)sqlite3_column_text(st, 2));
+        memcpy(w->p256dh, sqlite3_column_blob(st, 3), sizeof w->p256dh);
+        memcpy(w->auth, sqlite3_column_blob(st, 4), sizeof w->auth);
+        fn(ctx, w);
+    }
+    sqlite3_reset(st);
+    sodium_memzero(w->auth, sizeof w->auth);
+    free(w);
+    return e;
+}
+
+void push_wake_now(const struct push_wake *w, int urgent)
+{
+    struct push_wake *c = malloc(sizeof *c);
+    if (!c)
+        return;
+    *c = *w;
+    c->next = NULL;
+    c->urgent = urgent;
+    wake_commit(c, 1); /* marks the device and hands the wake-up over */
+}

@@ -360,7 +360,7 @@ struct push_wake {
 };
 /* Starts the push thread and loads (or makes) the VAPID key; nothing when push is off. The
  * thread calls gone() for an endpoint the push service says is gone (or this relay refuses to
- * reach): storage_push_gone, which deletes it. */
+ * reach): storage_push_gone, which marks it gone. */
 int pusher_start(const struct relay_config *cfg, void (*gone)(const char *user, uint32_t dev, const char *url),
                  char *err, size_t errlen);
 /* Drops what is queued or in flight and stops the thread. */

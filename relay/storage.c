@@ -606,6 +606,17 @@ static void *storage_main(void *arg)
     return NULL;
 }
 
+/* At start: a device with an endpoint and mail waiting is woken (a wake-up queued when the relay
+ * stopped or crashed went with it). */
+static void wake_if_waiting(void *ctx, const struct push_wake *w)
+{
+    int waiting = 0, urgent = 0;
+    if (mailbox_waiting_for(senv.db, w->user, w->dev, &waiting, &urgent) == HSTORE_OK && waiting) {
+        push_wake_now(w, urgent);
+        (*(long *)ctx)++;
+    }
+}
+
 int storage_start(const struct relay_config *cfg, char *err, size_t errlen)
 {
     senv.cfg = cfg;
@@ -615,6 +626,11 @@ int storage_start(const struct relay_config *cfg, char *err, size_t errlen)
     if (accounts_init(err, errlen) != 0 || mailbox_init(err, errlen) != 0 || push_init(err, errlen) != 0)
         return -1;
     presence_load(senv.db);
+    long woken = 0;
+    if (pusher_enabled() && push_each_endpoint(senv.db, wake_if_waiting, &woken) != HSTORE_OK)
+        rlog(RLOG_WARN, "push_wake_at_start", "could not read the push endpoints");
+    if (woken)
+        rlog(RLOG_INFO, "push_wake_at_start", "devices=%ld", woken);
     S.next_expire_ms = 0; /* expire once at start */
     if (pthread_create(&S.th, NULL, storage_main, NULL) != 0) {
         snprintf(err, errlen, "cannot start storage thread");

@@ -1072,6 +1072,38 @@ static void test_rate_limits(void **state)
     receiver_stop(&rv);
 }
 
+/* A wake-up in flight when the relay is killed is not lost: at start the relay wakes every device
+ * that has an endpoint and mail waiting (and no other). */
+static void test_wake_survives_crash(void **state)
+{
+    (void)state;
+    struct receiver rv;
+    receiver_start(&rv, "crash.log");
+    struct relay_proc relay;
+    relay_start(&relay, "pushcrash", PUSH_CONFIG "push_timeout = 60\n");
+    struct user *al = user_new(&relay, "cal");
+    struct ua ua_z, ua_q;
+    struct user *zoe = sleeper(&relay, &rv, "zoe", "hang", &ua_z); /* her push service takes it and hangs */
+    struct user *quin = sleeper(&relay, &rv, "quin", "ok", &ua_q); /* nothing waits for him */
+    send_text(al, "zoe", "are you there");
+    assert_int_equal(hush_net_flush(al->c, 15000), HUSH_OK);
+    assert_int_equal(wait_posts(&rv, "/hang/zoe", 1, 10000), 1);
+    relay_stop(&relay, SIGKILL);
+    relay_restart(&relay);
+    assert_int_equal(wait_posts(&rv, "/hang/zoe", 2, 10000), 2);
+    struct post p[4];
+    assert_int_equal(posts_for(&rv, "/hang/zoe", p, 4), 2);
+    assert_wakeup(&ua_z, &p[1]);
+    assert_string_equal(p[1].urgency, "high");
+    sleep_ms(1000);
+    assert_int_equal(posts_for(&rv, "/ok/quin", p, 4), 0);
+    user_free(al);
+    user_free(zoe);
+    user_free(quin);
+    relay_stop(&relay, SIGKILL); /* a request still hangs */
+    receiver_stop(&rv);
+}
+
 static void test_endpoint_survives_restart_and_relogin(void **state)
 {
     (void)state;
@@ -1181,6 +1213,7 @@ int main(void)
         cmocka_unit_test(test_private_address_refused_at_connect),
         cmocka_unit_test(test_https_push_service),
         cmocka_unit_test(test_rate_limits),
+        cmocka_unit_test(test_wake_survives_crash),
         cmocka_unit_test(test_endpoint_survives_restart_and_relogin),
         cmocka_unit_test(test_sdk_refusal_reported),
     };
