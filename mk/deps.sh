@@ -30,6 +30,7 @@ tools=(
   "javac:openjdk-17-jdk-headless"
   "java:openjdk-17-jdk-headless"
   "python3:python3"
+  "openssl:openssl"
 )
 # `make run` / `make demo` only build the relay and the CLI: skip what only the tests, the
 # bindings and the benchmarks need (a relay operator does not need a JDK).
@@ -41,7 +42,7 @@ if [ "${DEPS_FOR:-}" = run ]; then
   libs=("${keep[@]}")
   keep=()
   for entry in "${tools[@]}"; do
-    case ${entry%%:*} in cppcheck|/usr/bin/clang|cmake|/usr/bin/llvm-cov|javac|java|python3) ;; *) keep+=("$entry") ;; esac
+    case ${entry%%:*} in cppcheck|/usr/bin/clang|cmake|/usr/bin/llvm-cov|javac|java|python3|openssl) ;; *) keep+=("$entry") ;; esac
   done
   tools=("${keep[@]}")
 fi

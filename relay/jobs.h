@@ -133,6 +133,9 @@ void push_job_gone(struct jctx *x, const struct job *j);
 /* A message for (user, dev), which has no live connection, is being stored by this job: a wake-up
  * goes after the commit unless one is pending. */
 void push_note_stored(struct jctx *x, const char *user, uint32_t dev, int urgent);
+/* Whether a wake-up could go to the device (push on, a live endpoint, nothing pending yet): asked
+ * before looking at its mailbox, so a device without an endpoint costs one indexed read. */
+int push_could_wake(struct jctx *x, const char *user, uint32_t dev);
 /* The device logged in or drained its mailbox: nothing pending any more. */
 void push_device_here(const char *user, uint32_t dev);
 /* Forgets pending marks older than a day (with the expiry job). */

@@ -903,7 +903,7 @@ hstore_err mailbox_waiting_for(hstore *db, const char *user, uint32_t dev, int *
 void mailbox_wake_if_waiting(struct jctx *x, const char *user, uint32_t dev)
 {
     struct dir_entry d;
-    if (!pusher_enabled() || directory_lookup(user, dev, &d))
+    if (directory_lookup(user, dev, &d) || !push_could_wake(x, user, dev))
         return;
     int waiting = 0, urgent = 0;
     CHECK_SE(mailbox_waiting_for(senv.db, user, dev, &waiting, &urgent));

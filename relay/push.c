@@ -102,31 +102,67 @@ static void wake_commit(void *arg, int committed)
     pusher_submit(w);
 }
 
-void push_note_stored(struct jctx *x, const char *user, uint32_t dev, int urgent)
+/* A row's url, p256dh and auth (columns c, c+1, c+2) into w; 0 when they are not well formed. */
+static int wake_from_row(sqlite3_stmt *st, int c, struct push_wake *w)
 {
+    if (sqlite3_column_bytes(st, c) > PUSH_MAX_ENDPOINT || sqlite3_column_bytes(st, c + 1) != (int)sizeof w->p256dh ||
+        sqlite3_column_bytes(st, c + 2) != (int)sizeof w->auth)
+        return 0;
+    snprintf(w->url, sizeof w->url, "%s", (const char *)sqlite3_column_text(st, c));
+    memcpy(w->p256dh, sqlite3_column_blob(st, c + 1), sizeof w->p256dh);
+    memcpy(w->auth, sqlite3_column_blob(st, c + 2), sizeof w->auth);
+    return 1;
+}
+
+/* The device's live endpoint as a wake-up (*w NULL when it has none), unless a wake-up at least
+ * as urgent is pending already. */
+static hstore_err endpoint_wake(const char *user, uint32_t dev, int urgent, struct push_wake **w)
+{
+    *w = NULL;
     if (!pusher_enabled() || pending_level(user, dev, relay_now_ms()) >= (urgent ? 2 : 1))
-        return;
+        return HSTORE_OK;
     sqlite3_stmt *st;
-    CHECK_SE(hstore_prepare(senv.db, "SELECT url, p256dh, auth FROM push_endpoints WHERE username = ?1 AND device_id = ?2 AND gone = 0", &st));
+    hstore_err se = hstore_prepare(senv.db, "SELECT url, p256dh, auth FROM push_endpoints WHERE username = ?1 AND "
+                                            "device_id = ?2 AND gone = 0", &st);
+    if (se)
+        return se;
     sqlite3_bind_text(st, 1, user, -1, SQLITE_TRANSIENT);
     sqlite3_bind_int64(st, 2, dev);
     int row = 0;
-    hstore_err se = hstore_step(senv.db, st, &row);
-    struct push_wake *w = NULL;
-    if (!se && row && sqlite3_column_bytes(st, 1) == (int)sizeof w->p256dh &&
-        sqlite3_column_bytes(st, 2) == (int)sizeof w->auth && sqlite3_column_bytes(st, 0) <= PUSH_MAX_ENDPOINT &&
-        (w = calloc(1, sizeof *w)) != NULL) {
-        snprintf(w->user, sizeof w->user, "%s", user);
-        w->dev = dev;
-        w->urgent = urgent;
-        snprintf(w->url, sizeof w->url, "%s", (const char *)sqlite3_column_text(st, 0));
-        memcpy(w->p256dh, sqlite3_column_blob(st, 1), sizeof w->p256dh);
-        memcpy(w->auth, sqlite3_column_blob(st, 2), sizeof w->auth);
+    se = hstore_step(senv.db, st, &row);
+    if (!se && row && (*w = calloc(1, sizeof **w)) != NULL) {
+        snprintf((*w)->user, sizeof (*w)->user, "%s", user);
+        (*w)->dev = dev;
+        (*w)->urgent = urgent;
+        if (!wake_from_row(st, 0, *w)) {
+            free(*w);
+            *w = NULL;
+        }
     }
     sqlite3_reset(st);
-    CHECK_SE(se);
+    return se;
+}
+
+void push_note_stored(struct jctx *x, const char *user, uint32_t dev, int urgent)
+{
+    struct push_wake *w;
+    CHECK_SE(endpoint_wake(user, dev, urgent, &w));
     if (w)
         jctx_on_commit(x, wake_commit, w);
+}
+
+int push_could_wake(struct jctx *x, const char *user, uint32_t dev)
+{
+    struct push_wake *w = NULL;
+    hstore_err se = endpoint_wake(user, dev, 1, &w);
+    if (se)
+        x->store_err = se;
+    int could = w != NULL;
+    if (w) {
+        sodium_memzero(w->auth, sizeof w->auth);
+        free(w);
+    }
+    return could;
 }
 
 void push_job_register(struct jctx *x, const struct job *j)
@@ -229,14 +265,10 @@ hstore_err push_each_endpoint(hstore *db, void (*fn)(void *ctx, const struct pus
     int row = 0;
     while ((e = hstore_step(db, st, &row)) == HSTORE_OK && row) {
         const char *user = (const char *)sqlite3_column_text(st, 0);
-        if (!user || strlen(user) > RELAY_USERNAME_MAX || sqlite3_column_bytes(st, 2) > PUSH_MAX_ENDPOINT ||
-            sqlite3_column_bytes(st, 3) != (int)sizeof w->p256dh || sqlite3_column_bytes(st, 4) != (int)sizeof w->auth)
+        if (!user || strlen(user) > RELAY_USERNAME_MAX || !wake_from_row(st, 2, w))
             continue;
         snprintf(w->user, sizeof w->user, "%s", user);
         w->dev = (uint32_t)sqlite3_column_int64(st, 1);
-        snprintf(w->url, sizeof w->url, "%s", (const char *)sqlite3_column_text(st, 2));
-        memcpy(w->p256dh, sqlite3_column_blob(st, 3), sizeof w->p256dh);
-        memcpy(w->auth, sqlite3_column_blob(st, 4), sizeof w->auth);
         fn(ctx, w);
     }
     sqlite3_reset(st);

@@ -958,14 +958,10 @@ static void test_private_address_refused_at_connect(void **state)
 static void test_https_push_service(void **state)
 {
     (void)state;
-    char cert[300], key[300], cmd[1024];
+    char cert[300], key[300];
     snprintf(cert, sizeof cert, "%s", tpath("push-cert.pem"));
     snprintf(key, sizeof key, "%s", tpath("push-key.pem"));
-    snprintf(cmd, sizeof cmd,
-             "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=localhost "
-             "-addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout %s -out %s > /dev/null 2>&1",
-             key, cert);
-    assert_int_equal(WEXITSTATUS(system(cmd)), 0);
+    make_test_cert(cert, key);
     struct receiver rv;
     receiver_start_tls(&rv, "tls.log", cert, key);
     char cfg[800];

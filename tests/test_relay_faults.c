@@ -291,14 +291,10 @@ static void test_corrupt_database(void **state)
 static void test_tls(void **state)
 {
     (void)state;
-    char cert[300], key[300], cmd[1024];
+    char cert[300], key[300];
     snprintf(cert, sizeof cert, "%s", tpath("cert.pem"));
     snprintf(key, sizeof key, "%s", tpath("key.pem"));
-    snprintf(cmd, sizeof cmd,
-             "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=localhost "
-             "-keyout %s -out %s > /dev/null 2>&1",
-             key, cert);
-    assert_int_equal(WEXITSTATUS(system(cmd)), 0);
+    make_test_cert(cert, key);
     char extra[800];
     snprintf(extra, sizeof extra, "tls_cert = %s\ntls_key = %s", cert, key);
     struct relay_proc r;

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 
 #include <cmocka.h>
 #include <sodium.h>
@@ -98,4 +99,16 @@ uint64_t rnd(void)
     x ^= x >> 7;
     x ^= x << 17;
     return rnd_state = x;
+}
+
+void make_test_cert(const char *cert, const char *key)
+{
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd,
+             "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=localhost "
+             "-addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout '%s' -out '%s' > /dev/null 2>&1",
+             key, cert);
+    int rc = system(cmd);
+    if (rc == -1 || !WIFEXITED(rc) || WEXITSTATUS(rc) != 0)
+        fail_msg("openssl could not make a test certificate (%s)", cert);
 }

@@ -23,6 +23,10 @@ void start_session(hush_client *a, hush_client *b);
 /* 1 if the file contains the byte string. */
 int file_contains(const char *path, const void *needle, size_t n);
 
+/* A self-signed P-256 certificate for "localhost" and 127.0.0.1 (valid one day), made by the
+ * openssl command into the PEM files cert and key. Fails the test on error. */
+void make_test_cert(const char *cert, const char *key);
+
 /* Deterministic PRNG for schedules (xorshift). */
 uint64_t rnd(void);
 void rnd_seed(uint64_t s);
