@@ -65,6 +65,12 @@ void cfg_defaults(struct relay_config *c)
     c->push_timeout_s = 10;
     c->push_ttl_s = 86400;
     c->push_max_attempts = 6;
+    c->blob_enabled = 1;
+    c->blob_max_bytes = 100ull << 20;
+    c->blob_quota_bytes = 1ull << 30;
+    c->blob_disk_reserve = 256ull << 20;
+    c->blob_uploads_per_hour = 100;
+    c->blob_ttl_days = 0;
 }
 
 static int parse_u64(const char *v, uint64_t min, uint64_t max, uint64_t *out)
@@ -159,6 +165,8 @@ static const struct u32key u32keys[] = {
     U32("push_timeout", push_timeout_s, 1, 300),
     U32("push_ttl", push_ttl_s, 0, 2419200),
     U32("push_max_attempts", push_max_attempts, 1, 20),
+    U32("blob_uploads_per_hour", blob_uploads_per_hour, 1, 1000000),
+    U32("blob_ttl_days", blob_ttl_days, 0, 3650),
 };
 
 static int parse_onoff(const char *v, int *out)
@@ -284,6 +292,24 @@ int cfg_set(struct relay_config *c, const char *key, const char *v, char *err, s
         if ((*v && strncmp(v, "mailto:", 7) && strncmp(v, "https://", 8)) ||
             copy_str(c->push_contact, sizeof c->push_contact, v))
             goto bad;
+    } else if (!strcmp(key, "blobs")) {
+        if (parse_onoff(v, &c->blob_enabled))
+            goto bad;
+    } else if (!strcmp(key, "blob_dir")) {
+        if (copy_str(c->blob_dir, sizeof c->blob_dir, v))
+            goto bad;
+    } else if (!strcmp(key, "blob_max_bytes")) {
+        if (parse_u64(v, 1, 1ull << 40, &x))
+            goto bad;
+        c->blob_max_bytes = x;
+    } else if (!strcmp(key, "blob_quota_bytes")) {
+        if (parse_u64(v, 1, 1ull << 50, &x))
+            goto bad;
+        c->blob_quota_bytes = x;
+    } else if (!strcmp(key, "blob_disk_reserve")) {
+        if (parse_u64(v, 0, 1ull << 50, &x))
+            goto bad;
+        c->blob_disk_reserve = x;
     } else if (!strcmp(key, "quota_bytes")) {
         if (parse_u64(v, 1024, 1ull << 40, &x))
             goto bad;
@@ -443,6 +469,10 @@ void cfg_print(const struct relay_config *c, FILE *f)
     fprintf(f, "workers = %d\nregistration = %s\ndurability = %s\nlog_level = %s\nlog_file = %s\n", c->workers,
             reg[c->registration], c->durability_full ? "full" : "normal", lvl[c->log_level], c->log_file);
     fprintf(f, "quota_bytes = %llu\n", (unsigned long long)c->quota_bytes);
+    fprintf(f, "blobs = %s\nblob_dir = %s\nblob_max_bytes = %llu\nblob_quota_bytes = %llu\nblob_disk_reserve = %llu\n",
+            c->blob_enabled ? "on" : "off", c->blob_dir[0] ? c->blob_dir : "(beside db)",
+            (unsigned long long)c->blob_max_bytes, (unsigned long long)c->blob_quota_bytes,
+            (unsigned long long)c->blob_disk_reserve);
     fprintf(f, "push = %s\npush_key = %s\npush_contact = %s\npush_ca_file = %s\npush_allow_http = %s\n"
                "push_allow_private = %s\n",
             c->push_enabled ? "on" : "off", c->push_key[0] ? c->push_key : "(beside db)", c->push_contact,

@@ -138,11 +138,19 @@ static int run_relay(const struct relay_config *cfg)
         fprintf(stderr, "hushd: %s\n", err);
         return 1;
     }
+    if (blobs_start(cfg, err, sizeof err) != 0) {
+        rlog(RLOG_ERROR, "startup", "%s", err);
+        fprintf(stderr, "hushd: %s\n", err);
+        pusher_stop();
+        storage_stop();
+        return 1;
+    }
     if (http_start(cfg, err, sizeof err) != 0 || server_start(cfg, err, sizeof err) != 0) {
         rlog(RLOG_ERROR, "startup", "%s", err);
         fprintf(stderr, "hushd: %s\n", err);
         server_free();
         http_stop();
+        blobs_stop();
         pusher_stop();
         storage_stop();
         return 1;
@@ -175,6 +183,7 @@ static int run_relay(const struct relay_config *cfg)
     server_shutdown();
     server_free();
     http_stop();
+    blobs_stop();
     pusher_stop(); /* wake-ups still queued are dropped: their devices get the mail when they connect */
     storage_stop();
     presence_free();

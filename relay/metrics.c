@@ -13,7 +13,7 @@ static const char *const err_names[METRICS_ERR_CODES] = {
     "registration_closed", "invite_invalid", "bad_keys", "unknown_user", "unknown_recipient",
     "quota_exceeded", "too_large", "rate_limited", "session_replaced", "shutting_down", "storage_failed",
     "internal", "timeout", "device_mismatch", "too_many_devices", "link_invalid", "address_gone", "device_removed",
-    "push_endpoint_gone",
+    "push_endpoint_gone", "blob_unknown", "blob_offset", "digest_mismatch",
 };
 
 void metrics_error(int code)
@@ -118,6 +118,15 @@ char *metrics_render(size_t *len)
     }
     put(&b, "hush_commit_seconds_sum %.6f\nhush_commit_seconds_count %ld\n",
         (double)atomic_load(&m->commit_us_sum) / 1e6, atomic_load(&m->commits));
+    COUNTER("hush_blobs_created_total", "Files whose upload began.", atomic_load(&m->blobs_created));
+    COUNTER("hush_blobs_completed_total", "Files uploaded completely (on disk, digest checked).",
+            atomic_load(&m->blobs_completed));
+    COUNTER("hush_blobs_expired_total", "Files deleted at expiry, and uploads abandoned for a day.",
+            atomic_load(&m->blobs_expired));
+    COUNTER("hush_blobs_digest_mismatch_total", "Uploads refused because the file did not match its digest.",
+            atomic_load(&m->blobs_digest_mismatch));
+    COUNTER("hush_blob_bytes_in_total", "File bytes received.", atomic_load(&m->blob_bytes_in));
+    COUNTER("hush_blob_bytes_out_total", "File bytes sent.", atomic_load(&m->blob_bytes_out));
     COUNTER("hush_push_sent_total", "Push wake-ups accepted by a push service.", atomic_load(&m->push_sent));
     put(&b, "# HELP hush_push_failed_total Push wake-up attempts that failed, by class.\n"
             "# TYPE hush_push_failed_total counter\n");

@@ -93,6 +93,14 @@ struct relay_config {
     uint32_t push_timeout_s;          /* one request, connection included */
     uint32_t push_ttl_s;              /* the TTL header: how long the push service keeps a wake-up */
     uint32_t push_max_attempts;       /* tries of one wake-up (retryable failures) */
+    /* files (blobs.c) */
+    int blob_enabled;             /* 0: file requests are refused */
+    char blob_dir[512];           /* where files live ("": <db>.blobs) */
+    uint64_t blob_max_bytes;      /* largest file */
+    uint64_t blob_quota_bytes;    /* bytes of files one user may have stored */
+    uint64_t blob_disk_reserve;   /* free disk space new files must leave */
+    uint32_t blob_uploads_per_hour; /* files one user may create per hour */
+    uint32_t blob_ttl_days;       /* how long a file is kept (0: as long as a message; never less) */
 };
 
 void cfg_defaults(struct relay_config *c);
@@ -120,7 +128,7 @@ void rlog(int level, const char *event, const char *fmt, ...) __attribute__((for
 /* ------------------------------------------------------------------------------------------ */
 /* metrics (metrics.c): counters readable from any thread */
 
-#define METRICS_ERR_CODES 25
+#define METRICS_ERR_CODES 28
 #define METRICS_BATCH_BUCKETS 8
 #define METRICS_LAT_BUCKETS 10
 struct metrics {
@@ -153,6 +161,13 @@ struct metrics {
     atomic_long push_coalesced;    /* wake-ups merged into one already waiting */
     atomic_long push_cancelled;    /* waiting wake-ups dropped because the device connected */
     atomic_long push_host_limited; /* starts delayed by a push host's rate limit */
+    /* files (blobs.c) */
+    atomic_long blobs_created;
+    atomic_long blobs_completed;
+    atomic_long blobs_expired;     /* deleted by expiry or abandoned uploads */
+    atomic_long blobs_digest_mismatch;
+    atomic_long blob_bytes_in;
+    atomic_long blob_bytes_out;
 };
 enum { PUSH_FAIL_GONE, PUSH_FAIL_BACKOFF, PUSH_FAIL_REJECTED, PUSH_FAIL_SERVER, PUSH_FAIL_NETWORK, PUSH_FAIL_REFUSED,
        PUSH_FAIL_OVERLOAD };
@@ -186,6 +201,7 @@ enum ev_type {
     EV_PROVISIONED,   /* write `out` (a Provisioned push) to a provisioning conn, then expect its registration */
     EV_RECOVER_DONE,  /* RecoverRequest checked: ok with username and the reserved device_id, or `out` (a refusal) */
     EV_RESUME,        /* conn's storage jobs fell under the resume mark: read its socket again */
+    EV_BLOB_DONE,     /* a file request's answer (`out`): write it, one request fewer in flight */
     EV_SHUTDOWN       /* stop: finish and close everything */
 };
 
@@ -371,6 +387,25 @@ void pusher_public_key(uint8_t out[65]);
 void pusher_submit(struct push_wake *w);
 /* The device connected: its waiting wake-up is dropped. */
 void pusher_cancel(const char *user, uint32_t dev);
+
+/* ------------------------------------------------------------------------------------------ */
+/* files (blobs.c): the blob thread owns table `blobs` (its own database connection) and the
+ * files under blob_dir; docs/ARCHITECTURE.md, "Files". */
+
+#define RELAY_BLOB_CHUNK (256u * 1024)          /* most bytes in one put or get (less if max_frame is small) */
+#define RELAY_BLOB_MAX_QUEUED (64ul << 20)      /* request bytes waiting for the blob thread, relay-wide */
+#define RELAY_BLOB_CONN_INFLIGHT 8              /* file requests of one connection before it is paused */
+/* Makes the directory, deletes what a crash left half-made and starts the thread (nothing when
+ * files are off). After storage_start (the schema). */
+int blobs_start(const struct relay_config *cfg, char *err, size_t errlen);
+/* Drops what is queued and stops the thread. */
+void blobs_stop(void);
+int blobs_enabled(void);
+uint32_t blobs_chunk_max(void);
+uint64_t blobs_ttl_seconds(void);
+/* Queues a BlobCreate/Put/Status/Get request of an authenticated device. Takes f on success (the
+ * answer comes back to the loop as EV_BLOB_DONE); -1 (f still the caller's): the queue is full. */
+int blobs_submit(int loop, uint64_t conn, const char *user, uint32_t dev, Hush__Frame *f, size_t cost);
 
 /* ------------------------------------------------------------------------------------------ */
 /* misc */

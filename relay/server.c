@@ -52,6 +52,7 @@ struct conn {
     int rx_paused;               /* the peer is not reading its answers: stop reading its requests */
     int rx_off;                  /* reading is switched off (rx_paused or the gate's pause) */
     struct jobgate *gate;        /* storage work in flight for this connection */
+    int blob_inflight;           /* file requests handed to the blob thread, not yet answered */
     size_t rx_frame_len;         /* wire size of the request being handled */
     int closing;                 /* close once the queue is flushed */
     int close_code;
@@ -118,7 +119,7 @@ static void wake_loop(void *arg)
  * OUTQ_PAUSE) or while its storage work in flight is over the gate's marks. */
 static void rx_update(struct conn *c)
 {
-    int off = c->rx_paused || atomic_load(&c->gate->paused);
+    int off = c->rx_paused || atomic_load(&c->gate->paused) || c->blob_inflight >= RELAY_BLOB_CONN_INFLIGHT;
     if (off != c->rx_off) {
         lws_rx_flow_control(c->wsi, !off);
         c->rx_off = off;
@@ -347,6 +348,13 @@ static void on_hello(struct conn *c, const Hush__Frame *f)
     lim.link_token_ttl_s = g_cfg->link_token_ttl_s;
     lim.max_link_box = HWIRE_MAX_LINK_BOX;
     lim.max_push_endpoint = pusher_enabled() ? PUSH_MAX_ENDPOINT : 0;
+    if (blobs_enabled()) {
+        lim.max_blob_bytes = g_cfg->blob_max_bytes;
+        lim.max_blob_chunk = blobs_chunk_max();
+        lim.blob_quota_bytes = g_cfg->blob_quota_bytes;
+        lim.blob_uploads_per_hour = g_cfg->blob_uploads_per_hour;
+        lim.blob_ttl_seconds = (uint32_t)blobs_ttl_seconds();
+    }
     Hush__Welcome w = HUSH__WELCOME__INIT;
     uint8_t push_key[65];
     if (pusher_enabled()) {
@@ -750,6 +758,20 @@ static void on_authed_request(struct conn *c, Hush__Frame **fp)
         }
         break;
     }
+    case HUSH__FRAME__MSG_BLOB_CREATE:
+    case HUSH__FRAME__MSG_BLOB_PUT:
+    case HUSH__FRAME__MSG_BLOB_STATUS:
+    case HUSH__FRAME__MSG_BLOB_GET:
+        if (!blobs_enabled()) {
+            reply(c, f->id, HUSH__ERROR_CODE__BAD_REQUEST, "files are off on this relay");
+        } else if (blobs_submit(c->loop->idx, c->id, c->username, c->device_id, f, c->rx_frame_len + 256) != 0) {
+            reply_busy(c, f->id);
+        } else {
+            *fp = NULL; /* the blob thread owns the frame now */
+            c->blob_inflight++;
+            rx_update(c);
+        }
+        break;
     case HUSH__FRAME__MSG_SUBSCRIBE_PRESENCE:
         if (!usernames_ok(f->subscribe_presence->usernames, f->subscribe_presence->n_usernames, 1000)) {
             reply(c, f->id, HUSH__ERROR_CODE__BAD_REQUEST, "1000 valid usernames at most");
@@ -933,6 +955,15 @@ static void handle_event(struct loop *l, struct event *e)
         on_recover_done(c, e);
         break;
     case EV_RESUME:
+        rx_update(c);
+        break;
+    case EV_BLOB_DONE:
+        if (c->blob_inflight > 0)
+            c->blob_inflight--;
+        if (!c->closing) {
+            enqueue(c, e->out);
+            e->out = NULL;
+        }
         rx_update(c);
         break;
     case EV_SHUTDOWN:

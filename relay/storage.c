@@ -80,6 +80,13 @@ static const char *const migrations[] = {
     /* and whether each waiting message was sent non-urgent (a device that leaves with mail waiting
      * is woken as its most urgent message asks) */
     "ALTER TABLE mailbox ADD COLUMN non_urgent INTEGER NOT NULL DEFAULT 0;",
+    /* 6 -> 7: files (blobs.c): one row per uploaded file, the bytes under blob_dir. Files belong
+     * to no device row: they stay until they expire, whatever happens to their uploader. */
+    "CREATE TABLE blobs ("
+    "  id BLOB PRIMARY KEY, owner TEXT NOT NULL, owner_device INTEGER NOT NULL, size INTEGER NOT NULL,"
+    "  created_at INTEGER NOT NULL, expires_at INTEGER NOT NULL, complete INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;"
+    "CREATE INDEX blobs_by_owner ON blobs (owner, expires_at);"
+    "CREATE INDEX blobs_by_expiry ON blobs (expires_at);",
 };
 
 static struct {

@@ -225,6 +225,10 @@ static int tc_hello(struct tclient *c)
         return -1;
     }
     memcpy(c->challenge, w->welcome->challenge.data, 32);
+    if (w->welcome->limits) {
+        c->max_blob_bytes = w->welcome->limits->max_blob_bytes;
+        c->max_blob_chunk = w->welcome->limits->max_blob_chunk;
+    }
     hush__frame__free_unpacked(w, NULL);
     return 0;
 }

@@ -49,6 +49,8 @@ struct tclient {
     Hush__Frame *push[TC_MAX_PUSH]; /* pushes received while waiting for a reply */
     size_t npush;
     const struct relay_proc *relay;
+    uint64_t max_blob_bytes;        /* from the last Welcome's limits */
+    uint32_t max_blob_chunk;
 };
 
 /* Creates (or reopens) the SDK database <user>.db and connects + says hello. */
