@@ -60,9 +60,11 @@ static void cli_usage(FILE *f)
             "  relay set URL         Change the relay this database connects to.\n"
             "  send USER TEXT...     Send a message (TEXT `-`: read it from standard input). Queued\n"
             "                        while offline and retried until the relay has it.\n"
+            "  send USER --file PATH [--type MIME]   Send a file (encrypted here, resumable).\n"
+            "  get MESSAGE_ID [--out PATH]   Download a received file, check it, save it decrypted.\n"
             "  cancel ID             Take a queued message out of the outbox.\n"
-            "  listen [--raw]        Print incoming messages, receipts and presence until Ctrl-C\n"
-            "                        (--raw: one JSON object per line).\n"
+            "  listen [--raw] [--files DIR]   Print incoming messages, receipts and presence until\n"
+            "                        Ctrl-C (--raw: one JSON object per line; --files: save files in DIR).\n"
             "  chat USER             Talk with USER interactively (typing, receipts, presence).\n"
             "  history USER [--limit N]   Show the conversation with USER.\n"
             "  safety USER [--accept [NUMBER]|--reject]   Safety numbers of USER's devices; accept\n"
@@ -120,15 +122,24 @@ static const struct {
                  "other); its keys and waiting messages are deleted at the relay. Not the last device.\n"
                  "An account has at most 6 devices (the relay's max_devices).\n" },
     { "send", "usage: hush send USER TEXT...   or   hush send USER -   (the text from standard input)\n"
+              "       hush send USER --file PATH [--type MIME]\n"
               "Sends a message. It is queued at once (durably) and retried until the relay has it;\n"
               "waits up to --wait SECONDS (default 10) for that. Empty messages are refused.\n"
               "Prints the message id of a message still queued: `hush cancel ID` takes it back.\n"
-              "While `hush chat` or `hush listen` runs on the same database, it sends the message.\n" },
+              "While `hush chat` or `hush listen` runs on the same database, it sends the message.\n"
+              "--file: sends a file, encrypted on this device (the relay never sees its name or content);\n"
+              "waits until it is uploaded (or --wait SECONDS), with a progress bar on a terminal; an\n"
+              "interrupted upload resumes the next time hush connects.\n" },
+    { "get", "usage: hush get MESSAGE_ID [--out PATH]\n"
+             "Downloads a file someone sent (the id `hush listen` or `hush history` shows), checks it and\n"
+             "writes it decrypted to PATH (default: its name, in the current directory; never over an\n"
+             "existing file). Resumes an interrupted download.\n" },
     { "cancel", "usage: hush cancel ID\n"
                 "Takes a queued message (the 32-hex id `hush send` printed) out of the outbox.\n" },
-    { "listen", "usage: hush listen [--raw]\n"
+    { "listen", "usage: hush listen [--raw] [--files DIR]\n"
                 "Prints incoming messages, receipts, typing and presence until Ctrl-C.\n"
-                "--raw: one JSON object per line (see docs/OPERATIONS.md), for scripts.\n" },
+                "--raw: one JSON object per line (see docs/OPERATIONS.md), for scripts.\n"
+                "--files DIR: downloads every file that arrives and saves it, decrypted, in DIR.\n" },
     { "chat", "usage: hush chat USER\n"
               "Talk with USER: type and press Enter; Ctrl-D or Ctrl-C quits. Shows typing, receipts,\n"
               "presence; marks what is shown read. Messages of up to 65536 bytes.\n" },
@@ -235,6 +246,10 @@ struct opts {
     const char *ca_file;
     const char *code;
     const char *name; /* --name: this device's name */
+    const char *file; /* send --file PATH */
+    const char *type; /* send --type MIME */
+    const char *out;  /* get --out PATH */
+    const char *files_dir; /* listen --files DIR */
 };
 
 static int parse(int argc, char **argv, struct opts *o, const char *cmd)
@@ -249,6 +264,8 @@ static int parse(int argc, char **argv, struct opts *o, const char *cmd)
         { "insecure-tls", no_argument, NULL, 'k' },   { "help", no_argument, NULL, 'h' },
         { "ca-file", required_argument, NULL, 'C' },  { "passphrase", no_argument, NULL, 'P' },
         { "code", required_argument, NULL, 'K' },      { "name", required_argument, NULL, 'N' },
+        { "file", required_argument, NULL, 'F' },      { "type", required_argument, NULL, 'T' },
+        { "out", required_argument, NULL, 'O' },       { "files", required_argument, NULL, 'D' },
         { NULL, 0, NULL, 0 },
     };
     memset(o, 0, sizeof *o);
@@ -278,6 +295,10 @@ static int parse(int argc, char **argv, struct opts *o, const char *cmd)
         case 'C': o->ca_file = optarg; break;
         case 'K': o->code = optarg; break;
         case 'N': o->name = optarg; break;
+        case 'F': o->file = optarg; break;
+        case 'T': o->type = optarg; break;
+        case 'O': o->out = optarg; break;
+        case 'D': o->files_dir = optarg; break;
         case 'P': cli_use_passphrase = 1; break;
         case 'l':
             o->limit = (int)strtol(optarg, &end, 10);
@@ -529,11 +550,158 @@ static void raw_out(struct sb *b)
 static int g_quiet;
 static int g_quiet_msgs;
 
+/* listen --files DIR: files are downloaded as they arrive and saved there */
+static hush_client *g_files_client;
+static const char *g_files_dir;
+
+static void human_size(char *out, size_t cap, uint64_t n)
+{
+    if (n < 1024)
+        snprintf(out, cap, "%llu B", (unsigned long long)n);
+    else if (n < 1024 * 1024)
+        snprintf(out, cap, "%.1f KiB", (double)n / 1024);
+    else if (n < 1024ull * 1024 * 1024)
+        snprintf(out, cap, "%.1f MiB", (double)n / (1024 * 1024));
+    else
+        snprintf(out, cap, "%.2f GiB", (double)n / (1024.0 * 1024 * 1024));
+}
+
+static void on_file_message(const hush_message *m)
+{
+    char hex[33];
+    sodium_bin2hex(hex, sizeof hex, m->message_id, 16);
+    hush_attachment *a = NULL;
+    hush_client *c = g_files_client ? g_files_client : g_chat;
+    if (c && hush_attachment_get(c, m->message_id, &a) != HUSH_OK)
+        a = NULL;
+    int mine = !strcmp(m->sender, m->conversation) ? 0 : 1;
+    if (g_raw) {
+        struct sb b = { 0 };
+        sb_add(&b, "{", 1);
+        json_field_str(&b, "type", "file", 4);
+        json_field_num(&b, "local_id", (long long)m->local_id);
+        json_field_str(&b, "from", m->sender, strlen(m->sender));
+        json_field_num(&b, "device", (long long)m->sender_device);
+        if (mine)
+            json_field_str(&b, "to", m->conversation, strlen(m->conversation));
+        json_field_str(&b, "id", hex, 32);
+        json_field_num(&b, "sent_at_ms", (long long)m->sent_at_ms);
+        json_field_str(&b, "name", m->body, m->body_len);
+        if (a) {
+            json_field_num(&b, "size", (long long)a->size);
+            json_field_str(&b, "content_type", a->content_type, strlen(a->content_type));
+        }
+        raw_out(&b);
+    } else {
+        char ts[16], sz[32] = "?";
+        stamp(ts, sizeof ts, m->sent_at_ms);
+        if (a)
+            human_size(sz, sizeof sz, a->size);
+        char *from = shown(m->sender, strlen(m->sender)), *name = shown(m->body, m->body_len);
+        char *to = mine ? shown(m->conversation, strlen(m->conversation)) : NULL;
+        out_line("\r[%s] %s%s%s: [file] %s (%s%s%s) id %s%s\n", ts, mine ? "you -> " : "", mine ? (to ? to : "?") : "",
+                 mine ? "" : (from ? from : "?"), name ? name : "?", sz, a ? ", " : "", a ? a->content_type : "", hex,
+                 g_files_dir ? "" : "  (`hush get ID` downloads it)");
+        free(from);
+        free(name);
+        free(to);
+    }
+    hush_attachment_free(a);
+    if (g_files_client)
+        BEST_EFFORT(hush_attachment_download(g_files_client, m->message_id));
+}
+
+/* A progress bar on a terminal ("\r" redrawn), nothing otherwise. */
+static void progress_bar(const char *what, const char *name, uint64_t done, uint64_t total)
+{
+    if (g_raw || !isatty(STDOUT_FILENO))
+        return;
+    int pct = total ? (int)(done * 100 / total) : 100;
+    char bar[31];
+    int full = pct * 30 / 100;
+    for (int i = 0; i < 30; i++)
+        bar[i] = i < full ? '#' : '.';
+    bar[30] = '\0';
+    char d[32], t[32];
+    human_size(d, sizeof d, done);
+    human_size(t, sizeof t, total);
+    out_line("\r%s %.40s [%s] %3d%% %s / %s ", what, name, bar, pct, d, t);
+}
+
+/* A unique path for a received file in dir: "name", else "name (1)", ... */
+static int unused_path(char *out, size_t cap, const char *dir, const char *name)
+{
+    struct stat sb;
+    for (int i = 0; i < 1000; i++) {
+        if (i == 0)
+            snprintf(out, cap, "%s/%s", dir, name);
+        else
+            snprintf(out, cap, "%s/%s (%d)", dir, name, i);
+        if (stat(out, &sb) != 0 && errno == ENOENT)
+            return 0;
+    }
+    return -1;
+}
+
+static void on_file(void *ctx, const uint8_t mid[16], int state, uint64_t done, uint64_t total, hush_err err)
+{
+    (void)ctx;
+    if (g_quiet)
+        return;
+    char hex[33];
+    sodium_bin2hex(hex, sizeof hex, mid, 16);
+    hush_attachment *a = NULL;
+    hush_client *c = g_files_client ? g_files_client : g_chat;
+    if (c && hush_attachment_get(c, mid, &a) != HUSH_OK)
+        a = NULL;
+    const char *name = a ? a->file_name : hex;
+    if (state == HUSH_FILE_UPLOADING || state == HUSH_FILE_DOWNLOADING) {
+        progress_bar(state == HUSH_FILE_UPLOADING ? "sending" : "receiving", name, done, total);
+    } else if (state == HUSH_FILE_READY && g_files_client && g_files_dir && a && !a->outgoing) {
+        char path[PATH_MAX];
+        hush_err e = unused_path(path, sizeof path, g_files_dir, a->file_name) ? HUSH_ERR_STORAGE
+                                                                              : hush_attachment_save(g_files_client, mid, path);
+        if (g_raw) {
+            struct sb b = { 0 };
+            sb_add(&b, "{", 1);
+            json_field_str(&b, "type", e ? "file_failed" : "file_saved", e ? 11 : 10);
+            json_field_str(&b, "id", hex, 32);
+            if (!e)
+                json_field_str(&b, "path", path, strlen(path));
+            else
+                json_field_str(&b, "error", hush_strerror(e), strlen(hush_strerror(e)));
+            raw_out(&b);
+        } else if (e) {
+            out_line("\rfile %s (%s): could not be saved: %s\n", hex, a->file_name, hush_strerror(e));
+        } else {
+            char *p = shown(path, strlen(path));
+            out_line("\rsaved %s\n", p ? p : path);
+            free(p);
+        }
+    } else if (state == HUSH_FILE_FAILED) {
+        if (g_raw) {
+            struct sb b = { 0 };
+            sb_add(&b, "{", 1);
+            json_field_str(&b, "type", "file_failed", 11);
+            json_field_str(&b, "id", hex, 32);
+            json_field_str(&b, "error", hush_strerror(err), strlen(hush_strerror(err)));
+            raw_out(&b);
+        } else {
+            out_line("\rfile %s (%s): %s\n", hex, name, hush_strerror(err));
+        }
+    }
+    hush_attachment_free(a);
+}
+
 static void on_message(void *ctx, const hush_message *m)
 {
     (void)ctx;
     if (g_quiet) {
         g_quiet_msgs++;
+        return;
+    }
+    if (m->kind == HUSH_KIND_FILE) {
+        on_file_message(m);
         return;
     }
     if (g_raw) {
@@ -759,7 +927,7 @@ static void on_devices_changed(void *ctx, const char *user)
 
 static const hush_callbacks g_cb = { NULL,         on_message,   on_receipt,  on_typing,
                                      on_presence,  on_identity,  on_connection, on_error,
-                                     on_link_code, on_devices_changed };
+                                     on_link_code, on_devices_changed, on_file };
 
 /* What is wrong with a relay URL, or NULL when it is one the SDK takes: ws:// or wss://, a host,
  * an optional port (1-65535) and an optional path. */
@@ -1280,12 +1448,209 @@ static long send_text(int argc, char **argv, int first, char *text, size_t cap)
     return (long)len;
 }
 
+/* Waits for file `mid` to reach one of the states in `until` (a bit mask of 1 << (state + 1)),
+ * reading the database (another process may be moving it) and drawing progress on a terminal.
+ * Gives up after wait_s seconds without progress (0: wait as long as it progresses... forever).
+ * Returns the state reached (or the last one seen). */
+static int wait_file(hush_client *c, const uint8_t mid[16], unsigned until, int wait_s, int own)
+{
+    uint64_t last_done = 0;
+    int idle_ticks = 0, state = 0;
+    for (;;) {
+        hush_attachment *a = NULL;
+        if (hush_attachment_get(c, mid, &a) != HUSH_OK)
+            return HUSH_FILE_FAILED;
+        state = a->state;
+        if (!own && (state == HUSH_FILE_UPLOADING || state == HUSH_FILE_DOWNLOADING))
+            progress_bar(state == HUSH_FILE_UPLOADING ? "sending" : "receiving", a->file_name, a->done, a->total);
+        if (a->done != last_done)
+            idle_ticks = 0;
+        last_done = a->done;
+        hush_attachment_free(a);
+        if (until & (1u << (state + 1)))
+            return state;
+        if (g_stop || (wait_s > 0 && ++idle_ticks > wait_s * 10))
+            return state;
+        usleep(100000);
+    }
+}
+
+static int cmd_send_file(struct opts *o, const char *to)
+{
+    hush_client *c = NULL;
+    int r;
+    if ((r = cli_open_db(0, &c)))
+        return r;
+    char me[HUSH_USERNAME_MAX + 1] = "";
+    if (hush_device_info(c, me, NULL, NULL) == HUSH_OK && !strcmp(me, to)) {
+        hush_client_close(c);
+        fprintf(stderr, "hush send: %s is you: a file to yourself has no other device to go to\n", to);
+        return 1;
+    }
+    uint8_t mid[16];
+    hush_err e = hush_send_file(c, to, o->file, NULL, o->type, NULL, 0, mid);
+    if (e) {
+        hush_client_close(c);
+        if (e == HUSH_ERR_INVALID_ARG)
+            fprintf(stderr, "hush send: %s or %s: not a user name, a readable regular file or a valid type\n", to, o->file);
+        else if (e == HUSH_ERR_TOO_BIG)
+            fprintf(stderr, "hush send: %s: larger than %llu bytes\n", o->file, (unsigned long long)HUSH_MAX_FILE);
+        return e == HUSH_ERR_INVALID_ARG || e == HUSH_ERR_TOO_BIG ? 2 : cli_die("send", e);
+    }
+    char hex[33];
+    sodium_bin2hex(hex, sizeof hex, mid, sizeof mid);
+    char who[128];
+    int own = take_owner("send", who, sizeof who);
+    if (own < 0) {
+        hush_client_close(c);
+        return 1;
+    }
+    g_quiet = 0;
+    g_files_client = c;
+    g_raw = 0;
+    g_quiet_msgs = 0;
+    if (own == 1 && (r = start_net(c, o))) {
+        hush_client_close(c);
+        printf("queued as %s (uploaded the next time hush connects)\n", hex);
+        return 0;
+    }
+    catch_signals();
+    /* uploaded (SENT) or failed; then the message itself up to the relay */
+    int st = wait_file(c, mid, (1u << (HUSH_FILE_SENT + 1)) | (1u << (HUSH_FILE_FAILED + 1)),
+                       o->wait_given ? o->wait_s : 60, own == 1);
+    hush_msg_state ms = HUSH_MSG_QUEUED;
+    for (int i = 0; st == HUSH_FILE_SENT && i < 100; i++) {
+        if (hush_message_state(c, mid, &ms) == HUSH_OK && ms != HUSH_MSG_QUEUED)
+            break;
+        usleep(100000);
+    }
+    if (isatty(STDOUT_FILENO))
+        printf("\n");
+    hush_client_close(c);
+    char *t = shown(to, strlen(to));
+    int rc = 0;
+    if (st == HUSH_FILE_FAILED || ms == HUSH_MSG_FAILED) {
+        fprintf(stderr, "hush send: the file to %s could not be sent (see above)\n", t ? t : to);
+        rc = 1;
+    } else if (ms >= HUSH_MSG_SENT) {
+        printf("sent %s to %s (the relay has it)%s%s\n", o->file, t ? t : to, own ? "" : "; sent by ", own ? "" : who);
+    } else {
+        printf("queued as %s: the upload resumes the next time hush connects%s%s\n", hex, own ? "" : " (", own ? "" : who);
+        if (!own)
+            printf(")\n");
+    }
+    free(t);
+    return rc;
+}
+
+static int cmd_get(int argc, char **argv)
+{
+    struct opts o;
+    int r = parse(argc, argv, &o, "get");
+    if (r)
+        return r < 0 ? 0 : r;
+    uint8_t mid[16];
+    size_t got = 0;
+    if (argc - optind != 1 || sodium_hex2bin(mid, sizeof mid, argv[optind], strlen(argv[optind]), NULL, &got, NULL) != 0 ||
+        got != 16) {
+        fprintf(stderr, "usage: hush get MESSAGE_ID [--out PATH]   (the 32 hex digits `hush listen` shows)\n");
+        return 2;
+    }
+    hush_client *c = NULL;
+    if ((r = cli_open_db(0, &c)))
+        return r;
+    hush_attachment *a = NULL;
+    hush_err e = hush_attachment_get(c, mid, &a);
+    if (e == HUSH_ERR_NOT_FOUND) {
+        hush_client_close(c);
+        fprintf(stderr, "hush get: no file message with that id\n");
+        return 1;
+    }
+    if (e) {
+        hush_client_close(c);
+        return cli_die("get", e);
+    }
+    char path[PATH_MAX];
+    if (o.out)
+        snprintf(path, sizeof path, "%s", o.out);
+    else
+        snprintf(path, sizeof path, "%s", a->file_name);
+    hush_attachment_free(a);
+    struct stat sb;
+    if (stat(path, &sb) == 0) {
+        hush_client_close(c);
+        fprintf(stderr, "hush get: %s exists: choose another with --out PATH\n", path);
+        return 1;
+    }
+    int own = 0;
+    char who[128] = "";
+    if (hush_attachment_get(c, mid, &a) == HUSH_OK && a->state != HUSH_FILE_READY) {
+        e = hush_attachment_download(c, mid);
+        if (e) {
+            hush_attachment_free(a);
+            hush_client_close(c);
+            fprintf(stderr, "hush get: this file cannot be downloaded (%s)\n", hush_strerror(e));
+            return 1;
+        }
+        own = take_owner("get", who, sizeof who);
+        if (own < 0) {
+            hush_attachment_free(a);
+            hush_client_close(c);
+            return 1;
+        }
+        g_quiet = 0;
+        g_files_client = c;
+        if (own == 1 && (r = start_net(c, &o))) {
+            hush_attachment_free(a);
+            hush_client_close(c);
+            return r;
+        }
+        catch_signals();
+        int st = wait_file(c, mid, (1u << (HUSH_FILE_READY + 1)) | (1u << (HUSH_FILE_FAILED + 1)),
+                           o.wait_given ? o.wait_s : 60, own == 1);
+        if (isatty(STDOUT_FILENO))
+            printf("\n");
+        if (st != HUSH_FILE_READY) {
+            hush_attachment_free(a);
+            hush_attachment *b = NULL;
+            int err = 0;
+            if (hush_attachment_get(c, mid, &b) == HUSH_OK)
+                err = b->state;
+            hush_attachment_free(b);
+            hush_client_close(c);
+            fprintf(stderr, "hush get: %s\n", err == HUSH_FILE_FAILED ? "the download failed (see above)"
+                                                                      : "not downloaded yet: run it again to resume");
+            return 1;
+        }
+    }
+    hush_attachment_free(a);
+    e = hush_attachment_save(c, mid, path);
+    hush_client_close(c);
+    if (e == HUSH_ERR_BAD_MESSAGE) {
+        fprintf(stderr, "hush get: the file does not decrypt: it was tampered with; nothing was written\n");
+        return 1;
+    }
+    if (e)
+        return cli_die("get", e);
+    char *p = shown(path, strlen(path));
+    printf("saved %s\n", p ? p : path);
+    free(p);
+    return 0;
+}
+
 static int cmd_send(int argc, char **argv)
 {
     struct opts o;
     int r = parse(argc, argv, &o, "send");
     if (r)
         return r < 0 ? 0 : r;
+    if (o.file) {
+        if (argc - optind != 1) {
+            fprintf(stderr, "usage: hush send USER --file PATH [--type MIME]\n");
+            return 2;
+        }
+        return cmd_send_file(&o, argv[optind]);
+    }
     if (argc - optind < 2) {
         fprintf(stderr, "usage: hush send USER TEXT...   (or TEXT `-` for standard input)\n");
         return 2;
@@ -1406,6 +1771,16 @@ static int cmd_listen(int argc, char **argv)
         return r < 0 ? 0 : r;
     g_raw = o.raw;
     g_presence_shown = 1;
+    if (o.files_dir) {
+        struct stat sb;
+        if (stat(o.files_dir, &sb) != 0 || !S_ISDIR(sb.st_mode)) {
+            hush_client_close(c);
+            fprintf(stderr, "hush listen: --files %s: not a directory\n", o.files_dir);
+            return 2;
+        }
+        g_files_client = c;
+        g_files_dir = o.files_dir;
+    }
     if (need_owner("listen") || (r = start_net(c, &o))) {
         hush_client_close(c);
         return r ? r : 1;
@@ -1447,8 +1822,14 @@ static int cmd_history(int argc, char **argv)
         if (h[i].outgoing && hush_message_state(c, h[i].message_id, &st) == HUSH_OK)
             mark = state_name(st);
         char *b = shown(h[i].body, h[i].body_len), *p = shown(h[i].peer, strlen(h[i].peer));
-        printf("[%s] %s: %s%s%s%s\n", ts, h[i].outgoing ? me : (p ? p : "?"), b ? b : "?", *mark ? "  (" : "", mark,
-               *mark ? ")" : "");
+        char fid[64] = "";
+        if (h[i].kind == HUSH_KIND_FILE) {
+            char hex[33];
+            sodium_bin2hex(hex, sizeof hex, h[i].message_id, 16);
+            snprintf(fid, sizeof fid, "  id %s", hex);
+        }
+        printf("[%s] %s: %s%s%s%s%s%s\n", ts, h[i].outgoing ? me : (p ? p : "?"), h[i].kind == HUSH_KIND_FILE ? "[file] " : "",
+               b ? b : "?", fid, *mark ? "  (" : "", mark, *mark ? ")" : "");
         free(b);
         free(p);
     }
@@ -1860,7 +2241,7 @@ int main(int argc, char **argv)
         { "history", cmd_history }, { "safety", cmd_safety }, { "presence", cmd_presence },
         { "status", cmd_status },   { "info", cmd_info },     { "bundle", cmd_bundle }, { "demo", cmd_demo },
         { "link", cmd_link },       { "devices", cmd_devices }, { "recover", cmd_recover },
-        { "relay", cmd_relay },
+        { "relay", cmd_relay },     { "get", cmd_get },
     };
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
         if (!strcmp(cmd, cmds[i].name))

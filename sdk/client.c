@@ -137,7 +137,7 @@ hush_err hush_client_open(const char *db_path, const uint8_t db_key[HUSH_DB_KEY_
     if (!out)
         return HUSH_ERR_INVALID_ARG;
     *out = NULL;
-    if (!db_path || !db_key)
+    if (!db_path || !db_key || strlen(db_path) + 7 >= sizeof ((hush_client *)0)->files_dir)
         return HUSH_ERR_INVALID_ARG;
     hush_err e = hsdk_selftest();
     if (e)
@@ -166,6 +166,7 @@ hush_err hush_client_open(const char *db_path, const uint8_t db_key[HUSH_DB_KEY_
         .connected_ctx = c,
     };
     char errbuf[256];
+    snprintf(c->files_dir, sizeof c->files_dir, "%s.files", db_path);
     hstore_err se = hstore_open(db_path, &so, hsdk_migrations, hsdk_nmigrations, &c->db, errbuf, sizeof errbuf);
     if (se) {
         e = hsdk_from_store(se);

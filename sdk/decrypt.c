@@ -30,20 +30,21 @@ void hush_message_free(hush_message *m)
 }
 
 static hush_err new_message(const char *peer, uint32_t dev, hush_kind kind, const Hush__Content *content,
-                            const char *group_id, int64_t local_id, hush_message **out)
+                            const uint8_t *body, size_t body_len, const char *group_id, int64_t local_id,
+                            hush_message **out)
 {
     hush_message *m = calloc(1, sizeof *m);
     if (!m)
         return HUSH_ERR_NOMEM;
-    m->body = malloc(content->body.len + 1);
+    m->body = malloc(body_len + 1);
     if (!m->body) {
         free(m);
         return HUSH_ERR_NOMEM;
     }
-    if (content->body.len)
-        memcpy(m->body, content->body.data, content->body.len);
-    m->body[content->body.len] = '\0';
-    m->body_len = content->body.len;
+    if (body_len)
+        memcpy(m->body, body, body_len);
+    m->body[body_len] = '\0';
+    m->body_len = body_len;
     m->kind = kind;
     snprintf(m->sender, sizeof m->sender, "%s", peer);
     m->sender_device = dev;
@@ -99,6 +100,7 @@ static hush_err decrypt_locked(hush_client *c, const char *peer, uint32_t dev, c
     signal_protocol_address addr = { peer, strlen(peer), (int32_t)dev };
     signal_buffer *pt = NULL;
     Hush__Content *content = NULL;
+    Hush__AttachmentPointer *file = NULL;
     hush_err e;
     int is_group = env->type == HUSH__CIPHER_TYPE__CIPHER_SENDER_KEY;
 
@@ -128,7 +130,23 @@ static hush_err decrypt_locked(hush_client *c, const char *peer, uint32_t dev, c
         e = HUSH_ERR_BAD_MESSAGE;
         goto fail;
     }
-    if (sync && content->kind == HUSH__CONTENT_KIND__CONTENT_TEXT) {
+    if (content->kind == HUSH__CONTENT_KIND__CONTENT_ATTACHMENT && !is_group) {
+        /* a file: from the peer, or one another of our devices sent (stored as ours, state SENT) */
+        file = hsdk_pointer_parse(content->body.data, content->body.len);
+        if (!file) {
+            e = HUSH_ERR_BAD_MESSAGE;
+            goto fail;
+        }
+        kind = HUSH_KIND_FILE;
+        const char *conv = sync ? content->sync_peer : peer;
+        e = hsdk_history_insert(c, conv, sync ? 0 : dev, sync, content->message_id.data, HUSH_KIND_FILE, "",
+                                content->sent_at_ms, (const uint8_t *)file->file_name, strlen(file->file_name), &local_id,
+                                &dup);
+        if (!e && !dup)
+            e = hsdk_file_insert(c, content->message_id.data, sync, conv, HUSH_FILE_REMOTE, file, NULL);
+        if (!e && !dup && sync)
+            e = hsdk_set_message_state(c, content->message_id.data, HUSH_MSG_SENT);
+    } else if (sync && content->kind == HUSH__CONTENT_KIND__CONTENT_TEXT) {
         /* sent from another of our devices: our history shows it as sent by us */
         kind = HUSH_KIND_SENT_ELSEWHERE;
         e = hsdk_history_insert(c, content->sync_peer, 0, 1, content->message_id.data, HUSH_KIND_TEXT, "",
@@ -192,8 +210,10 @@ static hush_err decrypt_locked(hush_client *c, const char *peer, uint32_t dev, c
         e = HUSH_ERR_DUPLICATE; /* the app already has this message: same id from the same device */
         goto done;
     }
-    e = new_message(peer, dev, kind, content, kind == HUSH_KIND_GROUP_KEY ? content->group_id : (is_group ? env->group_id : ""),
-                    local_id, out);
+    const uint8_t *body = file ? (const uint8_t *)file->file_name : content->body.data;
+    size_t body_len = file ? strlen(file->file_name) : content->body.len;
+    e = new_message(peer, dev, kind, content, body, body_len,
+                    kind == HUSH_KIND_GROUP_KEY ? content->group_id : (is_group ? env->group_id : ""), local_id, out);
     if (e == HUSH_OK)
         snprintf((*out)->conversation, sizeof (*out)->conversation, "%s", sync ? content->sync_peer : peer);
     if (kind == HUSH_KIND_GROUP_KEY && e == HUSH_OK)
@@ -204,6 +224,7 @@ fail:
     if (e == HUSH_ERR_IDENTITY_CHANGED)
         e = hsdk_after_untrusted(c);
 done:
+    hsdk_pointer_free(file);
     if (content)
         hush__content__free_unpacked(content, &hsdk_wiping_allocator);
     signal_buffer_bzero_free(pt);

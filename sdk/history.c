@@ -125,8 +125,8 @@ hush_err hush_history_list(hush_client *c, const char *peer, int64_t before_loca
     size_t n = 0;
     hsdk_lock(c);
     sqlite3_stmt *st;
-    hstore_err se = hstore_prepare(c->db, "SELECT id, peer_device, outgoing, message_id, sent_at, received_at, read, body "
-                                          "FROM history WHERE peer = ?1 AND group_id = '' AND (?2 = 0 OR id < ?2) "
+    hstore_err se = hstore_prepare(c->db, "SELECT id, peer_device, outgoing, message_id, sent_at, received_at, read, body, "
+                                          "kind FROM history WHERE peer = ?1 AND group_id = '' AND (?2 = 0 OR id < ?2) "
                                           "ORDER BY id DESC LIMIT ?3", &st);
     hush_err e = hsdk_from_store(se);
     if (!e) {
@@ -147,6 +147,7 @@ hush_err hush_history_list(hush_client *c, const char *peer, int64_t before_loca
             h->sent_at_ms = (uint64_t)sqlite3_column_int64(st, 4);
             h->received_at_ms = (uint64_t)sqlite3_column_int64(st, 5);
             h->read = sqlite3_column_int(st, 6);
+            h->kind = sqlite3_column_int(st, 8) == HUSH_KIND_FILE ? HUSH_KIND_FILE : HUSH_KIND_TEXT;
             snprintf(h->peer, sizeof h->peer, "%s", peer);
             char ad[256];
             history_ad(ad, sizeof ad, peer, h->peer_device, h->outgoing, "", h->message_id);

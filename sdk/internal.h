@@ -35,6 +35,7 @@ struct hush_client {
     pthread_mutex_t net_mu; /* guards `net` and `net_hooks` against start/stop while someone wakes it */
     const struct hsdk_net_hooks *net_hooks; /* installed by the network code at its first start */
     hstore *db;
+    char files_dir[1100];  /* "<database>.files": files being sent, and received ones (encrypted) */
     signal_context *sg;
     signal_protocol_store_context *sc;
     uint8_t seal_key[HUSH_SEAL_KEY_BYTES];
@@ -244,6 +245,7 @@ void hsdk_net_stop(hush_client *c);
 #define NET_WAKE_IDENTITY 8
 #define NET_WAKE_LINK 16
 #define NET_WAKE_PUSH 32
+#define NET_WAKE_FILES 64
 
 /* One integer from a one-row query (a count, a meta value): prepare, bind `arg` to ?1 when not
  * NULL, step, read column 0 (0 when there is no row), reset, map the error. Caller holds the lock. */
@@ -313,6 +315,38 @@ hush_err hsdk_envelope_put(hush_client *c, const uint8_t mid[16], const char *na
  * ids become read. Caller holds the lock. */
 hush_err hsdk_history_sync_read(hush_client *c, const char *peer, const uint8_t *ids, size_t n);
 void hsdk_envelopes_forget(hush_client *c, const uint8_t mid[16]);
+
+/* attach.c: files (table attachments) and their encryption. Caller holds the lock for the row
+ * functions. */
+#define HSDK_FILE_CHUNK 65536
+uint64_t hsdk_file_padded(uint64_t size);    /* the plaintext length after padding */
+uint64_t hsdk_file_blob_size(uint64_t size); /* the ciphertext's length */
+/* "<files dir>/<hex id><suffix>" */
+void hsdk_file_path(const hush_client *c, const uint8_t mid[16], const char *suffix, char *out, size_t cap);
+/* SHA-256 of a file, and its length. HUSH_ERR_NOT_FOUND when it does not exist. */
+hush_err hsdk_file_digest(const char *path, uint8_t digest[32], uint64_t *len);
+/* A file message's body, checked (lengths, sizes, names); NULL when malformed. hsdk_pointer_free. */
+Hush__AttachmentPointer *hsdk_pointer_parse(const uint8_t *body, size_t len);
+void hsdk_pointer_free(Hush__AttachmentPointer *p);
+struct hsdk_file {
+    uint8_t mid[16];
+    int outgoing;
+    char peer[HUSH_USERNAME_MAX + 1];
+    int state;        /* hush_file_state */
+    uint64_t done;
+    int error;        /* FAILED: why (hush_err) */
+    Hush__AttachmentPointer *p; /* owned (hsdk_file_release) */
+};
+hush_err hsdk_file_insert(hush_client *c, const uint8_t mid[16], int outgoing, const char *peer, int state,
+                          const Hush__AttachmentPointer *p, int *duplicate);
+hush_err hsdk_file_load(hush_client *c, const uint8_t mid[16], struct hsdk_file *f);
+void hsdk_file_release(struct hsdk_file *f);
+hush_err hsdk_file_set_state(hush_client *c, const uint8_t mid[16], int state, uint64_t done, hush_err error);
+/* Writes f->p back (sealed): after the relay named the upload. */
+hush_err hsdk_file_set_pointer(hush_client *c, const struct hsdk_file *f);
+/* The next upload or download to run (uploads first, oldest first), not among skip (nskip ids of
+ * 16 bytes). 1 when found. */
+int hsdk_file_next_active(hush_client *c, uint8_t mid[16], const uint8_t *skip, size_t nskip);
 
 /* messaging.c */
 /* The stored presence list of `kind` (PRESENCE_ALLOW / _SUBSCRIBE, net.h): up to max names, each

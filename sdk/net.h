@@ -4,6 +4,7 @@
  *   net_io.c    status, reports to the app, the frame queue and request table (the bottom)
  *   net_keys.c  login, registration, prekey uploads and rotation, presence lists
  *   net_send.c  the send path: the outbox pump, directory fetches, send results, typing
+ *   net_files.c file uploads and downloads in chunks, between the other traffic
  *   net_recv.c  the receive path: batches of deliveries decrypted and stored in one transaction,
  *               then acknowledged and reported; held envelopes; receipts owed
  *   net_main.c  the connection and frame dispatch, the thread, and the public hush_net_* calls
@@ -34,10 +35,11 @@
 #define SPK_MAX_AGE_MS (7ull * 24 * 3600 * 1000)
 #define SPK_GRACE_MS (30ull * 24 * 3600 * 1000)
 #define PREKEY_BATCH 100
-#define NET_MAX_MISMATCH_ROUNDS 4 /* device-list refusals of one message before it fails */
+#define NET_MAX_MISMATCH_ROUNDS 4
+#define NET_FILE_WINDOW 4 /* file chunks in flight on one connection */ /* device-list refusals of one message before it fails */
 
 enum nstate { N_IDLE, N_CONNECTING, N_HELLO, N_AUTH, N_ONLINE };
-enum req_type { R_NONE, R_HELLO, R_AUTH, R_SEND, R_FETCH, R_UPLOAD, R_OTHER, R_PROVISION, R_LINK_TOKEN, R_PROVISION_SEND, R_REMOVE, R_RECOVER, R_LIST_DEVICES, R_PUSH };
+enum req_type { R_NONE, R_HELLO, R_AUTH, R_SEND, R_FETCH, R_UPLOAD, R_OTHER, R_PROVISION, R_LINK_TOKEN, R_PROVISION_SEND, R_REMOVE, R_RECOVER, R_LIST_DEVICES, R_PUSH, R_BLOB };
 
 /* An app thread's request to the network thread (hush_device_link, hush_device_remove), under
  * mu: queued, its first frame sent (for a link: the token asked), the box sent, done. */
@@ -94,6 +96,25 @@ struct inbound {
 #define NET_RETRY_ATTEMPTS 3
 #define HELD_BYTES_PER_PEER (8u << 20)
 
+/* The file transfer in progress (net_files.c); one at a time. */
+struct net_xfer {
+    int active;
+    int upload;
+    uint8_t mid[16];
+    uint8_t blob_id[16];
+    char peer[HUSH_USERNAME_MAX + 1];
+    Hush__AttachmentPointer *p; /* owned while active */
+    int phase;
+    uint32_t gen;             /* answers to requests of an older generation are ignored */
+    uint64_t size;            /* ciphertext bytes */
+    uint64_t next;            /* next offset to ask for or send */
+    uint64_t acked;           /* bytes the relay confirmed (upload) or written here (download) */
+    int inflight;
+    int fd;
+    int restarts;
+    uint64_t last_report_ms, last_saved_ms;
+    uint64_t retry_at_ms;     /* after a refusal that may pass: start again then */
+};
 struct hush_net {
     hush_client *c;
     hush_callbacks cb;
@@ -191,6 +212,9 @@ struct hush_net {
     hush_err last_err;
     int queue_empty;          /* the relay said QueueEmpty on this connection and its deliveries were handled */
     int fatal;
+    struct net_xfer xfer;
+    uint32_t blob_chunk;      /* the relay's Limits.max_blob_chunk (0: it takes no files) */
+    uint64_t blob_max;
     struct typing_req typing[NET_MAX_TYPING];
     int ntyping;
     pthread_mutex_t typing_mu;
@@ -256,6 +280,13 @@ void hnet_send_typing(struct hush_net *n);
 void hnet_record_sent(struct hush_net *n, int report);
 void hnet_schedule_send_pass(struct hush_net *n);
 
+/* net_files.c */
+void hnet_files_on_welcome(struct hush_net *n, const Hush__Limits *lim);
+/* Starts the next upload or download when none runs. */
+void hnet_files_pump(struct hush_net *n);
+void hnet_files_on_result(struct hush_net *n, const struct req *r, const Hush__Result *res);
+/* The connection went: the transfer stops (it resumes from what each side has). */
+void hnet_files_reset(struct hush_net *n);
 /* net_recv.c */
 void hnet_flush_receipts(struct hush_net *n);
 void hnet_batch_clear(struct hush_net *n);

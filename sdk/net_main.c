@@ -77,6 +77,7 @@ static void went_online(struct hush_net *n)
     n->unflushed_receipts = 1; /* receipts owed from before a restart */
     hnet_flush_receipts(n);
     hnet_pump_outbox(n);
+    hnet_files_pump(n);
     hnet_link_start(n); /* a hush_device_link that waited for the connection */
     hnet_remove_start(n);
     hnet_list_start(n);
@@ -103,6 +104,7 @@ static void handle_frame(struct hush_net *n, const uint8_t *data, size_t len)
             memcpy(n->challenge, f->welcome->challenge.data, 32);
             n->st = N_AUTH;
             hnet_on_push_key(n, f->welcome->push_key.data, f->welcome->push_key.len);
+            hnet_files_on_welcome(n, f->welcome->limits);
             hsdk_lock(n->c);
             int has = n->c->has_device;
             hsdk_unlock(n->c);
@@ -162,6 +164,8 @@ static void handle_frame(struct hush_net *n, const uint8_t *data, size_t len)
             hnet_on_list_result(n, f->result);
         } else if (r.type == R_PUSH) {
             hnet_on_push_result(n, &r, f->result);
+        } else if (r.type == R_BLOB) {
+            hnet_files_on_result(n, &r, f->result);
         }
         break;
     case HUSH__FRAME__MSG_PROVISIONED:
@@ -290,6 +294,7 @@ static void connection_lost(struct hush_net *n)
     n->wsi = NULL;
     hnet_batch_clear(n); /* not acknowledged: the relay delivers them again */
     hnet_retry_clear(n);
+    hnet_files_reset(n);
     n->st = N_IDLE;
     while (n->out_head) {
         struct nbuf *b = n->out_head->next;
@@ -372,6 +377,7 @@ static void tick_cb(lws_sorted_usec_list_t *sul)
         hnet_flush_receipts(n);
         if (now_ms() >= n->next_rotation_check_ms)
             hnet_rotation_check(n);
+        hnet_files_pump(n); /* nothing when one runs; else a retry that is due, or one another process queued */
         if (n->retry_at_ms && now_ms() >= n->retry_at_ms) {
             hnet_pump_outbox(n);
         } else if (!n->retry_at_ms && !n->fetching && n->inflight == 0) {
@@ -406,6 +412,8 @@ static void handle_wake(struct hush_net *n)
         hnet_send_typing(n);
     if (w & (NET_WAKE_OUTBOX | NET_WAKE_IDENTITY))
         hnet_pump_outbox(n);
+    if (w & NET_WAKE_FILES)
+        hnet_files_pump(n);
     if (w & NET_WAKE_LINK) {
         hnet_link_start(n);
         hnet_remove_start(n);
@@ -629,6 +637,8 @@ static hush_err start_net(hush_client *c, const hush_net_opts *opts, const hush_
     if (has && link)
         return HUSH_ERR_DEVICE_EXISTS;
     struct hush_net *n = calloc(1, sizeof *n);
+    if (n)
+        n->xfer.fd = -1;
     if (!n)
         return HUSH_ERR_NOMEM;
     n->c = c;
@@ -775,6 +785,7 @@ void hush_net_stop(hush_client *c)
     }
     hnet_batch_clear(n);
     hnet_retry_clear(n);
+    hnet_files_reset(n);
     hnet_forget_offers(n);
     hwire_rx_free(&n->rx);
     pthread_mutex_destroy(&n->mu);

@@ -31,7 +31,7 @@
 static hush_err mark_notified(hush_client *c, const hush_message *m)
 {
     hsdk_history_set_notified(c, m->local_id);
-    return m->kind == HUSH_KIND_TEXT ? hsdk_queue_receipt(c, m->sender, HUSH_MSG_DELIVERED, m->message_id) : HUSH_OK;
+    return m->kind == HUSH_KIND_TEXT || m->kind == HUSH_KIND_FILE ? hsdk_queue_receipt(c, m->sender, HUSH_MSG_DELIVERED, m->message_id) : HUSH_OK;
 }
 
 /* After the app has been told: mark the message notified and owe its sender a delivery receipt,
@@ -114,7 +114,8 @@ static int inbound_report(struct hush_net *n, struct inbound *in, int from_pendi
             hnet_signal_progress(n);
         } else if (m->kind == HUSH_KIND_TYPING && n->cb.on_typing) {
             n->cb.on_typing(n->cb.ctx, in->from, in->dev, m->body[0] != 0);
-        } else if (m->kind == HUSH_KIND_SENT_ELSEWHERE && n->cb.on_message) {
+        } else if ((m->kind == HUSH_KIND_SENT_ELSEWHERE || (m->kind == HUSH_KIND_FILE && !strcmp(m->sender, n->c->username))) &&
+                   n->cb.on_message) {
             n->cb.on_message(n->cb.ctx, m); /* stored as sent: no receipt is owed to ourselves */
         }
         return 1;
@@ -146,9 +147,12 @@ static int inbound_report(struct hush_net *n, struct inbound *in, int from_pendi
     }
 }
 
-static int is_text(const struct inbound *in)
+static int is_text(const struct hush_net *n, const struct inbound *in)
 {
-    return in->e == HUSH_OK && (in->m->kind == HUSH_KIND_TEXT || in->m->kind == HUSH_KIND_GROUP_TEXT);
+    /* texts, and files from a peer (a file from another of our devices is reported like a text
+     * sent elsewhere: no receipt to ourselves) */
+    return in->e == HUSH_OK && (in->m->kind == HUSH_KIND_TEXT || in->m->kind == HUSH_KIND_GROUP_TEXT ||
+                                (in->m->kind == HUSH_KIND_FILE && strcmp(in->m->sender, n->c->username) != 0));
 }
 
 /* A delivery that failed alone: kept (its envelope taken from the batch) to be tried again. When
@@ -212,7 +216,7 @@ void hnet_process_batch(struct hush_net *n)
     /* texts: the app first, then one transaction marks them notified and owes receipts */
     int ntexts = 0;
     for (int i = 0; i < n->nbatch; i++)
-        if (is_text(&n->batch[i])) {
+        if (is_text(n, &n->batch[i])) {
             ntexts++;
             if (n->cb.on_message)
                 n->cb.on_message(n->cb.ctx, n->batch[i].m);
@@ -221,7 +225,7 @@ void hnet_process_batch(struct hush_net *n)
         hsdk_lock(c);
         hush_err e = hsdk_begin(c);
         for (int i = 0; i < n->nbatch && !e; i++)
-            if (is_text(&n->batch[i]))
+            if (is_text(n, &n->batch[i]))
                 e = mark_notified(c, n->batch[i].m);
         e = hsdk_end(c, e);
         hsdk_unlock(c);
@@ -261,7 +265,7 @@ void hnet_retry_due(struct hush_net *n)
         hsdk_unlock(n->c);
         int done = 0;
         if (!e && inbound_report(n, in, 0)) {
-            if (is_text(in))
+            if (is_text(n, in))
                 notify_and_mark(n, in->m);
             done = 1;
         } else if (++r->attempts >= NET_RETRY_ATTEMPTS) {
@@ -320,7 +324,7 @@ void hnet_reprocess_pending(struct hush_net *n)
         if (e == HUSH_OK) {
             /* receipts and typing indicators held back too are reported like fresh ones */
             inbound_report(n, &in, 1);
-            if (is_text(&in))
+            if (is_text(n, &in))
                 notify_and_mark(n, in.m);
             hush_message_free(in.m);
         } else if (e == HUSH_ERR_IDENTITY_CHANGED) {
@@ -354,7 +358,7 @@ void hnet_replay_unnotified(struct hush_net *n)
         int found = 0;
         if (hsdk_valid_username(peer) && hush_history_list(n->c, peer, id + 1, 1, &h, &cnt) == HUSH_OK && cnt == 1 &&
             h[0].local_id == id) {
-            m.kind = HUSH_KIND_TEXT;
+            m.kind = h[0].kind == HUSH_KIND_FILE ? HUSH_KIND_FILE : HUSH_KIND_TEXT;
             snprintf(m.sender, sizeof m.sender, "%s", peer);
             snprintf(m.conversation, sizeof m.conversation, "%s", peer);
             m.sender_device = h[0].peer_device;

@@ -26,6 +26,12 @@
 
 #include "net.h"
 
+/* Messages with a state the app follows (QUEUED, SENT, DELIVERED, READY): texts and files. */
+static int has_state(int kind)
+{
+    return kind == HUSH__CONTENT_KIND__CONTENT_TEXT || kind == HUSH__CONTENT_KIND__CONTENT_ATTACHMENT;
+}
+
 static int next_outbox_row(hush_client *c, int64_t after, const char *skip_peer, struct orow *o)
 {
     hsdk_lock(c);
@@ -97,14 +103,14 @@ static void outbox_finished(struct hush_net *n, int64_t outbox_id, const uint8_t
     hsdk_lock(c);
     if (hsdk_begin(c) == HUSH_OK) {
         hsdk_outbox_remove(c, outbox_id, mid);
-        if (kind == HUSH__CONTENT_KIND__CONTENT_TEXT)
+        if (has_state(kind))
             hsdk_set_message_state(c, mid, state);
         if (hsdk_commit(c)) {
             /* the row stays: it is resent (same id, deduplicated by the relay) */
         }
     }
     hsdk_unlock(c);
-    if (kind == HUSH__CONTENT_KIND__CONTENT_TEXT)
+    if (has_state(kind))
         hnet_report_state(n, peer, mid, state);
     hnet_signal_progress(n);
 }
@@ -204,8 +210,8 @@ static int send_row(struct hush_net *n, struct orow *o)
             s.client_msg_id.len = 16;
             s.n_recipients = (size_t)total;
             s.recipients = rp;
-            /* only texts wake a sleeping phone at once; receipts and the like may wait */
-            s.non_urgent = o->kind != HUSH__CONTENT_KIND__CONTENT_TEXT;
+            /* only texts and files wake a sleeping phone at once; receipts and the like may wait */
+            s.non_urgent = !has_state(o->kind);
             Hush__Frame f = HUSH__FRAME__INIT;
             f.id = r->id;
             f.msg_case = HUSH__FRAME__MSG_SEND;
@@ -306,7 +312,7 @@ void hnet_record_sent(struct hush_net *n, int report)
     if (hsdk_begin(c) == HUSH_OK) {
         for (int i = 0; i < n->nsent; i++) {
             hsdk_outbox_remove(c, n->sent[i].outbox_id, n->sent[i].mid);
-            if (n->sent[i].kind == HUSH__CONTENT_KIND__CONTENT_TEXT)
+            if (has_state(n->sent[i].kind))
                 hsdk_set_message_state(c, n->sent[i].mid, HUSH_MSG_SENT);
         }
         if (hsdk_commit(c)) {
@@ -315,7 +321,7 @@ void hnet_record_sent(struct hush_net *n, int report)
     }
     hsdk_unlock(c);
     for (int i = 0; report && i < n->nsent; i++)
-        if (n->sent[i].kind == HUSH__CONTENT_KIND__CONTENT_TEXT)
+        if (has_state(n->sent[i].kind))
             hnet_report_state(n, n->sent[i].peer, n->sent[i].mid, HUSH_MSG_SENT);
     n->nsent = 0;
     hnet_signal_progress(n);

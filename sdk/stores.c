@@ -130,6 +130,12 @@ const char *const hsdk_migrations[] = {
     TRIGGERS("local_device", COLS_LOCAL_DEVICE) TRIGGERS("identities", COLS_IDENTITIES)
     TRIGGERS("sessions", COLS_SESSIONS) TRIGGERS("pre_keys", COLS_PRE_KEYS)
     TRIGGERS("signed_pre_keys", COLS_SIGNED_PRE_KEYS) TRIGGERS("sender_keys", COLS_SENDER_KEYS),
+    /* 5 -> 6: files sent and received (attach.c); the pointer (key, digest, name) is sealed */
+    "CREATE TABLE attachments ("
+    "  message_id BLOB PRIMARY KEY, outgoing INTEGER NOT NULL, peer TEXT NOT NULL, state INTEGER NOT NULL,"
+    "  done INTEGER NOT NULL DEFAULT 0, error INTEGER NOT NULL DEFAULT 0, created_at INTEGER NOT NULL,"
+    "  pointer BLOB NOT NULL) WITHOUT ROWID;"
+    "CREATE INDEX attachments_active ON attachments (created_at) WHERE state IN (1, 4);",
 };
 const int hsdk_nmigrations = (int)(sizeof hsdk_migrations / sizeof hsdk_migrations[0]);
 

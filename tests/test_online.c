@@ -17,6 +17,7 @@
 #include <fcntl.h>
 #include <sys/wait.h>
 #include <time.h>
+#include <dirent.h>
 #include <unistd.h>
 
 #include <arpa/inet.h>
@@ -64,6 +65,12 @@ struct rec {
     int ndevices_changed;
     int bad_text;
     hush_client *self; /* for callbacks that call back into their own client */
+    /* files */
+    int nfile_msgs;
+    uint8_t file_mid[16];   /* the last file message */
+    int nfile_sent, nfile_ready, nfile_failed, nfile_progress;
+    hush_err file_err;
+    uint64_t file_done;     /* the last progress reported */
 };
 
 static void rec_init(struct rec *r)
@@ -77,6 +84,10 @@ static void cb_message(void *ctx, const hush_message *m)
 {
     struct rec *r = ctx;
     pthread_mutex_lock(&r->mu);
+    if (m->kind == HUSH_KIND_FILE) {
+        memcpy(r->file_mid, m->message_id, 16);
+        r->nfile_msgs++;
+    }
     if (m->kind == HUSH_KIND_SENT_ELSEWHERE) {
         r->nsent_elsewhere++;
         snprintf(r->elsewhere_to, sizeof r->elsewhere_to, "%s", m->conversation);
@@ -194,6 +205,27 @@ static void cb_devices_changed(void *ctx, const char *user)
     pthread_mutex_unlock(&r->mu);
 }
 
+static void cb_file(void *ctx, const uint8_t mid[16], int state, uint64_t done, uint64_t total, hush_err err)
+{
+    (void)mid;
+    (void)total;
+    struct rec *r = ctx;
+    pthread_mutex_lock(&r->mu);
+    if (state == HUSH_FILE_SENT)
+        r->nfile_sent++;
+    else if (state == HUSH_FILE_READY)
+        r->nfile_ready++;
+    else if (state == HUSH_FILE_FAILED) {
+        r->nfile_failed++;
+        r->file_err = err;
+    } else {
+        r->nfile_progress++;
+        r->file_done = done;
+    }
+    pthread_cond_broadcast(&r->cv);
+    pthread_mutex_unlock(&r->mu);
+}
+
 /* Waits until *field >= want (read under the lock), at most ms. */
 static int wait_count(struct rec *r, const int *field, int want, int ms)
 {
@@ -217,7 +249,7 @@ struct user {
 static hush_callbacks user_callbacks(struct user *u)
 {
     hush_callbacks cb = { &u->r, cb_message, cb_receipt, cb_typing, cb_presence, cb_identity, cb_connection, cb_error,
-                          cb_link_code, cb_devices_changed };
+                          cb_link_code, cb_devices_changed, cb_file };
     return cb;
 }
 
@@ -1096,7 +1128,7 @@ static void test_receipts_never_backwards(void **state)
     char url[64];
     snprintf(url, sizeof url, "ws://127.0.0.1:%d", relay.port);
     hush_callbacks cb = { &b->r, cb_message_mark_read, cb_receipt, cb_typing, cb_presence, cb_identity, cb_connection,
-                          cb_error, NULL, NULL };
+                          cb_error, NULL, NULL, NULL };
     hush_net_opts o = { url, NULL, NULL, 0 };
     assert_int_equal(hush_net_start(b->c, &o, &cb), HUSH_OK);
     assert_int_equal(hush_net_wait_online(b->c, 15000), HUSH_OK);
@@ -1565,7 +1597,7 @@ static void test_prekey_storm_bounded(void **state)
     u->c = open_client("storm", 1, HUSH_DURABILITY_NORMAL);
     char url[64];
     snprintf(url, sizeof url, "ws://127.0.0.1:%d", ntohs(a.sin_port));
-    hush_callbacks cb = { &u->r, cb_message, cb_receipt, cb_typing, cb_presence, cb_identity, cb_connection, cb_error, NULL, NULL };
+    hush_callbacks cb = { &u->r, cb_message, cb_receipt, cb_typing, cb_presence, cb_identity, cb_connection, cb_error, NULL, NULL, NULL };
     hush_net_opts o = { url, NULL, NULL, 0 };
     assert_int_equal(hush_net_start(u->c, &o, &cb), HUSH_OK);
     int fd = accept(lfd, NULL, NULL);
@@ -1650,7 +1682,7 @@ static void test_bad_relay(void **state)
     send_text(u, "pam", "this must not be lost", mid);
     char url[64];
     snprintf(url, sizeof url, "ws://127.0.0.1:%d", fk.port);
-    hush_callbacks cb = { &u->r, cb_message, cb_receipt, cb_typing, cb_presence, cb_identity, cb_connection, cb_error, NULL, NULL };
+    hush_callbacks cb = { &u->r, cb_message, cb_receipt, cb_typing, cb_presence, cb_identity, cb_connection, cb_error, NULL, NULL, NULL };
     hush_net_opts o = { url, NULL, NULL, 0 };
     assert_int_equal(hush_net_start(u->c, &o, &cb), HUSH_OK);
     for (int i = 0; i < 300 && fk.conns < 6; i++) /* backoff: 0.25 s doubling, so ~8 s for 6 */
@@ -2401,6 +2433,395 @@ static void test_sigpipe_handler_kept(void **state)
     sigaction(SIGPIPE, &saved, NULL);
 }
 
+
+/* ------------------------------------------------------------------------------------------ */
+/* files */
+
+/* A file of `size` bytes whose content is the canary repeated (so a plaintext leak is findable). */
+static void make_file(const char *path, size_t size, const char *canary)
+{
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    size_t cl = strlen(canary);
+    for (size_t i = 0; i < size; i++)
+        fputc(i % 4096 < cl ? canary[i % 4096] : (int)(i * 2654435761u >> 24), f);
+    fclose(f);
+}
+
+static int same_file(const char *a, const char *b)
+{
+    uint8_t da[32], db[32];
+    FILE *fa = fopen(a, "rb"), *fb = fopen(b, "rb");
+    if (!fa || !fb) {
+        if (fa)
+            fclose(fa);
+        if (fb)
+            fclose(fb);
+        return 0;
+    }
+    crypto_hash_sha256_state sa, sb;
+    crypto_hash_sha256_init(&sa);
+    crypto_hash_sha256_init(&sb);
+    static uint8_t buf[1 << 16];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, fa)) > 0)
+        crypto_hash_sha256_update(&sa, buf, n);
+    while ((n = fread(buf, 1, sizeof buf, fb)) > 0)
+        crypto_hash_sha256_update(&sb, buf, n);
+    fclose(fa);
+    fclose(fb);
+    crypto_hash_sha256_final(&sa, da);
+    crypto_hash_sha256_final(&sb, db);
+    return !memcmp(da, db, 32);
+}
+
+/* 1 if any file directly in dir contains the needle. */
+static int dir_contains(const char *dir, const char *needle)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return 0;
+    struct dirent *de;
+    int found = 0;
+    while (!found && (de = readdir(d)) != NULL) {
+        if (de->d_name[0] == '.')
+            continue;
+        char p[1024];
+        snprintf(p, sizeof p, "%s/%s", dir, de->d_name);
+        found = file_contains(p, needle, strlen(needle));
+    }
+    closedir(d);
+    return found;
+}
+
+static int file_state(struct user *u, const uint8_t mid[16])
+{
+    hush_attachment *a = NULL;
+    if (hush_attachment_get(u->c, mid, &a) != HUSH_OK)
+        return -9;
+    int st = a->state;
+    hush_attachment_free(a);
+    return st;
+}
+
+/* Downloads the file message mid on u, then saves it to out. */
+static void fetch_and_save(struct user *u, const uint8_t mid[16], const char *out, int ms)
+{
+    assert_int_equal(hush_attachment_download(u->c, mid), HUSH_OK);
+    assert_true(wait_count(&u->r, &u->r.nfile_ready, 1, ms));
+    assert_int_equal(file_state(u, mid), HUSH_FILE_READY);
+    assert_int_equal(hush_attachment_save(u->c, mid, out), HUSH_OK);
+}
+
+/* A 50 MiB file to a user with two devices; the relay is killed (-9) at 60% of the upload, and it
+ * resumes from where the relay's copy ends. Both devices get it once and save the same bytes.
+ * Neither the relay's files, its database nor its log hold the content or the name. */
+static void test_file_two_devices_relay_killed(void **state)
+{
+    (void)state;
+    struct relay_proc relay;
+    relay_start(&relay, "files", "max_devices = 3\n");
+    struct user *a = user_new(&relay, "fay"), *b = user_new(&relay, "gus");
+    uint32_t dev = 0;
+    hush_err le = HUSH_OK;
+    struct user *b2 = user_link(&relay, b, "gus-laptop", &dev, &le);
+    assert_int_equal(le, HUSH_OK);
+    const char *canary = "CANARY-file-9c2e-plaintext-never-on-the-relay";
+    char src[400];
+    snprintf(src, sizeof src, "%s", tpath("big.bin"));
+    size_t size = 50u << 20;
+    make_file(src, size, canary);
+    uint8_t mid[16];
+    assert_int_equal(hush_send_file(a->c, "gus", src, "canary-name-7f3a.bin", "application/x-test", (const uint8_t *)"thumb", 5,
+                                    mid),
+                     HUSH_OK);
+    assert_int_equal(state_of(a, mid), HUSH_MSG_QUEUED);
+    /* kill the relay once 60% is up */
+    hush_attachment *att = NULL;
+    assert_int_equal(hush_attachment_get(a->c, mid, &att), HUSH_OK);
+    uint64_t total = att->total;
+    assert_true(total > size && total < size + size / 8 + 4096); /* padded, and each chunk's tag */
+    hush_attachment_free(att);
+    for (int i = 0; i < 3000; i++) {
+        pthread_mutex_lock(&a->r.mu);
+        uint64_t done = a->r.file_done;
+        pthread_mutex_unlock(&a->r.mu);
+        if (done >= total * 6 / 10)
+            break;
+        struct timespec ts = { 0, 10000000L };
+        nanosleep(&ts, NULL);
+    }
+    pthread_mutex_lock(&a->r.mu);
+    uint64_t at_kill = a->r.file_done;
+    pthread_mutex_unlock(&a->r.mu);
+    assert_true(at_kill >= total * 6 / 10 && at_kill < total);
+    relay_stop(&relay, SIGKILL);
+    relay_restart(&relay);
+    assert_true(wait_count(&a->r, &a->r.nfile_sent, 1, 120000));
+    assert_true(wait_state(a, mid, HUSH_MSG_SENT, 30000));
+    /* resumed, not started over: the relay received about one file's worth in all */
+    long in = relay_metric(&relay, "hush_blob_bytes_in_total"); /* since the restart */
+    assert_true(in > 0 && (uint64_t)in <= total - at_kill + 8u * 256 * 1024);
+    /* both of gus's devices get the message once, with its details */
+    assert_true(wait_count(&b->r, &b->r.nfile_msgs, 1, 30000));
+    assert_true(wait_count(&b2->r, &b2->r.nfile_msgs, 1, 30000));
+    assert_memory_equal(b->r.file_mid, mid, 16);
+    assert_int_equal(hush_attachment_get(b->c, mid, &att), HUSH_OK);
+    assert_string_equal(att->file_name, "canary-name-7f3a.bin");
+    assert_string_equal(att->content_type, "application/x-test");
+    assert_int_equal(att->size, size);
+    assert_int_equal(att->state, HUSH_FILE_REMOTE);
+    assert_int_equal(att->thumbnail_len, 5);
+    assert_memory_equal(att->thumbnail, "thumb", 5);
+    hush_attachment_free(att);
+    /* nothing to save before it is downloaded */
+    assert_int_equal(hush_attachment_save(b->c, mid, tpath("early.bin")), HUSH_ERR_NOT_FOUND);
+    fetch_and_save(b, mid, tpath("got1.bin"), 120000);
+    fetch_and_save(b2, mid, tpath("got2.bin"), 120000);
+    assert_true(same_file(src, tpath("got1.bin")));
+    assert_true(same_file(src, tpath("got2.bin")));
+    /* the sender sees it delivered; the history shows a file */
+    assert_true(wait_state(a, mid, HUSH_MSG_DELIVERED, 20000));
+    hush_history_entry *h = NULL;
+    size_t nh = 0;
+    assert_int_equal(hush_history_list(b->c, "fay", 0, 10, &h, &nh), HUSH_OK);
+    assert_int_equal(nh, 1);
+    assert_int_equal(h[0].kind, HUSH_KIND_FILE);
+    assert_string_equal((const char *)h[0].body, "canary-name-7f3a.bin");
+    hush_history_free(h, nh);
+    /* the canary: not in the relay's files, database or log; but in the client's sealed copy? no */
+    char blobdir[400], wal[400];
+    snprintf(blobdir, sizeof blobdir, "%s.blobs", relay.db);
+    snprintf(wal, sizeof wal, "%s-wal", relay.db);
+    user_free(a);
+    user_free(b);
+    user_free(b2);
+    assert_int_equal(relay_stop(&relay, SIGTERM), 0);
+    assert_false(dir_contains(blobdir, canary));
+    assert_false(dir_contains(blobdir, "canary-name-7f3a"));
+    assert_false(file_contains(relay.db, "canary-name-7f3a", 16));
+    assert_false(file_contains(wal, "canary-name-7f3a", 16));
+    assert_false(file_contains(relay.log, "canary-name-7f3a", 16));
+    assert_false(file_contains(relay.log, canary, strlen(canary)));
+    /* the receivers keep the file encrypted beside their database */
+    char files[400];
+    snprintf(files, sizeof files, "%s.files", tpath("gus.db"));
+    assert_false(dir_contains(files, canary));
+}
+
+/* A file changed on the relay's disk is refused by the receiver (digest), a local copy changed
+ * after download does not decrypt, a file over the relay's limit fails the message, and an
+ * expired one fails the download: each with its own error, nothing written. */
+static void test_file_tamper_limits_expiry(void **state)
+{
+    (void)state;
+    struct relay_proc relay;
+    relay_start(&relay, "files_bad", "blob_max_bytes = 1m\nttl_seconds = 6\n");
+    struct user *a = user_new(&relay, "hal"), *b = user_new(&relay, "ivy");
+    char src[400]; /* tpath's buffers rotate */
+    snprintf(src, sizeof src, "%s", tpath("small.bin"));
+    make_file(src, 300000, "small-file");
+    uint8_t mid[16];
+    assert_int_equal(hush_send_file(a->c, "ivy", src, NULL, NULL, NULL, 0, mid), HUSH_OK);
+    assert_true(wait_count(&b->r, &b->r.nfile_msgs, 1, 20000));
+    /* flip one byte of the relay's copy */
+    char blobdir[400];
+    snprintf(blobdir, sizeof blobdir, "%s.blobs", relay.db);
+    DIR *d = opendir(blobdir);
+    assert_non_null(d);
+    struct dirent *de;
+    char victim[700] = "";
+    while ((de = readdir(d)) != NULL)
+        if (strlen(de->d_name) == 32)
+            snprintf(victim, sizeof victim, "%s/%s", blobdir, de->d_name);
+    closedir(d);
+    assert_true(victim[0] != '\0');
+    FILE *f = fopen(victim, "r+b");
+    assert_non_null(f);
+    fseek(f, 1000, SEEK_SET);
+    int ch = fgetc(f);
+    fseek(f, 1000, SEEK_SET);
+    fputc(ch ^ 0x40, f);
+    fclose(f);
+    assert_int_equal(hush_attachment_download(b->c, mid), HUSH_OK);
+    assert_true(wait_count(&b->r, &b->r.nfile_failed, 1, 20000));
+    assert_int_equal(b->r.file_err, HUSH_ERR_BAD_MESSAGE);
+    assert_int_equal(file_state(b, mid), HUSH_FILE_FAILED);
+    assert_int_equal(hush_attachment_save(b->c, mid, tpath("bad.bin")), HUSH_ERR_NOT_FOUND);
+    assert_int_equal(access(tpath("bad.bin"), F_OK), -1);
+    /* put the byte back: the download can be tried again and works */
+    f = fopen(victim, "r+b");
+    fseek(f, 1000, SEEK_SET);
+    fputc(ch, f);
+    fclose(f);
+    fetch_and_save(b, mid, tpath("good.bin"), 20000);
+    assert_true(same_file(src, tpath("good.bin")));
+    /* the local encrypted copy changed: it does not decrypt, and nothing is written */
+    char local[600];
+    snprintf(local, sizeof local, "%s.files", tpath("ivy.db"));
+    char hex[33];
+    sodium_bin2hex(hex, sizeof hex, mid, 16);
+    char lp[700];
+    snprintf(lp, sizeof lp, "%s/%s", local, hex);
+    f = fopen(lp, "r+b");
+    assert_non_null(f);
+    fseek(f, 70000, SEEK_SET);
+    ch = fgetc(f);
+    fseek(f, 70000, SEEK_SET);
+    fputc(ch ^ 1, f);
+    fclose(f);
+    assert_int_equal(hush_attachment_save(b->c, mid, tpath("bad2.bin")), HUSH_ERR_BAD_MESSAGE);
+    assert_int_equal(access(tpath("bad2.bin"), F_OK), -1);
+    /* over the relay's limit: the message fails, with the reason */
+    char big[400];
+    snprintf(big, sizeof big, "%s", tpath("over.bin"));
+    make_file(big, 2u << 20, "over");
+    uint8_t mid2[16];
+    assert_int_equal(hush_send_file(a->c, "ivy", big, NULL, NULL, NULL, 0, mid2), HUSH_OK);
+    assert_true(wait_count(&a->r, &a->r.nfile_failed, 1, 20000));
+    assert_int_equal(a->r.file_err, HUSH_ERR_TOO_BIG);
+    assert_true(wait_state(a, mid2, HUSH_MSG_FAILED, 5000) || state_of(a, mid2) == HUSH_MSG_FAILED);
+    assert_int_equal(state_of(a, mid2), HUSH_MSG_FAILED);
+    /* expired on the relay before it was fetched */
+    uint8_t mid3[16];
+    b->r.nfile_failed = 0;
+    int before = b->r.nfile_msgs;
+    assert_int_equal(hush_send_file(a->c, "ivy", src, "later.bin", NULL, NULL, 0, mid3), HUSH_OK);
+    assert_true(wait_count(&b->r, &b->r.nfile_msgs, before + 1, 20000));
+    sleep(7);
+    assert_int_equal(hush_attachment_download(b->c, mid3), HUSH_OK);
+    assert_true(wait_count(&b->r, &b->r.nfile_failed, 1, 20000));
+    assert_int_equal(b->r.file_err, HUSH_ERR_NOT_FOUND);
+    /* bad arguments */
+    assert_int_equal(hush_send_file(a->c, "ivy", tpath("does-not-exist"), NULL, NULL, NULL, 0, NULL), HUSH_ERR_INVALID_ARG);
+    assert_int_equal(hush_send_file(a->c, "ivy", src, "a/b", NULL, NULL, 0, NULL), HUSH_ERR_INVALID_ARG);
+    assert_int_equal(hush_send_file(a->c, "ivy", src, NULL, NULL, (const uint8_t *)src, HUSH_MAX_THUMBNAIL + 1, NULL),
+                     HUSH_ERR_TOO_BIG);
+    assert_int_equal(hush_send_file(a->c, "hal", src, NULL, NULL, NULL, 0, NULL), HUSH_ERR_INVALID_ARG);
+    user_free(a);
+    user_free(b);
+    assert_int_equal(relay_stop(&relay, SIGTERM), 0);
+}
+
+/* The CLI: `hush send --file` killed at 60% resumes when hush connects again; `hush listen
+ * --files DIR` saves what arrives; `hush get ID --out PATH` downloads one; a second empty file
+ * and a cancelled one. */
+static void test_cli_files(void **state)
+{
+    (void)state;
+    struct relay_proc relay;
+    relay_start(&relay, "cli_files", NULL);
+    char cmd[4096], out[8192], a[400], b[400], dir[400];
+    const char *h = cli_path();
+    snprintf(a, sizeof a, "%s", tpath("cf-alice.db"));
+    snprintf(b, sizeof b, "%s", tpath("cf-bob.db"));
+    snprintf(dir, sizeof dir, "%s", tpath("inbox"));
+    mkdir(dir, 0700);
+    snprintf(cmd, sizeof cmd, "%s init --db %s --relay ws://127.0.0.1:%d --user alice > /dev/null 2>&1", h, a, relay.port);
+    assert_int_equal(run(cmd, out, sizeof out), 0);
+    snprintf(cmd, sizeof cmd, "%s init --db %s --relay ws://127.0.0.1:%d --user bob > /dev/null 2>&1", h, b, relay.port);
+    assert_int_equal(run(cmd, out, sizeof out), 0);
+    char src[400];
+    snprintf(src, sizeof src, "%s", tpath("report.pdf"));
+    size_t size = 30u << 20;
+    make_file(src, size, "cli-file");
+    /* the sender is killed once 60% is on the relay */
+    pid_t pid = fork();
+    if (pid == 0) {
+        int null = open("/dev/null", O_WRONLY);
+        dup2(null, 1);
+        dup2(null, 2);
+        execl(h, "hush", "send", "--db", a, "bob", "--file", src, "--type", "application/pdf", (char *)NULL);
+        _exit(127);
+    }
+    uint64_t total = size + size / 8 + 4096; /* at most: the padding and the chunks' tags */
+    int killed = 0;
+    for (int i = 0; i < 6000 && !killed; i++) {
+        long in = relay_metric(&relay, "hush_blob_bytes_in_total");
+        if (in >= (long)(size * 6 / 10)) {
+            kill(pid, SIGKILL);
+            killed = 1;
+        } else {
+            struct timespec ts = { 0, 5000000L };
+            nanosleep(&ts, NULL);
+        }
+    }
+    int st = 0;
+    waitpid(pid, &st, 0);
+    assert_true(killed);
+    assert_true(WIFSIGNALED(st));
+    long at_kill = relay_metric(&relay, "hush_blob_bytes_in_total");
+    assert_true(at_kill < (long)total);
+    /* bob listens with --files; alice connects again (listen) and the upload resumes */
+    pid_t lb = fork();
+    if (lb == 0) {
+        char logp[400];
+        snprintf(logp, sizeof logp, "%s", tpath("bob-listen.log"));
+        int fd = open(logp, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+        dup2(fd, 1);
+        dup2(fd, 2);
+        execl(h, "hush", "listen", "--db", b, "--files", dir, (char *)NULL);
+        _exit(127);
+    }
+    snprintf(cmd, sizeof cmd, "timeout 60 %s listen --db %s > %s 2>&1 &", h, a, tpath("alice-listen.log"));
+    assert_int_equal(system(cmd), 0);
+    char saved[500];
+    snprintf(saved, sizeof saved, "%s/report.pdf", dir);
+    int ok = 0;
+    for (int i = 0; i < 1200 && !ok; i++) {
+        ok = access(saved, F_OK) == 0 && same_file(src, saved);
+        if (!ok) {
+            struct timespec ts = { 0, 50000000L };
+            nanosleep(&ts, NULL);
+        }
+    }
+    assert_true(ok);
+    assert_true(relay_metric(&relay, "hush_blob_bytes_in_total") <= (long)total + 8L * 256 * 1024);
+    kill(lb, SIGTERM);
+    waitpid(lb, &st, 0);
+    snprintf(cmd, sizeof cmd, "pkill -f 'listen --db %s' ; sleep 0.5", a);
+    if (system(cmd)) {
+    }
+    assert_true(file_contains(tpath("bob-listen.log"), "[file] report.pdf", 17));
+    assert_true(file_contains(tpath("bob-listen.log"), "saved ", 6));
+    /* history shows the file with its id; get downloads it again to another path */
+    snprintf(cmd, sizeof cmd, "%s history --db %s alice 2>&1 | grep -o 'id [0-9a-f]*' | head -1 | cut -c4-", h, b);
+    assert_int_equal(run(cmd, out, sizeof out), 0);
+    out[strcspn(out, "\n")] = '\0';
+    assert_int_equal(strlen(out), 32);
+    char id[40];
+    snprintf(id, sizeof id, "%s", out);
+    snprintf(cmd, sizeof cmd, "%s get --db %s %s --out %s 2>&1", h, b, id, tpath("again.pdf"));
+    assert_int_equal(run(cmd, out, sizeof out), 0);
+    assert_non_null(strstr(out, "saved "));
+    assert_true(same_file(src, tpath("again.pdf")));
+    /* never over an existing file */
+    snprintf(cmd, sizeof cmd, "%s get --db %s %s --out %s 2>&1", h, b, id, tpath("again.pdf"));
+    assert_int_equal(run(cmd, out, sizeof out), 1);
+    assert_non_null(strstr(out, "exists"));
+    snprintf(cmd, sizeof cmd, "%s get --db %s 0123 2>&1", h, b);
+    assert_int_equal(run(cmd, out, sizeof out), 2);
+    /* an empty file goes too; a one-shot send waits for its upload */
+    char empty[400];
+    snprintf(empty, sizeof empty, "%s", tpath("empty.txt"));
+    FILE *f = fopen(empty, "w");
+    fclose(f);
+    snprintf(cmd, sizeof cmd, "%s send --db %s bob --file %s 2>&1", h, a, empty);
+    assert_int_equal(run(cmd, out, sizeof out), 0);
+    assert_non_null(strstr(out, "sent "));
+    snprintf(cmd, sizeof cmd, "timeout 5 %s listen --db %s --raw --files %s 2>&1", h, b, dir);
+    run(cmd, out, sizeof out);
+    assert_non_null(strstr(out, "\"type\":\"file\""));
+    assert_non_null(strstr(out, "\"type\":\"file_saved\""));
+    struct stat sb;
+    snprintf(saved, sizeof saved, "%s/empty.txt", dir);
+    assert_int_equal(stat(saved, &sb), 0);
+    assert_int_equal(sb.st_size, 0);
+    snprintf(cmd, sizeof cmd, "%s send --db %s bob --file %s 2>&1", h, a, tpath("no-such-file"));
+    assert_int_equal(run(cmd, out, sizeof out), 2);
+    assert_int_equal(relay_stop(&relay, SIGTERM), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -2414,6 +2835,9 @@ int main(void)
         cmocka_unit_test(test_receipts_never_backwards),
         cmocka_unit_test(test_relay_restarts),
         cmocka_unit_test(test_canary_online),
+        cmocka_unit_test(test_file_two_devices_relay_killed),
+        cmocka_unit_test(test_file_tamper_limits_expiry),
+        cmocka_unit_test(test_cli_files),
         cmocka_unit_test(test_unknown_user_and_bad_url),
         cmocka_unit_test(test_kill9_receiver),
         cmocka_unit_test(test_bad_relay),

@@ -235,8 +235,11 @@ typedef enum hush_kind {
     HUSH_KIND_TYPING = 5,     /* a typing indicator (reported as on_typing) */
     HUSH_KIND_SENT_ELSEWHERE = 6, /* a text this user sent from another of its devices: `sender` is this
                                      user, `conversation` the peer it went to; stored as sent */
-    HUSH_KIND_READ_ELSEWHERE = 7  /* another device of this user marked messages read (body: state byte,
+    HUSH_KIND_READ_ELSEWHERE = 7, /* another device of this user marked messages read (body: state byte,
                                      then message ids); the history's read marks follow it */
+    HUSH_KIND_FILE = 8            /* a file (body: its name); details and download through
+                                     hush_attachment_get / hush_attachment_download. From another
+                                     device of this user (`sender` is this user): a file it sent */
 } hush_kind;
 
 typedef struct hush_message {
@@ -339,8 +342,9 @@ typedef struct hush_history_entry {
     uint64_t sent_at_ms;
     uint64_t received_at_ms;
     int read;                     /* marked read locally */
-    uint8_t *body;
+    uint8_t *body;                /* a text, or a file's name (kind HUSH_KIND_FILE) */
     size_t body_len;
+    hush_kind kind;               /* HUSH_KIND_TEXT or HUSH_KIND_FILE */
 } hush_history_entry;
 
 HUSH_MUST_CHECK hush_err hush_history_list(hush_client *c, const char *peer, int64_t before_local_id,
@@ -436,6 +440,10 @@ typedef struct hush_callbacks {
     void (*on_link_code)(void *ctx, const char *code);
     /* the relay says `user`'s devices changed (this account's own, or a contact's) */
     void (*on_devices_changed)(void *ctx, const char *user);
+    /* a file's transfer moved (see hush_attachment_get): progress while UPLOADING or DOWNLOADING
+     * (at most ten times a second), then once SENT, READY or FAILED (err says why) */
+    void (*on_file)(void *ctx, const uint8_t message_id[HUSH_MESSAGE_ID_BYTES], int state, uint64_t done,
+                    uint64_t total, hush_err err);
 } hush_callbacks;
 
 typedef struct hush_net_opts {
@@ -608,6 +616,70 @@ HUSH_MUST_CHECK hush_err hush_presence_subscribe(hush_client *c, const char *con
 
 /* Device ids of `peer` known to this client (those it holds an identity key for), ascending. */
 HUSH_MUST_CHECK hush_err hush_peer_devices(hush_client *c, const char *peer, uint32_t *out, size_t max, size_t *count);
+
+/*
+ * Files (attachments). A file is encrypted on this device with a fresh key (libsodium's
+ * XChaCha20-Poly1305 secretstream, in chunks, its length padded), the ciphertext is uploaded to
+ * the relay once, and a message carrying where it is and its key goes end-to-end encrypted to every
+ * device of the peer and of this user. The relay never sees the key, the name or the content.
+ *
+ * hush_send_file encrypts `path` into the client's files directory ("<database>.files", beside
+ * the database), then commits the message (history state QUEUED) before returning; the upload runs
+ * on the network thread, resumes after a lost connection or a restart of the app or the relay,
+ * and the message goes out once the relay has stored every byte. file_name: as the peer sees it
+ * (NULL: the last component of path), content_type (NULL: "application/octet-stream"), thumbnail
+ * (optional, at most HUSH_MAX_THUMBNAIL bytes, travels inside the message). Errors:
+ * HUSH_ERR_INVALID_ARG (bad peer, name or type; not a regular file), HUSH_ERR_TOO_BIG (larger than
+ * HUSH_MAX_FILE, or a thumbnail over its cap), HUSH_ERR_STORAGE (the file could not be read or the
+ * encrypted copy written), HUSH_ERR_NO_DEVICE.
+ *
+ * A received file is a message of kind HUSH_KIND_FILE (on_message, body: its name). Nothing is
+ * downloaded until the app asks: hush_attachment_download queues the download (the network thread
+ * fetches the ciphertext into the files directory, resumable, and checks its digest: state READY,
+ * or FAILED with HUSH_ERR_BAD_MESSAGE when it was tampered with and HUSH_ERR_NOT_FOUND when the
+ * relay no longer has it). Downloaded files stay encrypted beside the database under their own key
+ * (kept sealed in the database); hush_attachment_save decrypts one to out_path (written to a
+ * temporary name, synced, then renamed: never half a file), checking every chunk and the size.
+ * hush_attachment_cancel stops an upload (the message fails) or a download (back to REMOTE).
+ */
+#define HUSH_MAX_FILE (2ull << 30)     /* largest file hush_send_file takes (the relay's own limit may be lower) */
+#define HUSH_MAX_FILE_NAME 255
+#define HUSH_MAX_CONTENT_TYPE 127
+#define HUSH_MAX_THUMBNAIL (32 * 1024)
+typedef enum hush_file_state {
+    HUSH_FILE_FAILED = -1,     /* the upload or download failed for good (on_file's err says why) */
+    HUSH_FILE_UPLOADING = 1,   /* ours: being uploaded */
+    HUSH_FILE_SENT = 2,        /* ours: uploaded; the message is in the outbox or sent */
+    HUSH_FILE_REMOTE = 3,      /* on the relay, not downloaded here */
+    HUSH_FILE_DOWNLOADING = 4,
+    HUSH_FILE_READY = 5        /* downloaded and verified: hush_attachment_save */
+} hush_file_state;
+typedef struct hush_attachment {
+    uint8_t message_id[HUSH_MESSAGE_ID_BYTES];
+    int outgoing;                         /* sent by this user */
+    char peer[HUSH_USERNAME_MAX + 1];     /* the conversation */
+    char file_name[HUSH_MAX_FILE_NAME + 1];
+    char content_type[HUSH_MAX_CONTENT_TYPE + 1];
+    uint64_t size;                        /* the file's bytes */
+    hush_file_state state;
+    uint64_t done, total;                 /* the transfer's progress (ciphertext bytes) */
+    uint8_t *thumbnail;                   /* NULL when none */
+    size_t thumbnail_len;
+} hush_attachment;
+HUSH_MUST_CHECK hush_err hush_send_file(hush_client *c, const char *peer, const char *path, const char *file_name,
+                                        const char *content_type, const uint8_t *thumbnail, size_t thumbnail_len,
+                                        uint8_t message_id_out[HUSH_MESSAGE_ID_BYTES]);
+/* On success *out is the caller's (hush_attachment_free). HUSH_ERR_NOT_FOUND: no file message with that id. */
+HUSH_MUST_CHECK hush_err hush_attachment_get(hush_client *c, const uint8_t message_id[HUSH_MESSAGE_ID_BYTES],
+                                             hush_attachment **out);
+void hush_attachment_free(hush_attachment *a);
+/* HUSH_OK also when it is already downloading or READY. */
+HUSH_MUST_CHECK hush_err hush_attachment_download(hush_client *c, const uint8_t message_id[HUSH_MESSAGE_ID_BYTES]);
+/* Errors: HUSH_ERR_NOT_FOUND (not READY), HUSH_ERR_BAD_MESSAGE (a chunk or the padding fails to
+ * verify: nothing is written), HUSH_ERR_STORAGE (out_path cannot be written). */
+HUSH_MUST_CHECK hush_err hush_attachment_save(hush_client *c, const uint8_t message_id[HUSH_MESSAGE_ID_BYTES],
+                                              const char *out_path);
+HUSH_MUST_CHECK hush_err hush_attachment_cancel(hush_client *c, const uint8_t message_id[HUSH_MESSAGE_ID_BYTES]);
 
 /* Runs PRAGMA integrity_check on the client database: HUSH_OK or HUSH_ERR_DB_CORRUPT. */
 HUSH_MUST_CHECK hush_err hush_client_check(hush_client *c);
