@@ -151,6 +151,12 @@ final class EventBridge: @unchecked Sendable {
             guard let b = EventBridge.from(ctx), let user = user else { return }
             b.deliver(.devicesChanged(user: String(cString: user)))
         }
+        cb.on_file = { ctx, id, state, done, total, err in
+            guard let b = EventBridge.from(ctx), let id = id else { return }
+            let mid = MessageID(bytes: Data(bytes: id, count: Int(HUSH_MESSAGE_ID_BYTES)))!
+            b.deliver(.file(FileProgress(id: mid, state: FileState(state), done: done, total: total,
+                                         error: HushError(err))))
+        }
         return cb
     }
 }

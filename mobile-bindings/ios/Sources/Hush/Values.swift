@@ -87,6 +87,10 @@ public struct Message: Sendable, Hashable {
         /// A text this account sent from another of its devices: `sender` is this account,
         /// `conversation` the peer it went to. Stored in the history as sent.
         case sentElsewhere
+        /// A file (`text` is its name): `HushClient.attachment(_:)` gives its size and type,
+        /// `downloadAttachment(_:)` fetches it. From another device of this account (`sender` is
+        /// this account), a file it sent.
+        case file
     }
 
     public let kind: Kind
@@ -114,7 +118,8 @@ public struct Message: Sendable, Hashable {
 
     init(_ m: UnsafePointer<hush_message>) {
         let p = m.pointee
-        kind = p.kind == HUSH_KIND_GROUP_TEXT ? .groupText : p.kind == HUSH_KIND_SENT_ELSEWHERE ? .sentElsewhere : .text
+        kind = p.kind == HUSH_KIND_GROUP_TEXT ? .groupText
+            : p.kind == HUSH_KIND_SENT_ELSEWHERE ? .sentElsewhere : p.kind == HUSH_KIND_FILE ? .file : .text
         conversation = cString(tuple: p.conversation)
         sender = cString(tuple: p.sender)
         senderDevice = p.sender_device
@@ -165,10 +170,13 @@ public struct HistoryEntry: Sendable, Hashable {
     /// Marked read on this device.
     public let isRead: Bool
     public let body: Data
+    /// A file message: `text` is the file's name, `HushClient.attachment(_:)` the rest.
+    public let isFile: Bool
 
     public var text: String { String(decoding: body, as: UTF8.self) }
 
     init(_ e: hush_history_entry) {
+        isFile = e.kind == HUSH_KIND_FILE
         localID = e.local_id
         isOutgoing = e.outgoing != 0
         peer = cString(tuple: e.peer)
@@ -255,6 +263,70 @@ public enum HushEvent: Sendable {
     case linkCode(String)
     /// The relay says `user`'s devices changed (this account's own, or a contact's).
     case devicesChanged(user: String)
+    /// A file's transfer moved: progress while `.uploading` or `.downloading` (at most ten times a
+    /// second, encrypted bytes), then once `.sent`, `.ready` or `.failed` (`error` says why).
+    case file(FileProgress)
+}
+
+/// Where a file (attachment) stands on this device.
+public enum FileState: Int, Sendable {
+    /// The upload or download failed for good.
+    case failed = -1
+    /// Ours: being uploaded (it resumes after a restart).
+    case uploading = 1
+    /// Ours: uploaded; its message is in the outbox or sent.
+    case sent = 2
+    /// On the relay, not downloaded here.
+    case remote = 3
+    case downloading = 4
+    /// Downloaded and checked: `saveAttachment(_:to:)` writes it decrypted.
+    case ready = 5
+
+    init(_ raw: Int32) {
+        self = FileState(rawValue: Int(raw)) ?? .failed
+    }
+}
+
+/// A file's transfer, as `HushEvent.file` reports it.
+public struct FileProgress: Sendable, Hashable {
+    public let id: MessageID
+    public let state: FileState
+    public let done: UInt64
+    public let total: UInt64
+    /// Why it failed (`.failed` only).
+    public let error: HushError?
+}
+
+/// A file message's details (`HushClient.attachment(_:)`).
+public struct Attachment: Sendable, Hashable {
+    public let id: MessageID
+    /// Sent by this account (from this device or another of its devices).
+    public let isOutgoing: Bool
+    public let peer: String
+    /// The name the sender gave it (never contains "/").
+    public let fileName: String
+    public let contentType: String
+    /// The file's length in bytes.
+    public let size: UInt64
+    public let state: FileState
+    /// The transfer's progress: encrypted bytes done of `total`.
+    public let done: UInt64
+    public let total: UInt64
+    /// The thumbnail the sender attached, if any.
+    public let thumbnail: Data?
+
+    init(_ a: hush_attachment) {
+        id = MessageID(tuple: a.message_id)
+        isOutgoing = a.outgoing != 0
+        peer = cString(tuple: a.peer)
+        fileName = cString(tuple: a.file_name)
+        contentType = cString(tuple: a.content_type)
+        size = a.size
+        state = FileState(a.state.rawValue)
+        done = a.done
+        total = a.total
+        thumbnail = a.thumbnail.map { Data(bytes: $0, count: a.thumbnail_len) }
+    }
 }
 
 // MARK: - helpers for C fixed-size char arrays, imported by Swift as tuples

@@ -312,6 +312,41 @@ final class HushClientTests: XCTestCase {
 
     /// A wake-up through a real HTTP push service on loopback (the tests' receiver script): one
     /// for a burst to a sleeping device, then `wake` takes the mail and stops.
+    func testSendAndReceiveFile() async throws {
+        let ra = Recorder(), rb = Recorder()
+        let alice = try await online("falice", ra)
+        let bob = try await online("fbob", rb)
+        var content = Data(count: 2 * 1024 * 1024 + 5)
+        for i in 0..<content.count { content[i] = UInt8(truncatingIfNeeded: i &* 2654435761 >> 13) }
+        let src = dir.appendingPathComponent("voice.ogg")
+        try content.write(to: src)
+        let id = try alice.sendFile(to: "fbob", url: src, contentType: "audio/ogg", thumbnail: Data([1, 2, 3]))
+        XCTAssertTrue(ra.await(30) { r in r.files.contains { $0.id == id && $0.state == .sent } }, "uploaded")
+        XCTAssertTrue(rb.await(20) { r in r.messages.contains { $0.kind == .file && $0.id == id } }, "the file message")
+        let m = rb.messages.first { $0.id == id }!
+        XCTAssertEqual(m.text, "voice.ogg")
+        let a = try bob.attachment(id)
+        XCTAssertEqual(a.fileName, "voice.ogg")
+        XCTAssertEqual(a.contentType, "audio/ogg")
+        XCTAssertEqual(a.size, UInt64(content.count))
+        XCTAssertEqual(a.state, .remote)
+        XCTAssertEqual(a.thumbnail, Data([1, 2, 3]))
+        XCTAssertFalse(a.isOutgoing)
+        let out = dir.appendingPathComponent("got.ogg")
+        expectError(.notFound) { try bob.saveAttachment(id, to: out) }
+        try bob.downloadAttachment(id)
+        XCTAssertTrue(rb.await(30) { r in r.files.contains { $0.id == id && $0.state == .ready } }, "downloaded")
+        XCTAssertTrue(rb.files.contains { $0.id == id && $0.state == .downloading }, "progress was reported")
+        try bob.saveAttachment(id, to: out)
+        XCTAssertEqual(try Data(contentsOf: out), content)
+        let h = try bob.history(with: "falice")
+        XCTAssertEqual(h.count, 1)
+        XCTAssertTrue(h[0].isFile)
+        XCTAssertEqual(try alice.attachment(id).state, .sent)
+        expectError(.invalidArgument) { try alice.sendFile(to: "fbob", url: self.dir.appendingPathComponent("missing")) }
+        expectError(.notFound) { try bob.attachment(MessageID(bytes: Data(count: 16))!) }
+    }
+
     func testPushWakeUp() async throws {
         let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
             .appendingPathComponent("../../../../tests/fixtures/push_receiver.py").standardized

@@ -18,6 +18,7 @@ class Recorder: HushClientDelegate, @unchecked Sendable {
     private(set) var states: [ConnectionState] = []
     private(set) var errors: [HushError] = []
     private(set) var linkCodes: [String] = []
+    private(set) var files: [FileProgress] = []
     private(set) var threadNames: Set<String> = []
     private(set) var onMainThread = false
 
@@ -41,6 +42,7 @@ class Recorder: HushClientDelegate, @unchecked Sendable {
         case .error(let e, _): errors.append(e)
         case .linkCode(let c): linkCodes.append(c)
         case .devicesChanged: break
+        case .file(let f): files.append(f)
         }
     }
 

@@ -33,6 +33,7 @@
 #define EXC_CLASS "org/hush/sdk/HushException"
 #define HISTORY_CLASS "org/hush/sdk/HistoryEntry"
 #define DEVICE_CLASS "org/hush/sdk/DeviceInfo"
+#define ATTACHMENT_CLASS "org/hush/sdk/Attachment"
 
 #ifdef __ANDROID__
 typedef JNIEnv *attach_env_t;
@@ -49,9 +50,9 @@ struct jhush {
 
 static JavaVM *g_vm;
 static pthread_key_t g_detach_key;
-static jclass g_exc_cls, g_hist_cls, g_bridge_cls, g_string_cls, g_dev_cls;
-static jmethodID g_exc_ctor, g_hist_ctor, g_dev_ctor;
-static jmethodID g_on_link_code, g_on_devices_changed;
+static jclass g_exc_cls, g_hist_cls, g_bridge_cls, g_string_cls, g_dev_cls, g_att_cls;
+static jmethodID g_exc_ctor, g_hist_ctor, g_dev_ctor, g_att_ctor;
+static jmethodID g_on_link_code, g_on_devices_changed, g_on_file;
 static jmethodID g_on_message, g_on_receipt, g_on_typing, g_on_presence, g_on_identity, g_on_connection,
     g_on_error;
 
@@ -246,6 +247,19 @@ static void cb_devices_changed(void *ctx, const char *user)
     cb_leave(&s);
 }
 
+static void cb_file(void *ctx, const uint8_t message_id[HUSH_MESSAGE_ID_BYTES], int state, uint64_t done, uint64_t total,
+                    hush_err err)
+{
+    struct jhush *h = ctx;
+    struct cb_scope s;
+    if (cb_enter(h, &s))
+        return;
+    jbyteArray id = new_bytes(s.env, message_id, HUSH_MESSAGE_ID_BYTES);
+    if (id)
+        (*s.env)->CallVoidMethod(s.env, h->bridge, g_on_file, id, (jint)state, (jlong)done, (jlong)total, (jint)err);
+    cb_leave(&s);
+}
+
 static void cb_receipt(void *ctx, const char *peer, const uint8_t message_id[HUSH_MESSAGE_ID_BYTES],
                        hush_msg_state state)
 {
@@ -417,7 +431,7 @@ static void n_start(JNIEnv *env, jclass cls, jlong hh, jstring url, jstring invi
     }
     hush_net_opts o = { u[0] ? u : NULL, inv[0] ? inv : NULL, ca[0] ? ca : NULL, insecure ? 1 : 0 };
     hush_callbacks cb = { h,        cb_message, cb_receipt, cb_typing,    cb_presence,       cb_identity,
-                          cb_connection, cb_error, cb_link_code, cb_devices_changed };
+                          cb_connection, cb_error, cb_link_code, cb_devices_changed, cb_file };
     hush_err e = mode == 1   ? hush_net_start_link(h->c, &o, &cb)
                  : mode == 2 ? hush_net_start_recover(h->c, &o, &cb, ru, rc)
                              : hush_net_start(h->c, &o, &cb);
@@ -521,6 +535,75 @@ static jstring n_push_vapid_key(JNIEnv *env, jclass cls, jlong hh)
     if (check(env, e, "push VAPID key"))
         return NULL;
     return jstr(env, k);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* natives: files */
+
+static int get_message_id(JNIEnv *env, jbyteArray id, uint8_t out[HUSH_MESSAGE_ID_BYTES]);
+
+static jbyteArray n_send_file(JNIEnv *env, jclass cls, jlong hh, jstring peer, jstring path, jstring name, jstring type,
+                              jbyteArray thumb)
+{
+    (void)cls;
+    char p[64], fp[4096], fn[HUSH_MAX_FILE_NAME * 4 + 1], ct[HUSH_MAX_CONTENT_TYPE * 4 + 1];
+    if (get_str(env, peer, p, sizeof p, "peer") || get_str(env, path, fp, sizeof fp, "path") ||
+        (name && get_str(env, name, fn, sizeof fn, "file name")) || (type && get_str(env, type, ct, sizeof ct, "content type")))
+        return NULL;
+    jsize tn = thumb ? (*env)->GetArrayLength(env, thumb) : 0;
+    if (tn > HUSH_MAX_THUMBNAIL) { /* checked before allocating */
+        throw_hush(env, HUSH_ERR_TOO_BIG, "thumbnail");
+        return NULL;
+    }
+    uint8_t *tb = tn ? malloc((size_t)tn) : NULL;
+    if (tn && !tb) {
+        throw_hush(env, HUSH_ERR_NOMEM, "sendFile");
+        return NULL;
+    }
+    if (tn)
+        (*env)->GetByteArrayRegion(env, thumb, 0, tn, (jbyte *)tb);
+    uint8_t mid[HUSH_MESSAGE_ID_BYTES];
+    hush_err e = hush_send_file(H(hh)->c, p, fp, name ? fn : NULL, type ? ct : NULL, tb, (size_t)tn, mid);
+    free(tb);
+    if (check(env, e, "sendFile"))
+        return NULL;
+    return new_bytes(env, mid, sizeof mid);
+}
+
+static jobject n_attachment(JNIEnv *env, jclass cls, jlong hh, jbyteArray id)
+{
+    (void)cls;
+    uint8_t mid[HUSH_MESSAGE_ID_BYTES];
+    if (get_message_id(env, id, mid))
+        return NULL;
+    hush_attachment *a = NULL;
+    if (check(env, hush_attachment_get(H(hh)->c, mid, &a), "attachment"))
+        return NULL;
+    jstring peer = jstr(env, a->peer);
+    jstring name = peer ? jstr(env, a->file_name) : NULL;
+    jstring type = name ? jstr(env, a->content_type) : NULL;
+    jbyteArray thumb = type && a->thumbnail ? new_bytes(env, a->thumbnail, a->thumbnail_len) : NULL;
+    jobject o = type && (thumb || !a->thumbnail)
+                    ? (*env)->NewObject(env, g_att_cls, g_att_ctor, id, (jboolean)(a->outgoing != 0), peer, name, type,
+                                        (jlong)a->size, (jint)a->state, (jlong)a->done, (jlong)a->total, thumb)
+                    : NULL;
+    hush_attachment_free(a);
+    return o;
+}
+
+static void n_attachment_op(JNIEnv *env, jclass cls, jlong hh, jbyteArray id, jint op, jstring out)
+{
+    (void)cls;
+    uint8_t mid[HUSH_MESSAGE_ID_BYTES];
+    char path[4096];
+    if (get_message_id(env, id, mid) || (op == 1 && get_str(env, out, path, sizeof path, "path")))
+        return;
+    if (op == 0)
+        check(env, hush_attachment_download(H(hh)->c, mid), "downloadAttachment");
+    else if (op == 1)
+        check(env, hush_attachment_save(H(hh)->c, mid, path), "saveAttachment");
+    else
+        check(env, hush_attachment_cancel(H(hh)->c, mid), "cancelAttachment");
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -877,7 +960,7 @@ static jobjectArray n_history(JNIEnv *env, jclass cls, jlong hh, jstring peer, j
         jobject o = body ? (*env)->NewObject(env, g_hist_cls, g_hist_ctor, (jlong)e->local_id,
                                               (jboolean)(e->outgoing != 0), jp, (jint)e->peer_device, id,
                                               (jlong)e->sent_at_ms, (jlong)e->received_at_ms,
-                                              (jboolean)(e->read != 0), body)
+                                              (jboolean)(e->read != 0), body, (jboolean)(e->kind == HUSH_KIND_FILE))
                          : NULL;
         if (o)
             (*env)->SetObjectArrayElement(env, a, (jsize)i, o);
@@ -977,6 +1060,9 @@ static const JNINativeMethod g_natives[] = {
     { "nativeFlush", "(JI)V", (void *)n_flush },
     { "nativeRunning", "(J)Z", (void *)n_running },
     { "nativeWaitDrained", "(JI)V", (void *)n_wait_drained },
+    { "nativeSendFile", "(J" S S S S "[B)[B", (void *)n_send_file },
+    { "nativeAttachment", "(J[B)Lorg/hush/sdk/Attachment;", (void *)n_attachment },
+    { "nativeAttachmentOp", "(J[BI" S ")V", (void *)n_attachment_op },
     { "nativePushRegister", "(J" S "[B[B)V", (void *)n_push_register },
     { "nativePushUnregister", "(J)V", (void *)n_push_unregister },
     { "nativePushVapidKey", "(J)" S, (void *)n_push_vapid_key },
@@ -1027,11 +1113,13 @@ JNIEXPORT jint JNICALL JNI_OnLoad(JavaVM *vm, void *reserved)
         return JNI_ERR;
     if (!(g_exc_cls = global_class(env, EXC_CLASS)) || !(g_hist_cls = global_class(env, HISTORY_CLASS)) ||
         !(g_bridge_cls = global_class(env, BRIDGE_CLASS)) || !(g_string_cls = global_class(env, "java/lang/String")) ||
-        !(g_dev_cls = global_class(env, DEVICE_CLASS)))
+        !(g_dev_cls = global_class(env, DEVICE_CLASS)) || !(g_att_cls = global_class(env, ATTACHMENT_CLASS)))
         return JNI_ERR;
     g_dev_ctor = (*env)->GetMethodID(env, g_dev_cls, "<init>", "(I" S "JJZZ)V");
     g_exc_ctor = (*env)->GetMethodID(env, g_exc_cls, "<init>", "(I" S ")V");
-    g_hist_ctor = (*env)->GetMethodID(env, g_hist_cls, "<init>", "(JZ" S "I[BJJZ[B)V");
+    g_hist_ctor = (*env)->GetMethodID(env, g_hist_cls, "<init>", "(JZ" S "I[BJJZ[BZ)V");
+    g_att_ctor = (*env)->GetMethodID(env, g_att_cls, "<init>", "([BZ" S S S "JIJJ[B)V");
+    g_on_file = (*env)->GetMethodID(env, g_bridge_cls, "onFile", "([BIJJI)V");
     g_on_message = (*env)->GetMethodID(env, g_bridge_cls, "onMessage", "(I" S "I[BJJ" S "J[B" S ")V");
     g_on_link_code = (*env)->GetMethodID(env, g_bridge_cls, "onLinkCode", "(" S ")V");
     g_on_devices_changed = (*env)->GetMethodID(env, g_bridge_cls, "onDevicesChanged", "(" S ")V");
@@ -1042,7 +1130,7 @@ JNIEXPORT jint JNICALL JNI_OnLoad(JavaVM *vm, void *reserved)
     g_on_connection = (*env)->GetMethodID(env, g_bridge_cls, "onConnection", "(II)V");
     g_on_error = (*env)->GetMethodID(env, g_bridge_cls, "onError", "(I" S ")V");
     if (!g_exc_ctor || !g_hist_ctor || !g_dev_ctor || !g_on_message || !g_on_receipt || !g_on_typing || !g_on_presence ||
-        !g_on_link_code || !g_on_devices_changed ||
+        !g_on_link_code || !g_on_devices_changed || !g_att_ctor || !g_on_file ||
         !g_on_identity || !g_on_connection || !g_on_error)
         return JNI_ERR;
     jclass client = (*env)->FindClass(env, CLIENT_CLASS);

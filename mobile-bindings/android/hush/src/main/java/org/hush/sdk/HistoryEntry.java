@@ -13,10 +13,12 @@ public final class HistoryEntry {
     private final long receivedAtMillis;
     private final boolean read;
     private final byte[] body;
+    private final boolean file;
 
     /** Called by the native code. */
     HistoryEntry(long localId, boolean outgoing, String peer, int peerDevice, byte[] id, long sentAtMillis,
-                 long receivedAtMillis, boolean read, byte[] body) {
+                 long receivedAtMillis, boolean read, byte[] body, boolean file) {
+        this.file = file;
         this.localId = localId;
         this.outgoing = outgoing;
         this.peer = peer;
@@ -66,6 +68,11 @@ public final class HistoryEntry {
 
     public byte[] body() {
         return body.clone();
+    }
+
+    /** A file message: {@link #text()} is the file's name, {@link HushClient#attachment} the rest. */
+    public boolean isFile() {
+        return file;
     }
 
     public String text() {

@@ -428,6 +428,76 @@ public final class HushClient implements AutoCloseable {
     }
 
     // ---------------------------------------------------------------------------------------
+    // files
+
+    /**
+     * Sends the file at {@code path} to every device of {@code peer}: it is encrypted on this
+     * device (the relay never sees its name or content), the message is committed before this
+     * returns, and the network thread uploads it (resuming after a lost connection or a restart)
+     * and then sends the message. {@code fileName} (null: the path's last part), {@code
+     * contentType} (null: application/octet-stream) and {@code thumbnail} (null, or at most
+     * 32 KiB) travel inside the encrypted message. Progress through {@link HushListener#onFile}.
+     * Errors: INVALID_ARG (not a readable regular file, a bad name), TOO_BIG, STORAGE.
+     */
+    public MessageId sendFile(String peer, String path, String fileName, String contentType, byte[] thumbnail)
+            throws HushException {
+        long h = enter();
+        try {
+            return MessageId.of(nativeSendFile(h, peer, path, fileName, contentType, thumbnail));
+        } finally {
+            leave();
+        }
+    }
+
+    /** A file message's details and transfer state. Errors: NOT_FOUND (no file with that id). */
+    public Attachment attachment(MessageId id) throws HushException {
+        if (id == null) {
+            throw new HushException(HushError.INVALID_ARG, "attachment: no id");
+        }
+        long h = enter();
+        try {
+            return nativeAttachment(h, id.raw());
+        } finally {
+            leave();
+        }
+    }
+
+    /**
+     * Queues the download of a received file (nothing is fetched until the app asks): it ends
+     * {@link FileState#READY}, checked against the digest its message carries, or FAILED
+     * (BAD_MESSAGE: changed on the way; NOT_FOUND: the relay no longer has it). Errors: NOT_FOUND.
+     */
+    public void downloadAttachment(MessageId id) throws HushException {
+        attachmentOp(id, 0, null);
+    }
+
+    /**
+     * Writes a READY file, decrypted, to {@code outPath} (a temporary name, synced, then renamed:
+     * never half a file). Errors: NOT_FOUND (not READY), BAD_MESSAGE (the local copy does not
+     * decrypt: nothing is written), STORAGE.
+     */
+    public void saveAttachment(MessageId id, String outPath) throws HushException {
+        attachmentOp(id, 1, outPath);
+    }
+
+    /** Stops an upload (its message fails) or a download (back to REMOTE). Errors: NOT_FOUND. */
+    public void cancelAttachment(MessageId id) throws HushException {
+        attachmentOp(id, 2, null);
+    }
+
+    private void attachmentOp(MessageId id, int op, String path) throws HushException {
+        if (id == null) {
+            throw new HushException(HushError.INVALID_ARG, "attachment: no id");
+        }
+        long h = enter();
+        try {
+            nativeAttachmentOp(h, id.raw(), op, path);
+        } finally {
+            leave();
+        }
+    }
+
+    // ---------------------------------------------------------------------------------------
     // push wake-ups
 
     /**
@@ -758,6 +828,10 @@ public final class HushClient implements AutoCloseable {
     private static native void nativeFlush(long h, int ms) throws HushException;
     private static native boolean nativeRunning(long h);
     private static native void nativeWaitDrained(long h, int ms) throws HushException;
+    private static native byte[] nativeSendFile(long h, String peer, String path, String fileName, String contentType,
+                                                byte[] thumbnail) throws HushException;
+    private static native Attachment nativeAttachment(long h, byte[] id) throws HushException;
+    private static native void nativeAttachmentOp(long h, byte[] id, int op, String path) throws HushException;
     private static native void nativePushRegister(long h, String endpoint, byte[] p256dh, byte[] auth) throws HushException;
     private static native void nativePushUnregister(long h) throws HushException;
     private static native String nativePushVapidKey(long h) throws HushException;

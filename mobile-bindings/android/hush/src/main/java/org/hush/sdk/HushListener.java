@@ -46,6 +46,15 @@ public interface HushListener {
     default void onLinkCode(String code) {
     }
 
+    /**
+     * A file's transfer moved: progress while {@link FileState#UPLOADING} or
+     * {@link FileState#DOWNLOADING} (at most ten times a second, {@code done} of {@code total}
+     * encrypted bytes), then once {@link FileState#SENT}, {@link FileState#READY} or
+     * {@link FileState#FAILED} ({@code error} says why; null otherwise).
+     */
+    default void onFile(MessageId id, FileState state, long done, long total, HushError error) {
+    }
+
     /** The relay says {@code user}'s devices changed (this account's own, or a contact's). */
     default void onDevicesChanged(String user) {
     }

@@ -17,7 +17,13 @@ public final class Message {
          * A text this account sent from another of its devices: {@link #sender()} is this account,
          * {@link #conversation()} the peer it went to. Stored in the history as sent.
          */
-        SENT_ELSEWHERE
+        SENT_ELSEWHERE,
+        /**
+         * A file ({@link #text()} is its name): {@link HushClient#attachment} gives its size and
+         * type, {@link HushClient#downloadAttachment} fetches it. From another device of this
+         * account ({@link #sender()} is this account), a file it sent.
+         */
+        FILE
     }
 
     private final Kind kind;

@@ -52,10 +52,17 @@ final class NativeBridge {
     void onMessage(int kind, String sender, int senderDevice, byte[] id, long sentAt, long receivedAt,
                    String groupId, long localId, byte[] body, String conversation) {
         Message.Kind k = kind == 2 ? Message.Kind.GROUP_TEXT
-                : kind == 6 ? Message.Kind.SENT_ELSEWHERE : Message.Kind.TEXT;
+                : kind == 6 ? Message.Kind.SENT_ELSEWHERE : kind == 8 ? Message.Kind.FILE : Message.Kind.TEXT;
         Message m = new Message(k, sender, senderDevice, MessageId.of(id), sentAt, receivedAt,
                 groupId.isEmpty() ? null : groupId, localId, body, conversation);
         deliver(l -> l.onMessage(m));
+    }
+
+    void onFile(byte[] id, int state, long done, long total, int error) {
+        MessageId mid = MessageId.of(id);
+        FileState s = FileState.fromCode(state);
+        HushError e = error == 0 ? null : HushError.fromCode(error);
+        deliver(l -> l.onFile(mid, s, done, total, e));
     }
 
     void onLinkCode(String code) {

@@ -93,6 +93,7 @@ public class HushClientTest {
         final List<ConnectionState> states = new ArrayList<>();
         final List<HushError> errors = new ArrayList<>();
         final List<String> linkCodes = new ArrayList<>();
+        final List<Object[]> files = new ArrayList<>();
         final Set<String> threads = new HashSet<>();
 
         private synchronized void note() {
@@ -140,6 +141,30 @@ public class HushClientTest {
         public synchronized void onError(HushError e, String detail) {
             errors.add(e);
             note();
+        }
+
+        @Override
+        public synchronized void onFile(MessageId id, FileState state, long done, long total, HushError error) {
+            files.add(new Object[] {id, state, done, total, error});
+            note();
+        }
+
+        synchronized boolean hasFile(MessageId id, FileState s) {
+            for (Object[] f : files) {
+                if (f[0].equals(id) && f[1] == s) {
+                    return true;
+                }
+            }
+            return false;
+        }
+
+        synchronized HushError fileError(MessageId id) {
+            for (Object[] f : files) {
+                if (f[0].equals(id) && f[1] == FileState.FAILED) {
+                    return (HushError) f[4];
+                }
+            }
+            return null;
         }
 
         @Override
@@ -258,6 +283,80 @@ public class HushClientTest {
         }
         assertTrue("the last record's delimiter", n > 0 && pt[n - 1] == 2);
         return Arrays.copyOf(pt, n - 1);
+    }
+
+    @Test
+    public void sendAndReceiveFile() throws Exception {
+        Recorder ra = new Recorder(), rb = new Recorder();
+        HushClient a = online("jfa", ra), b = online("jfb", rb);
+        File src = tmp.newFile("photo.jpg");
+        byte[] content = new byte[3 * 1024 * 1024 + 17];
+        new SecureRandom().nextBytes(content);
+        java.nio.file.Files.write(src.toPath(), content);
+        byte[] thumb = "tiny".getBytes(StandardCharsets.UTF_8);
+        MessageId id = a.sendFile("jfb", src.getPath(), null, "image/jpeg", thumb);
+        assertTrue("uploaded", ra.await(() -> ra.hasFile(id, FileState.SENT), 30000));
+        assertTrue("progress was reported", ra.await(() -> {
+            for (Object[] f : ra.files) {
+                if (f[1] == FileState.UPLOADING) {
+                    return true;
+                }
+            }
+            return false;
+        }, 1000));
+        assertTrue("the file message", rb.await(() -> {
+            for (Message m : rb.messages) {
+                if (m.kind() == Message.Kind.FILE) {
+                    return true;
+                }
+            }
+            return false;
+        }, 20000));
+        Message m = null;
+        synchronized (rb) {
+            for (Message x : rb.messages) {
+                if (x.kind() == Message.Kind.FILE) {
+                    m = x;
+                }
+            }
+        }
+        assertEquals(id, m.id());
+        assertEquals("photo.jpg", m.text());
+        Attachment att = b.attachment(id);
+        assertEquals("photo.jpg", att.fileName());
+        assertEquals("image/jpeg", att.contentType());
+        assertEquals(content.length, att.size());
+        assertEquals(FileState.REMOTE, att.state());
+        assertFalse(att.isOutgoing());
+        assertArrayEquals(thumb, att.thumbnail());
+        try {
+            b.saveAttachment(id, new File(tmp.getRoot(), "early.jpg").getPath());
+            fail("saved before it was downloaded");
+        } catch (HushException e) {
+            assertEquals(HushError.NOT_FOUND, e.error());
+        }
+        b.downloadAttachment(id);
+        assertTrue("downloaded", rb.await(() -> rb.hasFile(id, FileState.READY), 30000));
+        File out = new File(tmp.getRoot(), "received.jpg");
+        b.saveAttachment(id, out.getPath());
+        assertArrayEquals(content, java.nio.file.Files.readAllBytes(out.toPath()));
+        List<HistoryEntry> h = b.history("jfa", 0, 10);
+        assertEquals(1, h.size());
+        assertTrue(h.get(0).isFile());
+        assertEquals("photo.jpg", h.get(0).text());
+        assertEquals(FileState.SENT, a.attachment(id).state());
+        try {
+            a.sendFile("jfb", new File(tmp.getRoot(), "missing").getPath(), null, null, null);
+            fail("a missing file was accepted");
+        } catch (HushException e) {
+            assertEquals(HushError.INVALID_ARG, e.error());
+        }
+        try {
+            b.attachment(MessageId.of(new byte[16]));
+            fail("an unknown id was found");
+        } catch (HushException e) {
+            assertEquals(HushError.NOT_FOUND, e.error());
+        }
     }
 
     @Test
