@@ -31,6 +31,7 @@
 #include <sodium.h>
 
 #include "fuzz.h"
+#include "inproc.h"
 #include "hush.h"
 #include "hush.pb-c.h"
 #include "relay.h"
@@ -79,32 +80,11 @@ int LLVMFuzzerInitialize(int *argc, char **argv[])
     (void)argc;
     (void)argv;
     fuzz_deterministic_random();
-    setenv("HUSH_TEST_TMP", fuzz_tmpdir(), 1);
-    struct relay_config cfg;
-    cfg_defaults(&cfg);
-    char err[512], v[400];
-    g_relay.port = relay_free_port();
-    snprintf(v, sizeof v, "127.0.0.1:%d", g_relay.port);
-    const char *set[][2] = {
-        { "listen", v },          { "metrics_listen", "off" },       { "workers", "1" },
-        { "durability", "normal" }, { "log_level", "error" },        { "send_burst", "100000" },
-        { "send_refill_per_s", "100000" }, { "fetch_burst", "100000" }, { "fetch_refill_per_min", "100000" },
-        { "delivery_window", "8" },
+    static const char *const set[][2] = {
+        { "send_burst", "100000" }, { "send_refill_per_s", "100000" }, { "fetch_burst", "100000" },
+        { "fetch_refill_per_min", "100000" }, { "delivery_window", "8" },
     };
-    for (size_t i = 0; i < sizeof set / sizeof set[0]; i++)
-        if (cfg_set(&cfg, set[i][0], set[i][1], err, sizeof err))
-            die("config %s: %s", set[i][0], err);
-    snprintf(cfg.db_path, sizeof cfg.db_path, "%s/relay.db", fuzz_tmpdir());
-    snprintf(v, sizeof v, "%s/relay.log", fuzz_tmpdir());
-    if (cfg_set(&cfg, "log_file", v, err, sizeof err) || cfg_validate(&cfg, err, sizeof err))
-        die("config: %s", err);
-    static struct relay_config g_cfg;
-    g_cfg = cfg;
-    rlog_init(g_cfg.log_level, g_cfg.log_file);
-    directory_init();
-    presence_init();
-    if (storage_start(&g_cfg, err, sizeof err) || server_start(&g_cfg, err, sizeof err))
-        die("relay: %s", err);
+    fuzz_relay_inproc(&g_relay, "relay", set, sizeof set / sizeof set[0], 0);
     for (int i = 0; i < NUSERS; i++) {
         g_u[i] = tc_registered(&g_relay, g_names[i], 1);
         g_live[i] = 1;

@@ -391,6 +391,51 @@ int main(int argc, char **argv)
         put("push", "rfc8291-body", &m2, 1, body, (size_t)bl);
     }
 
+    /* attachment: a file message's pointer; a small file to encrypt (and one with a byte
+     * changed); a ciphertext as a relay could serve it */
+    {
+        uint8_t blob[16] = { 7 }, key[32] = { 9 }, dg[32] = { 1 }, m0 = 0, m1 = 1, m2 = 2;
+        Hush__AttachmentPointer p = HUSH__ATTACHMENT_POINTER__INIT;
+        p.blob_id.data = blob;
+        p.blob_id.len = 16;
+        p.key.data = key;
+        p.key.len = 32;
+        p.digest.data = dg;
+        p.digest.len = 32;
+        p.size = 70000;
+        p.blob_size = hsdk_file_blob_size(70000);
+        p.chunk_size = HSDK_FILE_CHUNK;
+        p.content_type = "image/jpeg";
+        p.file_name = "holiday.jpg";
+        p.thumbnail.data = key;
+        p.thumbnail.len = 8;
+        uint8_t packed[256];
+        size_t pn = hush__attachment_pointer__pack(&p, packed);
+        put("attachment", "pointer", &m0, 1, packed, pn);
+        uint8_t file[3 + 70000];
+        file[0] = 0x01, file[1] = 0x20, file[2] = 0; /* byte 288, unchanged */
+        for (size_t i = 3; i < sizeof file; i++)
+            file[i] = (uint8_t)(i * 7);
+        put("attachment", "file", &m1, 1, file, sizeof file);
+        file[2] = 1;
+        put("attachment", "file-changed", &m1, 1, file, sizeof file);
+        file[0] = 0, file[1] = 0, file[2] = 100;
+        put("attachment", "served", &m2, 1, file, 4000);
+    }
+
+    /* blobs: op (kind in the low 3 bits, the upload in bits 3-4) then a 2-byte argument: an upload
+     * created and filled, read back by both users, a wrong offset, status, a wrong digest, and
+     * one over the limit (fuzz/fuzz_blobs.c) */
+    {
+        const uint8_t sched[] = { 0x00, 0x09, 0xc4, /* create 5001 bytes in upload 0 */
+                                  0x01, 0x07, 0xd0, 0x02, 0x00, 0x05, 0x01, 0x0f, 0xa0, 0x05, 0x00, 0x00,
+                                  0x01, 0x0f, 0xa0, 0x04, 0x00, 0x10, 0x44, 0x01, 0x00, 0x03, 0x00, 0x00,
+                                  0x00, 0x01, 0xf5, /* create 1003 bytes in upload 1 */
+                                  0x0f, 0x03, 0xea, 0x09, 0x27, 0x10, 0x0d, 0x00, 0x00,
+                                  0x00, 0x80, 0xe8 /* over the limit */ };
+        put("blobs", "fill-and-read", NULL, 0, sched, sizeof sched);
+    }
+
     /* real database files */
     hush_client_close(a);
     hush_client_close(b);

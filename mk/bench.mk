@@ -13,7 +13,7 @@ $(BUILD)/bench/%: $(BUILD)/obj/bench/%.o $(BENCH_COMMON_OBJ) $(LIBHUSH_A)
 
 # make bench: Hush, mosquitto and ejabberd side by side (bench/compare.sh quick, a few minutes),
 # then libhush's cost against bare libsignal (W5). make bench-full: the large sizes.
-# make bench-own: the Hush-only benchmarks (bench_relay, bench_online, bench_crypto).
+# make bench-own: the Hush-only benchmarks (bench_relay, bench_online, bench_crypto, bench_files).
 bench: deps-bench
 	$(Q)$(MAKE) --no-print-directory bench-run BENCH_MODE=quick
 
@@ -32,4 +32,4 @@ bench-run: $(BENCH_BIN) $(HUSHD)
 	HUSHD=$(CURDIR)/$(HUSHD) ./$(BUILD)/bench/bench_online $(if $(filter full,$(BENCH_MODE)),--latency 1000 --backlog 10000,--latency 200 --backlog 2000) | tail -n +2
 
 bench-own: deps $(BENCH_BIN) $(HUSHD)
-	$(Q)for b in bench_relay bench_online bench_crypto; do echo "=== $$b"; HUSHD=$(CURDIR)/$(HUSHD) ./$(BUILD)/bench/$$b || exit 1; done
+	$(Q)for b in bench_relay bench_online bench_crypto bench_files; do echo "=== $$b"; HUSHD=$(CURDIR)/$(HUSHD) ./$(BUILD)/bench/$$b || exit 1; done

@@ -10,12 +10,13 @@ $(BUILD)/fuzz-replay/fuzz_%: $(BUILD)/obj/fuzz/fuzz_%.o $(BUILD)/obj/fuzz/driver
 	$(Q)$(CC) $(LDFLAGS_ALL) -o $@ $< $(BUILD)/obj/fuzz/driver.o $(FUZZ_SUPPORT_OBJ) $(LIBHUSH_A) $(LIBS)
 # fuzz_relay runs the relay in-process and drives it with the test client: it links the relay
 # (less main.c) and the test helpers as well.
-FUZZ_RELAY_SRC := $(filter-out relay/main.c relay/config.c,$(RELAY_SRC)) $(filter-out $(FUZZ_SUPPORT_SRC),$(TEST_UTIL_SRC))
+FUZZ_RELAY_SRC := $(filter-out relay/main.c relay/config.c,$(RELAY_SRC)) $(filter-out $(FUZZ_SUPPORT_SRC),$(TEST_UTIL_SRC)) \
+                  fuzz/inproc.c
 FUZZ_RELAY_LIBS := $(LWS_LIBS) $(CURL_LIBS) $(SSL_LIBS) $(CMOCKA_LIBS)
 # fuzz_dbfile opens files with the relay's own schema code, fuzz_push checks endpoints with its
-# webpush.c, and gen_seeds writes a relay database.
-FUZZ_WITH_RELAY := relay dbfile push
-$(patsubst %,$(BUILD)/obj/fuzz/fuzz_%.o,$(FUZZ_WITH_RELAY)) $(BUILD)/obj/fuzz/gen_seeds.o: \
+# webpush.c, fuzz_blobs runs the relay's file store, and gen_seeds writes a relay database.
+FUZZ_WITH_RELAY := relay dbfile push blobs
+$(patsubst %,$(BUILD)/obj/fuzz/fuzz_%.o,$(FUZZ_WITH_RELAY)) $(BUILD)/obj/fuzz/gen_seeds.o $(BUILD)/obj/fuzz/inproc.o: \
     ALL_CFLAGS += $(LWS_CFLAGS) $(CMOCKA_CFLAGS) -Irelay -Itests
 $(patsubst %,$(BUILD)/fuzz-replay/fuzz_%,$(FUZZ_WITH_RELAY)): $(BUILD)/fuzz-replay/fuzz_%: \
     $(BUILD)/obj/fuzz/fuzz_%.o $(BUILD)/obj/fuzz/driver.o $(FUZZ_SUPPORT_OBJ) $(call obj,$(FUZZ_RELAY_SRC)) $(LIBHUSH_A)

@@ -27,6 +27,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/evp.h>
 #include <sodium.h>
 
 #include "relay.h"
@@ -108,26 +109,29 @@ static void unlink_blob(const uint8_t id[ID_BYTES])
     unlink(p);
 }
 
-/* The SHA-256 of a whole file (from fd's start). */
+/* The SHA-256 of a whole file (from fd's start), through OpenSSL (its SHA extensions / AVX2 code
+ * is several times faster than a portable one: this is most of a completion's CPU). */
 static int file_digest(int fd, uint8_t out[32])
 {
-    crypto_hash_sha256_state st;
-    crypto_hash_sha256_init(&st);
-    static uint8_t buf[1 << 20];
+    EVP_MD_CTX *h = EVP_MD_CTX_new();
+    static uint8_t buf[1 << 20]; /* the blob thread's alone */
+    int rc = h && EVP_DigestInit_ex(h, EVP_sha256(), NULL) == 1 ? 0 : -1;
     off_t off = 0;
-    for (;;) {
+    while (!rc) {
         ssize_t n = pread(fd, buf, sizeof buf, off);
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0)
-            return -1;
-        if (n == 0)
+            rc = -1;
+        if (n <= 0)
             break;
-        crypto_hash_sha256_update(&st, buf, (unsigned long long)n);
+        EVP_DigestUpdate(h, buf, (size_t)n);
         off += n;
     }
-    crypto_hash_sha256_final(&st, out);
-    return 0;
+    if (!rc && EVP_DigestFinal_ex(h, out, NULL) != 1)
+        rc = -1;
+    EVP_MD_CTX_free(h);
+    return rc;
 }
 
 static int write_all(int fd, const uint8_t *p, size_t len, uint64_t off)
@@ -268,7 +272,7 @@ static void do_create(struct bjob *j)
         answer_code(j, HUSH__ERROR_CODE__BAD_REQUEST, "a file has at least one byte");
         return;
     }
-    if (q->size > cfg->blob_max_bytes) {
+    if (q->size > cfg->max_blob_bytes) {
         answer_code(j, HUSH__ERROR_CODE__TOO_LARGE, "file larger than Limits.max_blob_bytes");
         return;
     }

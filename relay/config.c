@@ -66,7 +66,7 @@ void cfg_defaults(struct relay_config *c)
     c->push_ttl_s = 86400;
     c->push_max_attempts = 6;
     c->blob_enabled = 1;
-    c->blob_max_bytes = 100ull << 20;
+    c->max_blob_bytes = 100ull << 20;
     c->blob_quota_bytes = 1ull << 30;
     c->blob_disk_reserve = 256ull << 20;
     c->blob_uploads_per_hour = 100;
@@ -298,10 +298,10 @@ int cfg_set(struct relay_config *c, const char *key, const char *v, char *err, s
     } else if (!strcmp(key, "blob_dir")) {
         if (copy_str(c->blob_dir, sizeof c->blob_dir, v))
             goto bad;
-    } else if (!strcmp(key, "blob_max_bytes")) {
+    } else if (!strcmp(key, "max_blob_bytes")) {
         if (parse_u64(v, 1, 1ull << 40, &x))
             goto bad;
-        c->blob_max_bytes = x;
+        c->max_blob_bytes = x;
     } else if (!strcmp(key, "blob_quota_bytes")) {
         if (parse_u64(v, 1, 1ull << 50, &x))
             goto bad;
@@ -469,9 +469,9 @@ void cfg_print(const struct relay_config *c, FILE *f)
     fprintf(f, "workers = %d\nregistration = %s\ndurability = %s\nlog_level = %s\nlog_file = %s\n", c->workers,
             reg[c->registration], c->durability_full ? "full" : "normal", lvl[c->log_level], c->log_file);
     fprintf(f, "quota_bytes = %llu\n", (unsigned long long)c->quota_bytes);
-    fprintf(f, "blobs = %s\nblob_dir = %s\nblob_max_bytes = %llu\nblob_quota_bytes = %llu\nblob_disk_reserve = %llu\n",
+    fprintf(f, "blobs = %s\nblob_dir = %s\nmax_blob_bytes = %llu\nblob_quota_bytes = %llu\nblob_disk_reserve = %llu\n",
             c->blob_enabled ? "on" : "off", c->blob_dir[0] ? c->blob_dir : "(beside db)",
-            (unsigned long long)c->blob_max_bytes, (unsigned long long)c->blob_quota_bytes,
+            (unsigned long long)c->max_blob_bytes, (unsigned long long)c->blob_quota_bytes,
             (unsigned long long)c->blob_disk_reserve);
     fprintf(f, "push = %s\npush_key = %s\npush_contact = %s\npush_ca_file = %s\npush_allow_http = %s\n"
                "push_allow_private = %s\n",

@@ -96,7 +96,7 @@ struct relay_config {
     /* files (blobs.c) */
     int blob_enabled;             /* 0: file requests are refused */
     char blob_dir[512];           /* where files live ("": <db>.blobs) */
-    uint64_t blob_max_bytes;      /* largest file */
+    uint64_t max_blob_bytes;      /* largest file */
     uint64_t blob_quota_bytes;    /* bytes of files one user may have stored */
     uint64_t blob_disk_reserve;   /* free disk space new files must leave */
     uint32_t blob_uploads_per_hour; /* files one user may create per hour */

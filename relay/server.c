@@ -349,7 +349,7 @@ static void on_hello(struct conn *c, const Hush__Frame *f)
     lim.max_link_box = HWIRE_MAX_LINK_BOX;
     lim.max_push_endpoint = pusher_enabled() ? PUSH_MAX_ENDPOINT : 0;
     if (blobs_enabled()) {
-        lim.max_blob_bytes = g_cfg->blob_max_bytes;
+        lim.max_blob_bytes = g_cfg->max_blob_bytes;
         lim.max_blob_chunk = blobs_chunk_max();
         lim.blob_quota_bytes = g_cfg->blob_quota_bytes;
         lim.blob_uploads_per_hour = g_cfg->blob_uploads_per_hour;

@@ -22,6 +22,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <openssl/evp.h>
 #include <sodium.h>
 
 #include "internal.h"
@@ -102,8 +103,7 @@ static int sync_dir_of(const char *dir)
     return r;
 }
 
-/* Encrypts `in` (size bytes) into out_path (written under a temporary name, synced, renamed). */
-static hush_err encrypt_file(int in, uint64_t size, const char *out_path, const uint8_t key[32], uint8_t digest[32])
+hush_err hsdk_file_encrypt(int in, uint64_t size, const char *out_path, const uint8_t key[32], uint8_t digest[32])
 {
     char tmp[1300];
     snprintf(tmp, sizeof tmp, "%s.tmp", out_path);
@@ -113,15 +113,16 @@ static hush_err encrypt_file(int in, uint64_t size, const char *out_path, const 
     hush_err e = HUSH_OK;
     uint8_t *pt = malloc(HSDK_FILE_CHUNK), *ct = malloc(HSDK_FILE_CHUNK + ST_BYTES);
     crypto_secretstream_xchacha20poly1305_state st;
-    crypto_hash_sha256_state h;
+    /* SHA-256 through OpenSSL: its SHA extensions / AVX2 code runs several times faster than
+     * libsodium's portable one, and the digest is half the cost of sending a file */
+    EVP_MD_CTX *h = EVP_MD_CTX_new();
     uint8_t hdr[HDR_BYTES];
-    if (!pt || !ct) {
+    if (!pt || !ct || !h || EVP_DigestInit_ex(h, EVP_sha256(), NULL) != 1) {
         e = HUSH_ERR_NOMEM;
         goto out;
     }
     crypto_secretstream_xchacha20poly1305_init_push(&st, hdr, key);
-    crypto_hash_sha256_init(&h);
-    crypto_hash_sha256_update(&h, hdr, sizeof hdr);
+    EVP_DigestUpdate(h, hdr, sizeof hdr);
     if (write_full(out, hdr, sizeof hdr)) {
         e = HUSH_ERR_STORAGE;
         goto out;
@@ -139,16 +140,18 @@ static hush_err encrypt_file(int in, uint64_t size, const char *out_path, const 
         unsigned char tag = done == padded ? crypto_secretstream_xchacha20poly1305_TAG_FINAL : 0;
         unsigned long long clen = 0;
         crypto_secretstream_xchacha20poly1305_push(&st, ct, &clen, pt, n, NULL, 0, tag);
-        crypto_hash_sha256_update(&h, ct, clen);
+        EVP_DigestUpdate(h, ct, (size_t)clen);
         if (write_full(out, ct, (size_t)clen)) {
             e = HUSH_ERR_STORAGE;
             goto out;
         }
     }
-    crypto_hash_sha256_final(&h, digest);
-    if (fsync(out) != 0)
+    if (EVP_DigestFinal_ex(h, digest, NULL) != 1)
+        e = HUSH_ERR_INTERNAL;
+    else if (fsync(out) != 0)
         e = HUSH_ERR_STORAGE;
 out:
+    EVP_MD_CTX_free(h);
     if (close(out) != 0 && !e)
         e = HUSH_ERR_STORAGE;
     if (!e && rename(tmp, out_path) != 0)
@@ -169,10 +172,9 @@ hush_err hsdk_file_digest(const char *path, uint8_t digest[32], uint64_t *len)
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return HUSH_ERR_NOT_FOUND;
-    crypto_hash_sha256_state h;
-    crypto_hash_sha256_init(&h);
+    EVP_MD_CTX *h = EVP_MD_CTX_new();
     uint8_t *buf = malloc(1 << 20);
-    hush_err e = buf ? HUSH_OK : HUSH_ERR_NOMEM;
+    hush_err e = buf && h && EVP_DigestInit_ex(h, EVP_sha256(), NULL) == 1 ? HUSH_OK : HUSH_ERR_NOMEM;
     uint64_t total = 0;
     while (!e) {
         ssize_t n = read_full(fd, buf, 1 << 20);
@@ -180,12 +182,14 @@ hush_err hsdk_file_digest(const char *path, uint8_t digest[32], uint64_t *len)
             e = HUSH_ERR_STORAGE;
         if (n <= 0)
             break;
-        crypto_hash_sha256_update(&h, buf, (unsigned long long)n);
+        EVP_DigestUpdate(h, buf, (size_t)n);
         total += (uint64_t)n;
     }
     close(fd);
     free(buf);
-    crypto_hash_sha256_final(&h, digest);
+    if (!e && EVP_DigestFinal_ex(h, digest, NULL) != 1)
+        e = HUSH_ERR_INTERNAL;
+    EVP_MD_CTX_free(h);
     if (len)
         *len = total;
     return e;
@@ -436,7 +440,7 @@ hush_err hush_send_file(hush_client *c, const char *peer, const char *path, cons
     /* the slow part (reading and encrypting the file) runs without the client's lock */
     e = ensure_dir(c);
     if (!e)
-        e = encrypt_file(in, size, up, key, digest);
+        e = hsdk_file_encrypt(in, size, up, key, digest);
     close(in);
     if (!e && sync_dir_of(c->files_dir) != 0)
         e = HUSH_ERR_STORAGE;

@@ -323,6 +323,9 @@ uint64_t hsdk_file_padded(uint64_t size);    /* the plaintext length after paddi
 uint64_t hsdk_file_blob_size(uint64_t size); /* the ciphertext's length */
 /* "<files dir>/<hex id><suffix>" */
 void hsdk_file_path(const hush_client *c, const uint8_t mid[16], const char *suffix, char *out, size_t cap);
+/* Encrypts the next `size` bytes of `in` into out_path (written under a temporary name, synced,
+ * renamed), with the digest of what was written. */
+hush_err hsdk_file_encrypt(int in, uint64_t size, const char *out_path, const uint8_t key[32], uint8_t digest[32]);
 /* SHA-256 of a file, and its length. HUSH_ERR_NOT_FOUND when it does not exist. */
 hush_err hsdk_file_digest(const char *path, uint8_t digest[32], uint64_t *len);
 /* A file message's body, checked (lengths, sizes, names); NULL when malformed. hsdk_pointer_free. */

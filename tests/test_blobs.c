@@ -216,7 +216,7 @@ static void test_bad_input(void **state)
 {
     (void)state;
     struct relay_proc r;
-    relay_start(&r, "bad", "blob_max_bytes = 1m");
+    relay_start(&r, "bad", "max_blob_bytes = 1m");
     struct tclient *a = tc_registered(&r, "alice", 1);
     struct tclient *b = tc_registered(&r, "bob", 1);
     assert_int_equal(code_of(blob_create(a, 0)), HUSH__ERROR_CODE__BAD_REQUEST);

@@ -2616,7 +2616,7 @@ static void test_file_tamper_limits_expiry(void **state)
 {
     (void)state;
     struct relay_proc relay;
-    relay_start(&relay, "files_bad", "blob_max_bytes = 1m\nttl_seconds = 6\n");
+    relay_start(&relay, "files_bad", "max_blob_bytes = 1m\nttl_seconds = 6\n");
     struct user *a = user_new(&relay, "hal"), *b = user_new(&relay, "ivy");
     char src[400]; /* tpath's buffers rotate */
     snprintf(src, sizeof src, "%s", tpath("small.bin"));
