@@ -2582,12 +2582,33 @@ static void test_file_two_devices_relay_killed(void **state)
     assert_true(same_file(src, tpath("got2.bin")));
     /* the sender sees it delivered; the history shows a file */
     assert_true(wait_state(a, mid, HUSH_MSG_DELIVERED, 20000));
+    /* a file gus sends from his laptop shows on his phone as his own, and can be fetched there */
+    char small[400];
+    snprintf(small, sizeof small, "%s", tpath("from-laptop.txt"));
+    make_file(small, 5000, "from the laptop");
+    uint8_t mid2[16];
+    int before = b->r.nfile_msgs;
+    assert_int_equal(hush_send_file(b2->c, "fay", small, NULL, "text/plain", NULL, 0, mid2), HUSH_OK);
+    assert_true(wait_count(&b->r, &b->r.nfile_msgs, before + 1, 30000));
+    assert_memory_equal(b->r.file_mid, mid2, 16);
+    hush_attachment *mine = NULL;
+    assert_int_equal(hush_attachment_get(b->c, mid2, &mine), HUSH_OK);
+    assert_true(mine->outgoing);
+    assert_string_equal(mine->peer, "fay");
+    hush_attachment_free(mine);
+    b->r.nfile_ready = 0;
+    fetch_and_save(b, mid2, tpath("own.txt"), 30000);
+    assert_true(same_file(small, tpath("own.txt")));
     hush_history_entry *h = NULL;
     size_t nh = 0;
     assert_int_equal(hush_history_list(b->c, "fay", 0, 10, &h, &nh), HUSH_OK);
-    assert_int_equal(nh, 1);
+    assert_int_equal(nh, 2); /* newest first: the laptop's file (as sent), then fay's */
     assert_int_equal(h[0].kind, HUSH_KIND_FILE);
-    assert_string_equal((const char *)h[0].body, "canary-name-7f3a.bin");
+    assert_true(h[0].outgoing);
+    assert_string_equal((const char *)h[0].body, "from-laptop.txt");
+    assert_int_equal(h[1].kind, HUSH_KIND_FILE);
+    assert_false(h[1].outgoing);
+    assert_string_equal((const char *)h[1].body, "canary-name-7f3a.bin");
     hush_history_free(h, nh);
     /* the canary: not in the relay's files, database or log; but in the client's sealed copy? no */
     char blobdir[400], wal[400];
@@ -2661,7 +2682,7 @@ static void test_file_tamper_limits_expiry(void **state)
     snprintf(local, sizeof local, "%s.files", tpath("ivy.db"));
     char hex[33];
     sodium_bin2hex(hex, sizeof hex, mid, 16);
-    char lp[700];
+    char lp[1200];
     snprintf(lp, sizeof lp, "%s/%s", local, hex);
     f = fopen(lp, "r+b");
     assert_non_null(f);
@@ -2692,6 +2713,30 @@ static void test_file_tamper_limits_expiry(void **state)
     assert_int_equal(hush_attachment_download(b->c, mid3), HUSH_OK);
     assert_true(wait_count(&b->r, &b->r.nfile_failed, 1, 20000));
     assert_int_equal(b->r.file_err, HUSH_ERR_NOT_FOUND);
+    /* cancelled while uploading: the message fails; cancelled while downloading: back to remote */
+    char slow[400];
+    snprintf(slow, sizeof slow, "%s", tpath("slow.bin"));
+    make_file(slow, 900000, "slow");
+    uint8_t mid4[16];
+    hush_net_stop(a->c); /* so that the upload cannot finish before the cancel */
+    assert_int_equal(hush_send_file(a->c, "ivy", slow, NULL, NULL, NULL, 0, mid4), HUSH_OK);
+    assert_int_equal(file_state(a, mid4), HUSH_FILE_UPLOADING);
+    assert_int_equal(hush_attachment_cancel(a->c, mid4), HUSH_OK);
+    assert_int_equal(file_state(a, mid4), HUSH_FILE_FAILED);
+    assert_int_equal(state_of(a, mid4), HUSH_MSG_FAILED);
+    assert_int_equal(hush_attachment_cancel(a->c, mid4), HUSH_ERR_NOT_FOUND);
+    char upfile[400];
+    snprintf(upfile, sizeof upfile, "%s.files", tpath("hal.db"));
+    sodium_bin2hex(hex, sizeof hex, mid4, 16);
+    snprintf(lp, sizeof lp, "%s/%s.up", upfile, hex);
+    assert_int_equal(access(lp, F_OK), -1); /* the encrypted copy is gone */
+    user_start(a, &relay);
+    hush_net_stop(b->c);
+    assert_int_equal(hush_attachment_download(b->c, mid3), HUSH_OK);
+    assert_int_equal(file_state(b, mid3), HUSH_FILE_DOWNLOADING);
+    assert_int_equal(hush_attachment_cancel(b->c, mid3), HUSH_OK);
+    assert_int_equal(file_state(b, mid3), HUSH_FILE_REMOTE);
+    user_start(b, &relay);
     /* bad arguments */
     assert_int_equal(hush_send_file(a->c, "ivy", tpath("does-not-exist"), NULL, NULL, NULL, 0, NULL), HUSH_ERR_INVALID_ARG);
     assert_int_equal(hush_send_file(a->c, "ivy", src, "a/b", NULL, NULL, 0, NULL), HUSH_ERR_INVALID_ARG);
@@ -2723,7 +2768,7 @@ static void test_cli_files(void **state)
     assert_int_equal(run(cmd, out, sizeof out), 0);
     char src[400];
     snprintf(src, sizeof src, "%s", tpath("report.pdf"));
-    size_t size = 30u << 20;
+    size_t size = 50u << 20;
     make_file(src, size, "cli-file");
     /* the sender is killed once 60% is on the relay */
     pid_t pid = fork();
@@ -2795,6 +2840,36 @@ static void test_cli_files(void **state)
     assert_int_equal(run(cmd, out, sizeof out), 0);
     assert_non_null(strstr(out, "saved "));
     assert_true(same_file(src, tpath("again.pdf")));
+    /* alice's own copy (she has none: it was deleted once uploaded): a download killed midway
+     * resumes where its partial file ends */
+    long out0 = relay_metric(&relay, "hush_blob_bytes_out_total");
+    pid = fork();
+    if (pid == 0) {
+        int null = open("/dev/null", O_WRONLY);
+        dup2(null, 1);
+        dup2(null, 2);
+        execl(h, "hush", "get", "--db", a, id, "--out", tpath("alice-copy.pdf"), (char *)NULL);
+        _exit(127);
+    }
+    killed = 0;
+    for (int i = 0; i < 6000 && !killed; i++) {
+        if (relay_metric(&relay, "hush_blob_bytes_out_total") - out0 >= (long)(size / 2)) {
+            kill(pid, SIGKILL);
+            killed = 1;
+        } else {
+            struct timespec ts = { 0, 5000000L };
+            nanosleep(&ts, NULL);
+        }
+    }
+    waitpid(pid, &st, 0);
+    assert_true(killed);
+    char copy[400];
+    snprintf(copy, sizeof copy, "%s", tpath("alice-copy.pdf"));
+    assert_int_equal(access(copy, F_OK), -1); /* nothing half-written where the user asked */
+    snprintf(cmd, sizeof cmd, "%s get --db %s %s --out %s 2>&1", h, a, id, copy);
+    assert_int_equal(run(cmd, out, sizeof out), 0);
+    assert_true(same_file(src, copy));
+    assert_true(relay_metric(&relay, "hush_blob_bytes_out_total") - out0 <= (long)total + 8L * 256 * 1024);
     /* never over an existing file */
     snprintf(cmd, sizeof cmd, "%s get --db %s %s --out %s 2>&1", h, b, id, tpath("again.pdf"));
     assert_int_equal(run(cmd, out, sizeof out), 1);
