@@ -14,6 +14,7 @@
  * uploaded), "<id>.down" (a download in progress), "<id>" (a downloaded ciphertext, verified), id
  * being the message id in hex. They are ciphertext under keys kept only sealed in the database.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -686,4 +687,107 @@ out:
     sodium_memzero(&st, sizeof st);
     hsdk_file_release(&f);
     return e;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* deleting */
+
+static void unlink_files(const hush_client *c, const uint8_t mid[16])
+{
+    static const char *const suffix[] = { "", ".up", ".down", ".up.tmp" };
+    for (size_t i = 0; i < sizeof suffix / sizeof suffix[0]; i++) {
+        char p[1200];
+        hsdk_file_path(c, mid, suffix[i], p, sizeof p);
+        unlink(p);
+    }
+}
+
+static hush_err file_delete_row(hush_client *c, const uint8_t mid[16])
+{
+    sqlite3_stmt *st;
+    hstore_err se = hstore_prepare(c->db, "DELETE FROM attachments WHERE message_id = ?1", &st);
+    if (se)
+        return hsdk_from_store(se);
+    sqlite3_bind_blob(st, 1, mid, 16, SQLITE_TRANSIENT);
+    return hsdk_from_store(hstore_run(c->db, st));
+}
+
+/* Deleting a file message deletes the file: its row (with the key), its local copies. */
+hush_err hush_history_delete(hush_client *c, int64_t local_id)
+{
+    if (!c || local_id <= 0)
+        return HUSH_ERR_INVALID_ARG;
+    uint8_t mid[16];
+    int found = 0, gone = 0;
+    hsdk_lock(c);
+    hush_err e = hsdk_begin(c);
+    if (!e) {
+        e = hsdk_history_delete(c, local_id, mid, &found);
+        if (!e && found && !hsdk_history_has_message(c, mid)) {
+            gone = 1;
+            e = file_delete_row(c, mid);
+        }
+        e = hsdk_end(c, e);
+    }
+    if (!e) {
+        if (gone)
+            unlink_files(c, mid); /* after the commit: a rolled-back delete keeps its file */
+        hsdk_truncate_wal(c);
+    }
+    hsdk_unlock(c);
+    return e;
+}
+
+void hsdk_files_prune(hush_client *c)
+{
+    hsdk_lock(c);
+    sqlite3_stmt *st;
+    uint8_t (*ids)[16] = NULL;
+    size_t n = 0, cap = 0;
+    int row = 0;
+    if (hstore_prepare(c->db, "SELECT message_id FROM attachments", &st) == HSTORE_OK) {
+        while (hstore_step(c->db, st, &row) == HSTORE_OK && row) {
+            if (sqlite3_column_bytes(st, 0) != 16)
+                continue;
+            if (n == cap) {
+                size_t nc = cap ? cap * 2 : 64;
+                void *p = realloc(ids, nc * 16);
+                if (!p)
+                    break;
+                ids = p;
+                cap = nc;
+            }
+            memcpy(ids[n++], sqlite3_column_blob(st, 0), 16);
+        }
+        if (row)
+            sqlite3_reset(st);
+    }
+    /* rows of messages deleted from the history (by an older version, or a crash in between) */
+    for (size_t i = 0; i < n; i++)
+        if (!hsdk_history_has_message(c, ids[i]) && file_delete_row(c, ids[i]) == HUSH_OK)
+            unlink_files(c, ids[i]);
+    /* files without a row */
+    DIR *d = opendir(c->files_dir);
+    struct dirent *de;
+    while (d && (de = readdir(d)) != NULL) {
+        uint8_t mid[16];
+        size_t bin = 0;
+        const char *end = NULL;
+        if (sodium_hex2bin(mid, sizeof mid, de->d_name, strlen(de->d_name), NULL, &bin, &end) != 0 || bin != 16 ||
+            (*end && strcmp(end, ".up") && strcmp(end, ".down") && strcmp(end, ".up.tmp")))
+            continue; /* not ours */
+        struct hsdk_file f;
+        hush_err e = hsdk_file_load(c, mid, &f);
+        if (e == HUSH_ERR_NOT_FOUND || (!e && !strcmp(end, ".up.tmp"))) {
+            char p[1400];
+            snprintf(p, sizeof p, "%s/%s", c->files_dir, de->d_name);
+            unlink(p);
+        }
+        if (!e)
+            hsdk_file_release(&f);
+    }
+    if (d)
+        closedir(d);
+    hsdk_unlock(c);
+    free(ids);
 }

@@ -181,6 +181,7 @@ hush_err hush_client_open(const char *db_path, const uint8_t db_key[HUSH_DB_KEY_
         e = HUSH_ERR_NOMEM;
         goto fail;
     }
+    hsdk_files_prune(c); /* what a deleted message or a crash left in the files directory */
     *out = c;
     return HUSH_OK;
 fail:

@@ -202,23 +202,51 @@ hush_err hush_history_mark_read(hush_client *c, int64_t local_id)
     return update_one(c, "UPDATE history SET read = 1 WHERE id = ?1", local_id);
 }
 
-hush_err hush_history_delete(hush_client *c, int64_t local_id)
+hush_err hsdk_history_delete(hush_client *c, int64_t local_id, uint8_t mid[16], int *found)
 {
-    if (!c || local_id <= 0)
-        return HUSH_ERR_INVALID_ARG;
+    *found = 0;
+    sqlite3_stmt *st;
+    hstore_err se = hstore_prepare(c->db, "SELECT message_id FROM history WHERE id = ?1", &st);
+    if (se)
+        return hsdk_from_store(se);
+    sqlite3_bind_int64(st, 1, local_id);
+    int row = 0;
+    if ((se = hstore_step(c->db, st, &row)))
+        return hsdk_from_store(se);
+    if (!row)
+        return HUSH_ERR_NOT_FOUND;
+    if (sqlite3_column_bytes(st, 0) == 16)
+        memcpy(mid, sqlite3_column_blob(st, 0), 16), *found = 1;
+    sqlite3_reset(st);
     /* The row's message id is kept out of reach of resurrection by the same UNIQUE key only while
      * the row exists; deleting a message locally is the user's choice, and a redelivery of the
      * same ciphertext is still a libsignal duplicate. */
-    hush_err e = update_one(c, "DELETE FROM history WHERE id = ?1", local_id);
-    if (e == HUSH_OK) {
-        /* secure_delete zeroed the row in the database; the WAL still holds the page as it was */
-        hsdk_lock(c);
-        if (hstore_truncate_wal(c->db) != HSTORE_OK) {
-            /* best effort: another reader keeps the frames; the next checkpoint truncates them */
-        }
-        hsdk_unlock(c);
+    if ((se = hstore_prepare(c->db, "DELETE FROM history WHERE id = ?1", &st)))
+        return hsdk_from_store(se);
+    sqlite3_bind_int64(st, 1, local_id);
+    return hsdk_from_store(hstore_run(c->db, st));
+}
+
+int hsdk_history_has_message(hush_client *c, const uint8_t mid[16])
+{
+    sqlite3_stmt *st;
+    int row = 1; /* when unsure, it is there */
+    if (hstore_prepare(c->db, "SELECT 1 FROM history WHERE message_id = ?1 LIMIT 1", &st) == HSTORE_OK) {
+        sqlite3_bind_blob(st, 1, mid, 16, SQLITE_TRANSIENT);
+        if (hstore_step(c->db, st, &row) != HSTORE_OK)
+            row = 1;
+        else if (row)
+            sqlite3_reset(st);
     }
-    return e;
+    return row;
+}
+
+void hsdk_truncate_wal(hush_client *c)
+{
+    /* secure_delete zeroed deleted rows in the database; the WAL still holds the pages as they were */
+    if (hstore_truncate_wal(c->db) != HSTORE_OK) {
+        /* best effort: another reader keeps the frames; the next checkpoint truncates them */
+    }
 }
 
 /* ---------------------------------------------------------------------------------------- */

@@ -278,6 +278,13 @@ hush_err hsdk_history_insert(hush_client *c, const char *peer, uint32_t peer_dev
                               const uint8_t msg_id[16], int kind, const char *group_id,
                               uint64_t sent_at, const uint8_t *body, size_t len, int64_t *local_id,
                               int *duplicate);
+/* Deletes one history row, giving its message id (*found 0 when it had none). HUSH_ERR_NOT_FOUND
+ * when there is no such row. Caller holds the lock. */
+hush_err hsdk_history_delete(hush_client *c, int64_t local_id, uint8_t mid[16], int *found);
+/* Whether any history row has this message id (1 when unsure). Caller holds the lock. */
+int hsdk_history_has_message(hush_client *c, const uint8_t mid[16]);
+/* Empties the WAL so deleted rows' old pages leave the disk (best effort). Caller holds the lock. */
+void hsdk_truncate_wal(hush_client *c);
 /* Seals again every version-1 history and outbox body. Inside the caller's transaction. */
 hush_err hsdk_history_reseal_v1(hush_client *c);
 
@@ -350,6 +357,10 @@ hush_err hsdk_file_set_pointer(hush_client *c, const struct hsdk_file *f);
 /* The next upload or download to run (uploads first, oldest first), not among skip (nskip ids of
  * 16 bytes). 1 when found. */
 int hsdk_file_next_active(hush_client *c, uint8_t mid[16], const uint8_t *skip, size_t nskip);
+/* At open: file rows whose message is no longer in the history go, with their files, and so do
+ * files of the files directory that belong to no row (what a crash during hush_send_file leaves).
+ * Best effort. Takes the lock. */
+void hsdk_files_prune(hush_client *c);
 
 /* messaging.c */
 /* The stored presence list of `kind` (PRESENCE_ALLOW / _SUBSCRIBE, net.h): up to max names, each

@@ -2521,10 +2521,10 @@ static void test_file_two_devices_relay_killed(void **state)
     (void)state;
     struct relay_proc relay;
     relay_start(&relay, "files", "max_devices = 3\n");
-    struct user *a = user_new(&relay, "fay"), *b = user_new(&relay, "gus");
+    struct user *a = user_new(&relay, "fia"), *b = user_new(&relay, "gil");
     uint32_t dev = 0;
     hush_err le = HUSH_OK;
-    struct user *b2 = user_link(&relay, b, "gus-laptop", &dev, &le);
+    struct user *b2 = user_link(&relay, b, "gil-laptop", &dev, &le);
     assert_int_equal(le, HUSH_OK);
     const char *canary = "CANARY-file-9c2e-plaintext-never-on-the-relay";
     char src[400];
@@ -2532,7 +2532,7 @@ static void test_file_two_devices_relay_killed(void **state)
     size_t size = 50u << 20;
     make_file(src, size, canary);
     uint8_t mid[16];
-    assert_int_equal(hush_send_file(a->c, "gus", src, "canary-name-7f3a.bin", "application/x-test", (const uint8_t *)"thumb", 5,
+    assert_int_equal(hush_send_file(a->c, "gil", src, "canary-name-7f3a.bin", "application/x-test", (const uint8_t *)"thumb", 5,
                                     mid),
                      HUSH_OK);
     assert_int_equal(state_of(a, mid), HUSH_MSG_QUEUED);
@@ -2588,20 +2588,20 @@ static void test_file_two_devices_relay_killed(void **state)
     make_file(small, 5000, "from the laptop");
     uint8_t mid2[16];
     int before = b->r.nfile_msgs;
-    assert_int_equal(hush_send_file(b2->c, "fay", small, NULL, "text/plain", NULL, 0, mid2), HUSH_OK);
+    assert_int_equal(hush_send_file(b2->c, "fia", small, NULL, "text/plain", NULL, 0, mid2), HUSH_OK);
     assert_true(wait_count(&b->r, &b->r.nfile_msgs, before + 1, 30000));
     assert_memory_equal(b->r.file_mid, mid2, 16);
     hush_attachment *mine = NULL;
     assert_int_equal(hush_attachment_get(b->c, mid2, &mine), HUSH_OK);
     assert_true(mine->outgoing);
-    assert_string_equal(mine->peer, "fay");
+    assert_string_equal(mine->peer, "fia");
     hush_attachment_free(mine);
     b->r.nfile_ready = 0;
     fetch_and_save(b, mid2, tpath("own.txt"), 30000);
     assert_true(same_file(small, tpath("own.txt")));
     hush_history_entry *h = NULL;
     size_t nh = 0;
-    assert_int_equal(hush_history_list(b->c, "fay", 0, 10, &h, &nh), HUSH_OK);
+    assert_int_equal(hush_history_list(b->c, "fia", 0, 10, &h, &nh), HUSH_OK);
     assert_int_equal(nh, 2); /* newest first: the laptop's file (as sent), then fay's */
     assert_int_equal(h[0].kind, HUSH_KIND_FILE);
     assert_true(h[0].outgoing);
@@ -2626,7 +2626,7 @@ static void test_file_two_devices_relay_killed(void **state)
     assert_false(file_contains(relay.log, canary, strlen(canary)));
     /* the receivers keep the file encrypted beside their database */
     char files[400];
-    snprintf(files, sizeof files, "%s.files", tpath("gus.db"));
+    snprintf(files, sizeof files, "%s.files", tpath("gil.db"));
     assert_false(dir_contains(files, canary));
 }
 
@@ -2638,12 +2638,12 @@ static void test_file_tamper_limits_expiry(void **state)
     (void)state;
     struct relay_proc relay;
     relay_start(&relay, "files_bad", "max_blob_bytes = 1m\nttl_seconds = 6\n");
-    struct user *a = user_new(&relay, "hal"), *b = user_new(&relay, "ivy");
+    struct user *a = user_new(&relay, "hob"), *b = user_new(&relay, "isa");
     char src[400]; /* tpath's buffers rotate */
     snprintf(src, sizeof src, "%s", tpath("small.bin"));
     make_file(src, 300000, "small-file");
     uint8_t mid[16];
-    assert_int_equal(hush_send_file(a->c, "ivy", src, NULL, NULL, NULL, 0, mid), HUSH_OK);
+    assert_int_equal(hush_send_file(a->c, "isa", src, NULL, NULL, NULL, 0, mid), HUSH_OK);
     assert_true(wait_count(&b->r, &b->r.nfile_msgs, 1, 20000));
     /* flip one byte of the relay's copy */
     char blobdir[400];
@@ -2679,7 +2679,7 @@ static void test_file_tamper_limits_expiry(void **state)
     assert_true(same_file(src, tpath("good.bin")));
     /* the local encrypted copy changed: it does not decrypt, and nothing is written */
     char local[600];
-    snprintf(local, sizeof local, "%s.files", tpath("ivy.db"));
+    snprintf(local, sizeof local, "%s.files", tpath("isa.db"));
     char hex[33];
     sodium_bin2hex(hex, sizeof hex, mid, 16);
     char lp[1200];
@@ -2698,7 +2698,7 @@ static void test_file_tamper_limits_expiry(void **state)
     snprintf(big, sizeof big, "%s", tpath("over.bin"));
     make_file(big, 2u << 20, "over");
     uint8_t mid2[16];
-    assert_int_equal(hush_send_file(a->c, "ivy", big, NULL, NULL, NULL, 0, mid2), HUSH_OK);
+    assert_int_equal(hush_send_file(a->c, "isa", big, NULL, NULL, NULL, 0, mid2), HUSH_OK);
     assert_true(wait_count(&a->r, &a->r.nfile_failed, 1, 20000));
     assert_int_equal(a->r.file_err, HUSH_ERR_TOO_BIG);
     assert_true(wait_state(a, mid2, HUSH_MSG_FAILED, 5000) || state_of(a, mid2) == HUSH_MSG_FAILED);
@@ -2707,7 +2707,7 @@ static void test_file_tamper_limits_expiry(void **state)
     uint8_t mid3[16];
     b->r.nfile_failed = 0;
     int before = b->r.nfile_msgs;
-    assert_int_equal(hush_send_file(a->c, "ivy", src, "later.bin", NULL, NULL, 0, mid3), HUSH_OK);
+    assert_int_equal(hush_send_file(a->c, "isa", src, "later.bin", NULL, NULL, 0, mid3), HUSH_OK);
     assert_true(wait_count(&b->r, &b->r.nfile_msgs, before + 1, 20000));
     sleep(7);
     assert_int_equal(hush_attachment_download(b->c, mid3), HUSH_OK);
@@ -2719,14 +2719,14 @@ static void test_file_tamper_limits_expiry(void **state)
     make_file(slow, 900000, "slow");
     uint8_t mid4[16];
     hush_net_stop(a->c); /* so that the upload cannot finish before the cancel */
-    assert_int_equal(hush_send_file(a->c, "ivy", slow, NULL, NULL, NULL, 0, mid4), HUSH_OK);
+    assert_int_equal(hush_send_file(a->c, "isa", slow, NULL, NULL, NULL, 0, mid4), HUSH_OK);
     assert_int_equal(file_state(a, mid4), HUSH_FILE_UPLOADING);
     assert_int_equal(hush_attachment_cancel(a->c, mid4), HUSH_OK);
     assert_int_equal(file_state(a, mid4), HUSH_FILE_FAILED);
     assert_int_equal(state_of(a, mid4), HUSH_MSG_FAILED);
     assert_int_equal(hush_attachment_cancel(a->c, mid4), HUSH_ERR_NOT_FOUND);
     char upfile[400];
-    snprintf(upfile, sizeof upfile, "%s.files", tpath("hal.db"));
+    snprintf(upfile, sizeof upfile, "%s.files", tpath("hob.db"));
     sodium_bin2hex(hex, sizeof hex, mid4, 16);
     snprintf(lp, sizeof lp, "%s/%s.up", upfile, hex);
     assert_int_equal(access(lp, F_OK), -1); /* the encrypted copy is gone */
@@ -2738,11 +2738,43 @@ static void test_file_tamper_limits_expiry(void **state)
     assert_int_equal(file_state(b, mid3), HUSH_FILE_REMOTE);
     user_start(b, &relay);
     /* bad arguments */
-    assert_int_equal(hush_send_file(a->c, "ivy", tpath("does-not-exist"), NULL, NULL, NULL, 0, NULL), HUSH_ERR_INVALID_ARG);
-    assert_int_equal(hush_send_file(a->c, "ivy", src, "a/b", NULL, NULL, 0, NULL), HUSH_ERR_INVALID_ARG);
-    assert_int_equal(hush_send_file(a->c, "ivy", src, NULL, NULL, (const uint8_t *)src, HUSH_MAX_THUMBNAIL + 1, NULL),
+    assert_int_equal(hush_send_file(a->c, "isa", tpath("does-not-exist"), NULL, NULL, NULL, 0, NULL), HUSH_ERR_INVALID_ARG);
+    assert_int_equal(hush_send_file(a->c, "isa", src, "a/b", NULL, NULL, 0, NULL), HUSH_ERR_INVALID_ARG);
+    assert_int_equal(hush_send_file(a->c, "isa", src, NULL, NULL, (const uint8_t *)src, HUSH_MAX_THUMBNAIL + 1, NULL),
                      HUSH_ERR_TOO_BIG);
-    assert_int_equal(hush_send_file(a->c, "hal", src, NULL, NULL, NULL, 0, NULL), HUSH_ERR_INVALID_ARG);
+    assert_int_equal(hush_send_file(a->c, "hob", src, NULL, NULL, NULL, 0, NULL), HUSH_ERR_INVALID_ARG);
+    /* deleting a file message deletes the file: its key and its local copy */
+    hush_history_entry *h = NULL;
+    size_t nh = 0;
+    int64_t row = 0;
+    assert_int_equal(hush_history_list(b->c, "hob", 0, 50, &h, &nh), HUSH_OK);
+    for (size_t i = 0; i < nh; i++)
+        if (!memcmp(h[i].message_id, mid, 16))
+            row = h[i].local_id;
+    hush_history_free(h, nh);
+    assert_true(row > 0);
+    sodium_bin2hex(hex, sizeof hex, mid, 16);
+    snprintf(lp, sizeof lp, "%s/%s", local, hex);
+    assert_int_equal(access(lp, F_OK), 0);
+    assert_int_equal(hush_history_delete(b->c, row), HUSH_OK);
+    assert_int_equal(access(lp, F_OK), -1);
+    hush_attachment *gone = NULL;
+    assert_int_equal(hush_attachment_get(b->c, mid, &gone), HUSH_ERR_NOT_FOUND);
+    /* what a crash leaves in the files directory goes at the next open: a half-written encrypted
+     * copy, a file no message knows */
+    snprintf(lp, sizeof lp, "%s/00112233445566778899aabbccddeeff.up.tmp", upfile);
+    FILE *stray = fopen(lp, "w");
+    assert_non_null(stray);
+    fclose(stray);
+    char lp2[1200];
+    snprintf(lp2, sizeof lp2, "%s/ffeeddccbbaa99887766554433221100", upfile);
+    stray = fopen(lp2, "w");
+    assert_non_null(stray);
+    fclose(stray);
+    hush_net_stop(a->c);
+    a->c = reopen_client(a->c, "hob", HUSH_DURABILITY_NORMAL);
+    assert_int_equal(access(lp, F_OK), -1);
+    assert_int_equal(access(lp2, F_OK), -1);
     user_free(a);
     user_free(b);
     assert_int_equal(relay_stop(&relay, SIGTERM), 0);
