@@ -49,6 +49,7 @@ struct conn {
     /* outbound queue */
     struct outbuf *out_head, *out_tail;
     size_t out_count;
+    size_t out_bytes;
     int rx_paused;               /* the peer is not reading its answers: stop reading its requests */
     int rx_off;                  /* reading is switched off (rx_paused or the gate's pause) */
     struct jobgate *gate;        /* storage work in flight for this connection */
@@ -103,6 +104,10 @@ static atomic_ullong g_next_conn_id = 1;
 
 #define OUTQ_PAUSE 512
 #define OUTQ_RESUME 64
+/* ...and by bytes: file chunks are up to 256 KiB each, so 512 of them would be 128 MiB held for a
+ * client that asks and never reads */
+#define OUTQ_BYTES_PAUSE (4u << 20)
+#define OUTQ_BYTES_RESUME (1u << 20)
 #define WRITES_PER_CALLBACK 32
 
 /* An inbox's wake-up: called with the inbox's lock held, never after inbox_close. */
@@ -137,7 +142,8 @@ static void enqueue(struct conn *c, struct outbuf *o)
         c->out_head = o;
     c->out_tail = o;
     c->out_count++;
-    if (c->out_count > OUTQ_PAUSE && !c->rx_paused) {
+    c->out_bytes += o->len;
+    if ((c->out_count > OUTQ_PAUSE || c->out_bytes > OUTQ_BYTES_PAUSE) && !c->rx_paused) {
         /* The peer is not reading: stop reading its requests until it catches up. */
         c->rx_paused = 1;
         rx_update(c);
@@ -1057,6 +1063,7 @@ static int write_frames(struct conn *c)
         if (!c->out_head)
             c->out_tail = NULL;
         c->out_count--;
+        c->out_bytes -= o->len;
         atomic_fetch_add(&g_metrics.frames_out, 1);
         if (o->seq)
             atomic_fetch_add(&g_metrics.messages_out, 1);
@@ -1066,7 +1073,7 @@ static int write_frames(struct conn *c)
         if ((i & 15) == 15 && lws_send_pipe_choked(c->wsi))
             break;
     }
-    if (c->rx_paused && c->out_count < OUTQ_RESUME) {
+    if (c->rx_paused && c->out_count < OUTQ_RESUME && c->out_bytes < OUTQ_BYTES_RESUME) {
         c->rx_paused = 0;
         rx_update(c);
     }

@@ -6,6 +6,7 @@
  */
 #define _GNU_SOURCE
 #include <dirent.h>
+#include <poll.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -440,6 +441,67 @@ static void test_upload_does_not_block_messages(void **state)
     relay_stop(&r, SIGTERM);
 }
 
+static long rss_kb(pid_t pid)
+{
+    char p[64], line[256];
+    snprintf(p, sizeof p, "/proc/%d/status", (int)pid);
+    FILE *f = fopen(p, "r");
+    long kb = -1;
+    while (f && fgets(line, sizeof line, f))
+        if (!strncmp(line, "VmRSS:", 6))
+            kb = atol(line + 6);
+    if (f)
+        fclose(f);
+    return kb;
+}
+
+/* A client that asks for file chunks and never reads the answers: the relay stops reading it once
+ * a few MiB of answers wait, instead of holding hundreds of 256 KiB chunks for it. */
+static void test_reader_that_never_reads(void **state)
+{
+    (void)state;
+    struct relay_proc r;
+    relay_start(&r, "noread", NULL);
+    struct tclient *a = tc_registered(&r, "alice", 1);
+    size_t len = 1u << 20;
+    uint8_t *data = random_bytes(len), id[16];
+    create_ok(a, len, id);
+    upload_from(a, id, data, len, 0, 256 * 1024);
+    long before = rss_kb(r.pid);
+    Hush__BlobGetRequest q = HUSH__BLOB_GET_REQUEST__INIT;
+    q.blob_id.data = id;
+    q.blob_id.len = 16;
+    q.length = 256 * 1024;
+    Hush__Frame f = HUSH__FRAME__INIT;
+    f.msg_case = HUSH__FRAME__MSG_BLOB_GET;
+    f.blob_get = &q;
+    uint8_t buf[128];
+    int sent = 0;
+    for (int i = 0; i < 1000000; i++) {
+        struct pollfd pfd = { wsc_fd(a->ws), POLLOUT, 0 };
+        if (poll(&pfd, 1, 500) != 1)
+            break; /* the relay stopped reading us */
+        f.id = 1000 + (uint64_t)i;
+        q.offset = (uint64_t)(i % 4) * 256 * 1024;
+        size_t n = hush__frame__pack(&f, buf);
+        assert_int_equal(wsc_send(a->ws, buf, n), 0);
+        sent++;
+    }
+    sleep_ms(500);
+    long after = rss_kb(r.pid);
+    /* without the byte bound: up to 512 answers of 256 KiB (128 MiB) waited for this client */
+    assert_true(sent < 1000000);
+    assert_true(after - before < 48 * 1024);
+    /* and it is still served once it reads: a fresh connection works */
+    tc_disconnect(a);
+    assert_int_equal(tc_reconnect(a), 0);
+    assert_int_equal(tc_login(a), HUSH__ERROR_CODE__OK);
+    download_check(a, id, data, len, 256 * 1024);
+    free(data);
+    tc_free(a);
+    relay_stop(&r, SIGTERM);
+}
+
 int main(void)
 {
     if (sodium_init() < 0)
@@ -451,6 +513,7 @@ int main(void)
         cmocka_unit_test(test_resume_after_kill),
         cmocka_unit_test(test_expiry_and_leftovers),
         cmocka_unit_test(test_upload_does_not_block_messages),
+        cmocka_unit_test(test_reader_that_never_reads),
     };
     if (getenv("HUSH_TEST_ONLY"))
         cmocka_set_test_filter(getenv("HUSH_TEST_ONLY"));
