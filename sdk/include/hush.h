@@ -351,6 +351,8 @@ HUSH_MUST_CHECK hush_err hush_history_list(hush_client *c, const char *peer, int
                                            int limit, hush_history_entry **out, size_t *count);
 void hush_history_free(hush_history_entry *entries, size_t count);
 HUSH_MUST_CHECK hush_err hush_history_mark_read(hush_client *c, int64_t local_id);
+/* Deletes one message from the local history; a file message takes its file with it (its key,
+ * and the encrypted copies beside the database). HUSH_ERR_NOT_FOUND: no such message. */
 HUSH_MUST_CHECK hush_err hush_history_delete(hush_client *c, int64_t local_id);
 
 /*
