@@ -1448,6 +1448,16 @@ static long send_text(int argc, char **argv, int first, char *text, size_t cap)
     return (long)len;
 }
 
+/* The one operand left after the options, as a message id (32 hex digits). 0 on success. */
+static int message_id_arg(int argc, char **argv, uint8_t mid[16])
+{
+    size_t got = 0;
+    return argc - optind != 1 || sodium_hex2bin(mid, 16, argv[optind], strlen(argv[optind]), NULL, &got, NULL) != 0 ||
+                   got != 16
+               ? -1
+               : 0;
+}
+
 /* Waits for file `mid` to reach one of the states in `until` (a bit mask of 1 << (state + 1)),
  * reading the database (another process may be moving it) and drawing progress on a terminal.
  * Gives up after wait_s seconds without progress (0: wait as long as it progresses... forever).
@@ -1550,9 +1560,7 @@ static int cmd_get(int argc, char **argv)
     if (r)
         return r < 0 ? 0 : r;
     uint8_t mid[16];
-    size_t got = 0;
-    if (argc - optind != 1 || sodium_hex2bin(mid, sizeof mid, argv[optind], strlen(argv[optind]), NULL, &got, NULL) != 0 ||
-        got != 16) {
+    if (message_id_arg(argc, argv, mid)) {
         fprintf(stderr, "usage: hush get MESSAGE_ID [--out PATH]   (the 32 hex digits `hush listen` shows)\n");
         return 2;
     }
@@ -1732,9 +1740,7 @@ static int cmd_cancel(int argc, char **argv)
     if (r)
         return r < 0 ? 0 : r;
     uint8_t mid[16];
-    size_t got = 0;
-    if (argc - optind != 1 || sodium_hex2bin(mid, sizeof mid, argv[optind], strlen(argv[optind]), NULL, &got, NULL) != 0 ||
-        got != 16) {
+    if (message_id_arg(argc, argv, mid)) {
         fprintf(stderr, "usage: hush cancel ID   (the 32 hex digits `hush send` printed)\n");
         return 2;
     }

@@ -104,6 +104,26 @@ static int sync_dir_of(const char *dir)
     return r;
 }
 
+/* The end of writing out_path under the name tmp: closed, then renamed when all went well (e),
+ * removed otherwise; the buffers wiped and freed. Returns the outcome. */
+static hush_err finish_tmp(int fd, const char *tmp, const char *out_path, hush_err e, uint8_t *pt, uint8_t *ct,
+                           crypto_secretstream_xchacha20poly1305_state *st)
+{
+    if (fd >= 0 && close(fd) != 0 && !e)
+        e = HUSH_ERR_STORAGE;
+    if (!e && rename(tmp, out_path) != 0)
+        e = HUSH_ERR_STORAGE;
+    if (e && fd >= 0)
+        unlink(tmp);
+    if (pt) {
+        sodium_memzero(pt, HSDK_FILE_CHUNK);
+        free(pt);
+    }
+    free(ct);
+    sodium_memzero(st, sizeof *st);
+    return e;
+}
+
 hush_err hsdk_file_encrypt(int in, uint64_t size, const char *out_path, const uint8_t key[32], uint8_t digest[32])
 {
     char tmp[1300];
@@ -153,19 +173,7 @@ hush_err hsdk_file_encrypt(int in, uint64_t size, const char *out_path, const ui
         e = HUSH_ERR_STORAGE;
 out:
     EVP_MD_CTX_free(h);
-    if (close(out) != 0 && !e)
-        e = HUSH_ERR_STORAGE;
-    if (!e && rename(tmp, out_path) != 0)
-        e = HUSH_ERR_STORAGE;
-    if (e)
-        unlink(tmp);
-    if (pt) {
-        sodium_memzero(pt, HSDK_FILE_CHUNK);
-        free(pt);
-    }
-    free(ct);
-    sodium_memzero(&st, sizeof st);
-    return e;
+    return finish_tmp(out, tmp, out_path, e, pt, ct, &st);
 }
 
 hush_err hsdk_file_digest(const char *path, uint8_t digest[32], uint64_t *len)
@@ -328,6 +336,21 @@ hush_err hsdk_file_load(hush_client *c, const uint8_t mid[16], struct hsdk_file 
     sodium_memzero(pt, len);
     free(pt);
     return f->p ? HUSH_OK : HUSH_ERR_DB_CORRUPT;
+}
+
+int hsdk_file_state(hush_client *c, const uint8_t mid[16])
+{
+    int64_t v = 0;
+    sqlite3_stmt *st;
+    if (hstore_prepare(c->db, "SELECT state FROM attachments WHERE message_id = ?1", &st) != HSTORE_OK)
+        return 0;
+    sqlite3_bind_blob(st, 1, mid, 16, SQLITE_TRANSIENT);
+    int row = 0;
+    if (hstore_step(c->db, st, &row) == HSTORE_OK && row) {
+        v = sqlite3_column_int64(st, 0);
+        sqlite3_reset(st);
+    }
+    return (int)v;
 }
 
 void hsdk_file_release(struct hsdk_file *f)
@@ -673,20 +696,8 @@ hush_err hush_attachment_save(hush_client *c, const uint8_t message_id[HUSH_MESS
 out:
     if (in >= 0)
         close(in);
-    if (out >= 0 && close(out) != 0 && !e)
-        e = HUSH_ERR_STORAGE;
-    if (!e && rename(tmp, out_path) != 0)
-        e = HUSH_ERR_STORAGE;
-    if (e && out >= 0)
-        unlink(tmp);
-    if (pt) {
-        sodium_memzero(pt, HSDK_FILE_CHUNK);
-        free(pt);
-    }
-    free(ct);
-    sodium_memzero(&st, sizeof st);
     hsdk_file_release(&f);
-    return e;
+    return finish_tmp(out, tmp, out_path, e, pt, ct, &st);
 }
 
 /* ------------------------------------------------------------------------------------------ */

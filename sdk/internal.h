@@ -351,6 +351,8 @@ hush_err hsdk_file_insert(hush_client *c, const uint8_t mid[16], int outgoing, c
                           const Hush__AttachmentPointer *p, int *duplicate);
 hush_err hsdk_file_load(hush_client *c, const uint8_t mid[16], struct hsdk_file *f);
 void hsdk_file_release(struct hsdk_file *f);
+/* A file's state alone (no pointer opened: asked at every chunk); 0 when there is no such file. */
+int hsdk_file_state(hush_client *c, const uint8_t mid[16]);
 hush_err hsdk_file_set_state(hush_client *c, const uint8_t mid[16], int state, uint64_t done, hush_err error);
 /* Writes f->p back (sealed): after the relay named the upload. */
 hush_err hsdk_file_set_pointer(hush_client *c, const struct hsdk_file *f);

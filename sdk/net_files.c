@@ -383,15 +383,10 @@ void hnet_files_reset(struct hush_net *n)
 /* The transfer was cancelled (or finished elsewhere) while running: its row moved on. */
 static int still_wanted(struct hush_net *n)
 {
-    struct hsdk_file f;
     hsdk_lock(n->c);
-    hush_err e = hsdk_file_load(n->c, n->xfer.mid, &f);
+    int state = hsdk_file_state(n->c, n->xfer.mid);
     hsdk_unlock(n->c);
-    if (e)
-        return 0;
-    int want = f.state == (n->xfer.upload ? HUSH_FILE_UPLOADING : HUSH_FILE_DOWNLOADING);
-    hsdk_file_release(&f);
-    return want;
+    return state == (n->xfer.upload ? HUSH_FILE_UPLOADING : HUSH_FILE_DOWNLOADING);
 }
 
 /* Records the relay's id of the upload (NULL: none, upload anew) in the sealed pointer, so a

@@ -85,6 +85,22 @@ char *relay_http_get(const struct relay_proc *r, const char *path, int *status)
     return out;
 }
 
+long relay_proc_kib(pid_t pid, const char *field)
+{
+    char path[64], line[256];
+    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return -1;
+    long v = -1;
+    size_t fl = strlen(field);
+    while (fgets(line, sizeof line, f))
+        if (!strncmp(line, field, fl) && line[fl] == ':')
+            v = atol(line + fl + 1);
+    fclose(f);
+    return v;
+}
+
 long relay_metric(const struct relay_proc *r, const char *name)
 {
     int st = 0;

@@ -34,6 +34,8 @@ void relay_restart(struct relay_proc *r);
 int relay_stop(struct relay_proc *r, int sig);
 /* Fetches a URL path from the metrics port; returns a malloc'd body (or NULL) and the status. */
 char *relay_http_get(const struct relay_proc *r, const char *path, int *status);
+/* A field of /proc/PID/status in KiB (VmRSS, VmHWM); -1 when unknown. */
+long relay_proc_kib(pid_t pid, const char *field);
 /* Reads a numeric metric (first sample whose line starts with `name`). -1 if absent. */
 long relay_metric(const struct relay_proc *r, const char *name);
 

@@ -45,23 +45,6 @@ static long now_ms(void)
     return ts.tv_sec * 1000L + ts.tv_nsec / 1000000L;
 }
 
-/* A field of /proc/PID/status in KiB (VmRSS, VmHWM). */
-static long proc_kib(pid_t pid, const char *field)
-{
-    char path[64], line[256];
-    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return -1;
-    long v = -1;
-    size_t fl = strlen(field);
-    while (fgets(line, sizeof line, f))
-        if (!strncmp(line, field, fl) && line[fl] == ':')
-            v = atol(line + fl + 1);
-    fclose(f);
-    return v;
-}
-
 /* 1 when the relay closed the connection within ms (frames before the close are skipped). */
 static int closed_within(struct wsc *w, int ms)
 {
@@ -219,7 +202,7 @@ static void test_storage_jobs_bounded(void **state)
     free(asan_old);
     struct tclient *a = tc_registered(&r, "carl", 1);
     struct tclient *o = tc_registered(&r, "dora", 1);
-    long rss0 = proc_kib(r.pid, "VmRSS");
+    long rss0 = relay_proc_kib(r.pid, "VmRSS");
     /* no core file can hold what the relay has in memory */
     char lim[64], line[256];
     snprintf(lim, sizeof lim, "/proc/%d/limits", (int)r.pid);
@@ -259,7 +242,7 @@ static void test_storage_jobs_bounded(void **state)
             break;
         sent++;
         if (i % 256 == 0) {
-            long v = proc_kib(r.pid, "VmRSS");
+            long v = relay_proc_kib(r.pid, "VmRSS");
             if (v > peak)
                 peak = v;
         }
@@ -269,7 +252,7 @@ static void test_storage_jobs_bounded(void **state)
     randombytes_buf(env, sizeof env);
     rand_id(mid);
     assert_int_equal(tc_send(o, "carl", 1, env, sizeof env, mid, NULL), 0);
-    long v = proc_kib(r.pid, "VmRSS");
+    long v = relay_proc_kib(r.pid, "VmRSS");
     if (v > peak)
         peak = v;
     print_message("ack flood: %d acks of %d seqs (%zu bytes each) written; relay RSS %ld -> peak %ld KiB\n", sent, NSEQ,

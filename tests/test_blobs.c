@@ -441,20 +441,6 @@ static void test_upload_does_not_block_messages(void **state)
     relay_stop(&r, SIGTERM);
 }
 
-static long rss_kb(pid_t pid)
-{
-    char p[64], line[256];
-    snprintf(p, sizeof p, "/proc/%d/status", (int)pid);
-    FILE *f = fopen(p, "r");
-    long kb = -1;
-    while (f && fgets(line, sizeof line, f))
-        if (!strncmp(line, "VmRSS:", 6))
-            kb = atol(line + 6);
-    if (f)
-        fclose(f);
-    return kb;
-}
-
 /* A client that asks for file chunks and never reads the answers: the relay stops reading it once
  * a few MiB of answers wait, instead of holding hundreds of 256 KiB chunks for it. */
 static void test_reader_that_never_reads(void **state)
@@ -467,7 +453,7 @@ static void test_reader_that_never_reads(void **state)
     uint8_t *data = random_bytes(len), id[16];
     create_ok(a, len, id);
     upload_from(a, id, data, len, 0, 256 * 1024);
-    long before = rss_kb(r.pid);
+    long before = relay_proc_kib(r.pid, "VmRSS");
     Hush__BlobGetRequest q = HUSH__BLOB_GET_REQUEST__INIT;
     q.blob_id.data = id;
     q.blob_id.len = 16;
@@ -488,7 +474,7 @@ static void test_reader_that_never_reads(void **state)
         sent++;
     }
     sleep_ms(500);
-    long after = rss_kb(r.pid);
+    long after = relay_proc_kib(r.pid, "VmRSS");
     /* without the byte bound: up to 512 answers of 256 KiB (128 MiB) waited for this client */
     assert_true(sent < 1000000);
     assert_true(after - before < 48 * 1024);
