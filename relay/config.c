@@ -31,6 +31,7 @@ void cfg_defaults(struct relay_config *c)
     c->max_frame = 512 * 1024;
     c->max_envelope = 256 * 1024;
     c->max_recipients = 64;
+    c->max_room_recipients = 1000;
     c->max_prekeys_per_upload = 100;
     c->delivery_window = 64;
     c->auth_timeout_s = 10;
@@ -132,6 +133,7 @@ static const struct u32key u32keys[] = {
     U32("max_frame", max_frame, 4096, 64u << 20),
     U32("max_envelope", max_envelope, 1024, 32u << 20),
     U32("max_recipients", max_recipients, 1, 1024),
+    U32("max_room_recipients", max_room_recipients, 1, 5000),
     U32("max_prekeys_per_upload", max_prekeys_per_upload, 1, 100),
     U32("delivery_window", delivery_window, 1, 4096),
     U32("auth_timeout", auth_timeout_s, 1, 300),

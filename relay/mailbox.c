@@ -1,7 +1,13 @@
 /*
  * mailbox.c - the storage jobs about stored mail: send (per-device quotas, the share one sender may
- * fill, duplicates by client message id), fetch in seq order, ack, expiry. Owns the table mailbox,
- * the in-memory quota cache and the messages waiting unwritten for their ack (early delivery).
+ * fill, duplicates by client message id), fetch in seq order, ack, expiry. Owns the tables mailbox
+ * and payloads, the in-memory quota cache and the messages waiting unwritten for their ack (early
+ * delivery).
+ *
+ * Room messages. A send with a shared envelope stores it once (table payloads) and one row per
+ * recipient device pointing at it (with that device's own pairwise part, often empty); a payload
+ * goes when no row points at it any more (ack, expiry, device removal). Those sends are written at
+ * once (no early delivery): their rows are durable at the batch's commit like any stored message.
  *
  * Early delivery. A message for a device that is online is delivered at once, before anything is
  * written, and waits in memory (struct pend) for early_delivery_ms. Its sender is answered when
@@ -180,7 +186,7 @@ static struct quota *quota_of(const char *user, uint32_t dev, hstore_err *e)
     if (q)
         return q;
     sqlite3_stmt *st;
-    if ((*e = hstore_prepare(senv.db, "SELECT count(*), coalesce(sum(length(envelope)), 0) FROM mailbox "
+    if ((*e = hstore_prepare(senv.db, "SELECT count(*), coalesce(sum(length(envelope) + payload_len), 0) FROM mailbox "
                                    "WHERE recipient = ?1 AND recipient_device = ?2", &st)))
         return NULL;
     sqlite3_bind_text(st, 1, user, -1, SQLITE_TRANSIENT);
@@ -222,18 +228,18 @@ static void add_delta(struct jctx *x, const char *user, uint32_t dev, int64_t co
  * bytes), so nobody can make a device unreachable for everyone else by filling its mailbox. Only
  * a mailbox already over the share needs the per-sender count (an index range of that sender's
  * rows). */
-static hstore_err over_sender_share(const struct quota *q, const char *sender, const Hush__Recipient *rc, int *over)
+static hstore_err over_sender_share(const struct quota *q, const char *sender, const Hush__Recipient *rc, int64_t len,
+                                     int *over)
 {
     *over = 0;
     if (senv.cfg->sender_share_percent >= 100 || !q)
         return HSTORE_OK;
     int64_t max_count = (int64_t)((uint64_t)senv.cfg->quota_messages * senv.cfg->sender_share_percent / 100);
     int64_t max_bytes = (int64_t)(senv.cfg->quota_bytes * senv.cfg->sender_share_percent / 100);
-    int64_t len = (int64_t)rc->envelope.len;
     if (q->count + 1 <= max_count && q->bytes + len <= max_bytes)
         return HSTORE_OK;
     sqlite3_stmt *st;
-    hstore_err e = hstore_prepare(senv.db, "SELECT count(*), coalesce(sum(length(envelope)), 0) FROM mailbox "
+    hstore_err e = hstore_prepare(senv.db, "SELECT count(*), coalesce(sum(length(envelope) + payload_len), 0) FROM mailbox "
                                         "WHERE recipient = ?1 AND recipient_device = ?2 AND sender = ?3", &st);
     if (e)
         return e;
@@ -369,15 +375,46 @@ out:
     return ok;
 }
 
-/* One stored message (a send written at once, or a waiting one whose wait is over). */
+/* A room message's shared envelope, stored once: *id its row. */
+static hstore_err insert_payload(const uint8_t *data, size_t len, int64_t *id)
+{
+    sqlite3_stmt *st;
+    hstore_err e = hstore_prepare(senv.db, "INSERT INTO payloads (data) VALUES (?1)", &st);
+    if (e)
+        return e;
+    sqlite3_bind_blob(st, 1, data, (int)len, SQLITE_STATIC);
+    if ((e = hstore_run(senv.db, st)))
+        return e;
+    *id = sqlite3_last_insert_rowid(hstore_handle(senv.db));
+    return HSTORE_OK;
+}
+
+/* Payloads no row points at any more: one (id) or, with id 0, all of them. */
+static hstore_err drop_unreferenced_payloads(hstore *db, int64_t id)
+{
+    sqlite3_stmt *st;
+    hstore_err e = id ? hstore_prepare(db, "DELETE FROM payloads WHERE id = ?1 AND NOT EXISTS "
+                                           "(SELECT 1 FROM mailbox WHERE payload = ?1)", &st)
+                      : hstore_prepare(db, "DELETE FROM payloads WHERE NOT EXISTS "
+                                           "(SELECT 1 FROM mailbox WHERE payload = payloads.id)", &st);
+    if (e)
+        return e;
+    if (id)
+        sqlite3_bind_int64(st, 1, id);
+    return hstore_run(db, st);
+}
+
+/* One stored message (a send written at once, or a waiting one whose wait is over); payload: the
+ * row of its shared envelope (0: none) and that envelope's length. */
 static hstore_err insert_row(uint64_t seq, const char *recipient, uint32_t rdev, const char *sender, uint32_t sdev,
                              const uint8_t cmid[HWIRE_CLIENT_MSG_ID_BYTES], const uint8_t *env, size_t len,
-                             uint64_t received_at, uint64_t expires_at, int non_urgent)
+                             uint64_t received_at, uint64_t expires_at, int non_urgent, int64_t payload,
+                             size_t payload_len)
 {
     sqlite3_stmt *st;
     hstore_err e = hstore_prepare(senv.db, "INSERT INTO mailbox (seq, recipient, recipient_device, sender, sender_device, "
-                                           "client_msg_id, envelope, received_at, expires_at, non_urgent) "
-                                           "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)", &st);
+                                           "client_msg_id, envelope, received_at, expires_at, non_urgent, payload, "
+                                           "payload_len) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)", &st);
     if (e)
         return e;
     sqlite3_bind_int64(st, 1, (int64_t)seq);
@@ -386,10 +423,15 @@ static hstore_err insert_row(uint64_t seq, const char *recipient, uint32_t rdev,
     sqlite3_bind_text(st, 4, sender, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 5, sdev);
     sqlite3_bind_blob(st, 6, cmid, HWIRE_CLIENT_MSG_ID_BYTES, SQLITE_STATIC);
-    sqlite3_bind_blob(st, 7, env, (int)len, SQLITE_STATIC);
+    sqlite3_bind_blob(st, 7, len ? (const void *)env : (const void *)"", (int)len, SQLITE_STATIC); /* never NULL */
     sqlite3_bind_int64(st, 8, (int64_t)received_at);
     sqlite3_bind_int64(st, 9, (int64_t)expires_at);
     sqlite3_bind_int(st, 10, non_urgent != 0);
+    if (payload)
+        sqlite3_bind_int64(st, 11, payload);
+    else
+        sqlite3_bind_null(st, 11);
+    sqlite3_bind_int64(st, 12, (int64_t)payload_len);
     return hstore_run(senv.db, st); /* resets the statement: the static bindings are not kept */
 }
 
@@ -397,21 +439,41 @@ static struct pend *pend_new(struct jctx *x, const struct job *j, const Hush__Re
                              uint64_t expires);
 static void wait_resolved(struct jctx *x, struct sendwait *w, int now);
 
+/* CHECK_SE for mailbox_send, which frees its arrays on the way out */
+#define SE_OUT(expr)                  \
+    do {                              \
+        hstore_err _se = (expr);      \
+        if (_se) {                    \
+            x->store_err = _se;       \
+            goto out;                 \
+        }                             \
+    } while (0)
+
 void mailbox_send(struct jctx *x, const struct job *j)
 {
     const Hush__SendRequest *s = j->frame->send;
-    uint64_t seqs[1024];
     uint64_t now = relay_now_ms();
     uint64_t ttl_ms = senv.cfg->ttl_seconds ? (uint64_t)senv.cfg->ttl_seconds * 1000ull : (uint64_t)senv.cfg->ttl_days * 86400000ull;
     uint64_t expires = now + ttl_ms;
     sqlite3_stmt *st;
-    struct {
+    struct route {
         int live;
         struct dir_entry d;
-    } route[1024];
-    if (!devices_match(x, j))
+    };
+    /* one allocation for the three per-recipient arrays (a room message may name thousands) */
+    size_t nr = s->n_recipients;
+    void *mem = malloc(nr * (sizeof(uint64_t) + sizeof(struct route) + sizeof(struct pend *)));
+    if (!mem) {
+        x->store_err = HSTORE_ERR_NOMEM;
         return;
-    struct pend *pend[1024];
+    }
+    struct route *route = mem;
+    uint64_t *seqs = (uint64_t *)(route + nr);
+    struct pend **pend = (struct pend **)(seqs + nr);
+    size_t shared_len = s->shared_envelope.len;
+    int64_t payload = 0; /* the shared envelope's row, once written */
+    if (!devices_match(x, j))
+        goto out;
     int npend = 0, at_commit = 0; /* rows waiting for their ack / durable at this batch's commit */
     for (size_t i = 0; i < s->n_recipients; i++) {
         const Hush__Recipient *rc = s->recipients[i];
@@ -419,14 +481,14 @@ void mailbox_send(struct jctx *x, const struct job *j)
         pend[i] = NULL;
         int row = 0;
         /* A retry of the same client message id is stored once: answer with the first seq. */
-        CHECK_SE(hstore_prepare(senv.db, "SELECT seq FROM mailbox WHERE recipient = ?1 AND recipient_device = ?2 AND "
-                                      "sender = ?3 AND sender_device = ?4 AND client_msg_id = ?5", &st));
+        SE_OUT(hstore_prepare(senv.db, "SELECT seq FROM mailbox WHERE recipient = ?1 AND recipient_device = ?2 AND "
+                                    "sender = ?3 AND sender_device = ?4 AND client_msg_id = ?5", &st));
         sqlite3_bind_text(st, 1, rc->username, -1, SQLITE_TRANSIENT);
         sqlite3_bind_int64(st, 2, rc->device_id);
         sqlite3_bind_text(st, 3, j->username, -1, SQLITE_TRANSIENT);
         sqlite3_bind_int64(st, 4, j->device_id);
         sqlite3_bind_blob(st, 5, s->client_msg_id.data, (int)s->client_msg_id.len, SQLITE_TRANSIENT);
-        CHECK_SE(hstore_step(senv.db, st, &row));
+        SE_OUT(hstore_step(senv.db, st, &row));
         if (row) {
             seqs[i] = (uint64_t)sqlite3_column_int64(st, 0);
             sqlite3_reset(st);
@@ -448,32 +510,35 @@ void mailbox_send(struct jctx *x, const struct job *j)
         }
         hstore_err qe;
         struct quota *q = quota_of(rc->username, rc->device_id, &qe);
-        CHECK_SE(qe);
-        if (q && (q->count + 1 > (int64_t)senv.cfg->quota_messages ||
-                  q->bytes + (int64_t)rc->envelope.len > (int64_t)senv.cfg->quota_bytes)) {
+        SE_OUT(qe);
+        int64_t len = (int64_t)(rc->envelope.len + shared_len); /* what this recipient's mailbox holds */
+        if (q && (q->count + 1 > (int64_t)senv.cfg->quota_messages || q->bytes + len > (int64_t)senv.cfg->quota_bytes)) {
             jctx_fail(x, j, HUSH__ERROR_CODE__QUOTA_EXCEEDED, rc->username);
-            return;
+            goto out;
         }
         int share = 0;
-        CHECK_SE(over_sender_share(q, j->username, rc, &share));
+        SE_OUT(over_sender_share(q, j->username, rc, len, &share));
         if (share) {
             jctx_fail(x, j, HUSH__ERROR_CODE__QUOTA_EXCEEDED, "your share of this recipient's mailbox is full");
-            return;
+            goto out;
         }
         seqs[i] = P.next_seq++; /* never reused, written or not */
         route[i].live = directory_lookup(rc->username, rc->device_id, &route[i].d);
-        add_delta(x, rc->username, rc->device_id, 1, (int64_t)rc->envelope.len);
+        add_delta(x, rc->username, rc->device_id, 1, len);
         x->inserted++;
-        if (route[i].live && senv.cfg->early_delivery_ms && (pend[i] = pend_new(x, j, rc, seqs[i], now, expires))) {
+        if (!shared_len && route[i].live && senv.cfg->early_delivery_ms &&
+            (pend[i] = pend_new(x, j, rc, seqs[i], now, expires))) {
             npend++;
             continue;
         }
-        CHECK_SE(insert_row(seqs[i], rc->username, rc->device_id, j->username, j->device_id, s->client_msg_id.data,
-                            rc->envelope.data, rc->envelope.len, now, expires, s->non_urgent));
+        if (shared_len && !payload)
+            SE_OUT(insert_payload(s->shared_envelope.data, shared_len, &payload));
+        SE_OUT(insert_row(seqs[i], rc->username, rc->device_id, j->username, j->device_id, s->client_msg_id.data,
+                          rc->envelope.data, rc->envelope.len, now, expires, s->non_urgent, payload, shared_len));
         if (!route[i].live) /* nobody to deliver to: wake the device (push.c decides) */
             push_note_stored(x, rc->username, rc->device_id, !s->non_urgent);
         if (x->store_err)
-            return;
+            goto out;
         /* a quota entry loaded during this job already counts the row when it was loaded after
          * the insert; entries loaded before it get the delta on release. */
         at_commit++;
@@ -492,7 +557,7 @@ void mailbox_send(struct jctx *x, const struct job *j)
         if (!ws) {
             free(w);
             x->store_err = HSTORE_ERR_NOMEM; /* the batch loop answers it and undoes the waiting rows */
-            return;
+            goto out;
         }
         memcpy(ws, seqs, s->n_recipients * sizeof *ws);
         w->loop = j->loop;
@@ -517,6 +582,7 @@ void mailbox_send(struct jctx *x, const struct job *j)
         dv.from_username = (char *)j->username;
         dv.from_device = j->device_id;
         dv.envelope = rc->envelope;
+        dv.shared_envelope = s->shared_envelope;
         dv.received_at_ms = now;
         dv.client_msg_id = s->client_msg_id;
         Hush__Frame f = HUSH__FRAME__INIT;
@@ -533,14 +599,17 @@ void mailbox_send(struct jctx *x, const struct job *j)
         else
             jctx_post(x, route[i].d.loop, e);
     }
+out:
+    free(mem);
 }
 
 void mailbox_fetch(struct jctx *x, const struct job *j)
 {
     sqlite3_stmt *st;
-    CHECK_SE(hstore_prepare(senv.db, "SELECT seq, sender, sender_device, client_msg_id, envelope, received_at FROM mailbox "
-                                  "WHERE recipient = ?1 AND recipient_device = ?2 AND seq > ?3 AND expires_at > ?4 "
-                                  "ORDER BY seq LIMIT ?5", &st));
+    CHECK_SE(hstore_prepare(senv.db, "SELECT m.seq, m.sender, m.sender_device, m.client_msg_id, m.envelope, m.received_at, "
+                                  "p.data FROM mailbox m LEFT JOIN payloads p ON p.id = m.payload "
+                                  "WHERE m.recipient = ?1 AND m.recipient_device = ?2 AND m.seq > ?3 AND m.expires_at > ?4 "
+                                  "ORDER BY m.seq LIMIT ?5", &st));
     sqlite3_bind_text(st, 1, j->username, -1, SQLITE_TRANSIENT);
     sqlite3_bind_int64(st, 2, j->device_id);
     sqlite3_bind_int64(st, 3, (int64_t)j->after_seq);
@@ -563,6 +632,8 @@ void mailbox_fetch(struct jctx *x, const struct job *j)
         dv.envelope.data = (uint8_t *)sqlite3_column_blob(st, 4);
         dv.envelope.len = (size_t)sqlite3_column_bytes(st, 4);
         dv.received_at_ms = (uint64_t)sqlite3_column_int64(st, 5);
+        dv.shared_envelope.data = (uint8_t *)sqlite3_column_blob(st, 6);
+        dv.shared_envelope.len = (size_t)sqlite3_column_bytes(st, 6);
         Hush__Frame f = HUSH__FRAME__INIT;
         f.msg_case = HUSH__FRAME__MSG_DELIVER;
         f.deliver = &dv;
@@ -607,7 +678,7 @@ void mailbox_ack(struct jctx *x, const struct job *j)
         }
         /* Only the owner's mailbox: someone else's seq matches nothing. */
         CHECK_SE(hstore_prepare(senv.db, "DELETE FROM mailbox WHERE seq = ?1 AND recipient = ?2 AND recipient_device = ?3 "
-                                      "RETURNING length(envelope)", &st));
+                                      "RETURNING length(envelope) + payload_len, coalesce(payload, 0)", &st));
         sqlite3_bind_int64(st, 1, (int64_t)a->seqs[i]);
         sqlite3_bind_text(st, 2, j->username, -1, SQLITE_TRANSIENT);
         sqlite3_bind_int64(st, 3, j->device_id);
@@ -615,10 +686,13 @@ void mailbox_ack(struct jctx *x, const struct job *j)
         CHECK_SE(hstore_step(senv.db, st, &row));
         if (row) {
             add_delta(x, j->username, j->device_id, -1, -(int64_t)sqlite3_column_int64(st, 0));
+            int64_t payload = sqlite3_column_int64(st, 1);
             x->deleted++;
             int more = 0;
             while (hstore_step(senv.db, st, &more) == HSTORE_OK && more) {
             }
+            if (payload)
+                CHECK_SE(drop_unreferenced_payloads(senv.db, payload));
         }
     }
     if (j->req_id)
@@ -643,8 +717,10 @@ void mailbox_expire(struct jctx *x)
     sqlite3_bind_int64(st, 1, first_valid);
     CHECK_SE(hstore_run(senv.db, st));
     x->expired = hstore_changes(senv.db);
-    if (x->expired)
+    if (x->expired) {
         x->ndeltas = -1; /* which devices lost rows is not tracked: reload the cache */
+        CHECK_SE(drop_unreferenced_payloads(senv.db, 0));
+    }
 }
 
 void mailbox_apply_deltas(struct jctx *x)
@@ -674,7 +750,9 @@ hstore_err mailbox_delete_for(hstore *db, const char *user, uint32_t dev)
     sqlite3_bind_text(st, 1, user, -1, SQLITE_TRANSIENT);
     if (dev)
         sqlite3_bind_int64(st, 2, dev);
-    return hstore_run(db, st);
+    if ((e = hstore_run(db, st)))
+        return e;
+    return hstore_changes(db) ? drop_unreferenced_payloads(db, 0) : HSTORE_OK;
 }
 
 hstore_err mailbox_count_for(hstore *db, const char *user, uint32_t dev, int64_t *count)
@@ -827,7 +905,7 @@ void mailbox_flush_pending(struct jctx *x, int all)
             continue;
         }
         CHECK_SE(insert_row(p->seq, p->recipient, p->rdev, p->sender, p->sdev, p->cmid, p->env, p->len, p->received_at,
-                            p->expires_at, p->non_urgent));
+                            p->expires_at, p->non_urgent, 0, 0));
         if (p->write_now)
             P.nflagged--;
         pend_unlink(p);

@@ -51,6 +51,7 @@ struct relay_config {
     uint32_t max_frame;
     uint32_t max_envelope;
     uint32_t max_recipients;
+    uint32_t max_room_recipients; /* a send with a shared envelope (a room message) */
     uint32_t max_prekeys_per_upload;
     uint32_t delivery_window;
     uint32_t auth_timeout_s;

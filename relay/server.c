@@ -331,6 +331,7 @@ static void on_hello(struct conn *c, const Hush__Frame *f)
     lim.max_frame = g_cfg->max_frame;
     lim.max_envelope = g_cfg->max_envelope;
     lim.max_recipients = g_cfg->max_recipients;
+    lim.max_room_recipients = g_cfg->max_room_recipients;
     lim.max_pre_keys_per_upload = g_cfg->max_prekeys_per_upload;
     lim.delivery_window = g_cfg->delivery_window;
     lim.auth_timeout_s = g_cfg->auth_timeout_s;
@@ -583,10 +584,11 @@ static void on_auth(struct conn *c, Hush__Frame **fp, int recovery)
     submit(c, j);
 }
 
-static int valid_recipient(const Hush__Recipient *r)
+/* A recipient's own envelope may be empty only beside a shared one (a room message). */
+static int valid_recipient(const Hush__Recipient *r, int shared)
 {
     return r && relay_valid_username(r->username) && r->device_id != 0 && r->device_id <= INT32_MAX &&
-           r->envelope.len > 0 && r->envelope.len <= g_cfg->max_envelope;
+           (r->envelope.len > 0 || shared) && r->envelope.len <= g_cfg->max_envelope;
 }
 
 static void on_send(struct conn *c, Hush__Frame **fp)
@@ -597,12 +599,17 @@ static void on_send(struct conn *c, Hush__Frame **fp)
         reply(c, f->id, HUSH__ERROR_CODE__BAD_REQUEST, "client_msg_id must be 16 bytes and recipients non-empty");
         return;
     }
-    if (s->n_recipients > g_cfg->max_recipients) {
+    int shared = s->shared_envelope.len > 0;
+    if (s->n_recipients > (shared ? g_cfg->max_room_recipients : g_cfg->max_recipients)) {
         reply(c, f->id, HUSH__ERROR_CODE__TOO_LARGE, "too many recipients");
         return;
     }
+    if (s->shared_envelope.len > g_cfg->max_envelope) {
+        reply(c, f->id, HUSH__ERROR_CODE__TOO_LARGE, "envelope too large");
+        return;
+    }
     for (size_t i = 0; i < s->n_recipients; i++) {
-        if (!valid_recipient(s->recipients[i])) {
+        if (!valid_recipient(s->recipients[i], shared)) {
             int big = s->recipients[i] && s->recipients[i]->envelope.len > g_cfg->max_envelope;
             reply(c, f->id, big ? HUSH__ERROR_CODE__TOO_LARGE : HUSH__ERROR_CODE__BAD_REQUEST,
                   big ? "envelope too large" : "bad recipient");
@@ -625,6 +632,7 @@ static void on_send(struct conn *c, Hush__Frame **fp)
             dv.from_username = c->username;
             dv.from_device = c->device_id;
             dv.envelope = s->recipients[i]->envelope;
+            dv.shared_envelope = s->shared_envelope;
             dv.received_at_ms = relay_now_ms();
             dv.client_msg_id = s->client_msg_id;
             Hush__Frame out = HUSH__FRAME__INIT;

@@ -87,6 +87,12 @@ static const char *const migrations[] = {
     "  created_at INTEGER NOT NULL, expires_at INTEGER NOT NULL, complete INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;"
     "CREATE INDEX blobs_by_owner ON blobs (owner, expires_at);"
     "CREATE INDEX blobs_by_expiry ON blobs (expires_at);",
+    /* 7 -> 8: room messages (mailbox.c): the envelope every recipient shares is stored once, and
+     * each recipient's row points at it; it goes with the last row pointing at it. */
+    "CREATE TABLE payloads (id INTEGER PRIMARY KEY, data BLOB NOT NULL);"
+    "ALTER TABLE mailbox ADD COLUMN payload INTEGER;"
+    "ALTER TABLE mailbox ADD COLUMN payload_len INTEGER NOT NULL DEFAULT 0;"
+    "CREATE INDEX mailbox_by_payload ON mailbox (payload) WHERE payload IS NOT NULL;",
 };
 
 static struct {

@@ -19,6 +19,7 @@
 
 #include <cmocka.h>
 #include <sodium.h>
+#include <sqlite3.h>
 
 #include "hush_wire.h"
 #include "relay_util.h"
@@ -927,6 +928,151 @@ static void test_early_delivery(void **state)
     relay_stop(&r, SIGTERM);
 }
 
+/* One integer from the relay's database (opened beside the running relay; WAL lets it read). */
+static int64_t db_int(const struct relay_proc *r, const char *sql)
+{
+    sqlite3 *db = NULL;
+    assert_int_equal(sqlite3_open_v2(r->db, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    sqlite3_stmt *q = NULL;
+    assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &q, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(q), SQLITE_ROW);
+    int64_t v = sqlite3_column_int64(q, 0);
+    sqlite3_finalize(q);
+    sqlite3_close(db);
+    return v;
+}
+
+/* A room send: (to[i], 1) each, own[i] its pairwise part (NULL: none), one shared envelope. */
+static Hush__Frame *room_send(struct tclient *c, char **to, uint8_t **own, size_t *own_len, size_t n,
+                              const uint8_t *shared, size_t shared_len, const uint8_t mid[16])
+{
+    Hush__Recipient rc[8], *rp[8];
+    for (size_t i = 0; i < n; i++) {
+        hush__recipient__init(&rc[i]);
+        rc[i].username = to[i];
+        rc[i].device_id = 1;
+        rc[i].envelope.data = own ? own[i] : NULL;
+        rc[i].envelope.len = own ? own_len[i] : 0;
+        rp[i] = &rc[i];
+    }
+    Hush__SendRequest s = HUSH__SEND_REQUEST__INIT;
+    s.client_msg_id.data = (uint8_t *)mid;
+    s.client_msg_id.len = 16;
+    s.n_recipients = n;
+    s.recipients = rp;
+    s.shared_envelope.data = (uint8_t *)shared;
+    s.shared_envelope.len = shared_len;
+    Hush__Frame f = HUSH__FRAME__INIT;
+    f.msg_case = HUSH__FRAME__MSG_SEND;
+    f.send = &s;
+    Hush__Frame *r = tc_request(c, &f, T);
+    assert_non_null(r);
+    assert_int_equal(r->msg_case, HUSH__FRAME__MSG_RESULT);
+    return r;
+}
+
+/* A room message names its recipients once and carries one shared envelope: the relay stores it
+ * once, delivers it with each device's own part (live and from the mailbox), and deletes it with
+ * the last acknowledgement; retries are stored once; limits hold. */
+static void test_room_fanout(void **state)
+{
+    (void)state;
+    struct relay_proc r;
+    relay_start(&r, "rooms", "max_room_recipients = 3");
+    struct tclient *a = tc_registered(&r, "rhea", 1);
+    struct tclient *b = tc_registered(&r, "rolf", 1);
+    struct tclient *c = tc_registered(&r, "ruth", 1);
+    Hush__Frame *qe = tc_next_push(b, HUSH__FRAME__MSG_QUEUE_EMPTY, T);
+    assert_non_null(qe);
+    hush__frame__free_unpacked(qe, NULL);
+    tc_disconnect(c); /* offline: hers waits in the mailbox */
+
+    uint8_t shared[3000], part[40], mid[16];
+    randombytes_buf(shared, sizeof shared);
+    randombytes_buf(part, sizeof part);
+    randombytes_buf(mid, sizeof mid);
+    char *to[] = { "rolf", "ruth" };
+    uint8_t *own[] = { part, NULL };
+    size_t own_len[] = { sizeof part, 0 };
+    Hush__Frame *res = room_send(a, to, own, own_len, 2, shared, sizeof shared, mid);
+    assert_int_equal(res->result->code, HUSH__ERROR_CODE__OK);
+    assert_int_equal(res->result->n_seqs, 2);
+    uint64_t s_rolf = res->result->seqs[0], s_ruth = res->result->seqs[1];
+    hush__frame__free_unpacked(res, NULL);
+    /* stored once, whatever the number of recipients */
+    assert_int_equal(db_int(&r, "SELECT count(*) FROM payloads"), 1);
+    assert_int_equal(db_int(&r, "SELECT count(*) FROM mailbox WHERE payload IS NOT NULL"), 2);
+    assert_int_equal(db_int(&r, "SELECT sum(length(envelope)) FROM mailbox"), (int64_t)sizeof part);
+
+    /* live: the device's own part and the shared one */
+    Hush__Frame *d = tc_next_push(b, HUSH__FRAME__MSG_DELIVER, T);
+    assert_non_null(d);
+    assert_int_equal(d->deliver->seq, s_rolf);
+    assert_int_equal(d->deliver->envelope.len, sizeof part);
+    assert_memory_equal(d->deliver->envelope.data, part, sizeof part);
+    assert_int_equal(d->deliver->shared_envelope.len, sizeof shared);
+    assert_memory_equal(d->deliver->shared_envelope.data, shared, sizeof shared);
+    hush__frame__free_unpacked(d, NULL);
+
+    /* a retry (same id) is stored once and answered with the same seqs */
+    res = room_send(a, to, own, own_len, 2, shared, sizeof shared, mid);
+    assert_int_equal(res->result->code, HUSH__ERROR_CODE__OK);
+    assert_int_equal(res->result->seqs[0], s_rolf);
+    assert_int_equal(res->result->seqs[1], s_ruth);
+    hush__frame__free_unpacked(res, NULL);
+    assert_int_equal(db_int(&r, "SELECT count(*) FROM payloads"), 1);
+
+    /* the payload stays while one row points at it */
+    assert_int_equal(tc_ack(b, &s_rolf, 1), 0);
+    assert_int_equal(db_int(&r, "SELECT count(*) FROM payloads"), 1);
+    assert_int_equal(tc_reconnect(c), 0);
+    assert_int_equal(tc_login(c), 0);
+    d = tc_next_push(c, HUSH__FRAME__MSG_DELIVER, T);
+    assert_non_null(d);
+    assert_int_equal(d->deliver->seq, s_ruth);
+    assert_int_equal(d->deliver->envelope.len, 0);
+    assert_int_equal(d->deliver->shared_envelope.len, sizeof shared);
+    assert_memory_equal(d->deliver->shared_envelope.data, shared, sizeof shared);
+    hush__frame__free_unpacked(d, NULL);
+    assert_int_equal(tc_ack(c, &s_ruth, 1), 0);
+    assert_int_equal(db_int(&r, "SELECT count(*) FROM payloads"), 0);
+    assert_int_equal(db_int(&r, "SELECT count(*) FROM mailbox"), 0);
+
+    /* acknowledged by one of two: the payload stays for the other (offline) */
+    tc_disconnect(c);
+    randombytes_buf(mid, sizeof mid);
+    res = room_send(a, to, NULL, NULL, 2, shared, sizeof shared, mid);
+    assert_int_equal(res->result->code, HUSH__ERROR_CODE__OK);
+    hush__frame__free_unpacked(res, NULL);
+    d = tc_next_push(b, HUSH__FRAME__MSG_DELIVER, T);
+    assert_non_null(d);
+    uint64_t s2 = d->deliver->seq;
+    hush__frame__free_unpacked(d, NULL);
+    assert_int_equal(tc_ack(b, &s2, 1), 0);
+    assert_int_equal(db_int(&r, "SELECT count(*) FROM payloads"), 1);
+
+    /* limits: recipients of a room send, an empty own part without a shared envelope, size */
+    char *many[] = { "rolf", "ruth", "rolf", "ruth" };
+    randombytes_buf(mid, sizeof mid);
+    res = room_send(a, many, NULL, NULL, 4, shared, sizeof shared, mid);
+    assert_int_equal(res->result->code, HUSH__ERROR_CODE__TOO_LARGE);
+    hush__frame__free_unpacked(res, NULL);
+    res = room_send(a, to, NULL, NULL, 2, NULL, 0, mid);
+    assert_int_equal(res->result->code, HUSH__ERROR_CODE__BAD_REQUEST);
+    hush__frame__free_unpacked(res, NULL);
+    uint8_t *big = calloc(1, 256 * 1024 + 1);
+    assert_non_null(big);
+    res = room_send(a, to, NULL, NULL, 2, big, 256 * 1024 + 1, mid);
+    assert_int_equal(res->result->code, HUSH__ERROR_CODE__TOO_LARGE);
+    hush__frame__free_unpacked(res, NULL);
+    free(big);
+    assert_int_equal(db_int(&r, "SELECT count(*) FROM payloads"), 1);
+    tc_free(a);
+    tc_free(b);
+    tc_free(c);
+    assert_int_equal(relay_stop(&r, SIGTERM), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -940,6 +1086,7 @@ int main(void)
         cmocka_unit_test(test_presence),
         cmocka_unit_test(test_sigterm_and_health),
         cmocka_unit_test(test_early_delivery),
+        cmocka_unit_test(test_room_fanout),
     };
     return cmocka_run_group_tests_name("relay", tests, NULL, NULL);
 }
