@@ -88,7 +88,7 @@ static void peer_open(struct peer *p, const char *dir, const char *name, int por
     if (hush_client_open(path, key, &o, &p->c) || hush_device_create(p->c, name, 1))
         bench_die("client");
     snprintf(url, sizeof url, "ws://127.0.0.1:%d", port);
-    hush_callbacks cb = { p, on_message, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, on_file };
+    hush_callbacks cb = { p, on_message, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, on_file, NULL };
     hush_net_opts no = { url, NULL, NULL, 0 };
     if (hush_net_start(p->c, &no, &cb) || hush_net_wait_online(p->c, 20000))
         bench_die("online");

@@ -76,7 +76,7 @@ static void go_online(struct peer *p, int port)
 {
     char url[64];
     snprintf(url, sizeof url, "ws://127.0.0.1:%d", port);
-    hush_callbacks cb = { p, on_message, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL };
+    hush_callbacks cb = { p, on_message, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL };
     hush_net_opts no = { url, NULL, NULL, 0 };
     if (hush_net_start(p->c, &no, &cb) || hush_net_wait_online(p->c, 20000))
         bench_die("online");

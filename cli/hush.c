@@ -61,6 +61,9 @@ static void cli_usage(FILE *f)
             "  send USER TEXT...     Send a message (TEXT `-`: read it from standard input). Queued\n"
             "                        while offline and retried until the relay has it.\n"
             "  send USER --file PATH [--type MIME]   Send a file (encrypted here, resumable).\n"
+            "  send '#ROOM' TEXT...  Send a message to a room (its members' devices).\n"
+            "  group create NAME USER... | add | remove | leave | rename | promote | info | list\n"
+            "                        Rooms: end-to-end encrypted groups (`hush group --help`).\n"
             "  get MESSAGE_ID [--out PATH]   Download a received file, check it, save it decrypted.\n"
             "  cancel ID             Take a queued message out of the outbox.\n"
             "  listen [--raw] [--files DIR]   Print incoming messages, receipts and presence until\n"
@@ -130,6 +133,14 @@ static const struct {
               "--file: sends a file, encrypted on this device (the relay never sees its name or content);\n"
               "waits until it is uploaded (or --wait SECONDS), with a progress bar on a terminal; an\n"
               "interrupted upload resumes the next time hush connects.\n" },
+    { "group", "usage: hush group create NAME USER...   |   hush group add ROOM USER...\n"
+               "       hush group remove ROOM USER   |   hush group leave ROOM   |   hush group rename ROOM NAME\n"
+               "       hush group promote ROOM USER   |   hush group info ROOM   |   hush group list\n"
+               "Rooms: end-to-end encrypted groups. ROOM is #NAME (or NAME), or the room's id (the first 6 or\n"
+               "more of its hex digits). Only admins (the creator, and whoever an admin promotes) add,\n"
+               "remove, rename or promote; anyone may leave. Every change is signed by its author and\n"
+               "checked by every member's devices; the relay never learns a room's name or members.\n"
+               "Send with `hush send '#NAME' TEXT`; `hush chat '#NAME'` and `hush history '#NAME'`.\n" },
     { "get", "usage: hush get MESSAGE_ID [--out PATH]\n"
              "Downloads a file someone sent (the id `hush listen` or `hush history` shows), checks it and\n"
              "writes it decrypted to PATH (default: its name, in the current directory; never over an\n"
@@ -140,10 +151,11 @@ static const struct {
                 "Prints incoming messages, receipts, typing and presence until Ctrl-C.\n"
                 "--raw: one JSON object per line (see docs/OPERATIONS.md), for scripts.\n"
                 "--files DIR: downloads every file that arrives and saves it, decrypted, in DIR.\n" },
-    { "chat", "usage: hush chat USER\n"
+    { "chat", "usage: hush chat USER   or   hush chat '#ROOM'\n"
               "Talk with USER: type and press Enter; Ctrl-D or Ctrl-C quits. Shows typing, receipts,\n"
               "presence; marks what is shown read. Messages of up to 65536 bytes.\n" },
-    { "history", "usage: hush history USER [--limit N]\nShows the conversation with USER, newest last.\n" },
+    { "history", "usage: hush history USER [--limit N]   or   hush history '#ROOM' [--limit N]\n"
+                 "Shows the conversation with USER, or in the room (with its changes), newest last.\n" },
     { "safety", "usage: hush safety USER [--accept [NUMBER] | --reject]\n"
                 "Shows the safety numbers of USER's devices. After an identity change, compare the new\n"
                 "number with USER in person, then accept exactly that number: --accept NUMBER (or\n"
@@ -505,6 +517,9 @@ static void json_field_num(struct sb *b, const char *name, long long v)
 static pthread_mutex_t g_out = PTHREAD_MUTEX_INITIALIZER;
 static int g_raw;
 static char g_peer_filter[HUSH_USERNAME_MAX + 1];
+static char g_room_filter[HUSH_ROOM_ID_LEN + 1]; /* hush chat '#ROOM': the room's id */
+static hush_client *g_client;                     /* the client whose network runs (start_net) */
+static void room_label(hush_client *c, const char *id, char *out, size_t cap);
 static hush_client *g_chat; /* in `chat`: what is shown is marked read */
 
 static void stamp(char *buf, size_t cap, uint64_t ms)
@@ -704,17 +719,26 @@ static void on_message(void *ctx, const hush_message *m)
         on_file_message(m);
         return;
     }
+    int in_room = m->group_id[0] != '\0';
+    char room[HUSH_ROOM_NAME_MAX * 4 + 8] = "";
+    if (in_room)
+        room_label(g_client, m->group_id, room, sizeof room);
     if (g_raw) {
         char hex[33];
         sodium_bin2hex(hex, sizeof hex, m->message_id, 16);
         struct sb b = { 0 };
         sb_add(&b, "{", 1);
         int mine = m->kind == HUSH_KIND_SENT_ELSEWHERE;
-        json_field_str(&b, "type", mine ? "sent_elsewhere" : "message", mine ? 14 : 7);
+        const char *type = m->kind == HUSH_KIND_GROUP_CHANGE ? "room_change" : mine ? "sent_elsewhere" : "message";
+        json_field_str(&b, "type", type, strlen(type));
+        if (in_room) {
+            json_field_str(&b, "room", m->group_id, strlen(m->group_id));
+            json_field_str(&b, "room_name", room + 1, strlen(room + 1));
+        }
         json_field_num(&b, "local_id", (long long)m->local_id);
         json_field_str(&b, "from", m->sender, strlen(m->sender));
         json_field_num(&b, "device", (long long)m->sender_device);
-        if (mine)
+        if (mine && !in_room)
             json_field_str(&b, "to", m->conversation, strlen(m->conversation));
         json_field_str(&b, "id", hex, 32);
         json_field_num(&b, "sent_at_ms", (long long)m->sent_at_ms);
@@ -723,8 +747,12 @@ static void on_message(void *ctx, const hush_message *m)
         return;
     }
     char *from = shown(m->sender, strlen(m->sender));
-    if (g_peer_filter[0] && strcmp(m->conversation, g_peer_filter) != 0) {
-        if (m->kind != HUSH_KIND_SENT_ELSEWHERE)
+    int other = (g_peer_filter[0] && (in_room || strcmp(m->conversation, g_peer_filter) != 0)) ||
+                (g_room_filter[0] && strcmp(m->group_id, g_room_filter) != 0);
+    if (other) {
+        if (m->kind != HUSH_KIND_SENT_ELSEWHERE && in_room)
+            out_line("\r(new in %s: `hush chat '%s'`)\n", room, room);
+        else if (m->kind != HUSH_KIND_SENT_ELSEWHERE)
             out_line("\r(new message from %s: `hush chat %s`)\n", from ? from : "?", from ? from : "?");
         free(from);
         return;
@@ -732,7 +760,13 @@ static void on_message(void *ctx, const hush_message *m)
     char *body = shown(m->body, m->body_len);
     char ts[16];
     stamp(ts, sizeof ts, m->sent_at_ms);
-    if (m->kind == HUSH_KIND_SENT_ELSEWHERE) {
+    if (m->kind == HUSH_KIND_GROUP_CHANGE) {
+        out_line("\r[%s] %s: %s\n", ts, room, body ? body : "(out of memory)");
+    } else if (in_room && m->kind == HUSH_KIND_SENT_ELSEWHERE) {
+        out_line("\r[%s] %s you (device %u): %s\n", ts, room, m->sender_device, body ? body : "(out of memory)");
+    } else if (in_room) {
+        out_line("\r[%s] %s %s: %s\n", ts, room, from ? from : "?", body ? body : "(out of memory)");
+    } else if (m->kind == HUSH_KIND_SENT_ELSEWHERE) {
         char *to = shown(m->conversation, strlen(m->conversation));
         out_line("\r[%s] you (device %u) -> %s: %s\n", ts, m->sender_device, to ? to : "?", body ? body : "(out of memory)");
         free(to);
@@ -793,10 +827,33 @@ static void on_typing(void *ctx, const char *peer, uint32_t dev, int typing)
         raw_out(&b);
         return;
     }
-    if (g_peer_filter[0] && strcmp(peer, g_peer_filter) != 0)
+    if ((g_peer_filter[0] && strcmp(peer, g_peer_filter) != 0) || g_room_filter[0])
         return;
     char *p = shown(peer, strlen(peer));
     out_line("\r(%s %s)\n", p ? p : "?", typing ? "is typing..." : "stopped typing");
+    free(p);
+}
+
+static void on_group_typing(void *ctx, const char *group, const char *user, uint32_t dev, int typing)
+{
+    (void)ctx;
+    if (g_quiet || (g_peer_filter[0] || (g_room_filter[0] && strcmp(group, g_room_filter) != 0)))
+        return;
+    if (g_raw) {
+        struct sb b = { 0 };
+        sb_add(&b, "{", 1);
+        json_field_str(&b, "type", "typing", 6);
+        json_field_str(&b, "room", group, strlen(group));
+        json_field_str(&b, "peer", user, strlen(user));
+        json_field_num(&b, "device", (long long)dev);
+        json_field_num(&b, "typing", typing ? 1 : 0);
+        raw_out(&b);
+        return;
+    }
+    char room[HUSH_ROOM_NAME_MAX * 4 + 8];
+    room_label(g_client, group, room, sizeof room);
+    char *p = shown(user, strlen(user));
+    out_line("\r(%s %s in %s)\n", p ? p : "?", typing ? "is typing..." : "stopped typing", room);
     free(p);
 }
 
@@ -927,7 +984,7 @@ static void on_devices_changed(void *ctx, const char *user)
 
 static const hush_callbacks g_cb = { NULL,         on_message,   on_receipt,  on_typing,
                                      on_presence,  on_identity,  on_connection, on_error,
-                                     on_link_code, on_devices_changed, on_file };
+                                     on_link_code, on_devices_changed, on_file, on_group_typing };
 
 /* What is wrong with a relay URL, or NULL when it is one the SDK takes: ws:// or wss://, a host,
  * an optional port (1-65535) and an optional path. */
@@ -978,6 +1035,7 @@ static int valid_name(const char *u)
 static int start_net(hush_client *c, const struct opts *o)
 {
     hush_net_opts no = { o->relay, o->invite, o->ca_file, o->insecure };
+    g_client = c;
     hush_err e = hush_net_start(c, &no, &g_cb);
     if (e == HUSH_ERR_INVALID_ARG && o->relay)
         fprintf(stderr, "hush: %s: %s\n", o->relay,
@@ -1646,50 +1704,207 @@ static int cmd_get(int argc, char **argv)
     return 0;
 }
 
-static int cmd_send(int argc, char **argv)
+/* ---------------------------------------------------------------------------------------- */
+/* rooms */
+
+/* ROOM as typed: "#NAME" or NAME (its name), or its id (32 hex digits, or the first 6 or more).
+ * 0 with the id in out; otherwise said, and 1 (no such room) or 2 (ambiguous). Rooms this user is
+ * in come before rooms it left. */
+static int room_arg(hush_client *c, const char *cmd, const char *arg, char out[HUSH_ROOM_ID_LEN + 1])
+{
+    hush_group_state *g = NULL;
+    size_t n = 0;
+    hush_err e = hush_group_list(c, &g, &n);
+    if (e)
+        return cli_die(cmd, e);
+    const char *name = arg[0] == '#' ? arg + 1 : arg;
+    size_t nl = strlen(name);
+    int hexish = arg[0] != '#' && nl >= 6 && nl <= HUSH_ROOM_ID_LEN && strspn(name, "0123456789abcdef") == nl;
+    size_t found = 0, pick = 0;
+    for (int pass = 0; pass < 2 && !found; pass++) /* members first, then rooms left */
+        for (size_t i = 0; i < n; i++)
+            if ((pass == 0) == (g[i].is_member != 0) &&
+                (!strcmp(g[i].name, name) || (hexish && !strncmp(g[i].id, name, nl)))) {
+                if (!found)
+                    pick = i;
+                found++;
+            }
+    int r = 0;
+    if (!found) {
+        char *t = shown(name, nl);
+        fprintf(stderr, "hush %s: no room named %s (`hush group list` shows yours)\n", cmd, t ? t : "?");
+        free(t);
+        r = 1;
+    } else if (found > 1) {
+        char *t = shown(name, nl);
+        fprintf(stderr, "hush %s: %zu rooms are named %s: name one by its id (`hush group list`)\n", cmd, found,
+                t ? t : "?");
+        free(t);
+        r = 2;
+    } else {
+        snprintf(out, HUSH_ROOM_ID_LEN + 1, "%s", g[pick].id);
+    }
+    hush_group_state_free(g, n);
+    return r;
+}
+
+/* A room's name as shown ("#name"), from its id; "#?" when unknown. */
+static void room_label(hush_client *c, const char *id, char *out, size_t cap)
+{
+    hush_group_state *g = NULL;
+    snprintf(out, cap, "#?");
+    if (c && hush_group_info(c, id, &g) == HUSH_OK) {
+        char *t = shown(g->name, strlen(g->name));
+        snprintf(out, cap, "#%s", t ? t : "?");
+        free(t);
+    }
+    hush_group_state_free(g, g ? 1 : 0);
+}
+
+static void print_room(const hush_group_state *g, int members)
+{
+    char *t = shown(g->name, strlen(g->name));
+    printf("#%s  id %s  %zu member(s)%s%s\n", t ? t : "?", g->id, g->n_members, g->is_admin ? "  (you are an admin)" : "",
+           g->is_member ? "" : "  (you left or were removed)");
+    free(t);
+    for (size_t i = 0; members && i < g->n_members; i++)
+        printf("  %s%s\n", g->members[i], g->admin[i] ? "  (admin)" : "");
+}
+
+/* A room change was queued: this process sends it (unless another owns the database). */
+static int finish_change(hush_client *c, struct opts *o, const char *what)
+{
+    char who[128];
+    int own = take_owner("group", who, sizeof who);
+    hush_err e = HUSH_OK;
+    if (own == 1 && start_net(c, o) == 0)
+        e = hush_net_flush(c, o->wait_s * 1000);
+    else if (own == 1)
+        e = HUSH_ERR_NOT_RUNNING;
+    hush_client_close(c);
+    if (own < 0)
+        return 1;
+    if (own == 0)
+        printf("%s; %s sends it to the members' devices\n", what, who);
+    else if (e)
+        printf("%s; queued: %s (it is sent the next time hush connects)\n", what, hush_strerror(e));
+    else
+        printf("%s; the members' devices have been sent it\n", what);
+    return 0;
+}
+
+static int cmd_group(int argc, char **argv)
 {
     struct opts o;
-    int r = parse(argc, argv, &o, "send");
+    int r = parse(argc, argv, &o, "group");
     if (r)
         return r < 0 ? 0 : r;
-    if (o.file) {
-        if (argc - optind != 1) {
-            fprintf(stderr, "usage: hush send USER --file PATH [--type MIME]\n");
-            return 2;
+    int na = argc - optind;
+    const char *sub = na > 0 ? argv[optind] : "list";
+    char **a = argv + optind + 1;
+    na = na > 0 ? na - 1 : 0;
+    static const struct {
+        const char *name;
+        int min, max; /* operands after the subcommand */
+    } subs[] = { { "create", 1, 1000 }, { "add", 2, 1000 }, { "remove", 2, 2 }, { "leave", 1, 1 },
+                 { "rename", 2, 2 },    { "promote", 2, 2 }, { "info", 1, 1 },   { "list", 0, 0 } };
+    int known = 0;
+    for (size_t i = 0; i < sizeof subs / sizeof subs[0]; i++)
+        if (!strcmp(sub, subs[i].name)) {
+            known = 1;
+            if (na < subs[i].min || na > subs[i].max) {
+                fprintf(stderr, "usage: hush group %s ...   (hush group --help)\n", sub);
+                return 2;
+            }
         }
-        return cmd_send_file(&o, argv[optind]);
-    }
-    if (argc - optind < 2) {
-        fprintf(stderr, "usage: hush send USER TEXT...   (or TEXT `-` for standard input)\n");
+    if (!known) {
+        fprintf(stderr, "usage: hush group create|add|remove|leave|rename|promote|info|list ...   (hush group --help)\n");
         return 2;
     }
-    const char *to = argv[optind];
-    static char text[HUSH_MAX_BODY + 1];
-    long len = send_text(argc, argv, optind + 1, text, sizeof text);
-    if (len < 0)
-        return 2;
     hush_client *c = NULL;
     if ((r = cli_open_db(0, &c)))
         return r;
-    char me[HUSH_USERNAME_MAX + 1] = "";
-    if (hush_device_info(c, me, NULL, NULL) == HUSH_OK && !strcmp(me, to)) {
+    hush_err e = HUSH_OK;
+    char id[HUSH_ROOM_ID_LEN + 1], what[200];
+    if (!strcmp(sub, "list")) {
+        hush_group_state *g = NULL;
+        size_t n = 0;
+        e = hush_group_list(c, &g, &n);
         hush_client_close(c);
-        fprintf(stderr, "hush send: %s is you: a message to yourself has no other device to go to\n", to);
-        return 1;
+        if (e)
+            return cli_die("group", e);
+        for (size_t i = 0; i < n; i++)
+            print_room(&g[i], 0);
+        if (!n)
+            printf("(no rooms: `hush group create NAME USER...` makes one)\n");
+        hush_group_state_free(g, n);
+        return 0;
     }
-    uint8_t mid[16];
-    hush_err e = hush_send(c, to, (const uint8_t *)text, (size_t)len, mid);
-    sodium_memzero(text, (size_t)len);
+    if (!strcmp(sub, "create")) {
+        const char *name = a[0][0] == '#' ? a[0] + 1 : a[0];
+        e = hush_group_create(c, name, (const char *const *)(a + 1), (size_t)(na - 1), id);
+        if (e == HUSH_ERR_INVALID_ARG) {
+            hush_client_close(c);
+            fprintf(stderr, "hush group create: a room's name is 1 to %d bytes of text; members are user names "
+                            "(" NAME_RULE ")\n", HUSH_ROOM_NAME_MAX);
+            return 2;
+        }
+        char *t = shown(name, strlen(name));
+        snprintf(what, sizeof what, "created #%s (id %s)", t ? t : "?", id);
+        free(t);
+    } else {
+        if ((r = room_arg(c, "group", a[0], id))) {
+            hush_client_close(c);
+            return r;
+        }
+        if (!strcmp(sub, "info")) {
+            hush_group_state *g = NULL;
+            e = hush_group_info(c, id, &g);
+            hush_client_close(c);
+            if (e)
+                return cli_die("group", e);
+            print_room(g, 1);
+            hush_group_state_free(g, 1);
+            return 0;
+        }
+        if (!strcmp(sub, "add"))
+            e = hush_group_add(c, id, (const char *const *)(a + 1), (size_t)(na - 1));
+        else if (!strcmp(sub, "remove"))
+            e = hush_group_remove(c, id, a[1]);
+        else if (!strcmp(sub, "leave"))
+            e = hush_group_leave(c, id);
+        else if (!strcmp(sub, "rename"))
+            e = hush_group_rename(c, id, a[1][0] == '#' ? a[1] + 1 : a[1]);
+        else
+            e = hush_group_promote(c, id, a[1]);
+        snprintf(what, sizeof what, "%s: done", sub);
+    }
     if (e) {
         hush_client_close(c);
-        if (e == HUSH_ERR_INVALID_ARG)
-            fprintf(stderr, "hush send: %s: not a user name (" NAME_RULE ")\n", to);
-        return e == HUSH_ERR_INVALID_ARG ? 2 : cli_die("send", e);
+        if (e == HUSH_ERR_NOT_ALLOWED)
+            fprintf(stderr, "hush group %s: only the room's admins may do that (or you are no longer in it)\n", sub);
+        else if (e == HUSH_ERR_NOT_FOUND)
+            fprintf(stderr, "hush group %s: %s is not in that room\n", sub, na > 1 ? a[1] : "that user");
+        else if (e == HUSH_ERR_INVALID_ARG)
+            fprintf(stderr, "hush group %s: nothing to change (a bad name, a member already in, or yourself)\n", sub);
+        else
+            return cli_die("group", e);
+        return e == HUSH_ERR_INVALID_ARG ? 2 : 1;
     }
+    return finish_change(c, &o, what);
+}
+
+/* After a message was queued: this process sends it (unless another owns the database: then
+ * that one does) and says where it stands. `to`: the user or room as typed. The client is closed. */
+static int finish_send(hush_client *c, struct opts *opt, const char *cmd, const uint8_t mid[16], const char *to)
+{
+    struct opts o = *opt;
+    hush_err e;
+    int r;
     char hex[33];
-    sodium_bin2hex(hex, sizeof hex, mid, sizeof mid);
+    sodium_bin2hex(hex, sizeof hex, mid, 16);
     char who[128];
-    int own = take_owner("send", who, sizeof who);
+    int own = take_owner(cmd, who, sizeof who);
     if (own < 0) {
         hush_client_close(c);
         return 1;
@@ -1719,7 +1934,7 @@ static int cmd_send(int argc, char **argv)
         printf("(%d new message(s) arrived meanwhile: hush history USER shows them)\n", g_quiet_msgs);
     char *t = shown(to, strlen(to));
     if (st == HUSH_MSG_FAILED) {
-        fprintf(stderr, "hush send: %s: the message could not be delivered (no such user, or no usable key)\n", t);
+        fprintf(stderr, "hush %s: %s: the message could not be delivered (no such user or room, or no usable key)\n", cmd, t);
         free(t);
         return 1;
     }
@@ -1731,6 +1946,70 @@ static int cmd_send(int argc, char **argv)
         printf("queued as %s: %s sends it when the relay can be reached\n", hex, who);
     free(t);
     return 0;
+}
+
+static int cmd_send(int argc, char **argv)
+{
+    struct opts o;
+    int r = parse(argc, argv, &o, "send");
+    if (r)
+        return r < 0 ? 0 : r;
+    if (o.file) {
+        if (argc - optind != 1) {
+            fprintf(stderr, "usage: hush send USER --file PATH [--type MIME]\n");
+            return 2;
+        }
+        return cmd_send_file(&o, argv[optind]);
+    }
+    if (argc - optind < 2) {
+        fprintf(stderr, "usage: hush send USER TEXT...   (or TEXT `-` for standard input)\n");
+        return 2;
+    }
+    const char *to = argv[optind];
+    static char text[HUSH_MAX_BODY + 1];
+    long len = send_text(argc, argv, optind + 1, text, sizeof text);
+    if (len < 0)
+        return 2;
+    hush_client *c = NULL;
+    if ((r = cli_open_db(0, &c)))
+        return r;
+    if (to[0] == '#') {
+        /* a room: once, encrypted with this device's key, to every member's devices */
+        char id[HUSH_ROOM_ID_LEN + 1];
+        uint8_t mid[16];
+        if ((r = room_arg(c, "send", to, id))) {
+            hush_client_close(c);
+            return r;
+        }
+        hush_err e = hush_group_send(c, id, (const uint8_t *)text, (size_t)len, mid);
+        sodium_memzero(text, (size_t)len);
+        if (e == HUSH_ERR_NOT_ALLOWED) {
+            hush_client_close(c);
+            fprintf(stderr, "hush send: you are no longer in %s\n", to);
+            return 1;
+        }
+        if (e) {
+            hush_client_close(c);
+            return cli_die("send", e);
+        }
+        return finish_send(c, &o, "send", mid, to);
+    }
+    char me[HUSH_USERNAME_MAX + 1] = "";
+    if (hush_device_info(c, me, NULL, NULL) == HUSH_OK && !strcmp(me, to)) {
+        hush_client_close(c);
+        fprintf(stderr, "hush send: %s is you: a message to yourself has no other device to go to\n", to);
+        return 1;
+    }
+    uint8_t mid[16];
+    hush_err e = hush_send(c, to, (const uint8_t *)text, (size_t)len, mid);
+    sodium_memzero(text, (size_t)len);
+    if (e) {
+        hush_client_close(c);
+        if (e == HUSH_ERR_INVALID_ARG)
+            fprintf(stderr, "hush send: %s: not a user name (" NAME_RULE ")\n", to);
+        return e == HUSH_ERR_INVALID_ARG ? 2 : cli_die("send", e);
+    }
+    return finish_send(c, &o, "send", mid, to);
 }
 
 static int cmd_cancel(int argc, char **argv)
@@ -1812,7 +2091,13 @@ static int cmd_history(int argc, char **argv)
         return r;
     hush_history_entry *h = NULL;
     size_t n = 0;
-    hush_err e = hush_history_list(c, argv[optind], 0, o.limit, &h, &n);
+    char room[HUSH_ROOM_ID_LEN + 1] = "";
+    if (argv[optind][0] == '#' && (r = room_arg(c, "history", argv[optind], room))) {
+        hush_client_close(c);
+        return r;
+    }
+    hush_err e = room[0] ? hush_group_history(c, room, 0, o.limit, &h, &n)
+                         : hush_history_list(c, argv[optind], 0, o.limit, &h, &n);
     if (e) {
         hush_client_close(c);
         return cli_die("history", e);
@@ -1834,8 +2119,12 @@ static int cmd_history(int argc, char **argv)
             sodium_bin2hex(hex, sizeof hex, h[i].message_id, 16);
             snprintf(fid, sizeof fid, "  id %s", hex);
         }
-        printf("[%s] %s: %s%s%s%s%s%s\n", ts, h[i].outgoing ? me : (p ? p : "?"), h[i].kind == HUSH_KIND_FILE ? "[file] " : "",
-               b ? b : "?", fid, *mark ? "  (" : "", mark, *mark ? ")" : "");
+        if (h[i].kind == HUSH_KIND_GROUP_CHANGE)
+            printf("[%s] * %s\n", ts, b ? b : "?"); /* who changed what, in words */
+        else
+            printf("[%s] %s: %s%s%s%s%s%s\n", ts, h[i].outgoing ? me : (p ? p : "?"),
+                   h[i].kind == HUSH_KIND_FILE ? "[file] " : "", b ? b : "?", fid, *mark ? "  (" : "", mark,
+                   *mark ? ")" : "");
         free(b);
         free(p);
     }
@@ -2041,13 +2330,21 @@ static int cmd_chat(int argc, char **argv)
         return 2;
     }
     const char *peer = argv[optind];
-    snprintf(g_peer_filter, sizeof g_peer_filter, "%s", peer);
+    int in_room = peer[0] == '#';
     hush_client *c = NULL;
     if ((r = cli_open_db(0, &c)))
         return r;
-    const char *who[1] = { peer };
-    if (hush_presence_subscribe(c, who, 1) != HUSH_OK)
-        fprintf(stderr, "hush chat: could not follow %s's presence\n", peer);
+    if (in_room) {
+        if ((r = room_arg(c, "chat", peer, g_room_filter))) {
+            hush_client_close(c);
+            return r;
+        }
+    } else {
+        snprintf(g_peer_filter, sizeof g_peer_filter, "%s", peer);
+        const char *who[1] = { peer };
+        if (hush_presence_subscribe(c, who, 1) != HUSH_OK)
+            fprintf(stderr, "hush chat: could not follow %s's presence\n", peer);
+    }
     g_chat = c;
     g_presence_shown = 1;
     if (need_owner("chat") || (r = start_net(c, &o))) {
@@ -2057,19 +2354,29 @@ static int cmd_chat(int argc, char **argv)
     /* recent history first */
     hush_history_entry *h = NULL;
     size_t n = 0;
-    if (hush_history_list(c, peer, 0, 10, &h, &n) == HUSH_OK) {
+    hush_err he = in_room ? hush_group_history(c, g_room_filter, 0, 10, &h, &n) : hush_history_list(c, peer, 0, 10, &h, &n);
+    if (he == HUSH_OK) {
         for (size_t i = n; i-- > 0;) {
-            char *b = shown(h[i].body, h[i].body_len), *p = shown(peer, strlen(peer));
-            printf("%s: %s\n", h[i].outgoing ? "me" : (p ? p : "?"), b ? b : "?");
+            char *b = shown(h[i].body, h[i].body_len), *p = shown(h[i].peer, strlen(h[i].peer));
+            if (h[i].kind == HUSH_KIND_GROUP_CHANGE)
+                printf("* %s\n", b ? b : "?");
+            else
+                printf("%s: %s\n", h[i].outgoing ? "me" : (p ? p : "?"), b ? b : "?");
             free(b);
             free(p);
         }
-        for (size_t i = 0; i < n; i++)
+        for (size_t i = 0; i < n && !in_room; i++)
             if (!h[i].outgoing && !h[i].read && hush_mark_read(c, h[i].local_id) != HUSH_OK)
                 break;
         hush_history_free(h, n);
     }
-    printf("chatting with %s: type and press Enter; Ctrl-D or Ctrl-C to quit\n", peer);
+    if (in_room) {
+        char label[HUSH_ROOM_NAME_MAX * 4 + 8];
+        room_label(c, g_room_filter, label, sizeof label);
+        printf("chatting in %s: type and press Enter; Ctrl-D or Ctrl-C to quit\n", label);
+    } else {
+        printf("chatting with %s: type and press Enter; Ctrl-D or Ctrl-C to quit\n", peer);
+    }
     fflush(stdout);
     catch_signals();
     int tty = isatty(0);
@@ -2096,7 +2403,7 @@ static int cmd_chat(int argc, char **argv)
         uint64_t now = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
         if (typing && now - last_key > 5000) {
             typing = 0;
-            BEST_EFFORT(hush_typing(c, peer, 0));
+            BEST_EFFORT(in_room ? hush_group_typing(c, g_room_filter, 0) : hush_typing(c, peer, 0));
         }
         if (pr <= 0)
             continue;
@@ -2113,7 +2420,8 @@ static int cmd_chat(int argc, char **argv)
             while (blank < len && (line[blank] == ' ' || line[blank] == '\t'))
                 blank++;
             if (blank < len) { /* whitespace-only lines are not sent */
-                hush_err e = hush_send(c, peer, (const uint8_t *)line, len, NULL);
+                hush_err e = in_room ? hush_group_send(c, g_room_filter, (const uint8_t *)line, len, NULL)
+                                     : hush_send(c, peer, (const uint8_t *)line, len, NULL);
                 if (e)
                     fprintf(stderr, "hush chat: %s\n", hush_strerror(e));
             }
@@ -2121,7 +2429,7 @@ static int cmd_chat(int argc, char **argv)
             len = 0;
             full_said = 0;
             typing = 0;
-            BEST_EFFORT(hush_typing(c, peer, 0));
+            BEST_EFFORT(in_room ? hush_group_typing(c, g_room_filter, 0) : hush_typing(c, peer, 0));
             continue;
         }
         if (ch == 127 || ch == 8) {
@@ -2145,7 +2453,7 @@ static int cmd_chat(int argc, char **argv)
         last_key = now;
         if (!typing) {
             typing = 1;
-            BEST_EFFORT(hush_typing(c, peer, 1));
+            BEST_EFFORT(in_room ? hush_group_typing(c, g_room_filter, 1) : hush_typing(c, peer, 1));
         }
     }
     tty_restore();
@@ -2247,7 +2555,7 @@ int main(int argc, char **argv)
         { "history", cmd_history }, { "safety", cmd_safety }, { "presence", cmd_presence },
         { "status", cmd_status },   { "info", cmd_info },     { "bundle", cmd_bundle }, { "demo", cmd_demo },
         { "link", cmd_link },       { "devices", cmd_devices }, { "recover", cmd_recover },
-        { "relay", cmd_relay },     { "get", cmd_get },
+        { "relay", cmd_relay },     { "get", cmd_get },       { "group", cmd_group },
     };
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
         if (!strcmp(cmd, cmds[i].name))

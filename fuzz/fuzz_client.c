@@ -840,7 +840,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     hush_client *cl = NULL;
     must(hush_client_open(g_work, g_key_bob, &o, &cl), "open");
     must(hush_send(cl, "alice", (const uint8_t *)"queued", 6, g_queued_mid), "queue");
-    hush_callbacks cb = { NULL, cb_message, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL };
+    hush_callbacks cb = { NULL, cb_message, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL };
     hush_net_opts no = { g_url, NULL, NULL, 0 };
     must(hush_net_start(cl, &no, &cb), "net start");
 

@@ -62,6 +62,9 @@ const char *hush_strerror(hush_err err)
         return "the database was changed outside libhush (rows removed or rolled back): refusing to use it";
     case HUSH_ERR_PUSH_GONE:
         return "the push service no longer knows this device's push endpoint (register a new one)";
+    case HUSH_ERR_NOT_ALLOWED: return "not allowed: not a member of that room, or not one of its admins";
+    case HUSH_ERR_GROUP_CONFLICT:
+        return "a room change that does not follow the room's current version was rejected";
     }
     return "unknown error";
 }

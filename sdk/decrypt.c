@@ -124,9 +124,15 @@ static hush_err decrypt_locked(hush_client *c, const char *peer, uint32_t dev, c
     hush_kind kind;
     int own = !strcmp(peer, c->username);
     int sync = content->sync_peer && *content->sync_peer;
-    /* Copies from our own other devices, and only those, name their conversation. */
-    if (own != sync || (sync && (is_group || !hsdk_valid_username(content->sync_peer) ||
-                                 !strcmp(content->sync_peer, c->username)))) {
+    int room = is_group || content->kind == HUSH__CONTENT_KIND__CONTENT_SENDER_KEY ||
+               content->kind == HUSH__CONTENT_KIND__CONTENT_ROOM_CHANGE;
+    struct hsdk_room_event ev;
+    const uint8_t *shown = content->body.data; /* what the app is shown: the body, or words */
+    size_t shown_len = content->body.len;
+    /* Copies from our own other devices, and only those, name their conversation; group traffic
+     * (messages, sender keys, room changes) never does: the group is the conversation. */
+    if ((room ? sync : own != sync) || (sync && (!hsdk_valid_username(content->sync_peer) ||
+                                                 !strcmp(content->sync_peer, c->username)))) {
         e = HUSH_ERR_BAD_MESSAGE;
         goto fail;
     }
@@ -167,19 +173,46 @@ static hush_err decrypt_locked(hush_client *c, const char *peer, uint32_t dev, c
         e = HUSH_ERR_BAD_MESSAGE;
     } else if (content->kind == HUSH__CONTENT_KIND__CONTENT_TEXT) {
         const char *gid = is_group ? env->group_id : "";
-        /* A group message must name the group its envelope claims. */
+        /* A group message must name the group its envelope claims, and a room's come from its
+         * members only. */
         if (is_group && strcmp(content->group_id, env->group_id) != 0) {
             e = HUSH_ERR_BAD_MESSAGE;
             goto fail;
         }
-        kind = is_group ? HUSH_KIND_GROUP_TEXT : HUSH_KIND_TEXT;
-        e = hsdk_history_insert(c, peer, dev, 0, content->message_id.data, kind, gid, content->sent_at_ms,
-                                 content->body.data, content->body.len, &local_id, &dup);
+        if (is_group && (e = hsdk_room_message_allowed(c, gid, peer)))
+            goto fail;
+        if (own) {
+            /* sent to a room from another of our devices: our history shows it as sent by us */
+            kind = HUSH_KIND_SENT_ELSEWHERE;
+            e = hsdk_history_insert(c, c->username, 0, 1, content->message_id.data, HUSH_KIND_GROUP_TEXT, gid,
+                                    content->sent_at_ms, content->body.data, content->body.len, &local_id, &dup);
+            if (!e && !dup)
+                e = hsdk_set_message_state(c, content->message_id.data, HUSH_MSG_SENT);
+        } else {
+            kind = is_group ? HUSH_KIND_GROUP_TEXT : HUSH_KIND_TEXT;
+            e = hsdk_history_insert(c, peer, dev, 0, content->message_id.data, kind, gid, content->sent_at_ms,
+                                    content->body.data, content->body.len, &local_id, &dup);
+        }
+    } else if (content->kind == HUSH__CONTENT_KIND__CONTENT_ROOM_CHANGE && !is_group) {
+        kind = HUSH_KIND_GROUP_CHANGE;
+        e = hsdk_room_receive(c, peer, dev, content->body.data, content->body.len, &ev);
+        if (e == HUSH_ERR_DUPLICATE) {
+            dup = 1; /* the state it makes is the one held: keep the session's step, show nothing */
+            e = HUSH_OK;
+        } else if (!e) {
+            shown = (const uint8_t *)ev.text;
+            shown_len = strlen(ev.text);
+            e = hsdk_history_insert(c, own ? c->username : peer, own ? 0 : dev, own, content->message_id.data,
+                                    HUSH_KIND_GROUP_CHANGE, ev.hex, content->sent_at_ms, shown, shown_len, &local_id,
+                                    &dup);
+        }
     } else if (content->kind == HUSH__CONTENT_KIND__CONTENT_SENDER_KEY && !is_group) {
         if (!hsdk_valid_group_id(content->group_id)) {
             e = HUSH_ERR_BAD_MESSAGE;
             goto fail;
         }
+        if ((e = hsdk_room_message_allowed(c, content->group_id, peer)))
+            goto fail;
         kind = HUSH_KIND_GROUP_KEY;
         e = hsdk_process_skdm(c, peer, dev, content->group_id, content->body.data, content->body.len);
     } else if (content->kind == HUSH__CONTENT_KIND__CONTENT_RECEIPT && !is_group) {
@@ -192,11 +225,13 @@ static hush_err decrypt_locked(hush_client *c, const char *peer, uint32_t dev, c
         }
         kind = HUSH_KIND_RECEIPT;
         e = hsdk_apply_receipt(c, peer, content->body.data[0], content->body.data + 1, (n - 1) / HUSH_MESSAGE_ID_BYTES);
-    } else if (content->kind == HUSH__CONTENT_KIND__CONTENT_TYPING && !is_group) {
-        if (content->body.len != 1) {
+    } else if (content->kind == HUSH__CONTENT_KIND__CONTENT_TYPING) {
+        if (content->body.len != 1 || (is_group && strcmp(content->group_id, env->group_id) != 0)) {
             e = HUSH_ERR_BAD_MESSAGE;
             goto fail;
         }
+        if (is_group && (e = hsdk_room_message_allowed(c, env->group_id, peer)))
+            goto fail;
         kind = HUSH_KIND_TYPING;
     } else {
         e = HUSH_ERR_BAD_MESSAGE; /* kinds this version does not handle: refuse, state untouched */
@@ -210,10 +245,12 @@ static hush_err decrypt_locked(hush_client *c, const char *peer, uint32_t dev, c
         e = HUSH_ERR_DUPLICATE; /* the app already has this message: same id from the same device */
         goto done;
     }
-    const uint8_t *body = file ? (const uint8_t *)file->file_name : content->body.data;
-    size_t body_len = file ? strlen(file->file_name) : content->body.len;
-    e = new_message(peer, dev, kind, content, body, body_len,
-                    kind == HUSH_KIND_GROUP_KEY ? content->group_id : (is_group ? env->group_id : ""), local_id, out);
+    const uint8_t *body = file ? (const uint8_t *)file->file_name : shown;
+    size_t body_len = file ? strlen(file->file_name) : shown_len;
+    const char *group = kind == HUSH_KIND_GROUP_KEY ? content->group_id
+                        : kind == HUSH_KIND_GROUP_CHANGE ? ev.hex
+                        : is_group ? env->group_id : "";
+    e = new_message(peer, dev, kind, content, body, body_len, group, local_id, out);
     if (e == HUSH_OK)
         snprintf((*out)->conversation, sizeof (*out)->conversation, "%s", sync ? content->sync_peer : peer);
     if (kind == HUSH_KIND_GROUP_KEY && e == HUSH_OK)

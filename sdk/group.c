@@ -13,6 +13,7 @@
 #include <group_session_builder.h>
 #include <protocol.h>
 #include <sender_key_record.h>
+#include <sender_key_state.h>
 
 #include "internal.h"
 
@@ -60,6 +61,21 @@ hush_err hsdk_group_decrypt(hush_client *c, const char *peer, uint32_t dev, cons
     int rc = sender_key_message_deserialize(&m, ct, len, c->sg);
     if (rc != 0)
         return HUSH_ERR_BAD_MESSAGE;
+    /* Not the key it was encrypted with (libsignal would call that a malformed message): the
+     * sender replaced its key and this device was not given the new one. */
+    sender_key_record *rec = NULL;
+    sender_key_state *state = NULL;
+    if (signal_protocol_sender_key_load_key(c->sc, &rec, &skn) != 0) {
+        SIGNAL_UNREF(m);
+        return c->store_err ? c->store_err : HUSH_ERR_STORAGE;
+    }
+    int known = !sender_key_record_is_empty(rec) &&
+                sender_key_record_get_sender_key_state_by_id(rec, &state, sender_key_message_get_key_id(m)) == 0;
+    SIGNAL_UNREF(rec);
+    if (!known) {
+        SIGNAL_UNREF(m);
+        return HUSH_ERR_NO_GROUP_SESSION;
+    }
     rc = group_cipher_create(&gc, c->sc, &skn, c->sg);
     if (rc == 0)
         rc = group_cipher_decrypt(gc, m, NULL, plaintext);
@@ -74,34 +90,51 @@ hush_err hsdk_group_decrypt(hush_client *c, const char *peer, uint32_t dev, cons
     return hsdk_from_signal(rc);
 }
 
-hush_err hush_group_distribution(hush_client *c, const char *group_id, const char *member, uint32_t device_id,
-                                 uint8_t **envelope, size_t *envelope_len)
+/* Loads this device's sender-key record for the group; creates the key when there is none (and
+ * hands back its distribution message when skdm is not NULL). Caller holds the lock, inside a
+ * transaction. */
+static hush_err own_key(hush_client *c, const char *group_id, sender_key_distribution_message **skdm)
 {
-    if (!envelope || !envelope_len)
-        return HUSH_ERR_INVALID_ARG;
-    *envelope = NULL;
-    *envelope_len = 0;
-    if (!c || !hsdk_valid_group_id(group_id) || !hsdk_valid_username(member) || !hsdk_valid_device(device_id))
-        return HUSH_ERR_INVALID_ARG;
-    hsdk_lock(c);
-    hush_err e;
-    group_session_builder *b = NULL;
-    sender_key_distribution_message *skdm = NULL;
-    if (!c->has_device) {
-        e = HUSH_ERR_NO_DEVICE;
-        goto unlock;
-    }
-    if ((e = hsdk_begin(c)))
-        goto unlock;
     signal_protocol_sender_key_name self = skn_of(group_id, c->username, c->device_id);
+    group_session_builder *b = NULL;
     int rc = group_session_builder_create(&b, c->sc, c->sg);
+    sender_key_distribution_message *m = NULL;
     if (rc == 0)
-        rc = group_session_builder_create_session(b, &skdm, &self);
-    if (rc != 0) {
-        e = c->store_err ? c->store_err : hsdk_from_signal(rc);
-        hsdk_rollback(c);
-        goto unlock;
+        rc = group_session_builder_create_session(b, &m, &self); /* the existing key, or a new one */
+    group_session_builder_free(b);
+    if (rc != 0)
+        return c->store_err ? c->store_err : hsdk_from_signal(rc);
+    if (skdm)
+        *skdm = m;
+    else
+        SIGNAL_UNREF(m);
+    return HUSH_OK;
+}
+
+hush_err hsdk_group_key_id(hush_client *c, const char *group_id, uint32_t *key_id, int *exists)
+{
+    signal_protocol_sender_key_name self = skn_of(group_id, c->username, c->device_id);
+    sender_key_record *rec = NULL;
+    *exists = 0;
+    *key_id = 0;
+    if (signal_protocol_sender_key_load_key(c->sc, &rec, &self) != 0)
+        return c->store_err ? c->store_err : HUSH_ERR_STORAGE;
+    sender_key_state *state = NULL;
+    if (!sender_key_record_is_empty(rec) && sender_key_record_get_sender_key_state(rec, &state) == 0 && state) {
+        *exists = 1;
+        *key_id = sender_key_state_get_key_id(state);
     }
+    SIGNAL_UNREF(rec);
+    return HUSH_OK;
+}
+
+hush_err hsdk_group_skdm_envelope(hush_client *c, const char *group_id, const char *member, uint32_t dev,
+                                  uint8_t **env, size_t *env_len)
+{
+    sender_key_distribution_message *skdm = NULL;
+    hush_err e = own_key(c, group_id, &skdm);
+    if (e)
+        return e;
     signal_buffer *ser = ciphertext_message_get_serialized((ciphertext_message *)skdm);
     uint8_t mid[HUSH_MESSAGE_ID_BYTES];
     randombytes_buf(mid, sizeof mid);
@@ -113,16 +146,76 @@ hush_err hush_group_distribution(hush_client *c, const char *group_id, const cha
     content.body.len = signal_buffer_len(ser);
     content.sent_at_ms = hsdk_now_ms();
     content.group_id = (char *)group_id;
-    e = hsdk_encrypt_content(c, member, device_id, &content, envelope, envelope_len);
-    e = hsdk_end(c, e);
-    if (e) {
-        hush_free(*envelope);
-        *envelope = NULL;
-        *envelope_len = 0;
-    }
-unlock:
+    e = hsdk_encrypt_content(c, member, dev, &content, env, env_len);
     SIGNAL_UNREF(skdm);
-    group_session_builder_free(b);
+    return e;
+}
+
+hush_err hsdk_group_encrypt_content(hush_client *c, const char *group_id, Hush__Content *content, uint8_t **env,
+                                    size_t *env_len)
+{
+    signal_protocol_sender_key_name self = skn_of(group_id, c->username, c->device_id);
+    uint8_t *pt = NULL;
+    size_t pt_len = 0;
+    group_cipher *gc = NULL;
+    ciphertext_message *msg = NULL;
+    hush_err e = own_key(c, group_id, NULL);
+    if (!e)
+        e = hsdk_content_pack(content, &pt, &pt_len);
+    if (e)
+        goto out;
+    int rc = group_cipher_create(&gc, c->sc, &self, c->sg);
+    if (rc == 0)
+        rc = group_cipher_encrypt(gc, pt, pt_len, &msg);
+    if (rc != 0) {
+        e = c->store_err ? c->store_err : hsdk_from_signal(rc);
+        goto out;
+    }
+    signal_buffer *ser = ciphertext_message_get_serialized(msg);
+    Hush__Envelope ev = HUSH__ENVELOPE__INIT;
+    ev.type = HUSH__CIPHER_TYPE__CIPHER_SENDER_KEY;
+    ev.ciphertext.data = signal_buffer_data(ser);
+    ev.ciphertext.len = signal_buffer_len(ser);
+    ev.group_id = (char *)group_id;
+    size_t n = hush__envelope__get_packed_size(&ev);
+    uint8_t *out = hsdk_alloc(n);
+    if (!out) {
+        e = HUSH_ERR_NOMEM;
+        goto out;
+    }
+    hush__envelope__pack(&ev, out);
+    *env = out;
+    *env_len = n;
+out:
+    if (pt) {
+        sodium_memzero(pt, pt_len);
+        free(pt);
+    }
+    SIGNAL_UNREF(msg);
+    group_cipher_free(gc);
+    return e;
+}
+
+hush_err hush_group_distribution(hush_client *c, const char *group_id, const char *member, uint32_t device_id,
+                                 uint8_t **envelope, size_t *envelope_len)
+{
+    if (!envelope || !envelope_len)
+        return HUSH_ERR_INVALID_ARG;
+    *envelope = NULL;
+    *envelope_len = 0;
+    if (!c || !hsdk_valid_group_id(group_id) || !hsdk_valid_username(member) || !hsdk_valid_device(device_id))
+        return HUSH_ERR_INVALID_ARG;
+    hsdk_lock(c);
+    hush_err e = HUSH_ERR_NO_DEVICE;
+    if (c->has_device && !(e = hsdk_begin(c))) {
+        e = hsdk_group_skdm_envelope(c, group_id, member, device_id, envelope, envelope_len);
+        e = hsdk_end(c, e);
+        if (e) {
+            hush_free(*envelope);
+            *envelope = NULL;
+            *envelope_len = 0;
+        }
+    }
     hsdk_unlock(c);
     return e;
 }
@@ -154,27 +247,14 @@ hush_err hush_group_encrypt(hush_client *c, const char *group_id, const uint8_t 
     if (len > HUSH_MAX_BODY)
         return HUSH_ERR_TOO_BIG;
     hsdk_lock(c);
-    hush_err e;
-    group_cipher *gc = NULL;
-    ciphertext_message *msg = NULL;
-    sender_key_record *rec = NULL;
-    uint8_t *pt = NULL;
-    size_t pt_len = 0;
-    if (!c->has_device) {
-        e = HUSH_ERR_NO_DEVICE;
+    hush_err e = HUSH_ERR_NO_DEVICE;
+    if (!c->has_device || (e = hsdk_begin(c)))
         goto unlock;
-    }
-    if ((e = hsdk_begin(c)))
-        goto unlock;
-    signal_protocol_sender_key_name self = skn_of(group_id, c->username, c->device_id);
-    if (signal_protocol_sender_key_load_key(c->sc, &rec, &self) != 0) {
-        e = c->store_err ? c->store_err : HUSH_ERR_STORAGE;
-        goto fail;
-    }
-    if (sender_key_record_is_empty(rec)) {
+    uint32_t key_id = 0;
+    int exists = 0;
+    e = hsdk_group_key_id(c, group_id, &key_id, &exists);
+    if (!e && !exists)
         e = HUSH_ERR_NO_GROUP_SESSION; /* distribute first */
-        goto fail;
-    }
     uint8_t mid[HUSH_MESSAGE_ID_BYTES];
     randombytes_buf(mid, sizeof mid);
     Hush__Content content = HUSH__CONTENT__INIT;
@@ -185,51 +265,20 @@ hush_err hush_group_encrypt(hush_client *c, const char *group_id, const uint8_t 
     content.body.len = len;
     content.sent_at_ms = hsdk_now_ms();
     content.group_id = (char *)group_id;
-    if ((e = hsdk_content_pack(&content, &pt, &pt_len)))
-        goto fail;
-    int rc = group_cipher_create(&gc, c->sc, &self, c->sg);
-    if (rc == 0)
-        rc = group_cipher_encrypt(gc, pt, pt_len, &msg);
-    if (rc != 0) {
-        e = c->store_err ? c->store_err : hsdk_from_signal(rc);
-        goto fail;
-    }
-    e = hsdk_history_insert(c, group_id, 0, 1, mid, HUSH_KIND_GROUP_TEXT, group_id, content.sent_at_ms, body, len,
-                             NULL, NULL);
-    if (e)
-        goto fail;
-    signal_buffer *ser = ciphertext_message_get_serialized(msg);
-    Hush__Envelope env = HUSH__ENVELOPE__INIT;
-    env.type = HUSH__CIPHER_TYPE__CIPHER_SENDER_KEY;
-    env.ciphertext.data = signal_buffer_data(ser);
-    env.ciphertext.len = signal_buffer_len(ser);
-    env.group_id = (char *)group_id;
-    size_t n = hush__envelope__get_packed_size(&env);
-    uint8_t *out = hsdk_alloc(n);
-    if (!out) {
-        e = HUSH_ERR_NOMEM;
-        goto fail;
-    }
-    hush__envelope__pack(&env, out);
-    if ((e = hsdk_commit(c))) {
-        hush_free(out);
-        goto unlock;
-    }
-    *envelope = out;
-    *envelope_len = n;
-    if (message_id_out)
+    if (!e)
+        e = hsdk_history_insert(c, group_id, 0, 1, mid, HUSH_KIND_GROUP_TEXT, group_id, content.sent_at_ms, body, len,
+                                NULL, NULL);
+    if (!e)
+        e = hsdk_group_encrypt_content(c, group_id, &content, envelope, envelope_len);
+    e = hsdk_end(c, e);
+    if (e) {
+        hush_free(*envelope);
+        *envelope = NULL;
+        *envelope_len = 0;
+    } else if (message_id_out) {
         memcpy(message_id_out, mid, sizeof mid);
-    goto unlock;
-fail:
-    hsdk_rollback(c);
-unlock:
-    if (pt) {
-        sodium_memzero(pt, pt_len);
-        free(pt);
     }
-    SIGNAL_UNREF(msg);
-    SIGNAL_UNREF(rec);
-    group_cipher_free(gc);
+unlock:
     hsdk_unlock(c);
     return e;
 }

@@ -110,14 +110,16 @@ void hush_history_free(hush_history_entry *entries, size_t count)
     free(entries);
 }
 
-hush_err hush_history_list(hush_client *c, const char *peer, int64_t before_local_id, int limit,
-                           hush_history_entry **out, size_t *count)
+/* A page of one conversation: with `peer` (group NULL; pairwise rows only) or of a group (peer
+ * NULL; each row's peer is who wrote it). */
+static hush_err history_page(hush_client *c, const char *peer, const char *group, int64_t before_local_id, int limit,
+                             hush_history_entry **out, size_t *count)
 {
     if (!out || !count)
         return HUSH_ERR_INVALID_ARG;
     *out = NULL;
     *count = 0;
-    if (!c || !hsdk_valid_username(peer) || limit < 1 || limit > HISTORY_PAGE_MAX || before_local_id < 0)
+    if (!c || limit < 1 || limit > HISTORY_PAGE_MAX || before_local_id < 0)
         return HUSH_ERR_INVALID_ARG;
     hush_history_entry *v = calloc((size_t)limit, sizeof *v);
     if (!v)
@@ -125,12 +127,15 @@ hush_err hush_history_list(hush_client *c, const char *peer, int64_t before_loca
     size_t n = 0;
     hsdk_lock(c);
     sqlite3_stmt *st;
-    hstore_err se = hstore_prepare(c->db, "SELECT id, peer_device, outgoing, message_id, sent_at, received_at, read, body, "
-                                          "kind FROM history WHERE peer = ?1 AND group_id = '' AND (?2 = 0 OR id < ?2) "
-                                          "ORDER BY id DESC LIMIT ?3", &st);
+    hstore_err se = group ? hstore_prepare(c->db, "SELECT id, peer_device, outgoing, message_id, sent_at, received_at, read, "
+                                                  "body, kind, peer FROM history WHERE group_id = ?1 AND (?2 = 0 OR id < ?2) "
+                                                  "ORDER BY id DESC LIMIT ?3", &st)
+                          : hstore_prepare(c->db, "SELECT id, peer_device, outgoing, message_id, sent_at, received_at, read, "
+                                                  "body, kind, peer FROM history WHERE peer = ?1 AND group_id = '' AND "
+                                                  "(?2 = 0 OR id < ?2) ORDER BY id DESC LIMIT ?3", &st);
     hush_err e = hsdk_from_store(se);
     if (!e) {
-        sqlite3_bind_text(st, 1, peer, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_text(st, 1, group ? group : peer, -1, SQLITE_TRANSIENT);
         sqlite3_bind_int64(st, 2, before_local_id);
         sqlite3_bind_int(st, 3, limit);
         int row = 0;
@@ -147,10 +152,15 @@ hush_err hush_history_list(hush_client *c, const char *peer, int64_t before_loca
             h->sent_at_ms = (uint64_t)sqlite3_column_int64(st, 4);
             h->received_at_ms = (uint64_t)sqlite3_column_int64(st, 5);
             h->read = sqlite3_column_int(st, 6);
-            h->kind = sqlite3_column_int(st, 8) == HUSH_KIND_FILE ? HUSH_KIND_FILE : HUSH_KIND_TEXT;
-            snprintf(h->peer, sizeof h->peer, "%s", peer);
+            int kind = sqlite3_column_int(st, 8);
+            if (group)
+                h->kind = kind == HUSH_KIND_GROUP_CHANGE ? HUSH_KIND_GROUP_CHANGE : HUSH_KIND_GROUP_TEXT;
+            else
+                h->kind = kind == HUSH_KIND_FILE ? HUSH_KIND_FILE : HUSH_KIND_TEXT;
+            const char *who = (const char *)sqlite3_column_text(st, 9);
+            snprintf(h->peer, sizeof h->peer, "%s", who ? who : "");
             char ad[256];
-            history_ad(ad, sizeof ad, peer, h->peer_device, h->outgoing, "", h->message_id);
+            history_ad(ad, sizeof ad, h->peer, h->peer_device, h->outgoing, group ? group : "", h->message_id);
             uint8_t *pt = NULL;
             size_t len = 0;
             e = hsdk_open(c, ad, sqlite3_column_blob(st, 7), (size_t)sqlite3_column_bytes(st, 7), &pt, &len);
@@ -177,6 +187,32 @@ hush_err hush_history_list(hush_client *c, const char *peer, int64_t before_loca
     *out = v;
     *count = n;
     return HUSH_OK;
+}
+
+hush_err hush_history_list(hush_client *c, const char *peer, int64_t before_local_id, int limit,
+                           hush_history_entry **out, size_t *count)
+{
+    if (!hsdk_valid_username(peer)) {
+        if (out)
+            *out = NULL;
+        if (count)
+            *count = 0;
+        return HUSH_ERR_INVALID_ARG;
+    }
+    return history_page(c, peer, NULL, before_local_id, limit, out, count);
+}
+
+hush_err hush_group_history(hush_client *c, const char *group, int64_t before_local_id, int limit,
+                            hush_history_entry **out, size_t *count)
+{
+    if (!hsdk_room_is_id(group)) {
+        if (out)
+            *out = NULL;
+        if (count)
+            *count = 0;
+        return HUSH_ERR_INVALID_ARG;
+    }
+    return history_page(c, NULL, group, before_local_id, limit, out, count);
 }
 
 static hush_err update_one(hush_client *c, const char *sql, int64_t id)
@@ -333,9 +369,10 @@ hush_err hush_outbox_next(hush_client *c, hush_outbox_entry **out)
     if (!e) {
         hush_outbox_entry *o = calloc(1, sizeof *o);
         const char *peer = (const char *)sqlite3_column_text(st, 1);
+        uint8_t room[16];
         if (!o) {
             e = HUSH_ERR_NOMEM;
-        } else if (!hsdk_valid_username(peer) || sqlite3_column_bytes(st, 2) != 16) {
+        } else if ((!hsdk_valid_username(peer) && !hsdk_room_outbox_id(peer, room)) || sqlite3_column_bytes(st, 2) != 16) {
             e = HUSH_ERR_DB_CORRUPT;
         } else {
             o->local_id = sqlite3_column_int64(st, 0);
@@ -535,16 +572,20 @@ void hsdk_history_set_notified(hush_client *c, int64_t local_id)
     }
 }
 
-int64_t hsdk_history_next_unnotified(hush_client *c, char peer[HUSH_USERNAME_MAX + 1])
+int64_t hsdk_history_next_unnotified(hush_client *c, char peer[HUSH_USERNAME_MAX + 1],
+                                     char group[HUSH_GROUP_ID_MAX + 1])
 {
     sqlite3_stmt *st;
     int row = 0;
     int64_t id = 0;
     peer[0] = 0;
-    if (hstore_prepare(c->db, "SELECT id, peer FROM history WHERE notified = 0 ORDER BY id LIMIT 1", &st) == HSTORE_OK &&
+    group[0] = 0;
+    if (hstore_prepare(c->db, "SELECT id, peer, group_id FROM history WHERE notified = 0 ORDER BY id LIMIT 1", &st) ==
+            HSTORE_OK &&
         hstore_step(c->db, st, &row) == HSTORE_OK && row) {
         id = sqlite3_column_int64(st, 0);
         snprintf(peer, HUSH_USERNAME_MAX + 1, "%s", (const char *)sqlite3_column_text(st, 1));
+        snprintf(group, HUSH_GROUP_ID_MAX + 1, "%s", (const char *)sqlite3_column_text(st, 2));
         sqlite3_reset(st);
     }
     return id;

@@ -301,8 +301,10 @@ hush_err hsdk_history_received(hush_client *c, int64_t local_id, char peer[HUSH_
                                int *read);
 hush_err hsdk_history_set_read(hush_client *c, int64_t local_id);
 void hsdk_history_set_notified(hush_client *c, int64_t local_id);
-/* The oldest message stored but not yet reported to the app (0: none). */
-int64_t hsdk_history_next_unnotified(hush_client *c, char peer[HUSH_USERNAME_MAX + 1]);
+/* The oldest message stored but not yet reported to the app (0: none), with its peer and group
+ * ("" when pairwise). */
+int64_t hsdk_history_next_unnotified(hush_client *c, char peer[HUSH_USERNAME_MAX + 1],
+                                     char group[HUSH_GROUP_ID_MAX + 1]);
 /* The outbox as the network thread walks it: the first row after `after` not addressed to
  * skip_peer, body opened (caller frees *body). 1 if found. */
 int hsdk_outbox_next_after(hush_client *c, int64_t after, const char *skip_peer, int64_t *id,
@@ -382,6 +384,64 @@ hush_err hsdk_encrypt_content(hush_client *c, const char *peer, uint32_t dev, Hu
                                uint8_t **env, size_t *env_len);
 hush_err hsdk_content_pack(Hush__Content *content, uint8_t **out, size_t *len);
 
+/* rooms.c: rooms (groups over the network). A room's state is its last accepted change. */
+#define HSDK_ROOM_CHANGE_MAX (128u * 1024) /* a RoomChange's bytes, checked before parsing */
+struct hsdk_room {
+    uint8_t id[16];
+    char hex[HUSH_ROOM_ID_LEN + 1];  /* the id as the API and the sender-key group id name it */
+    Hush__RoomChange *ch;            /* owned: hsdk_room_release */
+    Hush__RoomState *st;             /* owned: the state ch->state holds, checked */
+    uint8_t hash[32];                /* SHA-256 of ch->state: what the next change names */
+    int member;                      /* this device's user is in st->members (hsdk_room_load) */
+    int64_t key_since;               /* when this device's sender key for the room was made (0: none) */
+};
+/* What a change did: which room, and in words for the history ("ann added bob"). */
+struct hsdk_room_event {
+    uint8_t id[16];
+    char hex[HUSH_ROOM_ID_LEN + 1];
+    char text[512];
+};
+int hsdk_room_is_id(const char *s);
+/* The outbox's name for a room ("#" and 22 characters), and back (1 when it is one). */
+void hsdk_room_outbox_peer(const uint8_t id[16], char out[HUSH_USERNAME_MAX + 1]);
+int hsdk_room_outbox_id(const char *peer, uint8_t id[16]);
+int hsdk_room_name_ok(const char *s, size_t len);
+/* A RoomChange parsed and its state checked (sizes, names, lists); HUSH_ERR_BAD_MESSAGE otherwise.
+ * On success r is the caller's (hsdk_room_release); nothing to release on error. */
+hush_err hsdk_room_parse(const uint8_t *buf, size_t len, struct hsdk_room *r);
+void hsdk_room_release(struct hsdk_room *r);
+/* The room with this id (*found 0: none; nothing to release then). Caller holds the lock. */
+hush_err hsdk_room_load(hush_client *c, const uint8_t id[16], struct hsdk_room *r, int *found);
+/* A change received from (from, dev) over its pairwise session, checked and applied (see the
+ * file's comment). HUSH_ERR_DUPLICATE: the state held already; HUSH_ERR_NOT_ALLOWED,
+ * HUSH_ERR_GROUP_CONFLICT, HUSH_ERR_BAD_MESSAGE: rejected. Inside the caller's transaction. */
+hush_err hsdk_room_receive(hush_client *c, const char *from, uint32_t dev, const uint8_t *buf, size_t len,
+                           struct hsdk_room_event *ev);
+/* Whether a group message (or sender key) for group_id may come from `from`: for a room, this
+ * user and `from` must be members of it (HUSH_ERR_NOT_ALLOWED); any other group id is a group of
+ * the local sender-key functions (HUSH_OK). Caller holds the lock. */
+hush_err hsdk_room_message_allowed(hush_client *c, const char *group_id, const char *from);
+/* This device's sender key for the room: its id (*exists 0: none yet), after replacing it when it
+ * is due (older than 14 days, or handed to a device that is no longer a member's). Then: key_made
+ * records a new key's birth; key_has / key_put tell and record which device was handed which key
+ * by which send; keys_forget_message forgets what a send's forgotten envelopes carried. Caller
+ * holds the lock, inside a transaction (key_has: any time). */
+hush_err hsdk_room_key_due(hush_client *c, struct hsdk_room *r, uint32_t *key_id, int *exists);
+hush_err hsdk_room_key_made(hush_client *c, struct hsdk_room *r);
+int hsdk_room_key_has(hush_client *c, const struct hsdk_room *r, const char *name, uint32_t dev, uint32_t key_id);
+hush_err hsdk_room_key_put(hush_client *c, const struct hsdk_room *r, const char *name, uint32_t dev, uint32_t key_id,
+                           const uint8_t mid[16]);
+hush_err hsdk_room_keys_forget_message(hush_client *c, const uint8_t mid[16]);
+
+/* group.c: this device's sender key for a group. Caller holds the lock, inside a transaction.
+ * key_id: the current key's id (*exists 0 when there is none). skdm_envelope: a pairwise envelope
+ * to (member, dev) carrying the key (made when there is none yet). encrypt_content: one envelope
+ * (CIPHER_SENDER_KEY) of content for every device holding the key (made when there is none). */
+hush_err hsdk_group_key_id(hush_client *c, const char *group_id, uint32_t *key_id, int *exists);
+hush_err hsdk_group_skdm_envelope(hush_client *c, const char *group_id, const char *member, uint32_t dev,
+                                  uint8_t **env, size_t *env_len);
+hush_err hsdk_group_encrypt_content(hush_client *c, const char *group_id, Hush__Content *content, uint8_t **env,
+                                    size_t *env_len);
 /* group.c: what decrypt.c hands over */
 hush_err hsdk_process_skdm(hush_client *c, const char *peer, uint32_t dev, const char *group_id,
                             const uint8_t *skdm, size_t len);

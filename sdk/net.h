@@ -26,6 +26,7 @@
 
 #define NET_MAX_FRAME (1024 * 1024)
 #define NET_MAX_INFLIGHT 32
+#define NET_MAX_GONE 16
 #define NET_MAX_REQS 128
 #define NET_BACKOFF_MIN_MS 250
 #define NET_BACKOFF_MAX_MS 30000
@@ -78,6 +79,8 @@ struct inbound {
     uint64_t seq;
     uint8_t *env;
     size_t len;
+    uint8_t *shared;  /* a room message's shared envelope (NULL: none); env is then its own part */
+    size_t shared_len;
     /* outcome, filled while the batch's transaction is open */
     hush_err e;
     hush_message *m;
@@ -151,6 +154,16 @@ struct hush_net {
     uint64_t next_rotation_check_ms;
     char fetch_peer[HUSH_USERNAME_MAX + 1];
     char blocked_peer[HUSH_USERNAME_MAX + 1]; /* identity change pending: its outbox waits */
+    char gone[NET_MAX_GONE][HUSH_USERNAME_MAX + 1]; /* room members the relay does not know: skipped */
+    int ngone;
+    struct {                  /* a room row finished inside the pump: recorded and reported after it */
+        int set;
+        int64_t id;
+        uint8_t mid[16];
+        int kind, state;
+        char peer[HUSH_USERNAME_MAX + 1];
+        hush_err err;         /* FAILED: why (reported) */
+    } room_done;
     /* a new device being linked (hush_net_start_link): the ephemeral key its link box is sealed
      * to, and the code last shown */
     int link_mode;
@@ -279,6 +292,25 @@ void hnet_send_typing(struct hush_net *n);
  * pumps the outbox. schedule: after the frames already read in this pass of the event loop. */
 void hnet_record_sent(struct hush_net *n, int report);
 void hnet_schedule_send_pass(struct hush_net *n);
+/* What the room sender shares with the pairwise one: fetch a user's devices; our own other
+ * devices (-1: never fetched); an outbox row done (removed, its state set and reported). */
+void hnet_request_fetch(struct hush_net *n, const char *peer);
+int hnet_own_other_devices(hush_client *c, uint32_t *devs, int max);
+void hnet_outbox_finished(struct hush_net *n, int64_t outbox_id, const uint8_t mid[16], int kind, int state,
+                          const char *peer);
+
+/* net_rooms.c */
+/* Sends one room row (see the file's comment). 1 when sent, 0 when it must wait (a fetch started,
+ * retry later, or the row is finished: n->room_done, which the pump records once the lock is
+ * released). Called by the pump, lock held, inside its transaction. */
+int hnet_send_room_row(struct hush_net *n, struct orow *o);
+void hnet_room_done(struct hush_net *n);
+/* A typing indicator to a room ("#..."): encrypted with this device's key, ephemeral, to the
+ * members' devices that hold the key (none when there is no key yet). */
+void hnet_send_room_typing(struct hush_net *n, const char *peer, int typing);
+/* Users the relay says do not exist: room sends skip them (this connection's life). */
+int hnet_user_gone(const struct hush_net *n, const char *user);
+void hnet_mark_gone(struct hush_net *n, const char *user);
 
 /* net_files.c */
 void hnet_files_on_welcome(struct hush_net *n, const Hush__Limits *lim);

@@ -156,6 +156,12 @@ void hnet_report_state(struct hush_net *n, const char *peer, const uint8_t mid[1
     hush_msg_state cur = HUSH_MSG_QUEUED;
     if (hush_message_state(n->c, mid, &cur) == HUSH_OK && (int)cur != state)
         return;
+    uint8_t id[16];
+    char room[HUSH_ROOM_ID_LEN + 1];
+    if (hsdk_room_outbox_id(peer, id)) {
+        sodium_bin2hex(room, sizeof room, id, 16); /* a room's message: the room's id */
+        peer = room;
+    }
     n->cb.on_receipt(n->cb.ctx, peer, mid, (hush_msg_state)state);
 }
 

@@ -198,6 +198,17 @@ static void handle_frame(struct hush_net *n, const uint8_t *data, size_t len)
         }
         memcpy(in->env, d->envelope.data, d->envelope.len);
         in->len = d->envelope.len;
+        if (d->shared_envelope.len) {
+            in->shared = malloc(d->shared_envelope.len);
+            if (!in->shared) {
+                free(in->env);
+                in->env = NULL;
+                hnet_report(n, HUSH_ERR_NOMEM, "no memory for a delivery; the relay will deliver it again");
+                break;
+            }
+            memcpy(in->shared, d->shared_envelope.data, d->shared_envelope.len);
+            in->shared_len = d->shared_envelope.len;
+        }
         snprintf(in->from, sizeof in->from, "%s", d->from_username);
         in->dev = d->from_device;
         in->seq = d->seq;

@@ -78,7 +78,28 @@ static void inbound_store(struct hush_net *n, struct inbound *in, int from_pendi
         in->e = HUSH_ERR_STORAGE;
         return;
     }
+    if (in->shared) {
+        /* a room message: this device's own part first (a sender key it lacks), then the shared
+         * one. The own part failing for good (a duplicate, garbage) does not stop the shared one;
+         * failing for now (storage) retries both. */
+        if (in->len) {
+            hush_message *km = NULL;
+            hush_err ke = hush_decrypt(n->c, in->from, in->dev, in->env, in->len, &km);
+            hush_message_free(km);
+            if (ke == HUSH_ERR_STORAGE || ke == HUSH_ERR_NOMEM || ke == HUSH_ERR_DB_KEY || ke == HUSH_ERR_INTERNAL) {
+                in->e = ke;
+                return;
+            }
+            if (ke == HUSH_ERR_IDENTITY_CHANGED) {
+                in->e = ke; /* the key's sender is not trusted as it is: held like a pairwise message */
+                goto held;
+            }
+        }
+        in->e = hush_decrypt(n->c, in->from, in->dev, in->shared, in->shared_len, &in->m);
+        return;
+    }
     in->e = hush_decrypt(n->c, in->from, in->dev, in->env, in->len, &in->m);
+held:
     if (in->e == HUSH_ERR_IDENTITY_CHANGED && !from_pending) {
         /* keep the envelope until the user decides, and let the relay forget it */
         hsdk_lock(n->c);
@@ -112,6 +133,9 @@ static int inbound_report(struct hush_net *n, struct inbound *in, int from_pendi
             for (size_t i = 1; i + HUSH_MESSAGE_ID_BYTES <= m->body_len; i += HUSH_MESSAGE_ID_BYTES)
                 hnet_report_state(n, in->from, m->body + i, state);
             hnet_signal_progress(n);
+        } else if (m->kind == HUSH_KIND_TYPING && m->group_id[0]) {
+            if (n->cb.on_group_typing && strcmp(in->from, n->c->username) != 0)
+                n->cb.on_group_typing(n->cb.ctx, m->group_id, in->from, in->dev, m->body[0] != 0);
         } else if (m->kind == HUSH_KIND_TYPING && n->cb.on_typing) {
             n->cb.on_typing(n->cb.ctx, in->from, in->dev, m->body[0] != 0);
         } else if ((m->kind == HUSH_KIND_SENT_ELSEWHERE || (m->kind == HUSH_KIND_FILE && !strcmp(m->sender, n->c->username))) &&
@@ -137,6 +161,14 @@ static int inbound_report(struct hush_net *n, struct inbound *in, int from_pendi
     case HUSH_ERR_DB_KEY:
     case HUSH_ERR_INTERNAL:
         return 0; /* the caller tries it again, or leaves it to the relay */
+    case HUSH_ERR_NOT_ALLOWED:
+    case HUSH_ERR_GROUP_CONFLICT: {
+        char detail[160];
+        snprintf(detail, sizeof detail, "dropped a room message or change from %s/%u: %s", in->from, in->dev,
+                 hush_strerror(in->e));
+        hnet_report(n, in->e, detail);
+        return 1;
+    }
     default: {
         char detail[128];
         snprintf(detail, sizeof detail, "dropped an undecryptable message from %s/%u: %s", in->from, in->dev,
@@ -149,9 +181,10 @@ static int inbound_report(struct hush_net *n, struct inbound *in, int from_pendi
 
 static int is_text(const struct hush_net *n, const struct inbound *in)
 {
-    /* texts, and files from a peer (a file from another of our devices is reported like a text
-     * sent elsewhere: no receipt to ourselves) */
+    /* texts, room changes, and files from a peer (a file from another of our devices is reported
+     * like a text sent elsewhere: no receipt to ourselves) */
     return in->e == HUSH_OK && (in->m->kind == HUSH_KIND_TEXT || in->m->kind == HUSH_KIND_GROUP_TEXT ||
+                                in->m->kind == HUSH_KIND_GROUP_CHANGE ||
                                 (in->m->kind == HUSH_KIND_FILE && strcmp(in->m->sender, n->c->username) != 0));
 }
 
@@ -169,13 +202,15 @@ static void retry_later(struct hush_net *n, struct inbound *in)
     r->in.m = NULL;
     r->attempts = 1;
     r->due_ms = now_ms() + 1000;
-    in->env = NULL; /* the retry owns it now */
+    in->env = NULL; /* the retry owns them now */
+    in->shared = NULL;
 }
 
 void hnet_batch_clear(struct hush_net *n)
 {
     for (int i = 0; i < n->nbatch; i++) {
         free(n->batch[i].env);
+        free(n->batch[i].shared);
         hush_message_free(n->batch[i].m);
     }
     n->nbatch = 0;
@@ -240,8 +275,10 @@ void hnet_process_batch(struct hush_net *n)
 
 void hnet_retry_clear(struct hush_net *n)
 {
-    for (int i = 0; i < n->nretry; i++)
+    for (int i = 0; i < n->nretry; i++) {
         free(n->retry[i].in.env);
+        free(n->retry[i].in.shared);
+    }
     n->nretry = 0;
 }
 
@@ -286,6 +323,7 @@ void hnet_retry_due(struct hush_net *n)
         if (in->seq)
             seqs[nseqs++] = in->seq;
         free(in->env);
+        free(in->shared);
         n->retry[i] = n->retry[--n->nretry]; /* order does not matter: each is acknowledged alone */
     }
     hnet_send_acks(n, seqs, nseqs);
@@ -345,9 +383,9 @@ void hnet_reprocess_pending(struct hush_net *n)
 void hnet_replay_unnotified(struct hush_net *n)
 {
     for (;;) {
-        char peer[HUSH_USERNAME_MAX + 1];
+        char peer[HUSH_USERNAME_MAX + 1], group[HUSH_GROUP_ID_MAX + 1];
         hsdk_lock(n->c);
-        int64_t id = hsdk_history_next_unnotified(n->c, peer);
+        int64_t id = hsdk_history_next_unnotified(n->c, peer, group);
         hsdk_unlock(n->c);
         if (!id)
             return;
@@ -356,11 +394,13 @@ void hnet_replay_unnotified(struct hush_net *n)
         hush_message m;
         memset(&m, 0, sizeof m);
         int found = 0;
-        if (hsdk_valid_username(peer) && hush_history_list(n->c, peer, id + 1, 1, &h, &cnt) == HUSH_OK && cnt == 1 &&
-            h[0].local_id == id) {
-            m.kind = h[0].kind == HUSH_KIND_FILE ? HUSH_KIND_FILE : HUSH_KIND_TEXT;
+        hush_err le = group[0] ? hush_group_history(n->c, group, id + 1, 1, &h, &cnt)
+                               : hush_history_list(n->c, peer, id + 1, 1, &h, &cnt);
+        if (hsdk_valid_username(peer) && le == HUSH_OK && cnt == 1 && h[0].local_id == id) {
+            m.kind = h[0].kind;
             snprintf(m.sender, sizeof m.sender, "%s", peer);
             snprintf(m.conversation, sizeof m.conversation, "%s", peer);
+            snprintf(m.group_id, sizeof m.group_id, "%s", group);
             m.sender_device = h[0].peer_device;
             memcpy(m.message_id, h[0].message_id, 16);
             m.sent_at_ms = h[0].sent_at_ms;

@@ -47,10 +47,17 @@ static void forget_devices(hush_client *c, const char *peer)
     hsdk_unlock(c);
 }
 
+/* A send's envelopes and, for a room message, the record of the keys they carried: together. */
 static void forget_envelopes(hush_client *c, const uint8_t mid[16])
 {
     hsdk_lock(c);
-    hsdk_envelopes_forget(c, mid);
+    if (hsdk_begin(c) == HUSH_OK) {
+        hsdk_envelopes_forget(c, mid);
+        hush_err e = hsdk_room_keys_forget_message(c, mid);
+        if (hsdk_end(c, e)) {
+            /* both stay: the same envelopes are sent again, and what they carry stays recorded */
+        }
+    }
     hsdk_unlock(c);
 }
 
@@ -96,7 +103,7 @@ static uint8_t *make_envelope(struct hush_net *n, const struct orow *o, const ch
     return copy;
 }
 
-static void outbox_finished(struct hush_net *n, int64_t outbox_id, const uint8_t mid[16], int kind, int state,
+void hnet_outbox_finished(struct hush_net *n, int64_t outbox_id, const uint8_t mid[16], int kind, int state,
                             const char *peer)
 {
     hush_client *c = n->c;
@@ -115,7 +122,7 @@ static void outbox_finished(struct hush_net *n, int64_t outbox_id, const uint8_t
     hnet_signal_progress(n);
 }
 
-static void request_fetch(struct hush_net *n, const char *peer)
+void hnet_request_fetch(struct hush_net *n, const char *peer)
 {
     struct req *r = hnet_add_req(n, R_FETCH);
     if (!r)
@@ -134,7 +141,7 @@ static void request_fetch(struct hush_net *n, const char *peer)
 
 /* Our own user's other devices, as last fetched. Returns -1 when the list was never fetched (the
  * list always holds our own device once fetched), else the number of other devices in devs. */
-static int own_other_devices(hush_client *c, uint32_t *devs, int max)
+int hnet_own_other_devices(hush_client *c, uint32_t *devs, int max)
 {
     uint32_t all[MAX_DEVS];
     int na = hsdk_peers_list(c, c->username, all, MAX_DEVS);
@@ -158,15 +165,15 @@ static int send_row(struct hush_net *n, struct orow *o)
     for (int i = 0; i < nd && !missing; i++)
         missing = !hush_has_session(c, o->peer, devs[i]);
     if (missing) {
-        request_fetch(n, o->peer);
+        hnet_request_fetch(n, o->peer);
         return 0;
     }
-    int no = own_other_devices(c, own, MAX_DEVS);
+    int no = hnet_own_other_devices(c, own, MAX_DEVS);
     missing = no < 0;
     for (int i = 0; i < no && !missing; i++)
         missing = !hush_has_session(c, c->username, own[i]);
     if (missing) {
-        request_fetch(n, c->username);
+        hnet_request_fetch(n, c->username);
         return 0;
     }
     if (no < 0)
@@ -270,7 +277,9 @@ void hnet_pump_outbox(struct hush_net *n)
         if (!next_outbox_row(c, n->pump_cursor, n->blocked_peer, &o))
             break;
         int sent = 0;
-        if (!strcmp(o.peer, c->username)) {
+        if (o.peer[0] == '#') {
+            sent = hnet_send_room_row(n, &o);
+        } else if (!strcmp(o.peer, c->username)) {
             self_row = o;
             self_row.body = NULL; /* freed below; not needed to fail it */
             to_self = 1;
@@ -289,9 +298,13 @@ void hnet_pump_outbox(struct hush_net *n)
     hsdk_unlock(c);
     if (n->pump_err)
         hnet_report(n, n->pump_err, "encrypting an outgoing message failed; will retry");
+    if (!e)
+        hnet_room_done(n); /* a room row finished in the burst: recorded now, the pump goes on */
+    else
+        n->room_done.set = 0; /* rolled back: it is met again */
     if (to_self && !e) {
         /* nothing to deliver to yet, so it fails; the pump goes on behind it */
-        outbox_finished(n, self_row.id, self_row.mid, self_row.kind, HUSH_MSG_FAILED, self_row.peer);
+        hnet_outbox_finished(n, self_row.id, self_row.mid, self_row.kind, HUSH_MSG_FAILED, self_row.peer);
         n->pump_cursor = self_row.id;
         hnet_schedule_send_pass(n);
     }
@@ -359,7 +372,7 @@ static void fail_head_rows(struct hush_net *n, const char *peer)
         }
         if (!match)
             break;
-        outbox_finished(n, o.id, o.mid, o.kind, HUSH_MSG_FAILED, o.peer);
+        hnet_outbox_finished(n, o.id, o.mid, o.kind, HUSH_MSG_FAILED, o.peer);
     }
     n->pump_cursor = 0;
 }
@@ -368,6 +381,7 @@ void hnet_on_fetch_result(struct hush_net *n, const struct req *r, const Hush__R
 {
     n->fetching = 0;
     if (res->code == HUSH__ERROR_CODE__UNKNOWN_USER) {
+        hnet_mark_gone(n, r->peer); /* a room's sends go on without that member */
         fail_head_rows(n, r->peer);
         hnet_report(n, HUSH_ERR_UNKNOWN_USER, r->peer);
         return;
@@ -434,6 +448,7 @@ void hnet_on_fetch_result(struct hush_net *n, const struct req *r, const Hush__R
     if (hsdk_peers_list(c, r->peer, devs, 1) == 0 && strcmp(n->blocked_peer, r->peer) != 0) {
         /* not one usable device (every bundle refused, or none listed): the messages fail now
          * rather than block the outbox with fetches that cannot succeed */
+        hnet_mark_gone(n, r->peer);
         fail_head_rows(n, r->peer);
         return;
     }
@@ -460,7 +475,10 @@ void hnet_on_send_result(struct hush_net *n, const struct req *r, const Hush__Re
         break;
     }
     case HUSH__ERROR_CODE__UNKNOWN_RECIPIENT:
-        /* the device list changed: forget it and this message's ciphertexts, fetch again */
+        /* the device list changed: forget it and this message's ciphertexts, fetch again (a room
+         * member the relay does not know at all, named in the message, is left out from now on) */
+        if (r->peer[0] == '#' && res->message && hsdk_valid_username(res->message))
+            hnet_mark_gone(n, res->message);
         forget_devices(n->c, r->peer);
         forget_envelopes(n->c, r->mid);
         n->pump_cursor = 0;
@@ -479,7 +497,7 @@ void hnet_on_send_result(struct hush_net *n, const struct req *r, const Hush__Re
             snprintf(detail, sizeof detail, "the relay refused every device list for a message to %s; it was not sent",
                      r->peer);
             hnet_report(n, HUSH_ERR_RELAY, detail);
-            outbox_finished(n, r->outbox_id, r->mid, r->kind, HUSH_MSG_FAILED, r->peer);
+            hnet_outbox_finished(n, r->outbox_id, r->mid, r->kind, HUSH_MSG_FAILED, r->peer);
             n->mismatch_rounds = 0;
         } else {
             for (size_t i = 0; i < res->n_mismatches; i++)
@@ -517,6 +535,10 @@ void hnet_send_typing(struct hush_net *n)
         pthread_mutex_unlock(&n->typing_mu);
         if (!peer[0] || n->st != N_ONLINE)
             return;
+        if (peer[0] == '#') {
+            hnet_send_room_typing(n, peer, typing);
+            continue;
+        }
         uint32_t devs[MAX_DEVS];
         int nd = hsdk_peers_list(n->c, peer, devs, MAX_DEVS);
         Hush__Recipient rcs[MAX_DEVS], *rp[MAX_DEVS];
@@ -561,10 +583,30 @@ void hnet_send_typing(struct hush_net *n)
     }
 }
 
+static hush_err typing_request(hush_client *c, const char *peer, int typing);
+
 hush_err hush_typing(hush_client *c, const char *peer, int typing)
 {
     if (!c || !hsdk_valid_username(peer))
         return HUSH_ERR_INVALID_ARG;
+    return typing_request(c, peer, typing);
+}
+
+hush_err hush_group_typing(hush_client *c, const char *group, int typing)
+{
+    uint8_t id[16];
+    size_t n = 0;
+    if (!c || !hsdk_room_is_id(group) || sodium_hex2bin(id, sizeof id, group, HUSH_ROOM_ID_LEN, NULL, &n, NULL) != 0)
+        return HUSH_ERR_INVALID_ARG;
+    char peer[HUSH_USERNAME_MAX + 1];
+    hsdk_room_outbox_peer(id, peer); /* the room, as the network thread names it */
+    return typing_request(c, peer, typing);
+}
+
+/* Queues a typing indicator for a user, or a room ("#..."), at most every NET_TYPING_EVERY_MS
+ * while typing goes on. */
+static hush_err typing_request(hush_client *c, const char *peer, int typing)
+{
     pthread_mutex_lock(&c->net_mu);
     struct hush_net *n = c->net;
     hush_err e = HUSH_ERR_NOT_RUNNING;

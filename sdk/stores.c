@@ -32,6 +32,7 @@
 #define COLS_PRE_KEYS(p) p "id, " p "record, " p "exported"
 #define COLS_SIGNED_PRE_KEYS(p) p "id, " p "record, " p "created_at, " p "retired_at"
 #define COLS_SENDER_KEYS(p) p "group_id, " p "name, " p "device_id, " p "record, " p "user_record"
+#define COLS_ROOMS(p) p "id, " p "version, " p "member, " p "change, " p "key_since"
 #define TAG(t, COLS, p) "hush_row_tag('" t "', " COLS(p) ")"
 #define STEP(tags) "UPDATE meta SET bval = hush_digest_step(bval, " tags ") WHERE key = 'rowdigest'; END"
 #define TRIG_INS(t, COLS) "CREATE TRIGGER " t "_tag_ins AFTER INSERT ON " t " BEGIN " STEP(TAG(t, COLS, "NEW."))
@@ -46,6 +47,7 @@ static const char *const schema_triggers[] = {
     TRIGGER_LIST("local_device", COLS_LOCAL_DEVICE), TRIGGER_LIST("identities", COLS_IDENTITIES),
     TRIGGER_LIST("sessions", COLS_SESSIONS),         TRIGGER_LIST("pre_keys", COLS_PRE_KEYS),
     TRIGGER_LIST("signed_pre_keys", COLS_SIGNED_PRE_KEYS), TRIGGER_LIST("sender_keys", COLS_SENDER_KEYS),
+    TRIGGER_LIST("rooms", COLS_ROOMS),
 };
 
 const char *const hsdk_migrations[] = {
@@ -136,6 +138,18 @@ const char *const hsdk_migrations[] = {
     "  done INTEGER NOT NULL DEFAULT 0, error INTEGER NOT NULL DEFAULT 0, created_at INTEGER NOT NULL,"
     "  pointer BLOB NOT NULL) WITHOUT ROWID;"
     "CREATE INDEX attachments_active ON attachments (created_at) WHERE state IN (1, 4);",
+    /* 6 -> 7: rooms (rooms.c): each room's last accepted change (sealed), and which devices were
+     * handed this device's sender key for it by which send. A room's row is in the row digest: a
+     * rolled-back room would let a removed member's change through again. */
+    "CREATE TABLE rooms ("
+    "  id BLOB PRIMARY KEY, version INTEGER NOT NULL, member INTEGER NOT NULL, change BLOB NOT NULL,"
+    "  key_since INTEGER NOT NULL DEFAULT 0, updated_at INTEGER NOT NULL) WITHOUT ROWID;"
+    "CREATE TABLE room_keys ("
+    "  room BLOB NOT NULL, name TEXT NOT NULL, device_id INTEGER NOT NULL, key_id INTEGER NOT NULL,"
+    "  message_id BLOB NOT NULL, PRIMARY KEY (room, name, device_id)) WITHOUT ROWID;"
+    "CREATE INDEX room_keys_by_message ON room_keys (message_id);"
+    "CREATE INDEX history_by_group ON history (group_id, id) WHERE group_id != '';"
+    TRIGGERS("rooms", COLS_ROOMS),
 };
 const int hsdk_nmigrations = (int)(sizeof hsdk_migrations / sizeof hsdk_migrations[0]);
 
@@ -330,6 +344,7 @@ hush_err hsdk_rowdigest_compute(hush_client *c, uint8_t d[HUSH_ROW_TAG_BYTES])
         "SELECT " TAG("pre_keys", COLS_PRE_KEYS, "") " FROM pre_keys",
         "SELECT " TAG("signed_pre_keys", COLS_SIGNED_PRE_KEYS, "") " FROM signed_pre_keys",
         "SELECT " TAG("sender_keys", COLS_SENDER_KEYS, "") " FROM sender_keys",
+        "SELECT " TAG("rooms", COLS_ROOMS, "") " FROM rooms",
     };
     memset(d, 0, HUSH_ROW_TAG_BYTES);
     for (size_t t = 0; t < sizeof tags / sizeof tags[0]; t++) {

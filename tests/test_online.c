@@ -38,6 +38,8 @@ struct got {
     char from[33];
     char text[128];
     int64_t local_id;
+    int kind;
+    char group[HUSH_GROUP_ID_MAX + 1];
 };
 
 struct rec {
@@ -71,6 +73,9 @@ struct rec {
     int nfile_sent, nfile_ready, nfile_failed, nfile_progress;
     hush_err file_err;
     uint64_t file_done;     /* the last progress reported */
+    int room_typing_on;     /* on_group_typing(typing = 1) */
+    char room_typing_user[33];
+    int room_errors;        /* on_error NOT_ALLOWED / GROUP_CONFLICT */
 };
 
 static void rec_init(struct rec *r)
@@ -104,6 +109,8 @@ static void cb_message(void *ctx, const hush_message *m)
         snprintf(g->from, sizeof g->from, "%s", m->sender);
         snprintf(g->text, sizeof g->text, "%.*s", (int)m->body_len, (const char *)m->body);
         g->local_id = m->local_id;
+        g->kind = m->kind;
+        snprintf(g->group, sizeof g->group, "%s", m->group_id);
     }
     pthread_cond_broadcast(&r->cv);
     pthread_mutex_unlock(&r->mu);
@@ -132,6 +139,20 @@ static void cb_typing(void *ctx, const char *peer, uint32_t dev, int typing)
         r->typing_on++;
     else
         r->typing_off++;
+    pthread_cond_broadcast(&r->cv);
+    pthread_mutex_unlock(&r->mu);
+}
+
+static void cb_group_typing(void *ctx, const char *group, const char *user, uint32_t dev, int typing)
+{
+    (void)group;
+    (void)dev;
+    struct rec *r = ctx;
+    pthread_mutex_lock(&r->mu);
+    if (typing) {
+        r->room_typing_on++;
+        snprintf(r->room_typing_user, sizeof r->room_typing_user, "%s", user);
+    }
     pthread_cond_broadcast(&r->cv);
     pthread_mutex_unlock(&r->mu);
 }
@@ -249,7 +270,7 @@ struct user {
 static hush_callbacks user_callbacks(struct user *u)
 {
     hush_callbacks cb = { &u->r, cb_message, cb_receipt, cb_typing, cb_presence, cb_identity, cb_connection, cb_error,
-                          cb_link_code, cb_devices_changed, cb_file };
+                          cb_link_code, cb_devices_changed, cb_file, cb_group_typing };
     return cb;
 }
 
@@ -1128,7 +1149,7 @@ static void test_receipts_never_backwards(void **state)
     char url[64];
     snprintf(url, sizeof url, "ws://127.0.0.1:%d", relay.port);
     hush_callbacks cb = { &b->r, cb_message_mark_read, cb_receipt, cb_typing, cb_presence, cb_identity, cb_connection,
-                          cb_error, NULL, NULL, NULL };
+                          cb_error, NULL, NULL, NULL, NULL };
     hush_net_opts o = { url, NULL, NULL, 0 };
     assert_int_equal(hush_net_start(b->c, &o, &cb), HUSH_OK);
     assert_int_equal(hush_net_wait_online(b->c, 15000), HUSH_OK);
@@ -1597,7 +1618,7 @@ static void test_prekey_storm_bounded(void **state)
     u->c = open_client("storm", 1, HUSH_DURABILITY_NORMAL);
     char url[64];
     snprintf(url, sizeof url, "ws://127.0.0.1:%d", ntohs(a.sin_port));
-    hush_callbacks cb = { &u->r, cb_message, cb_receipt, cb_typing, cb_presence, cb_identity, cb_connection, cb_error, NULL, NULL, NULL };
+    hush_callbacks cb = { &u->r, cb_message, cb_receipt, cb_typing, cb_presence, cb_identity, cb_connection, cb_error, NULL, NULL, NULL, NULL };
     hush_net_opts o = { url, NULL, NULL, 0 };
     assert_int_equal(hush_net_start(u->c, &o, &cb), HUSH_OK);
     int fd = accept(lfd, NULL, NULL);
@@ -1682,7 +1703,7 @@ static void test_bad_relay(void **state)
     send_text(u, "pam", "this must not be lost", mid);
     char url[64];
     snprintf(url, sizeof url, "ws://127.0.0.1:%d", fk.port);
-    hush_callbacks cb = { &u->r, cb_message, cb_receipt, cb_typing, cb_presence, cb_identity, cb_connection, cb_error, NULL, NULL, NULL };
+    hush_callbacks cb = { &u->r, cb_message, cb_receipt, cb_typing, cb_presence, cb_identity, cb_connection, cb_error, NULL, NULL, NULL, NULL };
     hush_net_opts o = { url, NULL, NULL, 0 };
     assert_int_equal(hush_net_start(u->c, &o, &cb), HUSH_OK);
     for (int i = 0; i < 300 && fk.conns < 6; i++) /* backoff: 0.25 s doubling, so ~8 s for 6 */
@@ -2929,6 +2950,199 @@ static void test_cli_files(void **state)
     assert_int_equal(relay_stop(&relay, SIGTERM), 0);
 }
 
+/* ------------------------------------------------------------------------------------------ */
+/* rooms */
+
+/* Messages of `kind` in room `group` from `from` (text NULL: any text, else containing it). */
+static int room_count(struct user *u, int kind, const char *group, const char *from, const char *text)
+{
+    int n = 0;
+    pthread_mutex_lock(&u->r.mu);
+    for (int i = 0; i < u->r.nmsgs; i++) {
+        const struct got *g = &u->r.msgs[i];
+        if (g->kind == kind && !strcmp(g->group, group) && !strcmp(g->from, from) && (!text || strstr(g->text, text)))
+            n++;
+    }
+    pthread_mutex_unlock(&u->r.mu);
+    return n;
+}
+
+static int wait_room(struct user *u, int kind, const char *group, const char *from, const char *text, int want, int ms)
+{
+    for (int i = 0; i < ms / 20; i++) {
+        if (room_count(u, kind, group, from, text) >= want)
+            return 1;
+        struct timespec ts = { 0, 20000000L };
+        nanosleep(&ts, NULL);
+    }
+    return room_count(u, kind, group, from, text) >= want;
+}
+
+static void copy_file(const char *from, const char *to)
+{
+    FILE *a = fopen(from, "rb"), *b = fopen(to, "wb");
+    assert_non_null(b);
+    if (a) {
+        char buf[65536];
+        size_t n;
+        while ((n = fread(buf, 1, sizeof buf, a)) > 0)
+            assert_int_equal(fwrite(buf, 1, n, b), n);
+        fclose(a);
+    }
+    fclose(b);
+}
+
+/* Rooms over the relay: three users, one with two devices. Everyone learns the room and its
+ * messages (each device once); a member's other device sees its sends; non-admins cannot change
+ * it; a removed member gets nothing more, and a copy of its database made before the removal
+ * (every old key kept) cannot read what comes after; a member offline during three changes
+ * catches up in order; a re-added member reads again; typing reaches the room. */
+static void test_rooms_online(void **state)
+{
+    (void)state;
+    struct relay_proc relay;
+    relay_start(&relay, "roomsnet", NULL);
+    struct user *a = user_new(&relay, "roma"), *b = user_new(&relay, "remy"), *c = user_new(&relay, "ruby");
+    uint32_t dev2 = 0;
+    hush_err le = HUSH_OK;
+    struct user *b2 = user_link(&relay, b, "remy2", &dev2, &le);
+    assert_int_equal(le, HUSH_OK);
+    const char *members[] = { "remy", "ruby" };
+    char id[HUSH_ROOM_ID_LEN + 1];
+    assert_int_equal(hush_group_create(a->c, "team", members, 2, id), HUSH_OK);
+    assert_true(wait_room(b, HUSH_KIND_GROUP_CHANGE, id, "roma", "created the room", 1, 15000));
+    assert_true(wait_room(b2, HUSH_KIND_GROUP_CHANGE, id, "roma", "created the room", 1, 15000));
+    assert_true(wait_room(c, HUSH_KIND_GROUP_CHANGE, id, "roma", "created the room", 1, 15000));
+    hush_group_state *g = NULL;
+    assert_int_equal(hush_group_info(c->c, id, &g), HUSH_OK);
+    assert_string_equal(g->name, "team");
+    assert_int_equal(g->n_members, 3);
+    assert_true(g->is_member);
+    assert_false(g->is_admin);
+    hush_group_state_free(g, 1);
+
+    /* a message reaches every member device once; the sender sees it SENT */
+    uint8_t mid[16];
+    assert_int_equal(hush_group_send(a->c, id, (const uint8_t *)"hello room", 10, mid), HUSH_OK);
+    assert_true(wait_room(b, HUSH_KIND_GROUP_TEXT, id, "roma", "hello room", 1, 15000));
+    assert_true(wait_room(b2, HUSH_KIND_GROUP_TEXT, id, "roma", "hello room", 1, 15000));
+    assert_true(wait_room(c, HUSH_KIND_GROUP_TEXT, id, "roma", "hello room", 1, 15000));
+    assert_true(wait_state(a, mid, HUSH_MSG_SENT, 15000));
+    /* from a member with two devices: the other device shows it as sent */
+    assert_int_equal(hush_group_send(b->c, id, (const uint8_t *)"from remy", 9, NULL), HUSH_OK);
+    assert_true(wait_room(a, HUSH_KIND_GROUP_TEXT, id, "remy", "from remy", 1, 15000));
+    assert_true(wait_room(c, HUSH_KIND_GROUP_TEXT, id, "remy", "from remy", 1, 15000));
+    assert_true(wait_count(&b2->r, &b2->r.nsent_elsewhere, 1, 15000));
+    /* typing reaches the room's members whose devices are online */
+    assert_int_equal(hush_group_typing(b->c, id, 1), HUSH_OK);
+    assert_true(wait_count(&a->r, &a->r.room_typing_on, 1, 15000));
+    assert_string_equal(a->r.room_typing_user, "remy");
+    /* non-admins cannot change it */
+    const char *x[] = { "roma" };
+    assert_int_equal(hush_group_add(c->c, id, x, 1), HUSH_ERR_NOT_ALLOWED);
+    assert_int_equal(hush_group_remove(c->c, id, "remy"), HUSH_ERR_NOT_ALLOWED);
+
+    /* ruby keeps a copy of her database as it is now, every key in it */
+    hush_client_close(c->c);
+    static const char *const sfx[] = { ".db", ".db-wal", ".db-shm" };
+    for (int i = 0; i < 3; i++) {
+        char f1[64], f2[64], p1[600];
+        snprintf(f1, sizeof f1, "ruby%s", sfx[i]);
+        snprintf(f2, sizeof f2, "rubyold%s", sfx[i]);
+        snprintf(p1, sizeof p1, "%s", tpath(f1));
+        copy_file(p1, tpath(f2));
+    }
+    c->c = open_client("ruby", 1, HUSH_DURABILITY_NORMAL);
+    user_start(c, &relay);
+    /* removed: she is told, and nothing after reaches her */
+    assert_int_equal(hush_group_remove(a->c, id, "ruby"), HUSH_OK);
+    assert_true(wait_room(c, HUSH_KIND_GROUP_CHANGE, id, "roma", "removed ruby", 1, 15000));
+    assert_true(wait_room(b, HUSH_KIND_GROUP_CHANGE, id, "roma", "removed ruby", 1, 15000));
+    assert_true(wait_room(b2, HUSH_KIND_GROUP_CHANGE, id, "roma", "removed ruby", 1, 15000));
+    assert_int_equal(hush_group_info(c->c, id, &g), HUSH_OK);
+    assert_false(g->is_member);
+    hush_group_state_free(g, 1);
+    assert_int_equal(hush_group_send(c->c, id, (const uint8_t *)"still here?", 11, NULL), HUSH_ERR_NOT_ALLOWED);
+    hush_net_stop(b2->c); /* so the next message waits at the relay for it */
+    assert_int_equal(hush_group_send(a->c, id, (const uint8_t *)"after removal", 13, mid), HUSH_OK);
+    assert_true(wait_room(b, HUSH_KIND_GROUP_TEXT, id, "roma", "after removal", 1, 15000));
+    assert_true(wait_state(a, mid, HUSH_MSG_SENT, 15000));
+    /* the ciphertext as the relay holds it (stored once, for remy's offline device) */
+    char dbp[600];
+    snprintf(dbp, sizeof dbp, "%s", relay.db);
+    sqlite3 *rdb = NULL;
+    assert_int_equal(sqlite3_open_v2(dbp, &rdb, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    sqlite3_stmt *q = NULL;
+    assert_int_equal(sqlite3_prepare_v2(rdb, "SELECT data FROM payloads ORDER BY id DESC LIMIT 1", -1, &q, NULL),
+                     SQLITE_OK);
+    assert_int_equal(sqlite3_step(q), SQLITE_ROW);
+    size_t plen = (size_t)sqlite3_column_bytes(q, 0);
+    uint8_t *payload = malloc(plen);
+    memcpy(payload, sqlite3_column_blob(q, 0), plen);
+    sqlite3_finalize(q);
+    sqlite3_close(rdb);
+    uint8_t okey[HUSH_DB_KEY_BYTES];
+    test_key("ruby", okey);
+    hush_client *old = NULL;
+    assert_int_equal(hush_client_open(tpath("rubyold.db"), okey, NULL, &old), HUSH_OK);
+    hush_message *m = NULL;
+    hush_err de = hush_decrypt(old, "roma", 1, payload, plen, &m);
+    assert_int_equal(de, HUSH_ERR_NO_GROUP_SESSION); /* roma's key was replaced at the removal */
+    assert_null(m);
+    hush_client_close(old);
+    free(payload);
+    assert_int_equal(room_count(c, HUSH_KIND_GROUP_TEXT, id, "roma", "after removal"), 0);
+    user_start(b2, &relay);
+    assert_true(wait_room(b2, HUSH_KIND_GROUP_TEXT, id, "roma", "after removal", 1, 15000));
+
+    /* remy's first device is offline during three changes, then catches up in order */
+    hush_net_stop(b->c);
+    assert_int_equal(hush_group_rename(a->c, id, "team2"), HUSH_OK);
+    const char *back[] = { "ruby" };
+    assert_int_equal(hush_group_add(a->c, id, back, 1), HUSH_OK);
+    assert_int_equal(hush_group_promote(a->c, id, "remy"), HUSH_OK);
+    assert_int_equal(hush_net_flush(a->c, 15000), HUSH_OK);
+    user_start(b, &relay);
+    assert_true(wait_room(b, HUSH_KIND_GROUP_CHANGE, id, "roma", "is now an admin", 1, 15000));
+    assert_int_equal(room_count(b, HUSH_KIND_GROUP_CHANGE, id, "roma", "renamed"), 1);
+    assert_int_equal(room_count(b, HUSH_KIND_GROUP_CHANGE, id, "roma", "added ruby"), 1);
+    assert_int_equal(hush_group_info(b->c, id, &g), HUSH_OK);
+    assert_string_equal(g->name, "team2");
+    assert_int_equal(g->version, 5);
+    assert_int_equal(g->n_members, 3);
+    assert_true(g->is_admin);
+    hush_group_state_free(g, 1);
+    /* ruby is back and reads what comes now */
+    assert_true(wait_room(c, HUSH_KIND_GROUP_CHANGE, id, "roma", "added ruby", 1, 15000));
+    assert_int_equal(hush_group_send(a->c, id, (const uint8_t *)"welcome back", 12, NULL), HUSH_OK);
+    assert_true(wait_room(c, HUSH_KIND_GROUP_TEXT, id, "roma", "welcome back", 1, 15000));
+    /* she leaves: the others see it */
+    assert_int_equal(hush_group_leave(c->c, id), HUSH_OK);
+    assert_true(wait_room(a, HUSH_KIND_GROUP_CHANGE, id, "ruby", "ruby left", 1, 15000));
+    assert_int_equal(hush_group_info(a->c, id, &g), HUSH_OK);
+    assert_int_equal(g->n_members, 2);
+    hush_group_state_free(g, 1);
+    /* nothing was reported twice, and the history holds the room as it went */
+    assert_int_equal(a->r.dup_local + b->r.dup_local + b2->r.dup_local + c->r.dup_local, 0);
+    assert_int_equal(room_count(b2, HUSH_KIND_GROUP_TEXT, id, "roma", "hello room"), 1);
+    hush_history_entry *h = NULL;
+    size_t n = 0;
+    assert_int_equal(hush_group_history(b->c, id, 0, 100, &h, &n), HUSH_OK);
+    int texts = 0, changes = 0;
+    for (size_t i = 0; i < n; i++) {
+        texts += h[i].kind == HUSH_KIND_GROUP_TEXT;
+        changes += h[i].kind == HUSH_KIND_GROUP_CHANGE;
+    }
+    assert_int_equal(texts, 4);   /* hello room, from remy (ours), after removal, welcome back */
+    assert_int_equal(changes, 6); /* created, removed, renamed, added, promoted, left */
+    hush_history_free(h, n);
+    user_free(a);
+    user_free(b);
+    user_free(b2);
+    user_free(c);
+    assert_int_equal(relay_stop(&relay, SIGTERM), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -2958,6 +3172,7 @@ int main(void)
         cmocka_unit_test(test_callback_thread_and_self_stop),
         cmocka_unit_test(test_sigpipe_handler_kept),
         cmocka_unit_test(test_linked_devices),
+        cmocka_unit_test(test_rooms_online),
         cmocka_unit_test(test_cli_two_devices),
         cmocka_unit_test(test_device_removal),
         cmocka_unit_test(test_recovery),

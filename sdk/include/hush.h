@@ -103,12 +103,18 @@ typedef enum hush_err {
                                   rows removed, added or rolled back (a restored old copy, a planted
                                   trigger). Refused: using it could reuse message keys or trust a key
                                   nobody verified. Recover or link this device again on a new database */
-    HUSH_ERR_PUSH_GONE         /* (on_error) the push service said this device's push endpoint no
+    HUSH_ERR_PUSH_GONE,        /* (on_error) the push service said this device's push endpoint no
                                   longer exists: libhush forgot it; ask the push distributor for a
                                   new one and pass it to hush_push_register */
+    HUSH_ERR_NOT_ALLOWED,      /* a room: this user is not a member, or not an admin for that change;
+                                  (on_error) a room message or change from someone not allowed to
+                                  send it was dropped */
+    HUSH_ERR_GROUP_CONFLICT    /* (on_error) a room change that does not follow the room's current
+                                  version (replayed, missed or made at the same time as another
+                                  admin's) was rejected: the room stays as it was */
 } hush_err;
 
-#define HUSH_ERR_LAST HUSH_ERR_PUSH_GONE
+#define HUSH_ERR_LAST HUSH_ERR_GROUP_CONFLICT
 
 /* Never NULL; static storage. */
 const char *hush_strerror(hush_err err);
@@ -237,9 +243,12 @@ typedef enum hush_kind {
                                      user, `conversation` the peer it went to; stored as sent */
     HUSH_KIND_READ_ELSEWHERE = 7, /* another device of this user marked messages read (body: state byte,
                                      then message ids); the history's read marks follow it */
-    HUSH_KIND_FILE = 8            /* a file (body: its name); details and download through
+    HUSH_KIND_FILE = 8,           /* a file (body: its name); details and download through
                                      hush_attachment_get / hush_attachment_download. From another
                                      device of this user (`sender` is this user): a file it sent */
+    HUSH_KIND_GROUP_CHANGE = 9    /* a room's membership or name changed (group_id: the room; body:
+                                     what happened, in words, e.g. "ann added bob"; sender: who
+                                     made the change). hush_group_info has the room as it is now */
 } hush_kind;
 
 typedef struct hush_message {
@@ -356,6 +365,69 @@ HUSH_MUST_CHECK hush_err hush_history_mark_read(hush_client *c, int64_t local_id
 HUSH_MUST_CHECK hush_err hush_history_delete(hush_client *c, int64_t local_id);
 
 /*
+ * Rooms: groups over the network (see docs/PROTOCOL.md, "Rooms"). A room has a random id (32
+ * hexadecimal characters: what the relay and every function here use), a name (1..64 bytes of
+ * UTF-8: what people see; not unique), members and admins. Its members' devices hold it: every
+ * change is signed by its author's identity key and sent, end to end encrypted, to every device
+ * of every member (and of the members it removes); a device applies a change only from an admin
+ * of the room as it knows it (or a member leaving), at exactly the next version, following
+ * exactly the state it holds. The relay never learns names or members, only which devices a
+ * message goes to. Messages to a room are encrypted once with this device's sender key; devices
+ * that lack the key get it pairwise in the same send. The key is replaced when a member or one of
+ * a member's devices goes, and every 14 days, so someone removed cannot read what comes after.
+ *
+ * Each change or message is committed before the function returns and sent by the network thread
+ * (hush_net_start) like hush_send's messages. Changes arrive as messages of kind
+ * HUSH_KIND_GROUP_CHANGE, room texts as HUSH_KIND_GROUP_TEXT (group_id: the room).
+ * - create: a new room with this user (admin) and `members` (1..HUSH_ROOM_MAX_MEMBERS - 1 other
+ *   users); id_out receives its id.
+ * - add / remove / promote / rename: admins only (HUSH_ERR_NOT_ALLOWED otherwise). remove takes
+ *   one user (not this one: use leave).
+ * - leave: this user leaves (the last admin leaving makes the first remaining member an admin).
+ * - send: a text to every member (HUSH_ERR_NOT_ALLOWED when this user is no longer a member).
+ *   The message id (for hush_message_state) is written to message_id_out when not NULL.
+ * - info: the room as this device knows it (*out: hush_group_state_free(*out, 1)); list: every
+ *   room this device knows, newest change first (*out: an array of *count, hush_group_state_free).
+ * - history: like hush_history_list, for the room (entries' peer: who wrote it).
+ * Errors: HUSH_ERR_INVALID_ARG (bad name, user or id), HUSH_ERR_NOT_FOUND (no such room),
+ * HUSH_ERR_NOT_ALLOWED, HUSH_ERR_TOO_BIG (too many members), HUSH_ERR_STORAGE.
+ */
+#define HUSH_ROOM_ID_LEN 32
+#define HUSH_ROOM_NAME_MAX 64
+#define HUSH_ROOM_MAX_MEMBERS 1000
+
+typedef struct hush_group_state {
+    char id[HUSH_ROOM_ID_LEN + 1];
+    char name[HUSH_ROOM_NAME_MAX + 1];
+    uint64_t version;            /* 1 at creation, +1 at every change */
+    int is_member;               /* this user is in the room (0: left or removed; history remains) */
+    int is_admin;
+    size_t n_members;
+    char (*members)[HUSH_USERNAME_MAX + 1]; /* n_members usernames */
+    uint8_t *admin;              /* n_members flags: 1 when members[i] is an admin */
+    uint64_t changed_at_ms;      /* when the last change was made (its author's clock) */
+} hush_group_state;
+
+HUSH_MUST_CHECK hush_err hush_group_create(hush_client *c, const char *name, const char *const *members, size_t n,
+                                           char id_out[HUSH_ROOM_ID_LEN + 1]);
+HUSH_MUST_CHECK hush_err hush_group_add(hush_client *c, const char *group, const char *const *users, size_t n);
+HUSH_MUST_CHECK hush_err hush_group_remove(hush_client *c, const char *group, const char *user);
+HUSH_MUST_CHECK hush_err hush_group_promote(hush_client *c, const char *group, const char *user);
+HUSH_MUST_CHECK hush_err hush_group_rename(hush_client *c, const char *group, const char *name);
+HUSH_MUST_CHECK hush_err hush_group_leave(hush_client *c, const char *group);
+HUSH_MUST_CHECK hush_err hush_group_send(hush_client *c, const char *group, const uint8_t *text, size_t len,
+                                         uint8_t message_id_out[HUSH_MESSAGE_ID_BYTES]);
+/* Tells the room's members whose devices are online (and hold this device's key) that this user
+ * is typing (1) or stopped (0): never stored, sent at most every few seconds like hush_typing.
+ * HUSH_ERR_NOT_RUNNING without the network thread. */
+HUSH_MUST_CHECK hush_err hush_group_typing(hush_client *c, const char *group, int typing);
+HUSH_MUST_CHECK hush_err hush_group_info(hush_client *c, const char *group, hush_group_state **out);
+HUSH_MUST_CHECK hush_err hush_group_list(hush_client *c, hush_group_state **out, size_t *count);
+void hush_group_state_free(hush_group_state *states, size_t count);
+HUSH_MUST_CHECK hush_err hush_group_history(hush_client *c, const char *group, int64_t before_local_id, int limit,
+                                            hush_history_entry **out, size_t *count);
+
+/*
  * Outbox (sealed at rest): messages the app has handed over but the relay has not acknowledged.
  * hush_outbox_put writes the row (with a fresh stable message id) and commits before returning;
  * hush_outbox_next returns the oldest pending row; hush_outbox_done removes it once acknowledged.
@@ -363,7 +435,7 @@ HUSH_MUST_CHECK hush_err hush_history_delete(hush_client *c, int64_t local_id);
  */
 typedef struct hush_outbox_entry {
     int64_t local_id;
-    char peer[HUSH_USERNAME_MAX + 1];
+    char peer[HUSH_USERNAME_MAX + 1]; /* the user; a room's rows: '#' and 22 characters */
     uint8_t message_id[HUSH_MESSAGE_ID_BYTES];
     uint64_t created_at_ms;
     uint32_t attempts;
@@ -446,6 +518,8 @@ typedef struct hush_callbacks {
      * (at most ten times a second), then once SENT, READY or FAILED (err says why) */
     void (*on_file)(void *ctx, const uint8_t message_id[HUSH_MESSAGE_ID_BYTES], int state, uint64_t done,
                     uint64_t total, hush_err err);
+    /* a member of room `group` (its id) started or stopped typing there (hush_group_typing) */
+    void (*on_group_typing)(void *ctx, const char *group, const char *user, uint32_t device_id, int typing);
 } hush_callbacks;
 
 typedef struct hush_net_opts {

@@ -431,7 +431,7 @@ static void n_start(JNIEnv *env, jclass cls, jlong hh, jstring url, jstring invi
     }
     hush_net_opts o = { u[0] ? u : NULL, inv[0] ? inv : NULL, ca[0] ? ca : NULL, insecure ? 1 : 0 };
     hush_callbacks cb = { h,        cb_message, cb_receipt, cb_typing,    cb_presence,       cb_identity,
-                          cb_connection, cb_error, cb_link_code, cb_devices_changed, cb_file };
+                          cb_connection, cb_error, cb_link_code, cb_devices_changed, cb_file, NULL };
     hush_err e = mode == 1   ? hush_net_start_link(h->c, &o, &cb)
                  : mode == 2 ? hush_net_start_recover(h->c, &o, &cb, ru, rc)
                              : hush_net_start(h->c, &o, &cb);
