@@ -207,6 +207,8 @@ static int g_lock_fd = -1;
 /* 1: this process may connect; 0: another does (described in who); -1: error (printed). */
 static int take_owner(const char *cmd, char *who, size_t whocap)
 {
+    if (g_lock_fd >= 0)
+        return 1; /* taken already by this process */
     char path[PATH_MAX + 8];
     snprintf(path, sizeof path, "%s.lock", cli_db);
     int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
@@ -1034,9 +1036,13 @@ static int valid_name(const char *u)
 
 static int start_net(hush_client *c, const struct opts *o)
 {
+    if (g_client == c)
+        return 0; /* started already (a room looked up online first) */
     hush_net_opts no = { o->relay, o->invite, o->ca_file, o->insecure };
     g_client = c;
     hush_err e = hush_net_start(c, &no, &g_cb);
+    if (e)
+        g_client = NULL;
     if (e == HUSH_ERR_INVALID_ARG && o->relay)
         fprintf(stderr, "hush: %s: %s\n", o->relay,
                 url_problem(o->relay) ? url_problem(o->relay) : "not a relay URL this version can use");
@@ -1710,13 +1716,30 @@ static int cmd_get(int argc, char **argv)
 /* ROOM as typed: "#NAME" or NAME (its name), or its id (32 hex digits, or the first 6 or more).
  * 0 with the id in out; otherwise said, and 1 (no such room) or 2 (ambiguous). Rooms this user is
  * in come before rooms it left. */
-static int room_arg(hush_client *c, const char *cmd, const char *arg, char out[HUSH_ROOM_ID_LEN + 1])
+static int room_arg(hush_client *c, const char *cmd, const char *arg, char out[HUSH_ROOM_ID_LEN + 1], struct opts *o)
 {
     hush_group_state *g = NULL;
     size_t n = 0;
     hush_err e = hush_group_list(c, &g, &n);
     if (e)
         return cli_die(cmd, e);
+    const char *want = arg[0] == '#' ? arg + 1 : arg;
+    int any = 0;
+    for (size_t i = 0; i < n && !any; i++)
+        any = !strcmp(g[i].name, want) || !strncmp(g[i].id, want, strlen(want));
+    char who[128];
+    if (!any && o && take_owner(cmd, who, sizeof who) == 1 && start_net(c, o) == 0) {
+        /* not known here yet: maybe it waits at the relay (an invitation not yet received) */
+        int quiet = g_quiet;
+        g_quiet = 1;
+        BEST_EFFORT(hush_net_wait_drained(c, o->wait_s * 1000));
+        g_quiet = quiet;
+        hush_group_state_free(g, n);
+        g = NULL;
+        n = 0;
+        if ((e = hush_group_list(c, &g, &n)))
+            return cli_die(cmd, e);
+    }
     const char *name = arg[0] == '#' ? arg + 1 : arg;
     size_t nl = strlen(name);
     int hexish = arg[0] != '#' && nl >= 6 && nl <= HUSH_ROOM_ID_LEN && strspn(name, "0123456789abcdef") == nl;
@@ -1774,6 +1797,7 @@ static void print_room(const hush_group_state *g, int members)
 /* A room change was queued: this process sends it (unless another owns the database). */
 static int finish_change(hush_client *c, struct opts *o, const char *what)
 {
+    g_quiet = 1; /* what arrives meanwhile is stored, not printed (`hush listen` shows it) */
     char who[128];
     int own = take_owner("group", who, sizeof who);
     hush_err e = HUSH_OK;
@@ -1853,7 +1877,7 @@ static int cmd_group(int argc, char **argv)
         snprintf(what, sizeof what, "created #%s (id %s)", t ? t : "?", id);
         free(t);
     } else {
-        if ((r = room_arg(c, "group", a[0], id))) {
+        if ((r = room_arg(c, "group", a[0], id, &o))) {
             hush_client_close(c);
             return r;
         }
@@ -1933,8 +1957,13 @@ static int finish_send(hush_client *c, struct opts *opt, const char *cmd, const 
     if (g_quiet_msgs)
         printf("(%d new message(s) arrived meanwhile: hush history USER shows them)\n", g_quiet_msgs);
     char *t = shown(to, strlen(to));
+    if (st == HUSH_MSG_FAILED && to[0] == '#') {
+        fprintf(stderr, "hush %s: %s: the message was not sent (you are no longer in that room)\n", cmd, t);
+        free(t);
+        return 1;
+    }
     if (st == HUSH_MSG_FAILED) {
-        fprintf(stderr, "hush %s: %s: the message could not be delivered (no such user or room, or no usable key)\n", cmd, t);
+        fprintf(stderr, "hush %s: %s: the message could not be delivered (no such user, or no usable key)\n", cmd, t);
         free(t);
         return 1;
     }
@@ -1977,7 +2006,7 @@ static int cmd_send(int argc, char **argv)
         /* a room: once, encrypted with this device's key, to every member's devices */
         char id[HUSH_ROOM_ID_LEN + 1];
         uint8_t mid[16];
-        if ((r = room_arg(c, "send", to, id))) {
+        if ((r = room_arg(c, "send", to, id, &o))) {
             hush_client_close(c);
             return r;
         }
@@ -2092,7 +2121,7 @@ static int cmd_history(int argc, char **argv)
     hush_history_entry *h = NULL;
     size_t n = 0;
     char room[HUSH_ROOM_ID_LEN + 1] = "";
-    if (argv[optind][0] == '#' && (r = room_arg(c, "history", argv[optind], room))) {
+    if (argv[optind][0] == '#' && (r = room_arg(c, "history", argv[optind], room, &o))) {
         hush_client_close(c);
         return r;
     }
@@ -2335,7 +2364,7 @@ static int cmd_chat(int argc, char **argv)
     if ((r = cli_open_db(0, &c)))
         return r;
     if (in_room) {
-        if ((r = room_arg(c, "chat", peer, g_room_filter))) {
+        if ((r = room_arg(c, "chat", peer, g_room_filter, &o))) {
             hush_client_close(c);
             return r;
         }

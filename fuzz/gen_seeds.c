@@ -423,6 +423,42 @@ int main(int argc, char **argv)
         put("attachment", "served", &m2, 1, file, 4000);
     }
 
+    /* room: a change as sent (mode 0: its signature is nobody's) and states for the admin to sign
+     * (mode 1): the next version of the shared room (its id and prev_hash left zero: the harness
+     * fills them in), and one that skips a version (fuzz/fuzz_room.c) */
+    {
+        uint8_t zid[16] = { 0 }, zhash[32] = { 0 }, rsig[64] = { 4 }, m0 = 0, m1 = 1;
+        char *members[] = { "nora", "otto", "pia" }, *admins[] = { "nora" }, *removed[] = { "quin" };
+        Hush__RoomState st = HUSH__ROOM_STATE__INIT;
+        st.room_id.data = zid;
+        st.room_id.len = 16;
+        st.name = "fuzz";
+        st.members = members;
+        st.n_members = 3;
+        st.admins = admins;
+        st.n_admins = 1;
+        st.version = 2;
+        st.prev_hash.data = zhash;
+        st.prev_hash.len = 32;
+        st.author = "nora";
+        st.changed_at_ms = 1764550000000ull;
+        uint8_t sb[512], cb[700];
+        size_t sl = hush__room_state__pack(&st, sb);
+        put("room", "state-next", &m1, 1, sb, sl);
+        Hush__RoomChange ch = HUSH__ROOM_CHANGE__INIT;
+        ch.state.data = sb;
+        ch.state.len = sl;
+        ch.signature.data = rsig;
+        ch.signature.len = 64;
+        size_t cl = hush__room_change__pack(&ch, cb);
+        put("room", "change", &m0, 1, cb, cl);
+        st.version = 3;
+        st.removed = removed;
+        st.n_removed = 1;
+        sl = hush__room_state__pack(&st, sb);
+        put("room", "state-gap", &m1, 1, sb, sl);
+    }
+
     /* blobs: op (kind in the low 3 bits, the upload in bits 3-4) then a 2-byte argument: an upload
      * created and filled, read back by both users, a wrong offset, status, a wrong digest, and
      * one over the limit (fuzz/fuzz_blobs.c) */

@@ -125,7 +125,8 @@ static hush_err decrypt_locked(hush_client *c, const char *peer, uint32_t dev, c
     int own = !strcmp(peer, c->username);
     int sync = content->sync_peer && *content->sync_peer;
     int room = is_group || content->kind == HUSH__CONTENT_KIND__CONTENT_SENDER_KEY ||
-               content->kind == HUSH__CONTENT_KIND__CONTENT_ROOM_CHANGE;
+               content->kind == HUSH__CONTENT_KIND__CONTENT_ROOM_CHANGE ||
+               (content->kind == HUSH__CONTENT_KIND__CONTENT_TYPING && content->group_id[0]);
     struct hsdk_room_event ev;
     const uint8_t *shown = content->body.data; /* what the app is shown: the body, or words */
     size_t shown_len = content->body.len;
@@ -226,11 +227,14 @@ static hush_err decrypt_locked(hush_client *c, const char *peer, uint32_t dev, c
         kind = HUSH_KIND_RECEIPT;
         e = hsdk_apply_receipt(c, peer, content->body.data[0], content->body.data + 1, (n - 1) / HUSH_MESSAGE_ID_BYTES);
     } else if (content->kind == HUSH__CONTENT_KIND__CONTENT_TYPING) {
-        if (content->body.len != 1 || (is_group && strcmp(content->group_id, env->group_id) != 0)) {
+        /* to a room: under the sender's key, or pairwise naming the room (before its first message) */
+        int in_room = is_group || content->group_id[0];
+        if (content->body.len != 1 || (is_group && strcmp(content->group_id, env->group_id) != 0) ||
+            (in_room && !hsdk_room_is_id(content->group_id))) {
             e = HUSH_ERR_BAD_MESSAGE;
             goto fail;
         }
-        if (is_group && (e = hsdk_room_message_allowed(c, env->group_id, peer)))
+        if (in_room && (e = hsdk_room_message_allowed(c, content->group_id, peer)))
             goto fail;
         kind = HUSH_KIND_TYPING;
     } else {
@@ -249,7 +253,8 @@ static hush_err decrypt_locked(hush_client *c, const char *peer, uint32_t dev, c
     size_t body_len = file ? strlen(file->file_name) : shown_len;
     const char *group = kind == HUSH_KIND_GROUP_KEY ? content->group_id
                         : kind == HUSH_KIND_GROUP_CHANGE ? ev.hex
-                        : is_group ? env->group_id : "";
+                        : is_group ? env->group_id
+                        : kind == HUSH_KIND_TYPING ? content->group_id : "";
     e = new_message(peer, dev, kind, content, body, body_len, group, local_id, out);
     if (e == HUSH_OK)
         snprintf((*out)->conversation, sizeof (*out)->conversation, "%s", sync ? content->sync_peer : peer);

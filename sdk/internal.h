@@ -262,6 +262,12 @@ void hsdk_unlock(hush_client *c);
 /* Validation */
 int hsdk_valid_username(const char *s);
 int hsdk_valid_group_id(const char *s);
+/* A room's id as the API names it (32 lowercase hex digits); the outbox's name for a room ("#"
+ * and the id in 22 characters of base64: the peer column holds a username's length), and back
+ * (1 when it is one). */
+int hsdk_room_is_id(const char *s);
+void hsdk_room_outbox_peer(const uint8_t id[16], char out[HUSH_USERNAME_MAX + 1]);
+int hsdk_room_outbox_id(const char *peer, uint8_t id[16]);
 /* Device ids are 1..INT32_MAX (libsignal stores them as int). */
 int hsdk_valid_device(uint32_t d);
 uint64_t hsdk_now_ms(void);
@@ -401,10 +407,6 @@ struct hsdk_room_event {
     char hex[HUSH_ROOM_ID_LEN + 1];
     char text[512];
 };
-int hsdk_room_is_id(const char *s);
-/* The outbox's name for a room ("#" and 22 characters), and back (1 when it is one). */
-void hsdk_room_outbox_peer(const uint8_t id[16], char out[HUSH_USERNAME_MAX + 1]);
-int hsdk_room_outbox_id(const char *peer, uint8_t id[16]);
 int hsdk_room_name_ok(const char *s, size_t len);
 /* A RoomChange parsed and its state checked (sizes, names, lists); HUSH_ERR_BAD_MESSAGE otherwise.
  * On success r is the caller's (hsdk_room_release); nothing to release on error. */

@@ -27,6 +27,8 @@
 #define NET_MAX_FRAME (1024 * 1024)
 #define NET_MAX_INFLIGHT 32
 #define NET_MAX_GONE 16
+/* typing in a room before this device has a key for it: pairwise copies, to at most this many devices */
+#define NET_ROOM_TYPING_PAIRWISE 32
 #define NET_MAX_REQS 128
 #define NET_BACKOFF_MIN_MS 250
 #define NET_BACKOFF_MAX_MS 30000
@@ -292,8 +294,12 @@ void hnet_send_typing(struct hush_net *n);
  * pumps the outbox. schedule: after the frames already read in this pass of the event loop. */
 void hnet_record_sent(struct hush_net *n, int report);
 void hnet_schedule_send_pass(struct hush_net *n);
-/* What the room sender shares with the pairwise one: fetch a user's devices; our own other
- * devices (-1: never fetched); an outbox row done (removed, its state set and reported). */
+
+/* net_outbox.c: what the pairwise sender (net_send.c) and the room sender share. has_state:
+ * the kinds whose state the app follows (texts, files); request_fetch: ask for a user's devices;
+ * own_other_devices: ours as last listed (-1: never fetched); outbox_finished: a row done
+ * (removed, its state set and reported). */
+int hnet_has_state(int kind);
 void hnet_request_fetch(struct hush_net *n, const char *peer);
 int hnet_own_other_devices(hush_client *c, uint32_t *devs, int max);
 void hnet_outbox_finished(struct hush_net *n, int64_t outbox_id, const uint8_t mid[16], int kind, int state,
@@ -304,9 +310,11 @@ void hnet_outbox_finished(struct hush_net *n, int64_t outbox_id, const uint8_t m
  * retry later, or the row is finished: n->room_done, which the pump records once the lock is
  * released). Called by the pump, lock held, inside its transaction. */
 int hnet_send_room_row(struct hush_net *n, struct orow *o);
-void hnet_room_done(struct hush_net *n);
-/* A typing indicator to a room ("#..."): encrypted with this device's key, ephemeral, to the
- * members' devices that hold the key (none when there is no key yet). */
+/* Records the room row finished in the pump's burst, if any (1: the pump should go on). */
+int hnet_room_done(struct hush_net *n);
+/* A typing indicator to a room ("#..."), ephemeral: encrypted with this device's key to the
+ * members' devices that hold it; before the first message (no key yet), pairwise copies to the
+ * member devices with a session, at most NET_ROOM_TYPING_PAIRWISE. */
 void hnet_send_room_typing(struct hush_net *n, const char *peer, int typing);
 /* Users the relay says do not exist: room sends skip them (this connection's life). */
 int hnet_user_gone(const struct hush_net *n, const char *user);

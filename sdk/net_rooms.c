@@ -203,19 +203,20 @@ static void finish(struct hush_net *n, const struct orow *o, int state, hush_err
     snprintf(n->room_done.peer, sizeof n->room_done.peer, "%s", o->peer);
 }
 
-void hnet_room_done(struct hush_net *n)
+int hnet_room_done(struct hush_net *n)
 {
     if (!n->room_done.set)
-        return;
+        return 0;
     n->room_done.set = 0;
     if (n->room_done.err) {
-        char detail[128];
-        snprintf(detail, sizeof detail, "a message to a room could not be sent: %s", hush_strerror(n->room_done.err));
-        hnet_report(n, n->room_done.err, detail);
+        hush_err e = n->room_done.err;
+        hnet_report(n, e, e == HUSH_ERR_NOT_ALLOWED ? "a message to a room was not sent: this user is no longer in it"
+                          : e == HUSH_ERR_NOT_FOUND ? "a message to a room was not sent: no such room here"
+                                                    : "a message to a room was not sent");
     }
     hnet_outbox_finished(n, n->room_done.id, n->room_done.mid, n->room_done.kind, n->room_done.state,
                          n->room_done.peer);
-    hnet_schedule_send_pass(n);
+    return 1;
 }
 
 int hnet_send_room_row(struct hush_net *n, struct orow *o)
@@ -224,6 +225,7 @@ int hnet_send_room_row(struct hush_net *n, struct orow *o)
     uint8_t id[16];
     struct hsdk_room r, ch;
     int found = 0, sent = 0, is_change = o->kind == HUSH__CONTENT_KIND__CONTENT_ROOM_CHANGE;
+    memset(&r, 0, sizeof r);
     memset(&ch, 0, sizeof ch);
     hush_err e = hsdk_room_outbox_id(o->peer, id) ? HUSH_OK : HUSH_ERR_INTERNAL;
     if (!e)
@@ -339,8 +341,8 @@ void hnet_send_room_typing(struct hush_net *n, const char *peer, int typing)
     size_t cnt = 0;
     uint8_t *env = NULL;
     size_t len = 0;
-    if (!r.member || hsdk_group_key_id(c, r.hex, &key_id, &exists) || !exists)
-        goto out; /* nothing to say it with before the first message */
+    if (!r.member || hsdk_group_key_id(c, r.hex, &key_id, &exists))
+        goto out;
     rcs = calloc((r.st->n_members + 1) * MAX_DEVS, sizeof *rcs);
     rp = calloc((r.st->n_members + 1) * MAX_DEVS, sizeof *rp);
     if (!rcs || !rp)
@@ -351,8 +353,16 @@ void hnet_send_room_typing(struct hush_net *n, const char *peer, int typing)
             continue;
         uint32_t devs[MAX_DEVS];
         int nd = hsdk_peers_list(c, name, devs, MAX_DEVS);
+        size_t known = 0;
+        if (nd == 0 && !exists && hush_peer_devices(c, name, devs, MAX_DEVS, &known) == HUSH_OK)
+            nd = (int)(known < MAX_DEVS ? known : MAX_DEVS); /* never fetched: the devices it has sessions with */
         for (int i = 0; i < nd; i++) {
-            if ((u == r.st->n_members && devs[i] == c->device_id) || !hsdk_room_key_has(c, &r, name, devs[i], key_id))
+            if (u == r.st->n_members && devs[i] == c->device_id)
+                continue;
+            /* with a key: the devices that hold it; before the first message (no key yet), a
+             * small room's devices with a session, each its own pairwise copy */
+            if (exists ? !hsdk_room_key_has(c, &r, name, devs[i], key_id)
+                       : (cnt >= NET_ROOM_TYPING_PAIRWISE || !hush_has_session(c, name, devs[i])))
                 continue;
             hush__recipient__init(&rcs[cnt]);
             rcs[cnt].username = (char *)name;
@@ -374,10 +384,34 @@ void hnet_send_room_typing(struct hush_net *n, const char *peer, int typing)
     content.group_id = r.hex;
     if (hsdk_begin(c))
         goto out;
-    hush_err e = hsdk_group_encrypt_content(c, r.hex, &content, &env, &len);
+    hush_err e = HUSH_OK;
+    if (exists) {
+        e = hsdk_group_encrypt_content(c, r.hex, &content, &env, &len);
+    } else {
+        /* each in its own savepoint: a device that cannot be written to (an identity change
+         * waiting for a decision) is left out, the others still get theirs */
+        size_t k = 0;
+        for (size_t i = 0; i < cnt && !e; i++) {
+            uint8_t *pe = NULL;
+            size_t pl = 0;
+            if ((e = hsdk_begin(c)))
+                break;
+            hush_err one = hsdk_encrypt_content(c, rcs[i].username, rcs[i].device_id, &content, &pe, &pl);
+            if (hsdk_end(c, one) != HUSH_OK) {
+                hush_free(pe);
+                continue;
+            }
+            rcs[k] = rcs[i];
+            rcs[k].envelope.data = pe;
+            rcs[k].envelope.len = pl;
+            rp[k] = &rcs[k];
+            k++;
+        }
+        cnt = k;
+    }
     if (hsdk_end(c, e))
         goto out;
-    struct req *q = hnet_add_req(n, R_OTHER);
+    struct req *q = cnt ? hnet_add_req(n, R_OTHER) : NULL;
     if (q) {
         Hush__SendRequest s = HUSH__SEND_REQUEST__INIT;
         s.client_msg_id.data = mid;
@@ -385,7 +419,7 @@ void hnet_send_room_typing(struct hush_net *n, const char *peer, int typing)
         s.n_recipients = cnt;
         s.recipients = rp;
         s.ephemeral = 1;
-        s.shared_envelope.data = env;
+        s.shared_envelope.data = env; /* NULL with pairwise copies */
         s.shared_envelope.len = len;
         Hush__Frame f = HUSH__FRAME__INIT;
         f.id = q->id;
@@ -395,6 +429,8 @@ void hnet_send_room_typing(struct hush_net *n, const char *peer, int typing)
     }
 out:
     hush_free(env);
+    for (size_t i = 0; rcs && i < cnt; i++)
+        hush_free(rcs[i].envelope.data);
     free(rcs);
     free(rp);
     hsdk_room_release(&r);

@@ -26,12 +26,6 @@
 
 #include "net.h"
 
-/* Messages with a state the app follows (QUEUED, SENT, DELIVERED, READY): texts and files. */
-static int has_state(int kind)
-{
-    return kind == HUSH__CONTENT_KIND__CONTENT_TEXT || kind == HUSH__CONTENT_KIND__CONTENT_ATTACHMENT;
-}
-
 static int next_outbox_row(hush_client *c, int64_t after, const char *skip_peer, struct orow *o)
 {
     hsdk_lock(c);
@@ -103,57 +97,6 @@ static uint8_t *make_envelope(struct hush_net *n, const struct orow *o, const ch
     return copy;
 }
 
-void hnet_outbox_finished(struct hush_net *n, int64_t outbox_id, const uint8_t mid[16], int kind, int state,
-                            const char *peer)
-{
-    hush_client *c = n->c;
-    hsdk_lock(c);
-    if (hsdk_begin(c) == HUSH_OK) {
-        hsdk_outbox_remove(c, outbox_id, mid);
-        if (has_state(kind))
-            hsdk_set_message_state(c, mid, state);
-        if (hsdk_commit(c)) {
-            /* the row stays: it is resent (same id, deduplicated by the relay) */
-        }
-    }
-    hsdk_unlock(c);
-    if (has_state(kind))
-        hnet_report_state(n, peer, mid, state);
-    hnet_signal_progress(n);
-}
-
-void hnet_request_fetch(struct hush_net *n, const char *peer)
-{
-    struct req *r = hnet_add_req(n, R_FETCH);
-    if (!r)
-        return;
-    snprintf(r->peer, sizeof r->peer, "%s", peer);
-    Hush__FetchBundlesRequest fb = HUSH__FETCH_BUNDLES_REQUEST__INIT;
-    fb.username = r->peer;
-    Hush__Frame f = HUSH__FRAME__INIT;
-    f.id = r->id;
-    f.msg_case = HUSH__FRAME__MSG_FETCH_BUNDLES;
-    f.fetch_bundles = &fb;
-    hnet_queue_frame(n, &f);
-    n->fetching = 1;
-    snprintf(n->fetch_peer, sizeof n->fetch_peer, "%s", peer);
-}
-
-/* Our own user's other devices, as last fetched. Returns -1 when the list was never fetched (the
- * list always holds our own device once fetched), else the number of other devices in devs. */
-int hnet_own_other_devices(hush_client *c, uint32_t *devs, int max)
-{
-    uint32_t all[MAX_DEVS];
-    int na = hsdk_peers_list(c, c->username, all, MAX_DEVS);
-    if (na == 0)
-        return -1;
-    int n = 0;
-    for (int i = 0; i < na; i++)
-        if (all[i] != c->device_id && n < max)
-            devs[n++] = all[i];
-    return n;
-}
-
 /* Sends one outbox row to every device of its peer and every other device of our own user.
  * Returns 1 if sent, 0 if it must wait (fetch started or retry later). */
 static int send_row(struct hush_net *n, struct orow *o)
@@ -218,7 +161,7 @@ static int send_row(struct hush_net *n, struct orow *o)
             s.n_recipients = (size_t)total;
             s.recipients = rp;
             /* only texts and files wake a sleeping phone at once; receipts and the like may wait */
-            s.non_urgent = !has_state(o->kind);
+            s.non_urgent = !hnet_has_state(o->kind);
             Hush__Frame f = HUSH__FRAME__INIT;
             f.id = r->id;
             f.msg_case = HUSH__FRAME__MSG_SEND;
@@ -298,9 +241,9 @@ void hnet_pump_outbox(struct hush_net *n)
     hsdk_unlock(c);
     if (n->pump_err)
         hnet_report(n, n->pump_err, "encrypting an outgoing message failed; will retry");
-    if (!e)
-        hnet_room_done(n); /* a room row finished in the burst: recorded now, the pump goes on */
-    else
+    if (!e && hnet_room_done(n))
+        hnet_schedule_send_pass(n); /* a room row finished in the burst: recorded now, the pump goes on */
+    else if (e)
         n->room_done.set = 0; /* rolled back: it is met again */
     if (to_self && !e) {
         /* nothing to deliver to yet, so it fails; the pump goes on behind it */
@@ -325,7 +268,7 @@ void hnet_record_sent(struct hush_net *n, int report)
     if (hsdk_begin(c) == HUSH_OK) {
         for (int i = 0; i < n->nsent; i++) {
             hsdk_outbox_remove(c, n->sent[i].outbox_id, n->sent[i].mid);
-            if (has_state(n->sent[i].kind))
+            if (hnet_has_state(n->sent[i].kind))
                 hsdk_set_message_state(c, n->sent[i].mid, HUSH_MSG_SENT);
         }
         if (hsdk_commit(c)) {
@@ -334,7 +277,7 @@ void hnet_record_sent(struct hush_net *n, int report)
     }
     hsdk_unlock(c);
     for (int i = 0; report && i < n->nsent; i++)
-        if (has_state(n->sent[i].kind))
+        if (hnet_has_state(n->sent[i].kind))
             hnet_report_state(n, n->sent[i].peer, n->sent[i].mid, HUSH_MSG_SENT);
     n->nsent = 0;
     hnet_signal_progress(n);

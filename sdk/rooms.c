@@ -30,32 +30,6 @@
 /* ---------------------------------------------------------------------------------------- */
 /* checks */
 
-int hsdk_room_is_id(const char *s)
-{
-    if (!s || strlen(s) != HUSH_ROOM_ID_LEN)
-        return 0;
-    for (size_t i = 0; i < HUSH_ROOM_ID_LEN; i++)
-        if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
-            return 0;
-    return 1;
-}
-
-/* Outbox rows of a room are addressed "#" + the id in unpadded URL-safe base64 (23 characters:
- * the outbox's peer column holds at most a username's length). */
-void hsdk_room_outbox_peer(const uint8_t id[16], char out[HUSH_USERNAME_MAX + 1])
-{
-    out[0] = '#';
-    sodium_bin2base64(out + 1, HUSH_USERNAME_MAX, id, 16, sodium_base64_VARIANT_URLSAFE_NO_PADDING);
-}
-
-int hsdk_room_outbox_id(const char *peer, uint8_t id[16])
-{
-    size_t n = 0;
-    return peer && peer[0] == '#' && strlen(peer) == 23 &&
-           sodium_base642bin(id, 16, peer + 1, 22, NULL, &n, NULL, sodium_base64_VARIANT_URLSAFE_NO_PADDING) == 0 &&
-           n == 16;
-}
-
 static int room_id_parse(const char *hex, uint8_t id[16])
 {
     size_t n = 0;

@@ -157,6 +157,11 @@ final class EventBridge: @unchecked Sendable {
             b.deliver(.file(FileProgress(id: mid, state: FileState(state), done: done, total: total,
                                          error: HushError(err))))
         }
+        cb.on_group_typing = { ctx, group, user, device, typing in
+            guard let b = EventBridge.from(ctx), let group = group, let user = user else { return }
+            b.deliver(.groupTyping(GroupTypingUpdate(group: String(cString: group), user: String(cString: user),
+                                                     deviceID: device, isTyping: typing != 0)))
+        }
         return cb
     }
 }

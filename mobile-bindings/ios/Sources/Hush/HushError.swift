@@ -44,6 +44,12 @@ public enum HushError: Error, Equatable, Hashable, Sendable, CustomStringConvert
     /// (Reported to the delegate) the push service said this device's push endpoint no longer
     /// exists: libhush forgot it. Ask the push distributor for a new one and call `registerPush`.
     case pushGone
+    /// A room: this user is not a member, or not an admin for that change. (Reported to the
+    /// delegate: a room message or change from someone not allowed to send it was dropped.)
+    case notAllowed
+    /// (Reported to the delegate) a room change that does not follow the room's current version
+    /// was rejected; the room stays as it was.
+    case groupConflict
     /// The client was closed: every call after `close()` (or during it) fails with this.
     case closed
     /// `stop()` was called from a delegate callback, on the network thread it would wait for.
@@ -58,7 +64,7 @@ public enum HushError: Error, Equatable, Hashable, Sendable, CustomStringConvert
         .duplicate, .stalePrekey, .identityChanged, .notFound, .tooBig, .safetyMismatch,
         .noGroupSession, .internal, .network, .authFailed, .usernameTaken, .registrationRefused,
         .unknownUser, .timeout, .notRunning, .relay, .sessionReplaced, .tooManyDevices, .linkFailed,
-        .deviceRemoved, .databaseTampered, .pushGone,
+        .deviceRemoved, .databaseTampered, .pushGone, .notAllowed, .groupConflict,
     ]
 
     /// Every error libhush defines (not `closed`, `insideCallback` or `unknown`).

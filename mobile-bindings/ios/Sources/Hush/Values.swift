@@ -91,6 +91,9 @@ public struct Message: Sendable, Hashable {
         /// `downloadAttachment(_:)` fetches it. From another device of this account (`sender` is
         /// this account), a file it sent.
         case file
+        /// A room changed (`groupID`: the room; `sender`: who changed it; `text`: what happened,
+        /// in words). `HushClient.groupInfo(_:)` has the room as it is now.
+        case groupChange
     }
 
     public let kind: Kind
@@ -119,7 +122,8 @@ public struct Message: Sendable, Hashable {
     init(_ m: UnsafePointer<hush_message>) {
         let p = m.pointee
         kind = p.kind == HUSH_KIND_GROUP_TEXT ? .groupText
-            : p.kind == HUSH_KIND_SENT_ELSEWHERE ? .sentElsewhere : p.kind == HUSH_KIND_FILE ? .file : .text
+            : p.kind == HUSH_KIND_SENT_ELSEWHERE ? .sentElsewhere : p.kind == HUSH_KIND_FILE ? .file
+            : p.kind == HUSH_KIND_GROUP_CHANGE ? .groupChange : .text
         conversation = cString(tuple: p.conversation)
         sender = cString(tuple: p.sender)
         senderDevice = p.sender_device
@@ -160,7 +164,7 @@ public struct HistoryEntry: Sendable, Hashable {
     public let localID: Int64
     /// true for a message this device sent.
     public let isOutgoing: Bool
-    /// The other side of the conversation.
+    /// The other side of the conversation; in a room's history, who wrote it.
     public let peer: String
     /// The peer's device that sent it; 0 for outgoing messages.
     public let peerDevice: UInt32
@@ -172,11 +176,14 @@ public struct HistoryEntry: Sendable, Hashable {
     public let body: Data
     /// A file message: `text` is the file's name, `HushClient.attachment(_:)` the rest.
     public let isFile: Bool
+    /// In a room's history: a change of the room (`text` says what, `peer` who).
+    public let isGroupChange: Bool
 
     public var text: String { String(decoding: body, as: UTF8.self) }
 
     init(_ e: hush_history_entry) {
         isFile = e.kind == HUSH_KIND_FILE
+        isGroupChange = e.kind == HUSH_KIND_GROUP_CHANGE
         localID = e.local_id
         isOutgoing = e.outgoing != 0
         peer = cString(tuple: e.peer)
@@ -266,6 +273,8 @@ public enum HushEvent: Sendable {
     /// A file's transfer moved: progress while `.uploading` or `.downloading` (at most ten times a
     /// second, encrypted bytes), then once `.sent`, `.ready` or `.failed` (`error` says why).
     case file(FileProgress)
+    /// A member of a room started or stopped typing there.
+    case groupTyping(GroupTypingUpdate)
 }
 
 /// Where a file (attachment) stands on this device.

@@ -180,6 +180,49 @@ final class HushClientTests: XCTestCase {
         try erin.allowPresence(for: []) // an empty list is a list
     }
 
+    func testRooms() async throws {
+        let ra = Recorder(), rb = Recorder(), rc = Recorder()
+        let gina = try await online("gina", ra)
+        let hugo = try await online("hugo", rb)
+        let ines = try await online("ines", rc)
+        let id = try gina.createGroup(named: "équipe", members: ["hugo", "ines"])
+        XCTAssertEqual(id.count, 32)
+        XCTAssertTrue(rb.await { r in r.messages.contains { $0.kind == .groupChange && $0.groupID == id } })
+        XCTAssertTrue(rc.await { r in r.messages.contains { $0.kind == .groupChange && $0.groupID == id } })
+        let info = try hugo.groupInfo(id)
+        XCTAssertEqual(info.name, "équipe")
+        XCTAssertEqual(info.members, ["gina", "hugo", "ines"])
+        XCTAssertEqual(info.admins, ["gina"])
+        XCTAssertTrue(info.isMember)
+        XCTAssertFalse(info.isAdmin)
+        let mid = try await gina.sendToGroup("hello room", group: id)
+        XCTAssertTrue(rb.await { r in r.messages.contains { $0.kind == .groupText && $0.groupID == id && $0.text == "hello room" } })
+        XCTAssertTrue(rc.await { r in r.messages.contains { $0.kind == .groupText && $0.sender == "gina" } })
+        XCTAssertTrue(ra.await { $0.hasReceipt(mid, .sent) })
+        try hugo.setGroupTyping(true, in: id)
+        XCTAssertTrue(ra.await { !$0.groupTyping.isEmpty })
+        XCTAssertEqual(ra.groupTyping[0], GroupTypingUpdate(group: id, user: "hugo", deviceID: 1, isTyping: true))
+        XCTAssertThrowsError(try hugo.addToGroup(id, users: ["jack"])) { XCTAssertEqual($0 as? HushError, .notAllowed) }
+        try gina.removeFromGroup(id, user: "ines")
+        XCTAssertTrue(rc.await { r in r.messages.contains { $0.kind == .groupChange && $0.text.contains("removed ines") } })
+        XCTAssertFalse(try ines.groupInfo(id).isMember)
+        do {
+            _ = try await ines.sendToGroup("still here?", group: id)
+            XCTFail("a removed member sent to the room")
+        } catch {
+            XCTAssertEqual(error as? HushError, .notAllowed)
+        }
+        try gina.renameGroup(id, to: "team")
+        XCTAssertTrue(rb.await { r in r.messages.contains { $0.kind == .groupChange && $0.text.contains("renamed") } })
+        XCTAssertEqual(try hugo.groups().first?.name, "team")
+        let h = try hugo.groupHistory(id)
+        XCTAssertEqual(h.filter { $0.isGroupChange }.count, 3)
+        XCTAssertEqual(h.filter { !$0.isGroupChange && $0.text == "hello room" }.first?.peer, "gina")
+        XCTAssertThrowsError(try gina.groupInfo(String(repeating: "0", count: 32))) {
+            XCTAssertEqual($0 as? HushError, .notFound)
+        }
+    }
+
     func testSafetyNumbers() async throws {
         let ra = Recorder(), rb = Recorder()
         let gina = try await online("gina", ra)
@@ -422,8 +465,9 @@ final class HushClientTests: XCTestCase {
     }
 
     func testErrorMapping() async throws {
-        XCTAssertEqual(HushError.libraryErrors.count, 35)
+        XCTAssertEqual(HushError.libraryErrors.count, 37)
         XCTAssertEqual(HushError.pushGone.code, 35)
+        XCTAssertEqual(HushError.groupConflict.code, 37)
         for (i, e) in HushError.libraryErrors.enumerated() {
             XCTAssertEqual(e.code, Int32(i + 1))
             XCTAssertEqual(HushError(code: e.code), e)

@@ -19,6 +19,7 @@ class Recorder: HushClientDelegate, @unchecked Sendable {
     private(set) var errors: [HushError] = []
     private(set) var linkCodes: [String] = []
     private(set) var files: [FileProgress] = []
+    private(set) var groupTyping: [GroupTypingUpdate] = []
     private(set) var threadNames: Set<String> = []
     private(set) var onMainThread = false
 
@@ -43,6 +44,7 @@ class Recorder: HushClientDelegate, @unchecked Sendable {
         case .linkCode(let c): linkCodes.append(c)
         case .devicesChanged: break
         case .file(let f): files.append(f)
+        case .groupTyping(let t): groupTyping.append(t)
         }
     }
 

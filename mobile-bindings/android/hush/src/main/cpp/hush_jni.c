@@ -33,6 +33,7 @@
 #define EXC_CLASS "org/hush/sdk/HushException"
 #define HISTORY_CLASS "org/hush/sdk/HistoryEntry"
 #define DEVICE_CLASS "org/hush/sdk/DeviceInfo"
+#define GROUP_CLASS "org/hush/sdk/GroupInfo"
 #define ATTACHMENT_CLASS "org/hush/sdk/Attachment"
 
 #ifdef __ANDROID__
@@ -50,8 +51,8 @@ struct jhush {
 
 static JavaVM *g_vm;
 static pthread_key_t g_detach_key;
-static jclass g_exc_cls, g_hist_cls, g_bridge_cls, g_string_cls, g_dev_cls, g_att_cls;
-static jmethodID g_exc_ctor, g_hist_ctor, g_dev_ctor, g_att_ctor;
+static jclass g_exc_cls, g_hist_cls, g_bridge_cls, g_string_cls, g_dev_cls, g_att_cls, g_group_cls;
+static jmethodID g_exc_ctor, g_hist_ctor, g_dev_ctor, g_att_ctor, g_group_ctor, g_on_group_typing;
 static jmethodID g_on_link_code, g_on_devices_changed, g_on_file;
 static jmethodID g_on_message, g_on_receipt, g_on_typing, g_on_presence, g_on_identity, g_on_connection,
     g_on_error;
@@ -288,6 +289,20 @@ static void cb_typing(void *ctx, const char *peer, uint32_t device_id, int typin
     cb_leave(&s);
 }
 
+static void cb_group_typing(void *ctx, const char *group, const char *user, uint32_t device_id, int typing)
+{
+    struct jhush *h = ctx;
+    struct cb_scope s;
+    if (cb_enter(h, &s))
+        return;
+    JNIEnv *env = s.env;
+    jstring jg = jstr(env, group);
+    jstring ju = jg ? jstr(env, user) : NULL;
+    if (ju)
+        (*env)->CallVoidMethod(env, h->bridge, g_on_group_typing, jg, ju, (jint)device_id, (jboolean)(typing != 0));
+    cb_leave(&s);
+}
+
 static void cb_presence(void *ctx, const char *user, int online, uint64_t last_seen_ms)
 {
     struct jhush *h = ctx;
@@ -431,7 +446,7 @@ static void n_start(JNIEnv *env, jclass cls, jlong hh, jstring url, jstring invi
     }
     hush_net_opts o = { u[0] ? u : NULL, inv[0] ? inv : NULL, ca[0] ? ca : NULL, insecure ? 1 : 0 };
     hush_callbacks cb = { h,        cb_message, cb_receipt, cb_typing,    cb_presence,       cb_identity,
-                          cb_connection, cb_error, cb_link_code, cb_devices_changed, cb_file, NULL };
+                          cb_connection, cb_error, cb_link_code, cb_devices_changed, cb_file, cb_group_typing };
     hush_err e = mode == 1   ? hush_net_start_link(h->c, &o, &cb)
                  : mode == 2 ? hush_net_start_recover(h->c, &o, &cb, ru, rc)
                              : hush_net_start(h->c, &o, &cb);
@@ -941,16 +956,9 @@ static jintArray n_peer_devices(JNIEnv *env, jclass cls, jlong hh, jstring peer)
 /* ------------------------------------------------------------------------------------------ */
 /* natives: history */
 
-static jobjectArray n_history(JNIEnv *env, jclass cls, jlong hh, jstring peer, jlong before, jint limit)
+/* A page of history as HistoryEntry[] (the entries freed here). */
+static jobjectArray history_array(JNIEnv *env, hush_history_entry *es, size_t n)
 {
-    (void)cls;
-    char p[64];
-    if (get_str(env, peer, p, sizeof p, "peer"))
-        return NULL;
-    hush_history_entry *es = NULL;
-    size_t n = 0;
-    if (check(env, hush_history_list(H(hh)->c, p, (int64_t)before, (int)limit, &es, &n), "history"))
-        return NULL;
     jobjectArray a = (*env)->NewObjectArray(env, (jsize)n, g_hist_cls, NULL);
     for (size_t i = 0; a && i < n; i++) {
         const hush_history_entry *e = &es[i];
@@ -960,7 +968,8 @@ static jobjectArray n_history(JNIEnv *env, jclass cls, jlong hh, jstring peer, j
         jobject o = body ? (*env)->NewObject(env, g_hist_cls, g_hist_ctor, (jlong)e->local_id,
                                               (jboolean)(e->outgoing != 0), jp, (jint)e->peer_device, id,
                                               (jlong)e->sent_at_ms, (jlong)e->received_at_ms,
-                                              (jboolean)(e->read != 0), body, (jboolean)(e->kind == HUSH_KIND_FILE))
+                                              (jboolean)(e->read != 0), body, (jboolean)(e->kind == HUSH_KIND_FILE),
+                                              (jboolean)(e->kind == HUSH_KIND_GROUP_CHANGE))
                          : NULL;
         if (o)
             (*env)->SetObjectArrayElement(env, a, (jsize)i, o);
@@ -977,6 +986,206 @@ static jobjectArray n_history(JNIEnv *env, jclass cls, jlong hh, jstring peer, j
             break;
     }
     hush_history_free(es, n);
+    return (*env)->ExceptionCheck(env) ? NULL : a;
+}
+
+static jobjectArray n_history(JNIEnv *env, jclass cls, jlong hh, jstring peer, jlong before, jint limit)
+{
+    (void)cls;
+    char p[64];
+    if (get_str(env, peer, p, sizeof p, "peer"))
+        return NULL;
+    hush_history_entry *es = NULL;
+    size_t n = 0;
+    if (check(env, hush_history_list(H(hh)->c, p, (int64_t)before, (int)limit, &es, &n), "history"))
+        return NULL;
+    return history_array(env, es, n);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* natives: rooms */
+
+static jobjectArray n_group_history(JNIEnv *env, jclass cls, jlong hh, jstring group, jlong before, jint limit)
+{
+    (void)cls;
+    char g[HUSH_ROOM_ID_LEN + 8];
+    if (get_str(env, group, g, sizeof g, "group"))
+        return NULL;
+    hush_history_entry *es = NULL;
+    size_t n = 0;
+    if (check(env, hush_group_history(H(hh)->c, g, (int64_t)before, (int)limit, &es, &n), "groupHistory"))
+        return NULL;
+    return history_array(env, es, n);
+}
+
+/* op: 0 create (name, users), 1 add (users), 2 remove, 3 promote (users[0]), 4 rename (name), 5 leave.
+ * Returns the room's id for create, else NULL. */
+static jstring n_group_change(JNIEnv *env, jclass cls, jlong hh, jint op, jstring group, jbyteArray name,
+                              jobjectArray users)
+{
+    (void)cls;
+    static const char *const what[] = { "createGroup", "addToGroup", "removeFromGroup", "promoteInGroup",
+                                        "renameGroup", "leaveGroup" };
+    if (op < 0 || op > 5 || !users) {
+        throw_hush(env, HUSH_ERR_INVALID_ARG, "group");
+        return NULL;
+    }
+    char g[HUSH_ROOM_ID_LEN + 8] = "", nm[HUSH_ROOM_NAME_MAX + 1] = "";
+    if (op != 0 && get_str(env, group, g, sizeof g, what[op]))
+        return NULL;
+    if (op == 0 || op == 4) {
+        jsize len = name ? (*env)->GetArrayLength(env, name) : -1;
+        if (len < 1 || len > HUSH_ROOM_NAME_MAX) {
+            throw_hush(env, len > HUSH_ROOM_NAME_MAX ? HUSH_ERR_TOO_BIG : HUSH_ERR_INVALID_ARG, what[op]);
+            return NULL;
+        }
+        (*env)->GetByteArrayRegion(env, name, 0, len, (jbyte *)nm);
+        nm[len] = '\0';
+        if (strlen(nm) != (size_t)len) { /* a NUL inside */
+            throw_hush(env, HUSH_ERR_INVALID_ARG, what[op]);
+            return NULL;
+        }
+    }
+    jsize n = (*env)->GetArrayLength(env, users);
+    if (n > HUSH_ROOM_MAX_MEMBERS) {
+        throw_hush(env, HUSH_ERR_TOO_BIG, what[op]);
+        return NULL;
+    }
+    char(*names)[64] = calloc(n ? (size_t)n : 1, sizeof *names);
+    const char **ptrs = calloc(n ? (size_t)n : 1, sizeof *ptrs);
+    jstring out = NULL;
+    int bad = !names || !ptrs;
+    if (bad)
+        throw_hush(env, HUSH_ERR_NOMEM, what[op]);
+    for (jsize i = 0; i < n && !bad; i++) {
+        jstring s = (jstring)(*env)->GetObjectArrayElement(env, users, i);
+        bad = get_str(env, s, names[i], sizeof names[i], what[op]) != 0;
+        if (s)
+            (*env)->DeleteLocalRef(env, s);
+        ptrs[i] = names[i];
+    }
+    if (!bad && (op == 2 || op == 3) && n != 1) {
+        throw_hush(env, HUSH_ERR_INVALID_ARG, what[op]);
+        bad = 1;
+    }
+    if (!bad) {
+        hush_client *c = H(hh)->c;
+        char id[HUSH_ROOM_ID_LEN + 1];
+        hush_err e = op == 0   ? hush_group_create(c, nm, ptrs, (size_t)n, id)
+                     : op == 1 ? hush_group_add(c, g, ptrs, (size_t)n)
+                     : op == 2 ? hush_group_remove(c, g, ptrs[0])
+                     : op == 3 ? hush_group_promote(c, g, ptrs[0])
+                     : op == 4 ? hush_group_rename(c, g, nm)
+                               : hush_group_leave(c, g);
+        if (!check(env, e, what[op]) && op == 0)
+            out = jstr(env, id);
+    }
+    free(names);
+    free(ptrs);
+    return out;
+}
+
+static jbyteArray n_group_send(JNIEnv *env, jclass cls, jlong hh, jstring group, jbyteArray text)
+{
+    (void)cls;
+    char g[HUSH_ROOM_ID_LEN + 8];
+    if (get_str(env, group, g, sizeof g, "sendToGroup"))
+        return NULL;
+    if (!text) {
+        throw_hush(env, HUSH_ERR_INVALID_ARG, "sendToGroup: no text");
+        return NULL;
+    }
+    jsize n = (*env)->GetArrayLength(env, text);
+    if (n > HUSH_MAX_BODY) { /* checked before allocating */
+        throw_hush(env, HUSH_ERR_TOO_BIG, "sendToGroup");
+        return NULL;
+    }
+    uint8_t *buf = malloc(n ? (size_t)n : 1);
+    if (!buf) {
+        throw_hush(env, HUSH_ERR_NOMEM, "sendToGroup");
+        return NULL;
+    }
+    (*env)->GetByteArrayRegion(env, text, 0, n, (jbyte *)buf);
+    uint8_t mid[HUSH_MESSAGE_ID_BYTES];
+    hush_err e = hush_group_send(H(hh)->c, g, buf, (size_t)n, mid);
+    sodium_memzero(buf, (size_t)n);
+    free(buf);
+    if (check(env, e, "sendToGroup"))
+        return NULL;
+    return new_bytes(env, mid, sizeof mid);
+}
+
+static void n_group_typing(JNIEnv *env, jclass cls, jlong hh, jstring group, jboolean typing)
+{
+    (void)cls;
+    char g[HUSH_ROOM_ID_LEN + 8];
+    if (get_str(env, group, g, sizeof g, "groupTyping"))
+        return;
+    check(env, hush_group_typing(H(hh)->c, g, typing ? 1 : 0), "groupTyping");
+}
+
+/* One GroupInfo (NULL with an exception pending on failure). The name goes as bytes: it is UTF-8,
+ * which NewStringUTF does not take. */
+static jobject group_object(JNIEnv *env, const hush_group_state *g)
+{
+    jstring id = jstr(env, g->id);
+    jbyteArray name = id ? new_bytes(env, (const uint8_t *)g->name, strlen(g->name)) : NULL;
+    jobjectArray members = name ? (*env)->NewObjectArray(env, (jsize)g->n_members, g_string_cls, NULL) : NULL;
+    jbooleanArray admins = members ? (*env)->NewBooleanArray(env, (jsize)g->n_members) : NULL;
+    for (size_t i = 0; admins && i < g->n_members; i++) {
+        jstring m = jstr(env, g->members[i]);
+        if (!m)
+            return NULL;
+        (*env)->SetObjectArrayElement(env, members, (jsize)i, m);
+        (*env)->DeleteLocalRef(env, m);
+        jboolean b = g->admin[i] ? JNI_TRUE : JNI_FALSE;
+        (*env)->SetBooleanArrayRegion(env, admins, (jsize)i, 1, &b);
+    }
+    jobject o = admins ? (*env)->NewObject(env, g_group_cls, g_group_ctor, id, name, (jlong)g->version,
+                                           (jboolean)(g->is_member != 0), (jboolean)(g->is_admin != 0), members,
+                                           admins, (jlong)g->changed_at_ms)
+                       : NULL;
+    if (id)
+        (*env)->DeleteLocalRef(env, id);
+    if (name)
+        (*env)->DeleteLocalRef(env, name);
+    if (members)
+        (*env)->DeleteLocalRef(env, members);
+    if (admins)
+        (*env)->DeleteLocalRef(env, admins);
+    return o;
+}
+
+static jobject n_group_info(JNIEnv *env, jclass cls, jlong hh, jstring group)
+{
+    (void)cls;
+    char g[HUSH_ROOM_ID_LEN + 8];
+    if (get_str(env, group, g, sizeof g, "groupInfo"))
+        return NULL;
+    hush_group_state *st = NULL;
+    if (check(env, hush_group_info(H(hh)->c, g, &st), "groupInfo"))
+        return NULL;
+    jobject o = group_object(env, st);
+    hush_group_state_free(st, 1);
+    return o;
+}
+
+static jobjectArray n_groups(JNIEnv *env, jclass cls, jlong hh)
+{
+    (void)cls;
+    hush_group_state *st = NULL;
+    size_t n = 0;
+    if (check(env, hush_group_list(H(hh)->c, &st, &n), "groups"))
+        return NULL;
+    jobjectArray a = (*env)->NewObjectArray(env, (jsize)n, g_group_cls, NULL);
+    for (size_t i = 0; a && i < n; i++) {
+        jobject o = group_object(env, &st[i]);
+        if (!o)
+            break;
+        (*env)->SetObjectArrayElement(env, a, (jsize)i, o);
+        (*env)->DeleteLocalRef(env, o);
+    }
+    hush_group_state_free(st, n);
     return (*env)->ExceptionCheck(env) ? NULL : a;
 }
 
@@ -1086,6 +1295,12 @@ static const JNINativeMethod g_natives[] = {
     { "nativePeerDevices", "(J" S ")[I", (void *)n_peer_devices },
     { "nativeHistory", "(J" S "JI)[Lorg/hush/sdk/HistoryEntry;", (void *)n_history },
     { "nativeHistoryDelete", "(JJ)V", (void *)n_history_delete },
+    { "nativeGroupChange", "(JI" S "[B[" S ")" S, (void *)n_group_change },
+    { "nativeGroupSend", "(J" S "[B)[B", (void *)n_group_send },
+    { "nativeGroupTyping", "(J" S "Z)V", (void *)n_group_typing },
+    { "nativeGroupInfo", "(J" S ")Lorg/hush/sdk/GroupInfo;", (void *)n_group_info },
+    { "nativeGroups", "(J)[Lorg/hush/sdk/GroupInfo;", (void *)n_groups },
+    { "nativeGroupHistory", "(J" S "JI)[Lorg/hush/sdk/HistoryEntry;", (void *)n_group_history },
     { "nativeCheck", "(J)V", (void *)n_check },
     { "nativeVersion", "()" S, (void *)n_version },
     { "nativeStrerror", "(I)" S, (void *)n_strerror },
@@ -1113,11 +1328,14 @@ JNIEXPORT jint JNICALL JNI_OnLoad(JavaVM *vm, void *reserved)
         return JNI_ERR;
     if (!(g_exc_cls = global_class(env, EXC_CLASS)) || !(g_hist_cls = global_class(env, HISTORY_CLASS)) ||
         !(g_bridge_cls = global_class(env, BRIDGE_CLASS)) || !(g_string_cls = global_class(env, "java/lang/String")) ||
-        !(g_dev_cls = global_class(env, DEVICE_CLASS)) || !(g_att_cls = global_class(env, ATTACHMENT_CLASS)))
+        !(g_dev_cls = global_class(env, DEVICE_CLASS)) || !(g_att_cls = global_class(env, ATTACHMENT_CLASS)) ||
+        !(g_group_cls = global_class(env, GROUP_CLASS)))
         return JNI_ERR;
     g_dev_ctor = (*env)->GetMethodID(env, g_dev_cls, "<init>", "(I" S "JJZZ)V");
     g_exc_ctor = (*env)->GetMethodID(env, g_exc_cls, "<init>", "(I" S ")V");
-    g_hist_ctor = (*env)->GetMethodID(env, g_hist_cls, "<init>", "(JZ" S "I[BJJZ[BZ)V");
+    g_hist_ctor = (*env)->GetMethodID(env, g_hist_cls, "<init>", "(JZ" S "I[BJJZ[BZZ)V");
+    g_group_ctor = (*env)->GetMethodID(env, g_group_cls, "<init>", "(" S "[BJZZ[" S "[ZJ)V");
+    g_on_group_typing = (*env)->GetMethodID(env, g_bridge_cls, "onGroupTyping", "(" S S "IZ)V");
     g_att_ctor = (*env)->GetMethodID(env, g_att_cls, "<init>", "([BZ" S S S "JIJJ[B)V");
     g_on_file = (*env)->GetMethodID(env, g_bridge_cls, "onFile", "([BIJJI)V");
     g_on_message = (*env)->GetMethodID(env, g_bridge_cls, "onMessage", "(I" S "I[BJJ" S "J[B" S ")V");
@@ -1130,7 +1348,7 @@ JNIEXPORT jint JNICALL JNI_OnLoad(JavaVM *vm, void *reserved)
     g_on_connection = (*env)->GetMethodID(env, g_bridge_cls, "onConnection", "(II)V");
     g_on_error = (*env)->GetMethodID(env, g_bridge_cls, "onError", "(I" S ")V");
     if (!g_exc_ctor || !g_hist_ctor || !g_dev_ctor || !g_on_message || !g_on_receipt || !g_on_typing || !g_on_presence ||
-        !g_on_link_code || !g_on_devices_changed || !g_att_ctor || !g_on_file ||
+        !g_on_link_code || !g_on_devices_changed || !g_att_ctor || !g_on_file || !g_group_ctor || !g_on_group_typing ||
         !g_on_identity || !g_on_connection || !g_on_error)
         return JNI_ERR;
     jclass client = (*env)->FindClass(env, CLIENT_CLASS);

@@ -16,9 +16,12 @@ public final class HistoryEntry {
     private final boolean file;
 
     /** Called by the native code. */
+    private final boolean groupChange;
+
     HistoryEntry(long localId, boolean outgoing, String peer, int peerDevice, byte[] id, long sentAtMillis,
-                 long receivedAtMillis, boolean read, byte[] body, boolean file) {
+                 long receivedAtMillis, boolean read, byte[] body, boolean file, boolean groupChange) {
         this.file = file;
+        this.groupChange = groupChange;
         this.localId = localId;
         this.outgoing = outgoing;
         this.peer = peer;
@@ -39,7 +42,7 @@ public final class HistoryEntry {
         return outgoing;
     }
 
-    /** The other party of the conversation. */
+    /** The other party of the conversation; in a room's history, who wrote it. */
     public String peer() {
         return peer;
     }
@@ -73,6 +76,11 @@ public final class HistoryEntry {
     /** A file message: {@link #text()} is the file's name, {@link HushClient#attachment} the rest. */
     public boolean isFile() {
         return file;
+    }
+
+    /** In a room's history: a change of the room ({@link #text()} says what, {@link #peer()} who). */
+    public boolean isGroupChange() {
+        return groupChange;
     }
 
     public String text() {

@@ -762,6 +762,112 @@ public final class HushClient implements AutoCloseable {
     }
 
     // ---------------------------------------------------------------------------------------
+    // rooms
+
+    /**
+     * Creates a room with this user (its admin) and {@code members}; returns its id. The change is
+     * committed before this returns and sent to every member's devices by the network thread.
+     * Errors: INVALID_ARG (name: 1..64 bytes of UTF-8 without control characters; bad usernames),
+     * TOO_BIG (over 1000 members), STORAGE.
+     */
+    public String createGroup(String name, String... members) throws HushException {
+        return groupChange(0, null, name, members);
+    }
+
+    /** Adds users to a room (admins only: NOT_ALLOWED otherwise). */
+    public void addToGroup(String group, String... users) throws HushException {
+        groupChange(1, group, null, users);
+    }
+
+    /** Removes a member (admins only). Its devices are told; it reads nothing sent after. */
+    public void removeFromGroup(String group, String user) throws HushException {
+        groupChange(2, group, null, new String[] {user});
+    }
+
+    /** Makes a member an admin (admins only). */
+    public void promoteInGroup(String group, String user) throws HushException {
+        groupChange(3, group, null, new String[] {user});
+    }
+
+    /** Renames a room (admins only). */
+    public void renameGroup(String group, String name) throws HushException {
+        groupChange(4, group, name, new String[0]);
+    }
+
+    /** Leaves a room (the last admin leaving makes the first remaining member an admin). */
+    public void leaveGroup(String group) throws HushException {
+        groupChange(5, group, null, new String[0]);
+    }
+
+    private String groupChange(int op, String group, String name, String[] users) throws HushException {
+        byte[] n = name == null ? null : name.getBytes(StandardCharsets.UTF_8);
+        long h = enter();
+        try {
+            return nativeGroupChange(h, op, group, n, users);
+        } finally {
+            leave();
+        }
+    }
+
+    /**
+     * Sends a text to every member's devices: encrypted once with this device's key for the room,
+     * stored once by the relay. Committed before this returns, like {@link #send}. Errors:
+     * NOT_FOUND (no such room), NOT_ALLOWED (no longer a member), TOO_BIG, STORAGE.
+     */
+    public MessageId sendToGroup(String group, String text) throws HushException {
+        if (text == null) {
+            throw new HushException(HushError.INVALID_ARG, "sendToGroup: no text");
+        }
+        byte[] utf8 = text.getBytes(StandardCharsets.UTF_8);
+        long h = enter();
+        try {
+            return MessageId.of(nativeGroupSend(h, group, utf8));
+        } finally {
+            leave();
+            Arrays.fill(utf8, (byte) 0);
+        }
+    }
+
+    /** Tells the room's online members this user is (or stopped) typing. Ephemeral. */
+    public void groupTyping(String group, boolean typing) throws HushException {
+        long h = enter();
+        try {
+            nativeGroupTyping(h, group, typing);
+        } finally {
+            leave();
+        }
+    }
+
+    /** The room as this device knows it. Errors: NOT_FOUND. */
+    public GroupInfo groupInfo(String group) throws HushException {
+        long h = enter();
+        try {
+            return nativeGroupInfo(h, group);
+        } finally {
+            leave();
+        }
+    }
+
+    /** Every room this device knows, the most recently changed first. */
+    public List<GroupInfo> groups() throws HushException {
+        long h = enter();
+        try {
+            return Collections.unmodifiableList(Arrays.asList(nativeGroups(h)));
+        } finally {
+            leave();
+        }
+    }
+
+    /** A room's history, like {@link #history}: its messages and its changes. */
+    public List<HistoryEntry> groupHistory(String group, long beforeLocalId, int limit) throws HushException {
+        long h = enter();
+        try {
+            return Collections.unmodifiableList(Arrays.asList(nativeGroupHistory(h, group, beforeLocalId, limit)));
+        } finally {
+            leave();
+        }
+    }
+
     // history
 
     /**
@@ -858,6 +964,14 @@ public final class HushClient implements AutoCloseable {
     private static native HistoryEntry[] nativeHistory(long h, String peer, long before, int limit)
             throws HushException;
     private static native void nativeHistoryDelete(long h, long localId) throws HushException;
+    private static native String nativeGroupChange(long h, int op, String group, byte[] name, String[] users)
+            throws HushException;
+    private static native byte[] nativeGroupSend(long h, String group, byte[] text) throws HushException;
+    private static native void nativeGroupTyping(long h, String group, boolean typing) throws HushException;
+    private static native GroupInfo nativeGroupInfo(long h, String group) throws HushException;
+    private static native GroupInfo[] nativeGroups(long h) throws HushException;
+    private static native HistoryEntry[] nativeGroupHistory(long h, String group, long before, int limit)
+            throws HushException;
     private static native void nativeCheck(long h) throws HushException;
     private static native String nativeVersion();
     private static native String nativeStrerror(int code);

@@ -79,6 +79,12 @@ public enum HushError {
      * exists: libhush forgot it. Ask the push distributor for a new one and pass it to
      * {@link HushClient#pushRegister}. */
     PUSH_GONE(35),
+    /** A room: this user is not a member, or not an admin for that change. (Through onError: a
+     * room message or change from someone not allowed to send it was dropped.) */
+    NOT_ALLOWED(36),
+    /** (Through onError) a room change that does not follow the room's current version (replayed,
+     * missed, or made at the same time as another admin's) was rejected; the room stays as it was. */
+    GROUP_CONFLICT(37),
     /** Binding only: the client was closed. */
     CLOSED(-1),
     /** Binding only: a code this version of the binding does not know (a newer libhush). */

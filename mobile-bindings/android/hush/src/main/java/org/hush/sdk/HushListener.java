@@ -23,6 +23,10 @@ public interface HushListener {
     default void onTyping(String peer, int deviceId, boolean typing) {
     }
 
+    /** A member of room {@code group} (its id) started or stopped typing there. */
+    default void onGroupTyping(String group, String user, int deviceId, boolean typing) {
+    }
+
     /** A followed user came online or went offline ({@code lastSeenMillis} is 0 when unknown). */
     default void onPresence(String user, boolean online, long lastSeenMillis) {
     }

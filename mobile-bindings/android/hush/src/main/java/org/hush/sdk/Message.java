@@ -23,7 +23,12 @@ public final class Message {
          * type, {@link HushClient#downloadAttachment} fetches it. From another device of this
          * account ({@link #sender()} is this account), a file it sent.
          */
-        FILE
+        FILE,
+        /**
+         * A room changed ({@link #groupId()} is the room, {@link #sender()} who changed it,
+         * {@link #text()} what happened, in words). {@link HushClient#groupInfo} has the room now.
+         */
+        GROUP_CHANGE
     }
 
     private final Kind kind;

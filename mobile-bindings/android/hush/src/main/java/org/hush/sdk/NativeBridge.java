@@ -52,7 +52,8 @@ final class NativeBridge {
     void onMessage(int kind, String sender, int senderDevice, byte[] id, long sentAt, long receivedAt,
                    String groupId, long localId, byte[] body, String conversation) {
         Message.Kind k = kind == 2 ? Message.Kind.GROUP_TEXT
-                : kind == 6 ? Message.Kind.SENT_ELSEWHERE : kind == 8 ? Message.Kind.FILE : Message.Kind.TEXT;
+                : kind == 6 ? Message.Kind.SENT_ELSEWHERE : kind == 8 ? Message.Kind.FILE
+                : kind == 9 ? Message.Kind.GROUP_CHANGE : Message.Kind.TEXT;
         Message m = new Message(k, sender, senderDevice, MessageId.of(id), sentAt, receivedAt,
                 groupId.isEmpty() ? null : groupId, localId, body, conversation);
         deliver(l -> l.onMessage(m));
@@ -81,6 +82,10 @@ final class NativeBridge {
 
     void onTyping(String peer, int deviceId, boolean typing) {
         deliver(l -> l.onTyping(peer, deviceId, typing));
+    }
+
+    void onGroupTyping(String group, String user, int deviceId, boolean typing) {
+        deliver(l -> l.onGroupTyping(group, user, deviceId, typing));
     }
 
     void onPresence(String user, boolean online, long lastSeen) {

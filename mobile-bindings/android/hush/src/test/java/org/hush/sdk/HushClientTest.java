@@ -119,6 +119,25 @@ public class HushClientTest {
             note();
         }
 
+        final List<Object[]> groupTyping = new ArrayList<>();
+
+        @Override
+        public synchronized void onGroupTyping(String group, String user, int deviceId, boolean on) {
+            groupTyping.add(new Object[] {group, user, deviceId, on});
+            note();
+        }
+
+        synchronized int count(Message.Kind kind, String group, String from, String text) {
+            int n = 0;
+            for (Message m : messages) {
+                if (m.kind() == kind && group.equals(m.groupId()) && from.equals(m.sender())
+                        && (text == null || m.text().contains(text))) {
+                    n++;
+                }
+            }
+            return n;
+        }
+
         @Override
         public synchronized void onPresence(String user, boolean online, long lastSeen) {
             presence.add(new Object[] {user, online, lastSeen});
@@ -283,6 +302,69 @@ public class HushClientTest {
         }
         assertTrue("the last record's delimiter", n > 0 && pt[n - 1] == 2);
         return Arrays.copyOf(pt, n - 1);
+    }
+
+    @Test
+    public void rooms() throws Exception {
+        Recorder ra = new Recorder(), rb = new Recorder(), rc = new Recorder();
+        HushClient a = online("jra", ra), b = online("jrb", rb), c = online("jrc", rc);
+        String id = a.createGroup("équipe", "jrb", "jrc");
+        assertEquals(32, id.length());
+        assertTrue("b learns the room", rb.await(() -> rb.count(Message.Kind.GROUP_CHANGE, id, "jra", "created") == 1, 20000));
+        assertTrue("c learns the room", rc.await(() -> rc.count(Message.Kind.GROUP_CHANGE, id, "jra", null) == 1, 20000));
+        GroupInfo g = b.groupInfo(id);
+        assertEquals("équipe", g.name());
+        assertEquals(Arrays.asList("jra", "jrb", "jrc"), g.members());
+        assertEquals(Arrays.asList("jra"), g.admins());
+        assertTrue(g.isMember());
+        assertFalse(g.isAdmin());
+        assertEquals(1, g.version());
+        MessageId mid = a.sendToGroup(id, "hello room");
+        assertTrue(rb.await(() -> rb.count(Message.Kind.GROUP_TEXT, id, "jra", "hello room") == 1, 20000));
+        assertTrue(rc.await(() -> rc.count(Message.Kind.GROUP_TEXT, id, "jra", "hello room") == 1, 20000));
+        assertTrue(ra.await(() -> ra.hasReceipt(mid, MessageState.SENT), 20000));
+        b.groupTyping(id, true);
+        assertTrue("typing in the room", ra.await(() -> !ra.groupTyping.isEmpty(), 20000));
+        synchronized (ra) {
+            assertEquals(id, ra.groupTyping.get(0)[0]);
+            assertEquals("jrb", ra.groupTyping.get(0)[1]);
+        }
+        try {
+            b.addToGroup(id, "jrd");
+            fail("a member who is not an admin changed the room");
+        } catch (HushException e) {
+            assertEquals(HushError.NOT_ALLOWED, e.error());
+        }
+        a.removeFromGroup(id, "jrc");
+        assertTrue(rc.await(() -> rc.count(Message.Kind.GROUP_CHANGE, id, "jra", "removed jrc") == 1, 20000));
+        assertFalse(c.groupInfo(id).isMember());
+        try {
+            c.sendToGroup(id, "still here?");
+            fail("a removed member sent to the room");
+        } catch (HushException e) {
+            assertEquals(HushError.NOT_ALLOWED, e.error());
+        }
+        a.renameGroup(id, "team");
+        assertTrue(rb.await(() -> rb.count(Message.Kind.GROUP_CHANGE, id, "jra", "renamed") == 1, 20000));
+        assertEquals("team", b.groups().get(0).name());
+        List<HistoryEntry> h = b.groupHistory(id, 0, 50);
+        int changes = 0, texts = 0;
+        for (HistoryEntry e : h) {
+            if (e.isGroupChange()) {
+                changes++;
+            } else if (e.text().equals("hello room")) {
+                texts++;
+                assertEquals("jra", e.peer());
+            }
+        }
+        assertEquals(3, changes);
+        assertEquals(1, texts);
+        try {
+            a.groupInfo("00000000000000000000000000000000");
+            fail("an unknown room was found");
+        } catch (HushException e) {
+            assertEquals(HushError.NOT_FOUND, e.error());
+        }
     }
 
     @Test
