@@ -94,9 +94,54 @@ static hush_err pairwise_decrypt(hush_client *c, const signal_protocol_address *
     return hsdk_from_signal(rc);
 }
 
-static hush_err decrypt_locked(hush_client *c, const char *peer, uint32_t dev, const Hush__Envelope *env,
-                               hush_message **out)
+/* A room change sent once to all: the pairwise RoomChangeKey opens the shared envelope (after its
+ * digest is checked). *change is the RoomChange's bytes (malloc'd, the caller frees). */
+static hush_err open_room_change(const ProtobufCBinaryData *body, const Hush__Envelope *shared, uint8_t **change,
+                                 size_t *len)
 {
+    *change = NULL;
+    if (!shared || shared->type != HUSH__CIPHER_TYPE__CIPHER_ROOM_CHANGE)
+        return HUSH_ERR_BAD_MESSAGE;
+    const ProtobufCBinaryData *ct = &shared->ciphertext;
+    size_t overhead = crypto_aead_xchacha20poly1305_ietf_NPUBBYTES + crypto_aead_xchacha20poly1305_ietf_ABYTES;
+    if (ct->len <= overhead || ct->len > HSDK_ROOM_CHANGE_MAX + overhead)
+        return HUSH_ERR_BAD_MESSAGE;
+    Hush__RoomChangeKey *k = hush__room_change_key__unpack(&hsdk_wiping_allocator, body->len, body->data);
+    hush_err e = HUSH_ERR_BAD_MESSAGE;
+    uint8_t digest[32];
+    if (!k || k->key.len != crypto_aead_xchacha20poly1305_ietf_KEYBYTES || k->digest.len != sizeof digest)
+        goto out;
+    crypto_hash_sha256(digest, ct->data, ct->len);
+    if (sodium_memcmp(digest, k->digest.data, sizeof digest) != 0)
+        goto out;
+    uint8_t *pt = malloc(ct->len);
+    unsigned long long n = 0;
+    if (!pt) {
+        e = HUSH_ERR_NOMEM;
+        goto out;
+    }
+    if (crypto_aead_xchacha20poly1305_ietf_decrypt(pt, &n, NULL, ct->data + crypto_aead_xchacha20poly1305_ietf_NPUBBYTES,
+                                                   ct->len - crypto_aead_xchacha20poly1305_ietf_NPUBBYTES,
+                                                   (const uint8_t *)HSDK_ROOM_CHANGE_AD, sizeof HSDK_ROOM_CHANGE_AD - 1,
+                                                   ct->data, k->key.data) != 0) {
+        free(pt);
+        goto out;
+    }
+    *change = pt;
+    *len = (size_t)n;
+    e = HUSH_OK;
+out:
+    if (k)
+        hush__room_change_key__free_unpacked(k, &hsdk_wiping_allocator);
+    return e;
+}
+
+/* shared: the shared envelope that came with env (a room send), or NULL. */
+static hush_err decrypt_locked(hush_client *c, const char *peer, uint32_t dev, const Hush__Envelope *env,
+                               const Hush__Envelope *shared, hush_message **out)
+{
+    uint8_t *opened = NULL; /* a room change sent once to all, opened */
+    size_t opened_len = 0;
     signal_protocol_address addr = { peer, strlen(peer), (int32_t)dev };
     signal_buffer *pt = NULL;
     Hush__Content *content = NULL;
@@ -126,6 +171,7 @@ static hush_err decrypt_locked(hush_client *c, const char *peer, uint32_t dev, c
     int sync = content->sync_peer && *content->sync_peer;
     int room = is_group || content->kind == HUSH__CONTENT_KIND__CONTENT_SENDER_KEY ||
                content->kind == HUSH__CONTENT_KIND__CONTENT_ROOM_CHANGE ||
+               content->kind == HUSH__CONTENT_KIND__CONTENT_ROOM_CHANGE_KEY ||
                (content->kind == HUSH__CONTENT_KIND__CONTENT_TYPING && content->group_id[0]);
     struct hsdk_room_event ev;
     const uint8_t *shown = content->body.data; /* what the app is shown: the body, or words */
@@ -194,9 +240,19 @@ static hush_err decrypt_locked(hush_client *c, const char *peer, uint32_t dev, c
             e = hsdk_history_insert(c, peer, dev, 0, content->message_id.data, kind, gid, content->sent_at_ms,
                                     content->body.data, content->body.len, &local_id, &dup);
         }
-    } else if (content->kind == HUSH__CONTENT_KIND__CONTENT_ROOM_CHANGE && !is_group) {
+    } else if ((content->kind == HUSH__CONTENT_KIND__CONTENT_ROOM_CHANGE ||
+                content->kind == HUSH__CONTENT_KIND__CONTENT_ROOM_CHANGE_KEY) && !is_group) {
+        /* the change itself, or (sent once to all) the key to the shared envelope holding it */
+        const uint8_t *chg = content->body.data;
+        size_t chg_len = content->body.len;
+        if (content->kind == HUSH__CONTENT_KIND__CONTENT_ROOM_CHANGE_KEY) {
+            if ((e = open_room_change(&content->body, shared, &opened, &opened_len)))
+                goto fail;
+            chg = opened;
+            chg_len = opened_len;
+        }
         kind = HUSH_KIND_GROUP_CHANGE;
-        e = hsdk_room_receive(c, peer, dev, content->body.data, content->body.len, &ev);
+        e = hsdk_room_receive(c, peer, dev, chg, chg_len, &ev);
         if (e == HUSH_ERR_DUPLICATE) {
             dup = 1; /* the state it makes is the one held: keep the session's step, show nothing */
             e = HUSH_OK;
@@ -266,11 +322,55 @@ fail:
     if (e == HUSH_ERR_IDENTITY_CHANGED)
         e = hsdk_after_untrusted(c);
 done:
+    if (opened)
+        sodium_memzero(opened, opened_len);
+    free(opened);
     hsdk_pointer_free(file);
     if (content)
         hush__content__free_unpacked(content, &hsdk_wiping_allocator);
     signal_buffer_bzero_free(pt);
     return e;
+}
+
+hush_err hsdk_decrypt_shared(hush_client *c, const char *peer, uint32_t dev, const uint8_t *own, size_t own_len,
+                             const uint8_t *shared, size_t shared_len, hush_message **out)
+{
+    *out = NULL;
+    if (shared_len > HUSH_MAX_ENVELOPE || own_len > HUSH_MAX_ENVELOPE)
+        return HUSH_ERR_TOO_BIG;
+    Hush__Envelope *sh = hush__envelope__unpack(NULL, shared_len, shared);
+    if (!sh)
+        return HUSH_ERR_BAD_MESSAGE;
+    hush_err e;
+    if (sh->type == HUSH__CIPHER_TYPE__CIPHER_ROOM_CHANGE) {
+        /* a room change sent once to all: this device's own part holds the key to it */
+        Hush__Envelope *env = own_len ? hush__envelope__unpack(NULL, own_len, own) : NULL;
+        if (!env || (env->type != HUSH__CIPHER_TYPE__CIPHER_PREKEY && env->type != HUSH__CIPHER_TYPE__CIPHER_SIGNAL) ||
+            env->ciphertext.len == 0) {
+            e = HUSH_ERR_BAD_MESSAGE;
+        } else {
+            hsdk_lock(c);
+            e = c->has_device ? decrypt_locked(c, peer, dev, env, sh, out) : HUSH_ERR_NO_DEVICE;
+            hsdk_unlock(c);
+        }
+        if (env)
+            hush__envelope__free_unpacked(env, NULL);
+        hush__envelope__free_unpacked(sh, NULL);
+        return e;
+    }
+    hush__envelope__free_unpacked(sh, NULL);
+    /* a room message: the own part first (a sender key this device lacks), then the shared one.
+     * The own part failing for good (a duplicate, garbage) does not stop the shared one; failing
+     * for now (storage) or held for an identity decision is the outcome. */
+    if (own_len) {
+        hush_message *km = NULL;
+        e = hush_decrypt(c, peer, dev, own, own_len, &km);
+        hush_message_free(km);
+        if (e == HUSH_ERR_STORAGE || e == HUSH_ERR_NOMEM || e == HUSH_ERR_DB_KEY || e == HUSH_ERR_INTERNAL ||
+            e == HUSH_ERR_IDENTITY_CHANGED)
+            return e;
+    }
+    return hush_decrypt(c, peer, dev, shared, shared_len, out);
 }
 
 hush_err hush_decrypt(hush_client *c, const char *peer, uint32_t device_id, const uint8_t *envelope, size_t len,
@@ -293,7 +393,7 @@ hush_err hush_decrypt(hush_client *c, const char *peer, uint32_t device_id, cons
         e = HUSH_ERR_BAD_MESSAGE;
     } else {
         hsdk_lock(c);
-        e = c->has_device ? decrypt_locked(c, peer, device_id, env, out) : HUSH_ERR_NO_DEVICE;
+        e = c->has_device ? decrypt_locked(c, peer, device_id, env, NULL, out) : HUSH_ERR_NO_DEVICE;
         hsdk_unlock(c);
     }
     hush__envelope__free_unpacked(env, NULL);

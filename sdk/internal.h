@@ -444,6 +444,14 @@ hush_err hsdk_group_skdm_envelope(hush_client *c, const char *group_id, const ch
                                   uint8_t **env, size_t *env_len);
 hush_err hsdk_group_encrypt_content(hush_client *c, const char *group_id, Hush__Content *content, uint8_t **env,
                                     size_t *env_len);
+/* decrypt.c: a delivery with a shared envelope (a room send) and this device's own part (may be
+ * empty): a room change sent once to all (its own part holds the key), or a room message (its own
+ * part, a sender key, processed first). The outcome is the shared one's, or a failure of the own
+ * part that must be retried (storage) or held (identity change). */
+#define HSDK_ROOM_CHANGE_AD "hush-room-v1" /* additional data of a change's shared encryption */
+hush_err hsdk_decrypt_shared(hush_client *c, const char *peer, uint32_t dev, const uint8_t *own, size_t own_len,
+                             const uint8_t *shared, size_t shared_len, hush_message **out);
+
 /* group.c: what decrypt.c hands over */
 hush_err hsdk_process_skdm(hush_client *c, const char *peer, uint32_t dev, const char *group_id,
                             const uint8_t *skdm, size_t len);

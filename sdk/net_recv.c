@@ -78,28 +78,10 @@ static void inbound_store(struct hush_net *n, struct inbound *in, int from_pendi
         in->e = HUSH_ERR_STORAGE;
         return;
     }
-    if (in->shared) {
-        /* a room message: this device's own part first (a sender key it lacks), then the shared
-         * one. The own part failing for good (a duplicate, garbage) does not stop the shared one;
-         * failing for now (storage) retries both. */
-        if (in->len) {
-            hush_message *km = NULL;
-            hush_err ke = hush_decrypt(n->c, in->from, in->dev, in->env, in->len, &km);
-            hush_message_free(km);
-            if (ke == HUSH_ERR_STORAGE || ke == HUSH_ERR_NOMEM || ke == HUSH_ERR_DB_KEY || ke == HUSH_ERR_INTERNAL) {
-                in->e = ke;
-                return;
-            }
-            if (ke == HUSH_ERR_IDENTITY_CHANGED) {
-                in->e = ke; /* the key's sender is not trusted as it is: held like a pairwise message */
-                goto held;
-            }
-        }
-        in->e = hush_decrypt(n->c, in->from, in->dev, in->shared, in->shared_len, &in->m);
-        return;
-    }
-    in->e = hush_decrypt(n->c, in->from, in->dev, in->env, in->len, &in->m);
-held:
+    if (in->shared) /* a room send: this device's own part and the shared envelope together */
+        in->e = hsdk_decrypt_shared(n->c, in->from, in->dev, in->env, in->len, in->shared, in->shared_len, &in->m);
+    else
+        in->e = hush_decrypt(n->c, in->from, in->dev, in->env, in->len, &in->m);
     if (in->e == HUSH_ERR_IDENTITY_CHANGED && !from_pending) {
         /* keep the envelope until the user decides, and let the relay forget it */
         hsdk_lock(n->c);

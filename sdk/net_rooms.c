@@ -1,7 +1,8 @@
 /*
- * net_rooms.c - sending a room's outbox rows (addressed "#<room>", rooms.c). A change goes
- * pairwise to every device of every user it concerns (the members, and those it removes) and to
- * our own other devices. A message goes as one shared envelope, encrypted once with this device's
+ * net_rooms.c - sending a room's outbox rows (addressed "#<room>", rooms.c). A change goes once
+ * to every device of every user it concerns (the members, and those it removes) and to our own
+ * other devices: encrypted under a fresh key as the shared envelope, the key pairwise to each
+ * device in the same send. A message goes as one shared envelope, encrypted once with this device's
  * sender key for the room, to every device of every member; a device that lacks our current key
  * gets it pairwise in the same send, processed before the shared envelope. Every envelope is
  * stored before the first attempt (with the record of which device was handed which key by which
@@ -93,28 +94,73 @@ static uint8_t *stored(hush_client *c, const uint8_t mid[16], const char *name, 
     return hsdk_envelope_get(c, mid, name, dev, len);
 }
 
-/* The envelopes of a change: one pairwise per device. Caller holds the lock, inside the pump's
- * transaction. */
+/* The envelopes of a change, sent once to all: the change encrypted under a fresh key (the shared
+ * envelope, CIPHER_ROOM_CHANGE), and for each device that key with the shared envelope's digest,
+ * pairwise (CONTENT_ROOM_CHANGE_KEY). A device without its part (the device set changed) has
+ * everything made again under a new key. Caller holds the lock, inside the pump's transaction. */
 static hush_err change_envelopes(hush_client *c, const struct orow *o, const struct rdev *d, size_t nd)
 {
-    hush_err e = HUSH_OK;
-    for (size_t i = 0; i < nd && !e; i++) {
+    size_t slen = 0;
+    uint8_t *shared = stored(c, o->mid, SHARED_NAME, 0, &slen);
+    int complete = shared != NULL;
+    for (size_t i = 0; i < nd && complete; i++) {
         size_t len = 0;
         uint8_t *env = stored(c, o->mid, d[i].name, d[i].dev, &len);
-        if (env) {
-            free(env);
-            continue;
-        }
-        if ((e = hsdk_begin(c)))
-            break;
-        e = hsdk_encrypt_kind(c, d[i].name, d[i].dev, HUSH__CONTENT_KIND__CONTENT_ROOM_CHANGE, o->body, o->len, o->mid,
-                              0, &env, &len);
+        complete = env != NULL;
+        free(env);
+    }
+    free(shared);
+    if (complete)
+        return HUSH_OK;
+    hush_err e = hsdk_begin(c);
+    if (e)
+        return e;
+    hsdk_envelopes_forget(c, o->mid);
+    uint8_t key[crypto_aead_xchacha20poly1305_ietf_KEYBYTES], digest[32];
+    size_t nb = crypto_aead_xchacha20poly1305_ietf_NPUBBYTES, clen = nb + o->len + crypto_aead_xchacha20poly1305_ietf_ABYTES;
+    uint8_t *ct = malloc(clen), *senv = NULL;
+    if (!ct) {
+        e = HUSH_ERR_NOMEM;
+        goto out;
+    }
+    crypto_aead_xchacha20poly1305_ietf_keygen(key);
+    randombytes_buf(ct, nb);
+    crypto_aead_xchacha20poly1305_ietf_encrypt(ct + nb, NULL, o->body, o->len, (const uint8_t *)HSDK_ROOM_CHANGE_AD,
+                                               sizeof HSDK_ROOM_CHANGE_AD - 1, NULL, ct, key);
+    crypto_hash_sha256(digest, ct, clen);
+    Hush__Envelope ev = HUSH__ENVELOPE__INIT;
+    ev.type = HUSH__CIPHER_TYPE__CIPHER_ROOM_CHANGE;
+    ev.ciphertext.data = ct;
+    ev.ciphertext.len = clen;
+    slen = hush__envelope__get_packed_size(&ev);
+    if (!(senv = malloc(slen))) {
+        e = HUSH_ERR_NOMEM;
+        goto out;
+    }
+    hush__envelope__pack(&ev, senv);
+    e = hsdk_envelope_put(c, o->mid, SHARED_NAME, 0, senv, slen);
+    Hush__RoomChangeKey rk = HUSH__ROOM_CHANGE_KEY__INIT;
+    rk.key.data = key;
+    rk.key.len = sizeof key;
+    rk.digest.data = digest;
+    rk.digest.len = sizeof digest;
+    uint8_t body[128];
+    size_t blen = hush__room_change_key__pack(&rk, body);
+    for (size_t i = 0; i < nd && !e; i++) {
+        uint8_t *env = NULL;
+        size_t len = 0;
+        e = hsdk_encrypt_kind(c, d[i].name, d[i].dev, HUSH__CONTENT_KIND__CONTENT_ROOM_CHANGE_KEY, body, blen, o->mid, 0,
+                              &env, &len);
         if (!e)
             e = hsdk_envelope_put(c, o->mid, d[i].name, d[i].dev, env, len);
-        e = hsdk_end(c, e);
         hush_free(env);
     }
-    return e;
+    sodium_memzero(body, sizeof body);
+out:
+    sodium_memzero(key, sizeof key);
+    free(ct);
+    free(senv);
+    return hsdk_end(c, e);
 }
 
 /* The envelopes of a message: our key to each device that lacks it, then the shared envelope.
@@ -269,8 +315,8 @@ int hnet_send_room_row(struct hush_net *n, struct orow *o)
     Hush__Recipient **rp = calloc(nd, sizeof *rp);
     uint8_t **envs = calloc(nd, sizeof *envs);
     size_t slen = 0;
-    uint8_t *shared = is_change ? NULL : stored(c, o->mid, SHARED_NAME, 0, &slen);
-    int ok = rcs && rp && envs && (is_change || shared);
+    uint8_t *shared = stored(c, o->mid, SHARED_NAME, 0, &slen);
+    int ok = rcs && rp && envs && shared;
     for (size_t i = 0; i < nd && ok; i++) {
         size_t len = 0;
         envs[i] = stored(c, o->mid, devs[i].name, devs[i].dev, &len);
@@ -294,10 +340,8 @@ int hnet_send_room_row(struct hush_net *n, struct orow *o)
         s.n_recipients = nd;
         s.recipients = rp;
         s.non_urgent = is_change;
-        if (shared) {
-            s.shared_envelope.data = shared;
-            s.shared_envelope.len = slen;
-        }
+        s.shared_envelope.data = shared;
+        s.shared_envelope.len = slen;
         Hush__Frame f = HUSH__FRAME__INIT;
         f.id = q->id;
         f.msg_case = HUSH__FRAME__MSG_SEND;

@@ -212,6 +212,52 @@ static hush_err deliver_change(int from, int to, const uint8_t *change, size_t l
     return e;
 }
 
+/* The same, sent once to all: the change encrypted under a key (the shared envelope) and the key
+ * with the shared envelope's digest pairwise. tamper 1: a byte of the shared ciphertext changed
+ * after the digest was taken; 2: the digest names other bytes. */
+static hush_err deliver_shared(int from, int to, const uint8_t *change, size_t len, int tamper)
+{
+    uint8_t key[32], digest[32], mid[16];
+    size_t nb = 24, clen = nb + len + 16;
+    uint8_t *ct = malloc(clen);
+    crypto_aead_xchacha20poly1305_ietf_keygen(key);
+    randombytes_buf(ct, nb);
+    randombytes_buf(mid, sizeof mid);
+    crypto_aead_xchacha20poly1305_ietf_encrypt(ct + nb, NULL, change, len, (const uint8_t *)HSDK_ROOM_CHANGE_AD, 12, NULL,
+                                               ct, key);
+    crypto_hash_sha256(digest, ct, clen);
+    if (tamper == 1)
+        ct[nb + 3] ^= 1;
+    if (tamper == 2)
+        digest[0] ^= 1;
+    Hush__Envelope ev = HUSH__ENVELOPE__INIT;
+    ev.type = HUSH__CIPHER_TYPE__CIPHER_ROOM_CHANGE;
+    ev.ciphertext.data = ct;
+    ev.ciphertext.len = clen;
+    size_t slen = hush__envelope__get_packed_size(&ev);
+    uint8_t *shared = malloc(slen);
+    hush__envelope__pack(&ev, shared);
+    Hush__RoomChangeKey rk = HUSH__ROOM_CHANGE_KEY__INIT;
+    rk.key.data = key;
+    rk.key.len = 32;
+    rk.digest.data = digest;
+    rk.digest.len = 32;
+    uint8_t body[128], *env = NULL;
+    size_t blen = hush__room_change_key__pack(&rk, body), elen = 0;
+    hsdk_lock(rc[from]);
+    hush_err e = hsdk_encrypt_kind(rc[from], rname[to], 1, HUSH__CONTENT_KIND__CONTENT_ROOM_CHANGE_KEY, body, blen, mid, 0,
+                                   &env, &elen);
+    hsdk_unlock(rc[from]);
+    assert_int_equal(e, HUSH_OK);
+    hush_message *m = NULL;
+    e = hsdk_decrypt_shared(rc[to], rname[from], 1, env, elen, shared, slen, &m);
+    hush_message_free(m);
+    hush_free(env);
+    free(shared);
+    free(ct);
+    return e;
+}
+
 /* A change signed by `by` (whoever it is: the point is who may), from a state: version and
  * prev_hash as given. */
 static uint8_t *forge(int by, Hush__RoomState *st, size_t *len)
@@ -287,6 +333,11 @@ static void test_room_change_rules(void **state)
     assert_int_equal(deliver_change(0, 2, v1, l1), HUSH_ERR_DUPLICATE);
     /* a room that does not include the receiver, or made by someone not its admin: refused */
     assert_int_equal(deliver_change(0, 3, v1, l1), HUSH_ERR_NOT_ALLOWED);
+    /* sent once to all (as the network thread does): the shared envelope opens only with the key
+     * and digest of its own part, and only unchanged */
+    assert_int_equal(deliver_shared(0, 1, v1, l1, 0), HUSH_ERR_DUPLICATE); /* the same state: held already */
+    assert_int_equal(deliver_shared(0, 1, v1, l1, 1), HUSH_ERR_BAD_MESSAGE); /* a byte of the shared part changed */
+    assert_int_equal(deliver_shared(0, 1, v1, l1, 2), HUSH_ERR_BAD_MESSAGE); /* the digest of another envelope */
 
     /* a forged change by a member who is not an admin (adds quin) */
     struct hsdk_room cur;
