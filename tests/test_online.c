@@ -3143,6 +3143,130 @@ static void test_rooms_online(void **state)
     assert_int_equal(relay_stop(&relay, SIGTERM), 0);
 }
 
+/* kill -9 (and SIGTERM) of the relay while two members write to a room: every member's devices
+ * get every message exactly once, in each sender's order. */
+static void test_room_relay_kill(void **state)
+{
+    (void)state;
+    struct relay_proc relay;
+    relay_start(&relay, "roomkill", NULL);
+    struct user *u[4];
+    const char *names[4] = { "kata", "kirk", "kobe", "kyra" };
+    for (int i = 0; i < 4; i++)
+        u[i] = user_new(&relay, names[i]);
+    char id[HUSH_ROOM_ID_LEN + 1];
+    assert_int_equal(hush_group_create(u[0]->c, "k", names + 1, 3, id), HUSH_OK);
+    for (int i = 1; i < 4; i++)
+        assert_true(wait_room(u[i], HUSH_KIND_GROUP_CHANGE, id, "kata", NULL, 1, 15000));
+    enum { PER = 60, ROUNDS = 6 };
+    int sent = 0;
+    for (int round = 0; round < ROUNDS; round++) {
+        for (int k = 0; k < PER / ROUNDS; k++, sent++) {
+            char t[32];
+            snprintf(t, sizeof t, "a%03d", sent);
+            assert_int_equal(hush_group_send(u[0]->c, id, (const uint8_t *)t, strlen(t), NULL), HUSH_OK);
+            snprintf(t, sizeof t, "b%03d", sent);
+            assert_int_equal(hush_group_send(u[1]->c, id, (const uint8_t *)t, strlen(t), NULL), HUSH_OK);
+        }
+        usleep(20000 + (useconds_t)randombytes_uniform(80000));
+        relay_stop(&relay, round % 2 ? SIGTERM : SIGKILL);
+        relay_restart(&relay);
+    }
+    assert_int_equal(hush_net_flush(u[0]->c, 60000), HUSH_OK);
+    assert_int_equal(hush_net_flush(u[1]->c, 60000), HUSH_OK);
+    for (int i = 0; i < 4; i++) {
+        int want = (i == 0 || i == 1) ? PER : 2 * PER; /* a sender does not get its own */
+        assert_true(wait_count(&u[i]->r, &u[i]->r.nmsgs, want + (i == 0 ? 0 : 1), 60000));
+    }
+    usleep(300000);
+    for (int i = 0; i < 4; i++) {
+        int next_a = 0, next_b = 0;
+        pthread_mutex_lock(&u[i]->r.mu);
+        for (int k = 0; k < u[i]->r.nmsgs; k++) {
+            const struct got *g = &u[i]->r.msgs[k];
+            if (g->kind != HUSH_KIND_GROUP_TEXT)
+                continue;
+            char t[32];
+            if (g->text[0] == 'a') {
+                snprintf(t, sizeof t, "a%03d", next_a++);
+                assert_string_equal(g->text, t); /* in order, each once */
+            } else {
+                snprintf(t, sizeof t, "b%03d", next_b++);
+                assert_string_equal(g->text, t);
+            }
+        }
+        pthread_mutex_unlock(&u[i]->r.mu);
+        assert_int_equal(next_a, i == 0 ? 0 : PER);
+        assert_int_equal(next_b, i == 1 ? 0 : PER);
+        assert_int_equal(u[i]->r.dup_local, 0);
+    }
+    for (int i = 0; i < 4; i++)
+        user_free(u[i]);
+    assert_int_equal(relay_stop(&relay, SIGTERM), 0);
+}
+
+/* A room of twenty users with two devices each: every device gets every other user's message
+ * once, and its own user's as sent from the other device. */
+static void test_room_of_twenty(void **state)
+{
+    (void)state;
+    enum { N = 20 };
+    struct relay_proc relay;
+    relay_start(&relay, "roomtwenty", NULL);
+    struct user *d1[N], *d2[N];
+    char names[N][16];
+    const char *others[N];
+    for (int i = 0; i < N; i++) {
+        snprintf(names[i], sizeof names[i], "tw%02d", i);
+        d1[i] = user_new(&relay, names[i]);
+        char db[24];
+        snprintf(db, sizeof db, "tw%02d-b", i);
+        uint32_t dev = 0;
+        hush_err le = HUSH_OK;
+        d2[i] = user_link(&relay, d1[i], db, &dev, &le);
+        assert_int_equal(le, HUSH_OK);
+        others[i] = names[i];
+    }
+    char id[HUSH_ROOM_ID_LEN + 1];
+    assert_int_equal(hush_group_create(d1[0]->c, "twenty", others + 1, N - 1, id), HUSH_OK);
+    for (int i = 1; i < N; i++) {
+        assert_true(wait_room(d1[i], HUSH_KIND_GROUP_CHANGE, id, "tw00", NULL, 1, 30000));
+        assert_true(wait_room(d2[i], HUSH_KIND_GROUP_CHANGE, id, "tw00", NULL, 1, 30000));
+    }
+    for (int i = 0; i < N; i++) {
+        char t[64];
+        snprintf(t, sizeof t, "hello from %.15s", names[i]);
+        assert_int_equal(hush_group_send(d1[i]->c, id, (const uint8_t *)t, strlen(t), NULL), HUSH_OK);
+    }
+    for (int i = 0; i < N; i++) {
+        for (int j = 0; j < N; j++) {
+            if (i == j)
+                continue;
+            char t[64];
+            snprintf(t, sizeof t, "hello from %.15s", names[j]);
+            assert_true(wait_room(d1[i], HUSH_KIND_GROUP_TEXT, id, names[j], t, 1, 60000));
+            assert_true(wait_room(d2[i], HUSH_KIND_GROUP_TEXT, id, names[j], t, 1, 60000));
+        }
+        assert_true(wait_count(&d2[i]->r, &d2[i]->r.nsent_elsewhere, 1, 30000));
+    }
+    usleep(300000);
+    for (int i = 0; i < N; i++) {
+        for (int j = 0; j < N; j++) {
+            char t[64];
+            snprintf(t, sizeof t, "hello from %.15s", names[j]);
+            int want = i == j ? 0 : 1;
+            assert_int_equal(room_count(d1[i], HUSH_KIND_GROUP_TEXT, id, names[j], t), want);
+            assert_int_equal(room_count(d2[i], HUSH_KIND_GROUP_TEXT, id, names[j], t), want);
+        }
+        assert_int_equal(d1[i]->r.dup_local + d2[i]->r.dup_local, 0);
+    }
+    for (int i = 0; i < N; i++) {
+        user_free(d1[i]);
+        user_free(d2[i]);
+    }
+    assert_int_equal(relay_stop(&relay, SIGTERM), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -3173,6 +3297,8 @@ int main(void)
         cmocka_unit_test(test_sigpipe_handler_kept),
         cmocka_unit_test(test_linked_devices),
         cmocka_unit_test(test_rooms_online),
+        cmocka_unit_test(test_room_relay_kill),
+        cmocka_unit_test(test_room_of_twenty),
         cmocka_unit_test(test_cli_two_devices),
         cmocka_unit_test(test_device_removal),
         cmocka_unit_test(test_recovery),
