@@ -61,7 +61,7 @@ static void cli_usage(FILE *f)
             "  send USER TEXT...     Send a message (TEXT `-`: read it from standard input). Queued\n"
             "                        while offline and retried until the relay has it.\n"
             "  send USER --file PATH [--type MIME]   Send a file (encrypted here, resumable).\n"
-            "  send '#ROOM' TEXT...  Send a message to a room (its members' devices).\n"
+            "  send '#ROOM' TEXT...  Send a message to a room (its members' devices); --file works too.\n"
             "  group create NAME USER... | add | remove | leave | rename | promote | info | list\n"
             "                        Rooms: end-to-end encrypted groups (`hush group --help`).\n"
             "  get MESSAGE_ID [--out PATH]   Download a received file, check it, save it decrypted.\n"
@@ -126,6 +126,7 @@ static const struct {
                  "An account has at most 6 devices (the relay's max_devices).\n" },
     { "send", "usage: hush send USER TEXT...   or   hush send USER -   (the text from standard input)\n"
               "       hush send USER --file PATH [--type MIME]\n"
+              "       hush send '#ROOM' TEXT...   or   hush send '#ROOM' --file PATH   (a room: `hush group --help`)\n"
               "Sends a message. It is queued at once (durably) and retried until the relay has it;\n"
               "waits up to --wait SECONDS (default 10) for that. Empty messages are refused.\n"
               "Prints the message id of a message still queued: `hush cancel ID` takes it back.\n"
@@ -522,6 +523,8 @@ static char g_peer_filter[HUSH_USERNAME_MAX + 1];
 static char g_room_filter[HUSH_ROOM_ID_LEN + 1]; /* hush chat '#ROOM': the room's id */
 static hush_client *g_client;                     /* the client whose network runs (start_net) */
 static void room_label(hush_client *c, const char *id, char *out, size_t cap);
+struct opts;
+static int room_arg(hush_client *c, const char *cmd, const char *arg, char out[HUSH_ROOM_ID_LEN + 1], struct opts *o);
 static hush_client *g_chat; /* in `chat`: what is shown is marked read */
 
 static void stamp(char *buf, size_t cap, uint64_t ms)
@@ -588,7 +591,7 @@ static void on_file_message(const hush_message *m)
     char hex[33];
     sodium_bin2hex(hex, sizeof hex, m->message_id, 16);
     hush_attachment *a = NULL;
-    hush_client *c = g_files_client ? g_files_client : g_chat;
+    hush_client *c = g_files_client ? g_files_client : g_chat ? g_chat : g_client;
     if (c && hush_attachment_get(c, m->message_id, &a) != HUSH_OK)
         a = NULL;
     int mine = !strcmp(m->sender, m->conversation) ? 0 : 1;
@@ -599,8 +602,10 @@ static void on_file_message(const hush_message *m)
         json_field_num(&b, "local_id", (long long)m->local_id);
         json_field_str(&b, "from", m->sender, strlen(m->sender));
         json_field_num(&b, "device", (long long)m->sender_device);
-        if (mine)
+        if (mine && !m->group_id[0])
             json_field_str(&b, "to", m->conversation, strlen(m->conversation));
+        if (m->group_id[0])
+            json_field_str(&b, "room", m->group_id, strlen(m->group_id));
         json_field_str(&b, "id", hex, 32);
         json_field_num(&b, "sent_at_ms", (long long)m->sent_at_ms);
         json_field_str(&b, "name", m->body, m->body_len);
@@ -615,10 +620,15 @@ static void on_file_message(const hush_message *m)
         if (a)
             human_size(sz, sizeof sz, a->size);
         char *from = shown(m->sender, strlen(m->sender)), *name = shown(m->body, m->body_len);
-        char *to = mine ? shown(m->conversation, strlen(m->conversation)) : NULL;
-        out_line("\r[%s] %s%s%s: [file] %s (%s%s%s) id %s%s\n", ts, mine ? "you -> " : "", mine ? (to ? to : "?") : "",
-                 mine ? "" : (from ? from : "?"), name ? name : "?", sz, a ? ", " : "", a ? a->content_type : "", hex,
-                 g_files_dir ? "" : "  (`hush get ID` downloads it)");
+        char room[HUSH_ROOM_NAME_MAX * 4 + 8] = "";
+        if (m->group_id[0]) {
+            room_label(c, m->group_id, room, sizeof room - 1);
+            strcat(room, " ");
+        }
+        char *to = mine && !m->group_id[0] ? shown(m->conversation, strlen(m->conversation)) : NULL;
+        out_line("\r[%s] %s%s%s%s: [file] %s (%s%s%s) id %s%s\n", ts, room, mine ? "you" : "", to ? " -> " : "",
+                 to ? to : (mine ? "" : (from ? from : "?")), name ? name : "?", sz, a ? ", " : "",
+                 a ? a->content_type : "", hex, g_files_dir ? "" : "  (`hush get ID` downloads it)");
         free(from);
         free(name);
         free(to);
@@ -668,7 +678,7 @@ static void on_file(void *ctx, const uint8_t mid[16], int state, uint64_t done, 
     char hex[33];
     sodium_bin2hex(hex, sizeof hex, mid, 16);
     hush_attachment *a = NULL;
-    hush_client *c = g_files_client ? g_files_client : g_chat;
+    hush_client *c = g_files_client ? g_files_client : g_chat ? g_chat : g_client;
     if (c && hush_attachment_get(c, mid, &a) != HUSH_OK)
         a = NULL;
     const char *name = a ? a->file_name : hex;
@@ -1562,7 +1572,23 @@ static int cmd_send_file(struct opts *o, const char *to)
         return 1;
     }
     uint8_t mid[16];
-    hush_err e = hush_send_file(c, to, o->file, NULL, o->type, NULL, 0, mid);
+    hush_err e;
+    if (to[0] == '#') {
+        /* a room: uploaded once, announced to every member's devices */
+        char id[HUSH_ROOM_ID_LEN + 1];
+        if ((r = room_arg(c, "send", to, id, o))) {
+            hush_client_close(c);
+            return r;
+        }
+        e = hush_group_send_file(c, id, o->file, NULL, o->type, NULL, 0, mid);
+        if (e == HUSH_ERR_NOT_ALLOWED) {
+            hush_client_close(c);
+            fprintf(stderr, "hush send: you are no longer in %s\n", to);
+            return 1;
+        }
+    } else {
+        e = hush_send_file(c, to, o->file, NULL, o->type, NULL, 0, mid);
+    }
     if (e) {
         hush_client_close(c);
         if (e == HUSH_ERR_INVALID_ARG)

@@ -422,11 +422,12 @@ static const char *base_name(const char *path)
     return s ? s + 1 : path;
 }
 
-hush_err hush_send_file(hush_client *c, const char *peer, const char *path, const char *file_name,
-                        const char *content_type, const uint8_t *thumbnail, size_t thumbnail_len,
-                        uint8_t message_id_out[HUSH_MESSAGE_ID_BYTES])
+/* peer: the user, or a room's outbox name ("#..."), then group is the room's id (else ""). */
+static hush_err send_file(hush_client *c, const char *peer, const char *group, const char *path, const char *file_name,
+                          const char *content_type, const uint8_t *thumbnail, size_t thumbnail_len,
+                          uint8_t message_id_out[HUSH_MESSAGE_ID_BYTES])
 {
-    if (!c || !hsdk_valid_username(peer) || !path || (!thumbnail && thumbnail_len))
+    if (!path || (!thumbnail && thumbnail_len))
         return HUSH_ERR_INVALID_ARG;
     if (!file_name)
         file_name = base_name(path);
@@ -486,9 +487,10 @@ hush_err hush_send_file(hush_client *c, const char *peer, const char *path, cons
         if (!e) {
             /* the message exists from now on (QUEUED); the network thread uploads, then sends it */
             e = hsdk_file_insert(c, mid, 1, peer, HUSH_FILE_UPLOADING, &p, NULL);
+            /* in a room's history: ours (our name), under the room's id */
             if (!e)
-                e = hsdk_history_insert(c, peer, 0, 1, mid, HUSH_KIND_FILE, "", hsdk_now_ms(), (const uint8_t *)file_name,
-                                        strlen(file_name), NULL, NULL);
+                e = hsdk_history_insert(c, group[0] ? c->username : peer, 0, 1, mid, HUSH_KIND_FILE, group, hsdk_now_ms(),
+                                        (const uint8_t *)file_name, strlen(file_name), NULL, NULL);
             e = hsdk_end(c, e);
         }
         hsdk_unlock(c);
@@ -502,6 +504,30 @@ hush_err hush_send_file(hush_client *c, const char *peer, const char *path, cons
         memcpy(message_id_out, mid, 16);
     hsdk_net_wake(c, NET_WAKE_FILES);
     return HUSH_OK;
+}
+
+hush_err hush_send_file(hush_client *c, const char *peer, const char *path, const char *file_name,
+                        const char *content_type, const uint8_t *thumbnail, size_t thumbnail_len,
+                        uint8_t message_id_out[HUSH_MESSAGE_ID_BYTES])
+{
+    if (!c || !hsdk_valid_username(peer))
+        return HUSH_ERR_INVALID_ARG;
+    return send_file(c, peer, "", path, file_name, content_type, thumbnail, thumbnail_len, message_id_out);
+}
+
+hush_err hush_group_send_file(hush_client *c, const char *group, const char *path, const char *file_name,
+                              const char *content_type, const uint8_t *thumbnail, size_t thumbnail_len,
+                              uint8_t message_id_out[HUSH_MESSAGE_ID_BYTES])
+{
+    char peer[HUSH_USERNAME_MAX + 1];
+    if (!c)
+        return HUSH_ERR_INVALID_ARG;
+    hsdk_lock(c);
+    hush_err e = hsdk_room_sender(c, group, peer); /* a member, or not allowed */
+    hsdk_unlock(c);
+    if (e)
+        return e;
+    return send_file(c, peer, group, path, file_name, content_type, thumbnail, thumbnail_len, message_id_out);
 }
 
 void hush_attachment_free(hush_attachment *a)

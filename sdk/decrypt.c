@@ -183,7 +183,24 @@ static hush_err decrypt_locked(hush_client *c, const char *peer, uint32_t dev, c
         e = HUSH_ERR_BAD_MESSAGE;
         goto fail;
     }
-    if (content->kind == HUSH__CONTENT_KIND__CONTENT_ATTACHMENT && !is_group) {
+    if (content->kind == HUSH__CONTENT_KIND__CONTENT_ATTACHMENT && is_group) {
+        /* a file to a room: from a member (ours from another device: stored as sent by us) */
+        file = hsdk_pointer_parse(content->body.data, content->body.len);
+        if (!file || strcmp(content->group_id, env->group_id) != 0) {
+            e = HUSH_ERR_BAD_MESSAGE;
+            goto fail;
+        }
+        if ((e = hsdk_room_message_allowed(c, env->group_id, peer)))
+            goto fail;
+        kind = HUSH_KIND_FILE;
+        e = hsdk_history_insert(c, own ? c->username : peer, own ? 0 : dev, own, content->message_id.data, HUSH_KIND_FILE,
+                                env->group_id, content->sent_at_ms, (const uint8_t *)file->file_name,
+                                strlen(file->file_name), &local_id, &dup);
+        if (!e && !dup)
+            e = hsdk_file_insert(c, content->message_id.data, own, peer, HUSH_FILE_REMOTE, file, NULL);
+        if (!e && !dup && own)
+            e = hsdk_set_message_state(c, content->message_id.data, HUSH_MSG_SENT);
+    } else if (content->kind == HUSH__CONTENT_KIND__CONTENT_ATTACHMENT && !is_group) {
         /* a file: from the peer, or one another of our devices sent (stored as ours, state SENT) */
         file = hsdk_pointer_parse(content->body.data, content->body.len);
         if (!file) {

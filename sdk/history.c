@@ -154,7 +154,7 @@ static hush_err history_page(hush_client *c, const char *peer, const char *group
             h->read = sqlite3_column_int(st, 6);
             int kind = sqlite3_column_int(st, 8);
             if (group)
-                h->kind = kind == HUSH_KIND_GROUP_CHANGE ? HUSH_KIND_GROUP_CHANGE : HUSH_KIND_GROUP_TEXT;
+                h->kind = kind == HUSH_KIND_GROUP_CHANGE || kind == HUSH_KIND_FILE ? kind : HUSH_KIND_GROUP_TEXT;
             else
                 h->kind = kind == HUSH_KIND_FILE ? HUSH_KIND_FILE : HUSH_KIND_TEXT;
             const char *who = (const char *)sqlite3_column_text(st, 9);

@@ -423,6 +423,9 @@ hush_err hsdk_room_receive(hush_client *c, const char *from, uint32_t dev, const
  * user and `from` must be members of it (HUSH_ERR_NOT_ALLOWED); any other group id is a group of
  * the local sender-key functions (HUSH_OK). Caller holds the lock. */
 hush_err hsdk_room_message_allowed(hush_client *c, const char *group_id, const char *from);
+/* The room `group` (its id) when this user may send to it: its outbox name in peer. HUSH_ERR_NOT_FOUND,
+ * HUSH_ERR_NOT_ALLOWED (not a member), HUSH_ERR_INVALID_ARG otherwise. Caller holds the lock. */
+hush_err hsdk_room_sender(hush_client *c, const char *group, char peer[HUSH_USERNAME_MAX + 1]);
 /* This device's sender key for the room: its id (*exists 0: none yet), after replacing it when it
  * is due (older than 14 days, or handed to a device that is no longer a member's). Then: key_made
  * records a new key's birth; key_has / key_put tell and record which device was handed which key

@@ -31,7 +31,9 @@
 static hush_err mark_notified(hush_client *c, const hush_message *m)
 {
     hsdk_history_set_notified(c, m->local_id);
-    return m->kind == HUSH_KIND_TEXT || m->kind == HUSH_KIND_FILE ? hsdk_queue_receipt(c, m->sender, HUSH_MSG_DELIVERED, m->message_id) : HUSH_OK;
+    /* pairwise texts and files (not in rooms: receipts there are not sent yet) */
+    int owed = (m->kind == HUSH_KIND_TEXT || m->kind == HUSH_KIND_FILE) && !m->group_id[0];
+    return owed ? hsdk_queue_receipt(c, m->sender, HUSH_MSG_DELIVERED, m->message_id) : HUSH_OK;
 }
 
 /* After the app has been told: mark the message notified and owe its sender a delivery receipt,

@@ -219,7 +219,7 @@ static hush_err message_envelopes(hush_client *c, struct hsdk_room *r, const str
         Hush__Content content = HUSH__CONTENT__INIT;
         content.message_id.data = (uint8_t *)o->mid;
         content.message_id.len = 16;
-        content.kind = HUSH__CONTENT_KIND__CONTENT_TEXT;
+        content.kind = (Hush__ContentKind)o->kind; /* a text, or a file's pointer */
         content.body.data = o->body;
         content.body.len = o->len;
         content.sent_at_ms = hsdk_now_ms();

@@ -913,6 +913,17 @@ hush_err hush_group_leave(hush_client *c, const char *group)
     return e;
 }
 
+hush_err hsdk_room_sender(hush_client *c, const char *group, char peer[HUSH_USERNAME_MAX + 1])
+{
+    struct hsdk_room r;
+    hush_err e = room_for_change(c, group, 0, &r);
+    if (!e) {
+        hsdk_room_outbox_peer(r.id, peer);
+        hsdk_room_release(&r);
+    }
+    return e;
+}
+
 hush_err hush_group_send(hush_client *c, const char *group, const uint8_t *text, size_t len,
                          uint8_t message_id_out[HUSH_MESSAGE_ID_BYTES])
 {

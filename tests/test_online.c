@@ -3267,6 +3267,70 @@ static void test_room_of_twenty(void **state)
     assert_int_equal(relay_stop(&relay, SIGTERM), 0);
 }
 
+/* A file to a room: uploaded once, its pointer to every member's devices as a room message; each
+ * downloads and saves the same bytes; the sender's other device sees it as sent. */
+static void test_room_file(void **state)
+{
+    (void)state;
+    struct relay_proc relay;
+    relay_start(&relay, "roomfile", NULL);
+    struct user *a = user_new(&relay, "fran"), *b = user_new(&relay, "fred2"), *c = user_new(&relay, "fynn");
+    uint32_t dev2 = 0;
+    hush_err le = HUSH_OK;
+    struct user *a2 = user_link(&relay, a, "fran2", &dev2, &le);
+    assert_int_equal(le, HUSH_OK);
+    const char *members[] = { "fred2", "fynn" };
+    char id[HUSH_ROOM_ID_LEN + 1];
+    assert_int_equal(hush_group_create(a->c, "files", members, 2, id), HUSH_OK);
+    assert_true(wait_room(b, HUSH_KIND_GROUP_CHANGE, id, "fran", NULL, 1, 15000));
+    assert_true(wait_room(c, HUSH_KIND_GROUP_CHANGE, id, "fran", NULL, 1, 15000));
+    enum { SIZE = 300 * 1024 + 7 };
+    uint8_t *content = malloc(SIZE);
+    randombytes_buf(content, SIZE);
+    char src[600];
+    snprintf(src, sizeof src, "%s", tpath("room-photo.jpg"));
+    FILE *f = fopen(src, "wb");
+    assert_non_null(f);
+    assert_int_equal(fwrite(content, 1, SIZE, f), SIZE);
+    fclose(f);
+    uint8_t mid[16];
+    assert_int_equal(hush_group_send_file(a->c, id, src, NULL, "image/jpeg", NULL, 0, mid), HUSH_OK);
+    assert_true(wait_room(b, HUSH_KIND_FILE, id, "fran", "room-photo.jpg", 1, 30000));
+    assert_true(wait_room(c, HUSH_KIND_FILE, id, "fran", "room-photo.jpg", 1, 30000));
+    assert_true(wait_state(a, mid, HUSH_MSG_SENT, 30000));
+    assert_true(wait_count(&a2->r, &a2->r.nfile_msgs, 1, 30000)); /* ours, from the other device */
+    struct user *who[] = { b, c };
+    for (int i = 0; i < 2; i++) {
+        char out[600];
+        snprintf(out, sizeof out, "%s", tpath(i ? "room-c.jpg" : "room-b.jpg"));
+        fetch_and_save(who[i], mid, out, 30000);
+        FILE *g = fopen(out, "rb");
+        assert_non_null(g);
+        uint8_t *got = malloc(SIZE + 1);
+        assert_int_equal(fread(got, 1, SIZE + 1, g), SIZE);
+        fclose(g);
+        assert_memory_equal(got, content, SIZE);
+        free(got);
+    }
+    /* the room's history shows it as a file; a member who left cannot send one */
+    hush_history_entry *h = NULL;
+    size_t n = 0;
+    assert_int_equal(hush_group_history(b->c, id, 0, 10, &h, &n), HUSH_OK);
+    int files = 0;
+    for (size_t i = 0; i < n; i++)
+        files += h[i].kind == HUSH_KIND_FILE && !strcmp(h[i].peer, "fran");
+    assert_int_equal(files, 1);
+    hush_history_free(h, n);
+    assert_int_equal(hush_group_leave(c->c, id), HUSH_OK);
+    assert_int_equal(hush_group_send_file(c->c, id, src, NULL, NULL, NULL, 0, NULL), HUSH_ERR_NOT_ALLOWED);
+    free(content);
+    user_free(a);
+    user_free(a2);
+    user_free(b);
+    user_free(c);
+    assert_int_equal(relay_stop(&relay, SIGTERM), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -3299,6 +3363,7 @@ int main(void)
         cmocka_unit_test(test_rooms_online),
         cmocka_unit_test(test_room_relay_kill),
         cmocka_unit_test(test_room_of_twenty),
+        cmocka_unit_test(test_room_file),
         cmocka_unit_test(test_cli_two_devices),
         cmocka_unit_test(test_device_removal),
         cmocka_unit_test(test_recovery),

@@ -745,6 +745,14 @@ typedef struct hush_attachment {
 HUSH_MUST_CHECK hush_err hush_send_file(hush_client *c, const char *peer, const char *path, const char *file_name,
                                         const char *content_type, const uint8_t *thumbnail, size_t thumbnail_len,
                                         uint8_t message_id_out[HUSH_MESSAGE_ID_BYTES]);
+/* The same to a room (`group`: its id): uploaded once, then the pointer goes to every member's
+ * devices as a room message (encrypted once with this device's key). Errors as hush_send_file,
+ * and HUSH_ERR_NOT_FOUND / HUSH_ERR_NOT_ALLOWED as hush_group_send. A room's file has `peer`
+ * '#' and 22 characters in hush_attachment; its message has group_id set. */
+HUSH_MUST_CHECK hush_err hush_group_send_file(hush_client *c, const char *group, const char *path,
+                                              const char *file_name, const char *content_type,
+                                              const uint8_t *thumbnail, size_t thumbnail_len,
+                                              uint8_t message_id_out[HUSH_MESSAGE_ID_BYTES]);
 /* On success *out is the caller's (hush_attachment_free). HUSH_ERR_NOT_FOUND: no file message with that id. */
 HUSH_MUST_CHECK hush_err hush_attachment_get(hush_client *c, const uint8_t message_id[HUSH_MESSAGE_ID_BYTES],
                                              hush_attachment **out);
