@@ -13,6 +13,19 @@ extension HushClient {
     @discardableResult
     public func sendFile(to peer: String, url: URL, fileName: String? = nil, contentType: String? = nil,
                          thumbnail: Data? = nil) throws -> MessageID {
+        try sendFile(peer, toGroup: false, url: url, fileName: fileName, contentType: contentType, thumbnail: thumbnail)
+    }
+
+    /// The same to a room (`group`: its id): uploaded once, announced to every member's devices.
+    /// Errors as `sendFile(to:...)`, and `.notFound` / `.notAllowed` as `sendToGroup`.
+    @discardableResult
+    public func sendFile(toGroup group: String, url: URL, fileName: String? = nil, contentType: String? = nil,
+                         thumbnail: Data? = nil) throws -> MessageID {
+        try sendFile(group, toGroup: true, url: url, fileName: fileName, contentType: contentType, thumbnail: thumbnail)
+    }
+
+    private func sendFile(_ peer: String, toGroup: Bool, url: URL, fileName: String?, contentType: String?,
+                          thumbnail: Data?) throws -> MessageID {
         try rejectNUL(peer)
         try rejectNUL(url.path)
         if let n = fileName { try rejectNUL(n) }
@@ -24,7 +37,8 @@ extension HushClient {
                 let p = tb.bindMemory(to: UInt8.self).baseAddress
                 return withOptionalCString(fileName) { fn in
                     withOptionalCString(contentType) { ct in
-                        hush_send_file(h, peer, url.path, fn, ct, thumb.isEmpty ? nil : p, thumb.count, &mid)
+                        toGroup ? hush_group_send_file(h, peer, url.path, fn, ct, thumb.isEmpty ? nil : p, thumb.count, &mid)
+                                : hush_send_file(h, peer, url.path, fn, ct, thumb.isEmpty ? nil : p, thumb.count, &mid)
                     }
                 }
             }

@@ -203,6 +203,12 @@ final class HushClientTests: XCTestCase {
         XCTAssertTrue(ra.await { !$0.groupTyping.isEmpty })
         XCTAssertEqual(ra.groupTyping[0], GroupTypingUpdate(group: id, user: "hugo", deviceID: 1, isTyping: true))
         XCTAssertThrowsError(try hugo.addToGroup(id, users: ["jack"])) { XCTAssertEqual($0 as? HushError, .notAllowed) }
+        let photo = FileManager.default.temporaryDirectory.appendingPathComponent("room-\(UUID().uuidString).jpg")
+        let bytes = Data((0..<70000).map { UInt8(truncatingIfNeeded: $0 &* 31) })
+        try bytes.write(to: photo)
+        defer { try? FileManager.default.removeItem(at: photo) }
+        let fid = try gina.sendFile(toGroup: id, url: photo, contentType: "image/jpeg")
+        XCTAssertTrue(rb.await(20) { r in r.messages.contains { $0.kind == .file && $0.groupID == id && $0.id == fid } })
         try gina.removeFromGroup(id, user: "ines")
         XCTAssertTrue(rc.await { r in r.messages.contains { $0.kind == .groupChange && $0.text.contains("removed ines") } })
         XCTAssertFalse(try ines.groupInfo(id).isMember)

@@ -557,8 +557,9 @@ static jstring n_push_vapid_key(JNIEnv *env, jclass cls, jlong hh)
 
 static int get_message_id(JNIEnv *env, jbyteArray id, uint8_t out[HUSH_MESSAGE_ID_BYTES]);
 
+/* to_group: peer is a room's id (hush_group_send_file) */
 static jbyteArray n_send_file(JNIEnv *env, jclass cls, jlong hh, jstring peer, jstring path, jstring name, jstring type,
-                              jbyteArray thumb)
+                              jbyteArray thumb, jboolean to_group)
 {
     (void)cls;
     char p[64], fp[4096], fn[HUSH_MAX_FILE_NAME * 4 + 1], ct[HUSH_MAX_CONTENT_TYPE * 4 + 1];
@@ -578,7 +579,8 @@ static jbyteArray n_send_file(JNIEnv *env, jclass cls, jlong hh, jstring peer, j
     if (tn)
         (*env)->GetByteArrayRegion(env, thumb, 0, tn, (jbyte *)tb);
     uint8_t mid[HUSH_MESSAGE_ID_BYTES];
-    hush_err e = hush_send_file(H(hh)->c, p, fp, name ? fn : NULL, type ? ct : NULL, tb, (size_t)tn, mid);
+    hush_err e = to_group ? hush_group_send_file(H(hh)->c, p, fp, name ? fn : NULL, type ? ct : NULL, tb, (size_t)tn, mid)
+                          : hush_send_file(H(hh)->c, p, fp, name ? fn : NULL, type ? ct : NULL, tb, (size_t)tn, mid);
     free(tb);
     if (check(env, e, "sendFile"))
         return NULL;
@@ -1269,7 +1271,7 @@ static const JNINativeMethod g_natives[] = {
     { "nativeFlush", "(JI)V", (void *)n_flush },
     { "nativeRunning", "(J)Z", (void *)n_running },
     { "nativeWaitDrained", "(JI)V", (void *)n_wait_drained },
-    { "nativeSendFile", "(J" S S S S "[B)[B", (void *)n_send_file },
+    { "nativeSendFile", "(J" S S S S "[BZ)[B", (void *)n_send_file },
     { "nativeAttachment", "(J[B)Lorg/hush/sdk/Attachment;", (void *)n_attachment },
     { "nativeAttachmentOp", "(J[BI" S ")V", (void *)n_attachment_op },
     { "nativePushRegister", "(J" S "[B[B)V", (void *)n_push_register },

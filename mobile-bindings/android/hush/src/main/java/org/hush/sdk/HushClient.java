@@ -443,7 +443,21 @@ public final class HushClient implements AutoCloseable {
             throws HushException {
         long h = enter();
         try {
-            return MessageId.of(nativeSendFile(h, peer, path, fileName, contentType, thumbnail));
+            return MessageId.of(nativeSendFile(h, peer, path, fileName, contentType, thumbnail, false));
+        } finally {
+            leave();
+        }
+    }
+
+    /**
+     * The same to a room ({@code group}: its id): uploaded once, announced to every member's
+     * devices. Errors as {@link #sendFile}, and NOT_FOUND / NOT_ALLOWED as {@link #sendToGroup}.
+     */
+    public MessageId sendFileToGroup(String group, String path, String fileName, String contentType, byte[] thumbnail)
+            throws HushException {
+        long h = enter();
+        try {
+            return MessageId.of(nativeSendFile(h, group, path, fileName, contentType, thumbnail, true));
         } finally {
             leave();
         }
@@ -935,7 +949,7 @@ public final class HushClient implements AutoCloseable {
     private static native boolean nativeRunning(long h);
     private static native void nativeWaitDrained(long h, int ms) throws HushException;
     private static native byte[] nativeSendFile(long h, String peer, String path, String fileName, String contentType,
-                                                byte[] thumbnail) throws HushException;
+                                                byte[] thumbnail, boolean toGroup) throws HushException;
     private static native Attachment nativeAttachment(long h, byte[] id) throws HushException;
     private static native void nativeAttachmentOp(long h, byte[] id, int op, String path) throws HushException;
     private static native void nativePushRegister(long h, String endpoint, byte[] p256dh, byte[] auth) throws HushException;

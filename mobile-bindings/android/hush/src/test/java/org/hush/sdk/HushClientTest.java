@@ -335,6 +335,17 @@ public class HushClientTest {
         } catch (HushException e) {
             assertEquals(HushError.NOT_ALLOWED, e.error());
         }
+        File photo = tmp.newFile("room.jpg");
+        byte[] bytes = new byte[70000];
+        new SecureRandom().nextBytes(bytes);
+        java.nio.file.Files.write(photo.toPath(), bytes);
+        MessageId fid = a.sendFileToGroup(id, photo.getPath(), null, "image/jpeg", null);
+        assertTrue("a file in the room", rb.await(() -> rb.count(Message.Kind.FILE, id, "jra", "room.jpg") == 1, 20000));
+        b.downloadAttachment(fid);
+        assertTrue(rb.await(() -> rb.hasFile(fid, FileState.READY), 20000));
+        File got = new File(tmp.getRoot(), "room-got.jpg");
+        b.saveAttachment(fid, got.getPath());
+        assertArrayEquals(bytes, java.nio.file.Files.readAllBytes(got.toPath()));
         a.removeFromGroup(id, "jrc");
         assertTrue(rc.await(() -> rc.count(Message.Kind.GROUP_CHANGE, id, "jra", "removed jrc") == 1, 20000));
         assertFalse(c.groupInfo(id).isMember());
