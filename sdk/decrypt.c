@@ -136,12 +136,137 @@ out:
     return e;
 }
 
+/* A text or a file to room gid from (peer, dev) (own: from another device of ours: stored as sent
+ * by us), as its Content says: the sender must be a member. Inside the caller's savepoint. */
+static hush_err room_message(hush_client *c, const char *peer, uint32_t dev, int own, const char *gid,
+                             const Hush__Content *ct, hush_kind *kind, int64_t *local_id, int *dup,
+                             Hush__AttachmentPointer **file)
+{
+    hush_err e = hsdk_room_message_allowed(c, gid, peer);
+    if (e)
+        return e;
+    const char *who = own ? c->username : peer;
+    uint32_t wdev = own ? 0 : dev;
+    const uint8_t *mid = ct->message_id.data;
+    if (ct->kind == HUSH__CONTENT_KIND__CONTENT_ATTACHMENT) {
+        if (!(*file = hsdk_pointer_parse(ct->body.data, ct->body.len)))
+            return HUSH_ERR_BAD_MESSAGE;
+        *kind = HUSH_KIND_FILE;
+        e = hsdk_history_insert(c, who, wdev, own, mid, HUSH_KIND_FILE, gid, ct->sent_at_ms,
+                                (const uint8_t *)(*file)->file_name, strlen((*file)->file_name), local_id, dup);
+        if (!e && !*dup)
+            e = hsdk_file_insert(c, mid, own, peer, HUSH_FILE_REMOTE, *file, NULL);
+    } else if (ct->kind == HUSH__CONTENT_KIND__CONTENT_TEXT) {
+        *kind = own ? HUSH_KIND_SENT_ELSEWHERE : HUSH_KIND_GROUP_TEXT;
+        e = hsdk_history_insert(c, who, wdev, own, mid, HUSH_KIND_GROUP_TEXT, gid, ct->sent_at_ms, ct->body.data,
+                                ct->body.len, local_id, dup);
+    } else {
+        return HUSH_ERR_BAD_MESSAGE;
+    }
+    if (!e && !*dup && own)
+        e = hsdk_set_message_state(c, mid, HUSH_MSG_SENT);
+    return e;
+}
+
+/* How long a room message of ours can be sent again to a member that could not decrypt it. */
+#define ROOM_RESEND_MAX_AGE_MS (7ull * 24 * 3600 * 1000)
+
+/* A member (peer, dev) could not decrypt room messages of ours: each one named that this user sent
+ * in the last seven days goes to that user again, pairwise (CONTENT_ROOM_RESEND, through the
+ * outbox), and the device gets this device's key again with the next message. Requests from
+ * someone outside the room are refused. Inside the caller's savepoint. */
+static hush_err answer_key_request(hush_client *c, const char *peer, uint32_t dev, const uint8_t *body, size_t len)
+{
+    if (len > 4096)
+        return HUSH_ERR_BAD_MESSAGE;
+    Hush__RoomKeyRequest *rq = hush__room_key_request__unpack(NULL, len, body);
+    hush_err e = HUSH_ERR_BAD_MESSAGE;
+    if (!rq || !hsdk_room_is_id(rq->group_id) || rq->n_message_ids < 1 || rq->n_message_ids > 32)
+        goto out;
+    if ((e = hsdk_room_message_allowed(c, rq->group_id, peer)) ||
+        (e = hsdk_room_key_forget_device(c, rq->group_id, peer, dev)))
+        goto out;
+    uint64_t now = hsdk_now_ms();
+    for (size_t i = 0; i < rq->n_message_ids && !e; i++) {
+        if (rq->message_ids[i].len != HUSH_MESSAGE_ID_BYTES)
+            continue;
+        const uint8_t *mid = rq->message_ids[i].data;
+        int kind = 0;
+        uint64_t sent_at = 0;
+        uint8_t *text = NULL, *packed = NULL;
+        size_t tlen = 0, plen = 0;
+        hush_err fe = hsdk_history_sent_to_group(c, rq->group_id, mid, &kind, &sent_at, &text, &tlen);
+        if (fe == HUSH_ERR_NOT_FOUND || (!fe && now - sent_at > ROOM_RESEND_MAX_AGE_MS)) {
+            free(text);
+            continue; /* not ours, or too old to send again */
+        }
+        if ((e = fe))
+            break;
+        Hush__Content ct = HUSH__CONTENT__INIT;
+        ct.message_id.data = (uint8_t *)mid;
+        ct.message_id.len = HUSH_MESSAGE_ID_BYTES;
+        ct.sent_at_ms = sent_at;
+        ct.group_id = rq->group_id;
+        ct.kind = HUSH__CONTENT_KIND__CONTENT_TEXT;
+        ct.body.data = text;
+        ct.body.len = tlen;
+        struct hsdk_file f;
+        int have_file = 0;
+        if (kind == HUSH_KIND_FILE) {
+            /* a file: its pointer (the key, the blob), not just the name the history holds */
+            if (hsdk_file_load(c, mid, &f) != HUSH_OK) {
+                sodium_memzero(text, tlen);
+                free(text);
+                continue;
+            }
+            have_file = 1;
+            size_t pl = hush__attachment_pointer__get_packed_size(f.p);
+            uint8_t *pb = malloc(pl ? pl : 1);
+            if (pb)
+                hush__attachment_pointer__pack(f.p, pb);
+            sodium_memzero(text, tlen);
+            free(text);
+            text = pb;
+            tlen = pl;
+            ct.kind = HUSH__CONTENT_KIND__CONTENT_ATTACHMENT;
+            ct.body.data = text;
+            ct.body.len = tlen;
+        }
+        if (!text)
+            e = HUSH_ERR_NOMEM;
+        plen = e ? 0 : hush__content__get_packed_size(&ct);
+        if (!e && !(packed = malloc(plen ? plen : 1)))
+            e = HUSH_ERR_NOMEM;
+        if (!e) {
+            hush__content__pack(&ct, packed);
+            uint8_t omid[HUSH_MESSAGE_ID_BYTES];
+            randombytes_buf(omid, sizeof omid);
+            e = hsdk_outbox_insert(c, peer, HUSH__CONTENT_KIND__CONTENT_ROOM_RESEND, omid, packed, plen);
+        }
+        if (have_file)
+            hsdk_file_release(&f);
+        if (text) {
+            sodium_memzero(text, tlen);
+            free(text);
+        }
+        if (packed) {
+            sodium_memzero(packed, plen);
+            free(packed);
+        }
+    }
+out:
+    if (rq)
+        hush__room_key_request__free_unpacked(rq, NULL);
+    return e;
+}
+
 /* shared: the shared envelope that came with env (a room send), or NULL. */
 static hush_err decrypt_locked(hush_client *c, const char *peer, uint32_t dev, const Hush__Envelope *env,
                                const Hush__Envelope *shared, hush_message **out)
 {
     uint8_t *opened = NULL; /* a room change sent once to all, opened */
     size_t opened_len = 0;
+    Hush__Content *inner = NULL; /* a room message sent again (CONTENT_ROOM_RESEND) */
     signal_protocol_address addr = { peer, strlen(peer), (int32_t)dev };
     signal_buffer *pt = NULL;
     Hush__Content *content = NULL;
@@ -172,9 +297,11 @@ static hush_err decrypt_locked(hush_client *c, const char *peer, uint32_t dev, c
     int room = is_group || content->kind == HUSH__CONTENT_KIND__CONTENT_SENDER_KEY ||
                content->kind == HUSH__CONTENT_KIND__CONTENT_ROOM_CHANGE ||
                content->kind == HUSH__CONTENT_KIND__CONTENT_ROOM_CHANGE_KEY ||
+
                (content->kind == HUSH__CONTENT_KIND__CONTENT_TYPING && content->group_id[0]);
     struct hsdk_room_event ev;
     const uint8_t *shown = content->body.data; /* what the app is shown: the body, or words */
+    const Hush__Content *shown_ct = content;   /* whose id and time the app is shown */
     size_t shown_len = content->body.len;
     /* Copies from our own other devices, and only those, name their conversation; group traffic
      * (messages, sender keys, room changes) never does: the group is the conversation. */
@@ -183,23 +310,35 @@ static hush_err decrypt_locked(hush_client *c, const char *peer, uint32_t dev, c
         e = HUSH_ERR_BAD_MESSAGE;
         goto fail;
     }
-    if (content->kind == HUSH__CONTENT_KIND__CONTENT_ATTACHMENT && is_group) {
-        /* a file to a room: from a member (ours from another device: stored as sent by us) */
-        file = hsdk_pointer_parse(content->body.data, content->body.len);
-        if (!file || strcmp(content->group_id, env->group_id) != 0) {
+    if (is_group && (content->kind == HUSH__CONTENT_KIND__CONTENT_TEXT ||
+                     content->kind == HUSH__CONTENT_KIND__CONTENT_ATTACHMENT)) {
+        /* a room's text or file: it must name the group its envelope claims */
+        if (strcmp(content->group_id, env->group_id) != 0) {
             e = HUSH_ERR_BAD_MESSAGE;
             goto fail;
         }
-        if ((e = hsdk_room_message_allowed(c, env->group_id, peer)))
-            goto fail;
-        kind = HUSH_KIND_FILE;
-        e = hsdk_history_insert(c, own ? c->username : peer, own ? 0 : dev, own, content->message_id.data, HUSH_KIND_FILE,
-                                env->group_id, content->sent_at_ms, (const uint8_t *)file->file_name,
-                                strlen(file->file_name), &local_id, &dup);
-        if (!e && !dup)
-            e = hsdk_file_insert(c, content->message_id.data, own, peer, HUSH_FILE_REMOTE, file, NULL);
-        if (!e && !dup && own)
-            e = hsdk_set_message_state(c, content->message_id.data, HUSH_MSG_SENT);
+        e = room_message(c, peer, dev, own, env->group_id, content, &kind, &local_id, &dup, &file);
+    } else if (content->kind == HUSH__CONTENT_KIND__CONTENT_ROOM_RESEND && !is_group && !sync) {
+        /* a room message again, pairwise, because this device asked (it lacked the key) */
+        if (content->body.len > HUSH_MAX_BODY + 1024 ||
+                   !(inner = hush__content__unpack(&hsdk_wiping_allocator, content->body.len, content->body.data)) ||
+                   !content_ok(inner) || !hsdk_room_is_id(inner->group_id)) {
+            e = HUSH_ERR_BAD_MESSAGE;
+        } else {
+            e = room_message(c, peer, dev, 0, inner->group_id, inner, &kind, &local_id, &dup, &file);
+            shown_ct = inner;
+            shown = inner->body.data;
+            shown_len = inner->body.len;
+        }
+    } else if (content->kind == HUSH__CONTENT_KIND__CONTENT_KEY_REQUEST && !is_group && !sync) {
+        /* a member could not decrypt messages of ours: they go to it again, pairwise */
+        kind = HUSH_KIND_GROUP_KEY; /* nothing to show */
+        e = answer_key_request(c, peer, dev, content->body.data, content->body.len);
+        if (!e)
+            hsdk_net_wake(c, NET_WAKE_OUTBOX); /* the answers go out without waiting for other traffic */
+    } else if (sync && (content->kind == HUSH__CONTENT_KIND__CONTENT_KEY_REQUEST ||
+                        content->kind == HUSH__CONTENT_KIND__CONTENT_ROOM_RESEND)) {
+        kind = HUSH_KIND_GROUP_KEY; /* copies of our own requests and answers: nothing to do here */
     } else if (content->kind == HUSH__CONTENT_KIND__CONTENT_ATTACHMENT && !is_group) {
         /* a file: from the peer, or one another of our devices sent (stored as ours, state SENT) */
         file = hsdk_pointer_parse(content->body.data, content->body.len);
@@ -235,28 +374,10 @@ static hush_err decrypt_locked(hush_client *c, const char *peer, uint32_t dev, c
             e = hsdk_history_sync_read(c, content->sync_peer, content->body.data + 1, (n - 1) / HUSH_MESSAGE_ID_BYTES);
     } else if (sync) {
         e = HUSH_ERR_BAD_MESSAGE;
-    } else if (content->kind == HUSH__CONTENT_KIND__CONTENT_TEXT) {
-        const char *gid = is_group ? env->group_id : "";
-        /* A group message must name the group its envelope claims, and a room's come from its
-         * members only. */
-        if (is_group && strcmp(content->group_id, env->group_id) != 0) {
-            e = HUSH_ERR_BAD_MESSAGE;
-            goto fail;
-        }
-        if (is_group && (e = hsdk_room_message_allowed(c, gid, peer)))
-            goto fail;
-        if (own) {
-            /* sent to a room from another of our devices: our history shows it as sent by us */
-            kind = HUSH_KIND_SENT_ELSEWHERE;
-            e = hsdk_history_insert(c, c->username, 0, 1, content->message_id.data, HUSH_KIND_GROUP_TEXT, gid,
-                                    content->sent_at_ms, content->body.data, content->body.len, &local_id, &dup);
-            if (!e && !dup)
-                e = hsdk_set_message_state(c, content->message_id.data, HUSH_MSG_SENT);
-        } else {
-            kind = is_group ? HUSH_KIND_GROUP_TEXT : HUSH_KIND_TEXT;
-            e = hsdk_history_insert(c, peer, dev, 0, content->message_id.data, kind, gid, content->sent_at_ms,
-                                    content->body.data, content->body.len, &local_id, &dup);
-        }
+    } else if (content->kind == HUSH__CONTENT_KIND__CONTENT_TEXT && !is_group) {
+        kind = HUSH_KIND_TEXT;
+        e = hsdk_history_insert(c, peer, dev, 0, content->message_id.data, kind, "", content->sent_at_ms,
+                                content->body.data, content->body.len, &local_id, &dup);
     } else if ((content->kind == HUSH__CONTENT_KIND__CONTENT_ROOM_CHANGE ||
                 content->kind == HUSH__CONTENT_KIND__CONTENT_ROOM_CHANGE_KEY) && !is_group) {
         /* the change itself, or (sent once to all) the key to the shared envelope holding it */
@@ -326,9 +447,10 @@ static hush_err decrypt_locked(hush_client *c, const char *peer, uint32_t dev, c
     size_t body_len = file ? strlen(file->file_name) : shown_len;
     const char *group = kind == HUSH_KIND_GROUP_KEY ? content->group_id
                         : kind == HUSH_KIND_GROUP_CHANGE ? ev.hex
+                        : inner ? inner->group_id
                         : is_group ? env->group_id
                         : kind == HUSH_KIND_TYPING ? content->group_id : "";
-    e = new_message(peer, dev, kind, content, body, body_len, group, local_id, out);
+    e = new_message(peer, dev, kind, shown_ct, body, body_len, group, local_id, out);
     if (e == HUSH_OK)
         snprintf((*out)->conversation, sizeof (*out)->conversation, "%s", sync ? content->sync_peer : peer);
     if (kind == HUSH_KIND_GROUP_KEY && e == HUSH_OK)
@@ -342,6 +464,8 @@ done:
     if (opened)
         sodium_memzero(opened, opened_len);
     free(opened);
+    if (inner)
+        hush__content__free_unpacked(inner, &hsdk_wiping_allocator);
     hsdk_pointer_free(file);
     if (content)
         hush__content__free_unpacked(content, &hsdk_wiping_allocator);

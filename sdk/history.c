@@ -572,6 +572,31 @@ void hsdk_history_set_notified(hush_client *c, int64_t local_id)
     }
 }
 
+hush_err hsdk_history_sent_to_group(hush_client *c, const char *group, const uint8_t mid[16], int *kind,
+                                    uint64_t *sent_at, uint8_t **body, size_t *len)
+{
+    *body = NULL;
+    *len = 0;
+    sqlite3_stmt *st;
+    hstore_err se = hstore_prepare(c->db, "SELECT kind, sent_at, body FROM history WHERE peer = ?1 AND peer_device = 0 AND "
+                                          "outgoing = 1 AND group_id = ?2 AND message_id = ?3", &st);
+    if (se)
+        return hsdk_from_store(se);
+    sqlite3_bind_text(st, 1, c->username, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(st, 2, group, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_blob(st, 3, mid, 16, SQLITE_TRANSIENT);
+    int row = 0;
+    if ((se = hstore_step(c->db, st, &row)) || !row)
+        return se ? hsdk_from_store(se) : HUSH_ERR_NOT_FOUND;
+    *kind = sqlite3_column_int(st, 0);
+    *sent_at = (uint64_t)sqlite3_column_int64(st, 1);
+    char ad[256];
+    history_ad(ad, sizeof ad, c->username, 0, 1, group, mid);
+    hush_err e = hsdk_open(c, ad, sqlite3_column_blob(st, 2), (size_t)sqlite3_column_bytes(st, 2), body, len);
+    sqlite3_reset(st);
+    return e;
+}
+
 int64_t hsdk_history_next_unnotified(hush_client *c, char peer[HUSH_USERNAME_MAX + 1],
                                      char group[HUSH_GROUP_ID_MAX + 1])
 {

@@ -287,6 +287,10 @@ hush_err hsdk_history_insert(hush_client *c, const char *peer, uint32_t peer_dev
 /* Deletes one history row, giving its message id (*found 0 when it had none). HUSH_ERR_NOT_FOUND
  * when there is no such row. Caller holds the lock. */
 hush_err hsdk_history_delete(hush_client *c, int64_t local_id, uint8_t mid[16], int *found);
+/* A message this user sent to room `group` (its history row): kind, time and body (malloc'd, the
+ * caller frees). HUSH_ERR_NOT_FOUND when there is none. Caller holds the lock. */
+hush_err hsdk_history_sent_to_group(hush_client *c, const char *group, const uint8_t mid[16], int *kind,
+                                    uint64_t *sent_at, uint8_t **body, size_t *len);
 /* Whether any history row has this message id (1 when unsure). Caller holds the lock. */
 int hsdk_history_has_message(hush_client *c, const uint8_t mid[16]);
 /* Empties the WAL so deleted rows' old pages leave the disk (best effort). Caller holds the lock. */
@@ -437,6 +441,8 @@ int hsdk_room_key_has(hush_client *c, const struct hsdk_room *r, const char *nam
 hush_err hsdk_room_key_put(hush_client *c, const struct hsdk_room *r, const char *name, uint32_t dev, uint32_t key_id,
                            const uint8_t mid[16]);
 hush_err hsdk_room_keys_forget_message(hush_client *c, const uint8_t mid[16]);
+/* (name, dev) is to be handed this device's key for the room again with the next message. */
+hush_err hsdk_room_key_forget_device(hush_client *c, const char *group, const char *name, uint32_t dev);
 
 /* group.c: this device's sender key for a group. Caller holds the lock, inside a transaction.
  * key_id: the current key's id (*exists 0 when there is none). skdm_envelope: a pairwise envelope

@@ -27,6 +27,8 @@
 #define NET_MAX_FRAME (1024 * 1024)
 #define NET_MAX_INFLIGHT 32
 #define NET_MAX_GONE 16
+#define NET_MAX_KEYREQ 16
+#define NET_KEYREQ_PER_HOUR 10
 /* typing in a room before this device has a key for it: pairwise copies, to at most this many devices */
 #define NET_ROOM_TYPING_PAIRWISE 32
 #define NET_MAX_REQS 128
@@ -83,6 +85,8 @@ struct inbound {
     size_t len;
     uint8_t *shared;  /* a room message's shared envelope (NULL: none); env is then its own part */
     size_t shared_len;
+    uint8_t cmid[16]; /* Deliver.client_msg_id (a room message's id: what a key request names) */
+    int has_cmid;
     /* outcome, filled while the batch's transaction is open */
     hush_err e;
     hush_message *m;
@@ -158,6 +162,12 @@ struct hush_net {
     char blocked_peer[HUSH_USERNAME_MAX + 1]; /* identity change pending: its outbox waits */
     char gone[NET_MAX_GONE][HUSH_USERNAME_MAX + 1]; /* room members the relay does not know: skipped */
     int ngone;
+    struct keyreq {           /* key requests sent per (room, sender) this hour (at most NET_KEYREQ_PER_HOUR) */
+        char room[HUSH_ROOM_ID_LEN + 1];
+        char from[HUSH_USERNAME_MAX + 1];
+        uint64_t since_ms;
+        int count;
+    } keyreq[NET_MAX_KEYREQ];
     struct {                  /* a room row finished inside the pump: recorded and reported after it */
         int set;
         int64_t id;
@@ -316,6 +326,10 @@ int hnet_room_done(struct hush_net *n);
  * members' devices that hold it; before the first message (no key yet), pairwise copies to the
  * member devices with a session, at most NET_ROOM_TYPING_PAIRWISE. */
 void hnet_send_room_typing(struct hush_net *n, const char *peer, int typing);
+/* A room message from (in->from, in->dev) did not decrypt (this device lacks the sender's key):
+ * asks the sender to send it again (CONTENT_KEY_REQUEST, through the outbox), at most
+ * NET_KEYREQ_PER_HOUR times per room and sender, and tells the app. */
+void hnet_ask_room_key(struct hush_net *n, const struct inbound *in);
 /* Users the relay says do not exist: room sends skip them (this connection's life). */
 int hnet_user_gone(const struct hush_net *n, const char *user);
 void hnet_mark_gone(struct hush_net *n, const char *user);

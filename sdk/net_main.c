@@ -212,6 +212,10 @@ static void handle_frame(struct hush_net *n, const uint8_t *data, size_t len)
         snprintf(in->from, sizeof in->from, "%s", d->from_username);
         in->dev = d->from_device;
         in->seq = d->seq;
+        if (d->client_msg_id.len == sizeof in->cmid) {
+            memcpy(in->cmid, d->client_msg_id.data, sizeof in->cmid);
+            in->has_cmid = 1;
+        }
         n->nbatch++;
         if (n->nbatch == NET_BATCH_MAX) {
             hnet_process_batch(n);

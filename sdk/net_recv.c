@@ -145,6 +145,12 @@ static int inbound_report(struct hush_net *n, struct inbound *in, int from_pendi
     case HUSH_ERR_DB_KEY:
     case HUSH_ERR_INTERNAL:
         return 0; /* the caller tries it again, or leaves it to the relay */
+    case HUSH_ERR_NO_GROUP_SESSION:
+        if (in->shared && in->has_cmid) {
+            hnet_ask_room_key(n, in); /* the sender sends it again, pairwise */
+            return 1;
+        }
+        goto undecryptable;
     case HUSH_ERR_NOT_ALLOWED:
     case HUSH_ERR_GROUP_CONFLICT: {
         char detail[160];
@@ -153,7 +159,8 @@ static int inbound_report(struct hush_net *n, struct inbound *in, int from_pendi
         hnet_report(n, in->e, detail);
         return 1;
     }
-    default: {
+    default:
+    undecryptable: {
         char detail[128];
         snprintf(detail, sizeof detail, "dropped an undecryptable message from %s/%u: %s", in->from, in->dev,
                  hush_strerror(in->e));

@@ -480,3 +480,66 @@ out:
     hsdk_room_release(&r);
     hsdk_unlock(c);
 }
+
+void hnet_ask_room_key(struct hush_net *n, const struct inbound *in)
+{
+    Hush__Envelope *env = hush__envelope__unpack(NULL, in->shared_len, in->shared);
+    if (!env || env->type != HUSH__CIPHER_TYPE__CIPHER_SENDER_KEY || !hsdk_room_is_id(env->group_id)) {
+        if (env)
+            hush__envelope__free_unpacked(env, NULL);
+        hnet_report(n, HUSH_ERR_NO_GROUP_SESSION, "dropped an undecryptable room message");
+        return;
+    }
+    uint64_t now = now_ms();
+    struct keyreq *k = NULL, *oldest = &n->keyreq[0];
+    for (int i = 0; i < NET_MAX_KEYREQ && !k; i++) {
+        if (!strcmp(n->keyreq[i].room, env->group_id) && !strcmp(n->keyreq[i].from, in->from))
+            k = &n->keyreq[i];
+        else if (n->keyreq[i].since_ms < oldest->since_ms)
+            oldest = &n->keyreq[i];
+    }
+    if (!k) {
+        k = oldest;
+        memset(k, 0, sizeof *k);
+        snprintf(k->room, sizeof k->room, "%s", env->group_id);
+        snprintf(k->from, sizeof k->from, "%s", in->from);
+    }
+    if (now - k->since_ms > 3600 * 1000ull) {
+        k->since_ms = now;
+        k->count = 0;
+    }
+    char detail[200];
+    if (k->count >= NET_KEYREQ_PER_HOUR) {
+        snprintf(detail, sizeof detail, "a room message from %s/%u could not be decrypted (this device lacks its key); "
+                 "%s was asked too often this hour: the message is lost here", in->from, in->dev, in->from);
+        hnet_report(n, HUSH_ERR_NO_GROUP_SESSION, detail);
+        hush__envelope__free_unpacked(env, NULL);
+        return;
+    }
+    k->count++;
+    Hush__RoomKeyRequest rq = HUSH__ROOM_KEY_REQUEST__INIT;
+    ProtobufCBinaryData ids[1] = { { sizeof in->cmid, (uint8_t *)in->cmid } };
+    rq.group_id = env->group_id;
+    rq.message_ids = ids;
+    rq.n_message_ids = 1;
+    uint8_t body[128], mid[16];
+    size_t len = hush__room_key_request__pack(&rq, body);
+    randombytes_buf(mid, sizeof mid);
+    hush_client *c = n->c;
+    hsdk_lock(c);
+    hush_err e = hsdk_begin(c);
+    if (!e) {
+        e = hsdk_outbox_insert(c, in->from, HUSH__CONTENT_KIND__CONTENT_KEY_REQUEST, mid, body, len);
+        e = hsdk_end(c, e);
+    }
+    hsdk_unlock(c);
+    if (e)
+        snprintf(detail, sizeof detail, "a room message from %s/%u could not be decrypted, and asking for it again "
+                 "failed: %s", in->from, in->dev, hush_strerror(e));
+    else
+        snprintf(detail, sizeof detail, "a room message from %s/%u could not be decrypted yet (this device lacks its "
+                 "key): %s was asked to send it again", in->from, in->dev, in->from);
+    hnet_report(n, HUSH_ERR_NO_GROUP_SESSION, detail);
+    hsdk_net_wake(c, NET_WAKE_OUTBOX);
+    hush__envelope__free_unpacked(env, NULL);
+}

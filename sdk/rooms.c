@@ -390,6 +390,21 @@ hush_err hsdk_room_key_put(hush_client *c, const struct hsdk_room *r, const char
     return hsdk_from_store(hstore_run(c->db, st));
 }
 
+hush_err hsdk_room_key_forget_device(hush_client *c, const char *group, const char *name, uint32_t dev)
+{
+    uint8_t id[16];
+    if (!room_id_parse(group, id))
+        return HUSH_ERR_INVALID_ARG;
+    sqlite3_stmt *st;
+    hstore_err se = hstore_prepare(c->db, "DELETE FROM room_keys WHERE room = ?1 AND name = ?2 AND device_id = ?3", &st);
+    if (se)
+        return hsdk_from_store(se);
+    sqlite3_bind_blob(st, 1, id, 16, SQLITE_TRANSIENT);
+    sqlite3_bind_text(st, 2, name, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 3, dev);
+    return hsdk_from_store(hstore_run(c->db, st));
+}
+
 hush_err hsdk_room_keys_forget_message(hush_client *c, const uint8_t mid[16])
 {
     sqlite3_stmt *st;

@@ -3331,6 +3331,58 @@ static void test_room_file(void **state)
     assert_int_equal(relay_stop(&relay, SIGTERM), 0);
 }
 
+/* A relay that drops a member's copy of the sender's key (the pairwise part of the first room
+ * message): the member cannot decrypt, asks the sender, gets the message again pairwise (once),
+ * and reads what follows. */
+static void test_room_lost_key_recovered(void **state)
+{
+    (void)state;
+    struct relay_proc relay;
+    relay_start(&relay, "roomkey", NULL);
+    struct user *a = user_new(&relay, "lena"), *b = user_new(&relay, "lior");
+    send_text(b, "lena", "hi", NULL); /* sessions both ways */
+    assert_true(wait_count(&a->r, &a->r.nmsgs, 1, 15000));
+    hush_net_stop(b->c);
+    const char *members[] = { "lior" };
+    char id[HUSH_ROOM_ID_LEN + 1];
+    assert_int_equal(hush_group_create(a->c, "keys", members, 1, id), HUSH_OK);
+    uint8_t mid[16];
+    assert_int_equal(hush_group_send(a->c, id, (const uint8_t *)"first", 5, mid), HUSH_OK);
+    assert_true(wait_state(a, mid, HUSH_MSG_SENT, 15000));
+    /* the relay loses lior's copy of lena's key */
+    sqlite3 *db = NULL;
+    assert_int_equal(sqlite3_open_v2(relay.db, &db, SQLITE_OPEN_READWRITE, NULL), SQLITE_OK);
+    sqlite3_busy_timeout(db, 5000);
+    assert_int_equal(sqlite3_exec(db, "UPDATE mailbox SET envelope = X'' WHERE seq = (SELECT max(seq) FROM mailbox "
+                                  "WHERE recipient = 'lior')",
+                                  NULL, NULL, NULL),
+                     SQLITE_OK);
+    assert_int_equal(sqlite3_changes(db), 1);
+    sqlite3_close(db);
+    user_start(b, &relay);
+    assert_true(wait_room(b, HUSH_KIND_GROUP_CHANGE, id, "lena", NULL, 1, 15000));
+    assert_true(wait_room(b, HUSH_KIND_GROUP_TEXT, id, "lena", "first", 1, 20000)); /* sent again */
+    assert_true(b->r.errors >= 1); /* it was told the message waited for its key */
+    assert_int_equal(hush_group_send(a->c, id, (const uint8_t *)"second", 6, NULL), HUSH_OK);
+    assert_true(wait_room(b, HUSH_KIND_GROUP_TEXT, id, "lena", "second", 1, 20000));
+    usleep(300000);
+    assert_int_equal(room_count(b, HUSH_KIND_GROUP_TEXT, id, "lena", "first"), 1);
+    assert_int_equal(room_count(b, HUSH_KIND_GROUP_TEXT, id, "lena", "second"), 1);
+    assert_int_equal(b->r.dup_local, 0);
+    /* its history has the message once, under the room */
+    hush_history_entry *h = NULL;
+    size_t n = 0;
+    assert_int_equal(hush_group_history(b->c, id, 0, 10, &h, &n), HUSH_OK);
+    int firsts = 0;
+    for (size_t i = 0; i < n; i++)
+        firsts += h[i].kind == HUSH_KIND_GROUP_TEXT && h[i].body_len == 5 && !memcmp(h[i].body, "first", 5);
+    assert_int_equal(firsts, 1);
+    hush_history_free(h, n);
+    user_free(a);
+    user_free(b);
+    assert_int_equal(relay_stop(&relay, SIGTERM), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -3364,6 +3416,7 @@ int main(void)
         cmocka_unit_test(test_room_relay_kill),
         cmocka_unit_test(test_room_of_twenty),
         cmocka_unit_test(test_room_file),
+        cmocka_unit_test(test_room_lost_key_recovered),
         cmocka_unit_test(test_cli_two_devices),
         cmocka_unit_test(test_device_removal),
         cmocka_unit_test(test_recovery),
