@@ -419,7 +419,17 @@ static hush_err decrypt_locked(hush_client *c, const char *peer, uint32_t dev, c
             goto fail;
         }
         kind = HUSH_KIND_RECEIPT;
-        e = hsdk_apply_receipt(c, peer, content->body.data[0], content->body.data + 1, (n - 1) / HUSH_MESSAGE_ID_BYTES);
+        /* our messages to peer, and our messages in rooms peer is in (kept per member there) */
+        const uint8_t *ids = content->body.data + 1;
+        for (size_t i = 0; i < (n - 1) / HUSH_MESSAGE_ID_BYTES && !e; i++) {
+            const uint8_t *id = ids + i * HUSH_MESSAGE_ID_BYTES;
+            char group[HUSH_GROUP_ID_MAX + 1];
+            int moved = 0;
+            if (hsdk_history_room_of_sent(c, id, group))
+                e = hsdk_room_receipt(c, group, peer, content->body.data[0], id, &moved);
+            else
+                e = hsdk_apply_receipt(c, peer, content->body.data[0], id, 1);
+        }
     } else if (content->kind == HUSH__CONTENT_KIND__CONTENT_TYPING) {
         /* to a room: under the sender's key, or pairwise naming the room (before its first message) */
         int in_room = is_group || content->group_id[0];

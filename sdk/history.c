@@ -483,8 +483,26 @@ hush_err hsdk_apply_receipt(hush_client *c, const char *peer, int state, const u
 
 hush_err hsdk_history_sync_read(hush_client *c, const char *peer, const uint8_t *ids, size_t n)
 {
-    return update_by_ids(c, "UPDATE history SET read = 1 WHERE peer = ?1 AND outgoing = 0 AND group_id = '' AND "
-                            "message_id = ?2", peer, 0, ids, n);
+    /* pairwise messages from peer, and peer's messages in rooms */
+    return update_by_ids(c, "UPDATE history SET read = 1 WHERE peer = ?1 AND outgoing = 0 AND message_id = ?2", peer, 0,
+                         ids, n);
+}
+
+int hsdk_history_room_of_sent(hush_client *c, const uint8_t mid[16], char group[HUSH_GROUP_ID_MAX + 1])
+{
+    sqlite3_stmt *st;
+    int row = 0;
+    group[0] = '\0';
+    if (hstore_prepare(c->db, "SELECT group_id FROM history WHERE message_id = ?1 AND outgoing = 1 AND peer = ?2 AND "
+                              "group_id != '' LIMIT 1", &st) != HSTORE_OK)
+        return 0;
+    sqlite3_bind_blob(st, 1, mid, 16, SQLITE_TRANSIENT);
+    sqlite3_bind_text(st, 2, c->username, -1, SQLITE_TRANSIENT);
+    if (hstore_step(c->db, st, &row) == HSTORE_OK && row) {
+        snprintf(group, HUSH_GROUP_ID_MAX + 1, "%s", (const char *)sqlite3_column_text(st, 0));
+        sqlite3_reset(st);
+    }
+    return group[0] != '\0';
 }
 
 hush_err hsdk_set_message_state(hush_client *c, const uint8_t mid[16], int state)
@@ -524,13 +542,14 @@ hush_err hush_message_state(hush_client *c, const uint8_t message_id[HUSH_MESSAG
 }
 
 hush_err hsdk_history_received(hush_client *c, int64_t local_id, char peer[HUSH_USERNAME_MAX + 1], uint8_t mid[16],
-                               int *read)
+                               int *read, char group[HUSH_GROUP_ID_MAX + 1])
 {
     sqlite3_stmt *st;
     int row = 0;
     *read = 0;
-    hstore_err se = hstore_prepare(c->db, "SELECT peer, message_id, read FROM history WHERE id = ?1 AND outgoing = 0 AND "
-                                          "group_id = ''", &st);
+    group[0] = '\0';
+    hstore_err se = hstore_prepare(c->db, "SELECT peer, message_id, read, group_id FROM history WHERE id = ?1 AND "
+                                          "outgoing = 0", &st);
     if (!se) {
         sqlite3_bind_int64(st, 1, local_id);
         se = hstore_step(c->db, st, &row);
@@ -543,6 +562,7 @@ hush_err hsdk_history_received(hush_client *c, int64_t local_id, char peer[HUSH_
         else
             e = HUSH_ERR_DB_CORRUPT;
         *read = sqlite3_column_int(st, 2);
+        snprintf(group, HUSH_GROUP_ID_MAX + 1, "%s", (const char *)sqlite3_column_text(st, 3));
         sqlite3_reset(st);
     } else if (!e) {
         e = HUSH_ERR_NOT_FOUND;

@@ -306,9 +306,12 @@ hush_err hsdk_outbox_insert(hush_client *c, const char *peer, int kind, const ui
  * read and notified marks. Caller holds the lock. */
 hush_err hsdk_apply_receipt(hush_client *c, const char *peer, int state, const uint8_t *ids, size_t n);
 hush_err hsdk_set_message_state(hush_client *c, const uint8_t mid[16], int state);
-/* A received pairwise message: its peer, id and read mark. HUSH_ERR_NOT_FOUND otherwise. */
+/* A received message: its sender, id, read mark and group ("" when pairwise). HUSH_ERR_NOT_FOUND
+ * otherwise. */
 hush_err hsdk_history_received(hush_client *c, int64_t local_id, char peer[HUSH_USERNAME_MAX + 1], uint8_t mid[16],
-                               int *read);
+                               int *read, char group[HUSH_GROUP_ID_MAX + 1]);
+/* 1 when mid is a message this user sent to a room (its id in group). Caller holds the lock. */
+int hsdk_history_room_of_sent(hush_client *c, const uint8_t mid[16], char group[HUSH_GROUP_ID_MAX + 1]);
 hush_err hsdk_history_set_read(hush_client *c, int64_t local_id);
 void hsdk_history_set_notified(hush_client *c, int64_t local_id);
 /* The oldest message stored but not yet reported to the app (0: none), with its peer and group
@@ -443,6 +446,15 @@ hush_err hsdk_room_key_put(hush_client *c, const struct hsdk_room *r, const char
 hush_err hsdk_room_keys_forget_message(hush_client *c, const uint8_t mid[16]);
 /* (name, dev) is to be handed this device's key for the room again with the next message. */
 hush_err hsdk_room_key_forget_device(hush_client *c, const char *group, const char *name, uint32_t dev);
+/* Receipts in rooms (table room_receipts). Rooms of more than HSDK_ROOM_RECEIPTS_MAX members send
+ * none. wants_receipts: 1 when the room `group` is small enough. receipt: member's state (2
+ * delivered, 3 read) for our message mid in room group, kept per member; the message's own state
+ * becomes the lowest of its current members' (*state, or 0 when it did not move). Caller holds
+ * the lock, inside a transaction. */
+#define HSDK_ROOM_RECEIPTS_MAX 50
+int hsdk_room_wants_receipts(hush_client *c, const char *group);
+hush_err hsdk_room_receipt(hush_client *c, const char *group, const char *member, int state, const uint8_t mid[16],
+                           int *moved);
 
 /* group.c: this device's sender key for a group. Caller holds the lock, inside a transaction.
  * key_id: the current key's id (*exists 0 when there is none). skdm_envelope: a pairwise envelope

@@ -142,13 +142,14 @@ hush_err hush_mark_read(hush_client *c, int64_t local_id)
     if (!c || local_id <= 0)
         return HUSH_ERR_INVALID_ARG;
     hsdk_lock(c);
-    char peer[HUSH_USERNAME_MAX + 1] = "";
+    char peer[HUSH_USERNAME_MAX + 1] = "", group[HUSH_GROUP_ID_MAX + 1];
     uint8_t mid[16];
     int already = 0;
-    hush_err e = hsdk_history_received(c, local_id, peer, mid, &already);
+    hush_err e = hsdk_history_received(c, local_id, peer, mid, &already, group);
     if (!e && !already && (e = hsdk_begin(c)) == HUSH_OK) {
         e = hsdk_history_set_read(c, local_id);
-        if (!e && hsdk_valid_username(peer))
+        /* pairwise, and in rooms small enough for receipts */
+        if (!e && hsdk_valid_username(peer) && (!group[0] || hsdk_room_wants_receipts(c, group)))
             e = hsdk_queue_receipt(c, peer, RECEIPT_READ, mid);
         if (!e) {
             int queued = 0;

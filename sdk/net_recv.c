@@ -31,8 +31,9 @@
 static hush_err mark_notified(hush_client *c, const hush_message *m)
 {
     hsdk_history_set_notified(c, m->local_id);
-    /* pairwise texts and files (not in rooms: receipts there are not sent yet) */
-    int owed = (m->kind == HUSH_KIND_TEXT || m->kind == HUSH_KIND_FILE) && !m->group_id[0];
+    /* pairwise texts and files, and a room's when it is small enough for receipts */
+    int owed = (m->kind == HUSH_KIND_TEXT || m->kind == HUSH_KIND_FILE || m->kind == HUSH_KIND_GROUP_TEXT) &&
+               (!m->group_id[0] || hsdk_room_wants_receipts(c, m->group_id));
     return owed ? hsdk_queue_receipt(c, m->sender, HUSH_MSG_DELIVERED, m->message_id) : HUSH_OK;
 }
 
@@ -114,8 +115,14 @@ static int inbound_report(struct hush_net *n, struct inbound *in, int from_pendi
     case HUSH_OK:
         if (m->kind == HUSH_KIND_RECEIPT && n->cb.on_receipt) {
             int state = m->body[0];
-            for (size_t i = 1; i + HUSH_MESSAGE_ID_BYTES <= m->body_len; i += HUSH_MESSAGE_ID_BYTES)
-                hnet_report_state(n, in->from, m->body + i, state);
+            for (size_t i = 1; i + HUSH_MESSAGE_ID_BYTES <= m->body_len; i += HUSH_MESSAGE_ID_BYTES) {
+                /* a room message of ours is reported under its room, once all its members are there */
+                char group[HUSH_GROUP_ID_MAX + 1];
+                hsdk_lock(n->c);
+                int room = hsdk_history_room_of_sent(n->c, m->body + i, group);
+                hsdk_unlock(n->c);
+                hnet_report_state(n, room ? group : in->from, m->body + i, state);
+            }
             hnet_signal_progress(n);
         } else if (m->kind == HUSH_KIND_TYPING && m->group_id[0]) {
             if (n->cb.on_group_typing && strcmp(in->from, n->c->username) != 0)

@@ -405,6 +405,71 @@ hush_err hsdk_room_key_forget_device(hush_client *c, const char *group, const ch
     return hsdk_from_store(hstore_run(c->db, st));
 }
 
+int hsdk_room_wants_receipts(hush_client *c, const char *group)
+{
+    uint8_t id[16];
+    struct hsdk_room r;
+    int found = 0;
+    if (!room_id_parse(group, id) || hsdk_room_load(c, id, &r, &found) != HUSH_OK || !found)
+        return 0;
+    int small = r.st->n_members <= HSDK_ROOM_RECEIPTS_MAX;
+    hsdk_room_release(&r);
+    return small;
+}
+
+hush_err hsdk_room_receipt(hush_client *c, const char *group, const char *member, int state, const uint8_t mid[16],
+                           int *moved)
+{
+    uint8_t id[16];
+    struct hsdk_room r;
+    int found = 0;
+    *moved = 0;
+    if (!room_id_parse(group, id))
+        return HUSH_OK;
+    hush_err e = hsdk_room_load(c, id, &r, &found);
+    if (e || !found)
+        return e;
+    if (!in_list(r.st->members, r.st->n_members, member) || !strcmp(member, c->username)) {
+        hsdk_room_release(&r); /* only a member's receipt counts */
+        return HUSH_OK;
+    }
+    sqlite3_stmt *st;
+    hstore_err se = hstore_prepare(c->db, "INSERT INTO room_receipts (message_id, member, state) VALUES (?1, ?2, ?3) "
+                                          "ON CONFLICT DO UPDATE SET state = max(state, excluded.state)", &st);
+    if (!se) {
+        sqlite3_bind_blob(st, 1, mid, 16, SQLITE_TRANSIENT);
+        sqlite3_bind_text(st, 2, member, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_int(st, 3, state);
+        se = hstore_run(c->db, st);
+    }
+    /* the message is as far as its least advanced member (one without a receipt: sent) */
+    int low = 3;
+    for (size_t i = 0; !se && i < r.st->n_members && low > HUSH_MSG_SENT; i++) {
+        if (!strcmp(r.st->members[i], c->username))
+            continue;
+        int row = 0, s = HUSH_MSG_SENT;
+        if ((se = hstore_prepare(c->db, "SELECT state FROM room_receipts WHERE message_id = ?1 AND member = ?2", &st)))
+            break;
+        sqlite3_bind_blob(st, 1, mid, 16, SQLITE_TRANSIENT);
+        sqlite3_bind_text(st, 2, r.st->members[i], -1, SQLITE_TRANSIENT);
+        if (!(se = hstore_step(c->db, st, &row)) && row) {
+            s = sqlite3_column_int(st, 0);
+            sqlite3_reset(st);
+        }
+        if (s < low)
+            low = s;
+    }
+    hsdk_room_release(&r);
+    if (se)
+        return hsdk_from_store(se);
+    if (low <= HUSH_MSG_SENT)
+        return HUSH_OK;
+    e = hsdk_set_message_state(c, mid, low); /* forward only */
+    if (!e && hstore_changes(c->db) > 0)
+        *moved = low;
+    return e;
+}
+
 hush_err hsdk_room_keys_forget_message(hush_client *c, const uint8_t mid[16])
 {
     sqlite3_stmt *st;
@@ -975,6 +1040,65 @@ hush_err hush_group_send(hush_client *c, const char *group, const uint8_t *text,
 
 /* ---------------------------------------------------------------------------------------- */
 /* reading */
+
+hush_err hush_group_receipts(hush_client *c, const uint8_t message_id[HUSH_MESSAGE_ID_BYTES], hush_group_receipt **out,
+                             size_t *count)
+{
+    if (!out || !count)
+        return HUSH_ERR_INVALID_ARG;
+    *out = NULL;
+    *count = 0;
+    if (!c || !message_id)
+        return HUSH_ERR_INVALID_ARG;
+    hsdk_lock(c);
+    char group[HUSH_GROUP_ID_MAX + 1];
+    uint8_t id[16];
+    struct hsdk_room r;
+    int found = 0;
+    hush_err e = HUSH_ERR_NOT_FOUND;
+    if (hsdk_history_room_of_sent(c, message_id, group) && room_id_parse(group, id) &&
+        !(e = hsdk_room_load(c, id, &r, &found)) && !found)
+        e = HUSH_ERR_NOT_FOUND;
+    if (e || !found) {
+        hsdk_unlock(c);
+        return e ? e : HUSH_ERR_NOT_FOUND;
+    }
+    hush_group_receipt *v = hsdk_alloc((r.st->n_members ? r.st->n_members : 1) * sizeof *v);
+    size_t n = 0;
+    if (!v)
+        e = HUSH_ERR_NOMEM;
+    for (size_t i = 0; !e && i < r.st->n_members; i++) {
+        if (!strcmp(r.st->members[i], c->username))
+            continue;
+        sqlite3_stmt *st;
+        int row = 0;
+        hstore_err se = hstore_prepare(c->db, "SELECT state FROM room_receipts WHERE message_id = ?1 AND member = ?2", &st);
+        if (!se) {
+            sqlite3_bind_blob(st, 1, message_id, 16, SQLITE_TRANSIENT);
+            sqlite3_bind_text(st, 2, r.st->members[i], -1, SQLITE_TRANSIENT);
+            se = hstore_step(c->db, st, &row);
+        }
+        if (se) {
+            e = hsdk_from_store(se);
+            break;
+        }
+        memset(&v[n], 0, sizeof v[n]);
+        snprintf(v[n].member, sizeof v[n].member, "%s", r.st->members[i]);
+        v[n].state = row ? sqlite3_column_int(st, 0) : HUSH_MSG_SENT;
+        if (row)
+            sqlite3_reset(st);
+        n++;
+    }
+    hsdk_room_release(&r);
+    hsdk_unlock(c);
+    if (e) {
+        hush_free(v);
+        return e;
+    }
+    *out = v;
+    *count = n;
+    return HUSH_OK;
+}
 
 static hush_err state_out(hush_client *c, const struct hsdk_room *r, hush_group_state *g)
 {

@@ -149,6 +149,9 @@ const char *const hsdk_migrations[] = {
     "  message_id BLOB NOT NULL, PRIMARY KEY (room, name, device_id)) WITHOUT ROWID;"
     "CREATE INDEX room_keys_by_message ON room_keys (message_id);"
     "CREATE INDEX history_by_group ON history (group_id, id) WHERE group_id != '';"
+    "CREATE TABLE room_receipts ("
+    "  message_id BLOB NOT NULL, member TEXT NOT NULL, state INTEGER NOT NULL,"
+    "  PRIMARY KEY (message_id, member)) WITHOUT ROWID;"
     TRIGGERS("rooms", COLS_ROOMS),
 };
 const int hsdk_nmigrations = (int)(sizeof hsdk_migrations / sizeof hsdk_migrations[0]);

@@ -3028,6 +3028,37 @@ static void test_rooms_online(void **state)
     assert_true(wait_room(b2, HUSH_KIND_GROUP_TEXT, id, "roma", "hello room", 1, 15000));
     assert_true(wait_room(c, HUSH_KIND_GROUP_TEXT, id, "roma", "hello room", 1, 15000));
     assert_true(wait_state(a, mid, HUSH_MSG_SENT, 15000));
+    /* delivered once every member's device has it; read once every member read it */
+    assert_true(wait_state(a, mid, HUSH_MSG_DELIVERED, 15000));
+    int64_t lb = 0, lc = 0;
+    pthread_mutex_lock(&b->r.mu);
+    for (int i = 0; i < b->r.nmsgs; i++)
+        if (!strcmp(b->r.msgs[i].text, "hello room"))
+            lb = b->r.msgs[i].local_id;
+    pthread_mutex_unlock(&b->r.mu);
+    pthread_mutex_lock(&c->r.mu);
+    for (int i = 0; i < c->r.nmsgs; i++)
+        if (!strcmp(c->r.msgs[i].text, "hello room"))
+            lc = c->r.msgs[i].local_id;
+    pthread_mutex_unlock(&c->r.mu);
+    assert_int_equal(hush_mark_read(b->c, lb), HUSH_OK);
+    usleep(500000);
+    assert_int_equal(state_of(a, mid), HUSH_MSG_DELIVERED); /* one of two members read it */
+    assert_int_equal(hush_mark_read(c->c, lc), HUSH_OK);
+    assert_true(wait_state(a, mid, HUSH_MSG_READ, 15000));
+    pthread_mutex_lock(&a->r.mu);
+    int read_reported = 0;
+    for (int i = 0; i < a->r.nreceipts; i++)
+        read_reported += !memcmp(a->r.receipt_mid[i], mid, 16) && a->r.receipt_state[i] == HUSH_MSG_READ;
+    pthread_mutex_unlock(&a->r.mu);
+    assert_int_equal(read_reported, 1);
+    hush_group_receipt *gr = NULL;
+    size_t ngr = 0;
+    assert_int_equal(hush_group_receipts(a->c, mid, &gr, &ngr), HUSH_OK);
+    assert_int_equal(ngr, 2);
+    for (size_t i = 0; i < ngr; i++)
+        assert_int_equal(gr[i].state, HUSH_MSG_READ);
+    hush_free(gr);
     /* from a member with two devices: the other device shows it as sent */
     assert_int_equal(hush_group_send(b->c, id, (const uint8_t *)"from remy", 9, NULL), HUSH_OK);
     assert_true(wait_room(a, HUSH_KIND_GROUP_TEXT, id, "remy", "from remy", 1, 15000));

@@ -424,6 +424,17 @@ HUSH_MUST_CHECK hush_err hush_group_typing(hush_client *c, const char *group, in
 HUSH_MUST_CHECK hush_err hush_group_info(hush_client *c, const char *group, hush_group_state **out);
 HUSH_MUST_CHECK hush_err hush_group_list(hush_client *c, hush_group_state **out, size_t *count);
 void hush_group_state_free(hush_group_state *states, size_t count);
+/* Where a message of ours in a room stands with each member (the room's current members but this
+ * user): HUSH_MSG_SENT (no receipt yet), HUSH_MSG_DELIVERED or HUSH_MSG_READ. The message's own
+ * state (hush_message_state, on_receipt with the room's id as `peer`) is the lowest of these.
+ * Rooms of more than 50 members send no receipts. *out: an array of *count (free with
+ * hush_free). HUSH_ERR_NOT_FOUND: not a room message of ours. */
+typedef struct hush_group_receipt {
+    char member[HUSH_USERNAME_MAX + 1];
+    int state; /* a hush_msg_state */
+} hush_group_receipt;
+HUSH_MUST_CHECK hush_err hush_group_receipts(hush_client *c, const uint8_t message_id[HUSH_MESSAGE_ID_BYTES],
+                                             hush_group_receipt **out, size_t *count);
 HUSH_MUST_CHECK hush_err hush_group_history(hush_client *c, const char *group, int64_t before_local_id, int limit,
                                             hush_history_entry **out, size_t *count);
 
