@@ -2,7 +2,8 @@
  * fuzz_relay.c - the relay as a state machine. The real relay code (storage thread, event loop,
  * presence, directory) runs inside this process on a loopback port with a throw-away database, in
  * the spirit of mosquitto's broker fuzzer. Three registered users drive it over real WebSocket
- * connections with a fuzzer-chosen sequence of operations: send (to any of them, or to nobody),
+ * connections with a fuzzer-chosen sequence of operations: send (to any of them, or to nobody;
+ * as a one-to-one message or as a room message whose shared envelope the relay stores once),
  * acknowledge (their own deliveries, or any sequence number at all - another user's included),
  * raw frame bytes after login, bundle fetches, presence changes, device requests (list, link
  * token, removal), reconnects and reading pushes.
@@ -155,7 +156,10 @@ static int on_deliver(int u, const Hush__Deliver *d)
 {
     uint32_t run = 0;
     int n = -1;
-    if (parse_env(&d->envelope, &run, &n) == 0) {
+    /* a room message carries the numbered envelope as its shared part (its own part empty) */
+    if (parse_env(d->shared_envelope.len ? &d->shared_envelope : &d->envelope, &run, &n) == 0) {
+        if (d->shared_envelope.len && d->envelope.len)
+            die("%s received a room message with an own part nobody sent", g_names[u]);
         if (run == g_run) {
             if (n < 0 || n >= g_nmsgs || g_msgs[n].to != u)
                 die("%s received message %d, which was sent to %s", g_names[u], n,
@@ -251,7 +255,31 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             memset(mid, 0, sizeof mid);
             memcpy(mid, &g_run, 4);
             memcpy(mid + 4, &n, 4);
-            int r = tc_send(g_u[u], to < NUSERS ? g_names[to] : "nobody", 1, env, sizeof env, mid, &g_msgs[n].seq);
+            int r;
+            if (arg & 0x80) {
+                /* as a room message: the envelope is the shared part, stored once */
+                Hush__Recipient rc = HUSH__RECIPIENT__INIT, *rp[1] = { &rc };
+                rc.username = (char *)(to < NUSERS ? g_names[to] : "nobody");
+                rc.device_id = 1;
+                Hush__SendRequest sr = HUSH__SEND_REQUEST__INIT;
+                sr.client_msg_id.data = mid;
+                sr.client_msg_id.len = 16;
+                sr.recipients = rp;
+                sr.n_recipients = 1;
+                sr.shared_envelope.data = env;
+                sr.shared_envelope.len = sizeof env;
+                Hush__Frame f = HUSH__FRAME__INIT;
+                f.msg_case = HUSH__FRAME__MSG_SEND;
+                f.send = &sr;
+                Hush__Frame *res = tc_request(g_u[u], &f, T);
+                r = !res ? -1 : res->msg_case != HUSH__FRAME__MSG_RESULT ? -2 : (int)res->result->code;
+                if (r == 0 && res->result->n_seqs == 1)
+                    g_msgs[n].seq = res->result->seqs[0];
+                if (res)
+                    hush__frame__free_unpacked(res, NULL);
+            } else {
+                r = tc_send(g_u[u], to < NUSERS ? g_names[to] : "nobody", 1, env, sizeof env, mid, &g_msgs[n].seq);
+            }
             if (r == 0) {
                 if (to == NUSERS)
                     die("a send to an unknown user was acknowledged");

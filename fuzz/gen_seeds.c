@@ -512,12 +512,15 @@ int main(int argc, char **argv)
         put("interaction", "chain-evicted", NULL, 0, sched, n);
     }
     /* relay state-machine schedules: op byte = kind * 3 + user (ann, ben, cat); kinds: 0,1 send
-     * (arg: recipient, 3 = unknown); 2 ack own (arg); 3 ack any seq (3 bytes); 4 raw frame (len,
+     * (arg: recipient, 3 = unknown; bit 7: as a room message); 2 ack own (arg); 3 ack any seq (3 bytes); 4 raw frame (len,
      * bytes); 5 reconnect; 6 read pushes; 7 fetch bundles / presence allow (arg)
      * (fuzz/fuzz_relay.c) */
     {
         const uint8_t basic[] = { 0, 1, 19, 7, 0, 0, 2, 17, 9, 0, 0, 1, 0, 3, 3, 0, 20, 8, 0, 21, 3, 22, 4 };
         put("relay", "send-read-ack", NULL, 0, basic, sizeof basic);
+        /* room messages (arg bit 7): ann -> ben and cat, ben reads and acks, cat reconnects */
+        const uint8_t room[] = { 0, 0x81, 0, 0x82, 19, 7, 0, 0, 17, 20, 8, 0 };
+        put("relay", "room-send", NULL, 0, room, sizeof room);
         uint8_t raw[80];
         size_t n = 0;
         Hush__AckRequest ack = HUSH__ACK_REQUEST__INIT;
