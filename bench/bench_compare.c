@@ -18,6 +18,12 @@
  *           kill -9 variant of w2: what was acknowledged must still arrive after the restart)
  *   pushhang  (Hush) --conns offline devices with push endpoints under --push-url get a message
  *           each: wake-ups for a push service that hangs, set up before W2 runs beside them
+ *   w6      a room of --members, all online: --senders of them write to it (each keeping --window
+ *           messages unacknowledged), every other member receives; messages/s into the room,
+ *           deliveries/s out, latency to each member and to the last one. Hush: one send with a
+ *           shared envelope per message; with --relay-db, afterwards the relay's bytes on disk per
+ *           room message for offline members (SQLite's dbstat). MQTT: one topic, QoS 1, the
+ *           members subscribed. (XMPP: not run: a MUC room would need its own set-up.)
  *
  * Hush: the wire protocol spoken directly (no client-side crypto), as in bench_relay.
  * MQTT: libmosquitto, QoS 1, persistent sessions (clean session off), one topic per recipient.
@@ -47,6 +53,7 @@
 #include <arpa/inet.h>
 #include <mosquitto.h>
 #include <sodium.h>
+#include <sqlite3.h>
 
 #include "../tests/wsc.h"
 #include "common.h"
@@ -65,6 +72,13 @@ static double o_duration = 5, o_rate = 0;
 static long o_messages = 100000;
 static int o_users_exist = 0; /* the users were registered by an earlier run: log in */
 static int o_online = 0;      /* w3: the recipients stay connected (the kill variant of W2) */
+static int o_members = 100, o_senders = 4; /* w6 */
+static const char *o_relay_db = NULL;      /* w6 (hush): the relay's database, for the bytes stored */
+/* w6: a room instead of one recipient per sender (hush: these names; mqtt: this topic) */
+static int g_room;
+static char **g_room_names;
+static int g_room_n;
+static char g_room_topic[32];
 
 static double now(void)
 {
@@ -204,9 +218,13 @@ static void hush_init_client(struct client *c)
 
 static void hush_send(struct client *c, const uint8_t *p, size_t len)
 {
+    uint64_t k = ((uint64_t)c->idx << 32) | (uint64_t)++c->seq;
+    if (g_room) {
+        hdev_send_room(&c->dev, g_room_names, g_room_n, k, p, len);
+        return;
+    }
     char to[32];
     hush_user_name(to, sizeof to, c->to);
-    uint64_t k = ((uint64_t)c->idx << 32) | (uint64_t)++c->seq;
     hdev_send_msg(&c->dev, to, k, p, len);
 }
 
@@ -234,12 +252,14 @@ static void hush_readable(struct client *c)
         if (f->msg_case == HUSH__FRAME__MSG_RESULT) {
             if (f->result->code != HUSH__ERROR_CODE__OK)
                 die("hush: request refused with code %d", (int)f->result->code);
-            if (f->result->n_seqs == 1 && c->outstanding > 0)
+            if (f->result->n_seqs >= 1 && c->outstanding > 0) /* a send (a room send: one seq per recipient) */
                 on_acked(c, 1);
         } else if (f->msg_case == HUSH__FRAME__MSG_PRESENCE) {
             on_presence(c, f->presence->username, f->presence->online);
         } else if (f->msg_case == HUSH__FRAME__MSG_DELIVER) {
-            on_received(c, f->deliver->envelope.data, f->deliver->envelope.len);
+            const ProtobufCBinaryData *e = f->deliver->shared_envelope.len ? &f->deliver->shared_envelope
+                                                                           : &f->deliver->envelope;
+            on_received(c, e->data, e->len);
             if (f->deliver->seq) {
                 c->ack_seqs[c->nack++] = f->deliver->seq;
                 if (c->nack == 256)
@@ -350,7 +370,7 @@ static void mq_connect_many(struct client **v, int n, int subscribe)
         for (int i = 0; i < n; i++) {
             char topic[32];
             snprintf(topic, sizeof topic, "u/%d", v[i]->idx);
-            if (mosquitto_subscribe(v[i]->mq, NULL, topic, 1) != MOSQ_ERR_SUCCESS)
+            if (mosquitto_subscribe(v[i]->mq, NULL, g_room ? g_room_topic : topic, 1) != MOSQ_ERR_SUCCESS)
                 die("mqtt: subscribe");
         }
         while (g_mq_subscribed - sb < n)
@@ -363,7 +383,7 @@ static void mq_send(struct client *c, const uint8_t *p, size_t len)
 {
     char topic[32];
     snprintf(topic, sizeof topic, "u/%d", c->to);
-    int rc = mosquitto_publish(c->mq, NULL, topic, (int)len, p, 1, false);
+    int rc = mosquitto_publish(c->mq, NULL, g_room ? g_room_topic : topic, (int)len, p, 1, false);
     if (rc != MOSQ_ERR_SUCCESS)
         die("mqtt: publish: %s", mosquitto_strerror(rc));
     c->seq++;
@@ -748,6 +768,35 @@ static void on_acked(struct client *c, long n)
     }
 }
 
+/* w6: deliveries counted per message, so the time until its last member got it is known */
+#define W6_SLOTS 65536
+static struct w6slot {
+    uint32_t seq;
+    uint32_t count;
+} *g_w6;
+static int g_w6_senders, g_w6_target;
+static double *g_lat_last;
+static size_t g_nlat_last, g_caplat_last;
+
+static void w6_note(uint32_t sender, uint32_t seq, double sent, double t)
+{
+    if (!g_w6 || sender >= (uint32_t)g_w6_senders)
+        return;
+    struct w6slot *sl = &g_w6[(size_t)sender * W6_SLOTS + seq % W6_SLOTS];
+    if (sl->seq != seq) {
+        sl->seq = seq;
+        sl->count = 0;
+    }
+    if (++sl->count != (uint32_t)g_w6_target || sent < g_measure_from || sent >= g_measure_to)
+        return;
+    if (g_nlat_last == g_caplat_last) {
+        g_caplat_last = g_caplat_last ? g_caplat_last * 2 : 65536;
+        if (!(g_lat_last = realloc(g_lat_last, g_caplat_last * sizeof *g_lat_last)))
+            die("out of memory");
+    }
+    g_lat_last[g_nlat_last++] = t - sent;
+}
+
 static void on_received(struct client *c, const uint8_t *payload, size_t len)
 {
     if (len < sizeof(struct stamp))
@@ -768,6 +817,8 @@ static void on_received(struct client *c, const uint8_t *payload, size_t len)
         g_received_in_window++;
         lat_add(t - sent);
     }
+    if (g_room)
+        w6_note(s.sender, s.seq, sent, t);
 }
 
 /* w4: when each user's login went out, and the presence notifications seen */
@@ -1021,6 +1072,133 @@ static void scenario_w2(int open_loop)
                 overload, srv_pct, cpu_us, lg_pct);
     for (int i = 0; i < 2 * p; i++)
         disconnect(all[i]);
+}
+
+/* The relay's bytes on disk (pages) holding stored mail: the mailbox and payloads tables and
+ * their indexes, as SQLite's dbstat counts them (what the relay has committed). */
+static long relay_mail_bytes(void)
+{
+    sqlite3 *db = NULL;
+    long v = -1;
+    if (sqlite3_open_v2(o_relay_db, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK) {
+        sqlite3_busy_timeout(db, 5000);
+        sqlite3_stmt *q = NULL;
+        if (sqlite3_prepare_v2(db, "SELECT coalesce(sum(pgsize), 0) FROM dbstat WHERE name IN "
+                                   "(SELECT name FROM sqlite_master WHERE tbl_name IN ('mailbox', 'payloads'))",
+                               -1, &q, NULL) == SQLITE_OK &&
+            sqlite3_step(q) == SQLITE_ROW)
+            v = (long)sqlite3_column_int64(q, 0);
+        sqlite3_finalize(q);
+    }
+    sqlite3_close(db);
+    return v;
+}
+
+/* w6: a room of --members; --senders of them write to it, the others receive. */
+static void scenario_w6(void)
+{
+    if (g_sys == SYS_XMPP)
+        die("w6 is not run against XMPP (a MUC room would need its own set-up)");
+    int m = o_members, ns = o_senders;
+    if (m < 2 || ns < 1 || ns >= m || m > 5000)
+        die("w6: --members 2..5000, --senders 1..members-1");
+    int base = 50000 + 10 * m; /* users of their own, per room size */
+    struct client **all = calloc((size_t)m, sizeof *all);
+    for (int i = 0; i < m; i++)
+        all[i] = client_new(base + i, -1);
+    struct client **snd = all, **rcv = all + ns;
+    int nr = m - ns;
+    g_room = 1;
+    snprintf(g_room_topic, sizeof g_room_topic, "room/%d", base);
+    g_room_names = calloc((size_t)nr, sizeof *g_room_names);
+    for (int i = 0; i < nr; i++) {
+        g_room_names[i] = malloc(16);
+        hush_user_name(g_room_names[i], 16, rcv[i]->idx);
+    }
+    g_room_n = nr;
+    g_w6_senders = ns;
+    g_w6_target = nr;
+    g_w6 = calloc((size_t)ns * W6_SLOTS, sizeof *g_w6);
+    g_nclients = m;
+    for (int i = 0; i < ns; i++) /* the stamp's sender number is the sender's place, not its user */
+        snd[i]->idx = i, snd[i]->seq = 0;
+    connect_group(rcv, nr, 1, 1);
+    for (int i = 0; i < ns; i++)
+        snd[i]->idx = base + i;
+    connect_group(snd, ns, 1, 0);
+    for (int i = 0; i < ns; i++)
+        snd[i]->idx = i;
+    for (int k = 0; k < 10; k++)
+        pump(all, m, 20);
+    double t0 = now();
+    g_measure_from = t0 + 1.0;
+    g_measure_to = g_measure_from + o_duration;
+    double srv_cpu0 = -1, srv_cpu1 = -1, lg_cpu0 = -1, lg_cpu1 = -1;
+    for (;;) {
+        double t = now();
+        if (lg_cpu0 < 0 && t >= g_measure_from) {
+            srv_cpu0 = o_server_pid ? bench_cpu_s(o_server_pid) : -1;
+            lg_cpu0 = bench_cpu_s(0);
+        }
+        if (t >= g_measure_to)
+            break;
+        for (int i = 0; i < ns; i++)
+            while (snd[i]->outstanding < o_window)
+                send_one(snd[i], now());
+        pump(all, m, 5);
+    }
+    srv_cpu1 = o_server_pid ? bench_cpu_s(o_server_pid) : -1;
+    lg_cpu1 = bench_cpu_s(0);
+    double tend = now();
+    while (now() - tend < 1.0)
+        pump(all, m, 10);
+    double in_rate = (double)g_acked_in_window / o_duration;
+    double out_rate = (double)g_received_in_window / o_duration;
+    double cpu_us = srv_cpu0 >= 0 && srv_cpu1 >= 0 && g_received_in_window > 0
+                        ? (srv_cpu1 - srv_cpu0) * 1e6 / (double)g_received_in_window
+                        : NAN;
+    double lg_pct = lg_cpu0 >= 0 ? (lg_cpu1 - lg_cpu0) * 100.0 / o_duration : NAN;
+    double last50 = g_nlat_last ? bench_quantile(g_lat_last, g_nlat_last, 0.5) * 1000 : NAN;
+    double last99 = g_nlat_last ? bench_quantile(g_lat_last, g_nlat_last, 0.99) * 1000 : NAN;
+    /* Hush: what one room message costs the relay's disk while its members are offline */
+    double stored = NAN;
+    if (g_sys == SYS_HUSH && o_relay_db) {
+        for (int i = 0; i < nr; i++)
+            disconnect(rcv[i]);
+        enum { K = 200 };
+        long before = relay_mail_bytes();
+        long acked0 = g_acked;
+        for (int k = 0; k < K; k++) {
+            while (snd[0]->outstanding >= o_window)
+                pump(snd, 1, 10);
+            send_one(snd[0], now());
+        }
+        while (g_acked - acked0 < K)
+            pump(snd, 1, 10);
+        long after = relay_mail_bytes();
+        if (before >= 0 && after >= 0)
+            stored = (double)(after - before) / K;
+        connect_group(rcv, nr, 0, 1); /* drain them, so nothing is left for the next round */
+        long want = g_received + (long)nr * K;
+        double td = now();
+        while (g_received < want && now() - td < 60)
+            pump(rcv, nr, 10);
+    }
+    printf("%-5s w6 room of %d (%d writing): %.0f msg/s into the room, %.0f deliveries/s, latency p50 %.2f ms, "
+           "p99 %.2f ms; to the last member p50 %.2f ms, p99 %.2f ms; server CPU %.1f us per delivery, load "
+           "generator CPU %.0f %%",
+           o_system, m, ns, in_rate, out_rate, lat_q(0.5), lat_q(0.99), last50, last99, cpu_us, lg_pct);
+    if (!isnan(stored))
+        printf("; %.0f bytes on disk per room message for %d offline members", stored, nr);
+    printf("\n");
+    json_result("\"members\":%d,\"senders\":%d,\"msgs_per_s\":%.1f,\"deliveries_per_s\":%.1f,\"p50_ms\":%.3f,"
+                "\"p99_ms\":%.3f,\"last_p50_ms\":%.3f,\"last_p99_ms\":%.3f,\"cpu_us_per_delivery\":%.2f,"
+                "\"lg_cpu_pct\":%.1f,\"stored_bytes_per_msg\":%.1f",
+                m, ns, in_rate, out_rate, lat_q(0.5), lat_q(0.99), last50, last99, cpu_us, lg_pct,
+                isnan(stored) ? -1.0 : stored);
+    for (int i = 0; i < m; i++)
+        if (all[i]->fd >= 0)
+            disconnect(all[i]);
 }
 
 /* The contacts of user i: its 18 neighbours i-9..i-1, i+1..i+9 (both allowed and followed, so
@@ -1302,6 +1480,8 @@ int main(int argc, char **argv)
         { "kill-cmd", required_argument, NULL, 'k' }, { "label", required_argument, NULL, 'l' },
         { "users-exist", no_argument, NULL, 'u' },   { "online", no_argument, NULL, 'O' },
         { "push-url", required_argument, NULL, 'U' },
+        { "members", required_argument, NULL, 'M' },  { "senders", required_argument, NULL, 'E' },
+        { "relay-db", required_argument, NULL, 'D' },
         { NULL, 0, NULL, 0 },
     };
     int ch;
@@ -1324,6 +1504,9 @@ int main(int argc, char **argv)
         case 'u': o_users_exist = 1; break;
         case 'O': o_online = 1; break;
         case 'U': o_push_url = optarg; break;
+        case 'M': o_members = atoi(optarg); break;
+        case 'E': o_senders = atoi(optarg); break;
+        case 'D': o_relay_db = optarg; break;
         default: return 2;
         }
     }
@@ -1360,6 +1543,8 @@ int main(int argc, char **argv)
         scenario_w4();
     else if (!strcmp(o_scenario, "pushhang"))
         scenario_pushhang();
+    else if (!strcmp(o_scenario, "w6"))
+        scenario_w6();
     else
         die("unknown scenario %s", o_scenario);
     return 0;

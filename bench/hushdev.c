@@ -224,3 +224,32 @@ void hdev_send_msg(struct dev *from, const char *to, uint64_t k, const uint8_t *
     hdev_send_frame(from, &f);
 }
 
+
+void hdev_send_room(struct dev *from, char **to, int n, uint64_t k, const uint8_t *body, size_t blen)
+{
+    uint8_t mid[16] = { 0 };
+    memcpy(mid, &k, sizeof k);
+    Hush__Recipient *rc = calloc((size_t)n, sizeof *rc), **rp = calloc((size_t)n, sizeof *rp);
+    if (!rc || !rp)
+        abort();
+    for (int i = 0; i < n; i++) {
+        hush__recipient__init(&rc[i]);
+        rc[i].username = to[i];
+        rc[i].device_id = 1;
+        rp[i] = &rc[i];
+    }
+    Hush__SendRequest s = HUSH__SEND_REQUEST__INIT;
+    s.client_msg_id.data = mid;
+    s.client_msg_id.len = 16;
+    s.n_recipients = (size_t)n;
+    s.recipients = rp;
+    s.shared_envelope.data = (uint8_t *)body;
+    s.shared_envelope.len = blen;
+    Hush__Frame f = HUSH__FRAME__INIT;
+    f.id = from->next_id++;
+    f.msg_case = HUSH__FRAME__MSG_SEND;
+    f.send = &s;
+    hdev_send_frame(from, &f);
+    free(rc);
+    free(rp);
+}

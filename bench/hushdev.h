@@ -32,5 +32,7 @@ void hdev_send_login(struct dev *d);
 int hdev_read_result(struct dev *d);
 /* A Send of one envelope to (to, device 1); k becomes the client message id. */
 void hdev_send_msg(struct dev *from, const char *to, uint64_t k, const uint8_t *body, size_t blen);
+/* A room message: body as the shared envelope, to (to[i], device 1) each (no own parts). */
+void hdev_send_room(struct dev *from, char **to, int n, uint64_t k, const uint8_t *body, size_t blen);
 
 #endif

@@ -592,12 +592,13 @@ void mailbox_send(struct jctx *x, const struct job *j)
         if (!e)
             continue;
         e->out = outbuf_from_frame(&f, seqs[i]);
-        /* a waiting row is delivered before the commit (its sender is answered only when it is
-         * acknowledged or written); a written one after it, as every stored message */
-        if (pend[i])
-            jctx_post_now(x, route[i].d.loop, e);
-        else
-            jctx_post(x, route[i].d.loop, e);
+        /* Delivered now, before the commit, whether it waits unwritten or was written: a device
+         * then gets its messages in seq order. (Written ones used to go after the commit, and an
+         * unwritten one with a higher seq, delivered first, moved the connection's cursor past
+         * them: they stayed in the mailbox until the next login.) The sender is answered at the
+         * commit or the recipient's ack, as before; a copy delivered from a batch that then fails
+         * is sent again by its sender and dropped as a duplicate by the recipient. */
+        jctx_post_now(x, route[i].d.loop, e);
     }
 out:
     free(mem);
