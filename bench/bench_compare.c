@@ -1194,8 +1194,7 @@ static void scenario_w6(void)
     json_result("\"members\":%d,\"senders\":%d,\"msgs_per_s\":%.1f,\"deliveries_per_s\":%.1f,\"p50_ms\":%.3f,"
                 "\"p99_ms\":%.3f,\"last_p50_ms\":%.3f,\"last_p99_ms\":%.3f,\"cpu_us_per_delivery\":%.2f,"
                 "\"lg_cpu_pct\":%.1f,\"stored_bytes_per_msg\":%.1f",
-                m, ns, in_rate, out_rate, lat_q(0.5), lat_q(0.99), last50, last99, cpu_us, lg_pct,
-                isnan(stored) ? -1.0 : stored);
+                m, ns, in_rate, out_rate, lat_q(0.5), lat_q(0.99), last50, last99, cpu_us, lg_pct, stored);
     for (int i = 0; i < m; i++)
         if (all[i]->fd >= 0)
             disconnect(all[i]);

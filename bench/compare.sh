@@ -187,8 +187,8 @@ fi
 
 MODE=${1:-quick}
 case $MODE in
-quick) W1_SIZES="2000"; W2_SECS=4; W3_MSGS=16000; W3K_MSGS=6000; W4_USERS=2000; W4_RATE=500; DEF_ROUNDS=3 ;;
-full)  W1_SIZES="10000 19000"; W2_SECS=10; W3_MSGS=100000; W3K_MSGS=50000; W4_USERS=10000; W4_RATE=1000; DEF_ROUNDS=5 ;;
+quick) W1_SIZES="2000"; W2_SECS=4; W3_MSGS=16000; W3K_MSGS=6000; W4_USERS=2000; W4_RATE=500; DEF_ROUNDS=3; W6_SIZES="10 100" ;;
+full)  W1_SIZES="10000 19000"; W2_SECS=10; W3_MSGS=100000; W3K_MSGS=50000; W4_USERS=10000; W4_RATE=1000; DEF_ROUNDS=5; W6_SIZES="10 100 1000" ;;
 *) echo "usage: bench/compare.sh [quick|full]" >&2; exit 2 ;;
 esac
 SYSTEMS=${SYSTEMS:-"hush hushpush mqtt xmpp"}
@@ -250,6 +250,26 @@ for r in $(seq 1 "$ROUNDS"); do
   done
 done
 echo
+
+# W6: rooms, Hush and mosquitto taking turns (ejabberd: not run, see docs/PERFORMANCE.md). Four
+# members write, each keeping a window that shrinks with the room so the deliveries in flight
+# stay comparable; in the first round Hush also measures its bytes on disk per room message
+if [ -z "${W2_ONLY:-}" ]; then
+  for m in $W6_SIZES; do
+    w=$(( 640 / m )); [ "$w" -lt 1 ] && w=1
+    for r in $(seq 1 "$ROUNDS"); do
+      for sys in hush mqtt; do
+        case " $SYSTEMS " in *" $sys "*) ;; *) continue ;; esac
+        exist=""; [ "$r" -gt 1 ] && exist=--users-exist
+        db=""; [ $sys = hush ] && [ "$r" -eq 1 ] && db="--relay-db $WORK/hush/hushd.db"
+        # shellcheck disable=SC2086
+        run_on $sys --scenario w6 --members "$m" --senders 4 --window "$w" --duration "$W2_SECS" --label "m$m" \
+            $exist $db --server-pid "$(cat "$WORK/$sys/pid")"
+      done
+    done
+  done
+  echo
+fi
 
 for sys in $SYSTEMS; do
   dir=$WORK/$sys
@@ -374,6 +394,13 @@ END {
   row("W2 kill -9 mid-stream (online): acked", "w3/w2kill9", "acked", 1)
   row("W2 kill -9 mid-stream: acked but lost", "w3/w2kill9", "lost", 0)
   row("W2 kill -9 mid-stream: delivered twice", "w3/w2kill9", "dups", 0)
+  for (k in keys) if (k ~ /^w6\//) { n = substr(k, 5)
+    row("W6 room of " n ": messages/s into the room", k, "msgs_per_s", 1)
+    row("W6 room of " n ": deliveries/s", k, "deliveries_per_s", 1)
+    row("W6 room of " n ": latency p99 ms", k, "p99_ms", 0)
+    row("W6 room of " n ": to the last member p99 ms", k, "last_p99_ms", 0)
+    row("W6 room of " n ": server CPU us per delivery", k, "cpu_us_per_delivery", 0)
+    row("W6 room of " n ": bytes on disk per message", k, "stored_bytes_per_msg", -1) }
   for (k in keys) if (k ~ /^w4\//) {
     row("W4 presence: logins/s (" substr(k, 5) ")", k, "login_per_s", 1)
     row("W4 presence: online notifications/s", k, "notifications_per_s", 1)
