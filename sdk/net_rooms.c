@@ -296,7 +296,7 @@ int hnet_send_room_row(struct hush_net *n, struct orow *o)
     size_t nd = 0;
     if (users) {
         memcpy(users, who->members, who->n_members * sizeof *users);
-        if (is_change)
+        if (is_change && who->n_removed) /* removed is NULL when empty */
             memcpy(users + who->n_members, who->removed, who->n_removed * sizeof *users);
     }
     if (!users || !collect(n, users, nu, &devs, &nd))
