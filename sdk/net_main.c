@@ -196,7 +196,8 @@ static void handle_frame(struct hush_net *n, const uint8_t *data, size_t len)
             hnet_report(n, HUSH_ERR_NOMEM, "no memory for a delivery; the relay will deliver it again");
             break;
         }
-        memcpy(in->env, d->envelope.data, d->envelope.len);
+        if (d->envelope.len) /* empty beside a shared envelope (a room message): data is NULL */
+            memcpy(in->env, d->envelope.data, d->envelope.len);
         in->len = d->envelope.len;
         if (d->shared_envelope.len) {
             in->shared = malloc(d->shared_envelope.len);
