@@ -791,8 +791,10 @@ static void w6_note(uint32_t sender, uint32_t seq, double sent, double t)
         return;
     if (g_nlat_last == g_caplat_last) {
         g_caplat_last = g_caplat_last ? g_caplat_last * 2 : 65536;
-        if (!(g_lat_last = realloc(g_lat_last, g_caplat_last * sizeof *g_lat_last)))
+        double *grown = realloc(g_lat_last, g_caplat_last * sizeof *g_lat_last);
+        if (!grown)
             die("out of memory");
+        g_lat_last = grown;
     }
     g_lat_last[g_nlat_last++] = t - sent;
 }
