@@ -233,6 +233,9 @@ struct hush_net {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     atomic_int waiters;       /* threads inside wait_until: hush_net_stop frees only at zero */
+    unsigned long progress;   /* under mu: +1 with every broadcast of news on cv, so a waiter that
+                               * was evaluating its condition (outside mu) when it came does not
+                               * sleep through it */
     hush_conn_state conn;
     hush_err last_err;
     int queue_empty;          /* the relay said QueueEmpty on this connection and its deliveries were handled */

@@ -72,6 +72,7 @@ void hnet_set_conn(struct hush_net *n, hush_conn_state s, hush_err err)
     n->conn = s;
     if (err)
         n->last_err = err;
+    n->progress++;
     pthread_cond_broadcast(&n->cv);
     pthread_mutex_unlock(&n->mu);
     if (changed && n->cb.on_connection)
@@ -87,6 +88,7 @@ void hnet_report(struct hush_net *n, hush_err e, const char *detail)
 void hnet_signal_progress(struct hush_net *n)
 {
     pthread_mutex_lock(&n->mu);
+    n->progress++;
     pthread_cond_broadcast(&n->cv);
     pthread_mutex_unlock(&n->mu);
 }

@@ -152,6 +152,7 @@ static void finish_request(struct hush_net *n, enum link_step *step, hush_err *r
     if (*step != LINK_IDLE && *step != LINK_DONE) {
         *step = LINK_DONE;
         *result = e;
+        n->progress++;
         pthread_cond_broadcast(&n->cv);
     }
     pthread_mutex_unlock(&n->mu);

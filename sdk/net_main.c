@@ -787,6 +787,7 @@ void hush_net_stop(hush_client *c)
     lws_context_destroy(n->ctx);
     pthread_mutex_lock(&n->mu);
     n->conn = HUSH_CONN_STOPPED;
+    n->progress++;
     pthread_cond_broadcast(&n->cv);
     /* threads blocked in hush_net_wait_online/_flush return HUSH_ERR_NOT_RUNNING; wait for them */
     while (atomic_load(&n->waiters) > 0)
@@ -864,6 +865,7 @@ static hush_err wait_until(hush_client *c, int timeout_ms, int (*pred)(hush_clie
             break;
         }
         hush_err e = HUSH_OK;
+        unsigned long seen = n->progress;
         pthread_mutex_unlock(&n->mu);
         int done = pred(c, n, &e);
         pthread_mutex_lock(&n->mu);
@@ -871,6 +873,8 @@ static hush_err wait_until(hush_client *c, int timeout_ms, int (*pred)(hush_clie
             result = e;
             break;
         }
+        if (n->progress != seen)
+            continue; /* news (or hush_net_stop) came while pred ran: look again before sleeping */
         if (pthread_cond_timedwait(&n->cv, &n->mu, &deadline) == ETIMEDOUT) {
             pthread_mutex_unlock(&n->mu);
             done = pred(c, n, &e);

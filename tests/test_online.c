@@ -9,6 +9,7 @@
 #include <stddef.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -2394,6 +2395,20 @@ static void test_callback_thread_and_self_stop(void **state)
     assert_int_equal(relay_stop(&relay, SIGTERM), 0);
 }
 
+struct busy_sender {
+    hush_client *c;
+    atomic_int stop;
+};
+
+static void *busy_sender_main(void *p)
+{
+    struct busy_sender *b = p;
+    while (!atomic_load(&b->stop))
+        if (hush_send(b->c, "nobody", (const uint8_t *)"busy", 4, NULL) != HUSH_OK)
+            break;
+    return NULL;
+}
+
 static void test_stop_while_waiting(void **state)
 {
     (void)state;
@@ -2420,6 +2435,34 @@ static void test_stop_while_waiting(void **state)
     assert_true(mono_ms() - t0 < 10000);
     assert_int_equal(hush_net_wait_online(c, 10), HUSH_ERR_NOT_RUNNING);
     hush_net_stop(c); /* twice is harmless */
+
+    /* The stop may come while a waiter is looking at its condition (outside the lock, the outbox
+     * query of a flush): it must still see the stop, not sleep on until its own timeout. Many
+     * rounds, stopped 0-4 ms after the waiters start, while another thread keeps the client busy
+     * sending (so a flush's look at the outbox waits for it): some stops land in that window. */
+    struct busy_sender busy = { c, 0 };
+    pthread_t busy_th;
+    assert_int_equal(pthread_create(&busy_th, NULL, busy_sender_main, &busy), 0);
+    for (int round = 0; round < 25; round++) {
+        assert_int_equal(hush_net_start(c, &o, &cb), HUSH_OK);
+        struct waiter_arg wr[8];
+        pthread_t tr[8];
+        for (int i = 0; i < 8; i++) {
+            wr[i] = (struct waiter_arg){ c, (i + round) & 1, HUSH_OK };
+            assert_int_equal(pthread_create(&tr[i], NULL, waiter_main, &wr[i]), 0);
+        }
+        struct timespec d = { 0, (round % 5) * 1000000L };
+        nanosleep(&d, NULL);
+        t0 = mono_ms();
+        hush_net_stop(c);
+        for (int i = 0; i < 8; i++) {
+            pthread_join(tr[i], NULL);
+            assert_int_equal(wr[i].result, HUSH_ERR_NOT_RUNNING);
+        }
+        assert_true(mono_ms() - t0 < 10000);
+    }
+    atomic_store(&busy.stop, 1);
+    pthread_join(busy_th, NULL);
     hush_client_close(c);
 }
 
