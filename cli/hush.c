@@ -64,6 +64,7 @@ static void cli_usage(FILE *f)
             "  send '#ROOM' TEXT...  Send a message to a room (its members' devices); --file works too.\n"
             "  group create NAME USER... | add | remove | leave | rename | promote | info | list\n"
             "                        Rooms: end-to-end encrypted groups (`hush group --help`).\n"
+            "  group presence ROOM on|off   Share your presence with everyone in a room (or stop).\n"
             "  get MESSAGE_ID [--out PATH]   Download a received file, check it, save it decrypted.\n"
             "  cancel ID             Take a queued message out of the outbox.\n"
             "  listen [--raw] [--files DIR]   Print incoming messages, receipts and presence until\n"
@@ -137,11 +138,15 @@ static const struct {
     { "group", "usage: hush group create NAME USER...   |   hush group add ROOM USER...\n"
                "       hush group remove ROOM USER   |   hush group leave ROOM   |   hush group rename ROOM NAME\n"
                "       hush group promote ROOM USER   |   hush group info ROOM   |   hush group list\n"
+               "       hush group presence ROOM on|off\n"
                "Rooms: end-to-end encrypted groups. ROOM is #NAME (or NAME), or the room's id (the first 6 or\n"
                "more of its hex digits). Only admins (the creator, and whoever an admin promotes) add,\n"
                "remove, rename or promote; anyone may leave. Every change is signed by its author and\n"
                "checked by every member's devices; the relay never learns a room's name or members.\n"
-               "Send with `hush send '#NAME' TEXT`; `hush chat '#NAME'` and `hush history '#NAME'`.\n" },
+               "Send with `hush send '#NAME' TEXT`; `hush chat '#NAME'` and `hush history '#NAME'`.\n"
+               "presence on: everyone in the room may see when you are online (added to `hush presence\n"
+               "--allow`'s list, following the room as members come and go); off stops it. Members who\n"
+               "share theirs show up in `hush listen` and `hush chat`.\n" },
     { "get", "usage: hush get MESSAGE_ID [--out PATH]\n"
              "Downloads a file someone sent (the id `hush listen` or `hush history` shows), checks it and\n"
              "writes it decrypted to PATH (default: its name, in the current directory; never over an\n"
@@ -1813,8 +1818,9 @@ static void room_label(hush_client *c, const char *id, char *out, size_t cap)
 static void print_room(const hush_group_state *g, int members)
 {
     char *t = shown(g->name, strlen(g->name));
-    printf("#%s  id %s  %zu member(s)%s%s\n", t ? t : "?", g->id, g->n_members, g->is_admin ? "  (you are an admin)" : "",
-           g->is_member ? "" : "  (you left or were removed)");
+    printf("#%s  id %s  %zu member(s)%s%s%s\n", t ? t : "?", g->id, g->n_members,
+           g->is_admin ? "  (you are an admin)" : "", g->is_member ? "" : "  (you left or were removed)",
+           g->is_member && g->shares_presence ? "  (your presence is shared)" : "");
     free(t);
     for (size_t i = 0; members && i < g->n_members; i++)
         printf("  %s%s\n", g->members[i], g->admin[i] ? "  (admin)" : "");
@@ -1857,7 +1863,8 @@ static int cmd_group(int argc, char **argv)
         const char *name;
         int min, max; /* operands after the subcommand */
     } subs[] = { { "create", 1, 1000 }, { "add", 2, 1000 }, { "remove", 2, 2 }, { "leave", 1, 1 },
-                 { "rename", 2, 2 },    { "promote", 2, 2 }, { "info", 1, 1 },   { "list", 0, 0 } };
+                 { "rename", 2, 2 },    { "promote", 2, 2 }, { "info", 1, 1 },   { "list", 0, 0 },
+                 { "presence", 2, 2 } };
     int known = 0;
     for (size_t i = 0; i < sizeof subs / sizeof subs[0]; i++)
         if (!strcmp(sub, subs[i].name)) {
@@ -1868,7 +1875,8 @@ static int cmd_group(int argc, char **argv)
             }
         }
     if (!known) {
-        fprintf(stderr, "usage: hush group create|add|remove|leave|rename|promote|info|list ...   (hush group --help)\n");
+        fprintf(stderr, "usage: hush group create|add|remove|leave|rename|promote|info|list|presence ...   "
+                        "(hush group --help)\n");
         return 2;
     }
     hush_client *c = NULL;
@@ -1925,9 +1933,22 @@ static int cmd_group(int argc, char **argv)
             e = hush_group_leave(c, id);
         else if (!strcmp(sub, "rename"))
             e = hush_group_rename(c, id, a[1][0] == '#' ? a[1] + 1 : a[1]);
-        else
+        else if (!strcmp(sub, "promote"))
             e = hush_group_promote(c, id, a[1]);
-        snprintf(what, sizeof what, "%s: done", sub);
+        else if (strcmp(a[1], "on") && strcmp(a[1], "off")) {
+            hush_client_close(c);
+            fprintf(stderr, "usage: hush group presence ROOM on|off\n");
+            return 2;
+        } else if ((e = hush_group_share_presence(c, id, !strcmp(a[1], "on"))) == HUSH_ERR_NOT_ALLOWED) {
+            hush_client_close(c);
+            fprintf(stderr, "hush group presence: you are no longer in that room\n");
+            return 1;
+        }
+        if (!strcmp(sub, "presence"))
+            snprintf(what, sizeof what, "%s", !strcmp(a[1], "on") ? "your presence is shared with the room"
+                                                                   : "your presence is no longer shared with the room");
+        else
+            snprintf(what, sizeof what, "%s: done", sub);
     }
     if (e) {
         hush_client_close(c);

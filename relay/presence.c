@@ -137,14 +137,19 @@ void presence_set_allow(const char *owner, char *const *users, size_t n)
         hmap_put(set, users[i], strlen(users[i]), (void *)1, &err);
     pthread_mutex_lock(&g_mu);
     struct hmap *old = hmap_put(&g_allow, owner, strlen(owner), set, &err);
-    /* Subscribers who just became allowed get the current state now. */
+    /* Subscribers who just became allowed get the current state now; those who just stopped being
+     * allowed get "offline, never seen" once, so what they last saw does not stay on their screen
+     * (they knew of the user already; afterwards nothing more is sent to them). */
     struct sublist *sl = hmap_gets(&g_subs, owner);
     if (sl) {
         struct pstate *st = state_of(owner, 0);
         for (size_t i = 0; i < sl->n; i++) {
             int was = old && hmap_gets(old, sl->v[i].subscriber);
-            if (!was && hmap_gets(set, sl->v[i].subscriber))
+            int is = hmap_gets(set, sl->v[i].subscriber) != NULL;
+            if (!was && is)
                 push(&sl->v[i], owner, st);
+            else if (was && !is)
+                push(&sl->v[i], owner, NULL);
         }
     }
     pthread_mutex_unlock(&g_mu);

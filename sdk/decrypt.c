@@ -318,6 +318,18 @@ static hush_err decrypt_locked(hush_client *c, const char *peer, uint32_t dev, c
             goto fail;
         }
         e = room_message(c, peer, dev, own, env->group_id, content, &kind, &local_id, &dup, &file);
+    } else if (is_group && content->kind == HUSH__CONTENT_KIND__CONTENT_ROOM_PRESENCE) {
+        /* a member shares its presence with the room, or stops: what our other devices decide is
+         * ours; the other members' choices need nothing here (the relay shows us what they allow) */
+        if (strcmp(content->group_id, env->group_id) != 0 || content->body.len != 1 || content->body.data[0] > 1) {
+            e = HUSH_ERR_BAD_MESSAGE;
+            goto fail;
+        }
+        if ((e = hsdk_room_message_allowed(c, env->group_id, peer)))
+            goto fail;
+        kind = HUSH_KIND_GROUP_KEY; /* nothing to show */
+        if (own)
+            e = hsdk_room_presence_told(c, env->group_id, content->body.data[0], content->sent_at_ms);
     } else if (content->kind == HUSH__CONTENT_KIND__CONTENT_ROOM_RESEND && !is_group && !sync) {
         /* a room message again, pairwise, because this device asked (it lacked the key) */
         if (content->body.len > HUSH_MAX_BODY + 1024 ||

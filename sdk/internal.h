@@ -456,6 +456,15 @@ int hsdk_room_wants_receipts(hush_client *c, const char *group);
 hush_err hsdk_room_receipt(hush_client *c, const char *group, const char *member, int state, const uint8_t mid[16],
                            int *moved);
 
+/* Presence shared with rooms (table room_presence). presence_told: another device of ours decided
+ * at at_ms whether this user shares its presence with room group_id (a later decision held here
+ * wins). presence_names: appends to names[0..n) (strings the caller frees) every member of the
+ * rooms that count, each once, not this user, not already in the list, up to max names; returns
+ * the new count. With allow set, the rooms this user shares its presence with; else every room
+ * it is in (those it shares with first). Caller holds the lock (told: inside a transaction). */
+hush_err hsdk_room_presence_told(hush_client *c, const char *group_id, int share, uint64_t at_ms);
+size_t hsdk_room_presence_names(hush_client *c, int allow, char **names, size_t n, size_t max);
+
 /* group.c: this device's sender key for a group. Caller holds the lock, inside a transaction.
  * key_id: the current key's id (*exists 0 when there is none). skdm_envelope: a pairwise envelope
  * to (member, dev) carrying the key (made when there is none yet). encrypt_content: one envelope

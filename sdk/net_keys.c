@@ -91,6 +91,7 @@ void hnet_send_presence(struct hush_net *n)
         size_t cnt = 0;
         hsdk_lock(n->c);
         cnt = hsdk_presence_prefs(n->c, kind, names, 1000);
+        cnt = hsdk_room_presence_names(n->c, kind == PRESENCE_ALLOW, names, cnt, 1000);
         hsdk_unlock(n->c);
         struct req *r = hnet_add_req(n, R_OTHER);
         if (r && (kind == PRESENCE_ALLOW || cnt > 0)) {

@@ -635,6 +635,8 @@ static hush_err apply(hush_client *c, const char *from, uint32_t dev, const uint
     }
     if ((e = room_store(c, &nx, buf, len)))
         goto out;
+    /* who sees our presence, and whose we follow, may have changed with the members */
+    hsdk_net_wake(c, NET_WAKE_PRESENCE);
     /* someone left or was removed (or this user is out): our key goes, the next message makes a
      * new one for those who remain */
     if (have && (nx.st->n_removed || !member_next))
@@ -1039,6 +1041,164 @@ hush_err hush_group_send(hush_client *c, const char *group, const uint8_t *text,
 }
 
 /* ---------------------------------------------------------------------------------------- */
+/* presence shared with a room (table room_presence) */
+
+static int shares_presence(hush_client *c, const uint8_t id[16])
+{
+    int64_t v = 0;
+    sqlite3_stmt *st;
+    if (hstore_prepare(c->db, "SELECT share FROM room_presence WHERE room = ?1", &st) == HSTORE_OK) {
+        sqlite3_bind_blob(st, 1, id, 16, SQLITE_TRANSIENT);
+        int row = 0;
+        if (hstore_step(c->db, st, &row) == HSTORE_OK && row)
+            v = sqlite3_column_int64(st, 0);
+        sqlite3_reset(st);
+    }
+    return v != 0;
+}
+
+/* Records a decision made at at_ms unless a later one is held; *changed: it was recorded and
+ * differs from what was held. */
+static hush_err decide_presence(hush_client *c, const uint8_t id[16], int share, int64_t at_ms, int *changed)
+{
+    int before = shares_presence(c, id);
+    sqlite3_stmt *st;
+    hstore_err se = hstore_prepare(c->db, "INSERT INTO room_presence (room, share, decided_at) VALUES (?1, ?2, ?3) "
+                                          "ON CONFLICT (room) DO UPDATE SET share = excluded.share, "
+                                          "decided_at = excluded.decided_at WHERE excluded.decided_at >= decided_at",
+                                   &st);
+    if (!se) {
+        sqlite3_bind_blob(st, 1, id, 16, SQLITE_TRANSIENT);
+        sqlite3_bind_int(st, 2, share != 0);
+        sqlite3_bind_int64(st, 3, at_ms);
+        se = hstore_run(c->db, st);
+    }
+    if (changed)
+        *changed = !se && shares_presence(c, id) != before;
+    return hsdk_from_store(se);
+}
+
+hush_err hush_group_share_presence(hush_client *c, const char *group, int share)
+{
+    if (!c)
+        return HUSH_ERR_INVALID_ARG;
+    uint8_t mid[HUSH_MESSAGE_ID_BYTES];
+    randombytes_buf(mid, sizeof mid);
+    hsdk_lock(c);
+    struct hsdk_room r;
+    hush_err e = room_for_change(c, group, 0, &r);
+    if (!e) {
+        if (!(e = hsdk_begin(c))) {
+            /* decided here, and told to the room: our other devices take the decision over (the
+             * other members learn what they will see anyway) */
+            uint8_t body = share != 0;
+            char peer[HUSH_USERNAME_MAX + 1];
+            hsdk_room_outbox_peer(r.id, peer);
+            e = decide_presence(c, r.id, share, (int64_t)hsdk_now_ms(), NULL);
+            if (!e)
+                e = hsdk_outbox_insert(c, peer, HUSH__CONTENT_KIND__CONTENT_ROOM_PRESENCE, mid, &body, 1);
+            e = hsdk_end(c, e);
+        }
+        hsdk_room_release(&r);
+    } else if (e == HUSH_ERR_NOT_ALLOWED && !share) {
+        /* out of the room: nothing is shared with it anyway; the choice is kept for a return */
+        uint8_t id[16];
+        room_id_parse(group, id);
+        if (!(e = hsdk_begin(c)))
+            e = hsdk_end(c, decide_presence(c, id, 0, (int64_t)hsdk_now_ms(), NULL));
+    }
+    hsdk_unlock(c);
+    if (!e)
+        hsdk_net_wake(c, NET_WAKE_PRESENCE | NET_WAKE_OUTBOX);
+    return e;
+}
+
+hush_err hsdk_room_presence_told(hush_client *c, const char *group_id, int share, uint64_t at_ms)
+{
+    uint8_t id[16];
+    if (!room_id_parse(group_id, id))
+        return HUSH_ERR_BAD_MESSAGE;
+    int changed = 0;
+    hush_err e = decide_presence(c, id, share, (int64_t)(at_ms > INT64_MAX ? INT64_MAX : at_ms), &changed);
+    if (!e && changed)
+        hsdk_net_wake(c, NET_WAKE_PRESENCE);
+    return e;
+}
+
+static int cmp_name(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+size_t hsdk_room_presence_names(hush_client *c, int allow, char **names, size_t n, size_t max)
+{
+    if (n >= max)
+        return n;
+    /* what is already in the list, sorted, to add each name once */
+    char **seen = malloc(max * sizeof *seen);
+    if (!seen)
+        return n;
+    memcpy(seen, names, n * sizeof *seen);
+    size_t nseen = n;
+    qsort(seen, nseen, sizeof *seen, cmp_name);
+    /* the rooms: for `allow`, those this user shares with; else every room it is in, those it shares
+     * with first; most recently changed first */
+    sqlite3_stmt *st;
+    size_t nid = 0, cap = 0;
+    uint8_t (*ids)[16] = NULL;
+    if (hstore_prepare(c->db, allow ? "SELECT r.id FROM rooms r JOIN room_presence p ON p.room = r.id "
+                                      "WHERE r.member = 1 AND p.share = 1 ORDER BY r.updated_at DESC"
+                                    : "SELECT r.id FROM rooms r LEFT JOIN room_presence p ON p.room = r.id "
+                                      "WHERE r.member = 1 ORDER BY coalesce(p.share, 0) DESC, r.updated_at DESC",
+                       &st) == HSTORE_OK) {
+        int row = 0;
+        while (hstore_step(c->db, st, &row) == HSTORE_OK && row) {
+            if (sqlite3_column_bytes(st, 0) != 16)
+                continue;
+            if (nid == cap) {
+                size_t nc = cap ? cap * 2 : 8;
+                void *nv = realloc(ids, nc * 16);
+                if (!nv)
+                    break;
+                ids = nv;
+                cap = nc;
+            }
+            memcpy(ids[nid++], sqlite3_column_blob(st, 0), 16);
+        }
+        sqlite3_reset(st);
+    }
+    for (size_t i = 0; i < nid && n < max; i++) {
+        struct hsdk_room r;
+        int found = 0;
+        if (hsdk_room_load(c, ids[i], &r, &found) || !found)
+            continue;
+        for (size_t m = 0; m < r.st->n_members && n < max; m++) {
+            const char *who = r.st->members[m];
+            if (!strcmp(who, c->username) || bsearch(&who, seen, nseen, sizeof *seen, cmp_name))
+                continue;
+            if (!(names[n] = strdup(who)))
+                break;
+            /* keep `seen` sorted: insert in place */
+            size_t at = 0, hi = nseen;
+            while (at < hi) {
+                size_t mid = (at + hi) / 2;
+                if (strcmp(seen[mid], who) < 0)
+                    at = mid + 1;
+                else
+                    hi = mid;
+            }
+            memmove(seen + at + 1, seen + at, (nseen - at) * sizeof *seen);
+            seen[at] = names[n++];
+            nseen++;
+        }
+        hsdk_room_release(&r);
+    }
+    free(ids);
+    free(seen);
+    return n;
+}
+
+/* ---------------------------------------------------------------------------------------- */
 /* reading */
 
 hush_err hush_group_receipts(hush_client *c, const uint8_t message_id[HUSH_MESSAGE_ID_BYTES], hush_group_receipt **out,
@@ -1109,6 +1269,7 @@ static hush_err state_out(hush_client *c, const struct hsdk_room *r, hush_group_
     g->is_member = r->member;
     g->is_admin = r->member && in_list(r->st->admins, r->st->n_admins, c->username);
     g->changed_at_ms = r->st->changed_at_ms;
+    g->shares_presence = shares_presence(c, r->id);
     g->n_members = r->st->n_members;
     g->members = calloc(g->n_members, sizeof *g->members);
     g->admin = calloc(g->n_members, 1);

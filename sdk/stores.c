@@ -153,6 +153,10 @@ const char *const hsdk_migrations[] = {
     "  message_id BLOB NOT NULL, member TEXT NOT NULL, state INTEGER NOT NULL,"
     "  PRIMARY KEY (message_id, member)) WITHOUT ROWID;"
     TRIGGERS("rooms", COLS_ROOMS),
+    /* 7 -> 8: rooms this user shares its presence with (rooms.c), and when that was last decided
+     * (on this device or, told by a room message, on another of ours: the later decision wins) */
+    "CREATE TABLE room_presence ("
+    "  room BLOB PRIMARY KEY, share INTEGER NOT NULL, decided_at INTEGER NOT NULL) WITHOUT ROWID;",
 };
 const int hsdk_nmigrations = (int)(sizeof hsdk_migrations / sizeof hsdk_migrations[0]);
 

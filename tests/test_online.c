@@ -55,6 +55,12 @@ struct rec {
     int typing_on, typing_off;
     char presence_user[33];
     int presence_online, npresence;
+    struct { /* every user reported, its last state and how many updates */
+        char user[33];
+        int online, n;
+        uint64_t last_seen;
+    } pres[8];
+    int npres;
     char id_peer[33];
     char id_old[61], id_new[61];
     int nidentity;
@@ -160,12 +166,23 @@ static void cb_group_typing(void *ctx, const char *group, const char *user, uint
 
 static void cb_presence(void *ctx, const char *user, int online, uint64_t last_seen)
 {
-    (void)last_seen;
     struct rec *r = ctx;
     pthread_mutex_lock(&r->mu);
     snprintf(r->presence_user, sizeof r->presence_user, "%s", user);
     r->presence_online = online;
     r->npresence++;
+    int k = 0;
+    while (k < r->npres && strcmp(r->pres[k].user, user) != 0)
+        k++;
+    if (k < 8) {
+        if (k == r->npres) {
+            snprintf(r->pres[k].user, sizeof r->pres[k].user, "%s", user);
+            r->npres++;
+        }
+        r->pres[k].online = online;
+        r->pres[k].last_seen = last_seen;
+        r->pres[k].n++;
+    }
     pthread_cond_broadcast(&r->cv);
     pthread_mutex_unlock(&r->mu);
 }
@@ -3428,6 +3445,191 @@ static void test_room_file(void **state)
     assert_int_equal(relay_stop(&relay, SIGTERM), 0);
 }
 
+/* What u was last told of who's presence: *online and the number of updates so far (0: none). */
+static int presence_of(struct user *u, const char *who, int *online, uint64_t *last_seen)
+{
+    int n = 0;
+    pthread_mutex_lock(&u->r.mu);
+    for (int k = 0; k < u->r.npres; k++)
+        if (!strcmp(u->r.pres[k].user, who)) {
+            n = u->r.pres[k].n;
+            if (online)
+                *online = u->r.pres[k].online;
+            if (last_seen)
+                *last_seen = u->r.pres[k].last_seen;
+        }
+    pthread_mutex_unlock(&u->r.mu);
+    return n;
+}
+
+/* Waits until u's last word on who's presence is `online` (and came after `after` updates). */
+static int wait_presence(struct user *u, const char *who, int online, int after, int ms)
+{
+    for (int i = 0; i < ms / 20; i++) {
+        int on = -1;
+        if (presence_of(u, who, &on, NULL) > after && on == online)
+            return 1;
+        struct timespec ts = { 0, 20000000L };
+        nanosleep(&ts, NULL);
+    }
+    return 0;
+}
+
+static int shares_presence(struct user *u, const char *id)
+{
+    hush_group_state *g = NULL;
+    if (hush_group_info(u->c, id, &g) != HUSH_OK)
+        return -1;
+    int v = g->shares_presence;
+    hush_group_state_free(g, 1);
+    return v;
+}
+
+/* Presence shared with a room: nobody follows anyone by hand. Members see the sharer's presence
+ * (and only once it is shared), the sharer's other device takes the decision over (its own
+ * logins keep it shared), a removed member is told "offline" once and nothing after, and turning
+ * it off does the same for everyone. */
+static void test_room_presence(void **state)
+{
+    (void)state;
+    struct relay_proc relay;
+    relay_start(&relay, "roompres", NULL);
+    struct user *a = user_new(&relay, "pia"), *b = user_new(&relay, "pete"), *c = user_new(&relay, "polly");
+    uint32_t dev2 = 0;
+    hush_err le = HUSH_OK;
+    struct user *a2 = user_link(&relay, a, "pia2", &dev2, &le);
+    assert_int_equal(le, HUSH_OK);
+    const char *members[] = { "pete", "polly" };
+    char id[HUSH_ROOM_ID_LEN + 1];
+    assert_int_equal(hush_group_create(a->c, "lobby", members, 2, id), HUSH_OK);
+    assert_true(wait_room(b, HUSH_KIND_GROUP_CHANGE, id, "pia", NULL, 1, 15000));
+    assert_true(wait_room(c, HUSH_KIND_GROUP_CHANGE, id, "pia", NULL, 1, 15000));
+    assert_true(wait_room(a2, HUSH_KIND_GROUP_CHANGE, id, "pia", NULL, 1, 15000));
+    /* a message through the room, so every member's subscriptions have been sent */
+    assert_int_equal(hush_group_send(a->c, id, (const uint8_t *)"hi", 2, NULL), HUSH_OK);
+    assert_true(wait_room(b, HUSH_KIND_GROUP_TEXT, id, "pia", "hi", 1, 15000));
+    assert_true(wait_room(c, HUSH_KIND_GROUP_TEXT, id, "pia", "hi", 1, 15000));
+    usleep(300000);
+    assert_int_equal(presence_of(b, "pia", NULL, NULL), 0); /* not shared: nothing */
+    assert_int_equal(shares_presence(a, id), 0);
+
+    assert_int_equal(hush_group_share_presence(a->c, id, 1), HUSH_OK);
+    assert_int_equal(shares_presence(a, id), 1);
+    assert_true(wait_presence(b, "pia", 1, 0, 15000));
+    assert_true(wait_presence(c, "pia", 1, 0, 15000));
+    /* the other device of pia learns the choice, and its own logins keep it */
+    for (int i = 0; i < 750 && shares_presence(a2, id) != 1; i++)
+        usleep(20000);
+    assert_int_equal(shares_presence(a2, id), 1);
+    hush_net_stop(a->c);
+    hush_net_stop(a2->c);
+    assert_true(wait_presence(b, "pia", 0, 1, 15000)); /* both devices gone: offline */
+    int nb = presence_of(b, "pia", NULL, NULL);
+    user_start(a2, &relay); /* only the second device comes back: it sends the lists itself */
+    assert_true(wait_presence(b, "pia", 1, nb, 15000));
+    send_text(a2, "pete", "still here", NULL);
+    assert_true(wait_count(&b->r, &b->r.nmsgs, 1, 15000));
+    usleep(500000);
+    int on = -1;
+    presence_of(b, "pia", &on, NULL);
+    assert_int_equal(on, 1); /* a2's lists did not take the room back out */
+
+    /* polly removed: told "offline, never seen" once, then nothing more */
+    int nc = presence_of(c, "pia", NULL, NULL);
+    assert_int_equal(hush_group_remove(a2->c, id, "polly"), HUSH_OK);
+    assert_true(wait_room(c, HUSH_KIND_GROUP_CHANGE, id, "pia", NULL, 2, 15000));
+    assert_true(wait_presence(c, "pia", 0, nc, 15000));
+    uint64_t seen = 1;
+    presence_of(c, "pia", NULL, &seen);
+    assert_int_equal(seen, 0);
+    nc = presence_of(c, "pia", NULL, NULL);
+    nb = presence_of(b, "pia", NULL, NULL);
+    user_start(a, &relay);
+    hush_net_stop(a2->c);
+    hush_net_stop(a->c);
+    assert_true(wait_presence(b, "pia", 0, nb, 15000)); /* pete still follows every change */
+    usleep(500000);
+    assert_int_equal(presence_of(c, "pia", NULL, NULL), nc); /* polly: nothing */
+
+    /* off (while pia is offline: sent at the next login), and pete is told once */
+    user_start(a, &relay);
+    assert_true(wait_presence(b, "pia", 1, nb + 1, 15000));
+    nb = presence_of(b, "pia", NULL, NULL);
+    assert_int_equal(hush_group_share_presence(a->c, id, 0), HUSH_OK);
+    assert_true(wait_presence(b, "pia", 0, nb, 15000));
+    presence_of(b, "pia", NULL, &seen);
+    assert_int_equal(seen, 0);
+    /* a member who is not in the room may not share with it; turning it off is always accepted */
+    assert_int_equal(hush_group_share_presence(c->c, id, 1), HUSH_ERR_NOT_ALLOWED);
+    assert_int_equal(hush_group_share_presence(c->c, id, 0), HUSH_OK);
+    user_free(a);
+    user_free(a2);
+    user_free(b);
+    user_free(c);
+    assert_int_equal(relay_stop(&relay, SIGTERM), 0);
+}
+
+/* The README's room walk-through through the CLI, and presence shared with the room. */
+static void test_cli_rooms(void **state)
+{
+    (void)state;
+    struct relay_proc relay;
+    relay_start(&relay, "clirooms", NULL);
+    char cmd[2048], out[8192], db[3][400];
+    const char *h = cli_path(), *names[] = { "rhea", "rolf", "rosa" };
+    for (int i = 0; i < 3; i++) {
+        snprintf(db[i], sizeof db[i], "%s", tpath(names[i]));
+        snprintf(cmd, sizeof cmd, "%s init --db %s --relay ws://127.0.0.1:%d --user %s 2>&1", h, db[i], relay.port,
+                 names[i]);
+        assert_int_equal(run(cmd, out, sizeof out), 0);
+    }
+    snprintf(cmd, sizeof cmd, "%s group create --db %s team rolf rosa 2>&1", h, db[0]);
+    assert_int_equal(run(cmd, out, sizeof out), 0);
+    assert_non_null(strstr(out, "created #team (id "));
+    snprintf(cmd, sizeof cmd, "%s send --db %s '#team' hello both 2>&1", h, db[0]);
+    assert_int_equal(run(cmd, out, sizeof out), 0);
+    assert_non_null(strstr(out, "sent to #team"));
+    snprintf(cmd, sizeof cmd, "%s group presence --db %s '#team' on 2>&1", h, db[0]);
+    assert_int_equal(run(cmd, out, sizeof out), 0);
+    assert_non_null(strstr(out, "your presence is shared with the room"));
+    snprintf(cmd, sizeof cmd, "%s group info --db %s '#team' 2>&1", h, db[0]);
+    assert_int_equal(run(cmd, out, sizeof out), 0);
+    assert_non_null(strstr(out, "3 member(s)  (you are an admin)  (your presence is shared)"));
+    /* rolf sees the room, its message, and rhea's presence without following her by hand */
+    snprintf(cmd, sizeof cmd, "timeout 4 %s listen --db %s --raw 2>&1", h, db[1]);
+    run(cmd, out, sizeof out);
+    assert_non_null(strstr(out, "hello both"));
+    assert_non_null(strstr(out, "{\"type\":\"presence\",\"user\":\"rhea\",\"state\":\"offline\",\"last_seen_ms\":"));
+    snprintf(cmd, sizeof cmd, "%s group list --db %s 2>&1", h, db[1]);
+    assert_int_equal(run(cmd, out, sizeof out), 0);
+    assert_non_null(strstr(out, "#team  id "));
+    assert_non_null(strstr(out, "3 member(s)"));
+    snprintf(cmd, sizeof cmd, "%s group remove --db %s '#team' rosa 2>&1", h, db[0]);
+    assert_int_equal(run(cmd, out, sizeof out), 0);
+    assert_non_null(strstr(out, "remove: done"));
+    /* rosa learns it, sees no presence of rhea's, and can no longer share with the room */
+    snprintf(cmd, sizeof cmd, "timeout 4 %s listen --db %s --raw 2>&1", h, db[2]);
+    run(cmd, out, sizeof out);
+    assert_non_null(strstr(out, "hello both"));
+    assert_null(strstr(out, "\"presence\""));
+    snprintf(cmd, sizeof cmd, "%s history --db %s '#team' 2>&1", h, db[2]);
+    assert_int_equal(run(cmd, out, sizeof out), 0);
+    assert_non_null(strstr(out, "* rhea removed rosa"));
+    snprintf(cmd, sizeof cmd, "%s group presence --db %s '#team' on 2>&1", h, db[2]);
+    assert_int_equal(run(cmd, out, sizeof out), 1);
+    assert_non_null(strstr(out, "you are no longer in that room"));
+    snprintf(cmd, sizeof cmd, "%s group presence --db %s '#team' maybe 2>&1", h, db[0]);
+    assert_int_equal(run(cmd, out, sizeof out), 2);
+    snprintf(cmd, sizeof cmd, "%s group presence --db %s '#team' off 2>&1", h, db[0]);
+    assert_int_equal(run(cmd, out, sizeof out), 0);
+    assert_non_null(strstr(out, "your presence is no longer shared with the room"));
+    /* rolf no longer hears of rhea */
+    snprintf(cmd, sizeof cmd, "timeout 4 %s listen --db %s --raw 2>&1", h, db[1]);
+    run(cmd, out, sizeof out);
+    assert_null(strstr(out, "\"presence\""));
+    assert_int_equal(relay_stop(&relay, SIGTERM), 0);
+}
+
 /* A relay that drops a member's copy of the sender's key (the pairwise part of the first room
  * message): the member cannot decrypt, asks the sender, gets the message again pairwise (once),
  * and reads what follows. */
@@ -3514,6 +3716,8 @@ int main(void)
         cmocka_unit_test(test_room_of_twenty),
         cmocka_unit_test(test_room_file),
         cmocka_unit_test(test_room_lost_key_recovered),
+        cmocka_unit_test(test_room_presence),
+        cmocka_unit_test(test_cli_rooms),
         cmocka_unit_test(test_cli_two_devices),
         cmocka_unit_test(test_device_removal),
         cmocka_unit_test(test_recovery),

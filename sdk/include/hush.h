@@ -406,6 +406,7 @@ typedef struct hush_group_state {
     char (*members)[HUSH_USERNAME_MAX + 1]; /* n_members usernames */
     uint8_t *admin;              /* n_members flags: 1 when members[i] is an admin */
     uint64_t changed_at_ms;      /* when the last change was made (its author's clock) */
+    int shares_presence;         /* this user shares its presence with the room (hush_group_share_presence) */
 } hush_group_state;
 
 HUSH_MUST_CHECK hush_err hush_group_create(hush_client *c, const char *name, const char *const *members, size_t n,
@@ -421,6 +422,17 @@ HUSH_MUST_CHECK hush_err hush_group_send(hush_client *c, const char *group, cons
  * is typing (1) or stopped (0): never stored, sent at most every few seconds like hush_typing.
  * HUSH_ERR_NOT_RUNNING without the network thread. */
 HUSH_MUST_CHECK hush_err hush_group_typing(hush_client *c, const char *group, int typing);
+/* Shares this user's presence (online, last seen) with everyone in the room (share 1), or stops
+ * (0). While it is shared, the members of the room are added to who may see this user's presence
+ * (hush_presence_allow's list stays as it is; the two are joined), following the room as members
+ * come and go: someone removed stops seeing it at once. The choice is kept, sent again at every
+ * login, and told to this user's other devices (through the room), the latest choice winning.
+ * Independently of this, the SDK follows the presence of every member of every room this user is
+ * in (with hush_presence_subscribe's list): on_presence reports those who share theirs. Both lists
+ * hold at most 1000 names: the explicit list first, then rooms shared with, most recently changed
+ * first; members beyond are left out. HUSH_ERR_NOT_ALLOWED (not a member; turning it off is
+ * always accepted), HUSH_ERR_NOT_FOUND, HUSH_ERR_INVALID_ARG. */
+HUSH_MUST_CHECK hush_err hush_group_share_presence(hush_client *c, const char *group, int share);
 HUSH_MUST_CHECK hush_err hush_group_info(hush_client *c, const char *group, hush_group_state **out);
 HUSH_MUST_CHECK hush_err hush_group_list(hush_client *c, hush_group_state **out, size_t *count);
 void hush_group_state_free(hush_group_state *states, size_t count);

@@ -19,6 +19,8 @@ public struct GroupInfo: Sendable, Hashable {
     public let admins: [String]
     /// When the last change was made (its author's clock).
     public let changedAt: Date
+    /// This user shares its presence with the room (`shareGroupPresence(_:in:)`).
+    public let sharesPresence: Bool
 
     init(_ g: hush_group_state) {
         id = cString(tuple: g.id)
@@ -38,6 +40,7 @@ public struct GroupInfo: Sendable, Hashable {
         members = m
         admins = a
         changedAt = date(ms: g.changed_at_ms)
+        sharesPresence = g.shares_presence != 0
     }
 }
 
@@ -132,6 +135,16 @@ extension HushClient {
     public func setGroupTyping(_ typing: Bool, in group: String) throws {
         try rejectNUL(group)
         try core.call { h in try check(hush_group_typing(h, group, typing ? 1 : 0)) }
+    }
+
+    /// Shares this user's presence with everyone in the room (or stops): its members are added to
+    /// who may see it (`allowPresence(for:)`'s list stays), following the room as members come and go.
+    /// Kept, sent at every login, and taken over by this user's other devices. The SDK follows the
+    /// presence of every room member: those who share theirs arrive as `HushEvent.presence`.
+    /// Errors: `.notAllowed` (not a member; turning it off is always accepted), `.notFound`.
+    public func shareGroupPresence(_ share: Bool, in group: String) throws {
+        try rejectNUL(group)
+        try core.call { h in try check(hush_group_share_presence(h, group, share ? 1 : 0)) }
     }
 
     /// The room as this device knows it. Errors: `.notFound`.

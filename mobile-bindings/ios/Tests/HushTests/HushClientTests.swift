@@ -209,8 +209,13 @@ final class HushClientTests: XCTestCase {
         defer { try? FileManager.default.removeItem(at: photo) }
         let fid = try gina.sendFile(toGroup: id, url: photo, contentType: "image/jpeg")
         XCTAssertTrue(rb.await(20) { r in r.messages.contains { $0.kind == .file && $0.groupID == id && $0.id == fid } })
+        XCTAssertFalse(try gina.groupInfo(id).sharesPresence)
+        try gina.shareGroupPresence(true, in: id)
+        XCTAssertTrue(try gina.groupInfo(id).sharesPresence)
+        XCTAssertTrue(rb.await { r in r.presence.contains { $0.user == "gina" && $0.isOnline } })
         try gina.removeFromGroup(id, user: "ines")
         XCTAssertTrue(rc.await { r in r.messages.contains { $0.kind == .groupChange && $0.text.contains("removed ines") } })
+        XCTAssertThrowsError(try ines.shareGroupPresence(true, in: id)) { XCTAssertEqual($0 as? HushError, .notAllowed) }
         XCTAssertFalse(try ines.groupInfo(id).isMember)
         do {
             _ = try await ines.sendToGroup("still here?", group: id)

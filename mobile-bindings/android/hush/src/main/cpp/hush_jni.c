@@ -1126,6 +1126,15 @@ static void n_group_typing(JNIEnv *env, jclass cls, jlong hh, jstring group, jbo
     check(env, hush_group_typing(H(hh)->c, g, typing ? 1 : 0), "groupTyping");
 }
 
+static void n_group_share_presence(JNIEnv *env, jclass cls, jlong hh, jstring group, jboolean share)
+{
+    (void)cls;
+    char g[HUSH_ROOM_ID_LEN + 8];
+    if (get_str(env, group, g, sizeof g, "shareGroupPresence"))
+        return;
+    check(env, hush_group_share_presence(H(hh)->c, g, share ? 1 : 0), "shareGroupPresence");
+}
+
 /* One GroupInfo (NULL with an exception pending on failure). The name goes as bytes: it is UTF-8,
  * which NewStringUTF does not take. */
 static jobject group_object(JNIEnv *env, const hush_group_state *g)
@@ -1145,7 +1154,7 @@ static jobject group_object(JNIEnv *env, const hush_group_state *g)
     }
     jobject o = admins ? (*env)->NewObject(env, g_group_cls, g_group_ctor, id, name, (jlong)g->version,
                                            (jboolean)(g->is_member != 0), (jboolean)(g->is_admin != 0), members,
-                                           admins, (jlong)g->changed_at_ms)
+                                           admins, (jlong)g->changed_at_ms, (jboolean)(g->shares_presence != 0))
                        : NULL;
     if (id)
         (*env)->DeleteLocalRef(env, id);
@@ -1300,6 +1309,7 @@ static const JNINativeMethod g_natives[] = {
     { "nativeGroupChange", "(JI" S "[B[" S ")" S, (void *)n_group_change },
     { "nativeGroupSend", "(J" S "[B)[B", (void *)n_group_send },
     { "nativeGroupTyping", "(J" S "Z)V", (void *)n_group_typing },
+    { "nativeGroupSharePresence", "(J" S "Z)V", (void *)n_group_share_presence },
     { "nativeGroupInfo", "(J" S ")Lorg/hush/sdk/GroupInfo;", (void *)n_group_info },
     { "nativeGroups", "(J)[Lorg/hush/sdk/GroupInfo;", (void *)n_groups },
     { "nativeGroupHistory", "(J" S "JI)[Lorg/hush/sdk/HistoryEntry;", (void *)n_group_history },
@@ -1336,7 +1346,7 @@ JNIEXPORT jint JNICALL JNI_OnLoad(JavaVM *vm, void *reserved)
     g_dev_ctor = (*env)->GetMethodID(env, g_dev_cls, "<init>", "(I" S "JJZZ)V");
     g_exc_ctor = (*env)->GetMethodID(env, g_exc_cls, "<init>", "(I" S ")V");
     g_hist_ctor = (*env)->GetMethodID(env, g_hist_cls, "<init>", "(JZ" S "I[BJJZ[BZZ)V");
-    g_group_ctor = (*env)->GetMethodID(env, g_group_cls, "<init>", "(" S "[BJZZ[" S "[ZJ)V");
+    g_group_ctor = (*env)->GetMethodID(env, g_group_cls, "<init>", "(" S "[BJZZ[" S "[ZJZ)V");
     g_on_group_typing = (*env)->GetMethodID(env, g_bridge_cls, "onGroupTyping", "(" S S "IZ)V");
     g_att_ctor = (*env)->GetMethodID(env, g_att_cls, "<init>", "([BZ" S S S "JIJJ[B)V");
     g_on_file = (*env)->GetMethodID(env, g_bridge_cls, "onFile", "([BIJJI)V");

@@ -19,10 +19,11 @@ public final class GroupInfo {
     private final List<String> members;
     private final List<String> admins;
     private final long changedAtMillis;
+    private final boolean sharesPresence;
 
     /** Called by the native code. */
     GroupInfo(String id, byte[] name, long version, boolean member, boolean admin, String[] members,
-              boolean[] isAdmin, long changedAtMillis) {
+              boolean[] isAdmin, long changedAtMillis, boolean sharesPresence) {
         this.id = id;
         this.name = new String(name, StandardCharsets.UTF_8);
         this.version = version;
@@ -38,6 +39,7 @@ public final class GroupInfo {
         }
         this.admins = Collections.unmodifiableList(Arrays.asList(Arrays.copyOf(a, n)));
         this.changedAtMillis = changedAtMillis;
+        this.sharesPresence = sharesPresence;
     }
 
     /** The room's id: 32 hexadecimal characters, what every group call takes. */
@@ -76,6 +78,11 @@ public final class GroupInfo {
     /** When the last change was made (its author's clock). */
     public long changedAtMillis() {
         return changedAtMillis;
+    }
+
+    /** This user shares its presence with the room ({@link HushClient#shareGroupPresence}). */
+    public boolean sharesPresence() {
+        return sharesPresence;
     }
 
     @Override

@@ -852,6 +852,23 @@ public final class HushClient implements AutoCloseable {
         }
     }
 
+    /**
+     * Shares this user's presence with everyone in the room (or stops): its members are added to
+     * who may see it ({@link #presenceAllow}'s list stays), following the room as members come and
+     * go. Kept, sent at every login, and taken over by this user's other devices. The SDK follows
+     * the presence of every room member; those who share theirs are reported to
+     * {@link HushListener#onPresence}. Errors: NOT_ALLOWED (not a member; turning it off is always
+     * accepted), NOT_FOUND.
+     */
+    public void shareGroupPresence(String group, boolean share) throws HushException {
+        long h = enter();
+        try {
+            nativeGroupSharePresence(h, group, share);
+        } finally {
+            leave();
+        }
+    }
+
     /** The room as this device knows it. Errors: NOT_FOUND. */
     public GroupInfo groupInfo(String group) throws HushException {
         long h = enter();
@@ -982,6 +999,7 @@ public final class HushClient implements AutoCloseable {
             throws HushException;
     private static native byte[] nativeGroupSend(long h, String group, byte[] text) throws HushException;
     private static native void nativeGroupTyping(long h, String group, boolean typing) throws HushException;
+    private static native void nativeGroupSharePresence(long h, String group, boolean share) throws HushException;
     private static native GroupInfo nativeGroupInfo(long h, String group) throws HushException;
     private static native GroupInfo[] nativeGroups(long h) throws HushException;
     private static native HistoryEntry[] nativeGroupHistory(long h, String group, long before, int limit)

@@ -346,8 +346,25 @@ public class HushClientTest {
         File got = new File(tmp.getRoot(), "room-got.jpg");
         b.saveAttachment(fid, got.getPath());
         assertArrayEquals(bytes, java.nio.file.Files.readAllBytes(got.toPath()));
+        assertFalse(a.groupInfo(id).sharesPresence());
+        a.shareGroupPresence(id, true);
+        assertTrue(a.groupInfo(id).sharesPresence());
+        assertTrue("presence shared with the room", rb.await(() -> {
+            for (Object[] p : rb.presence) {
+                if ("jra".equals(p[0]) && Boolean.TRUE.equals(p[1])) {
+                    return true;
+                }
+            }
+            return false;
+        }, 20000));
         a.removeFromGroup(id, "jrc");
         assertTrue(rc.await(() -> rc.count(Message.Kind.GROUP_CHANGE, id, "jra", "removed jrc") == 1, 20000));
+        try {
+            c.shareGroupPresence(id, true);
+            fail("a removed member shared its presence with the room");
+        } catch (HushException e) {
+            assertEquals(HushError.NOT_ALLOWED, e.error());
+        }
         assertFalse(c.groupInfo(id).isMember());
         try {
             c.sendToGroup(id, "still here?");
