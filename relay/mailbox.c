@@ -6,8 +6,9 @@
  *
  * Room messages. A send with a shared envelope stores it once (table payloads) and one row per
  * recipient device pointing at it (with that device's own pairwise part, often empty); a payload
- * goes when no row points at it any more (ack, expiry, device removal). Those sends are written at
- * once (no early delivery): their rows are durable at the batch's commit like any stored message.
+ * goes when no row points at it any more (ack, expiry, device removal). Online recipients get it
+ * early like any message (below): their waiting rows share one copy of the envelope in memory
+ * (struct shared), written as a payload row only when the first of them has to be written.
  *
  * Early delivery. A message for a device that is online is delivered at once, before anything is
  * written, and waits in memory (struct pend) for early_delivery_ms. Its sender is answered when
@@ -50,6 +51,16 @@ struct sendwait {
     uint64_t batch;  /* the batch whose job made it */
 };
 
+/* A room message's shared envelope, held once for its waiting rows. row: its payloads row once one
+ * was written for them (checked again before use: acks of written rows may have dropped it), and
+ * the batch that wrote it (a failed batch did not). */
+struct shared {
+    int refs;
+    int64_t row;
+    uint64_t row_batch;
+    size_t len;
+    uint8_t data[];
+};
 /* A message delivered and waiting, unwritten, for its ack. */
 struct pend {
     struct pend *prev, *next; /* in seq order */
@@ -61,7 +72,8 @@ struct pend {
     struct sendwait *w;
     int write_now;            /* a retry of it came: written in this batch */
     int non_urgent;           /* SendRequest.non_urgent */
-    size_t len;
+    struct shared *sh;        /* a room message's shared envelope (NULL: none) */
+    size_t len;               /* env's length (the device's own part) */
     uint8_t env[];
 };
 
@@ -154,6 +166,22 @@ static void pend_unlink(struct pend *p)
     P.bytes -= p->len;
 }
 
+/* Frees a pend that is unlinked, and its share of the shared envelope. */
+static void pend_free(struct pend *p)
+{
+    if (p->sh && --p->sh->refs == 0) {
+        P.bytes -= p->sh->len;
+        free(p->sh);
+    }
+    free(p);
+}
+
+/* What the recipient's mailbox counts for a waiting row (its own part and the shared one). */
+static int64_t pend_quota_len(const struct pend *p)
+{
+    return (int64_t)(p->len + (p->sh ? p->sh->len : 0));
+}
+
 void mailbox_free(void)
 {
     hmap_free(&quota_map, free);
@@ -162,7 +190,7 @@ void mailbox_free(void)
         pend_unlink(p);
         if (p->w && --p->w->remaining == 0)
             wait_free(p->w);
-        free(p);
+        pend_free(p);
     }
     hmap_free(&P.by_seq, NULL);
     hmap_free(&P.by_msg, NULL);
@@ -389,6 +417,21 @@ static hstore_err insert_payload(const uint8_t *data, size_t len, int64_t *id)
     return HSTORE_OK;
 }
 
+static hstore_err payload_exists(int64_t id, int *have)
+{
+    sqlite3_stmt *st;
+    hstore_err e = hstore_prepare(senv.db, "SELECT 1 FROM payloads WHERE id = ?1", &st);
+    if (e)
+        return e;
+    sqlite3_bind_int64(st, 1, id);
+    *have = 0;
+    if ((e = hstore_step(senv.db, st, have)))
+        return e;
+    if (*have)
+        sqlite3_reset(st);
+    return HSTORE_OK;
+}
+
 /* Payloads no row points at any more: one (id) or, with id 0, all of them. */
 static hstore_err drop_unreferenced_payloads(hstore *db, int64_t id)
 {
@@ -436,7 +479,7 @@ static hstore_err insert_row(uint64_t seq, const char *recipient, uint32_t rdev,
 }
 
 static struct pend *pend_new(struct jctx *x, const struct job *j, const Hush__Recipient *rc, uint64_t seq, uint64_t now,
-                             uint64_t expires);
+                             uint64_t expires, struct shared **sh);
 static void wait_resolved(struct jctx *x, struct sendwait *w, int now);
 
 /* CHECK_SE for mailbox_send, which frees its arrays on the way out */
@@ -472,6 +515,7 @@ void mailbox_send(struct jctx *x, const struct job *j)
     struct pend **pend = (struct pend **)(seqs + nr);
     size_t shared_len = s->shared_envelope.len;
     int64_t payload = 0; /* the shared envelope's row, once written */
+    struct shared *sh = NULL; /* the shared envelope kept in memory for the rows that wait */
     if (!devices_match(x, j))
         goto out;
     int npend = 0, at_commit = 0; /* rows waiting for their ack / durable at this batch's commit */
@@ -526,8 +570,8 @@ void mailbox_send(struct jctx *x, const struct job *j)
         route[i].live = directory_lookup(rc->username, rc->device_id, &route[i].d);
         add_delta(x, rc->username, rc->device_id, 1, len);
         x->inserted++;
-        if (!shared_len && route[i].live && senv.cfg->early_delivery_ms &&
-            (pend[i] = pend_new(x, j, rc, seqs[i], now, expires))) {
+        if (route[i].live && senv.cfg->early_delivery_ms &&
+            (pend[i] = pend_new(x, j, rc, seqs[i], now, expires, &sh))) {
             npend++;
             continue;
         }
@@ -560,6 +604,11 @@ void mailbox_send(struct jctx *x, const struct job *j)
             goto out;
         }
         memcpy(ws, seqs, s->n_recipients * sizeof *ws);
+        if (sh && payload) {
+            /* rows written now hold the payload: the waiting ones may use it (if it still exists) */
+            sh->row = payload;
+            sh->row_batch = P.batch;
+        }
         w->loop = j->loop;
         w->conn = j->conn;
         w->req_id = j->req_id;
@@ -667,14 +716,14 @@ void mailbox_ack(struct jctx *x, const struct job *j)
         uint64_t seq = a->seqs[i];
         struct pend *p = hmap_get(&P.by_seq, &seq, sizeof seq);
         if (p && p->rdev == j->device_id && !strcmp(p->recipient, j->username)) {
-            add_delta(x, j->username, j->device_id, -1, -(int64_t)p->len);
+            add_delta(x, j->username, j->device_id, -1, -pend_quota_len(p));
             x->deleted++;
             x->unwritten++;
             if (p->write_now)
                 P.nflagged--;
             pend_unlink(p);
             wait_resolved(x, p->w, 1);
-            free(p);
+            pend_free(p);
             continue;
         }
         /* Only the owner's mailbox: someone else's seq matches nothing. */
@@ -819,14 +868,31 @@ static int at_commit_push(struct sendwait *w)
 /* A message to (rc->username, rc->device_id), delivered now and waiting for its ack. NULL when
  * memory (or the waiting bounds) say write it at once instead. */
 static struct pend *pend_new(struct jctx *x, const struct job *j, const Hush__Recipient *rc, uint64_t seq, uint64_t now,
-                             uint64_t expires)
+                             uint64_t expires, struct shared **sh)
 {
-    if (P.n >= PEND_MAX_ROWS || P.bytes + rc->envelope.len > PEND_MAX_BYTES)
+    const ProtobufCBinaryData *se = &j->frame->send->shared_envelope;
+    size_t shared_new = se->len && !*sh ? se->len : 0;
+    if (P.n >= PEND_MAX_ROWS || P.bytes + rc->envelope.len + shared_new > PEND_MAX_BYTES)
         return NULL;
     struct pend *p = malloc(sizeof *p + rc->envelope.len);
     if (!p)
         return NULL;
     memset(p, 0, sizeof *p);
+    if (shared_new) {
+        /* the first waiting row of this room send: the envelope is kept once for all of them */
+        if (!(*sh = malloc(sizeof **sh + se->len))) {
+            free(p);
+            return NULL;
+        }
+        memset(*sh, 0, sizeof **sh);
+        (*sh)->len = se->len;
+        memcpy((*sh)->data, se->data, se->len);
+        P.bytes += se->len;
+    }
+    if (*sh) {
+        p->sh = *sh;
+        (*sh)->refs++;
+    }
     p->seq = seq;
     p->due_ms = now + senv.cfg->early_delivery_ms;
     p->received_at = now;
@@ -838,7 +904,8 @@ static struct pend *pend_new(struct jctx *x, const struct job *j, const Hush__Re
     memcpy(p->cmid, j->frame->send->client_msg_id.data, HWIRE_CLIENT_MSG_ID_BYTES);
     p->non_urgent = j->frame->send->non_urgent;
     p->len = rc->envelope.len;
-    memcpy(p->env, rc->envelope.data, p->len);
+    if (p->len) /* a room message's own part is often empty (data NULL) */
+        memcpy(p->env, rc->envelope.data, p->len);
     int e1 = 0, e2 = 0;
     unsigned char k[MSG_KEY_MAX];
     hmap_put(&P.by_seq, &p->seq, sizeof p->seq, p, &e1);
@@ -846,7 +913,9 @@ static struct pend *pend_new(struct jctx *x, const struct job *j, const Hush__Re
     if (e1 || e2) {
         hmap_del(&P.by_seq, &p->seq, sizeof p->seq);
         hmap_del(&P.by_msg, k, msg_key(k, p->recipient, p->rdev, p->sender, p->sdev, p->cmid));
-        free(p);
+        if (p->sh && p->sh->refs == 1)
+            *sh = NULL; /* freed with p: the next row makes it again */
+        pend_free(p);
         return NULL;
     }
     p->prev = P.tail;
@@ -873,7 +942,7 @@ void mailbox_job_failed(struct jctx *x)
         if (p->write_now)
             P.nflagged--;
         pend_unlink(p);
-        free(p);
+        pend_free(p);
     }
     wait_free(w);
     x->commit_wait = NULL;
@@ -905,8 +974,19 @@ void mailbox_flush_pending(struct jctx *x, int all)
             p = next;
             continue;
         }
+        struct shared *sh = p->sh;
+        if (sh && sh->row) {
+            int have = 0;
+            CHECK_SE(payload_exists(sh->row, &have));
+            if (!have)
+                sh->row = 0; /* the rows written with it were all acknowledged since */
+        }
+        if (sh && !sh->row) {
+            CHECK_SE(insert_payload(sh->data, sh->len, &sh->row));
+            sh->row_batch = P.batch;
+        }
         CHECK_SE(insert_row(p->seq, p->recipient, p->rdev, p->sender, p->sdev, p->cmid, p->env, p->len, p->received_at,
-                            p->expires_at, p->non_urgent, 0, 0));
+                            p->expires_at, p->non_urgent, sh ? sh->row : 0, sh ? sh->len : 0));
         if (p->write_now)
             P.nflagged--;
         pend_unlink(p);
@@ -915,7 +995,7 @@ void mailbox_flush_pending(struct jctx *x, int all)
             wait_resolved(x, p->w, 0);
         }
         x->written++;
-        free(p);
+        pend_free(p);
         p = next;
     }
 }
@@ -934,7 +1014,9 @@ void mailbox_batch_end(struct jctx *x, int ok)
                     P.nflagged--;
                 pend_unlink(p);
                 wait_resolved(x, p->w, 0);
-                free(p);
+                pend_free(p);
+            } else if (p->sh && p->sh->row && p->sh->row_batch == P.batch) {
+                p->sh->row = 0; /* written by this batch: rolled back with it */
             }
             p = next;
         }

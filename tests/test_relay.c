@@ -1073,6 +1073,165 @@ static void test_room_fanout(void **state)
     assert_int_equal(relay_stop(&r, SIGTERM), 0);
 }
 
+/* A room send on a thread of its own (the sender is answered only when its rows are resolved). */
+struct async_room {
+    pthread_t th;
+    struct tclient *c;
+    char *to[2];
+    size_t n;
+    uint8_t shared[2000], mid[16];
+    int code;
+    uint64_t seqs[2];
+    atomic_int done;
+};
+
+static void *async_room_main(void *arg)
+{
+    struct async_room *s = arg;
+    Hush__Recipient rc[2], *rp[2];
+    for (size_t i = 0; i < s->n; i++) {
+        hush__recipient__init(&rc[i]);
+        rc[i].username = s->to[i];
+        rc[i].device_id = 1;
+        rp[i] = &rc[i];
+    }
+    Hush__SendRequest sr = HUSH__SEND_REQUEST__INIT;
+    sr.client_msg_id.data = s->mid;
+    sr.client_msg_id.len = 16;
+    sr.n_recipients = s->n;
+    sr.recipients = rp;
+    sr.shared_envelope.data = s->shared;
+    sr.shared_envelope.len = sizeof s->shared;
+    Hush__Frame f = HUSH__FRAME__INIT;
+    f.msg_case = HUSH__FRAME__MSG_SEND;
+    f.send = &sr;
+    Hush__Frame *r = tc_request(s->c, &f, T);
+    s->code = -1;
+    if (r && r->msg_case == HUSH__FRAME__MSG_RESULT) {
+        s->code = r->result->code;
+        for (size_t i = 0; i < r->result->n_seqs && i < 2; i++)
+            s->seqs[i] = r->result->seqs[i];
+    }
+    if (r)
+        hush__frame__free_unpacked(r, NULL);
+    atomic_store(&s->done, 1);
+    return NULL;
+}
+
+static void async_room_start(struct async_room *s, struct tclient *c, char *to0, char *to1)
+{
+    memset(s, 0, sizeof *s);
+    s->c = c;
+    s->to[0] = to0;
+    s->to[1] = to1;
+    s->n = 2;
+    randombytes_buf(s->shared, sizeof s->shared);
+    randombytes_buf(s->mid, sizeof s->mid);
+    assert_int_equal(pthread_create(&s->th, NULL, async_room_main, s), 0);
+}
+
+/* The next delivery of c: it must be the room message s (its shared envelope whole); its seq. */
+static uint64_t next_room_delivery(struct tclient *c, const struct async_room *s)
+{
+    Hush__Frame *d = tc_next_push(c, HUSH__FRAME__MSG_DELIVER, T);
+    assert_non_null(d);
+    assert_memory_equal(d->deliver->client_msg_id.data, s->mid, 16);
+    assert_int_equal(d->deliver->shared_envelope.len, sizeof s->shared);
+    assert_memory_equal(d->deliver->shared_envelope.data, s->shared, sizeof s->shared);
+    uint64_t seq = d->deliver->seq;
+    hush__frame__free_unpacked(d, NULL);
+    return seq;
+}
+
+/* Room messages are delivered early too: members online get it before anything is written, the
+ * sender is answered when every one of them acknowledged it (nothing written then, not even the
+ * shared envelope) or when the rows still waiting were written; rows written late share one
+ * payload row with those written at once. */
+static void test_room_early_delivery(void **state)
+{
+    (void)state;
+    struct relay_proc r;
+    relay_start(&r, "roomearly", "early_delivery_ms = 60000");
+    struct tclient *a = tc_registered(&r, "rita", 1);
+    struct tclient *b = tc_registered(&r, "rolo", 1);
+    struct tclient *c = tc_registered(&r, "rudi", 1);
+    for (int i = 0; i < 2; i++) {
+        Hush__Frame *qe = tc_next_push(i ? c : b, HUSH__FRAME__MSG_QUEUE_EMPTY, T);
+        assert_non_null(qe);
+        hush__frame__free_unpacked(qe, NULL);
+    }
+    /* both online and both acknowledge: answered, nothing ever written */
+    struct async_room s;
+    async_room_start(&s, a, "rolo", "rudi");
+    uint64_t sb = next_room_delivery(b, &s), sc = next_room_delivery(c, &s);
+    msleep(300);
+    assert_int_equal(atomic_load(&s.done), 0);
+    assert_int_equal(tc_ack(b, &sb, 1), 0);
+    msleep(300);
+    assert_int_equal(atomic_load(&s.done), 0); /* one member still has it on no disk */
+    assert_int_equal(tc_ack(c, &sc, 1), 0);
+    pthread_join(s.th, NULL);
+    assert_int_equal(s.code, 0);
+    assert_int_equal(s.seqs[0], sb);
+    assert_int_equal(s.seqs[1], sc);
+    assert_int_equal(db_int(&r, "SELECT count(*) FROM payloads"), 0);
+    assert_int_equal(db_int(&r, "SELECT count(*) FROM mailbox"), 0);
+    assert_int_equal(relay_metric(&r, "hush_messages_unwritten_total"), 2);
+
+    /* one offline (written at once, with the payload), one online that never acknowledges: its row
+     * is written when it goes, pointing at the same payload; then both get it from the mailbox */
+    tc_disconnect(c);
+    async_room_start(&s, a, "rolo", "rudi");
+    sb = next_room_delivery(b, &s);
+    msleep(300);
+    assert_int_equal(atomic_load(&s.done), 0);
+    assert_int_equal(db_int(&r, "SELECT count(*) FROM payloads"), 1);
+    assert_int_equal(db_int(&r, "SELECT count(*) FROM mailbox"), 1);
+    tc_disconnect(b);
+    pthread_join(s.th, NULL);
+    assert_int_equal(s.code, 0);
+    assert_int_equal(db_int(&r, "SELECT count(*) FROM payloads"), 1);
+    assert_int_equal(db_int(&r, "SELECT count(DISTINCT payload) FROM mailbox"), 1);
+    assert_int_equal(db_int(&r, "SELECT count(*) FROM mailbox"), 2);
+    assert_int_equal(relay_metric(&r, "hush_messages_written_late_total"), 1);
+    struct tclient *both[] = { b, c };
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(tc_reconnect(both[i]), 0);
+        assert_int_equal(tc_login(both[i]), 0);
+        uint64_t q = next_room_delivery(both[i], &s);
+        assert_int_equal(q, s.seqs[i]);
+        assert_int_equal(tc_ack(both[i], &q, 1), 0);
+    }
+    msleep(200);
+    assert_int_equal(db_int(&r, "SELECT count(*) FROM payloads"), 0);
+    assert_int_equal(db_int(&r, "SELECT count(*) FROM mailbox"), 0);
+
+    /* killed while it waits: never answered, nothing written; the retry is stored and delivered */
+    async_room_start(&s, a, "rolo", "rudi");
+    next_room_delivery(b, &s);
+    next_room_delivery(c, &s);
+    relay_stop(&r, SIGKILL);
+    pthread_join(s.th, NULL);
+    assert_int_not_equal(s.code, 0);
+    relay_restart(&r);
+    assert_int_equal(db_int(&r, "SELECT count(*) FROM payloads"), 0);
+    tc_disconnect(b);
+    tc_disconnect(c);
+    assert_int_equal(tc_reconnect(a), 0);
+    assert_int_equal(tc_login(a), 0);
+    Hush__Frame *res = room_send(a, s.to, NULL, NULL, 2, s.shared, sizeof s.shared, s.mid);
+    assert_int_equal(res->result->code, HUSH__ERROR_CODE__OK);
+    hush__frame__free_unpacked(res, NULL);
+    assert_int_equal(db_int(&r, "SELECT count(*) FROM payloads"), 1);
+    assert_int_equal(tc_reconnect(b), 0);
+    assert_int_equal(tc_login(b), 0);
+    next_room_delivery(b, &s);
+    tc_free(a);
+    tc_free(b);
+    tc_free(c);
+    relay_stop(&r, SIGTERM);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1087,6 +1246,7 @@ int main(void)
         cmocka_unit_test(test_sigterm_and_health),
         cmocka_unit_test(test_early_delivery),
         cmocka_unit_test(test_room_fanout),
+        cmocka_unit_test(test_room_early_delivery),
     };
     return cmocka_run_group_tests_name("relay", tests, NULL, NULL);
 }
