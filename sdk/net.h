@@ -239,6 +239,7 @@ struct hush_net {
     hush_conn_state conn;
     hush_err last_err;
     int queue_empty;          /* the relay said QueueEmpty on this connection and its deliveries were handled */
+    int allow_after_drain;    /* the presence allow-list is to be sent at the next QueueEmpty */
     int fatal;
     struct net_xfer xfer;
     uint32_t blob_chunk;      /* the relay's Limits.max_blob_chunk (0: it takes no files) */
@@ -278,7 +279,9 @@ void hnet_on_identity(struct hush_net *n, const char *peer, uint32_t dev);
 /* net_keys.c */
 void hnet_forget_offers(struct hush_net *n);
 void hnet_settle_offer(struct hush_net *n, uint64_t req_id, int refused);
-void hnet_send_presence(struct hush_net *n);
+/* The presence lists (hand-made ones joined with rooms, net_keys.c); the allow-list waits for the
+ * mailbox to be drained after a login (allow_after_drain). only_allow: the allow-list alone. */
+void hnet_send_presence(struct hush_net *n, int only_allow);
 int hnet_upload_in_flight(const struct hush_net *n);
 void hnet_upload_keys(struct hush_net *n, uint32_t max_one_time);
 int hnet_registered(hush_client *c);

@@ -84,9 +84,16 @@ void hnet_settle_offer(struct hush_net *n, uint64_t req_id, int refused)
     }
 }
 
-void hnet_send_presence(struct hush_net *n)
+void hnet_send_presence(struct hush_net *n, int only_allow)
 {
-    for (int kind = PRESENCE_ALLOW; kind <= PRESENCE_SUBSCRIBE; kind++) {
+    for (int kind = PRESENCE_ALLOW; kind <= (only_allow ? PRESENCE_ALLOW : PRESENCE_SUBSCRIBE); kind++) {
+        if (kind == PRESENCE_ALLOW && !n->queue_empty) {
+            /* Who may see us is sent once what waited in the mailbox was handled: a room change
+             * that removed someone (made on another device while this one was away) must be
+             * applied first, or this login would show them our presence again for a moment. */
+            n->allow_after_drain = 1;
+            continue;
+        }
         char *names[1000];
         size_t cnt = 0;
         hsdk_lock(n->c);

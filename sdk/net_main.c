@@ -70,7 +70,7 @@ static void went_online(struct hush_net *n)
     n->st = N_ONLINE;
     n->backoff_ms = 0;
     hnet_set_conn(n, HUSH_CONN_ONLINE, HUSH_OK);
-    hnet_send_presence(n);
+    hnet_send_presence(n, 0);
     hnet_send_push(n);
     hnet_rotation_check(n);
     hnet_reprocess_pending(n);
@@ -266,6 +266,10 @@ static void handle_frame(struct hush_net *n, const uint8_t *data, size_t len)
         pthread_mutex_lock(&n->mu);
         n->queue_empty = n->nretry == 0; /* retries still waiting are not handled yet */
         pthread_mutex_unlock(&n->mu);
+        if (n->queue_empty && n->allow_after_drain) {
+            n->allow_after_drain = 0;
+            hnet_send_presence(n, 1);
+        }
         hnet_signal_progress(n);
         break;
     default:
@@ -421,7 +425,7 @@ static void handle_wake(struct hush_net *n)
         n->pump_cursor = 0;
     }
     if (w & NET_WAKE_PRESENCE)
-        hnet_send_presence(n);
+        hnet_send_presence(n, 0);
     if (w & NET_WAKE_PUSH)
         hnet_send_push(n);
     if (w & NET_WAKE_TYPING)
