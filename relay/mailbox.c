@@ -287,116 +287,150 @@ static hstore_err over_sender_share(const struct quota *q, const char *sender, c
 /* A stored send must name exactly the current devices of every user it addresses, and every
  * other device of the sender's own user (so each device of both sides gets its copy). Otherwise
  * nothing is stored and the Result lists, per user, the devices missing and extra. Returns 1 when
- * the set matches; 0 when the job was answered or a storage error was set. */
+ * the set matches; 0 when the job was answered or a storage error was set. The recipients are
+ * sorted by (user, device) first, so a room send of n devices costs n log n, not n squared. */
 struct match_user {
     const char *name;
     uint32_t missing[16], extra[16];
 };
+struct named {
+    const char *name;
+    uint32_t dev;
+};
+
+static int named_cmp(const void *a, const void *b)
+{
+    const struct named *x = a, *y = b;
+    int c = strcmp(x->name, y->name);
+    return c ? c : (x->dev > y->dev) - (x->dev < y->dev);
+}
+
+/* One user's devices against the entries v[0..n) naming it: 1 when they match, 0 when mm was
+ * filled with the difference, -1 when the job was answered or failed. */
+static int user_matches(struct jctx *x, const struct job *j, const char *user, const struct named *v, size_t n,
+                        struct match_user *mu, Hush__DeviceMismatch *mm)
+{
+    uint32_t devs[16];
+    size_t nd = 0;
+    hstore_err e = accounts_user_devices(user, devs, 16, &nd);
+    if (e) {
+        x->store_err = e;
+        return -1;
+    }
+    int self = !strcmp(user, j->username);
+    if (self) {
+        int here = 0;
+        for (size_t d = 0; d < nd && !here; d++)
+            here = devs[d] == j->device_id;
+        if (!here) {
+            /* removed while connected (by another device of its user, or by the operator) */
+            jctx_fail(x, j, HUSH__ERROR_CODE__DEVICE_REMOVED, "this device was removed");
+            struct event *k = event_new(EV_KICK, j->conn);
+            if (k) {
+                k->code = HUSH__ERROR_CODE__DEVICE_REMOVED;
+                jctx_post(x, j->loop, k);
+            }
+            return -1;
+        }
+    }
+    size_t nmiss = 0, nextra = 0;
+    for (size_t d = 0; d < nd; d++) {
+        if (self && devs[d] == j->device_id)
+            continue;
+        int named = 0;
+        for (size_t i = 0; i < n && !named; i++)
+            named = v[i].dev == devs[d];
+        if (!named)
+            mu->missing[nmiss++] = devs[d];
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (i && v[i].dev == v[i - 1].dev)
+            continue; /* named twice (sorted: next to each other) */
+        int found = 0;
+        for (size_t d = 0; d < nd && !found; d++)
+            found = devs[d] == v[i].dev;
+        if ((!found || (self && v[i].dev == j->device_id)) && nextra < 16)
+            mu->extra[nextra++] = v[i].dev;
+    }
+    if (!nmiss && !nextra)
+        return 1;
+    if (!self && nd == 0 && !nmiss) {
+        /* nobody by that name at all */
+        jctx_fail(x, j, HUSH__ERROR_CODE__UNKNOWN_RECIPIENT, user);
+        return -1;
+    }
+    hush__device_mismatch__init(mm);
+    mm->username = (char *)user;
+    mm->missing = mu->missing;
+    mm->n_missing = nmiss;
+    mm->extra = mu->extra;
+    mm->n_extra = nextra;
+    return 0;
+}
 
 static int devices_match(struct jctx *x, const struct job *j)
 {
     const Hush__SendRequest *s = j->frame->send;
-    size_t cap = s->n_recipients + 1;
-    const char **users = malloc(cap * sizeof *users);
+    size_t n = s->n_recipients, cap = n + 1;
+    struct named *v = malloc((n ? n : 1) * sizeof *v);
     Hush__DeviceMismatch *mm = malloc(cap * sizeof *mm);
     Hush__DeviceMismatch **mp = malloc(cap * sizeof *mp);
     struct match_user *mu = malloc(cap * sizeof *mu);
     int ok = 0;
-    if (!users || !mm || !mp || !mu) {
+    if (!v || !mm || !mp || !mu) {
         jctx_fail(x, j, HUSH__ERROR_CODE__INTERNAL, "out of memory");
         goto out;
     }
-    size_t nu = 0;
-    users[nu++] = j->username;
-    for (size_t i = 0; i < s->n_recipients; i++) {
-        size_t k = 0;
-        while (k < nu && strcmp(users[k], s->recipients[i]->username) != 0)
-            k++;
-        if (k == nu)
-            users[nu++] = s->recipients[i]->username;
+    for (size_t i = 0; i < n; i++) {
+        v[i].name = s->recipients[i]->username;
+        v[i].dev = s->recipients[i]->device_id;
     }
+    qsort(v, n, sizeof *v, named_cmp);
     size_t nm = 0;
-    for (size_t u = 0; u < nu; u++) {
-        uint32_t devs[16];
-        size_t nd = 0;
-        hstore_err e = accounts_user_devices(users[u], devs, 16, &nd);
-        if (e) {
-            x->store_err = e;
-            goto out;
+    /* the sender's own user first (named or not), then every user named */
+    size_t self_at = n, self_n = 0;
+    for (size_t i = 0; i < n; i++)
+        if (!strcmp(v[i].name, j->username)) {
+            if (self_at == n)
+                self_at = i;
+            self_n++;
         }
-        uint32_t *missing = mu[nm].missing, *extra = mu[nm].extra;
-        int self = u == 0;
-        if (self) {
-            int here = 0;
-            for (size_t d = 0; d < nd && !here; d++)
-                here = devs[d] == j->device_id;
-            if (!here) {
-                /* removed while connected (by another device of its user, or by the operator) */
-                jctx_fail(x, j, HUSH__ERROR_CODE__DEVICE_REMOVED, "this device was removed");
-                struct event *k = event_new(EV_KICK, j->conn);
-                if (k) {
-                    k->code = HUSH__ERROR_CODE__DEVICE_REMOVED;
-                    jctx_post(x, j->loop, k);
-                }
-                goto out;
-            }
-        }
-        hush__device_mismatch__init(&mm[nm]);
-        size_t nmiss = 0, nextra = 0;
-        for (size_t d = 0; d < nd; d++) {
-            if (self && devs[d] == j->device_id)
-                continue;
-            int named = 0;
-            for (size_t i = 0; i < s->n_recipients && !named; i++)
-                named = s->recipients[i]->device_id == devs[d] && !strcmp(s->recipients[i]->username, users[u]);
-            if (!named)
-                missing[nmiss++] = devs[d];
-        }
-        for (size_t i = 0; i < s->n_recipients; i++) {
-            const Hush__Recipient *rc = s->recipients[i];
-            if (strcmp(rc->username, users[u]) != 0)
-                continue;
-            int have = !(self && rc->device_id == j->device_id);
-            int found = 0;
-            for (size_t d = 0; d < nd && !found; d++)
-                found = devs[d] == rc->device_id;
-            if ((!found || !have) && nextra < 16) {
-                size_t k = 0;
-                while (k < nextra && extra[k] != rc->device_id)
-                    k++;
-                if (k == nextra)
-                    extra[nextra++] = rc->device_id;
-            }
-        }
-        if (!nmiss && !nextra)
-            continue;
-        if (!self && nd == 0 && !nmiss) {
-            /* nobody by that name at all */
-            jctx_fail(x, j, HUSH__ERROR_CODE__UNKNOWN_RECIPIENT, users[u]);
-            goto out;
-        }
-        mm[nm].username = (char *)users[u];
-        mm[nm].missing = missing;
-        mm[nm].n_missing = nmiss;
-        mm[nm].extra = extra;
-        mm[nm].n_extra = nextra;
+    int r = user_matches(x, j, j->username, v + (self_n ? self_at : 0), self_n, &mu[nm], &mm[nm]);
+    if (r < 0)
+        goto out;
+    if (r == 0) {
         mp[nm] = &mm[nm];
         nm++;
+    }
+    for (size_t i = 0; i < n;) {
+        size_t k = i + 1;
+        while (k < n && !strcmp(v[k].name, v[i].name))
+            k++;
+        if (i != self_at) {
+            r = user_matches(x, j, v[i].name, v + i, k - i, &mu[nm], &mm[nm]);
+            if (r < 0)
+                goto out;
+            if (r == 0) {
+                mp[nm] = &mm[nm];
+                nm++;
+            }
+        }
+        i = k;
     }
     if (!nm) {
         ok = 1;
         goto out;
     }
-    Hush__Result r = HUSH__RESULT__INIT;
-    r.code = HUSH__ERROR_CODE__DEVICE_MISMATCH;
-    r.message = "the send does not name every device of its users";
-    r.n_mismatches = nm;
-    r.mismatches = mp;
+    Hush__Result res = HUSH__RESULT__INIT;
+    res.code = HUSH__ERROR_CODE__DEVICE_MISMATCH;
+    res.message = "the send does not name every device of its users";
+    res.n_mismatches = nm;
+    res.mismatches = mp;
     x->rollback = 1;
-    metrics_error(r.code);
-    jctx_reply(x, j, &r);
+    metrics_error(res.code);
+    jctx_reply(x, j, &res);
 out:
-    free(users);
+    free(v);
     free(mm);
     free(mp);
     free(mu);

@@ -65,6 +65,10 @@ struct conn {
     int need_fetch;
     int drained;
     int sent_queue_empty;
+    /* live deliveries that came while the window was full, in seq order, delivered as acks free
+     * it (beyond BACKLOG_MAX_*: dropped, and fetched from the mailbox instead) */
+    struct outbuf *bl_head, *bl_tail;
+    size_t bl_count, bl_bytes;
     /* send rate limit */
     double tokens;
     uint64_t tokens_ms;
@@ -223,6 +227,38 @@ static void deliver(struct conn *c, struct outbuf *o)
     enqueue(c, o);
 }
 
+/* A room of a few members whose writers keep many messages in flight can put more deliveries on
+ * a device than its window: they wait here, in memory, rather than going through the mailbox (a
+ * fetch writes every message still waiting for its ack first). */
+#define BACKLOG_MAX_FRAMES 1024
+#define BACKLOG_MAX_BYTES (2u << 20)
+
+static void backlog_drop(struct conn *c)
+{
+    while (c->bl_head) {
+        struct outbuf *n = c->bl_head->next;
+        free(c->bl_head);
+        c->bl_head = n;
+    }
+    c->bl_tail = NULL;
+    c->bl_count = c->bl_bytes = 0;
+}
+
+/* Delivers what waits while the window has room. */
+static void backlog_drain(struct conn *c)
+{
+    while (c->bl_head && c->ninflight < g_cfg->delivery_window) {
+        struct outbuf *o = c->bl_head;
+        c->bl_head = o->next;
+        if (!c->bl_head)
+            c->bl_tail = NULL;
+        c->bl_count--;
+        c->bl_bytes -= o->len;
+        o->next = NULL;
+        deliver(c, o);
+    }
+}
+
 static void on_mail(struct conn *c, struct event *e)
 {
     c->fetch_outstanding = 0;
@@ -261,10 +297,25 @@ static void on_live(struct conn *c, struct event *e)
     struct outbuf *o = e->out;
     if (c->state != ST_AUTHED || !o || o->seq <= c->cursor)
         return;
-    if (c->drained && !c->fetch_outstanding && !c->need_fetch && c->ninflight < g_cfg->delivery_window) {
-        e->out = NULL;
-        deliver(c, o);
-        return;
+    if (c->drained && !c->fetch_outstanding && !c->need_fetch) {
+        if (!c->bl_head && c->ninflight < g_cfg->delivery_window) {
+            e->out = NULL;
+            deliver(c, o);
+            return;
+        }
+        if (c->bl_count < BACKLOG_MAX_FRAMES && c->bl_bytes + o->len <= BACKLOG_MAX_BYTES) {
+            e->out = NULL;
+            o->next = NULL;
+            if (c->bl_tail)
+                c->bl_tail->next = o;
+            else
+                c->bl_head = o;
+            c->bl_tail = o;
+            c->bl_count++;
+            c->bl_bytes += o->len;
+            return;
+        }
+        backlog_drop(c); /* too much: the mailbox has all of it (a fetch writes what waits first) */
     }
     c->need_fetch = 1; /* it is in the database: fetch it in order when there is room */
     maybe_fetch(c);
@@ -673,6 +724,7 @@ static void on_ack(struct conn *c, Hush__Frame **fp)
     struct job *j = job_for(c, JOB_ACK, f->id, fp);
     if (j)
         submit(c, j);
+    backlog_drain(c);
     maybe_fetch(c);
 }
 
@@ -1018,6 +1070,7 @@ static void conn_free(struct conn *c)
         c->out_head = n;
     }
     hwire_rx_free(&c->rx);
+    backlog_drop(c);
     free(c->inflight);
     gate_unref(c->gate);
     sodium_memzero(c, sizeof *c);

@@ -1232,6 +1232,69 @@ static void test_room_early_delivery(void **state)
     relay_stop(&r, SIGTERM);
 }
 
+/* More live deliveries than a device's window (a room of a few members whose writers keep many
+ * messages in flight): the rest wait in the connection's memory and go out as acks free the
+ * window, in order, without anything being written (a fetch would first write every message
+ * waiting for its ack). */
+static void test_window_backlog(void **state)
+{
+    (void)state;
+    struct relay_proc r;
+    relay_start(&r, "backlog", "delivery_window = 16\nearly_delivery_ms = 60000");
+    struct tclient *a = tc_registered(&r, "bree", 1);
+    struct tclient *b = tc_registered(&r, "bill", 1);
+    Hush__Frame *qe = tc_next_push(b, HUSH__FRAME__MSG_QUEUE_EMPTY, T);
+    assert_non_null(qe);
+    hush__frame__free_unpacked(qe, NULL);
+    enum { N = 40 };
+    for (int i = 0; i < N; i++) {
+        /* written straight to the socket: each send is answered only once bill acknowledges it */
+        uint8_t env[64], mid[16];
+        random_env(env, sizeof env, mid);
+        Hush__Recipient rc = HUSH__RECIPIENT__INIT, *rp = &rc;
+        rc.username = "bill";
+        rc.device_id = 1;
+        rc.envelope.data = env;
+        rc.envelope.len = sizeof env;
+        Hush__SendRequest sr = HUSH__SEND_REQUEST__INIT;
+        sr.client_msg_id.data = mid;
+        sr.client_msg_id.len = 16;
+        sr.n_recipients = 1;
+        sr.recipients = &rp;
+        Hush__Frame f = HUSH__FRAME__INIT;
+        f.id = 5000 + (uint64_t)i;
+        f.msg_case = HUSH__FRAME__MSG_SEND;
+        f.send = &sr;
+        uint8_t buf[512];
+        size_t len = hush__frame__pack(&f, buf);
+        assert_int_equal(wsc_send(a->ws, buf, len), 0);
+    }
+    uint64_t last = 0;
+    int got = 0;
+    while (got < N) {
+        uint64_t seqs[16];
+        int n = 0;
+        while (n < 16 && got + n < N) {
+            Hush__Frame *d = tc_next_push(b, HUSH__FRAME__MSG_DELIVER, T);
+            assert_non_null(d);
+            assert_true(d->deliver->seq > last);
+            last = seqs[n++] = d->deliver->seq;
+            hush__frame__free_unpacked(d, NULL);
+        }
+        if (got == 0)
+            assert_null(tc_next_push(b, HUSH__FRAME__MSG_DELIVER, 500)); /* the window is full */
+        assert_int_equal(db_int(&r, "SELECT count(*) FROM mailbox"), 0); /* nothing written */
+        assert_int_equal(tc_ack(b, seqs, (size_t)n), 0);
+        got += n;
+    }
+    msleep(200);
+    assert_int_equal(relay_metric(&r, "hush_messages_unwritten_total"), N);
+    assert_int_equal(relay_metric(&r, "hush_messages_written_late_total"), 0);
+    tc_free(a);
+    tc_free(b);
+    assert_int_equal(relay_stop(&r, SIGTERM), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1247,6 +1310,7 @@ int main(void)
         cmocka_unit_test(test_early_delivery),
         cmocka_unit_test(test_room_fanout),
         cmocka_unit_test(test_room_early_delivery),
+        cmocka_unit_test(test_window_backlog),
     };
     return cmocka_run_group_tests_name("relay", tests, NULL, NULL);
 }
