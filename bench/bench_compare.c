@@ -23,7 +23,8 @@
  *           deliveries/s out, latency to each member and to the last one. Hush: one send with a
  *           shared envelope per message; with --relay-db, afterwards the relay's bytes on disk per
  *           room message for offline members (SQLite's dbstat). MQTT: one topic, QoS 1, the
- *           members subscribed. (XMPP: not run: a MUC room would need its own set-up.)
+ *           members subscribed. XMPP: a MUC room (XEP-0045) the members join, groupchat messages,
+ *           acknowledged by stream management like the one-to-one ones.
  *
  * Hush: the wire protocol spoken directly (no client-side crypto), as in bench_relay.
  * MQTT: libmosquitto, QoS 1, persistent sessions (clean session off), one topic per recipient.
@@ -79,6 +80,7 @@ static int g_room;
 static char **g_room_names;
 static int g_room_n;
 static char g_room_topic[32];
+static char g_room_muc[32]; /* XMPP: the MUC room's local part (a JID has no '/' there) */
 
 static double now(void)
 {
@@ -453,7 +455,8 @@ static void x_expect(struct client *c, const char *needle, const char *fail)
                 die("xmpp: user %d: got %s", c->idx, fail);
         }
         if (x_fill(c, 1000) < 0)
-            die("xmpp: user %d: connection closed while waiting for %s", c->idx, needle);
+            die("xmpp: user %d: connection closed while waiting for %s (last read: %.300s)", c->idx, needle,
+                c->xbuf ? c->xbuf : "");
         if (now() - t0 > 60)
             die("xmpp: user %d: timeout waiting for %s", c->idx, needle);
     }
@@ -558,10 +561,13 @@ static void x_send(struct client *c, const uint8_t *p, size_t len)
     /* the body is text: the stamp in hex, then the filler, to the same size as the others */
     char hex[2 * sizeof(struct stamp) + 1];
     sodium_bin2hex(hex, sizeof hex, p, sizeof(struct stamp));
-    char msg[PAYLOAD_MAX + 512];
-    int n = snprintf(msg, sizeof msg, "<message to='u%d@" XDOMAIN "' type='chat'><body>%s%.*s</body></message>"
-                                      "<r xmlns='urn:xmpp:sm:3'/>",
-                     c->to, hex, (int)(len > 2 * sizeof(struct stamp) ? len - 2 * sizeof(struct stamp) : 0),
+    char msg[PAYLOAD_MAX + 512], to[128];
+    if (g_room)
+        snprintf(to, sizeof to, "%s@conference." XDOMAIN "' type='groupchat", g_room_muc);
+    else
+        snprintf(to, sizeof to, "u%d@" XDOMAIN "' type='chat", c->to);
+    int n = snprintf(msg, sizeof msg, "<message to='%s'><body>%s%.*s</body></message><r xmlns='urn:xmpp:sm:3'/>", to,
+                     hex, (int)(len > 2 * sizeof(struct stamp) ? len - 2 * sizeof(struct stamp) : 0),
                      (const char *)p + sizeof(struct stamp));
     x_write(c, msg, (size_t)n);
     c->seq++;
@@ -576,7 +582,8 @@ static void x_stanza(struct client *c, const char *s, size_t n)
         if (h) {
             long v = strtol(h + 3, NULL, 10);
             if (v > c->xh_acked) {
-                on_acked(c, v - c->xh_acked);
+                if (!g_room) /* a room's messages count when the room echoes them (on_received) */
+                    on_acked(c, v - c->xh_acked);
                 c->xh_acked = v;
             }
         }
@@ -641,6 +648,39 @@ static void x_readable(struct client *c)
     /* keep the unfinished stanza */
     memmove(c->xbuf, c->xbuf + done, c->xlen - done);
     c->xlen -= done;
+}
+
+/* W6: every member joins the MUC room g_room_muc (v[0] first: it creates the room and accepts
+ * the default configuration, which unlocks it); joins are pipelined like logins. The join
+ * presence (and the owner's configuration) count in the server's stream-management h. */
+static void x_room_join(struct client **v, int n)
+{
+    char buf[512];
+    for (int i = 0; i < n; i++) {
+        struct client *c = v[i];
+        int fl = fcntl(c->fd, F_GETFL);
+        fcntl(c->fd, F_SETFL, fl & ~O_NONBLOCK);
+        snprintf(buf, sizeof buf, "<presence to='%s@conference." XDOMAIN "/u%d'><x xmlns='http://jabber.org/protocol/muc'>"
+                                  "<history maxstanzas='0'/></x></presence>", g_room_muc, c->idx);
+        x_puts(c, buf);
+        c->xh_acked--;
+        if (i == 0) {
+            x_expect(c, "code='110'", "type='error'");
+            x_expect(c, "</presence>", NULL); /* the rest of that stanza: the parser starts after it */
+            snprintf(buf, sizeof buf, "<iq type='set' id='w6cfg' to='%s@conference." XDOMAIN "'><query xmlns="
+                                      "'http://jabber.org/protocol/muc#owner'><x xmlns='jabber:x:data' type='submit'/>"
+                                      "</query></iq>", g_room_muc);
+            x_puts(c, buf);
+            c->xh_acked--;
+            x_expect(c, "id='w6cfg'", NULL);
+        }
+    }
+    for (int i = 1; i < n; i++) {
+        x_expect(v[i], "code='110'", "type='error'");
+        x_expect(v[i], "</presence>", NULL);
+    }
+    for (int i = 0; i < n; i++)
+        fcntl(v[i]->fd, F_SETFL, fcntl(v[i]->fd, F_GETFL) | O_NONBLOCK);
 }
 
 /* ---------------------------------------- dispatch ---------------------------------------- */
@@ -806,6 +846,14 @@ static void on_received(struct client *c, const uint8_t *payload, size_t len)
     struct stamp s;
     memcpy(&s, payload, sizeof s);
     double t = now();
+    if (g_room && c->idx < g_w6_senders) {
+        /* a writer's own message, echoed by the MUC room to all its occupants: for XMPP, what
+         * says the room took it and sent it on (stream management's ack only says the server
+         * read it, and the room's fan-out would fall ever further behind a window of those) */
+        if (s.sender == (uint32_t)c->idx)
+            on_acked(c, 1);
+        return;
+    }
     c->received++;
     g_received++;
     if (g_recvmap && s.sender < (uint32_t)g_nclients && s.seq < g_per_sender_cap) {
@@ -1099,8 +1147,6 @@ static long relay_mail_bytes(void)
 /* w6: a room of --members; --senders of them write to it, the others receive. */
 static void scenario_w6(void)
 {
-    if (g_sys == SYS_XMPP)
-        die("w6 is not run against XMPP (a MUC room would need its own set-up)");
     int m = o_members, ns = o_senders;
     if (m < 2 || ns < 1 || ns >= m || m > 5000)
         die("w6: --members 2..5000, --senders 1..members-1");
@@ -1112,6 +1158,7 @@ static void scenario_w6(void)
     int nr = m - ns;
     g_room = 1;
     snprintf(g_room_topic, sizeof g_room_topic, "room/%d", base);
+    snprintf(g_room_muc, sizeof g_room_muc, "room%d", base);
     g_room_names = calloc((size_t)nr, sizeof *g_room_names);
     for (int i = 0; i < nr; i++) {
         g_room_names[i] = malloc(16);
@@ -1128,6 +1175,8 @@ static void scenario_w6(void)
     for (int i = 0; i < ns; i++)
         snd[i]->idx = base + i;
     connect_group(snd, ns, 1, 0);
+    if (g_sys == SYS_XMPP)
+        x_room_join(all, m); /* nicknames u<user>: before the senders take their places */
     for (int i = 0; i < ns; i++)
         snd[i]->idx = i;
     for (int k = 0; k < 10; k++)

@@ -126,6 +126,15 @@ modules:
   mod_roster: {}
   mod_disco: {}
   mod_ping: {}
+  mod_muc:
+    access: all
+    access_create: all
+    history_size: 0
+    max_users: 5000
+    max_user_conferences: 10
+    default_room_options:
+      mam: false
+      persistent: false
 EOF
     # ejabberdctl starts erl through `su ejabberd`, whose login resets the open-file limit to
     # 1024: start it through a wrapper that raises it again
@@ -251,14 +260,14 @@ for r in $(seq 1 "$ROUNDS"); do
 done
 echo
 
-# W6: rooms, Hush and mosquitto taking turns (ejabberd: not run, see docs/PERFORMANCE.md). Four
-# members write, each keeping a window that shrinks with the room so the deliveries in flight
-# stay comparable; in the first round Hush also measures its bytes on disk per room message
+# W6: rooms, the three taking turns (ejabberd: a MUC room). Four members write, each keeping a
+# window that shrinks with the room so the deliveries in flight stay comparable; in the first
+# round Hush also measures its bytes on disk per room message
 if [ -z "${W2_ONLY:-}" ]; then
   for m in $W6_SIZES; do
     w=$(( 640 / m )); [ "$w" -lt 1 ] && w=1
     for r in $(seq 1 "$ROUNDS"); do
-      for sys in hush mqtt; do
+      for sys in hush mqtt xmpp; do
         case " $SYSTEMS " in *" $sys "*) ;; *) continue ;; esac
         exist=""; [ "$r" -gt 1 ] && exist=--users-exist
         db=""; [ $sys = hush ] && [ "$r" -eq 1 ] && db="--relay-db $WORK/hush/hushd.db"
