@@ -140,7 +140,7 @@ EOF
     # 1024: start it through a wrapper that raises it again
     printf '#!/bin/sh\nulimit -n "$(ulimit -Hn)" 2>/dev/null\nexec /usr/bin/erl "$@"\n' > "$dir/conf/erl"
     chmod 755 "$dir/conf/erl"
-    printf 'ERL_OPTIONS="-env ERL_CRASH_DUMP_BYTES 0"\nEJABBERD_PID_PATH=%s/ejabberd.pid\nERL=%s/conf/erl\n' \
+    printf 'ERL_OPTIONS="-env ERL_CRASH_DUMP_BYTES 0 +sbwt none +sbwtdcpu none +sbwtdio none"\nEJABBERD_PID_PATH=%s/ejabberd.pid\nERL=%s/conf/erl\n' \
         "$dir" "$dir" > "$dir/conf/ejabberdctl.cfg"
     cp /etc/ejabberd/inetrc "$dir/conf/" 2>/dev/null || true
     id ejabberd > /dev/null 2>&1 && chown -R ejabberd "$dir"
@@ -231,11 +231,26 @@ echo "machine: $(nproc) CPUs, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}'
 echo "peers: $(mosquitto -h 2>/dev/null | head -1 | sed 's/ *$//'), ejabberd $(dpkg-query -W -f='${Version}' ejabberd 2>/dev/null)"
 echo
 
+# Waits (up to 15 s) until a server is idle: under 4 % of a CPU over half a second. The servers
+# share one CPU, and one still busy after its own run (ejabberd tearing down a room of 100, with
+# its presence broadcasts, takes seconds) would take it from the next system's measurement.
+settle() { # pid
+  local a b
+  for _ in $(seq 1 30); do
+    a=$(awk '{ print $14 + $15 }' "/proc/$1/stat" 2> /dev/null) || return 0
+    sleep 0.5
+    b=$(awk '{ print $14 + $15 }' "/proc/$1/stat" 2> /dev/null) || return 0
+    [ $((b - a)) -le 2 ] && return 0
+  done
+}
+
 # a failed scenario leaves its cells empty ("-") instead of stopping the whole comparison
 run_on() { # system args...
   local s=$1; shift
   $LOAD "$LG" --system "$s" --port "$(port_of "$s")" --json "$RES" "$@" ||
       echo "compare: $s $* failed; its cells stay empty" >&2
+  [ -f "$WORK/$s/pid" ] && settle "$(cat "$WORK/$s/pid")"
+  return 0
 }
 median_of() { # system scenario label key: the median of key over that system's results
   grep "\"system\":\"$1\",\"scenario\":\"$2\",\"label\":\"$3\"" "$RES" |

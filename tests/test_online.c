@@ -3573,63 +3573,63 @@ static void test_room_presence(void **state)
     assert_int_equal(relay_stop(&relay, SIGTERM), 0);
 }
 
+/* Runs a hush command line (printf-style, stderr joined to stdout) into out; asserts its exit
+ * status when want >= 0. */
+static void cli_run(char *out, size_t cap, int want, const char *fmt, ...)
+{
+    char cmd[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof cmd, fmt, ap);
+    va_end(ap);
+    strncat(cmd, " 2>&1", sizeof cmd - strlen(cmd) - 1);
+    int rc = run(cmd, out, cap);
+    if (want >= 0 && rc != want)
+        fail_msg("%s: exit %d, wanted %d: %s", cmd, rc, want, out);
+}
+
 /* The README's room walk-through through the CLI, and presence shared with the room. */
 static void test_cli_rooms(void **state)
 {
     (void)state;
     struct relay_proc relay;
     relay_start(&relay, "clirooms", NULL);
-    char cmd[2048], out[8192], db[3][400];
+    char out[8192], db[3][400];
     const char *h = cli_path(), *names[] = { "rhea", "rolf", "rosa" };
     for (int i = 0; i < 3; i++) {
         snprintf(db[i], sizeof db[i], "%s", tpath(names[i]));
-        snprintf(cmd, sizeof cmd, "%s init --db %s --relay ws://127.0.0.1:%d --user %s 2>&1", h, db[i], relay.port,
-                 names[i]);
-        assert_int_equal(run(cmd, out, sizeof out), 0);
+        cli_run(out, sizeof out, 0, "%s init --db %s --relay ws://127.0.0.1:%d --user %s", h, db[i], relay.port, names[i]);
     }
-    snprintf(cmd, sizeof cmd, "%s group create --db %s team rolf rosa 2>&1", h, db[0]);
-    assert_int_equal(run(cmd, out, sizeof out), 0);
+    cli_run(out, sizeof out, 0, "%s group create --db %s team rolf rosa", h, db[0]);
     assert_non_null(strstr(out, "created #team (id "));
-    snprintf(cmd, sizeof cmd, "%s send --db %s '#team' hello both 2>&1", h, db[0]);
-    assert_int_equal(run(cmd, out, sizeof out), 0);
+    cli_run(out, sizeof out, 0, "%s send --db %s '#team' hello both", h, db[0]);
     assert_non_null(strstr(out, "sent to #team"));
-    snprintf(cmd, sizeof cmd, "%s group presence --db %s '#team' on 2>&1", h, db[0]);
-    assert_int_equal(run(cmd, out, sizeof out), 0);
+    cli_run(out, sizeof out, 0, "%s group presence --db %s '#team' on", h, db[0]);
     assert_non_null(strstr(out, "your presence is shared with the room"));
-    snprintf(cmd, sizeof cmd, "%s group info --db %s '#team' 2>&1", h, db[0]);
-    assert_int_equal(run(cmd, out, sizeof out), 0);
+    cli_run(out, sizeof out, 0, "%s group info --db %s '#team'", h, db[0]);
     assert_non_null(strstr(out, "3 member(s)  (you are an admin)  (your presence is shared)"));
     /* rolf sees the room, its message, and rhea's presence without following her by hand */
-    snprintf(cmd, sizeof cmd, "timeout 4 %s listen --db %s --raw 2>&1", h, db[1]);
-    run(cmd, out, sizeof out);
+    cli_run(out, sizeof out, -1, "timeout 4 %s listen --db %s --raw", h, db[1]);
     assert_non_null(strstr(out, "hello both"));
     assert_non_null(strstr(out, "{\"type\":\"presence\",\"user\":\"rhea\",\"state\":\"offline\",\"last_seen_ms\":"));
-    snprintf(cmd, sizeof cmd, "%s group list --db %s 2>&1", h, db[1]);
-    assert_int_equal(run(cmd, out, sizeof out), 0);
+    cli_run(out, sizeof out, 0, "%s group list --db %s", h, db[1]);
     assert_non_null(strstr(out, "#team  id "));
     assert_non_null(strstr(out, "3 member(s)"));
-    snprintf(cmd, sizeof cmd, "%s group remove --db %s '#team' rosa 2>&1", h, db[0]);
-    assert_int_equal(run(cmd, out, sizeof out), 0);
+    cli_run(out, sizeof out, 0, "%s group remove --db %s '#team' rosa", h, db[0]);
     assert_non_null(strstr(out, "remove: done"));
     /* rosa learns it, sees no presence of rhea's, and can no longer share with the room */
-    snprintf(cmd, sizeof cmd, "timeout 4 %s listen --db %s --raw 2>&1", h, db[2]);
-    run(cmd, out, sizeof out);
+    cli_run(out, sizeof out, -1, "timeout 4 %s listen --db %s --raw", h, db[2]);
     assert_non_null(strstr(out, "hello both"));
     assert_null(strstr(out, "\"presence\""));
-    snprintf(cmd, sizeof cmd, "%s history --db %s '#team' 2>&1", h, db[2]);
-    assert_int_equal(run(cmd, out, sizeof out), 0);
+    cli_run(out, sizeof out, 0, "%s history --db %s '#team'", h, db[2]);
     assert_non_null(strstr(out, "* rhea removed rosa"));
-    snprintf(cmd, sizeof cmd, "%s group presence --db %s '#team' on 2>&1", h, db[2]);
-    assert_int_equal(run(cmd, out, sizeof out), 1);
+    cli_run(out, sizeof out, 1, "%s group presence --db %s '#team' on", h, db[2]);
     assert_non_null(strstr(out, "you are no longer in that room"));
-    snprintf(cmd, sizeof cmd, "%s group presence --db %s '#team' maybe 2>&1", h, db[0]);
-    assert_int_equal(run(cmd, out, sizeof out), 2);
-    snprintf(cmd, sizeof cmd, "%s group presence --db %s '#team' off 2>&1", h, db[0]);
-    assert_int_equal(run(cmd, out, sizeof out), 0);
+    cli_run(out, sizeof out, 2, "%s group presence --db %s '#team' maybe", h, db[0]);
+    cli_run(out, sizeof out, 0, "%s group presence --db %s '#team' off", h, db[0]);
     assert_non_null(strstr(out, "your presence is no longer shared with the room"));
     /* rolf no longer hears of rhea */
-    snprintf(cmd, sizeof cmd, "timeout 4 %s listen --db %s --raw 2>&1", h, db[1]);
-    run(cmd, out, sizeof out);
+    cli_run(out, sizeof out, -1, "timeout 4 %s listen --db %s --raw", h, db[1]);
     assert_null(strstr(out, "\"presence\""));
     assert_int_equal(relay_stop(&relay, SIGTERM), 0);
 }
