@@ -1006,6 +1006,48 @@ hush_err hsdk_room_sender(hush_client *c, const char *group, char peer[HUSH_USER
     return e;
 }
 
+/* What a queued room row writes besides itself, in the same transaction (the room is loaded). */
+typedef hush_err (*room_row_extra)(hush_client *c, const struct hsdk_room *r, const uint8_t mid[16], const void *arg);
+
+/* Queues a message of `kind` (body) to the room `group`, this user a member, with what `extra`
+ * writes, in one transaction; then wakes the network thread. HUSH_ERR_NOT_FOUND /
+ * HUSH_ERR_NOT_ALLOWED / HUSH_ERR_INVALID_ARG as room_for_change. */
+static hush_err queue_room_row(hush_client *c, const char *group, int kind, const uint8_t mid[16], const uint8_t *body,
+                               size_t len, room_row_extra extra, const void *arg)
+{
+    hsdk_lock(c);
+    struct hsdk_room r;
+    hush_err e = room_for_change(c, group, 0, &r);
+    if (!e) {
+        if (!(e = hsdk_begin(c))) {
+            char peer[HUSH_USERNAME_MAX + 1];
+            hsdk_room_outbox_peer(r.id, peer);
+            e = hsdk_outbox_insert(c, peer, kind, mid, body, len);
+            if (!e && extra)
+                e = extra(c, &r, mid, arg);
+            e = hsdk_end(c, e);
+        }
+        hsdk_room_release(&r);
+    }
+    hsdk_unlock(c);
+    if (!e)
+        hsdk_net_wake(c, NET_WAKE_OUTBOX);
+    return e;
+}
+
+struct text_arg {
+    const uint8_t *text;
+    size_t len;
+};
+
+/* the history row (QUEUED) of a room text, with its outbox row, before anything leaves */
+static hush_err text_history(hush_client *c, const struct hsdk_room *r, const uint8_t mid[16], const void *arg)
+{
+    const struct text_arg *t = arg;
+    return hsdk_history_insert(c, c->username, 0, 1, mid, HUSH_KIND_GROUP_TEXT, r->hex, hsdk_now_ms(), t->text, t->len,
+                               NULL, NULL);
+}
+
 hush_err hush_group_send(hush_client *c, const char *group, const uint8_t *text, size_t len,
                          uint8_t message_id_out[HUSH_MESSAGE_ID_BYTES])
 {
@@ -1015,29 +1057,11 @@ hush_err hush_group_send(hush_client *c, const char *group, const uint8_t *text,
         return HUSH_ERR_TOO_BIG;
     uint8_t mid[HUSH_MESSAGE_ID_BYTES];
     randombytes_buf(mid, sizeof mid);
-    hsdk_lock(c);
-    struct hsdk_room r;
-    hush_err e = room_for_change(c, group, 0, &r);
-    if (!e) {
-        if (!(e = hsdk_begin(c))) {
-            char peer[HUSH_USERNAME_MAX + 1];
-            hsdk_room_outbox_peer(r.id, peer);
-            /* outbox row and history row (QUEUED) in one transaction, before anything leaves */
-            e = hsdk_outbox_insert(c, peer, HUSH__CONTENT_KIND__CONTENT_TEXT, mid, text, len);
-            if (!e)
-                e = hsdk_history_insert(c, c->username, 0, 1, mid, HUSH_KIND_GROUP_TEXT, r.hex, hsdk_now_ms(), text, len,
-                                        NULL, NULL);
-            e = hsdk_end(c, e);
-        }
-        hsdk_room_release(&r);
-    }
-    hsdk_unlock(c);
-    if (e)
-        return e;
-    if (message_id_out)
+    struct text_arg t = { text, len };
+    hush_err e = queue_room_row(c, group, HUSH__CONTENT_KIND__CONTENT_TEXT, mid, text, len, text_history, &t);
+    if (!e && message_id_out)
         memcpy(message_id_out, mid, sizeof mid);
-    hsdk_net_wake(c, NET_WAKE_OUTBOX);
-    return HUSH_OK;
+    return e;
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -1078,38 +1102,33 @@ static hush_err decide_presence(hush_client *c, const uint8_t id[16], int share,
     return hsdk_from_store(se);
 }
 
+/* the decision, with the room message that tells our other devices (the other members learn
+ * what they will see anyway) */
+static hush_err presence_decided(hush_client *c, const struct hsdk_room *r, const uint8_t mid[16], const void *arg)
+{
+    (void)mid;
+    return decide_presence(c, r->id, *(const uint8_t *)arg, (int64_t)hsdk_now_ms(), NULL);
+}
+
 hush_err hush_group_share_presence(hush_client *c, const char *group, int share)
 {
     if (!c)
         return HUSH_ERR_INVALID_ARG;
-    uint8_t mid[HUSH_MESSAGE_ID_BYTES];
+    uint8_t mid[HUSH_MESSAGE_ID_BYTES], body = share != 0;
     randombytes_buf(mid, sizeof mid);
-    hsdk_lock(c);
-    struct hsdk_room r;
-    hush_err e = room_for_change(c, group, 0, &r);
-    if (!e) {
-        if (!(e = hsdk_begin(c))) {
-            /* decided here, and told to the room: our other devices take the decision over (the
-             * other members learn what they will see anyway) */
-            uint8_t body = share != 0;
-            char peer[HUSH_USERNAME_MAX + 1];
-            hsdk_room_outbox_peer(r.id, peer);
-            e = decide_presence(c, r.id, share, (int64_t)hsdk_now_ms(), NULL);
-            if (!e)
-                e = hsdk_outbox_insert(c, peer, HUSH__CONTENT_KIND__CONTENT_ROOM_PRESENCE, mid, &body, 1);
-            e = hsdk_end(c, e);
-        }
-        hsdk_room_release(&r);
-    } else if (e == HUSH_ERR_NOT_ALLOWED && !share) {
+    hush_err e = queue_room_row(c, group, HUSH__CONTENT_KIND__CONTENT_ROOM_PRESENCE, mid, &body, 1, presence_decided,
+                                &body);
+    if (e == HUSH_ERR_NOT_ALLOWED && !share) {
         /* out of the room: nothing is shared with it anyway; the choice is kept for a return */
         uint8_t id[16];
         room_id_parse(group, id);
+        hsdk_lock(c);
         if (!(e = hsdk_begin(c)))
             e = hsdk_end(c, decide_presence(c, id, 0, (int64_t)hsdk_now_ms(), NULL));
+        hsdk_unlock(c);
     }
-    hsdk_unlock(c);
     if (!e)
-        hsdk_net_wake(c, NET_WAKE_PRESENCE | NET_WAKE_OUTBOX);
+        hsdk_net_wake(c, NET_WAKE_PRESENCE);
     return e;
 }
 

@@ -3381,6 +3381,38 @@ static void test_room_of_twenty(void **state)
     assert_int_equal(relay_stop(&relay, SIGTERM), 0);
 }
 
+/* Three users, the first with a second device (linked), in a room the first creates: every
+ * member's device (and the second one) has learned it. names: the three users, then the second
+ * device's database. */
+struct trio {
+    struct user *a, *a2, *b, *c;
+    char id[HUSH_ROOM_ID_LEN + 1];
+};
+
+static void trio_start(struct trio *t, const struct relay_proc *relay, const char *const names[4], const char *room)
+{
+    t->a = user_new(relay, names[0]);
+    t->b = user_new(relay, names[1]);
+    t->c = user_new(relay, names[2]);
+    uint32_t dev2 = 0;
+    hush_err le = HUSH_OK;
+    t->a2 = user_link(relay, t->a, names[3], &dev2, &le);
+    assert_int_equal(le, HUSH_OK);
+    const char *members[] = { names[1], names[2] };
+    assert_int_equal(hush_group_create(t->a->c, room, members, 2, t->id), HUSH_OK);
+    struct user *who[] = { t->b, t->c, t->a2 };
+    for (int i = 0; i < 3; i++)
+        assert_true(wait_room(who[i], HUSH_KIND_GROUP_CHANGE, t->id, names[0], NULL, 1, 15000));
+}
+
+static void trio_free(struct trio *t)
+{
+    user_free(t->a);
+    user_free(t->a2);
+    user_free(t->b);
+    user_free(t->c);
+}
+
 /* A file to a room: uploaded once, its pointer to every member's devices as a room message; each
  * downloads and saves the same bytes; the sender's other device sees it as sent. */
 static void test_room_file(void **state)
@@ -3388,16 +3420,11 @@ static void test_room_file(void **state)
     (void)state;
     struct relay_proc relay;
     relay_start(&relay, "roomfile", NULL);
-    struct user *a = user_new(&relay, "fran"), *b = user_new(&relay, "fred2"), *c = user_new(&relay, "fynn");
-    uint32_t dev2 = 0;
-    hush_err le = HUSH_OK;
-    struct user *a2 = user_link(&relay, a, "fran2", &dev2, &le);
-    assert_int_equal(le, HUSH_OK);
-    const char *members[] = { "fred2", "fynn" };
-    char id[HUSH_ROOM_ID_LEN + 1];
-    assert_int_equal(hush_group_create(a->c, "files", members, 2, id), HUSH_OK);
-    assert_true(wait_room(b, HUSH_KIND_GROUP_CHANGE, id, "fran", NULL, 1, 15000));
-    assert_true(wait_room(c, HUSH_KIND_GROUP_CHANGE, id, "fran", NULL, 1, 15000));
+    struct trio t;
+    const char *const names[] = { "fran", "fred2", "fynn", "fran2" };
+    trio_start(&t, &relay, names, "files");
+    struct user *a = t.a, *a2 = t.a2, *b = t.b, *c = t.c;
+    const char *id = t.id;
     enum { SIZE = 300 * 1024 + 7 };
     uint8_t *content = malloc(SIZE);
     randombytes_buf(content, SIZE);
@@ -3438,10 +3465,7 @@ static void test_room_file(void **state)
     assert_int_equal(hush_group_leave(c->c, id), HUSH_OK);
     assert_int_equal(hush_group_send_file(c->c, id, src, NULL, NULL, NULL, 0, NULL), HUSH_ERR_NOT_ALLOWED);
     free(content);
-    user_free(a);
-    user_free(a2);
-    user_free(b);
-    user_free(c);
+    trio_free(&t);
     assert_int_equal(relay_stop(&relay, SIGTERM), 0);
 }
 
@@ -3494,17 +3518,11 @@ static void test_room_presence(void **state)
     (void)state;
     struct relay_proc relay;
     relay_start(&relay, "roompres", NULL);
-    struct user *a = user_new(&relay, "pia"), *b = user_new(&relay, "pete"), *c = user_new(&relay, "polly");
-    uint32_t dev2 = 0;
-    hush_err le = HUSH_OK;
-    struct user *a2 = user_link(&relay, a, "pia2", &dev2, &le);
-    assert_int_equal(le, HUSH_OK);
-    const char *members[] = { "pete", "polly" };
-    char id[HUSH_ROOM_ID_LEN + 1];
-    assert_int_equal(hush_group_create(a->c, "lobby", members, 2, id), HUSH_OK);
-    assert_true(wait_room(b, HUSH_KIND_GROUP_CHANGE, id, "pia", NULL, 1, 15000));
-    assert_true(wait_room(c, HUSH_KIND_GROUP_CHANGE, id, "pia", NULL, 1, 15000));
-    assert_true(wait_room(a2, HUSH_KIND_GROUP_CHANGE, id, "pia", NULL, 1, 15000));
+    struct trio t;
+    const char *const names[] = { "pia", "pete", "polly", "pia2" };
+    trio_start(&t, &relay, names, "lobby");
+    struct user *a = t.a, *a2 = t.a2, *b = t.b, *c = t.c;
+    const char *id = t.id;
     /* a message through the room, so every member's subscriptions have been sent */
     assert_int_equal(hush_group_send(a->c, id, (const uint8_t *)"hi", 2, NULL), HUSH_OK);
     assert_true(wait_room(b, HUSH_KIND_GROUP_TEXT, id, "pia", "hi", 1, 15000));
@@ -3566,10 +3584,7 @@ static void test_room_presence(void **state)
     /* a member who is not in the room may not share with it; turning it off is always accepted */
     assert_int_equal(hush_group_share_presence(c->c, id, 1), HUSH_ERR_NOT_ALLOWED);
     assert_int_equal(hush_group_share_presence(c->c, id, 0), HUSH_OK);
-    user_free(a);
-    user_free(a2);
-    user_free(b);
-    user_free(c);
+    trio_free(&t);
     assert_int_equal(relay_stop(&relay, SIGTERM), 0);
 }
 
